@@ -1,0 +1,13 @@
+//! Pure XMPP protocol for Switchboard: bytes and elements in, bytes and elements out.
+//!
+//! Nothing here opens a socket, spawns a task, reads a clock or touches storage, so every
+//! behaviour can be tested byte-in/byte-out.
+#![forbid(unsafe_code)]
+
+pub mod element;
+pub mod error;
+pub mod jid;
+pub mod negotiation;
+pub mod ns;
+pub mod sasl;
+pub mod stream;

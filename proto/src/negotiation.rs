@@ -1,0 +1,1 @@
+//! c2s stream negotiation (owned by the lead; stub).

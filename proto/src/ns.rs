@@ -1,0 +1,16 @@
+//! XML namespaces used on the wire.
+
+pub const STREAM: &str = "http://etherx.jabber.org/streams";
+pub const CLIENT: &str = "jabber:client";
+pub const SERVER: &str = "jabber:server";
+pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
+pub const STREAMS_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+pub const STANZAS_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+pub const TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+pub const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+pub const BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+pub const SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
+pub const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+pub const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+pub const PING: &str = "urn:xmpp:ping";
+pub const VERSION: &str = "jabber:iq:version";

@@ -1,0 +1,1 @@
+//! SASL (owned by the lead; stub).
