@@ -1,1 +1,179 @@
-fn main(){}
+//! `switchboard`: the node binary and its command line.
+
+mod admin;
+mod c2s;
+mod config;
+mod ext;
+mod node;
+mod router;
+mod tls;
+mod users;
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use admin::protocol::{AdminRequest, AdminResponse};
+use config::Settings;
+
+#[derive(Parser)]
+#[command(name = "switchboard", version, about = "A clustered XMPP server")]
+struct Cli {
+    /// TOML configuration file (defaults are built in; SWITCHBOARD_* variables override both).
+    #[arg(long, short, global = true, env = "SWITCHBOARD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node.
+    Run,
+    /// Manage accounts (works whether or not the node is running).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Print the specifications this build implements.
+    Features,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account.
+    Add {
+        jid: String,
+        /// The password; read from standard input when omitted.
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Delete an account (its online sessions are disconnected).
+    Del { jid: String },
+    /// Change an account's password.
+    Passwd {
+        jid: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// List accounts.
+    List,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("switchboard: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Run => {
+            init_logging(&settings)?;
+            node::run(settings)
+        }
+        Command::Features => {
+            for s in ext::Extensions::default().support_table() {
+                println!("{:<10} {}", s.spec, s.title);
+            }
+            Ok(())
+        }
+        Command::User { command } => user_command(&settings, command),
+    }
+}
+
+fn init_logging(settings: &Settings) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.log.level))
+        .context("log.level is not a valid filter")?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if settings.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
+
+fn read_password(prompt: &str) -> anyhow::Result<String> {
+    let password = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(prompt)?
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    if password.is_empty() {
+        bail!("empty password");
+    }
+    Ok(password)
+}
+
+fn user_command(settings: &Settings, command: UserCommand) -> anyhow::Result<()> {
+    let request = match command {
+        UserCommand::Add { jid, password } => AdminRequest::UserAdd {
+            password: password.map_or_else(|| read_password("Password: "), Ok)?,
+            jid,
+        },
+        UserCommand::Passwd { jid, password } => AdminRequest::UserPasswd {
+            password: password.map_or_else(|| read_password("New password: "), Ok)?,
+            jid,
+        },
+        UserCommand::Del { jid } => AdminRequest::UserDel { jid },
+        UserCommand::List => AdminRequest::UserList,
+    };
+    let response = match admin::request(&settings.admin_socket(), &request)? {
+        Some(r) => r,
+        None => offline(settings, &request)?,
+    };
+    if !response.ok {
+        bail!("{}", response.error.unwrap_or_else(|| "request failed".into()));
+    }
+    match (&request, response.result) {
+        (AdminRequest::UserList, Some(serde_json::Value::Array(list))) => {
+            for j in list {
+                if let Some(j) = j.as_str() {
+                    println!("{j}");
+                }
+            }
+        }
+        (AdminRequest::UserAdd { .. }, Some(j)) => eprintln!("created {}", j.as_str().unwrap_or_default()),
+        (AdminRequest::UserDel { .. }, Some(j)) => eprintln!("deleted {}", j.as_str().unwrap_or_default()),
+        (AdminRequest::UserPasswd { .. }, Some(j)) => {
+            eprintln!("password changed for {}", j.as_str().unwrap_or_default())
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The node is not running: open the database directly.
+fn offline(settings: &Settings, request: &AdminRequest) -> anyhow::Result<AdminResponse> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+    let store = storage::Store::open(&settings.data_dir)?;
+    let users = users::UserAdmin::new(store.accounts()?, settings.domains.clone());
+    let response = match request {
+        AdminRequest::UserAdd { jid, password } => users
+            .add(jid, password)
+            .map(|j| AdminResponse::ok(Some(j.to_string().into()))),
+        AdminRequest::UserPasswd { jid, password } => users
+            .passwd(jid, password)
+            .map(|j| AdminResponse::ok(Some(j.to_string().into()))),
+        AdminRequest::UserDel { jid } => users
+            .del(jid)
+            .map(|j| AdminResponse::ok(Some(j.to_string().into()))),
+        AdminRequest::UserList => users.list().map(|l| AdminResponse::ok(Some(l.into()))),
+        AdminRequest::SessionList => return Ok(AdminResponse::err("the node is not running")),
+    };
+    store.flush()?;
+    Ok(response.unwrap_or_else(AdminResponse::err))
+}

@@ -3,6 +3,8 @@
 //! Routing needs only the top-level attributes of a stanza, so this type keeps them directly
 //! accessible and cheap; typed parsing (xmpp-parsers) happens only where a handler needs it.
 
+use crate::ns;
+
 /// An attribute. `ns` is `None` for ordinary unprefixed attributes; `xml:lang` has `ns = Some(ns::XML)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attr {
@@ -28,60 +30,225 @@ pub struct Element {
 
 impl Element {
     pub fn new(name: &str, ns: &str) -> Element {
-        todo!()
+        Element { name: name.to_owned(), ns: ns.to_owned(), attrs: Vec::new(), children: Vec::new() }
     }
     /// Builder-style: add or replace an unnamespaced attribute.
-    pub fn with_attr(self, name: &str, value: impl Into<String>) -> Element {
-        todo!()
+    pub fn with_attr(mut self, name: &str, value: impl Into<String>) -> Element {
+        self.set_attr(name, value);
+        self
     }
     /// Builder-style: append a child element.
-    pub fn with_child(self, child: Element) -> Element {
-        todo!()
+    pub fn with_child(mut self, child: Element) -> Element {
+        self.children.push(Node::Element(child));
+        self
     }
     /// Builder-style: append a text node.
-    pub fn with_text(self, text: impl Into<String>) -> Element {
-        todo!()
+    pub fn with_text(mut self, text: impl Into<String>) -> Element {
+        self.append_text(text);
+        self
     }
     pub fn is(&self, name: &str, ns: &str) -> bool {
-        todo!()
+        self.name == name && self.ns == ns
     }
     /// Unnamespaced attribute value.
     pub fn attr(&self, name: &str) -> Option<&str> {
-        todo!()
+        self.attr_ns(None, name)
+    }
+    /// Attribute value by namespace (`None` for unprefixed attributes) and local name.
+    pub fn attr_ns(&self, ns: Option<&str>, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|a| a.name == name && attr_ns_eq(a.ns.as_deref(), ns))
+            .map(|a| a.value.as_str())
     }
     /// Set (add or replace) an unnamespaced attribute.
     pub fn set_attr(&mut self, name: &str, value: impl Into<String>) {
-        todo!()
+        self.set_attr_ns(None, name, value)
+    }
+    /// Set (add or replace) an attribute in namespace `ns` (`None` for unprefixed attributes;
+    /// `Some(ns::XML)` with `"lang"` for `xml:lang`).
+    pub fn set_attr_ns(&mut self, ns: Option<&str>, name: &str, value: impl Into<String>) {
+        let value = value.into();
+        match self.attrs.iter_mut().find(|a| a.name == name && attr_ns_eq(a.ns.as_deref(), ns)) {
+            Some(a) => a.value = value,
+            None => self.attrs.push(Attr {
+                ns: ns.filter(|n| !n.is_empty()).map(str::to_owned),
+                name: name.to_owned(),
+                value,
+            }),
+        }
     }
     pub fn remove_attr(&mut self, name: &str) -> Option<String> {
-        todo!()
+        let pos = self.attrs.iter().position(|a| a.name == name && attr_ns_eq(a.ns.as_deref(), None))?;
+        Some(self.attrs.remove(pos).value)
     }
     /// `xml:lang`, if present.
     pub fn lang(&self) -> Option<&str> {
-        todo!()
+        self.attr_ns(Some(ns::XML), "lang")
     }
     pub fn children(&self) -> impl Iterator<Item = &Element> {
-        std::iter::empty()
+        self.children.iter().filter_map(|n| match n {
+            Node::Element(e) => Some(e),
+            Node::Text(_) => None,
+        })
     }
     pub fn get_child(&self, name: &str, ns: &str) -> Option<&Element> {
-        todo!()
+        self.children().find(|c| c.is(name, ns))
+    }
+    /// Append text, merging it into the last child if that is a text node (so that a tree
+    /// never holds two adjacent text nodes).
+    pub fn append_text(&mut self, text: impl Into<String>) {
+        let text = text.into();
+        if text.is_empty() {
+            return;
+        }
+        match self.children.last_mut() {
+            Some(Node::Text(t)) => t.push_str(&text),
+            _ => self.children.push(Node::Text(text)),
+        }
     }
     /// Concatenated direct text children.
     pub fn text(&self) -> String {
-        todo!()
+        let mut out = String::new();
+        for n in &self.children {
+            if let Node::Text(t) = n {
+                out.push_str(t);
+            }
+        }
+        out
     }
     /// Serialise, declaring `xmlns` only where the namespace differs from `parent_ns`
     /// (pass the stream's default namespace, e.g. `jabber:client`, for top-level stanzas so
     /// that they come out without a redundant xmlns). Text and attribute values are escaped.
     pub fn write_to(&self, out: &mut Vec<u8>, parent_ns: &str) {
-        todo!()
+        self.write_inner(out, Some(parent_ns))
     }
     /// Serialise as a standalone document fragment (always declares its namespace).
     pub fn to_xml_string(&self) -> String {
-        todo!()
+        let mut out = Vec::with_capacity(128);
+        self.write_inner(&mut out, None);
+        // Only `&str` data and ASCII markup went in, so this cannot fail.
+        String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
     /// Parse one complete element from a string (for tests, config and handlers; not the hot path).
     pub fn parse(s: &str) -> Result<Element, crate::stream::ReadError> {
-        todo!()
+        crate::stream::parse_document(s.as_bytes())
     }
+
+    /// `parent_ns = None`: declare the namespace unconditionally (unless it is empty).
+    fn write_inner(&self, out: &mut Vec<u8>, parent_ns: Option<&str>) {
+        out.push(b'<');
+        out.extend_from_slice(self.name.as_bytes());
+        let declare = match parent_ns {
+            Some(p) => p != self.ns,
+            None => !self.ns.is_empty(),
+        };
+        if declare {
+            out.extend_from_slice(b" xmlns='");
+            escape_attr(out, &self.ns);
+            out.push(b'\'');
+        }
+        for (i, a) in self.attrs.iter().enumerate() {
+            out.push(b' ');
+            match a.ns.as_deref() {
+                None | Some("") => {}
+                Some(ns::XML) => out.extend_from_slice(b"xml:"),
+                Some(uri) => {
+                    // Attributes in the same namespace share the prefix of the first of them.
+                    let first = self.attrs[..i]
+                        .iter()
+                        .position(|b| b.ns.as_deref() == Some(uri))
+                        .unwrap_or(i);
+                    if first == i {
+                        out.extend_from_slice(b"xmlns:");
+                        write_prefix(out, i);
+                        out.extend_from_slice(b"='");
+                        escape_attr(out, uri);
+                        out.extend_from_slice(b"' ");
+                    }
+                    write_prefix(out, first);
+                    out.push(b':');
+                }
+            }
+            out.extend_from_slice(a.name.as_bytes());
+            out.extend_from_slice(b"='");
+            escape_attr(out, &a.value);
+            out.push(b'\'');
+        }
+        if self.children.is_empty() {
+            out.extend_from_slice(b"/>");
+            return;
+        }
+        out.push(b'>');
+        for child in &self.children {
+            match child {
+                Node::Element(e) => e.write_inner(out, Some(&self.ns)),
+                Node::Text(t) => escape_text(out, t),
+            }
+        }
+        out.extend_from_slice(b"</");
+        out.extend_from_slice(self.name.as_bytes());
+        out.push(b'>');
+    }
+}
+
+impl std::fmt::Display for Element {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_xml_string())
+    }
+}
+
+fn attr_ns_eq(have: Option<&str>, want: Option<&str>) -> bool {
+    have.filter(|n| !n.is_empty()) == want.filter(|n| !n.is_empty())
+}
+
+/// Prefix `ns<i>` for the namespaced attribute at index `i`.
+fn write_prefix(out: &mut Vec<u8>, i: usize) {
+    out.extend_from_slice(b"ns");
+    let mut digits = [0u8; 20];
+    let mut n = i;
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Escape character data. `\r` is escaped so that it survives line-end normalisation.
+pub(crate) fn escape_text(out: &mut Vec<u8>, s: &str) {
+    escape(out, s, false)
+}
+
+/// Escape an attribute value for a `'`-delimited attribute. Whitespace other than the space is
+/// escaped so that it survives attribute-value normalisation.
+pub(crate) fn escape_attr(out: &mut Vec<u8>, s: &str) {
+    escape(out, s, true)
+}
+
+#[inline]
+fn escape(out: &mut Vec<u8>, s: &str, attr: bool) {
+    let bytes = s.as_bytes();
+    let mut last = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let rep: &[u8] = match b {
+            b'&' => b"&amp;",
+            b'<' => b"&lt;",
+            b'>' => b"&gt;",
+            b'\r' => b"&#13;",
+            b'\'' if attr => b"&apos;",
+            b'"' if attr => b"&quot;",
+            b'\n' if attr => b"&#10;",
+            b'\t' if attr => b"&#9;",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[last..i]);
+        out.extend_from_slice(rep);
+        last = i + 1;
+    }
+    out.extend_from_slice(&bytes[last..]);
 }

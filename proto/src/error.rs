@@ -1,6 +1,7 @@
 //! Stream and stanza error conditions (RFC 6120 §4.9 and §8.3) and their elements.
 
-use crate::element::Element;
+use crate::element::{Element, Node};
+use crate::ns;
 
 /// RFC 6120 §4.9.3 stream error conditions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,7 +36,34 @@ pub enum StreamErrorCondition {
 impl StreamErrorCondition {
     /// The element name, e.g. `"policy-violation"`.
     pub fn as_str(self) -> &'static str {
-        todo!()
+        use StreamErrorCondition::*;
+        match self {
+            BadFormat => "bad-format",
+            BadNamespacePrefix => "bad-namespace-prefix",
+            Conflict => "conflict",
+            ConnectionTimeout => "connection-timeout",
+            HostGone => "host-gone",
+            HostUnknown => "host-unknown",
+            ImproperAddressing => "improper-addressing",
+            InternalServerError => "internal-server-error",
+            InvalidFrom => "invalid-from",
+            InvalidNamespace => "invalid-namespace",
+            InvalidXml => "invalid-xml",
+            NotAuthorized => "not-authorized",
+            NotWellFormed => "not-well-formed",
+            PolicyViolation => "policy-violation",
+            RemoteConnectionFailed => "remote-connection-failed",
+            Reset => "reset",
+            ResourceConstraint => "resource-constraint",
+            RestrictedXml => "restricted-xml",
+            SeeOtherHost => "see-other-host",
+            SystemShutdown => "system-shutdown",
+            UndefinedCondition => "undefined-condition",
+            UnsupportedEncoding => "unsupported-encoding",
+            UnsupportedFeature => "unsupported-feature",
+            UnsupportedStanzaType => "unsupported-stanza-type",
+            UnsupportedVersion => "unsupported-version",
+        }
     }
 }
 
@@ -55,7 +83,21 @@ impl StreamError {
     }
     /// Serialised `<stream:error>` element (using the `stream:` prefix bound by the header).
     pub fn to_bytes(&self) -> Vec<u8> {
-        todo!()
+        let mut out = Vec::with_capacity(160);
+        out.extend_from_slice(b"<stream:error><");
+        out.extend_from_slice(self.condition.as_str().as_bytes());
+        out.extend_from_slice(b" xmlns='");
+        out.extend_from_slice(ns::STREAMS_ERRORS.as_bytes());
+        out.extend_from_slice(b"'/>");
+        if let Some(text) = &self.text {
+            out.extend_from_slice(b"<text xmlns='");
+            out.extend_from_slice(ns::STREAMS_ERRORS.as_bytes());
+            out.extend_from_slice(b"'>");
+            crate::element::escape_text(&mut out, text);
+            out.extend_from_slice(b"</text>");
+        }
+        out.extend_from_slice(b"</stream:error>");
+        out
     }
 }
 
@@ -67,6 +109,19 @@ pub enum StanzaErrorType {
     Continue,
     Modify,
     Wait,
+}
+
+impl StanzaErrorType {
+    /// The `type` attribute value, e.g. `"cancel"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StanzaErrorType::Auth => "auth",
+            StanzaErrorType::Cancel => "cancel",
+            StanzaErrorType::Continue => "continue",
+            StanzaErrorType::Modify => "modify",
+            StanzaErrorType::Wait => "wait",
+        }
+    }
 }
 
 /// RFC 6120 §8.3.3 stanza error conditions.
@@ -98,11 +153,55 @@ pub enum StanzaErrorCondition {
 
 impl StanzaErrorCondition {
     pub fn as_str(self) -> &'static str {
-        todo!()
+        use StanzaErrorCondition::*;
+        match self {
+            BadRequest => "bad-request",
+            Conflict => "conflict",
+            FeatureNotImplemented => "feature-not-implemented",
+            Forbidden => "forbidden",
+            Gone => "gone",
+            InternalServerError => "internal-server-error",
+            ItemNotFound => "item-not-found",
+            JidMalformed => "jid-malformed",
+            NotAcceptable => "not-acceptable",
+            NotAllowed => "not-allowed",
+            NotAuthorized => "not-authorized",
+            PolicyViolation => "policy-violation",
+            RecipientUnavailable => "recipient-unavailable",
+            Redirect => "redirect",
+            RegistrationRequired => "registration-required",
+            RemoteServerNotFound => "remote-server-not-found",
+            RemoteServerTimeout => "remote-server-timeout",
+            ResourceConstraint => "resource-constraint",
+            ServiceUnavailable => "service-unavailable",
+            SubscriptionRequired => "subscription-required",
+            UndefinedCondition => "undefined-condition",
+            UnexpectedRequest => "unexpected-request",
+        }
     }
     /// The type RFC 6120 §8.3.3 recommends for this condition.
     pub fn default_type(self) -> StanzaErrorType {
-        todo!()
+        use StanzaErrorCondition::*;
+        match self {
+            BadRequest | JidMalformed | NotAcceptable | PolicyViolation | Redirect => {
+                StanzaErrorType::Modify
+            }
+            Forbidden | NotAuthorized | RegistrationRequired | SubscriptionRequired => {
+                StanzaErrorType::Auth
+            }
+            RecipientUnavailable | RemoteServerTimeout | ResourceConstraint | UnexpectedRequest => {
+                StanzaErrorType::Wait
+            }
+            Conflict
+            | FeatureNotImplemented
+            | Gone
+            | InternalServerError
+            | ItemNotFound
+            | NotAllowed
+            | RemoteServerNotFound
+            | ServiceUnavailable
+            | UndefinedCondition => StanzaErrorType::Cancel,
+        }
     }
 }
 
@@ -115,5 +214,35 @@ pub fn stanza_error_reply(
     condition: StanzaErrorCondition,
     text: Option<&str>,
 ) -> Element {
-    todo!()
+    let mut reply = Element::new(&stanza.name, &stanza.ns);
+    if let Some(id) = stanza.attr("id") {
+        reply.set_attr("id", id);
+    }
+    if let Some(to) = stanza.attr("to") {
+        reply.set_attr("from", to);
+    }
+    if let Some(from) = stanza.attr("from") {
+        reply.set_attr("to", from);
+    }
+    reply.set_attr("type", "error");
+    if let Some(lang) = stanza.lang() {
+        reply.set_attr_ns(Some(ns::XML), "lang", lang);
+    }
+    if stanza.name != "iq" {
+        // Keep the payload, but not an <error/> the stanza may already carry.
+        reply.children = stanza
+            .children
+            .iter()
+            .filter(|n| !matches!(n, Node::Element(e) if e.is("error", &stanza.ns)))
+            .cloned()
+            .collect();
+    }
+    let mut error = Element::new("error", &stanza.ns)
+        .with_attr("type", condition.default_type().as_str())
+        .with_child(Element::new(condition.as_str(), ns::STANZAS_ERRORS));
+    if let Some(text) = text {
+        error = error.with_child(Element::new("text", ns::STANZAS_ERRORS).with_text(text));
+    }
+    reply.children.push(Node::Element(error));
+    reply
 }

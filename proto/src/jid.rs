@@ -2,7 +2,18 @@
 //! OpaqueString for the resourcepart, and the domain lower-cased with a trailing dot removed.
 //! The `jid` crate does RFC 6122 stringprep, so it is not used for canonical forms.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use precis_core::profile::Profile;
+use precis_profiles::{OpaqueString, UsernameCaseMapped};
+
+/// RFC 7622 §3.1: every part is 1..=1023 octets once prepared.
+const MAX_PART: usize = 1023;
+/// Inputs longer than this cannot prepare to ≤1023 bytes (a character shrinks at most 4:1
+/// through width mapping and normalisation), so they are refused before any work is done.
+const MAX_RAW_PART: usize = 4 * MAX_PART;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JidError {
@@ -29,7 +40,20 @@ pub struct Jid {
 impl Jid {
     /// Parse and prepare `localpart@domainpart/resourcepart`.
     pub fn parse(s: &str) -> Result<Jid, JidError> {
-        todo!()
+        if s.is_empty() {
+            return Err(JidError::Empty);
+        }
+        // RFC 7622 §3.1: the resourcepart starts at the first '/', the localpart ends at the
+        // first '@' before it.
+        let (rest, resource) = match s.split_once('/') {
+            Some((rest, res)) => (rest, Some(res)),
+            None => (s, None),
+        };
+        let (local, domain) = match rest.split_once('@') {
+            Some((local, domain)) => (Some(local), domain),
+            None => (None, rest),
+        };
+        Jid::from_parts(local, domain, resource)
     }
     /// Build from parts, preparing each.
     pub fn from_parts(
@@ -37,7 +61,11 @@ impl Jid {
         domain: &str,
         resource: Option<&str>,
     ) -> Result<Jid, JidError> {
-        todo!()
+        Ok(Jid {
+            local: local.map(prepare_localpart).transpose()?,
+            domain: prepare_domain(domain)?,
+            resource: resource.map(prepare_resource).transpose()?,
+        })
     }
     pub fn local(&self) -> Option<&str> {
         self.local.as_deref()
@@ -57,22 +85,113 @@ impl Jid {
     }
     /// This bare JID with `resource` (prepared).
     pub fn with_resource(&self, resource: &str) -> Result<Jid, JidError> {
-        todo!()
+        Ok(Jid {
+            local: self.local.clone(),
+            domain: self.domain.clone(),
+            resource: Some(prepare_resource(resource)?),
+        })
     }
 }
 
 impl fmt::Display for Jid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        todo!()
+        if let Some(local) = &self.local {
+            f.write_str(local)?;
+            f.write_str("@")?;
+        }
+        f.write_str(&self.domain)?;
+        if let Some(resource) = &self.resource {
+            f.write_str("/")?;
+            f.write_str(resource)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Jid {
+    type Err = JidError;
+    fn from_str(s: &str) -> Result<Jid, JidError> {
+        Jid::parse(s)
     }
 }
 
 /// Prepare a localpart alone (UsernameCaseMapped), e.g. for account names.
 pub fn prepare_localpart(s: &str) -> Result<String, JidError> {
-    todo!()
+    if s.len() > MAX_RAW_PART {
+        return Err(JidError::TooLong);
+    }
+    let prepared = UsernameCaseMapped::new().enforce(s).map_err(|_| JidError::InvalidLocal)?;
+    // RFC 7622 §3.3.1: characters that would make the JID ambiguous are excluded.
+    if prepared.contains(['"', '&', '\'', '/', ':', '<', '>', '@']) {
+        return Err(JidError::InvalidLocal);
+    }
+    checked_len(prepared)
+}
+
+/// Prepare a resourcepart alone (OpaqueString, case preserved).
+pub fn prepare_resource(s: &str) -> Result<String, JidError> {
+    if s.len() > MAX_RAW_PART {
+        return Err(JidError::TooLong);
+    }
+    let prepared = OpaqueString::new().enforce(s).map_err(|_| JidError::InvalidResource)?;
+    checked_len(prepared)
 }
 
 /// Prepare a domainpart alone.
+///
+/// IP literals (`127.0.0.1`, `[::1]`) come out in canonical form. Names are split into labels
+/// (also at the full stops U+3002, U+FF0E, U+FF61); ASCII labels are lower-cased and must consist
+/// of letters, digits, `-` and `_`; other labels are width-mapped, case-mapped and NFC-normalised
+/// (UsernameCaseMapped), an approximation of IDNA2008 without Punycode conversion.
 pub fn prepare_domain(s: &str) -> Result<String, JidError> {
-    todo!()
+    if s.len() > MAX_RAW_PART {
+        return Err(JidError::TooLong);
+    }
+    // RFC 7622 §3.2: one trailing dot is removed before any other processing.
+    let s = s.strip_suffix('.').unwrap_or(s);
+    if s.is_empty() {
+        return Err(JidError::InvalidDomain);
+    }
+    if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        let addr: Ipv6Addr = inner.parse().map_err(|_| JidError::InvalidDomain)?;
+        return Ok(format!("[{addr}]"));
+    }
+    if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let addr: Ipv4Addr = s.parse().map_err(|_| JidError::InvalidDomain)?;
+        return Ok(addr.to_string());
+    }
+    let mut out = String::with_capacity(s.len());
+    for label in s.split(['.', '\u{3002}', '\u{FF0E}', '\u{FF61}']) {
+        if !out.is_empty() {
+            out.push('.');
+        }
+        if label.is_empty() {
+            return Err(JidError::InvalidDomain);
+        }
+        if label.is_ascii() {
+            if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(JidError::InvalidDomain);
+            }
+            out.extend(label.chars().map(|c| c.to_ascii_lowercase()));
+        } else {
+            let prepared: Cow<'_, str> =
+                UsernameCaseMapped::new().enforce(label).map_err(|_| JidError::InvalidDomain)?;
+            // Mapping may not produce ASCII punctuation (e.g. a fullwidth '@').
+            if prepared.chars().any(|c| c.is_ascii() && !(c.is_ascii_alphanumeric() || c == '-' || c == '_')) {
+                return Err(JidError::InvalidDomain);
+            }
+            out.push_str(&prepared);
+        }
+    }
+    checked_len(Cow::Owned(out))
+}
+
+fn checked_len(s: Cow<'_, str>) -> Result<String, JidError> {
+    if s.is_empty() {
+        Err(JidError::Empty)
+    } else if s.len() > MAX_PART {
+        Err(JidError::TooLong)
+    } else {
+        Ok(s.into_owned())
+    }
 }

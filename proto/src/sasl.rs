@@ -1,1 +1,636 @@
-//! SASL (owned by the lead; stub).
+//! Server-side SASL over rsasl: SCRAM-SHA-1/256/512 (and -PLUS), PLAIN over TLS.
+//!
+//! Accounts hold SCRAM credentials only (salt, iterations, StoredKey, ServerKey per hash), never
+//! a password. An unknown user is given a fake credential derived from a server secret and the
+//! username, so its salt and iteration count are stable and its failure is the same
+//! `not-authorized` a wrong password gets: nobody can enumerate accounts.
+
+use std::sync::Arc;
+
+use rand::RngCore;
+use rsasl::callback::{Context, Request, SessionCallback, SessionData};
+use rsasl::mechanisms::scram::properties::ScramStoredPassword;
+use rsasl::mechanisms::scram::tools::{derive_keys, hash_password};
+use rsasl::prelude::*;
+use rsasl::property::{AuthId, AuthzId, Password};
+use rsasl::validate::{Validate, ValidationError};
+use sha1::Sha1;
+use sha2::{Digest, Sha256, Sha512};
+
+use crate::jid;
+
+/// PBKDF2 rounds for newly derived credentials (RFC 7677 asks for at least 4096).
+pub const DEFAULT_ITERATIONS: u32 = 4096;
+const SALT_LEN: usize = 16;
+
+/// The hash a SCRAM credential belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScramHash {
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+impl ScramHash {
+    fn of_mechanism(mechanism: &str) -> Option<ScramHash> {
+        let base = mechanism.strip_suffix("-PLUS").unwrap_or(mechanism);
+        match base {
+            "SCRAM-SHA-1" => Some(ScramHash::Sha1),
+            "SCRAM-SHA-256" => Some(ScramHash::Sha256),
+            "SCRAM-SHA-512" => Some(ScramHash::Sha512),
+            _ => None,
+        }
+    }
+
+    fn label(self) -> &'static [u8] {
+        match self {
+            ScramHash::Sha1 => b"sha1",
+            ScramHash::Sha256 => b"sha256",
+            ScramHash::Sha512 => b"sha512",
+        }
+    }
+}
+
+/// One SCRAM credential (RFC 5802 §3): what the server needs to verify a proof.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScramCredential {
+    pub iterations: u32,
+    pub salt: Vec<u8>,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
+/// The credentials kept for an account, one per supported hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCredentials {
+    pub sha1: ScramCredential,
+    pub sha256: ScramCredential,
+    pub sha512: ScramCredential,
+}
+
+impl StoredCredentials {
+    /// Derive fresh credentials (new random salts) from a password.
+    /// The password is prepared with the PRECIS OpaqueString profile (RFC 8265 §4.2).
+    pub fn derive(password: &str, iterations: u32) -> Result<StoredCredentials, SaslError> {
+        let prepared = prepare_password(password)?;
+        let mut rng = rand::thread_rng();
+        let mut salt = || {
+            let mut s = vec![0u8; SALT_LEN];
+            rng.fill_bytes(&mut s);
+            s
+        };
+        Ok(StoredCredentials {
+            sha1: derive_one(ScramHash::Sha1, prepared.as_bytes(), iterations, salt()),
+            sha256: derive_one(ScramHash::Sha256, prepared.as_bytes(), iterations, salt()),
+            sha512: derive_one(ScramHash::Sha512, prepared.as_bytes(), iterations, salt()),
+        })
+    }
+
+    pub fn for_hash(&self, hash: ScramHash) -> &ScramCredential {
+        match hash {
+            ScramHash::Sha1 => &self.sha1,
+            ScramHash::Sha256 => &self.sha256,
+            ScramHash::Sha512 => &self.sha512,
+        }
+    }
+
+    /// Check a plaintext password (PLAIN) against the SHA-256 credential.
+    pub fn verify_password(&self, password: &str) -> bool {
+        let Ok(prepared) = prepare_password(password) else {
+            return false;
+        };
+        let c = &self.sha256;
+        let candidate = derive_one(
+            ScramHash::Sha256,
+            prepared.as_bytes(),
+            c.iterations,
+            c.salt.clone(),
+        );
+        constant_time_eq(&candidate.stored_key, &c.stored_key)
+            && constant_time_eq(&candidate.server_key, &c.server_key)
+    }
+}
+
+fn prepare_password(password: &str) -> Result<String, SaslError> {
+    use precis_core::profile::Profile;
+    precis_profiles::OpaqueString::new()
+        .prepare(password)
+        .map(|p| p.into_owned())
+        .map_err(|_| SaslError::InvalidPassword)
+}
+
+fn derive_one(hash: ScramHash, password: &[u8], iterations: u32, salt: Vec<u8>) -> ScramCredential {
+    fn keys<D>(password: &[u8], iterations: u32, salt: &[u8]) -> (Vec<u8>, Vec<u8>)
+    where
+        D: Digest
+            + sha2::digest::core_api::BlockSizeUser
+            + sha2::digest::FixedOutputReset
+            + Clone
+            + Sync,
+    {
+        let mut salted = Default::default();
+        hash_password::<D>(password, iterations, salt, &mut salted);
+        let (client_key, server_key) = derive_keys::<D>(salted.as_slice());
+        (D::digest(client_key).to_vec(), server_key.to_vec())
+    }
+    let (stored_key, server_key) = match hash {
+        ScramHash::Sha1 => keys::<Sha1>(password, iterations, &salt),
+        ScramHash::Sha256 => keys::<Sha256>(password, iterations, &salt),
+        ScramHash::Sha512 => keys::<Sha512>(password, iterations, &salt),
+    };
+    ScramCredential {
+        iterations,
+        salt,
+        stored_key,
+        server_key,
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Where the authenticator finds an account's credentials. `username` is already a prepared
+/// localpart; return `None` for an unknown account.
+pub trait CredentialLookup: Send + Sync {
+    fn credentials(&self, username: &str) -> Option<StoredCredentials>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SaslError {
+    #[error("password is not valid under the OpaqueString profile")]
+    InvalidPassword,
+    #[error("SASL setup failed: {0}")]
+    Setup(String),
+}
+
+/// RFC 6120 §6.5 failure conditions the server sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaslFailure {
+    Aborted,
+    EncryptionRequired,
+    IncorrectEncoding,
+    InvalidAuthzid,
+    InvalidMechanism,
+    MalformedRequest,
+    NotAuthorized,
+    TemporaryAuthFailure,
+}
+
+impl SaslFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslFailure::Aborted => "aborted",
+            SaslFailure::EncryptionRequired => "encryption-required",
+            SaslFailure::IncorrectEncoding => "incorrect-encoding",
+            SaslFailure::InvalidAuthzid => "invalid-authzid",
+            SaslFailure::InvalidMechanism => "invalid-mechanism",
+            SaslFailure::MalformedRequest => "malformed-request",
+            SaslFailure::NotAuthorized => "not-authorized",
+            SaslFailure::TemporaryAuthFailure => "temporary-auth-failure",
+        }
+    }
+}
+
+/// Channel-binding data of the TLS connection the exchange runs over (RFC 9266, RFC 5929).
+#[derive(Debug, Clone, Default)]
+pub struct ChannelBinding {
+    pub tls_exporter: Option<Vec<u8>>,
+    pub tls_server_end_point: Option<Vec<u8>>,
+}
+
+impl ChannelBinding {
+    /// RFC 5929 §4.1 `tls-server-end-point` data for our certificate (DER): its SHA-256 hash
+    /// (the hash for SHA-1 and SHA-256 signed certificates alike).
+    pub fn server_end_point(cert_der: &[u8]) -> Vec<u8> {
+        Sha256::digest(cert_der).to_vec()
+    }
+
+    pub fn types(&self) -> Vec<&'static str> {
+        let mut t = Vec::new();
+        if self.tls_exporter.is_some() {
+            t.push("tls-exporter");
+        }
+        if self.tls_server_end_point.is_some() {
+            t.push("tls-server-end-point");
+        }
+        t
+    }
+}
+
+impl ChannelBindingCallback for ChannelBinding {
+    fn get_cb_data(&self, cbname: &str) -> Option<&[u8]> {
+        match cbname {
+            "tls-exporter" => self.tls_exporter.as_deref(),
+            "tls-server-end-point" => self.tls_server_end_point.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// Who authenticated: the prepared localpart.
+struct XmppAuth;
+impl Validation for XmppAuth {
+    type Value = String;
+}
+
+struct Callback {
+    lookup: Arc<dyn CredentialLookup>,
+    secret: [u8; 32],
+}
+
+impl Callback {
+    fn credential_for(&self, username: &str, hash: ScramHash) -> ScramCredential {
+        let known = jid::prepare_localpart(username)
+            .ok()
+            .and_then(|u| self.lookup.credentials(&u));
+        match known {
+            Some(creds) => creds.for_hash(hash).clone(),
+            None => self.fake_credential(username, hash),
+        }
+    }
+
+    /// A stable credential for a name that has no account: the same salt every time, so two
+    /// attempts cannot tell it from a real account; keys no password can match.
+    fn fake_credential(&self, username: &str, hash: ScramHash) -> ScramCredential {
+        let digest = |tag: &[u8]| {
+            let mut h = Sha512::new();
+            h.update(self.secret);
+            h.update(tag);
+            h.update(hash.label());
+            h.update(username.as_bytes());
+            h.finalize().to_vec()
+        };
+        let len = match hash {
+            ScramHash::Sha1 => 20,
+            ScramHash::Sha256 => 32,
+            ScramHash::Sha512 => 64,
+        };
+        let salt = digest(b"salt")[..SALT_LEN].to_vec();
+        ScramCredential {
+            iterations: DEFAULT_ITERATIONS,
+            salt,
+            stored_key: digest(b"stored")[..len].to_vec(),
+            server_key: digest(b"server")[..len].to_vec(),
+        }
+    }
+}
+
+impl SessionCallback for Callback {
+    fn callback(
+        &self,
+        session_data: &SessionData,
+        context: &Context,
+        request: &mut Request,
+    ) -> Result<(), SessionError> {
+        let mechanism = session_data.mechanism().mechanism.as_str();
+        if let (Some(hash), true) = (
+            ScramHash::of_mechanism(mechanism),
+            request.is::<ScramStoredPassword>(),
+        ) {
+            let username = context.get_ref::<AuthId>().unwrap_or_default();
+            let c = self.credential_for(username, hash);
+            request.satisfy::<ScramStoredPassword>(&ScramStoredPassword::new(
+                c.iterations,
+                &c.salt,
+                &c.stored_key,
+                &c.server_key,
+            ))?;
+        }
+        Ok(())
+    }
+
+    fn validate(
+        &self,
+        session_data: &SessionData,
+        context: &Context,
+        validate: &mut Validate<'_>,
+    ) -> Result<(), ValidationError> {
+        let Some(username) = context.get_ref::<AuthId>() else {
+            return Ok(());
+        };
+        let Ok(username) = jid::prepare_localpart(username) else {
+            return Ok(());
+        };
+        // An authzid other than the user's own bare JID would mean acting for someone else,
+        // which no account may do.
+        if let Some(authzid) = context.get_ref::<AuthzId>() {
+            if !authzid.is_empty() && !authzid_matches(authzid, &username) {
+                return Ok(());
+            }
+        }
+        let mechanism = session_data.mechanism().mechanism.as_str();
+        if mechanism == "PLAIN" {
+            let password = context
+                .get_ref::<Password>()
+                .and_then(|p| std::str::from_utf8(p).ok());
+            let creds = self.lookup.credentials(&username);
+            let ok = match (creds, password) {
+                (Some(c), Some(p)) => c.verify_password(p),
+                (None, Some(p)) => {
+                    // Same work as for a real account, so timing does not reveal unknown users.
+                    let fake = self.fake_credential(&username, ScramHash::Sha256);
+                    let _ = derive_one(ScramHash::Sha256, p.as_bytes(), fake.iterations, fake.salt);
+                    false
+                }
+                _ => false,
+            };
+            if !ok {
+                return Ok(());
+            }
+        } else if self.lookup.credentials(&username).is_none() {
+            return Ok(());
+        }
+        validate.with::<XmppAuth, _>(|| Ok(username))?;
+        Ok(())
+    }
+}
+
+fn authzid_matches(authzid: &str, username: &str) -> bool {
+    match jid::Jid::parse(authzid) {
+        Ok(j) => j.is_bare() && j.local() == Some(username),
+        Err(_) => false,
+    }
+}
+
+static MECHS_TLS: &[Mechanism] = &[
+    rsasl::mechanisms::scram::SCRAM_SHA512_PLUS,
+    rsasl::mechanisms::scram::SCRAM_SHA256_PLUS,
+    rsasl::mechanisms::scram::SCRAM_SHA1_PLUS,
+    rsasl::mechanisms::scram::SCRAM_SHA512,
+    rsasl::mechanisms::scram::SCRAM_SHA256,
+    rsasl::mechanisms::scram::SCRAM_SHA1,
+    rsasl::mechanisms::plain::PLAIN,
+];
+static MECHS_PLAINTEXT: &[Mechanism] = &[
+    rsasl::mechanisms::scram::SCRAM_SHA512,
+    rsasl::mechanisms::scram::SCRAM_SHA256,
+    rsasl::mechanisms::scram::SCRAM_SHA1,
+];
+
+/// Built once per node; starts one exchange per authentication attempt.
+pub struct Authenticator {
+    /// Mechanisms offered on a TLS stream (with -PLUS and PLAIN).
+    over_tls: Arc<SASLConfig>,
+    /// Mechanisms offered on an unencrypted stream (only when TLS is not required): no PLAIN,
+    /// and no -PLUS in the registry so SCRAM does not reject a client's "y" flag as a downgrade.
+    plaintext: Arc<SASLConfig>,
+}
+
+impl Authenticator {
+    /// `secret` seeds fake credentials for unknown users; keep it stable across restarts so the
+    /// fake salt of a name does not change.
+    pub fn new(lookup: Arc<dyn CredentialLookup>, secret: [u8; 32]) -> Result<Self, SaslError> {
+        let build = |mechs: &'static [Mechanism]| {
+            SASLConfig::builder()
+                .with_registry(Registry::with_mechanisms(mechs))
+                .with_callback(Callback {
+                    lookup: lookup.clone(),
+                    secret,
+                })
+                .map_err(|e| SaslError::Setup(e.to_string()))
+        };
+        Ok(Authenticator {
+            over_tls: build(MECHS_TLS)?,
+            plaintext: build(MECHS_PLAINTEXT)?,
+        })
+    }
+
+    /// Mechanism names to advertise, strongest first.
+    pub fn mechanisms(&self, secured: bool, cb: &ChannelBinding) -> Vec<&'static str> {
+        let mechs = if secured { MECHS_TLS } else { MECHS_PLAINTEXT };
+        mechs
+            .iter()
+            .map(|m| m.mechanism.as_str())
+            .filter(|m| !m.ends_with("-PLUS") || !cb.types().is_empty())
+            .collect()
+    }
+
+    /// Start an exchange for `mechanism`; `cb` is the stream's channel binding (empty when
+    /// the stream is not TLS).
+    pub fn start(
+        &self,
+        mechanism: &str,
+        secured: bool,
+        cb: ChannelBinding,
+    ) -> Result<SaslExchange, SaslFailure> {
+        if !self.mechanisms(secured, &cb).contains(&mechanism) {
+            let needs_tls = MECHS_TLS.iter().any(|m| m.mechanism.as_str() == mechanism);
+            return Err(if needs_tls && !secured {
+                SaslFailure::EncryptionRequired
+            } else {
+                SaslFailure::InvalidMechanism
+            });
+        }
+        let config = if secured {
+            self.over_tls.clone()
+        } else {
+            self.plaintext.clone()
+        };
+        let name = Mechname::parse(mechanism.as_bytes()).map_err(|_| SaslFailure::InvalidMechanism)?;
+        let session = SASLServer::<XmppAuth, ChannelBinding>::with_cb(config, cb)
+            .start_suggested(name)
+            .map_err(|_| SaslFailure::InvalidMechanism)?;
+        Ok(SaslExchange { session })
+    }
+}
+
+/// One authenticator per served domain: the SCRAM username is only a localpart, so the
+/// stream's domain picks the account namespace.
+#[derive(Default)]
+pub struct DomainAuthenticators {
+    by_domain: std::collections::HashMap<String, Authenticator>,
+}
+
+impl DomainAuthenticators {
+    pub fn insert(&mut self, domain: &str, auth: Authenticator) {
+        self.by_domain.insert(domain.to_string(), auth);
+    }
+
+    pub fn get(&self, domain: &str) -> Option<&Authenticator> {
+        self.by_domain.get(domain)
+    }
+}
+
+/// One SASL exchange in progress.
+pub struct SaslExchange {
+    session: Session<XmppAuth, ChannelBinding>,
+}
+
+/// What to tell the client after a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SaslStep {
+    /// Send `<challenge>` with this payload and wait for `<response>`.
+    Challenge(Vec<u8>),
+    /// Send `<success>` (with additional data, e.g. SCRAM's server-final message).
+    Success {
+        username: String,
+        additional: Option<Vec<u8>>,
+    },
+    Failure(SaslFailure),
+}
+
+impl SaslExchange {
+    /// Feed the client's data (`None` when `<auth>` carried no initial response).
+    pub fn step(&mut self, input: Option<&[u8]>) -> SaslStep {
+        let mut out = Vec::new();
+        match self.session.step(input, &mut out) {
+            Ok(State::Running) => SaslStep::Challenge(out),
+            Ok(State::Finished(sent)) => match self.session.validation() {
+                Some(username) => SaslStep::Success {
+                    username,
+                    additional: matches!(sent, MessageSent::Yes).then_some(out),
+                },
+                None => SaslStep::Failure(SaslFailure::NotAuthorized),
+            },
+            Err(SessionError::InputDataRequired) => SaslStep::Challenge(Vec::new()),
+            Err(_) => SaslStep::Failure(SaslFailure::NotAuthorized),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct Accounts(HashMap<String, StoredCredentials>);
+    impl CredentialLookup for Accounts {
+        fn credentials(&self, username: &str) -> Option<StoredCredentials> {
+            self.0.get(username).cloned()
+        }
+    }
+
+    fn authenticator() -> Authenticator {
+        let mut m = HashMap::new();
+        m.insert(
+            "juliet".to_string(),
+            StoredCredentials::derive("r0m30myr0m30", DEFAULT_ITERATIONS).unwrap(),
+        );
+        Authenticator::new(Arc::new(Accounts(m)), [7; 32]).unwrap()
+    }
+
+    fn plain(user: &str, pass: &str) -> Vec<u8> {
+        format!("\0{user}\0{pass}").into_bytes()
+    }
+
+    #[test]
+    fn plain_accepts_right_password_only() {
+        let a = authenticator();
+        let cb = ChannelBinding::default();
+        let mut ex = a.start("PLAIN", true, cb.clone()).unwrap();
+        assert!(matches!(
+            ex.step(Some(&plain("juliet", "r0m30myr0m30"))),
+            SaslStep::Success { ref username, .. } if username == "juliet"
+        ));
+        let mut ex = a.start("PLAIN", true, cb.clone()).unwrap();
+        assert_eq!(
+            ex.step(Some(&plain("juliet", "wrong"))),
+            SaslStep::Failure(SaslFailure::NotAuthorized)
+        );
+        let mut ex = a.start("PLAIN", true, cb).unwrap();
+        assert_eq!(
+            ex.step(Some(&plain("nobody", "r0m30myr0m30"))),
+            SaslStep::Failure(SaslFailure::NotAuthorized)
+        );
+    }
+
+    #[test]
+    fn plain_needs_tls() {
+        let a = authenticator();
+        assert_eq!(
+            a.start("PLAIN", false, ChannelBinding::default()).err(),
+            Some(SaslFailure::EncryptionRequired)
+        );
+        assert_eq!(
+            a.start("DIGEST-MD5", true, ChannelBinding::default()).err(),
+            Some(SaslFailure::InvalidMechanism)
+        );
+    }
+
+    #[test]
+    fn plus_offered_only_with_channel_binding() {
+        let a = authenticator();
+        let none = a.mechanisms(true, &ChannelBinding::default());
+        assert!(!none.iter().any(|m| m.ends_with("-PLUS")));
+        let cb = ChannelBinding {
+            tls_exporter: Some(vec![1; 32]),
+            tls_server_end_point: None,
+        };
+        let with = a.mechanisms(true, &cb);
+        assert_eq!(with[0], "SCRAM-SHA-512-PLUS");
+        assert!(with.contains(&"PLAIN"));
+        let plaintext = a.mechanisms(false, &cb);
+        assert!(!plaintext.contains(&"PLAIN"));
+    }
+
+    fn scram_login(a: &Authenticator, mech: &str, user: &str, pass: &str) -> SaslStep {
+        let cfg = SASLConfig::with_credentials(None, user.into(), pass.into()).unwrap();
+        let name = Mechname::parse(mech.as_bytes()).unwrap();
+        let mut client = SASLClient::new(cfg).start_suggested(&[name]).unwrap();
+        let mut server = a.start(mech, true, ChannelBinding::default()).unwrap();
+        let mut to_server = Vec::new();
+        client.step(None, &mut to_server).unwrap();
+        loop {
+            match server.step(Some(&to_server)) {
+                SaslStep::Challenge(c) => {
+                    to_server.clear();
+                    client.step(Some(&c), &mut to_server).unwrap();
+                }
+                other => return other,
+            }
+        }
+    }
+
+    #[test]
+    fn scram_logins_succeed_with_the_right_password_only() {
+        let a = authenticator();
+        for mech in ["SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
+            match scram_login(&a, mech, "juliet", "r0m30myr0m30") {
+                SaslStep::Success {
+                    username,
+                    additional: Some(v),
+                } => {
+                    assert_eq!(username, "juliet");
+                    assert!(v.starts_with(b"v="), "{mech}: server-final carries the verifier");
+                }
+                other => panic!("{mech}: {other:?}"),
+            }
+            assert_eq!(
+                scram_login(&a, mech, "juliet", "wrong"),
+                SaslStep::Failure(SaslFailure::NotAuthorized),
+                "{mech}"
+            );
+            assert_eq!(
+                scram_login(&a, mech, "ghost", "r0m30myr0m30"),
+                SaslStep::Failure(SaslFailure::NotAuthorized),
+                "{mech}"
+            );
+        }
+    }
+
+    /// The server-first message of an unknown user carries a salt that is stable across
+    /// attempts and the same iteration count a real account has.
+    #[test]
+    fn unknown_user_gets_stable_fake_salt() {
+        let a = authenticator();
+        let first = |user: &str| {
+            let mut ex = a
+                .start("SCRAM-SHA-256", true, ChannelBinding::default())
+                .unwrap();
+            match ex.step(Some(format!("n,,n={user},r=abcdefgh").as_bytes())) {
+                SaslStep::Challenge(c) => String::from_utf8(c).unwrap(),
+                other => panic!("expected challenge, got {other:?}"),
+            }
+        };
+        let field = |msg: &str, k: &str| {
+            msg.split(',')
+                .find_map(|f| f.strip_prefix(k))
+                .unwrap()
+                .to_string()
+        };
+        let (u1, u2, real) = (first("ghost"), first("ghost"), first("juliet"));
+        assert_eq!(field(&u1, "s="), field(&u2, "s="));
+        assert_eq!(field(&u1, "i="), field(&real, "i="));
+    }
+}

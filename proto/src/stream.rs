@@ -4,8 +4,12 @@
 //! header, each complete top-level element (stanza or nonza), whitespace keepalives and the
 //! stream close. It enforces the limits a peer could otherwise grow without bound.
 
-use crate::element::Element;
-use crate::error::StreamError;
+use rxml::error::EndOrError;
+use rxml::{NcName, Parse, RawEvent, RawParser, WithOptions};
+
+use crate::element::{Attr, Element, Node};
+use crate::error::{StreamError, StreamErrorCondition};
+use crate::ns;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -63,45 +67,465 @@ pub enum ReadError {
     UnsupportedEncoding,
 }
 
+
 impl ReadError {
     pub fn to_stream_error(&self) -> StreamError {
-        todo!()
+        use StreamErrorCondition as C;
+        match self {
+            ReadError::NotWellFormed(text) => StreamError::with_text(C::NotWellFormed, text.clone()),
+            ReadError::RestrictedXml(text) => StreamError::with_text(C::RestrictedXml, text.clone()),
+            ReadError::InvalidNamespace => StreamError::new(C::InvalidNamespace),
+            ReadError::PolicyViolation(text) => StreamError::with_text(C::PolicyViolation, text.clone()),
+            ReadError::UnsupportedEncoding => StreamError::new(C::UnsupportedEncoding),
+        }
     }
 }
 
 /// Feeds bytes in, events out. After an `Err`, the reader is finished: the stream must be closed.
 pub struct StreamReader {
+    parser: RawParser,
+    /// Received bytes; `buf[pos..]` is not yet consumed by the parser.
+    buf: Vec<u8>,
+    pos: usize,
+    builder: TreeBuilder,
+    state: ReaderState,
+}
+
+enum ReaderState {
+    Open,
+    /// `</stream:stream>` was read; nothing more is parsed.
+    Closed,
+    Failed(ReadError),
 }
 
 impl StreamReader {
     /// `default_ns` is the content namespace the stream must declare (`jabber:client` for c2s).
     pub fn new(limits: Limits, default_ns: &'static str) -> StreamReader {
-        todo!()
+        let mut parser = RawParser::with_options(parser_options(&limits));
+        // Stream-level whitespace (keepalives) must surface as soon as it arrives.
+        parser.set_text_buffering(false);
+        StreamReader {
+            parser,
+            buf: Vec::new(),
+            pos: 0,
+            builder: TreeBuilder::new(limits, Mode::Stream(default_ns)),
+            state: ReaderState::Open,
+        }
     }
     /// Append received bytes to the internal buffer.
     pub fn feed(&mut self, bytes: &[u8]) {
-        todo!()
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(bytes);
     }
     /// Next complete event, `Ok(None)` if more bytes are needed.
     pub fn next_event(&mut self) -> Result<Option<StreamEvent>, ReadError> {
-        todo!()
+        match &self.state {
+            ReaderState::Open => {}
+            ReaderState::Closed => return Ok(None),
+            ReaderState::Failed(e) => return Err(e.clone()),
+        }
+        match self.next_inner() {
+            Ok(Some(StreamEvent::Close)) => {
+                self.state = ReaderState::Closed;
+                Ok(Some(StreamEvent::Close))
+            }
+            Err(e) => {
+                self.state = ReaderState::Failed(e.clone());
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    fn next_inner(&mut self) -> Result<Option<StreamEvent>, ReadError> {
+        loop {
+            let mut slice = &self.buf[self.pos..];
+            let before = slice.len();
+            let result = self.parser.parse(&mut slice, false);
+            self.pos += before - slice.len();
+            match result {
+                Ok(Some(ev)) => {
+                    let out = self.builder.handle(ev)?;
+                    if out.is_some() {
+                        // Buffer text inside stanzas (fewer, larger text events); deliver
+                        // stream-level whitespace eagerly.
+                        self.parser.set_text_buffering(self.builder.in_element());
+                        return Ok(out);
+                    }
+                    if self.builder.level == self.builder.base + 1 {
+                        self.parser.set_text_buffering(true);
+                    }
+                }
+                Ok(None) => return Ok(None),
+                Err(EndOrError::NeedMoreData) => {
+                    if self.pos == self.buf.len() {
+                        self.buf.clear();
+                        self.pos = 0;
+                    }
+                    return Ok(None);
+                }
+                Err(EndOrError::Error(e)) => return Err(map_rxml_error(e)),
+            }
+        }
     }
     /// Bytes buffered but not yet consumed (non-zero after `<starttls/>` means the peer pipelined
     /// data before the TLS handshake, which must be treated as an error).
     pub fn buffered(&self) -> usize {
-        todo!()
+        self.buf.len() - self.pos
     }
     /// Free parser scratch buffers while the connection is idle (call when `buffered() == 0`).
     pub fn release_temporaries(&mut self) {
-        todo!()
+        self.parser.release_temporaries();
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.buf.shrink_to_fit();
+        self.builder.release_temporaries();
     }
 }
 
 /// The server's opening stream header (response header), with `stream` prefix bound and the
 /// content namespace as default namespace.
 pub fn header_bytes(default_ns: &str, from: &str, to: Option<&str>, id: &str, lang: &str) -> Vec<u8> {
-    todo!()
+    use crate::element::escape_attr;
+    let mut out = Vec::with_capacity(200);
+    out.extend_from_slice(b"<?xml version='1.0'?><stream:stream xmlns='");
+    escape_attr(&mut out, default_ns);
+    out.extend_from_slice(b"' xmlns:stream='");
+    out.extend_from_slice(ns::STREAM.as_bytes());
+    out.extend_from_slice(b"' id='");
+    escape_attr(&mut out, id);
+    out.extend_from_slice(b"' from='");
+    escape_attr(&mut out, from);
+    if let Some(to) = to {
+        out.extend_from_slice(b"' to='");
+        escape_attr(&mut out, to);
+    }
+    out.extend_from_slice(b"' version='1.0' xml:lang='");
+    escape_attr(&mut out, lang);
+    out.extend_from_slice(b"'>");
+    out
 }
 
 /// `</stream:stream>`.
 pub const CLOSE: &[u8] = b"</stream:stream>";
+
+/// Parse a complete document into its root element (the engine behind [`Element::parse`]).
+pub(crate) fn parse_document(input: &[u8]) -> Result<Element, ReadError> {
+    let limits = Limits {
+        max_stanza_bytes: usize::MAX,
+        max_depth: 256,
+        max_attributes: 1024,
+        // A token cannot be longer than the input; rxml reserves this much scratch space.
+        max_token_bytes: input.len().clamp(64, 1 << 20),
+    };
+    let mut parser = RawParser::with_options(parser_options(&limits));
+    let mut builder = TreeBuilder::new(limits, Mode::Document);
+    let mut slice = input;
+    let mut root = None;
+    loop {
+        match parser.parse(&mut slice, true) {
+            Ok(Some(ev)) => {
+                if let Some(StreamEvent::Element(el, _)) = builder.handle(ev)? {
+                    root = Some(el);
+                }
+            }
+            Ok(None) => break,
+            Err(EndOrError::NeedMoreData) => {
+                return Err(ReadError::NotWellFormed("unexpected end of input".into()))
+            }
+            Err(EndOrError::Error(e)) => return Err(map_rxml_error(e)),
+        }
+    }
+    root.ok_or_else(|| ReadError::NotWellFormed("no element".into()))
+}
+
+fn parser_options(limits: &Limits) -> rxml::Options {
+    let mut options = rxml::Options::default();
+    options.max_token_length = limits.max_token_bytes.max(1);
+    options
+}
+
+/// Classify an rxml error. rxml reports DTDs and entity declarations as a malformed `<!` section,
+/// so that case is recognised by its message.
+fn map_rxml_error(e: rxml::Error) -> ReadError {
+    use rxml::Error as E;
+    match e {
+        E::RestrictedXml("long name or reference") => {
+            ReadError::PolicyViolation("name or attribute value too long".into())
+        }
+        E::RestrictedXml("event too long") => ReadError::PolicyViolation("event too long".into()),
+        E::RestrictedXml("only utf-8 encoding is allowed") => ReadError::UnsupportedEncoding,
+        E::RestrictedXml(what) => ReadError::RestrictedXml(what.into()),
+        E::UndeclaredEntity => ReadError::RestrictedXml("undeclared entity".into()),
+        E::InvalidSyntax("malformed cdata or comment section start") => {
+            ReadError::RestrictedXml("DTD or markup declaration".into())
+        }
+        E::InvalidUtf8Byte(_) => ReadError::UnsupportedEncoding,
+        other => ReadError::NotWellFormed(other.to_string()),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    /// An XMPP stream: level 1 is `<stream:stream>`, whose children are the output.
+    Stream(&'static str),
+    /// A standalone document: the root element is the output.
+    Document,
+}
+
+/// A namespace declaration in scope. `prefix == None` is the default namespace.
+struct Binding {
+    prefix: Option<NcName>,
+    uri: String,
+    level: u32,
+}
+
+/// Turns rxml's raw (prefix-level) events into elements: resolves namespaces, enforces
+/// namespace well-formedness and the limits, and assembles the tree.
+struct TreeBuilder {
+    limits: Limits,
+    mode: Mode,
+    /// Number of enclosing levels that are not part of an output element (1 for streams).
+    base: u32,
+    /// Number of currently open elements (the one whose head is being read included).
+    level: u32,
+    /// Wire bytes of the current top-level element so far.
+    stanza_bytes: usize,
+    /// Whether the last stream-level event was whitespace (one keepalive per run).
+    in_whitespace: bool,
+    /// Name of the element whose head is being read, and its raw attributes.
+    head: Option<(Option<NcName>, NcName)>,
+    head_attrs: Vec<(Option<NcName>, NcName, String)>,
+    /// Open elements of the current top-level element, outermost first.
+    open: Vec<Element>,
+    bindings: Vec<Binding>,
+}
+
+impl TreeBuilder {
+    fn new(limits: Limits, mode: Mode) -> TreeBuilder {
+        TreeBuilder {
+            limits,
+            mode,
+            base: match mode {
+                Mode::Stream(_) => 1,
+                Mode::Document => 0,
+            },
+            level: 0,
+            stanza_bytes: 0,
+            in_whitespace: false,
+            head: None,
+            head_attrs: Vec::new(),
+            open: Vec::new(),
+            bindings: Vec::new(),
+        }
+    }
+
+    fn in_element(&self) -> bool {
+        self.level > self.base
+    }
+
+    fn release_temporaries(&mut self) {
+        self.head_attrs = Vec::new();
+        self.open.shrink_to_fit();
+        self.bindings.shrink_to_fit();
+    }
+
+    #[inline]
+    fn count(&mut self, len: usize) -> Result<(), ReadError> {
+        self.stanza_bytes = self.stanza_bytes.saturating_add(len);
+        if self.stanza_bytes > self.limits.max_stanza_bytes {
+            return Err(ReadError::PolicyViolation(format!(
+                "stanza larger than {} bytes",
+                self.limits.max_stanza_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, ev: RawEvent) -> Result<Option<StreamEvent>, ReadError> {
+        match ev {
+            RawEvent::XmlDeclaration(..) => Ok(None),
+            RawEvent::ElementHeadOpen(m, qname) => {
+                self.level += 1;
+                self.in_whitespace = false;
+                if self.level > self.base {
+                    let depth = (self.level - self.base) as usize;
+                    if depth > self.limits.max_depth {
+                        return Err(ReadError::PolicyViolation(format!(
+                            "elements nested deeper than {}",
+                            self.limits.max_depth
+                        )));
+                    }
+                    if depth == 1 {
+                        self.stanza_bytes = 0;
+                    }
+                    self.count(m.len())?;
+                }
+                self.head = Some(qname);
+                Ok(None)
+            }
+            RawEvent::Attribute(m, (prefix, local), value) => {
+                if self.level > self.base {
+                    self.count(m.len())?;
+                }
+                if self.head_attrs.len() >= self.limits.max_attributes {
+                    return Err(ReadError::PolicyViolation(format!(
+                        "more than {} attributes",
+                        self.limits.max_attributes
+                    )));
+                }
+                self.head_attrs.push((prefix, local, value));
+                Ok(None)
+            }
+            RawEvent::ElementHeadClose(m) => {
+                let Some((prefix, local)) = self.head.take() else {
+                    return Err(ReadError::NotWellFormed("element head without a name".into()));
+                };
+                if self.level > self.base {
+                    self.count(m.len())?;
+                    let el = self.resolve_head(prefix, local)?;
+                    self.open.push(el);
+                    Ok(None)
+                } else {
+                    let el = self.resolve_head(prefix, local)?;
+                    self.stream_header(el).map(Some)
+                }
+            }
+            RawEvent::ElementFoot(m) => {
+                while self.bindings.last().is_some_and(|b| b.level == self.level) {
+                    self.bindings.pop();
+                }
+                if self.level <= self.base {
+                    self.level = self.level.saturating_sub(1);
+                    return Ok(Some(StreamEvent::Close));
+                }
+                self.count(m.len())?;
+                self.level -= 1;
+                let Some(el) = self.open.pop() else {
+                    return Err(ReadError::NotWellFormed("unbalanced end tag".into()));
+                };
+                match self.open.last_mut() {
+                    Some(parent) => {
+                        parent.children.push(Node::Element(el));
+                        Ok(None)
+                    }
+                    None => Ok(Some(StreamEvent::Element(el, self.stanza_bytes))),
+                }
+            }
+            RawEvent::Text(m, text) => {
+                if self.level > self.base {
+                    self.count(m.len())?;
+                    if let Some(top) = self.open.last_mut() {
+                        match top.children.last_mut() {
+                            Some(Node::Text(t)) => t.push_str(&text),
+                            _ => top.children.push(Node::Text(text)),
+                        }
+                    }
+                    Ok(None)
+                } else if !text.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
+                    Err(ReadError::NotWellFormed("character data at stream level".into()))
+                } else if self.in_whitespace {
+                    Ok(None)
+                } else {
+                    self.in_whitespace = true;
+                    Ok(Some(StreamEvent::Keepalive))
+                }
+            }
+        }
+    }
+
+    /// Apply the namespace declarations of the element just read and build it.
+    fn resolve_head(&mut self, prefix: Option<NcName>, local: NcName) -> Result<Element, ReadError> {
+        let level = self.level;
+        let first_new = self.bindings.len();
+        let mut i = 0;
+        while i < self.head_attrs.len() {
+            let (p, l, _) = &self.head_attrs[i];
+            let is_decl = match p {
+                None => l.as_str() == "xmlns",
+                Some(p) => p.as_str() == "xmlns",
+            };
+            if !is_decl {
+                i += 1;
+                continue;
+            }
+            let (p, l, uri) = self.head_attrs.remove(i);
+            let prefix = p.map(|_| l);
+            if self.bindings[first_new..].iter().any(|b| b.prefix == prefix) {
+                return Err(ReadError::NotWellFormed("duplicate namespace declaration".into()));
+            }
+            if uri == rxml::XMLNS_XMLNS || (prefix.is_none() && uri == rxml::XMLNS_XML) {
+                return Err(ReadError::NotWellFormed("reserved namespace name".into()));
+            }
+            self.bindings.push(Binding { prefix, uri, level });
+        }
+
+        let ns = lookup(&self.bindings, prefix.as_ref().map(NcName::as_str))?.to_owned();
+        let mut attrs: Vec<Attr> = Vec::with_capacity(self.head_attrs.len());
+        for (p, l, value) in self.head_attrs.drain(..) {
+            let ans = match p {
+                None => None,
+                Some(p) => Some(lookup(&self.bindings, Some(p.as_str()))?.to_owned()),
+            };
+            if attrs.iter().any(|a| a.ns == ans && a.name == l.as_str()) {
+                return Err(ReadError::NotWellFormed("duplicate attribute".into()));
+            }
+            attrs.push(Attr { ns: ans, name: String::from(l), value });
+        }
+        Ok(Element { name: String::from(local), ns, attrs, children: Vec::new() })
+    }
+
+    /// Check the stream header and extract its attributes.
+    fn stream_header(&mut self, el: Element) -> Result<StreamEvent, ReadError> {
+        let Mode::Stream(default_ns) = self.mode else {
+            return Err(ReadError::NotWellFormed("unexpected element".into()));
+        };
+        if !el.is("stream", ns::STREAM) {
+            return Err(ReadError::InvalidNamespace);
+        }
+        let declared = self
+            .bindings
+            .iter()
+            .rev()
+            .find(|b| b.prefix.is_none())
+            .map(|b| b.uri.as_str());
+        if declared != Some(default_ns) {
+            return Err(ReadError::InvalidNamespace);
+        }
+        let get = |name: &str| el.attr(name).map(str::to_owned);
+        Ok(StreamEvent::Header(StreamHeader {
+            to: get("to"),
+            from: get("from"),
+            id: get("id"),
+            version: get("version"),
+            lang: el.lang().map(str::to_owned),
+            default_ns: Some(default_ns.to_owned()),
+        }))
+    }
+}
+
+/// The namespace URI bound to `prefix` (`None`: the default namespace, `""` if none).
+fn lookup<'a>(bindings: &'a [Binding], prefix: Option<&str>) -> Result<&'a str, ReadError> {
+    match prefix {
+        None => Ok(bindings
+            .iter()
+            .rev()
+            .find(|b| b.prefix.is_none())
+            .map_or("", |b| b.uri.as_str())),
+        Some("xml") => Ok(ns::XML),
+        Some(p) => bindings
+            .iter()
+            .rev()
+            .find(|b| b.prefix.as_ref().is_some_and(|bp| bp.as_str() == p))
+            .map(|b| b.uri.as_str())
+            .ok_or_else(|| ReadError::NotWellFormed(format!("undeclared namespace prefix {p:?}"))),
+    }
+}

@@ -1,0 +1,122 @@
+//! The local admin endpoint: a Unix socket in the data directory (owner-only permissions),
+//! so the CLI can manage a running node (sled admits one process at a time).
+
+pub mod protocol;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use actix::Addr;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::router::messages::{KickAccount, ListSessions};
+use crate::router::Router;
+use crate::users::UserAdmin;
+use protocol::{AdminRequest, AdminResponse};
+
+/// Largest request line accepted (a password change is a few hundred bytes).
+const MAX_REQUEST: usize = 64 * 1024;
+
+pub struct AdminServer {
+    pub users: Arc<UserAdmin>,
+    pub router: Addr<Router>,
+}
+
+/// Bind the socket, replacing a stale one left by a crash.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running node", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+impl AdminServer {
+    pub async fn serve(self: Arc<Self>, listener: UnixListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let me = self.clone();
+                    actix_rt::spawn(async move { me.connection(stream).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn connection(&self, stream: UnixStream) {
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read.take(MAX_REQUEST as u64 * 16)).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let response = if line.len() > MAX_REQUEST {
+                AdminResponse::err("request too large")
+            } else {
+                match serde_json::from_str::<AdminRequest>(&line) {
+                    Ok(req) => self.handle(req).await,
+                    Err(e) => AdminResponse::err(format!("bad request: {e}")),
+                }
+            };
+            let mut out = serde_json::to_vec(&response).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+            out.push(b'\n');
+            if write.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn handle(&self, req: AdminRequest) -> AdminResponse {
+        let users = &self.users;
+        match req {
+            AdminRequest::UserAdd { jid, password } => match users.add(&jid, &password) {
+                Ok(j) => AdminResponse::ok(Some(j.to_string().into())),
+                Err(e) => AdminResponse::err(e),
+            },
+            AdminRequest::UserPasswd { jid, password } => match users.passwd(&jid, &password) {
+                Ok(j) => AdminResponse::ok(Some(j.to_string().into())),
+                Err(e) => AdminResponse::err(e),
+            },
+            AdminRequest::UserDel { jid } => match users.del(&jid) {
+                Ok(j) => {
+                    self.router.do_send(KickAccount { bare: j.clone() });
+                    AdminResponse::ok(Some(j.to_string().into()))
+                }
+                Err(e) => AdminResponse::err(e),
+            },
+            AdminRequest::UserList => match users.list() {
+                Ok(l) => AdminResponse::ok(Some(l.into())),
+                Err(e) => AdminResponse::err(e),
+            },
+            AdminRequest::SessionList => match self.router.send(ListSessions).await {
+                Ok(l) => AdminResponse::ok(serde_json::to_value(l).ok()),
+                Err(e) => AdminResponse::err(e),
+            },
+        }
+    }
+}
+
+/// CLI side: send one request to a running node. `Ok(None)`: no node answers at `path`.
+pub fn request(path: &PathBuf, req: &AdminRequest) -> anyhow::Result<Option<AdminResponse>> {
+    use std::io::{BufRead, Write};
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(path) else {
+        return Ok(None);
+    };
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut reply = String::new();
+    std::io::BufReader::new(stream).read_line(&mut reply)?;
+    Ok(Some(serde_json::from_str(&reply)?))
+}

@@ -1,0 +1,31 @@
+//! The admin endpoint's wire format: one JSON request per line, one JSON response per line.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AdminRequest {
+    UserAdd { jid: String, password: String },
+    UserDel { jid: String },
+    UserPasswd { jid: String, password: String },
+    UserList,
+    SessionList,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AdminResponse {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+}
+
+impl AdminResponse {
+    pub fn ok(result: Option<serde_json::Value>) -> Self {
+        AdminResponse { ok: true, error: None, result }
+    }
+    pub fn err(e: impl std::fmt::Display) -> Self {
+        AdminResponse { ok: false, error: Some(e.to_string()), result: None }
+    }
+}

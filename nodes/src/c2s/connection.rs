@@ -1,0 +1,395 @@
+//! The I/O task of one c2s connection. It owns the socket (so it can upgrade it to TLS),
+//! runs the negotiation state machine, and after bind passes stanzas to the connection's
+//! SessionActor and writes what the actor queues.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use proto::error::{StanzaErrorCondition, StreamError, StreamErrorCondition};
+use proto::jid::Jid;
+use proto::negotiation::{Action, C2sNegotiation, C2sPolicy};
+use proto::sasl::DomainAuthenticators;
+use proto::stream::{Limits, StreamEvent, StreamReader};
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::time::{sleep_until, timeout, Instant};
+
+use super::messages::{ConnectionClosed, FromClient, Outbound};
+use super::session::{SendQueue, SessionActor};
+use super::transport::Transport;
+use crate::config::C2sSettings;
+use crate::ext::Extensions;
+use crate::router::messages::{BindRefused, RegisterSession};
+use crate::router::Router;
+use crate::tls::TlsContext;
+
+/// A write that makes no progress for this long means the peer is gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Read buffer per read call.
+const READ_CHUNK: usize = 4096;
+
+/// Everything the c2s connections of a node share.
+pub struct C2sContext {
+    pub settings: C2sSettings,
+    pub policy: C2sPolicy,
+    pub auth: DomainAuthenticators,
+    pub tls: TlsContext,
+    pub router: Addr<Router>,
+    pub ext: Arc<Extensions>,
+    pub domains: Arc<Vec<String>>,
+    pub shutdown: watch::Receiver<bool>,
+    pub next_session_id: AtomicU64,
+}
+
+impl C2sContext {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_stanza_bytes: self.settings.max_stanza_bytes,
+            max_depth: self.settings.max_depth,
+            ..Limits::default()
+        }
+    }
+}
+
+/// Why the loop woke up.
+enum Wake {
+    Read(std::io::Result<usize>),
+    Out(Option<Outbound>),
+    Shutdown,
+    Overflow,
+    AuthTimeout,
+}
+
+/// How a connection ended, for the log.
+#[derive(Debug)]
+enum End {
+    Closed,
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for End {
+    fn from(e: std::io::Error) -> Self {
+        End::Io(e)
+    }
+}
+
+struct Connection {
+    ctx: Arc<C2sContext>,
+    negotiation: C2sNegotiation,
+    reader: StreamReader,
+    transport: Transport,
+    session: Option<Addr<SessionActor>>,
+    queue: Arc<SendQueue>,
+    out_tx: mpsc::UnboundedSender<Outbound>,
+}
+
+/// Serve one accepted socket until it closes.
+pub async fn serve(
+    tcp: TcpStream,
+    ctx: Arc<C2sContext>,
+    direct_tls: bool,
+    _permit: OwnedSemaphorePermit,
+) {
+    let peer = tcp.peer_addr().ok();
+    let _ = tcp.set_nodelay(true);
+    let auth_deadline = Instant::now() + Duration::from_secs(ctx.settings.auth_timeout_secs);
+    let (transport, cb) = if direct_tls {
+        match timeout(
+            Duration::from_secs(ctx.settings.auth_timeout_secs),
+            ctx.tls.acceptor.accept(tcp),
+        )
+        .await
+        {
+            Ok(Ok(tls)) => {
+                let cb = ctx.tls.channel_binding(&tls);
+                (Transport::Tls(Box::new(tls)), Some(cb))
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(?peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(?peer, "TLS handshake timed out");
+                return;
+            }
+        }
+    } else {
+        (Transport::Plain(tcp), None)
+    };
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let mut conn = Connection {
+        negotiation: C2sNegotiation::new(ctx.policy.clone(), cb),
+        reader: StreamReader::new(ctx.limits(), proto::ns::CLIENT),
+        transport,
+        session: None,
+        queue: SendQueue::new(ctx.settings.send_queue_max_bytes),
+        out_tx,
+        ctx,
+    };
+    let end = conn.run(out_rx, auth_deadline).await;
+    if let Some(session) = conn.session.take() {
+        session.do_send(ConnectionClosed);
+    }
+    let _ = timeout(Duration::from_secs(1), conn.transport.shutdown()).await;
+    match end {
+        End::Closed => tracing::debug!(?peer, "c2s connection closed"),
+        End::Io(e) => tracing::debug!(?peer, error = %e, "c2s connection lost"),
+    }
+}
+
+impl Connection {
+    async fn run(
+        &mut self,
+        mut out_rx: mpsc::UnboundedReceiver<Outbound>,
+        auth_deadline: Instant,
+    ) -> End {
+        let mut shutdown = self.ctx.shutdown.clone();
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            if *shutdown.borrow() {
+                return self.close_with(StreamError::new(StreamErrorCondition::SystemShutdown)).await;
+            }
+            let established = self.negotiation.is_established();
+            let queue = self.queue.clone();
+            let wake = tokio::select! {
+                biased;
+                _ = shutdown.changed() => Wake::Shutdown,
+                _ = queue.overflow.notified() => Wake::Overflow,
+                _ = sleep_until(auth_deadline), if !established => Wake::AuthTimeout,
+                out = out_rx.recv() => Wake::Out(out),
+                r = self.transport.read(&mut buf) => Wake::Read(r),
+            };
+            let result = match wake {
+                Wake::Shutdown => {
+                    return self
+                        .close_with(StreamError::new(StreamErrorCondition::SystemShutdown))
+                        .await
+                }
+                Wake::Overflow => return self.close_with(SessionActor::overflow_error()).await,
+                Wake::AuthTimeout => {
+                    return self
+                        .close_with(StreamError::new(StreamErrorCondition::ConnectionTimeout))
+                        .await
+                }
+                Wake::Out(None) => return End::Closed,
+                Wake::Out(Some(out)) => self.write_outbound(out, &mut out_rx).await,
+                Wake::Read(Ok(0)) => return End::Closed,
+                Wake::Read(Ok(n)) => {
+                    self.reader.feed(&buf[..n]);
+                    self.process_input().await
+                }
+                Wake::Read(Err(e)) => return End::Io(e),
+            };
+            match result {
+                Ok(true) => {}
+                Ok(false) => return End::Closed,
+                Err(e) => return e,
+            }
+            if self.reader.buffered() == 0 {
+                self.reader.release_temporaries();
+            }
+        }
+    }
+
+    /// Write what the session queued, batching everything already waiting.
+    async fn write_outbound(
+        &mut self,
+        first: Outbound,
+        out_rx: &mut mpsc::UnboundedReceiver<Outbound>,
+    ) -> Result<bool, End> {
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(out) = next.take() {
+            match out {
+                Outbound::Bytes(b) => {
+                    if batch.is_empty() {
+                        batch = b;
+                    } else {
+                        batch.extend_from_slice(&b);
+                    }
+                }
+                Outbound::Close(err) => {
+                    self.write(&batch).await?;
+                    self.queue.written(batch.len());
+                    self.close_with(err).await;
+                    return Ok(false);
+                }
+            }
+            if batch.len() < 64 * 1024 {
+                next = out_rx.try_recv().ok();
+            }
+        }
+        self.write(&batch).await?;
+        self.queue.written(batch.len());
+        Ok(true)
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), End> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let queue = self.queue.clone();
+        let transport = &mut self.transport;
+        let write = async {
+            transport.write_all(bytes).await?;
+            transport.flush().await
+        };
+        tokio::select! {
+            r = timeout(WRITE_TIMEOUT, write) => match r {
+                Ok(r) => Ok(r?),
+                Err(_) => Err(End::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))),
+            },
+            // A slow reader's queue overflowed while we were blocked writing to it.
+            _ = queue.overflow.notified() => Err(End::Closed),
+        }
+    }
+
+    /// Send a stream error (and our header first if needed) and end the connection.
+    async fn close_with(&mut self, err: StreamError) -> End {
+        let actions = self.negotiation.fail(err);
+        for a in actions {
+            if let Action::Send(bytes) = a {
+                let _ = timeout(Duration::from_secs(2), async {
+                    let _ = self.transport.write_all(&bytes).await;
+                    let _ = self.transport.flush().await;
+                })
+                .await;
+            }
+        }
+        End::Closed
+    }
+
+    /// Drain complete events from the reader. `Ok(false)`: the stream is over.
+    async fn process_input(&mut self) -> Result<bool, End> {
+        loop {
+            let event = match self.reader.next_event() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return Ok(true),
+                Err(e) => {
+                    tracing::debug!(error = %e, "c2s stream error");
+                    self.close_with(e.to_stream_error()).await;
+                    return Ok(false);
+                }
+            };
+            let auth: &DomainAuthenticators = &self.ctx.auth;
+            let actions = match event {
+                StreamEvent::Header(h) => {
+                    self.negotiation.on_header(&h, &new_stream_id(), auth)
+                }
+                StreamEvent::Element(el, _) => self.negotiation.on_element(el, auth),
+                StreamEvent::Keepalive => Vec::new(),
+                StreamEvent::Close => self.negotiation.on_close(),
+            };
+            if !self.perform(actions).await? {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Carry out the negotiation's actions. `Ok(false)`: the stream is over.
+    async fn perform(&mut self, actions: Vec<Action>) -> Result<bool, End> {
+        let mut queue = std::collections::VecDeque::from(actions);
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Send(bytes) => self.write(&bytes).await?,
+                Action::Close => return Ok(false),
+                Action::StartTls => {
+                    if self.reader.buffered() > 0 {
+                        // Data pipelined before the handshake could have been injected by an
+                        // attacker in the clear (RFC 6120 §5.4.3.3 forbids acting on it).
+                        return Ok(false);
+                    }
+                    self.start_tls().await?;
+                }
+                Action::Authenticated(user) => {
+                    tracing::debug!(%user, "authenticated");
+                    self.reader = StreamReader::new(self.ctx.limits(), proto::ns::CLIENT);
+                }
+                Action::Bind { iq_id, resource } => {
+                    queue.extend(self.bind(&iq_id, resource).await);
+                }
+                Action::Stanza(el) => match &self.session {
+                    Some(s) => s.do_send(FromClient(el)),
+                    None => return Ok(false),
+                },
+            }
+        }
+        Ok(true)
+    }
+
+    async fn start_tls(&mut self) -> Result<(), End> {
+        let Transport::Plain(tcp) = std::mem::replace(&mut self.transport, Transport::Detached)
+        else {
+            return Err(End::Closed);
+        };
+        let tls = timeout(
+            Duration::from_secs(self.ctx.settings.auth_timeout_secs),
+            self.ctx.tls.acceptor.accept(tcp),
+        )
+        .await
+        .map_err(|_| End::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")))??;
+        let cb = self.ctx.tls.channel_binding(&tls);
+        self.transport = Transport::Tls(Box::new(tls));
+        self.negotiation.tls_established(cb);
+        self.reader = StreamReader::new(self.ctx.limits(), proto::ns::CLIENT);
+        Ok(())
+    }
+
+    async fn bind(&mut self, iq_id: &str, resource: Option<String>) -> Vec<Action> {
+        let (Some(user), Some(domain)) = (self.negotiation.user(), self.negotiation.domain()) else {
+            return self.negotiation.bind_failed(iq_id, StanzaErrorCondition::NotAuthorized);
+        };
+        let resource = resource.unwrap_or_else(generated_resource);
+        let Ok(jid) = Jid::from_parts(Some(user), domain, Some(&resource)) else {
+            // RFC 6120 §7.7.2.2: a resource that cannot be prepared.
+            return self.negotiation.bind_failed(iq_id, StanzaErrorCondition::BadRequest);
+        };
+        let session_id = self.ctx.next_session_id.fetch_add(1, Ordering::Relaxed);
+        let session = SessionActor::new(
+            jid.clone(),
+            session_id,
+            self.out_tx.clone(),
+            self.queue.clone(),
+            self.ctx.router.clone(),
+            self.ctx.ext.clone(),
+            self.ctx.domains.clone(),
+        )
+        .start();
+        let registered = self
+            .ctx
+            .router
+            .send(RegisterSession {
+                jid: jid.clone(),
+                session_id,
+                session: session.clone(),
+            })
+            .await;
+        match registered {
+            Ok(Ok(())) => {
+                self.session = Some(session);
+                tracing::info!(%jid, "session bound");
+                self.negotiation.bound(iq_id, &jid.to_string())
+            }
+            Ok(Err(BindRefused::Conflict)) => {
+                session.do_send(ConnectionClosed);
+                self.negotiation.bind_failed(iq_id, StanzaErrorCondition::Conflict)
+            }
+            Err(_) => {
+                session.do_send(ConnectionClosed);
+                self.negotiation.bind_failed(iq_id, StanzaErrorCondition::InternalServerError)
+            }
+        }
+    }
+}
+
+fn new_stream_id() -> String {
+    format!("{:016x}", rand::thread_rng().gen::<u64>())
+}
+
+fn generated_resource() -> String {
+    format!("sb-{:012x}", rand::thread_rng().gen::<u64>() & 0xffff_ffff_ffff)
+}

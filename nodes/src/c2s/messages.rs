@@ -1,0 +1,34 @@
+//! Messages between a connection's I/O task, its SessionActor and the router.
+
+use actix::prelude::*;
+use proto::element::Element;
+use proto::error::StreamError;
+
+/// A stanza the client sent (after bind).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FromClient(pub Element);
+
+/// A stanza for the client.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver(pub Element);
+
+/// Close the client's stream with this error (conflict, shutdown, account deleted).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Kick(pub StreamError);
+
+/// The connection is gone; the actor unregisters and stops.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ConnectionClosed;
+
+/// What the SessionActor hands the I/O task to write.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Serialised stanzas.
+    Bytes(Vec<u8>),
+    /// Write this stream error and close.
+    Close(StreamError),
+}

@@ -1,0 +1,69 @@
+//! Client-to-server: listeners, the per-connection I/O task, and the SessionActor.
+
+pub mod connection;
+pub mod messages;
+pub mod session;
+mod transport;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+pub use connection::C2sContext;
+
+/// A bound listening socket, shared by every worker's accept loop.
+pub struct C2sListener {
+    pub socket: std::net::TcpListener,
+    /// Direct TLS (XEP-0368) rather than STARTTLS.
+    pub direct_tls: bool,
+}
+
+impl C2sListener {
+    pub fn bind(addr: &str, direct_tls: bool) -> std::io::Result<C2sListener> {
+        let socket = std::net::TcpListener::bind(addr)?;
+        socket.set_nonblocking(true)?;
+        Ok(C2sListener { socket, direct_tls })
+    }
+}
+
+/// Accept connections on `listener` on the current arbiter until shutdown. Each connection
+/// holds a permit of `limit` for its lifetime.
+pub async fn accept_loop(
+    listener: std::net::TcpListener,
+    direct_tls: bool,
+    ctx: Arc<C2sContext>,
+    limit: Arc<Semaphore>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register c2s listener");
+            return;
+        }
+    };
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = shutdown.changed() => return,
+        };
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.changed() => return,
+        };
+        match accepted {
+            Ok((tcp, _)) => {
+                actix_rt::spawn(connection::serve(tcp, ctx.clone(), direct_tls, permit));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Node configuration: built-in defaults, then an optional TOML file, then `SWITCHBOARD_*`
+//! environment variables (`__` separates nested keys: `SWITCHBOARD_C2S__LISTEN=...`).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Domains served by this node.
+    pub domains: Vec<String>,
+    /// Where the database, generated certificate and admin socket live.
+    pub data_dir: PathBuf,
+    pub c2s: C2sSettings,
+    pub tls: TlsSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct C2sSettings {
+    /// Plain TCP listener; STARTTLS is offered there.
+    pub listen: String,
+    /// Direct-TLS listener (XEP-0368); empty string disables it.
+    pub tls_listen: String,
+    pub require_tls: bool,
+    pub max_stanza_bytes: usize,
+    pub max_depth: usize,
+    pub auth_timeout_secs: u64,
+    pub max_auth_failures: u32,
+    /// Bytes queued for one client before it is disconnected as too slow.
+    pub send_queue_max_bytes: usize,
+    pub resource_conflict: ResourceConflict,
+    /// Connections accepted at once, over all c2s listeners.
+    pub max_connections: usize,
+}
+
+/// What happens when a client binds a resource that is already online.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResourceConflict {
+    /// The new session wins; the old one gets a `<conflict/>` stream error.
+    Replace,
+    /// The new bind is refused with a `conflict` stanza error.
+    Reject,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain; when unset a self-signed one is generated under data_dir/tls.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// A tracing filter, e.g. `info` or `switchboard=debug,info`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+const DEFAULTS: &str = r#"
+domains = ["localhost"]
+data_dir = "./data"
+
+[c2s]
+listen = "0.0.0.0:5222"
+tls_listen = "0.0.0.0:5223"
+require_tls = true
+max_stanza_bytes = 262144
+max_depth = 32
+auth_timeout_secs = 30
+max_auth_failures = 3
+send_queue_max_bytes = 1048576
+resource_conflict = "replace"
+max_connections = 100000
+
+[tls]
+
+[log]
+level = "info"
+format = "text"
+"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Load defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULTS,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("SWITCHBOARD")
+                .prefix_separator("_")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("domains")
+                .try_parsing(true),
+        );
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.domains.is_empty() {
+            return Err(ConfigError::Invalid("`domains` must name at least one domain".into()));
+        }
+        let mut prepared = Vec::new();
+        for d in &self.domains {
+            let p = proto::jid::prepare_domain(d)
+                .map_err(|e| ConfigError::Invalid(format!("domain {d:?}: {e}")))?;
+            prepared.push(p);
+        }
+        self.domains = prepared;
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls.cert and tls.key must be set together".into(),
+            ));
+        }
+        if self.c2s.max_stanza_bytes < 4096 {
+            return Err(ConfigError::Invalid("c2s.max_stanza_bytes must be at least 4096".into()));
+        }
+        if self.c2s.max_depth < 4 {
+            return Err(ConfigError::Invalid("c2s.max_depth must be at least 4".into()));
+        }
+        if self.c2s.max_auth_failures == 0 {
+            return Err(ConfigError::Invalid("c2s.max_auth_failures must be at least 1".into()));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid("log.format must be \"text\" or \"json\"".into()));
+        }
+        Ok(())
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        self.data_dir.join("admin.sock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_file() {
+        let s = Settings::load(None).unwrap();
+        assert_eq!(s.domains, vec!["localhost".to_string()]);
+        assert_eq!(s.c2s.listen, "0.0.0.0:5222");
+        assert!(s.c2s.require_tls);
+        assert_eq!(s.c2s.resource_conflict, ResourceConflict::Replace);
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_rejects_unknown_keys() {
+        let dir = std::env::temp_dir().join(format!("sb-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("a.toml");
+        std::fs::write(&f, "domains = [\"Example.COM.\"]\n[c2s]\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        let s = Settings::load(Some(&f)).unwrap();
+        assert_eq!(s.domains, vec!["example.com".to_string()]);
+        assert_eq!(s.c2s.listen, "127.0.0.1:1");
+        assert_eq!(s.c2s.tls_listen, "0.0.0.0:5223");
+        std::fs::write(&f, "[c2s]\nlisen = \"x\"\n").unwrap();
+        assert!(Settings::load(Some(&f)).is_err());
+        assert!(Settings::load(Some(&dir.join("missing.toml"))).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,67 @@
+//! Messages the Router actor accepts.
+
+use actix::prelude::*;
+use proto::element::Element;
+use proto::jid::Jid;
+
+use crate::c2s::session::SessionActor;
+
+/// A session bound `jid` (full). The router applies the resource-conflict policy.
+#[derive(Message)]
+#[rtype(result = "Result<(), BindRefused>")]
+pub struct RegisterSession {
+    pub jid: Jid,
+    pub session_id: u64,
+    pub session: Addr<SessionActor>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindRefused {
+    /// The resource is online and the policy keeps the old session.
+    Conflict,
+}
+
+/// The session is gone (stream closed or connection lost). If it was available, its
+/// unavailable presence goes out.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UnregisterSession {
+    pub jid: Jid,
+    pub session_id: u64,
+}
+
+/// Broadcast presence (no `to`) from a session; `from` is already stamped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BroadcastPresence {
+    pub from: Jid,
+    pub session_id: u64,
+    pub presence: Element,
+}
+
+/// A stanza with its `from` stamped, for delivery per RFC 6120 §10 / RFC 6121 §8.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RouteStanza {
+    pub from: Jid,
+    pub stanza: Element,
+}
+
+/// Disconnect every session of an account (it was deleted).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct KickAccount {
+    pub bare: Jid,
+}
+
+/// Online sessions, for the admin API.
+#[derive(Message)]
+#[rtype(result = "Vec<SessionInfo>")]
+pub struct ListSessions;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionInfo {
+    pub jid: String,
+    pub available: bool,
+    pub priority: i8,
+}

@@ -1,0 +1,378 @@
+//! Router: knows every bound session on this node and delivers stanzas per RFC 6120 §10 and
+//! RFC 6121 §8 (full JID, bare JID by priority, unknown accounts, absent resources).
+
+pub mod messages;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use proto::element::Element;
+use proto::error::{stanza_error_reply, StanzaErrorCondition, StreamError, StreamErrorCondition};
+use proto::jid::Jid;
+use proto::ns;
+use storage::AccountStore;
+
+use crate::c2s::messages::{Deliver, Kick};
+use crate::c2s::session::SessionActor;
+use crate::config::ResourceConflict;
+use messages::*;
+
+/// One bound resource of an account.
+struct BoundResource {
+    jid: Jid,
+    session_id: u64,
+    session: Addr<SessionActor>,
+    /// Last available presence and its priority; `None` until initial presence.
+    presence: Option<(i8, Element)>,
+}
+
+pub struct Router {
+    domains: Arc<Vec<String>>,
+    accounts: AccountStore,
+    conflict: ResourceConflict,
+    /// Bare JID → its bound resources.
+    sessions: HashMap<Jid, Vec<BoundResource>>,
+}
+
+impl Router {
+    pub fn new(
+        domains: Arc<Vec<String>>,
+        accounts: AccountStore,
+        conflict: ResourceConflict,
+    ) -> Router {
+        Router {
+            domains,
+            accounts,
+            conflict,
+            sessions: HashMap::new(),
+        }
+    }
+
+    fn is_local_domain(&self, domain: &str) -> bool {
+        self.domains.iter().any(|d| d == domain)
+    }
+
+    fn account_exists(&self, bare: &Jid) -> bool {
+        // A storage error must not make a real account look absent to senders.
+        self.accounts.exists(&bare.to_string()).unwrap_or(true)
+    }
+
+    fn resource(&self, full: &Jid) -> Option<&BoundResource> {
+        self.sessions
+            .get(&full.to_bare())?
+            .iter()
+            .find(|r| r.jid == *full)
+    }
+
+    fn deliver(to: &BoundResource, mut stanza: Element) {
+        stanza.set_attr("to", to.jid.to_string());
+        to.session.do_send(Deliver(stanza));
+    }
+
+    /// Send an error reply for `stanza` back to its (local) sender.
+    fn bounce(&self, from: &Jid, stanza: &Element, cond: StanzaErrorCondition) {
+        if stanza.attr("type") == Some("error") {
+            return;
+        }
+        let reply = stanza_error_reply(stanza, cond, None);
+        if let Some(r) = self.resource(from) {
+            r.session.do_send(Deliver(reply));
+        }
+    }
+
+    /// Resources that receive a message to the bare JID: the available ones with the highest
+    /// non-negative priority (RFC 6121 §8.5.2.1.1).
+    fn best_resources(&self, bare: &Jid) -> Vec<&BoundResource> {
+        let Some(list) = self.sessions.get(bare) else {
+            return Vec::new();
+        };
+        let top = list
+            .iter()
+            .filter_map(|r| r.presence.as_ref().map(|(p, _)| *p))
+            .filter(|p| *p >= 0)
+            .max();
+        match top {
+            Some(top) => list
+                .iter()
+                .filter(|r| r.presence.as_ref().is_some_and(|(p, _)| *p == top))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    fn available_resources(&self, bare: &Jid) -> impl Iterator<Item = &BoundResource> {
+        self.sessions
+            .get(bare)
+            .into_iter()
+            .flatten()
+            .filter(|r| r.presence.is_some())
+    }
+
+    fn route(&self, from: &Jid, stanza: Element) {
+        let Some(to) = stanza.attr("to").and_then(|t| Jid::parse(t).ok()) else {
+            return self.bounce(from, &stanza, StanzaErrorCondition::JidMalformed);
+        };
+        if !self.is_local_domain(to.domain()) {
+            // Federation is not available yet: RFC 6120 §10.4.
+            return self.bounce(from, &stanza, StanzaErrorCondition::RemoteServerNotFound);
+        }
+        if to.local().is_none() {
+            // To the server itself: IQs were answered by the session; messages and presence
+            // to a domain are not for anyone (RFC 6120 §10.3.3 lets us ignore them).
+            if stanza.name == "iq" && matches!(stanza.attr("type"), Some("get") | Some("set")) {
+                self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable);
+            }
+            return;
+        }
+        let bare = to.to_bare();
+        if !self.account_exists(&bare) {
+            // RFC 6121 §8.5.1: no such account.
+            match stanza.name.as_str() {
+                "presence" => {}
+                _ => self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable),
+            }
+            return;
+        }
+        if to.resource().is_some() {
+            if let Some(r) = self.resource(&to) {
+                return Self::deliver(r, stanza);
+            }
+            return self.to_absent_resource(from, &bare, stanza);
+        }
+        self.to_bare(from, &bare, stanza);
+    }
+
+    /// RFC 6121 §8.5.3.2: the full JID has no session.
+    fn to_absent_resource(&self, from: &Jid, bare: &Jid, stanza: Element) {
+        match (stanza.name.as_str(), stanza.attr("type")) {
+            ("message", None | Some("normal") | Some("chat")) => self.to_bare(from, bare, stanza),
+            ("message", Some("groupchat")) => {
+                self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable)
+            }
+            ("message", _) => {}
+            ("presence", Some("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed")) => {
+                self.to_bare(from, bare, stanza)
+            }
+            ("presence", _) => {}
+            _ => self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable),
+        }
+    }
+
+    /// RFC 6121 §8.5.2: addressed to an existing account's bare JID.
+    fn to_bare(&self, from: &Jid, bare: &Jid, stanza: Element) {
+        match stanza.name.as_str() {
+            "message" => {
+                let kind = stanza.attr("type").unwrap_or("normal");
+                match kind {
+                    "groupchat" => {
+                        self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable)
+                    }
+                    "error" => {
+                        for r in self.best_resources(bare) {
+                            Self::deliver(r, stanza.clone());
+                        }
+                    }
+                    "headline" => {
+                        for r in self
+                            .available_resources(bare)
+                            .filter(|r| r.presence.as_ref().is_some_and(|(p, _)| *p >= 0))
+                        {
+                            Self::deliver(r, stanza.clone());
+                        }
+                    }
+                    _ => {
+                        let targets = self.best_resources(bare);
+                        if targets.is_empty() {
+                            // Offline storage is not available: tell the sender rather than
+                            // drop silently (RFC 6121 §8.5.2.2.1).
+                            self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable);
+                        }
+                        for r in targets {
+                            let mut s = stanza.clone();
+                            s.set_attr("to", bare.to_string());
+                            r.session.do_send(Deliver(s));
+                        }
+                    }
+                }
+            }
+            "presence" => {
+                for r in self.available_resources(bare) {
+                    let mut s = stanza.clone();
+                    s.set_attr("to", bare.to_string());
+                    r.session.do_send(Deliver(s));
+                }
+            }
+            _ => {
+                // IQs to another account's bare JID are answered by the server on its behalf;
+                // no handler covers other accounts yet.
+                self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable)
+            }
+        }
+    }
+
+    fn unavailable_from(jid: &Jid) -> Element {
+        Element::new("presence", ns::CLIENT)
+            .with_attr("type", "unavailable")
+            .with_attr("from", jid.to_string())
+    }
+
+    /// Tell the account's available resources (and `also`, if given) about `presence`.
+    fn broadcast_own(&self, bare: &Jid, presence: &Element, also: Option<&BoundResource>) {
+        for r in self.available_resources(bare) {
+            Self::deliver(r, presence.clone());
+        }
+        if let Some(a) = also.filter(|a| a.presence.is_none()) {
+            Self::deliver(a, presence.clone());
+        }
+    }
+}
+
+fn priority_of(presence: &Element) -> i8 {
+    presence
+        .get_child("priority", ns::CLIENT)
+        .and_then(|p| p.text().trim().parse::<i8>().ok())
+        .unwrap_or(0)
+}
+
+impl Actor for Router {
+    type Context = Context<Self>;
+}
+
+impl Handler<RegisterSession> for Router {
+    type Result = Result<(), BindRefused>;
+
+    fn handle(&mut self, msg: RegisterSession, _: &mut Context<Self>) -> Self::Result {
+        let bare = msg.jid.to_bare();
+        let existing = self
+            .sessions
+            .get(&bare)
+            .and_then(|l| l.iter().position(|r| r.jid == msg.jid));
+        if let Some(pos) = existing {
+            if self.conflict == ResourceConflict::Reject {
+                return Err(BindRefused::Conflict);
+            }
+            let old = self
+                .sessions
+                .get_mut(&bare)
+                .map(|l| l.remove(pos));
+            if let Some(old) = old {
+                old.session.do_send(Kick(StreamError::with_text(
+                    StreamErrorCondition::Conflict,
+                    "replaced by a new session for the same resource",
+                )));
+                if old.presence.is_some() {
+                    self.broadcast_own(&bare, &Self::unavailable_from(&old.jid), None);
+                }
+            }
+        }
+        self.sessions.entry(bare).or_default().push(BoundResource {
+            jid: msg.jid,
+            session_id: msg.session_id,
+            session: msg.session,
+            presence: None,
+        });
+        Ok(())
+    }
+}
+
+impl Handler<UnregisterSession> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: UnregisterSession, _: &mut Context<Self>) {
+        let bare = msg.jid.to_bare();
+        let Some(list) = self.sessions.get_mut(&bare) else {
+            return;
+        };
+        let Some(pos) = list.iter().position(|r| r.session_id == msg.session_id) else {
+            return;
+        };
+        let gone = list.remove(pos);
+        if list.is_empty() {
+            self.sessions.remove(&bare);
+        }
+        if gone.presence.is_some() {
+            // RFC 6121 §4.5.3.1 / abrupt disconnect: others learn the resource went away.
+            self.broadcast_own(&bare, &Self::unavailable_from(&gone.jid), None);
+        }
+    }
+}
+
+impl Handler<BroadcastPresence> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: BroadcastPresence, _: &mut Context<Self>) {
+        let bare = msg.from.to_bare();
+        let available = msg.presence.attr("type").is_none();
+        let Some(list) = self.sessions.get_mut(&bare) else {
+            return;
+        };
+        let Some(me) = list.iter_mut().find(|r| r.session_id == msg.session_id) else {
+            return;
+        };
+        let initial = me.presence.is_none() && available;
+        let was_available = me.presence.is_some();
+        me.presence = available.then(|| (priority_of(&msg.presence), msg.presence.clone()));
+        if !available && !was_available {
+            return;
+        }
+        let me_jid = me.jid.clone();
+        // RFC 6121 §4.2.2 / §4.4.2: every available resource of the account, the sender included.
+        let sender = self.resource(&me_jid);
+        let mut presence = msg.presence;
+        presence.set_attr("from", me_jid.to_string());
+        self.broadcast_own(&bare, &presence, sender.filter(|_| !available));
+        if initial {
+            // The newcomer learns about the account's other available resources.
+            if let Some(me) = self.resource(&me_jid) {
+                for other in self.available_resources(&bare).filter(|r| r.jid != me_jid) {
+                    if let Some((_, p)) = &other.presence {
+                        Self::deliver(me, p.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Handler<RouteStanza> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: RouteStanza, _: &mut Context<Self>) {
+        self.route(&msg.from, msg.stanza);
+    }
+}
+
+impl Handler<KickAccount> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: KickAccount, _: &mut Context<Self>) {
+        if let Some(list) = self.sessions.get(&msg.bare) {
+            for r in list {
+                r.session.do_send(Kick(StreamError::with_text(
+                    StreamErrorCondition::NotAuthorized,
+                    "account deleted",
+                )));
+            }
+        }
+    }
+}
+
+impl Handler<ListSessions> for Router {
+    type Result = MessageResult<ListSessions>;
+
+    fn handle(&mut self, _: ListSessions, _: &mut Context<Self>) -> Self::Result {
+        let mut out: Vec<SessionInfo> = self
+            .sessions
+            .values()
+            .flatten()
+            .map(|r| SessionInfo {
+                jid: r.jid.to_string(),
+                available: r.presence.is_some(),
+                priority: r.presence.as_ref().map(|(p, _)| *p).unwrap_or(0),
+            })
+            .collect();
+        out.sort_by(|a, b| a.jid.cmp(&b.jid));
+        MessageResult(out)
+    }
+}
