@@ -1,22 +1,14 @@
 //! `switchboard`: the node binary and its command line.
 
-mod admin;
-mod c2s;
-mod config;
-mod ext;
-mod node;
-mod router;
-mod tls;
-mod users;
-
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use admin::protocol::{AdminRequest, AdminResponse};
-use config::Settings;
+use nodes::admin::protocol::{AdminRequest, AdminResponse};
+use nodes::config::Settings;
+use nodes::{admin, ext, node, users};
 
 #[derive(Parser)]
 #[command(name = "switchboard", version, about = "A clustered XMPP server")]

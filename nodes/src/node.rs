@@ -70,12 +70,12 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         .start();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let ctx = Arc::new(C2sContext {
-            policy: C2sPolicy {
+            policy: Arc::new(C2sPolicy {
                 domains: settings.domains.clone(),
                 tls_available: true,
                 tls_required: settings.c2s.require_tls,
                 max_auth_failures: settings.c2s.max_auth_failures,
-            },
+            }),
             settings: settings.c2s.clone(),
             auth,
             tls,

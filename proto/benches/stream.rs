@@ -61,6 +61,29 @@ fn bench_read(c: &mut Criterion) {
     g.finish();
 }
 
+/// Baseline: rxml's raw events alone, no tree building (the floor for `read_*`).
+fn bench_rxml_floor(c: &mut Criterion) {
+    use rxml::{Parse, RawParser};
+    let (body, avg) = input();
+    let mut g = c.benchmark_group(format!("rxml_raw_events_{avg}B_message"));
+    g.throughput(Throughput::Elements(STANZAS as u64));
+    g.bench_function("chunk/4096", |b| {
+        b.iter(|| {
+            let mut p = RawParser::new();
+            let mut n = 0usize;
+            for part in std::iter::once(HEADER).chain(body.chunks(4096)) {
+                let mut s = part;
+                while let Ok(Some(ev)) = p.parse(&mut s, false) {
+                    black_box(&ev);
+                    n += 1;
+                }
+            }
+            n
+        })
+    });
+    g.finish();
+}
+
 fn bench_write(c: &mut Criterion) {
     let (body, avg) = input();
     let mut reader = StreamReader::new(Limits::default(), "jabber:client");
@@ -87,5 +110,5 @@ fn bench_write(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_read, bench_write);
+criterion_group!(benches, bench_read, bench_rxml_floor, bench_write);
 criterion_main!(benches);

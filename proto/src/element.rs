@@ -120,8 +120,15 @@ impl Element {
     /// Serialise, declaring `xmlns` only where the namespace differs from `parent_ns`
     /// (pass the stream's default namespace, e.g. `jabber:client`, for top-level stanzas so
     /// that they come out without a redundant xmlns). Text and attribute values are escaped.
+    ///
+    /// An element in the streams namespace (`features`, `error`) comes out as `stream:NAME`,
+    /// using the prefix the stream header binds: clients match on that qualified name.
     pub fn write_to(&self, out: &mut Vec<u8>, parent_ns: &str) {
-        self.write_inner(out, Some(parent_ns))
+        if self.ns == ns::STREAM {
+            self.write_qualified(out, Some(parent_ns), Some("stream"))
+        } else {
+            self.write_inner(out, Some(parent_ns))
+        }
     }
     /// Serialise as a standalone document fragment (always declares its namespace).
     pub fn to_xml_string(&self) -> String {
@@ -137,11 +144,26 @@ impl Element {
 
     /// `parent_ns = None`: declare the namespace unconditionally (unless it is empty).
     fn write_inner(&self, out: &mut Vec<u8>, parent_ns: Option<&str>) {
+        self.write_qualified(out, parent_ns, None)
+    }
+
+    /// With `prefix`, the element is written as `prefix:name` (the prefix is bound by an
+    /// ancestor) and its children inherit `parent_ns` as their default namespace.
+    fn write_qualified(&self, out: &mut Vec<u8>, parent_ns: Option<&str>, prefix: Option<&str>) {
         out.push(b'<');
+        if let Some(p) = prefix {
+            out.extend_from_slice(p.as_bytes());
+            out.push(b':');
+        }
         out.extend_from_slice(self.name.as_bytes());
-        let declare = match parent_ns {
-            Some(p) => p != self.ns,
-            None => !self.ns.is_empty(),
+        let declare = match (prefix, parent_ns) {
+            (Some(_), _) => false,
+            (None, Some(p)) => p != self.ns,
+            (None, None) => !self.ns.is_empty(),
+        };
+        let children_ns = match (prefix, parent_ns) {
+            (Some(_), Some(p)) => p,
+            _ => self.ns.as_str(),
         };
         if declare {
             out.extend_from_slice(b" xmlns='");
@@ -182,11 +204,15 @@ impl Element {
         out.push(b'>');
         for child in &self.children {
             match child {
-                Node::Element(e) => e.write_inner(out, Some(&self.ns)),
+                Node::Element(e) => e.write_inner(out, Some(children_ns)),
                 Node::Text(t) => escape_text(out, t),
             }
         }
         out.extend_from_slice(b"</");
+        if let Some(p) = prefix {
+            out.extend_from_slice(p.as_bytes());
+            out.push(b':');
+        }
         out.extend_from_slice(self.name.as_bytes());
         out.push(b'>');
     }

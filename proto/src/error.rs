@@ -183,9 +183,8 @@ impl StanzaErrorCondition {
     pub fn default_type(self) -> StanzaErrorType {
         use StanzaErrorCondition::*;
         match self {
-            BadRequest | JidMalformed | NotAcceptable | PolicyViolation | Redirect => {
-                StanzaErrorType::Modify
-            }
+            BadRequest | JidMalformed | NotAcceptable | PolicyViolation | Redirect
+            | UndefinedCondition => StanzaErrorType::Modify,
             Forbidden | NotAuthorized | RegistrationRequired | SubscriptionRequired => {
                 StanzaErrorType::Auth
             }
@@ -199,8 +198,7 @@ impl StanzaErrorCondition {
             | ItemNotFound
             | NotAllowed
             | RemoteServerNotFound
-            | ServiceUnavailable
-            | UndefinedCondition => StanzaErrorType::Cancel,
+            | ServiceUnavailable => StanzaErrorType::Cancel,
         }
     }
 }

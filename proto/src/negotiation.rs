@@ -64,7 +64,7 @@ enum Phase {
 
 /// Negotiation state of one c2s connection.
 pub struct C2sNegotiation {
-    policy: C2sPolicy,
+    policy: std::sync::Arc<C2sPolicy>,
     phase: Phase,
     secured: bool,
     channel_binding: ChannelBinding,
@@ -81,7 +81,10 @@ pub struct C2sNegotiation {
 impl C2sNegotiation {
     /// `direct_tls`: the connection came in on the direct-TLS port (XEP-0368) and is already
     /// encrypted, with this channel binding.
-    pub fn new(policy: C2sPolicy, direct_tls: Option<ChannelBinding>) -> C2sNegotiation {
+    pub fn new(
+        policy: std::sync::Arc<C2sPolicy>,
+        direct_tls: Option<ChannelBinding>,
+    ) -> C2sNegotiation {
         C2sNegotiation {
             policy,
             phase: Phase::AwaitHeader,

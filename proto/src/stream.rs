@@ -89,7 +89,12 @@ pub struct StreamReader {
     pos: usize,
     builder: TreeBuilder,
     state: ReaderState,
+    /// The first bytes of the stream, to classify errors in its first token.
+    start: [u8; START_LEN],
+    start_len: u8,
 }
+
+const START_LEN: usize = 6;
 
 enum ReaderState {
     Open,
@@ -110,10 +115,18 @@ impl StreamReader {
             pos: 0,
             builder: TreeBuilder::new(limits, Mode::Stream(default_ns)),
             state: ReaderState::Open,
+            start: [0; START_LEN],
+            start_len: 0,
         }
     }
     /// Append received bytes to the internal buffer.
     pub fn feed(&mut self, bytes: &[u8]) {
+        let have = usize::from(self.start_len);
+        if have < START_LEN {
+            let take = bytes.len().min(START_LEN - have);
+            self.start[have..have + take].copy_from_slice(&bytes[..take]);
+            self.start_len += take as u8;
+        }
         if self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
@@ -170,7 +183,13 @@ impl StreamReader {
                     }
                     return Ok(None);
                 }
-                Err(EndOrError::Error(e)) => return Err(map_rxml_error(e)),
+                Err(EndOrError::Error(e)) => {
+                    let start = &self.start[..usize::from(self.start_len)];
+                    return Err(match self.builder.level {
+                        0 => classify_start(start).unwrap_or_else(|| map_rxml_error(e)),
+                        _ => map_rxml_error(e),
+                    });
+                }
             }
         }
     }
@@ -241,7 +260,13 @@ pub(crate) fn parse_document(input: &[u8]) -> Result<Element, ReadError> {
             Err(EndOrError::NeedMoreData) => {
                 return Err(ReadError::NotWellFormed("unexpected end of input".into()))
             }
-            Err(EndOrError::Error(e)) => return Err(map_rxml_error(e)),
+            Err(EndOrError::Error(e)) => {
+                return Err(match builder.level {
+                    0 => classify_start(&input[..input.len().min(START_LEN)])
+                        .unwrap_or_else(|| map_rxml_error(e)),
+                    _ => map_rxml_error(e),
+                })
+            }
         }
     }
     root.ok_or_else(|| ReadError::NotWellFormed("no element".into()))
@@ -251,6 +276,20 @@ fn parser_options(limits: &Limits) -> rxml::Options {
     let mut options = rxml::Options::default();
     options.max_token_length = limits.max_token_bytes.max(1);
     options
+}
+
+/// Classify an error that happened before the first element, from the first bytes of the input:
+/// UTF-16/UTF-32 (byte order mark or NUL bytes), and processing instructions whose target merely
+/// starts with `xml` (`<?xml-stylesheet`), which rxml reports as a malformed XML declaration.
+fn classify_start(start: &[u8]) -> Option<ReadError> {
+    match start {
+        [0x00 | 0xfe | 0xff, ..] | [_, 0x00, ..] => Some(ReadError::UnsupportedEncoding),
+        [b'<', b'?', b'x', b'm', b'l', b' ' | b'\t' | b'\r' | b'\n'] => None,
+        [b'<', b'?', b'x', b'm', b'l', _] => {
+            Some(ReadError::RestrictedXml("processing instructions".into()))
+        }
+        _ => None,
+    }
 }
 
 /// Classify an rxml error. rxml reports DTDs and entity declarations as a malformed `<!` section,
@@ -333,7 +372,7 @@ impl TreeBuilder {
     }
 
     fn release_temporaries(&mut self) {
-        self.head_attrs = Vec::new();
+        self.head_attrs.shrink_to_fit();
         self.open.shrink_to_fit();
         self.bindings.shrink_to_fit();
     }

@@ -34,13 +34,13 @@ fn auth() -> DomainAuthenticators {
     d
 }
 
-fn policy() -> C2sPolicy {
-    C2sPolicy {
+fn policy() -> Arc<C2sPolicy> {
+    Arc::new(C2sPolicy {
         domains: vec!["example.com".into()],
         tls_available: true,
         tls_required: true,
         max_auth_failures: 3,
-    }
+    })
 }
 
 fn header(to: &str) -> StreamHeader {
@@ -99,6 +99,8 @@ fn first_features_require_starttls_and_offer_no_sasl() {
     let mut n = C2sNegotiation::new(policy(), None);
     let out = sent(&n.on_header(&header("example.com"), "s1", &a));
     assert!(out.contains("from='example.com'"));
+    assert!(out.contains("<stream:features><starttls"), "{out}");
+    assert!(out.ends_with("</stream:features>"), "{out}");
     assert!(out.contains(
         "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>"
     ));

@@ -13,7 +13,7 @@ use proto::negotiation::{Action, C2sNegotiation, C2sPolicy};
 use proto::sasl::DomainAuthenticators;
 use proto::stream::{Limits, StreamEvent, StreamReader};
 use rand::Rng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::time::{sleep_until, timeout, Instant};
@@ -29,13 +29,11 @@ use crate::tls::TlsContext;
 
 /// A write that makes no progress for this long means the peer is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Read buffer per read call.
-const READ_CHUNK: usize = 4096;
 
 /// Everything the c2s connections of a node share.
 pub struct C2sContext {
     pub settings: C2sSettings,
-    pub policy: C2sPolicy,
+    pub policy: Arc<C2sPolicy>,
     pub auth: DomainAuthenticators,
     pub tls: TlsContext,
     pub router: Addr<Router>,
@@ -57,7 +55,8 @@ impl C2sContext {
 
 /// Why the loop woke up.
 enum Wake {
-    Read(std::io::Result<usize>),
+    /// The socket is readable, or may still hold data.
+    Input,
     Out(Option<Outbound>),
     Shutdown,
     Overflow,
@@ -148,10 +147,14 @@ impl Connection {
         auth_deadline: Instant,
     ) -> End {
         let mut shutdown = self.ctx.shutdown.clone();
-        let mut buf = vec![0u8; READ_CHUNK];
+        // After a read that returned data there may be more (in the kernel or decrypted in
+        // rustls), so read again before waiting for readiness.
+        let mut may_have_input = true;
         loop {
             if *shutdown.borrow() {
-                return self.close_with(StreamError::new(StreamErrorCondition::SystemShutdown)).await;
+                return self
+                    .close_with(StreamError::new(StreamErrorCondition::SystemShutdown))
+                    .await;
             }
             let established = self.negotiation.is_established();
             let queue = self.queue.clone();
@@ -161,7 +164,11 @@ impl Connection {
                 _ = queue.overflow.notified() => Wake::Overflow,
                 _ = sleep_until(auth_deadline), if !established => Wake::AuthTimeout,
                 out = out_rx.recv() => Wake::Out(out),
-                r = self.transport.read(&mut buf) => Wake::Read(r),
+                _ = std::future::ready(()), if may_have_input => Wake::Input,
+                r = self.transport.readable(), if !may_have_input => match r {
+                    Ok(()) => Wake::Input,
+                    Err(e) => return End::Io(e),
+                },
             };
             let result = match wake {
                 Wake::Shutdown => {
@@ -177,12 +184,21 @@ impl Connection {
                 }
                 Wake::Out(None) => return End::Closed,
                 Wake::Out(Some(out)) => self.write_outbound(out, &mut out_rx).await,
-                Wake::Read(Ok(0)) => return End::Closed,
-                Wake::Read(Ok(n)) => {
-                    self.reader.feed(&buf[..n]);
-                    self.process_input().await
+                Wake::Input => {
+                    let reader = &mut self.reader;
+                    match self.transport.try_read(|bytes| reader.feed(bytes)) {
+                        Ok(Some(0)) => return End::Closed,
+                        Ok(Some(_)) => {
+                            may_have_input = true;
+                            self.process_input().await
+                        }
+                        Ok(None) => {
+                            may_have_input = false;
+                            Ok(true)
+                        }
+                        Err(e) => return End::Io(e),
+                    }
                 }
-                Wake::Read(Err(e)) => return End::Io(e),
             };
             match result {
                 Ok(true) => {}

@@ -104,8 +104,7 @@ impl SessionActor {
         if stanza.attr("type") == Some("error") {
             return;
         }
-        let mut reply = stanza_error_reply(stanza, cond, None);
-        reply.remove_attr("to");
+        let reply = stanza_error_reply(stanza, cond, None);
         self.send_to_client(&reply, ctx);
     }
 

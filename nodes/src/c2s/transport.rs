@@ -8,6 +8,15 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
+thread_local! {
+    /// One read buffer per worker thread, shared by its connections: a connection holds no
+    /// buffer while it waits, which is most of its life.
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_CHUNK]);
+}
+
+/// Bytes read per call.
+const READ_CHUNK: usize = 16 * 1024;
+
 pub enum Transport {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
@@ -60,5 +69,36 @@ impl AsyncWrite for Transport {
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Transport::Detached => Poll::Ready(Ok(())),
         }
+    }
+}
+
+impl Transport {
+    /// Wait until the socket has something to read (or an error/EOF to report).
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Transport::Plain(s) => s.readable().await,
+            Transport::Tls(s) => s.get_ref().0.readable().await,
+            Transport::Detached => Err(detached()),
+        }
+    }
+
+    /// Read what is available without waiting and hand it to `sink`. `Ok(None)`: nothing to
+    /// read now (wait for [`Transport::readable`]); `Ok(Some(0))`: end of stream.
+    pub fn try_read(&mut self, sink: impl FnOnce(&[u8])) -> io::Result<Option<usize>> {
+        READ_BUFFER.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            let mut read_buf = ReadBuf::new(&mut buf[..]);
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            match Pin::new(&mut *self).poll_read(&mut cx, &mut read_buf) {
+                Poll::Ready(Ok(())) => {
+                    let filled = read_buf.filled();
+                    sink(filled);
+                    Ok(Some(filled.len()))
+                }
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                Poll::Ready(Err(e)) => Err(e),
+                Poll::Pending => Ok(None),
+            }
+        })
     }
 }

@@ -1,0 +1,111 @@
+//! Local routing: a chat message from one in-process session to another through the
+//! SessionActor → Router → SessionActor path, including serialisation for the receiver.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use nodes::c2s::messages::{FromClient, Outbound};
+use nodes::c2s::session::{SendQueue, SessionActor};
+use nodes::config::ResourceConflict;
+use nodes::ext::Extensions;
+use nodes::router::messages::RegisterSession;
+use nodes::router::Router;
+use proto::element::Element;
+use proto::jid::Jid;
+use proto::sasl::StoredCredentials;
+use tokio::sync::mpsc;
+
+struct Peer {
+    addr: Addr<SessionActor>,
+    rx: mpsc::UnboundedReceiver<Outbound>,
+    queue: Arc<SendQueue>,
+}
+
+async fn session(router: &Addr<Router>, jid: &str, id: u64, ext: &Arc<Extensions>) -> Peer {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queue = SendQueue::new(usize::MAX / 2);
+    let jid = Jid::parse(jid).expect("valid jid");
+    let addr = SessionActor::new(
+        jid.clone(),
+        id,
+        tx,
+        queue.clone(),
+        router.clone(),
+        ext.clone(),
+        Arc::new(vec!["localhost".to_string()]),
+    )
+    .start();
+    router
+        .send(RegisterSession {
+            jid,
+            session_id: id,
+            session: addr.clone(),
+        })
+        .await
+        .expect("router alive")
+        .expect("no conflict");
+    Peer { addr, rx, queue }
+}
+
+fn local_routing(c: &mut Criterion) {
+    let dir = std::env::temp_dir().join(format!("sb-bench-routing-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = storage::Store::open(&dir).expect("open store");
+    let accounts = store.accounts().expect("accounts tree");
+    let creds = StoredCredentials::derive("pw", 4096).expect("derive");
+    for u in ["alice@localhost", "bob@localhost"] {
+        accounts.create(u, &creds).expect("create");
+    }
+    let system = actix_rt::System::new();
+    let (alice, mut bob) = system.block_on(async {
+        let ext = Arc::new(Extensions::default());
+        let router = Router::new(
+            Arc::new(vec!["localhost".to_string()]),
+            accounts,
+            ResourceConflict::Replace,
+        )
+        .start();
+        let alice = session(&router, "alice@localhost/a", 1, &ext).await;
+        let bob = session(&router, "bob@localhost/b", 2, &ext).await;
+        (alice, bob)
+    });
+    let message = Element::parse(
+        "<message xmlns='jabber:client' to='bob@localhost/b' type='chat' id='m1'>\
+         <body>Hello Bob, this is a hundred-byte chat message body used for the benchmark.</body></message>",
+    )
+    .expect("valid message");
+
+    let mut group = c.benchmark_group("routing");
+    group.throughput(Throughput::Elements(1));
+    group.measurement_time(Duration::from_secs(5));
+    group.bench_function("chat_message_between_local_sessions", |b| {
+        b.iter_custom(|iters| {
+            system.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    alice.addr.do_send(FromClient(message.clone()));
+                }
+                let mut received = 0;
+                while received < iters {
+                    match bob.rx.recv().await {
+                        Some(Outbound::Bytes(b)) => {
+                            bob.queue.written(b.len());
+                            received += 1;
+                        }
+                        _ => panic!("bob's session ended"),
+                    }
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+    drop(alice.rx);
+    drop(alice.queue);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, local_routing);
+criterion_main!(benches);

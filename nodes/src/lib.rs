@@ -1,0 +1,11 @@
+//! The Switchboard node: configuration, TLS, listeners, actors, routing, IQ handlers and the
+//! admin endpoint. The `switchboard` binary (`main.rs`) is its command line.
+
+pub mod admin;
+pub mod c2s;
+pub mod config;
+pub mod ext;
+pub mod node;
+pub mod router;
+pub mod tls;
+pub mod users;
