@@ -30,7 +30,12 @@ pub struct Element {
 
 impl Element {
     pub fn new(name: &str, ns: &str) -> Element {
-        Element { name: name.to_owned(), ns: ns.to_owned(), attrs: Vec::new(), children: Vec::new() }
+        Element {
+            name: name.to_owned(),
+            ns: ns.to_owned(),
+            attrs: Vec::new(),
+            children: Vec::new(),
+        }
     }
     /// Builder-style: add or replace an unnamespaced attribute.
     pub fn with_attr(mut self, name: &str, value: impl Into<String>) -> Element {
@@ -69,7 +74,11 @@ impl Element {
     /// `Some(ns::XML)` with `"lang"` for `xml:lang`).
     pub fn set_attr_ns(&mut self, ns: Option<&str>, name: &str, value: impl Into<String>) {
         let value = value.into();
-        match self.attrs.iter_mut().find(|a| a.name == name && attr_ns_eq(a.ns.as_deref(), ns)) {
+        match self
+            .attrs
+            .iter_mut()
+            .find(|a| a.name == name && attr_ns_eq(a.ns.as_deref(), ns))
+        {
             Some(a) => a.value = value,
             None => self.attrs.push(Attr {
                 ns: ns.filter(|n| !n.is_empty()).map(str::to_owned),
@@ -79,7 +88,10 @@ impl Element {
         }
     }
     pub fn remove_attr(&mut self, name: &str) -> Option<String> {
-        let pos = self.attrs.iter().position(|a| a.name == name && attr_ns_eq(a.ns.as_deref(), None))?;
+        let pos = self
+            .attrs
+            .iter()
+            .position(|a| a.name == name && attr_ns_eq(a.ns.as_deref(), None))?;
         Some(self.attrs.remove(pos).value)
     }
     /// `xml:lang`, if present.
@@ -135,7 +147,8 @@ impl Element {
         let mut out = Vec::with_capacity(128);
         self.write_inner(&mut out, None);
         // Only `&str` data and ASCII markup went in, so this cannot fail.
-        String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
     /// Parse one complete element from a string (for tests, config and handlers; not the hot path).
     pub fn parse(s: &str) -> Result<Element, crate::stream::ReadError> {

@@ -76,10 +76,16 @@ pub struct StreamError {
 
 impl StreamError {
     pub fn new(condition: StreamErrorCondition) -> StreamError {
-        StreamError { condition, text: None }
+        StreamError {
+            condition,
+            text: None,
+        }
     }
     pub fn with_text(condition: StreamErrorCondition, text: impl Into<String>) -> StreamError {
-        StreamError { condition, text: Some(text.into()) }
+        StreamError {
+            condition,
+            text: Some(text.into()),
+        }
     }
     /// Serialised `<stream:error>` element (using the `stream:` prefix bound by the header).
     pub fn to_bytes(&self) -> Vec<u8> {

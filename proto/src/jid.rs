@@ -78,7 +78,11 @@ impl Jid {
     }
     /// The same JID without resource.
     pub fn to_bare(&self) -> Jid {
-        Jid { local: self.local.clone(), domain: self.domain.clone(), resource: None }
+        Jid {
+            local: self.local.clone(),
+            domain: self.domain.clone(),
+            resource: None,
+        }
     }
     pub fn is_bare(&self) -> bool {
         self.resource.is_none()
@@ -120,7 +124,9 @@ pub fn prepare_localpart(s: &str) -> Result<String, JidError> {
     if s.len() > MAX_RAW_PART {
         return Err(JidError::TooLong);
     }
-    let prepared = UsernameCaseMapped::new().enforce(s).map_err(|_| JidError::InvalidLocal)?;
+    let prepared = UsernameCaseMapped::new()
+        .enforce(s)
+        .map_err(|_| JidError::InvalidLocal)?;
     // RFC 7622 §3.3.1: characters that would make the JID ambiguous are excluded.
     if prepared.contains(['"', '&', '\'', '/', ':', '<', '>', '@']) {
         return Err(JidError::InvalidLocal);
@@ -133,7 +139,9 @@ pub fn prepare_resource(s: &str) -> Result<String, JidError> {
     if s.len() > MAX_RAW_PART {
         return Err(JidError::TooLong);
     }
-    let prepared = OpaqueString::new().enforce(s).map_err(|_| JidError::InvalidResource)?;
+    let prepared = OpaqueString::new()
+        .enforce(s)
+        .map_err(|_| JidError::InvalidResource)?;
     checked_len(prepared)
 }
 
@@ -169,15 +177,22 @@ pub fn prepare_domain(s: &str) -> Result<String, JidError> {
             return Err(JidError::InvalidDomain);
         }
         if label.is_ascii() {
-            if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
                 return Err(JidError::InvalidDomain);
             }
             out.extend(label.chars().map(|c| c.to_ascii_lowercase()));
         } else {
-            let prepared: Cow<'_, str> =
-                UsernameCaseMapped::new().enforce(label).map_err(|_| JidError::InvalidDomain)?;
+            let prepared: Cow<'_, str> = UsernameCaseMapped::new()
+                .enforce(label)
+                .map_err(|_| JidError::InvalidDomain)?;
             // Mapping may not produce ASCII punctuation (e.g. a fullwidth '@').
-            if prepared.chars().any(|c| c.is_ascii() && !(c.is_ascii_alphanumeric() || c == '-' || c == '_')) {
+            if prepared
+                .chars()
+                .any(|c| c.is_ascii() && !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            {
                 return Err(JidError::InvalidDomain);
             }
             out.push_str(&prepared);

@@ -25,7 +25,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_stanza_bytes: 256 * 1024, max_depth: 32, max_attributes: 64, max_token_bytes: 8192 }
+        Limits {
+            max_stanza_bytes: 256 * 1024,
+            max_depth: 32,
+            max_attributes: 64,
+            max_token_bytes: 8192,
+        }
     }
 }
 
@@ -67,15 +72,20 @@ pub enum ReadError {
     UnsupportedEncoding,
 }
 
-
 impl ReadError {
     pub fn to_stream_error(&self) -> StreamError {
         use StreamErrorCondition as C;
         match self {
-            ReadError::NotWellFormed(text) => StreamError::with_text(C::NotWellFormed, text.clone()),
-            ReadError::RestrictedXml(text) => StreamError::with_text(C::RestrictedXml, text.clone()),
+            ReadError::NotWellFormed(text) => {
+                StreamError::with_text(C::NotWellFormed, text.clone())
+            }
+            ReadError::RestrictedXml(text) => {
+                StreamError::with_text(C::RestrictedXml, text.clone())
+            }
             ReadError::InvalidNamespace => StreamError::new(C::InvalidNamespace),
-            ReadError::PolicyViolation(text) => StreamError::with_text(C::PolicyViolation, text.clone()),
+            ReadError::PolicyViolation(text) => {
+                StreamError::with_text(C::PolicyViolation, text.clone())
+            }
             ReadError::UnsupportedEncoding => StreamError::new(C::UnsupportedEncoding),
         }
     }
@@ -212,7 +222,13 @@ impl StreamReader {
 
 /// The server's opening stream header (response header), with `stream` prefix bound and the
 /// content namespace as default namespace.
-pub fn header_bytes(default_ns: &str, from: &str, to: Option<&str>, id: &str, lang: &str) -> Vec<u8> {
+pub fn header_bytes(
+    default_ns: &str,
+    from: &str,
+    to: Option<&str>,
+    id: &str,
+    lang: &str,
+) -> Vec<u8> {
     use crate::element::escape_attr;
     let mut out = Vec::with_capacity(200);
     out.extend_from_slice(b"<?xml version='1.0'?><stream:stream xmlns='");
@@ -273,9 +289,10 @@ pub(crate) fn parse_document(input: &[u8]) -> Result<Element, ReadError> {
 }
 
 fn parser_options(limits: &Limits) -> rxml::Options {
-    let mut options = rxml::Options::default();
-    options.max_token_length = limits.max_token_bytes.max(1);
-    options
+    rxml::Options {
+        max_token_length: limits.max_token_bytes.max(1),
+        ..rxml::Options::default()
+    }
 }
 
 /// Classify an error that happened before the first element, from the first bytes of the input:
@@ -393,7 +410,7 @@ impl TreeBuilder {
         match ev {
             RawEvent::XmlDeclaration(..) => Ok(None),
             RawEvent::ElementHeadOpen(m, qname) => {
-                self.level += 1;
+                self.level = self.level.saturating_add(1);
                 self.in_whitespace = false;
                 if self.level > self.base {
                     let depth = (self.level - self.base) as usize;
@@ -426,7 +443,9 @@ impl TreeBuilder {
             }
             RawEvent::ElementHeadClose(m) => {
                 let Some((prefix, local)) = self.head.take() else {
-                    return Err(ReadError::NotWellFormed("element head without a name".into()));
+                    return Err(ReadError::NotWellFormed(
+                        "element head without a name".into(),
+                    ));
                 };
                 if self.level > self.base {
                     self.count(m.len())?;
@@ -469,8 +488,13 @@ impl TreeBuilder {
                         }
                     }
                     Ok(None)
-                } else if !text.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
-                    Err(ReadError::NotWellFormed("character data at stream level".into()))
+                } else if !text
+                    .bytes()
+                    .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+                {
+                    Err(ReadError::NotWellFormed(
+                        "character data at stream level".into(),
+                    ))
                 } else if self.in_whitespace {
                     Ok(None)
                 } else {
@@ -482,7 +506,11 @@ impl TreeBuilder {
     }
 
     /// Apply the namespace declarations of the element just read and build it.
-    fn resolve_head(&mut self, prefix: Option<NcName>, local: NcName) -> Result<Element, ReadError> {
+    fn resolve_head(
+        &mut self,
+        prefix: Option<NcName>,
+        local: NcName,
+    ) -> Result<Element, ReadError> {
         let level = self.level;
         let first_new = self.bindings.len();
         let mut i = 0;
@@ -498,8 +526,13 @@ impl TreeBuilder {
             }
             let (p, l, uri) = self.head_attrs.remove(i);
             let prefix = p.map(|_| l);
-            if self.bindings[first_new..].iter().any(|b| b.prefix == prefix) {
-                return Err(ReadError::NotWellFormed("duplicate namespace declaration".into()));
+            if self.bindings[first_new..]
+                .iter()
+                .any(|b| b.prefix == prefix)
+            {
+                return Err(ReadError::NotWellFormed(
+                    "duplicate namespace declaration".into(),
+                ));
             }
             if uri == rxml::XMLNS_XMLNS || (prefix.is_none() && uri == rxml::XMLNS_XML) {
                 return Err(ReadError::NotWellFormed("reserved namespace name".into()));
@@ -517,9 +550,18 @@ impl TreeBuilder {
             if attrs.iter().any(|a| a.ns == ans && a.name == l.as_str()) {
                 return Err(ReadError::NotWellFormed("duplicate attribute".into()));
             }
-            attrs.push(Attr { ns: ans, name: String::from(l), value });
+            attrs.push(Attr {
+                ns: ans,
+                name: String::from(l),
+                value,
+            });
         }
-        Ok(Element { name: String::from(local), ns, attrs, children: Vec::new() })
+        Ok(Element {
+            name: String::from(local),
+            ns,
+            attrs,
+            children: Vec::new(),
+        })
     }
 
     /// Check the stream header and extract its attributes.

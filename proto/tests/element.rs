@@ -12,7 +12,11 @@ fn write(el: &Element, parent: &str) -> String {
 
 fn round_trip(el: &Element) {
     let s = el.to_xml_string();
-    assert_eq!(&Element::parse(&s).unwrap_or_else(|e| panic!("{s}: {e}")), el, "{s}");
+    assert_eq!(
+        &Element::parse(&s).unwrap_or_else(|e| panic!("{s}: {e}")),
+        el,
+        "{s}"
+    );
 }
 
 #[test]
@@ -21,8 +25,15 @@ fn builders_and_accessors() {
         .with_attr("to", "a@b")
         .with_attr("to", "c@d")
         .with_attr("type", "chat")
-        .with_child(Element::new("body", ns::CLIENT).with_text("hello ").with_text("world"))
-        .with_child(Element::new("active", "http://jabber.org/protocol/chatstates"))
+        .with_child(
+            Element::new("body", ns::CLIENT)
+                .with_text("hello ")
+                .with_text("world"),
+        )
+        .with_child(Element::new(
+            "active",
+            "http://jabber.org/protocol/chatstates",
+        ))
         .with_text("tail");
     assert!(el.is("message", ns::CLIENT));
     assert!(!el.is("message", ns::SERVER));
@@ -37,7 +48,11 @@ fn builders_and_accessors() {
     assert_eq!(el.lang(), None);
     el.set_attr_ns(Some(ns::XML), "lang", "en");
     assert_eq!(el.lang(), Some("en"));
-    assert_eq!(el.attr("lang"), None, "xml:lang is not the unnamespaced lang");
+    assert_eq!(
+        el.attr("lang"),
+        None,
+        "xml:lang is not the unnamespaced lang"
+    );
     el.set_attr("type", "normal");
     assert_eq!(el.attr("type"), Some("normal"));
     assert_eq!(el.remove_attr("type"), Some("normal".into()));
@@ -61,7 +76,9 @@ fn write_omits_redundant_xmlns() {
         write(&el, ns::SERVER),
         "<message xmlns='jabber:client' to='a@b'><body>hi</body><x xmlns='urn:x'><y/></x><empty xmlns=''/></message>"
     );
-    assert!(el.to_xml_string().starts_with("<message xmlns='jabber:client' "));
+    assert!(el
+        .to_xml_string()
+        .starts_with("<message xmlns='jabber:client' "));
     assert_eq!(Element::new("a", "").to_xml_string(), "<a/>");
     round_trip(&el);
 }
@@ -88,7 +105,9 @@ fn write_namespaced_attributes() {
 #[test]
 fn escaping_text_and_attributes() {
     let nasty = "a<b&c>d'e\"f]]>g\r\n\th";
-    let el = Element::new("x", "urn:x").with_attr("v", nasty).with_text(nasty);
+    let el = Element::new("x", "urn:x")
+        .with_attr("v", nasty)
+        .with_text(nasty);
     let s = el.to_xml_string();
     assert_eq!(
         s,
@@ -122,25 +141,76 @@ fn parse_round_trips() {
         assert_eq!(w.children, vec![Node::Element(el.clone())]);
     }
     let el = Element::parse("<a xmlns:p='urn:p' p:x='1'/>").expect("parse");
-    assert_eq!(el.attrs, vec![Attr { ns: Some("urn:p".into()), name: "x".into(), value: "1".into() }]);
+    assert_eq!(
+        el.attrs,
+        vec![Attr {
+            ns: Some("urn:p".into()),
+            name: "x".into(),
+            value: "1".into()
+        }]
+    );
 }
 
 #[test]
 fn parse_errors() {
-    assert!(matches!(Element::parse(""), Err(ReadError::NotWellFormed(_))));
-    assert!(matches!(Element::parse("<a>"), Err(ReadError::NotWellFormed(_))));
-    assert!(matches!(Element::parse("<a/><b/>"), Err(ReadError::NotWellFormed(_))));
-    assert!(matches!(Element::parse("<a></b>"), Err(ReadError::NotWellFormed(_))));
-    assert!(matches!(Element::parse("text"), Err(ReadError::NotWellFormed(_))));
-    assert!(matches!(Element::parse("<p:a/>"), Err(ReadError::NotWellFormed(_))));
-    assert!(matches!(Element::parse("<!DOCTYPE a><a/>"), Err(ReadError::RestrictedXml(_))));
-    assert!(matches!(Element::parse("<?xml-stylesheet x?><a/>"), Err(ReadError::RestrictedXml(_))));
-    assert!(matches!(Element::parse("<a>&foo;</a>"), Err(ReadError::RestrictedXml(_))));
-    assert!(matches!(Element::parse("<a><!--c--></a>"), Err(ReadError::RestrictedXml(_))));
+    assert!(matches!(
+        Element::parse(""),
+        Err(ReadError::NotWellFormed(_))
+    ));
+    assert!(matches!(
+        Element::parse("<a>"),
+        Err(ReadError::NotWellFormed(_))
+    ));
+    assert!(matches!(
+        Element::parse("<a/><b/>"),
+        Err(ReadError::NotWellFormed(_))
+    ));
+    assert!(matches!(
+        Element::parse("<a></b>"),
+        Err(ReadError::NotWellFormed(_))
+    ));
+    assert!(matches!(
+        Element::parse("text"),
+        Err(ReadError::NotWellFormed(_))
+    ));
+    assert!(matches!(
+        Element::parse("<p:a/>"),
+        Err(ReadError::NotWellFormed(_))
+    ));
+    assert!(matches!(
+        Element::parse("<!DOCTYPE a><a/>"),
+        Err(ReadError::RestrictedXml(_))
+    ));
+    assert!(matches!(
+        Element::parse("<?xml-stylesheet x?><a/>"),
+        Err(ReadError::RestrictedXml(_))
+    ));
+    assert!(matches!(
+        Element::parse("<a>&foo;</a>"),
+        Err(ReadError::RestrictedXml(_))
+    ));
+    assert!(matches!(
+        Element::parse("<a><!--c--></a>"),
+        Err(ReadError::RestrictedXml(_))
+    ));
 }
 
 #[test]
 fn display_is_standalone_xml() {
     let el = Element::new("ping", ns::PING);
     assert_eq!(el.to_string(), "<ping xmlns='urn:xmpp:ping'/>");
+}
+
+#[test]
+fn stream_namespace_elements_use_the_stream_prefix() {
+    let features = Element::new("features", ns::STREAM)
+        .with_child(Element::new("starttls", ns::TLS).with_child(Element::new("required", ns::TLS)))
+        .with_child(Element::new("ver", "urn:xmpp:features:rosterver"));
+    assert_eq!(
+        write(&features, ns::CLIENT),
+        "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>\
+         <ver xmlns='urn:xmpp:features:rosterver'/></stream:features>"
+    );
+    // Standalone, the namespace is declared instead.
+    round_trip(&features);
 }

@@ -23,12 +23,31 @@ fn stream_error_bytes() {
 #[test]
 fn stream_error_names_are_well_formed_and_distinct() {
     let all = [
-        C::BadFormat, C::BadNamespacePrefix, C::Conflict, C::ConnectionTimeout, C::HostGone,
-        C::HostUnknown, C::ImproperAddressing, C::InternalServerError, C::InvalidFrom,
-        C::InvalidNamespace, C::InvalidXml, C::NotAuthorized, C::NotWellFormed, C::PolicyViolation,
-        C::RemoteConnectionFailed, C::Reset, C::ResourceConstraint, C::RestrictedXml, C::SeeOtherHost,
-        C::SystemShutdown, C::UndefinedCondition, C::UnsupportedEncoding, C::UnsupportedFeature,
-        C::UnsupportedStanzaType, C::UnsupportedVersion,
+        C::BadFormat,
+        C::BadNamespacePrefix,
+        C::Conflict,
+        C::ConnectionTimeout,
+        C::HostGone,
+        C::HostUnknown,
+        C::ImproperAddressing,
+        C::InternalServerError,
+        C::InvalidFrom,
+        C::InvalidNamespace,
+        C::InvalidXml,
+        C::NotAuthorized,
+        C::NotWellFormed,
+        C::PolicyViolation,
+        C::RemoteConnectionFailed,
+        C::Reset,
+        C::ResourceConstraint,
+        C::RestrictedXml,
+        C::SeeOtherHost,
+        C::SystemShutdown,
+        C::UndefinedCondition,
+        C::UnsupportedEncoding,
+        C::UnsupportedFeature,
+        C::UnsupportedStanzaType,
+        C::UnsupportedVersion,
     ];
     let names: std::collections::HashSet<&str> = all.iter().map(|c| c.as_str()).collect();
     assert_eq!(names.len(), all.len());
@@ -109,16 +128,22 @@ fn error_reply_to_iq_drops_payload_and_handles_missing_addresses() {
     assert_eq!(reply.attr("type"), Some("error"));
     assert_eq!(reply.attr("id"), Some("q1"));
     assert_eq!(reply.children.len(), 1);
-    let Node::Element(err) = &reply.children[0] else { panic!() };
+    let Node::Element(err) = &reply.children[0] else {
+        panic!()
+    };
     assert!(err.is("error", ns::CLIENT));
     assert_eq!(err.attr("type"), Some("cancel"));
-    assert!(err.get_child("feature-not-implemented", ns::STANZAS_ERRORS).is_some());
+    assert!(err
+        .get_child("feature-not-implemented", ns::STANZAS_ERRORS)
+        .is_some());
     assert!(err.get_child("text", ns::STANZAS_ERRORS).is_none());
 }
 
 #[test]
 fn error_reply_to_presence_in_server_namespace() {
-    let p = Element::new("presence", ns::SERVER).with_attr("to", "a@b").with_child(Element::new("show", ns::SERVER));
+    let p = Element::new("presence", ns::SERVER)
+        .with_attr("to", "a@b")
+        .with_child(Element::new("show", ns::SERVER));
     let reply = stanza_error_reply(&p, S::RemoteServerTimeout, None);
     assert!(reply.is("presence", ns::SERVER));
     assert_eq!(reply.attr("from"), Some("a@b"));

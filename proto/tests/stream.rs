@@ -3,7 +3,9 @@
 use proto::element::{Attr, Element, Node};
 use proto::error::StreamErrorCondition;
 use proto::ns;
-use proto::stream::{header_bytes, Limits, ReadError, StreamEvent, StreamHeader, StreamReader, CLOSE};
+use proto::stream::{
+    header_bytes, Limits, ReadError, StreamEvent, StreamHeader, StreamReader, CLOSE,
+};
 
 const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
     xmlns:stream='http://etherx.jabber.org/streams' to='example.com' version='1.0' xml:lang='en'>";
@@ -130,8 +132,11 @@ fn session_events() {
             _ => None,
         })
         .collect();
-    let expected: Vec<usize> =
-        SESSION_BODY.iter().filter(|s| s.starts_with('<') && !s.starts_with("</")).map(|s| s.len()).collect();
+    let expected: Vec<usize> = SESSION_BODY
+        .iter()
+        .filter(|s| s.starts_with('<') && !s.starts_with("</"))
+        .map(|s| s.len())
+        .collect();
     assert_eq!(sizes, expected);
 
     let els = elements(&ok.iter().cloned().map(Ok).collect::<Vec<_>>());
@@ -139,30 +144,53 @@ fn session_events() {
     assert_eq!(els[1].text(), "AGp1bGlldAByMG0zMG15cjBtMzA=");
     assert_eq!(els[1].attr("mechanism"), Some("PLAIN"));
     let bind = els[2].get_child("bind", ns::BIND).expect("bind");
-    assert_eq!(bind.get_child("resource", ns::BIND).map(Element::text).as_deref(), Some("balcony"));
+    assert_eq!(
+        bind.get_child("resource", ns::BIND)
+            .map(Element::text)
+            .as_deref(),
+        Some("balcony")
+    );
 
     let msg = &els[3];
     assert!(msg.is("message", ns::CLIENT));
     assert_eq!(msg.attr("to"), Some("romeo@example.net"));
     assert_eq!(msg.lang(), Some("en"));
     assert_eq!(
-        msg.get_child("body", ns::CLIENT).map(Element::text).as_deref(),
+        msg.get_child("body", ns::CLIENT)
+            .map(Element::text)
+            .as_deref(),
         Some("Wherefore art thou & <Romeo> AA'\" \u{2019}\u{1F600}")
     );
-    assert!(msg.get_child("active", "http://jabber.org/protocol/chatstates").is_some());
+    assert!(msg
+        .get_child("active", "http://jabber.org/protocol/chatstates")
+        .is_some());
 
     let status = els[4].get_child("status", ns::CLIENT).expect("status");
     assert_eq!(status.text(), "  <b>absent</b> & co ici");
-    assert_eq!(status.children.len(), 1, "adjacent text is merged into one node");
+    assert_eq!(
+        status.children.len(),
+        1,
+        "adjacent text is merged into one node"
+    );
     assert_eq!(status.lang(), Some("fr"));
 
-    let data = els[5].get_child("query", "jabber:iq:private").and_then(|q| q.get_child("data", "urn:example:p"));
+    let data = els[5]
+        .get_child("query", "jabber:iq:private")
+        .and_then(|q| q.get_child("data", "urn:example:p"));
     let data = data.expect("p:data");
     assert_eq!(
         data.attrs,
         vec![
-            Attr { ns: Some("urn:example:p".into()), name: "attr".into(), value: "1".into() },
-            Attr { ns: None, name: "attr".into(), value: "2".into() },
+            Attr {
+                ns: Some("urn:example:p".into()),
+                name: "attr".into(),
+                value: "1".into()
+            },
+            Attr {
+                ns: None,
+                name: "attr".into(),
+                value: "2".into()
+            },
         ]
     );
     assert!(data.get_child("x", "urn:example:p").is_some());
@@ -181,7 +209,11 @@ fn session_split_at_every_byte_position() {
     // One byte at a time, and every pair of split positions in a shorter prefix.
     assert_eq!(run_chunks(reader(), input.chunks(1)), whole);
     for size in [2, 3, 7, 64] {
-        assert_eq!(run_chunks(reader(), input.chunks(size)), whole, "chunks of {size}");
+        assert_eq!(
+            run_chunks(reader(), input.chunks(size)),
+            whole,
+            "chunks of {size}"
+        );
     }
 }
 
@@ -224,7 +256,11 @@ fn keepalive_once_per_whitespace_run() {
         drain(&mut r, &mut out);
     }
     assert_eq!(out.len(), 2, "{out:?}");
-    assert_eq!(out[1], Ok(StreamEvent::Keepalive), "delivered as soon as it arrives");
+    assert_eq!(
+        out[1],
+        Ok(StreamEvent::Keepalive),
+        "delivered as soon as it arrives"
+    );
     r.feed(b"<presence/> ");
     drain(&mut r, &mut out);
     assert!(matches!(out[2], Ok(StreamEvent::Element(..))));
@@ -243,7 +279,10 @@ fn nothing_after_close_and_errors_are_sticky() {
     let mut r = reader();
     r.feed(format!("{HEADER}<a></b>").as_bytes());
     let first = r.next_event().and_then(|_| r.next_event());
-    assert!(matches!(first, Err(ReadError::NotWellFormed(_))), "{first:?}");
+    assert!(
+        matches!(first, Err(ReadError::NotWellFormed(_))),
+        "{first:?}"
+    );
     r.feed(b"<presence/>");
     assert_eq!(r.next_event(), first);
 }
@@ -265,16 +304,25 @@ fn pipelined_bytes_after_starttls_stay_buffered() {
 fn policy(events: &[Result<StreamEvent, ReadError>]) {
     let e = error_of(events);
     assert!(matches!(e, ReadError::PolicyViolation(_)), "{e:?}");
-    assert_eq!(e.to_stream_error().condition, StreamErrorCondition::PolicyViolation);
+    assert_eq!(
+        e.to_stream_error().condition,
+        StreamErrorCondition::PolicyViolation
+    );
 }
 
 #[test]
 fn limit_stanza_bytes_exact_boundary() {
     let stanza = "<message to='a@b'><body>0123456789</body><x xmlns='urn:x' a='1'/></message>";
     let input = format!("{HEADER}{stanza}");
-    let limits = |max| Limits { max_stanza_bytes: max, ..Limits::default() };
+    let limits = |max| Limits {
+        max_stanza_bytes: max,
+        ..Limits::default()
+    };
     let ok = run_with(limits(stanza.len()), input.as_bytes());
-    assert!(matches!(ok.last(), Some(Ok(StreamEvent::Element(_, n))) if *n == stanza.len()), "{ok:?}");
+    assert!(
+        matches!(ok.last(), Some(Ok(StreamEvent::Element(_, n))) if *n == stanza.len()),
+        "{ok:?}"
+    );
     policy(&run_with(limits(stanza.len() - 1), input.as_bytes()));
 }
 
@@ -298,20 +346,29 @@ fn limit_stanza_bytes_refuses_10mb_body_early() {
     }
     policy(&out);
     // Refused within one token of the limit, never holding more than that.
-    assert!(fed <= limits.max_stanza_bytes + limits.max_token_bytes + chunk.len(), "fed {fed}");
+    assert!(
+        fed <= limits.max_stanza_bytes + limits.max_token_bytes + chunk.len(),
+        "fed {fed}"
+    );
     assert!(r.buffered() <= chunk.len());
 }
 
 #[test]
 fn limit_stanza_bytes_counts_whitespace_inside_tags() {
-    let limits = Limits { max_stanza_bytes: 1000, ..Limits::default() };
+    let limits = Limits {
+        max_stanza_bytes: 1000,
+        ..Limits::default()
+    };
     let input = format!("{HEADER}<message{} to='x'/>", " ".repeat(2000));
     policy(&run_with(limits, input.as_bytes()));
 }
 
 #[test]
 fn limit_depth() {
-    let limits = Limits { max_depth: 4, ..Limits::default() };
+    let limits = Limits {
+        max_depth: 4,
+        ..Limits::default()
+    };
     let ok = format!("{HEADER}<a><b><c><d/></c></b></a>");
     assert!(run_with(limits, ok.as_bytes()).iter().all(Result::is_ok));
     let deep = format!("{HEADER}<a><b><c><d><e/></d></c></b></a>");
@@ -324,23 +381,44 @@ fn limit_depth() {
 #[test]
 fn limit_attributes() {
     // The header has 5 attributes (namespace declarations count).
-    let limits = Limits { max_attributes: 5, ..Limits::default() };
+    let limits = Limits {
+        max_attributes: 5,
+        ..Limits::default()
+    };
     let ok = format!("{HEADER}<a v='0' w='1' x='2' y='3' z='4'/>");
     assert!(run_with(limits, ok.as_bytes()).iter().all(Result::is_ok));
-    policy(&run_with(limits, format!("{HEADER}<a u='' v='0' w='1' x='2' y='3' z='4'/>").as_bytes()));
-    policy(&run_with(limits, format!("{HEADER}<a v='0' w='1' x='2' y='3' z='4' xmlns='urn:a'/>").as_bytes()));
+    policy(&run_with(
+        limits,
+        format!("{HEADER}<a u='' v='0' w='1' x='2' y='3' z='4'/>").as_bytes(),
+    ));
+    policy(&run_with(
+        limits,
+        format!("{HEADER}<a v='0' w='1' x='2' y='3' z='4' xmlns='urn:a'/>").as_bytes(),
+    ));
     // And the header is limited as well.
-    let limits = Limits { max_attributes: 4, ..Limits::default() };
+    let limits = Limits {
+        max_attributes: 4,
+        ..Limits::default()
+    };
     policy(&run_with(limits, HEADER.as_bytes()));
 }
 
 #[test]
 fn limit_token_length() {
-    let limits = Limits { max_token_bytes: 64, ..Limits::default() };
+    let limits = Limits {
+        max_token_bytes: 64,
+        ..Limits::default()
+    };
     let long = "v".repeat(65);
-    policy(&run_with(limits, format!("{HEADER}<a x='{long}'/>").as_bytes()));
+    policy(&run_with(
+        limits,
+        format!("{HEADER}<a x='{long}'/>").as_bytes(),
+    ));
     policy(&run_with(limits, format!("{HEADER}<{long}/>").as_bytes()));
-    policy(&run_with(limits, format!("{HEADER}<a {long}='1'/>").as_bytes()));
+    policy(&run_with(
+        limits,
+        format!("{HEADER}<a {long}='1'/>").as_bytes(),
+    ));
     // Text is not a single token: it is split, and the element still comes out whole.
     let text = "t".repeat(1000);
     let events = run_with(limits, format!("{HEADER}<a>{text}</a>").as_bytes());
@@ -353,7 +431,10 @@ fn restricted(input: &str) {
     let events = run(input.as_bytes());
     let e = error_of(&events);
     assert!(matches!(e, ReadError::RestrictedXml(_)), "{input:?}: {e:?}");
-    assert_eq!(e.to_stream_error().condition, StreamErrorCondition::RestrictedXml);
+    assert_eq!(
+        e.to_stream_error().condition,
+        StreamErrorCondition::RestrictedXml
+    );
 }
 
 #[test]
@@ -365,7 +446,9 @@ fn restricted_xml() {
          <!ENTITY lol2 \"&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;\">]>\
          <stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>&lol2;",
     );
-    restricted(&format!("{HEADER}<!ENTITY xxe SYSTEM 'file:///etc/passwd'>"));
+    restricted(&format!(
+        "{HEADER}<!ENTITY xxe SYSTEM 'file:///etc/passwd'>"
+    ));
     restricted(&format!("{HEADER}<message><body>&xxe;</body></message>"));
     restricted(&format!("{HEADER}<message><body>&lol2;</body></message>"));
     restricted(&format!("{HEADER}<?evil pi?>"));
@@ -382,8 +465,15 @@ fn restricted_xml() {
 fn malformed(input: &[u8]) {
     let events = run(input);
     let e = error_of(&events);
-    assert!(matches!(e, ReadError::NotWellFormed(_)), "{:?}: {e:?}", String::from_utf8_lossy(input));
-    assert_eq!(e.to_stream_error().condition, StreamErrorCondition::NotWellFormed);
+    assert!(
+        matches!(e, ReadError::NotWellFormed(_)),
+        "{:?}: {e:?}",
+        String::from_utf8_lossy(input)
+    );
+    assert_eq!(
+        e.to_stream_error().condition,
+        StreamErrorCondition::NotWellFormed
+    );
 }
 
 #[test]
@@ -428,7 +518,10 @@ fn unsupported_encoding() {
     ] {
         let e = error_of(&run(&input));
         assert_eq!(e, ReadError::UnsupportedEncoding, "{input:?}");
-        assert_eq!(e.to_stream_error().condition, StreamErrorCondition::UnsupportedEncoding);
+        assert_eq!(
+            e.to_stream_error().condition,
+            StreamErrorCondition::UnsupportedEncoding
+        );
     }
 }
 
@@ -438,14 +531,23 @@ fn invalid_namespace(reader: StreamReader, input: &str) {
     let events = run_chunks(reader, [input.as_bytes()]);
     let e = error_of(&events);
     assert_eq!(e, ReadError::InvalidNamespace, "{input}");
-    assert_eq!(e.to_stream_error().condition, StreamErrorCondition::InvalidNamespace);
+    assert_eq!(
+        e.to_stream_error().condition,
+        StreamErrorCondition::InvalidNamespace
+    );
 }
 
 #[test]
 fn wrong_stream_namespace() {
-    invalid_namespace(reader(), "<stream:stream xmlns='jabber:client' xmlns:stream='urn:wrong'>");
+    invalid_namespace(
+        reader(),
+        "<stream:stream xmlns='jabber:client' xmlns:stream='urn:wrong'>",
+    );
     invalid_namespace(reader(), "<stream xmlns='jabber:client'>");
-    invalid_namespace(reader(), "<stream:features xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>");
+    invalid_namespace(
+        reader(),
+        "<stream:features xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>",
+    );
 }
 
 #[test]
@@ -456,7 +558,10 @@ fn wrong_default_namespace() {
     invalid_namespace(reader(), &header("xmlns='jabber:server'"));
     invalid_namespace(reader(), &header(""));
     invalid_namespace(reader(), &header("xmlns='jabber:clientx'"));
-    invalid_namespace(StreamReader::new(Limits::default(), ns::SERVER), &header("xmlns='jabber:client'"));
+    invalid_namespace(
+        StreamReader::new(Limits::default(), ns::SERVER),
+        &header("xmlns='jabber:client'"),
+    );
     // A jabber:server reader accepts jabber:server, and stanzas land in that namespace.
     let events = run_chunks(
         StreamReader::new(Limits::default(), ns::SERVER),
@@ -467,8 +572,10 @@ fn wrong_default_namespace() {
 
 #[test]
 fn header_attributes_and_self_closing_header() {
-    let events = run(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' \
-        from='juliet@im.example.com' to='im.example.com' id='abc' version='1.0' xml:lang='de'/>");
+    let events = run(
+        b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' \
+        from='juliet@im.example.com' to='im.example.com' id='abc' version='1.0' xml:lang='de'/>",
+    );
     assert_eq!(
         events,
         vec![
@@ -487,7 +594,13 @@ fn header_attributes_and_self_closing_header() {
 
 #[test]
 fn header_bytes_format_and_escaping() {
-    let h = header_bytes(ns::CLIENT, "example.com", Some("juliet@example.com"), "a'b<c", "en");
+    let h = header_bytes(
+        ns::CLIENT,
+        "example.com",
+        Some("juliet@example.com"),
+        "a'b<c",
+        "en",
+    );
     assert_eq!(
         String::from_utf8(h.clone()).unwrap(),
         "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
@@ -497,7 +610,10 @@ fn header_bytes_format_and_escaping() {
     let h2 = header_bytes(ns::CLIENT, "example.com", None, "id", "en");
     assert!(!String::from_utf8_lossy(&h2).contains("to="));
     // Our own header parses as a valid stream header.
-    let events = run_chunks(StreamReader::new(Limits::default(), ns::CLIENT), [&h[..], CLOSE]);
+    let events = run_chunks(
+        StreamReader::new(Limits::default(), ns::CLIENT),
+        [&h[..], CLOSE],
+    );
     match &events[0] {
         Ok(StreamEvent::Header(hd)) => {
             assert_eq!(hd.id.as_deref(), Some("a'b<c"));
