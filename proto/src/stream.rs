@@ -21,6 +21,10 @@ pub struct Limits {
     pub max_attributes: usize,
     /// Maximum bytes of one name or attribute value (rxml token). Default 8 KiB.
     pub max_token_bytes: usize,
+    /// Maximum elements in one stanza, the stanza included. Default 4096. A tree costs far
+    /// more memory than its bytes on the wire (`<a/>` is 4 bytes, an element ~100), so the
+    /// byte limit alone would let a peer make the server allocate ~25× its stanza size.
+    pub max_elements: usize,
 }
 
 impl Default for Limits {
@@ -30,6 +34,7 @@ impl Default for Limits {
             max_depth: 32,
             max_attributes: 64,
             max_token_bytes: 8192,
+            max_elements: 4096,
         }
     }
 }
@@ -260,6 +265,7 @@ pub(crate) fn parse_document(input: &[u8]) -> Result<Element, ReadError> {
         max_attributes: 1024,
         // A token cannot be longer than the input; rxml reserves this much scratch space.
         max_token_bytes: input.len().clamp(64, 1 << 20),
+        max_elements: usize::MAX,
     };
     let mut parser = RawParser::with_options(parser_options(&limits));
     let mut builder = TreeBuilder::new(limits, Mode::Document);
@@ -355,6 +361,7 @@ struct TreeBuilder {
     level: u32,
     /// Wire bytes of the current top-level element so far.
     stanza_bytes: usize,
+    stanza_elements: usize,
     /// Whether the last stream-level event was whitespace (one keepalive per run).
     in_whitespace: bool,
     /// Name of the element whose head is being read, and its raw attributes.
@@ -376,6 +383,7 @@ impl TreeBuilder {
             },
             level: 0,
             stanza_bytes: 0,
+            stanza_elements: 0,
             in_whitespace: false,
             head: None,
             head_attrs: Vec::new(),
@@ -422,6 +430,14 @@ impl TreeBuilder {
                     }
                     if depth == 1 {
                         self.stanza_bytes = 0;
+                        self.stanza_elements = 0;
+                    }
+                    self.stanza_elements += 1;
+                    if self.stanza_elements > self.limits.max_elements {
+                        return Err(ReadError::PolicyViolation(format!(
+                            "more than {} elements in one stanza",
+                            self.limits.max_elements
+                        )));
                     }
                     self.count(m.len())?;
                 }

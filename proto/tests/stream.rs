@@ -404,6 +404,26 @@ fn limit_attributes() {
 }
 
 #[test]
+fn limit_elements_per_stanza() {
+    let limits = Limits {
+        max_elements: 10,
+        ..Limits::default()
+    };
+    let nine = "<b/>".repeat(9);
+    let events = run_with(limits, format!("{HEADER}<a xmlns='urn:a'>{nine}</a>").as_bytes());
+    assert_eq!(elements(&events).len(), 1);
+    // The count restarts with each stanza.
+    let two = format!("<a xmlns='urn:a'>{nine}</a>").repeat(2);
+    let events = run_with(limits, format!("{HEADER}{two}").as_bytes());
+    assert_eq!(elements(&events).len(), 2);
+    let ten = "<b/>".repeat(10);
+    policy(&run_with(
+        limits,
+        format!("{HEADER}<a xmlns='urn:a'>{ten}</a>").as_bytes(),
+    ));
+}
+
+#[test]
 fn limit_token_length() {
     let limits = Limits {
         max_token_bytes: 64,

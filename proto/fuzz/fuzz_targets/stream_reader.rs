@@ -150,6 +150,7 @@ fuzz_target!(|data: &[u8]| {
             max_depth: 8,
             max_attributes: 8,
             max_token_bytes: 128,
+            max_elements: 4096,
         }
     } else {
         Limits::default()
