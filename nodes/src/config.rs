@@ -97,10 +97,8 @@ pub enum ConfigError {
 impl Settings {
     /// Load defaults, then `file` if given, then the environment.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
-        let mut builder = config::Config::builder().add_source(config::File::from_str(
-            DEFAULTS,
-            config::FileFormat::Toml,
-        ));
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         if let Some(path) = file {
             if !path.exists() {
                 return Err(ConfigError::Invalid(format!(
@@ -125,7 +123,9 @@ impl Settings {
 
     fn validate(&mut self) -> Result<(), ConfigError> {
         if self.domains.is_empty() {
-            return Err(ConfigError::Invalid("`domains` must name at least one domain".into()));
+            return Err(ConfigError::Invalid(
+                "`domains` must name at least one domain".into(),
+            ));
         }
         let mut prepared = Vec::new();
         for d in &self.domains {
@@ -140,16 +140,24 @@ impl Settings {
             ));
         }
         if self.c2s.max_stanza_bytes < 4096 {
-            return Err(ConfigError::Invalid("c2s.max_stanza_bytes must be at least 4096".into()));
+            return Err(ConfigError::Invalid(
+                "c2s.max_stanza_bytes must be at least 4096".into(),
+            ));
         }
         if self.c2s.max_depth < 4 {
-            return Err(ConfigError::Invalid("c2s.max_depth must be at least 4".into()));
+            return Err(ConfigError::Invalid(
+                "c2s.max_depth must be at least 4".into(),
+            ));
         }
         if self.c2s.max_auth_failures == 0 {
-            return Err(ConfigError::Invalid("c2s.max_auth_failures must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "c2s.max_auth_failures must be at least 1".into(),
+            ));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(ConfigError::Invalid("log.format must be \"text\" or \"json\"".into()));
+            return Err(ConfigError::Invalid(
+                "log.format must be \"text\" or \"json\"".into(),
+            ));
         }
         Ok(())
     }
@@ -177,7 +185,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sb-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("a.toml");
-        std::fs::write(&f, "domains = [\"Example.COM.\"]\n[c2s]\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        std::fs::write(
+            &f,
+            "domains = [\"Example.COM.\"]\n[c2s]\nlisten = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
         let s = Settings::load(Some(&f)).unwrap();
         assert_eq!(s.domains, vec!["example.com".to_string()]);
         assert_eq!(s.c2s.listen, "127.0.0.1:1");

@@ -127,7 +127,10 @@ fn user_command(settings: &Settings, command: UserCommand) -> anyhow::Result<()>
         None => offline(settings, &request)?,
     };
     if !response.ok {
-        bail!("{}", response.error.unwrap_or_else(|| "request failed".into()));
+        bail!(
+            "{}",
+            response.error.unwrap_or_else(|| "request failed".into())
+        );
     }
     match (&request, response.result) {
         (AdminRequest::UserList, Some(serde_json::Value::Array(list))) => {
@@ -137,8 +140,12 @@ fn user_command(settings: &Settings, command: UserCommand) -> anyhow::Result<()>
                 }
             }
         }
-        (AdminRequest::UserAdd { .. }, Some(j)) => eprintln!("created {}", j.as_str().unwrap_or_default()),
-        (AdminRequest::UserDel { .. }, Some(j)) => eprintln!("deleted {}", j.as_str().unwrap_or_default()),
+        (AdminRequest::UserAdd { .. }, Some(j)) => {
+            eprintln!("created {}", j.as_str().unwrap_or_default())
+        }
+        (AdminRequest::UserDel { .. }, Some(j)) => {
+            eprintln!("deleted {}", j.as_str().unwrap_or_default())
+        }
         (AdminRequest::UserPasswd { .. }, Some(j)) => {
             eprintln!("password changed for {}", j.as_str().unwrap_or_default())
         }

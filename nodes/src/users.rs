@@ -50,7 +50,8 @@ impl UserAdmin {
 
     pub fn add(&self, jid: &str, password: &str) -> Result<Jid, UserError> {
         let j = self.account_jid(jid)?;
-        self.accounts.create(&j.to_string(), &Self::credentials(password)?)?;
+        self.accounts
+            .create(&j.to_string(), &Self::credentials(password)?)?;
         Ok(j)
     }
 

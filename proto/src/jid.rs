@@ -124,9 +124,15 @@ pub fn prepare_localpart(s: &str) -> Result<String, JidError> {
     if s.len() > MAX_RAW_PART {
         return Err(JidError::TooLong);
     }
-    let prepared = UsernameCaseMapped::new()
-        .enforce(s)
-        .map_err(|_| JidError::InvalidLocal)?;
+    // Printable ASCII is the common case and PRECIS maps it by lower-casing alone; skip the
+    // Unicode tables for it (the routing hot path parses every `to`).
+    let prepared = if !s.is_empty() && s.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        UsernameCaseMapped::new()
+            .enforce(s)
+            .map_err(|_| JidError::InvalidLocal)?
+    };
     // RFC 7622 §3.3.1: characters that would make the JID ambiguous are excluded.
     if prepared.contains(['"', '&', '\'', '/', ':', '<', '>', '@']) {
         return Err(JidError::InvalidLocal);
@@ -139,9 +145,14 @@ pub fn prepare_resource(s: &str) -> Result<String, JidError> {
     if s.len() > MAX_RAW_PART {
         return Err(JidError::TooLong);
     }
-    let prepared = OpaqueString::new()
-        .enforce(s)
-        .map_err(|_| JidError::InvalidResource)?;
+    // OpaqueString leaves printable ASCII (space included) unchanged.
+    let prepared = if !s.is_empty() && s.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        Cow::Borrowed(s)
+    } else {
+        OpaqueString::new()
+            .enforce(s)
+            .map_err(|_| JidError::InvalidResource)?
+    };
     checked_len(prepared)
 }
 

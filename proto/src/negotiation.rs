@@ -41,7 +41,10 @@ pub enum Action {
     Authenticated(String),
     /// The client asks to bind a resource (`None`: the server picks one). Answer with
     /// [`C2sNegotiation::bound`] or [`C2sNegotiation::bind_failed`].
-    Bind { iq_id: String, resource: Option<String> },
+    Bind {
+        iq_id: String,
+        resource: Option<String>,
+    },
     /// A stanza from the bound session, for the router.
     Stanza(Element),
     /// Close the stream: the bytes are already in a preceding `Send`.
@@ -362,7 +365,8 @@ impl C2sNegotiation {
     fn sasl_failure(&mut self, failure: SaslFailure, counts: bool) -> Vec<Action> {
         self.sasl = None;
         self.phase = Phase::Negotiating;
-        let el = Element::new("failure", ns::SASL).with_child(Element::new(failure.as_str(), ns::SASL));
+        let el =
+            Element::new("failure", ns::SASL).with_child(Element::new(failure.as_str(), ns::SASL));
         let mut out = Vec::new();
         el.write_to(&mut out, ns::CLIENT);
         let mut actions = vec![Action::Send(out)];
@@ -479,7 +483,13 @@ impl C2sNegotiation {
                 .clone()
                 .or_else(|| self.policy.domains.first().cloned())
                 .unwrap_or_default();
-            out.extend(stream::header_bytes(ns::CLIENT, &from, None, "error", &self.lang));
+            out.extend(stream::header_bytes(
+                ns::CLIENT,
+                &from,
+                None,
+                "error",
+                &self.lang,
+            ));
             self.header_sent = true;
         }
         out.extend(error.to_bytes());

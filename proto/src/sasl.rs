@@ -427,7 +427,8 @@ impl Authenticator {
         } else {
             self.plaintext.clone()
         };
-        let name = Mechname::parse(mechanism.as_bytes()).map_err(|_| SaslFailure::InvalidMechanism)?;
+        let name =
+            Mechname::parse(mechanism.as_bytes()).map_err(|_| SaslFailure::InvalidMechanism)?;
         let session = SASLServer::<XmppAuth, ChannelBinding>::with_cb(config, cb)
             .start_suggested(name)
             .map_err(|_| SaslFailure::InvalidMechanism)?;
@@ -592,7 +593,10 @@ mod tests {
                     additional: Some(v),
                 } => {
                     assert_eq!(username, "juliet");
-                    assert!(v.starts_with(b"v="), "{mech}: server-final carries the verifier");
+                    assert!(
+                        v.starts_with(b"v="),
+                        "{mech}: server-final carries the verifier"
+                    );
                 }
                 other => panic!("{mech}: {other:?}"),
             }

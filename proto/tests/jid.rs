@@ -195,3 +195,27 @@ fn parts_bare_and_display() {
         assert_eq!(Jid::parse(&j.to_string()), Ok(j));
     }
 }
+
+/// The ASCII fast paths give exactly what the PRECIS profiles give.
+#[test]
+fn ascii_fast_path_matches_precis() {
+    use precis_core::profile::Profile;
+    for b in 0x20u8..=0x7e {
+        let s = format!("a{}Z", b as char);
+        let slow_local = precis_profiles::UsernameCaseMapped::new()
+            .enforce(s.as_str())
+            .ok()
+            .map(|p| p.into_owned())
+            .filter(|p| !p.contains(['"', '&', '\'', '/', ':', '<', '>', '@']));
+        assert_eq!(proto::jid::prepare_localpart(&s).ok(), slow_local, "{s:?}");
+        let slow_resource = precis_profiles::OpaqueString::new()
+            .enforce(s.as_str())
+            .ok()
+            .map(|p| p.into_owned());
+        assert_eq!(
+            proto::jid::prepare_resource(&s).ok(),
+            slow_resource,
+            "{s:?}"
+        );
+    }
+}

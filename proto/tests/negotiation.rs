@@ -101,9 +101,9 @@ fn first_features_require_starttls_and_offer_no_sasl() {
     assert!(out.contains("from='example.com'"));
     assert!(out.contains("<stream:features><starttls"), "{out}");
     assert!(out.ends_with("</stream:features>"), "{out}");
-    assert!(out.contains(
-        "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>"
-    ));
+    assert!(
+        out.contains("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>")
+    );
     assert!(!out.contains("mechanisms"));
 }
 
@@ -112,8 +112,16 @@ fn features_after_tls_offer_scram_plus_and_plain() {
     let a = auth();
     let (_, features) = secured(&a);
     assert!(!features.contains("starttls"));
-    for m in ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"] {
-        assert!(features.contains(&format!("<mechanism>{m}</mechanism>")), "{m} missing");
+    for m in [
+        "SCRAM-SHA-256-PLUS",
+        "SCRAM-SHA-256",
+        "SCRAM-SHA-1",
+        "PLAIN",
+    ] {
+        assert!(
+            features.contains(&format!("<mechanism>{m}</mechanism>")),
+            "{m} missing"
+        );
     }
     assert!(features.contains("<channel-binding type='tls-exporter'/>"));
 }
@@ -127,7 +135,8 @@ fn full_negotiation_with_plain_then_bind() {
     assert_eq!(acts.last(), Some(&Action::Authenticated("juliet".into())));
     let features = sent(&n.on_header(&header("example.com"), "s3", &a));
     assert!(features.contains("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><required/></bind>"));
-    assert!(features.contains("<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>"));
+    assert!(features
+        .contains("<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>"));
     assert!(!features.contains("mechanisms"));
     let acts = n.on_element(
         el("<iq xmlns='jabber:client' type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>balcony</resource></bind></iq>"),
@@ -168,7 +177,10 @@ fn stanza_before_auth_or_bind_is_not_authorized() {
     let a = auth();
     let mut n = C2sNegotiation::new(policy(), None);
     n.on_header(&header("example.com"), "s1", &a);
-    let acts = n.on_element(el("<message xmlns='jabber:client'><body>x</body></message>"), &a);
+    let acts = n.on_element(
+        el("<message xmlns='jabber:client'><body>x</body></message>"),
+        &a,
+    );
     assert!(sent(&acts).contains("<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"));
     assert_eq!(acts.last(), Some(&Action::Close));
 
@@ -198,7 +210,10 @@ fn unserved_domain_and_old_version_are_refused() {
     let a = auth();
     let mut n = C2sNegotiation::new(policy(), None);
     let out = sent(&n.on_header(&header("elsewhere.org"), "s", &a));
-    assert!(out.starts_with("<?xml"), "header must precede the error: {out}");
+    assert!(
+        out.starts_with("<?xml"),
+        "header must precede the error: {out}"
+    );
     assert!(out.contains("<host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"));
 
     let mut n = C2sNegotiation::new(policy(), None);
@@ -216,7 +231,10 @@ fn unknown_elements_and_repeated_starttls_are_refused() {
     assert!(out.contains("<unsupported-stanza-type"));
 
     let (mut n, _) = secured(&a);
-    let acts = n.on_element(el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"), &a);
+    let acts = n.on_element(
+        el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"),
+        &a,
+    );
     assert!(sent(&acts).contains("<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"));
     assert_eq!(acts.last(), Some(&Action::Close));
 }
@@ -259,7 +277,10 @@ fn bind_refused_lets_the_client_retry() {
     let out = sent(&n.bind_failed("b1", StanzaErrorCondition::Conflict));
     assert!(out.contains("<conflict xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"));
     assert!(!n.is_established());
-    assert!(matches!(n.on_element(el(bind), &a)[..], [Action::Bind { .. }]));
+    assert!(matches!(
+        n.on_element(el(bind), &a)[..],
+        [Action::Bind { .. }]
+    ));
 }
 
 #[test]
@@ -270,6 +291,10 @@ fn failing_sends_header_once_and_then_stays_silent() {
     assert!(out.starts_with("<?xml"));
     assert!(out.contains("<connection-timeout"));
     assert!(out.ends_with("</stream:stream>"));
-    assert!(n.fail(StreamError::new(StreamErrorCondition::SystemShutdown)).is_empty());
-    assert!(n.on_element(el("<presence xmlns='jabber:client'/>"), &a).is_empty());
+    assert!(n
+        .fail(StreamError::new(StreamErrorCondition::SystemShutdown))
+        .is_empty());
+    assert!(n
+        .on_element(el("<presence xmlns='jabber:client'/>"), &a)
+        .is_empty());
 }

@@ -410,7 +410,10 @@ fn limit_elements_per_stanza() {
         ..Limits::default()
     };
     let nine = "<b/>".repeat(9);
-    let events = run_with(limits, format!("{HEADER}<a xmlns='urn:a'>{nine}</a>").as_bytes());
+    let events = run_with(
+        limits,
+        format!("{HEADER}<a xmlns='urn:a'>{nine}</a>").as_bytes(),
+    );
     assert_eq!(elements(&events).len(), 1);
     // The count restarts with each stanza.
     let two = format!("<a xmlns='urn:a'>{nine}</a>").repeat(2);

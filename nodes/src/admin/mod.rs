@@ -68,7 +68,8 @@ impl AdminServer {
                     Err(e) => AdminResponse::err(format!("bad request: {e}")),
                 }
             };
-            let mut out = serde_json::to_vec(&response).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+            let mut out =
+                serde_json::to_vec(&response).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
             out.push(b'\n');
             if write.write_all(&out).await.is_err() {
                 return;

@@ -23,9 +23,17 @@ pub struct AdminResponse {
 
 impl AdminResponse {
     pub fn ok(result: Option<serde_json::Value>) -> Self {
-        AdminResponse { ok: true, error: None, result }
+        AdminResponse {
+            ok: true,
+            error: None,
+            result,
+        }
     }
     pub fn err(e: impl std::fmt::Display) -> Self {
-        AdminResponse { ok: false, error: Some(e.to_string()), result: None }
+        AdminResponse {
+            ok: false,
+            error: Some(e.to_string()),
+            result: None,
+        }
     }
 }

@@ -293,9 +293,7 @@ impl Connection {
             };
             let auth: &DomainAuthenticators = &self.ctx.auth;
             let actions = match event {
-                StreamEvent::Header(h) => {
-                    self.negotiation.on_header(&h, &new_stream_id(), auth)
-                }
+                StreamEvent::Header(h) => self.negotiation.on_header(&h, &new_stream_id(), auth),
                 StreamEvent::Element(el, _) => self.negotiation.on_element(el, auth),
                 StreamEvent::Keepalive => Vec::new(),
                 StreamEvent::Close => self.negotiation.on_close(),
@@ -347,7 +345,12 @@ impl Connection {
             self.ctx.tls.acceptor.accept(tcp),
         )
         .await
-        .map_err(|_| End::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")))??;
+        .map_err(|_| {
+            End::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            ))
+        })??;
         let cb = self.ctx.tls.channel_binding(&tls);
         self.transport = Transport::Tls(Box::new(tls));
         self.negotiation.tls_established(cb);
@@ -356,13 +359,18 @@ impl Connection {
     }
 
     async fn bind(&mut self, iq_id: &str, resource: Option<String>) -> Vec<Action> {
-        let (Some(user), Some(domain)) = (self.negotiation.user(), self.negotiation.domain()) else {
-            return self.negotiation.bind_failed(iq_id, StanzaErrorCondition::NotAuthorized);
+        let (Some(user), Some(domain)) = (self.negotiation.user(), self.negotiation.domain())
+        else {
+            return self
+                .negotiation
+                .bind_failed(iq_id, StanzaErrorCondition::NotAuthorized);
         };
         let resource = resource.unwrap_or_else(generated_resource);
         let Ok(jid) = Jid::from_parts(Some(user), domain, Some(&resource)) else {
             // RFC 6120 §7.7.2.2: a resource that cannot be prepared.
-            return self.negotiation.bind_failed(iq_id, StanzaErrorCondition::BadRequest);
+            return self
+                .negotiation
+                .bind_failed(iq_id, StanzaErrorCondition::BadRequest);
         };
         let session_id = self.ctx.next_session_id.fetch_add(1, Ordering::Relaxed);
         let session = SessionActor::new(
@@ -392,11 +400,13 @@ impl Connection {
             }
             Ok(Err(BindRefused::Conflict)) => {
                 session.do_send(ConnectionClosed);
-                self.negotiation.bind_failed(iq_id, StanzaErrorCondition::Conflict)
+                self.negotiation
+                    .bind_failed(iq_id, StanzaErrorCondition::Conflict)
             }
             Err(_) => {
                 session.do_send(ConnectionClosed);
-                self.negotiation.bind_failed(iq_id, StanzaErrorCondition::InternalServerError)
+                self.negotiation
+                    .bind_failed(iq_id, StanzaErrorCondition::InternalServerError)
             }
         }
     }
@@ -407,5 +417,8 @@ fn new_stream_id() -> String {
 }
 
 fn generated_resource() -> String {
-    format!("sb-{:012x}", rand::thread_rng().gen::<u64>() & 0xffff_ffff_ffff)
+    format!(
+        "sb-{:012x}",
+        rand::thread_rng().gen::<u64>() & 0xffff_ffff_ffff
+    )
 }

@@ -100,7 +100,12 @@ impl SessionActor {
         }
     }
 
-    fn reply_error(&mut self, stanza: &Element, cond: StanzaErrorCondition, ctx: &mut Context<Self>) {
+    fn reply_error(
+        &mut self,
+        stanza: &Element,
+        cond: StanzaErrorCondition,
+        ctx: &mut Context<Self>,
+    ) {
         if stanza.attr("type") == Some("error") {
             return;
         }
@@ -170,7 +175,9 @@ impl Handler<FromClient> for SessionActor {
         let to = match stanza.attr("to").map(Jid::parse) {
             None => None,
             Some(Ok(j)) => Some(j),
-            Some(Err(_)) => return self.reply_error(&stanza, StanzaErrorCondition::JidMalformed, ctx),
+            Some(Err(_)) => {
+                return self.reply_error(&stanza, StanzaErrorCondition::JidMalformed, ctx)
+            }
         };
         // RFC 6120 §8.1.2.1: the server stamps the full JID, whatever the client wrote.
         stanza.set_attr("from", self.jid.to_string());
@@ -181,7 +188,9 @@ impl Handler<FromClient> for SessionActor {
                 }
                 let for_server = match &to {
                     None => Some(self.jid.to_bare()),
-                    Some(t) if t.local().is_none() && t.resource().is_none() && self.is_served(t) => {
+                    Some(t)
+                        if t.local().is_none() && t.resource().is_none() && self.is_served(t) =>
+                    {
                         Some(t.clone())
                     }
                     Some(t) if *t == self.jid.to_bare() => Some(t.clone()),
@@ -208,12 +217,18 @@ impl Handler<FromClient> for SessionActor {
             }
             _ => {}
         }
-        if to.is_none() {
-            // RFC 6120 §10.3: no `to` means the sender's own bare JID.
-            stanza.set_attr("to", self.jid.to_bare().to_string());
-        }
+        let to = match to {
+            Some(to) => to,
+            None => {
+                // RFC 6120 §10.3: no `to` means the sender's own bare JID.
+                let bare = self.jid.to_bare();
+                stanza.set_attr("to", bare.to_string());
+                bare
+            }
+        };
         self.router.do_send(RouteStanza {
             from: self.jid.clone(),
+            to,
             stanza,
         });
     }
@@ -255,4 +270,3 @@ impl SessionActor {
         )
     }
 }
-

@@ -19,7 +19,10 @@ impl IqHandler for DiscoInfo {
         &[ns::DISCO_INFO]
     }
     fn supports(&self) -> &'static [Support] {
-        &[Support { spec: "XEP-0030", title: "Service Discovery" }]
+        &[Support {
+            spec: "XEP-0030",
+            title: "Service Discovery",
+        }]
     }
     fn handle(&self, req: &IqRequest<'_>, ext: &Extensions) -> IqOutcome {
         if req.is_set {
@@ -40,7 +43,10 @@ impl IqHandler for DiscoInfo {
         } else {
             (
                 Identity::new("server", "im", "en", "Switchboard"),
-                ext.server_features().iter().map(|f| f.to_string()).collect(),
+                ext.server_features()
+                    .iter()
+                    .map(|f| f.to_string())
+                    .collect(),
             )
         };
         let result = DiscoInfoResult {

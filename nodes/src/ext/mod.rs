@@ -61,12 +61,30 @@ impl Default for Extensions {
 
 /// What the core (not a handler) implements, for the support table.
 const CORE_SUPPORT: &[Support] = &[
-    Support { spec: "RFC 6120", title: "XMPP Core: STARTTLS, SASL, resource binding, stream and stanza errors" },
-    Support { spec: "RFC 7622", title: "XMPP Address Format (PRECIS)" },
-    Support { spec: "RFC 7677", title: "SCRAM-SHA-256 (and SCRAM-SHA-1, SCRAM-SHA-512, -PLUS)" },
-    Support { spec: "RFC 9266", title: "Channel bindings for TLS 1.3 (tls-exporter)" },
-    Support { spec: "XEP-0368", title: "SRV records for XMPP over TLS: direct TLS listener" },
-    Support { spec: "XEP-0440", title: "SASL channel-binding type capability" },
+    Support {
+        spec: "RFC 6120",
+        title: "XMPP Core: STARTTLS, SASL, resource binding, stream and stanza errors",
+    },
+    Support {
+        spec: "RFC 7622",
+        title: "XMPP Address Format (PRECIS)",
+    },
+    Support {
+        spec: "RFC 7677",
+        title: "SCRAM-SHA-256 (and SCRAM-SHA-1, SCRAM-SHA-512, -PLUS)",
+    },
+    Support {
+        spec: "RFC 9266",
+        title: "Channel bindings for TLS 1.3 (tls-exporter)",
+    },
+    Support {
+        spec: "XEP-0368",
+        title: "SRV records for XMPP over TLS: direct TLS listener",
+    },
+    Support {
+        spec: "XEP-0440",
+        title: "SASL channel-binding type capability",
+    },
 ];
 
 impl Extensions {

@@ -14,7 +14,10 @@ impl IqHandler for Ping {
         &[ns::PING]
     }
     fn supports(&self) -> &'static [Support] {
-        &[Support { spec: "XEP-0199", title: "XMPP Ping" }]
+        &[Support {
+            spec: "XEP-0199",
+            title: "XMPP Ping",
+        }]
     }
     fn handle(&self, req: &IqRequest<'_>, _: &Extensions) -> IqOutcome {
         if req.is_set || req.payload.name != "ping" {

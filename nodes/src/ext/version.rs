@@ -15,7 +15,10 @@ impl IqHandler for Version {
         &[ns::VERSION]
     }
     fn supports(&self) -> &'static [Support] {
-        &[Support { spec: "XEP-0092", title: "Software Version" }]
+        &[Support {
+            spec: "XEP-0092",
+            title: "Software Version",
+        }]
     }
     fn handle(&self, req: &IqRequest<'_>, _: &Extensions) -> IqOutcome {
         if req.is_set {

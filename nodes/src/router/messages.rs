@@ -44,6 +44,8 @@ pub struct BroadcastPresence {
 #[rtype(result = "()")]
 pub struct RouteStanza {
     pub from: Jid,
+    /// The stanza's `to`, already prepared.
+    pub to: Jid,
     pub stanza: Element,
 }
 

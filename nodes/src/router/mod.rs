@@ -54,8 +54,9 @@ impl Router {
     }
 
     fn account_exists(&self, bare: &Jid) -> bool {
+        // An account with a session exists; only offline targets cost a storage read.
         // A storage error must not make a real account look absent to senders.
-        self.accounts.exists(&bare.to_string()).unwrap_or(true)
+        self.sessions.contains_key(bare) || self.accounts.exists(&bare.to_string()).unwrap_or(true)
     }
 
     fn resource(&self, full: &Jid) -> Option<&BoundResource> {
@@ -109,10 +110,7 @@ impl Router {
             .filter(|r| r.presence.is_some())
     }
 
-    fn route(&self, from: &Jid, stanza: Element) {
-        let Some(to) = stanza.attr("to").and_then(|t| Jid::parse(t).ok()) else {
-            return self.bounce(from, &stanza, StanzaErrorCondition::JidMalformed);
-        };
+    fn route(&self, from: &Jid, to: Jid, stanza: Element) {
         if !self.is_local_domain(to.domain()) {
             // Federation is not available yet: RFC 6120 §10.4.
             return self.bounce(from, &stanza, StanzaErrorCondition::RemoteServerNotFound);
@@ -252,10 +250,7 @@ impl Handler<RegisterSession> for Router {
             if self.conflict == ResourceConflict::Reject {
                 return Err(BindRefused::Conflict);
             }
-            let old = self
-                .sessions
-                .get_mut(&bare)
-                .map(|l| l.remove(pos));
+            let old = self.sessions.get_mut(&bare).map(|l| l.remove(pos));
             if let Some(old) = old {
                 old.session.do_send(Kick(StreamError::with_text(
                     StreamErrorCondition::Conflict,
@@ -339,7 +334,7 @@ impl Handler<RouteStanza> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: RouteStanza, _: &mut Context<Self>) {
-        self.route(&msg.from, msg.stanza);
+        self.route(&msg.from, msg.to, msg.stanza);
     }
 }
 
