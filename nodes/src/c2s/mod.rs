@@ -12,6 +12,8 @@ use tokio::sync::Semaphore;
 
 pub use connection::C2sContext;
 
+const LISTEN_BACKLOG: i32 = 4096;
+
 /// A bound listening socket, shared by every worker's accept loop.
 pub struct C2sListener {
     pub socket: std::net::TcpListener,
@@ -21,9 +23,21 @@ pub struct C2sListener {
 
 impl C2sListener {
     pub fn bind(addr: &str, direct_tls: bool) -> std::io::Result<C2sListener> {
-        let socket = std::net::TcpListener::bind(addr)?;
+        use socket2::{Domain, Socket, Type};
+        let addr: std::net::SocketAddr = addr.parse().map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr:?}: {e}"))
+        })?;
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        // std's default backlog (128) overflows during login storms; the kernel caps this
+        // at net.core.somaxconn.
+        socket.listen(LISTEN_BACKLOG)?;
         socket.set_nonblocking(true)?;
-        Ok(C2sListener { socket, direct_tls })
+        Ok(C2sListener {
+            socket: socket.into(),
+            direct_tls,
+        })
     }
 }
 

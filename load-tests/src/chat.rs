@@ -1,0 +1,258 @@
+//! Scenario `chat`: every logged-in user sends M messages, one every interval, each to a
+//! random other user of the run; receivers count them, detect duplicates and measure latency
+//! from the send timestamp in the body.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::conn::Failure;
+use crate::login::Target;
+use crate::ramp::{login_all, stopped, tally, End, Plan, Session};
+use crate::report::{ChatSummary, Distribution, Outcome};
+use crate::xml;
+
+pub struct ChatPlan {
+    pub messages: u32,
+    pub interval: Duration,
+    /// The whole exchange (sending and waiting for deliveries) stops after this.
+    pub duration: Duration,
+}
+
+/// How often the coordinator checks whether every message has arrived.
+const POLL: Duration = Duration::from_millis(20);
+
+struct Shared {
+    target: Arc<Target>,
+    plan: ChatPlan,
+    /// Indices of the logged-in users, the possible recipients.
+    peers: Vec<u32>,
+    /// Send timestamps in bodies are microseconds since this instant.
+    epoch: Instant,
+    sent: AtomicU64,
+    /// Distinct deliveries plus bounces: when it reaches `sent`, nothing is in flight.
+    accounted: AtomicU64,
+    /// Users that will send no more (all sent, or their session ended).
+    senders_done: AtomicU64,
+}
+
+#[derive(Default)]
+struct Received {
+    unique: u64,
+    duplicates: u64,
+    bounced: u64,
+    latencies_us: Vec<u64>,
+}
+
+pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
+    let ramp = login_all(plan).await;
+    let peers: Vec<u32> = ramp.sessions.iter().map(|s| s.index).collect();
+    let (stop, stopped) = watch::channel(false);
+    if peers.len() < 2 {
+        let _ = stop.send(true);
+        for s in ramp.sessions {
+            s.hold(stopped.clone(), plan.close_grace).await;
+        }
+        anyhow::bail!(
+            "chat needs at least two logged-in users, got {}",
+            peers.len()
+        );
+    }
+    let shared = Arc::new(Shared {
+        target: plan.target.clone(),
+        plan: chat,
+        peers,
+        epoch: Instant::now(),
+        sent: AtomicU64::new(0),
+        accounted: AtomicU64::new(0),
+        senders_done: AtomicU64::new(0),
+    });
+    let users = ramp.sessions.len() as u64;
+    eprintln!(
+        "  {users} users sending {} messages each",
+        shared.plan.messages
+    );
+    let start = Instant::now();
+    let deadline = start + shared.plan.duration;
+    let mut tasks = JoinSet::new();
+    for (pos, session) in ramp.sessions.into_iter().enumerate() {
+        let task = converse(
+            session,
+            pos,
+            shared.clone(),
+            stopped.clone(),
+            plan.close_grace,
+        );
+        tasks.spawn(task);
+    }
+    while Instant::now() < deadline {
+        tokio::time::sleep(POLL).await;
+        let all_sent = shared.senders_done.load(Ordering::Relaxed) == users;
+        if all_sent
+            && shared.accounted.load(Ordering::Relaxed) >= shared.sent.load(Ordering::Relaxed)
+        {
+            break;
+        }
+    }
+    let elapsed = start.elapsed();
+    let _ = stop.send(true);
+
+    let mut total = Received::default();
+    let mut ends = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((end, received)) => {
+                ends.push(end);
+                total.unique += received.unique;
+                total.duplicates += received.duplicates;
+                total.bounced += received.bounced;
+                total.latencies_us.extend(received.latencies_us);
+            }
+            Err(e) => ends.push(End::Dropped(Failure::Protocol(format!("internal: {e}")))),
+        }
+    }
+    let (dropped, close) = tally(ends);
+    let sent = shared.sent.load(Ordering::Relaxed);
+    Ok(Outcome {
+        login: ramp.summary,
+        idle: None,
+        chat: Some(ChatSummary {
+            messages_per_user: shared.plan.messages,
+            interval_ms: shared.plan.interval.as_millis() as u64,
+            sent,
+            received: total.unique,
+            lost: sent.saturating_sub(total.unique + total.bounced),
+            duplicates: total.duplicates,
+            bounced: total.bounced,
+            elapsed_secs: elapsed.as_secs_f64(),
+            latency_ms: Distribution::from_micros(total.latencies_us),
+        }),
+        dropped,
+        close,
+    })
+}
+
+/// One user: send on schedule, receive whatever arrives, until told to stop.
+async fn converse(
+    mut session: Session,
+    pos: usize,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) -> (End, Received) {
+    let plan = &shared.plan;
+    let mut received = Received::default();
+    let mut seen = HashSet::new();
+    let mut seq = 0u32;
+    let offset = rand::thread_rng().gen_range(0..plan.interval.as_micros().max(1) as u64);
+    let mut next_send = tokio::time::Instant::now() + Duration::from_micros(offset);
+    let mut sending = plan.messages > 0;
+    if !sending {
+        shared.senders_done.fetch_add(1, Ordering::Relaxed);
+    }
+    let failure = loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => break None,
+            _ = tokio::time::sleep_until(next_send), if sending => {
+                seq += 1;
+                let message = compose(&shared, session.index, pos, seq);
+                if let Err(failure) = session.conn.send(&message).await {
+                    break Some(failure);
+                }
+                shared.sent.fetch_add(1, Ordering::Relaxed);
+                next_send += plan.interval;
+                if seq == plan.messages {
+                    sending = false;
+                    shared.senders_done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            el = session.conn.next_element() => match el {
+                Ok(el) => receive(&shared, &el, &mut seen, &mut received),
+                Err(failure) => break Some(failure),
+            }
+        }
+    };
+    match failure {
+        Some(failure) => {
+            if sending {
+                shared.senders_done.fetch_add(1, Ordering::Relaxed);
+            }
+            (End::Dropped(failure), received)
+        }
+        None => {
+            let clean = session.conn.close(grace).await;
+            (End::Closed { clean }, received)
+        }
+    }
+}
+
+/// Message `seq` from user `from` (at `pos` in the peers) to a random other peer.
+fn compose(shared: &Shared, from: u32, pos: usize, seq: u32) -> String {
+    let peers = &shared.peers;
+    let mut other = rand::thread_rng().gen_range(0..peers.len() - 1);
+    if other >= pos {
+        other += 1;
+    }
+    let to = shared.target.full_jid(peers[other]);
+    let sent_us = shared.epoch.elapsed().as_micros() as u64;
+    format!(
+        "<message to='{}' type='chat' id='m{seq}'><body>lg {from} {seq} {sent_us}</body></message>",
+        xml::escape(&to)
+    )
+}
+
+fn receive(shared: &Shared, el: &str, seen: &mut HashSet<(u32, u32)>, received: &mut Received) {
+    if xml::name(el) != "message" {
+        return;
+    }
+    if xml::attr(el, "type").as_deref() == Some("error") {
+        received.bounced += 1;
+        shared.accounted.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let Some(body) = xml::child(el, "body").map(xml::text) else {
+        return;
+    };
+    let Some((from, seq, sent_us)) = parse_body(&body) else {
+        return;
+    };
+    if !seen.insert((from, seq)) {
+        received.duplicates += 1;
+        return;
+    }
+    received.unique += 1;
+    shared.accounted.fetch_add(1, Ordering::Relaxed);
+    let now_us = shared.epoch.elapsed().as_micros() as u64;
+    received.latencies_us.push(now_us.saturating_sub(sent_us));
+}
+
+/// `lg FROM SEQ SENT_US`.
+fn parse_body(body: &str) -> Option<(u32, u32, u64)> {
+    let mut fields = body.split_whitespace();
+    if fields.next()? != "lg" {
+        return None;
+    }
+    let from = fields.next()?.parse().ok()?;
+    let seq = fields.next()?.parse().ok()?;
+    let sent_us = fields.next()?.parse().ok()?;
+    fields.next().is_none().then_some((from, seq, sent_us))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies() {
+        assert_eq!(parse_body("lg 3 17 123456"), Some((3, 17, 123456)));
+        assert_eq!(parse_body("lg 3 17"), None);
+        assert_eq!(parse_body("lg 3 17 1 extra"), None);
+        assert_eq!(parse_body("hello 3 17 1"), None);
+        assert_eq!(parse_body("lg x 17 1"), None);
+    }
+}

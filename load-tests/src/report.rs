@@ -1,0 +1,211 @@
+//! The run's summary: printed for people, written as JSON for scripts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub scenario: &'static str,
+    pub server: String,
+    pub tls: String,
+    pub mech: String,
+    pub users: u32,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// What a scenario measured.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub login: LoginSummary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle: Option<IdleSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat: Option<ChatSummary>,
+    /// Sessions lost after login (server closed, stream error...), by reason.
+    pub dropped: BTreeMap<String, u64>,
+    pub close: CloseSummary,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LoginSummary {
+    pub succeeded: u64,
+    pub failed: u64,
+    pub failures: BTreeMap<String, u64>,
+    /// From the first connect to the last login finishing.
+    pub elapsed_secs: f64,
+    pub rate_per_sec: f64,
+    /// Connect to bound-and-present, successful logins only.
+    pub latency_ms: Distribution,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IdleSummary {
+    pub hold_secs: u64,
+    /// Sessions still open at the end of the hold.
+    pub sessions: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss: Option<RssSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RssSummary {
+    pub server_pid: u32,
+    pub before_kib: u64,
+    pub after_login_kib: u64,
+    /// At the end of the hold, with all sessions open: the "after" figure.
+    pub after_kib: u64,
+    /// (after - before) / sessions.
+    pub per_session_kib: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatSummary {
+    pub messages_per_user: u32,
+    pub interval_ms: u64,
+    pub sent: u64,
+    /// Distinct messages delivered.
+    pub received: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    /// Returned to the sender as `type='error'`.
+    pub bounced: u64,
+    pub elapsed_secs: f64,
+    pub latency_ms: Distribution,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct CloseSummary {
+    /// The server answered our `</stream:stream>` with its own.
+    pub clean: u64,
+    pub unclean: u64,
+}
+
+/// Percentiles of a set of durations, in milliseconds.
+#[derive(Debug, Default, Serialize)]
+pub struct Distribution {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Distribution {
+    /// From durations in microseconds (sorted here).
+    pub fn from_micros(mut values: Vec<u64>) -> Distribution {
+        values.sort_unstable();
+        let at = |p: f64| -> f64 {
+            if values.is_empty() {
+                return 0.0;
+            }
+            // Nearest rank.
+            let rank = ((p * values.len() as f64).ceil() as usize).clamp(1, values.len());
+            values[rank - 1] as f64 / 1000.0
+        };
+        Distribution {
+            count: values.len() as u64,
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms (n={})",
+            self.p50, self.p90, self.p99, self.max, self.count
+        )
+    }
+}
+
+/// Add one occurrence of `reason`.
+pub fn count(map: &mut BTreeMap<String, u64>, reason: impl ToString) {
+    *map.entry(reason.to_string()).or_default() += 1;
+}
+
+fn reasons(map: &BTreeMap<String, u64>) -> String {
+    if map.is_empty() {
+        return "none".into();
+    }
+    let parts: Vec<String> = map.iter().map(|(r, n)| format!("{n} × {r}")).collect();
+    parts.join(", ")
+}
+
+impl Summary {
+    pub fn print(&self) {
+        println!(
+            "scenario {} against {} (tls {}, {}), {} users",
+            self.scenario, self.server, self.tls, self.mech, self.users
+        );
+        let o = &self.outcome;
+        let l = &o.login;
+        println!(
+            "logins: {} ok, {} failed in {:.2} s = {:.0} logins/s",
+            l.succeeded, l.failed, l.elapsed_secs, l.rate_per_sec
+        );
+        println!("login latency: {}", l.latency_ms.line());
+        println!("login failures: {}", reasons(&l.failures));
+        if let Some(idle) = &o.idle {
+            println!("sessions: {} held for {} s", idle.sessions, idle.hold_secs);
+            match &idle.rss {
+                Some(r) => {
+                    println!(
+                        "server RSS (pid {}): before {} KiB, after login {} KiB, after hold {} KiB",
+                        r.server_pid, r.before_kib, r.after_login_kib, r.after_kib
+                    );
+                    println!("per session: {:.1} KiB", r.per_session_kib);
+                }
+                None => println!("server RSS: not measured (pass --server-pid)"),
+            }
+        }
+        if let Some(c) = &o.chat {
+            println!(
+                "messages: {} sent, {} received, {} lost, {} duplicates, {} bounced in {:.2} s",
+                c.sent, c.received, c.lost, c.duplicates, c.bounced, c.elapsed_secs
+            );
+            println!("message latency: {}", c.latency_ms.line());
+        }
+        println!("dropped after login: {}", reasons(&o.dropped));
+        println!(
+            "close: {} clean, {} unclean",
+            o.close.clean, o.close.unclean
+        );
+    }
+
+    pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
+        let mut text = serde_json::to_string_pretty(self)?;
+        text.push('\n');
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let d = Distribution::from_micros((1..=100).rev().map(|ms| ms * 1000).collect());
+        assert_eq!(
+            (d.count, d.p50, d.p90, d.p99, d.max),
+            (100, 50.0, 90.0, 99.0, 100.0)
+        );
+        let one = Distribution::from_micros(vec![1500]);
+        assert_eq!((one.p50, one.p99), (1.5, 1.5));
+        assert_eq!(Distribution::from_micros(Vec::new()).count, 0);
+    }
+
+    #[test]
+    fn reasons_are_counted() {
+        let mut m = BTreeMap::new();
+        count(&mut m, "timeout");
+        count(&mut m, "timeout");
+        count(&mut m, "closed by server");
+        assert_eq!(reasons(&m), "1 × closed by server, 2 × timeout");
+    }
+}

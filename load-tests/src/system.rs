@@ -1,0 +1,141 @@
+//! What the run needs from the machine: loopback addresses, the open-files limit and the
+//! server's resident memory, all read from `/proc` (Linux).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use anyhow::{bail, ensure, Context};
+
+/// Largest number of source addresses a range may expand to.
+const MAX_SOURCES: usize = 4096;
+
+/// Parse `127.0.1.1-127.0.1.20,127.0.2.1`: comma-separated addresses and inclusive IPv4
+/// ranges, all in 127.0.0.0/8. An empty string means no explicit source address.
+pub fn parse_sources(spec: &str) -> anyhow::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let parse = |s: &str| -> anyhow::Result<Ipv4Addr> {
+            let ip: Ipv4Addr = s.parse().with_context(|| format!("source address {s:?}"))?;
+            ensure!(
+                ip.is_loopback(),
+                "source address {ip} is not in 127.0.0.0/8"
+            );
+            Ok(ip)
+        };
+        let (first, last) = (u32::from(parse(first)?), u32::from(parse(last)?));
+        ensure!(first <= last, "empty source range {part:?}");
+        let count = (last - first) as usize + 1;
+        ensure!(
+            out.len() + count <= MAX_SOURCES,
+            "more than {MAX_SOURCES} source addresses"
+        );
+        out.extend((first..=last).map(|ip| IpAddr::V4(Ipv4Addr::from(ip))));
+    }
+    Ok(out)
+}
+
+/// Traffic goes to loopback only.
+pub fn check_loopback(server: SocketAddr) -> anyhow::Result<()> {
+    ensure!(
+        server.ip().is_loopback(),
+        "server {server} is not a loopback address; this tool only targets 127.0.0.0/8 or ::1"
+    );
+    Ok(())
+}
+
+/// The soft and hard limits on open files of this process (`None` is unlimited).
+pub fn open_files_limit() -> anyhow::Result<(Option<u64>, Option<u64>)> {
+    let limits =
+        std::fs::read_to_string("/proc/self/limits").context("reading /proc/self/limits")?;
+    parse_open_files(&limits).context("no \"Max open files\" in /proc/self/limits")
+}
+
+fn parse_open_files(limits: &str) -> Option<(Option<u64>, Option<u64>)> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    let value = |v: &str| {
+        if v == "unlimited" {
+            Some(None)
+        } else {
+            v.parse().ok().map(Some)
+        }
+    };
+    Some((value(fields.next()?)?, value(fields.next()?)?))
+}
+
+/// Fail early when `sockets` connections would not fit under the soft limit.
+pub fn check_open_files(sockets: u64) -> anyhow::Result<()> {
+    let (soft, hard) = open_files_limit()?;
+    let needed = sockets + 64;
+    if let Some(soft) = soft.filter(|&soft| needed > soft) {
+        match hard {
+            Some(hard) if needed > hard => bail!(
+                "{sockets} connections need about {needed} open files but the hard limit is \
+                 {hard}: split the users over several processes with --first"
+            ),
+            _ => {
+                let hard = hard.map_or("unlimited".to_string(), |h| h.to_string());
+                bail!(
+                    "{sockets} connections need about {needed} open files but the soft limit \
+                     is {soft}: raise it with `ulimit -n {hard}` in this shell"
+                )
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The server's resident set size in KiB (`VmRSS` of `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_vm_rss(&status).with_context(|| format!("no VmRSS in {path}"))
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut fields = line["VmRSS:".len()..].split_whitespace();
+    let kib = fields.next()?.parse().ok()?;
+    (fields.next() == Some("kB")).then_some(kib)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_ranges() {
+        let ips = parse_sources("127.0.1.1-127.0.1.3, 127.0.2.9").unwrap();
+        let text: Vec<String> = ips.iter().map(|ip| ip.to_string()).collect();
+        assert_eq!(text, ["127.0.1.1", "127.0.1.2", "127.0.1.3", "127.0.2.9"]);
+        assert_eq!(parse_sources("127.0.0.255-127.0.1.0").unwrap().len(), 2);
+        assert!(parse_sources("").unwrap().is_empty());
+        assert!(parse_sources("10.0.0.1").is_err());
+        assert!(parse_sources("127.0.1.5-127.0.1.1").is_err());
+        assert!(parse_sources("127.0.0.1-127.255.255.255").is_err());
+        assert!(parse_sources("127.0.0.x").is_err());
+    }
+
+    #[test]
+    fn loopback_only() {
+        assert!(check_loopback("127.0.0.1:5222".parse().unwrap()).is_ok());
+        assert!(check_loopback("[::1]:5222".parse().unwrap()).is_ok());
+        assert!(check_loopback("192.168.1.1:5222".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn proc_parsing() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max open files            1024                 20000                files\n";
+        assert_eq!(parse_open_files(limits), Some((Some(1024), Some(20000))));
+        let limits = "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(parse_open_files(limits), Some((None, None)));
+        assert_eq!(parse_vm_rss("Name:\tx\nVmRSS:\t   12345 kB\n"), Some(12345));
+        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
+        assert!(open_files_limit().is_ok());
+        assert!(rss_kib(std::process::id()).unwrap() > 0);
+    }
+}
