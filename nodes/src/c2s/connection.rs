@@ -2,6 +2,7 @@
 //! runs the negotiation state machine, and after bind passes stanzas to the connection's
 //! SessionActor and writes what the actor queues.
 
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,11 +16,11 @@ use proto::stream::{Limits, StreamEvent, StreamReader};
 use rand::Rng;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::{sleep_until, timeout, Instant};
 
-use super::messages::{ConnectionClosed, FromClient, Outbound};
-use super::session::{SendQueue, SessionActor};
+use super::messages::{ConnectionClosed, FromClient};
+use super::session::{QueueWork, SendQueue, SessionActor};
 use super::transport::Transport;
 use crate::config::C2sSettings;
 use crate::ext::Extensions;
@@ -57,9 +58,9 @@ impl C2sContext {
 enum Wake {
     /// The socket is readable, or may still hold data.
     Input,
-    Out(Option<Outbound>),
+    /// The session queued bytes, asked to close, or overflowed.
+    Queue,
     Shutdown,
-    Overflow,
     AuthTimeout,
 }
 
@@ -82,8 +83,7 @@ struct Connection {
     reader: StreamReader,
     transport: Transport,
     session: Option<Addr<SessionActor>>,
-    queue: Arc<SendQueue>,
-    out_tx: mpsc::UnboundedSender<Outbound>,
+    queue: Rc<SendQueue>,
 }
 
 /// Serve one accepted socket until it closes.
@@ -97,10 +97,12 @@ pub async fn serve(
     let _ = tcp.set_nodelay(true);
     let auth_deadline = Instant::now() + Duration::from_secs(ctx.settings.auth_timeout_secs);
     let (transport, cb) = if direct_tls {
-        match timeout(
+        // Boxed, like every rarely-taken await below: an async fn's future is as large as its
+        // largest await point, and this one lives as long as the connection.
+        match Box::pin(timeout(
             Duration::from_secs(ctx.settings.auth_timeout_secs),
             ctx.tls.acceptor.accept(tcp),
-        )
+        ))
         .await
         {
             Ok(Ok(tls)) => {
@@ -119,17 +121,15 @@ pub async fn serve(
     } else {
         (Transport::Plain(tcp), None)
     };
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
     let mut conn = Connection {
         negotiation: C2sNegotiation::new(ctx.policy.clone(), cb),
         reader: StreamReader::new(ctx.limits(), proto::ns::CLIENT),
         transport,
         session: None,
         queue: SendQueue::new(ctx.settings.send_queue_max_bytes),
-        out_tx,
         ctx,
     };
-    let end = conn.run(out_rx, auth_deadline).await;
+    let end = conn.run(auth_deadline).await;
     if let Some(session) = conn.session.take() {
         session.do_send(ConnectionClosed);
     }
@@ -141,11 +141,7 @@ pub async fn serve(
 }
 
 impl Connection {
-    async fn run(
-        &mut self,
-        mut out_rx: mpsc::UnboundedReceiver<Outbound>,
-        auth_deadline: Instant,
-    ) -> End {
+    async fn run(&mut self, auth_deadline: Instant) -> End {
         let mut shutdown = self.ctx.shutdown.clone();
         // After a read that returned data there may be more (in the kernel or decrypted in
         // rustls), so read again before waiting for readiness.
@@ -153,7 +149,7 @@ impl Connection {
         loop {
             if *shutdown.borrow() {
                 return self
-                    .close_with(StreamError::new(StreamErrorCondition::SystemShutdown))
+                    .close_boxed(StreamError::new(StreamErrorCondition::SystemShutdown))
                     .await;
             }
             let established = self.negotiation.is_established();
@@ -161,9 +157,9 @@ impl Connection {
             let wake = tokio::select! {
                 biased;
                 _ = shutdown.changed() => Wake::Shutdown,
-                _ = queue.overflow.notified() => Wake::Overflow,
+                _ = queue.overflow.notified() => Wake::Queue,
+                _ = queue.wake.notified() => Wake::Queue,
                 _ = sleep_until(auth_deadline), if !established => Wake::AuthTimeout,
-                out = out_rx.recv() => Wake::Out(out),
                 _ = std::future::ready(()), if may_have_input => Wake::Input,
                 r = self.transport.readable(), if !may_have_input => match r {
                     Ok(()) => Wake::Input,
@@ -173,17 +169,16 @@ impl Connection {
             let result = match wake {
                 Wake::Shutdown => {
                     return self
-                        .close_with(StreamError::new(StreamErrorCondition::SystemShutdown))
+                        .close_boxed(StreamError::new(StreamErrorCondition::SystemShutdown))
                         .await
                 }
-                Wake::Overflow => return self.close_with(SessionActor::overflow_error()).await,
+
                 Wake::AuthTimeout => {
                     return self
-                        .close_with(StreamError::new(StreamErrorCondition::ConnectionTimeout))
+                        .close_boxed(StreamError::new(StreamErrorCondition::ConnectionTimeout))
                         .await
                 }
-                Wake::Out(None) => return End::Closed,
-                Wake::Out(Some(out)) => self.write_outbound(out, &mut out_rx).await,
+                Wake::Queue => self.write_queued().await,
                 Wake::Input => {
                     let reader = &mut self.reader;
                     match self.transport.try_read(|bytes| reader.feed(bytes)) {
@@ -211,37 +206,24 @@ impl Connection {
         }
     }
 
-    /// Write what the session queued, batching everything already waiting.
-    async fn write_outbound(
-        &mut self,
-        first: Outbound,
-        out_rx: &mut mpsc::UnboundedReceiver<Outbound>,
-    ) -> Result<bool, End> {
-        let mut batch = Vec::new();
-        let mut next = Some(first);
-        while let Some(out) = next.take() {
-            match out {
-                Outbound::Bytes(b) => {
-                    if batch.is_empty() {
-                        batch = b;
-                    } else {
-                        batch.extend_from_slice(&b);
-                    }
-                }
-                Outbound::Close(err) => {
-                    self.write(&batch).await?;
-                    self.queue.written(batch.len());
-                    self.close_with(err).await;
-                    return Ok(false);
-                }
+    /// Write what the session queued (everything that accumulated, in one write).
+    async fn write_queued(&mut self) -> Result<bool, End> {
+        match self.queue.take() {
+            QueueWork::Nothing => Ok(true),
+            QueueWork::Write(bytes) => {
+                Box::pin(self.write(&bytes)).await?;
+                Ok(true)
             }
-            if batch.len() < 64 * 1024 {
-                next = out_rx.try_recv().ok();
+            QueueWork::Close(bytes, err) => {
+                Box::pin(self.write(&bytes)).await?;
+                self.close_boxed(err).await;
+                Ok(false)
+            }
+            QueueWork::Overflowed => {
+                self.close_boxed(SessionActor::overflow_error()).await;
+                Ok(false)
             }
         }
-        self.write(&batch).await?;
-        self.queue.written(batch.len());
-        Ok(true)
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), End> {
@@ -250,18 +232,25 @@ impl Connection {
         }
         let queue = self.queue.clone();
         let transport = &mut self.transport;
-        let write = async {
+        let write = timeout(WRITE_TIMEOUT, async {
             transport.write_all(bytes).await?;
             transport.flush().await
-        };
+        });
         tokio::select! {
-            r = timeout(WRITE_TIMEOUT, write) => match r {
+            r = write => match r {
                 Ok(r) => Ok(r?),
-                Err(_) => Err(End::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))),
+                Err(_) => Err(End::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "write timed out",
+                ))),
             },
             // A slow reader's queue overflowed while we were blocked writing to it.
             _ = queue.overflow.notified() => Err(End::Closed),
         }
+    }
+
+    async fn close_boxed(&mut self, err: StreamError) -> End {
+        Box::pin(self.close_with(err)).await
     }
 
     /// Send a stream error (and our header first if needed) and end the connection.
@@ -287,7 +276,7 @@ impl Connection {
                 Ok(None) => return Ok(true),
                 Err(e) => {
                     tracing::debug!(error = %e, "c2s stream error");
-                    self.close_with(e.to_stream_error()).await;
+                    self.close_boxed(e.to_stream_error()).await;
                     return Ok(false);
                 }
             };
@@ -309,7 +298,7 @@ impl Connection {
         let mut queue = std::collections::VecDeque::from(actions);
         while let Some(action) = queue.pop_front() {
             match action {
-                Action::Send(bytes) => self.write(&bytes).await?,
+                Action::Send(bytes) => Box::pin(self.write(&bytes)).await?,
                 Action::Close => return Ok(false),
                 Action::StartTls => {
                     if self.reader.buffered() > 0 {
@@ -317,14 +306,14 @@ impl Connection {
                         // attacker in the clear (RFC 6120 §5.4.3.3 forbids acting on it).
                         return Ok(false);
                     }
-                    self.start_tls().await?;
+                    Box::pin(self.start_tls()).await?;
                 }
                 Action::Authenticated(user) => {
                     tracing::debug!(%user, "authenticated");
                     self.reader = StreamReader::new(self.ctx.limits(), proto::ns::CLIENT);
                 }
                 Action::Bind { iq_id, resource } => {
-                    queue.extend(self.bind(&iq_id, resource).await);
+                    queue.extend(Box::pin(self.bind(&iq_id, resource)).await);
                 }
                 Action::Stanza(el) => match &self.session {
                     Some(s) => s.do_send(FromClient(el)),
@@ -376,7 +365,6 @@ impl Connection {
         let session = SessionActor::new(
             jid.clone(),
             session_id,
-            self.out_tx.clone(),
             self.queue.clone(),
             self.ctx.router.clone(),
             self.ctx.ext.clone(),

@@ -23,12 +23,3 @@ pub struct Kick(pub StreamError);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ConnectionClosed;
-
-/// What the SessionActor hands the I/O task to write.
-#[derive(Debug)]
-pub enum Outbound {
-    /// Serialised stanzas.
-    Bytes(Vec<u8>),
-    /// Write this stream error and close.
-    Close(StreamError),
-}

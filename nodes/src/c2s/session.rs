@@ -2,7 +2,8 @@
 //! stamps `from` on what the client sends, answers IQs addressed to the server, hands
 //! everything else to the Router, and queues what the router delivers for the I/O task.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -10,56 +11,98 @@ use proto::element::Element;
 use proto::error::{stanza_error_reply, StanzaErrorCondition, StreamError, StreamErrorCondition};
 use proto::jid::Jid;
 use proto::ns;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
-use super::messages::{ConnectionClosed, Deliver, FromClient, Kick, Outbound};
+use super::messages::{ConnectionClosed, Deliver, FromClient, Kick};
 use crate::ext::{Extensions, IqOutcome, IqRequest};
 use crate::router::messages::{BroadcastPresence, RouteStanza, UnregisterSession};
 use crate::router::Router;
 
-/// The bytes queued for the client but not yet written, shared by the actor (which adds)
-/// and the I/O task (which subtracts). Past the limit the client is too slow: the task is
-/// told to drop it.
+/// What the SessionActor has for its client and the I/O task has yet to write: one byte
+/// buffer shared by the two (they run on the same worker thread). Stanzas are serialised
+/// straight into it, the task takes the whole buffer per write, and an idle session holds no
+/// allocation. Past `limit` unwritten bytes the client is too slow and is disconnected.
 pub struct SendQueue {
-    queued: AtomicUsize,
+    state: RefCell<QueueState>,
     limit: usize,
-    overflowed: AtomicBool,
+    /// Signals the task: bytes to write or a close requested.
+    pub wake: Notify,
+    /// Signals the task that the client fell too far behind (also while it is blocked
+    /// writing to that client).
     pub overflow: Notify,
 }
 
+#[derive(Default)]
+struct QueueState {
+    bytes: Vec<u8>,
+    close: Option<StreamError>,
+    overflowed: bool,
+}
+
+/// What the task should do next, taken from the queue.
+pub enum QueueWork {
+    Write(Vec<u8>),
+    /// Write these bytes, then close the stream with the error.
+    Close(Vec<u8>, StreamError),
+    /// The client fell too far behind.
+    Overflowed,
+    Nothing,
+}
+
 impl SendQueue {
-    pub fn new(limit: usize) -> Arc<SendQueue> {
-        Arc::new(SendQueue {
-            queued: AtomicUsize::new(0),
+    pub fn new(limit: usize) -> Rc<SendQueue> {
+        Rc::new(SendQueue {
+            state: RefCell::new(QueueState::default()),
             limit,
-            overflowed: AtomicBool::new(false),
+            wake: Notify::new(),
             overflow: Notify::new(),
         })
     }
 
-    /// Account for `n` more bytes; false (and the task notified) when over the limit.
-    fn reserve(&self, n: usize) -> bool {
-        let now = self.queued.fetch_add(n, Ordering::AcqRel) + n;
-        if now > self.limit {
-            if !self.overflowed.swap(true, Ordering::AcqRel) {
-                self.overflow.notify_one();
-            }
+    /// Serialise `el` into the queue; false once the queue has overflowed.
+    fn push(&self, el: &Element) -> bool {
+        let mut st = self.state.borrow_mut();
+        if st.overflowed || st.close.is_some() {
             return false;
+        }
+        let was_empty = st.bytes.is_empty();
+        el.write_to(&mut st.bytes, ns::CLIENT);
+        if st.bytes.len() > self.limit {
+            st.overflowed = true;
+            st.bytes = Vec::new();
+            self.overflow.notify_one();
+            return false;
+        }
+        if was_empty {
+            self.wake.notify_one();
         }
         true
     }
 
-    /// The task wrote `n` bytes.
-    pub fn written(&self, n: usize) {
-        self.queued.fetch_sub(n, Ordering::AcqRel);
+    fn close(&self, err: StreamError) {
+        self.state.borrow_mut().close.get_or_insert(err);
+        self.wake.notify_one();
+    }
+
+    /// Take everything pending.
+    pub fn take(&self) -> QueueWork {
+        let mut st = self.state.borrow_mut();
+        if st.overflowed {
+            return QueueWork::Overflowed;
+        }
+        let bytes = std::mem::take(&mut st.bytes);
+        match st.close.take() {
+            Some(err) => QueueWork::Close(bytes, err),
+            None if bytes.is_empty() => QueueWork::Nothing,
+            None => QueueWork::Write(bytes),
+        }
     }
 }
 
 pub struct SessionActor {
     jid: Jid,
     session_id: u64,
-    out: mpsc::UnboundedSender<Outbound>,
-    queue: Arc<SendQueue>,
+    queue: Rc<SendQueue>,
     router: Addr<Router>,
     ext: Arc<Extensions>,
     domains: Arc<Vec<String>>,
@@ -70,8 +113,7 @@ impl SessionActor {
     pub fn new(
         jid: Jid,
         session_id: u64,
-        out: mpsc::UnboundedSender<Outbound>,
-        queue: Arc<SendQueue>,
+        queue: Rc<SendQueue>,
         router: Addr<Router>,
         ext: Arc<Extensions>,
         domains: Arc<Vec<String>>,
@@ -79,7 +121,6 @@ impl SessionActor {
         SessionActor {
             jid,
             session_id,
-            out,
             queue,
             router,
             ext,
@@ -88,14 +129,8 @@ impl SessionActor {
     }
 
     fn send_to_client(&mut self, el: &Element, ctx: &mut Context<Self>) {
-        let mut bytes = Vec::with_capacity(256);
-        el.write_to(&mut bytes, ns::CLIENT);
-        if !self.queue.reserve(bytes.len()) {
-            // The I/O task has been notified and closes the stream; stop queueing.
-            ctx.stop();
-            return;
-        }
-        if self.out.send(Outbound::Bytes(bytes)).is_err() {
+        if !self.queue.push(el) {
+            // The I/O task closes the stream; nothing more goes to this client.
             ctx.stop();
         }
     }
@@ -250,7 +285,7 @@ impl Handler<Deliver> for SessionActor {
 impl Handler<Kick> for SessionActor {
     type Result = ();
     fn handle(&mut self, Kick(err): Kick, ctx: &mut Context<Self>) {
-        let _ = self.out.send(Outbound::Close(err));
+        self.queue.close(err);
         ctx.stop();
     }
 }
