@@ -43,9 +43,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
     let store = Store::open(&settings.data_dir)?;
     let accounts = store.accounts()?;
-    let secret = store
-        .meta()?
-        .secret("scram-fake-secret", || rand::random())?;
+    let secret = store.meta()?.secret("scram-fake-secret", rand::random)?;
     let tls = TlsContext::load(&settings)?;
     let listeners = bind_listeners(&settings)?;
     let admin_path = settings.admin_socket();

@@ -33,15 +33,18 @@ pub struct Store {
 impl Store {
     pub fn open(dir: &Path) -> Result<Store, StorageError> {
         let path = dir.join("db");
-        let db = sled::Config::new().path(&path).open().map_err(|e| match e {
-            sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                StorageError::Locked(path.display().to_string())
-            }
-            sled::Error::Io(ref io) if io.to_string().contains("lock") => {
-                StorageError::Locked(path.display().to_string())
-            }
-            other => StorageError::Sled(other),
-        })?;
+        let db = sled::Config::new()
+            .path(&path)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    StorageError::Locked(path.display().to_string())
+                }
+                sled::Error::Io(ref io) if io.to_string().contains("lock") => {
+                    StorageError::Locked(path.display().to_string())
+                }
+                other => StorageError::Sled(other),
+            })?;
         Ok(Store { db })
     }
 

@@ -25,17 +25,18 @@ impl MetaStore {
                 .map_err(|_| StorageError::Corrupt(key.to_string()));
         }
         let value = fresh();
-        let stored = match self
-            .tree
-            .compare_and_swap(key, None as Option<&[u8]>, Some(&value[..]))?
-        {
-            Ok(()) => value,
-            Err(e) => e
-                .current
-                .as_deref()
-                .and_then(|c| c.try_into().ok())
-                .ok_or_else(|| StorageError::Corrupt(key.to_string()))?,
-        };
+        let stored =
+            match self
+                .tree
+                .compare_and_swap(key, None as Option<&[u8]>, Some(&value[..]))?
+            {
+                Ok(()) => value,
+                Err(e) => e
+                    .current
+                    .as_deref()
+                    .and_then(|c| c.try_into().ok())
+                    .ok_or_else(|| StorageError::Corrupt(key.to_string()))?,
+            };
         self.tree.flush()?;
         Ok(stored)
     }
