@@ -61,10 +61,15 @@ impl TlsContext {
     }
 
     /// Channel-binding data for an established connection (RFC 9266 tls-exporter, RFC 5929
-    /// tls-server-end-point).
+    /// tls-server-end-point). Empty on TLS 1.2: clients there bind with tls-unique, which
+    /// rustls cannot provide, and most do not read XEP-0440 to pick another type, so
+    /// offering -PLUS would make them fail rather than fall back to plain SCRAM.
     pub fn channel_binding<IO>(&self, tls: &TlsStream<IO>) -> ChannelBinding {
-        let mut exporter = [0u8; 32];
         let conn = tls.get_ref().1;
+        if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+            return ChannelBinding::default();
+        }
+        let mut exporter = [0u8; 32];
         let tls_exporter = conn
             .export_keying_material(&mut exporter, b"EXPORTER-Channel-Binding", None)
             .is_ok()

@@ -362,6 +362,12 @@ static MECHS_TLS: &[Mechanism] = &[
     rsasl::mechanisms::scram::SCRAM_SHA1,
     rsasl::mechanisms::plain::PLAIN,
 ];
+static MECHS_TLS_NO_BINDING: &[Mechanism] = &[
+    rsasl::mechanisms::scram::SCRAM_SHA512,
+    rsasl::mechanisms::scram::SCRAM_SHA256,
+    rsasl::mechanisms::scram::SCRAM_SHA1,
+    rsasl::mechanisms::plain::PLAIN,
+];
 static MECHS_PLAINTEXT: &[Mechanism] = &[
     rsasl::mechanisms::scram::SCRAM_SHA512,
     rsasl::mechanisms::scram::SCRAM_SHA256,
@@ -369,11 +375,16 @@ static MECHS_PLAINTEXT: &[Mechanism] = &[
 ];
 
 /// Built once per node; starts one exchange per authentication attempt.
+///
+/// Which registry an exchange uses matters beyond the offer: a SCRAM server whose registry
+/// holds -PLUS treats a client's "y" flag (client can bind, thinks the server cannot) as a
+/// downgrade attack, so streams that are not offered -PLUS use a registry without it.
 pub struct Authenticator {
-    /// Mechanisms offered on a TLS stream (with -PLUS and PLAIN).
-    over_tls: Arc<SASLConfig>,
-    /// Mechanisms offered on an unencrypted stream (only when TLS is not required): no PLAIN,
-    /// and no -PLUS in the registry so SCRAM does not reject a client's "y" flag as a downgrade.
+    /// TLS with channel-binding data: -PLUS, SCRAM and PLAIN.
+    tls_binding: Arc<SASLConfig>,
+    /// TLS without channel-binding data we can offer: SCRAM and PLAIN.
+    tls_no_binding: Arc<SASLConfig>,
+    /// Unencrypted (only when TLS is not required): SCRAM only.
     plaintext: Arc<SASLConfig>,
 }
 
@@ -391,18 +402,30 @@ impl Authenticator {
                 .map_err(|e| SaslError::Setup(e.to_string()))
         };
         Ok(Authenticator {
-            over_tls: build(MECHS_TLS)?,
+            tls_binding: build(MECHS_TLS)?,
+            tls_no_binding: build(MECHS_TLS_NO_BINDING)?,
             plaintext: build(MECHS_PLAINTEXT)?,
         })
     }
 
+    fn registry(
+        &self,
+        secured: bool,
+        cb: &ChannelBinding,
+    ) -> (&'static [Mechanism], &Arc<SASLConfig>) {
+        match (secured, cb.types().is_empty()) {
+            (true, false) => (MECHS_TLS, &self.tls_binding),
+            (true, true) => (MECHS_TLS_NO_BINDING, &self.tls_no_binding),
+            (false, _) => (MECHS_PLAINTEXT, &self.plaintext),
+        }
+    }
+
     /// Mechanism names to advertise, strongest first.
     pub fn mechanisms(&self, secured: bool, cb: &ChannelBinding) -> Vec<&'static str> {
-        let mechs = if secured { MECHS_TLS } else { MECHS_PLAINTEXT };
-        mechs
+        self.registry(secured, cb)
+            .0
             .iter()
             .map(|m| m.mechanism.as_str())
-            .filter(|m| !m.ends_with("-PLUS") || !cb.types().is_empty())
             .collect()
     }
 
@@ -422,11 +445,7 @@ impl Authenticator {
                 SaslFailure::InvalidMechanism
             });
         }
-        let config = if secured {
-            self.over_tls.clone()
-        } else {
-            self.plaintext.clone()
-        };
+        let config = self.registry(secured, &cb).1.clone();
         let name =
             Mechname::parse(mechanism.as_bytes()).map_err(|_| SaslFailure::InvalidMechanism)?;
         let session = SASLServer::<XmppAuth, ChannelBinding>::with_cb(config, cb)
@@ -611,6 +630,30 @@ mod tests {
                 "{mech}"
             );
         }
+    }
+
+    /// A client that can bind but was not offered -PLUS says "y"; that is no downgrade when
+    /// the stream really has no binding to offer, so the exchange goes on.
+    #[test]
+    fn y_flag_accepted_without_channel_binding() {
+        let a = authenticator();
+        let mut ex = a
+            .start("SCRAM-SHA-256", true, ChannelBinding::default())
+            .unwrap();
+        assert!(matches!(
+            ex.step(Some(b"y,,n=juliet,r=abcdefgh")),
+            SaslStep::Challenge(_)
+        ));
+        // With binding offered, "y" is a downgrade and refused.
+        let cb = ChannelBinding {
+            tls_exporter: Some(vec![1; 32]),
+            tls_server_end_point: None,
+        };
+        let mut ex = a.start("SCRAM-SHA-256", true, cb).unwrap();
+        assert_eq!(
+            ex.step(Some(b"y,,n=juliet,r=abcdefgh")),
+            SaslStep::Failure(SaslFailure::NotAuthorized)
+        );
     }
 
     /// The server-first message of an unknown user carries a salt that is stable across
