@@ -451,7 +451,11 @@ impl Authenticator {
         let session = SASLServer::<XmppAuth, ChannelBinding>::with_cb(config, cb)
             .start_suggested(name)
             .map_err(|_| SaslFailure::InvalidMechanism)?;
-        Ok(SaslExchange { session })
+        Ok(SaslExchange {
+            session,
+            scram: ScramHash::of_mechanism(mechanism).is_some(),
+            messages: 0,
+        })
     }
 }
 
@@ -475,6 +479,23 @@ impl DomainAuthenticators {
 /// One SASL exchange in progress.
 pub struct SaslExchange {
     session: Session<XmppAuth, ChannelBinding>,
+    scram: bool,
+    /// Client messages seen so far.
+    messages: u32,
+}
+
+/// rsasl 2.3's SCRAM parsers slice `field[0..2]` without checking the length, so a short
+/// field from a client panics; refuse such messages before they reach it. First message:
+/// `gs2-cbind-flag,[a=authzid],n=user,r=nonce[,...]`; final: `c=..,r=..[,..],p=..`.
+fn scram_fields_are_sound(message: &[u8], first: bool) -> bool {
+    let fields: Vec<&[u8]> = message.split(|b| *b == b',').collect();
+    if first {
+        fields.len() >= 4
+            && (fields[1].is_empty() || fields[1].len() >= 2)
+            && fields[2..].iter().all(|f| f.len() >= 2)
+    } else {
+        fields.len() >= 3 && fields.iter().all(|f| f.len() >= 2)
+    }
 }
 
 /// What to tell the client after a step.
@@ -493,6 +514,12 @@ pub enum SaslStep {
 impl SaslExchange {
     /// Feed the client's data (`None` when `<auth>` carried no initial response).
     pub fn step(&mut self, input: Option<&[u8]>) -> SaslStep {
+        if let (true, Some(data)) = (self.scram, input) {
+            self.messages += 1;
+            if self.messages <= 2 && !scram_fields_are_sound(data, self.messages == 1) {
+                return SaslStep::Failure(SaslFailure::MalformedRequest);
+            }
+        }
         let mut out = Vec::new();
         match self.session.step(input, &mut out) {
             Ok(State::Running) => SaslStep::Challenge(out),
@@ -654,6 +681,44 @@ mod tests {
             ex.step(Some(b"y,,n=juliet,r=abcdefgh")),
             SaslStep::Failure(SaslFailure::NotAuthorized)
         );
+    }
+
+    /// Short SCRAM fields (which panic rsasl 2.3's parser) are refused, not passed on. The
+    /// first case was found by the c2s_negotiation fuzz target.
+    #[test]
+    fn malformed_scram_messages_are_refused() {
+        let a = authenticator();
+        for first in [
+            &b"n,,"[..],
+            b"n,a,n=x,r=y",
+            b"n,,n,r=abc",
+            b"n,,n=juliet,r",
+            b"",
+            b",",
+        ] {
+            let mut ex = a
+                .start("SCRAM-SHA-256", true, ChannelBinding::default())
+                .unwrap();
+            assert_eq!(
+                ex.step(Some(first)),
+                SaslStep::Failure(SaslFailure::MalformedRequest),
+                "{first:?}"
+            );
+        }
+        for last in [&b"c=biws,r"[..], b"c=biws,r=x,,p=abc", b"c=biws,r=x,p"] {
+            let mut ex = a
+                .start("SCRAM-SHA-256", true, ChannelBinding::default())
+                .unwrap();
+            assert!(matches!(
+                ex.step(Some(b"n,,n=juliet,r=abcdefgh")),
+                SaslStep::Challenge(_)
+            ));
+            assert_eq!(
+                ex.step(Some(last)),
+                SaslStep::Failure(SaslFailure::MalformedRequest),
+                "{last:?}"
+            );
+        }
     }
 
     /// The server-first message of an unknown user carries a salt that is stable across
