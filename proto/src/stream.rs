@@ -550,13 +550,24 @@ impl TreeBuilder {
                     "duplicate namespace declaration".into(),
                 ));
             }
-            if uri == rxml::XMLNS_XMLNS || (prefix.is_none() && uri == rxml::XMLNS_XML) {
+            // Namespaces in XML §3: only `xml` may name the XML namespace, and nothing may
+            // name the xmlns namespace.
+            let binds_xml = uri == rxml::XMLNS_XML;
+            let is_xml_prefix = prefix.as_ref().is_some_and(|p| p.as_str() == "xml");
+            if uri == rxml::XMLNS_XMLNS || binds_xml != is_xml_prefix {
                 return Err(ReadError::NotWellFormed("reserved namespace name".into()));
             }
             self.bindings.push(Binding { prefix, uri, level });
         }
 
         let ns = lookup(&self.bindings, prefix.as_ref().map(NcName::as_str))?.to_owned();
+        if ns == ns::XML {
+            // Legal XML but meaningless in XMPP, and no serialiser could write it back
+            // without the prefix: refuse it rather than carry it.
+            return Err(ReadError::NotWellFormed(
+                "element in the reserved xml namespace".into(),
+            ));
+        }
         let mut attrs: Vec<Attr> = Vec::with_capacity(self.head_attrs.len());
         for (p, l, value) in self.head_attrs.drain(..) {
             let ans = match p {
