@@ -6,6 +6,7 @@
 
 pub mod element;
 pub mod error;
+pub mod im;
 pub mod jid;
 pub mod negotiation;
 pub mod ns;

@@ -182,7 +182,10 @@ impl C2sNegotiation {
                 .with_child(
                     Element::new("session", ns::SESSION)
                         .with_child(Element::new("optional", ns::SESSION)),
-                );
+                )
+                // RFC 6121 §2.6.1 roster versioning and §3.4 subscription pre-approval.
+                .with_child(Element::new("ver", "urn:xmpp:features:rosterver"))
+                .with_child(Element::new("sub", "urn:xmpp:features:pre-approval"));
         } else {
             let offer_tls = !self.secured && self.policy.tls_available;
             if offer_tls {

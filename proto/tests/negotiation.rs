@@ -138,6 +138,8 @@ fn full_negotiation_with_plain_then_bind() {
     assert!(features
         .contains("<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>"));
     assert!(!features.contains("mechanisms"));
+    assert!(features.contains("<ver xmlns='urn:xmpp:features:rosterver'/>"));
+    assert!(features.contains("<sub xmlns='urn:xmpp:features:pre-approval'/>"));
     let acts = n.on_element(
         el("<iq xmlns='jabber:client' type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>balcony</resource></bind></iq>"),
         &a,
