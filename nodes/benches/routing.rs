@@ -11,6 +11,7 @@ use nodes::c2s::messages::FromClient;
 use nodes::c2s::session::{QueueWork, SendQueue, SessionActor};
 use nodes::config::ResourceConflict;
 use nodes::ext::Extensions;
+use nodes::im::{ImLimits, RosterActor, RosterShards};
 use nodes::router::messages::RegisterSession;
 use nodes::router::Router;
 use proto::element::Element;
@@ -22,7 +23,13 @@ struct Peer {
     queue: Rc<SendQueue>,
 }
 
-async fn session(router: &Addr<Router>, jid: &str, id: u64, ext: &Arc<Extensions>) -> Peer {
+async fn session(
+    router: &Addr<Router>,
+    jid: &str,
+    id: u64,
+    ext: &Arc<Extensions>,
+    im: &RosterShards,
+) -> Peer {
     let queue = SendQueue::new(usize::MAX / 2);
     let jid = Jid::parse(jid).expect("valid jid");
     let addr = SessionActor::new(
@@ -32,6 +39,7 @@ async fn session(router: &Addr<Router>, jid: &str, id: u64, ext: &Arc<Extensions
         router.clone(),
         ext.clone(),
         Arc::new(vec!["localhost".to_string()]),
+        im.clone(),
     )
     .start();
     router
@@ -58,14 +66,29 @@ fn local_routing(c: &mut Criterion) {
     let system = actix_rt::System::new();
     let (alice, bob) = system.block_on(async {
         let ext = Arc::new(Extensions::default());
-        let router = Router::new(
-            Arc::new(vec!["localhost".to_string()]),
-            accounts,
-            ResourceConflict::Replace,
+        let domains = Arc::new(vec!["localhost".to_string()]);
+        let router_ctx = Context::<Router>::new();
+        let limits = ImLimits {
+            max_roster_items: 1000,
+            max_offline_messages: 100,
+        };
+        let shard = RosterActor::new(
+            router_ctx.address(),
+            store.rosters().expect("rosters"),
+            store.offline().expect("offline"),
+            limits,
+            domains.clone(),
         )
         .start();
-        let alice = session(&router, "alice@localhost/a", 1, &ext).await;
-        let bob = session(&router, "bob@localhost/b", 2, &ext).await;
+        let im = RosterShards::new(vec![shard]);
+        let router = router_ctx.run(Router::new(
+            domains,
+            accounts,
+            ResourceConflict::Replace,
+            im.clone(),
+        ));
+        let alice = session(&router, "alice@localhost/a", 1, &ext, &im).await;
+        let bob = session(&router, "bob@localhost/b", 2, &ext, &im).await;
         (alice, bob)
     });
     let message = Element::parse(

@@ -14,7 +14,19 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub c2s: C2sSettings,
     pub tls: TlsSettings,
+    pub im: ImSettings,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImSettings {
+    /// Items one roster may hold; a roster set beyond it gets `not-allowed`.
+    pub max_roster_items: usize,
+    /// Offline messages kept per account; beyond it senders get `service-unavailable`.
+    pub max_offline_messages: usize,
+    /// RosterActor shards (each owns the IM state of the accounts that hash to it).
+    pub shards: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,6 +93,11 @@ max_connections = 100000
 
 [tls]
 
+[im]
+max_roster_items = 1000
+max_offline_messages = 500
+shards = 4
+
 [log]
 level = "info"
 format = "text"
@@ -92,6 +109,26 @@ pub enum ConfigError {
     Load(#[from] config::ConfigError),
     #[error("configuration: {0}")]
     Invalid(String),
+}
+
+/// Top-level keys of [`Settings`]; environment variables under other names
+/// (`SWITCHBOARD_CONFIG`, or a test harness's `SWITCHBOARD_BIN`) are not settings.
+const TOP_LEVEL_KEYS: &[&str] = &["domains", "data_dir", "c2s", "tls", "im", "log"];
+
+/// The `SWITCHBOARD_*` variables that name a setting. A misspelt key inside a known section
+/// (`SWITCHBOARD_C2S__LISEN`) still reaches the loader and is refused there.
+fn settings_env(vars: impl Iterator<Item = (String, String)>) -> config::Map<String, String> {
+    vars.filter(|(k, _)| {
+        k.strip_prefix("SWITCHBOARD_").is_some_and(|rest| {
+            let top = rest
+                .split("__")
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            TOP_LEVEL_KEYS.contains(&top.as_str())
+        })
+    })
+    .collect()
 }
 
 impl Settings {
@@ -110,6 +147,7 @@ impl Settings {
         }
         builder = builder.add_source(
             config::Environment::with_prefix("SWITCHBOARD")
+                .source(Some(settings_env(std::env::vars())))
                 .prefix_separator("_")
                 .separator("__")
                 .list_separator(",")
@@ -154,6 +192,9 @@ impl Settings {
                 "c2s.max_auth_failures must be at least 1".into(),
             ));
         }
+        if self.im.shards == 0 {
+            return Err(ConfigError::Invalid("im.shards must be at least 1".into()));
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid(
                 "log.format must be \"text\" or \"json\"".into(),
@@ -170,6 +211,24 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_setting_variables_are_read_from_the_environment() {
+        let vars = [
+            ("SWITCHBOARD_C2S__LISTEN", "127.0.0.1:1"),
+            ("SWITCHBOARD_DATA_DIR", "/x"),
+            ("SWITCHBOARD_CONFIG", "/etc/switchboard.toml"),
+            ("SWITCHBOARD_BIN", "target/debug/switchboard"),
+            ("OTHER", "1"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let mut kept: Vec<String> = settings_env(vars.into_iter()).into_keys().collect();
+        kept.sort();
+        assert_eq!(
+            kept,
+            vec!["SWITCHBOARD_C2S__LISTEN", "SWITCHBOARD_DATA_DIR"]
+        );
+    }
 
     #[test]
     fn defaults_need_no_file() {

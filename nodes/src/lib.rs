@@ -5,6 +5,7 @@ pub mod admin;
 pub mod c2s;
 pub mod config;
 pub mod ext;
+pub mod im;
 pub mod node;
 pub mod router;
 pub mod tls;

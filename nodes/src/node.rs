@@ -16,6 +16,7 @@ use crate::admin::{self, AdminServer};
 use crate::c2s::{self, C2sContext, C2sListener};
 use crate::config::Settings;
 use crate::ext::Extensions;
+use crate::im::{AttachShards, ImLimits, RosterActor, RosterShards};
 use crate::router::Router;
 use crate::tls::TlsContext;
 use crate::users::UserAdmin;
@@ -43,6 +44,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
     let store = Store::open(&settings.data_dir)?;
     let accounts = store.accounts()?;
+    let rosters = store.rosters()?;
+    let offline = store.offline()?;
     let secret = store.meta()?.secret("scram-fake-secret", rand::random)?;
     let tls = TlsContext::load(&settings)?;
     let listeners = bind_listeners(&settings)?;
@@ -62,12 +65,33 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             });
             auth.insert(domain, Authenticator::new(lookup, secret)?);
         }
-        let router = Router::new(
+        // The router and the roster shards need each other's addresses: take the router's
+        // address before it runs.
+        let router_ctx = Context::<Router>::new();
+        let router_addr = router_ctx.address();
+        let im_arbiter = Arbiter::new();
+        let limits = ImLimits {
+            max_roster_items: settings.im.max_roster_items,
+            max_offline_messages: settings.im.max_offline_messages,
+        };
+        let mut shard_addrs = Vec::new();
+        for _ in 0..settings.im.shards {
+            let (router, rosters, offline, domains) =
+                (router_addr.clone(), rosters.clone(), offline.clone(), domains.clone());
+            shard_addrs.push(RosterActor::start_in_arbiter(&im_arbiter.handle(), move |_| {
+                RosterActor::new(router, rosters, offline, limits, domains)
+            }));
+        }
+        let shards = RosterShards::new(shard_addrs);
+        for shard in shards.all() {
+            shard.do_send(AttachShards(shards.clone()));
+        }
+        let router = router_ctx.run(Router::new(
             domains.clone(),
             accounts.clone(),
             settings.c2s.resource_conflict,
-        )
-        .start();
+            shards.clone(),
+        ));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let ctx = Arc::new(C2sContext {
             policy: Arc::new(C2sPolicy {
@@ -82,6 +106,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             router: router.clone(),
             ext: Arc::new(Extensions::default()),
             domains,
+            im: shards,
             shutdown: shutdown_rx,
             next_session_id: AtomicU64::new(1),
         });
@@ -131,6 +156,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         for w in &workers {
             w.stop();
         }
+        im_arbiter.stop();
         Ok(())
     });
     let _ = std::fs::remove_file(&admin_path);

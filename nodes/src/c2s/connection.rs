@@ -30,6 +30,12 @@ use crate::tls::TlsContext;
 
 /// A write that makes no progress for this long means the peer is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a write in flight may still take once its reader has overflowed its queue.
+const OVERFLOW_GRACE: Duration = Duration::from_secs(2);
+/// After our closing tag, how long we keep reading (and discarding) before closing the
+/// socket: closing with unread input makes the kernel reset the connection, and the peer
+/// may lose the stream error it has not read yet.
+const LINGER: Duration = Duration::from_millis(500);
 
 /// Everything the c2s connections of a node share.
 pub struct C2sContext {
@@ -40,6 +46,7 @@ pub struct C2sContext {
     pub router: Addr<Router>,
     pub ext: Arc<Extensions>,
     pub domains: Arc<Vec<String>>,
+    pub im: crate::im::RosterShards,
     pub shutdown: watch::Receiver<bool>,
     pub next_session_id: AtomicU64,
 }
@@ -134,6 +141,7 @@ pub async fn serve(
         session.do_send(ConnectionClosed);
     }
     let _ = timeout(Duration::from_secs(1), conn.transport.shutdown()).await;
+    let _ = timeout(LINGER, conn.drain_input()).await;
     match end {
         End::Closed => tracing::debug!(?peer, "c2s connection closed"),
         End::Io(e) => tracing::debug!(?peer, error = %e, "c2s connection lost"),
@@ -206,6 +214,21 @@ impl Connection {
         }
     }
 
+    /// Read and discard until the peer closes (bounded by the caller's timeout).
+    async fn drain_input(&mut self) {
+        loop {
+            match self.transport.try_read(|_| {}) {
+                Ok(Some(0)) | Err(_) => return,
+                Ok(Some(_)) => continue,
+                Ok(None) => {
+                    if self.transport.readable().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
     /// Write what the session queued (everything that accumulated, in one write).
     async fn write_queued(&mut self) -> Result<bool, End> {
         match self.queue.take() {
@@ -232,20 +255,36 @@ impl Connection {
         }
         let queue = self.queue.clone();
         let transport = &mut self.transport;
-        let write = timeout(WRITE_TIMEOUT, async {
+        let write = async {
             transport.write_all(bytes).await?;
             transport.flush().await
-        });
+        };
+        tokio::pin!(write);
+        let timed_out = || {
+            End::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "write timed out",
+            ))
+        };
         tokio::select! {
-            r = write => match r {
+            r = timeout(WRITE_TIMEOUT, &mut write) => match r {
                 Ok(r) => Ok(r?),
-                Err(_) => Err(End::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "write timed out",
-                ))),
+                Err(_) => Err(timed_out()),
             },
-            // A slow reader's queue overflowed while we were blocked writing to it.
-            _ = queue.overflow.notified() => Err(End::Closed),
+            // A slow reader's queue overflowed while we were blocked writing to it: give the
+            // write in flight a moment to finish, so the stream error that follows lands on
+            // a stanza boundary.
+            _ = queue.overflow.notified() => {
+                match timeout(OVERFLOW_GRACE, &mut write).await {
+                    Ok(Ok(())) => {
+                        // Re-arm for the main loop, which sends the stream error.
+                        queue.overflow.notify_one();
+                        Ok(())
+                    }
+                    Ok(Err(e)) => Err(End::Io(e)),
+                    Err(_) => Err(timed_out()),
+                }
+            }
         }
     }
 
@@ -369,6 +408,7 @@ impl Connection {
             self.ctx.router.clone(),
             self.ctx.ext.clone(),
             self.ctx.domains.clone(),
+            self.ctx.im.clone(),
         )
         .start();
         let registered = self

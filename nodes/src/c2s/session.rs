@@ -15,8 +15,11 @@ use tokio::sync::Notify;
 
 use super::messages::{ConnectionClosed, Deliver, FromClient, Kick};
 use crate::ext::{Extensions, IqOutcome, IqRequest};
+use crate::im::messages::{OutboundSubscription, RosterIq};
+use crate::im::RosterShards;
 use crate::router::messages::{BroadcastPresence, RouteStanza, UnregisterSession};
 use crate::router::Router;
+use proto::im::SubscriptionKind;
 
 /// What the SessionActor has for its client and the I/O task has yet to write: one byte
 /// buffer shared by the two (they run on the same worker thread). Stanzas are serialised
@@ -106,6 +109,7 @@ pub struct SessionActor {
     router: Addr<Router>,
     ext: Arc<Extensions>,
     domains: Arc<Vec<String>>,
+    im: RosterShards,
 }
 
 impl SessionActor {
@@ -117,6 +121,7 @@ impl SessionActor {
         router: Addr<Router>,
         ext: Arc<Extensions>,
         domains: Arc<Vec<String>>,
+        im: RosterShards,
     ) -> SessionActor {
         SessionActor {
             jid,
@@ -125,6 +130,7 @@ impl SessionActor {
             router,
             ext,
             domains,
+            im,
         }
     }
 
@@ -167,6 +173,28 @@ impl SessionActor {
         let Some(payload) = iq.children().next() else {
             return self.reply_error(iq, StanzaErrorCondition::BadRequest, ctx);
         };
+        if payload.is("query", crate::im::NS_ROSTER) {
+            // RFC 6121 §2.1.5: only the account itself manages its roster.
+            if *to != self.jid.to_bare() {
+                return self.reply_error(iq, StanzaErrorCondition::Forbidden, ctx);
+            }
+            let request = self.im.for_user(to).send(RosterIq {
+                from: self.jid.clone(),
+                iq: iq.clone(),
+            });
+            ctx.spawn(
+                request
+                    .into_actor(self)
+                    .map(|reply, session, ctx| match reply {
+                        Ok(mut reply) => {
+                            reply.set_attr("to", session.jid.to_string());
+                            session.send_to_client(&reply, ctx);
+                        }
+                        Err(_) => tracing::error!("roster shard unavailable"),
+                    }),
+            );
+            return;
+        }
         let req = IqRequest {
             to,
             is_set,
@@ -237,6 +265,32 @@ impl Handler<FromClient> for SessionActor {
                     }
                     return;
                 }
+            }
+            "presence"
+                if stanza
+                    .attr("type")
+                    .and_then(SubscriptionKind::parse)
+                    .is_some() =>
+            {
+                let (Some(kind), Some(contact)) =
+                    (stanza.attr("type").and_then(SubscriptionKind::parse), &to)
+                else {
+                    return self.reply_error(&stanza, StanzaErrorCondition::BadRequest, ctx);
+                };
+                let contact = contact.to_bare();
+                if contact == self.jid.to_bare() {
+                    // A subscription to oneself means nothing (the account always sees its
+                    // own presence).
+                    return self.reply_error(&stanza, StanzaErrorCondition::BadRequest, ctx);
+                }
+                let user = self.jid.to_bare();
+                self.im.for_user(&user).do_send(OutboundSubscription {
+                    user,
+                    contact,
+                    kind,
+                    stanza,
+                });
+                return;
             }
             "presence" if to.is_none() => {
                 match stanza.attr("type") {

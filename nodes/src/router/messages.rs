@@ -67,3 +67,45 @@ pub struct SessionInfo {
     pub available: bool,
     pub priority: i8,
 }
+
+/// Deliver to every available resource of the bare JID `to` (presence to contacts, inbound
+/// subscription requests).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeliverToAvailable {
+    pub to: Jid,
+    pub stanza: Element,
+}
+
+/// Deliver to one bound resource, if it is still there (offline messages, pending requests).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeliverToResource {
+    pub to: Jid,
+    pub stanza: Element,
+}
+
+/// A roster push for every bound resource of `user`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PushToUser {
+    pub user: Jid,
+    pub stanza: Element,
+}
+
+/// Send the current presence of each available resource of `contact` (a bare JID) to `to`
+/// (a full JID: that resource; a bare JID: its available resources). Answers probes.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendPresenceOf {
+    pub contact: Jid,
+    pub to: Jid,
+}
+
+/// Send unavailable presence from each available resource of `contact` to `to`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendUnavailableOf {
+    pub contact: Jid,
+    pub to: Jid,
+}

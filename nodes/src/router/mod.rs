@@ -16,7 +16,10 @@ use storage::AccountStore;
 use crate::c2s::messages::{Deliver, Kick};
 use crate::c2s::session::SessionActor;
 use crate::config::ResourceConflict;
+use crate::im::messages::{InboundSubscription, PresenceBroadcast, StoreOffline};
+use crate::im::RosterShards;
 use messages::*;
+use proto::im::SubscriptionKind;
 
 /// One bound resource of an account.
 struct BoundResource {
@@ -33,6 +36,7 @@ pub struct Router {
     conflict: ResourceConflict,
     /// Bare JID → its bound resources.
     sessions: HashMap<Jid, Vec<BoundResource>>,
+    im: RosterShards,
 }
 
 impl Router {
@@ -40,12 +44,14 @@ impl Router {
         domains: Arc<Vec<String>>,
         accounts: AccountStore,
         conflict: ResourceConflict,
+        im: RosterShards,
     ) -> Router {
         Router {
             domains,
             accounts,
             conflict,
             sessions: HashMap::new(),
+            im,
         }
     }
 
@@ -110,7 +116,7 @@ impl Router {
             .filter(|r| r.presence.is_some())
     }
 
-    fn route(&self, from: &Jid, to: Jid, stanza: Element) {
+    fn route(&self, from: &Jid, to: Jid, stanza: Element, ctx: &mut Context<Self>) {
         if !self.is_local_domain(to.domain()) {
             // Federation is not available yet: RFC 6120 §10.4.
             return self.bounce(from, &stanza, StanzaErrorCondition::RemoteServerNotFound);
@@ -136,21 +142,23 @@ impl Router {
             if let Some(r) = self.resource(&to) {
                 return Self::deliver(r, stanza);
             }
-            return self.to_absent_resource(from, &bare, stanza);
+            return self.to_absent_resource(from, &bare, stanza, ctx);
         }
-        self.to_bare(from, &bare, stanza);
+        self.to_bare(from, &bare, stanza, ctx);
     }
 
     /// RFC 6121 §8.5.3.2: the full JID has no session.
-    fn to_absent_resource(&self, from: &Jid, bare: &Jid, stanza: Element) {
+    fn to_absent_resource(&self, from: &Jid, bare: &Jid, stanza: Element, ctx: &mut Context<Self>) {
         match (stanza.name.as_str(), stanza.attr("type")) {
-            ("message", None | Some("normal") | Some("chat")) => self.to_bare(from, bare, stanza),
+            ("message", None | Some("normal") | Some("chat")) => {
+                self.to_bare(from, bare, stanza, ctx)
+            }
             ("message", Some("groupchat")) => {
                 self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable)
             }
             ("message", _) => {}
             ("presence", Some("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed")) => {
-                self.to_bare(from, bare, stanza)
+                self.to_bare(from, bare, stanza, ctx)
             }
             ("presence", _) => {}
             _ => self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable),
@@ -158,7 +166,7 @@ impl Router {
     }
 
     /// RFC 6121 §8.5.2: addressed to an existing account's bare JID.
-    fn to_bare(&self, from: &Jid, bare: &Jid, stanza: Element) {
+    fn to_bare(&self, from: &Jid, bare: &Jid, stanza: Element, ctx: &mut Context<Self>) {
         match stanza.name.as_str() {
             "message" => {
                 let kind = stanza.attr("type").unwrap_or("normal");
@@ -182,9 +190,8 @@ impl Router {
                     _ => {
                         let targets = self.best_resources(bare);
                         if targets.is_empty() {
-                            // Offline storage is not available: tell the sender rather than
-                            // drop silently (RFC 6121 §8.5.2.2.1).
-                            self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable);
+                            self.store_offline(from, bare, stanza, ctx);
+                            return;
                         }
                         for r in targets {
                             let mut s = stanza.clone();
@@ -195,6 +202,20 @@ impl Router {
                 }
             }
             "presence" => {
+                if let Some(kind) = stanza.attr("type").and_then(SubscriptionKind::parse) {
+                    // Subscription state belongs to the recipient's roster shard.
+                    self.im.for_user(bare).do_send(InboundSubscription {
+                        user: bare.clone(),
+                        contact: from.to_bare(),
+                        kind,
+                        stanza,
+                    });
+                    return;
+                }
+                if stanza.attr("type") == Some("probe") {
+                    // Probes are answered by the roster shards on the user's behalf.
+                    return;
+                }
                 for r in self.available_resources(bare) {
                     let mut s = stanza.clone();
                     s.set_attr("to", bare.to_string());
@@ -206,6 +227,36 @@ impl Router {
                 // no handler covers other accounts yet.
                 self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable)
             }
+        }
+    }
+
+    /// No resource can take the message: the recipient's shard stores it (XEP-0160), or
+    /// the sender learns why not.
+    fn store_offline(&self, from: &Jid, bare: &Jid, stanza: Element, ctx: &mut Context<Self>) {
+        let from = from.clone();
+        let original = stanza.clone();
+        let request = self.im.for_user(bare).send(StoreOffline {
+            user: bare.clone(),
+            stanza,
+        });
+        ctx.spawn(request.into_actor(self).map(move |result, router, _| {
+            let cond = match result {
+                Ok(Ok(())) => return,
+                Ok(Err(cond)) => cond,
+                Err(_) => StanzaErrorCondition::InternalServerError,
+            };
+            router.bounce(&from, &original, cond);
+        }));
+    }
+
+    /// Deliver to `to`: that resource for a full JID, every available resource for a bare one.
+    fn deliver_to_jid(&self, to: &Jid, stanza: Element) {
+        if to.is_bare() {
+            for r in self.available_resources(to) {
+                Self::deliver(r, stanza.clone());
+            }
+        } else if let Some(r) = self.resource(to) {
+            Self::deliver(r, stanza);
         }
     }
 
@@ -288,7 +339,14 @@ impl Handler<UnregisterSession> for Router {
         }
         if gone.presence.is_some() {
             // RFC 6121 §4.5.3.1 / abrupt disconnect: others learn the resource went away.
-            self.broadcast_own(&bare, &Self::unavailable_from(&gone.jid), None);
+            let unavailable = Self::unavailable_from(&gone.jid);
+            self.broadcast_own(&bare, &unavailable, None);
+            self.im.for_user(&bare).do_send(PresenceBroadcast {
+                from: gone.jid,
+                presence: unavailable,
+                initial: false,
+                priority: 0,
+            });
         }
     }
 }
@@ -307,7 +365,8 @@ impl Handler<BroadcastPresence> for Router {
         };
         let initial = me.presence.is_none() && available;
         let was_available = me.presence.is_some();
-        me.presence = available.then(|| (priority_of(&msg.presence), msg.presence.clone()));
+        let priority = priority_of(&msg.presence);
+        me.presence = available.then(|| (priority, msg.presence.clone()));
         if !available && !was_available {
             return;
         }
@@ -317,6 +376,12 @@ impl Handler<BroadcastPresence> for Router {
         let mut presence = msg.presence;
         presence.set_attr("from", me_jid.to_string());
         self.broadcast_own(&bare, &presence, sender.filter(|_| !available));
+        self.im.for_user(&bare).do_send(PresenceBroadcast {
+            from: me_jid.clone(),
+            presence,
+            initial,
+            priority,
+        });
         if initial {
             // The newcomer learns about the account's other available resources.
             if let Some(me) = self.resource(&me_jid) {
@@ -333,8 +398,8 @@ impl Handler<BroadcastPresence> for Router {
 impl Handler<RouteStanza> for Router {
     type Result = ();
 
-    fn handle(&mut self, msg: RouteStanza, _: &mut Context<Self>) {
-        self.route(&msg.from, msg.to, msg.stanza);
+    fn handle(&mut self, msg: RouteStanza, ctx: &mut Context<Self>) {
+        self.route(&msg.from, msg.to, msg.stanza, ctx);
     }
 }
 
@@ -369,5 +434,58 @@ impl Handler<ListSessions> for Router {
             .collect();
         out.sort_by(|a, b| a.jid.cmp(&b.jid));
         MessageResult(out)
+    }
+}
+
+impl Handler<DeliverToAvailable> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: DeliverToAvailable, _: &mut Context<Self>) {
+        for r in self.available_resources(&msg.to.to_bare()) {
+            Self::deliver(r, msg.stanza.clone());
+        }
+    }
+}
+
+impl Handler<DeliverToResource> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: DeliverToResource, _: &mut Context<Self>) {
+        if let Some(r) = self.resource(&msg.to) {
+            Self::deliver(r, msg.stanza);
+        }
+    }
+}
+
+impl Handler<PushToUser> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: PushToUser, _: &mut Context<Self>) {
+        for r in self.sessions.get(&msg.user).into_iter().flatten() {
+            Self::deliver(r, msg.stanza.clone());
+        }
+    }
+}
+
+impl Handler<SendPresenceOf> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: SendPresenceOf, _: &mut Context<Self>) {
+        let presences: Vec<Element> = self
+            .available_resources(&msg.contact)
+            .filter_map(|r| r.presence.as_ref().map(|(_, p)| p.clone()))
+            .collect();
+        for p in presences {
+            self.deliver_to_jid(&msg.to, p);
+        }
+    }
+}
+
+impl Handler<SendUnavailableOf> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: SendUnavailableOf, _: &mut Context<Self>) {
+        let gone: Vec<Element> = self
+            .available_resources(&msg.contact)
+            .map(|r| Self::unavailable_from(&r.jid))
+            .collect();
+        for p in gone {
+            self.deliver_to_jid(&msg.to, p);
+        }
     }
 }

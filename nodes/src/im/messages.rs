@@ -1,0 +1,58 @@
+//! Messages the RosterActor shards accept.
+
+use actix::prelude::*;
+use proto::element::Element;
+use proto::error::StanzaErrorCondition;
+use proto::im::SubscriptionKind;
+use proto::jid::Jid;
+
+/// A roster IQ (RFC 6121 §2) from one of the user's sessions. The result is the reply.
+#[derive(Message)]
+#[rtype(result = "Element")]
+pub struct RosterIq {
+    /// The sender's full JID.
+    pub from: Jid,
+    pub iq: Element,
+}
+
+/// The user sent a presence subscription stanza (RFC 6121 §3, "user's server").
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct OutboundSubscription {
+    pub user: Jid,
+    pub contact: Jid,
+    pub kind: SubscriptionKind,
+    pub stanza: Element,
+}
+
+/// A subscription stanza from `contact` reached local account `user` ("contact's server").
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InboundSubscription {
+    pub user: Jid,
+    pub contact: Jid,
+    pub kind: SubscriptionKind,
+    pub stanza: Element,
+}
+
+/// A resource of `from`'s account broadcast presence; the router has recorded it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PresenceBroadcast {
+    /// Full JID of the resource.
+    pub from: Jid,
+    /// The presence as sent (from stamped), or a generated unavailable.
+    pub presence: Element,
+    /// The resource just became available (initial presence).
+    pub initial: bool,
+    /// The resource's priority (offline messages go only to non-negative ones).
+    pub priority: i8,
+}
+
+/// A message for an account with no resource to take it (XEP-0160).
+#[derive(Message)]
+#[rtype(result = "Result<(), StanzaErrorCondition>")]
+pub struct StoreOffline {
+    pub user: Jid,
+    pub stanza: Element,
+}

@@ -1,0 +1,111 @@
+//! Offline messages (XEP-0160): stored with an XEP-0203 delay stamp when no resource can take
+//! them, delivered at the next available presence with non-negative priority, and removed
+//! only after they were handed to the session (a crash in between redelivers, never loses).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use proto::element::Element;
+use proto::error::StanzaErrorCondition;
+use proto::jid::Jid;
+use storage::StorageError;
+
+use super::RosterActor;
+use crate::router::messages::DeliverToResource;
+
+const NS_DELAY: &str = "urn:xmpp:delay";
+
+impl RosterActor {
+    pub(super) fn store_offline(
+        &mut self,
+        user: &Jid,
+        mut stanza: Element,
+    ) -> Result<(), StanzaErrorCondition> {
+        stanza = stanza.with_child(
+            Element::new("delay", NS_DELAY)
+                .with_attr("from", user.domain())
+                .with_attr("stamp", utc_stamp(SystemTime::now()))
+                .with_text("Offline Storage"),
+        );
+        match self.offline.push(
+            &user.to_string(),
+            &stanza.to_xml_string(),
+            self.limits.max_offline_messages,
+        ) {
+            Ok(_) => Ok(()),
+            // XEP-0160 §3: the sender learns the recipient's storage is full.
+            Err(StorageError::QuotaExceeded { .. }) => {
+                Err(StanzaErrorCondition::ServiceUnavailable)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "storing an offline message failed");
+                Err(StanzaErrorCondition::InternalServerError)
+            }
+        }
+    }
+
+    pub(super) fn deliver_offline(&mut self, user: &Jid, to: &Jid) {
+        let key = user.to_string();
+        let stored = match self.offline.peek(&key) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "reading offline messages failed");
+                return;
+            }
+        };
+        let Some(last) = stored.last().map(|(seq, _)| *seq) else {
+            return;
+        };
+        for (_, xml) in stored {
+            match Element::parse(&xml) {
+                Ok(stanza) => self.router.do_send(DeliverToResource {
+                    to: to.clone(),
+                    stanza,
+                }),
+                Err(e) => tracing::error!(error = %e, "dropping an unreadable offline message"),
+            }
+        }
+        if let Err(e) = self.offline.remove_upto(&key, last) {
+            tracing::error!(error = %e, "removing delivered offline messages failed");
+        }
+    }
+}
+
+/// XEP-0082 UTC timestamp, e.g. `2026-11-22T03:04:05Z`.
+fn utc_stamp(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn stamps_are_xep_0082_utc() {
+        assert_eq!(utc_stamp(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        assert_eq!(utc_stamp(t), "2026-11-18T11:06:40Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(utc_stamp(leap), "2000-02-29T00:00:00Z");
+    }
+}

@@ -1,0 +1,72 @@
+//! Presence broadcast to contacts (RFC 6121 §4): to subscribers on every change; on initial
+//! presence also the contacts' presence (answering the probes locally), pending subscription
+//! requests and stored offline messages.
+
+use proto::element::Element;
+use proto::jid::Jid;
+
+use super::messages::PresenceBroadcast;
+use super::subscription::{is_subscriber, is_subscription};
+use super::RosterActor;
+use crate::router::messages::{DeliverToAvailable, DeliverToResource, SendPresenceOf};
+
+impl RosterActor {
+    pub(super) fn presence_broadcast(&mut self, msg: PresenceBroadcast) {
+        let user = msg.from.to_bare();
+        let key = user.to_string();
+        let items = match self.rosters.get(&key) {
+            Ok((_, items)) => items,
+            Err(e) => {
+                tracing::error!(error = %e, "loading a roster for presence broadcast failed");
+                return;
+            }
+        };
+        for item in items.iter().filter(|i| is_subscriber(i)) {
+            let Ok(contact) = Jid::parse(&item.jid) else {
+                continue;
+            };
+            if !self.is_local_jid(&contact) {
+                // Federation does not exist yet; remote subscribers miss the update.
+                continue;
+            }
+            let mut p = msg.presence.clone();
+            p.set_attr("to", contact.to_string());
+            self.router.do_send(DeliverToAvailable {
+                to: contact,
+                stanza: p,
+            });
+        }
+        if !msg.initial {
+            return;
+        }
+        // RFC 6121 §4.2.2: probe the contacts the user is subscribed to. Local contacts'
+        // presence is known here, so the probe is answered directly.
+        for item in items.iter().filter(|i| is_subscription(i)) {
+            if let Ok(contact) = Jid::parse(&item.jid) {
+                self.router.do_send(SendPresenceOf {
+                    contact,
+                    to: msg.from.clone(),
+                });
+            }
+        }
+        // RFC 6121 §3.1.3: requests received while offline are delivered at every login
+        // until answered.
+        if let Ok(pending) = self.rosters.pending_in(&key) {
+            for (_, xml) in pending {
+                if let Ok(stanza) = Element::parse(&xml) {
+                    self.router.do_send(DeliverToResource {
+                        to: msg.from.clone(),
+                        stanza,
+                    });
+                }
+            }
+        }
+        if msg.priority >= 0 {
+            self.deliver_offline(&user, &msg.from);
+        }
+    }
+
+    fn is_local_jid(&self, jid: &Jid) -> bool {
+        self.domains.iter().any(|d| d == jid.domain())
+    }
+}

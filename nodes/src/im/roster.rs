@@ -1,0 +1,265 @@
+//! Roster get and set (RFC 6121 §2), with versioning (§2.6) and pushes (§2.1.6).
+
+use proto::element::Element;
+use proto::error::{stanza_error_reply, StanzaErrorCondition as Cond};
+use proto::im::{SubState, Subscription, SubscriptionKind};
+use proto::jid::Jid;
+use proto::ns;
+use storage::rosters::{RosterChange, RosterItem};
+
+use super::RosterActor;
+use crate::router::messages::{PushToUser, SendUnavailableOf};
+
+pub const NS_ROSTER: &str = "jabber:iq:roster";
+/// Longest item name or group name accepted.
+const MAX_NAME: usize = 1023;
+
+/// The subscription state stored in a roster item.
+pub(super) fn state_of(item: Option<&RosterItem>, pending_in: bool) -> SubState {
+    match item {
+        Some(i) => SubState {
+            subscription: Subscription::parse(&i.subscription).unwrap_or_default(),
+            pending_out: i.pending_out,
+            pending_in,
+            approved: i.approved,
+        },
+        None => SubState {
+            pending_in,
+            ..SubState::default()
+        },
+    }
+}
+
+/// `<item/>` as the owner sees it (RFC 6121 §2.1.2).
+pub(super) fn item_element(item: &RosterItem) -> Element {
+    let mut el = Element::new("item", NS_ROSTER)
+        .with_attr("jid", item.jid.as_str())
+        .with_attr("subscription", item.subscription.as_str());
+    if let Some(name) = &item.name {
+        el.set_attr("name", name.as_str());
+    }
+    if item.pending_out {
+        el.set_attr("ask", "subscribe");
+    }
+    if item.approved {
+        el.set_attr("approved", "true");
+    }
+    for g in &item.groups {
+        el = el.with_child(Element::new("group", NS_ROSTER).with_text(g.as_str()));
+    }
+    el
+}
+
+fn removed_element(jid: &str) -> Element {
+    Element::new("item", NS_ROSTER)
+        .with_attr("jid", jid)
+        .with_attr("subscription", "remove")
+}
+
+fn result_for(iq: &Element, payload: Option<Element>) -> Element {
+    let mut reply = Element::new("iq", ns::CLIENT)
+        .with_attr("type", "result")
+        .with_attr("id", iq.attr("id").unwrap_or_default());
+    if let Some(p) = payload {
+        reply = reply.with_child(p);
+    }
+    reply
+}
+
+fn error_for(iq: &Element, cond: Cond) -> Element {
+    let mut reply = stanza_error_reply(iq, cond, None);
+    reply.remove_attr("from");
+    reply
+}
+
+impl RosterActor {
+    pub(super) fn roster_iq(&mut self, from: &Jid, iq: &Element) -> Element {
+        let user = from.to_bare();
+        let Some(query) = iq.get_child("query", NS_ROSTER) else {
+            return error_for(iq, Cond::BadRequest);
+        };
+        let outcome = match iq.attr("type") {
+            Some("get") => self.roster_get(&user, iq, query),
+            Some("set") => self.roster_set(&user, query).map(|()| result_for(iq, None)),
+            _ => Err(Cond::BadRequest),
+        };
+        outcome.unwrap_or_else(|cond| error_for(iq, cond))
+    }
+
+    fn roster_get(&mut self, user: &Jid, iq: &Element, query: &Element) -> Result<Element, Cond> {
+        let key = user.to_string();
+        if let Some(ver) = query.attr("ver").and_then(|v| v.parse::<u64>().ok()) {
+            // RFC 6121 §2.6.3: an up-to-date cache gets an empty result; a stale one the
+            // missed changes as pushes, when we still know them.
+            if let Some((current, changes)) = self
+                .rosters
+                .changes_since(&key, ver)
+                .map_err(|_| Cond::InternalServerError)?
+            {
+                for change in changes {
+                    let item = match &change {
+                        RosterChange::Updated(i) => item_element(i),
+                        RosterChange::Removed(jid) => removed_element(jid),
+                    };
+                    self.push(user, item, current);
+                }
+                return Ok(result_for(iq, None));
+            }
+        }
+        let (version, items) = self
+            .rosters
+            .get(&key)
+            .map_err(|_| Cond::InternalServerError)?;
+        let mut q = Element::new("query", NS_ROSTER).with_attr("ver", version.to_string());
+        for i in &items {
+            q = q.with_child(item_element(i));
+        }
+        Ok(result_for(iq, Some(q)))
+    }
+
+    /// RFC 6121 §2.3-2.5: add, update or remove exactly one item.
+    fn roster_set(&mut self, user: &Jid, query: &Element) -> Result<(), Cond> {
+        let mut items = query.children();
+        let (Some(item), None) = (items.next(), items.next()) else {
+            return Err(Cond::BadRequest);
+        };
+        if !item.is("item", NS_ROSTER) {
+            return Err(Cond::BadRequest);
+        }
+        let contact = item
+            .attr("jid")
+            .ok_or(Cond::BadRequest)
+            .and_then(|j| Jid::parse(j).map_err(|_| Cond::JidMalformed))?;
+        let contact_key = contact.to_string();
+        let key = user.to_string();
+        match item.attr("subscription") {
+            None => {}
+            Some("remove") => return self.roster_remove(user, &contact),
+            Some(_) => return Err(Cond::BadRequest),
+        }
+        let name = item
+            .attr("name")
+            .filter(|n| !n.is_empty())
+            .map(str::to_string);
+        if name.as_ref().is_some_and(|n| n.len() > MAX_NAME) {
+            return Err(Cond::NotAcceptable);
+        }
+        let mut groups: Vec<String> = Vec::new();
+        for g in item.children() {
+            if !g.is("group", NS_ROSTER) {
+                continue;
+            }
+            let text = g.text();
+            if text.is_empty() || text.len() > MAX_NAME {
+                return Err(Cond::NotAcceptable);
+            }
+            if groups.contains(&text) {
+                return Err(Cond::BadRequest);
+            }
+            groups.push(text);
+        }
+        let existing = self
+            .rosters
+            .item(&key, &contact_key)
+            .map_err(|_| Cond::InternalServerError)?;
+        let updated = match existing {
+            Some(mut i) => {
+                i.name = name;
+                i.groups = groups;
+                i
+            }
+            None => {
+                let count = self
+                    .rosters
+                    .count(&key)
+                    .map_err(|_| Cond::InternalServerError)?;
+                if count >= self.limits.max_roster_items {
+                    // RFC 6121 §2.5.3 (roster size).
+                    return Err(Cond::NotAllowed);
+                }
+                RosterItem {
+                    jid: contact_key,
+                    name,
+                    groups,
+                    subscription: Subscription::None.as_str().to_string(),
+                    pending_out: false,
+                    pending_in: false,
+                    approved: false,
+                }
+            }
+        };
+        let version = self
+            .rosters
+            .put(&key, &updated)
+            .map_err(|_| Cond::InternalServerError)?;
+        self.push(user, item_element(&updated), version);
+        Ok(())
+    }
+
+    /// RFC 6121 §2.5.2: removing an item also cancels the subscriptions both ways.
+    fn roster_remove(&mut self, user: &Jid, contact: &Jid) -> Result<(), Cond> {
+        let key = user.to_string();
+        let contact_key = contact.to_string();
+        let Some(existing) = self
+            .rosters
+            .item(&key, &contact_key)
+            .map_err(|_| Cond::InternalServerError)?
+        else {
+            return Err(Cond::ItemNotFound);
+        };
+        let pending_in = self.has_pending_in(user, contact);
+        let state = state_of(Some(&existing), pending_in);
+        let Some(version) = self
+            .rosters
+            .remove(&key, &contact_key)
+            .map_err(|_| Cond::InternalServerError)?
+        else {
+            return Err(Cond::ItemNotFound);
+        };
+        if pending_in {
+            let _ = self.rosters.remove_pending_in(&key, &contact_key);
+        }
+        self.push(user, removed_element(&contact_key), version);
+        // Tell the contact, as if the user had sent these (the item is gone, so they only
+        // route and, for `unsubscribed`, withdraw presence).
+        if state.subscription.has_to() || state.pending_out {
+            self.send_as_user(user, contact, SubscriptionKind::Unsubscribe);
+        }
+        if state.subscription.has_from() || state.pending_in {
+            self.send_as_user(user, contact, SubscriptionKind::Unsubscribed);
+        }
+        Ok(())
+    }
+
+    fn send_as_user(&mut self, user: &Jid, contact: &Jid, kind: SubscriptionKind) {
+        let stanza = Element::new("presence", ns::CLIENT)
+            .with_attr("type", kind.as_str())
+            .with_attr("from", user.to_string())
+            .with_attr("to", contact.to_string());
+        if kind == SubscriptionKind::Unsubscribed {
+            // RFC 6121 §3.2.2: unavailable first, then the cancellation.
+            self.router.do_send(SendUnavailableOf {
+                contact: user.clone(),
+                to: contact.clone(),
+            });
+        }
+        self.route_subscription(user, contact, kind, stanza);
+    }
+
+    /// Send a roster push to every resource of `user` (RFC 6121 §2.1.6).
+    pub(super) fn push(&mut self, user: &Jid, item: Element, version: u64) {
+        self.push_seq += 1;
+        let push = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "set")
+            .with_attr("id", format!("push{}", self.push_seq))
+            .with_child(
+                Element::new("query", NS_ROSTER)
+                    .with_attr("ver", version.to_string())
+                    .with_child(item),
+            );
+        self.router.do_send(PushToUser {
+            user: user.clone(),
+            stanza: push,
+        });
+    }
+}

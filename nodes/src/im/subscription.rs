@@ -1,0 +1,198 @@
+//! Presence subscriptions (RFC 6121 §3): the state machine is `proto::im`; this applies it to
+//! stored roster items and carries out what it decides.
+
+use proto::element::Element;
+use proto::im::{self, PresenceToSend, SubState, Subscription, SubscriptionKind};
+use proto::jid::Jid;
+use proto::ns;
+use storage::rosters::RosterItem;
+
+use super::messages::{InboundSubscription, OutboundSubscription};
+use super::roster::{item_element, state_of};
+use super::RosterActor;
+use crate::router::messages::{DeliverToAvailable, RouteStanza, SendPresenceOf, SendUnavailableOf};
+
+impl RosterActor {
+    pub(super) fn has_pending_in(&self, user: &Jid, contact: &Jid) -> bool {
+        let contact = contact.to_string();
+        self.rosters
+            .pending_in(&user.to_string())
+            .map(|p| p.iter().any(|(c, _)| *c == contact))
+            .unwrap_or(false)
+    }
+
+    fn load_state(&self, user: &Jid, contact: &Jid) -> (Option<RosterItem>, SubState) {
+        let item = self
+            .rosters
+            .item(&user.to_string(), &contact.to_string())
+            .ok()
+            .flatten();
+        let state = state_of(item.as_ref(), self.has_pending_in(user, contact));
+        (item, state)
+    }
+
+    /// Store `state` for `contact` in `user`'s roster and push the item if it shows.
+    /// A pending inbound request alone does not put the contact on the roster (RFC 6121
+    /// §3.1.3); it is kept with the request stanza instead.
+    fn store_state(
+        &mut self,
+        user: &Jid,
+        contact: &Jid,
+        item: Option<RosterItem>,
+        before: SubState,
+        after: SubState,
+        request: Option<&Element>,
+    ) {
+        let key = user.to_string();
+        let contact_key = contact.to_string();
+        if after.pending_in != before.pending_in {
+            let stored = match (after.pending_in, request) {
+                (true, Some(req)) => {
+                    self.rosters
+                        .put_pending_in(&key, &contact_key, &req.to_xml_string())
+                }
+                (true, None) => Ok(()),
+                (false, _) => self
+                    .rosters
+                    .remove_pending_in(&key, &contact_key)
+                    .map(|_| ()),
+            };
+            if let Err(e) = stored {
+                tracing::error!(error = %e, "storing a pending subscription request failed");
+            }
+        }
+        let shown = |s: &SubState| (s.subscription, s.pending_out, s.approved);
+        if item.is_none() && shown(&after) == shown(&SubState::default()) {
+            return;
+        }
+        if item.is_some() && shown(&after) == shown(&before) {
+            return;
+        }
+        let mut updated = item.unwrap_or_else(|| RosterItem {
+            jid: contact_key,
+            name: None,
+            groups: Vec::new(),
+            subscription: String::new(),
+            pending_out: false,
+            pending_in: false,
+            approved: false,
+        });
+        updated.subscription = after.subscription.as_str().to_string();
+        updated.pending_out = after.pending_out;
+        updated.approved = after.approved;
+        match self.rosters.put(&key, &updated) {
+            Ok(version) => self.push(user, item_element(&updated), version),
+            Err(e) => tracing::error!(error = %e, "storing a roster item failed"),
+        }
+    }
+
+    /// The user sent `kind` to `contact` (RFC 6121 §3.x.2, the user's server).
+    pub(super) fn outbound_subscription(&mut self, msg: OutboundSubscription) {
+        let OutboundSubscription {
+            user,
+            contact,
+            kind,
+            mut stanza,
+        } = msg;
+        let (item, before) = self.load_state(&user, &contact);
+        let out = im::outbound(before, kind);
+        self.store_state(&user, &contact, item, before, out.state, None);
+        // RFC 6121 §3.2.2: a cancelled subscriber gets unavailable before `unsubscribed`;
+        // §3.1.5: a new one gets presence after `subscribed`.
+        if out.send_presence == Some(PresenceToSend::Unavailable) {
+            self.send_presence(&user, &contact, out.send_presence);
+        }
+        if out.route {
+            // RFC 6121 §3.1.2: the request carries the user's bare JID.
+            stanza.set_attr("from", user.to_string());
+            stanza.set_attr("to", contact.to_string());
+            self.route_subscription(&user, &contact, kind, stanza);
+        }
+        if out.send_presence == Some(PresenceToSend::Available) {
+            self.send_presence(&user, &contact, out.send_presence);
+        }
+    }
+
+    /// `contact`'s `kind` reached local account `user` (RFC 6121 §3.x.3).
+    pub(super) fn inbound_subscription(&mut self, msg: InboundSubscription) {
+        let InboundSubscription {
+            user,
+            contact,
+            kind,
+            mut stanza,
+        } = msg;
+        stanza.set_attr("from", contact.to_string());
+        stanza.set_attr("to", user.to_string());
+        let (item, before) = self.load_state(&user, &contact);
+        let inb = im::inbound(before, kind);
+        self.store_state(&user, &contact, item, before, inb.state, Some(&stanza));
+        if inb.deliver {
+            self.router.do_send(DeliverToAvailable {
+                to: user.clone(),
+                stanza,
+            });
+        }
+        if let Some(reply) = inb.auto_reply {
+            let answer = Element::new("presence", ns::CLIENT)
+                .with_attr("type", reply.as_str())
+                .with_attr("from", user.to_string())
+                .with_attr("to", contact.to_string());
+            self.route_subscription(&user, &contact, reply, answer);
+        }
+        self.send_presence(&user, &contact, inb.send_presence);
+    }
+
+    /// Deliver a subscription stanza from `user` to `contact`: to the contact's shard when the
+    /// account is local, else to the router (federation).
+    pub(super) fn route_subscription(
+        &mut self,
+        user: &Jid,
+        contact: &Jid,
+        kind: SubscriptionKind,
+        stanza: Element,
+    ) {
+        let local = self.shards.as_ref().filter(|_| self.is_local(contact));
+        match local {
+            Some(shards) => shards.for_user(contact).do_send(InboundSubscription {
+                user: contact.clone(),
+                contact: user.clone(),
+                kind,
+                stanza,
+            }),
+            None => self.router.do_send(RouteStanza {
+                from: user.clone(),
+                to: contact.clone(),
+                stanza,
+            }),
+        }
+    }
+
+    /// `user`'s presence (or its end) for a contact that gained or lost the subscription.
+    fn send_presence(&self, user: &Jid, contact: &Jid, what: Option<PresenceToSend>) {
+        match what {
+            Some(PresenceToSend::Available) => self.router.do_send(SendPresenceOf {
+                contact: user.clone(),
+                to: contact.clone(),
+            }),
+            Some(PresenceToSend::Unavailable) => self.router.do_send(SendUnavailableOf {
+                contact: user.clone(),
+                to: contact.clone(),
+            }),
+            None => {}
+        }
+    }
+
+    fn is_local(&self, jid: &Jid) -> bool {
+        self.domains.iter().any(|d| d == jid.domain())
+    }
+}
+
+/// Who gets `user`'s presence broadcasts: contacts subscribed to it (From or Both).
+pub(super) fn is_subscriber(item: &RosterItem) -> bool {
+    Subscription::parse(&item.subscription).is_some_and(|s| s.has_from())
+}
+
+/// Whose presence `user` receives: contacts it is subscribed to (To or Both).
+pub(super) fn is_subscription(item: &RosterItem) -> bool {
+    Subscription::parse(&item.subscription).is_some_and(|s| s.has_to())
+}

@@ -1,0 +1,110 @@
+//! Tree `private`: private XML storage (XEP-0049). `user \0 namespace \0 element name` → the
+//! stored child element, as XML.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{decode, encode, key, Record, StorageError};
+
+#[derive(Serialize, Deserialize)]
+struct PrivateRecord {
+    v: u8,
+    xml: String,
+}
+
+impl Record for PrivateRecord {
+    fn v(&self) -> u8 {
+        self.v
+    }
+}
+
+#[derive(Clone)]
+pub struct PrivateStore {
+    pub(crate) tree: sled::Tree,
+}
+
+impl PrivateStore {
+    pub(crate) fn new(tree: sled::Tree) -> Self {
+        PrivateStore { tree }
+    }
+
+    /// The element `name` in namespace `ns` that `user` stored.
+    pub fn get(&self, user: &str, name: &str, ns: &str) -> Result<Option<String>, StorageError> {
+        let k = key(user, &[ns, name])?;
+        match self.tree.get(&k)? {
+            Some(v) => Ok(Some(decode::<PrivateRecord>(&k, &v)?.xml)),
+            None => Ok(None),
+        }
+    }
+
+    /// Store (replace) the element `name` in namespace `ns`; `xml` is the whole element.
+    pub fn put(&self, user: &str, name: &str, ns: &str, xml: &str) -> Result<(), StorageError> {
+        let record = PrivateRecord {
+            v: PrivateRecord::V,
+            xml: xml.to_string(),
+        };
+        self.tree
+            .insert(key(user, &[ns, name])?, encode(&record)?)?;
+        self.tree.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testutil::{open, TempDir};
+
+    const U: &str = "juliet@example.com";
+
+    #[test]
+    fn keyed_by_name_and_namespace_and_survives_reopen() {
+        let dir = TempDir::new("private");
+        let bookmarks = "<storage xmlns='storage:bookmarks'><conference jid='a@b'/></storage>";
+        {
+            let store = open(dir.path());
+            let p = store.private().unwrap();
+            assert_eq!(p.get(U, "storage", "storage:bookmarks").unwrap(), None);
+            p.put(
+                U,
+                "storage",
+                "storage:bookmarks",
+                "<storage xmlns='storage:bookmarks'/>",
+            )
+            .unwrap();
+            p.put(U, "storage", "storage:bookmarks", bookmarks).unwrap();
+            p.put(
+                U,
+                "storage",
+                "storage:rosternotes",
+                "<storage xmlns='storage:rosternotes'/>",
+            )
+            .unwrap();
+            p.put(
+                U,
+                "prefs",
+                "storage:bookmarks",
+                "<prefs xmlns='storage:bookmarks'/>",
+            )
+            .unwrap();
+        }
+        let store = open(dir.path());
+        let p = store.private().unwrap();
+        assert_eq!(
+            p.get(U, "storage", "storage:bookmarks").unwrap().as_deref(),
+            Some(bookmarks)
+        );
+        assert_eq!(
+            p.get(U, "storage", "storage:rosternotes")
+                .unwrap()
+                .as_deref(),
+            Some("<storage xmlns='storage:rosternotes'/>")
+        );
+        assert_eq!(
+            p.get(U, "prefs", "storage:bookmarks").unwrap().as_deref(),
+            Some("<prefs xmlns='storage:bookmarks'/>")
+        );
+        assert_eq!(
+            p.get("romeo@x", "storage", "storage:bookmarks").unwrap(),
+            None
+        );
+    }
+}
