@@ -185,10 +185,12 @@ impl SessionActor {
             ctx.spawn(
                 request
                     .into_actor(self)
-                    .map(|reply, session, ctx| match reply {
-                        Ok(mut reply) => {
-                            reply.set_attr("to", session.jid.to_string());
-                            session.send_to_client(&reply, ctx);
+                    .map(|replies, session, ctx| match replies {
+                        Ok(replies) => {
+                            for mut reply in replies {
+                                reply.set_attr("to", session.jid.to_string());
+                                session.send_to_client(&reply, ctx);
+                            }
                         }
                         Err(_) => tracing::error!("roster shard unavailable"),
                     }),

@@ -3,12 +3,13 @@
 use actix::prelude::*;
 use proto::element::Element;
 use proto::error::StanzaErrorCondition;
-use proto::im::SubscriptionKind;
+use proto::im::{PresenceToSend, SubscriptionKind};
 use proto::jid::Jid;
 
-/// A roster IQ (RFC 6121 §2) from one of the user's sessions. The result is the reply.
+/// A roster IQ (RFC 6121 §2) from one of the user's sessions. The result is what to send
+/// that session, in order: the reply, then any roster pushes a versioned get asked for.
 #[derive(Message)]
-#[rtype(result = "Element")]
+#[rtype(result = "Vec<Element>")]
 pub struct RosterIq {
     /// The sender's full JID.
     pub from: Jid,
@@ -33,6 +34,9 @@ pub struct InboundSubscription {
     pub contact: Jid,
     pub kind: SubscriptionKind,
     pub stanza: Element,
+    /// The contact's presence change that goes with the stanza (unavailable before it,
+    /// available after it); `None` from other servers, which send presence themselves.
+    pub sender_presence: Option<PresenceToSend>,
 }
 
 /// A resource of `from`'s account broadcast presence; the router has recorded it.

@@ -2,13 +2,13 @@
 
 use proto::element::Element;
 use proto::error::{stanza_error_reply, StanzaErrorCondition as Cond};
-use proto::im::{SubState, Subscription, SubscriptionKind};
+use proto::im::{PresenceToSend, SubState, Subscription, SubscriptionKind};
 use proto::jid::Jid;
 use proto::ns;
 use storage::rosters::{RosterChange, RosterItem};
 
 use super::RosterActor;
-use crate::router::messages::{PushToUser, SendUnavailableOf};
+use crate::router::messages::PushToUser;
 
 pub const NS_ROSTER: &str = "jabber:iq:roster";
 /// Longest item name or group name accepted.
@@ -73,20 +73,27 @@ fn error_for(iq: &Element, cond: Cond) -> Element {
 }
 
 impl RosterActor {
-    pub(super) fn roster_iq(&mut self, from: &Jid, iq: &Element) -> Element {
+    pub(super) fn roster_iq(&mut self, from: &Jid, iq: &Element) -> Vec<Element> {
         let user = from.to_bare();
         let Some(query) = iq.get_child("query", NS_ROSTER) else {
-            return error_for(iq, Cond::BadRequest);
+            return vec![error_for(iq, Cond::BadRequest)];
         };
         let outcome = match iq.attr("type") {
             Some("get") => self.roster_get(&user, iq, query),
-            Some("set") => self.roster_set(&user, query).map(|()| result_for(iq, None)),
+            Some("set") => self
+                .roster_set(&user, query)
+                .map(|()| vec![result_for(iq, None)]),
             _ => Err(Cond::BadRequest),
         };
-        outcome.unwrap_or_else(|cond| error_for(iq, cond))
+        outcome.unwrap_or_else(|cond| vec![error_for(iq, cond)])
     }
 
-    fn roster_get(&mut self, user: &Jid, iq: &Element, query: &Element) -> Result<Element, Cond> {
+    fn roster_get(
+        &mut self,
+        user: &Jid,
+        iq: &Element,
+        query: &Element,
+    ) -> Result<Vec<Element>, Cond> {
         let key = user.to_string();
         if let Some(ver) = query.attr("ver").and_then(|v| v.parse::<u64>().ok()) {
             // RFC 6121 §2.6.3: an up-to-date cache gets an empty result; a stale one the
@@ -96,14 +103,15 @@ impl RosterActor {
                 .changes_since(&key, ver)
                 .map_err(|_| Cond::InternalServerError)?
             {
+                let mut out = vec![result_for(iq, None)];
                 for change in changes {
                     let item = match &change {
                         RosterChange::Updated(i) => item_element(i),
                         RosterChange::Removed(jid) => removed_element(jid),
                     };
-                    self.push(user, item, current);
+                    out.push(self.push_stanza(item, current));
                 }
-                return Ok(result_for(iq, None));
+                return Ok(out);
             }
         }
         let (version, items) = self
@@ -114,7 +122,7 @@ impl RosterActor {
         for i in &items {
             q = q.with_child(item_element(i));
         }
-        Ok(result_for(iq, Some(q)))
+        Ok(vec![result_for(iq, Some(q))])
     }
 
     /// RFC 6121 §2.3-2.5: add, update or remove exactly one item.
@@ -236,30 +244,29 @@ impl RosterActor {
             .with_attr("type", kind.as_str())
             .with_attr("from", user.to_string())
             .with_attr("to", contact.to_string());
-        if kind == SubscriptionKind::Unsubscribed {
-            // RFC 6121 §3.2.2: unavailable first, then the cancellation.
-            self.router.do_send(SendUnavailableOf {
-                contact: user.clone(),
-                to: contact.clone(),
-            });
-        }
-        self.route_subscription(user, contact, kind, stanza);
+        let presence =
+            (kind == SubscriptionKind::Unsubscribed).then_some(PresenceToSend::Unavailable);
+        self.route_subscription(user, contact, kind, stanza, presence);
     }
 
-    /// Send a roster push to every resource of `user` (RFC 6121 §2.1.6).
-    pub(super) fn push(&mut self, user: &Jid, item: Element, version: u64) {
+    fn push_stanza(&mut self, item: Element, version: u64) -> Element {
         self.push_seq += 1;
-        let push = Element::new("iq", ns::CLIENT)
+        Element::new("iq", ns::CLIENT)
             .with_attr("type", "set")
             .with_attr("id", format!("push{}", self.push_seq))
             .with_child(
                 Element::new("query", NS_ROSTER)
                     .with_attr("ver", version.to_string())
                     .with_child(item),
-            );
+            )
+    }
+
+    /// Send a roster push to every resource of `user` (RFC 6121 §2.1.6).
+    pub(super) fn push(&mut self, user: &Jid, item: Element, version: u64) {
+        let stanza = self.push_stanza(item, version);
         self.router.do_send(PushToUser {
             user: user.clone(),
-            stanza: push,
+            stanza,
         });
     }
 }

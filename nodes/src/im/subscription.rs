@@ -97,18 +97,12 @@ impl RosterActor {
         let (item, before) = self.load_state(&user, &contact);
         let out = im::outbound(before, kind);
         self.store_state(&user, &contact, item, before, out.state, None);
-        // RFC 6121 §3.2.2: a cancelled subscriber gets unavailable before `unsubscribed`;
-        // §3.1.5: a new one gets presence after `subscribed`.
-        if out.send_presence == Some(PresenceToSend::Unavailable) {
-            self.send_presence(&user, &contact, out.send_presence);
-        }
         if out.route {
             // RFC 6121 §3.1.2: the request carries the user's bare JID.
             stanza.set_attr("from", user.to_string());
             stanza.set_attr("to", contact.to_string());
-            self.route_subscription(&user, &contact, kind, stanza);
-        }
-        if out.send_presence == Some(PresenceToSend::Available) {
+            self.route_subscription(&user, &contact, kind, stanza, out.send_presence);
+        } else {
             self.send_presence(&user, &contact, out.send_presence);
         }
     }
@@ -120,9 +114,13 @@ impl RosterActor {
             contact,
             kind,
             mut stanza,
+            sender_presence,
         } = msg;
         stanza.set_attr("from", contact.to_string());
         stanza.set_attr("to", user.to_string());
+        if sender_presence == Some(PresenceToSend::Unavailable) {
+            self.send_presence(&contact, &user, sender_presence);
+        }
         let (item, before) = self.load_state(&user, &contact);
         let inb = im::inbound(before, kind);
         self.store_state(&user, &contact, item, before, inb.state, Some(&stanza));
@@ -132,24 +130,31 @@ impl RosterActor {
                 stanza,
             });
         }
+        if sender_presence == Some(PresenceToSend::Available) {
+            self.send_presence(&contact, &user, sender_presence);
+        }
         if let Some(reply) = inb.auto_reply {
             let answer = Element::new("presence", ns::CLIENT)
                 .with_attr("type", reply.as_str())
                 .with_attr("from", user.to_string())
                 .with_attr("to", contact.to_string());
-            self.route_subscription(&user, &contact, reply, answer);
+            self.route_subscription(&user, &contact, reply, answer, inb.send_presence);
+        } else {
+            self.send_presence(&user, &contact, inb.send_presence);
         }
-        self.send_presence(&user, &contact, inb.send_presence);
     }
 
-    /// Deliver a subscription stanza from `user` to `contact`: to the contact's shard when the
-    /// account is local, else to the router (federation).
+    /// Deliver a subscription stanza from `user` to `contact`, with `user`'s presence change
+    /// that goes with it: unavailable before an `unsubscribed` (RFC 6121 §3.2.2), presence
+    /// after a `subscribed` (§3.1.5). A local contact's shard does both in that order; for
+    /// a remote contact the router carries them.
     pub(super) fn route_subscription(
         &mut self,
         user: &Jid,
         contact: &Jid,
         kind: SubscriptionKind,
         stanza: Element,
+        presence: Option<PresenceToSend>,
     ) {
         let local = self.shards.as_ref().filter(|_| self.is_local(contact));
         match local {
@@ -158,12 +163,21 @@ impl RosterActor {
                 contact: user.clone(),
                 kind,
                 stanza,
+                sender_presence: presence,
             }),
-            None => self.router.do_send(RouteStanza {
-                from: user.clone(),
-                to: contact.clone(),
-                stanza,
-            }),
+            None => {
+                if presence == Some(PresenceToSend::Unavailable) {
+                    self.send_presence(user, contact, presence);
+                }
+                self.router.do_send(RouteStanza {
+                    from: user.clone(),
+                    to: contact.clone(),
+                    stanza,
+                });
+                if presence == Some(PresenceToSend::Available) {
+                    self.send_presence(user, contact, presence);
+                }
+            }
         }
     }
 

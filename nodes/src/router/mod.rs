@@ -209,6 +209,7 @@ impl Router {
                         contact: from.to_bare(),
                         kind,
                         stanza,
+                        sender_presence: None,
                     });
                     return;
                 }
