@@ -11,7 +11,7 @@ use nodes::c2s::messages::FromClient;
 use nodes::c2s::session::{QueueWork, SendQueue, SessionActor};
 use nodes::config::ResourceConflict;
 use nodes::ext::Extensions;
-use nodes::im::{ImLimits, RosterActor, RosterShards};
+use nodes::im::{ImLimits, ImStores, RosterActor, RosterShards};
 use nodes::router::messages::RegisterSession;
 use nodes::router::Router;
 use proto::element::Element;
@@ -74,8 +74,7 @@ fn local_routing(c: &mut Criterion) {
         };
         let shard = RosterActor::new(
             router_ctx.address(),
-            store.rosters().expect("rosters"),
-            store.offline().expect("offline"),
+            ImStores::open(&store).expect("IM trees"),
             limits,
             domains.clone(),
         )

@@ -16,7 +16,7 @@ use crate::admin::{self, AdminServer};
 use crate::c2s::{self, C2sContext, C2sListener};
 use crate::config::Settings;
 use crate::ext::Extensions;
-use crate::im::{AttachShards, ImLimits, RosterActor, RosterShards};
+use crate::im::{AttachShards, ImLimits, ImStores, RosterActor, RosterShards};
 use crate::router::Router;
 use crate::tls::TlsContext;
 use crate::users::UserAdmin;
@@ -44,8 +44,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
     let store = Store::open(&settings.data_dir)?;
     let accounts = store.accounts()?;
-    let rosters = store.rosters()?;
-    let offline = store.offline()?;
+    let im_stores = ImStores::open(&store)?;
     let secret = store.meta()?.secret("scram-fake-secret", rand::random)?;
     let tls = TlsContext::load(&settings)?;
     let listeners = bind_listeners(&settings)?;
@@ -76,10 +75,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         };
         let mut shard_addrs = Vec::new();
         for _ in 0..settings.im.shards {
-            let (router, rosters, offline, domains) =
-                (router_addr.clone(), rosters.clone(), offline.clone(), domains.clone());
+            let (router, stores, domains) =
+                (router_addr.clone(), im_stores.clone(), domains.clone());
             shard_addrs.push(RosterActor::start_in_arbiter(&im_arbiter.handle(), move |_| {
-                RosterActor::new(router, rosters, offline, limits, domains)
+                RosterActor::new(router, stores, limits, domains)
             }));
         }
         let shards = RosterShards::new(shard_addrs);

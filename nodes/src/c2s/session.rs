@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use super::messages::{ConnectionClosed, Deliver, FromClient, Kick};
 use crate::ext::{Extensions, IqOutcome, IqRequest};
-use crate::im::messages::{OutboundSubscription, RosterIq};
+use crate::im::messages::{AccountIq, OutboundSubscription};
 use crate::im::RosterShards;
 use crate::router::messages::{BroadcastPresence, RouteStanza, UnregisterSession};
 use crate::router::Router;
@@ -173,13 +173,10 @@ impl SessionActor {
         let Some(payload) = iq.children().next() else {
             return self.reply_error(iq, StanzaErrorCondition::BadRequest, ctx);
         };
-        if payload.is("query", crate::im::NS_ROSTER) {
-            // RFC 6121 §2.1.5: only the account itself manages its roster.
-            if *to != self.jid.to_bare() {
-                return self.reply_error(iq, StanzaErrorCondition::Forbidden, ctx);
-            }
-            let request = self.im.for_user(to).send(RosterIq {
+        if to.local().is_some() && crate::im::handles(&payload.ns) {
+            let request = self.im.for_user(to).send(AccountIq {
                 from: self.jid.clone(),
+                to: to.clone(),
                 iq: iq.clone(),
             });
             ctx.spawn(

@@ -94,6 +94,7 @@ impl Extensions {
             .handlers
             .iter()
             .flat_map(|h| h.features().iter().copied())
+            .chain(crate::im::FEATURES.iter().copied())
             .collect();
         f.sort_unstable();
         f.dedup();

@@ -6,13 +6,16 @@ use proto::error::StanzaErrorCondition;
 use proto::im::{PresenceToSend, SubscriptionKind};
 use proto::jid::Jid;
 
-/// A roster IQ (RFC 6121 §2) from one of the user's sessions. The result is what to send
-/// that session, in order: the reply, then any roster pushes a versioned get asked for.
+/// An IQ get/set addressed to an account's bare JID (by the account itself or by another
+/// user) in a namespace the account's shard answers (`im::handles`). The result is what to
+/// send the sender, in order: the reply, then e.g. the roster pushes a versioned get asked for.
 #[derive(Message)]
 #[rtype(result = "Vec<Element>")]
-pub struct RosterIq {
+pub struct AccountIq {
     /// The sender's full JID.
     pub from: Jid,
+    /// The addressed account (bare JID).
+    pub to: Jid,
     pub iq: Element,
 }
 

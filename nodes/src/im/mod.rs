@@ -3,23 +3,34 @@
 //! RosterActor shards (chosen by a hash of the bare JID), each owning its sled trees; the
 //! same actors can later answer other nodes.
 
+mod blocking;
+mod last;
 pub mod messages;
 mod offline;
 mod presence;
+mod private_xml;
 mod roster;
 mod subscription;
+mod vcard;
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use actix::prelude::*;
 use proto::jid::Jid;
-use storage::{OfflineStore, RosterStore};
+use storage::{
+    BlockStore, LastActivityStore, OfflineStore, PrivateStore, RosterStore, StorageError, Store,
+    VCardStore,
+};
 
 use crate::router::Router;
 use messages::*;
 
+pub use blocking::NS_BLOCKING;
+pub use last::NS_LAST;
+pub use private_xml::NS_PRIVATE;
 pub use roster::NS_ROSTER;
+pub use vcard::NS_VCARD;
 
 /// Limits on what an account can accumulate.
 #[derive(Debug, Clone, Copy)]
@@ -49,12 +60,41 @@ impl RosterShards {
     }
 }
 
+/// The trees the IM layer owns (sled trees are shared handles; each shard uses them only
+/// for the accounts that hash to it).
+#[derive(Clone)]
+pub struct ImStores {
+    pub rosters: RosterStore,
+    pub offline: OfflineStore,
+    pub blocking: BlockStore,
+    pub vcards: VCardStore,
+    pub private: PrivateStore,
+    pub last: LastActivityStore,
+}
+
+impl ImStores {
+    pub fn open(store: &Store) -> Result<ImStores, StorageError> {
+        Ok(ImStores {
+            rosters: store.rosters()?,
+            offline: store.offline()?,
+            blocking: store.blocking()?,
+            vcards: store.vcards()?,
+            private: store.private()?,
+            last: store.last_activity()?,
+        })
+    }
+}
+
 pub struct RosterActor {
     router: Addr<Router>,
     /// All shards (this one included), attached once every shard has started.
     shards: Option<RosterShards>,
     rosters: RosterStore,
     offline: OfflineStore,
+    blocking: BlockStore,
+    vcards: VCardStore,
+    private: PrivateStore,
+    last: LastActivityStore,
     limits: ImLimits,
     domains: Arc<Vec<String>>,
     /// Numbers the ids of roster pushes.
@@ -64,16 +104,19 @@ pub struct RosterActor {
 impl RosterActor {
     pub fn new(
         router: Addr<Router>,
-        rosters: RosterStore,
-        offline: OfflineStore,
+        stores: ImStores,
         limits: ImLimits,
         domains: Arc<Vec<String>>,
     ) -> Self {
         RosterActor {
             router,
             shards: None,
-            rosters,
-            offline,
+            rosters: stores.rosters,
+            offline: stores.offline,
+            blocking: stores.blocking,
+            vcards: stores.vcards,
+            private: stores.private,
+            last: stores.last,
             limits,
             domains,
             push_seq: 0,
@@ -97,10 +140,57 @@ impl Handler<AttachShards> for RosterActor {
     }
 }
 
-impl Handler<RosterIq> for RosterActor {
-    type Result = MessageResult<RosterIq>;
-    fn handle(&mut self, msg: RosterIq, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.roster_iq(&msg.from, &msg.iq))
+impl Handler<AccountIq> for RosterActor {
+    type Result = MessageResult<AccountIq>;
+    fn handle(&mut self, msg: AccountIq, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.account_iq(&msg.from, &msg.to, &msg.iq))
+    }
+}
+
+/// Payload namespaces of IQs the account's shard answers.
+const ACCOUNT_NAMESPACES: &[&str] = &[NS_ROSTER, NS_BLOCKING, NS_PRIVATE, NS_VCARD, NS_LAST];
+
+/// Whether an IQ with this payload namespace, addressed to an account's bare JID, is for the
+/// account's RosterActor.
+pub fn handles(ns: &str) -> bool {
+    ACCOUNT_NAMESPACES.contains(&ns)
+}
+
+/// Disco features the IM layer adds to the server's.
+pub const FEATURES: &[&str] = &[];
+
+impl RosterActor {
+    fn account_iq(
+        &mut self,
+        from: &Jid,
+        to: &Jid,
+        iq: &proto::element::Element,
+    ) -> Vec<proto::element::Element> {
+        let own = from.to_bare() == *to;
+        let ns = iq
+            .children()
+            .next()
+            .map(|p| p.ns.as_str())
+            .unwrap_or_default();
+        let mut replies = match ns {
+            // RFC 6121 §2.1.5: only the account itself manages its roster.
+            NS_ROSTER if own => self.roster_iq(from, iq),
+            NS_BLOCKING if own => self.blocking_iq(from, iq),
+            NS_PRIVATE if own => self.private_iq(from, iq),
+            NS_VCARD => self.vcard_iq(from, to, iq),
+            NS_LAST => self.last_iq(from, to, iq),
+            _ => vec![roster::error_for(
+                iq,
+                proto::error::StanzaErrorCondition::Forbidden,
+            )],
+        };
+        if !own {
+            // The answer comes from the account that was asked.
+            for r in &mut replies {
+                r.set_attr("from", to.to_string());
+            }
+        }
+        replies
     }
 }
 

@@ -66,7 +66,7 @@ fn result_for(iq: &Element, payload: Option<Element>) -> Element {
     reply
 }
 
-fn error_for(iq: &Element, cond: Cond) -> Element {
+pub(super) fn error_for(iq: &Element, cond: Cond) -> Element {
     let mut reply = stanza_error_reply(iq, cond, None);
     reply.remove_attr("from");
     reply

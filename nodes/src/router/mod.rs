@@ -16,7 +16,7 @@ use storage::AccountStore;
 use crate::c2s::messages::{Deliver, Kick};
 use crate::c2s::session::SessionActor;
 use crate::config::ResourceConflict;
-use crate::im::messages::{InboundSubscription, PresenceBroadcast, StoreOffline};
+use crate::im::messages::{AccountIq, InboundSubscription, PresenceBroadcast, StoreOffline};
 use crate::im::RosterShards;
 use messages::*;
 use proto::im::SubscriptionKind;
@@ -224,9 +224,18 @@ impl Router {
                 }
             }
             _ => {
-                // IQs to another account's bare JID are answered by the server on its behalf;
-                // no handler covers other accounts yet.
-                self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable)
+                // IQs to another account's bare JID are answered by the server on its behalf.
+                let is_request = matches!(stanza.attr("type"), Some("get") | Some("set"));
+                let ns = stanza.children().next().map(|p| p.ns.clone());
+                match ns {
+                    Some(ns) if is_request && crate::im::handles(&ns) => {
+                        self.account_iq(from, bare, stanza, ctx)
+                    }
+                    _ if is_request => {
+                        self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable)
+                    }
+                    _ => {}
+                }
             }
         }
     }
@@ -247,6 +256,26 @@ impl Router {
                 Err(_) => StanzaErrorCondition::InternalServerError,
             };
             router.bounce(&from, &original, cond);
+        }));
+    }
+
+    /// Ask `bare`'s shard to answer an IQ from another user, and deliver its reply.
+    fn account_iq(&self, from: &Jid, bare: &Jid, iq: Element, ctx: &mut Context<Self>) {
+        let from = from.clone();
+        let request = self.im.for_user(bare).send(AccountIq {
+            from: from.clone(),
+            to: bare.clone(),
+            iq,
+        });
+        ctx.spawn(request.into_actor(self).map(move |replies, router, _| {
+            let Ok(replies) = replies else {
+                return;
+            };
+            if let Some(r) = router.resource(&from) {
+                for reply in replies {
+                    Self::deliver(r, reply);
+                }
+            }
         }));
     }
 
