@@ -40,6 +40,7 @@ async fn session(
         ext.clone(),
         Arc::new(vec!["localhost".to_string()]),
         im.clone(),
+        Arc::new(Vec::new()),
     )
     .start();
     router

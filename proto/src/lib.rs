@@ -4,6 +4,7 @@
 //! behaviour can be tested byte-in/byte-out.
 #![forbid(unsafe_code)]
 
+pub mod blocklist;
 pub mod element;
 pub mod error;
 pub mod im;

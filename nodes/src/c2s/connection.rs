@@ -24,6 +24,7 @@ use super::session::{QueueWork, SendQueue, SessionActor};
 use super::transport::Transport;
 use crate::config::C2sSettings;
 use crate::ext::Extensions;
+use crate::im::messages::GetBlockList;
 use crate::router::messages::{BindRefused, RegisterSession};
 use crate::router::Router;
 use crate::tls::TlsContext;
@@ -400,6 +401,15 @@ impl Connection {
                 .negotiation
                 .bind_failed(iq_id, StanzaErrorCondition::BadRequest);
         };
+        let blocked = self
+            .ctx
+            .im
+            .for_user(&jid.to_bare())
+            .send(GetBlockList {
+                user: jid.to_bare(),
+            })
+            .await
+            .unwrap_or_default();
         let session_id = self.ctx.next_session_id.fetch_add(1, Ordering::Relaxed);
         let session = SessionActor::new(
             jid.clone(),
@@ -409,6 +419,7 @@ impl Connection {
             self.ctx.ext.clone(),
             self.ctx.domains.clone(),
             self.ctx.im.clone(),
+            Arc::new(blocked),
         )
         .start();
         let registered = self

@@ -23,3 +23,8 @@ pub struct Kick(pub StreamError);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ConnectionClosed;
+
+/// The account's blocklist (XEP-0191), enforced by the session in both directions.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetBlockList(pub std::sync::Arc<Vec<proto::jid::Jid>>);

@@ -13,7 +13,7 @@ use proto::jid::Jid;
 use proto::ns;
 use tokio::sync::Notify;
 
-use super::messages::{ConnectionClosed, Deliver, FromClient, Kick};
+use super::messages::{ConnectionClosed, Deliver, FromClient, Kick, SetBlockList};
 use crate::ext::{Extensions, IqOutcome, IqRequest};
 use crate::im::messages::{AccountIq, OutboundSubscription};
 use crate::im::RosterShards;
@@ -110,6 +110,8 @@ pub struct SessionActor {
     ext: Arc<Extensions>,
     domains: Arc<Vec<String>>,
     im: RosterShards,
+    /// The account's blocklist (XEP-0191), kept current by the router.
+    blocked: Arc<Vec<Jid>>,
 }
 
 impl SessionActor {
@@ -122,6 +124,7 @@ impl SessionActor {
         ext: Arc<Extensions>,
         domains: Arc<Vec<String>>,
         im: RosterShards,
+        blocked: Arc<Vec<Jid>>,
     ) -> SessionActor {
         SessionActor {
             jid,
@@ -131,6 +134,7 @@ impl SessionActor {
             ext,
             domains,
             im,
+            blocked,
         }
     }
 
@@ -243,6 +247,23 @@ impl Handler<FromClient> for SessionActor {
         };
         // RFC 6120 §8.1.2.1: the server stamps the full JID, whatever the client wrote.
         stanza.set_attr("from", self.jid.to_string());
+        if let Some(t) = &to {
+            if proto::blocklist::is_blocked(&self.blocked, t) {
+                // XEP-0191 §3.6: nothing goes to a contact the user blocks.
+                if stanza.name != "presence" && stanza.attr("type") != Some("error") {
+                    let mut reply =
+                        stanza_error_reply(&stanza, StanzaErrorCondition::NotAcceptable, None);
+                    if let Some(e) = reply.get_child_mut("error", ns::CLIENT) {
+                        e.children.push(proto::element::Node::Element(Element::new(
+                            "blocked",
+                            "urn:xmpp:blocking:errors",
+                        )));
+                    }
+                    self.send_to_client(&reply, ctx);
+                }
+                return;
+            }
+        }
         match stanza.name.as_str() {
             "iq" => {
                 if !Self::iq_is_well_formed(&stanza) {
@@ -331,7 +352,33 @@ impl SessionActor {
 impl Handler<Deliver> for SessionActor {
     type Result = ();
     fn handle(&mut self, Deliver(el): Deliver, ctx: &mut Context<Self>) {
+        let sender = el.attr("from").and_then(|f| Jid::parse(f).ok());
+        if let Some(sender) = sender.filter(|s| proto::blocklist::is_blocked(&self.blocked, s)) {
+            // XEP-0191 §3.5: a blocked sender's messages and requests are refused as if
+            // nobody were there; its presence is dropped.
+            let refuse = match (el.name.as_str(), el.attr("type")) {
+                ("message", Some("error")) | ("presence", _) => false,
+                ("iq", t) => matches!(t, Some("get") | Some("set")),
+                _ => true,
+            };
+            if refuse {
+                let reply = stanza_error_reply(&el, StanzaErrorCondition::ServiceUnavailable, None);
+                self.router.do_send(RouteStanza {
+                    from: self.jid.clone(),
+                    to: sender,
+                    stanza: reply,
+                });
+            }
+            return;
+        }
         self.send_to_client(&el, ctx);
+    }
+}
+
+impl Handler<SetBlockList> for SessionActor {
+    type Result = ();
+    fn handle(&mut self, SetBlockList(list): SetBlockList, _: &mut Context<Self>) {
+        self.blocked = list;
     }
 }
 

@@ -3,6 +3,7 @@
 //! `switchboard features` table are generated from the code rather than kept by hand.
 
 mod disco;
+mod last;
 mod ping;
 mod version;
 
@@ -52,6 +53,7 @@ impl Default for Extensions {
             handlers: vec![
                 Box::new(disco::DiscoInfo),
                 Box::new(disco::DiscoItems),
+                Box::new(last::Uptime::new()),
                 Box::new(ping::Ping),
                 Box::new(version::Version),
             ],
@@ -104,11 +106,14 @@ impl Extensions {
     /// Every specification implemented, core first.
     pub fn support_table(&self) -> Vec<Support> {
         let mut t: Vec<Support> = CORE_SUPPORT.to_vec();
-        for h in &self.handlers {
-            for s in h.supports() {
-                if !t.iter().any(|x| x.spec == s.spec) {
-                    t.push(*s);
-                }
+        let specs = self
+            .handlers
+            .iter()
+            .flat_map(|h| h.supports().iter())
+            .chain(crate::im::SUPPORT.iter());
+        for s in specs {
+            if !t.iter().any(|x| x.spec == s.spec) {
+                t.push(*s);
             }
         }
         t

@@ -54,6 +54,9 @@ pub struct PresenceBroadcast {
     pub initial: bool,
     /// The resource's priority (offline messages go only to non-negative ones).
     pub priority: i8,
+    /// Whether the account has an available resource once this presence is applied
+    /// (false: its last resource just went unavailable).
+    pub account_available: bool,
 }
 
 /// A message for an account with no resource to take it (XEP-0160).
@@ -62,4 +65,11 @@ pub struct PresenceBroadcast {
 pub struct StoreOffline {
     pub user: Jid,
     pub stanza: Element,
+}
+
+/// The account's blocklist, for a session that is being bound.
+#[derive(Message)]
+#[rtype(result = "Vec<Jid>")]
+pub struct GetBlockList {
+    pub user: Jid,
 }

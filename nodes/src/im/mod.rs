@@ -13,6 +13,7 @@ mod roster;
 mod subscription;
 mod vcard;
 
+use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -99,6 +100,8 @@ pub struct RosterActor {
     domains: Arc<Vec<String>>,
     /// Numbers the ids of roster pushes.
     push_seq: u64,
+    /// Accounts of this shard with an available resource (from `PresenceBroadcast`).
+    online: HashSet<Jid>,
 }
 
 impl RosterActor {
@@ -120,6 +123,7 @@ impl RosterActor {
             limits,
             domains,
             push_seq: 0,
+            online: HashSet::new(),
         }
     }
 }
@@ -157,7 +161,23 @@ pub fn handles(ns: &str) -> bool {
 }
 
 /// Disco features the IM layer adds to the server's.
-pub const FEATURES: &[&str] = &[];
+pub const FEATURES: &[&str] = &[NS_BLOCKING, NS_VCARD, NS_LAST];
+
+/// Specifications the IM layer implements, for the support table.
+pub const SUPPORT: &[crate::ext::Support] = &[
+    crate::ext::Support {
+        spec: "XEP-0012",
+        title: "Last Activity",
+    },
+    crate::ext::Support {
+        spec: "XEP-0049",
+        title: "Private XML Storage",
+    },
+    crate::ext::Support {
+        spec: "XEP-0054",
+        title: "vcard-temp",
+    },
+];
 
 impl RosterActor {
     fn account_iq(
@@ -219,5 +239,12 @@ impl Handler<StoreOffline> for RosterActor {
     type Result = Result<(), proto::error::StanzaErrorCondition>;
     fn handle(&mut self, msg: StoreOffline, _: &mut Context<Self>) -> Self::Result {
         self.store_offline(&msg.user, msg.stanza)
+    }
+}
+
+impl Handler<GetBlockList> for RosterActor {
+    type Result = MessageResult<GetBlockList>;
+    fn handle(&mut self, msg: GetBlockList, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.blocklist(&msg.user))
     }
 }

@@ -20,6 +20,11 @@ impl RosterActor {
         user: &Jid,
         mut stanza: Element,
     ) -> Result<(), StanzaErrorCondition> {
+        let sender = stanza.attr("from").and_then(|f| Jid::parse(f).ok());
+        if sender.is_some_and(|s| self.blocks(user, &s)) {
+            // XEP-0191 §3.5: refused as if the account could not take messages.
+            return Err(StanzaErrorCondition::ServiceUnavailable);
+        }
         stanza = stanza.with_child(
             Element::new("delay", NS_DELAY)
                 .with_attr("from", user.domain())

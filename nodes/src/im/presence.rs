@@ -21,10 +21,14 @@ impl RosterActor {
                 return;
             }
         };
+        let blocked = self.blocklist(&user);
         for item in items.iter().filter(|i| is_subscriber(i)) {
             let Ok(contact) = Jid::parse(&item.jid) else {
                 continue;
             };
+            if proto::blocklist::is_blocked(&blocked, &contact) {
+                continue;
+            }
             if !self.is_local_jid(&contact) {
                 // Federation does not exist yet; remote subscribers miss the update.
                 continue;

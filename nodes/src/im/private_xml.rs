@@ -1,18 +1,83 @@
 //! Private XML storage (XEP-0049): per-account, per-namespace XML only the account can read.
+//! The dispatcher refuses other users (`forbidden`, which §2.3 prefers).
 
 use proto::element::Element;
+use proto::error::StanzaErrorCondition as Cond;
 use proto::jid::Jid;
+use proto::ns;
 
+use super::roster::{error_for, result_for};
 use super::RosterActor;
 
 pub const NS_PRIVATE: &str = "jabber:iq:private";
+/// Largest element stored, serialised.
+const MAX_PRIVATE_BYTES: usize = 64 * 1024;
+
+/// §2.3: the stored fragment must be in a namespace of its own; these are not.
+fn is_storable_namespace(n: &str) -> bool {
+    !n.is_empty() && ![ns::CLIENT, ns::SERVER, NS_PRIVATE].contains(&n)
+}
 
 impl RosterActor {
-    pub(super) fn private_iq(&mut self, _from: &Jid, iq: &Element) -> Vec<Element> {
-        let _ = &self.private;
-        vec![super::roster::error_for(
-            iq,
-            proto::error::StanzaErrorCondition::FeatureNotImplemented,
-        )]
+    pub(super) fn private_iq(&mut self, from: &Jid, iq: &Element) -> Vec<Element> {
+        let user = from.to_bare().to_string();
+        let Some(query) = iq.get_child("query", NS_PRIVATE) else {
+            return vec![error_for(iq, Cond::BadRequest)];
+        };
+        let outcome = match iq.attr("type") {
+            Some("get") => self.private_get(&user, query).map(|q| result_for(iq, Some(q))),
+            Some("set") => self
+                .private_set(&user, query)
+                .map(|()| result_for(iq, None)),
+            _ => Err(Cond::BadRequest),
+        };
+        vec![outcome.unwrap_or_else(|cond| error_for(iq, cond))]
+    }
+
+    /// The children of the query, which must be at least one and all storable (§2.3,
+    /// "Not Acceptable").
+    fn fragments(query: &Element) -> Result<Vec<&Element>, Cond> {
+        let children: Vec<&Element> = query.children().collect();
+        if children.is_empty() || !children.iter().all(|c| is_storable_namespace(&c.ns)) {
+            return Err(Cond::NotAcceptable);
+        }
+        Ok(children)
+    }
+
+    /// Each requested element as stored, or as sent (empty) when nothing is stored.
+    fn private_get(&self, user: &str, query: &Element) -> Result<Element, Cond> {
+        let wanted = Self::fragments(query)?;
+        // §2.3: a get asks about one namespace.
+        if wanted.iter().any(|w| w.ns != wanted[0].ns) {
+            return Err(Cond::BadRequest);
+        }
+        let mut reply = Element::new("query", NS_PRIVATE);
+        for w in wanted {
+            let stored = self
+                .private
+                .get(user, &w.name, &w.ns)
+                .map_err(|_| Cond::InternalServerError)?;
+            let el = match stored {
+                Some(xml) => Element::parse(&xml).map_err(|_| Cond::InternalServerError)?,
+                None => Element::new(&w.name, &w.ns),
+            };
+            reply = reply.with_child(el);
+        }
+        Ok(reply)
+    }
+
+    /// Each child replaces what was stored under its name and namespace.
+    fn private_set(&mut self, user: &str, query: &Element) -> Result<(), Cond> {
+        let fragments = Self::fragments(query)?;
+        let xml: Vec<String> = fragments.iter().map(|f| f.to_xml_string()).collect();
+        if xml.iter().any(|x| x.len() > MAX_PRIVATE_BYTES) {
+            return Err(Cond::NotAcceptable);
+        }
+        for (f, x) in fragments.iter().zip(&xml) {
+            self.private
+                .put(user, &f.name, &f.ns, x)
+                .map_err(|_| Cond::InternalServerError)?;
+        }
+        Ok(())
     }
 }

@@ -56,7 +56,7 @@ fn removed_element(jid: &str) -> Element {
         .with_attr("subscription", "remove")
 }
 
-fn result_for(iq: &Element, payload: Option<Element>) -> Element {
+pub(super) fn result_for(iq: &Element, payload: Option<Element>) -> Element {
     let mut reply = Element::new("iq", ns::CLIENT)
         .with_attr("type", "result")
         .with_attr("id", iq.attr("id").unwrap_or_default());

@@ -116,6 +116,10 @@ impl RosterActor {
             mut stanza,
             sender_presence,
         } = msg;
+        if self.blocks(&user, &contact) {
+            // XEP-0191 §3.5: presence stanzas from a blocked contact go nowhere.
+            return;
+        }
         stanza.set_attr("from", contact.to_string());
         stanza.set_attr("to", user.to_string());
         if sender_presence == Some(PresenceToSend::Unavailable) {

@@ -1,18 +1,56 @@
 //! vcard-temp (XEP-0054): an account's vCard, set by the account, read by anyone.
 
 use proto::element::Element;
+use proto::error::StanzaErrorCondition as Cond;
 use proto::jid::Jid;
 
+use super::roster::{error_for, result_for};
 use super::RosterActor;
 
 pub const NS_VCARD: &str = "vcard-temp";
+/// Largest vCard stored, serialised (room for a small avatar; XEP-0153 asks for small ones).
+const MAX_VCARD_BYTES: usize = 64 * 1024;
 
 impl RosterActor {
-    pub(super) fn vcard_iq(&mut self, _from: &Jid, _to: &Jid, iq: &Element) -> Vec<Element> {
-        let _ = &self.vcards;
-        vec![super::roster::error_for(
-            iq,
-            proto::error::StanzaErrorCondition::FeatureNotImplemented,
-        )]
+    pub(super) fn vcard_iq(&mut self, from: &Jid, to: &Jid, iq: &Element) -> Vec<Element> {
+        let Some(vcard) = iq.get_child("vCard", NS_VCARD) else {
+            return vec![error_for(iq, Cond::BadRequest)];
+        };
+        let own = from.to_bare() == *to;
+        let outcome = match iq.attr("type") {
+            Some("get") => self.vcard_get(to, own).map(|v| result_for(iq, v)),
+            // §3.2: only the account changes its vCard.
+            Some("set") if !own => Err(Cond::Forbidden),
+            Some("set") => self.vcard_set(to, vcard).map(|()| result_for(iq, None)),
+            _ => Err(Cond::BadRequest),
+        };
+        vec![outcome.unwrap_or_else(|cond| error_for(iq, cond))]
+    }
+
+    fn vcard_get(&self, user: &Jid, own: bool) -> Result<Option<Element>, Cond> {
+        let stored = self
+            .vcards
+            .get(&user.to_string())
+            .map_err(|_| Cond::InternalServerError)?;
+        match stored {
+            Some(xml) => Element::parse(&xml)
+                .map(Some)
+                .map_err(|_| Cond::InternalServerError),
+            // §3.1: the account itself may get an empty vCard (or an error); §3.3: anyone
+            // else gets an error, which SHOULD be service-unavailable or item-not-found.
+            None if own => Ok(Some(Element::new("vCard", NS_VCARD))),
+            None => Err(Cond::ItemNotFound),
+        }
+    }
+
+    /// §3.2: the whole vCard is replaced.
+    fn vcard_set(&mut self, user: &Jid, vcard: &Element) -> Result<(), Cond> {
+        let xml = vcard.to_xml_string();
+        if xml.len() > MAX_VCARD_BYTES {
+            return Err(Cond::NotAcceptable);
+        }
+        self.vcards
+            .put(&user.to_string(), &xml)
+            .map_err(|_| Cond::InternalServerError)
     }
 }

@@ -109,3 +109,11 @@ pub struct SendUnavailableOf {
     pub contact: Jid,
     pub to: Jid,
 }
+
+/// `user`'s blocklist changed: its sessions enforce the new one.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BlockListChanged {
+    pub user: Jid,
+    pub list: std::sync::Arc<Vec<Jid>>,
+}

@@ -13,7 +13,7 @@ use proto::jid::Jid;
 use proto::ns;
 use storage::AccountStore;
 
-use crate::c2s::messages::{Deliver, Kick};
+use crate::c2s::messages::{Deliver, Kick, SetBlockList};
 use crate::c2s::session::SessionActor;
 use crate::config::ResourceConflict;
 use crate::im::messages::{AccountIq, InboundSubscription, PresenceBroadcast, StoreOffline};
@@ -371,11 +371,13 @@ impl Handler<UnregisterSession> for Router {
             // RFC 6121 §4.5.3.1 / abrupt disconnect: others learn the resource went away.
             let unavailable = Self::unavailable_from(&gone.jid);
             self.broadcast_own(&bare, &unavailable, None);
+            let account_available = self.available_resources(&bare).next().is_some();
             self.im.for_user(&bare).do_send(PresenceBroadcast {
                 from: gone.jid,
                 presence: unavailable,
                 initial: false,
                 priority: 0,
+                account_available,
             });
         }
     }
@@ -406,11 +408,13 @@ impl Handler<BroadcastPresence> for Router {
         let mut presence = msg.presence;
         presence.set_attr("from", me_jid.to_string());
         self.broadcast_own(&bare, &presence, sender.filter(|_| !available));
+        let account_available = self.available_resources(&bare).next().is_some();
         self.im.for_user(&bare).do_send(PresenceBroadcast {
             from: me_jid.clone(),
             presence,
             initial,
             priority,
+            account_available,
         });
         if initial {
             // The newcomer learns about the account's other available resources.
@@ -516,6 +520,15 @@ impl Handler<SendUnavailableOf> for Router {
             .collect();
         for p in gone {
             self.deliver_to_jid(&msg.to, p);
+        }
+    }
+}
+
+impl Handler<BlockListChanged> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: BlockListChanged, _: &mut Context<Self>) {
+        for r in self.sessions.get(&msg.user).into_iter().flatten() {
+            r.session.do_send(SetBlockList(msg.list.clone()));
         }
     }
 }
