@@ -403,7 +403,7 @@ mod tests {
         assert_eq!(r.get(user).unwrap(), (3, vec![item("a@x")]));
         assert_eq!(
             r.changes_since(user, 2).unwrap(),
-            Some((3, vec![RosterChange::Removed("b@x".into())]))
+            Some((3, vec![(3, RosterChange::Removed("b@x".into()))]))
         );
         assert_eq!(r.pending_in(user).unwrap().len(), 1);
         let o = store.offline().unwrap();
@@ -525,7 +525,7 @@ mod tests {
             0 => r.item(U, "z@x").unwrap().is_some() && r.version(U).unwrap() == 4,
             1 => {
                 r.changes_since(U, 3).unwrap()
-                    == Some((4, vec![RosterChange::Removed("a@x".into())]))
+                    == Some((4, vec![(4, RosterChange::Removed("a@x".into()))]))
                     && r.count(U).unwrap() == 0
             }
             2 => r.pending_in(U).unwrap().len() == 2,

@@ -40,6 +40,9 @@ pub struct RosterItem {
     pub approved: bool,
 }
 
+/// A change and the roster version it produced.
+pub type VersionedChange = (u64, RosterChange);
+
 /// One change reported by [`RosterStore::changes_since`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RosterChange {
@@ -338,7 +341,8 @@ impl RosterStore {
     }
 
     /// What changed after version `ver`, for a client that cached the roster at `ver`: the
-    /// current version and the changes, oldest first. `None` if `ver` is newer than the current
+    /// current version and the changes, oldest first, each with the version it was made at (an
+    /// interim push carries it, RFC 6121 §2.6.3). `None` if `ver` is newer than the current
     /// version or older than the oldest removal still remembered: send the full roster then.
     ///
     /// As with [`get`](Self::get), concurrent changes may be included beyond the version
@@ -347,7 +351,7 @@ impl RosterStore {
         &self,
         user: &str,
         ver: u64,
-    ) -> Result<Option<(u64, Vec<RosterChange>)>, StorageError> {
+    ) -> Result<Option<(u64, Vec<VersionedChange>)>, StorageError> {
         let pfx = prefix(user)?;
         let m = MetaRecord::read(&self.meta, user)?;
         if ver > m.ver || ver < m.floor {
@@ -374,7 +378,7 @@ impl RosterStore {
             return Ok(None);
         }
         changes.sort_by_key(|(v, _)| *v);
-        Ok(Some((m.ver, changes.into_iter().map(|(_, c)| c).collect())))
+        Ok(Some((m.ver, changes)))
     }
 
     /// Record an inbound subscription request until the user answers it, replacing an earlier
@@ -518,9 +522,9 @@ mod tests {
             Some((
                 5,
                 vec![
-                    RosterChange::Updated(c.clone()),
-                    RosterChange::Removed("a@x".into()),
-                    RosterChange::Updated(b2.clone()),
+                    (3, RosterChange::Updated(c.clone())),
+                    (4, RosterChange::Removed("a@x".into())),
+                    (5, RosterChange::Updated(b2.clone())),
                 ]
             ))
         );
@@ -529,14 +533,14 @@ mod tests {
             Some((
                 5,
                 vec![
-                    RosterChange::Removed("a@x".into()),
-                    RosterChange::Updated(b2.clone()),
+                    (4, RosterChange::Removed("a@x".into())),
+                    (5, RosterChange::Updated(b2.clone())),
                 ]
             ))
         );
         assert_eq!(
             r.changes_since(U, 4).unwrap(),
-            Some((5, vec![RosterChange::Updated(b2)]))
+            Some((5, vec![(5, RosterChange::Updated(b2))]))
         );
         assert_eq!(r.changes_since(U, 5).unwrap(), Some((5, vec![])));
         assert_eq!(r.changes_since(U, 6).unwrap(), None);
@@ -579,9 +583,9 @@ mod tests {
             Some((
                 10,
                 vec![
-                    RosterChange::Removed("c1@x".into()),
-                    RosterChange::Removed("c2@x".into()),
-                    RosterChange::Removed("c3@x".into()),
+                    (8, RosterChange::Removed("c1@x".into())),
+                    (9, RosterChange::Removed("c2@x".into())),
+                    (10, RosterChange::Removed("c3@x".into())),
                 ]
             ))
         );
@@ -701,7 +705,7 @@ mod tests {
         assert_eq!(r.get(U).unwrap(), (3, vec![a]));
         assert_eq!(
             r.changes_since(U, 2).unwrap(),
-            Some((3, vec![RosterChange::Removed("b@x".into())]))
+            Some((3, vec![(3, RosterChange::Removed("b@x".into()))]))
         );
         assert_eq!(r.pending_in(U).unwrap().len(), 1);
     }

@@ -171,6 +171,9 @@ class Server:
                 "(run `cargo build -p nodes` or set SWITCHBOARD_BIN)"
             )
         self._log = open(self.log_path, "ab")
+        # A restart starts a new process: forget how the previous one ended, or teardown
+        # would take this one for already stopped and leave it running.
+        self.exit_code = None
         self.proc = subprocess.Popen(
             [str(SWITCHBOARD_BIN), "run", "--config", str(self.config_path)],
             stdin=subprocess.DEVNULL,
@@ -242,6 +245,21 @@ class Server:
                     f"switchboard ({self.name}) exited with code {code} after SIGTERM, "
                     f"expected 0\n{self.log_tail()}"
                 )
+        finally:
+            if self in _LIVE_SERVERS:
+                _LIVE_SERVERS.remove(self)
+            self._log.close()
+
+    def kill9(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGKILL (no shutdown code runs at all) and wait for the process to go.
+
+        start() brings the node back on the same data dir and ports.  The exit is not
+        recorded in exit_code, so a node left dead makes the fixture's teardown fail:
+        restart it before the test ends."""
+        assert self.alive(), f"switchboard ({self.name}) was not running before SIGKILL"
+        self.proc.send_signal(signal.SIGKILL)
+        try:
+            self.proc.wait(timeout=timeout)
         finally:
             if self in _LIVE_SERVERS:
                 _LIVE_SERVERS.remove(self)

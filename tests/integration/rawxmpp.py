@@ -899,6 +899,55 @@ class XmppClient:
         """Drop the TCP connection without closing the stream."""
         self.io.abort()
 
+    # -- waiting for what may already have been passed over ---------------------
+
+    async def expect(
+        self,
+        pred: Callable[[ET.Element], bool],
+        timeout: float = DEFAULT_TIMEOUT,
+        what: str = "a matching element",
+    ) -> ET.Element:
+        """Like recv_match, but first takes the oldest match out of self.skipped (elements
+        an earlier wait passed over), so that the order in which unrelated stanzas arrive
+        does not matter."""
+        for i, el in enumerate(self.skipped):
+            if pred(el):
+                del self.skipped[i]
+                return el
+        return await self.recv_match(pred, timeout, what)
+
+    async def drain(self, seconds: float) -> list[ET.Element]:
+        """Everything passed over so far plus everything arriving within `seconds`, in
+        arrival order; self.skipped is emptied."""
+        got = self.skipped + await self.expect_silence(seconds)
+        self.skipped = []
+        return got
+
+    # -- rosters (RFC 6121 2) ---------------------------------------------------
+
+    async def roster_get(
+        self, ver: str | None = None, *, to: str | None = None, timeout: float = DEFAULT_TIMEOUT
+    ) -> ET.Element:
+        ver_attr = "" if ver is None else f" ver={quoteattr(ver)}"
+        return await self.iq(
+            f"<query xmlns='{NS_ROSTER}'{ver_attr}/>", type_="get", to=to, timeout=timeout
+        )
+
+    async def roster_set(
+        self, items_xml: str, *, to: str | None = None, timeout: float = DEFAULT_TIMEOUT
+    ) -> ET.Element:
+        return await self.iq(
+            f"<query xmlns='{NS_ROSTER}'>{items_xml}</query>", type_="set", to=to, timeout=timeout
+        )
+
+    async def roster(self, timeout: float = DEFAULT_TIMEOUT) -> tuple[str | None, dict]:
+        """(ver, {jid: item summary}) from a full roster get (ver='' asks for everything)."""
+        resp = await self.roster_get("", timeout=timeout)
+        query = resp.find(ROSTER_QUERY)
+        if resp.get("type") != "result" or query is None:
+            raise self._fail(f"roster get with ver='' did not return the roster: {xml_str(resp)}")
+        return query.get("ver"), {j: item_summary(i) for j, i in roster_items(query).items()}
+
 
 def make_ssl_context(cafile: str | None) -> ssl.SSLContext:
     """Verify the server against <data_dir>/tls/cert.pem (a self-signed leaf used as the
@@ -986,3 +1035,141 @@ async def login(
     if presence or priority is not None:
         await c.send_presence(priority)
     return c
+
+
+# ---------------------------------------------------------------------------
+# Instant messaging (RFC 6121 rosters, subscriptions and presence; XEP-0203)
+# ---------------------------------------------------------------------------
+
+NS_ROSTER = "jabber:iq:roster"
+NS_ROSTERVER = "urn:xmpp:features:rosterver"
+NS_PREAPPROVAL = "urn:xmpp:features:pre-approval"
+NS_DELAY = "urn:xmpp:delay"
+ROSTER_QUERY = f"{{{NS_ROSTER}}}query"
+ROSTER_ITEM = f"{{{NS_ROSTER}}}item"
+ROSTER_GROUP = f"{{{NS_ROSTER}}}group"
+
+ANY = object()  # "any value" in the predicates below; None there means "attribute absent"
+
+
+def bare(jid: str) -> str:
+    return jid.split("/", 1)[0]
+
+
+def roster_item_xml(
+    jid: str,
+    *,
+    name: str | None = None,
+    groups=(),
+    subscription: str | None = None,
+    extra_attrs: str = "",
+) -> str:
+    attrs = f"jid={quoteattr(jid)}"
+    if name is not None:
+        attrs += f" name={quoteattr(name)}"
+    if subscription is not None:
+        attrs += f" subscription={quoteattr(subscription)}"
+    inner = "".join(f"<group>{escape(g)}</group>" for g in groups)
+    return f"<item {attrs}{extra_attrs}>{inner}</item>"
+
+
+def roster_items(el: ET.Element) -> dict[str, ET.Element]:
+    """{jid: <item/>} of a roster <query/>, or of the <query/> inside an <iq/>."""
+    query = el if el.tag == ROSTER_QUERY else el.find(ROSTER_QUERY)
+    if query is None:
+        return {}
+    return {i.get("jid"): i for i in query.findall(ROSTER_ITEM)}
+
+
+def item_summary(item: ET.Element) -> dict:
+    """The meaning of a roster item (RFC 6121 2.1.2: no 'subscription' means 'none', no
+    'approved' means false)."""
+    return {
+        "name": item.get("name"),
+        "subscription": item.get("subscription", "none"),
+        "ask": item.get("ask"),
+        "approved": item.get("approved") in ("true", "1"),
+        "groups": sorted(g.text or "" for g in item.findall(ROSTER_GROUP)),
+    }
+
+
+def _attr_ok(value, wanted) -> bool:
+    if wanted is ANY:
+        return True
+    if isinstance(wanted, (tuple, set, frozenset, list)):
+        return value in wanted
+    return value == wanted
+
+
+def is_roster_push(jid: str, *, subscription=ANY, ask=ANY, approved=ANY, name=ANY):
+    """An <iq type='set'/> roster push carrying an item for `jid` with these attributes
+    (subscription 'none' also matches an absent attribute; approved True/False)."""
+
+    def pred(e: ET.Element) -> bool:
+        if e.tag != q("iq") or e.get("type") != "set":
+            return False
+        item = roster_items(e).get(jid)
+        if item is None:
+            return False
+        s = item_summary(item)
+        sub = item.get("subscription", "none")
+        return (
+            _attr_ok(sub, subscription)
+            and _attr_ok(s["ask"], ask)
+            and _attr_ok(s["approved"], approved)
+            and _attr_ok(s["name"], name)
+        )
+
+    return pred
+
+
+def is_presence(from_: str, type_: str | None = None):
+    """Presence from exactly `from_` (bare or full) with this type (None: available)."""
+    return lambda e: e.tag == q("presence") and e.get("from") == from_ and e.get("type") == type_
+
+
+def is_message(id_: str):
+    return lambda e: e.tag == q("message") and e.get("id") == id_
+
+
+async def online(
+    server,
+    account,
+    resource: str,
+    *,
+    priority: int | None = None,
+    status: str | None = None,
+    roster: bool = True,
+    label: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> XmppClient:
+    """login() + roster get (an "interested resource", RFC 6121 2.2) + initial presence,
+    and wait until the server reflected that presence to the resource itself (4.2.2)."""
+    c = await login(server, account, resource=resource, label=label, timeout=timeout)
+    if roster:
+        resp = await c.roster_get(timeout=timeout)
+        if resp.get("type") != "result":
+            raise c._fail(f"roster get failed: {xml_str(resp)}")
+    extra = f"<status>{escape(status)}</status>" if status is not None else ""
+    await c.send_presence(priority, extra)
+    await c.expect(is_presence(c.jid), timeout, "its own initial presence, reflected")
+    return c
+
+
+def is_sub(from_bare: str, type_: str):
+    """A subscription stanza of this type from exactly this bare JID (RFC 6121 3.1.2: the
+    server stamps the user's bare JID)."""
+    return lambda e: e.tag == q("presence") and e.get("type") == type_ and e.get("from") == from_bare
+
+
+async def subscribe(ca: XmppClient, cb: XmppClient) -> None:
+    """ca subscribes to cb's presence and cb approves; waits for both roster pushes.
+    Both must be interested and available (see online())."""
+    a, b = bare(ca.jid), bare(cb.jid)
+    await ca.send(f"<presence to='{b}' type='subscribe'/>")
+    await cb.expect(is_sub(a, "subscribe"), what=f"the subscription request from {a}")
+    await cb.send(f"<presence to='{a}' type='subscribed'/>")
+    await ca.expect(is_roster_push(b, subscription=("to", "both"), ask=None),
+                    what=f"the push of {b} with subscription to/both")
+    await cb.expect(is_roster_push(a, subscription=("from", "both")),
+                    what=f"the push of {a} with subscription from/both")

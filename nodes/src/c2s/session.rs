@@ -248,7 +248,7 @@ impl Handler<FromClient> for SessionActor {
         // RFC 6120 §8.1.2.1: the server stamps the full JID, whatever the client wrote.
         stanza.set_attr("from", self.jid.to_string());
         if let Some(t) = &to {
-            if proto::blocklist::is_blocked(&self.blocked, t) {
+            if self.is_blocked(t) {
                 // XEP-0191 §3.6: nothing goes to a contact the user blocks.
                 if stanza.name != "presence" && stanza.attr("type") != Some("error") {
                     let mut reply =
@@ -344,6 +344,18 @@ impl Handler<FromClient> for SessionActor {
 }
 
 impl SessionActor {
+    /// Whether the blocklist covers `peer`. The user's own account and the server itself
+    /// are never blocked: a domain entry for the home server must not cut off its IQs.
+    fn is_blocked(&self, peer: &Jid) -> bool {
+        if self.blocked.is_empty() || peer.to_bare() == self.jid.to_bare() {
+            return false;
+        }
+        if peer.local().is_none() && self.is_served(peer) {
+            return false;
+        }
+        proto::blocklist::is_blocked(&self.blocked, peer)
+    }
+
     fn is_served(&self, domain: &Jid) -> bool {
         self.domains.iter().any(|d| d == domain.domain())
     }
@@ -353,7 +365,7 @@ impl Handler<Deliver> for SessionActor {
     type Result = ();
     fn handle(&mut self, Deliver(el): Deliver, ctx: &mut Context<Self>) {
         let sender = el.attr("from").and_then(|f| Jid::parse(f).ok());
-        if let Some(sender) = sender.filter(|s| proto::blocklist::is_blocked(&self.blocked, s)) {
+        if let Some(sender) = sender.filter(|s| self.is_blocked(s)) {
             // XEP-0191 §3.5: a blocked sender's messages and requests are refused as if
             // nobody were there; its presence is dropped.
             let refuse = match (el.name.as_str(), el.attr("type")) {

@@ -14,7 +14,7 @@ use proto::ns;
 use super::roster::{error_for, result_for};
 use super::subscription::is_subscriber;
 use super::RosterActor;
-use crate::router::messages::{BlockListChanged, PushToUser, SendPresenceOf, SendUnavailableOf};
+use crate::router::messages::{BlockListChanged, SendPresenceOf, SendUnavailableOf};
 
 pub const NS_BLOCKING: &str = "urn:xmpp:blocking";
 
@@ -142,10 +142,7 @@ impl RosterActor {
             user: user.clone(),
             list: Arc::new(self.blocklist(user)),
         });
-        self.router.do_send(PushToUser {
-            user: user.clone(),
-            stanza: push,
-        });
+        self.push_to_user(user, push);
     }
 }
 

@@ -100,6 +100,10 @@ pub struct RosterActor {
     domains: Arc<Vec<String>>,
     /// Numbers the ids of roster pushes.
     push_seq: u64,
+    /// While an account IQ is handled: its sender, and the pushes it caused for that sender
+    /// (they follow the reply instead of racing it through the router).
+    requester: Option<Jid>,
+    requester_pushes: Vec<proto::element::Element>,
     /// Accounts of this shard with an available resource (from `PresenceBroadcast`).
     online: HashSet<Jid>,
 }
@@ -123,6 +127,8 @@ impl RosterActor {
             limits,
             domains,
             push_seq: 0,
+            requester: None,
+            requester_pushes: Vec::new(),
             online: HashSet::new(),
         }
     }
@@ -187,11 +193,19 @@ impl RosterActor {
         iq: &proto::element::Element,
     ) -> Vec<proto::element::Element> {
         let own = from.to_bare() == *to;
+        if !own && self.blocks(to, from) {
+            // XEP-0191 §3.5: a blocked user learns nothing about the account.
+            let mut reply =
+                roster::error_for(iq, proto::error::StanzaErrorCondition::ServiceUnavailable);
+            reply.set_attr("from", to.to_string());
+            return vec![reply];
+        }
         let ns = iq
             .children()
             .next()
             .map(|p| p.ns.as_str())
             .unwrap_or_default();
+        self.requester = Some(from.clone());
         let mut replies = match ns {
             // RFC 6121 §2.1.5: only the account itself manages its roster.
             NS_ROSTER if own => self.roster_iq(from, iq),
@@ -210,7 +224,23 @@ impl RosterActor {
                 r.set_attr("from", to.to_string());
             }
         }
+        self.requester = None;
+        replies.append(&mut self.requester_pushes);
         replies
+    }
+
+    /// Send `stanza` (a roster or blocklist push) to every resource of `user`; the resource
+    /// whose request caused it gets it right after its reply.
+    fn push_to_user(&mut self, user: &Jid, stanza: proto::element::Element) {
+        let except = self.requester.clone().filter(|r| r.to_bare() == *user);
+        if except.is_some() {
+            self.requester_pushes.push(stanza.clone());
+        }
+        self.router.do_send(crate::router::messages::PushToUser {
+            user: user.clone(),
+            stanza,
+            except,
+        });
     }
 }
 

@@ -14,6 +14,7 @@ impl RosterActor {
     pub(super) fn presence_broadcast(&mut self, msg: PresenceBroadcast) {
         let user = msg.from.to_bare();
         let key = user.to_string();
+        self.note_availability(&user, &msg.presence, msg.account_available);
         let items = match self.rosters.get(&key) {
             Ok((_, items)) => items,
             Err(e) => {
@@ -41,6 +42,11 @@ impl RosterActor {
             });
         }
         if !msg.initial {
+            // A resource that raises its priority to non-negative can now take stored
+            // messages (the queue is usually empty: one prefix scan).
+            if msg.presence.attr("type").is_none() && msg.priority >= 0 {
+                self.deliver_offline(&user, &msg.from);
+            }
             return;
         }
         // RFC 6121 §4.2.2: probe the contacts the user is subscribed to. Local contacts'
@@ -65,6 +71,8 @@ impl RosterActor {
                 }
             }
         }
+        // XEP-0160 §3: stored messages go to the first resource that is available with a
+        // non-negative priority (see below for a resource that raises its priority).
         if msg.priority >= 0 {
             self.deliver_offline(&user, &msg.from);
         }

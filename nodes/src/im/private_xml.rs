@@ -25,7 +25,9 @@ impl RosterActor {
             return vec![error_for(iq, Cond::BadRequest)];
         };
         let outcome = match iq.attr("type") {
-            Some("get") => self.private_get(&user, query).map(|q| result_for(iq, Some(q))),
+            Some("get") => self
+                .private_get(&user, query)
+                .map(|q| result_for(iq, Some(q))),
             Some("set") => self
                 .private_set(&user, query)
                 .map(|()| result_for(iq, None)),
@@ -79,5 +81,39 @@ impl RosterActor {
                 .map_err(|_| Cond::InternalServerError)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(inner: &str) -> Element {
+        Element::parse(&format!("<query xmlns='{NS_PRIVATE}'>{inner}</query>")).unwrap()
+    }
+
+    #[test]
+    fn fragments_need_a_namespace_of_their_own() {
+        for bad in [
+            "",
+            "<exodus/>",
+            "<x xmlns='jabber:client'/>",
+            "<x xmlns='jabber:server'/>",
+            "<a xmlns='urn:a'/><b/>",
+        ] {
+            let q = query(bad);
+            assert_eq!(
+                RosterActor::fragments(&q),
+                Err(Cond::NotAcceptable),
+                "{bad}"
+            );
+        }
+        let q = query("<a xmlns='urn:a'/>text<b xmlns='urn:b'/>");
+        let names: Vec<_> = RosterActor::fragments(&q)
+            .unwrap()
+            .iter()
+            .map(|f| (f.name.as_str(), f.ns.as_str()))
+            .collect();
+        assert_eq!(names, [("a", "urn:a"), ("b", "urn:b")]);
     }
 }

@@ -8,7 +8,6 @@ use proto::ns;
 use storage::rosters::{RosterChange, RosterItem};
 
 use super::RosterActor;
-use crate::router::messages::PushToUser;
 
 pub const NS_ROSTER: &str = "jabber:iq:roster";
 /// Longest item name or group name accepted.
@@ -98,18 +97,20 @@ impl RosterActor {
         if let Some(ver) = query.attr("ver").and_then(|v| v.parse::<u64>().ok()) {
             // RFC 6121 §2.6.3: an up-to-date cache gets an empty result; a stale one the
             // missed changes as pushes, when we still know them.
-            if let Some((current, changes)) = self
+            if let Some((_, changes)) = self
                 .rosters
                 .changes_since(&key, ver)
                 .map_err(|_| Cond::InternalServerError)?
             {
                 let mut out = vec![result_for(iq, None)];
-                for change in changes {
+                // Each interim push carries the version of its own change, so a client that
+                // drops off midway resumes from the last one it applied.
+                for (version, change) in changes {
                     let item = match &change {
                         RosterChange::Updated(i) => item_element(i),
                         RosterChange::Removed(jid) => removed_element(jid),
                     };
-                    out.push(self.push_stanza(item, current));
+                    out.push(self.push_stanza(item, version));
                 }
                 return Ok(out);
             }
@@ -140,10 +141,10 @@ impl RosterActor {
             .and_then(|j| Jid::parse(j).map_err(|_| Cond::JidMalformed))?;
         let contact_key = contact.to_string();
         let key = user.to_string();
-        match item.attr("subscription") {
-            None => {}
-            Some("remove") => return self.roster_remove(user, &contact),
-            Some(_) => return Err(Cond::BadRequest),
+        // RFC 6121 §2.1.2.5: in a roster set the server MUST ignore every 'subscription'
+        // value other than "remove" (the client cannot set subscription states).
+        if item.attr("subscription") == Some("remove") {
+            return self.roster_remove(user, &contact);
         }
         let name = item
             .attr("name")
@@ -264,9 +265,6 @@ impl RosterActor {
     /// Send a roster push to every resource of `user` (RFC 6121 §2.1.6).
     pub(super) fn push(&mut self, user: &Jid, item: Element, version: u64) {
         let stanza = self.push_stanza(item, version);
-        self.router.do_send(PushToUser {
-            user: user.clone(),
-            stanza,
-        });
+        self.push_to_user(user, stanza);
     }
 }

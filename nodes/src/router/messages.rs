@@ -91,6 +91,9 @@ pub struct DeliverToResource {
 pub struct PushToUser {
     pub user: Jid,
     pub stanza: Element,
+    /// A resource that gets this push with the reply to its own request instead, so that
+    /// it sees the result first.
+    pub except: Option<Jid>,
 }
 
 /// Send the current presence of each available resource of `contact` (a bare JID) to `to`

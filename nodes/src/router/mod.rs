@@ -338,7 +338,17 @@ impl Handler<RegisterSession> for Router {
                     "replaced by a new session for the same resource",
                 )));
                 if old.presence.is_some() {
-                    self.broadcast_own(&bare, &Self::unavailable_from(&old.jid), None);
+                    // The replaced session went unavailable, for contacts too.
+                    let unavailable = Self::unavailable_from(&old.jid);
+                    self.broadcast_own(&bare, &unavailable, None);
+                    let account_available = self.available_resources(&bare).next().is_some();
+                    self.im.for_user(&bare).do_send(PresenceBroadcast {
+                        from: old.jid,
+                        presence: unavailable,
+                        initial: false,
+                        priority: 0,
+                        account_available,
+                    });
                 }
             }
         }
@@ -492,7 +502,8 @@ impl Handler<DeliverToResource> for Router {
 impl Handler<PushToUser> for Router {
     type Result = ();
     fn handle(&mut self, msg: PushToUser, _: &mut Context<Self>) {
-        for r in self.sessions.get(&msg.user).into_iter().flatten() {
+        let targets = self.sessions.get(&msg.user).into_iter().flatten();
+        for r in targets.filter(|r| msg.except.as_ref() != Some(&r.jid)) {
             Self::deliver(r, msg.stanza.clone());
         }
     }
