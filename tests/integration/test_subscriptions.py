@@ -181,6 +181,84 @@ async def test_preapproval_then_request_is_approved_without_asking_the_contact(s
         await close_all(ca, cb)
 
 
+async def test_preapproval_can_be_withdrawn(server):
+    """RFC 6121 3.2.2 (2): 'unsubscribed' to a pre-approved user removes the pre-approval and
+    is not routed; A's later request goes to B as usual."""
+    a, b = server.account(), server.account()
+    ca = await online(server, a, "a")
+    cb = await online(server, b, "b")
+    try:
+        await cb.send(f"<presence to='{a.jid}' type='subscribed'/>")
+        await cb.expect(is_roster_push(a.jid, approved=True), what="B: approved='true'")
+        await cb.send(f"<presence to='{a.jid}' type='unsubscribed'/>")
+        await cb.expect(is_roster_push(a.jid, approved=False), what="B: pre-approval withdrawn")
+        assert not (await roster_of(cb)).get(a.jid, {}).get("approved"), "still pre-approved"
+        stray = [e for e in await ca.drain(0.3) if e.tag == q("presence") and e.get("type")]
+        assert not stray, f"routed to A: {xml_str(stray[0])}"
+        await ca.send(f"<presence to='{b.jid}' type='subscribe'/>")
+        await cb.expect(is_sub(a.jid, "subscribe"), what="A's request, no longer pre-approved")
+        assert (await roster_of(ca))[b.jid]["subscription"] == "none"
+    finally:
+        await close_all(ca, cb)
+
+
+async def test_roster_set_keeps_the_subscription_state(server):
+    """RFC 6121 2.4: a roster set changes name and groups, never the subscription."""
+    a, b = server.account(), server.account()
+    ca = await online(server, a, "a")
+    ca2 = await online(server, a, "a2")
+    cb = await online(server, b, "b")
+    try:
+        await subscribe(ca, cb)
+        resp = await ca.roster_set(roster_item_xml(b.jid, name="Bee", groups=["Friends"]))
+        assert resp.get("type") == "result", xml_str(resp)
+        for c in (ca, ca2):
+            await c.expect(is_roster_push(b.jid, subscription="to", ask=None, name="Bee"),
+                           what=f"the push of the renamed 'to' item on {c.label}")
+        assert (await roster_of(ca2))[b.jid] == {
+            "name": "Bee", "subscription": "to", "ask": None, "approved": False,
+            "groups": ["Friends"]}
+        ca.skipped.clear()
+        await cb.send("<presence><status>still subscribed</status></presence>")
+        got = await ca.expect(is_presence(cb.jid), what="B's presence after the rename")
+        assert got.findtext(q("status")) == "still subscribed", xml_str(got)
+    finally:
+        await close_all(ca, ca2, cb)
+
+
+async def test_state_changes_while_the_other_party_is_offline(server):
+    """An approval that arrives while the requester is offline, and an unsubscribe that
+    arrives while the contact is offline, are both in the roster at the next login."""
+    a, b = server.account(), server.account()
+    ca = await online(server, a, "a")
+    cb = await online(server, b, "b", status="B online")
+    try:
+        await ca.send(f"<presence to='{b.jid}' type='subscribe'/>")
+        await cb.expect(is_sub(a.jid, "subscribe"), what="the request")
+        await ca.expect(is_roster_push(b.jid, ask="subscribe"), what="A: ask")
+        await ca.close()
+        await cb.send(f"<presence to='{a.jid}' type='subscribed'/>")
+        await cb.expect(is_roster_push(a.jid, subscription="from"), what="B: from")
+        ca = await login(server, a, resource="back")
+        assert (await roster_of(ca))[b.jid] == {
+            "name": None, "subscription": "to", "ask": None, "approved": False, "groups": []}
+        await ca.send_presence()
+        got = await ca.expect(is_presence(cb.jid), what="B's presence (probe at login)")
+        assert got.findtext(q("status")) == "B online", xml_str(got)
+
+        await cb.close()
+        await ca.send(f"<presence to='{b.jid}' type='unsubscribe'/>")
+        await ca.expect(is_roster_push(b.jid, subscription="none", ask=None), what="A: none")
+        await ca.barrier()
+        cb = await login(server, b, resource="b-back")
+        view = (await roster_of(cb)).get(a.jid)
+        assert view is not None and view["subscription"] == "none", (
+            f"B's roster after A unsubscribed while B was offline: {view}"
+        )
+    finally:
+        await close_all(ca, cb)
+
+
 async def test_denied_request(server):
     a, b = server.account(), server.account()
     ca = await online(server, a, "a")
@@ -333,6 +411,9 @@ async def test_request_to_offline_account_is_delivered_at_every_login_until_answ
 
 
 async def test_subscribe_to_oneself_is_refused(server):
+    """RFC 6121 does not define self-subscription; this server refuses it with
+    <bad-request/> (an account always gets its own presence, RFC 6121 4.2.2) and must not
+    leave a roster item behind."""
     a = server.account()
     ca = await online(server, a, "self")
     try:
