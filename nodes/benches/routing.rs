@@ -11,6 +11,7 @@ use nodes::c2s::messages::FromClient;
 use nodes::c2s::session::{QueueWork, SendQueue, SessionActor};
 use nodes::config::ResourceConflict;
 use nodes::ext::Extensions;
+use nodes::im::messages::Filters;
 use nodes::im::{ImLimits, ImStores, RosterActor, RosterShards};
 use nodes::router::messages::RegisterSession;
 use nodes::router::Router;
@@ -40,7 +41,7 @@ async fn session(
         ext.clone(),
         Arc::new(vec!["localhost".to_string()]),
         im.clone(),
-        Arc::new(Vec::new()),
+        Filters::default(),
     )
     .start();
     router

@@ -11,5 +11,6 @@ pub mod im;
 pub mod jid;
 pub mod negotiation;
 pub mod ns;
+pub mod privacy;
 pub mod sasl;
 pub mod stream;

@@ -235,3 +235,21 @@ async def test_disco_advertises_blocking(server):
         assert NS_BLOCKING in features, xml_str(resp)
     finally:
         await ca.close()
+
+
+async def test_blocked_subscriber_gets_no_presence_when_it_logs_in(server):
+    a, b = server.account(), server.account()
+    ca = await login(server, a, resource="r", presence=True)
+    cb = await login(server, b, resource="r", presence=True)
+    try:
+        await subscribe_both(ca, cb)
+        await ca.iq(f"<block xmlns='{NS_BLOCKING}'><item jid='{b.jid}'/></block>", type_="set")
+        await ca.barrier()
+        await cb.close()
+        # b's probe at login is answered without a's presence (XEP-0191 §3.3).
+        cb = await login(server, b, resource="r", presence=True)
+        leaked = [e for e in await cb.expect_silence(0.7) if e.get("from") == ca.jid]
+        assert leaked == [], [xml_str(e) for e in leaked]
+    finally:
+        await ca.close()
+        await cb.close()

@@ -24,8 +24,8 @@ use super::session::{QueueWork, SendQueue, SessionActor};
 use super::transport::Transport;
 use crate::config::C2sSettings;
 use crate::ext::Extensions;
-use crate::im::messages::GetBlockList;
-use crate::router::messages::{BindRefused, RegisterSession};
+use crate::im::messages::GetFilters;
+use crate::router::messages::{BindRefused, RegisterSession, UnregisterSession};
 use crate::router::Router;
 use crate::tls::TlsContext;
 
@@ -91,6 +91,8 @@ struct Connection {
     reader: StreamReader,
     transport: Transport,
     session: Option<Addr<SessionActor>>,
+    /// The bound JID and session id, to unregister before a graceful close.
+    bound: Option<(Jid, u64)>,
     queue: Rc<SendQueue>,
 }
 
@@ -134,6 +136,7 @@ pub async fn serve(
         reader: StreamReader::new(ctx.limits(), proto::ns::CLIENT),
         transport,
         session: None,
+        bound: None,
         queue: SendQueue::new(ctx.settings.send_queue_max_bytes),
         ctx,
     };
@@ -325,7 +328,17 @@ impl Connection {
                 StreamEvent::Header(h) => self.negotiation.on_header(&h, &new_stream_id(), auth),
                 StreamEvent::Element(el, _) => self.negotiation.on_element(el, auth),
                 StreamEvent::Keepalive => Vec::new(),
-                StreamEvent::Close => self.negotiation.on_close(),
+                StreamEvent::Close => {
+                    // Leave the routing table before answering: once the client sees our
+                    // closing tag, messages for it are stored offline, not sent to a stream
+                    // that is going away.
+                    if let Some((jid, session_id)) = self.bound.take() {
+                        let _ =
+                            Box::pin(self.ctx.router.send(UnregisterSession { jid, session_id }))
+                                .await;
+                    }
+                    self.negotiation.on_close()
+                }
             };
             if !self.perform(actions).await? {
                 return Ok(false);
@@ -401,11 +414,11 @@ impl Connection {
                 .negotiation
                 .bind_failed(iq_id, StanzaErrorCondition::BadRequest);
         };
-        let blocked = self
+        let filters = self
             .ctx
             .im
             .for_user(&jid.to_bare())
-            .send(GetBlockList {
+            .send(GetFilters {
                 user: jid.to_bare(),
             })
             .await
@@ -419,7 +432,7 @@ impl Connection {
             self.ctx.ext.clone(),
             self.ctx.domains.clone(),
             self.ctx.im.clone(),
-            Arc::new(blocked),
+            filters,
         )
         .start();
         let registered = self
@@ -434,6 +447,7 @@ impl Connection {
         match registered {
             Ok(Ok(())) => {
                 self.session = Some(session);
+                self.bound = Some((jid.clone(), session_id));
                 tracing::info!(%jid, "session bound");
                 self.negotiation.bound(iq_id, &jid.to_string())
             }

@@ -28,3 +28,18 @@ pub struct ConnectionClosed;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SetBlockList(pub std::sync::Arc<Vec<proto::jid::Jid>>);
+
+/// Send the session's current presence to `to` (an answer to a probe, or presence a
+/// subscription change implies), unless the session's blocklist or privacy list withholds it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendOwnPresence {
+    pub to: proto::jid::Jid,
+    pub presence: Element,
+}
+
+/// The account's compiled privacy lists (XEP-0016); the session applies its active list or
+/// the default.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetPrivacy(pub std::sync::Arc<crate::im::PrivacyLists>);

@@ -13,13 +13,18 @@ use proto::jid::Jid;
 use proto::ns;
 use tokio::sync::Notify;
 
-use super::messages::{ConnectionClosed, Deliver, FromClient, Kick, SetBlockList};
+use super::messages::{
+    ConnectionClosed, Deliver, FromClient, Kick, SendOwnPresence, SetBlockList, SetPrivacy,
+};
 use crate::ext::{Extensions, IqOutcome, IqRequest};
-use crate::im::messages::{AccountIq, OutboundSubscription};
-use crate::im::RosterShards;
-use crate::router::messages::{BroadcastPresence, RouteStanza, UnregisterSession};
+use crate::im::messages::{AccountIq, Filters, OutboundSubscription};
+use crate::im::{PrivacyLists, RosterShards, NS_PRIVACY};
+use crate::router::messages::{
+    BroadcastPresence, DeliverToAvailable, DeliverToResource, RouteStanza, UnregisterSession,
+};
 use crate::router::Router;
 use proto::im::SubscriptionKind;
+use proto::privacy::StanzaKind;
 
 /// What the SessionActor has for its client and the I/O task has yet to write: one byte
 /// buffer shared by the two (they run on the same worker thread). Stanzas are serialised
@@ -112,6 +117,49 @@ pub struct SessionActor {
     im: RosterShards,
     /// The account's blocklist (XEP-0191), kept current by the router.
     blocked: Arc<Vec<Jid>>,
+    /// The account's privacy lists (XEP-0016), kept current by the router.
+    privacy: Arc<PrivacyLists>,
+    /// The list this session made active (XEP-0016 §2.4); without one the default applies.
+    active: Option<String>,
+}
+
+/// What a successful privacy IQ changes in the session's own state.
+enum PrivacyEffect {
+    Activate(Option<String>),
+    Removed(String),
+}
+
+impl PrivacyEffect {
+    fn of(iq: &Element) -> Option<PrivacyEffect> {
+        if iq.attr("type") != Some("set") {
+            return None;
+        }
+        let query = iq.get_child("query", NS_PRIVACY)?;
+        let mut children = query.children();
+        let (Some(one), None) = (children.next(), children.next()) else {
+            return None;
+        };
+        if one.is("active", NS_PRIVACY) {
+            Some(PrivacyEffect::Activate(
+                one.attr("name").map(str::to_string),
+            ))
+        } else if one.is("list", NS_PRIVACY) && one.children().next().is_none() {
+            Some(PrivacyEffect::Removed(one.attr("name")?.to_string()))
+        } else {
+            None
+        }
+    }
+
+    fn apply(self, active: &mut Option<String>) {
+        match self {
+            PrivacyEffect::Activate(name) => *active = name,
+            PrivacyEffect::Removed(name) => {
+                if active.as_deref() == Some(name.as_str()) {
+                    *active = None;
+                }
+            }
+        }
+    }
 }
 
 impl SessionActor {
@@ -124,7 +172,7 @@ impl SessionActor {
         ext: Arc<Extensions>,
         domains: Arc<Vec<String>>,
         im: RosterShards,
-        blocked: Arc<Vec<Jid>>,
+        filters: Filters,
     ) -> SessionActor {
         SessionActor {
             jid,
@@ -134,7 +182,9 @@ impl SessionActor {
             ext,
             domains,
             im,
-            blocked,
+            blocked: Arc::new(filters.blocked),
+            privacy: filters.privacy,
+            active: None,
         }
     }
 
@@ -178,6 +228,7 @@ impl SessionActor {
             return self.reply_error(iq, StanzaErrorCondition::BadRequest, ctx);
         };
         if to.local().is_some() && crate::im::handles(&payload.ns) {
+            let mut effect = PrivacyEffect::of(iq);
             let request = self.im.for_user(to).send(AccountIq {
                 from: self.jid.clone(),
                 to: to.clone(),
@@ -186,9 +237,14 @@ impl SessionActor {
             ctx.spawn(
                 request
                     .into_actor(self)
-                    .map(|replies, session, ctx| match replies {
+                    .map(move |replies, session, ctx| match replies {
                         Ok(replies) => {
                             for mut reply in replies {
+                                if reply.attr("type") == Some("result") {
+                                    if let Some(e) = effect.take() {
+                                        e.apply(&mut session.active);
+                                    }
+                                }
                                 reply.set_attr("to", session.jid.to_string());
                                 session.send_to_client(&reply, ctx);
                             }
@@ -262,6 +318,14 @@ impl Handler<FromClient> for SessionActor {
                     self.send_to_client(&reply, ctx);
                 }
                 return;
+            }
+            let kind = match (stanza.name.as_str(), stanza.attr("type")) {
+                ("presence", None | Some("unavailable")) => StanzaKind::PresenceOut,
+                _ => StanzaKind::Other,
+            };
+            if !self.privacy_allows(kind, t) {
+                // XEP-0016: a stanza the user's own list denies is refused with not-acceptable.
+                return self.reply_error(&stanza, StanzaErrorCondition::NotAcceptable, ctx);
             }
         }
         match stanza.name.as_str() {
@@ -356,6 +420,19 @@ impl SessionActor {
         proto::blocklist::is_blocked(&self.blocked, peer)
     }
 
+    /// Whether the privacy list in force lets `kind` pass with `peer` (the same exceptions
+    /// as the blocklist).
+    fn privacy_allows(&self, kind: StanzaKind, peer: &Jid) -> bool {
+        let Some(rules) = self.privacy.effective(self.active.as_deref()) else {
+            return true;
+        };
+        if peer.to_bare() == self.jid.to_bare() || (peer.local().is_none() && self.is_served(peer))
+        {
+            return true;
+        }
+        rules.allows(kind, peer)
+    }
+
     fn is_served(&self, domain: &Jid) -> bool {
         self.domains.iter().any(|d| d == domain.domain())
     }
@@ -365,9 +442,16 @@ impl Handler<Deliver> for SessionActor {
     type Result = ();
     fn handle(&mut self, Deliver(el): Deliver, ctx: &mut Context<Self>) {
         let sender = el.attr("from").and_then(|f| Jid::parse(f).ok());
-        if let Some(sender) = sender.filter(|s| self.is_blocked(s)) {
-            // XEP-0191 §3.5: a blocked sender's messages and requests are refused as if
-            // nobody were there; its presence is dropped.
+        let kind = match (el.name.as_str(), el.attr("type")) {
+            ("message", _) => StanzaKind::Message,
+            ("iq", _) => StanzaKind::Iq,
+            ("presence", None | Some("unavailable")) => StanzaKind::PresenceIn,
+            _ => StanzaKind::Other,
+        };
+        let refused = |s: &Jid| self.is_blocked(s) || !self.privacy_allows(kind, s);
+        if let Some(sender) = sender.filter(refused) {
+            // XEP-0191 §3.5, XEP-0016: a blocked sender's messages and requests are
+            // refused as if nobody were there; its presence is dropped.
             let refuse = match (el.name.as_str(), el.attr("type")) {
                 ("message", Some("error")) | ("presence", _) => false,
                 ("iq", t) => matches!(t, Some("get") | Some("set")),
@@ -391,6 +475,34 @@ impl Handler<SetBlockList> for SessionActor {
     type Result = ();
     fn handle(&mut self, SetBlockList(list): SetBlockList, _: &mut Context<Self>) {
         self.blocked = list;
+    }
+}
+
+impl Handler<SetPrivacy> for SessionActor {
+    type Result = ();
+    fn handle(&mut self, SetPrivacy(lists): SetPrivacy, _: &mut Context<Self>) {
+        self.privacy = lists;
+    }
+}
+
+impl Handler<SendOwnPresence> for SessionActor {
+    type Result = ();
+    fn handle(&mut self, msg: SendOwnPresence, _: &mut Context<Self>) {
+        let SendOwnPresence { to, presence } = msg;
+        if self.is_blocked(&to) || !self.privacy_allows(StanzaKind::PresenceOut, &to) {
+            return;
+        }
+        if to.is_bare() {
+            self.router.do_send(DeliverToAvailable {
+                to,
+                stanza: presence,
+            });
+        } else {
+            self.router.do_send(DeliverToResource {
+                to,
+                stanza: presence,
+            });
+        }
     }
 }
 

@@ -103,14 +103,15 @@ impl RosterActor {
             .into_iter()
             .filter(|b| jids.is_empty() || jids.contains(b))
             .collect();
-        // Subscribers that were blocked get the account's presence again.
+        // Subscribers that were blocked get the account's presence again (after the
+        // sessions have the new list: they filter it).
+        self.blocklist_changed(user, "unblock", &jids);
         for contact in self.subscribers_covered_by(user, &freed) {
             self.router.do_send(SendPresenceOf {
                 contact: user.clone(),
                 to: contact,
             });
         }
-        self.blocklist_changed(user, "unblock", &jids);
         Ok(())
     }
 

@@ -67,9 +67,25 @@ pub struct StoreOffline {
     pub stanza: Element,
 }
 
-/// The account's blocklist, for a session that is being bound.
+/// What a session that is being bound filters: the account's blocklist (XEP-0191) and its
+/// privacy lists (XEP-0016).
 #[derive(Message)]
-#[rtype(result = "Vec<Jid>")]
-pub struct GetBlockList {
+#[rtype(result = "Filters")]
+pub struct GetFilters {
     pub user: Jid,
+}
+
+#[derive(Default)]
+pub struct Filters {
+    pub blocked: Vec<Jid>,
+    pub privacy: std::sync::Arc<super::PrivacyLists>,
+}
+
+/// The router bound (`bound`) or dropped a resource of one of the shard's accounts (a
+/// resource's active privacy list lives as long as it does).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ResourceBinding {
+    pub jid: Jid,
+    pub bound: bool,
 }

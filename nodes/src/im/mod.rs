@@ -8,20 +8,21 @@ mod last;
 pub mod messages;
 mod offline;
 mod presence;
+mod privacy;
 mod private_xml;
 mod roster;
 mod subscription;
 mod vcard;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use actix::prelude::*;
 use proto::jid::Jid;
 use storage::{
-    BlockStore, LastActivityStore, OfflineStore, PrivateStore, RosterStore, StorageError, Store,
-    VCardStore,
+    BlockStore, LastActivityStore, OfflineStore, PrivacyStore, PrivateStore, RosterStore,
+    StorageError, Store, VCardStore,
 };
 
 use crate::router::Router;
@@ -29,6 +30,7 @@ use messages::*;
 
 pub use blocking::NS_BLOCKING;
 pub use last::NS_LAST;
+pub use privacy::{PrivacyLists, NS_PRIVACY};
 pub use private_xml::NS_PRIVATE;
 pub use roster::NS_ROSTER;
 pub use vcard::NS_VCARD;
@@ -68,6 +70,7 @@ pub struct ImStores {
     pub rosters: RosterStore,
     pub offline: OfflineStore,
     pub blocking: BlockStore,
+    pub privacy: PrivacyStore,
     pub vcards: VCardStore,
     pub private: PrivateStore,
     pub last: LastActivityStore,
@@ -79,6 +82,7 @@ impl ImStores {
             rosters: store.rosters()?,
             offline: store.offline()?,
             blocking: store.blocking()?,
+            privacy: store.privacy()?,
             vcards: store.vcards()?,
             private: store.private()?,
             last: store.last_activity()?,
@@ -93,6 +97,7 @@ pub struct RosterActor {
     rosters: RosterStore,
     offline: OfflineStore,
     blocking: BlockStore,
+    privacy: PrivacyStore,
     vcards: VCardStore,
     private: PrivateStore,
     last: LastActivityStore,
@@ -106,6 +111,9 @@ pub struct RosterActor {
     requester_pushes: Vec<proto::element::Element>,
     /// Accounts of this shard with an available resource (from `PresenceBroadcast`).
     online: HashSet<Jid>,
+    /// Bound resources of this shard's accounts (bare JID → full JID) and the privacy list
+    /// each has made active (XEP-0016 §2.4).
+    bound: HashMap<Jid, HashMap<Jid, Option<String>>>,
 }
 
 impl RosterActor {
@@ -121,6 +129,7 @@ impl RosterActor {
             rosters: stores.rosters,
             offline: stores.offline,
             blocking: stores.blocking,
+            privacy: stores.privacy,
             vcards: stores.vcards,
             private: stores.private,
             last: stores.last,
@@ -130,6 +139,7 @@ impl RosterActor {
             requester: None,
             requester_pushes: Vec::new(),
             online: HashSet::new(),
+            bound: HashMap::new(),
         }
     }
 }
@@ -158,7 +168,14 @@ impl Handler<AccountIq> for RosterActor {
 }
 
 /// Payload namespaces of IQs the account's shard answers.
-const ACCOUNT_NAMESPACES: &[&str] = &[NS_ROSTER, NS_BLOCKING, NS_PRIVATE, NS_VCARD, NS_LAST];
+const ACCOUNT_NAMESPACES: &[&str] = &[
+    NS_ROSTER,
+    NS_BLOCKING,
+    NS_PRIVACY,
+    NS_PRIVATE,
+    NS_VCARD,
+    NS_LAST,
+];
 
 /// Whether an IQ with this payload namespace, addressed to an account's bare JID, is for the
 /// account's RosterActor.
@@ -167,13 +184,17 @@ pub fn handles(ns: &str) -> bool {
 }
 
 /// Disco features the IM layer adds to the server's.
-pub const FEATURES: &[&str] = &[NS_BLOCKING, NS_VCARD, NS_LAST];
+pub const FEATURES: &[&str] = &[NS_BLOCKING, NS_PRIVACY, NS_VCARD, NS_LAST];
 
 /// Specifications the IM layer implements, for the support table.
 pub const SUPPORT: &[crate::ext::Support] = &[
     crate::ext::Support {
         spec: "XEP-0012",
         title: "Last Activity",
+    },
+    crate::ext::Support {
+        spec: "XEP-0016",
+        title: "Privacy Lists",
     },
     crate::ext::Support {
         spec: "XEP-0049",
@@ -193,8 +214,12 @@ impl RosterActor {
         iq: &proto::element::Element,
     ) -> Vec<proto::element::Element> {
         let own = from.to_bare() == *to;
-        if !own && self.blocks(to, from) {
-            // XEP-0191 §3.5: a blocked user learns nothing about the account.
+        if !own
+            && (self.blocks(to, from)
+                || !self.privacy_allows(to, None, proto::privacy::StanzaKind::Iq, from))
+        {
+            // XEP-0191 §3.5, XEP-0016 (the default list judges IQs to the bare JID): a
+            // blocked user learns nothing about the account.
             let mut reply =
                 roster::error_for(iq, proto::error::StanzaErrorCondition::ServiceUnavailable);
             reply.set_attr("from", to.to_string());
@@ -210,6 +235,7 @@ impl RosterActor {
             // RFC 6121 §2.1.5: only the account itself manages its roster.
             NS_ROSTER if own => self.roster_iq(from, iq),
             NS_BLOCKING if own => self.blocking_iq(from, iq),
+            NS_PRIVACY if own => self.privacy_iq(from, iq),
             NS_PRIVATE if own => self.private_iq(from, iq),
             NS_VCARD => self.vcard_iq(from, to, iq),
             NS_LAST => self.last_iq(from, to, iq),
@@ -272,9 +298,19 @@ impl Handler<StoreOffline> for RosterActor {
     }
 }
 
-impl Handler<GetBlockList> for RosterActor {
-    type Result = MessageResult<GetBlockList>;
-    fn handle(&mut self, msg: GetBlockList, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.blocklist(&msg.user))
+impl Handler<GetFilters> for RosterActor {
+    type Result = MessageResult<GetFilters>;
+    fn handle(&mut self, msg: GetFilters, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(Filters {
+            blocked: self.blocklist(&msg.user),
+            privacy: Arc::new(self.privacy_lists(&msg.user)),
+        })
+    }
+}
+
+impl Handler<ResourceBinding> for RosterActor {
+    type Result = ();
+    fn handle(&mut self, msg: ResourceBinding, _: &mut Context<Self>) {
+        self.privacy_resource(msg.jid, msg.bound);
     }
 }

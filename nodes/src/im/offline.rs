@@ -21,8 +21,13 @@ impl RosterActor {
         mut stanza: Element,
     ) -> Result<(), StanzaErrorCondition> {
         let sender = stanza.attr("from").and_then(|f| Jid::parse(f).ok());
-        if sender.is_some_and(|s| self.blocks(user, &s)) {
-            // XEP-0191 §3.5: refused as if the account could not take messages.
+        let refused = sender.is_some_and(|s| {
+            self.blocks(user, &s)
+                || !self.privacy_allows(user, None, proto::privacy::StanzaKind::Message, &s)
+        });
+        if refused {
+            // XEP-0191 §3.5, XEP-0016 (the default list applies while offline):
+            // refused as if the account could not take messages.
             return Err(StanzaErrorCondition::ServiceUnavailable);
         }
         stanza = stanza.with_child(

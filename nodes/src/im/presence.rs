@@ -4,6 +4,7 @@
 
 use proto::element::Element;
 use proto::jid::Jid;
+use proto::privacy::StanzaKind;
 
 use super::messages::PresenceBroadcast;
 use super::subscription::{is_subscriber, is_subscription};
@@ -23,11 +24,17 @@ impl RosterActor {
             }
         };
         let blocked = self.blocklist(&user);
+        // XEP-0016 presence-out: the rules in force for the resource that broadcasts.
+        let rules = self.privacy_rules(&user, Some(&msg.from));
         for item in items.iter().filter(|i| is_subscriber(i)) {
             let Ok(contact) = Jid::parse(&item.jid) else {
                 continue;
             };
-            if proto::blocklist::is_blocked(&blocked, &contact) {
+            if proto::blocklist::is_blocked(&blocked, &contact)
+                || !rules
+                    .as_ref()
+                    .is_none_or(|r| r.allows(StanzaKind::PresenceOut, &contact))
+            {
                 continue;
             }
             if !self.is_local_jid(&contact) {

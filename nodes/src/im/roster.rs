@@ -266,5 +266,7 @@ impl RosterActor {
     pub(super) fn push(&mut self, user: &Jid, item: Element, version: u64) {
         let stanza = self.push_stanza(item, version);
         self.push_to_user(user, stanza);
+        // Group and subscription items of privacy lists follow the roster.
+        self.roster_changed(user);
     }
 }

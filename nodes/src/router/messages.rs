@@ -97,7 +97,8 @@ pub struct PushToUser {
 }
 
 /// Send the current presence of each available resource of `contact` (a bare JID) to `to`
-/// (a full JID: that resource; a bare JID: its available resources). Answers probes.
+/// (a full JID: that resource; a bare JID: its available resources). Answers probes. Each
+/// resource's session sends it, so that its blocklist and privacy list apply.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SendPresenceOf {
@@ -119,4 +120,13 @@ pub struct SendUnavailableOf {
 pub struct BlockListChanged {
     pub user: Jid,
     pub list: std::sync::Arc<Vec<Jid>>,
+}
+
+/// `user`'s privacy lists, default list or roster changed: its sessions enforce the newly
+/// compiled lists.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PrivacyChanged {
+    pub user: Jid,
+    pub lists: std::sync::Arc<crate::im::PrivacyLists>,
 }

@@ -13,10 +13,12 @@ use proto::jid::Jid;
 use proto::ns;
 use storage::AccountStore;
 
-use crate::c2s::messages::{Deliver, Kick, SetBlockList};
+use crate::c2s::messages::{Deliver, Kick, SendOwnPresence, SetBlockList, SetPrivacy};
 use crate::c2s::session::SessionActor;
 use crate::config::ResourceConflict;
-use crate::im::messages::{AccountIq, InboundSubscription, PresenceBroadcast, StoreOffline};
+use crate::im::messages::{
+    AccountIq, InboundSubscription, PresenceBroadcast, ResourceBinding, StoreOffline,
+};
 use crate::im::RosterShards;
 use messages::*;
 use proto::im::SubscriptionKind;
@@ -333,6 +335,10 @@ impl Handler<RegisterSession> for Router {
             }
             let old = self.sessions.get_mut(&bare).map(|l| l.remove(pos));
             if let Some(old) = old {
+                self.im.for_user(&bare).do_send(ResourceBinding {
+                    jid: old.jid.clone(),
+                    bound: false,
+                });
                 old.session.do_send(Kick(StreamError::with_text(
                     StreamErrorCondition::Conflict,
                     "replaced by a new session for the same resource",
@@ -352,6 +358,10 @@ impl Handler<RegisterSession> for Router {
                 }
             }
         }
+        self.im.for_user(&bare).do_send(ResourceBinding {
+            jid: msg.jid.clone(),
+            bound: true,
+        });
         self.sessions.entry(bare).or_default().push(BoundResource {
             jid: msg.jid,
             session_id: msg.session_id,
@@ -377,6 +387,10 @@ impl Handler<UnregisterSession> for Router {
         if list.is_empty() {
             self.sessions.remove(&bare);
         }
+        self.im.for_user(&bare).do_send(ResourceBinding {
+            jid: gone.jid.clone(),
+            bound: false,
+        });
         if gone.presence.is_some() {
             // RFC 6121 §4.5.3.1 / abrupt disconnect: others learn the resource went away.
             let unavailable = Self::unavailable_from(&gone.jid);
@@ -512,12 +526,15 @@ impl Handler<PushToUser> for Router {
 impl Handler<SendPresenceOf> for Router {
     type Result = ();
     fn handle(&mut self, msg: SendPresenceOf, _: &mut Context<Self>) {
-        let presences: Vec<Element> = self
-            .available_resources(&msg.contact)
-            .filter_map(|r| r.presence.as_ref().map(|(_, p)| p.clone()))
-            .collect();
-        for p in presences {
-            self.deliver_to_jid(&msg.to, p);
+        // Each resource's presence goes out through its session, which applies its
+        // outbound filters (XEP-0191 §3.3, XEP-0016 presence-out).
+        for r in self.available_resources(&msg.contact) {
+            if let Some((_, presence)) = &r.presence {
+                r.session.do_send(SendOwnPresence {
+                    to: msg.to.clone(),
+                    presence: presence.clone(),
+                });
+            }
         }
     }
 }
@@ -540,6 +557,15 @@ impl Handler<BlockListChanged> for Router {
     fn handle(&mut self, msg: BlockListChanged, _: &mut Context<Self>) {
         for r in self.sessions.get(&msg.user).into_iter().flatten() {
             r.session.do_send(SetBlockList(msg.list.clone()));
+        }
+    }
+}
+
+impl Handler<PrivacyChanged> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: PrivacyChanged, _: &mut Context<Self>) {
+        for r in self.sessions.get(&msg.user).into_iter().flatten() {
+            r.session.do_send(SetPrivacy(msg.lists.clone()));
         }
     }
 }
