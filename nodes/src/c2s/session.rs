@@ -121,6 +121,8 @@ pub struct SessionActor {
     privacy: Arc<PrivacyLists>,
     /// The list this session made active (XEP-0016 §2.4); without one the default applies.
     active: Option<String>,
+    /// Entities this session sent directed available presence to (RFC 6121 §4.6).
+    directed: Vec<Jid>,
 }
 
 /// What a successful privacy IQ changes in the session's own state.
@@ -185,6 +187,7 @@ impl SessionActor {
             blocked: Arc::new(filters.blocked),
             privacy: filters.privacy,
             active: None,
+            directed: Vec::new(),
         }
     }
 
@@ -283,6 +286,7 @@ impl Actor for SessionActor {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        self.end_directed_presence();
         self.router.do_send(UnregisterSession {
             jid: self.jid.clone(),
             session_id: self.session_id,
@@ -378,11 +382,17 @@ impl Handler<FromClient> for SessionActor {
             }
             "presence" if to.is_none() => {
                 match stanza.attr("type") {
-                    None | Some("unavailable") => self.router.do_send(BroadcastPresence {
-                        from: self.jid.clone(),
-                        session_id: self.session_id,
-                        presence: stanza,
-                    }),
+                    None | Some("unavailable") => {
+                        let unavailable = stanza.attr("type").is_some();
+                        self.router.do_send(BroadcastPresence {
+                            from: self.jid.clone(),
+                            session_id: self.session_id,
+                            presence: stanza,
+                        });
+                        if unavailable {
+                            self.end_directed_presence();
+                        }
+                    }
                     Some("error") => {}
                     Some(_) => self.reply_error(&stanza, StanzaErrorCondition::BadRequest, ctx),
                 }
@@ -399,6 +409,14 @@ impl Handler<FromClient> for SessionActor {
                 bare
             }
         };
+        if stanza.name == "presence" && to.to_bare() != self.jid.to_bare() {
+            // RFC 6121 §4.6: remember who got directed presence, to tell them when we go.
+            match stanza.attr("type") {
+                None if !self.directed.contains(&to) => self.directed.push(to.clone()),
+                Some("unavailable") => self.directed.retain(|d| *d != to),
+                _ => {}
+            }
+        }
         self.router.do_send(RouteStanza {
             from: self.jid.clone(),
             to,
@@ -408,6 +426,22 @@ impl Handler<FromClient> for SessionActor {
 }
 
 impl SessionActor {
+    /// RFC 6121 §4.6.3: entities that received directed presence learn that the session
+    /// went unavailable (subscribers also get the broadcast; a second unavailable is harmless).
+    fn end_directed_presence(&mut self) {
+        for to in std::mem::take(&mut self.directed) {
+            let unavailable = Element::new("presence", ns::CLIENT)
+                .with_attr("type", "unavailable")
+                .with_attr("from", self.jid.to_string())
+                .with_attr("to", to.to_string());
+            self.router.do_send(RouteStanza {
+                from: self.jid.clone(),
+                to,
+                stanza: unavailable,
+            });
+        }
+    }
+
     /// Whether the blocklist covers `peer`. The user's own account and the server itself
     /// are never blocked: a domain entry for the home server must not cut off its IQs.
     fn is_blocked(&self, peer: &Jid) -> bool {
