@@ -184,7 +184,7 @@ impl SessionActor {
             ext,
             domains,
             im,
-            blocked: Arc::new(filters.blocked),
+            blocked: shared_if_empty(filters.blocked),
             privacy: filters.privacy,
             active: None,
             directed: Vec::new(),
@@ -422,6 +422,17 @@ impl Handler<FromClient> for SessionActor {
             to,
             stanza,
         });
+    }
+}
+
+/// Most accounts block nobody: their sessions share one empty list instead of each holding
+/// an allocation.
+fn shared_if_empty(blocked: Vec<Jid>) -> Arc<Vec<Jid>> {
+    static EMPTY: std::sync::OnceLock<Arc<Vec<Jid>>> = std::sync::OnceLock::new();
+    if blocked.is_empty() {
+        EMPTY.get_or_init(|| Arc::new(Vec::new())).clone()
+    } else {
+        Arc::new(blocked)
     }
 }
 

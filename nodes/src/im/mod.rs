@@ -14,7 +14,7 @@ mod roster;
 mod subscription;
 mod vcard;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -113,7 +113,7 @@ pub struct RosterActor {
     online: HashSet<Jid>,
     /// Bound resources of this shard's accounts (bare JID → full JID) and the privacy list
     /// each has made active (XEP-0016 §2.4).
-    bound: HashMap<Jid, HashMap<Jid, Option<String>>>,
+    bound: privacy::BoundResources,
 }
 
 impl RosterActor {
@@ -139,7 +139,7 @@ impl RosterActor {
             requester: None,
             requester_pushes: Vec::new(),
             online: HashSet::new(),
-            bound: HashMap::new(),
+            bound: privacy::BoundResources::default(),
         }
     }
 }
@@ -298,12 +298,24 @@ impl Handler<StoreOffline> for RosterActor {
     }
 }
 
+/// Accounts without privacy lists (most) share one empty set of lists.
+fn shared_privacy(lists: PrivacyLists) -> Arc<PrivacyLists> {
+    static EMPTY: std::sync::OnceLock<Arc<PrivacyLists>> = std::sync::OnceLock::new();
+    if lists.default.is_none() && lists.lists.is_empty() {
+        EMPTY
+            .get_or_init(|| Arc::new(PrivacyLists::default()))
+            .clone()
+    } else {
+        Arc::new(lists)
+    }
+}
+
 impl Handler<GetFilters> for RosterActor {
     type Result = MessageResult<GetFilters>;
     fn handle(&mut self, msg: GetFilters, _: &mut Context<Self>) -> Self::Result {
         MessageResult(Filters {
             blocked: self.blocklist(&msg.user),
-            privacy: Arc::new(self.privacy_lists(&msg.user)),
+            privacy: shared_privacy(self.privacy_lists(&msg.user)),
         })
     }
 }

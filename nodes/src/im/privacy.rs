@@ -215,7 +215,7 @@ impl RosterActor {
     pub(super) fn privacy_rules(&self, user: &Jid, resource: Option<&Jid>) -> Option<PrivacyRules> {
         let key = user.to_string();
         let active = resource
-            .and_then(|r| self.bound.get(user)?.get(r).cloned())
+            .and_then(|r| self.bound.active(r).cloned())
             .flatten();
         let name = active.or_else(|| self.privacy.default_list(&key).ok().flatten())?;
         let items = self.privacy.get(&key, &name).ok().flatten()?;
@@ -272,7 +272,7 @@ impl RosterActor {
         let user = from.to_bare();
         let key = user.to_string();
         let mut q = Element::new("query", NS_PRIVACY);
-        if let Some(active) = self.bound.get(&user).and_then(|r| r.get(from)).cloned() {
+        if let Some(active) = self.bound.active(from).cloned() {
             q = q.with_child(active_like("active", active.as_deref()));
         }
         let default = self
@@ -302,12 +302,7 @@ impl RosterActor {
 
     /// The other bound resources of `from`'s account and their active lists.
     fn other_resources<'a>(&'a self, from: &'a Jid) -> impl Iterator<Item = Option<&'a str>> {
-        self.bound
-            .get(&from.to_bare())
-            .into_iter()
-            .flatten()
-            .filter(move |(r, _)| *r != from)
-            .map(|(_, active)| active.as_deref())
+        self.bound.others(from)
     }
 
     /// Whether another resource uses the default list (it has no active list).
@@ -324,11 +319,7 @@ impl RosterActor {
                 .map_err(storage_error)?
                 .ok_or(Cond::ItemNotFound)?;
         }
-        if let Some(active) = self
-            .bound
-            .get_mut(&from.to_bare())
-            .and_then(|r| r.get_mut(from))
-        {
+        if let Some(active) = self.bound.active_mut(from) {
             *active = name.map(str::to_string);
         }
         Ok(())
@@ -378,7 +369,7 @@ impl RosterActor {
             if !self.privacy.remove(&key, name).map_err(storage_error)? {
                 return Err(Cond::ItemNotFound);
             }
-            if let Some(active) = self.bound.get_mut(&user).and_then(|r| r.get_mut(from)) {
+            if let Some(active) = self.bound.active_mut(from) {
                 if active.as_deref() == Some(name) {
                     *active = None;
                 }
@@ -418,13 +409,71 @@ impl RosterActor {
     /// A resource of the account was bound (`true`) or went away: it starts with no active
     /// list.
     pub(super) fn privacy_resource(&mut self, jid: Jid, bound: bool) {
-        let user = jid.to_bare();
         if bound {
-            self.bound.entry(user).or_default().insert(jid, None);
-        } else if let Some(resources) = self.bound.get_mut(&user) {
-            resources.remove(&jid);
-            if resources.is_empty() {
-                self.bound.remove(&user);
+            self.bound.bind(jid);
+        } else {
+            self.bound.unbind(&jid);
+        }
+    }
+}
+
+/// Bound resources of a shard's accounts and their active privacy lists. Kept lean (a
+/// resource string per session, one vector per account): it costs every session.
+#[derive(Default)]
+pub(super) struct BoundResources(HashMap<Jid, Vec<(String, Option<String>)>>);
+
+impl BoundResources {
+    fn entry(&self, full: &Jid) -> Option<&(String, Option<String>)> {
+        let resource = full.resource()?;
+        self.0
+            .get(&full.to_bare())?
+            .iter()
+            .find(|(r, _)| r == resource)
+    }
+
+    /// `Some(active list)` if `full` is bound.
+    fn active(&self, full: &Jid) -> Option<&Option<String>> {
+        self.entry(full).map(|(_, a)| a)
+    }
+
+    fn active_mut(&mut self, full: &Jid) -> Option<&mut Option<String>> {
+        let resource = full.resource()?;
+        self.0
+            .get_mut(&full.to_bare())?
+            .iter_mut()
+            .find(|(r, _)| r == resource)
+            .map(|(_, a)| a)
+    }
+
+    /// The active lists of the account's other bound resources.
+    fn others<'a>(&'a self, full: &'a Jid) -> impl Iterator<Item = Option<&'a str>> {
+        let resource = full.resource().unwrap_or_default();
+        self.0
+            .get(&full.to_bare())
+            .into_iter()
+            .flatten()
+            .filter(move |(r, _)| r != resource)
+            .map(|(_, a)| a.as_deref())
+    }
+
+    fn bind(&mut self, full: Jid) {
+        let Some(resource) = full.resource().map(str::to_string) else {
+            return;
+        };
+        let list = self.0.entry(full.to_bare()).or_default();
+        if !list.iter().any(|(r, _)| *r == resource) {
+            list.push((resource, None));
+        }
+    }
+
+    fn unbind(&mut self, full: &Jid) {
+        let (Some(resource), bare) = (full.resource(), full.to_bare()) else {
+            return;
+        };
+        if let Some(list) = self.0.get_mut(&bare) {
+            list.retain(|(r, _)| r != resource);
+            if list.is_empty() {
+                self.0.remove(&bare);
             }
         }
     }
