@@ -425,7 +425,7 @@ async def test_account_data_survives_a_restart(make_server):
         await cw.recv_match(is_presence_from(user, "unavailable"), what="the logout")
         await cu.close()
         await cw.close()
-        srv.stop()
+        srv.kill9()  # no shutdown code runs: only what was flushed survives
         srv.start()
 
         cw = await login(srv, watcher, resource="w")
