@@ -1,60 +1,17 @@
 //! Local routing: a chat message from one in-process session to another through the
 //! SessionActor → Router → SessionActor path, including serialisation for the receiver.
 
-use std::rc::Rc;
-use std::sync::Arc;
+mod support;
+
 use std::time::{Duration, Instant};
 
-use actix::prelude::*;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use nodes::c2s::messages::FromClient;
-use nodes::c2s::session::{QueueWork, SendQueue, SessionActor};
-use nodes::config::ResourceConflict;
-use nodes::ext::Extensions;
-use nodes::im::messages::Filters;
-use nodes::im::{ImLimits, ImStores, RosterActor, RosterShards};
-use nodes::router::messages::RegisterSession;
-use nodes::router::Router;
+use nodes::c2s::session::QueueWork;
 use proto::element::Element;
 use proto::jid::Jid;
 use proto::sasl::StoredCredentials;
-
-struct Peer {
-    addr: Addr<SessionActor>,
-    queue: Rc<SendQueue>,
-}
-
-async fn session(
-    router: &Addr<Router>,
-    jid: &str,
-    id: u64,
-    ext: &Arc<Extensions>,
-    im: &RosterShards,
-) -> Peer {
-    let queue = SendQueue::new(usize::MAX / 2);
-    let jid = Jid::parse(jid).expect("valid jid");
-    let addr = SessionActor::new(
-        jid.clone(),
-        id,
-        queue.clone(),
-        router.clone(),
-        ext.clone(),
-        Arc::new(vec!["localhost".to_string()]),
-        im.clone(),
-        Filters::default(),
-    )
-    .start();
-    router
-        .send(RegisterSession {
-            jid,
-            session_id: id,
-            session: addr.clone(),
-        })
-        .await
-        .expect("router alive")
-        .expect("no conflict");
-    Peer { addr, queue }
-}
+use support::Node;
 
 fn local_routing(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("sb-bench-routing-{}", std::process::id()));
@@ -67,29 +24,9 @@ fn local_routing(c: &mut Criterion) {
     }
     let system = actix_rt::System::new();
     let (alice, bob) = system.block_on(async {
-        let ext = Arc::new(Extensions::default());
-        let domains = Arc::new(vec!["localhost".to_string()]);
-        let router_ctx = Context::<Router>::new();
-        let limits = ImLimits {
-            max_roster_items: 1000,
-            max_offline_messages: 100,
-        };
-        let shard = RosterActor::new(
-            router_ctx.address(),
-            ImStores::open(&store).expect("IM trees"),
-            limits,
-            domains.clone(),
-        )
-        .start();
-        let im = RosterShards::new(vec![shard]);
-        let router = router_ctx.run(Router::new(
-            domains,
-            accounts,
-            ResourceConflict::Replace,
-            im.clone(),
-        ));
-        let alice = session(&router, "alice@localhost/a", 1, &ext, &im).await;
-        let bob = session(&router, "bob@localhost/b", 2, &ext, &im).await;
+        let node = Node::start(&store);
+        let alice = node.session(&jid("alice@localhost/a"), 1).await;
+        let bob = node.session(&jid("bob@localhost/b"), 2).await;
         (alice, bob)
     });
     let message = Element::parse(
@@ -128,6 +65,10 @@ fn local_routing(c: &mut Criterion) {
     group.finish();
     drop(alice.queue);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn jid(s: &str) -> Jid {
+    Jid::parse(s).expect("valid jid")
 }
 
 criterion_group!(benches, local_routing);

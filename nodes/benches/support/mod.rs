@@ -1,0 +1,100 @@
+//! An in-process node for benchmarks: a Router, one RosterActor shard and sessions whose
+//! send queues the benchmark reads instead of a socket.
+// Each benchmark binary compiles this module and uses a part of it.
+#![allow(dead_code)]
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use nodes::c2s::session::{QueueWork, SendQueue, SessionActor};
+use nodes::config::ResourceConflict;
+use nodes::ext::Extensions;
+use nodes::im::messages::Filters;
+use nodes::im::{AttachShards, ImLimits, ImStores, RosterActor, RosterShards};
+use nodes::router::messages::RegisterSession;
+use nodes::router::Router;
+use proto::jid::Jid;
+
+pub struct Peer {
+    pub addr: Addr<SessionActor>,
+    pub queue: Rc<SendQueue>,
+}
+
+impl Peer {
+    /// Wait until the session has been handed a stanza containing `needle`.
+    pub async fn wait_for(&self, needle: &[u8]) {
+        loop {
+            self.queue.wake.notified().await;
+            if let QueueWork::Write(b) = self.queue.take() {
+                if b.windows(needle.len()).any(|w| w == needle) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+pub struct Node {
+    pub router: Addr<Router>,
+    pub shard: Addr<RosterActor>,
+    shards: RosterShards,
+    ext: Arc<Extensions>,
+    domains: Arc<Vec<String>>,
+}
+
+impl Node {
+    /// Start the actors on the current actix system (call inside `System::block_on`).
+    pub fn start(store: &storage::Store) -> Node {
+        let domains = Arc::new(vec!["localhost".to_string()]);
+        let router_ctx = Context::<Router>::new();
+        let limits = ImLimits {
+            max_roster_items: 1000,
+            max_offline_messages: 100,
+        };
+        let stores = ImStores::open(store).expect("IM trees");
+        let shard = RosterActor::new(router_ctx.address(), stores, limits, domains.clone()).start();
+        let shards = RosterShards::new(vec![shard.clone()]);
+        shard.do_send(AttachShards(shards.clone()));
+        let accounts = store.accounts().expect("accounts tree");
+        let router = router_ctx.run(Router::new(
+            domains.clone(),
+            accounts,
+            ResourceConflict::Replace,
+            shards.clone(),
+        ));
+        Node {
+            router,
+            shard,
+            shards,
+            ext: Arc::new(Extensions::default()),
+            domains,
+        }
+    }
+
+    /// Bind a session for `jid` (its send queue never overflows).
+    pub async fn session(&self, jid: &Jid, id: u64) -> Peer {
+        let queue = SendQueue::new(usize::MAX / 2);
+        let addr = SessionActor::new(
+            jid.clone(),
+            id,
+            queue.clone(),
+            self.router.clone(),
+            self.ext.clone(),
+            self.domains.clone(),
+            self.shards.clone(),
+            Filters::default(),
+        )
+        .start();
+        self.router
+            .send(RegisterSession {
+                jid: jid.clone(),
+                session_id: id,
+                session: addr.clone(),
+            })
+            .await
+            .expect("router alive")
+            .expect("no conflict");
+        Peer { addr, queue }
+    }
+}
