@@ -159,7 +159,7 @@ fn offline(settings: &Settings, request: &AdminRequest) -> anyhow::Result<AdminR
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
     let store = storage::Store::open(&settings.data_dir)?;
-    let users = users::UserAdmin::new(store.accounts()?, settings.domains.clone());
+    let users = users::UserAdmin::new(store.clone(), settings.domains.clone())?;
     let response = match request {
         AdminRequest::UserAdd { jid, password } => users
             .add(jid, password)

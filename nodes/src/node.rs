@@ -52,6 +52,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let admin_listener_path = admin_path.clone();
 
     let system = actix_rt::System::new();
+    let admin_store = store.clone();
     let result: anyhow::Result<()> = system.block_on(async move {
         let domains = Arc::new(settings.domains.clone());
         // The SCRAM username is a localpart, so each served domain gets its own
@@ -113,7 +114,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         let admin_listener = admin::bind(&admin_listener_path)
             .with_context(|| format!("admin socket {}", admin_listener_path.display()))?;
         let admin_server = Arc::new(AdminServer {
-            users: Arc::new(UserAdmin::new(accounts, settings.domains.clone())),
+            users: Arc::new(UserAdmin::new(admin_store, settings.domains.clone())?),
             router,
         });
         actix_rt::spawn(admin_server.serve(admin_listener));

@@ -3,7 +3,7 @@
 
 use proto::jid::Jid;
 use proto::sasl::{StoredCredentials, DEFAULT_ITERATIONS};
-use storage::{AccountStore, StorageError};
+use storage::{AccountStore, StorageError, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
@@ -20,13 +20,18 @@ pub enum UserError {
 }
 
 pub struct UserAdmin {
+    store: Store,
     accounts: AccountStore,
     domains: Vec<String>,
 }
 
 impl UserAdmin {
-    pub fn new(accounts: AccountStore, domains: Vec<String>) -> Self {
-        UserAdmin { accounts, domains }
+    pub fn new(store: Store, domains: Vec<String>) -> Result<Self, UserError> {
+        Ok(UserAdmin {
+            accounts: store.accounts()?,
+            store,
+            domains,
+        })
     }
 
     /// Parse and prepare an account JID; it must be `local@served-domain`.
@@ -62,9 +67,17 @@ impl UserAdmin {
         Ok(j)
     }
 
+    /// Delete the account and everything stored for it (roster, offline messages, lists,
+    /// vCard, ...). The data goes first: a crash in between leaves an account that can
+    /// simply be deleted again.
     pub fn del(&self, jid: &str) -> Result<Jid, UserError> {
         let j = self.account_jid(jid)?;
-        self.accounts.delete(&j.to_string())?;
+        let key = j.to_string();
+        if !self.accounts.exists(&key)? {
+            return Err(UserError::Storage(StorageError::NotFound(key)));
+        }
+        self.store.delete_user_data(&key)?;
+        self.accounts.delete(&key)?;
         Ok(j)
     }
 

@@ -88,13 +88,16 @@ impl AdminServer {
                 Ok(j) => AdminResponse::ok(Some(j.to_string().into())),
                 Err(e) => AdminResponse::err(e),
             },
-            AdminRequest::UserDel { jid } => match users.del(&jid) {
-                Ok(j) => {
-                    self.router.do_send(KickAccount { bare: j.clone() });
-                    AdminResponse::ok(Some(j.to_string().into()))
+            AdminRequest::UserDel { jid } => {
+                // Disconnect first, so no session writes to the account while it goes.
+                if let Ok(j) = users.account_jid(&jid) {
+                    self.router.do_send(KickAccount { bare: j });
                 }
-                Err(e) => AdminResponse::err(e),
-            },
+                match users.del(&jid) {
+                    Ok(j) => AdminResponse::ok(Some(j.to_string().into())),
+                    Err(e) => AdminResponse::err(e),
+                }
+            }
             AdminRequest::UserList => match users.list() {
                 Ok(l) => AdminResponse::ok(Some(l.into())),
                 Err(e) => AdminResponse::err(e),
