@@ -134,6 +134,7 @@ pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
         }),
         dropped,
         close,
+        ..Outcome::default()
     })
 }
 

@@ -53,5 +53,6 @@ pub async fn run(plan: &Plan, hold: Duration, server_pid: Option<u32>) -> anyhow
         chat: None,
         dropped,
         close,
+        ..Outcome::default()
     })
 }

@@ -126,8 +126,14 @@ impl Target {
     }
 }
 
-/// Log user `index` in; on success the stream is bound and initial presence is sent.
+/// Log user `index` in with resource [`RESOURCE`]; on success the stream is bound and
+/// initial presence is sent.
 pub async fn login(target: &Target, index: u32) -> Result<Connection, Failure> {
+    login_as(target, index, RESOURCE).await
+}
+
+/// [`login`] binding `resource`, so one user can have several sessions at once.
+pub async fn login_as(target: &Target, index: u32, resource: &str) -> Result<Connection, Failure> {
     let tcp = connect(target, index).await?;
     let mut conn = match target.tls {
         TlsMode::Direct => {
@@ -157,7 +163,7 @@ pub async fn login(target: &Target, index: u32) -> Result<Connection, Failure> {
     if xml::child(&features, "bind").is_none() {
         return Err(Failure::Protocol("resource binding not offered".into()));
     }
-    bind(&mut conn).await?;
+    bind(&mut conn, resource).await?;
     conn.send("<presence/>").await?;
     Ok(conn)
 }
@@ -297,10 +303,11 @@ fn sasl_payload(el: &str) -> Result<String, Failure> {
         .ok_or_else(|| Failure::Protocol("SASL payload is not base64 of UTF-8".into()))
 }
 
-async fn bind(conn: &mut Connection) -> Result<(), Failure> {
+async fn bind(conn: &mut Connection, resource: &str) -> Result<(), Failure> {
     conn.send(&format!(
         "<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
-         <resource>{RESOURCE}</resource></bind></iq>"
+         <resource>{}</resource></bind></iq>",
+        xml::escape(resource)
     ))
     .await?;
     // Anything else the server sends first (it should not) is skipped; the login timeout

@@ -1,18 +1,26 @@
 //! switchboard-loadgen: logs many simulated users into a Switchboard node over loopback and
-//! measures what it costs (scenario `idle`) or how fast messages flow (scenario `chat`).
+//! measures what it costs (`idle`), how fast messages flow (`chat`), how many logins per
+//! second it takes (`login`), how presence fans out to contacts (`presence`), and how it
+//! copes with users that keep reconnecting (`churn`).
 //!
 //! Raw XML on the wire: a tiny scanner reads the few server replies a client needs.
 
 #![forbid(unsafe_code)]
 
 mod chat;
+mod churn;
 mod conn;
 mod idle;
 mod login;
+mod markdown;
+mod presence;
 mod ramp;
 mod report;
 mod scram;
+mod storm;
+mod svg;
 mod system;
+mod timeline;
 mod tls;
 mod xml;
 
@@ -64,6 +72,55 @@ enum Scenario {
         interval_ms: u64,
         /// Upper bound on the exchange, sending and waiting for deliveries.
         #[arg(long, default_value_t = 60)]
+        duration_secs: u64,
+    },
+    /// Login storm: open connections at each target rate in turn (login, bind, presence,
+    /// close); users are reused round-robin, each connection with its own resource.
+    Login {
+        /// Target logins per second, one step each.
+        #[arg(long, default_value = "100,200,400")]
+        rates: String,
+        /// Length of each step: a step opens rate × step-secs connections.
+        #[arg(long, default_value_t = 10)]
+        step_secs: u64,
+    },
+    /// Groups of --group mutual contacts (subscribed through the protocol) each change
+    /// presence --changes times; measures the fan-out to the contacts.
+    Presence {
+        /// Users per group of mutual contacts (user1..userK, userK+1..user2K, ...).
+        #[arg(long, default_value_t = 10)]
+        group: u32,
+        /// Presence changes each user sends.
+        #[arg(long, default_value_t = 10)]
+        changes: u32,
+        /// Milliseconds between two changes of one user (first one at a random offset).
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Upper bound on setting up the subscriptions.
+        #[arg(long, default_value_t = 60)]
+        setup_secs: u64,
+        /// Upper bound on the changes and their deliveries.
+        #[arg(long, default_value_t = 60)]
+        duration_secs: u64,
+    },
+    /// Users reconnecting in cycles: login, online for a random pause, disconnect, offline
+    /// for a random pause, again.
+    Churn {
+        /// Login/disconnect cycles per user.
+        #[arg(long, default_value_t = 5)]
+        cycles: u32,
+        /// Shortest online or offline pause, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        min_pause_ms: u64,
+        /// Longest online or offline pause, in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        max_pause_ms: u64,
+        /// Share of disconnects (0-100) that drop the TCP connection without closing the
+        /// stream, like a phone losing its network.
+        #[arg(long, default_value_t = 0)]
+        drop_percent: u8,
+        /// No login starts after this.
+        #[arg(long, default_value_t = 300)]
         duration_secs: u64,
     },
 }
@@ -119,6 +176,9 @@ struct Common {
     /// Also write the summary as JSON to this file.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
+    /// Write report.md and SVG charts into this directory.
+    #[arg(long, global = true)]
+    report: Option<PathBuf>,
 }
 
 fn secs(value: u64, what: &str) -> anyhow::Result<Duration> {
@@ -196,10 +256,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// Upper bound on the connections a login storm opens in all.
+const MAX_STORM_ATTEMPTS: u64 = 10_000_000;
+
 /// A scenario with its validated options.
 enum Work {
     Idle { hold: Duration },
     Chat(chat::ChatPlan),
+    Login(storm::StormPlan),
+    Presence(presence::PresencePlan),
+    Churn(churn::ChurnPlan),
+}
+
+fn millis(value: u64, what: &str) -> anyhow::Result<Duration> {
+    ensure!(
+        (1..=MAX_SECS * 1000).contains(&value),
+        "{what} must be between 1 and {}",
+        MAX_SECS * 1000
+    );
+    Ok(Duration::from_millis(value))
 }
 
 fn work(scenario: &Scenario) -> anyhow::Result<Work> {
@@ -221,6 +296,63 @@ fn work(scenario: &Scenario) -> anyhow::Result<Work> {
             Work::Chat(chat::ChatPlan {
                 messages,
                 interval: Duration::from_millis(interval_ms),
+                duration: secs(duration_secs, "--duration-secs")?,
+            })
+        }
+        Scenario::Login {
+            ref rates,
+            step_secs,
+        } => {
+            let rates = storm::parse_rates(rates)?;
+            let step = secs(step_secs, "--step-secs")?;
+            let attempts: u64 = rates.iter().map(|&r| u64::from(r) * step_secs).sum();
+            ensure!(
+                attempts <= MAX_STORM_ATTEMPTS,
+                "the storm would open {attempts} connections; at most {MAX_STORM_ATTEMPTS}"
+            );
+            Work::Login(storm::StormPlan { rates, step })
+        }
+        Scenario::Presence {
+            group,
+            changes,
+            interval_ms,
+            setup_secs,
+            duration_secs,
+        } => {
+            ensure!(
+                (2..=1000).contains(&group),
+                "--group must be between 2 and 1000"
+            );
+            ensure!(changes <= 1_000_000, "--changes must be at most 1000000");
+            Work::Presence(presence::PresencePlan {
+                group,
+                changes,
+                interval: millis(interval_ms, "--interval-ms")?,
+                setup: secs(setup_secs, "--setup-secs")?,
+                duration: secs(duration_secs, "--duration-secs")?,
+            })
+        }
+        Scenario::Churn {
+            cycles,
+            min_pause_ms,
+            max_pause_ms,
+            drop_percent,
+            duration_secs,
+        } => {
+            ensure!(
+                (1..=1_000_000).contains(&cycles),
+                "--cycles must be between 1 and 1000000"
+            );
+            ensure!(
+                min_pause_ms <= max_pause_ms,
+                "--min-pause-ms must not exceed --max-pause-ms"
+            );
+            ensure!(drop_percent <= 100, "--drop-percent must be at most 100");
+            Work::Churn(churn::ChurnPlan {
+                cycles,
+                pause_min: Duration::from_millis(min_pause_ms),
+                pause_max: millis(max_pause_ms, "--max-pause-ms")?,
+                drop_percent,
                 duration: secs(duration_secs, "--duration-secs")?,
             })
         }
@@ -250,6 +382,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let (name, outcome) = match work {
         Work::Idle { hold } => ("idle", idle::run(&plan, hold, c.server_pid).await?),
         Work::Chat(chat_plan) => ("chat", chat::run(&plan, chat_plan).await?),
+        Work::Login(storm_plan) => ("login", storm::run(&plan, storm_plan).await?),
+        Work::Presence(presence_plan) => ("presence", presence::run(&plan, presence_plan).await?),
+        Work::Churn(churn_plan) => ("churn", churn::run(plan, churn_plan).await?),
     };
     let summary = Summary {
         scenario: name,
@@ -262,6 +397,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     summary.print();
     if let Some(path) = &c.json {
         summary.write_json(path)?;
+    }
+    if let Some(dir) = &c.report {
+        markdown::write_report(dir, &summary)?;
+        eprintln!("report: {}", dir.join("report.md").display());
     }
     Ok(())
 }

@@ -6,6 +6,8 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::timeline::Point;
+
 #[derive(Debug, Serialize)]
 pub struct Summary {
     pub scenario: &'static str,
@@ -18,19 +20,88 @@ pub struct Summary {
 }
 
 /// What a scenario measured.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct Outcome {
     pub login: LoginSummary,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle: Option<IdleSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chat: Option<ChatSummary>,
+    /// Scenario `login`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm: Option<StormSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence: Option<PresenceSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<ChurnSummary>,
     /// Sessions lost after login (server closed, stream error...), by reason.
     pub dropped: BTreeMap<String, u64>,
     pub close: CloseSummary,
+    /// Per second of the measured phase: logins (`login`, `churn`) or deliveries
+    /// (`presence`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<Point>,
 }
 
 #[derive(Debug, Serialize)]
+pub struct StormSummary {
+    pub step_secs: u64,
+    pub steps: Vec<StepSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StepSummary {
+    pub target_rate: u32,
+    pub attempts: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub failures: BTreeMap<String, u64>,
+    /// From the step's start to its last login finishing.
+    pub elapsed_secs: f64,
+    pub achieved_per_sec: f64,
+    pub latency_ms: Distribution,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PresenceSummary {
+    pub group_size: u32,
+    pub changes: u32,
+    pub interval_ms: u64,
+    /// Users whose roster showed every contact of their group with subscription `both`.
+    pub ready: u64,
+    /// Users still waiting for a subscription when the setup time ran out.
+    pub not_ready: u64,
+    pub setup_secs: f64,
+    /// Presence changes sent.
+    pub sent: u64,
+    /// Deliveries expected: each change times the sender's logged-in contacts.
+    pub expected: u64,
+    /// Distinct (sender, change) deliveries to contacts of the sender's group.
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub elapsed_secs: f64,
+    pub deliveries_per_sec: f64,
+    /// From sending the change to its receipt at each contact.
+    pub latency_ms: Distribution,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChurnSummary {
+    pub cycles: u32,
+    pub pause_min_ms: u64,
+    pub pause_max_ms: u64,
+    pub drop_percent: u8,
+    /// Logins after a user's first (the first counts in `login` too).
+    pub reconnects: u64,
+    pub elapsed_secs: f64,
+    pub logins_per_sec: f64,
+    pub reconnects_per_sec: f64,
+    /// Sessions ended by dropping the TCP connection without closing the stream.
+    pub abrupt: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
 pub struct LoginSummary {
     pub succeeded: u64,
     pub failed: u64,
@@ -169,6 +240,38 @@ impl Summary {
                 c.sent, c.received, c.lost, c.duplicates, c.bounced, c.elapsed_secs
             );
             println!("message latency: {}", c.latency_ms.line());
+        }
+        if let Some(st) = &o.storm {
+            for p in &st.steps {
+                println!(
+                    "step {}/s for {} s: {} ok, {} failed, achieved {:.1} logins/s; {}; failures: {}",
+                    p.target_rate,
+                    st.step_secs,
+                    p.succeeded,
+                    p.failed,
+                    p.achieved_per_sec,
+                    p.latency_ms.line(),
+                    reasons(&p.failures)
+                );
+            }
+        }
+        if let Some(p) = &o.presence {
+            println!(
+                "subscriptions: {} users ready, {} not ready after {:.2} s (groups of {})",
+                p.ready, p.not_ready, p.setup_secs, p.group_size
+            );
+            println!(
+                "presence: {} changes sent, {} of {} deliveries ({} lost, {} duplicates) in {:.2} s = {:.0} deliveries/s",
+                p.sent, p.delivered, p.expected, p.lost, p.duplicates, p.elapsed_secs,
+                p.deliveries_per_sec
+            );
+            println!("presence latency: {}", p.latency_ms.line());
+        }
+        if let Some(c) = &o.churn {
+            println!(
+                "churn: {} reconnects in {:.2} s = {:.1} reconnects/s ({:.1} logins/s), {} abrupt drops",
+                c.reconnects, c.elapsed_secs, c.reconnects_per_sec, c.logins_per_sec, c.abrupt
+            );
         }
         println!("dropped after login: {}", reasons(&o.dropped));
         println!(

@@ -1,0 +1,431 @@
+//! Scenario `presence`: users in groups of K mutual contacts change their presence; measure
+//! the fan-out to the contacts.
+//!
+//! Setup goes through the protocol: every user sends `subscribe` to each other member of its
+//! group and answers each `subscribe` it receives with `subscribed` (the server adds the
+//! roster items), then polls its roster until every contact shows `subscription='both'`.
+//! Once all users are ready (or `--setup-secs` ran out), each one sends `--changes` presence
+//! updates whose `<status>` is `lg FROM SEQ SENT_MICROS`; contacts measure the latency.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::conn::Failure;
+use crate::login::Target;
+use crate::ramp::{login_all, stopped, tally, End, Plan, Session};
+use crate::report::{Distribution, Outcome, PresenceSummary};
+use crate::timeline::{rate, Progress, Recorder};
+use crate::xml;
+
+pub struct PresencePlan {
+    /// Users per group of mutual contacts.
+    pub group: u32,
+    pub changes: u32,
+    pub interval: Duration,
+    /// Upper bound on setting up the subscriptions.
+    pub setup: Duration,
+    /// Upper bound on the presence changes and their deliveries.
+    pub duration: Duration,
+}
+
+/// How often the coordinator checks progress, and a user polls its roster during setup.
+const POLL: Duration = Duration::from_millis(20);
+const ROSTER_POLL: Duration = Duration::from_millis(200);
+
+struct Shared {
+    target: Arc<Target>,
+    first: u32,
+    plan: PresencePlan,
+    epoch: Instant,
+    ready: AtomicU64,
+    sent: AtomicU64,
+    senders_done: AtomicU64,
+}
+
+impl Shared {
+    fn group_of(&self, index: u32) -> u32 {
+        (index - self.first) / self.plan.group
+    }
+}
+
+#[derive(Default)]
+struct Received {
+    delivered: u64,
+    duplicates: u64,
+    latencies_us: Vec<u64>,
+}
+
+pub async fn run(plan: &Plan, presence: PresencePlan) -> anyhow::Result<Outcome> {
+    let ramp = login_all(plan).await;
+    let shared = Arc::new(Shared {
+        target: plan.target.clone(),
+        first: plan.first,
+        plan: presence,
+        epoch: Instant::now(),
+        ready: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
+        senders_done: AtomicU64::new(0),
+    });
+    let online: Vec<u32> = ramp.sessions.iter().map(|s| s.index).collect();
+    let contacts_of = |index: u32| -> Vec<u32> {
+        let group = shared.group_of(index);
+        online
+            .iter()
+            .copied()
+            .filter(|&o| o != index && shared.group_of(o) == group)
+            .collect()
+    };
+    let expected: u64 = online
+        .iter()
+        .map(|&i| contacts_of(i).len() as u64 * u64::from(shared.plan.changes))
+        .sum();
+    let users = online.len() as u64;
+    let (go, go_rx) = watch::channel(None);
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    for session in ramp.sessions {
+        let contacts = contacts_of(session.index);
+        tasks.spawn(user(
+            session,
+            contacts,
+            shared.clone(),
+            go_rx.clone(),
+            stop_rx.clone(),
+            plan.close_grace,
+        ));
+    }
+    eprintln!(
+        "  setting up subscriptions in groups of {} ({users} users)",
+        shared.plan.group
+    );
+    let setup_start = Instant::now();
+    while setup_start.elapsed() < shared.plan.setup && shared.ready.load(Ordering::Relaxed) < users
+    {
+        tokio::time::sleep(POLL).await;
+    }
+    let setup_secs = setup_start.elapsed().as_secs_f64();
+    let ready = shared.ready.load(Ordering::Relaxed);
+    eprintln!(
+        "  {ready}/{users} users ready after {setup_secs:.2} s; {} presence changes each",
+        shared.plan.changes
+    );
+
+    let recorder = Recorder::new();
+    let progress = Progress::start("deliveries", recorder.clone());
+    let _ = go.send(Some(recorder.clone()));
+    let start = Instant::now();
+    while start.elapsed() < shared.plan.duration {
+        tokio::time::sleep(POLL).await;
+        if shared.senders_done.load(Ordering::Relaxed) == users && recorder.ok_count() >= expected {
+            break;
+        }
+    }
+    let elapsed = start.elapsed();
+    let _ = stop.send(true);
+    let mut total = Received::default();
+    let mut ends = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((end, received)) => {
+                ends.push(end);
+                total.delivered += received.delivered;
+                total.duplicates += received.duplicates;
+                total.latencies_us.extend(received.latencies_us);
+            }
+            Err(e) => ends.push(End::Dropped(Failure::Protocol(format!("internal: {e}")))),
+        }
+    }
+    progress.finish().await;
+    let (dropped, close) = tally(ends);
+    let p = &shared.plan;
+    Ok(Outcome {
+        login: ramp.summary,
+        presence: Some(PresenceSummary {
+            group_size: p.group,
+            changes: p.changes,
+            interval_ms: p.interval.as_millis() as u64,
+            ready,
+            not_ready: users - ready,
+            setup_secs,
+            sent: shared.sent.load(Ordering::Relaxed),
+            expected,
+            delivered: total.delivered,
+            lost: expected.saturating_sub(total.delivered),
+            duplicates: total.duplicates,
+            elapsed_secs: elapsed.as_secs_f64(),
+            deliveries_per_sec: rate(total.delivered, elapsed),
+            latency_ms: Distribution::from_micros(total.latencies_us),
+        }),
+        timeline: recorder.series(),
+        dropped,
+        close,
+        ..Outcome::default()
+    })
+}
+
+type Go = watch::Receiver<Option<Arc<Recorder>>>;
+
+/// One user: set up its subscriptions, then change presence and receive its contacts'.
+async fn user(
+    mut session: Session,
+    contacts: Vec<u32>,
+    shared: Arc<Shared>,
+    mut go: Go,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) -> (End, Received) {
+    let mut received = Received::default();
+    let failure = match setup(&mut session, &contacts, &shared, &mut go).await {
+        Err(failure) => Some(failure),
+        Ok(recorder) => exchange(&mut session, &shared, &recorder, &mut stop, &mut received)
+            .await
+            .err(),
+    };
+    match failure {
+        Some(failure) => (End::Dropped(failure), received),
+        None => {
+            let clean = session.conn.close(grace).await;
+            (End::Closed { clean }, received)
+        }
+    }
+}
+
+/// Subscribe to every contact, approve their requests, and poll the roster until all are
+/// `both`; then wait for the start signal, still approving requests.
+async fn setup(
+    session: &mut Session,
+    contacts: &[u32],
+    shared: &Shared,
+    go: &mut Go,
+) -> Result<Arc<Recorder>, Failure> {
+    let target = &shared.target;
+    let mut wanted: HashSet<String> = contacts.iter().map(|&c| bare_jid(target, c)).collect();
+    for jid in &wanted {
+        session
+            .conn
+            .send(&format!(
+                "<presence to='{}' type='subscribe'/>",
+                xml::escape(jid)
+            ))
+            .await?;
+    }
+    let mut ready = false;
+    let mut poll = tokio::time::interval(ROSTER_POLL);
+    loop {
+        if !ready && wanted.is_empty() {
+            ready = true;
+            shared.ready.fetch_add(1, Ordering::Relaxed);
+        }
+        tokio::select! {
+            _ = started(go) => break,
+            _ = poll.tick(), if !ready => {
+                session
+                    .conn
+                    .send("<iq type='get' id='roster'><query xmlns='jabber:iq:roster'/></iq>")
+                    .await?;
+            }
+            el = session.conn.next_element() => {
+                let el = el?;
+                answer_setup(session, &el).await?;
+                if xml::name(&el) == "iq" && xml::attr(&el, "id").as_deref() == Some("roster") {
+                    for (jid, subscription) in roster_items(&el) {
+                        if subscription == "both" {
+                            wanted.remove(&jid);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let recorder = go.borrow().clone();
+    recorder.ok_or_else(|| Failure::Protocol("internal: no recorder".into()))
+}
+
+/// Resolves once the start signal is given (or its sender is gone).
+async fn started(go: &mut Go) {
+    let _ = go.wait_for(Option::is_some).await;
+}
+
+/// Approve subscription requests and acknowledge roster pushes.
+async fn answer_setup(session: &mut Session, el: &str) -> Result<(), Failure> {
+    let kind = xml::attr(el, "type");
+    match (xml::name(el), kind.as_deref()) {
+        ("presence", Some("subscribe")) => {
+            if let Some(from) = xml::attr(el, "from") {
+                session
+                    .conn
+                    .send(&format!(
+                        "<presence to='{}' type='subscribed'/>",
+                        xml::escape(&from)
+                    ))
+                    .await?;
+            }
+        }
+        ("iq", Some("set")) if xml::child(el, "query").is_some() => {
+            if let Some(id) = xml::attr(el, "id") {
+                session
+                    .conn
+                    .send(&format!("<iq type='result' id='{}'/>", xml::escape(&id)))
+                    .await?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `(jid, subscription)` of each item of a roster result.
+fn roster_items(iq: &str) -> Vec<(String, String)> {
+    let Some(query) = xml::child(iq, "query") else {
+        return Vec::new();
+    };
+    xml::children(query)
+        .into_iter()
+        .filter(|i| xml::name(i) == "item")
+        .filter_map(|i| {
+            Some((
+                xml::attr(i, "jid")?,
+                xml::attr(i, "subscription").unwrap_or_else(|| "none".into()),
+            ))
+        })
+        .collect()
+}
+
+fn bare_jid(target: &Target, index: u32) -> String {
+    format!("{}@{}", target.username(index), target.domain)
+}
+
+/// Send the presence changes on schedule and receive the contacts' until told to stop.
+async fn exchange(
+    session: &mut Session,
+    shared: &Shared,
+    recorder: &Recorder,
+    stop: &mut watch::Receiver<bool>,
+    received: &mut Received,
+) -> Result<(), Failure> {
+    let plan = &shared.plan;
+    let mut seen = HashSet::new();
+    let my_group = shared.group_of(session.index);
+    let offset = rand::thread_rng().gen_range(0..plan.interval.as_micros().max(1) as u64);
+    let mut next_send = tokio::time::Instant::now() + Duration::from_micros(offset);
+    let mut seq = 0u32;
+    let mut sending = plan.changes > 0;
+    if !sending {
+        shared.senders_done.fetch_add(1, Ordering::Relaxed);
+    }
+    let result = loop {
+        tokio::select! {
+            _ = stopped(stop) => break Ok(()),
+            _ = tokio::time::sleep_until(next_send), if sending => {
+                seq += 1;
+                let sent_us = shared.epoch.elapsed().as_micros() as u64;
+                let change = format!(
+                    "<presence><status>lg {} {seq} {sent_us}</status></presence>",
+                    session.index
+                );
+                if let Err(failure) = session.conn.send(&change).await {
+                    break Err(failure);
+                }
+                shared.sent.fetch_add(1, Ordering::Relaxed);
+                next_send += plan.interval;
+                if seq == plan.changes {
+                    sending = false;
+                    shared.senders_done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            el = session.conn.next_element() => match el {
+                Ok(el) => {
+                    if let Err(failure) = answer_setup(session, &el).await {
+                        break Err(failure);
+                    }
+                    let Some((from, seq, sent_us)) = parse_status(&el) else {
+                        continue;
+                    };
+                    // Contacts left over from earlier runs with other groups do not count.
+                    if from == session.index || shared.group_of(from) != my_group {
+                        continue;
+                    }
+                    if !seen.insert((from, seq)) {
+                        received.duplicates += 1;
+                        continue;
+                    }
+                    let now_us = shared.epoch.elapsed().as_micros() as u64;
+                    let latency = Duration::from_micros(now_us.saturating_sub(sent_us));
+                    received.delivered += 1;
+                    received.latencies_us.push(latency.as_micros() as u64);
+                    recorder.ok(latency);
+                }
+                Err(failure) => break Err(failure),
+            }
+        }
+    };
+    if sending {
+        shared.senders_done.fetch_add(1, Ordering::Relaxed);
+    }
+    result
+}
+
+/// `<presence><status>lg FROM SEQ SENT_US</status></presence>` (available presence only).
+fn parse_status(el: &str) -> Option<(u32, u32, u64)> {
+    if xml::name(el) != "presence" || xml::attr(el, "type").is_some() {
+        return None;
+    }
+    let status = xml::text(xml::child(el, "status")?);
+    let mut fields = status.split_whitespace();
+    if fields.next()? != "lg" {
+        return None;
+    }
+    let from = fields.next()?.parse().ok()?;
+    let seq = fields.next()?.parse().ok()?;
+    let sent_us = fields.next()?.parse().ok()?;
+    fields.next().is_none().then_some((from, seq, sent_us))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        let p = "<presence from='user2@localhost/lg'><status>lg 2 5 123</status></presence>";
+        assert_eq!(parse_status(p), Some((2, 5, 123)));
+        let gone = "<presence type='unavailable'><status>lg 2 5 123</status></presence>";
+        assert_eq!(parse_status(gone), None);
+        assert_eq!(parse_status("<presence/>"), None);
+        assert_eq!(
+            parse_status("<message><status>lg 2 5 1</status></message>"),
+            None
+        );
+        assert_eq!(
+            parse_status("<presence><status>lg 2 x 1</status></presence>"),
+            None
+        );
+    }
+
+    #[test]
+    fn roster() {
+        let iq = "<iq type='result' id='roster'><query xmlns='jabber:iq:roster'>\
+                  <item jid='user2@localhost' subscription='both'/>\
+                  <item jid='user3@localhost' subscription='to' ask='subscribe'><group>g</group></item>\
+                  <item jid='user4@localhost'/></query></iq>";
+        let items = roster_items(iq);
+        let pairs: Vec<(&str, &str)> = items
+            .iter()
+            .map(|(j, s)| (j.as_str(), s.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("user2@localhost", "both"),
+                ("user3@localhost", "to"),
+                ("user4@localhost", "none")
+            ]
+        );
+    }
+}
