@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Turn load-tests/compare results (loadgen --json files + meta) into docs/benchmarks.md.
+
+usage: report.py RESULTS_DIR COMPARE_DIR > docs/benchmarks.md
+"""
+import json, os, sys
+
+res, here = sys.argv[1], sys.argv[2]
+meta = dict(l.rstrip("\n").split("=", 1) for l in open(os.path.join(res, "meta.txt")) if "=" in l)
+servers = meta["servers"].split()
+prov = {}
+if os.path.exists(os.path.join(res, "provision.txt")):
+    for l in open(os.path.join(res, "provision.txt")):
+        k, v = l.split()
+        prov[k] = float(v)
+failed = open(os.path.join(res, "failed.txt")).read().split("\n") if os.path.exists(os.path.join(res, "failed.txt")) else []
+
+
+def load(s, sc):
+    try:
+        j = json.load(open(os.path.join(res, f"{s}-{sc}.json")))
+    except (OSError, ValueError):
+        return None
+    try:
+        j["_cpu"] = json.load(open(os.path.join(res, f"{s}-{sc}.cpu.json")))
+    except (OSError, ValueError):
+        j["_cpu"] = {}
+    return j
+
+
+data = {s: {"idle": load(s, "idle"), "chat": load(s, "chat")} for s in servers}
+
+
+def g(s, sc, *path):
+    x = data[s][sc]
+    for p in path:
+        if x is None:
+            return None
+        x = x.get(p) if isinstance(x, dict) else None
+    return x
+
+
+# (label, function(server) -> value or None, lower_is_better, format)
+def per(a, b):
+    return None if a is None or not b else a / b
+
+
+rows = [
+    ("provisioning, s (all accounts)", lambda s: prov.get(s), True, "{:.1f}"),
+    ("idle: logins ok", lambda s: g(s, "idle", "login", "succeeded"), False, "{:.0f}"),
+    ("idle: login failures", lambda s: g(s, "idle", "login", "failed"), True, "{:.0f}"),
+    ("idle: login rate, logins/s", lambda s: g(s, "idle", "login", "rate_per_sec"), False, "{:.0f}"),
+    ("idle: login latency p50, ms", lambda s: g(s, "idle", "login", "latency_ms", "p50"), True, "{:.1f}"),
+    ("idle: login latency p99, ms", lambda s: g(s, "idle", "login", "latency_ms", "p99"), True, "{:.1f}"),
+    ("idle: sessions held", lambda s: g(s, "idle", "idle", "sessions"), False, "{:.0f}"),
+    ("idle: server RSS before, MiB", lambda s: per(g(s, "idle", "idle", "rss", "before_kib"), 1024), True, "{:.1f}"),
+    ("idle: server RSS right after the logins, MiB", lambda s: per(g(s, "idle", "idle", "rss", "after_login_kib"), 1024), True, "{:.1f}"),
+    ("idle: server RSS with sessions, MiB", lambda s: per(g(s, "idle", "idle", "rss", "after_kib"), 1024), True, "{:.1f}"),
+    ("idle: RSS per session, KiB", lambda s: g(s, "idle", "idle", "rss", "per_session_kib"), True, "{:.1f}"),
+    ("idle: server CPU, s (login+hold+close)", lambda s: g(s, "idle", "_cpu", "server_cpu_secs"), True, "{:.2f}"),
+    ("idle: server CPU per login, ms", lambda s: per(1000 * (g(s, "idle", "_cpu", "server_cpu_secs") or 0), g(s, "idle", "login", "succeeded")), True, "{:.2f}"),
+    ("chat: logins ok", lambda s: g(s, "chat", "login", "succeeded"), False, "{:.0f}"),
+    ("chat: messages sent", lambda s: g(s, "chat", "chat", "sent"), False, "{:.0f}"),
+    ("chat: messages received", lambda s: g(s, "chat", "chat", "received"), False, "{:.0f}"),
+    ("chat: lost + bounced", lambda s: None if g(s, "chat", "chat") is None else g(s, "chat", "chat", "lost") + g(s, "chat", "chat", "bounced"), True, "{:.0f}"),
+    ("chat: delivered, msgs/s", lambda s: per(g(s, "chat", "chat", "received"), g(s, "chat", "chat", "elapsed_secs")), False, "{:.0f}"),
+    ("chat: latency p50, ms", lambda s: g(s, "chat", "chat", "latency_ms", "p50"), True, "{:.2f}"),
+    ("chat: latency p90, ms", lambda s: g(s, "chat", "chat", "latency_ms", "p90"), True, "{:.2f}"),
+    ("chat: latency p99, ms", lambda s: g(s, "chat", "chat", "latency_ms", "p99"), True, "{:.2f}"),
+    ("chat: latency max, ms", lambda s: g(s, "chat", "chat", "latency_ms", "max"), True, "{:.2f}"),
+    ("chat: server CPU, s (logins+exchange+close)", lambda s: g(s, "chat", "_cpu", "server_cpu_secs"), True, "{:.2f}"),
+]
+
+
+def fmt(v, f):
+    return "–" if v is None else f.format(v)
+
+
+others = [s for s in servers if s != "switchboard"]
+sb = "switchboard" in servers
+out = []
+w = out.append
+w("# Switchboard vs Prosody vs ejabberd\n")
+w(f"Measured {meta['date']} by `load-tests/compare/run.sh` (generated file; rerun the script to refresh it).")
+w("Small sizes on a small shared machine: read the figures as a smoke comparison, not as capacity numbers.\n")
+w("## Setup\n")
+w(f"- Machine: {meta['cpu']}, {meta['cpus']} CPUs, {meta['mem']}, {meta['os']}, kernel {meta['kernel']} (a container, no systemd).")
+w(f"- Each server pinned to CPU 0 and the generator to CPU 1 (`taskset`): server and generator share this 2-CPU box,")
+w("  everything over loopback; other processes on the machine (e.g. builds) were not controlled for.")
+w(f"- Switchboard {meta['switchboard']} (`target/release/switchboard` built {meta.get('switchboard_bin', '?')};"
+  f" `switchboard-loadgen` built {meta.get('loadgen_bin', '?')}), 127.0.0.1:5222.")
+w(f"- Prosody {meta['prosody']} (Debian package, Lua {meta['lua']}), 127.0.0.2:5222.")
+w(f"- ejabberd {meta['ejabberd']} (Debian package, Erlang/OTP {meta['erlang']}), 127.0.0.3:5222; the VM inherits the")
+w("  one-CPU affinity and so runs one scheduler.")
+w("- All three: domain `localhost`, STARTTLS required, the same self-signed RSA-2048 certificate, SASL PLAIN")
+w(f"  (the generator's default) checked against stored SCRAM-SHA-1/-256 keys with {meta['iterations']} PBKDF2 iterations")
+w("  (Switchboard's and ejabberd's default; Prosody's default is 10,000, lowered for equal work per login).")
+w(f"- Accounts user1..user{meta['accounts']}, password `secret`, provisioned with `load-tests/provision.sh` (Switchboard),")
+w("  account files written directly (Prosody, `prosody_accounts.py`), mod_http_api `register` (ejabberd, `ejabberd_register.py`).")
+w("- Tuning: Prosody `network_backend = \"epoll\"`, only saslauth/tls/roster/disco/ping/posix/limits, mod_limits c2s rate")
+w("  raised to 10 MB/s; ejabberd `c2s_shaper: none` (Debian's default shapes c2s to 3,000 B/s), only mod_disco/mod_ping/")
+w("  mod_roster, ERL_MAX_PORTS 65536; Switchboard defaults. Details and reasons: `load-tests/compare/README.md`;")
+w("  the config templates are next to the script.")
+w(f"- Scenarios (a fresh server process for each):")
+w(f"  - `idle`: `switchboard-loadgen -n {meta['idle_users']} --server-pid PID idle --hold-secs {meta['hold_secs']}` — login rate,")
+w("    latency, server `VmRSS` before and with all sessions, `(after - before) / sessions`.")
+w(f"  - `chat`: `switchboard-loadgen -n {meta['chat_users']} chat --messages {meta['chat_messages']} --interval-ms {meta['chat_interval_ms']}"
+  f" --duration-secs {meta['chat_duration']}` — each user sends {meta['chat_messages']} messages, one every {meta['chat_interval_ms']} ms,"
+  " to random other users; delivery and latency.")
+w("  - Server CPU: utime+stime of the server process (all threads) from `/proc/PID/stat` around each generator run.")
+w(f"- Command: `load-tests/compare/run.sh -n {meta['idle_users']} -c {meta['chat_users']} --messages {meta['chat_messages']}"
+  f" --interval-ms {meta['chat_interval_ms']} --duration-secs {meta['chat_duration']} --hold-secs {meta['hold_secs']}`.\n")
+if failed and any(failed):
+    w("**Failures during this run:** " + ", ".join(f for f in failed if f) + " (see the script's output).\n")
+
+w("## Results\n")
+hdr = "| figure | " + " | ".join(servers)
+if sb:
+    hdr += "".join(f" | Switchboard/{o.capitalize()}" for o in others)
+w(hdr + " |")
+w("|---|" + "---:|" * (len(servers) + (len(others) if sb else 0)))
+worse = []
+for label, fn, lower, f in rows:
+    vals = {s: fn(s) for s in servers}
+    line = f"| {label} | " + " | ".join(fmt(vals[s], f) for s in servers)
+    if sb:
+        for o in others:
+            a, b = vals.get("switchboard"), vals.get(o)
+            r = per(a, b) if a is not None and b else None
+            line += " | " + ("–" if r is None else f"{r:.2f}")
+            if a is not None and b is not None and label not in ("chat: messages sent",) and (
+                    (lower and a > b * 1.05) or (not lower and a < b * 0.95)):
+                worse.append((label, o, a, b, f))
+    w(line + " |")
+w("")
+w("Ratios are Switchboard's figure divided by the other server's; whether lower or higher is better depends on the row")
+w("(RSS, latency, CPU, provisioning time: lower; rates and counts of successes: higher).\n")
+
+w("## Where we fall short and why\n")
+if worse:
+    w("Rows where Switchboard is more than 5 % worse than the other server in this run:\n")
+    for label, o, a, b, f in worse:
+        w(f"- {label}: Switchboard {fmt(a, f)} vs {o.capitalize()} {fmt(b, f)}.")
+    w("")
+notes = os.path.join(here, "notes.md")
+if os.path.exists(notes):
+    w(open(notes).read().strip() + "\n")
+w("## Raw output\n")
+w("The generator's summaries of this run (`load-tests/compare/last-run/*.txt`, JSON next to them):\n")
+for s in servers:
+    for sc in ("idle", "chat"):
+        p = os.path.join(res, f"{s}-{sc}.txt")
+        if os.path.exists(p):
+            w(f"{s} `{sc}`:\n\n```\n" + open(p).read().strip() + "\n```\n")
+print("\n".join(out))

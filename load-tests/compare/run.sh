@@ -1,0 +1,290 @@
+#!/usr/bin/env bash
+# Compare Switchboard with Prosody and ejabberd (Debian packages) on this machine, loopback only.
+# See load-tests/compare/README.md. Writes docs/benchmarks.md.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+
+IDLE_USERS=2000
+CHAT_USERS=200
+CHAT_MESSAGES=100
+CHAT_INTERVAL_MS=100
+CHAT_DURATION=60
+HOLD_SECS=10
+SERVERS="switchboard prosody ejabberd"
+WORK=""
+OUT="$ROOT/docs/benchmarks.md"
+SERVER_CPU=0
+LOADGEN_CPU=1
+PASSWORD=secret
+ITERATIONS=4096
+
+usage() {
+  cat <<EOF
+usage: $0 [options]
+  -n, --idle-users N      idle sessions per server (default $IDLE_USERS)
+  -c, --chat-users N      chat users (default $CHAT_USERS)
+  --messages M            chat messages per user (default $CHAT_MESSAGES)
+  --interval-ms I         ms between two messages of one user (default $CHAT_INTERVAL_MS)
+  --duration-secs T       upper bound of the chat exchange (default $CHAT_DURATION)
+  --hold-secs T           idle hold (default $HOLD_SECS)
+  --servers "A B"         subset of: switchboard prosody ejabberd (default: all)
+  --work DIR              work dir (default: a new mktemp dir, removed at the end)
+  --out FILE              report (default docs/benchmarks.md)
+  --no-install            do not apt-get install missing packages
+  --build                 cargo build --release first (default: only if the binaries are missing)
+EOF
+}
+INSTALL=1
+BUILD=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -n|--idle-users) IDLE_USERS=$2; shift 2;;
+    -c|--chat-users) CHAT_USERS=$2; shift 2;;
+    --messages) CHAT_MESSAGES=$2; shift 2;;
+    --interval-ms) CHAT_INTERVAL_MS=$2; shift 2;;
+    --duration-secs) CHAT_DURATION=$2; shift 2;;
+    --hold-secs) HOLD_SECS=$2; shift 2;;
+    --servers) SERVERS=$2; shift 2;;
+    --work) WORK=$2; shift 2;;
+    --out) OUT=$2; shift 2;;
+    --no-install) INSTALL=0; shift;;
+    --build) BUILD=1; shift;;
+    -h|--help) usage; exit 0;;
+    *) usage >&2; exit 2;;
+  esac
+done
+[ "$(id -u)" = 0 ] || { echo "run as root (installs packages, runs servers as their users)" >&2; exit 1; }
+ACCOUNTS=$(( IDLE_USERS > CHAT_USERS ? IDLE_USERS : CHAT_USERS ))
+
+log() { echo "[compare $(date +%T)] $*" >&2; }
+
+# ---------------------------------------------------------------- work dir, cleanup
+KEEP_WORK=1
+if [ -z "$WORK" ]; then WORK=$(mktemp -d /tmp/sb-compare.XXXXXX); KEEP_WORK=0; fi
+mkdir -p "$WORK/results"
+chmod 755 "$WORK"
+RES="$WORK/results"
+STARTED_PIDS=()        # server processes this script started (killed by PID only)
+EPMD_WAS_RUNNING=0
+pgrep -x epmd >/dev/null && EPMD_WAS_RUNNING=1
+
+stop_pid() {  # stop_pid PID: TERM, wait up to 20 s, then KILL
+  local pid=$1 i
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+cleanup() {
+  local p
+  for p in "${STARTED_PIDS[@]}"; do stop_pid "$p"; done
+  # epmd is started by the Erlang VM we launched; stop it only if it was not running before.
+  if [ "$EPMD_WAS_RUNNING" = 0 ] && command -v epmd >/dev/null && pgrep -x epmd >/dev/null; then
+    epmd -kill >/dev/null 2>&1 || true
+  fi
+  if [ "$KEEP_WORK" = 0 ]; then rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_port() {  # wait_port IP PORT SECS
+  local i
+  for i in $(seq 1 $(( $3 * 5 ))); do
+    if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
+    sleep 0.2
+  done
+  echo "nothing listening on $1:$2 after $3 s" >&2; return 1
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+# ---------------------------------------------------------------- packages
+install_packages() {
+  local missing=()
+  command -v prosody >/dev/null || missing+=(prosody)
+  command -v ejabberdctl >/dev/null || missing+=(ejabberd)
+  [ ${#missing[@]} = 0 ] && return 0
+  [ "$INSTALL" = 1 ] || { echo "missing: ${missing[*]}" >&2; exit 1; }
+  # Keep the packages' own services from starting: policy-rc.d (invoke-rc.d, no systemd) ...
+  local made_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1
+  fi
+  log "apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >"$WORK/apt.log" 2>&1
+  [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+}
+stop_system_services() {
+  # ... and with systemd, stop and disable them (they would hold 5222 on all addresses).
+  if [ -d /run/systemd/system ]; then
+    systemctl disable --now prosody ejabberd >/dev/null 2>&1 || true
+  else
+    local s
+    for s in prosody ejabberd; do
+      if service "$s" status >/dev/null 2>&1; then log "stopping system service $s"; service "$s" stop || true; fi
+    done
+  fi
+}
+install_packages
+stop_system_services
+
+# ---------------------------------------------------------------- binaries
+SB="$ROOT/target/release/switchboard"
+LG="$ROOT/target/release/switchboard-loadgen"
+if [ "$BUILD" = 1 ] || [ ! -x "$SB" ] || [ ! -x "$LG" ]; then
+  log "building release binaries"
+  (cd "$ROOT" && cargo build --release -p switchboard-loadgen -p nodes)
+fi
+ulimit -n "$(ulimit -Hn)"
+NEED_FDS=$(( ACCOUNTS + 200 ))
+[ "$(ulimit -n)" -ge "$NEED_FDS" ] || { echo "open-file limit $(ulimit -n) < $NEED_FDS" >&2; exit 1; }
+
+# ---------------------------------------------------------------- certificate
+mkdir -p "$WORK/cert"
+openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=localhost" \
+  -addext "subjectAltName=DNS:localhost" \
+  -keyout "$WORK/cert/localhost.key" -out "$WORK/cert/localhost.crt" >/dev/null 2>&1
+
+# ---------------------------------------------------------------- per-server setup/start
+fill() { sed "s|@WORK@|$WORK|g" "$1" > "$2"; }
+PROV_SECS=()
+
+setup_switchboard() {
+  mkdir -p "$WORK/switchboard/data"
+  fill "$HERE/switchboard.toml.in" "$WORK/switchboard/server.toml"
+  local t0=$(date +%s.%N)
+  FIRST=1 "$ROOT/load-tests/provision.sh" "$ACCOUNTS" "$WORK/switchboard/server.toml" "$SB" >"$WORK/switchboard/provision.log" 2>&1 || return 1
+  echo "switchboard $(echo "$(date +%s.%N) - $t0" | bc)" >> "$RES/provision.txt"
+}
+start_switchboard() {
+  taskset -c "$SERVER_CPU" "$SB" run --config "$WORK/switchboard/server.toml" >>"$WORK/switchboard/server.log" 2>&1 &
+  SERVER_PID=$!; STARTED_PIDS+=("$SERVER_PID")
+  wait_port 127.0.0.1 5222 30
+}
+
+setup_prosody() {
+  mkdir -p "$WORK/prosody/data" "$WORK/prosody/certs"
+  fill "$HERE/prosody.cfg.lua.in" "$WORK/prosody/prosody.cfg.lua"
+  cp "$WORK/cert/localhost.crt" "$WORK/cert/localhost.key" "$WORK/prosody/certs/"
+  local t0=$(date +%s.%N)
+  python3 "$HERE/prosody_accounts.py" "$WORK/prosody/data" localhost 1 "$ACCOUNTS" "$PASSWORD" "$ITERATIONS" || return 1
+  echo "prosody $(echo "$(date +%s.%N) - $t0" | bc)" >> "$RES/provision.txt"
+  chown -R prosody: "$WORK/prosody"; chmod 700 "$WORK/prosody/data"
+}
+start_prosody() {
+  # setpriv execs (no fork), so $! is Prosody's own (single) process.
+  taskset -c "$SERVER_CPU" setpriv --reuid=prosody --regid=prosody --init-groups \
+    prosody --config "$WORK/prosody/prosody.cfg.lua" -F >>"$WORK/prosody/stdout.log" 2>&1 &
+  SERVER_PID=$!; STARTED_PIDS+=("$SERVER_PID")
+  wait_port 127.0.0.2 5222 30
+}
+
+EJ_NODE=sbcompare@localhost
+setup_ejabberd() {
+  mkdir -p "$WORK/ejabberd/spool" "$WORK/ejabberd/logs"
+  fill "$HERE/ejabberd.yml.in" "$WORK/ejabberd/ejabberd.yml"
+  cat "$WORK/cert/localhost.key" "$WORK/cert/localhost.crt" > "$WORK/ejabberd/localhost.pem"
+  # Our own ejabberdctl.cfg: Debian's sets EJABBERD_CONFIG_PATH=/etc/ejabberd/ejabberd.yml, which
+  # would override --config. Erlang distribution on loopback, fixed port, no epmd.
+  cat > "$WORK/ejabberd/ejabberdctl.cfg" <<EOF
+ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0"
+EJABBERD_PID_PATH=$WORK/ejabberd/ejabberd.pid
+EJABBERD_CONFIG_PATH=$WORK/ejabberd/ejabberd.yml
+ERL_MAX_PORTS=65536
+ERL_PROCESSES=1000000
+INET_DIST_INTERFACE=127.0.0.1
+ERL_DIST_PORT=5299
+EOF
+  chown -R ejabberd: "$WORK/ejabberd"; chmod 600 "$WORK/ejabberd/localhost.pem"
+  start_ejabberd
+  wait_port 127.0.0.3 5280 60
+  local t0=$(date +%s.%N)
+  python3 "$HERE/ejabberd_register.py" 127.0.0.3:5280 localhost 1 "$ACCOUNTS" "$PASSWORD" || { stop_server; return 1; }
+  echo "ejabberd $(echo "$(date +%s.%N) - $t0" | bc)" >> "$RES/provision.txt"
+  stop_server
+}
+start_ejabberd() {
+  # Started as the ejabberd user through setpriv: run as root, ejabberdctl would `su` to it, and
+  # su's PAM session resets the open-file limit to 1024 ("Failed TCP accept: too many open
+  # files" past ~1,000 sessions). The VM is beam.smp (found by node name below). The affinity
+  # set by taskset is inherited, so the VM sees one CPU and starts one scheduler.
+  HOME=/var/lib/ejabberd taskset -c "$SERVER_CPU" \
+    setpriv --reuid=ejabberd --regid=ejabberd --init-groups ejabberdctl --ctl-config "$WORK/ejabberd/ejabberdctl.cfg" --config "$WORK/ejabberd/ejabberd.yml" \
+    --spool "$WORK/ejabberd/spool" --logs "$WORK/ejabberd/logs" --node "$EJ_NODE" foreground \
+    >>"$WORK/ejabberd/stdout.log" 2>&1 &
+  STARTED_PIDS+=("$!")
+  local i p; SERVER_PID=""
+  for i in $(seq 1 150); do
+    for p in $(pgrep -x beam.smp || true); do
+      tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- "-sname $EJ_NODE " && SERVER_PID=$p
+    done
+    [ -n "$SERVER_PID" ] && break; sleep 0.2
+  done
+  [ -n "$SERVER_PID" ] || { echo "ejabberd's beam.smp did not appear" >&2; return 1; }
+  STARTED_PIDS+=("$SERVER_PID")
+  wait_port 127.0.0.3 5222 60 || return 1
+}
+stop_server() {
+  stop_pid "$SERVER_PID"
+  sleep 1
+}
+
+server_addr() { case $1 in switchboard) echo 127.0.0.1;; prosody) echo 127.0.0.2;; ejabberd) echo 127.0.0.3;; esac; }
+
+# ---------------------------------------------------------------- scenarios
+run_lg() {  # run_lg SERVER SCENARIO ARGS...
+  local s=$1 sc=$2; shift 2
+  local t0 c0 c1 t1 rc=0
+  c0=$(cpu_ticks "$SERVER_PID"); t0=$(date +%s.%N)
+  log "$s: $sc"
+  timeout 600 taskset -c "$LOADGEN_CPU" "$LG" --server "$(server_addr "$s"):5222" --domain localhost \
+    --json "$RES/$s-$sc.json" "$@" >"$RES/$s-$sc.txt" 2>"$RES/$s-$sc.err" || rc=$?
+  c1=$(cpu_ticks "$SERVER_PID"); t1=$(date +%s.%N)
+  echo "{\"server_cpu_secs\": $(echo "($c1 - $c0) / $(getconf CLK_TCK)" | bc -l), \"wall_secs\": $(echo "$t1 - $t0" | bc), \"rc\": $rc}" > "$RES/$s-$sc.cpu.json"
+  cat "$RES/$s-$sc.txt" >&2
+  [ "$rc" = 0 ] || log "$s $sc: loadgen exited $rc (see $RES/$s-$sc.err)"
+}
+
+for s in $SERVERS; do
+  log "== $s: setup"
+  if ! "setup_$s"; then log "$s: setup failed"; echo "$s setup" >> "$RES/failed.txt"; continue; fi
+  # A fresh server for each scenario (the allocator keeps freed memory).
+  if "start_$s"; then
+    run_lg "$s" idle -n "$IDLE_USERS" --server-pid "$SERVER_PID" idle --hold-secs "$HOLD_SECS"
+    stop_server
+  else log "$s: start failed"; echo "$s start" >> "$RES/failed.txt"; stop_server || true; continue; fi
+  if "start_$s"; then
+    run_lg "$s" chat -n "$CHAT_USERS" --server-pid "$SERVER_PID" chat --messages "$CHAT_MESSAGES" \
+      --interval-ms "$CHAT_INTERVAL_MS" --duration-secs "$CHAT_DURATION"
+    stop_server
+  else log "$s: start failed"; echo "$s start" >> "$RES/failed.txt"; stop_server || true; fi
+done
+
+# ---------------------------------------------------------------- report
+{
+  echo "date=$(date -u +%FT%TZ)"
+  echo "kernel=$(uname -r)"
+  echo "os=Debian $(cat /etc/debian_version)"
+  echo "cpu=$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)"
+  echo "cpus=$(nproc)"
+  echo "mem=$(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+  echo "prosody=$(dpkg-query -W -f '${Version}' prosody 2>/dev/null)"
+  echo "ejabberd=$(dpkg-query -W -f '${Version}' ejabberd 2>/dev/null)"
+  echo "erlang=$(dpkg-query -W -f '${Version}' erlang-base 2>/dev/null)"
+  echo "lua=$(dpkg-query -W -f '${Version}' lua5.4 2>/dev/null)"
+  echo "switchboard=$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- . ':!load-tests/compare' ':!docs/benchmarks.md' || echo '+dirty')"
+  echo "switchboard_bin=$(date -u -r "$SB" +%FT%TZ)"
+  echo "loadgen_bin=$(date -u -r "$LG" +%FT%TZ)"
+  echo "idle_users=$IDLE_USERS"; echo "chat_users=$CHAT_USERS"; echo "chat_messages=$CHAT_MESSAGES"
+  echo "chat_interval_ms=$CHAT_INTERVAL_MS"; echo "chat_duration=$CHAT_DURATION"; echo "hold_secs=$HOLD_SECS"
+  echo "servers=$SERVERS"; echo "accounts=$ACCOUNTS"; echo "iterations=$ITERATIONS"
+} > "$RES/meta.txt"
+mkdir -p "$(dirname "$OUT")"
+python3 "$HERE/report.py" "$RES" "$HERE" > "$OUT"
+log "wrote $OUT"
+if [ "$KEEP_WORK" = 0 ]; then
+  rm -rf "$HERE/last-run"; mkdir -p "$HERE/last-run"; cp -r "$RES"/. "$HERE/last-run/"
+  log "raw results copied to $HERE/last-run"
+fi
