@@ -189,6 +189,22 @@ pub const FEATURES: &[&str] = &[NS_BLOCKING, NS_PRIVACY, NS_VCARD, NS_LAST];
 /// Specifications the IM layer implements, for the support table.
 pub const SUPPORT: &[crate::ext::Support] = &[
     crate::ext::Support {
+        spec: "RFC 6121",
+        title: "XMPP IM: rosters with versioning, subscriptions with pre-approval, presence",
+    },
+    crate::ext::Support {
+        spec: "XEP-0160",
+        title: "Best Practices for Handling Offline Messages",
+    },
+    crate::ext::Support {
+        spec: "XEP-0191",
+        title: "Blocking Command",
+    },
+    crate::ext::Support {
+        spec: "XEP-0203",
+        title: "Delayed Delivery (offline messages)",
+    },
+    crate::ext::Support {
         spec: "XEP-0012",
         title: "Last Activity",
     },
