@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create the load-test accounts user1..userN with the switchboard CLI, one process per account.
+# Create the load-test accounts user1..userN with `switchboard user import`.
 #
 #   load-tests/provision.sh N CFG [BIN]
 #
@@ -26,23 +26,12 @@ case $n in '' | *[!0-9]*) echo "$0: N must be a number" >&2; exit 2 ;; esac
 [ -f "$cfg" ] || { echo "$0: no config file $cfg" >&2; exit 2; }
 [ -x "$bin" ] || { echo "$0: no switchboard binary at $bin (cargo build -p nodes)" >&2; exit 2; }
 
-created=0
-existing=0
 start=$(date +%s.%N)
 last=$((first + n - 1))
+# One `switchboard user import` for all of them (a process per account costs ~40 ms each).
 for ((i = first; i <= last; i++)); do
-    if err=$("$bin" user add "$prefix$i@$domain" --password "$password" --config "$cfg" 2>&1 >/dev/null); then
-        created=$((created + 1))
-    elif [[ $err == *"already exists"* ]]; then
-        existing=$((existing + 1))
-    else
-        echo "$0: $prefix$i@$domain: $err" >&2
-        exit 1
-    fi
-    if (( (i - first + 1) % 1000 == 0 )); then
-        echo "  $((i - first + 1))/$n" >&2
-    fi
-done
+    printf '%s@%s %s\n' "$prefix$i" "$domain" "$password"
+done | "$bin" user import - --config "$cfg"
 end=$(date +%s.%N)
-echo "$created created, $existing already existed ($prefix$first..$prefix$last@$domain)" \
+echo "$prefix$first..$prefix$last@$domain provisioned" \
     "in $(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.1f", e - s }') s"

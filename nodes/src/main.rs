@@ -52,6 +52,9 @@ enum UserCommand {
     },
     /// List accounts.
     List,
+    /// Create many accounts from a file of `JID PASSWORD` lines (`-` for standard input);
+    /// existing accounts are left alone.
+    Import { file: PathBuf },
 }
 
 fn main() {
@@ -121,10 +124,16 @@ fn user_command(settings: &Settings, command: UserCommand) -> anyhow::Result<()>
         },
         UserCommand::Del { jid } => AdminRequest::UserDel { jid },
         UserCommand::List => AdminRequest::UserList,
+        UserCommand::Import { file } => AdminRequest::UserImport {
+            users: read_import_file(&file)?,
+        },
     };
-    let response = match admin::request(&settings.admin_socket(), &request)? {
-        Some(r) => r,
-        None => offline(settings, &request)?,
+    let response = match request {
+        AdminRequest::UserImport { ref users } => import(settings, users)?,
+        _ => match admin::request(&settings.admin_socket(), &request)? {
+            Some(r) => r,
+            None => offline(settings, &request)?,
+        },
     };
     if !response.ok {
         bail!(
@@ -140,6 +149,11 @@ fn user_command(settings: &Settings, command: UserCommand) -> anyhow::Result<()>
                 }
             }
         }
+        (AdminRequest::UserImport { .. }, Some(o)) => eprintln!(
+            "{} created, {} already existed",
+            o["created"].as_u64().unwrap_or_default(),
+            o["existing"].as_u64().unwrap_or_default()
+        ),
         (AdminRequest::UserAdd { .. }, Some(j)) => {
             eprintln!("created {}", j.as_str().unwrap_or_default())
         }
@@ -152,6 +166,53 @@ fn user_command(settings: &Settings, command: UserCommand) -> anyhow::Result<()>
         _ => {}
     }
     Ok(())
+}
+
+/// Import in batches (a running node takes requests of bounded size), adding up the counts.
+fn import(settings: &Settings, users: &[(String, String)]) -> anyhow::Result<AdminResponse> {
+    const BATCH: usize = 500;
+    let mut total = users::ImportOutcome::default();
+    for chunk in users.chunks(BATCH) {
+        let request = AdminRequest::UserImport {
+            users: chunk.to_vec(),
+        };
+        let response = match admin::request(&settings.admin_socket(), &request)? {
+            Some(r) => r,
+            None => offline(settings, &request)?,
+        };
+        if !response.ok {
+            return Ok(response);
+        }
+        let outcome: users::ImportOutcome =
+            serde_json::from_value(response.result.unwrap_or_default())?;
+        total.created += outcome.created;
+        total.existing += outcome.existing;
+    }
+    Ok(AdminResponse::ok(serde_json::to_value(total).ok()))
+}
+
+/// `JID PASSWORD` per line; blank lines and `#` comments are skipped. The password is the
+/// rest of the line, trimmed, so it may contain inner spaces.
+fn read_import_file(file: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    let mut users = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.split_once(char::is_whitespace) {
+            Some((jid, password)) if !password.trim().is_empty() => {
+                users.push((jid.to_string(), password.trim().to_string()))
+            }
+            _ => bail!("{}:{}: expected `JID PASSWORD`", file.display(), n + 1),
+        }
+    }
+    Ok(users)
 }
 
 /// The node is not running: open the database directly.
@@ -171,6 +232,9 @@ fn offline(settings: &Settings, request: &AdminRequest) -> anyhow::Result<AdminR
             .del(jid)
             .map(|j| AdminResponse::ok(Some(j.to_string().into()))),
         AdminRequest::UserList => users.list().map(|l| AdminResponse::ok(Some(l.into()))),
+        AdminRequest::UserImport { users: list } => users
+            .import(list)
+            .map(|o| AdminResponse::ok(serde_json::to_value(o).ok())),
         AdminRequest::SessionList => return Ok(AdminResponse::err("the node is not running")),
     };
     store.flush()?;

@@ -19,6 +19,13 @@ pub enum UserError {
     Storage(#[from] StorageError),
 }
 
+/// What a bulk import did.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct ImportOutcome {
+    pub created: usize,
+    pub existing: usize,
+}
+
 pub struct UserAdmin {
     store: Store,
     accounts: AccountStore,
@@ -79,6 +86,26 @@ impl UserAdmin {
         self.store.delete_user_data(&key)?;
         self.accounts.delete(&key)?;
         Ok(j)
+    }
+
+    /// Create each account that does not exist yet. Stops at the first invalid entry (after
+    /// creating those before it), so a typo in a file is reported, not skipped.
+    pub fn import(&self, users: &[(String, String)]) -> Result<ImportOutcome, UserError> {
+        let mut outcome = ImportOutcome::default();
+        for (jid, password) in users {
+            // Checked first: deriving credentials costs three PBKDF2 runs.
+            let j = self.account_jid(jid)?;
+            if self.accounts.exists(&j.to_string())? {
+                outcome.existing += 1;
+                continue;
+            }
+            match self.add(jid, password) {
+                Ok(_) => outcome.created += 1,
+                Err(UserError::Storage(StorageError::AlreadyExists(_))) => outcome.existing += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(outcome)
     }
 
     pub fn list(&self) -> Result<Vec<String>, UserError> {

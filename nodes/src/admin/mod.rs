@@ -98,6 +98,10 @@ impl AdminServer {
                     Err(e) => AdminResponse::err(e),
                 }
             }
+            AdminRequest::UserImport { users: list } => match users.import(&list) {
+                Ok(o) => AdminResponse::ok(serde_json::to_value(o).ok()),
+                Err(e) => AdminResponse::err(e),
+            },
             AdminRequest::UserList => match users.list() {
                 Ok(l) => AdminResponse::ok(Some(l.into())),
                 Err(e) => AdminResponse::err(e),

@@ -5,10 +5,23 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum AdminRequest {
-    UserAdd { jid: String, password: String },
-    UserDel { jid: String },
-    UserPasswd { jid: String, password: String },
+    UserAdd {
+        jid: String,
+        password: String,
+    },
+    UserDel {
+        jid: String,
+    },
+    UserPasswd {
+        jid: String,
+        password: String,
+    },
     UserList,
+    /// Create many accounts at once: `(jid, password)` pairs. Existing accounts are left
+    /// alone and counted.
+    UserImport {
+        users: Vec<(String, String)>,
+    },
     SessionList,
 }
 
