@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 
 use crate::conn::Failure;
 use crate::login::Target;
+use crate::probe;
 use crate::ramp::{login_all, stopped, tally, End, Plan, Session};
 use crate::report::{ChatSummary, Distribution, Outcome};
 use crate::xml;
@@ -202,8 +203,9 @@ fn compose(shared: &Shared, from: u32, pos: usize, seq: u32) -> String {
     let to = shared.target.full_jid(peers[other]);
     let sent_us = shared.epoch.elapsed().as_micros() as u64;
     format!(
-        "<message to='{}' type='chat' id='m{seq}'><body>lg {from} {seq} {sent_us}</body></message>",
-        xml::escape(&to)
+        "<message to='{}' type='chat' id='m{seq}'><body>{}</body></message>",
+        xml::escape(&to),
+        probe::format(from, seq, sent_us)
     )
 }
 
@@ -219,7 +221,7 @@ fn receive(shared: &Shared, el: &str, seen: &mut HashSet<(u32, u32)>, received: 
     let Some(body) = xml::child(el, "body").map(xml::text) else {
         return;
     };
-    let Some((from, seq, sent_us)) = parse_body(&body) else {
+    let Some((from, seq, sent_us)) = probe::parse(&body) else {
         return;
     };
     if !seen.insert((from, seq)) {
@@ -230,30 +232,4 @@ fn receive(shared: &Shared, el: &str, seen: &mut HashSet<(u32, u32)>, received: 
     shared.accounted.fetch_add(1, Ordering::Relaxed);
     let now_us = shared.epoch.elapsed().as_micros() as u64;
     received.latencies_us.push(now_us.saturating_sub(sent_us));
-}
-
-/// `lg FROM SEQ SENT_US`.
-fn parse_body(body: &str) -> Option<(u32, u32, u64)> {
-    let mut fields = body.split_whitespace();
-    if fields.next()? != "lg" {
-        return None;
-    }
-    let from = fields.next()?.parse().ok()?;
-    let seq = fields.next()?.parse().ok()?;
-    let sent_us = fields.next()?.parse().ok()?;
-    fields.next().is_none().then_some((from, seq, sent_us))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bodies() {
-        assert_eq!(parse_body("lg 3 17 123456"), Some((3, 17, 123456)));
-        assert_eq!(parse_body("lg 3 17"), None);
-        assert_eq!(parse_body("lg 3 17 1 extra"), None);
-        assert_eq!(parse_body("hello 3 17 1"), None);
-        assert_eq!(parse_body("lg x 17 1"), None);
-    }
 }

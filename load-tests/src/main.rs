@@ -14,6 +14,7 @@ mod idle;
 mod login;
 mod markdown;
 mod presence;
+mod probe;
 mod ramp;
 mod report;
 mod scram;

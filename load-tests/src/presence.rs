@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 
 use crate::conn::Failure;
 use crate::login::Target;
+use crate::probe;
 use crate::ramp::{login_all, stopped, tally, End, Plan, Session};
 use crate::report::{Distribution, Outcome, PresenceSummary};
 use crate::timeline::{rate, Progress, Recorder};
@@ -326,8 +327,8 @@ async fn exchange(
                 seq += 1;
                 let sent_us = shared.epoch.elapsed().as_micros() as u64;
                 let change = format!(
-                    "<presence><status>lg {} {seq} {sent_us}</status></presence>",
-                    session.index
+                    "<presence><status>{}</status></presence>",
+                    probe::format(session.index, seq, sent_us)
                 );
                 if let Err(failure) = session.conn.send(&change).await {
                     break Err(failure);
@@ -376,15 +377,7 @@ fn parse_status(el: &str) -> Option<(u32, u32, u64)> {
     if xml::name(el) != "presence" || xml::attr(el, "type").is_some() {
         return None;
     }
-    let status = xml::text(xml::child(el, "status")?);
-    let mut fields = status.split_whitespace();
-    if fields.next()? != "lg" {
-        return None;
-    }
-    let from = fields.next()?.parse().ok()?;
-    let seq = fields.next()?.parse().ok()?;
-    let sent_us = fields.next()?.parse().ok()?;
-    fields.next().is_none().then_some((from, seq, sent_us))
+    probe::parse(&xml::text(xml::child(el, "status")?))
 }
 
 #[cfg(test)]
