@@ -498,9 +498,7 @@ impl Handler<ListSessions> for Router {
 impl Handler<DeliverToAvailable> for Router {
     type Result = ();
     fn handle(&mut self, msg: DeliverToAvailable, _: &mut Context<Self>) {
-        for r in self.available_resources(&msg.to.to_bare()) {
-            Self::deliver(r, msg.stanza.clone());
-        }
+        self.deliver_to_jid(&msg.to.to_bare(), msg.stanza);
     }
 }
 
