@@ -16,6 +16,29 @@ pub struct Settings {
     pub tls: TlsSettings,
     pub im: ImSettings,
     pub log: LogSettings,
+    pub cluster: ClusterSettings,
+}
+
+/// Clustering (see README, "Cluster"). `node_id = 0` runs a single node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// This node's id, unique in the cluster and never reused; 0 disables clustering.
+    pub node_id: u64,
+    /// NodeLink listener (Raft and stanzas between nodes).
+    pub listen: String,
+    /// The NodeLink address peers dial; defaults to `listen`.
+    pub advertise: String,
+    /// Shared secret every node proves it holds when links come up.
+    pub secret: String,
+    /// The initial voters, `ID@HOST:PORT`; the lowest id forms the cluster on first start.
+    pub members: Vec<String>,
+    /// Running members (`ID@HOST:PORT`) a new node asks for admission.
+    pub seeds: Vec<String>,
+    /// A member silent this long is marked down and its routes purged.
+    pub failure_timeout_ms: u64,
+    /// Raft heartbeat; elections start after 4–8 heartbeats without a leader.
+    pub heartbeat_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -101,6 +124,16 @@ shards = 4
 [log]
 level = "info"
 format = "text"
+
+[cluster]
+node_id = 0
+listen = ""
+advertise = ""
+secret = ""
+members = []
+seeds = []
+failure_timeout_ms = 3000
+heartbeat_ms = 150
 "#;
 
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +146,7 @@ pub enum ConfigError {
 
 /// Top-level keys of [`Settings`]; environment variables under other names
 /// (`SWITCHBOARD_CONFIG`, or a test harness's `SWITCHBOARD_BIN`) are not settings.
-const TOP_LEVEL_KEYS: &[&str] = &["domains", "data_dir", "c2s", "tls", "im", "log"];
+const TOP_LEVEL_KEYS: &[&str] = &["domains", "data_dir", "c2s", "tls", "im", "log", "cluster"];
 
 /// The `SWITCHBOARD_*` variables that name a setting. A misspelt key inside a known section
 /// (`SWITCHBOARD_C2S__LISEN`) still reaches the loader and is refused there.
@@ -129,6 +162,43 @@ fn settings_env(vars: impl Iterator<Item = (String, String)>) -> config::Map<Str
         })
     })
     .collect()
+}
+
+impl ClusterSettings {
+    pub fn enabled(&self) -> bool {
+        self.node_id != 0
+    }
+
+    fn validate(&mut self) -> Result<(), ConfigError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.listen.is_empty() {
+            return invalid("cluster.listen must be set when cluster.node_id is".into());
+        }
+        if self.advertise.is_empty() {
+            self.advertise = self.listen.clone();
+        }
+        if self.secret.len() < 16 {
+            return invalid("cluster.secret must be at least 16 characters".into());
+        }
+        for m in self.members.iter().chain(&self.seeds) {
+            if crate::cluster::parse_member(m).is_none() {
+                return invalid(format!("cluster member {m:?} is not ID@HOST:PORT"));
+            }
+        }
+        if self.members.is_empty() && self.seeds.is_empty() {
+            return invalid("cluster.members or cluster.seeds must name the cluster".into());
+        }
+        if self.heartbeat_ms == 0 || self.failure_timeout_ms < self.heartbeat_ms * 4 {
+            return invalid(
+                "cluster.failure_timeout_ms must be at least 4 heartbeats (cluster.heartbeat_ms)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Settings {
@@ -195,6 +265,7 @@ impl Settings {
         if self.im.shards == 0 {
             return Err(ConfigError::Invalid("im.shards must be at least 1".into()));
         }
+        self.cluster.validate()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid(
                 "log.format must be \"text\" or \"json\"".into(),

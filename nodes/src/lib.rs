@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod c2s;
+pub mod cluster;
 pub mod config;
 pub mod ext;
 pub mod im;

@@ -31,6 +31,24 @@ enum Command {
     },
     /// Print the specifications this build implements.
     Features,
+    /// Inspect or change the running node's cluster.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Raft state, leader, voters, members up or down, and NodeLinks, as JSON.
+    Status,
+    /// Every route the node knows (`JID NODE available|unavailable`), sorted.
+    Routes,
+    /// Take a node (this one by default) out of the cluster; its routes are purged.
+    Leave {
+        #[arg(long)]
+        node: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -79,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User { command } => user_command(&settings, command),
+        Command::Cluster { command } => cluster_command(&settings, command),
     }
 }
 
@@ -168,6 +187,41 @@ fn user_command(settings: &Settings, command: UserCommand) -> anyhow::Result<()>
     Ok(())
 }
 
+fn cluster_command(settings: &Settings, command: ClusterCommand) -> anyhow::Result<()> {
+    let request = match command {
+        ClusterCommand::Status => AdminRequest::ClusterStatus,
+        ClusterCommand::Routes => AdminRequest::ClusterRoutes,
+        ClusterCommand::Leave { node } => AdminRequest::ClusterLeave { node },
+    };
+    let Some(response) = admin::request(&settings.admin_socket(), &request)? else {
+        bail!(
+            "no node is running with data_dir {} (its admin socket is missing)",
+            settings.data_dir.display()
+        );
+    };
+    if !response.ok {
+        bail!(
+            "{}",
+            response.error.unwrap_or_else(|| "request failed".into())
+        );
+    }
+    match (&request, response.result) {
+        (AdminRequest::ClusterRoutes, Some(serde_json::Value::Array(list))) => {
+            for r in list {
+                let avail = if r[2].as_bool().unwrap_or(false) {
+                    "available"
+                } else {
+                    "unavailable"
+                };
+                println!("{} {} {avail}", r[0].as_str().unwrap_or_default(), r[1]);
+            }
+        }
+        (_, Some(v)) => println!("{}", serde_json::to_string_pretty(&v)?),
+        (_, None) => eprintln!("done"),
+    }
+    Ok(())
+}
+
 /// Import in batches (a running node takes requests of bounded size), adding up the counts.
 fn import(settings: &Settings, users: &[(String, String)]) -> anyhow::Result<AdminResponse> {
     const BATCH: usize = 500;
@@ -235,7 +289,12 @@ fn offline(settings: &Settings, request: &AdminRequest) -> anyhow::Result<AdminR
         AdminRequest::UserImport { users: list } => users
             .import(list)
             .map(|o| AdminResponse::ok(serde_json::to_value(o).ok())),
-        AdminRequest::SessionList => return Ok(AdminResponse::err("the node is not running")),
+        AdminRequest::SessionList
+        | AdminRequest::ClusterStatus
+        | AdminRequest::ClusterRoutes
+        | AdminRequest::ClusterLeave { .. } => {
+            return Ok(AdminResponse::err("the node is not running"))
+        }
     };
     store.flush()?;
     Ok(response.unwrap_or_else(AdminResponse::err))

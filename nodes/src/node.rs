@@ -1,6 +1,7 @@
 //! `switchboard run`: open storage, build TLS and SASL, start the router, the c2s listeners
 //! on one worker arbiter per core and the admin endpoint; stop cleanly on SIGTERM/SIGINT.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +15,11 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::admin::{self, AdminServer};
 use crate::c2s::{self, C2sContext, C2sListener};
+use crate::cluster::{parse_member, Cluster, ClusterConfig, ClusterService, UpdateSink};
 use crate::config::Settings;
 use crate::ext::Extensions;
 use crate::im::{AttachShards, ImLimits, ImStores, RosterActor, RosterShards};
+use crate::router::messages::{ClusterUpdate, LocalRoutes};
 use crate::router::Router;
 use crate::tls::TlsContext;
 use crate::users::UserAdmin;
@@ -48,11 +51,20 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let secret = store.meta()?.secret("scram-fake-secret", rand::random)?;
     let tls = TlsContext::load(&settings)?;
     let listeners = bind_listeners(&settings)?;
+    let cluster_listener = if settings.cluster.enabled() {
+        let l = std::net::TcpListener::bind(&settings.cluster.listen)
+            .with_context(|| format!("binding cluster.listen {}", settings.cluster.listen))?;
+        l.set_nonblocking(true)?;
+        Some(l)
+    } else {
+        None
+    };
     let admin_path = settings.admin_socket();
     let admin_listener_path = admin_path.clone();
 
     let system = actix_rt::System::new();
     let admin_store = store.clone();
+    let cluster_store = store.clone();
     let result: anyhow::Result<()> = system.block_on(async move {
         let domains = Arc::new(settings.domains.clone());
         // The SCRAM username is a localpart, so each served domain gets its own
@@ -69,6 +81,11 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         // address before it runs.
         let router_ctx = Context::<Router>::new();
         let router_addr = router_ctx.address();
+        let cluster_arbiter = Arbiter::new();
+        let cluster = match &cluster_listener {
+            Some(_) => Some(start_cluster(&settings, &cluster_store, &cluster_arbiter, &router_addr).await?),
+            None => None,
+        };
         let im_arbiter = Arbiter::new();
         let limits = ImLimits {
             max_roster_items: settings.im.max_roster_items,
@@ -82,7 +99,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 RosterActor::new(router, stores, limits, domains)
             }));
         }
-        let shards = RosterShards::new(shard_addrs);
+        let shards = RosterShards::new(shard_addrs, cluster.clone());
         for shard in shards.all() {
             shard.do_send(AttachShards(shards.clone()));
         }
@@ -91,7 +108,11 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             accounts.clone(),
             settings.c2s.resource_conflict,
             shards.clone(),
+            cluster.clone(),
         ));
+        if let (Some(cluster), Some(listener)) = (&cluster, cluster_listener) {
+            serve_cluster(cluster, listener, &cluster_arbiter, &router, &shards)?;
+        }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let ctx = Arc::new(C2sContext {
             policy: Arc::new(C2sPolicy {
@@ -116,6 +137,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         let admin_server = Arc::new(AdminServer {
             users: Arc::new(UserAdmin::new(admin_store, settings.domains.clone())?),
             router,
+            cluster,
         });
         actix_rt::spawn(admin_server.serve(admin_listener));
 
@@ -157,12 +179,98 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             w.stop();
         }
         im_arbiter.stop();
+        cluster_arbiter.stop();
         Ok(())
     });
     let _ = std::fs::remove_file(&admin_path);
     store.flush()?;
     tracing::info!("storage flushed; bye");
     result
+}
+
+/// Start Raft and the NodeLinks on their own arbiter; table changes go to the Router.
+async fn start_cluster(
+    settings: &Settings,
+    store: &Store,
+    arbiter: &Arbiter,
+    router: &Addr<Router>,
+) -> anyhow::Result<Cluster> {
+    let c = &settings.cluster;
+    let mut members = BTreeMap::new();
+    for m in &c.members {
+        if let Some((id, addr)) = parse_member(m) {
+            members.insert(id, addr);
+        }
+    }
+    let config = ClusterConfig {
+        node_id: c.node_id,
+        advertise: c.advertise.clone(),
+        members,
+        seeds: c.seeds.clone(),
+        failure_timeout: Duration::from_millis(c.failure_timeout_ms),
+        heartbeat_ms: c.heartbeat_ms,
+    };
+    let log = store.raft_log()?;
+    let secret = c.secret.clone();
+    let router = router.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let started = arbiter.spawn(async move {
+        let sink: UpdateSink = Arc::new(move |u| router.do_send(ClusterUpdate(u)));
+        let _ = tx.send(Cluster::start(config, &secret, log, sink).await);
+    });
+    if !started {
+        anyhow::bail!("cluster arbiter is not running");
+    }
+    let cluster = rx.await.context("cluster start was abandoned")??;
+    tracing::info!(
+        node_id = cluster.me,
+        incarnation = cluster.incarnation,
+        "cluster: raft started"
+    );
+    Ok(cluster)
+}
+
+/// Accept peers' NodeLinks, form or join the cluster, and keep this node's routes and
+/// liveness current.
+fn serve_cluster(
+    cluster: &Cluster,
+    listener: std::net::TcpListener,
+    arbiter: &Arbiter,
+    router: &Addr<Router>,
+    shards: &RosterShards,
+) -> anyhow::Result<()> {
+    let service = Arc::new(ClusterService {
+        cluster: cluster.clone(),
+        router: router.clone(),
+        im: shards.local_only(),
+    });
+    let (cluster, router) = (cluster.clone(), router.clone());
+    let addr = listener.local_addr()?;
+    let started = arbiter.spawn(async move {
+        match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => {
+                tokio::spawn(cluster.links.clone().serve(l, service));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cluster: cannot listen");
+                return;
+            }
+        }
+        if let Err(e) = cluster.bootstrap().await {
+            tracing::error!(error = %e, "cluster: bootstrap failed");
+        }
+        cluster
+            .watch(move || {
+                let router = router.clone();
+                async move { router.send(LocalRoutes).await.unwrap_or_default() }
+            })
+            .await;
+    });
+    if !started {
+        anyhow::bail!("cluster arbiter is not running");
+    }
+    tracing::info!(%addr, "cluster: NodeLink listening");
+    Ok(())
 }
 
 fn worker_count() -> usize {

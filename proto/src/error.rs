@@ -185,6 +185,37 @@ impl StanzaErrorCondition {
             UnexpectedRequest => "unexpected-request",
         }
     }
+    /// The condition named `name` (its element name), if it is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        use StanzaErrorCondition::*;
+        [
+            BadRequest,
+            Conflict,
+            FeatureNotImplemented,
+            Forbidden,
+            Gone,
+            InternalServerError,
+            ItemNotFound,
+            JidMalformed,
+            NotAcceptable,
+            NotAllowed,
+            NotAuthorized,
+            PolicyViolation,
+            RecipientUnavailable,
+            Redirect,
+            RegistrationRequired,
+            RemoteServerNotFound,
+            RemoteServerTimeout,
+            ResourceConstraint,
+            ServiceUnavailable,
+            SubscriptionRequired,
+            UndefinedCondition,
+            UnexpectedRequest,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == name)
+    }
+
     /// The type RFC 6120 §8.3.3 recommends for this condition.
     pub fn default_type(self) -> StanzaErrorType {
         use StanzaErrorCondition::*;

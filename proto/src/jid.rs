@@ -221,3 +221,17 @@ fn checked_len(s: Cow<'_, str>) -> Result<String, JidError> {
         Ok(s.into_owned())
     }
 }
+
+/// JIDs travel between cluster nodes as their string form, prepared again on arrival.
+impl serde::Serialize for Jid {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Jid {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Jid, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Jid::parse(&s).map_err(serde::de::Error::custom)
+    }
+}

@@ -23,7 +23,7 @@ pub enum StanzaKind {
 }
 
 /// The stanza kinds an item names; all `false` means every stanza.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StanzaKinds {
     pub message: bool,
     pub iq: bool,
@@ -49,7 +49,7 @@ impl StanzaKinds {
 }
 
 /// Which peers an item covers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Matcher {
     /// A `type='jid'` item, matched as XEP-0016 §2.1 says.
     Jid(Jid),
@@ -77,7 +77,7 @@ fn is_bare_of(contact: &Jid, peer: &Jid) -> bool {
     contact.local() == peer.local() && contact.domain() == peer.domain()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rule {
     pub matcher: Matcher,
     pub allow: bool,
@@ -85,7 +85,7 @@ pub struct Rule {
 }
 
 /// One privacy list, its rules sorted by `order`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PrivacyRules {
     pub items: Vec<Rule>,
 }

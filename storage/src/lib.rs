@@ -15,6 +15,7 @@ pub mod meta;
 pub mod offline;
 pub mod privacy;
 pub mod private;
+pub mod raft_log;
 pub mod rosters;
 pub mod vcards;
 
@@ -32,6 +33,7 @@ pub use meta::MetaStore;
 pub use offline::OfflineStore;
 pub use privacy::{PrivacyItem, PrivacyStore};
 pub use private::PrivateStore;
+pub use raft_log::{RaftLogStore, SnapshotSlot};
 pub use rosters::{RosterChange, RosterItem, RosterStore};
 pub use vcards::VCardStore;
 
@@ -132,6 +134,18 @@ impl Store {
 
     pub fn private(&self) -> Result<PrivateStore, StorageError> {
         Ok(PrivateStore::new(self.db.open_tree("private")?))
+    }
+
+    /// The Raft log of the cluster metadata group (routes and members).
+    pub fn raft_log<C>(&self) -> Result<RaftLogStore<C>, StorageError>
+    where
+        C: openraft::RaftTypeConfig,
+        C::Entry: Serialize + DeserializeOwned,
+    {
+        Ok(RaftLogStore::new(
+            self.db.open_tree("raft_log")?,
+            self.db.open_tree("raft_state")?,
+        ))
     }
 
     pub fn last_activity(&self) -> Result<LastActivityStore, StorageError> {

@@ -10,7 +10,8 @@ use actix::Addr;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::router::messages::{KickAccount, ListSessions};
+use crate::cluster::Cluster;
+use crate::router::messages::{KickAccount, ListRoutes, ListSessions};
 use crate::router::Router;
 use crate::users::UserAdmin;
 use protocol::{AdminRequest, AdminResponse};
@@ -21,6 +22,7 @@ const MAX_REQUEST: usize = 64 * 1024;
 pub struct AdminServer {
     pub users: Arc<UserAdmin>,
     pub router: Addr<Router>,
+    pub cluster: Option<Cluster>,
 }
 
 /// Bind the socket, replacing a stale one left by a crash.
@@ -109,6 +111,21 @@ impl AdminServer {
             AdminRequest::SessionList => match self.router.send(ListSessions).await {
                 Ok(l) => AdminResponse::ok(serde_json::to_value(l).ok()),
                 Err(e) => AdminResponse::err(e),
+            },
+            AdminRequest::ClusterStatus => match &self.cluster {
+                Some(c) => AdminResponse::ok(Some(c.status())),
+                None => AdminResponse::err("this node is not clustered (cluster.node_id = 0)"),
+            },
+            AdminRequest::ClusterRoutes => match self.router.send(ListRoutes).await {
+                Ok(l) => AdminResponse::ok(serde_json::to_value(l).ok()),
+                Err(e) => AdminResponse::err(e),
+            },
+            AdminRequest::ClusterLeave { node } => match &self.cluster {
+                Some(c) => match c.leave(node.unwrap_or(c.me)).await {
+                    Ok(()) => AdminResponse::ok(None),
+                    Err(e) => AdminResponse::err(e),
+                },
+                None => AdminResponse::err("this node is not clustered (cluster.node_id = 0)"),
             },
         }
     }

@@ -23,6 +23,14 @@ pub enum AdminRequest {
         users: Vec<(String, String)>,
     },
     SessionList,
+    /// Raft state, members and links of this node's cluster.
+    ClusterStatus,
+    /// Every route this node knows (local and remote), sorted: nodes compare these.
+    ClusterRoutes,
+    /// Take `node` (this node when absent) out of the cluster.
+    ClusterLeave {
+        node: Option<u64>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

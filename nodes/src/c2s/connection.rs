@@ -417,10 +417,12 @@ impl Connection {
         let filters = self
             .ctx
             .im
-            .for_user(&jid.to_bare())
-            .send(GetFilters {
-                user: jid.to_bare(),
-            })
+            .ask(
+                &jid.to_bare(),
+                GetFilters {
+                    user: jid.to_bare(),
+                },
+            )
             .await
             .unwrap_or_default();
         let session_id = self.ctx.next_session_id.fetch_add(1, Ordering::Relaxed);
@@ -455,6 +457,12 @@ impl Connection {
                 session.do_send(ConnectionClosed);
                 self.negotiation
                     .bind_failed(iq_id, StanzaErrorCondition::Conflict)
+            }
+            Ok(Err(BindRefused::ClusterUnavailable)) => {
+                // RFC 6120 §7.6.2.1: the server cannot bind now; the client may retry.
+                session.do_send(ConnectionClosed);
+                self.negotiation
+                    .bind_failed(iq_id, StanzaErrorCondition::ResourceConstraint)
             }
             Err(_) => {
                 session.do_send(ConnectionClosed);

@@ -232,11 +232,14 @@ impl SessionActor {
         };
         if to.local().is_some() && crate::im::handles(&payload.ns) {
             let mut effect = PrivacyEffect::of(iq);
-            let request = self.im.for_user(to).send(AccountIq {
-                from: self.jid.clone(),
-                to: to.clone(),
-                iq: iq.clone(),
-            });
+            let request = self.im.ask(
+                to,
+                AccountIq {
+                    from: self.jid.clone(),
+                    to: to.clone(),
+                    iq: iq.clone(),
+                },
+            );
             ctx.spawn(
                 request
                     .into_actor(self)
@@ -372,12 +375,15 @@ impl Handler<FromClient> for SessionActor {
                     return self.reply_error(&stanza, StanzaErrorCondition::BadRequest, ctx);
                 }
                 let user = self.jid.to_bare();
-                self.im.for_user(&user).do_send(OutboundSubscription {
-                    user,
-                    contact,
-                    kind,
-                    stanza,
-                });
+                self.im.tell(
+                    &user.clone(),
+                    OutboundSubscription {
+                        user,
+                        contact,
+                        kind,
+                        stanza,
+                    },
+                );
                 return;
             }
             "presence" if to.is_none() => {

@@ -10,6 +10,7 @@ mod offline;
 mod presence;
 mod privacy;
 mod private_xml;
+pub mod remote;
 mod roster;
 mod subscription;
 mod vcard;
@@ -25,8 +26,12 @@ use storage::{
     StorageError, Store, VCardStore,
 };
 
+use crate::cluster::link::PeerLink;
+use crate::cluster::messages::{Push, Reply, Request};
+use crate::cluster::Cluster;
 use crate::router::Router;
 use messages::*;
+pub use remote::{ImError, ImMessage};
 
 pub use blocking::NS_BLOCKING;
 pub use last::NS_LAST;
@@ -42,26 +47,110 @@ pub struct ImLimits {
     pub max_offline_messages: usize,
 }
 
-/// The addresses of every RosterActor shard.
+/// The addresses of this node's RosterActor shards and, in a cluster, the way to other
+/// users' home nodes. Every IM operation goes through `tell` (one-way) or `ask`.
 #[derive(Clone)]
-pub struct RosterShards(Arc<Vec<Addr<RosterActor>>>);
+pub struct RosterShards {
+    local: Arc<Vec<Addr<RosterActor>>>,
+    cluster: Option<Cluster>,
+}
 
 impl RosterShards {
-    pub fn new(shards: Vec<Addr<RosterActor>>) -> Self {
-        RosterShards(Arc::new(shards))
+    pub fn new(shards: Vec<Addr<RosterActor>>, cluster: Option<Cluster>) -> Self {
+        RosterShards {
+            local: Arc::new(shards),
+            cluster,
+        }
+    }
+
+    /// This node's shards only.
+    pub fn local_only(&self) -> RosterShards {
+        RosterShards {
+            local: self.local.clone(),
+            cluster: None,
+        }
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Addr<RosterActor>> {
-        self.0.iter()
+        self.local.iter()
     }
 
-    /// The shard that owns `bare`'s state.
-    pub fn for_user(&self, bare: &Jid) -> &Addr<RosterActor> {
+    /// The shard of this node that owns `bare`'s state (if this node is its home).
+    pub fn local_for_user(&self, bare: &Jid) -> &Addr<RosterActor> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         bare.hash(&mut h);
-        &self.0[(h.finish() % self.0.len() as u64) as usize]
+        &self.local[(h.finish() % self.local.len() as u64) as usize]
+    }
+
+    /// The link to `bare`'s home node, or `None` when that is this node.
+    fn home_link(&self, bare: &Jid) -> Option<Result<Arc<PeerLink>, ImError>> {
+        let cluster = self.cluster.as_ref()?;
+        let home = cluster.home_of(&bare.to_string());
+        if home == cluster.me {
+            return None;
+        }
+        Some(
+            cluster
+                .link(home)
+                .ok_or_else(|| ImError::Unreachable(format!("node {home} is not a member"))),
+        )
+    }
+
+    /// Send a one-way operation to `bare`'s shard, wherever it lives. Operations for one
+    /// user keep their order.
+    pub fn tell<M>(&self, bare: &Jid, msg: M)
+    where
+        M: ImMessage<Result = ()>,
+        RosterActor: Handler<M>,
+    {
+        match self.home_link(bare) {
+            None => self.local_for_user(bare).do_send(msg),
+            Some(Ok(link)) => {
+                if !link.push(Push::Im(msg.to_wire())) {
+                    tracing::warn!(user = %bare, "im: home node unreachable; operation dropped");
+                }
+            }
+            Some(Err(e)) => tracing::warn!(user = %bare, error = %e, "im: operation dropped"),
+        }
+    }
+
+    /// Ask `bare`'s shard, wherever it lives.
+    pub fn ask<M>(
+        &self,
+        bare: &Jid,
+        msg: M,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<M::Result, ImError>>>>
+    where
+        M: ImMessage,
+        M::Result: Send,
+        RosterActor: Handler<M>,
+    {
+        match self.home_link(bare) {
+            None => {
+                let request = self.local_for_user(bare).send(msg);
+                Box::pin(async move {
+                    request
+                        .await
+                        .map_err(|e| ImError::Unreachable(e.to_string()))
+                })
+            }
+            Some(Ok(link)) => {
+                let wire = msg.to_wire();
+                Box::pin(async move {
+                    match link.request(Request::Im(wire), IM_TIMEOUT).await {
+                        Ok(Reply::Im(reply)) => M::from_reply(reply),
+                        Ok(_) => Err(ImError::BadReply),
+                        Err(e) => Err(ImError::Unreachable(e.to_string())),
+                    }
+                })
+            }
+            Some(Err(e)) => Box::pin(async move { Err(e) }),
+        }
     }
 }
+
+/// How long a request to a user's home node may take.
+const IM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The trees the IM layer owns (sled trees are shared handles; each shard uses them only
 /// for the accounts that hash to it).

@@ -162,13 +162,16 @@ impl RosterActor {
     ) {
         let local = self.shards.as_ref().filter(|_| self.is_local(contact));
         match local {
-            Some(shards) => shards.for_user(contact).do_send(InboundSubscription {
-                user: contact.clone(),
-                contact: user.clone(),
-                kind,
-                stanza,
-                sender_presence: presence,
-            }),
+            Some(shards) => shards.tell(
+                contact,
+                InboundSubscription {
+                    user: contact.clone(),
+                    contact: user.clone(),
+                    kind,
+                    stanza,
+                    sender_presence: presence,
+                },
+            ),
             None => {
                 if presence == Some(PresenceToSend::Unavailable) {
                     self.send_presence(user, contact, presence);

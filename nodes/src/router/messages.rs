@@ -19,6 +19,8 @@ pub struct RegisterSession {
 pub enum BindRefused {
     /// The resource is online and the policy keeps the old session.
     Conflict,
+    /// The cluster could not commit the binding (no quorum reachable): retry later.
+    ClusterUnavailable,
 }
 
 /// The session is gone (stream closed or connection lost). If it was available, its
@@ -130,3 +132,26 @@ pub struct PrivacyChanged {
     pub user: Jid,
     pub lists: std::sync::Arc<crate::im::PrivacyLists>,
 }
+
+/// The routing table's log applied entries (or a snapshot): update the remote view.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ClusterUpdate(pub crate::cluster::TableUpdate);
+
+/// A one-way message from another cluster node.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FromNode {
+    pub node: crate::cluster::NodeId,
+    pub push: crate::cluster::messages::Push,
+}
+
+/// Every route this node knows, local and remote, as `(full JID, node, available)`, sorted.
+#[derive(Message)]
+#[rtype(result = "Vec<(String, u64, bool)>")]
+pub struct ListRoutes;
+
+/// This node's bound sessions as routes, for a resync with the cluster.
+#[derive(Message)]
+#[rtype(result = "Vec<crate::cluster::SessionRoute>")]
+pub struct LocalRoutes;

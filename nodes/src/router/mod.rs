@@ -2,6 +2,7 @@
 //! RFC 6121 §8 (full JID, bare JID by priority, unknown accounts, absent resources).
 
 pub mod messages;
+mod remote;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +16,8 @@ use storage::AccountStore;
 
 use crate::c2s::messages::{Deliver, Kick, SendOwnPresence, SetBlockList, SetPrivacy};
 use crate::c2s::session::SessionActor;
+use crate::cluster::messages::UserOp;
+use crate::cluster::{BindOutcome, Cluster, RouteChange};
 use crate::config::ResourceConflict;
 use crate::im::messages::{
     AccountIq, InboundSubscription, PresenceBroadcast, ResourceBinding, StoreOffline,
@@ -39,6 +42,8 @@ pub struct Router {
     /// Bare JID → its bound resources.
     sessions: HashMap<Jid, Vec<BoundResource>>,
     im: RosterShards,
+    /// Sessions on other cluster nodes (`None` on a single node).
+    remote: Option<remote::RemoteRoutes>,
 }
 
 impl Router {
@@ -47,6 +52,7 @@ impl Router {
         accounts: AccountStore,
         conflict: ResourceConflict,
         im: RosterShards,
+        cluster: Option<Cluster>,
     ) -> Router {
         Router {
             domains,
@@ -54,6 +60,7 @@ impl Router {
             conflict,
             sessions: HashMap::new(),
             im,
+            remote: cluster.map(remote::RemoteRoutes::new),
         }
     }
 
@@ -64,7 +71,12 @@ impl Router {
     fn account_exists(&self, bare: &Jid) -> bool {
         // An account with a session exists; only offline targets cost a storage read.
         // A storage error must not make a real account look absent to senders.
-        self.sessions.contains_key(bare) || self.accounts.exists(&bare.to_string()).unwrap_or(true)
+        self.sessions.contains_key(bare)
+            || self
+                .remote
+                .as_ref()
+                .is_some_and(|r| r.by_bare.contains_key(bare))
+            || self.accounts.exists(&bare.to_string()).unwrap_or(true)
     }
 
     fn resource(&self, full: &Jid) -> Option<&BoundResource> {
@@ -87,6 +99,10 @@ impl Router {
         let reply = stanza_error_reply(stanza, cond, None);
         if let Some(r) = self.resource(from) {
             r.session.do_send(Deliver(reply));
+        } else if let Some(remote) = &self.remote {
+            if let Some(r) = remote.resource(from) {
+                remote.deliver_keep_to(r, &reply);
+            }
         }
     }
 
@@ -96,17 +112,51 @@ impl Router {
         let Some(list) = self.sessions.get(bare) else {
             return Vec::new();
         };
-        let top = list
-            .iter()
-            .filter_map(|r| r.presence.as_ref().map(|(p, _)| *p))
-            .filter(|p| *p >= 0)
-            .max();
-        match top {
+        match self.top_priority(bare) {
             Some(top) => list
                 .iter()
                 .filter(|r| r.presence.as_ref().is_some_and(|(p, _)| *p == top))
                 .collect(),
             None => Vec::new(),
+        }
+    }
+
+    /// The highest non-negative priority among the account's available resources, on any node.
+    fn top_priority(&self, bare: &Jid) -> Option<i8> {
+        let local = self
+            .sessions
+            .get(bare)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.presence.as_ref().map(|(p, _)| *p));
+        let remote = self
+            .remote
+            .iter()
+            .flat_map(|r| r.resources(bare))
+            .filter_map(|r| r.priority);
+        local.chain(remote).filter(|p| *p >= 0).max()
+    }
+
+    /// The account's resources on other nodes that match `pick` (by their priority while
+    /// available).
+    fn remote_where(
+        &self,
+        bare: &Jid,
+        pick: impl Fn(Option<i8>) -> bool,
+    ) -> Vec<&remote::RemoteResource> {
+        self.remote
+            .iter()
+            .flat_map(|r| r.resources(bare))
+            .filter(|r| pick(r.priority))
+            .collect()
+    }
+
+    /// Send `stanza` as it is (its `to` kept) to remote resources.
+    fn deliver_remote(&self, targets: &[&remote::RemoteResource], stanza: &Element) {
+        if let Some(remote) = &self.remote {
+            for t in targets {
+                remote.deliver_keep_to(t, stanza);
+            }
         }
     }
 
@@ -144,6 +194,11 @@ impl Router {
             if let Some(r) = self.resource(&to) {
                 return Self::deliver(r, stanza);
             }
+            if let Some(remote) = &self.remote {
+                if let Some(r) = remote.resource(&to) {
+                    return remote.deliver(r, stanza);
+                }
+            }
             return self.to_absent_resource(from, &bare, stanza, ctx);
         }
         self.to_bare(from, &bare, stanza, ctx);
@@ -177,8 +232,14 @@ impl Router {
                         self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable)
                     }
                     "error" => {
+                        let top = self.top_priority(bare);
                         for r in self.best_resources(bare) {
                             Self::deliver(r, stanza.clone());
+                        }
+                        for r in self.remote_where(bare, |p| p.is_some() && p == top) {
+                            if let Some(remote) = &self.remote {
+                                remote.deliver(r, stanza.clone());
+                            }
                         }
                     }
                     "headline" => {
@@ -188,42 +249,54 @@ impl Router {
                         {
                             Self::deliver(r, stanza.clone());
                         }
+                        let remote = self.remote_where(bare, |p| p.is_some_and(|p| p >= 0));
+                        let mut s = stanza.clone();
+                        s.set_attr("to", bare.to_string());
+                        self.deliver_remote(&remote, &s);
                     }
                     _ => {
+                        let top = self.top_priority(bare);
                         let targets = self.best_resources(bare);
-                        if targets.is_empty() {
+                        let remote = self.remote_where(bare, |p| p.is_some() && p == top);
+                        if targets.is_empty() && remote.is_empty() {
                             self.store_offline(from, bare, stanza, ctx);
                             return;
                         }
+                        let mut s = stanza;
+                        s.set_attr("to", bare.to_string());
                         for r in targets {
-                            let mut s = stanza.clone();
-                            s.set_attr("to", bare.to_string());
-                            r.session.do_send(Deliver(s));
+                            r.session.do_send(Deliver(s.clone()));
                         }
+                        self.deliver_remote(&remote, &s);
                     }
                 }
             }
             "presence" => {
                 if let Some(kind) = stanza.attr("type").and_then(SubscriptionKind::parse) {
                     // Subscription state belongs to the recipient's roster shard.
-                    self.im.for_user(bare).do_send(InboundSubscription {
-                        user: bare.clone(),
-                        contact: from.to_bare(),
-                        kind,
-                        stanza,
-                        sender_presence: None,
-                    });
+                    self.im.tell(
+                        bare,
+                        InboundSubscription {
+                            user: bare.clone(),
+                            contact: from.to_bare(),
+                            kind,
+                            stanza,
+                            sender_presence: None,
+                        },
+                    );
                     return;
                 }
                 if stanza.attr("type") == Some("probe") {
                     // Probes are answered by the roster shards on the user's behalf.
                     return;
                 }
+                let mut s = stanza;
+                s.set_attr("to", bare.to_string());
                 for r in self.available_resources(bare) {
-                    let mut s = stanza.clone();
-                    s.set_attr("to", bare.to_string());
-                    r.session.do_send(Deliver(s));
+                    r.session.do_send(Deliver(s.clone()));
                 }
+                let remote = self.remote_where(bare, |p| p.is_some());
+                self.deliver_remote(&remote, &s);
             }
             _ => {
                 // IQs to another account's bare JID are answered by the server on its behalf.
@@ -247,10 +320,13 @@ impl Router {
     fn store_offline(&self, from: &Jid, bare: &Jid, stanza: Element, ctx: &mut Context<Self>) {
         let from = from.clone();
         let original = stanza.clone();
-        let request = self.im.for_user(bare).send(StoreOffline {
-            user: bare.clone(),
-            stanza,
-        });
+        let request = self.im.ask(
+            bare,
+            StoreOffline {
+                user: bare.clone(),
+                stanza,
+            },
+        );
         ctx.spawn(request.into_actor(self).map(move |result, router, _| {
             let cond = match result {
                 Ok(Ok(())) => return,
@@ -264,19 +340,20 @@ impl Router {
     /// Ask `bare`'s shard to answer an IQ from another user, and deliver its reply.
     fn account_iq(&self, from: &Jid, bare: &Jid, iq: Element, ctx: &mut Context<Self>) {
         let from = from.clone();
-        let request = self.im.for_user(bare).send(AccountIq {
-            from: from.clone(),
-            to: bare.clone(),
-            iq,
-        });
+        let request = self.im.ask(
+            bare,
+            AccountIq {
+                from: from.clone(),
+                to: bare.clone(),
+                iq,
+            },
+        );
         ctx.spawn(request.into_actor(self).map(move |replies, router, _| {
             let Ok(replies) = replies else {
                 return;
             };
-            if let Some(r) = router.resource(&from) {
-                for reply in replies {
-                    Self::deliver(r, reply);
-                }
+            for reply in replies {
+                router.deliver_to_jid(&from, reply);
             }
         }));
     }
@@ -287,8 +364,17 @@ impl Router {
             for r in self.available_resources(to) {
                 Self::deliver(r, stanza.clone());
             }
+            if let Some(remote) = &self.remote {
+                for r in remote.resources(to).filter(|r| r.priority.is_some()) {
+                    remote.deliver(r, stanza.clone());
+                }
+            }
         } else if let Some(r) = self.resource(to) {
             Self::deliver(r, stanza);
+        } else if let Some(remote) = &self.remote {
+            if let Some(r) = remote.resource(to) {
+                remote.deliver(r, stanza);
+            }
         }
     }
 
@@ -306,6 +392,94 @@ impl Router {
         if let Some(a) = also.filter(|a| a.presence.is_none()) {
             Self::deliver(a, presence.clone());
         }
+        if let Some(remote) = &self.remote {
+            for r in remote.resources(bare).filter(|r| r.priority.is_some()) {
+                remote.deliver(r, presence.clone());
+            }
+        }
+    }
+
+    /// A local resource is gone (closed, replaced, or lost to a bind elsewhere): its shard
+    /// forgets it and, if it was available, everyone concerned gets its unavailable.
+    fn resource_gone(&mut self, bare: &Jid, gone: BoundResource) {
+        self.im.tell(
+            bare,
+            ResourceBinding {
+                jid: gone.jid.clone(),
+                bound: false,
+            },
+        );
+        if let Some(remote) = &self.remote {
+            remote.cluster.change(RouteChange::Unbind {
+                jid: gone.jid.to_string(),
+                session: gone.session_id,
+            });
+        }
+        if gone.presence.is_some() {
+            // RFC 6121 §4.5.3.1 / abrupt disconnect: others learn the resource went away.
+            let unavailable = Self::unavailable_from(&gone.jid);
+            self.broadcast_own(bare, &unavailable, None);
+            let account_available = self.account_available(bare);
+            self.im.tell(
+                bare,
+                PresenceBroadcast {
+                    from: gone.jid,
+                    presence: unavailable,
+                    initial: false,
+                    priority: 0,
+                    account_available,
+                },
+            );
+        }
+    }
+
+    fn account_available(&self, bare: &Jid) -> bool {
+        self.available_resources(bare).next().is_some()
+            || self
+                .remote
+                .as_ref()
+                .is_some_and(|r| r.resources(bare).any(|r| r.priority.is_some()))
+    }
+
+    fn push_local(&self, user: &Jid, stanza: &Element, except: Option<&Jid>) {
+        let targets = self.sessions.get(user).into_iter().flatten();
+        for r in targets.filter(|r| except != Some(&r.jid)) {
+            Self::deliver(r, stanza.clone());
+        }
+    }
+
+    fn send_presence_local(&self, contact: &Jid, to: &Jid) {
+        // Each resource's presence goes out through its session, which applies its
+        // outbound filters (XEP-0191 §3.3, XEP-0016 presence-out).
+        for r in self.available_resources(contact) {
+            if let Some((_, presence)) = &r.presence {
+                r.session.do_send(SendOwnPresence {
+                    to: to.clone(),
+                    presence: presence.clone(),
+                });
+            }
+        }
+    }
+
+    fn send_unavailable_local(&self, contact: &Jid, to: &Jid) {
+        let gone: Vec<Element> = self
+            .available_resources(contact)
+            .map(|r| Self::unavailable_from(&r.jid))
+            .collect();
+        for p in gone {
+            self.deliver_to_jid(to, p);
+        }
+    }
+
+    fn kick_local(&self, bare: &Jid) {
+        if let Some(list) = self.sessions.get(bare) {
+            for r in list {
+                r.session.do_send(Kick(StreamError::with_text(
+                    StreamErrorCondition::NotAuthorized,
+                    "account deleted",
+                )));
+            }
+        }
     }
 }
 
@@ -321,9 +495,39 @@ impl Actor for Router {
 }
 
 impl Handler<RegisterSession> for Router {
-    type Result = Result<(), BindRefused>;
+    type Result = ResponseActFuture<Self, Result<(), BindRefused>>;
 
     fn handle(&mut self, msg: RegisterSession, _: &mut Context<Self>) -> Self::Result {
+        let Some(remote) = &self.remote else {
+            return Box::pin(fut::ready(self.register_local(msg)));
+        };
+        // In a cluster the log decides who holds the resource; the loser, wherever it is,
+        // gets <conflict/> when the entry applies (`apply_route_events`).
+        let outcome = remote.cluster.change(RouteChange::Bind {
+            jid: msg.jid.to_string(),
+            session: msg.session_id,
+            replace: self.conflict == ResourceConflict::Replace,
+        });
+        Box::pin(
+            outcome
+                .into_actor(self)
+                .map(move |outcome, router, _| match outcome {
+                    Ok(Ok(BindOutcome::Bound)) => {
+                        router.add_local(msg);
+                        Ok(())
+                    }
+                    Ok(Ok(BindOutcome::Conflict)) => Err(BindRefused::Conflict),
+                    Ok(Ok(BindOutcome::NodeNotUp)) | Ok(Err(_)) | Err(_) => {
+                        Err(BindRefused::ClusterUnavailable)
+                    }
+                }),
+        )
+    }
+}
+
+impl Router {
+    /// Bind on a single node: the local conflict policy applies.
+    fn register_local(&mut self, msg: RegisterSession) -> Result<(), BindRefused> {
         let bare = msg.jid.to_bare();
         let existing = self
             .sessions
@@ -335,40 +539,32 @@ impl Handler<RegisterSession> for Router {
             }
             let old = self.sessions.get_mut(&bare).map(|l| l.remove(pos));
             if let Some(old) = old {
-                self.im.for_user(&bare).do_send(ResourceBinding {
-                    jid: old.jid.clone(),
-                    bound: false,
-                });
                 old.session.do_send(Kick(StreamError::with_text(
                     StreamErrorCondition::Conflict,
                     "replaced by a new session for the same resource",
                 )));
-                if old.presence.is_some() {
-                    // The replaced session went unavailable, for contacts too.
-                    let unavailable = Self::unavailable_from(&old.jid);
-                    self.broadcast_own(&bare, &unavailable, None);
-                    let account_available = self.available_resources(&bare).next().is_some();
-                    self.im.for_user(&bare).do_send(PresenceBroadcast {
-                        from: old.jid,
-                        presence: unavailable,
-                        initial: false,
-                        priority: 0,
-                        account_available,
-                    });
-                }
+                self.resource_gone(&bare, old);
             }
         }
-        self.im.for_user(&bare).do_send(ResourceBinding {
-            jid: msg.jid.clone(),
-            bound: true,
-        });
+        self.add_local(msg);
+        Ok(())
+    }
+
+    fn add_local(&mut self, msg: RegisterSession) {
+        let bare = msg.jid.to_bare();
+        self.im.tell(
+            &bare,
+            ResourceBinding {
+                jid: msg.jid.clone(),
+                bound: true,
+            },
+        );
         self.sessions.entry(bare).or_default().push(BoundResource {
             jid: msg.jid,
             session_id: msg.session_id,
             session: msg.session,
             presence: None,
         });
-        Ok(())
     }
 }
 
@@ -387,23 +583,7 @@ impl Handler<UnregisterSession> for Router {
         if list.is_empty() {
             self.sessions.remove(&bare);
         }
-        self.im.for_user(&bare).do_send(ResourceBinding {
-            jid: gone.jid.clone(),
-            bound: false,
-        });
-        if gone.presence.is_some() {
-            // RFC 6121 §4.5.3.1 / abrupt disconnect: others learn the resource went away.
-            let unavailable = Self::unavailable_from(&gone.jid);
-            self.broadcast_own(&bare, &unavailable, None);
-            let account_available = self.available_resources(&bare).next().is_some();
-            self.im.for_user(&bare).do_send(PresenceBroadcast {
-                from: gone.jid,
-                presence: unavailable,
-                initial: false,
-                priority: 0,
-                account_available,
-            });
-        }
+        self.resource_gone(&bare, gone);
     }
 }
 
@@ -421,25 +601,40 @@ impl Handler<BroadcastPresence> for Router {
         };
         let initial = me.presence.is_none() && available;
         let was_available = me.presence.is_some();
+        let old_priority = me.presence.as_ref().map(|(p, _)| *p);
         let priority = priority_of(&msg.presence);
         me.presence = available.then(|| (priority, msg.presence.clone()));
         if !available && !was_available {
             return;
         }
         let me_jid = me.jid.clone();
+        let new_priority = available.then_some(priority);
+        if let Some(remote) = &self.remote {
+            // Other nodes route by availability and priority, not by the presence itself.
+            if new_priority != old_priority {
+                remote.cluster.change(RouteChange::Presence {
+                    jid: me_jid.to_string(),
+                    session: msg.session_id,
+                    priority: new_priority,
+                });
+            }
+        }
         // RFC 6121 §4.2.2 / §4.4.2: every available resource of the account, the sender included.
         let sender = self.resource(&me_jid);
         let mut presence = msg.presence;
         presence.set_attr("from", me_jid.to_string());
         self.broadcast_own(&bare, &presence, sender.filter(|_| !available));
-        let account_available = self.available_resources(&bare).next().is_some();
-        self.im.for_user(&bare).do_send(PresenceBroadcast {
-            from: me_jid.clone(),
-            presence,
-            initial,
-            priority,
-            account_available,
-        });
+        let account_available = self.account_available(&bare);
+        self.im.tell(
+            &bare,
+            PresenceBroadcast {
+                from: me_jid.clone(),
+                presence,
+                initial,
+                priority,
+                account_available,
+            },
+        );
         if initial {
             // The newcomer learns about the account's other available resources.
             if let Some(me) = self.resource(&me_jid) {
@@ -448,6 +643,12 @@ impl Handler<BroadcastPresence> for Router {
                         Self::deliver(me, p.clone());
                     }
                 }
+            }
+            if let Some(remote) = &self.remote {
+                remote.user_op(&bare, true, || UserOp::SendPresenceOf {
+                    contact: bare.clone(),
+                    to: me_jid.clone(),
+                });
             }
         }
     }
@@ -465,13 +666,11 @@ impl Handler<KickAccount> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: KickAccount, _: &mut Context<Self>) {
-        if let Some(list) = self.sessions.get(&msg.bare) {
-            for r in list {
-                r.session.do_send(Kick(StreamError::with_text(
-                    StreamErrorCondition::NotAuthorized,
-                    "account deleted",
-                )));
-            }
+        self.kick_local(&msg.bare);
+        if let Some(remote) = &self.remote {
+            remote.user_op(&msg.bare, false, || UserOp::Kick {
+                user: msg.bare.clone(),
+            });
         }
     }
 }
@@ -505,18 +704,21 @@ impl Handler<DeliverToAvailable> for Router {
 impl Handler<DeliverToResource> for Router {
     type Result = ();
     fn handle(&mut self, msg: DeliverToResource, _: &mut Context<Self>) {
-        if let Some(r) = self.resource(&msg.to) {
-            Self::deliver(r, msg.stanza);
-        }
+        self.deliver_to_jid(&msg.to, msg.stanza);
     }
 }
 
 impl Handler<PushToUser> for Router {
     type Result = ();
     fn handle(&mut self, msg: PushToUser, _: &mut Context<Self>) {
-        let targets = self.sessions.get(&msg.user).into_iter().flatten();
-        for r in targets.filter(|r| msg.except.as_ref() != Some(&r.jid)) {
-            Self::deliver(r, msg.stanza.clone());
+        self.push_local(&msg.user, &msg.stanza, msg.except.as_ref());
+        if let Some(remote) = &self.remote {
+            let xml = msg.stanza.to_xml_string();
+            remote.user_op(&msg.user, false, || UserOp::Push {
+                user: msg.user.clone(),
+                stanza: xml.clone(),
+                except: msg.except.clone(),
+            });
         }
     }
 }
@@ -524,15 +726,12 @@ impl Handler<PushToUser> for Router {
 impl Handler<SendPresenceOf> for Router {
     type Result = ();
     fn handle(&mut self, msg: SendPresenceOf, _: &mut Context<Self>) {
-        // Each resource's presence goes out through its session, which applies its
-        // outbound filters (XEP-0191 §3.3, XEP-0016 presence-out).
-        for r in self.available_resources(&msg.contact) {
-            if let Some((_, presence)) = &r.presence {
-                r.session.do_send(SendOwnPresence {
-                    to: msg.to.clone(),
-                    presence: presence.clone(),
-                });
-            }
+        self.send_presence_local(&msg.contact, &msg.to);
+        if let Some(remote) = &self.remote {
+            remote.user_op(&msg.contact, true, || UserOp::SendPresenceOf {
+                contact: msg.contact.clone(),
+                to: msg.to.clone(),
+            });
         }
     }
 }
@@ -540,12 +739,12 @@ impl Handler<SendPresenceOf> for Router {
 impl Handler<SendUnavailableOf> for Router {
     type Result = ();
     fn handle(&mut self, msg: SendUnavailableOf, _: &mut Context<Self>) {
-        let gone: Vec<Element> = self
-            .available_resources(&msg.contact)
-            .map(|r| Self::unavailable_from(&r.jid))
-            .collect();
-        for p in gone {
-            self.deliver_to_jid(&msg.to, p);
+        self.send_unavailable_local(&msg.contact, &msg.to);
+        if let Some(remote) = &self.remote {
+            remote.user_op(&msg.contact, true, || UserOp::SendUnavailableOf {
+                contact: msg.contact.clone(),
+                to: msg.to.clone(),
+            });
         }
     }
 }
@@ -556,6 +755,11 @@ impl Handler<BlockListChanged> for Router {
         for r in self.sessions.get(&msg.user).into_iter().flatten() {
             r.session.do_send(SetBlockList(msg.list.clone()));
         }
+        if let Some(remote) = &self.remote {
+            remote.user_op(&msg.user, false, || UserOp::FiltersChanged {
+                user: msg.user.clone(),
+            });
+        }
     }
 }
 
@@ -564,6 +768,11 @@ impl Handler<PrivacyChanged> for Router {
     fn handle(&mut self, msg: PrivacyChanged, _: &mut Context<Self>) {
         for r in self.sessions.get(&msg.user).into_iter().flatten() {
             r.session.do_send(SetPrivacy(msg.lists.clone()));
+        }
+        if let Some(remote) = &self.remote {
+            remote.user_op(&msg.user, false, || UserOp::FiltersChanged {
+                user: msg.user.clone(),
+            });
         }
     }
 }

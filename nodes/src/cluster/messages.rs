@@ -1,0 +1,165 @@
+//! What travels on a NodeLink: the handshake, requests with their replies (Raft RPCs,
+//! forwarded writes, IM operations on a user's home node) and one-way pushes (stanzas for a
+//! session on the peer, operations on a user's sessions there). Stanzas travel as XML text.
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use proto::jid::Jid;
+use proto::privacy::PrivacyRules;
+use serde::{Deserialize, Serialize};
+
+use super::routing_table::{ClusterCommand, ClusterResponse, NodeId};
+use super::types::ClusterTypes;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Frame {
+    /// Dialer → acceptor: who I am and a fresh nonce.
+    Hello {
+        node: NodeId,
+        nonce: String,
+    },
+    /// Acceptor → dialer: who I am, my nonce, and proof that I hold the cluster secret.
+    HelloAck {
+        node: NodeId,
+        nonce: String,
+        proof: String,
+    },
+    /// Dialer → acceptor: proof that the dialer holds the cluster secret.
+    Proof {
+        proof: String,
+    },
+    Request {
+        id: u64,
+        body: Request,
+    },
+    Reply {
+        id: u64,
+        body: Reply,
+    },
+    Push(Push),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    AppendEntries(AppendEntriesRequest<ClusterTypes>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<ClusterTypes>),
+    /// A routing-table write from a node that is not the leader.
+    Write(ClusterCommand),
+    /// Add `node` (NodeLink address `addr`) to the cluster as a voter.
+    Join {
+        node: NodeId,
+        addr: String,
+    },
+    /// Remove `node` from the cluster.
+    Leave {
+        node: NodeId,
+    },
+    /// An IM operation for a user whose home node is the peer.
+    Im(ImRequest),
+    Ping,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    Write(Result<ClusterResponse, String>),
+    Done(Result<(), String>),
+    Im(ImReply),
+    Pong,
+}
+
+/// One-way messages, delivered in order per link.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Push {
+    /// Deliver to the session bound as `to` (a full JID) on the receiving node. The receiver
+    /// remembers available presence from other nodes' resources, so that it can send
+    /// `unavailable` for them if their node dies.
+    Deliver { to: Jid, stanza: String },
+    /// Act on a user's sessions on the receiving node.
+    User(UserOp),
+    /// A one-way IM operation for a user whose home node is the receiver.
+    Im(ImRequest),
+}
+
+/// Operations on the sessions of one account that the node holding them performs.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum UserOp {
+    /// A roster push to every bound resource of `user` except `except`.
+    Push {
+        user: Jid,
+        stanza: String,
+        except: Option<Jid>,
+    },
+    /// Each available resource of `contact` sends its presence to `to`.
+    SendPresenceOf { contact: Jid, to: Jid },
+    /// Each available resource of `contact` sends unavailable presence to `to`.
+    SendUnavailableOf { contact: Jid, to: Jid },
+    /// `user`'s blocklist or privacy lists changed: sessions fetch them again.
+    FiltersChanged { user: Jid },
+    /// The account was deleted.
+    Kick { user: Jid },
+}
+
+/// IM operations served by a user's home node (see `im::RosterShards`). Stanzas are XML.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ImRequest {
+    AccountIq {
+        from: Jid,
+        to: Jid,
+        iq: String,
+    },
+    OutboundSubscription {
+        user: Jid,
+        contact: Jid,
+        kind: String,
+        stanza: String,
+    },
+    InboundSubscription {
+        user: Jid,
+        contact: Jid,
+        kind: String,
+        stanza: String,
+        /// `available` or `unavailable`, if the contact's presence goes with it.
+        sender_presence: Option<String>,
+    },
+    PresenceBroadcast {
+        from: Jid,
+        presence: String,
+        initial: bool,
+        priority: i8,
+        account_available: bool,
+    },
+    StoreOffline {
+        user: Jid,
+        stanza: String,
+    },
+    GetFilters {
+        user: Jid,
+    },
+    ResourceBinding {
+        jid: Jid,
+        bound: bool,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ImReply {
+    Done,
+    Stanzas(Vec<String>),
+    /// `StoreOffline`: the stanza error condition if it was refused.
+    Stored(Option<String>),
+    Filters {
+        blocked: Vec<Jid>,
+        default: Option<String>,
+        lists: Vec<(String, PrivacyRules)>,
+    },
+    Failed(String),
+}

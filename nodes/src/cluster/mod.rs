@@ -1,0 +1,542 @@
+//! The cluster: a Raft group (openraft) over every node that replicates the [`RoutingTable`]
+//! (members and routes), NodeLinks between the nodes, the batching of route changes, and the
+//! failure detector that purges a dead node's routes.
+//!
+//! Raft and the links run on their own thread (the cluster arbiter), so heartbeats never wait
+//! behind c2s work. The Router never reads Raft: it keeps its own copy of the remote routes,
+//! fed by the state machine as entries apply (`TableUpdate`).
+
+pub mod link;
+pub mod messages;
+mod network;
+pub mod routing_table;
+mod service;
+pub mod state_machine;
+pub mod types;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ServerState};
+use tokio::sync::{mpsc, oneshot};
+
+use link::{LinkSecret, NodeLinks, PeerLink};
+use messages::{Reply, Request};
+pub use routing_table::{
+    BindOutcome, ClusterCommand, ClusterResponse, MemberState, NodeId, Route, RouteChange,
+    RouteEvent, RoutingTable, SessionRoute,
+};
+pub use service::ClusterService;
+pub use state_machine::{RoutingStateMachine, TableUpdate, UpdateSink};
+pub use types::{ClusterTypes, Raft};
+
+/// Route changes are batched for at most this long (or `BATCH_MAX` changes).
+const BATCH_WINDOW: Duration = Duration::from_millis(2);
+const BATCH_MAX: usize = 1024;
+/// How long a write waits for the leader before the client is told to retry.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+const PING_INTERVAL: Duration = Duration::from_millis(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("no cluster leader is known (no quorum?)")]
+    NoLeader,
+    #[error("the cluster did not commit in time")]
+    Timeout,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Cluster settings the node needs at run time.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub node_id: NodeId,
+    /// The NodeLink address peers dial.
+    pub advertise: String,
+    /// Initial voters (id → NodeLink address). The lowest id initialises the cluster.
+    pub members: BTreeMap<NodeId, String>,
+    /// Running nodes to ask for admission when this node is new.
+    pub seeds: Vec<String>,
+    pub failure_timeout: Duration,
+    pub heartbeat_ms: u64,
+}
+
+struct PendingChange {
+    change: RouteChange,
+    outcome: Option<oneshot::Sender<Result<BindOutcome, WriteError>>>,
+}
+
+/// What the node knows of the cluster outside Raft's own metrics: the members' states from
+/// the applied table.
+#[derive(Default)]
+struct MemberView {
+    members: BTreeMap<NodeId, routing_table::Member>,
+}
+
+/// The cluster, as the rest of the node uses it. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    pub me: NodeId,
+    pub incarnation: u64,
+    pub raft: Raft,
+    pub links: Arc<NodeLinks>,
+    changes: mpsc::Sender<PendingChange>,
+    view: Arc<Mutex<MemberView>>,
+    config: Arc<ClusterConfig>,
+}
+
+impl Cluster {
+    /// Start Raft and the links; must run inside the cluster arbiter's runtime. `sink`
+    /// receives every applied table change (it forwards them to the Router).
+    pub async fn start(
+        config: ClusterConfig,
+        secret: &str,
+        log: types::LogStore,
+        sink: UpdateSink,
+    ) -> anyhow::Result<Cluster> {
+        let view: Arc<Mutex<MemberView>> = Arc::default();
+        let view_in_sink = view.clone();
+        let sink: UpdateSink = Arc::new(move |update: TableUpdate| {
+            if let Ok(mut v) = view_in_sink.lock() {
+                match &update {
+                    TableUpdate::Replaced(t) => v.members = t.members.clone(),
+                    TableUpdate::Applied(events) => {
+                        for e in events {
+                            if let RouteEvent::Member { node, state } = e {
+                                let m = v.members.entry(*node).or_insert(routing_table::Member {
+                                    state: *state,
+                                    incarnation: 0,
+                                });
+                                m.state = *state;
+                            }
+                        }
+                    }
+                }
+            }
+            sink(update);
+        });
+        let sm = RoutingStateMachine::open(log.snapshot_slot(), sink)?;
+        let links = NodeLinks::new(config.node_id, LinkSecret::new(secret));
+        let raft_config = openraft::Config {
+            cluster_name: "switchboard".into(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.heartbeat_ms * 4,
+            election_timeout_max: config.heartbeat_ms * 8,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        }
+        .validate()?;
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            network::LinkNetwork {
+                links: links.clone(),
+            },
+            log,
+            sm,
+        )
+        .await?;
+        let (tx, rx) = mpsc::channel(65_536);
+        let cluster = Cluster {
+            me: config.node_id,
+            incarnation: rand::random::<u64>() >> 1,
+            raft,
+            links,
+            changes: tx,
+            view,
+            config: Arc::new(config),
+        };
+        tokio::spawn(cluster.clone().batch_loop(rx));
+        Ok(cluster)
+    }
+
+    /// Form the cluster (first start of the lowest configured member) or ask the seeds for
+    /// admission (a new node). A node that was a member before just restarts its Raft.
+    pub async fn bootstrap(&self) -> anyhow::Result<()> {
+        if self.raft.is_initialized().await? {
+            return Ok(());
+        }
+        let members = &self.config.members;
+        if members.keys().next() == Some(&self.me) {
+            let nodes: BTreeMap<NodeId, BasicNode> = members
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+                .collect();
+            tracing::info!(?members, "cluster: initialising");
+            self.raft.initialize(nodes).await?;
+            return Ok(());
+        }
+        if members.contains_key(&self.me) {
+            // Another configured member initialises; its leader will replicate to us.
+            return Ok(());
+        }
+        let me = self.me;
+        let advertise = self.config.advertise.clone();
+        let seeds = self.config.seeds.clone();
+        let links = self.links.clone();
+        tokio::spawn(async move {
+            loop {
+                for (i, seed) in seeds.iter().enumerate() {
+                    // Seeds are dialled as pseudo-peers: their node id is unknown, so the
+                    // handshake must not insist on one. Use the seed's own id from config.
+                    let Some((seed_id, addr)) = parse_member(seed) else {
+                        tracing::error!(seed, "cluster: seed must be ID@HOST:PORT");
+                        continue;
+                    };
+                    let link = links.peer(seed_id, &addr);
+                    let reply = link
+                        .request(
+                            Request::Join {
+                                node: me,
+                                addr: advertise.clone(),
+                            },
+                            Duration::from_secs(30),
+                        )
+                        .await;
+                    match reply {
+                        Ok(Reply::Done(Ok(()))) => {
+                            tracing::info!(seed, "cluster: joined");
+                            return;
+                        }
+                        other => tracing::info!(seed, i, ?other, "cluster: join not yet accepted"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        Ok(())
+    }
+
+    /// The current leader and its NodeLink address.
+    fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let leader = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .addr
+            .clone();
+        Some((leader, addr))
+    }
+
+    /// Commit `cmd`, on the leader wherever it is.
+    pub async fn write(&self, cmd: ClusterCommand) -> Result<ClusterResponse, WriteError> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.write_inner(cmd)).await {
+            Ok(r) => r,
+            Err(_) => Err(WriteError::Timeout),
+        }
+    }
+
+    async fn write_inner(&self, cmd: ClusterCommand) -> Result<ClusterResponse, WriteError> {
+        let mut cmd = Some(cmd);
+        loop {
+            let Some((leader, addr)) = self.leader() else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let Some(c) = cmd.take() else {
+                return Err(WriteError::NoLeader);
+            };
+            if leader == self.me {
+                match self.raft.client_write(c.clone()).await {
+                    Ok(r) => return Ok(r.data),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                        cmd = Some(c);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(WriteError::Failed(e.to_string())),
+                }
+            }
+            let link = self.links.peer(leader, &addr);
+            match link.request(Request::Write(c.clone()), WRITE_TIMEOUT).await {
+                Ok(Reply::Write(Ok(r))) => return Ok(r),
+                Ok(Reply::Write(Err(e))) if e.contains("forward") => {}
+                Ok(Reply::Write(Err(e))) => return Err(WriteError::Failed(e)),
+                Ok(_) => return Err(WriteError::Failed("unexpected reply".into())),
+                Err(_) => {}
+            }
+            // The leader moved or is unreachable: wait for Raft to settle and retry.
+            cmd = Some(c);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Queue a route change; the returned receiver gets a bind's outcome once committed.
+    pub fn change(
+        &self,
+        change: RouteChange,
+    ) -> oneshot::Receiver<Result<BindOutcome, WriteError>> {
+        let (tx, rx) = oneshot::channel();
+        let pending = PendingChange {
+            change,
+            outcome: Some(tx),
+        };
+        if let Err(mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p)) =
+            self.changes.try_send(pending)
+        {
+            if let Some(tx) = p.outcome {
+                let _ = tx.send(Err(WriteError::Failed("route queue full".into())));
+            }
+        }
+        rx
+    }
+
+    async fn batch_loop(self, mut rx: mpsc::Receiver<PendingChange>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+            while batch.len() < BATCH_MAX {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(p)) => batch.push(p),
+                    _ => break,
+                }
+            }
+            let changes: Vec<RouteChange> = batch.iter().map(|p| p.change.clone()).collect();
+            let result = self
+                .write(ClusterCommand::Routes {
+                    node: self.me,
+                    incarnation: self.incarnation,
+                    changes,
+                })
+                .await;
+            match result {
+                Ok(response) => {
+                    let mut outcomes = response.binds.into_iter();
+                    for p in batch {
+                        let outcome = match p.change {
+                            RouteChange::Bind { .. } => {
+                                outcomes.next().unwrap_or(BindOutcome::NodeNotUp)
+                            }
+                            _ => BindOutcome::Bound,
+                        };
+                        if let Some(tx) = p.outcome {
+                            let _ = tx.send(Ok(outcome));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster: route changes not committed");
+                    for p in batch {
+                        if let Some(tx) = p.outcome {
+                            let _ = tx.send(Err(WriteError::Failed(e.to_string())));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the applied table has this node up with its current incarnation.
+    pub fn is_up(&self) -> bool {
+        self.view
+            .lock()
+            .ok()
+            .and_then(|v| v.members.get(&self.me).copied())
+            .is_some_and(|m| m.state == MemberState::Up)
+    }
+
+    pub fn member_states(&self) -> BTreeMap<NodeId, MemberState> {
+        self.view
+            .lock()
+            .map(|v| v.members.iter().map(|(k, m)| (*k, m.state)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Voters of the current membership with their NodeLink addresses.
+    pub fn voters(&self) -> BTreeMap<NodeId, String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .filter(|(id, _)| voters.contains(id))
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect()
+    }
+
+    /// The link to a member, if it is one.
+    pub fn link(&self, node: NodeId) -> Option<Arc<PeerLink>> {
+        if let Some(l) = self.links.existing(node) {
+            return Some(l);
+        }
+        let m = self.raft.metrics();
+        let addr = m
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&node)?
+            .addr
+            .clone();
+        Some(self.links.peer(node, &addr))
+    }
+
+    /// The node that serves `key`'s IM data: rendezvous hashing over the voters, so adding or
+    /// removing a node moves only the users it gains or loses.
+    pub fn home_of(&self, key: &str) -> NodeId {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .voter_ids()
+            .max_by_key(|id| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (id, key).hash(&mut h);
+                h.finish()
+            })
+            .unwrap_or(self.me)
+    }
+
+    /// Ping every member (keeps `last_seen` fresh) and, on the leader, mark members that
+    /// stayed silent for `failure_timeout` down, which purges their routes. `resync` is
+    /// called when this node finds itself marked down (a partition healed) or not yet up.
+    pub async fn watch<F, Fut>(self, resync: F)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Vec<SessionRoute>> + Send,
+    {
+        let mut tick = tokio::time::interval(PING_INTERVAL);
+        let mut leader_since: Option<tokio::time::Instant> = None;
+        loop {
+            tick.tick().await;
+            for (id, addr) in self.voters() {
+                if id == self.me {
+                    continue;
+                }
+                let link = self.links.peer(id, &addr);
+                tokio::spawn(async move {
+                    let _ = link.request(Request::Ping, PING_INTERVAL * 3).await;
+                });
+            }
+            let state = self.raft.metrics().borrow().state;
+            if state == ServerState::Leader {
+                let since = *leader_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= self.config.failure_timeout {
+                    self.detect_failures().await;
+                }
+            } else {
+                leader_since = None;
+            }
+            let has_leader = self.raft.metrics().borrow().current_leader.is_some();
+            if has_leader && !self.is_up() {
+                let sessions = resync().await;
+                let count = sessions.len();
+                match self
+                    .write(ClusterCommand::Resync {
+                        node: self.me,
+                        incarnation: self.incarnation,
+                        sessions,
+                    })
+                    .await
+                {
+                    Ok(r) => {
+                        tracing::info!(
+                            sessions = count,
+                            refused = r.binds.iter().filter(|b| **b != BindOutcome::Bound).count(),
+                            "cluster: this node is up"
+                        );
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cluster: resync not committed yet"),
+                }
+            }
+        }
+    }
+
+    async fn detect_failures(&self) {
+        let states = self.member_states();
+        for (id, state) in states {
+            if id == self.me || state != MemberState::Up {
+                continue;
+            }
+            let silent = self
+                .links
+                .existing(id)
+                .map(|l| l.silent_for().unwrap_or(Duration::MAX))
+                .unwrap_or(Duration::MAX);
+            if silent >= self.config.failure_timeout {
+                tracing::warn!(
+                    node = id,
+                    silent_ms = silent.as_millis() as u64,
+                    "cluster: node stopped answering; purging its routes"
+                );
+                if let Err(e) = self.write(ClusterCommand::NodeDown { node: id }).await {
+                    tracing::warn!(node = id, error = %e, "cluster: could not mark node down");
+                }
+            }
+        }
+    }
+}
+
+impl Cluster {
+    /// What `switchboard cluster status` shows.
+    pub fn status(&self) -> serde_json::Value {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let members = self.member_states();
+        let links: BTreeMap<String, serde_json::Value> = self
+            .links
+            .all()
+            .into_iter()
+            .map(|(id, l)| {
+                (
+                    id.to_string(),
+                    serde_json::json!({
+                        "connected": l.is_connected(),
+                        "silent_ms": l.silent_for().map(|d| d.as_millis() as u64),
+                        "dropped": l.dropped(),
+                    }),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "node_id": self.me,
+            "incarnation": self.incarnation,
+            "state": format!("{:?}", m.state),
+            "leader": m.current_leader,
+            "term": m.current_term,
+            "last_log_index": m.last_log_index,
+            "last_applied": m.last_applied.map(|l| l.index),
+            "voters": self.voters(),
+            "members": members
+                .iter()
+                .map(|(id, s)| (id.to_string(), format!("{s:?}").to_lowercase()))
+                .collect::<BTreeMap<_, _>>(),
+            "links": links,
+        })
+    }
+
+    /// Take `node` out of the voters and purge its routes (through the leader).
+    pub async fn leave(&self, node: NodeId) -> Result<(), WriteError> {
+        let Some((leader, addr)) = self.leader() else {
+            return Err(WriteError::NoLeader);
+        };
+        if leader == self.me {
+            return service::leave(&self.raft, node)
+                .await
+                .map_err(WriteError::Failed);
+        }
+        match self
+            .links
+            .peer(leader, &addr)
+            .request(Request::Leave { node }, WRITE_TIMEOUT * 4)
+            .await
+        {
+            Ok(Reply::Done(r)) => r.map_err(WriteError::Failed),
+            Ok(_) => Err(WriteError::Failed("unexpected reply".into())),
+            Err(e) => Err(WriteError::Failed(e.to_string())),
+        }
+    }
+}
+
+/// `ID@HOST:PORT`.
+pub fn parse_member(s: &str) -> Option<(NodeId, String)> {
+    let (id, addr) = s.split_once('@')?;
+    Some((id.trim().parse().ok()?, addr.trim().to_string()))
+}

@@ -1,0 +1,295 @@
+//! IM operations across the cluster: each message type's wire form (`ImRequest`), and the
+//! serving side that runs a peer's request on this node's own shards.
+//!
+//! Placement: a user's IM state lives on its home node (`Cluster::home_of`, rendezvous
+//! hashing over the voters). Sessions and the Router on any node reach it through
+//! `RosterShards::tell`/`ask`, which call the local shard or the home node over NodeLink.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use proto::element::Element;
+use proto::error::StanzaErrorCondition;
+use proto::im::{PresenceToSend, SubscriptionKind};
+
+use super::messages::*;
+use super::{PrivacyLists, RosterActor, RosterShards};
+use crate::cluster::messages::{ImReply, ImRequest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImError {
+    #[error("the user's home node cannot be reached: {0}")]
+    Unreachable(String),
+    #[error("the home node answered something else")]
+    BadReply,
+}
+
+/// A message the shards take, in the form it crosses nodes.
+pub trait ImMessage: Message + Send + Sized + 'static
+where
+    RosterActor: Handler<Self>,
+    Self::Result: Send,
+{
+    fn to_wire(&self) -> ImRequest;
+    fn from_reply(reply: ImReply) -> Result<Self::Result, ImError>;
+}
+
+fn xml(e: &Element) -> String {
+    e.to_xml_string()
+}
+
+fn parse(s: &str) -> Option<Element> {
+    Element::parse(s).ok()
+}
+
+impl ImMessage for AccountIq {
+    fn to_wire(&self) -> ImRequest {
+        ImRequest::AccountIq {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            iq: xml(&self.iq),
+        }
+    }
+    fn from_reply(reply: ImReply) -> Result<Vec<Element>, ImError> {
+        match reply {
+            ImReply::Stanzas(s) => Ok(s.iter().filter_map(|s| parse(s)).collect()),
+            _ => Err(ImError::BadReply),
+        }
+    }
+}
+
+fn unit(reply: ImReply) -> Result<(), ImError> {
+    match reply {
+        ImReply::Done => Ok(()),
+        _ => Err(ImError::BadReply),
+    }
+}
+
+impl ImMessage for OutboundSubscription {
+    fn to_wire(&self) -> ImRequest {
+        ImRequest::OutboundSubscription {
+            user: self.user.clone(),
+            contact: self.contact.clone(),
+            kind: self.kind.as_str().into(),
+            stanza: xml(&self.stanza),
+        }
+    }
+    fn from_reply(reply: ImReply) -> Result<(), ImError> {
+        unit(reply)
+    }
+}
+
+impl ImMessage for InboundSubscription {
+    fn to_wire(&self) -> ImRequest {
+        ImRequest::InboundSubscription {
+            user: self.user.clone(),
+            contact: self.contact.clone(),
+            kind: self.kind.as_str().into(),
+            stanza: xml(&self.stanza),
+            sender_presence: self.sender_presence.map(|p| match p {
+                PresenceToSend::Available => "available".into(),
+                PresenceToSend::Unavailable => "unavailable".into(),
+            }),
+        }
+    }
+    fn from_reply(reply: ImReply) -> Result<(), ImError> {
+        unit(reply)
+    }
+}
+
+impl ImMessage for PresenceBroadcast {
+    fn to_wire(&self) -> ImRequest {
+        ImRequest::PresenceBroadcast {
+            from: self.from.clone(),
+            presence: xml(&self.presence),
+            initial: self.initial,
+            priority: self.priority,
+            account_available: self.account_available,
+        }
+    }
+    fn from_reply(reply: ImReply) -> Result<(), ImError> {
+        unit(reply)
+    }
+}
+
+impl ImMessage for StoreOffline {
+    fn to_wire(&self) -> ImRequest {
+        ImRequest::StoreOffline {
+            user: self.user.clone(),
+            stanza: xml(&self.stanza),
+        }
+    }
+    fn from_reply(reply: ImReply) -> Result<Result<(), StanzaErrorCondition>, ImError> {
+        match reply {
+            ImReply::Stored(None) => Ok(Ok(())),
+            ImReply::Stored(Some(c)) => Ok(Err(StanzaErrorCondition::from_name(&c)
+                .unwrap_or(StanzaErrorCondition::InternalServerError))),
+            _ => Err(ImError::BadReply),
+        }
+    }
+}
+
+impl ImMessage for GetFilters {
+    fn to_wire(&self) -> ImRequest {
+        ImRequest::GetFilters {
+            user: self.user.clone(),
+        }
+    }
+    fn from_reply(reply: ImReply) -> Result<Filters, ImError> {
+        match reply {
+            ImReply::Filters {
+                blocked,
+                default,
+                lists,
+            } => Ok(Filters {
+                blocked,
+                privacy: Arc::new(PrivacyLists {
+                    default,
+                    lists: lists
+                        .into_iter()
+                        .map(|(name, rules)| (name, Arc::new(rules)))
+                        .collect::<HashMap<_, _>>(),
+                }),
+            }),
+            _ => Err(ImError::BadReply),
+        }
+    }
+}
+
+impl ImMessage for ResourceBinding {
+    fn to_wire(&self) -> ImRequest {
+        ImRequest::ResourceBinding {
+            jid: self.jid.clone(),
+            bound: self.bound,
+        }
+    }
+    fn from_reply(reply: ImReply) -> Result<(), ImError> {
+        unit(reply)
+    }
+}
+
+fn kind(s: &str) -> Option<SubscriptionKind> {
+    SubscriptionKind::parse(s)
+}
+
+/// Run a peer's one-way IM operation on this node's shards; gives back requests that
+/// want an answer.
+pub fn serve_tell(shards: &RosterShards, req: ImRequest) -> Result<(), ImRequest> {
+    match req {
+        ImRequest::OutboundSubscription {
+            user,
+            contact,
+            kind: k,
+            stanza,
+        } => {
+            if let (Some(kind), Some(stanza)) = (kind(&k), parse(&stanza)) {
+                shards.local_for_user(&user).do_send(OutboundSubscription {
+                    user,
+                    contact,
+                    kind,
+                    stanza,
+                });
+            }
+        }
+        ImRequest::InboundSubscription {
+            user,
+            contact,
+            kind: k,
+            stanza,
+            sender_presence,
+        } => {
+            let sender_presence = match sender_presence.as_deref() {
+                Some("available") => Some(PresenceToSend::Available),
+                Some("unavailable") => Some(PresenceToSend::Unavailable),
+                _ => None,
+            };
+            if let (Some(kind), Some(stanza)) = (kind(&k), parse(&stanza)) {
+                shards.local_for_user(&user).do_send(InboundSubscription {
+                    user,
+                    contact,
+                    kind,
+                    stanza,
+                    sender_presence,
+                });
+            }
+        }
+        ImRequest::PresenceBroadcast {
+            from,
+            presence,
+            initial,
+            priority,
+            account_available,
+        } => {
+            if let Some(presence) = parse(&presence) {
+                shards
+                    .local_for_user(&from.to_bare())
+                    .do_send(PresenceBroadcast {
+                        from,
+                        presence,
+                        initial,
+                        priority,
+                        account_available,
+                    });
+            }
+        }
+        ImRequest::ResourceBinding { jid, bound } => {
+            shards
+                .local_for_user(&jid.to_bare())
+                .do_send(ResourceBinding { jid, bound });
+        }
+        ask => return Err(ask),
+    }
+    Ok(())
+}
+
+/// Run a peer's IM request on this node's shards.
+pub async fn serve(shards: &RosterShards, req: ImRequest) -> ImReply {
+    let failed = |e: MailboxError| ImReply::Failed(e.to_string());
+    let req = match serve_tell(shards, req) {
+        Ok(()) => return ImReply::Done,
+        Err(ask) => ask,
+    };
+    match req {
+        ImRequest::AccountIq { from, to, iq } => {
+            let Some(iq) = parse(&iq) else {
+                return ImReply::Failed("malformed request".into());
+            };
+            let shard = shards.local_for_user(&to);
+            match shard.send(AccountIq { from, to, iq }).await {
+                Ok(replies) => ImReply::Stanzas(replies.iter().map(xml).collect()),
+                Err(e) => failed(e),
+            }
+        }
+        ImRequest::StoreOffline { user, stanza } => {
+            let Some(stanza) = parse(&stanza) else {
+                return ImReply::Failed("malformed request".into());
+            };
+            match shards
+                .local_for_user(&user)
+                .send(StoreOffline { user, stanza })
+                .await
+            {
+                Ok(Ok(())) => ImReply::Stored(None),
+                Ok(Err(c)) => ImReply::Stored(Some(c.as_str().into())),
+                Err(e) => failed(e),
+            }
+        }
+        ImRequest::GetFilters { user } => {
+            match shards.local_for_user(&user).send(GetFilters { user }).await {
+                Ok(f) => ImReply::Filters {
+                    blocked: f.blocked,
+                    default: f.privacy.default.clone(),
+                    lists: f
+                        .privacy
+                        .lists
+                        .iter()
+                        .map(|(k, v)| (k.clone(), (**v).clone()))
+                        .collect(),
+                },
+                Err(e) => failed(e),
+            }
+        }
+        _ => ImReply::Done,
+    }
+}

@@ -1,0 +1,401 @@
+//! The Router's view of sessions on other cluster nodes: a copy of the replicated routing
+//! table's remote routes, kept current by the Raft state machine (`ClusterUpdate`), and the
+//! pushes that carry stanzas and user operations to the node holding a session.
+
+use std::collections::{HashMap, HashSet};
+
+use actix::prelude::*;
+use proto::element::Element;
+use proto::error::{StreamError, StreamErrorCondition};
+use proto::jid::Jid;
+
+use super::messages::{ClusterUpdate, FromNode, ListRoutes, LocalRoutes};
+use super::Router;
+use crate::c2s::messages::{Deliver, Kick, SetBlockList, SetPrivacy};
+use crate::cluster::messages::{Push, UserOp};
+use crate::cluster::{Cluster, NodeId, Route, RouteEvent, SessionRoute, TableUpdate};
+use crate::im::messages::GetFilters;
+
+/// A resource bound on another node.
+pub(super) struct RemoteResource {
+    pub jid: Jid,
+    pub node: NodeId,
+    pub session: u64,
+    /// Priority while available.
+    pub priority: Option<i8>,
+}
+
+pub(super) struct RemoteRoutes {
+    pub cluster: Cluster,
+    /// Bare JID → its resources on other nodes.
+    pub by_bare: HashMap<Jid, Vec<RemoteResource>>,
+    /// Remote full JID → local full JIDs it sent available presence to, so that they learn
+    /// it went unavailable when its node dies without saying so.
+    pub presence_seen: HashMap<Jid, HashSet<Jid>>,
+}
+
+impl RemoteRoutes {
+    pub fn new(cluster: Cluster) -> Self {
+        RemoteRoutes {
+            cluster,
+            by_bare: HashMap::new(),
+            presence_seen: HashMap::new(),
+        }
+    }
+
+    pub fn resource(&self, full: &Jid) -> Option<&RemoteResource> {
+        self.by_bare
+            .get(&full.to_bare())?
+            .iter()
+            .find(|r| r.jid == *full)
+    }
+
+    pub fn resources(&self, bare: &Jid) -> impl Iterator<Item = &RemoteResource> {
+        self.by_bare.get(bare).into_iter().flatten()
+    }
+
+    /// Nodes that hold a resource of `bare` (available ones only, if asked).
+    pub fn nodes_of(&self, bare: &Jid, available_only: bool) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = self
+            .resources(bare)
+            .filter(|r| !available_only || r.priority.is_some())
+            .map(|r| r.node)
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
+    }
+
+    pub fn push(&self, node: NodeId, push: Push) {
+        match self.cluster.link(node) {
+            Some(link) => {
+                if !link.push(push) {
+                    tracing::warn!(node, "cluster: link down, stanza dropped");
+                }
+            }
+            None => tracing::warn!(node, "cluster: no such member, stanza dropped"),
+        }
+    }
+
+    /// Deliver `stanza` to the remote resource `to` (one hop).
+    pub fn deliver(&self, to: &RemoteResource, mut stanza: Element) {
+        stanza.set_attr("to", to.jid.to_string());
+        let to_jid = to.jid.clone();
+        self.push(
+            to.node,
+            Push::Deliver {
+                to: to_jid,
+                stanza: stanza.to_xml_string(),
+            },
+        );
+    }
+
+    /// Like `deliver`, but the stanza keeps its `to` (a bare JID, for messages to the account).
+    pub fn deliver_keep_to(&self, to: &RemoteResource, stanza: &Element) {
+        self.push(
+            to.node,
+            Push::Deliver {
+                to: to.jid.clone(),
+                stanza: stanza.to_xml_string(),
+            },
+        );
+    }
+
+    pub fn user_op(&self, bare: &Jid, available_only: bool, op: impl Fn() -> UserOp) {
+        for node in self.nodes_of(bare, available_only) {
+            self.push(node, Push::User(op()));
+        }
+    }
+
+    fn set(&mut self, jid: Jid, route: Route) {
+        let list = self.by_bare.entry(jid.to_bare()).or_default();
+        match list.iter_mut().find(|r| r.jid == jid) {
+            Some(r) => {
+                r.node = route.node;
+                r.session = route.session;
+                r.priority = route.priority;
+            }
+            None => list.push(RemoteResource {
+                jid,
+                node: route.node,
+                session: route.session,
+                priority: route.priority,
+            }),
+        }
+    }
+
+    /// Forget `jid` if it is still `route`; the local resources it sent presence to get
+    /// unavailable from it.
+    fn remove(&mut self, jid: &Jid, route: &Route) -> Vec<(Jid, Element)> {
+        let bare = jid.to_bare();
+        if let Some(list) = self.by_bare.get_mut(&bare) {
+            list.retain(|r| !(r.jid == *jid && r.node == route.node && r.session == route.session));
+            if list.is_empty() {
+                self.by_bare.remove(&bare);
+            }
+        }
+        if self.resource(jid).is_some() {
+            return Vec::new();
+        }
+        let unavailable = Router::unavailable_from(jid);
+        self.presence_seen
+            .remove(jid)
+            .into_iter()
+            .flatten()
+            .map(|to| (to, unavailable.clone()))
+            .collect()
+    }
+}
+
+impl Router {
+    /// Apply what the routing table's log changed.
+    fn apply_route_events(&mut self, events: Vec<RouteEvent>) {
+        let Some(remote) = self.remote.as_mut() else {
+            return;
+        };
+        let me = remote.cluster.me;
+        let mut kicks = Vec::new();
+        let mut unavailable = Vec::new();
+        for event in events {
+            match event {
+                RouteEvent::Set { jid, route } => {
+                    let Ok(jid) = Jid::parse(&jid) else { continue };
+                    if route.node == me {
+                        continue;
+                    }
+                    // The resource moved to another node: any local holder lost it.
+                    kicks.push((jid.clone(), None));
+                    remote.set(jid, route);
+                }
+                RouteEvent::Removed {
+                    jid,
+                    route,
+                    replaced,
+                } => {
+                    let Ok(jid) = Jid::parse(&jid) else { continue };
+                    if route.node == me {
+                        if replaced {
+                            kicks.push((jid, Some(route.session)));
+                        }
+                        continue;
+                    }
+                    unavailable.extend(remote.remove(&jid, &route));
+                }
+                RouteEvent::Member { node, state } => {
+                    tracing::info!(node, ?state, "cluster: member state changed");
+                }
+            }
+        }
+        for (jid, session) in kicks {
+            self.drop_local_resource(&jid, session);
+        }
+        for (to, presence) in unavailable {
+            if let Some(r) = self.resource(&to) {
+                Self::deliver(r, presence);
+            }
+        }
+    }
+
+    /// A snapshot replaced the table: rebuild the remote view from it.
+    fn replace_routes(&mut self, table: crate::cluster::RoutingTable) {
+        let Some(remote) = self.remote.as_mut() else {
+            return;
+        };
+        let me = remote.cluster.me;
+        let old: Vec<(Jid, Route)> = remote
+            .by_bare
+            .values()
+            .flatten()
+            .map(|r| {
+                (
+                    r.jid.clone(),
+                    Route {
+                        node: r.node,
+                        session: r.session,
+                        priority: r.priority,
+                    },
+                )
+            })
+            .collect();
+        let mut events: Vec<RouteEvent> = old
+            .into_iter()
+            .filter(|(j, r)| table.routes.get(&j.to_string()) != Some(r))
+            .map(|(j, route)| RouteEvent::Removed {
+                jid: j.to_string(),
+                route,
+                replaced: false,
+            })
+            .collect();
+        events.extend(
+            table
+                .routes
+                .into_iter()
+                .filter(|(_, r)| r.node != me)
+                .map(|(jid, route)| RouteEvent::Set { jid, route }),
+        );
+        self.apply_route_events(events);
+    }
+
+    /// A local session lost its resource to a bind elsewhere: `<conflict/>`.
+    fn drop_local_resource(&mut self, jid: &Jid, session: Option<u64>) {
+        let bare = jid.to_bare();
+        let Some(list) = self.sessions.get_mut(&bare) else {
+            return;
+        };
+        let Some(pos) = list
+            .iter()
+            .position(|r| r.jid == *jid && session.is_none_or(|s| s == r.session_id))
+        else {
+            return;
+        };
+        let old = list.remove(pos);
+        if list.is_empty() {
+            self.sessions.remove(&bare);
+        }
+        old.session.do_send(Kick(StreamError::with_text(
+            StreamErrorCondition::Conflict,
+            "replaced by a new session for the same resource",
+        )));
+        self.resource_gone(&bare, old);
+    }
+
+    /// A stanza another node pushed for a session here.
+    fn delivered_from_node(&mut self, to: Jid, stanza: Element, ctx: &mut Context<Self>) {
+        if stanza.name == "presence" {
+            if let (Some(remote), Some(from)) = (
+                self.remote.as_mut(),
+                stanza.attr("from").and_then(|f| Jid::parse(f).ok()),
+            ) {
+                if !from.is_bare()
+                    && self
+                        .sessions
+                        .get(&from.to_bare())
+                        .is_none_or(|l| l.iter().all(|r| r.jid != from))
+                {
+                    match stanza.attr("type") {
+                        None => {
+                            remote
+                                .presence_seen
+                                .entry(from)
+                                .or_default()
+                                .insert(to.clone());
+                        }
+                        Some("unavailable") => {
+                            if let Some(set) = remote.presence_seen.get_mut(&from) {
+                                set.remove(&to);
+                                if set.is_empty() {
+                                    remote.presence_seen.remove(&from);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if let Some(r) = self.resource(&to) {
+            r.session.do_send(Deliver(stanza));
+            return;
+        }
+        // The session left meanwhile: route as if it had been sent to the absent resource.
+        let from = stanza
+            .attr("from")
+            .and_then(|f| Jid::parse(f).ok())
+            .unwrap_or_else(|| to.to_bare());
+        let bare = to.to_bare();
+        self.to_absent_resource(&from, &bare, stanza, ctx);
+    }
+
+    fn user_op_from_node(&mut self, op: UserOp, ctx: &mut Context<Self>) {
+        let parse = |s: &str| Element::parse(s).ok();
+        match op {
+            UserOp::Push {
+                user,
+                stanza,
+                except,
+            } => {
+                if let Some(stanza) = parse(&stanza) {
+                    self.push_local(&user, &stanza, except.as_ref());
+                }
+            }
+            UserOp::SendPresenceOf { contact, to } => self.send_presence_local(&contact, &to),
+            UserOp::SendUnavailableOf { contact, to } => self.send_unavailable_local(&contact, &to),
+            UserOp::FiltersChanged { user } => {
+                if !self.sessions.contains_key(&user) {
+                    return;
+                }
+                let request = self.im.ask(&user, GetFilters { user: user.clone() });
+                ctx.spawn(request.into_actor(self).map(move |filters, router, _| {
+                    let Ok(filters) = filters else { return };
+                    let blocked = std::sync::Arc::new(filters.blocked);
+                    for r in router.sessions.get(&user).into_iter().flatten() {
+                        r.session.do_send(SetBlockList(blocked.clone()));
+                        r.session.do_send(SetPrivacy(filters.privacy.clone()));
+                    }
+                }));
+            }
+            UserOp::Kick { user } => self.kick_local(&user),
+        }
+    }
+}
+
+impl Handler<ClusterUpdate> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: ClusterUpdate, _: &mut Context<Self>) {
+        match msg.0 {
+            TableUpdate::Applied(events) => self.apply_route_events(events),
+            TableUpdate::Replaced(table) => self.replace_routes(table),
+        }
+    }
+}
+
+impl Handler<FromNode> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: FromNode, ctx: &mut Context<Self>) {
+        match msg.push {
+            Push::Deliver { to, stanza } => match Element::parse(&stanza) {
+                Ok(stanza) => self.delivered_from_node(to, stanza, ctx),
+                Err(e) => tracing::warn!(node = msg.node, error = %e, "cluster: unparsable stanza"),
+            },
+            Push::User(op) => self.user_op_from_node(op, ctx),
+            Push::Im(_) => {}
+        }
+    }
+}
+
+impl Handler<LocalRoutes> for Router {
+    type Result = MessageResult<LocalRoutes>;
+    fn handle(&mut self, _: LocalRoutes, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            self.sessions
+                .values()
+                .flatten()
+                .map(|r| SessionRoute {
+                    jid: r.jid.to_string(),
+                    session: r.session_id,
+                    priority: r.presence.as_ref().map(|(p, _)| *p),
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Handler<ListRoutes> for Router {
+    type Result = MessageResult<ListRoutes>;
+    fn handle(&mut self, _: ListRoutes, _: &mut Context<Self>) -> Self::Result {
+        let me = self.remote.as_ref().map(|r| r.cluster.me).unwrap_or(0);
+        let local = self
+            .sessions
+            .values()
+            .flatten()
+            .map(|r| (r.jid.to_string(), me, r.presence.is_some()));
+        let remote = self
+            .remote
+            .iter()
+            .flat_map(|r| r.by_bare.values().flatten())
+            .map(|r| (r.jid.to_string(), r.node, r.priority.is_some()));
+        let mut all: Vec<(String, u64, bool)> = local.chain(remote).collect();
+        all.sort();
+        MessageResult(all)
+    }
+}
