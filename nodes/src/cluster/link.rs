@@ -216,6 +216,9 @@ impl PeerLink {
 /// Every peer link of this node, and the listener for theirs.
 pub struct NodeLinks {
     me: NodeId,
+    /// Links leave from this address (the node's advertised IP), so that a firewall sees
+    /// which node a connection belongs to.
+    source: Option<std::net::IpAddr>,
     secret: LinkSecret,
     peers: Mutex<HashMap<NodeId, Arc<PeerLink>>>,
     runtime: tokio::runtime::Handle,
@@ -223,9 +226,15 @@ pub struct NodeLinks {
 
 impl NodeLinks {
     /// Must be called inside the tokio runtime that will run the links.
-    pub fn new(me: NodeId, secret: LinkSecret) -> Arc<NodeLinks> {
+    pub fn new(me: NodeId, advertise: &str, secret: LinkSecret) -> Arc<NodeLinks> {
+        let source = advertise
+            .parse::<SocketAddr>()
+            .ok()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified());
         Arc::new(NodeLinks {
             me,
+            source,
             secret,
             peers: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
@@ -433,7 +442,19 @@ type Halves = (
 
 async fn dial(links: &NodeLinks, node: NodeId, addr: &str) -> Result<Halves, WireError> {
     tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-        let stream = TcpStream::connect(addr).await?;
+        let target = tokio::net::lookup_host(addr)
+            .await?
+            .next()
+            .ok_or(WireError::Handshake("address does not resolve"))?;
+        let socket = if target.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        if let Some(ip) = links.source.filter(|ip| ip.is_ipv4() == target.is_ipv4()) {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        let stream = socket.connect(target).await?;
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
         let (mut r, mut w) = (BufReader::new(r), BufWriter::new(w));

@@ -119,7 +119,7 @@ impl Cluster {
             sink(update);
         });
         let sm = RoutingStateMachine::open(log.snapshot_slot(), sink)?;
-        let links = NodeLinks::new(config.node_id, LinkSecret::new(secret));
+        let links = NodeLinks::new(config.node_id, &config.advertise, LinkSecret::new(secret));
         let raft_config = openraft::Config {
             cluster_name: "switchboard".into(),
             heartbeat_interval: config.heartbeat_ms,

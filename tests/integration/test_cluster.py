@@ -1,0 +1,200 @@
+"""A three-node cluster of real processes (Raft-replicated routing table, NodeLinks):
+users on different nodes talk as if on one server; a resource bound on two nodes resolves
+through the log; a killed node's routes vanish and it rejoins; a partitioned node keeps its
+sessions, refuses binds it cannot commit and converges after the partition heals."""
+
+import asyncio
+import time
+
+import pytest
+
+from cluster import Cluster, Partition, iptables_usable
+from rawxmpp import (
+    XmppTestError,
+    is_presence,
+    is_roster_push,
+    login,
+    online,
+    q,
+    stanza_error,
+    subscribe,
+    xml_str,
+)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path)
+    yield c
+    errors = c.stop()
+    if errors:
+        pytest.fail("\n\n".join(errors), pytrace=False)
+
+
+def is_msg(id_):
+    return lambda e: e.tag == q("message") and e.get("id") == id_
+
+
+def route_nodes(routes, jid):
+    return [line.split()[1] for line in routes if line.split()[0] == jid]
+
+
+async def test_users_on_different_nodes_message_subscribe_and_see_presence(cluster):
+    alice, bob = cluster.account(), cluster.account()
+    cluster.start()
+    n1, n2, n3 = cluster.nodes
+    a = await online(n1, alice, "phone", label="alice@n1")
+    b = await online(n2, bob, "desk", label="bob@n2")
+    a2 = await online(n3, alice, "laptop", label="alice@n3")
+    try:
+        # Availability reaches the other nodes through the log, a few ms after the
+        # presence itself.
+        cluster.wait_for(
+            "every node to route to the three available resources",
+            lambda: all(
+                sum(line.endswith(" available") for line in cluster.routes(n)) == 3
+                for n in cluster.nodes
+            ),
+        )
+        # The two resources of alice on n1 and n3 see each other's presence.
+        await a.expect(is_presence(a2.jid), what="alice/laptop's presence from n3")
+        # A message to a full JID on another node, and back to a bare JID.
+        await a.send(f"<message to='{b.jid}' id='m1' type='chat'><body>hi bob</body></message>")
+        got = await b.expect(is_msg("m1"), what="alice's message, routed n1 -> n2")
+        assert got.get("from") == a.jid, xml_str(got)
+        await b.send(f"<message to='{alice.jid}' id='m2' type='chat'><body>hi</body></message>")
+        # A bare-JID chat message goes to every top-priority resource, on either node.
+        await a.expect(is_msg("m2"), what="bob's message to alice's bare JID at n1")
+        await a2.expect(is_msg("m2"), what="bob's message to alice's bare JID at n3")
+
+        # A subscription across nodes; alice's roster lives on her home node, wherever
+        # her sessions are, so the push reaches her resource on n3 too.
+        await subscribe(a, b)
+        await a2.expect(is_roster_push(bob.jid, subscription=("to", "both")),
+                        what="the roster push on alice's other node")
+        await a.expect(is_presence(b.jid), what="bob's presence after approval")
+        # Presence updates follow: bob goes away, alice's resources on both nodes hear it.
+        await b.send("<presence><show>away</show></presence>")
+        def away(e):
+            show = e.find(q("show"))
+            return is_presence(b.jid)(e) and show is not None and show.text == "away"
+
+        for c in (a, a2):
+            await c.expect(away, what="bob's presence update (away)")
+        # The roster read on a third node sees the same roster.
+        _, items = await a2.roster()
+        assert items[bob.jid]["subscription"] in ("to", "both"), items
+    finally:
+        for c in (a, b, a2):
+            await c.close()
+
+
+async def test_the_same_resource_on_two_nodes_resolves_through_the_log(cluster):
+    alice = cluster.account()
+    cluster.start()
+    n1, n2, _ = cluster.nodes
+    old = await login(n1, alice, resource="r", label="alice/r@n1")
+    new = await login(n2, alice, resource="r", label="alice/r@n2")
+    try:
+        cond = await old.expect_stream_error(timeout=10)
+        assert cond == "conflict", f"the older session must get <conflict/>, got {cond}"
+        routes = cluster.wait_routes_converge()
+        assert route_nodes(routes, f"{alice.jid}/r") == ["2"], routes
+    finally:
+        await new.close()
+
+
+async def test_a_killed_node_vanishes_from_routing_and_rejoins(cluster):
+    users = [cluster.account() for _ in range(4)]
+    cluster.start()
+    n1, n2, n3 = cluster.nodes
+    a = await online(n1, users[0], "r", label="u0@n1")
+    b = await online(n2, users[1], "r", label="u1@n2")
+    c = await online(n3, users[2], "r", label="u2@n3")
+    try:
+        await subscribe(a, c)  # a sees c's presence
+        await a.expect(is_presence(c.jid), what="c's presence")
+        routes = cluster.wait_routes_converge()
+        assert route_nodes(routes, c.jid) == ["3"], routes
+
+        # Steady traffic between the surviving nodes while n3 dies.
+        sent = 0
+
+        async def traffic(seconds):
+            nonlocal sent
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                sent += 1
+                await a.send(f"<message to='{b.jid}' id='t{sent}'><body>{sent}</body></message>")
+                await asyncio.sleep(0.02)
+
+        pump = asyncio.create_task(traffic(5.0))
+        await asyncio.sleep(0.5)
+        n3.kill9()
+        t_kill = time.monotonic()
+        # a learns that c went away (its node died without a word).
+        await a.expect(is_presence(c.jid, "unavailable"), timeout=15,
+                       what="unavailable for the resource on the killed node")
+        purge_s = time.monotonic() - t_kill
+        cluster.wait_for(
+            "n3's routes to disappear on n1 and n2",
+            lambda: all(route_nodes(cluster.routes(n), c.jid) == [] for n in (n1, n2)),
+        )
+        await pump
+        ids = set()
+        for _ in range(sent):
+            m = await b.expect(lambda e: e.tag == q("message"), what="the steady traffic")
+            ids.add(m.get("id"))
+        assert len(ids) == sent, f"lost {sent - len(ids)} of {sent} messages between n1 and n2"
+        st = cluster.status(n1)
+        assert st["members"]["3"] == "down", st
+        assert purge_s < 10, f"purge took {purge_s:.1f}s"
+
+        # n3 comes back by itself and takes sessions again.
+        n3.start()
+        cluster.wait_formed()
+        c2 = await online(n3, users[2], "r2", label="u2@n3 again")
+        await a.expect(is_presence(c2.jid), what="c's presence from the restarted node")
+        routes = cluster.wait_routes_converge()
+        assert route_nodes(routes, c2.jid) == ["3"], routes
+        await c2.close()
+    finally:
+        for x in (a, b):
+            await x.close()
+        c.io.abort()
+
+
+@pytest.mark.skipif(not iptables_usable(), reason="needs iptables (root) to cut a node off")
+async def test_a_partitioned_node_keeps_its_sessions_and_converges_after_healing(cluster):
+    users = [cluster.account() for _ in range(4)]
+    cluster.start()
+    n1, n2, n3 = cluster.nodes
+    a = await online(n1, users[0], "r", label="u0@n1")
+    c = await online(n3, users[1], "r", label="u1@n3")
+    d = await online(n3, users[2], "r", label="u2@n3")
+    try:
+        with Partition("127.0.0.13") as cut:
+            # The majority purges n3's routes...
+            cluster.wait_for(
+                "n1 to mark n3 down",
+                lambda: cluster.status(n1)["members"].get("3") == "down",
+                timeout=20,
+            )
+            # ...while n3 keeps serving its local sessions from its own replica.
+            await c.send(f"<message to='{d.jid}' id='local1'><body>x</body></message>")
+            await d.expect(is_msg("local1"), what="a message between two sessions on n3")
+            # A new bind on n3 cannot be committed: a clear, retryable error.
+            with pytest.raises(XmppTestError) as err:
+                await login(n3, users[3], resource="new", label="u3@n3 (minority)", timeout=15)
+            assert "resource-constraint" in str(err.value), str(err.value)
+            cut.heal()
+            # After healing, n3 rejoins by itself and every node holds the same table.
+            cluster.wait_formed(timeout=30)
+            routes = cluster.wait_routes_converge(timeout=20)
+            assert route_nodes(routes, c.jid) == ["3"], routes
+            assert route_nodes(routes, d.jid) == ["3"], routes
+        await a.send(f"<message to='{c.jid}' id='after'><body>y</body></message>")
+        await c.expect(is_msg("after"), what="a message across the healed partition")
+    finally:
+        for x in (a, c, d):
+            await x.close()
