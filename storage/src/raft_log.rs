@@ -8,6 +8,10 @@
 //! An append reports durable only after sled has flushed it: a vote or an entry the leader
 //! counts towards a quorum must survive `kill -9`.
 
+// openraft fixes the error type of its storage traits, and it is large; boxing it here
+// would only be unboxed again at every trait boundary.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};

@@ -54,7 +54,7 @@ impl Node {
         };
         let stores = ImStores::open(store).expect("IM trees");
         let shard = RosterActor::new(router_ctx.address(), stores, limits, domains.clone()).start();
-        let shards = RosterShards::new(vec![shard.clone()]);
+        let shards = RosterShards::new(vec![shard.clone()], None);
         shard.do_send(AttachShards(shards.clone()));
         let accounts = store.accounts().expect("accounts tree");
         let router = router_ctx.run(Router::new(
@@ -62,6 +62,7 @@ impl Node {
             accounts,
             ResourceConflict::Replace,
             shards.clone(),
+            None,
         ));
         Node {
             router,

@@ -183,19 +183,19 @@ impl RoutingTable {
                         } else {
                             BindOutcome::NodeNotUp
                         }),
-                        RouteChange::Unbind { jid, session } if up => {
-                            if self
-                                .routes
-                                .get(jid)
-                                .is_some_and(|r| r.node == *node && r.session == *session)
-                            {
-                                if let Some(route) = self.routes.remove(jid) {
-                                    events.push(RouteEvent::Removed {
-                                        jid: jid.clone(),
-                                        route,
-                                        replaced: false,
-                                    });
-                                }
+                        RouteChange::Unbind { jid, session }
+                            if up
+                                && self
+                                    .routes
+                                    .get(jid)
+                                    .is_some_and(|r| r.node == *node && r.session == *session) =>
+                        {
+                            if let Some(route) = self.routes.remove(jid) {
+                                events.push(RouteEvent::Removed {
+                                    jid: jid.clone(),
+                                    route,
+                                    replaced: false,
+                                });
                             }
                         }
                         RouteChange::Presence {

@@ -83,7 +83,7 @@ impl LinkService for ClusterService {
     fn push(&self, from: NodeId, push: Push) {
         match push {
             Push::Im(req) => {
-                if let Err(req) = crate::im::remote::serve_tell(&self.im, req) {
+                if let Some(req) = crate::im::remote::serve_tell(&self.im, req) {
                     tracing::warn!(node = from, ?req, "nodelink: an IM request came as a push");
                 }
             }

@@ -3,6 +3,9 @@
 //! the node's sled (`SnapshotSlot`) so that a restarted node starts from its last snapshot
 //! and replays only the log after it.
 
+// openraft fixes the (large) error type of its storage traits.
+#![allow(clippy::result_large_err)]
+
 use std::io::Cursor;
 use std::sync::Arc;
 

@@ -175,7 +175,7 @@ fn kind(s: &str) -> Option<SubscriptionKind> {
 
 /// Run a peer's one-way IM operation on this node's shards; gives back requests that
 /// want an answer.
-pub fn serve_tell(shards: &RosterShards, req: ImRequest) -> Result<(), ImRequest> {
+pub fn serve_tell(shards: &RosterShards, req: ImRequest) -> Option<ImRequest> {
     match req {
         ImRequest::OutboundSubscription {
             user,
@@ -238,17 +238,16 @@ pub fn serve_tell(shards: &RosterShards, req: ImRequest) -> Result<(), ImRequest
                 .local_for_user(&jid.to_bare())
                 .do_send(ResourceBinding { jid, bound });
         }
-        ask => return Err(ask),
+        ask => return Some(ask),
     }
-    Ok(())
+    None
 }
 
 /// Run a peer's IM request on this node's shards.
 pub async fn serve(shards: &RosterShards, req: ImRequest) -> ImReply {
     let failed = |e: MailboxError| ImReply::Failed(e.to_string());
-    let req = match serve_tell(shards, req) {
-        Ok(()) => return ImReply::Done,
-        Err(ask) => ask,
+    let Some(req) = serve_tell(shards, req) else {
+        return ImReply::Done;
     };
     match req {
         ImRequest::AccountIq { from, to, iq } => {
