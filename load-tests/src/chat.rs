@@ -1,6 +1,7 @@
 //! Scenario `chat`: every logged-in user sends M messages, one every interval, each to a
-//! random other user of the run; receivers count them, detect duplicates and measure latency
-//! from the send timestamp in the body.
+//! random other user of the run (with `cross_node_only`, one connected to another server);
+//! receivers count them, detect duplicates and measure latency from the send timestamp in the
+//! body.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,8 @@ pub struct ChatPlan {
     pub interval: Duration,
     /// The whole exchange (sending and waiting for deliveries) stops after this.
     pub duration: Duration,
+    /// Recipients are only users connected to another of the target's servers.
+    pub cross_node_only: bool,
 }
 
 /// How often the coordinator checks whether every message has arrived.
@@ -33,9 +36,13 @@ struct Shared {
     plan: ChatPlan,
     /// Indices of the logged-in users, the possible recipients.
     peers: Vec<u32>,
+    /// With `cross_node_only`: per server, the peers connected to any other server.
+    elsewhere: Vec<Vec<u32>>,
     /// Send timestamps in bodies are microseconds since this instant.
     epoch: Instant,
     sent: AtomicU64,
+    /// Messages sent to a user connected to another server than the sender.
+    cross_node: AtomicU64,
     /// Distinct deliveries plus bounces: when it reaches `sent`, nothing is in flight.
     accounted: AtomicU64,
     /// Users that will send no more (all sent, or their session ended).
@@ -64,12 +71,33 @@ pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
             peers.len()
         );
     }
+    let target = &plan.target;
+    let elsewhere: Vec<Vec<u32>> = if chat.cross_node_only {
+        (0..target.servers.len())
+            .map(|s| {
+                let other = |&&p: &&u32| target.server_of(p) != s;
+                peers.iter().filter(other).copied().collect()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let spread = elsewhere.iter().filter(|e| e.len() < peers.len()).count();
+    if chat.cross_node_only && spread < 2 {
+        let _ = stop.send(true);
+        for s in ramp.sessions {
+            s.hold(stopped.clone(), plan.close_grace).await;
+        }
+        anyhow::bail!("--cross-node-only needs logged-in users on at least two servers");
+    }
     let shared = Arc::new(Shared {
         target: plan.target.clone(),
         plan: chat,
         peers,
+        elsewhere,
         epoch: Instant::now(),
         sent: AtomicU64::new(0),
+        cross_node: AtomicU64::new(0),
         accounted: AtomicU64::new(0),
         senders_done: AtomicU64::new(0),
     });
@@ -126,11 +154,13 @@ pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
             messages_per_user: shared.plan.messages,
             interval_ms: shared.plan.interval.as_millis() as u64,
             sent,
+            cross_node: shared.cross_node.load(Ordering::Relaxed),
             received: total.unique,
             lost: sent.saturating_sub(total.unique + total.bounced),
             duplicates: total.duplicates,
             bounced: total.bounced,
             elapsed_secs: elapsed.as_secs_f64(),
+            received_per_sec: total.unique as f64 / elapsed.as_secs_f64().max(1e-9),
             latency_ms: Distribution::from_micros(total.latencies_us),
         }),
         dropped,
@@ -193,14 +223,25 @@ async fn converse(
     }
 }
 
-/// Message `seq` from user `from` (at `pos` in the peers) to a random other peer.
+/// Message `seq` from user `from` (at `pos` in the peers) to a random other peer, or with
+/// `cross_node_only` to a random peer connected to another server.
 fn compose(shared: &Shared, from: u32, pos: usize, seq: u32) -> String {
-    let peers = &shared.peers;
-    let mut other = rand::thread_rng().gen_range(0..peers.len() - 1);
-    if other >= pos {
-        other += 1;
+    let target = &shared.target;
+    let recipient = if shared.plan.cross_node_only {
+        let elsewhere = &shared.elsewhere[target.server_of(from)];
+        elsewhere[rand::thread_rng().gen_range(0..elsewhere.len())]
+    } else {
+        let peers = &shared.peers;
+        let mut other = rand::thread_rng().gen_range(0..peers.len() - 1);
+        if other >= pos {
+            other += 1;
+        }
+        peers[other]
+    };
+    if target.server_of(recipient) != target.server_of(from) {
+        shared.cross_node.fetch_add(1, Ordering::Relaxed);
     }
-    let to = shared.target.full_jid(peers[other]);
+    let to = target.full_jid(recipient);
     let sent_us = shared.epoch.elapsed().as_micros() as u64;
     format!(
         "<message to='{}' type='chat' id='m{seq}'><body>{}</body></message>",

@@ -47,7 +47,8 @@ pub const RESOURCE: &str = "lg";
 
 /// Where and how to log in; shared by all connections of a run.
 pub struct Target {
-    pub server: SocketAddr,
+    /// The nodes' c2s addresses; user `i` connects to `servers[i % servers.len()]`.
+    pub servers: Vec<SocketAddr>,
     /// Local addresses to bind before connecting, used round-robin; empty: the kernel picks.
     pub sources: Vec<IpAddr>,
     pub domain: String,
@@ -92,6 +93,11 @@ impl SaltedPasswords {
 }
 
 impl Target {
+    /// Which of [`Target::servers`] user `index` connects to.
+    pub fn server_of(&self, index: u32) -> usize {
+        index as usize % self.servers.len()
+    }
+
     pub fn username(&self, index: u32) -> String {
         format!("{}{index}", self.user_prefix)
     }
@@ -170,7 +176,8 @@ pub async fn login_as(target: &Target, index: u32, resource: &str) -> Result<Con
 
 async fn connect(target: &Target, index: u32) -> Result<TcpStream, Failure> {
     let connect_err = |e: std::io::Error| Failure::Connect(e.kind());
-    let socket = match target.server {
+    let server = target.servers[target.server_of(index)];
+    let socket = match server {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
     }
@@ -179,7 +186,7 @@ async fn connect(target: &Target, index: u32) -> Result<TcpStream, Failure> {
         let ip = target.sources[index as usize % target.sources.len()];
         socket.bind(SocketAddr::new(ip, 0)).map_err(connect_err)?;
     }
-    let tcp = socket.connect(target.server).await.map_err(connect_err)?;
+    let tcp = socket.connect(server).await.map_err(connect_err)?;
     tcp.set_nodelay(true)?;
     Ok(tcp)
 }
@@ -348,7 +355,7 @@ mod tests {
     #[test]
     fn names() {
         let target = Target {
-            server: "127.0.0.1:5222".parse().unwrap(),
+            servers: vec!["127.0.0.1:5222".parse().unwrap(), "127.0.0.1:5322".parse().unwrap()],
             sources: Vec::new(),
             domain: "localhost".into(),
             user_prefix: "lg".into(),
@@ -360,5 +367,7 @@ mod tests {
         };
         assert_eq!(target.username(42), "lg42");
         assert_eq!(target.full_jid(42), "lg42@localhost/lg");
+        assert_eq!(target.server_of(42), 0);
+        assert_eq!(target.server_of(43), 1);
     }
 }

@@ -74,6 +74,9 @@ enum Scenario {
         /// Upper bound on the exchange, sending and waiting for deliveries.
         #[arg(long, default_value_t = 60)]
         duration_secs: u64,
+        /// Send only to users connected to another --server (needs at least two).
+        #[arg(long)]
+        cross_node_only: bool,
     },
     /// Login storm: open connections at each target rate in turn (login, bind, presence,
     /// close); users are reused round-robin, each connection with its own resource.
@@ -128,9 +131,16 @@ enum Scenario {
 
 #[derive(Args)]
 struct Common {
-    /// Server c2s address (the tls_listen port with --tls direct); loopback only.
-    #[arg(long, global = true, default_value = "127.0.0.1:5222")]
-    server: SocketAddr,
+    /// Server c2s address (the tls_listen port with --tls direct); loopback only. Several
+    /// (comma-separated or repeated) spread the users: user i connects to the (i mod n)-th.
+    #[arg(
+        long,
+        global = true,
+        value_name = "ADDR",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:5222"
+    )]
+    server: Vec<SocketAddr>,
     /// Local addresses to connect from, round-robin: "127.0.1.1-127.0.1.20,127.0.2.1";
     /// "" lets the kernel choose. Spreading avoids running out of ephemeral ports.
     #[arg(long, global = true, default_value = "127.0.1.1-127.0.1.20")]
@@ -191,9 +201,16 @@ fn secs(value: u64, what: &str) -> anyhow::Result<Duration> {
 }
 
 fn plan(c: &Common) -> anyhow::Result<Plan> {
-    system::check_loopback(c.server)?;
+    ensure!(!c.server.is_empty(), "--server needs at least one address");
+    for (i, server) in c.server.iter().enumerate() {
+        system::check_loopback(*server)?;
+        ensure!(
+            !c.server[..i].contains(server),
+            "--server {server} is given twice"
+        );
+    }
     let sources = system::parse_sources(&c.source_ips)?;
-    if c.server.is_ipv6() && !sources.is_empty() {
+    if c.server.iter().any(SocketAddr::is_ipv6) && !sources.is_empty() {
         bail!("--source-ips are IPv4; pass --source-ips '' for an IPv6 server");
     }
     ensure!(c.users >= 1, "--users must be at least 1");
@@ -219,7 +236,7 @@ fn plan(c: &Common) -> anyhow::Result<Plan> {
         }
     };
     let target = Target {
-        server: c.server,
+        servers: c.server.clone(),
         sources,
         domain: c.domain.clone(),
         user_prefix: c.user_prefix.clone(),
@@ -278,7 +295,7 @@ fn millis(value: u64, what: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_millis(value))
 }
 
-fn work(scenario: &Scenario) -> anyhow::Result<Work> {
+fn work(scenario: &Scenario, servers: usize) -> anyhow::Result<Work> {
     Ok(match *scenario {
         Scenario::Idle { hold_secs } => Work::Idle {
             hold: secs(hold_secs, "--hold-secs")?,
@@ -287,8 +304,13 @@ fn work(scenario: &Scenario) -> anyhow::Result<Work> {
             messages,
             interval_ms,
             duration_secs,
+            cross_node_only,
         } => {
             ensure!(messages <= 1_000_000, "--messages must be at most 1000000");
+            ensure!(
+                !cross_node_only || servers >= 2,
+                "--cross-node-only needs at least two --server addresses"
+            );
             ensure!(
                 (1..=MAX_SECS * 1000).contains(&interval_ms),
                 "--interval-ms must be between 1 and {}",
@@ -298,6 +320,7 @@ fn work(scenario: &Scenario) -> anyhow::Result<Work> {
                 messages,
                 interval: Duration::from_millis(interval_ms),
                 duration: secs(duration_secs, "--duration-secs")?,
+                cross_node_only,
             })
         }
         Scenario::Login {
@@ -362,8 +385,14 @@ fn work(scenario: &Scenario) -> anyhow::Result<Work> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let c = &cli.common;
-    let work = work(&cli.scenario)?;
+    let work = work(&cli.scenario, c.server.len())?;
     let plan = plan(c)?;
+    let servers = c
+        .server
+        .iter()
+        .map(SocketAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let tls_name = match (c.tls, &c.ca) {
         (TlsMode::None, _) => "none".to_string(),
         (mode, Some(ca)) => format!("{mode:?} (trusting {})", ca.display()).to_lowercase(),
@@ -377,7 +406,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         c.user_prefix,
         c.first + c.users - 1,
         c.domain,
-        c.server,
+        servers,
         c.mech.sasl_name()
     );
     let (name, outcome) = match work {
@@ -389,7 +418,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let summary = Summary {
         scenario: name,
-        server: c.server.to_string(),
+        server: servers,
         tls: format!("{:?}", c.tls).to_lowercase(),
         mech: c.mech.sasl_name().to_string(),
         users: c.users,

@@ -210,7 +210,9 @@ pub fn markdown(s: &Summary, charts: &[&str]) -> String {
         out.push_str("## Messages\n\n");
         let mut r = vec![
             c.sent.to_string(),
+            c.cross_node.to_string(),
             c.received.to_string(),
+            format!("{:.0}", c.received_per_sec),
             c.lost.to_string(),
             c.duplicates.to_string(),
             c.bounced.to_string(),
@@ -220,7 +222,9 @@ pub fn markdown(s: &Summary, charts: &[&str]) -> String {
             &mut out,
             &[
                 "sent",
+                "to another server",
                 "received",
+                "received/s",
                 "lost",
                 "duplicates",
                 "bounced",

@@ -138,6 +138,8 @@ pub struct ChatSummary {
     pub messages_per_user: u32,
     pub interval_ms: u64,
     pub sent: u64,
+    /// Sent to a user connected to another `--server` than the sender.
+    pub cross_node: u64,
     /// Distinct messages delivered.
     pub received: u64,
     pub lost: u64,
@@ -145,6 +147,8 @@ pub struct ChatSummary {
     /// Returned to the sender as `type='error'`.
     pub bounced: u64,
     pub elapsed_secs: f64,
+    /// `received` over `elapsed_secs`.
+    pub received_per_sec: f64,
     pub latency_ms: Distribution,
 }
 
@@ -236,8 +240,9 @@ impl Summary {
         }
         if let Some(c) = &o.chat {
             println!(
-                "messages: {} sent, {} received, {} lost, {} duplicates, {} bounced in {:.2} s",
-                c.sent, c.received, c.lost, c.duplicates, c.bounced, c.elapsed_secs
+                "messages: {} sent ({} to another server), {} received, {} lost, {} duplicates, {} bounced in {:.2} s = {:.0} received/s",
+                c.sent, c.cross_node, c.received, c.lost, c.duplicates, c.bounced, c.elapsed_secs,
+                c.received_per_sec
             );
             println!("message latency: {}", c.latency_ms.line());
         }
