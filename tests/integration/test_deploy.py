@@ -363,3 +363,166 @@ async def test_compose_cluster_routes_across_nodes_and_survives_losing_one(deplo
         print(d.logs())
         raise
     print(f"compose cluster test: {time.monotonic() - started:.1f} s")
+
+
+# ---------------------------------------------------------------------------
+# the Helm chart
+# ---------------------------------------------------------------------------
+
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schema
+# kubernetes-validate ships.
+KUBE_VERSIONS = ("1.28.0", "1.31.0")
+
+
+def _helm():
+    try:
+        import helm_python
+    except ImportError:
+        pytest.skip("helm-python-sdk is not installed (pip install -r deploy/requirements.txt)")
+    return helm_python
+
+
+def _kubernetes_validate():
+    try:
+        import kubernetes_validate
+    except ImportError:
+        pytest.skip("kubernetes-validate is not installed (pip install -r deploy/requirements.txt)")
+    return kubernetes_validate
+
+
+def render(values: dict | None = None, namespace: str = "xmpp") -> list[dict]:
+    """The chart rendered offline by Helm's Go SDK, as a list of Kubernetes objects."""
+    import yaml
+
+    helm = _helm()
+    chart = helm.Chart.load(str(CHART))
+    try:
+        out = chart.render(values or {}, name="switchboard", namespace=namespace, is_install=True)
+    finally:
+        chart.close()
+    docs = []
+    for path, text in sorted(out.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_helm_chart_lints_clean():
+    helm = _helm()
+    for kube in KUBE_VERSIONS:
+        report = helm.lint(str(CHART), strict=True, kube_version=f"v{kube}", namespace="xmpp")
+        problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+        assert not problems, f"helm lint (Kubernetes {kube}): {problems}"
+
+
+CHART_VARIANTS = {
+    "defaults": {},
+    "everything-on": {
+        "replicas": 5,
+        "serviceMonitor": {"enabled": True},
+        "tls": {"existingSecret": "xmpp-example-com-tls"},
+        "cluster": {"existingSecret": "sb-cluster", "secretKey": "secret"},
+        "http": {"token": "0123456789abcdef0123"},
+        "service": {"type": "LoadBalancer", "externalTrafficPolicy": "Local"},
+        "persistence": {"storageClassName": "fast-ssd"},
+        "podAntiAffinity": "hard",
+        "domains": ["example.com", "example.net"],
+        "config": {"c2s": {"max_connections": 200000}, "im": {"shards": 8}},
+        "extraEnv": [{"name": "RUST_LOG", "value": "info"}],
+    },
+}
+
+
+@pytest.mark.parametrize("variant", sorted(CHART_VARIANTS))
+def test_helm_chart_renders_valid_kubernetes_objects(variant):
+    kv = _kubernetes_validate()
+    values = CHART_VARIANTS[variant]
+    docs = render(values)
+    kinds = sorted(d["kind"] for d in docs)
+    expected = ["ConfigMap", "PodDisruptionBudget", "Service", "Service", "ServiceAccount",
+                "StatefulSet"]
+    if variant == "defaults":
+        expected.append("Secret")
+    else:
+        expected += ["Secret", "ServiceMonitor"]  # the token is still the chart's Secret
+    assert kinds == sorted(expected), kinds
+
+    for doc in docs:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # a CRD: no schema in kubernetes-validate
+        for kube in KUBE_VERSIONS:
+            try:
+                kv.validate(doc, kube, strict=True)
+            except kv.ValidationError as e:
+                pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} is not a valid "
+                            f"Kubernetes {kube} object: {e.message} at {list(e.path)}")
+
+    (sts,) = by_kind(docs, "StatefulSet")
+    spec = sts["spec"]
+    replicas = values.get("replicas", 3)
+    assert spec["replicas"] == replicas
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["ordinals"]["start"] == 1
+    headless = next(s for s in by_kind(docs, "Service") if s["spec"].get("clusterIP") == "None")
+    assert spec["serviceName"] == headless["metadata"]["name"]
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    (container,) = pod["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container["readinessProbe"]["httpGet"]["port"] == "http" and ports["http"] == 9090
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SWITCHBOARD_CLUSTER__NODE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    )
+    assert "secretKeyRef" in env["SWITCHBOARD_CLUSTER__SECRET"]["valueFrom"]
+    assert "secretKeyRef" in env["SWITCHBOARD_HTTP__TOKEN"]["valueFrom"]
+    (pdb,) = by_kind(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+    # The members the ConfigMap lists are exactly the pods' stable names.
+    import tomllib
+
+    (cm,) = by_kind(docs, "ConfigMap")
+    config = tomllib.loads(cm["data"]["switchboard.toml"])
+    name, svc = sts["metadata"]["name"], headless["metadata"]["name"]
+    assert config["cluster"]["members"] == [
+        f"{n}@{name}-{n}.{svc}.xmpp.svc.cluster.local:7100" for n in range(1, replicas + 1)
+    ]
+
+
+def test_helm_chart_config_is_accepted_by_the_node(tmp_path):
+    """The rendered switchboard.toml plus the environment the StatefulSet gives pod 2 is a
+    configuration the real binary loads (it refuses unknown keys and invalid clusters)."""
+    import subprocess as sp
+
+    docs = render({"config": {"im": {"shards": 2}}})
+    (cm,) = by_kind(docs, "ConfigMap")
+    path = tmp_path / "switchboard.toml"
+    path.write_text(cm["data"]["switchboard.toml"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
+    env.update(
+        SWITCHBOARD_DATA_DIR=str(tmp_path / "data"),
+        SWITCHBOARD_CLUSTER__NODE_ID="2",
+        SWITCHBOARD_CLUSTER__ADVERTISE="switchboard-2.switchboard-headless.xmpp.svc.cluster.local:7100",
+        SWITCHBOARD_CLUSTER__SECRET="0123456789abcdef0123",
+        SWITCHBOARD_HTTP__LISTEN="0.0.0.0:9090",
+        SWITCHBOARD_HTTP__TOKEN="0123456789abcdef0123",
+    )
+    r = sp.run([str(SWITCHBOARD_BIN), "user", "list", "--config", str(path)],
+               capture_output=True, text=True, env=env, timeout=30)
+    assert r.returncode == 0, f"the node refused the chart's configuration: {r.stderr}"
+
+
+def test_helm_chart_refuses_node_id_zero():
+    helm = _helm()
+    with pytest.raises(helm.HelmError, match="ordinalStart must be at least 1"):
+        render({"ordinalStart": 0})
