@@ -526,3 +526,45 @@ def test_helm_chart_refuses_node_id_zero():
     helm = _helm()
     with pytest.raises(helm.HelmError, match="ordinalStart must be at least 1"):
         render({"ordinalStart": 0})
+
+
+# ---------------------------------------------------------------------------
+# monitoring files (the profile itself cannot run here: no images to pull)
+# ---------------------------------------------------------------------------
+
+# The node's /metrics names the dashboard may use (README, "Metrics"), plus the NodeLink RTT
+# gauge proposed with it.
+METRICS = {
+    "switchboard_c2s_sessions", "switchboard_logins_total", "switchboard_stanzas_total",
+    "switchboard_routed_total", "switchboard_bounces_total", "switchboard_raft_term",
+    "switchboard_raft_leader", "switchboard_raft_commit_index", "switchboard_raft_applied_index",
+    "switchboard_cluster_members", "switchboard_nodelink_dropped_total",
+    "switchboard_nodelink_rtt_seconds", "switchboard_login_duration_seconds_bucket",
+}
+
+
+def test_grafana_dashboard_and_prometheus_config_are_consistent():
+    import re
+
+    import yaml
+
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "switchboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 12
+    used = {m for e in exprs for m in re.findall(r"\bswitchboard_[a-z0-9_]+", e)}
+    assert used <= METRICS, f"unknown metrics in the dashboard: {used - METRICS}"
+    assert used >= METRICS - {"switchboard_nodelink_rtt_seconds"}, METRICS - used
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    ds_uid = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )["datasources"][0]["uid"]
+    assert {p["datasource"]["uid"] for p in dash["panels"] if "datasource" in p} == {ds_uid}
+    provider = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "dashboards" / "switchboard.yml").read_text()
+    )["providers"][0]
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = [t for sc in prom["scrape_configs"] for g in sc["static_configs"] for t in g["targets"]]
+    assert targets == [f"{n}:9090" for n in NODES]
