@@ -17,6 +17,17 @@ pub struct Settings {
     pub im: ImSettings,
     pub log: LogSettings,
     pub cluster: ClusterSettings,
+    pub http: HttpSettings,
+}
+
+/// The operator's HTTP endpoint: /metrics, /healthz, /readyz and the admin API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Listen address; "" disables the endpoint.
+    pub listen: String,
+    /// Bearer token for /api; required when `listen` is not a loopback address.
+    pub token: String,
 }
 
 /// Clustering (see README, "Cluster"). `node_id = 0` runs a single node.
@@ -125,6 +136,10 @@ shards = 4
 level = "info"
 format = "text"
 
+[http]
+listen = "127.0.0.1:9090"
+token = ""
+
 [cluster]
 node_id = 0
 listen = ""
@@ -146,7 +161,9 @@ pub enum ConfigError {
 
 /// Top-level keys of [`Settings`]; environment variables under other names
 /// (`SWITCHBOARD_CONFIG`, or a test harness's `SWITCHBOARD_BIN`) are not settings.
-const TOP_LEVEL_KEYS: &[&str] = &["domains", "data_dir", "c2s", "tls", "im", "log", "cluster"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "domains", "data_dir", "c2s", "tls", "im", "log", "cluster", "http",
+];
 
 /// The `SWITCHBOARD_*` variables that name a setting. A misspelt key inside a known section
 /// (`SWITCHBOARD_C2S__LISEN`) still reaches the loader and is refused there.
@@ -222,6 +239,8 @@ impl Settings {
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("domains")
+                .with_list_parse_key("cluster.members")
+                .with_list_parse_key("cluster.seeds")
                 .try_parsing(true),
         );
         let mut settings: Settings = builder.build()?.try_deserialize()?;
@@ -266,6 +285,15 @@ impl Settings {
             return Err(ConfigError::Invalid("im.shards must be at least 1".into()));
         }
         self.cluster.validate()?;
+        if !self.http.listen.is_empty()
+            && !crate::http::is_loopback(&self.http.listen)
+            && self.http.token.is_empty()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "http.listen {} is not a loopback address: set http.token to protect the admin API",
+                self.http.listen
+            )));
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid(
                 "log.format must be \"text\" or \"json\"".into(),

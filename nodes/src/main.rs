@@ -290,6 +290,8 @@ fn offline(settings: &Settings, request: &AdminRequest) -> anyhow::Result<AdminR
             .import(list)
             .map(|o| AdminResponse::ok(serde_json::to_value(o).ok())),
         AdminRequest::SessionList
+        | AdminRequest::SessionKick { .. }
+        | AdminRequest::Stats
         | AdminRequest::ClusterStatus
         | AdminRequest::ClusterRoutes
         | AdminRequest::ClusterLeave { .. } => {

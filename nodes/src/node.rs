@@ -2,7 +2,7 @@
 //! on one worker arbiter per core and the admin endpoint; stop cleanly on SIGTERM/SIGINT.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use crate::c2s::{self, C2sContext, C2sListener};
 use crate::cluster::{parse_member, Cluster, ClusterConfig, ClusterService, UpdateSink};
 use crate::config::Settings;
 use crate::ext::Extensions;
+use crate::http::HttpEndpoint;
 use crate::im::{AttachShards, ImLimits, ImStores, RosterActor, RosterShards};
 use crate::router::messages::{ClusterUpdate, LocalRoutes};
 use crate::router::Router;
@@ -51,6 +52,14 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let secret = store.meta()?.secret("scram-fake-secret", rand::random)?;
     let tls = TlsContext::load(&settings)?;
     let listeners = bind_listeners(&settings)?;
+    let http_listener = if settings.http.listen.is_empty() {
+        None
+    } else {
+        let l = std::net::TcpListener::bind(&settings.http.listen)
+            .with_context(|| format!("binding http.listen {}", settings.http.listen))?;
+        l.set_nonblocking(true)?;
+        Some(l)
+    };
     let cluster_listener = if settings.cluster.enabled() {
         let l = std::net::TcpListener::bind(&settings.cluster.listen)
             .with_context(|| format!("binding cluster.listen {}", settings.cluster.listen))?;
@@ -65,6 +74,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let system = actix_rt::System::new();
     let admin_store = store.clone();
     let cluster_store = store.clone();
+    let http_store = store.clone();
     let result: anyhow::Result<()> = system.block_on(async move {
         let domains = Arc::new(settings.domains.clone());
         // The SCRAM username is a localpart, so each served domain gets its own
@@ -137,9 +147,23 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         let admin_server = Arc::new(AdminServer {
             users: Arc::new(UserAdmin::new(admin_store, settings.domains.clone())?),
             router,
-            cluster,
+            cluster: cluster.clone(),
+            started: std::time::Instant::now(),
         });
-        actix_rt::spawn(admin_server.serve(admin_listener));
+        actix_rt::spawn(admin_server.clone().serve(admin_listener));
+        let listeners_up = Arc::new(AtomicBool::new(false));
+        if let Some(l) = http_listener {
+            let addr = l.local_addr()?;
+            let endpoint = Arc::new(HttpEndpoint {
+                admin: admin_server.clone(),
+                cluster: cluster.clone(),
+                store: http_store,
+                token: Some(settings.http.token.clone()).filter(|t| !t.is_empty()),
+                listeners_up: listeners_up.clone(),
+            });
+            actix_rt::spawn(endpoint.serve(tokio::net::TcpListener::from_std(l)?));
+            tracing::info!(%addr, "http: /metrics, /healthz, /readyz and /api listening");
+        }
 
         let limit = Arc::new(Semaphore::new(settings.c2s.max_connections));
         let workers: Vec<Arbiter> = (0..worker_count()).map(|_| Arbiter::new()).collect();
@@ -164,6 +188,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 "c2s listening"
             );
         }
+        listeners_up.store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(domains = ?settings.domains, data_dir = %settings.data_dir.display(), "switchboard running");
 
         wait_for_signal().await?;

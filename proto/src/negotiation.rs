@@ -78,6 +78,8 @@ pub struct C2sNegotiation {
     user: Option<String>,
     bind_pending: bool,
     auth_failures: u32,
+    /// The SASL mechanism of the last exchange that started (one of the offered names).
+    mechanism: Option<&'static str>,
     sasl: Option<SaslExchange>,
 }
 
@@ -99,8 +101,19 @@ impl C2sNegotiation {
             user: None,
             bind_pending: false,
             auth_failures: 0,
+            mechanism: None,
             sasl: None,
         }
+    }
+
+    /// SASL attempts that failed so far on this stream.
+    pub fn auth_failures(&self) -> u32 {
+        self.auth_failures
+    }
+
+    /// The mechanism of the SASL exchange that started last, if any.
+    pub fn mechanism(&self) -> Option<&'static str> {
+        self.mechanism
     }
 
     pub fn is_secured(&self) -> bool {
@@ -313,6 +326,10 @@ impl C2sNegotiation {
                 };
                 match authenticator.start(mechanism, self.secured, self.channel_binding.clone()) {
                     Ok(exchange) => {
+                        self.mechanism = authenticator
+                            .mechanisms(self.secured, &self.channel_binding)
+                            .into_iter()
+                            .find(|m| *m == mechanism);
                         self.sasl = Some(exchange);
                         self.phase = Phase::Sasl;
                         self.sasl_step(initial.as_deref())

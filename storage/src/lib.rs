@@ -189,6 +189,11 @@ impl Store {
     }
 
     /// Make everything written so far durable (shutdown).
+    /// Bytes the database takes on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StorageError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
     pub fn flush(&self) -> Result<(), StorageError> {
         self.db.flush()?;
         Ok(())

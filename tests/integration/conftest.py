@@ -94,7 +94,7 @@ class Server:
         self.data_dir.mkdir(exist_ok=True)
         self.config_path = self.dir / "node.toml"
         self.log_path = self.dir / "node.log"
-        self.c2s_port, self.tls_port = free_ports(2)
+        self.c2s_port, self.tls_port, self.http_port = free_ports(3)
         self.proc: subprocess.Popen | None = None
         self.exit_code: int | None = None
         self._pool: list[Account] = []
@@ -107,6 +107,7 @@ class Server:
                 "tls_listen": f"127.0.0.1:{self.tls_port}",
             },
             "log": {"level": os.environ.get("SWITCHBOARD_TEST_LOG_LEVEL", "info")},
+            "http": {"listen": f"127.0.0.1:{self.http_port}"},
         }
         for key, value in (overrides or {}).items():
             if isinstance(value, dict):

@@ -84,6 +84,14 @@ async def test_users_on_different_nodes_message_subscribe_and_see_presence(clust
         # The roster read on a third node sees the same roster.
         _, items = await a2.roster()
         assert items[bob.jid]["subscription"] in ("to", "both"), items
+        # The Raft and routing figures show up in /metrics.
+        from test_metrics import scrape, value
+
+        m = scrape(n1)
+        assert value(m, "switchboard_raft_leader") in (1, 2, 3), m
+        assert value(m, "switchboard_cluster_members", state="up") == 3
+        assert value(m, "switchboard_routed_total", destination="cluster") >= 1
+        assert value(m, "switchboard_raft_applied_index") > 0
     finally:
         for c in (a, b, a2):
             await c.close()

@@ -23,6 +23,7 @@ pub struct AdminServer {
     pub users: Arc<UserAdmin>,
     pub router: Addr<Router>,
     pub cluster: Option<Cluster>,
+    pub started: std::time::Instant,
 }
 
 /// Bind the socket, replacing a stale one left by a crash.
@@ -79,7 +80,8 @@ impl AdminServer {
         }
     }
 
-    async fn handle(&self, req: AdminRequest) -> AdminResponse {
+    /// Answer one request (from the socket or the HTTP API).
+    pub async fn handle(&self, req: AdminRequest) -> AdminResponse {
         let users = &self.users;
         match req {
             AdminRequest::UserAdd { jid, password } => match users.add(&jid, &password) {
@@ -93,7 +95,10 @@ impl AdminServer {
             AdminRequest::UserDel { jid } => {
                 // Disconnect first, so no session writes to the account while it goes.
                 if let Ok(j) = users.account_jid(&jid) {
-                    self.router.do_send(KickAccount { bare: j });
+                    self.router.do_send(KickAccount {
+                        bare: j,
+                        reason: "account deleted".into(),
+                    });
                 }
                 match users.del(&jid) {
                     Ok(j) => AdminResponse::ok(Some(j.to_string().into())),
@@ -112,6 +117,36 @@ impl AdminServer {
                 Ok(l) => AdminResponse::ok(serde_json::to_value(l).ok()),
                 Err(e) => AdminResponse::err(e),
             },
+            AdminRequest::SessionKick { jid } => match users.account_jid(&jid) {
+                Ok(bare) => {
+                    self.router.do_send(KickAccount {
+                        bare: bare.clone(),
+                        reason: "disconnected by an administrator".into(),
+                    });
+                    AdminResponse::ok(Some(bare.to_string().into()))
+                }
+                Err(e) => AdminResponse::err(e),
+            },
+            AdminRequest::Stats => {
+                let sessions = self.router.send(ListSessions).await.map(|l| l.len());
+                let routes = self.router.send(ListRoutes).await.map(|l| l.len());
+                let m = &crate::metrics::METRICS;
+                let connections: i64 = ["connected", "authenticated", "bound"]
+                    .iter()
+                    .flat_map(|s| {
+                        ["none", "starttls", "direct"]
+                            .iter()
+                            .map(move |t| m.c2s_connections.with_label_values(&[s, t]).get())
+                    })
+                    .sum();
+                AdminResponse::ok(Some(serde_json::json!({
+                    "sessions": sessions.unwrap_or(0),
+                    "connections": connections,
+                    "routes": routes.unwrap_or(0),
+                    "uptime_secs": self.started.elapsed().as_secs(),
+                    "clustered": self.cluster.is_some(),
+                })))
+            }
             AdminRequest::ClusterStatus => match &self.cluster {
                 Some(c) => AdminResponse::ok(Some(c.status())),
                 None => AdminResponse::err("this node is not clustered (cluster.node_id = 0)"),

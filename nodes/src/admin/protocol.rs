@@ -23,6 +23,12 @@ pub enum AdminRequest {
         users: Vec<(String, String)>,
     },
     SessionList,
+    /// Disconnect every session of an account.
+    SessionKick {
+        jid: String,
+    },
+    /// Counts: sessions, connections, routes, uptime.
+    Stats,
     /// Raft state, members and links of this node's cluster.
     ClusterStatus,
     /// Every route this node knows (local and remote), sorted: nodes compare these.

@@ -25,6 +25,7 @@ use super::transport::Transport;
 use crate::config::C2sSettings;
 use crate::ext::Extensions;
 use crate::im::messages::GetFilters;
+use crate::metrics::{ConnectionGauge, METRICS};
 use crate::router::messages::{BindRefused, RegisterSession, UnregisterSession};
 use crate::router::Router;
 use crate::tls::TlsContext;
@@ -94,6 +95,8 @@ struct Connection {
     /// The bound JID and session id, to unregister before a graceful close.
     bound: Option<(Jid, u64)>,
     queue: Rc<SendQueue>,
+    gauge: ConnectionGauge,
+    accepted: Instant,
 }
 
 /// Serve one accepted socket until it closes.
@@ -105,6 +108,8 @@ pub async fn serve(
 ) {
     let peer = tcp.peer_addr().ok();
     let _ = tcp.set_nodelay(true);
+    let accepted = Instant::now();
+    let gauge = ConnectionGauge::new(if direct_tls { "direct" } else { "none" });
     let auth_deadline = Instant::now() + Duration::from_secs(ctx.settings.auth_timeout_secs);
     let (transport, cb) = if direct_tls {
         // Boxed, like every rarely-taken await below: an async fn's future is as large as its
@@ -139,6 +144,8 @@ pub async fn serve(
         bound: None,
         queue: SendQueue::new(ctx.settings.send_queue_max_bytes),
         ctx,
+        gauge,
+        accepted,
     };
     let end = conn.run(auth_deadline).await;
     if let Some(session) = conn.session.take() {
@@ -195,7 +202,8 @@ impl Connection {
                     let reader = &mut self.reader;
                     match self.transport.try_read(|bytes| reader.feed(bytes)) {
                         Ok(Some(0)) => return End::Closed,
-                        Ok(Some(_)) => {
+                        Ok(Some(n)) => {
+                            METRICS.bytes.with_label_values(&["in"]).inc_by(n as u64);
                             may_have_input = true;
                             self.process_input().await
                         }
@@ -257,6 +265,10 @@ impl Connection {
         if bytes.is_empty() {
             return Ok(());
         }
+        METRICS
+            .bytes
+            .with_label_values(&["out"])
+            .inc_by(bytes.len() as u64);
         let queue = self.queue.clone();
         let transport = &mut self.transport;
         let write = async {
@@ -324,6 +336,7 @@ impl Connection {
                 }
             };
             let auth: &DomainAuthenticators = &self.ctx.auth;
+            let failures = self.negotiation.auth_failures();
             let actions = match event {
                 StreamEvent::Header(h) => self.negotiation.on_header(&h, &new_stream_id(), auth),
                 StreamEvent::Element(el, _) => self.negotiation.on_element(el, auth),
@@ -340,6 +353,10 @@ impl Connection {
                     self.negotiation.on_close()
                 }
             };
+            if self.negotiation.auth_failures() > failures {
+                let mech = self.negotiation.mechanism().unwrap_or("none");
+                METRICS.logins.with_label_values(&["failure", mech]).inc();
+            }
             if !self.perform(actions).await? {
                 return Ok(false);
             }
@@ -363,13 +380,19 @@ impl Connection {
                 }
                 Action::Authenticated(user) => {
                     tracing::debug!(%user, "authenticated");
+                    let mech = self.negotiation.mechanism().unwrap_or("none");
+                    METRICS.logins.with_label_values(&["success", mech]).inc();
+                    self.gauge.set_state("authenticated");
                     self.reader = StreamReader::new(self.ctx.limits(), proto::ns::CLIENT);
                 }
                 Action::Bind { iq_id, resource } => {
                     queue.extend(Box::pin(self.bind(&iq_id, resource)).await);
                 }
                 Action::Stanza(el) => match &self.session {
-                    Some(s) => s.do_send(FromClient(el)),
+                    Some(s) => {
+                        crate::metrics::stanza("in", &el);
+                        s.do_send(FromClient(el))
+                    }
                     None => return Ok(false),
                 },
             }
@@ -394,6 +417,7 @@ impl Connection {
             ))
         })??;
         let cb = self.ctx.tls.channel_binding(&tls);
+        self.gauge.set_tls("starttls");
         self.transport = Transport::Tls(Box::new(tls));
         self.negotiation.tls_established(cb);
         self.reader = StreamReader::new(self.ctx.limits(), proto::ns::CLIENT);
@@ -450,6 +474,10 @@ impl Connection {
             Ok(Ok(())) => {
                 self.session = Some(session);
                 self.bound = Some((jid.clone(), session_id));
+                self.gauge.set_state("bound");
+                METRICS
+                    .login_duration
+                    .observe(self.accepted.elapsed().as_secs_f64());
                 tracing::info!(%jid, "session bound");
                 self.negotiation.bound(iq_id, &jid.to_string())
             }

@@ -192,6 +192,7 @@ impl SessionActor {
     }
 
     fn send_to_client(&mut self, el: &Element, ctx: &mut Context<Self>) {
+        crate::metrics::stanza("out", el);
         if !self.queue.push(el) {
             // The I/O task closes the stream; nothing more goes to this client.
             ctx.stop();

@@ -104,8 +104,8 @@ pub enum UserOp {
     SendUnavailableOf { contact: Jid, to: Jid },
     /// `user`'s blocklist or privacy lists changed: sessions fetch them again.
     FiltersChanged { user: Jid },
-    /// The account was deleted.
-    Kick { user: Jid },
+    /// Disconnect the account's sessions (deleted, or kicked by an operator).
+    Kick { user: Jid, reason: String },
 }
 
 /// IM operations served by a user's home node (see `im::RosterShards`). Stanzas are XML.

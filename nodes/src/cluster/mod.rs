@@ -412,7 +412,13 @@ impl Cluster {
                 }
                 let link = self.links.peer(id, &addr);
                 tokio::spawn(async move {
-                    let _ = link.request(Request::Ping, PING_INTERVAL * 3).await;
+                    let start = std::time::Instant::now();
+                    if let Ok(Reply::Pong) = link.request(Request::Ping, PING_INTERVAL * 3).await {
+                        crate::metrics::METRICS
+                            .nodelink_rtt
+                            .with_label_values(&[&id.to_string()])
+                            .observe(start.elapsed().as_secs_f64());
+                    }
                 });
             }
             let state = self.raft.metrics().borrow().state;
@@ -510,6 +516,56 @@ impl Cluster {
                 .collect::<BTreeMap<_, _>>(),
             "links": links,
         })
+    }
+
+    /// Copy Raft's and the links' state into the metrics (at scrape time).
+    pub fn export_metrics(&self, m: &crate::metrics::Metrics) {
+        static LAST_TERM: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let metrics = self.raft.metrics();
+        let r = metrics.borrow();
+        let last = LAST_TERM.swap(r.current_term, std::sync::atomic::Ordering::Relaxed);
+        if r.current_term > last {
+            m.raft_elections.inc_by(r.current_term - last);
+        }
+        m.raft_term.set(r.current_term as i64);
+        m.raft_leader.set(r.current_leader.unwrap_or(0) as i64);
+        m.raft_is_leader
+            .set(i64::from(r.current_leader == Some(self.me)));
+        let last_log = r.last_log_index.unwrap_or(0) as i64;
+        let applied = r.last_applied.map(|l| l.index).unwrap_or(0) as i64;
+        m.raft_last_log_index.set(last_log);
+        m.raft_applied_index.set(applied);
+        m.raft_apply_lag.set((last_log - applied).max(0));
+        m.raft_voters
+            .set(r.membership_config.membership().voter_ids().count() as i64);
+        drop(r);
+        let states = self.member_states();
+        for (label, state) in [("up", MemberState::Up), ("down", MemberState::Down)] {
+            m.cluster_members
+                .with_label_values(&[label])
+                .set(states.values().filter(|s| **s == state).count() as i64);
+        }
+        for (id, link) in self.links.all() {
+            let peer = id.to_string();
+            m.nodelink_connected
+                .with_label_values(&[&peer])
+                .set(i64::from(link.is_connected()));
+            m.nodelink_dropped
+                .with_label_values(&[&peer])
+                .set(link.dropped() as i64);
+        }
+    }
+
+    /// Why this node should not get traffic yet (empty: ready).
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.raft.metrics().borrow().current_leader.is_none() {
+            problems.push("no cluster leader known".to_string());
+        }
+        if !self.is_up() {
+            problems.push("this node is not marked up in the cluster yet".to_string());
+        }
+        problems
     }
 
     /// Take `node` out of the voters and purge its routes (through the leader).

@@ -56,6 +56,8 @@ pub struct RouteStanza {
 #[rtype(result = "()")]
 pub struct KickAccount {
     pub bare: Jid,
+    /// The text of the `<not-authorized/>` stream error (e.g. "account deleted").
+    pub reason: String,
 }
 
 /// Online sessions, for the admin API.

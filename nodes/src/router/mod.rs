@@ -23,6 +23,7 @@ use crate::im::messages::{
     AccountIq, InboundSubscription, PresenceBroadcast, ResourceBinding, StoreOffline,
 };
 use crate::im::RosterShards;
+use crate::metrics::METRICS;
 use messages::*;
 use proto::im::SubscriptionKind;
 
@@ -87,12 +88,14 @@ impl Router {
     }
 
     fn deliver(to: &BoundResource, mut stanza: Element) {
+        METRICS.routed.with_label_values(&["local"]).inc();
         stanza.set_attr("to", to.jid.to_string());
         to.session.do_send(Deliver(stanza));
     }
 
     /// Send an error reply for `stanza` back to its (local) sender.
     fn bounce(&self, from: &Jid, stanza: &Element, cond: StanzaErrorCondition) {
+        METRICS.bounces.with_label_values(&[cond.as_str()]).inc();
         if stanza.attr("type") == Some("error") {
             return;
         }
@@ -318,6 +321,7 @@ impl Router {
     /// No resource can take the message: the recipient's shard stores it (XEP-0160), or
     /// the sender learns why not.
     fn store_offline(&self, from: &Jid, bare: &Jid, stanza: Element, ctx: &mut Context<Self>) {
+        METRICS.routed.with_label_values(&["offline"]).inc();
         let from = from.clone();
         let original = stanza.clone();
         let request = self.im.ask(
@@ -402,6 +406,7 @@ impl Router {
     /// A local resource is gone (closed, replaced, or lost to a bind elsewhere): its shard
     /// forgets it and, if it was available, everyone concerned gets its unavailable.
     fn resource_gone(&mut self, bare: &Jid, gone: BoundResource) {
+        METRICS.c2s_sessions.dec();
         self.im.tell(
             bare,
             ResourceBinding {
@@ -471,12 +476,12 @@ impl Router {
         }
     }
 
-    fn kick_local(&self, bare: &Jid) {
+    fn kick_local(&self, bare: &Jid, reason: &str) {
         if let Some(list) = self.sessions.get(bare) {
             for r in list {
                 r.session.do_send(Kick(StreamError::with_text(
                     StreamErrorCondition::NotAuthorized,
-                    "account deleted",
+                    reason,
                 )));
             }
         }
@@ -559,6 +564,7 @@ impl Router {
                 bound: true,
             },
         );
+        METRICS.c2s_sessions.inc();
         self.sessions.entry(bare).or_default().push(BoundResource {
             jid: msg.jid,
             session_id: msg.session_id,
@@ -658,7 +664,13 @@ impl Handler<RouteStanza> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: RouteStanza, ctx: &mut Context<Self>) {
+        let start = std::time::Instant::now();
+        let kind = crate::metrics::kind_label(&msg.stanza.name);
         self.route(&msg.from, msg.to, msg.stanza, ctx);
+        METRICS
+            .routing_duration
+            .with_label_values(&[kind])
+            .observe(start.elapsed().as_secs_f64());
     }
 }
 
@@ -666,10 +678,11 @@ impl Handler<KickAccount> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: KickAccount, _: &mut Context<Self>) {
-        self.kick_local(&msg.bare);
+        self.kick_local(&msg.bare, &msg.reason);
         if let Some(remote) = &self.remote {
             remote.user_op(&msg.bare, false, || UserOp::Kick {
                 user: msg.bare.clone(),
+                reason: msg.reason.clone(),
             });
         }
     }

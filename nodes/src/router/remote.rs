@@ -67,6 +67,12 @@ impl RemoteRoutes {
     }
 
     pub fn push(&self, node: NodeId, push: Push) {
+        if let Push::Deliver { .. } = push {
+            crate::metrics::METRICS
+                .routed
+                .with_label_values(&["cluster"])
+                .inc();
+        }
         match self.cluster.link(node) {
             Some(link) => {
                 if !link.push(push) {
@@ -334,7 +340,7 @@ impl Router {
                     }
                 }));
             }
-            UserOp::Kick { user } => self.kick_local(&user),
+            UserOp::Kick { user, reason } => self.kick_local(&user, &reason),
         }
     }
 }

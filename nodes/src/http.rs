@@ -1,0 +1,311 @@
+//! The operator's HTTP endpoint (`http.listen`): Prometheus `/metrics`, the Kubernetes probes
+//! `/healthz` and `/readyz`, and the admin API under `/api/` (the same operations as the CLI's
+//! admin socket, see docs/admin-api.yaml). The API needs `Authorization: Bearer <http.token>`
+//! whenever a token is set, and a token is required to listen beyond loopback.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use storage::Store;
+use tokio::net::TcpListener;
+
+use crate::admin::protocol::{AdminRequest, AdminResponse};
+use crate::admin::AdminServer;
+use crate::cluster::Cluster;
+use crate::metrics;
+
+/// Largest request body (a bulk import of a few thousand accounts).
+const MAX_BODY: usize = 4 * 1024 * 1024;
+
+pub struct HttpEndpoint {
+    pub admin: Arc<AdminServer>,
+    pub cluster: Option<Cluster>,
+    pub store: Store,
+    pub token: Option<String>,
+    /// Set once the c2s listeners accept connections.
+    pub listeners_up: Arc<AtomicBool>,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Reply {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Reply {
+    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    reply(status, "application/json", body)
+}
+
+fn admin_reply(r: AdminResponse) -> Reply {
+    let status = if r.ok {
+        StatusCode::OK
+    } else if r
+        .error
+        .as_deref()
+        .is_some_and(|e| e.contains("does not exist"))
+    {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    json(status, &r)
+}
+
+/// Compare without leaking how long a matching prefix was.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl HttpEndpoint {
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "http: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let me = self.clone();
+            actix_rt::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let me = me.clone();
+                    async move { Ok::<_, Infallible>(me.handle(req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service);
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "http: connection ended");
+                }
+            });
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Reply {
+        let path = req.uri().path().to_string();
+        match (req.method(), path.as_str()) {
+            (&Method::GET, "/metrics") => {
+                reply(StatusCode::OK, "text/plain; version=0.0.4", self.metrics())
+            }
+            (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
+            (&Method::GET, "/readyz") => self.readiness(),
+            (_, p) if p == "/api" || p.starts_with("/api/") => {
+                if let Some(denied) = self.check_token(&req) {
+                    return denied;
+                }
+                self.api(req, path).await
+            }
+            _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        }
+    }
+
+    fn check_token(&self, req: &Request<Incoming>) -> Option<Reply> {
+        let token = self.token.as_ref()?;
+        let given = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(g) if same_secret(g.as_bytes(), token.as_bytes()) => None,
+            _ => Some(json(
+                StatusCode::UNAUTHORIZED,
+                &AdminResponse::err("missing or wrong bearer token"),
+            )),
+        }
+    }
+
+    fn metrics(&self) -> String {
+        metrics::render(|m| {
+            if let Ok(size) = self.store.size_on_disk() {
+                m.storage_bytes.set(size as i64);
+            }
+            if let Some(c) = &self.cluster {
+                c.export_metrics(m);
+            }
+        })
+    }
+
+    fn readiness(&self) -> Reply {
+        let mut problems = Vec::new();
+        if !self.listeners_up.load(Ordering::Relaxed) {
+            problems.push("c2s listeners are not up yet".to_string());
+        }
+        if let Err(e) = self.store.size_on_disk() {
+            problems.push(format!("storage: {e}"));
+        }
+        if let Some(c) = &self.cluster {
+            problems.extend(c.not_ready());
+        }
+        if problems.is_empty() {
+            json(StatusCode::OK, &serde_json::json!({ "ready": true }))
+        } else {
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({ "ready": false, "problems": problems }),
+            )
+        }
+    }
+
+    async fn api(&self, req: Request<Incoming>, path: String) -> Reply {
+        let method = req.method().clone();
+        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return json(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &AdminResponse::err("request body too large"),
+                )
+            }
+        };
+        let request = match route(&method, &path, &body) {
+            Ok(r) => r,
+            Err((status, msg)) => return json(status, &AdminResponse::err(msg)),
+        };
+        admin_reply(self.admin.handle(request).await)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct NewUser {
+    jid: String,
+    password: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Password {
+    password: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Import {
+    users: Vec<(String, String)>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct Leave {
+    node: Option<u64>,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, (StatusCode, String)> {
+    serde_json::from_slice(body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad body: {e}")))
+}
+
+/// The admin request a REST call stands for.
+fn route(method: &Method, path: &str, body: &[u8]) -> Result<AdminRequest, (StatusCode, String)> {
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(2).collect();
+    let decoded = |s: &str| percent_decode(s);
+    Ok(match (method, parts.as_slice()) {
+        (&Method::POST, []) => parse(body)?,
+        (&Method::GET, ["users"]) => AdminRequest::UserList,
+        (&Method::POST, ["users"]) => {
+            let u: NewUser = parse(body)?;
+            AdminRequest::UserAdd {
+                jid: u.jid,
+                password: u.password,
+            }
+        }
+        (&Method::POST, ["users", "import"]) => AdminRequest::UserImport {
+            users: parse::<Import>(body)?.users,
+        },
+        (&Method::DELETE, ["users", jid]) => AdminRequest::UserDel { jid: decoded(jid) },
+        (&Method::PUT, ["users", jid, "password"]) => AdminRequest::UserPasswd {
+            jid: decoded(jid),
+            password: parse::<Password>(body)?.password,
+        },
+        (&Method::GET, ["sessions"]) => AdminRequest::SessionList,
+        (&Method::DELETE, ["sessions", jid]) => AdminRequest::SessionKick { jid: decoded(jid) },
+        (&Method::GET, ["stats"]) => AdminRequest::Stats,
+        (&Method::GET, ["cluster"]) => AdminRequest::ClusterStatus,
+        (&Method::GET, ["cluster", "routes"]) => AdminRequest::ClusterRoutes,
+        (&Method::POST, ["cluster", "leave"]) => {
+            let l: Leave = if body.is_empty() {
+                Leave::default()
+            } else {
+                parse(body)?
+            };
+            AdminRequest::ClusterLeave { node: l.node }
+        }
+        _ => {
+            return Err((
+                StatusCode::NOT_FOUND,
+                format!("no such API call: {method} {path}"),
+            ))
+        }
+    })
+}
+
+/// `%40` → `@` and friends, for JIDs in paths.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether `http.listen` is on loopback (then the API may run without a token).
+pub fn is_loopback(listen: &str) -> bool {
+    listen
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().is_loopback())
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rest_calls_map_to_admin_requests() {
+        let r = route(&Method::DELETE, "/api/users/alice%40localhost", b"").unwrap();
+        assert!(matches!(r, AdminRequest::UserDel { jid } if jid == "alice@localhost"));
+        let r = route(
+            &Method::PUT,
+            "/api/users/a@x/password",
+            br#"{"password":"p"}"#,
+        )
+        .unwrap();
+        assert!(matches!(r, AdminRequest::UserPasswd { password, .. } if password == "p"));
+        assert!(route(&Method::GET, "/api/nope", b"").is_err());
+        assert!(route(&Method::POST, "/api/users", b"{").is_err());
+        assert!(matches!(
+            route(&Method::POST, "/api", br#"{"op":"user_list"}"#).unwrap(),
+            AdminRequest::UserList
+        ));
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"ab"));
+        assert_eq!(percent_decode("a%2Fb%"), "a/b%");
+    }
+}

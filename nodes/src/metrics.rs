@@ -1,0 +1,305 @@
+//! Prometheus metrics of the node. Counters are statics so that the hot path bumps an atomic
+//! and never looks anything up; gauges that mirror other state (Raft, links, storage) are
+//! read when `/metrics` is scraped (`gather`). Labels take only values from fixed sets (never
+//! a JID, never a client-chosen string).
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub c2s_connections: IntGaugeVec,
+    pub c2s_sessions: IntGauge,
+    pub logins: IntCounterVec,
+    pub login_duration: Histogram,
+    pub stanzas: IntCounterVec,
+    pub routed: IntCounterVec,
+    pub bounces: IntCounterVec,
+    pub bytes: IntCounterVec,
+    pub routing_duration: HistogramVec,
+    pub raft_term: IntGauge,
+    pub raft_leader: IntGauge,
+    pub raft_is_leader: IntGauge,
+    pub raft_last_log_index: IntGauge,
+    pub raft_applied_index: IntGauge,
+    pub raft_apply_lag: IntGauge,
+    pub raft_voters: IntGauge,
+    pub raft_elections: IntCounter,
+    pub cluster_members: IntGaugeVec,
+    pub nodelink_connected: IntGaugeVec,
+    pub nodelink_dropped: IntGaugeVec,
+    pub nodelink_rtt: HistogramVec,
+    pub storage_bytes: IntGauge,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| {
+        // Names and labels are constants of this file: a failure is a bug caught by tests.
+        panic!("metric {name}: {e}")
+    });
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = registry.register(Box::new(g.clone()));
+    g
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = registry.register(Box::new(g.clone()));
+    g
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = registry.register(Box::new(h.clone()));
+    h
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let r = Registry::new();
+    let latency = vec![
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+        1.0, 2.5,
+    ];
+    let login_duration = Histogram::with_opts(
+        HistogramOpts::new(
+            "switchboard_login_duration_seconds",
+            "From TCP accept to a bound resource (TLS, SASL and bind), successful logins.",
+        )
+        .buckets(vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]),
+    )
+    .unwrap_or_else(|e| panic!("metric: {e}"));
+    let _ = r.register(Box::new(login_duration.clone()));
+    let raft_elections = IntCounter::new(
+        "switchboard_raft_elections_total",
+        "Raft terms this node has seen start (each new term is an election).",
+    )
+    .unwrap_or_else(|e| panic!("metric: {e}"));
+    let _ = r.register(Box::new(raft_elections.clone()));
+    Metrics {
+        c2s_connections: gauge_vec(
+            &r,
+            "switchboard_c2s_connections",
+            "Open client connections by state (connected: not yet authenticated; authenticated; bound) and transport.",
+            &["state", "tls"],
+        ),
+        c2s_sessions: gauge(
+            &r,
+            "switchboard_c2s_sessions",
+            "Bound client sessions (resources) on this node.",
+        ),
+        logins: counter(
+            &r,
+            "switchboard_logins_total",
+            "SASL authentications by result and mechanism.",
+            &["result", "mechanism"],
+        ),
+        login_duration,
+        stanzas: counter(
+            &r,
+            "switchboard_stanzas_total",
+            "Stanzas from clients (in) and to clients (out) by kind and type.",
+            &["direction", "kind", "type"],
+        ),
+        routed: counter(
+            &r,
+            "switchboard_routed_total",
+            "Stanzas the router delivered, by destination: local session, another cluster node, offline storage.",
+            &["destination"],
+        ),
+        bounces: counter(
+            &r,
+            "switchboard_bounces_total",
+            "Stanzas answered with an error or dropped by the router, by condition.",
+            &["reason"],
+        ),
+        bytes: counter(
+            &r,
+            "switchboard_c2s_bytes_total",
+            "Bytes read from (in) and written to (out) client connections.",
+            &["direction"],
+        ),
+        routing_duration: histogram_vec(
+            &r,
+            "switchboard_routing_duration_seconds",
+            "Time the router spends on one stanza, by stanza kind.",
+            &["kind"],
+            latency.clone(),
+        ),
+        raft_term: gauge(&r, "switchboard_raft_term", "Current Raft term."),
+        raft_leader: gauge(
+            &r,
+            "switchboard_raft_leader",
+            "Node id of the current Raft leader (0: none known).",
+        ),
+        raft_is_leader: gauge(&r, "switchboard_raft_is_leader", "1 if this node is the leader."),
+        raft_last_log_index: gauge(
+            &r,
+            "switchboard_raft_last_log_index",
+            "Index of the last entry in this node's Raft log.",
+        ),
+        raft_applied_index: gauge(
+            &r,
+            "switchboard_raft_applied_index",
+            "Index of the last entry applied to the routing table.",
+        ),
+        raft_apply_lag: gauge(
+            &r,
+            "switchboard_raft_apply_lag",
+            "Entries in the log not yet applied.",
+        ),
+        raft_voters: gauge(&r, "switchboard_raft_voters", "Voters in the membership."),
+        raft_elections,
+        cluster_members: gauge_vec(
+            &r,
+            "switchboard_cluster_members",
+            "Cluster members by state in the routing table.",
+            &["state"],
+        ),
+        nodelink_connected: gauge_vec(
+            &r,
+            "switchboard_nodelink_connected",
+            "1 while the outbound NodeLink to a peer is up.",
+            &["peer"],
+        ),
+        nodelink_dropped: gauge_vec(
+            &r,
+            "switchboard_nodelink_dropped_total",
+            "Pushes dropped because the link to a peer was down or its queue full.",
+            &["peer"],
+        ),
+        nodelink_rtt: histogram_vec(
+            &r,
+            "switchboard_nodelink_rtt_seconds",
+            "Round-trip time of NodeLink pings, by peer.",
+            &["peer"],
+            latency,
+        ),
+        storage_bytes: gauge(
+            &r,
+            "switchboard_storage_bytes",
+            "Size of the node's database on disk.",
+        ),
+        registry: r,
+    }
+});
+
+/// The stanza kind label: one of a fixed set.
+pub fn kind_label(name: &str) -> &'static str {
+    match name {
+        "message" => "message",
+        "presence" => "presence",
+        "iq" => "iq",
+        _ => "other",
+    }
+}
+
+/// The stanza type label: the RFC's values, anything else is "other".
+pub fn type_label(kind: &str, ty: Option<&str>) -> &'static str {
+    match (kind, ty) {
+        (_, None) => "none",
+        (_, Some("error")) => "error",
+        ("message", Some("chat")) => "chat",
+        ("message", Some("normal")) => "normal",
+        ("message", Some("groupchat")) => "groupchat",
+        ("message", Some("headline")) => "headline",
+        ("presence", Some("unavailable")) => "unavailable",
+        ("presence", Some("subscribe")) => "subscribe",
+        ("presence", Some("subscribed")) => "subscribed",
+        ("presence", Some("unsubscribe")) => "unsubscribe",
+        ("presence", Some("unsubscribed")) => "unsubscribed",
+        ("presence", Some("probe")) => "probe",
+        ("iq", Some("get")) => "get",
+        ("iq", Some("set")) => "set",
+        ("iq", Some("result")) => "result",
+        _ => "other",
+    }
+}
+
+/// Count a stanza to or from a client.
+pub fn stanza(direction: &'static str, el: &proto::element::Element) {
+    let kind = kind_label(&el.name);
+    METRICS
+        .stanzas
+        .with_label_values(&[direction, kind, type_label(kind, el.attr("type"))])
+        .inc();
+}
+
+/// The exposition, after refreshing the gauges that mirror other state.
+pub fn render(refresh: impl FnOnce(&Metrics)) -> String {
+    let m = &*METRICS;
+    refresh(m);
+    let mut out = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&m.registry.gather(), &mut out) {
+        tracing::warn!(error = %e, "metrics: encoding failed");
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Keeps `switchboard_c2s_connections` right for one connection as it moves through its
+/// states; dropping it takes the connection out.
+pub struct ConnectionGauge {
+    state: &'static str,
+    tls: &'static str,
+}
+
+impl ConnectionGauge {
+    pub fn new(tls: &'static str) -> Self {
+        METRICS
+            .c2s_connections
+            .with_label_values(&["connected", tls])
+            .inc();
+        ConnectionGauge {
+            state: "connected",
+            tls,
+        }
+    }
+
+    pub fn set(&mut self, state: &'static str, tls: &'static str) {
+        METRICS
+            .c2s_connections
+            .with_label_values(&[self.state, self.tls])
+            .dec();
+        METRICS
+            .c2s_connections
+            .with_label_values(&[state, tls])
+            .inc();
+        self.state = state;
+        self.tls = tls;
+    }
+
+    pub fn set_state(&mut self, state: &'static str) {
+        self.set(state, self.tls);
+    }
+
+    pub fn set_tls(&mut self, tls: &'static str) {
+        self.set(self.state, tls);
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        METRICS
+            .c2s_connections
+            .with_label_values(&[self.state, self.tls])
+            .dec();
+    }
+}
