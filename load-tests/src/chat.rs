@@ -153,6 +153,7 @@ pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
         chat: Some(ChatSummary {
             messages_per_user: shared.plan.messages,
             interval_ms: shared.plan.interval.as_millis() as u64,
+            cross_node_only: shared.plan.cross_node_only,
             sent,
             cross_node: shared.cross_node.load(Ordering::Relaxed),
             received: total.unique,

@@ -355,7 +355,10 @@ mod tests {
     #[test]
     fn names() {
         let target = Target {
-            servers: vec!["127.0.0.1:5222".parse().unwrap(), "127.0.0.1:5322".parse().unwrap()],
+            servers: vec![
+                "127.0.0.1:5222".parse().unwrap(),
+                "127.0.0.1:5322".parse().unwrap(),
+            ],
             sources: Vec::new(),
             domain: "localhost".into(),
             user_prefix: "lg".into(),

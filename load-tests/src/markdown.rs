@@ -93,6 +93,9 @@ pub fn markdown(s: &Summary, charts: &[&str]) -> String {
             c.messages_per_user.to_string(),
         ]);
         params.push(vec!["interval (ms)".into(), c.interval_ms.to_string()]);
+        if c.cross_node_only {
+            params.push(vec!["recipients".into(), "on another server only".into()]);
+        }
     }
     out.push_str("## Parameters\n\n");
     table(&mut out, &["parameter", "value"], &params);

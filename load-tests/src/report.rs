@@ -137,6 +137,8 @@ pub struct RssSummary {
 pub struct ChatSummary {
     pub messages_per_user: u32,
     pub interval_ms: u64,
+    /// Recipients were chosen among users on other servers only.
+    pub cross_node_only: bool,
     pub sent: u64,
     /// Sent to a user connected to another `--server` than the sender.
     pub cross_node: u64,
