@@ -1,5 +1,6 @@
 //! `switchboard`: the node binary and its command line.
 
+use nodes::admin::client::AdminTarget;
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 
@@ -8,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use nodes::admin::protocol::{AdminRequest, AdminResponse};
 use nodes::config::Settings;
-use nodes::{admin, ext, node, users};
+use nodes::{ext, node, users};
 
 #[derive(Parser)]
 #[command(name = "switchboard", version, about = "A clustered XMPP server")]
@@ -16,6 +17,18 @@ struct Cli {
     /// TOML configuration file (defaults are built in; SWITCHBOARD_* variables override both).
     #[arg(long, short, global = true, env = "SWITCHBOARD_CONFIG")]
     config: Option<PathBuf>,
+    /// Manage a node through its HTTP API (`http://HOST:PORT`) instead of the local admin
+    /// socket of the node configured here.
+    #[arg(long, global = true, env = "SWITCHBOARD_API")]
+    api: Option<String>,
+    /// Bearer token for --api (the node's http.token).
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHBOARD_API_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -85,6 +98,7 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
+    let cli_api = cli.api.map(|url| (url, cli.token));
     match cli.command {
         Command::Run => {
             init_logging(&settings)?;
@@ -96,8 +110,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::User { command } => user_command(&settings, command),
-        Command::Cluster { command } => cluster_command(&settings, command),
+        Command::User { command } => {
+            user_command(&settings, &admin_target(&cli_api, &settings), command)
+        }
+        Command::Cluster { command } => {
+            cluster_command(&settings, &admin_target(&cli_api, &settings), command)
+        }
     }
 }
 
@@ -131,7 +149,21 @@ fn read_password(prompt: &str) -> anyhow::Result<String> {
     Ok(password)
 }
 
-fn user_command(settings: &Settings, command: UserCommand) -> anyhow::Result<()> {
+fn admin_target(api: &Option<(String, Option<String>)>, settings: &Settings) -> AdminTarget {
+    match api {
+        Some((url, token)) => AdminTarget::Http {
+            url: url.clone(),
+            token: token.clone(),
+        },
+        None => AdminTarget::Socket(settings.admin_socket()),
+    }
+}
+
+fn user_command(
+    settings: &Settings,
+    target: &AdminTarget,
+    command: UserCommand,
+) -> anyhow::Result<()> {
     let request = match command {
         UserCommand::Add { jid, password } => AdminRequest::UserAdd {
             password: password.map_or_else(|| read_password("Password: "), Ok)?,
@@ -148,8 +180,8 @@ fn user_command(settings: &Settings, command: UserCommand) -> anyhow::Result<()>
         },
     };
     let response = match request {
-        AdminRequest::UserImport { ref users } => import(settings, users)?,
-        _ => match admin::request(&settings.admin_socket(), &request)? {
+        AdminRequest::UserImport { ref users } => import(settings, target, users)?,
+        _ => match target.request(&request)? {
             Some(r) => r,
             None => offline(settings, &request)?,
         },
@@ -187,13 +219,17 @@ fn user_command(settings: &Settings, command: UserCommand) -> anyhow::Result<()>
     Ok(())
 }
 
-fn cluster_command(settings: &Settings, command: ClusterCommand) -> anyhow::Result<()> {
+fn cluster_command(
+    settings: &Settings,
+    target: &AdminTarget,
+    command: ClusterCommand,
+) -> anyhow::Result<()> {
     let request = match command {
         ClusterCommand::Status => AdminRequest::ClusterStatus,
         ClusterCommand::Routes => AdminRequest::ClusterRoutes,
         ClusterCommand::Leave { node } => AdminRequest::ClusterLeave { node },
     };
-    let Some(response) = admin::request(&settings.admin_socket(), &request)? else {
+    let Some(response) = target.request(&request)? else {
         bail!(
             "no node is running with data_dir {} (its admin socket is missing)",
             settings.data_dir.display()
@@ -223,14 +259,18 @@ fn cluster_command(settings: &Settings, command: ClusterCommand) -> anyhow::Resu
 }
 
 /// Import in batches (a running node takes requests of bounded size), adding up the counts.
-fn import(settings: &Settings, users: &[(String, String)]) -> anyhow::Result<AdminResponse> {
+fn import(
+    settings: &Settings,
+    target: &AdminTarget,
+    users: &[(String, String)],
+) -> anyhow::Result<AdminResponse> {
     const BATCH: usize = 500;
     let mut total = users::ImportOutcome::default();
     for chunk in users.chunks(BATCH) {
         let request = AdminRequest::UserImport {
             users: chunk.to_vec(),
         };
-        let response = match admin::request(&settings.admin_socket(), &request)? {
+        let response = match target.request(&request)? {
             Some(r) => r,
             None => offline(settings, &request)?,
         };

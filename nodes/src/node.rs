@@ -192,6 +192,11 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         tracing::info!(domains = ?settings.domains, data_dir = %settings.data_dir.display(), "switchboard running");
 
         wait_for_signal().await?;
+        if let Some(c) = &cluster {
+            // Leave the routing table first: from now on other nodes store messages for
+            // our users offline instead of sending them to streams that are closing.
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, c.depart()).await;
+        }
         tracing::info!("shutting down: closing every stream with <system-shutdown/>");
         let _ = shutdown_tx.send(true);
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;

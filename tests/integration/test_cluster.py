@@ -206,3 +206,39 @@ async def test_a_partitioned_node_keeps_its_sessions_and_converges_after_healing
     finally:
         for x in (a, c, d):
             await x.close()
+
+
+async def test_a_stopping_node_leaves_the_routing_table_at_once(tmp_path):
+    # A failure timeout far longer than the test: only the clean departure can explain
+    # how fast the others learn.
+    cluster = Cluster(tmp_path, failure_timeout_ms=30000)
+    users = [cluster.account() for _ in range(3)]
+    cluster.start()
+    n1, n2, n3 = cluster.nodes
+    a = await online(n1, users[0], "r", label="u0@n1")
+    b = await online(n2, users[1], "r", label="u1@n2")
+    c = await online(n3, users[2], "r", label="u2@n3")
+    try:
+        await subscribe(a, c)
+        await a.expect(is_presence(c.jid), what="c's presence")
+        t0 = time.monotonic()
+        n3.signal_term()
+        assert await c.expect_stream_error(timeout=10) == "system-shutdown"
+        await a.expect(is_presence(c.jid, "unavailable"), timeout=5,
+                       what="unavailable from the stopping node's user")
+        assert n3.wait_exit(10) == 0, n3.log_tail()
+        cluster.wait_for("n3 to be marked down",
+                         lambda: cluster.status(n1)["members"].get("3") == "down", timeout=5)
+        assert time.monotonic() - t0 < 10
+        assert all(route_nodes(cluster.routes(n), c.jid) == [] for n in (n1, n2))
+        # The other two keep serving.
+        await a.send(f"<message to='{b.jid}' id='still'><body>z</body></message>")
+        await b.expect(is_msg("still"), what="a message while n3 is stopped")
+        # A rolling restart: n3 comes back and is up again.
+        n3.start()
+        cluster.wait_formed()
+    finally:
+        for x in (a, b):
+            await x.close()
+        errors = cluster.stop()
+        assert not errors, errors

@@ -134,3 +134,27 @@ def test_a_public_listener_without_token_is_refused(make_server):
     srv = make_server({"http": {"listen": "0.0.0.0:0", "token": ""}}, accounts=0, start=False)
     r = srv.cli("run", timeout=10)
     assert r.returncode != 0 and "http.token" in r.stderr, r.stderr
+
+
+def test_the_cli_manages_a_node_through_the_http_api(node, tmp_path):
+    # A config with another data dir: only --api can reach the node.
+    other = tmp_path / "elsewhere.toml"
+    other.write_text(f'data_dir = "{tmp_path / "nodata"}"\n')
+    import subprocess
+
+    from conftest import SWITCHBOARD_BIN
+
+    def cli(*args, token=TOKEN):
+        extra = ["--token", token] if token else []
+        return subprocess.run(
+            [str(SWITCHBOARD_BIN), "--config", str(other),
+             "--api", f"http://127.0.0.1:{node.http_port}", *extra, *args],
+            capture_output=True, text=True, timeout=30,
+        )
+
+    r = cli("user", "add", "viahttp@localhost", "--password", "pw-via-http")
+    assert r.returncode == 0, r.stderr
+    r = cli("user", "list")
+    assert "viahttp@localhost" in r.stdout.split(), r.stdout
+    r = cli("user", "list", token="wrong")
+    assert r.returncode == 1 and "bearer token" in r.stderr, r.stderr

@@ -1,6 +1,7 @@
 //! The local admin endpoint: a Unix socket in the data directory (owner-only permissions),
 //! so the CLI can manage a running node (sled admits one process at a time).
 
+pub mod client;
 pub mod protocol;
 
 use std::path::{Path, PathBuf};

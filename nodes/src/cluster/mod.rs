@@ -86,6 +86,8 @@ pub struct Cluster {
     changes: mpsc::Sender<PendingChange>,
     view: Arc<Mutex<MemberView>>,
     config: Arc<ClusterConfig>,
+    /// Set when the node is stopping: it no longer resyncs itself up.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Cluster {
@@ -149,6 +151,7 @@ impl Cluster {
             changes: tx,
             view,
             config: Arc::new(config),
+            stopping: Arc::default(),
         };
         tokio::spawn(cluster.clone().batch_loop(rx));
         Ok(cluster)
@@ -431,7 +434,8 @@ impl Cluster {
                 leader_since = None;
             }
             let has_leader = self.raft.metrics().borrow().current_leader.is_some();
-            if has_leader && !self.is_up() {
+            let stopping = self.stopping.load(std::sync::atomic::Ordering::Relaxed);
+            if has_leader && !stopping && !self.is_up() {
                 let sessions = resync().await;
                 let count = sessions.len();
                 match self
@@ -516,6 +520,20 @@ impl Cluster {
                 .collect::<BTreeMap<_, _>>(),
             "links": links,
         })
+    }
+
+    /// The node is stopping (SIGTERM): mark it down in one committed entry, so the others
+    /// purge its routes now instead of after the failure timeout, and tell its users'
+    /// contacts at once. It stays a voter: a restart marks it up again.
+    pub async fn depart(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        match self.write(ClusterCommand::NodeDown { node: self.me }).await {
+            Ok(_) => tracing::info!("cluster: marked this node down before stopping"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: could not mark this node down; the others will after the failure timeout")
+            }
+        }
     }
 
     /// Copy Raft's and the links' state into the metrics (at scrape time).
