@@ -57,6 +57,8 @@ enum ClusterCommand {
     Status,
     /// Every route the node knows (`JID NODE available|unavailable`), sorted.
     Routes,
+    /// Ask a running member (`ID@HOST:PORT`) to admit this node as a voter.
+    Join { seed: String },
     /// Take a node (this one by default) out of the cluster; its routes are purged.
     Leave {
         #[arg(long)]
@@ -228,6 +230,7 @@ fn cluster_command(
         ClusterCommand::Status => AdminRequest::ClusterStatus,
         ClusterCommand::Routes => AdminRequest::ClusterRoutes,
         ClusterCommand::Leave { node } => AdminRequest::ClusterLeave { node },
+        ClusterCommand::Join { seed } => AdminRequest::ClusterJoin { seed },
     };
     let Some(response) = target.request(&request)? else {
         bail!(
@@ -334,7 +337,8 @@ fn offline(settings: &Settings, request: &AdminRequest) -> anyhow::Result<AdminR
         | AdminRequest::Stats
         | AdminRequest::ClusterStatus
         | AdminRequest::ClusterRoutes
-        | AdminRequest::ClusterLeave { .. } => {
+        | AdminRequest::ClusterLeave { .. }
+        | AdminRequest::ClusterJoin { .. } => {
             return Ok(AdminResponse::err("the node is not running"))
         }
     };

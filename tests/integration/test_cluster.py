@@ -242,3 +242,39 @@ async def test_a_stopping_node_leaves_the_routing_table_at_once(tmp_path):
             await x.close()
         errors = cluster.stop()
         assert not errors, errors
+
+
+async def test_a_new_node_joins_through_a_seed_and_leaves(cluster, tmp_path):
+    from cluster import SECRET
+    from conftest import Server, free_ports
+
+    alice, bob = cluster.account(), cluster.account()
+    cluster.start()
+    n1 = cluster.nodes[0]
+    (port,) = free_ports(1)
+    seed = cluster.nodes[0].config["cluster"]["members"][0]
+    n4 = Server(tmp_path / "n4", {
+        "c2s": {"require_tls": True},
+        "cluster": {"node_id": 4, "listen": f"127.0.0.14:{port}", "secret": SECRET,
+                    "seeds": [seed], "heartbeat_ms": 100, "failure_timeout_ms": 2000},
+    }, name="n4")
+    for acc in (alice, bob):
+        n4.add_user(acc.local, acc.password)
+    cluster.nodes.append(n4)
+    n4.start()
+    cluster.wait_for("node 4 to become a voter and be up", lambda: (
+        "4" in cluster.status(n1)["voters"] and cluster.status(n1)["members"].get("4") == "up"
+    ), timeout=30)
+    a = await online(n1, alice, "r", label="alice@n1")
+    d = await online(n4, bob, "r", label="bob@n4")
+    try:
+        await d.send(f"<message to='{a.jid}' id='j1'><body>from the new node</body></message>")
+        await a.expect(is_msg("j1"), what="a message from the node that joined")
+    finally:
+        await a.close()
+        await d.close()
+    r = n4.cli("cluster", "leave")
+    assert r.returncode == 0, r.stderr
+    cluster.wait_for("node 4 to leave", lambda: (
+        "4" not in cluster.status(n1)["voters"] and cluster.status(n1)["members"].get("4") == "down"
+    ), timeout=20)

@@ -156,6 +156,17 @@ impl AdminServer {
                 Ok(l) => AdminResponse::ok(serde_json::to_value(l).ok()),
                 Err(e) => AdminResponse::err(e),
             },
+            AdminRequest::ClusterJoin { seed } => match &self.cluster {
+                Some(c) if crate::cluster::parse_member(&seed).is_some() => {
+                    let (c, seed2) = (c.clone(), seed.clone());
+                    // The links live on the cluster arbiter's runtime; the join loop only
+                    // needs some tokio runtime, and this one is alive as long as the node.
+                    actix_rt::spawn(async move { c.join(vec![seed2]) });
+                    AdminResponse::ok(Some(format!("asking {seed} to admit this node").into()))
+                }
+                Some(_) => AdminResponse::err(format!("{seed:?} is not ID@HOST:PORT")),
+                None => AdminResponse::err("this node is not clustered (cluster.node_id = 0)"),
+            },
             AdminRequest::ClusterLeave { node } => match &self.cluster {
                 Some(c) => match c.leave(node.unwrap_or(c.me)).await {
                     Ok(()) => AdminResponse::ok(None),

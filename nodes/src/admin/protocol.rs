@@ -33,6 +33,10 @@ pub enum AdminRequest {
     ClusterStatus,
     /// Every route this node knows (local and remote), sorted: nodes compare these.
     ClusterRoutes,
+    /// Ask a running member (`ID@HOST:PORT`) to admit this node.
+    ClusterJoin {
+        seed: String,
+    },
     /// Take `node` (this node when absent) out of the cluster.
     ClusterLeave {
         node: Option<u64>,

@@ -177,9 +177,15 @@ impl Cluster {
             // Another configured member initialises; its leader will replicate to us.
             return Ok(());
         }
+        self.join(self.config.seeds.clone());
+        Ok(())
+    }
+
+    /// Ask `seeds` (`ID@HOST:PORT`, tried in turn until one admits us) to add this node as
+    /// a voter; retries in the background until it is admitted.
+    pub fn join(&self, seeds: Vec<String>) {
         let me = self.me;
         let advertise = self.config.advertise.clone();
-        let seeds = self.config.seeds.clone();
         let links = self.links.clone();
         tokio::spawn(async move {
             loop {
@@ -211,7 +217,6 @@ impl Cluster {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
-        Ok(())
     }
 
     /// The current leader and its NodeLink address.
