@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes dashboards/switchboard.json (run it after changing a panel; the JSON is committed so
-Grafana can provision it as is). Metric names are the node's /metrics contract (README,
-"Metrics"); tests/integration/test_deploy.py checks the dashboard uses no other."""
+Grafana can provision it as is). Metric names are the node's /metrics (README, "Monitoring and
+the admin API"); tests/integration/test_deploy.py checks that a running cluster exports every
+one the dashboard uses."""
 
 import json
 from pathlib import Path
@@ -72,20 +73,28 @@ panels = [
     ], 0, 27, w=6, kind="stat"),
     panel(11, "Raft leader (as each node sees it)", [
         (f"max by (instance) (switchboard_raft_leader{{{SEL}}})", "{{instance}}"),
-    ], 6, 27, w=6, kind="stat", desc="Nodes that disagree for long are partitioned."),
+    ], 6, 27, w=6, kind="stat", desc="The leader's node id; nodes that disagree for long are partitioned."),
     panel(12, "Members by state", [
         (f"max by (state) (switchboard_cluster_members{{{SEL}}})", "{{state}}"),
-    ], 12, 27, w=12, kind="stat"),
-    panel(13, "Raft commit and applied index", [
-        (f"max by (instance) (switchboard_raft_commit_index{{{SEL}}})", "commit {{instance}}"),
+    ], 12, 27, w=6, kind="stat"),
+    panel(16, "Elections", [
+        (f"sum(increase(switchboard_raft_elections_total{{{SEL}}}[1h]))", "last hour"),
+    ], 18, 27, w=6, kind="stat", desc="Raft elections started; more than a few per hour is a flapping leader."),
+    panel(13, "Raft log: last index, applied index, apply lag", [
+        (f"max by (instance) (switchboard_raft_last_log_index{{{SEL}}})", "last log {{instance}}"),
         (f"max by (instance) (switchboard_raft_applied_index{{{SEL}}})", "applied {{instance}}"),
-    ], 0, 35),
-    panel(14, "NodeLink RTT and drops", [
-        (f"max by (instance, peer) (switchboard_nodelink_rtt_seconds{{{SEL}}})", "rtt {{instance}} -> {{peer}}"),
-        (f"sum by (instance) (rate(switchboard_nodelink_dropped_total{{{SEL}}}[$__rate_interval]))",
-         "dropped/s {{instance}}"),
-    ], 12, 35, unit="s",
-        desc="Frames dropped because a peer's queue was full; RTT of the link heartbeat."),
+        (f"max by (instance) (switchboard_raft_apply_lag{{{SEL}}})", "lag {{instance}}"),
+    ], 0, 35, desc="Entries in the log and applied to the routing table; a growing lag is a slow node."),
+    panel(14, "NodeLink RTT p99", [
+        ("histogram_quantile(0.99, sum by (le, instance, peer) "
+         f"(rate(switchboard_nodelink_rtt_seconds_bucket{{{SEL}}}[$__rate_interval])))",
+         "{{instance}} -> {{peer}}"),
+    ], 12, 35, w=6, unit="s", desc="Round trip of the NodeLink heartbeat, per peer."),
+    panel(15, "NodeLink drops and links up", [
+        (f"sum by (instance, peer) (rate(switchboard_nodelink_dropped_total{{{SEL}}}[$__rate_interval]))",
+         "dropped/s {{instance}} -> {{peer}}"),
+        (f"sum by (instance) (switchboard_nodelink_connected{{{SEL}}})", "links up {{instance}}"),
+    ], 18, 35, w=6, desc="Frames dropped because a peer's queue was full; connected links."),
 ]
 
 dashboard = {
