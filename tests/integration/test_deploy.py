@@ -195,11 +195,14 @@ class Deployment:
         _run(["docker", "cp", f"{node.container}:/var/lib/switchboard/tls/cert.pem", str(dest)])
         node.cafile = str(dest)
 
-    def http_get(self, name: str, path: str, timeout: float = 3.0) -> tuple[int, str]:
+    def http_get(self, name: str, path: str, timeout: float = 3.0, token: str | None = None):
         """(status, body); raises OSError when nothing answers."""
         url = f"http://127.0.0.1:{self.nodes[name].http_port}{path}"
+        req = urllib.request.Request(url)
+        if token is not None:
+            req.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, resp.read().decode(errors="replace")
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode(errors="replace")
@@ -374,6 +377,13 @@ async def test_compose_cluster_routes_across_nodes_and_survives_losing_one(deplo
                 assert not missing, f"the dashboard queries metrics sb1 does not export: {missing}"
                 with pytest.raises(OSError):
                     d.http_get("sb3", "/readyz", timeout=2)
+                # The admin API, published beyond loopback inside the container, wants the
+                # token compose passed from SB_HTTP_TOKEN.
+                assert d.http_get("sb1", "/api/cluster")[0] == 401
+                status, body = d.http_get("sb1", "/api/cluster", token=d.env["SB_HTTP_TOKEN"])
+                assert status == 200, body
+                reply = json.loads(body)
+                assert reply["ok"] is True and reply["result"]["members"]["3"] == "down", body
             else:
                 print("the binary has no HTTP listener yet: /readyz checks skipped")
         finally:
