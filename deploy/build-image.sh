@@ -41,6 +41,10 @@ bin="${SWITCHBOARD_BIN:-}"
 if [ -z "${bin}" ]; then
     if [ -x "${root}/target/release/switchboard" ]; then
         bin="${root}/target/release/switchboard"
+        if [ "${root}/target/debug/switchboard" -nt "${bin}" ]; then
+            echo "build-image.sh: warning: packaging ${bin}, older than target/debug/switchboard" \
+                "(cargo build --release -p nodes, or SWITCHBOARD_BIN=target/debug/switchboard)" >&2
+        fi
     else
         bin="${root}/target/debug/switchboard"
     fi
