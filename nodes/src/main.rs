@@ -314,6 +314,12 @@ fn read_import_file(file: &std::path::Path) -> anyhow::Result<Vec<(String, Strin
 
 /// The node is not running: open the database directly.
 fn offline(settings: &Settings, request: &AdminRequest) -> anyhow::Result<AdminResponse> {
+    if settings.cluster.enabled() && !matches!(request, AdminRequest::UserList) {
+        eprintln!(
+            "switchboard: warning: the node is not running, so this changes only its own copy \
+             of the accounts; in a cluster, manage accounts through a running node (any one)"
+        );
+    }
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
     let store = storage::Store::open(&settings.data_dir)?;

@@ -241,12 +241,13 @@ async fn start_cluster(
         heartbeat_ms: c.heartbeat_ms,
     };
     let log = store.raft_log()?;
+    let store = store.clone();
     let secret = c.secret.clone();
     let router = router.clone();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let started = arbiter.spawn(async move {
         let sink: UpdateSink = Arc::new(move |u| router.do_send(ClusterUpdate(u)));
-        let _ = tx.send(Cluster::start(config, &secret, log, sink).await);
+        let _ = tx.send(Cluster::start(config, &secret, log, store, sink).await);
     });
     if !started {
         anyhow::bail!("cluster arbiter is not running");

@@ -5,6 +5,8 @@ use proto::jid::Jid;
 use proto::sasl::{StoredCredentials, DEFAULT_ITERATIONS};
 use storage::{AccountStore, StorageError, Store};
 
+use crate::cluster::{AccountChange, AccountOutcome, Cluster, ClusterCommand};
+
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
     #[error("{0:?} is not a valid JID: {1}")]
@@ -17,6 +19,8 @@ pub enum UserError {
     BadPassword,
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error("the cluster did not commit the change: {0}")]
+    Cluster(String),
 }
 
 /// What a bulk import did.
@@ -103,6 +107,105 @@ impl UserAdmin {
                 Ok(_) => outcome.created += 1,
                 Err(UserError::Storage(StorageError::AlreadyExists(_))) => outcome.existing += 1,
                 Err(e) => return Err(e),
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// In a cluster, account changes go through the Raft log so that every node applies
+    /// them; the answer is the leader's outcome.
+    async fn replicate(
+        cluster: &Cluster,
+        changes: Vec<AccountChange>,
+    ) -> Result<Vec<AccountOutcome>, UserError> {
+        let n = changes.len();
+        let r = cluster
+            .write(ClusterCommand::Accounts(changes))
+            .await
+            .map_err(|e| UserError::Cluster(e.to_string()))?;
+        if r.accounts.len() != n {
+            return Err(UserError::Cluster("unexpected answer".into()));
+        }
+        Ok(r.accounts)
+    }
+
+    fn outcome(jid: &Jid, o: AccountOutcome) -> Result<Jid, UserError> {
+        match o {
+            AccountOutcome::Done => Ok(jid.clone()),
+            AccountOutcome::AlreadyExists => {
+                Err(StorageError::AlreadyExists(jid.to_string()).into())
+            }
+            AccountOutcome::NotFound => Err(StorageError::NotFound(jid.to_string()).into()),
+            AccountOutcome::Failed => Err(UserError::Cluster(
+                "the leader could not store the change (see its log)".into(),
+            )),
+        }
+    }
+
+    pub async fn add_replicated(
+        &self,
+        cluster: &Cluster,
+        jid: &str,
+        password: &str,
+    ) -> Result<Jid, UserError> {
+        let j = self.account_jid(jid)?;
+        let record = AccountStore::encode_record(&Self::credentials(password)?)?;
+        let o = Self::replicate(
+            cluster,
+            vec![AccountChange::Create {
+                jid: j.to_string(),
+                record,
+            }],
+        )
+        .await?;
+        Self::outcome(&j, o[0])
+    }
+
+    pub async fn passwd_replicated(
+        &self,
+        cluster: &Cluster,
+        jid: &str,
+        password: &str,
+    ) -> Result<Jid, UserError> {
+        let j = self.account_jid(jid)?;
+        let record = AccountStore::encode_record(&Self::credentials(password)?)?;
+        let o = Self::replicate(
+            cluster,
+            vec![AccountChange::SetCredentials {
+                jid: j.to_string(),
+                record,
+            }],
+        )
+        .await?;
+        Self::outcome(&j, o[0])
+    }
+
+    pub async fn del_replicated(&self, cluster: &Cluster, jid: &str) -> Result<Jid, UserError> {
+        let j = self.account_jid(jid)?;
+        let o =
+            Self::replicate(cluster, vec![AccountChange::Delete { jid: j.to_string() }]).await?;
+        Self::outcome(&j, o[0])
+    }
+
+    pub async fn import_replicated(
+        &self,
+        cluster: &Cluster,
+        users: &[(String, String)],
+    ) -> Result<ImportOutcome, UserError> {
+        let mut changes = Vec::with_capacity(users.len());
+        for (jid, password) in users {
+            let j = self.account_jid(jid)?;
+            changes.push(AccountChange::Create {
+                jid: j.to_string(),
+                record: AccountStore::encode_record(&Self::credentials(password)?)?,
+            });
+        }
+        let mut outcome = ImportOutcome::default();
+        for o in Self::replicate(cluster, changes).await? {
+            match o {
+                AccountOutcome::Done => outcome.created += 1,
+                AccountOutcome::AlreadyExists => outcome.existing += 1,
+                _ => return Err(UserError::Cluster("an account could not be stored".into())),
             }
         }
         Ok(outcome)

@@ -29,7 +29,7 @@ impl StoreBuilder<ClusterTypes, LogStore, RoutingStateMachine, TempDir> for Sled
         ));
         let store = storage::Store::open(&dir).expect("open a fresh sled store");
         let log: LogStore = store.raft_log().expect("open the raft trees");
-        let sm = RoutingStateMachine::open(log.snapshot_slot(), Arc::new(|_| {}))
+        let sm = RoutingStateMachine::open(log.snapshot_slot(), Arc::new(|_| {}), None)
             .expect("open the state machine");
         Ok((TempDir(dir), log, sm))
     }

@@ -123,6 +123,64 @@ impl AccountStore {
         Ok(())
     }
 
+    /// The account's record as stored (JSON text): what a cluster replicates.
+    pub fn encode_record(creds: &StoredCredentials) -> Result<String, StorageError> {
+        String::from_utf8(encode(creds)?).map_err(|_| StorageError::Corrupt("encode".into()))
+    }
+
+    /// Write a replicated record. `create_only`: leave an existing account alone. Returns
+    /// whether the account existed before.
+    pub fn put_record(
+        &self,
+        bare_jid: &str,
+        record: &str,
+        create_only: bool,
+    ) -> Result<bool, StorageError> {
+        decode(bare_jid, record.as_bytes())?;
+        let existed = self.tree.contains_key(bare_jid)?;
+        if !(existed && create_only) {
+            self.tree.insert(bare_jid, record.as_bytes())?;
+        }
+        Ok(existed)
+    }
+
+    /// Remove without complaint if absent (replicated deletes apply on every node).
+    pub fn remove_record(&self, bare_jid: &str) -> Result<bool, StorageError> {
+        Ok(self.tree.remove(bare_jid)?.is_some())
+    }
+
+    /// Every account with its record, sorted: the accounts part of a cluster snapshot.
+    pub fn records(&self) -> Result<Vec<(String, String)>, StorageError> {
+        self.tree
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let k = String::from_utf8(k.to_vec())
+                    .map_err(|_| StorageError::Corrupt("key".into()))?;
+                let v =
+                    String::from_utf8(v.to_vec()).map_err(|_| StorageError::Corrupt(k.clone()))?;
+                Ok((k, v))
+            })
+            .collect()
+    }
+
+    /// Make the tree exactly `records` (installing a cluster snapshot).
+    pub fn replace_all(&self, records: &[(String, String)]) -> Result<(), StorageError> {
+        self.tree.clear()?;
+        let mut batch = sled::Batch::default();
+        for (k, v) in records {
+            batch.insert(k.as_bytes(), v.as_bytes());
+        }
+        self.tree.apply_batch(batch)?;
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.tree.flush()?;
+        Ok(())
+    }
+
     /// All account JIDs, sorted.
     pub fn list(&self) -> Result<Vec<String>, StorageError> {
         self.tree

@@ -278,3 +278,30 @@ async def test_a_new_node_joins_through_a_seed_and_leaves(cluster, tmp_path):
     cluster.wait_for("node 4 to leave", lambda: (
         "4" not in cluster.status(n1)["voters"] and cluster.status(n1)["members"].get("4") == "down"
     ), timeout=20)
+
+
+async def test_accounts_created_on_one_node_work_on_every_node(cluster):
+    from conftest import Account
+
+    cluster.start()
+    n1, n2, n3 = cluster.nodes
+    r = n1.cli("user", "add", "shared@localhost", "--password", "pw-one")
+    assert r.returncode == 0, r.stderr
+    r = n2.cli("user", "add", "shared@localhost", "--password", "pw-x")
+    assert r.returncode == 1 and "already exists" in r.stderr, r.stderr
+    acc = Account("shared", "localhost", "pw-one")
+    c3 = await login(n3, acc, resource="r3", label="shared@n3")
+    await c3.close()
+    # A password change through n2 applies on n3.
+    r = n2.cli("user", "passwd", "shared@localhost", "--password", "pw-two")
+    assert r.returncode == 0, r.stderr
+    with pytest.raises(XmppTestError):
+        await login(n3, acc, resource="r3", label="old password on n3")
+    c1 = await login(n1, Account("shared", "localhost", "pw-two"), resource="r1")
+    # Deleting through n3 disconnects the session on n1 and removes the account everywhere.
+    r = n3.cli("user", "del", "shared@localhost")
+    assert r.returncode == 0, r.stderr
+    assert await c1.expect_stream_error(timeout=10) == "not-authorized"
+    for n in cluster.nodes:
+        r = n.cli("user", "list")
+        assert "shared@localhost" not in r.stdout.split(), (n.name, r.stdout)

@@ -84,6 +84,11 @@ impl AdminServer {
     /// Answer one request (from the socket or the HTTP API).
     pub async fn handle(&self, req: AdminRequest) -> AdminResponse {
         let users = &self.users;
+        if let Some(cluster) = &self.cluster {
+            if let Some(r) = self.replicated(cluster, &req).await {
+                return r;
+            }
+        }
         match req {
             AdminRequest::UserAdd { jid, password } => match users.add(&jid, &password) {
                 Ok(j) => AdminResponse::ok(Some(j.to_string().into())),
@@ -175,6 +180,41 @@ impl AdminServer {
                 None => AdminResponse::err("this node is not clustered (cluster.node_id = 0)"),
             },
         }
+    }
+}
+
+impl AdminServer {
+    /// Account writes in a cluster go through the log; `None`: not such a request.
+    async fn replicated(&self, cluster: &Cluster, req: &AdminRequest) -> Option<AdminResponse> {
+        let users = &self.users;
+        let jid_reply = |r: Result<proto::jid::Jid, crate::users::UserError>| match r {
+            Ok(j) => AdminResponse::ok(Some(j.to_string().into())),
+            Err(e) => AdminResponse::err(e),
+        };
+        Some(match req {
+            AdminRequest::UserAdd { jid, password } => {
+                jid_reply(users.add_replicated(cluster, jid, password).await)
+            }
+            AdminRequest::UserPasswd { jid, password } => {
+                jid_reply(users.passwd_replicated(cluster, jid, password).await)
+            }
+            AdminRequest::UserDel { jid } => {
+                if let Ok(j) = users.account_jid(jid) {
+                    self.router.do_send(KickAccount {
+                        bare: j,
+                        reason: "account deleted".into(),
+                    });
+                }
+                jid_reply(users.del_replicated(cluster, jid).await)
+            }
+            AdminRequest::UserImport { users: list } => {
+                match users.import_replicated(cluster, list).await {
+                    Ok(o) => AdminResponse::ok(serde_json::to_value(o).ok()),
+                    Err(e) => AdminResponse::err(e),
+                }
+            }
+            _ => return None,
+        })
     }
 }
 

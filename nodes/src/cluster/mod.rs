@@ -26,8 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 use link::{LinkSecret, NodeLinks, PeerLink};
 use messages::{Reply, Request};
 pub use routing_table::{
-    BindOutcome, ClusterCommand, ClusterResponse, MemberState, NodeId, Route, RouteChange,
-    RouteEvent, RoutingTable, SessionRoute,
+    AccountChange, AccountOutcome, BindOutcome, ClusterCommand, ClusterResponse, MemberState,
+    NodeId, Route, RouteChange, RouteEvent, RoutingTable, SessionRoute,
 };
 pub use service::ClusterService;
 pub use state_machine::{RoutingStateMachine, TableUpdate, UpdateSink};
@@ -97,6 +97,7 @@ impl Cluster {
         config: ClusterConfig,
         secret: &str,
         log: types::LogStore,
+        store: storage::Store,
         sink: UpdateSink,
     ) -> anyhow::Result<Cluster> {
         let view: Arc<Mutex<MemberView>> = Arc::default();
@@ -120,7 +121,7 @@ impl Cluster {
             }
             sink(update);
         });
-        let sm = RoutingStateMachine::open(log.snapshot_slot(), sink)?;
+        let sm = RoutingStateMachine::open(log.snapshot_slot(), sink, Some(store))?;
         let links = NodeLinks::new(config.node_id, &config.advertise, LinkSecret::new(secret));
         let raft_config = openraft::Config {
             cluster_name: "switchboard".into(),

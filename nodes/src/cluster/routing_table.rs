@@ -21,12 +21,40 @@ pub enum ClusterCommand {
     },
     /// `node` stopped answering or left: it is down and its routes are purged.
     NodeDown { node: NodeId },
+    /// Account changes (see `state_machine`: applied to each node's account store).
+    Accounts(Vec<AccountChange>),
     /// Route changes of one node's sessions, batched.
     Routes {
         node: NodeId,
         incarnation: u64,
         changes: Vec<RouteChange>,
     },
+}
+
+/// A change to the replicated accounts. Records are the account store's JSON text (SCRAM
+/// keys, never a password).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccountChange {
+    Create {
+        jid: String,
+        record: String,
+    },
+    SetCredentials {
+        jid: String,
+        record: String,
+    },
+    /// Delete the account and all its IM data.
+    Delete {
+        jid: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccountOutcome {
+    Done,
+    AlreadyExists,
+    NotFound,
+    Failed,
 }
 
 /// A bound session as a node reports it on resync.
@@ -62,6 +90,9 @@ pub enum RouteChange {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterResponse {
     pub binds: Vec<BindOutcome>,
+    /// One per `AccountChange`, in order.
+    #[serde(default)]
+    pub accounts: Vec<AccountOutcome>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +182,8 @@ impl RoutingTable {
                     response.binds.push(outcome);
                 }
             }
+            // Accounts are not routing state: the state machine applies them to storage.
+            ClusterCommand::Accounts(_) => {}
             ClusterCommand::NodeDown { node } => {
                 self.purge(*node, &mut events);
                 if let Some(m) = self.members.get_mut(node) {
