@@ -8,5 +8,6 @@ pub mod ext;
 pub mod im;
 pub mod node;
 pub mod router;
+pub mod s2s;
 pub mod tls;
 pub mod users;

@@ -48,6 +48,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let secret = store.meta()?.secret("scram-fake-secret", rand::random)?;
     let tls = TlsContext::load(&settings)?;
     let listeners = bind_listeners(&settings)?;
+    let s2s_listeners = crate::s2s::bind_listeners(&settings.s2s)?;
+    let dialback_secret = store.meta()?.secret("dialback-secret", rand::random)?;
     let admin_path = settings.admin_socket();
     let admin_listener_path = admin_path.clone();
 
@@ -93,6 +95,14 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             shards.clone(),
         ));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let s2s = crate::s2s::start(
+            &settings,
+            dialback_secret,
+            router.clone(),
+            shutdown_rx.clone(),
+            s2s_listeners,
+        )?;
+        router.do_send(crate::router::messages::AttachS2s(s2s.recipient()));
         let ctx = Arc::new(C2sContext {
             policy: Arc::new(C2sPolicy {
                 domains: settings.domains.clone(),

@@ -130,3 +130,8 @@ pub struct PrivacyChanged {
     pub user: Jid,
     pub lists: std::sync::Arc<crate::im::PrivacyLists>,
 }
+
+/// Federation is up: stanzas for other domains go to this recipient (the s2s manager).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttachS2s(pub Recipient<crate::s2s::messages::SendRemote>);

@@ -39,6 +39,8 @@ pub struct Router {
     /// Bare JID → its bound resources.
     sessions: HashMap<Jid, Vec<BoundResource>>,
     im: RosterShards,
+    /// Federation: where stanzas for other domains go (`None`: they bounce).
+    s2s: Option<Recipient<crate::s2s::messages::SendRemote>>,
 }
 
 impl Router {
@@ -54,7 +56,25 @@ impl Router {
             conflict,
             sessions: HashMap::new(),
             im,
+            s2s: None,
         }
+    }
+
+    /// Hand a stanza for a non-local `to` to federation. `false`: `to` is local.
+    fn to_remote(&self, to: &Jid, mut stanza: Element) -> bool {
+        if self.is_local_domain(to.domain()) {
+            return false;
+        }
+        let from = stanza.attr("from").and_then(|f| Jid::parse(f).ok());
+        if let (Some(s2s), Some(from)) = (&self.s2s, from) {
+            stanza.set_attr("to", to.to_string());
+            s2s.do_send(crate::s2s::messages::SendRemote {
+                from,
+                to: to.clone(),
+                stanza,
+            });
+        }
+        true
     }
 
     fn is_local_domain(&self, domain: &str) -> bool {
@@ -85,6 +105,9 @@ impl Router {
             return;
         }
         let reply = stanza_error_reply(stanza, cond, None);
+        if self.to_remote(from, reply.clone()) {
+            return;
+        }
         if let Some(r) = self.resource(from) {
             r.session.do_send(Deliver(reply));
         }
@@ -120,8 +143,12 @@ impl Router {
 
     fn route(&self, from: &Jid, to: Jid, stanza: Element, ctx: &mut Context<Self>) {
         if !self.is_local_domain(to.domain()) {
-            // Federation is not available yet: RFC 6120 §10.4.
-            return self.bounce(from, &stanza, StanzaErrorCondition::RemoteServerNotFound);
+            // RFC 6120 §10.4: federation, or remote-server-not-found without it.
+            if self.s2s.is_none() || !self.is_local_domain(from.domain()) {
+                return self.bounce(from, &stanza, StanzaErrorCondition::RemoteServerNotFound);
+            }
+            self.to_remote(&to, stanza);
+            return;
         }
         if to.local().is_none() {
             // To the server itself: IQs were answered by the session; messages and presence
@@ -216,7 +243,16 @@ impl Router {
                     return;
                 }
                 if stanza.attr("type") == Some("probe") {
-                    // Probes are answered by the roster shards on the user's behalf.
+                    // Probes are answered by the roster shards on the user's behalf (local
+                    // contacts' at login; a remote contact's when it arrives).
+                    if !self.is_local_domain(from.domain()) {
+                        self.im
+                            .for_user(bare)
+                            .do_send(crate::im::messages::RemoteProbe {
+                                user: bare.clone(),
+                                from: from.clone(),
+                            });
+                    }
                     return;
                 }
                 for r in self.available_resources(bare) {
@@ -283,6 +319,9 @@ impl Router {
 
     /// Deliver to `to`: that resource for a full JID, every available resource for a bare one.
     fn deliver_to_jid(&self, to: &Jid, stanza: Element) {
+        if self.to_remote(to, stanza.clone()) {
+            return;
+        }
         if to.is_bare() {
             for r in self.available_resources(to) {
                 Self::deliver(r, stanza.clone());
@@ -495,6 +534,13 @@ impl Handler<ListSessions> for Router {
     }
 }
 
+impl Handler<AttachS2s> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: AttachS2s, _: &mut Context<Self>) {
+        self.s2s = Some(msg.0);
+    }
+}
+
 impl Handler<DeliverToAvailable> for Router {
     type Result = ();
     fn handle(&mut self, msg: DeliverToAvailable, _: &mut Context<Self>) {
@@ -505,6 +551,9 @@ impl Handler<DeliverToAvailable> for Router {
 impl Handler<DeliverToResource> for Router {
     type Result = ();
     fn handle(&mut self, msg: DeliverToResource, _: &mut Context<Self>) {
+        if self.to_remote(&msg.to, msg.stanza.clone()) {
+            return;
+        }
         if let Some(r) = self.resource(&msg.to) {
             Self::deliver(r, msg.stanza);
         }
