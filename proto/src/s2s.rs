@@ -162,7 +162,8 @@ fn db(name: &str, from: &str, to: &str) -> Element {
 
 fn dialback_error(name: &str, from: &str, to: &str, cond: StanzaErrorCondition) -> Element {
     db(name, from, to).with_attr("type", "error").with_child(
-        Element::new("error", ns::DIALBACK)
+        // XEP-0220 §2.4: the error child is in the stream's content namespace.
+        Element::new("error", ns::SERVER)
             .with_attr("type", cond.default_type().as_str())
             .with_child(Element::new(cond.as_str(), ns::STANZAS_ERRORS)),
     )
@@ -888,7 +889,8 @@ impl S2sOutbound {
             }
             _ => {
                 let cond = el
-                    .get_child("error", ns::DIALBACK)
+                    .children()
+                    .find(|c| c.name == "error")
                     .and_then(|e| e.children().next())
                     .map(|c| c.name.clone());
                 let text = match cond {

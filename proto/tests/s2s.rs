@@ -407,13 +407,11 @@ fn outbound_verify_requests_wait_for_tls() {
     ));
     let text = sent(&actions);
     assert!(
-        text.contains(
-            "<verify xmlns='jabber:server:dialback' from='b.test' to='a.test' id='S9'>K</verify>"
-        ),
+        text.contains("<db:verify from='b.test' to='a.test' id='S9'>K</db:verify>"),
         "{text}"
     );
     assert!(
-        text.contains("<result xmlns='jabber:server:dialback'"),
+        text.contains("<db:result from='b.test' to='a.test'>"),
         "{text}"
     );
     let actions = out.on_element(el(

@@ -5,8 +5,9 @@ Every server runs as the current user with its own config and data under the tes
 tmp dir, on its own loopback address: Switchboard on 127.0.0.1, Prosody on 127.0.0.2,
 ejabberd on 127.0.0.3, each on free ports.  Domains are mapped to those addresses by
 static routes: `s2s.routes` in our config, a small plugin for Prosody
-(`mod_test_routes`, which short-circuits its SRV resolver), `/etc/hosts` plus
-`outgoing_s2s_port` for ejabberd.
+(`mod_test_routes`, which short-circuits its SRV resolver), and for ejabberd a stub DNS
+server that answers its SRV query for our domain (its Erlang resolver is pointed at the
+stub through a private inetrc).  Nothing system-wide (/etc/hosts, services) is touched.
 
 Two certificate modes:
   * "selfsigned": each server has its own self-signed certificate; nobody can verify
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import itertools
 import os
 import re
 import shutil
@@ -516,3 +518,390 @@ class RawS2s:
             self.sock.close()
         except OSError:
             pass
+
+
+# ---------------------------------------------------------------------------
+# a stub DNS server (ejabberd resolves s2s peers through DNS only)
+# ---------------------------------------------------------------------------
+
+
+class StubDns:
+    """Answers A and SRV (`_xmpp-server._tcp`) queries for a few names over UDP on
+    127.0.0.1; NXDOMAIN for everything else."""
+
+    def __init__(self, a: dict[str, str], srv: dict[str, tuple[str, int]]):
+        import threading
+
+        self.a = {k.lower(): v for k, v in a.items()}
+        self.srv = {k.lower(): v for k, v in srv.items()}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.queries: list[tuple[str, int]] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _name(labels: str) -> bytes:
+        out = b""
+        for part in labels.rstrip(".").split("."):
+            out += bytes([len(part)]) + part.encode()
+        return out + b"\0"
+
+    def _answer(self, packet: bytes) -> bytes | None:
+        import struct
+
+        if len(packet) < 12:
+            return None
+        qid, flags, qd = struct.unpack("!HHH", packet[:6])
+        if qd != 1:
+            return None
+        pos, labels = 12, []
+        while pos < len(packet) and packet[pos] != 0:
+            n = packet[pos]
+            labels.append(packet[pos + 1:pos + 1 + n].decode(errors="replace"))
+            pos += 1 + n
+        pos += 1
+        if pos + 4 > len(packet):
+            return None
+        qtype, _qclass = struct.unpack("!HH", packet[pos:pos + 4])
+        question = packet[12:pos + 4]
+        name = ".".join(labels).lower()
+        self.queries.append((name, qtype))
+        answers = []
+        known = name in self.a or name in self.srv
+        if qtype == 1 and name in self.a:
+            rdata = socket.inet_aton(self.a[name])
+            answers.append(struct.pack("!HHHIH", 0xC00C, 1, 1, 60, len(rdata)) + rdata)
+        if qtype == 33 and name in self.srv:
+            target, port = self.srv[name]
+            rdata = struct.pack("!HHH", 0, 0, port) + self._name(target)
+            answers.append(struct.pack("!HHHIH", 0xC00C, 33, 1, 60, len(rdata)) + rdata)
+        rcode = 0 if known else 3
+        # QR, AA, RA, the query's RD echoed.
+        header = struct.pack("!HHHHHH", qid, 0x8480 | (flags & 0x0100) | rcode, 1, len(answers), 0, 0)
+        return header + question + b"".join(answers)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                packet, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            reply = self._answer(packet)
+            if reply:
+                try:
+                    self.sock.sendto(reply, peer)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# ---------------------------------------------------------------------------
+# ejabberd
+# ---------------------------------------------------------------------------
+
+
+class Ejabberd:
+    """A private ejabberd: its own config, spool, logs, Erlang node name and cookie (HOME),
+    run as the current user through a copy of ejabberdctl without the `su ejabberd`."""
+
+    def __init__(self, workdir: Path, certs: Certs, sb_domain: str, sb_addr: tuple[str, int]):
+        # ejabberd finds our node through DNS, as it would in production: SRV
+        # _xmpp-server._tcp.<our domain> → our address and s2s port.
+        # Its SRV target is our address literally: ejabberd resolves targets with the
+        # system's getaddrinfo, which the stub cannot serve.
+        self.dns = StubDns(
+            a={sb_domain: sb_addr[0]},
+            srv={f"_xmpp-server._tcp.{sb_domain}": (sb_addr[0], sb_addr[1])},
+        )
+        self.dir = workdir
+        self.domain = EJABBERD_DOMAIN
+        self.addr = EJABBERD_ADDR
+        self.c2s_port, self.s2s_port = free_ports(2)
+        self.node = f"ejfed{os.getpid()}{self.c2s_port}@localhost"
+        self.etc = workdir / "etc"
+        self.home = workdir / "home"
+        self.spool = workdir / "spool"
+        self.logs = workdir / "logs"
+        for d in (self.etc, self.home, self.spool, self.logs, self.etc / "modules.d"):
+            d.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.logs / "ejabberd.log"
+        self.ctl_path = workdir / "ejabberdctl"
+        script = Path(EJABBERDCTL_BIN).read_text()
+        self.ctl_path.write_text(script.replace("INSTALLUSER=ejabberd", "INSTALLUSER="))
+        self.ctl_path.chmod(0o755)
+        (self.etc / "ejabberdctl.cfg").write_text(
+            'ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0"\n'
+            f"EJABBERD_PID_PATH={workdir}/ejabberd.pid\n"
+            f"CONTRIB_MODULES_CONF_DIR={self.etc}/modules.d\n"
+            "INET_DIST_INTERFACE=127.0.0.1\n"
+        )
+        # Erlang's resolver asks the stub only.
+        (self.etc / "inetrc").write_text(
+            '{lookup,["file","dns"]}.\n'
+            '{host,{127,0,0,1}, ["localhost"]}.\n'
+            '{resolv_conf, ""}.\n'
+            f"{{nameserver,{{127,0,0,1}},{self.dns.port}}}.\n"
+            "{timeout,1000}.\n"
+            "{retry,1}.\n"
+        )
+        ca = f"ca_file: {certs.ca}\n" if certs.ca else ""
+        (self.etc / "ejabberd.yml").write_text(f"""
+hosts:
+  - {self.domain}
+loglevel: debug
+certfiles:
+  - {certs.cert[self.domain]}
+  - {certs.key[self.domain]}
+{ca}listen:
+  - port: {self.c2s_port}
+    ip: "{self.addr}"
+    module: ejabberd_c2s
+    starttls_required: true
+  - port: {self.s2s_port}
+    ip: "{self.addr}"
+    module: ejabberd_s2s_in
+s2s_use_starttls: required
+s2s_access: s2s
+outgoing_s2s_families:
+  - ipv4
+auth_method: internal
+acl:
+  local:
+    user_regexp: ""
+access_rules:
+  local:
+    allow: local
+  c2s:
+    allow: all
+  s2s:
+    allow: all
+modules:
+  mod_roster: {{}}
+  mod_s2s_dialback: {{}}
+  mod_disco: {{}}
+  mod_ping: {{}}
+""")
+        self.proc: subprocess.Popen | None = None
+
+    def _cmd(self, *args: str) -> list[str]:
+        return [
+            str(self.ctl_path),
+            "--config-dir", str(self.etc),
+            "--ctl-config", str(self.etc / "ejabberdctl.cfg"),
+            "--config", str(self.etc / "ejabberd.yml"),
+            "--spool", str(self.spool),
+            "--logs", str(self.logs),
+            "--node", self.node,
+            *args,
+        ]
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["HOME"] = str(self.home)
+        return env
+
+    def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            self._cmd(*args), capture_output=True, text=True, timeout=timeout,
+            stdin=subprocess.DEVNULL, env=self._env(), cwd=self.dir,
+        )
+
+    def register(self, local: str, password: str) -> None:
+        r = self.ctl("register", local, self.domain, password)
+        assert r.returncode == 0, f"ejabberdctl register failed: {r.stdout}\n{r.stderr}"
+
+    def start(self, timeout: float = 90.0) -> None:
+        self._out = open(self.dir / "ejabberd.stdout", "ab")
+        self.proc = subprocess.Popen(
+            self._cmd("foreground"), stdin=subprocess.DEVNULL, stdout=self._out,
+            stderr=subprocess.STDOUT, env=self._env(), cwd=self.dir,
+        )
+        wait_port(self.addr, self.c2s_port, timeout, self.proc, self.log_tail)
+        wait_port(self.addr, self.s2s_port, timeout, self.proc, self.log_tail)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.ctl("stop", timeout=30)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if self.proc:
+            self._out.close()
+        self.dns.close()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 80) -> str:
+        out = (self.dir / "ejabberd.stdout")
+        text = self.log_text().splitlines()
+        extra = out.read_text(errors="replace")[-3000:] if out.exists() else ""
+        return f"--- last {lines} lines of {self.log_path} ---\n" + "\n".join(text[-lines:]) + "\n" + extra
+
+
+# ---------------------------------------------------------------------------
+# the checks both peers go through (each test module wraps them in tests)
+# ---------------------------------------------------------------------------
+
+METHOD = {"selfsigned": "dialback", "ca": "SASL EXTERNAL"}
+
+
+class Fed:
+    """Our node and one peer server (Prosody or Ejabberd) federating in `mode`."""
+
+    def __init__(self, mode, sb, peer):
+        self.mode, self.sb, self.peer = mode, sb, peer
+        self._counter = itertools.count(1)
+
+    def peer_account(self) -> tuple[str, str]:
+        local = f"pu{next(self._counter):03d}"
+        password = f"pw-{local}"
+        self.peer.register(local, password)
+        return f"{local}@{self.peer.domain}", password
+
+
+def clients_factory(fed):
+    """(start_pair, stop_all): a fresh account on each side, both logged in."""
+    made = []
+
+    async def _pair(presence=True):
+        acc = fed.sb.account()
+        a = Client(f"{acc.jid}/sb", acc.password, SB_ADDR, fed.sb.c2s_port)
+        jid, password = fed.peer_account()
+        b = Client(f"{jid}/peer", password, fed.peer.addr, fed.peer.c2s_port)
+        made.extend([a, b])
+        await a.start(presence=presence)
+        await b.start(presence=presence)
+        return a, b
+
+    async def _stop():
+        for c in made:
+            await c.stop()
+
+    return _pair, _stop
+
+
+def bare(c: Client) -> str:
+    return c.jid.split("/")[0]
+
+
+async def subscribe_both_ways(a: Client, b: Client) -> None:
+    """a subscribes to b, b approves; then b subscribes to a, a approves."""
+    for x, y in ((a, b), (b, a)):
+        x.xmpp.send_presence(pto=bare(y), ptype="subscribe")
+        await wait_until(lambda: presences_from(y, bare(x), "subscribe"), 20,
+                         f"{bare(y)} to get {bare(x)}'s subscription request")
+        y.xmpp.send_presence(pto=bare(x), ptype="subscribed")
+        await wait_until(lambda: x.subscription(bare(y)) in ("to", "both"), 20,
+                         f"{bare(x)}'s roster to show a subscription to {bare(y)}")
+    await wait_until(lambda: a.subscription(bare(b)) == "both", 20, "both in a's roster")
+    await wait_until(lambda: b.subscription(bare(a)) == "both", 20, "both in b's roster")
+
+
+async def check_messages_both_ways(fed, clients):
+    a, b = await clients()
+    a.xmpp.send_message(mto=bare(b), mbody="hello peer", mtype="chat")
+    await wait_until(lambda: "hello peer" in bodies(b), 30, "the message on the peer")
+    got = next(m for m in b.messages if m["body"] == "hello peer")
+    assert got["from"] == a.jid
+    b.xmpp.send_message(mto=a.jid, mbody="hello switchboard", mtype="chat")
+    await wait_until(lambda: "hello switchboard" in bodies(a), 30, "the reply on Switchboard")
+    got = next(m for m in a.messages if m["body"] == "hello switchboard")
+    assert got["from"] == b.jid
+    # Several in a row keep their order.
+    for i in range(20):
+        a.xmpp.send_message(mto=bare(b), mbody=f"n{i}", mtype="chat")
+    await wait_until(lambda: sum(x.startswith("n") for x in bodies(b)) == 20, 30, "20 messages")
+    assert [x for x in bodies(b) if x.startswith("n")] == [f"n{i}" for i in range(20)]
+
+
+async def check_links_use_the_expected_authentication(fed, clients):
+    a, b = await clients()
+    a.xmpp.send_message(mto=bare(b), mbody="ping", mtype="chat")
+    b.xmpp.send_message(mto=bare(a), mbody="pong", mtype="chat")
+    await wait_until(lambda: "ping" in bodies(b) and "pong" in bodies(a), 30, "both messages")
+    method = METHOD[fed.mode]
+    # Our link to the peer, and the peer's link to us, as our log saw them on the stream.
+    fed.sb.wait_log(
+        rf's2s outbound link authenticated local={SB_DOMAIN} remote={fed.peer.domain} '
+        rf'method="{method}" tls=true'
+    )
+    fed.sb.wait_log(rf'domain={fed.peer.domain} method="{method}" tls=true')
+    log = fed.sb.log_text()
+    other = METHOD["ca" if fed.mode == "selfsigned" else "selfsigned"]
+    assert f'remote={fed.peer.domain} method="{other}"' not in log, log[-3000:]
+    assert f'domain={fed.peer.domain} method="{other}"' not in log, log[-3000:]
+
+
+async def check_subscription_handshake_and_presence(fed, clients):
+    a, b = await clients()
+    await subscribe_both_ways(a, b)
+    # Presence updates flow both ways once subscribed.
+    b.xmpp.send_presence(pshow="away", pstatus="lunch")
+    await wait_until(
+        lambda: any(p["show"] == "away" and p["status"] == "lunch" for p in presences_from(a, bare(b))),
+        20, "peer user's away presence on Switchboard",
+    )
+    a.xmpp.send_presence(pshow="dnd", pstatus="busy")
+    await wait_until(
+        lambda: any(p["show"] == "dnd" and p["status"] == "busy" for p in presences_from(b, bare(a))),
+        20, "Switchboard user's dnd presence on the peer",
+    )
+    # A new session of a probes b's server at login and gets b's current presence.
+    acc_jid = bare(a)
+    a2 = Client(f"{acc_jid}/second", a.password, SB_ADDR, fed.sb.c2s_port)
+    try:
+        await a2.start()
+        await wait_until(
+            lambda: any(p["show"] == "away" for p in presences_from(a2, bare(b))),
+            20, "b's presence in answer to the probe",
+        )
+    finally:
+        await a2.stop()
+    # b goes offline: a learns it.
+    await b.stop()
+    await wait_until(lambda: presences_from(a, bare(b), "unavailable"), 20, "b's unavailable presence")
+
+
+def check_unauthenticated_domain_is_refused(fed):
+    """A peer that sends a stanza for a domain it has not authenticated gets <invalid-from/>."""
+    acc = fed.sb.account()
+    raw = RawS2s(fed.sb.s2s_addr, fed.peer.domain, SB_DOMAIN)
+    try:
+        raw.starttls()
+        raw.send(
+            f"<message from='mallory@{fed.peer.domain}' to='{acc.jid}' type='chat'>"
+            "<body>spoofed</body></message>"
+        )
+        out = raw.read_until(r"</stream:stream>")
+        assert "<invalid-from" in out, out
+    finally:
+        raw.close()
+    fed.sb.wait_log(r"s2s inbound stream closed with an error.*invalid-from")
+
+
+def check_forged_dialback_key_is_refused(fed):
+    """Claiming the peer's domain with a key it never issued: we ask the peer (the
+    authoritative server) over our own link, it says invalid, we refuse the claim, and a
+    stanza from that domain then gets <invalid-from/>."""
+    acc = fed.sb.account()
+    raw = RawS2s(fed.sb.s2s_addr, fed.peer.domain, SB_DOMAIN)
+    try:
+        raw.starttls()
+        raw.send(f"<db:result from='{fed.peer.domain}' to='{SB_DOMAIN}'>{'ab' * 32}</db:result>")
+        out = raw.read_until(r"<(db:)?result[^>]*type=['\"](invalid|error)['\"]", timeout=30)
+        assert "valid'" not in out.replace("invalid'", ""), out
+        raw.send(f"<message from='m@{fed.peer.domain}' to='{acc.jid}'><body>x</body></message>")
+        out = raw.read_until(r"</stream:stream>")
+        assert "<invalid-from" in out, out
+    finally:
+        raw.close()
