@@ -1,0 +1,142 @@
+"""Federation between two Switchboard nodes (no third-party server needed): the link
+life cycle and policies. Messages both ways over STARTTLS and over direct TLS (XEP-0368),
+bounces for unreachable and silent peers, idle links closing and reopening, and a policy
+that refuses dialback.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from federation import Certs, Client, SB_ADDR, bodies, make_sb, render_toml_nested, wait_until
+
+A, B = "a.fed.test", "b.fed.test"
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """factory(a_s2s=..., b_s2s=..., a_route=...) -> (node_a, node_b), routed to each
+    other (A's route to B overridable), started."""
+    made = []
+
+    def _make(a_s2s: dict | None = None, b_s2s: dict | None = None, a_route: str | None = None):
+        certs = Certs(tmp_path / "certs", "selfsigned", [])
+        a = make_sb(tmp_path / "a", certs, routes={}, s2s=a_s2s, accounts=3, domain=A, name="a")
+        b = make_sb(tmp_path / "b", certs, routes={}, s2s=b_s2s, accounts=3, domain=B, name="b")
+        for x, y, route in ((a, b, a_route), (b, a, None)):
+            x.config["s2s"]["routes"] = {y.domain: route or "{}:{}".format(*y.s2s_addr)}
+            x.config_path.write_text(render_toml_nested(x.config))
+        made.extend([a, b])
+        a.start()
+        b.start()
+        return a, b
+
+    yield _make
+    for srv in made:
+        if srv.proc is not None and srv.exit_code is None:
+            srv.stop()
+
+
+@pytest.fixture
+async def login():
+    made = []
+
+    async def _login(srv):
+        acc = srv.account()
+        c = Client(f"{acc.jid}/r", acc.password, SB_ADDR, srv.c2s_port)
+        made.append(c)
+        return await c.start()
+
+    yield _login
+    for c in made:
+        await c.stop()
+
+
+def bare(c: Client) -> str:
+    return c.jid.split("/")[0]
+
+
+def errors(c: Client) -> list[str]:
+    return [m["error"]["condition"] for m in c.messages if m["type"] == "error"]
+
+
+async def exchange(a: Client, b: Client, tag: str) -> None:
+    a.xmpp.send_message(mto=bare(b), mbody=f"{tag}-ab", mtype="chat")
+    b.xmpp.send_message(mto=bare(a), mbody=f"{tag}-ba", mtype="chat")
+    await wait_until(lambda: f"{tag}-ab" in bodies(b) and f"{tag}-ba" in bodies(a), 20,
+                     f"messages {tag} both ways")
+
+
+async def test_two_nodes_exchange_messages_over_dialback(pair, login):
+    na, nb = pair()
+    a, b = await login(na), await login(nb)
+    await exchange(a, b, "x")
+    na.wait_log(rf's2s outbound link authenticated local={A} remote={B} method="dialback" tls=true')
+    na.wait_log(rf'domain={B} method="dialback" tls=true')
+
+
+async def test_direct_tls_link(pair, login, tmp_path):
+    """B listens for direct TLS (XEP-0368) too; A's static route says tls://."""
+    from conftest import free_ports
+
+    (tls_port,) = free_ports(1)
+    na, nb = pair(
+        a_route=f"tls://{SB_ADDR}:{tls_port}",
+        b_s2s={"tls_listen": f"{SB_ADDR}:{tls_port}"},
+    )
+    a, b = await login(na), await login(nb)
+    await exchange(a, b, "t")
+    nb.wait_log(rf"s2s listening addr={SB_ADDR}:{tls_port} direct_tls=true")
+    na.wait_log(rf's2s outbound link authenticated local={A} remote={B} method="dialback" tls=true')
+
+
+async def test_unreachable_domain_bounces_remote_server_not_found(pair, login):
+    from conftest import free_ports
+
+    (closed,) = free_ports(1)
+    na, nb = pair(a_route=f"{SB_ADDR}:{closed}")
+    a = await login(na)
+    a.xmpp.send_message(mto=f"someone@{B}", mbody="into the void", mtype="chat")
+    await wait_until(lambda: "remote-server-not-found" in errors(a), 20, "remote-server-not-found")
+    bounce = next(m for m in a.messages if m["type"] == "error")
+    assert bounce["from"].bare == f"someone@{B}"
+    na.wait_log(rf"s2s link failed local={A} remote={B}")
+
+
+async def test_silent_peer_bounces_remote_server_timeout(pair, login):
+    """A peer that accepts TCP but never answers: the stanzas queued for it bounce with
+    remote-server-timeout after s2s.auth_timeout_secs."""
+    silent = socket.socket()
+    silent.bind((SB_ADDR, 0))
+    silent.listen(8)
+    try:
+        na, nb = pair(a_s2s={"auth_timeout_secs": 2},
+                      a_route="{}:{}".format(*silent.getsockname()))
+        a = await login(na)
+        for i in range(3):
+            a.xmpp.send_message(mto=f"someone@{B}", mbody=f"q{i}", mtype="chat")
+        await wait_until(lambda: errors(a).count("remote-server-timeout") == 3, 20,
+                         "three remote-server-timeout bounces")
+    finally:
+        silent.close()
+
+
+async def test_idle_link_closes_and_reopens(pair, login):
+    na, nb = pair(a_s2s={"idle_timeout_secs": 2}, b_s2s={"idle_timeout_secs": 2})
+    a, b = await login(na), await login(nb)
+    await exchange(a, b, "before")
+    na.wait_log(rf"s2s link closed local={A} remote={B}", timeout=15)
+    await exchange(a, b, "after")
+    assert na.log_text().count(f'local={A} remote={B} method="dialback"') >= 2
+
+
+async def test_policy_without_dialback_refuses_unverifiable_peers(pair, login):
+    """B accepts only SASL EXTERNAL; A's self-signed certificate cannot be verified, so
+    A's link fails with a clear reason and A's user gets a bounce."""
+    na, nb = pair(b_s2s={"dialback": False})
+    a = await login(na)
+    a.xmpp.send_message(mto=f"someone@{B}", mbody="refused", mtype="chat")
+    await wait_until(lambda: "remote-server-not-found" in errors(a), 20, "a bounce")
+    na.wait_log(rf"s2s link failed local={A} remote={B} reason=not-authorized: {B} offers neither dialback nor SASL EXTERNAL")
