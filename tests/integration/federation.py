@@ -824,6 +824,26 @@ async def check_messages_both_ways(fed, clients):
     assert [x for x in bodies(b) if x.startswith("n")] == [f"n{i}" for i in range(20)]
 
 
+async def check_iq_to_a_local_account_is_answered_across(fed, clients):
+    """The peer's user asks for our user's vCard (answered by our server on the
+    account's behalf): the reply travels back over federation."""
+    import xml.etree.ElementTree as ET
+
+    from slixmpp.exceptions import IqError
+
+    a, b = await clients()
+    iq = b.xmpp.Iq()
+    iq["type"] = "get"
+    iq["to"] = bare(a)
+    iq.append(ET.Element("{vcard-temp}vCard"))
+    try:
+        reply = await iq.send(timeout=20)
+        assert reply["type"] == "result"
+    except IqError as e:
+        # No vCard stored is an answer too; what matters is that one came back.
+        assert e.iq["from"].bare == bare(a), e.iq
+
+
 async def check_links_use_the_expected_authentication(fed, clients):
     a, b = await clients()
     a.xmpp.send_message(mto=bare(b), mbody="ping", mtype="chat")
@@ -865,8 +885,19 @@ async def check_subscription_handshake_and_presence(fed, clients):
             lambda: any(p["show"] == "away" for p in presences_from(a2, bare(b))),
             20, "b's presence in answer to the probe",
         )
+        # ...and the new resource's presence reaches the remote subscriber.
+        await wait_until(
+            lambda: any(str(p["from"]) == f"{acc_jid}/second" and p["type"] == "available"
+                        for p in b.presences),
+            20, "the second resource's presence on the peer",
+        )
     finally:
         await a2.stop()
+    await wait_until(
+        lambda: any(str(p["from"]) == f"{acc_jid}/second" and p["type"] == "unavailable"
+                    for p in b.presences),
+        20, "the second resource's unavailable presence on the peer",
+    )
     # b goes offline: a learns it.
     await b.stop()
     await wait_until(lambda: presences_from(a, bare(b), "unavailable"), 20, "b's unavailable presence")

@@ -309,6 +309,13 @@ impl Router {
             let Ok(replies) = replies else {
                 return;
             };
+            if !router.is_local_domain(from.domain()) {
+                // A remote requester (vCard, last activity): back over federation.
+                for reply in replies {
+                    router.to_remote(&from, reply);
+                }
+                return;
+            }
             if let Some(r) = router.resource(&from) {
                 for reply in replies {
                     Self::deliver(r, reply);
