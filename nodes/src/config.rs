@@ -48,6 +48,8 @@ pub struct S2sSettings {
     pub max_stanza_bytes: usize,
     /// Stanzas queued for a link that is coming up; beyond it they bounce.
     pub max_queue: usize,
+    /// DNS server for SRV lookups, `ip:port`; empty: the system's (`/etc/resolv.conf`).
+    pub nameserver: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,6 +148,7 @@ connect_timeout_secs = 10
 auth_timeout_secs = 30
 max_stanza_bytes = 262144
 max_queue = 1000
+nameserver = ""
 
 [s2s.routes]
 "#;
@@ -251,6 +254,14 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "s2s.max_stanza_bytes must be at least 4096".into(),
             ));
+        }
+        if !self.s2s.nameserver.is_empty()
+            && self.s2s.nameserver.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "s2s.nameserver {:?} is not \"ip:port\"",
+                self.s2s.nameserver
+            )));
         }
         let mut routes = std::collections::HashMap::new();
         for (domain, target) in &self.s2s.routes {

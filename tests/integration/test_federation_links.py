@@ -10,24 +10,40 @@ import socket
 
 import pytest
 
-from federation import Certs, Client, SB_ADDR, bodies, make_sb, render_toml_nested, wait_until
+from conftest import free_ports
+from federation import (
+    SB_ADDR,
+    Certs,
+    Client,
+    StubDns,
+    bodies,
+    make_sb,
+    render_toml_nested,
+    wait_until,
+)
 
 A, B = "a.fed.test", "b.fed.test"
 
 
 @pytest.fixture
 def pair(tmp_path):
-    """factory(a_s2s=..., b_s2s=..., a_route=...) -> (node_a, node_b), routed to each
-    other (A's route to B overridable), started."""
+    """factory(a_s2s=..., b_s2s=..., a_route=..., a_dns=...) -> (node_a, node_b), routed
+    to each other (A's route to B overridable; with `a_dns`, A has no route and finds B
+    through that DNS server), started."""
     made = []
 
-    def _make(a_s2s: dict | None = None, b_s2s: dict | None = None, a_route: str | None = None):
+    def _make(a_s2s: dict | None = None, b_s2s: dict | None = None, a_route: str | None = None,
+              a_dns: StubDns | None = None):
         certs = Certs(tmp_path / "certs", "selfsigned", [])
         a = make_sb(tmp_path / "a", certs, routes={}, s2s=a_s2s, accounts=3, domain=A, name="a")
         b = make_sb(tmp_path / "b", certs, routes={}, s2s=b_s2s, accounts=3, domain=B, name="b")
         for x, y, route in ((a, b, a_route), (b, a, None)):
             x.config["s2s"]["routes"] = {y.domain: route or "{}:{}".format(*y.s2s_addr)}
             x.config_path.write_text(render_toml_nested(x.config))
+        if a_dns is not None:
+            a.config["s2s"]["routes"] = {}
+            a.config["s2s"]["nameserver"] = f"127.0.0.1:{a_dns.port}"
+            a.config_path.write_text(render_toml_nested(a.config))
         made.extend([a, b])
         a.start()
         b.start()
@@ -79,8 +95,6 @@ async def test_two_nodes_exchange_messages_over_dialback(pair, login):
 
 async def test_direct_tls_link(pair, login, tmp_path):
     """B listens for direct TLS (XEP-0368) too; A's static route says tls://."""
-    from conftest import free_ports
-
     (tls_port,) = free_ports(1)
     na, nb = pair(
         a_route=f"tls://{SB_ADDR}:{tls_port}",
@@ -93,8 +107,6 @@ async def test_direct_tls_link(pair, login, tmp_path):
 
 
 async def test_unreachable_domain_bounces_remote_server_not_found(pair, login):
-    from conftest import free_ports
-
     (closed,) = free_ports(1)
     na, nb = pair(a_route=f"{SB_ADDR}:{closed}")
     a = await login(na)
@@ -140,3 +152,34 @@ async def test_policy_without_dialback_refuses_unverifiable_peers(pair, login):
     a.xmpp.send_message(mto=f"someone@{B}", mbody="refused", mtype="chat")
     await wait_until(lambda: "remote-server-not-found" in errors(a), 20, "a bounce")
     na.wait_log(rf"s2s link failed local={A} remote={B} reason=not-authorized: {B} offers neither dialback nor SASL EXTERNAL")
+
+
+async def test_discovery_through_srv_and_a_records(pair, login):
+    """No static route: A finds B with `_xmpp-server._tcp` SRV and the target's A record."""
+    b_port, = free_ports(1)
+    dns = StubDns(a={B: SB_ADDR}, srv={f"_xmpp-server._tcp.{B}": (B, b_port)})
+    try:
+        na, nb = pair(b_s2s={"listen": f"{SB_ADDR}:{b_port}"}, a_dns=dns)
+        a, b = await login(na), await login(nb)
+        await exchange(a, b, "srv")
+        assert (f"_xmpp-server._tcp.{B}", 33) in dns.queries
+        assert (B, 1) in dns.queries
+    finally:
+        dns.close()
+
+
+async def test_direct_tls_srv_is_preferred(pair, login):
+    """`_xmpps-server._tcp` (XEP-0368) points at B's direct-TLS port, `_xmpp-server._tcp`
+    at a closed port with the same priority: the direct-TLS target is tried first."""
+    b_port, tls_port, closed = free_ports(3)
+    dns = StubDns(
+        a={B: SB_ADDR},
+        srv={f"_xmpps-server._tcp.{B}": (B, tls_port), f"_xmpp-server._tcp.{B}": (B, closed)},
+    )
+    try:
+        na, nb = pair(b_s2s={"listen": f"{SB_ADDR}:{b_port}", "tls_listen": f"{SB_ADDR}:{tls_port}"},
+                      a_dns=dns)
+        a, b = await login(na), await login(nb)
+        await exchange(a, b, "xmpps")
+    finally:
+        dns.close()

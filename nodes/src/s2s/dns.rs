@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 
@@ -13,6 +15,26 @@ pub struct Target {
     pub port: u16,
     /// Connect with TLS from the start (XEP-0368) rather than STARTTLS.
     pub direct_tls: bool,
+}
+
+/// The resolver for SRV lookups: the system's, or `nameserver` (`ip:port`, validated when
+/// the config loads) alone.
+pub fn resolver(nameserver: &str) -> Result<TokioResolver, String> {
+    if nameserver.is_empty() {
+        return TokioResolver::builder_tokio()
+            .and_then(|b| b.build())
+            .map_err(|e| e.to_string());
+    }
+    let addr: std::net::SocketAddr = nameserver
+        .parse()
+        .map_err(|e| format!("s2s.nameserver {nameserver:?}: {e}"))?;
+    let mut udp = ConnectionConfig::udp();
+    udp.port = addr.port();
+    let config =
+        ResolverConfig::from_name_servers(vec![NameServerConfig::new(addr.ip(), true, vec![udp])]);
+    TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// One SRV answer.
@@ -83,6 +105,32 @@ async fn srv(resolver: &TokioResolver, name: String) -> Vec<SrvRecord> {
             .collect(),
         Err(e) => {
             tracing::debug!(%name, error = %e, "SRV lookup failed");
+            Vec::new()
+        }
+    }
+}
+
+/// The addresses of a target host (A/AAAA through `resolver`); empty when it has none or
+/// there is no resolver, and the caller falls back to the system's `getaddrinfo` (which
+/// also reads /etc/hosts).
+pub async fn addresses(
+    host: &str,
+    port: u16,
+    resolver: Option<&TokioResolver>,
+) -> Vec<std::net::SocketAddr> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return vec![std::net::SocketAddr::new(ip, port)];
+    }
+    let Some(resolver) = resolver else {
+        return Vec::new();
+    };
+    match resolver.lookup_ip(host).await {
+        Ok(ips) => ips
+            .iter()
+            .map(|ip| std::net::SocketAddr::new(ip, port))
+            .collect(),
+        Err(e) => {
+            tracing::debug!(host, error = %e, "A/AAAA lookup failed");
             Vec::new()
         }
     }

@@ -112,7 +112,7 @@ pub fn start(
         }
         Ok(TlsConnector::from(Arc::new(config)))
     };
-    let resolver = match TokioResolver::builder_tokio().and_then(|b| b.build()) {
+    let resolver = match dns::resolver(&settings.s2s.nameserver) {
         Ok(r) => Some(r),
         Err(e) => {
             tracing::warn!(error = %e, "no DNS resolver: s2s uses static routes and port 5269 only");

@@ -186,7 +186,12 @@ async fn connect_one(
     remote: &str,
     target: &Target,
 ) -> std::io::Result<Connected> {
-    let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
+    let addrs = dns::addresses(&target.host, target.port, shared.resolver.as_ref()).await;
+    let tcp = if addrs.is_empty() {
+        TcpStream::connect((target.host.as_str(), target.port)).await?
+    } else {
+        TcpStream::connect(&addrs[..]).await?
+    };
     let _ = tcp.set_nodelay(true);
     if !target.direct_tls {
         return Ok(Connected {
