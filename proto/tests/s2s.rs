@@ -425,3 +425,57 @@ fn outbound_verify_requests_wait_for_tls() {
         }]
     );
 }
+
+#[test]
+fn inbound_piggybacks_several_domain_pairs_on_one_stream() {
+    let policy = Arc::new(S2sPolicy {
+        domains: vec!["a.test".into(), "c.test".into()],
+        tls_required: true,
+        dialback: true,
+        sasl_external: true,
+        secret: [1; 32],
+    });
+    let mut inb = S2sInbound::new(policy, None);
+    inb.on_header(&header("b.test", "a.test"), "id1");
+    inb.on_element(el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"));
+    inb.tls_established(Box::new(|_| false));
+    inb.on_header(&header("b.test", "a.test"), "id2");
+    for to in ["a.test", "c.test"] {
+        let actions = inb.on_element(el(&format!(
+            "<result xmlns='jabber:server:dialback' from='b.test' to='{to}'>K</result>"
+        )));
+        assert!(
+            matches!(&actions[..], [Action::VerifyDialback { receiving, .. }] if receiving == to)
+        );
+        if to == "a.test" {
+            inb.dialback_verified("b.test", "a.test", DialbackOutcome::Valid);
+            // Only the verified pair is open so far.
+            assert!(inb.authorised("b.test", "a.test"));
+            assert!(!inb.authorised("b.test", "c.test"));
+        }
+    }
+    inb.dialback_verified("b.test", "c.test", DialbackOutcome::Valid);
+    let actions = inb.on_element(el(
+        "<message xmlns='jabber:server' from='r@b.test' to='x@c.test'/>",
+    ));
+    assert!(
+        matches!(&actions[..], [Action::Stanza { .. }]),
+        "{actions:?}"
+    );
+    // A refused key leaves the pair closed.
+    let mut other = S2sInbound::new(policy_for_refusal(), None);
+    other.on_header(&header("d.test", "a.test"), "id3");
+    other.on_element(el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"));
+    other.tls_established(Box::new(|_| false));
+    other.on_header(&header("d.test", "a.test"), "id4");
+    other.on_element(el(
+        "<result xmlns='jabber:server:dialback' from='d.test' to='a.test'>bad</result>",
+    ));
+    let actions = other.dialback_verified("d.test", "a.test", DialbackOutcome::Invalid);
+    assert!(sent(&actions).contains("type='invalid'"));
+    assert!(!other.authorised("d.test", "a.test"));
+}
+
+fn policy_for_refusal() -> Arc<S2sPolicy> {
+    policy("a.test", 1)
+}
