@@ -39,7 +39,8 @@ pub struct S2sSettings {
     /// Static routes, `domain = "host:port"` (`tls://host:port` for direct TLS); they take
     /// precedence over DNS.
     pub routes: std::collections::HashMap<String, String>,
-    /// A link with no stanza in either direction for this long is closed.
+    /// An outbound link with no stanza for this long is closed (inbound streams: twice as
+    /// long, so that the initiating side normally closes first).
     pub idle_timeout_secs: u64,
     /// TCP connect (and TLS handshake) timeout per target.
     pub connect_timeout_secs: u64,

@@ -183,3 +183,22 @@ async def test_direct_tls_srv_is_preferred(pair, login):
         await exchange(a, b, "xmpps")
     finally:
         dns.close()
+
+
+def test_unencrypted_peer_is_refused_with_a_stream_error(pair):
+    """With s2s.require_tls (the default), dialback before STARTTLS is a policy violation,
+    answered with a stream error and logged."""
+    from federation import RawS2s
+
+    na, nb = pair()
+    raw = RawS2s(na.s2s_addr, B, A)
+    try:
+        raw.header()
+        features = raw.read_until(r"</stream:features>")
+        assert "<required/>" in features and "urn:xmpp:features:dialback" not in features, features
+        raw.send(f"<db:result from='{B}' to='{A}'>{'ab' * 32}</db:result>")
+        out = raw.read_until(r"</stream:stream>")
+        assert "<policy-violation" in out and "STARTTLS is required" in out, out
+    finally:
+        raw.close()
+    na.wait_log(r"s2s inbound stream closed with an error.*policy-violation.*STARTTLS is required")

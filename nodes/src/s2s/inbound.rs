@@ -106,7 +106,9 @@ impl Inbound {
         rx: &mut mpsc::UnboundedReceiver<Verified>,
     ) -> Option<StreamError> {
         let auth_deadline = Instant::now() + auth_timeout;
-        let idle = Duration::from_secs(self.shared.settings.idle_timeout_secs);
+        // Twice the outbound idle time: the initiating side normally closes first, so a
+        // stanza it sends never meets a stream we are closing under it.
+        let idle = Duration::from_secs(self.shared.settings.idle_timeout_secs.saturating_mul(2));
         let mut last_activity = Instant::now();
         let mut shutdown = self.shared.shutdown.clone();
         let mut buf = vec![0u8; 16 * 1024];
