@@ -72,9 +72,7 @@ fuzz_target!(|data: &[u8]| {
                             "stanza from an unauthenticated domain"
                         );
                     }
-                    Action::Authenticated { .. }
-                    | Action::Ready
-                    | Action::VerifyResult { .. } => {}
+                    Action::Authenticated { .. } | Action::Ready | Action::VerifyResult { .. } => {}
                 }
             }
             if closed {
