@@ -95,10 +95,12 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             shards.clone(),
         ));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let ext = Arc::new(Extensions::default());
         let s2s = crate::s2s::start(
             &settings,
             dialback_secret,
             router.clone(),
+            ext.clone(),
             shutdown_rx.clone(),
             s2s_listeners,
         )?;
@@ -114,7 +116,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             auth,
             tls,
             router: router.clone(),
-            ext: Arc::new(Extensions::default()),
+            ext,
             domains,
             im: shards,
             shutdown: shutdown_rx,

@@ -844,6 +844,19 @@ async def check_iq_to_a_local_account_is_answered_across(fed, clients):
         assert e.iq["from"].bare == bare(a), e.iq
 
 
+async def check_server_iq_across(fed, clients):
+    """The peer's user pings our domain (XEP-0199 §4.3) and asks for its disco#info: our
+    server answers over federation."""
+    a, b = await clients()
+    await b.xmpp.plugin["xep_0199"].ping(jid=fed.sb.domain, timeout=20)
+    iq = b.xmpp.Iq()
+    iq["type"] = "get"
+    iq["to"] = fed.sb.domain
+    iq.enable("disco_info")
+    reply = await iq.send(timeout=20)
+    assert "urn:xmpp:ping" in [f for f in reply["disco_info"]["features"]], reply
+
+
 async def check_links_use_the_expected_authentication(fed, clients):
     a, b = await clients()
     a.xmpp.send_message(mto=bare(b), mbody="ping", mtype="chat")

@@ -93,6 +93,13 @@ async def test_two_nodes_exchange_messages_over_dialback(pair, login):
     na.wait_log(rf'domain={B} method="dialback" tls=true')
 
 
+async def test_ping_to_a_remote_domain(pair, login):
+    """A client pings the other node's domain: the IQ crosses, the answer comes back."""
+    na, nb = pair()
+    a = await login(na)
+    await a.xmpp.plugin["xep_0199"].ping(jid=B, timeout=20)
+
+
 async def test_direct_tls_link(pair, login, tmp_path):
     """B listens for direct TLS (XEP-0368) too; A's static route says tls://."""
     (tls_port,) = free_ports(1)

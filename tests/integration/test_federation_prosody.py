@@ -63,6 +63,10 @@ async def test_iq_to_a_local_account_is_answered_across(fed, clients):
     await f.check_iq_to_a_local_account_is_answered_across(fed, clients)
 
 
+async def test_server_iq_across(fed, clients):
+    await f.check_server_iq_across(fed, clients)
+
+
 async def test_links_use_the_expected_authentication(fed, clients):
     await f.check_links_use_the_expected_authentication(fed, clients)
 

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use proto::error::{StanzaErrorCondition, StreamError, StreamErrorCondition};
+use proto::element::Element;
+use proto::error::{stanza_error_reply, StanzaErrorCondition, StreamError, StreamErrorCondition};
+use proto::jid::Jid;
 use proto::s2s::{Action, CertCheck, DialbackOutcome, S2sInbound};
 use proto::stream::{StreamEvent, StreamReader};
 use rand::Rng;
@@ -20,9 +22,10 @@ use tokio::time::{sleep_until, timeout, Instant};
 
 use super::io::S2sIo;
 use super::manager::S2sManager;
-use super::messages::VerifyDialback;
+use super::messages::{SendRemote, VerifyDialback};
 use super::outbound::describe;
 use super::S2sShared;
+use crate::ext::{IqOutcome, IqRequest};
 use crate::router::messages::RouteStanza;
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -98,6 +101,42 @@ struct Inbound {
 }
 
 impl Inbound {
+    /// An IQ request from a remote entity to one of our domains (XEP-0199 s2s ping, disco,
+    /// version): answered by the same handlers as a client's, the reply sent over our
+    /// outbound link to the requester's domain.
+    fn server_iq(&self, from: Jid, to: Jid, iq: &Element) {
+        let reply = match iq.children().next() {
+            None => stanza_error_reply(iq, StanzaErrorCondition::BadRequest, None),
+            Some(payload) => {
+                let req = IqRequest {
+                    to: &to,
+                    is_set: iq.attr("type") == Some("set"),
+                    payload,
+                };
+                match self.shared.ext.handle(&req) {
+                    Some(IqOutcome::Result(payload)) => {
+                        let mut reply = Element::new("iq", proto::ns::CLIENT)
+                            .with_attr("type", "result")
+                            .with_attr("id", iq.attr("id").unwrap_or_default())
+                            .with_attr("from", to.to_string())
+                            .with_attr("to", from.to_string());
+                        if let Some(p) = payload {
+                            reply = reply.with_child(p);
+                        }
+                        reply
+                    }
+                    Some(IqOutcome::Error(cond)) => stanza_error_reply(iq, cond, None),
+                    None => stanza_error_reply(iq, StanzaErrorCondition::ServiceUnavailable, None),
+                }
+            }
+        };
+        self.manager.do_send(SendRemote {
+            from: to,
+            to: from,
+            stanza: reply,
+        });
+    }
+
     /// `Some(error)`: the stream ended with this stream error (ours or the peer's).
     async fn run(
         &mut self,
@@ -258,7 +297,13 @@ impl Inbound {
                     });
                 }
                 Action::Stanza { from, to, stanza } => {
-                    self.shared.router.do_send(RouteStanza { from, to, stanza });
+                    let to_server = to.local().is_none() && to.resource().is_none();
+                    let request = matches!(stanza.attr("type"), Some("get" | "set"));
+                    if stanza.name == "iq" && to_server && request {
+                        self.server_iq(from, to, &stanza);
+                    } else {
+                        self.shared.router.do_send(RouteStanza { from, to, stanza });
+                    }
                 }
                 Action::Close { error } => return Err(error),
                 Action::Ready | Action::VerifyResult { .. } => {}

@@ -48,6 +48,8 @@ pub struct S2sShared {
     /// Outbound direct TLS (ALPN `xmpp-server`).
     pub direct_connector: TlsConnector,
     pub router: Addr<Router>,
+    /// Answers IQs from remote entities to our domains (ping, disco, version).
+    pub ext: Arc<crate::ext::Extensions>,
     pub resolver: Option<TokioResolver>,
     pub shutdown: watch::Receiver<bool>,
 }
@@ -84,6 +86,7 @@ pub fn start(
     settings: &Settings,
     secret: [u8; 32],
     router: Addr<Router>,
+    ext: Arc<crate::ext::Extensions>,
     shutdown: watch::Receiver<bool>,
     listeners: Vec<C2sListener>,
 ) -> anyhow::Result<Addr<S2sManager>> {
@@ -134,6 +137,7 @@ pub fn start(
         connector: client(false)?,
         direct_connector: client(true)?,
         router,
+        ext,
         resolver,
         shutdown,
     });
