@@ -60,11 +60,8 @@ impl Router {
         }
     }
 
-    /// Hand a stanza for a non-local `to` to federation. `false`: `to` is local.
-    fn to_remote(&self, to: &Jid, mut stanza: Element) -> bool {
-        if self.is_local_domain(to.domain()) {
-            return false;
-        }
+    /// Hand a stanza for a non-local `to` to federation (dropped without it).
+    fn to_remote(&self, to: &Jid, mut stanza: Element) {
         let from = stanza.attr("from").and_then(|f| Jid::parse(f).ok());
         if let (Some(s2s), Some(from)) = (&self.s2s, from) {
             stanza.set_attr("to", to.to_string());
@@ -74,7 +71,6 @@ impl Router {
                 stanza,
             });
         }
-        true
     }
 
     fn is_local_domain(&self, domain: &str) -> bool {
@@ -105,8 +101,8 @@ impl Router {
             return;
         }
         let reply = stanza_error_reply(stanza, cond, None);
-        if self.to_remote(from, reply.clone()) {
-            return;
+        if !self.is_local_domain(from.domain()) {
+            return self.to_remote(from, reply);
         }
         if let Some(r) = self.resource(from) {
             r.session.do_send(Deliver(reply));
@@ -147,8 +143,7 @@ impl Router {
             if self.s2s.is_none() || !self.is_local_domain(from.domain()) {
                 return self.bounce(from, &stanza, StanzaErrorCondition::RemoteServerNotFound);
             }
-            self.to_remote(&to, stanza);
-            return;
+            return self.to_remote(&to, stanza);
         }
         if to.local().is_none() {
             // To the server itself: IQs were answered by the session; messages and presence
@@ -326,8 +321,8 @@ impl Router {
 
     /// Deliver to `to`: that resource for a full JID, every available resource for a bare one.
     fn deliver_to_jid(&self, to: &Jid, stanza: Element) {
-        if self.to_remote(to, stanza.clone()) {
-            return;
+        if !self.is_local_domain(to.domain()) {
+            return self.to_remote(to, stanza);
         }
         if to.is_bare() {
             for r in self.available_resources(to) {
@@ -558,8 +553,8 @@ impl Handler<DeliverToAvailable> for Router {
 impl Handler<DeliverToResource> for Router {
     type Result = ();
     fn handle(&mut self, msg: DeliverToResource, _: &mut Context<Self>) {
-        if self.to_remote(&msg.to, msg.stanza.clone()) {
-            return;
+        if !self.is_local_domain(msg.to.domain()) {
+            return self.to_remote(&msg.to, msg.stanza);
         }
         if let Some(r) = self.resource(&msg.to) {
             Self::deliver(r, msg.stanza);
