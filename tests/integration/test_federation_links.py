@@ -209,3 +209,25 @@ def test_unencrypted_peer_is_refused_with_a_stream_error(pair):
     finally:
         raw.close()
     na.wait_log(r"s2s inbound stream closed with an error.*policy-violation.*STARTTLS is required")
+
+
+async def test_probe_of_an_offline_contact_is_answered_unavailable(pair, login):
+    from federation import presences_from, subscribe_both_ways
+
+    na, nb = pair()
+    a, b = await login(na), await login(nb)
+    await subscribe_both_ways(a, b)
+    await b.stop()
+    await wait_until(lambda: presences_from(a, bare(b), "unavailable"), 20, "b going offline")
+    # A new session of a's account probes b's server, which answers for the offline b.
+    acc = bare(a)
+    a2 = Client(f"{acc}/two", a.password, SB_ADDR, na.c2s_port)
+    try:
+        await a2.start()
+        await wait_until(
+            lambda: any(p["type"] == "unavailable" and str(p["from"]) == bare(b)
+                        for p in a2.presences),
+            20, "unavailable presence in answer to the probe",
+        )
+    finally:
+        await a2.stop()

@@ -94,7 +94,8 @@ impl RosterActor {
         }
     }
 
-    /// RFC 6121 §4.3.2: a remote entity probes `user`; only a subscriber learns its presence.
+    /// RFC 6121 §4.3.2: a remote entity probes `user`; only a subscriber learns its presence
+    /// (unavailable when no resource is available).
     pub(super) fn remote_probe(&mut self, msg: super::messages::RemoteProbe) {
         let contact = msg.from.to_bare();
         if self.blocks(&msg.user, &contact) {
@@ -105,10 +106,23 @@ impl RosterActor {
             .item(&msg.user.to_string(), &contact.to_string())
             .ok()
             .flatten();
-        if item.as_ref().is_some_and(is_subscriber) {
+        if !item.as_ref().is_some_and(is_subscriber) {
+            return;
+        }
+        if self.online.contains(&msg.user) {
             self.router.do_send(SendPresenceOf {
                 contact: msg.user,
                 to: msg.from,
+            });
+        } else {
+            // No available resource: the subscriber learns that the account is offline.
+            let unavailable = Element::new("presence", proto::ns::CLIENT)
+                .with_attr("type", "unavailable")
+                .with_attr("from", msg.user.to_string())
+                .with_attr("to", msg.from.to_string());
+            self.router.do_send(DeliverToAvailable {
+                to: msg.from,
+                stanza: unavailable,
             });
         }
     }
