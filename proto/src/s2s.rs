@@ -237,11 +237,6 @@ impl S2sInbound {
         self.sasl_domain.is_some() || !self.dialback.is_empty()
     }
 
-    /// The stream id of the current stream (for logs).
-    pub fn stream_id(&self) -> &str {
-        &self.stream_id
-    }
-
     /// Whether stanzas from `from` to `to` are allowed on this stream.
     pub fn authorised(&self, from: &str, to: &str) -> bool {
         self.sasl_domain.as_deref() == Some(from)
@@ -664,10 +659,6 @@ impl S2sOutbound {
         }
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.phase == OutPhase::Ready
-    }
-
     pub fn is_secured(&self) -> bool {
         self.secured
     }
@@ -928,7 +919,7 @@ impl S2sOutbound {
         }
     }
 
-    /// Serialise a stanza for this link (only once [`S2sOutbound::is_ready`]).
+    /// Serialise a stanza for this link (only once it sent `Action::Ready`).
     pub fn stanza(&self, stanza: &Element) -> Vec<u8> {
         stanza_bytes(stanza)
     }

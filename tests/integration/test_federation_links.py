@@ -122,6 +122,10 @@ async def test_unreachable_domain_bounces_remote_server_not_found(pair, login):
     bounce = next(m for m in a.messages if m["type"] == "error")
     assert bounce["from"].bare == f"someone@{B}"
     na.wait_log(rf"s2s link failed local={A} remote={B}")
+    # Right after a failure the peer is not dialled again: the next stanza bounces at once.
+    a.xmpp.send_message(mto=f"other@{B}", mbody="again", mtype="chat")
+    await wait_until(lambda: errors(a).count("remote-server-not-found") == 2, 5, "a second bounce")
+    assert na.log_text().count(f"s2s link failed local={A} remote={B}") == 1
 
 
 async def test_silent_peer_bounces_remote_server_timeout(pair, login):

@@ -10,6 +10,7 @@ use actix::prelude::*;
 use proto::error::StanzaErrorCondition;
 use proto::s2s::DialbackOutcome;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::messages::{LinkClosed, SendRemote, VerifyDialback};
 use super::outbound::{self, LinkCmd};
@@ -17,6 +18,9 @@ use super::S2sShared;
 
 /// How long an inbound stream waits for the authoritative server's answer.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a link failed to come up, stanzas for that peer bounce at once for this long
+/// instead of each presence update dialling a dead server again.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
 
 struct Link {
     tx: mpsc::UnboundedSender<LinkCmd>,
@@ -26,6 +30,8 @@ struct Link {
 pub struct S2sManager {
     shared: Arc<S2sShared>,
     links: HashMap<(String, String), Link>,
+    /// Pairs whose last link failed, until when they are not retried.
+    failed: HashMap<(String, String), Instant>,
     next_generation: u64,
 }
 
@@ -34,6 +40,7 @@ impl S2sManager {
         S2sManager {
             shared,
             links: HashMap::new(),
+            failed: HashMap::new(),
             next_generation: 1,
         }
     }
@@ -49,6 +56,24 @@ impl S2sManager {
             },
             None => cmd,
         };
+        if let Some(until) = self.failed.get(&key) {
+            if Instant::now() < *until {
+                match cmd {
+                    LinkCmd::Stanza(stanza) => outbound::bounce(
+                        &self.shared,
+                        &stanza,
+                        StanzaErrorCondition::RemoteServerNotFound,
+                    ),
+                    LinkCmd::Verify { reply, .. } => {
+                        let _ = reply.send(DialbackOutcome::Error(
+                            StanzaErrorCondition::RemoteServerNotFound,
+                        ));
+                    }
+                }
+                return;
+            }
+            self.failed.remove(&key);
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let generation = self.next_generation;
         self.next_generation += 1;
@@ -122,6 +147,10 @@ impl Handler<LinkClosed> for S2sManager {
             .is_some_and(|l| l.generation == msg.generation)
         {
             self.links.remove(&key);
+            if msg.failed {
+                self.failed
+                    .insert(key, Instant::now() + RETRY_AFTER_FAILURE);
+            }
         }
     }
 }

@@ -34,4 +34,6 @@ pub struct LinkClosed {
     pub local: String,
     pub remote: String,
     pub generation: u64,
+    /// The link never came up (unreachable, refused, timed out).
+    pub failed: bool,
 }

@@ -105,6 +105,7 @@ pub async fn run(
         local: link.local.clone(),
         remote: link.remote.clone(),
         generation,
+        failed: !was_ready,
     });
     // Stanzas that raced with the end: after an established link closed they get a new
     // link (the manager has forgotten this one by the time it reads them); otherwise the
@@ -128,7 +129,7 @@ pub async fn run(
 
 /// Send the sender an error for `stanza` (messages and IQ requests; presence to an
 /// unreachable server is dropped, RFC 6121 §4.4.3).
-fn bounce(shared: &S2sShared, stanza: &Element, cond: StanzaErrorCondition) {
+pub(super) fn bounce(shared: &S2sShared, stanza: &Element, cond: StanzaErrorCondition) {
     let bounces = match stanza.name.as_str() {
         "message" => stanza.attr("type") != Some("error"),
         "iq" => matches!(stanza.attr("type"), Some("get" | "set")),
