@@ -620,7 +620,7 @@ class Ejabberd:
         self.dir = workdir
         self.domain = EJABBERD_DOMAIN
         self.addr = EJABBERD_ADDR
-        self.c2s_port, self.s2s_port = free_ports(2)
+        self.c2s_port, self.s2s_port, self.epmd_port = free_ports(3)
         self.node = f"ejfed{os.getpid()}{self.c2s_port}@localhost"
         self.etc = workdir / "etc"
         self.home = workdir / "home"
@@ -702,6 +702,8 @@ modules:
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["HOME"] = str(self.home)
+        # A private epmd, stopped with the instance (a shared one would outlive the test).
+        env["ERL_EPMD_PORT"] = str(self.epmd_port)
         return env
 
     def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -733,6 +735,9 @@ modules:
                 self.proc.wait(timeout=5)
         if self.proc:
             self._out.close()
+            epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
+            subprocess.run([epmd, "-port", str(self.epmd_port), "-kill"], capture_output=True,
+                           timeout=10, stdin=subprocess.DEVNULL)
         self.dns.close()
 
     def log_text(self) -> str:
