@@ -18,6 +18,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub cluster: ClusterSettings,
     pub http: HttpSettings,
+    pub s2s: S2sSettings,
 }
 
 /// The operator's HTTP endpoint: /metrics, /healthz, /readyz and the admin API.
@@ -50,6 +51,40 @@ pub struct ClusterSettings {
     pub failure_timeout_ms: u64,
     /// Raft heartbeat; elections start after 4–8 heartbeats without a leader.
     pub heartbeat_ms: u64,
+}
+
+/// Federation (server-to-server).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S2sSettings {
+    /// Inbound listener (STARTTLS offered); empty string disables inbound s2s.
+    pub listen: String,
+    /// Inbound direct-TLS listener (XEP-0368); empty string disables it.
+    pub tls_listen: String,
+    /// No authentication or stanzas before TLS, in both directions.
+    pub require_tls: bool,
+    /// Offer and use Server Dialback (XEP-0220) for peers whose certificate does not verify.
+    pub dialback: bool,
+    /// Offer and use SASL EXTERNAL (XEP-0178) when a certificate verifies for the domain.
+    pub sasl_external: bool,
+    /// PEM bundle of the CAs that peer certificates must chain to; empty: the system bundle
+    /// (`/etc/ssl/certs/ca-certificates.crt`) when present.
+    pub ca_file: String,
+    /// Static routes, `domain = "host:port"` (`tls://host:port` for direct TLS); they take
+    /// precedence over DNS.
+    pub routes: std::collections::HashMap<String, String>,
+    /// An outbound link with no stanza for this long is closed (inbound streams: twice as
+    /// long, so that the initiating side normally closes first).
+    pub idle_timeout_secs: u64,
+    /// TCP connect (and TLS handshake) timeout per target.
+    pub connect_timeout_secs: u64,
+    /// Time for a stream to authenticate, in either direction.
+    pub auth_timeout_secs: u64,
+    pub max_stanza_bytes: usize,
+    /// Stanzas queued for a link that is coming up; beyond it they bounce.
+    pub max_queue: usize,
+    /// DNS server for SRV lookups, `ip:port`; empty: the system's (`/etc/resolv.conf`).
+    pub nameserver: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,6 +184,21 @@ members = []
 seeds = []
 failure_timeout_ms = 3000
 heartbeat_ms = 150
+[s2s]
+listen = "0.0.0.0:5269"
+tls_listen = ""
+require_tls = true
+dialback = true
+sasl_external = true
+ca_file = ""
+idle_timeout_secs = 600
+connect_timeout_secs = 10
+auth_timeout_secs = 30
+max_stanza_bytes = 262144
+max_queue = 1000
+nameserver = ""
+
+[s2s.routes]
 "#;
 
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +212,7 @@ pub enum ConfigError {
 /// Top-level keys of [`Settings`]; environment variables under other names
 /// (`SWITCHBOARD_CONFIG`, or a test harness's `SWITCHBOARD_BIN`) are not settings.
 const TOP_LEVEL_KEYS: &[&str] = &[
-    "domains", "data_dir", "c2s", "tls", "im", "log", "cluster", "http",
+    "domains", "data_dir", "c2s", "tls", "im", "log", "cluster", "http", "s2s",
 ];
 
 /// The `SWITCHBOARD_*` variables that name a setting. A misspelt key inside a known section
@@ -294,6 +344,40 @@ impl Settings {
                 self.http.listen
             )));
         }
+        if !self.s2s.dialback && !self.s2s.sasl_external {
+            return Err(ConfigError::Invalid(
+                "s2s.dialback and s2s.sasl_external cannot both be off".into(),
+            ));
+        }
+        if self.s2s.max_stanza_bytes < 4096 {
+            return Err(ConfigError::Invalid(
+                "s2s.max_stanza_bytes must be at least 4096".into(),
+            ));
+        }
+        if !self.s2s.nameserver.is_empty()
+            && self.s2s.nameserver.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "s2s.nameserver {:?} is not \"ip:port\"",
+                self.s2s.nameserver
+            )));
+        }
+        let mut routes = std::collections::HashMap::new();
+        for (domain, target) in &self.s2s.routes {
+            let d = proto::jid::prepare_domain(domain)
+                .map_err(|e| ConfigError::Invalid(format!("s2s.routes: domain {domain:?}: {e}")))?;
+            let hostport = target.strip_prefix("tls://").unwrap_or(target);
+            let valid = hostport
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !valid {
+                return Err(ConfigError::Invalid(format!(
+                    "s2s.routes: {domain:?} = {target:?} is not \"host:port\""
+                )));
+            }
+            routes.insert(d, target.clone());
+        }
+        self.s2s.routes = routes;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid(
                 "log.format must be \"text\" or \"json\"".into(),
@@ -336,6 +420,34 @@ mod tests {
         assert_eq!(s.c2s.listen, "0.0.0.0:5222");
         assert!(s.c2s.require_tls);
         assert_eq!(s.c2s.resource_conflict, ResourceConflict::Replace);
+        assert_eq!(s.s2s.listen, "0.0.0.0:5269");
+        assert!(s.s2s.require_tls && s.s2s.dialback && s.s2s.sasl_external);
+        assert!(s.s2s.routes.is_empty());
+    }
+
+    #[test]
+    fn s2s_routes_keep_dotted_domains() {
+        let dir = std::env::temp_dir().join(format!("sb-cfg-s2s-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("s2s.toml");
+        std::fs::write(
+            &f,
+            "[s2s]\nidle_timeout_secs = 5\n[s2s.routes]\n\"Prosody.Example\" = \"127.0.0.2:5269\"\n\"b.example\" = \"tls://[::1]:5270\"\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&f)).unwrap();
+        assert_eq!(s.s2s.idle_timeout_secs, 5);
+        assert_eq!(
+            s.s2s.routes.get("prosody.example").map(String::as_str),
+            Some("127.0.0.2:5269")
+        );
+        assert_eq!(
+            s.s2s.routes.get("b.example").map(String::as_str),
+            Some("tls://[::1]:5270")
+        );
+        std::fs::write(&f, "[s2s.routes]\n\"x.example\" = \"nowhere\"\n").unwrap();
+        assert!(Settings::load(Some(&f)).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

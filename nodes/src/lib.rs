@@ -11,5 +11,6 @@ pub mod im;
 pub mod metrics;
 pub mod node;
 pub mod router;
+pub mod s2s;
 pub mod tls;
 pub mod users;

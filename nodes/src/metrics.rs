@@ -122,7 +122,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         routed: counter(
             &r,
             "switchboard_routed_total",
-            "Stanzas the router delivered, by destination: local session, another cluster node, offline storage.",
+            "Stanzas the router delivered, by destination: local session, another cluster node, another server (s2s), offline storage.",
             &["destination"],
         ),
         bounces: counter(

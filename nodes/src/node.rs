@@ -68,6 +68,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     } else {
         None
     };
+    let s2s_listeners = crate::s2s::bind_listeners(&settings.s2s)?;
+    let dialback_secret = store.meta()?.secret("dialback-secret", rand::random)?;
     let admin_path = settings.admin_socket();
     let admin_listener_path = admin_path.clone();
 
@@ -124,6 +126,16 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             serve_cluster(cluster, listener, &cluster_arbiter, &router, &shards)?;
         }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let ext = Arc::new(Extensions::default());
+        let s2s = crate::s2s::start(
+            &settings,
+            dialback_secret,
+            router.clone(),
+            ext.clone(),
+            shutdown_rx.clone(),
+            s2s_listeners,
+        )?;
+        router.do_send(crate::router::messages::AttachS2s(s2s.recipient()));
         let ctx = Arc::new(C2sContext {
             policy: Arc::new(C2sPolicy {
                 domains: settings.domains.clone(),
@@ -135,7 +147,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             auth,
             tls,
             router: router.clone(),
-            ext: Arc::new(Extensions::default()),
+            ext,
             domains,
             im: shards,
             shutdown: shutdown_rx,

@@ -37,14 +37,21 @@ pub struct TlsContext {
     server_end_point: Vec<u8>,
 }
 
+/// The node's certificate chain and key (configured, or self-signed and generated on first
+/// start); c2s and s2s present the same one.
+pub fn certificate(
+    settings: &Settings,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let (cert_path, key_path) = match (&settings.tls.cert, &settings.tls.key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => ensure_self_signed(&settings.data_dir.join("tls"), &settings.domains)?,
+    };
+    Ok((read_certs(&cert_path)?, read_key(&key_path)?))
+}
+
 impl TlsContext {
     pub fn load(settings: &Settings) -> Result<TlsContext, TlsError> {
-        let (cert_path, key_path) = match (&settings.tls.cert, &settings.tls.key) {
-            (Some(c), Some(k)) => (c.clone(), k.clone()),
-            _ => ensure_self_signed(&settings.data_dir.join("tls"), &settings.domains)?,
-        };
-        let certs = read_certs(&cert_path)?;
-        let key = read_key(&key_path)?;
+        let (certs, key) = certificate(settings)?;
         let server_end_point = certs
             .first()
             .map(|c| ChannelBinding::server_end_point(c.as_ref()))
@@ -112,7 +119,7 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
         .map_err(|e| TlsError::Write(path.to_path_buf(), e))
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let f = std::fs::File::open(path).map_err(|e| TlsError::Read(path.to_path_buf(), e))?;
     let certs = rustls_pemfile::certs(&mut BufReader::new(f))
         .collect::<Result<Vec<_>, _>>()

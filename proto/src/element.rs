@@ -140,10 +140,15 @@ impl Element {
     /// that they come out without a redundant xmlns). Text and attribute values are escaped.
     ///
     /// An element in the streams namespace (`features`, `error`) comes out as `stream:NAME`,
-    /// using the prefix the stream header binds: clients match on that qualified name.
+    /// using the prefix the stream header binds: clients match on that qualified name; one
+    /// in the dialback namespace as `db:NAME`.
     pub fn write_to(&self, out: &mut Vec<u8>, parent_ns: &str) {
         if self.ns == ns::STREAM {
             self.write_qualified(out, Some(parent_ns), Some("stream"))
+        } else if self.ns == ns::DIALBACK {
+            // Server Dialback elements come out as `db:NAME` (the s2s header binds `db`):
+            // some servers (ejabberd) match them by that qualified name.
+            self.write_qualified(out, Some(parent_ns), Some("db"))
         } else {
             self.write_inner(out, Some(parent_ns))
         }

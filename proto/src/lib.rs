@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod blocklist;
+pub mod dialback;
 pub mod element;
 pub mod error;
 pub mod im;
@@ -12,5 +13,6 @@ pub mod jid;
 pub mod negotiation;
 pub mod ns;
 pub mod privacy;
+pub mod s2s;
 pub mod sasl;
 pub mod stream;

@@ -3,6 +3,10 @@
 pub const STREAM: &str = "http://etherx.jabber.org/streams";
 pub const CLIENT: &str = "jabber:client";
 pub const SERVER: &str = "jabber:server";
+/// Server Dialback (XEP-0220) elements, `db:` on the wire.
+pub const DIALBACK: &str = "jabber:server:dialback";
+/// The dialback stream feature (XEP-0220 §2.4).
+pub const DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
 pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
 pub const STREAMS_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 pub const STANZAS_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";

@@ -94,7 +94,7 @@ class Server:
         self.data_dir.mkdir(exist_ok=True)
         self.config_path = self.dir / "node.toml"
         self.log_path = self.dir / "node.log"
-        self.c2s_port, self.tls_port, self.http_port = free_ports(3)
+        self.c2s_port, self.tls_port, self.http_port, self.s2s_port = free_ports(4)
         self.proc: subprocess.Popen | None = None
         self.exit_code: int | None = None
         self._pool: list[Account] = []
@@ -106,6 +106,8 @@ class Server:
                 "listen": f"127.0.0.1:{self.c2s_port}",
                 "tls_listen": f"127.0.0.1:{self.tls_port}",
             },
+            # Every node of a test run gets its own s2s port (the default, 5269, is shared).
+            "s2s": {"listen": f"127.0.0.1:{self.s2s_port}"},
             "log": {"level": os.environ.get("SWITCHBOARD_TEST_LOG_LEVEL", "info")},
             "http": {"listen": f"127.0.0.1:{self.http_port}"},
         }

@@ -148,6 +148,11 @@ pub enum ImRequest {
         jid: Jid,
         bound: bool,
     },
+    /// A probe from another server's user (federation) for a user homed on the receiver.
+    RemoteProbe {
+        user: Jid,
+        from: Jid,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

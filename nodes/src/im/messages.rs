@@ -29,6 +29,15 @@ pub struct OutboundSubscription {
     pub stanza: Element,
 }
 
+/// A presence probe from a remote entity reached local account `user` (RFC 6121 §4.3.2):
+/// answered with the user's presence if `from` is subscribed to it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RemoteProbe {
+    pub user: Jid,
+    pub from: Jid,
+}
+
 /// A subscription stanza from `contact` reached local account `user` ("contact's server").
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -389,6 +389,13 @@ impl Handler<InboundSubscription> for RosterActor {
     }
 }
 
+impl Handler<messages::RemoteProbe> for RosterActor {
+    type Result = ();
+    fn handle(&mut self, msg: messages::RemoteProbe, _: &mut Context<Self>) {
+        self.remote_probe(msg);
+    }
+}
+
 impl Handler<PresenceBroadcast> for RosterActor {
     type Result = ();
     fn handle(&mut self, msg: PresenceBroadcast, _: &mut Context<Self>) {

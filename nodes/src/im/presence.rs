@@ -37,10 +37,6 @@ impl RosterActor {
             {
                 continue;
             }
-            if !self.is_local_jid(&contact) {
-                // Federation does not exist yet; remote subscribers miss the update.
-                continue;
-            }
             let mut p = msg.presence.clone();
             p.set_attr("to", contact.to_string());
             self.router.do_send(DeliverToAvailable {
@@ -59,10 +55,23 @@ impl RosterActor {
         // RFC 6121 §4.2.2: probe the contacts the user is subscribed to. Local contacts'
         // presence is known here, so the probe is answered directly.
         for item in items.iter().filter(|i| is_subscription(i)) {
-            if let Ok(contact) = Jid::parse(&item.jid) {
+            let Ok(contact) = Jid::parse(&item.jid) else {
+                continue;
+            };
+            if self.is_local_jid(&contact) {
                 self.router.do_send(SendPresenceOf {
                     contact,
                     to: msg.from.clone(),
+                });
+            } else {
+                // A remote contact's server answers a probe (RFC 6121 §4.3.1).
+                let probe = Element::new("presence", proto::ns::CLIENT)
+                    .with_attr("type", "probe")
+                    .with_attr("from", user.to_string())
+                    .with_attr("to", contact.to_string());
+                self.router.do_send(DeliverToAvailable {
+                    to: contact,
+                    stanza: probe,
                 });
             }
         }
@@ -82,6 +91,39 @@ impl RosterActor {
         // non-negative priority (see below for a resource that raises its priority).
         if msg.priority >= 0 {
             self.deliver_offline(&user, &msg.from);
+        }
+    }
+
+    /// RFC 6121 §4.3.2: a remote entity probes `user`; only a subscriber learns its presence
+    /// (unavailable when no resource is available).
+    pub(super) fn remote_probe(&mut self, msg: super::messages::RemoteProbe) {
+        let contact = msg.from.to_bare();
+        if self.blocks(&msg.user, &contact) {
+            return;
+        }
+        let item = self
+            .rosters
+            .item(&msg.user.to_string(), &contact.to_string())
+            .ok()
+            .flatten();
+        if !item.as_ref().is_some_and(is_subscriber) {
+            return;
+        }
+        if self.online.contains(&msg.user) {
+            self.router.do_send(SendPresenceOf {
+                contact: msg.user,
+                to: msg.from,
+            });
+        } else {
+            // No available resource: the subscriber learns that the account is offline.
+            let unavailable = Element::new("presence", proto::ns::CLIENT)
+                .with_attr("type", "unavailable")
+                .with_attr("from", msg.user.to_string())
+                .with_attr("to", msg.from.to_string());
+            self.router.do_send(DeliverToAvailable {
+                to: msg.from,
+                stanza: unavailable,
+            });
         }
     }
 

@@ -169,6 +169,18 @@ impl ImMessage for ResourceBinding {
     }
 }
 
+impl ImMessage for RemoteProbe {
+    fn to_wire(&self) -> ImRequest {
+        ImRequest::RemoteProbe {
+            user: self.user.clone(),
+            from: self.from.clone(),
+        }
+    }
+    fn from_reply(reply: ImReply) -> Result<(), ImError> {
+        unit(reply)
+    }
+}
+
 fn kind(s: &str) -> Option<SubscriptionKind> {
     SubscriptionKind::parse(s)
 }
@@ -237,6 +249,11 @@ pub fn serve_tell(shards: &RosterShards, req: ImRequest) -> Option<ImRequest> {
             shards
                 .local_for_user(&jid.to_bare())
                 .do_send(ResourceBinding { jid, bound });
+        }
+        ImRequest::RemoteProbe { user, from } => {
+            shards
+                .local_for_user(&user)
+                .do_send(RemoteProbe { user, from });
         }
         ask => return Some(ask),
     }

@@ -157,3 +157,7 @@ pub struct ListRoutes;
 #[derive(Message)]
 #[rtype(result = "Vec<crate::cluster::SessionRoute>")]
 pub struct LocalRoutes;
+/// Federation is up: stanzas for other domains go to this recipient (the s2s manager).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttachS2s(pub Recipient<crate::s2s::messages::SendRemote>);

@@ -45,6 +45,8 @@ pub struct Router {
     im: RosterShards,
     /// Sessions on other cluster nodes (`None` on a single node).
     remote: Option<remote::RemoteRoutes>,
+    /// Federation: where stanzas for other domains go (`None`: they bounce).
+    s2s: Option<Recipient<crate::s2s::messages::SendRemote>>,
 }
 
 impl Router {
@@ -62,6 +64,21 @@ impl Router {
             sessions: HashMap::new(),
             im,
             remote: cluster.map(remote::RemoteRoutes::new),
+            s2s: None,
+        }
+    }
+
+    /// Hand a stanza for a non-local `to` to federation (dropped without it).
+    fn to_remote(&self, to: &Jid, mut stanza: Element) {
+        let from = stanza.attr("from").and_then(|f| Jid::parse(f).ok());
+        if let (Some(s2s), Some(from)) = (&self.s2s, from) {
+            METRICS.routed.with_label_values(&["s2s"]).inc();
+            stanza.set_attr("to", to.to_string());
+            s2s.do_send(crate::s2s::messages::SendRemote {
+                from,
+                to: to.clone(),
+                stanza,
+            });
         }
     }
 
@@ -100,6 +117,9 @@ impl Router {
             return;
         }
         let reply = stanza_error_reply(stanza, cond, None);
+        if !self.is_local_domain(from.domain()) {
+            return self.to_remote(from, reply);
+        }
         if let Some(r) = self.resource(from) {
             r.session.do_send(Deliver(reply));
         } else if let Some(remote) = &self.remote {
@@ -173,8 +193,11 @@ impl Router {
 
     fn route(&self, from: &Jid, to: Jid, stanza: Element, ctx: &mut Context<Self>) {
         if !self.is_local_domain(to.domain()) {
-            // Federation is not available yet: RFC 6120 §10.4.
-            return self.bounce(from, &stanza, StanzaErrorCondition::RemoteServerNotFound);
+            // RFC 6120 §10.4: federation, or remote-server-not-found without it.
+            if self.s2s.is_none() || !self.is_local_domain(from.domain()) {
+                return self.bounce(from, &stanza, StanzaErrorCondition::RemoteServerNotFound);
+            }
+            return self.to_remote(&to, stanza);
         }
         if to.local().is_none() {
             // To the server itself: IQs were answered by the session; messages and presence
@@ -290,7 +313,17 @@ impl Router {
                     return;
                 }
                 if stanza.attr("type") == Some("probe") {
-                    // Probes are answered by the roster shards on the user's behalf.
+                    // Probes are answered by the roster shards on the user's behalf (local
+                    // contacts' at login; a remote contact's when it arrives).
+                    if !self.is_local_domain(from.domain()) {
+                        self.im.tell(
+                            bare,
+                            crate::im::messages::RemoteProbe {
+                                user: bare.clone(),
+                                from: from.clone(),
+                            },
+                        );
+                    }
                     return;
                 }
                 let mut s = stanza;
@@ -364,6 +397,9 @@ impl Router {
 
     /// Deliver to `to`: that resource for a full JID, every available resource for a bare one.
     fn deliver_to_jid(&self, to: &Jid, stanza: Element) {
+        if !self.is_local_domain(to.domain()) {
+            return self.to_remote(to, stanza);
+        }
         if to.is_bare() {
             for r in self.available_resources(to) {
                 Self::deliver(r, stanza.clone());
@@ -704,6 +740,13 @@ impl Handler<ListSessions> for Router {
             .collect();
         out.sort_by(|a, b| a.jid.cmp(&b.jid));
         MessageResult(out)
+    }
+}
+
+impl Handler<AttachS2s> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: AttachS2s, _: &mut Context<Self>) {
+        self.s2s = Some(msg.0);
     }
 }
 

@@ -1,0 +1,314 @@
+//! One inbound s2s connection: the task that owns the socket a peer opened to us. It runs
+//! the receiving side of the negotiation (STARTTLS, SASL EXTERNAL, dialback with the
+//! verification sent through our outbound link to the peer's authoritative server), answers
+//! `<db:verify/>` for keys we issued, and passes stanzas from authenticated domains to the
+//! Router.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use proto::element::Element;
+use proto::error::{stanza_error_reply, StanzaErrorCondition, StreamError, StreamErrorCondition};
+use proto::jid::Jid;
+use proto::s2s::{Action, CertCheck, DialbackOutcome, S2sInbound};
+use proto::stream::{StreamEvent, StreamReader};
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, timeout, Instant};
+
+use super::io::S2sIo;
+use super::manager::S2sManager;
+use super::messages::{SendRemote, VerifyDialback};
+use super::outbound::describe;
+use super::S2sShared;
+use crate::ext::{IqOutcome, IqRequest};
+use crate::router::messages::RouteStanza;
+
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A dialback verification that came back: (originating, receiving, outcome).
+type Verified = (String, String, DialbackOutcome);
+
+fn cert_check<IO>(shared: &Arc<S2sShared>, tls: &tokio_rustls::server::TlsStream<IO>) -> CertCheck {
+    let chain = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    let shared = shared.clone();
+    Box::new(move |domain: &str| shared.identity.verifies(&chain, domain))
+}
+
+/// Serve one accepted connection until it closes.
+pub async fn serve(
+    tcp: TcpStream,
+    shared: Arc<S2sShared>,
+    manager: Addr<S2sManager>,
+    direct_tls: bool,
+) {
+    let peer = tcp.peer_addr().ok();
+    let _ = tcp.set_nodelay(true);
+    let auth_timeout = Duration::from_secs(shared.settings.auth_timeout_secs);
+    let (io, check) = if direct_tls {
+        match timeout(auth_timeout, shared.direct_acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                let check = cert_check(&shared, &tls);
+                (S2sIo::Server(Box::new(tls)), Some(check))
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(?peer, error = %e, "s2s TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        }
+    } else {
+        (S2sIo::Plain(tcp), None)
+    };
+    let mut conn = Inbound {
+        neg: S2sInbound::new(shared.policy.clone(), check),
+        reader: StreamReader::new(shared.limits(), proto::ns::SERVER),
+        io,
+        shared,
+        manager,
+        peer,
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let end = conn.run(auth_timeout, &tx, &mut rx).await;
+    let _ = timeout(Duration::from_secs(1), conn.io.shutdown()).await;
+    match end {
+        Some(e) => tracing::warn!(
+            ?peer,
+            condition = e.condition.as_str(),
+            reason = %describe(&e),
+            "s2s inbound stream closed with an error"
+        ),
+        None => tracing::debug!(?peer, "s2s inbound stream closed"),
+    }
+}
+
+struct Inbound {
+    shared: Arc<S2sShared>,
+    manager: Addr<S2sManager>,
+    neg: S2sInbound,
+    reader: StreamReader,
+    io: S2sIo,
+    peer: Option<std::net::SocketAddr>,
+}
+
+impl Inbound {
+    /// An IQ request from a remote entity to one of our domains (XEP-0199 s2s ping, disco,
+    /// version): answered by the same handlers as a client's, the reply sent over our
+    /// outbound link to the requester's domain.
+    fn server_iq(&self, from: Jid, to: Jid, iq: &Element) {
+        let reply = match iq.children().next() {
+            None => stanza_error_reply(iq, StanzaErrorCondition::BadRequest, None),
+            Some(payload) => {
+                let req = IqRequest {
+                    to: &to,
+                    is_set: iq.attr("type") == Some("set"),
+                    payload,
+                };
+                match self.shared.ext.handle(&req) {
+                    Some(IqOutcome::Result(payload)) => {
+                        let mut reply = Element::new("iq", proto::ns::CLIENT)
+                            .with_attr("type", "result")
+                            .with_attr("id", iq.attr("id").unwrap_or_default())
+                            .with_attr("from", to.to_string())
+                            .with_attr("to", from.to_string());
+                        if let Some(p) = payload {
+                            reply = reply.with_child(p);
+                        }
+                        reply
+                    }
+                    Some(IqOutcome::Error(cond)) => stanza_error_reply(iq, cond, None),
+                    None => stanza_error_reply(iq, StanzaErrorCondition::ServiceUnavailable, None),
+                }
+            }
+        };
+        self.manager.do_send(SendRemote {
+            from: to,
+            to: from,
+            stanza: reply,
+        });
+    }
+
+    /// `Some(error)`: the stream ended with this stream error (ours or the peer's).
+    async fn run(
+        &mut self,
+        auth_timeout: Duration,
+        tx: &mpsc::UnboundedSender<Verified>,
+        rx: &mut mpsc::UnboundedReceiver<Verified>,
+    ) -> Option<StreamError> {
+        let auth_deadline = Instant::now() + auth_timeout;
+        // Twice the outbound idle time: the initiating side normally closes first, so a
+        // stanza it sends never meets a stream we are closing under it.
+        let idle = Duration::from_secs(self.shared.settings.idle_timeout_secs.saturating_mul(2));
+        let mut last_activity = Instant::now();
+        let mut shutdown = self.shared.shutdown.clone();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let wake_at = if self.neg.is_authenticated() {
+                last_activity + idle
+            } else {
+                auth_deadline
+            };
+            let actions: Vec<Action> = tokio::select! {
+                r = self.io.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => {
+                        last_activity = Instant::now();
+                        self.reader.feed(&buf[..n]);
+                        match self.read_events(tx).await {
+                            Ok(()) => continue,
+                            Err(end) => return end,
+                        }
+                    }
+                },
+                Some((originating, receiving, outcome)) = rx.recv() => {
+                    self.neg.dialback_verified(&originating, &receiving, outcome)
+                }
+                _ = sleep_until(wake_at) => {
+                    if self.neg.is_authenticated() {
+                        tracing::debug!(peer = ?self.peer, "s2s inbound stream idle");
+                        let mut a = vec![Action::Send(proto::stream::CLOSE.to_vec())];
+                        a.push(Action::Close { error: None });
+                        a
+                    } else {
+                        self.neg.fail(StreamError::with_text(
+                            StreamErrorCondition::ConnectionTimeout,
+                            "not authenticated in time",
+                        ))
+                    }
+                }
+                _ = shutdown.changed() => {
+                    self.neg.fail(StreamError::new(StreamErrorCondition::SystemShutdown))
+                }
+            };
+            if let Err(end) = self.perform_all(actions, tx).await {
+                return end;
+            }
+        }
+    }
+
+    async fn read_events(
+        &mut self,
+        tx: &mpsc::UnboundedSender<Verified>,
+    ) -> Result<(), Option<StreamError>> {
+        loop {
+            let event = match self.reader.next_event() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    let actions = self.neg.fail(e.to_stream_error());
+                    return self.perform_all(actions, tx).await;
+                }
+            };
+            let actions = match event {
+                StreamEvent::Header(h) => {
+                    let id = format!("{:016x}", rand::thread_rng().gen::<u64>());
+                    self.neg.on_header(&h, &id)
+                }
+                StreamEvent::Element(el, _) => self.neg.on_element(el),
+                StreamEvent::Keepalive => Vec::new(),
+                StreamEvent::Close => self.neg.on_close(),
+            };
+            self.perform_all(actions, tx).await?;
+        }
+    }
+
+    async fn perform_all(
+        &mut self,
+        actions: Vec<Action>,
+        tx: &mpsc::UnboundedSender<Verified>,
+    ) -> Result<(), Option<StreamError>> {
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Send(bytes) => {
+                    let w = timeout(WRITE_TIMEOUT, async {
+                        self.io.write_all(&bytes).await?;
+                        self.io.flush().await
+                    })
+                    .await;
+                    if !matches!(w, Ok(Ok(()))) {
+                        return Err(None);
+                    }
+                }
+                Action::StartTls => {
+                    if self.reader.buffered() > 0 {
+                        // Data pipelined before the handshake (RFC 6120 §5.4.3.3).
+                        return Err(None);
+                    }
+                    let S2sIo::Plain(tcp) = std::mem::replace(&mut self.io, S2sIo::Detached) else {
+                        return Err(None);
+                    };
+                    let accept = timeout(
+                        Duration::from_secs(self.shared.settings.auth_timeout_secs),
+                        self.shared.acceptor.accept(tcp),
+                    );
+                    let tls = match accept.await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = ?self.peer, error = %e, "s2s TLS handshake failed");
+                            return Err(None);
+                        }
+                        Err(_) => return Err(None),
+                    };
+                    let check = cert_check(&self.shared, &tls);
+                    self.io = S2sIo::Server(Box::new(tls));
+                    self.neg.tls_established(check);
+                    self.reader = StreamReader::new(self.shared.limits(), proto::ns::SERVER);
+                }
+                Action::Restart => {
+                    self.reader = StreamReader::new(self.shared.limits(), proto::ns::SERVER);
+                }
+                Action::Authenticated { domain, method } => {
+                    tracing::info!(
+                        peer = ?self.peer,
+                        %domain,
+                        method = method.as_str(),
+                        tls = self.neg.is_secured(),
+                        "s2s inbound peer authenticated"
+                    );
+                }
+                Action::VerifyDialback {
+                    originating,
+                    receiving,
+                    stream_id,
+                    key,
+                } => {
+                    let request = self.manager.send(VerifyDialback {
+                        receiving: receiving.clone(),
+                        originating: originating.clone(),
+                        stream_id,
+                        key,
+                    });
+                    let tx = tx.clone();
+                    actix_rt::spawn(async move {
+                        let outcome = request.await.unwrap_or(DialbackOutcome::Error(
+                            StanzaErrorCondition::InternalServerError,
+                        ));
+                        let _ = tx.send((originating, receiving, outcome));
+                    });
+                }
+                Action::Stanza { from, to, stanza } => {
+                    let to_server = to.local().is_none() && to.resource().is_none();
+                    let request = matches!(stanza.attr("type"), Some("get" | "set"));
+                    if stanza.name == "iq" && to_server && request {
+                        self.server_iq(from, to, &stanza);
+                    } else {
+                        self.shared.router.do_send(RouteStanza { from, to, stanza });
+                    }
+                }
+                Action::Close { error } => return Err(error),
+                Action::Ready | Action::VerifyResult { .. } => {}
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,39 @@
+//! Messages the s2s manager accepts.
+
+use actix::prelude::*;
+use proto::element::Element;
+use proto::jid::Jid;
+use proto::s2s::DialbackOutcome;
+
+/// A stanza (internal `jabber:client` form, `from` stamped) for a remote domain: it goes on
+/// the outbound link for (`from`'s domain, `to`'s domain), which is opened if needed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendRemote {
+    pub from: Jid,
+    pub to: Jid,
+    pub stanza: Element,
+}
+
+/// An inbound stream asks: did the authoritative server of `originating` issue `key` for the
+/// stream `stream_id` it opened to our `receiving` domain? (XEP-0220 §2.2, sent as
+/// `<db:verify/>` over our outbound link to `originating`.)
+#[derive(Message)]
+#[rtype(result = "DialbackOutcome")]
+pub struct VerifyDialback {
+    pub receiving: String,
+    pub originating: String,
+    pub stream_id: String,
+    pub key: String,
+}
+
+/// An outbound link task ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LinkClosed {
+    pub local: String,
+    pub remote: String,
+    pub generation: u64,
+    /// The link never came up (unreachable, refused, timed out).
+    pub failed: bool,
+}

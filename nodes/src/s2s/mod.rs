@@ -1,0 +1,186 @@
+//! Server-to-server federation: the manager of outbound links, the inbound listeners, peer
+//! discovery and certificate identity checks. The protocol itself (negotiation, dialback
+//! keys, `jabber:server` translation) is `proto::s2s`.
+//!
+//! A stanza for a remote domain goes Router → [`S2sManager`] (`SendRemote`) → the outbound
+//! link task for (local domain, remote domain) → socket. Stanzas read on an inbound stream
+//! are checked against the domains authenticated on it and enter the Router as `RouteStanza`.
+
+pub mod dns;
+pub mod identity;
+mod inbound;
+mod io;
+pub mod manager;
+pub mod messages;
+mod outbound;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use anyhow::Context as _;
+use hickory_resolver::TokioResolver;
+use proto::s2s::S2sPolicy;
+use proto::stream::Limits;
+use tokio::sync::watch;
+use tokio_rustls::rustls::{self, ClientConfig, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::c2s::C2sListener;
+use crate::config::{S2sSettings, Settings};
+use crate::router::Router;
+pub use manager::S2sManager;
+
+/// ALPN protocol id for direct TLS s2s (XEP-0368).
+const ALPN_S2S: &[u8] = b"xmpp-server";
+
+/// What every s2s task shares.
+pub struct S2sShared {
+    pub settings: S2sSettings,
+    pub policy: Arc<S2sPolicy>,
+    pub identity: identity::Identity,
+    /// Inbound STARTTLS.
+    pub acceptor: TlsAcceptor,
+    /// Inbound direct TLS (ALPN `xmpp-server`).
+    pub direct_acceptor: TlsAcceptor,
+    /// Outbound STARTTLS (we present our certificate, for SASL EXTERNAL).
+    pub connector: TlsConnector,
+    /// Outbound direct TLS (ALPN `xmpp-server`).
+    pub direct_connector: TlsConnector,
+    pub router: Addr<Router>,
+    /// Answers IQs from remote entities to our domains (ping, disco, version).
+    pub ext: Arc<crate::ext::Extensions>,
+    pub resolver: Option<TokioResolver>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl S2sShared {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_stanza_bytes: self.settings.max_stanza_bytes,
+            ..Limits::default()
+        }
+    }
+}
+
+/// The bound s2s listeners: (socket, direct TLS).
+pub fn bind_listeners(settings: &S2sSettings) -> anyhow::Result<Vec<C2sListener>> {
+    let mut out = Vec::new();
+    for (addr, direct_tls, key) in [
+        (&settings.listen, false, "s2s.listen"),
+        (&settings.tls_listen, true, "s2s.tls_listen"),
+    ] {
+        if !addr.is_empty() {
+            out.push(
+                C2sListener::bind(addr, direct_tls)
+                    .with_context(|| format!("binding {key} {addr}"))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Build the shared state, start the manager and the accept loops (on the current
+/// arbiter). Call inside the actix system.
+pub fn start(
+    settings: &Settings,
+    secret: [u8; 32],
+    router: Addr<Router>,
+    ext: Arc<crate::ext::Extensions>,
+    shutdown: watch::Receiver<bool>,
+    listeners: Vec<C2sListener>,
+) -> anyhow::Result<Addr<S2sManager>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (certs, key) = crate::tls::certificate(settings)?;
+    let identity = identity::Identity::load(&settings.s2s.ca_file, provider.clone())?;
+
+    let server = |alpn: bool| -> anyhow::Result<TlsAcceptor> {
+        let mut config = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(Arc::new(identity::AnyClientCert(provider.clone())))
+            .with_single_cert(certs.clone(), key.clone_key())?;
+        if alpn {
+            config.alpn_protocols = vec![ALPN_S2S.to_vec()];
+        }
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    };
+    let client = |alpn: bool| -> anyhow::Result<TlsConnector> {
+        let mut config = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(identity::AnyServerCert(provider.clone())))
+            .with_client_auth_cert(certs.clone(), key.clone_key())?;
+        if alpn {
+            config.alpn_protocols = vec![ALPN_S2S.to_vec()];
+        }
+        Ok(TlsConnector::from(Arc::new(config)))
+    };
+    let resolver = match dns::resolver(&settings.s2s.nameserver) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(error = %e, "no DNS resolver: s2s uses static routes and port 5269 only");
+            None
+        }
+    };
+    let shared = Arc::new(S2sShared {
+        settings: settings.s2s.clone(),
+        policy: Arc::new(S2sPolicy {
+            domains: settings.domains.clone(),
+            tls_required: settings.s2s.require_tls,
+            dialback: settings.s2s.dialback,
+            sasl_external: settings.s2s.sasl_external,
+            secret,
+        }),
+        identity,
+        acceptor: server(false)?,
+        direct_acceptor: server(true)?,
+        connector: client(false)?,
+        direct_connector: client(true)?,
+        router,
+        ext,
+        resolver,
+        shutdown,
+    });
+    let manager = S2sManager::new(shared.clone()).start();
+    for l in listeners {
+        tracing::info!(
+            addr = %l.socket.local_addr()?,
+            direct_tls = l.direct_tls,
+            "s2s listening"
+        );
+        actix_rt::spawn(accept_loop(l, shared.clone(), manager.clone()));
+    }
+    Ok(manager)
+}
+
+async fn accept_loop(listener: C2sListener, shared: Arc<S2sShared>, manager: Addr<S2sManager>) {
+    let direct_tls = listener.direct_tls;
+    let listener = match tokio::net::TcpListener::from_std(listener.socket) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register s2s listener");
+            return;
+        }
+    };
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.changed() => return,
+        };
+        match accepted {
+            Ok((tcp, _)) => {
+                actix_rt::spawn(inbound::serve(
+                    tcp,
+                    shared.clone(),
+                    manager.clone(),
+                    direct_tls,
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "s2s accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

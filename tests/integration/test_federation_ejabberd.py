@@ -1,0 +1,83 @@
+"""Federation with ejabberd (Debian `ejabberd`): a private ejabberd on 127.0.0.3
+serving ej.fed.test and our node on 127.0.0.1 serving sb.fed.test exchange messages,
+subscriptions and presence both ways, once with self-signed certificates (Server
+Dialback carries the links) and once with certificates from a test CA that both trust
+(SASL EXTERNAL must be used). Peers that claim a domain they did not authenticate are
+refused. The checks themselves are in federation.py, shared with Prosody's.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import federation as f
+from federation import (
+    EJABBERD_ADDR,
+    EJABBERD_DOMAIN,
+    EJABBERDCTL_BIN,
+    SB_DOMAIN,
+    Certs,
+    Ejabberd,
+    Fed,
+    make_sb,
+    render_toml_nested,
+)
+
+pytestmark = pytest.mark.skipif(
+    EJABBERDCTL_BIN is None, reason="ejabberd is not installed (apt-get install ejabberd)"
+)
+
+
+@pytest.fixture(scope="module", params=["selfsigned", "ca"])
+def fed(request, tmp_path_factory):
+    mode = request.param
+    d = tmp_path_factory.mktemp(f"fed-ejabberd-{mode}")
+    certs = Certs(d / "certs", mode, [SB_DOMAIN, EJABBERD_DOMAIN])
+    sb = make_sb(d / "sb", certs, routes={}, accounts=10)
+    ejabberd = Ejabberd(d / "ejabberd", certs, SB_DOMAIN, sb.s2s_addr)
+    sb.config["s2s"]["routes"] = {EJABBERD_DOMAIN: f"{EJABBERD_ADDR}:{ejabberd.s2s_port}"}
+    sb.config_path.write_text(render_toml_nested(sb.config))
+    ejabberd.start()
+    try:
+        sb.start()
+    except BaseException:
+        ejabberd.stop()
+        raise
+    yield Fed(mode, sb, ejabberd)
+    ejabberd.stop()
+    sb.stop()
+
+
+@pytest.fixture
+async def clients(fed):
+    start, stop = f.clients_factory(fed)
+    yield start
+    await stop()
+
+
+async def test_messages_both_ways(fed, clients):
+    await f.check_messages_both_ways(fed, clients)
+
+
+async def test_iq_to_a_local_account_is_answered_across(fed, clients):
+    await f.check_iq_to_a_local_account_is_answered_across(fed, clients)
+
+
+async def test_server_iq_across(fed, clients):
+    await f.check_server_iq_across(fed, clients)
+
+
+async def test_links_use_the_expected_authentication(fed, clients):
+    await f.check_links_use_the_expected_authentication(fed, clients)
+
+
+async def test_subscription_handshake_and_presence(fed, clients):
+    await f.check_subscription_handshake_and_presence(fed, clients)
+
+
+def test_unauthenticated_domain_is_refused(fed):
+    f.check_unauthenticated_domain_is_refused(fed)
+
+
+def test_forged_dialback_key_is_refused(fed):
+    f.check_forged_dialback_key_is_refused(fed)
