@@ -149,7 +149,9 @@ pub struct ChatSummary {
     /// Returned to the sender as `type='error'`.
     pub bounced: u64,
     pub elapsed_secs: f64,
-    /// `received` over `elapsed_secs`.
+    /// From the start of the exchange to the last distinct message received.
+    pub last_delivery_secs: f64,
+    /// `received` over `last_delivery_secs`.
     pub received_per_sec: f64,
     pub latency_ms: Distribution,
 }
@@ -242,9 +244,9 @@ impl Summary {
         }
         if let Some(c) = &o.chat {
             println!(
-                "messages: {} sent ({} to another server), {} received, {} lost, {} duplicates, {} bounced in {:.2} s = {:.0} received/s",
+                "messages: {} sent ({} to another server), {} received, {} lost, {} duplicates, {} bounced in {:.2} s; last received at {:.2} s = {:.0} received/s",
                 c.sent, c.cross_node, c.received, c.lost, c.duplicates, c.bounced, c.elapsed_secs,
-                c.received_per_sec
+                c.last_delivery_secs, c.received_per_sec
             );
             println!("message latency: {}", c.latency_ms.line());
         }
