@@ -1,0 +1,321 @@
+#!/usr/bin/env bash
+# Cluster benchmarks on one machine, loopback only: a three-node Switchboard cluster against a
+# single non-clustered node (same binary, no [cluster] section), with the same load generator.
+#
+#   (a) login storm: logins/s, i.e. resource binds, each a Raft-committed route change
+#       (batched per node), plus the Raft entries committed (last_applied before/after);
+#   (b) chat: messages/s and delivery latency between sessions on different nodes, on the same
+#       node of the cluster, and on the single node.
+#
+# Plain TCP everywhere (c2s.require_tls = false, loadgen --tls none --mech scram-sha-256) so
+# TLS handshakes stay out of the figures. Servers are pinned to one CPU, the generator to the
+# other (both setups alike). Writes docs/cluster-benchmarks.md (see load-tests/cluster/README.md).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+
+STORM_USERS=1000
+RATES=250,500,1000,2000,4000,8000
+STEP_SECS=3
+CHAT_USERS=300
+PACED_MESSAGES=50
+PACED_INTERVAL_MS=100
+FLOOD_MESSAGES=200
+FLOOD_INTERVAL_MS=2
+CHAT_DURATION=60
+C2S_BASE=35220          # node i: 127.0.0.1:$((C2S_BASE + i)); the single node: + 4
+LINK_BASE=35230         # node i's NodeLink: 127.0.0.1i:$((LINK_BASE + i))
+HTTP_BASE=35240         # node i's /metrics: 127.0.0.1:$((HTTP_BASE + i)); the single node: + 4
+SERVER_CPU=0
+LOADGEN_CPU=1
+WORK=""
+OUT="$ROOT/docs/cluster-benchmarks.md"
+BUILD=1
+
+usage() {
+  cat <<EOF
+usage: $0 [options]
+  --storm-users N       accounts the storm cycles through (default $STORM_USERS)
+  --rates LIST          storm target rates, logins/s (default $RATES)
+  --step-secs T         storm step length (default $STEP_SECS)
+  --chat-users N        chat users (default $CHAT_USERS)
+  --paced M,I           paced chat: M messages per user every I ms (default $PACED_MESSAGES,$PACED_INTERVAL_MS)
+  --flood M,I           flood chat (default $FLOOD_MESSAGES,$FLOOD_INTERVAL_MS)
+  --work DIR            work dir (default: a new mktemp dir, removed at the end)
+  --out FILE            report (default docs/cluster-benchmarks.md)
+  --no-build            use the existing release binaries
+EOF
+}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --storm-users) STORM_USERS=$2; shift 2;;
+    --rates) RATES=$2; shift 2;;
+    --step-secs) STEP_SECS=$2; shift 2;;
+    --chat-users) CHAT_USERS=$2; shift 2;;
+    --paced) PACED_MESSAGES=${2%,*}; PACED_INTERVAL_MS=${2#*,}; shift 2;;
+    --flood) FLOOD_MESSAGES=${2%,*}; FLOOD_INTERVAL_MS=${2#*,}; shift 2;;
+    --work) WORK=$2; shift 2;;
+    --out) OUT=$2; shift 2;;
+    --no-build) BUILD=0; shift;;
+    -h|--help) usage; exit 0;;
+    *) usage >&2; exit 2;;
+  esac
+done
+# Every chat run has its own users (a message the server stored offline would otherwise be
+# delivered in the next run): three setups × two loads on the cluster.
+CHAT_RUNS=6
+ACCOUNTS=$(( STORM_USERS > CHAT_RUNS * CHAT_USERS ? STORM_USERS : CHAT_RUNS * CHAT_USERS ))
+SECRET="cluster-bench-secret-0123456789abcdef"
+
+log() { echo "[cluster-bench $(date +%T)] $*" >&2; }
+
+# ---------------------------------------------------------------- work dir, cleanup
+KEEP_WORK=1
+if [ -z "$WORK" ]; then WORK=$(mktemp -d /tmp/sb-cluster-bench.XXXXXX); KEEP_WORK=0; fi
+mkdir -p "$WORK/results"
+RES="$WORK/results"
+STARTED_PIDS=()         # processes this script started; stopped by PID only
+NODE_PIDS=()            # the servers of the current setup
+POLL_PID=""
+
+stop_pid() {  # stop_pid PID: TERM, wait up to 20 s, then KILL
+  local pid=$1 i
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+  log "PID $pid did not stop on SIGTERM in 20 s; SIGKILL"
+  kill -KILL "$pid" 2>/dev/null || true
+}
+cleanup() {
+  local p
+  if [ -n "$POLL_PID" ]; then stop_pid "$POLL_PID"; fi
+  for p in "${STARTED_PIDS[@]}"; do stop_pid "$p"; done
+  if [ "$KEEP_WORK" = 0 ]; then rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+wait_port() {  # wait_port IP PORT SECS
+  local i
+  for i in $(seq 1 $(( $3 * 5 ))); do
+    if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
+    sleep 0.2
+  done
+  echo "nothing listening on $1:$2 after $3 s" >&2; return 1
+}
+cpu_busy() {  # cpu_busy N: "busy total" jiffies of CPU N (all processes) from /proc/stat
+  awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+}
+offline_total() {  # messages the current setup's routers stored offline (switchboard_routed_total)
+  local port
+  for port in "${HTTP_PORTS[@]}"; do curl -s --max-time 5 "http://127.0.0.1:$port/metrics" || true; done |
+    awk '/^switchboard_routed_total\{.*destination="offline"/ { n += $NF } END { print n + 0 }'
+}
+cpu_ticks() {  # cpu_ticks PID...: user+system ticks, summed
+  local p t=0
+  for p in "$@"; do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) )); done
+  echo "$t"
+}
+
+# ---------------------------------------------------------------- binaries
+SB="$ROOT/target/release/switchboard"
+LG="$ROOT/target/release/switchboard-loadgen"
+if [ "$BUILD" = 1 ]; then
+  log "building release binaries"
+  (cd "$ROOT" && cargo build --release -p nodes -p switchboard-loadgen)
+fi
+[ -x "$SB" ] && [ -x "$LG" ] || { echo "missing $SB or $LG (drop --no-build)" >&2; exit 1; }
+ulimit -n "$(ulimit -Hn)"
+for port in $(( C2S_BASE + 1 )) $(( C2S_BASE + 2 )) $(( C2S_BASE + 3 )) $(( C2S_BASE + 4 )) \
+  $(( HTTP_BASE + 1 )) $(( HTTP_BASE + 2 )) $(( HTTP_BASE + 3 )) $(( HTTP_BASE + 4 )); do
+  port_free 127.0.0.1 "$port" || { echo "127.0.0.1:$port is in use" >&2; exit 1; }
+done
+for i in 1 2 3; do
+  port_free "127.0.0.1$i" $(( LINK_BASE + i )) || { echo "127.0.0.1$i:$(( LINK_BASE + i )) is in use" >&2; exit 1; }
+done
+
+# ---------------------------------------------------------------- configs and accounts
+MEMBERS=""
+for i in 1 2 3; do MEMBERS="$MEMBERS${MEMBERS:+, }\"$i@127.0.0.1$i:$(( LINK_BASE + i ))\""; done
+write_config() {  # write_config NAME C2S_PORT HTTP_PORT [NODE_ID]
+  local dir="$WORK/$1"
+  mkdir -p "$dir/data"
+  cat > "$dir/server.toml" <<EOF
+domains = ["localhost"]
+data_dir = "$dir/data"
+
+[c2s]
+listen = "127.0.0.1:$2"
+tls_listen = ""
+require_tls = false
+
+[http]
+listen = "127.0.0.1:$3"
+
+[log]
+level = "warn"
+EOF
+  if [ -n "${4:-}" ]; then
+    cat >> "$dir/server.toml" <<EOF
+
+[cluster]
+node_id = $4
+listen = "127.0.0.1$4:$(( LINK_BASE + $4 ))"
+secret = "$SECRET"
+members = [$MEMBERS]
+EOF
+  fi
+}
+for i in 1 2 3; do write_config "n$i" $(( C2S_BASE + i )) $(( HTTP_BASE + i )) "$i"; done
+write_config single $(( C2S_BASE + 4 )) $(( HTTP_BASE + 4 ))
+# Every node authenticates against its own account store: the same accounts on each, created
+# offline (no node running) with `switchboard user import`.
+for n in n1 n2 n3 single; do
+  log "provisioning $ACCOUNTS accounts for $n"
+  "$ROOT/load-tests/provision.sh" "$ACCOUNTS" "$WORK/$n/server.toml" "$SB" >"$WORK/$n/provision.log" 2>&1
+done
+
+# ---------------------------------------------------------------- nodes
+HTTP_PORTS=()          # /metrics of the current setup's nodes
+start_node() {  # start_node NAME PORT HTTP_PORT
+  NO_COLOR=1 taskset -c "$SERVER_CPU" "$SB" run --config "$WORK/$1/server.toml" >>"$WORK/$1/server.log" 2>&1 &
+  local pid=$!
+  STARTED_PIDS+=("$pid"); NODE_PIDS+=("$pid"); HTTP_PORTS+=("$3")
+  echo "$pid" > "$WORK/$1/pid"
+  wait_port 127.0.0.1 "$2" 30
+}
+stop_nodes() {
+  local p
+  for p in "${NODE_PIDS[@]}"; do stop_pid "$p"; done
+  NODE_PIDS=(); HTTP_PORTS=()
+}
+status() { "$SB" cluster status --config "$WORK/$1/server.toml"; }
+json_get() {  # json_get KEY < JSON
+  python3 -c 'import json,sys; v=json.load(sys.stdin).get(sys.argv[1]); print("null" if v is None else v)' "$1"
+}
+formed() {
+  local i
+  for i in 1 2 3; do
+    status "n$i" 2>/dev/null | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+ok = s["leader"] is not None and all(s["members"].get(k) == "up" for k in ("1", "2", "3"))
+sys.exit(0 if ok else 1)' || return 1
+  done
+}
+wait_formed() {
+  local i
+  for i in $(seq 1 150); do formed && return 0; sleep 0.2; done
+  echo "the cluster did not form in 30 s" >&2; status n1 >&2 || true; return 1
+}
+poll_status() {  # poll_status FILE: "epoch_secs last_applied term" every second (node 1)
+  while :; do
+    status n1 2>/dev/null | python3 -c '
+import json, sys, time
+s = json.load(sys.stdin)
+print("%.3f %s %s %s" % (time.time(), s["last_applied"], s["term"], s["leader"]))' >> "$1" || true
+    sleep 1
+  done
+}
+snapshot() {  # snapshot TAG: every node's status into results
+  local i
+  for i in 1 2 3; do status "n$i" > "$RES/status-n$i-$1.json" 2>/dev/null || echo '{}' > "$RES/status-n$i-$1.json"; done
+}
+
+# ---------------------------------------------------------------- scenarios
+run_lg() {  # run_lg NAME SERVERS SCENARIO ARGS...
+  local name=$1 servers=$2; shift 2
+  local c0 c1 t0 t1 rc=0 lg_cpu s0 s1 g0 g1 o0 o1
+  log "$name: $*"
+  c0=$(cpu_ticks "${NODE_PIDS[@]}"); t0=$(date +%s.%N)
+  s0=$(cpu_busy "$SERVER_CPU"); g0=$(cpu_busy "$LOADGEN_CPU"); o0=$(offline_total)
+  echo "$(cut -d' ' -f1-3 /proc/loadavg)" > "$RES/$name.load"
+  # The generator's own CPU time (user + system) through bash's `time`: near the wall time
+  # means the generator, not the server, set the pace.
+  TIMEFORMAT='%U %S'
+  { time timeout 300 taskset -c "$LOADGEN_CPU" "$LG" --server "$servers" --tls none \
+      --mech scram-sha-256 --json "$RES/$name.json" "$@" >"$RES/$name.txt" 2>"$RES/$name.err"
+  } 2>"$RES/$name.time" || rc=$?
+  lg_cpu=$(awk '{print $1 + $2}' "$RES/$name.time")
+  c1=$(cpu_ticks "${NODE_PIDS[@]}"); t1=$(date +%s.%N)
+  s1=$(cpu_busy "$SERVER_CPU"); g1=$(cpu_busy "$LOADGEN_CPU"); o1=$(offline_total)
+  # Busy share of the servers' and the generator's CPUs over the run, whoever used them.
+  local busy='{ split(a, x, " "); split(b, y, " "); print (y[2] > x[2]) ? (y[1] - x[1]) / (y[2] - x[2]) : 0 }'
+  echo "{\"server_cpu_secs\": $(awk -v a="$c0" -v b="$c1" -v h="$(getconf CLK_TCK)" 'BEGIN{print (b-a)/h}'), \"loadgen_cpu_secs\": ${lg_cpu:-0}, \"wall_secs\": $(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}'), \"server_core_busy\": $(awk -v a="$s0" -v b="$s1" "BEGIN $busy"), \"loadgen_core_busy\": $(awk -v a="$g0" -v b="$g1" "BEGIN $busy"), \"stored_offline\": $(( o1 - o0 ))}" > "$RES/$name.cpu.json"
+  cat "$RES/$name.txt" >&2
+  [ "$rc" = 0 ] || log "$name: loadgen exited $rc (see $RES/$name.err)"
+}
+CHAT_FIRST=1
+chat_runs() {  # chat_runs PREFIX SERVERS [--cross-node-only]: the next two user ranges
+  local prefix=$1 servers=$2; shift 2
+  run_lg "$prefix-paced" "$servers" -n "$CHAT_USERS" --first "$CHAT_FIRST" chat \
+    --messages "$PACED_MESSAGES" --interval-ms "$PACED_INTERVAL_MS" --duration-secs "$CHAT_DURATION" "$@"
+  CHAT_FIRST=$(( CHAT_FIRST + CHAT_USERS ))
+  run_lg "$prefix-flood" "$servers" -n "$CHAT_USERS" --first "$CHAT_FIRST" chat \
+    --messages "$FLOOD_MESSAGES" --interval-ms "$FLOOD_INTERVAL_MS" --duration-secs "$CHAT_DURATION" "$@"
+  CHAT_FIRST=$(( CHAT_FIRST + CHAT_USERS ))
+}
+STORM=(-n "$STORM_USERS" login --rates "$RATES" --step-secs "$STEP_SECS")
+ALL="127.0.0.1:$(( C2S_BASE + 1 )),127.0.0.1:$(( C2S_BASE + 2 )),127.0.0.1:$(( C2S_BASE + 3 ))"
+ONE="127.0.0.1:$(( C2S_BASE + 1 ))"
+SINGLE="127.0.0.1:$(( C2S_BASE + 4 ))"
+
+log "== cluster: starting n1 n2 n3"
+for i in 1 2 3; do start_node "n$i" $(( C2S_BASE + i )) $(( HTTP_BASE + i )); done
+wait_formed
+FORMED_AT=$(date -u +%FT%T)
+log "cluster formed: leader $(status n1 | json_get leader)"
+sleep 2
+snapshot storm-before
+poll_status "$RES/storm-poll.txt" &
+POLL_PID=$!; STARTED_PIDS+=("$POLL_PID")
+run_lg storm-cluster "$ALL" "${STORM[@]}"
+sleep 2
+stop_pid "$POLL_PID"; POLL_PID=""
+snapshot storm-after
+chat_runs chat-cross "$ALL" --cross-node-only
+chat_runs chat-mixed "$ALL"
+chat_runs chat-onenode "$ONE"
+snapshot end
+STOPPED_AT=$(date -u +%FT%T)
+stop_nodes
+
+log "== single node"
+CHAT_FIRST=1
+start_node single $(( C2S_BASE + 4 )) $(( HTTP_BASE + 4 ))
+run_lg storm-single "$SINGLE" "${STORM[@]}"
+chat_runs chat-single "$SINGLE"
+stop_nodes
+
+# ---------------------------------------------------------------- report
+for n in n1 n2 n3 single; do cp "$WORK/$n/server.log" "$RES/server-$n.log" 2>/dev/null || true; done
+cp "$WORK/n1/server.toml" "$RES/n1.toml"; cp "$WORK/single/server.toml" "$RES/single.toml"
+{
+  echo "date=$(date -u +%FT%TZ)"
+  echo "kernel=$(uname -r)"
+  echo "cpu=$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)"
+  echo "cpus=$(nproc)"
+  echo "mem=$(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+  echo "disk=$(df -T "$WORK" | awk 'NR==2{print $2}')"
+  echo "commit=$(cd "$ROOT" && git rev-parse --short HEAD)"
+  echo "dirty=$(cd "$ROOT" && git status --porcelain -- nodes storage proto | awk '{print $2}' | tr '\n' ' ')"
+  echo "switchboard_bin=$(date -u -r "$SB" +%FT%TZ)"
+  echo "loadgen_bin=$(date -u -r "$LG" +%FT%TZ)"
+  echo "storm_users=$STORM_USERS"; echo "rates=$RATES"; echo "step_secs=$STEP_SECS"
+  echo "chat_users=$CHAT_USERS"
+  echo "paced_messages=$PACED_MESSAGES"; echo "paced_interval_ms=$PACED_INTERVAL_MS"
+  echo "flood_messages=$FLOOD_MESSAGES"; echo "flood_interval_ms=$FLOOD_INTERVAL_MS"
+  echo "chat_duration=$CHAT_DURATION"
+  echo "formed_at=$FORMED_AT"
+  echo "stopped_at=$STOPPED_AT"
+  echo "server_cpu=$SERVER_CPU"; echo "loadgen_cpu=$LOADGEN_CPU"
+  echo "c2s_base=$C2S_BASE"; echo "link_base=$LINK_BASE"
+} > "$RES/meta.txt"
+mkdir -p "$(dirname "$OUT")"
+python3 "$HERE/report.py" "$RES" > "$OUT"
+log "wrote $OUT"
+rm -rf "$HERE/last-run"; mkdir -p "$HERE/last-run"
+cp "$RES"/*.json "$RES"/*.txt "$RES"/*.err "$RES"/*.load "$RES"/*.time "$RES"/*.toml "$RES"/*.log "$HERE/last-run/" 2>/dev/null || true
+log "raw results copied to $HERE/last-run"
