@@ -154,6 +154,10 @@ require_tls = false
 [http]
 listen = "127.0.0.1:$3"
 
+# Federation is not part of this benchmark; several nodes share this host.
+[s2s]
+listen = ""
+
 [log]
 level = "warn"
 EOF

@@ -305,3 +305,26 @@ async def test_accounts_created_on_one_node_work_on_every_node(cluster):
     for n in cluster.nodes:
         r = n.cli("user", "list")
         assert "shared@localhost" not in r.stdout.split(), (n.name, r.stdout)
+
+
+async def test_the_whole_cluster_restarts_on_its_data(cluster):
+    alice, bob = cluster.account(), cluster.account()
+    cluster.start()
+    n1, n2, _ = cluster.nodes
+    a = await login(n1, alice, resource="before", label="alice before")
+    await a.close()
+    # Every node dies at once: the table still says they are up, as their previous lives.
+    for n in cluster.nodes:
+        n.kill9()
+    for n in cluster.nodes:
+        n.start()
+    cluster.wait_formed(timeout=30)
+    a = await login(n1, alice, resource="after", label="alice after restart")
+    b = await login(n2, bob, resource="after", label="bob after restart")
+    try:
+        cluster.wait_for("both routes on n2", lambda: len(cluster.routes(n2)) == 2)
+        await b.send(f"<message to='{a.jid}' id='r1'><body>after</body></message>")
+        await a.expect(is_msg("r1"), what="a message after the whole cluster restarted")
+    finally:
+        await a.close()
+        await b.close()

@@ -108,12 +108,8 @@ impl Cluster {
                     TableUpdate::Replaced(t) => v.members = t.members.clone(),
                     TableUpdate::Applied(events) => {
                         for e in events {
-                            if let RouteEvent::Member { node, state } = e {
-                                let m = v.members.entry(*node).or_insert(routing_table::Member {
-                                    state: *state,
-                                    incarnation: 0,
-                                });
-                                m.state = *state;
+                            if let RouteEvent::Member { node, member } = e {
+                                v.members.insert(*node, *member);
                             }
                         }
                     }
@@ -254,7 +250,10 @@ impl Cluster {
             };
             if leader == self.me {
                 match self.raft.client_write(c.clone()).await {
-                    Ok(r) => return Ok(r.data),
+                    Ok(r) => {
+                        announce_commit(&self.raft).await;
+                        return Ok(r.data);
+                    }
                     Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                         cmd = Some(c);
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -342,13 +341,14 @@ impl Cluster {
         }
     }
 
-    /// Whether the applied table has this node up with its current incarnation.
+    /// Whether the applied table has this node up with this process's incarnation (a
+    /// restarted node is "up" in the table as its previous life until it resyncs).
     pub fn is_up(&self) -> bool {
         self.view
             .lock()
             .ok()
             .and_then(|v| v.members.get(&self.me).copied())
-            .is_some_and(|m| m.state == MemberState::Up)
+            .is_some_and(|m| m.state == MemberState::Up && m.incarnation == self.incarnation)
     }
 
     pub fn member_states(&self) -> BTreeMap<NodeId, MemberState> {
@@ -613,6 +613,12 @@ impl Cluster {
             Err(e) => Err(WriteError::Failed(e.to_string())),
         }
     }
+}
+
+/// Followers learn the commit index with the next AppendEntries; send it now, so the other
+/// nodes apply a bind (and route to it) within a round trip rather than a heartbeat.
+pub(crate) async fn announce_commit(raft: &Raft) {
+    let _ = raft.trigger().heartbeat().await;
 }
 
 /// `ID@HOST:PORT`.

@@ -127,10 +127,7 @@ pub struct Member {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteEvent {
     /// `jid` is now routed to `route` (a new bind, or a priority change).
-    Set {
-        jid: String,
-        route: Route,
-    },
+    Set { jid: String, route: Route },
     /// `jid`'s route `route` is gone. `replaced`: another session took the resource, so
     /// the session gets `<conflict/>` if its node still has it.
     Removed {
@@ -138,10 +135,8 @@ pub enum RouteEvent {
         route: Route,
         replaced: bool,
     },
-    Member {
-        node: NodeId,
-        state: MemberState,
-    },
+    /// A member changed state or (on resync) incarnation.
+    Member { node: NodeId, member: Member },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,17 +156,14 @@ impl RoutingTable {
                 sessions,
             } => {
                 self.purge(*node, &mut events);
-                let was = self.members.insert(
-                    *node,
-                    Member {
-                        state: MemberState::Up,
-                        incarnation: *incarnation,
-                    },
-                );
-                if was.map(|m| m.state) != Some(MemberState::Up) {
+                let member = Member {
+                    state: MemberState::Up,
+                    incarnation: *incarnation,
+                };
+                if self.members.insert(*node, member) != Some(member) {
                     events.push(RouteEvent::Member {
                         node: *node,
-                        state: MemberState::Up,
+                        member,
                     });
                 }
                 for s in sessions {
@@ -191,7 +183,7 @@ impl RoutingTable {
                         m.state = MemberState::Down;
                         events.push(RouteEvent::Member {
                             node: *node,
-                            state: MemberState::Down,
+                            member: *m,
                         });
                     }
                 }
@@ -383,7 +375,10 @@ mod tests {
         assert!(t.routes.contains_key("b@x/r"));
         assert!(ev.contains(&RouteEvent::Member {
             node: 1,
-            state: MemberState::Down
+            member: Member {
+                state: MemberState::Down,
+                incarnation: 10
+            }
         }));
         let (r, _) = t.apply(&bind(1, 10, "c@x/r", 9, true));
         assert_eq!(r.binds, vec![BindOutcome::NodeNotUp]);

@@ -64,7 +64,10 @@ impl LinkService for ClusterService {
                 Reply::InstallSnapshot(raft.install_snapshot(rpc).await)
             }
             Request::Write(cmd) => Reply::Write(match raft.client_write(cmd).await {
-                Ok(r) => Ok(r.data),
+                Ok(r) => {
+                    super::announce_commit(raft).await;
+                    Ok(r.data)
+                }
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                     Err("forward to leader".into())
                 }

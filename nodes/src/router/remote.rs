@@ -187,8 +187,8 @@ impl Router {
                     }
                     unavailable.extend(remote.remove(&jid, &route));
                 }
-                RouteEvent::Member { node, state } => {
-                    tracing::info!(node, ?state, "cluster: member state changed");
+                RouteEvent::Member { node, member } => {
+                    tracing::info!(node, state = ?member.state, "cluster: member state changed");
                 }
             }
         }
