@@ -31,7 +31,9 @@ step() {
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 step unit cargo test --workspace
-if step build cargo build -p nodes; then
+# Every binary the end-to-end suite runs (the node and the load generator), with the same
+# feature set as the unit tests so that nothing is compiled twice.
+if step build cargo build --workspace --bins; then
     if ! "$PYTHON" -c "import pytest, pytest_asyncio, pytest_timeout, slixmpp, OpenSSL" 2>/dev/null; then
         echo "==> integration: missing Python packages for ${PYTHON};" \
             "run: ${PYTHON} -m pip install -r tests/integration/requirements.txt"
