@@ -148,17 +148,8 @@ impl UserAdmin {
         jid: &str,
         password: &str,
     ) -> Result<Jid, UserError> {
-        let j = self.account_jid(jid)?;
-        let record = AccountStore::encode_record(&Self::credentials(password)?)?;
-        let o = Self::replicate(
-            cluster,
-            vec![AccountChange::Create {
-                jid: j.to_string(),
-                record,
-            }],
-        )
-        .await?;
-        Self::outcome(&j, o[0])
+        self.credentials_replicated(cluster, jid, password, true)
+            .await
     }
 
     pub async fn passwd_replicated(
@@ -167,16 +158,27 @@ impl UserAdmin {
         jid: &str,
         password: &str,
     ) -> Result<Jid, UserError> {
+        self.credentials_replicated(cluster, jid, password, false)
+            .await
+    }
+
+    /// Create the account (`create`) or change its password, on every node.
+    async fn credentials_replicated(
+        &self,
+        cluster: &Cluster,
+        jid: &str,
+        password: &str,
+        create: bool,
+    ) -> Result<Jid, UserError> {
         let j = self.account_jid(jid)?;
         let record = AccountStore::encode_record(&Self::credentials(password)?)?;
-        let o = Self::replicate(
-            cluster,
-            vec![AccountChange::SetCredentials {
-                jid: j.to_string(),
-                record,
-            }],
-        )
-        .await?;
+        let jid = j.to_string();
+        let change = if create {
+            AccountChange::Create { jid, record }
+        } else {
+            AccountChange::SetCredentials { jid, record }
+        };
+        let o = Self::replicate(cluster, vec![change]).await?;
         Self::outcome(&j, o[0])
     }
 
