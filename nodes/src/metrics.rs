@@ -34,6 +34,8 @@ pub struct Metrics {
     pub nodelink_dropped: IntGaugeVec,
     pub nodelink_rtt: HistogramVec,
     pub storage_bytes: IntGauge,
+    pub s2s_links: IntGaugeVec,
+    pub s2s_authentications: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -109,8 +111,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         logins: counter(
             &r,
             "switchboard_logins_total",
-            "SASL authentications by result and mechanism.",
-            &["result", "mechanism"],
+            "SASL authentications by result, mechanism and (for failures) the SASL condition.",
+            &["result", "mechanism", "reason"],
         ),
         login_duration,
         stanzas: counter(
@@ -198,6 +200,18 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "switchboard_storage_bytes",
             "Size of the node's database on disk.",
         ),
+        s2s_links: gauge_vec(
+            &r,
+            "switchboard_s2s_links",
+            "Federation links by direction (outbound, inbound) and state (negotiating, authenticated).",
+            &["direction", "state"],
+        ),
+        s2s_authentications: counter(
+            &r,
+            "switchboard_s2s_authentications_total",
+            "Federation peers authenticated, by direction and method (dialback, SASL EXTERNAL).",
+            &["direction", "method"],
+        ),
         registry: r,
     }
 });
@@ -254,52 +268,42 @@ pub fn render(refresh: impl FnOnce(&Metrics)) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// Keeps `switchboard_c2s_connections` right for one connection as it moves through its
-/// states; dropping it takes the connection out.
-pub struct ConnectionGauge {
-    state: &'static str,
-    tls: &'static str,
+/// Keeps a two-label gauge right for one connection or link as it moves through its
+/// states: counted under its current labels, and taken out when dropped.
+pub struct GaugeGuard {
+    gauge: &'static IntGaugeVec,
+    labels: [&'static str; 2],
 }
 
-impl ConnectionGauge {
-    pub fn new(tls: &'static str) -> Self {
-        METRICS
-            .c2s_connections
-            .with_label_values(&["connected", tls])
-            .inc();
-        ConnectionGauge {
-            state: "connected",
-            tls,
+impl GaugeGuard {
+    pub fn new(gauge: &'static IntGaugeVec, labels: [&'static str; 2]) -> Self {
+        gauge.with_label_values(&labels).inc();
+        GaugeGuard { gauge, labels }
+    }
+
+    /// Change label `i` (in the order the gauge declares them).
+    pub fn set(&mut self, i: usize, value: &'static str) {
+        if self.labels[i] == value {
+            return;
         }
-    }
-
-    pub fn set(&mut self, state: &'static str, tls: &'static str) {
-        METRICS
-            .c2s_connections
-            .with_label_values(&[self.state, self.tls])
-            .dec();
-        METRICS
-            .c2s_connections
-            .with_label_values(&[state, tls])
-            .inc();
-        self.state = state;
-        self.tls = tls;
-    }
-
-    pub fn set_state(&mut self, state: &'static str) {
-        self.set(state, self.tls);
-    }
-
-    pub fn set_tls(&mut self, tls: &'static str) {
-        self.set(self.state, tls);
+        self.gauge.with_label_values(&self.labels).dec();
+        self.labels[i] = value;
+        self.gauge.with_label_values(&self.labels).inc();
     }
 }
 
-impl Drop for ConnectionGauge {
+impl Drop for GaugeGuard {
     fn drop(&mut self) {
-        METRICS
-            .c2s_connections
-            .with_label_values(&[self.state, self.tls])
-            .dec();
+        self.gauge.with_label_values(&self.labels).dec();
     }
+}
+
+/// A c2s connection's entry in `switchboard_c2s_connections{state, tls}`.
+pub fn c2s_connection(tls: &'static str) -> GaugeGuard {
+    GaugeGuard::new(&METRICS.c2s_connections, ["connected", tls])
+}
+
+/// An s2s link's entry in `switchboard_s2s_links{direction, state}`.
+pub fn s2s_link(direction: &'static str) -> GaugeGuard {
+    GaugeGuard::new(&METRICS.s2s_links, [direction, "negotiating"])
 }

@@ -80,6 +80,8 @@ pub struct C2sNegotiation {
     auth_failures: u32,
     /// The SASL mechanism of the last exchange that started (one of the offered names).
     mechanism: Option<&'static str>,
+    /// The condition of the last SASL failure.
+    last_failure: Option<SaslFailure>,
     sasl: Option<SaslExchange>,
 }
 
@@ -102,6 +104,7 @@ impl C2sNegotiation {
             bind_pending: false,
             auth_failures: 0,
             mechanism: None,
+            last_failure: None,
             sasl: None,
         }
     }
@@ -109,6 +112,11 @@ impl C2sNegotiation {
     /// SASL attempts that failed so far on this stream.
     pub fn auth_failures(&self) -> u32 {
         self.auth_failures
+    }
+
+    /// The SASL condition of the last failure (`not-authorized`, `aborted`, ...).
+    pub fn last_auth_failure(&self) -> Option<&'static str> {
+        self.last_failure.map(SaslFailure::as_str)
     }
 
     /// The mechanism of the SASL exchange that started last, if any.
@@ -385,6 +393,7 @@ impl C2sNegotiation {
     fn sasl_failure(&mut self, failure: SaslFailure, counts: bool) -> Vec<Action> {
         self.sasl = None;
         self.phase = Phase::Negotiating;
+        self.last_failure = Some(failure);
         let el =
             Element::new("failure", ns::SASL).with_child(Element::new(failure.as_str(), ns::SASL));
         let mut out = Vec::new();

@@ -91,6 +91,14 @@ async def test_two_nodes_exchange_messages_over_dialback(pair, login):
     await exchange(a, b, "x")
     na.wait_log(rf's2s outbound link authenticated local={A} remote={B} method="dialback" tls=true')
     na.wait_log(rf'domain={B} method="dialback" tls=true')
+    # Federation shows in /metrics: links by state, authentications by method, routed stanzas.
+    from test_metrics import scrape, value
+
+    m = scrape(na)
+    assert value(m, "switchboard_s2s_authentications_total",
+                 direction="outbound", method="dialback") >= 1, m
+    assert value(m, "switchboard_s2s_links", direction="outbound", state="authenticated") >= 1
+    assert value(m, "switchboard_routed_total", destination="s2s") >= 1
 
 
 async def test_ping_to_a_remote_domain(pair, login):

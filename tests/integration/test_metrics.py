@@ -64,7 +64,8 @@ async def test_counters_move_by_what_the_traffic_did(node):
         await ca.expect(lambda e: e.get("id") == "x" and e.get("type") == "error")
         after = scrape(node)
         d = lambda name, **l: value(after, name, **l) - value(before, name, **l)  # noqa: E731
-        assert d("switchboard_logins_total", result="success", mechanism="SCRAM-SHA-256") == 3
+        assert d("switchboard_logins_total", result="success", mechanism="SCRAM-SHA-256",
+                 reason="none") == 3
         assert d("switchboard_stanzas_total", direction="in", kind="message", type="chat") == 6
         assert d("switchboard_stanzas_total", direction="out", kind="message", type="chat") >= 5
         assert d("switchboard_routed_total", destination="local") >= 5
@@ -88,7 +89,7 @@ async def test_failed_logins_are_counted_by_mechanism(node):
     with pytest.raises(Exception):
         await authenticated(node, wrong, mechanism="SCRAM-SHA-1")
     after = scrape(node)
-    key = dict(result="failure", mechanism="SCRAM-SHA-1")
+    key = dict(result="failure", mechanism="SCRAM-SHA-1", reason="not-authorized")
     assert value(after, "switchboard_logins_total", **key) - value(
         before, "switchboard_logins_total", **key
     ) == 1

@@ -25,7 +25,7 @@ use super::transport::Transport;
 use crate::config::C2sSettings;
 use crate::ext::Extensions;
 use crate::im::messages::GetFilters;
-use crate::metrics::{ConnectionGauge, METRICS};
+use crate::metrics::{GaugeGuard, METRICS};
 use crate::router::messages::{BindRefused, RegisterSession, UnregisterSession};
 use crate::router::Router;
 use crate::tls::TlsContext;
@@ -95,7 +95,7 @@ struct Connection {
     /// The bound JID and session id, to unregister before a graceful close.
     bound: Option<(Jid, u64)>,
     queue: Rc<SendQueue>,
-    gauge: ConnectionGauge,
+    gauge: GaugeGuard,
     accepted: Instant,
 }
 
@@ -109,7 +109,7 @@ pub async fn serve(
     let peer = tcp.peer_addr().ok();
     let _ = tcp.set_nodelay(true);
     let accepted = Instant::now();
-    let gauge = ConnectionGauge::new(if direct_tls { "direct" } else { "none" });
+    let gauge = crate::metrics::c2s_connection(if direct_tls { "direct" } else { "none" });
     let auth_deadline = Instant::now() + Duration::from_secs(ctx.settings.auth_timeout_secs);
     let (transport, cb) = if direct_tls {
         // Boxed, like every rarely-taken await below: an async fn's future is as large as its
@@ -355,7 +355,11 @@ impl Connection {
             };
             if self.negotiation.auth_failures() > failures {
                 let mech = self.negotiation.mechanism().unwrap_or("none");
-                METRICS.logins.with_label_values(&["failure", mech]).inc();
+                let reason = self.negotiation.last_auth_failure().unwrap_or("other");
+                METRICS
+                    .logins
+                    .with_label_values(&["failure", mech, reason])
+                    .inc();
             }
             if !self.perform(actions).await? {
                 return Ok(false);
@@ -381,8 +385,11 @@ impl Connection {
                 Action::Authenticated(user) => {
                     tracing::debug!(%user, "authenticated");
                     let mech = self.negotiation.mechanism().unwrap_or("none");
-                    METRICS.logins.with_label_values(&["success", mech]).inc();
-                    self.gauge.set_state("authenticated");
+                    METRICS
+                        .logins
+                        .with_label_values(&["success", mech, "none"])
+                        .inc();
+                    self.gauge.set(0, "authenticated");
                     self.reader = StreamReader::new(self.ctx.limits(), proto::ns::CLIENT);
                 }
                 Action::Bind { iq_id, resource } => {
@@ -417,7 +424,7 @@ impl Connection {
             ))
         })??;
         let cb = self.ctx.tls.channel_binding(&tls);
-        self.gauge.set_tls("starttls");
+        self.gauge.set(1, "starttls");
         self.transport = Transport::Tls(Box::new(tls));
         self.negotiation.tls_established(cb);
         self.reader = StreamReader::new(self.ctx.limits(), proto::ns::CLIENT);
@@ -474,7 +481,7 @@ impl Connection {
             Ok(Ok(())) => {
                 self.session = Some(session);
                 self.bound = Some((jid.clone(), session_id));
-                self.gauge.set_state("bound");
+                self.gauge.set(0, "bound");
                 METRICS
                     .login_duration
                     .observe(self.accepted.elapsed().as_secs_f64());

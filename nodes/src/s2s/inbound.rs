@@ -76,6 +76,7 @@ pub async fn serve(
         shared,
         manager,
         peer,
+        gauge: crate::metrics::s2s_link("inbound"),
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let end = conn.run(auth_timeout, &tx, &mut rx).await;
@@ -98,6 +99,7 @@ struct Inbound {
     reader: StreamReader,
     io: S2sIo,
     peer: Option<std::net::SocketAddr>,
+    gauge: crate::metrics::GaugeGuard,
 }
 
 impl Inbound {
@@ -268,6 +270,11 @@ impl Inbound {
                     self.reader = StreamReader::new(self.shared.limits(), proto::ns::SERVER);
                 }
                 Action::Authenticated { domain, method } => {
+                    self.gauge.set(1, "authenticated");
+                    crate::metrics::METRICS
+                        .s2s_authentications
+                        .with_label_values(&["inbound", method.as_str()])
+                        .inc();
                     tracing::info!(
                         peer = ?self.peer,
                         %domain,

@@ -51,6 +51,7 @@ enum End {
 }
 
 struct Link {
+    gauge: crate::metrics::GaugeGuard,
     shared: Arc<S2sShared>,
     local: String,
     remote: String,
@@ -72,6 +73,7 @@ pub async fn run(
     generation: u64,
 ) {
     let mut link = Link {
+        gauge: crate::metrics::s2s_link("outbound"),
         shared,
         local,
         remote,
@@ -433,6 +435,11 @@ impl Link {
                 Ok(Vec::new())
             }
             Action::Authenticated { method, .. } => {
+                self.gauge.set(1, "authenticated");
+                crate::metrics::METRICS
+                    .s2s_authentications
+                    .with_label_values(&["outbound", method.as_str()])
+                    .inc();
                 tracing::info!(
                     local = %self.local,
                     remote = %self.remote,
