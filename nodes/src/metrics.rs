@@ -35,6 +35,8 @@ pub struct Metrics {
     pub nodelink_rtt: HistogramVec,
     pub storage_bytes: IntGauge,
     pub s2s_links: IntGaugeVec,
+    pub c2s_queued_bytes: IntGauge,
+    pub nodelink_queue: IntGaugeVec,
     pub s2s_authentications: IntCounterVec,
 }
 
@@ -199,6 +201,17 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "switchboard_storage_bytes",
             "Size of the node's database on disk.",
+        ),
+        c2s_queued_bytes: gauge(
+            &r,
+            "switchboard_c2s_queued_bytes",
+            "Bytes serialised for clients and not yet written (all send queues of the node).",
+        ),
+        nodelink_queue: gauge_vec(
+            &r,
+            "switchboard_nodelink_queue_frames",
+            "Frames waiting in the outbound NodeLink queue to a peer.",
+            &["peer"],
         ),
         s2s_links: gauge_vec(
             &r,

@@ -75,6 +75,9 @@ async def test_counters_move_by_what_the_traffic_did(node):
         assert d("switchboard_login_duration_seconds_count") == 2
         assert d("switchboard_c2s_bytes_total", direction="in") > 0
         assert value(after, "switchboard_storage_bytes") > 0
+        # Everything queued for the clients above has been written by now.
+        assert ("switchboard_c2s_queued_bytes", frozenset()) in after
+        assert value(after, "switchboard_c2s_queued_bytes") == 0
     finally:
         await ca.close()
         await cb.close()

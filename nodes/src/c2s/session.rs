@@ -74,9 +74,12 @@ impl SendQueue {
             return false;
         }
         let was_empty = st.bytes.is_empty();
+        let before = st.bytes.len();
         el.write_to(&mut st.bytes, ns::CLIENT);
+        QUEUED.add((st.bytes.len() - before) as i64);
         if st.bytes.len() > self.limit {
             st.overflowed = true;
+            QUEUED.sub(st.bytes.len() as i64);
             st.bytes = Vec::new();
             self.overflow.notify_one();
             return false;
@@ -99,11 +102,22 @@ impl SendQueue {
             return QueueWork::Overflowed;
         }
         let bytes = std::mem::take(&mut st.bytes);
+        QUEUED.sub(bytes.len() as i64);
         match st.close.take() {
             Some(err) => QueueWork::Close(bytes, err),
             None if bytes.is_empty() => QueueWork::Nothing,
             None => QueueWork::Write(bytes),
         }
+    }
+}
+
+/// Bytes queued for clients on this node (`switchboard_c2s_queued_bytes`).
+static QUEUED: std::sync::LazyLock<&'static prometheus::IntGauge> =
+    std::sync::LazyLock::new(|| &crate::metrics::METRICS.c2s_queued_bytes);
+
+impl Drop for SendQueue {
+    fn drop(&mut self) {
+        QUEUED.sub(self.state.get_mut().bytes.len() as i64);
     }
 }
 

@@ -184,6 +184,11 @@ impl PeerLink {
             .and_then(|t| t.map(|t| t.elapsed()))
     }
 
+    /// Frames waiting to be written to the peer.
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }

@@ -577,6 +577,9 @@ impl Cluster {
             m.nodelink_dropped
                 .with_label_values(&[&peer])
                 .set(link.dropped() as i64);
+            m.nodelink_queue
+                .with_label_values(&[&peer])
+                .set(link.queued() as i64);
         }
     }
 
