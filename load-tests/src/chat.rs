@@ -26,6 +26,8 @@ pub struct ChatPlan {
     pub duration: Duration,
     /// Recipients are only users connected to another of the target's servers.
     pub cross_node_only: bool,
+    /// `--rates`: stepped aggregate rates instead of `messages` at `interval`.
+    pub steps: Option<crate::chatstep::StepPlan>,
 }
 
 /// How often the coordinator checks whether every message has arrived.
@@ -60,6 +62,9 @@ struct Received {
 }
 
 pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
+    if let Some(steps) = chat.steps {
+        return crate::chatstep::run(plan, steps).await;
+    }
     let ramp = login_all(plan).await;
     let peers: Vec<u32> = ramp.sessions.iter().map(|s| s.index).collect();
     let (stop, stopped) = watch::channel(false);
@@ -170,6 +175,7 @@ pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
             last_delivery_secs: delivering.as_secs_f64(),
             received_per_sec: total.unique as f64 / delivering.as_secs_f64().max(1e-6),
             latency_ms: Distribution::from_micros(total.latencies_us),
+            stepped: None,
         }),
         dropped,
         close,

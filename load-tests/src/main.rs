@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod chat;
+mod chatstep;
 mod churn;
 mod conn;
 mod idle;
@@ -77,6 +78,22 @@ enum Scenario {
         /// Send only to users connected to another --server (needs at least two).
         #[arg(long)]
         cross_node_only: bool,
+        /// Stepped chat: aggregate messages/s offered by all users together, one step each
+        /// (replaces --messages and --interval-ms).
+        #[arg(long)]
+        rates: Option<String>,
+        /// With --rates: length of each step.
+        #[arg(long, default_value_t = 5)]
+        step_secs: u64,
+        /// With --rates: longest wait after each step for its messages in flight.
+        #[arg(long, default_value_t = 5)]
+        drain_secs: u64,
+        /// With --rates: a step is sustained if its p99 latency is below this.
+        #[arg(long, default_value_t = 100)]
+        p99_limit_ms: u64,
+        /// With --rates: stop after this many steps in a row not sustained (0: run all).
+        #[arg(long, default_value_t = 2)]
+        stop_after: u32,
     },
     /// Login storm: open connections at each target rate in turn (login, bind, presence,
     /// close); users are reused round-robin, each connection with its own resource.
@@ -305,6 +322,11 @@ fn work(scenario: &Scenario, servers: usize) -> anyhow::Result<Work> {
             interval_ms,
             duration_secs,
             cross_node_only,
+            ref rates,
+            step_secs,
+            drain_secs,
+            p99_limit_ms,
+            stop_after,
         } => {
             ensure!(messages <= 1_000_000, "--messages must be at most 1000000");
             ensure!(
@@ -316,11 +338,36 @@ fn work(scenario: &Scenario, servers: usize) -> anyhow::Result<Work> {
                 "--interval-ms must be between 1 and {}",
                 MAX_SECS * 1000
             );
+            let steps = match rates {
+                None => None,
+                Some(rates) => {
+                    ensure!(
+                        !cross_node_only,
+                        "--rates does not support --cross-node-only"
+                    );
+                    let rates = storm::parse_rates(rates)?;
+                    let step = secs(step_secs, "--step-secs")?;
+                    let total: u64 = rates.iter().map(|&r| u64::from(r) * step_secs).sum();
+                    ensure!(
+                        total <= chatstep::MAX_MESSAGES,
+                        "the steps would send {total} messages; at most {}",
+                        chatstep::MAX_MESSAGES
+                    );
+                    Some(chatstep::StepPlan {
+                        rates,
+                        step,
+                        drain: secs(drain_secs, "--drain-secs")?,
+                        p99_limit: millis(p99_limit_ms, "--p99-limit-ms")?,
+                        stop_after,
+                    })
+                }
+            };
             Work::Chat(chat::ChatPlan {
                 messages,
                 interval: Duration::from_millis(interval_ms),
                 duration: secs(duration_secs, "--duration-secs")?,
                 cross_node_only,
+                steps,
             })
         }
         Scenario::Login {

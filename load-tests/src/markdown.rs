@@ -238,6 +238,60 @@ pub fn markdown(s: &Summary, charts: &[&str]) -> String {
             ],
             &[r],
         );
+        if let Some(st) = &c.stepped {
+            let _ = writeln!(
+                out,
+                "## Steps
+
+Each step offers the target rate for {} s, then waits at most {} s for its \
+                 messages in flight (later ones count as lost). Sustained: p99 < {} ms, nothing lost or \
+                 bounced, at least 90 % of the target offered. Latency in milliseconds.\n",
+                st.step_secs, st.drain_secs, st.p99_limit_ms
+            );
+            let rows: Vec<Vec<String>> = st
+                .steps
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.target_rate.to_string(),
+                        format!("{:.0}", p.offered_per_sec),
+                        format!("{:.0}", p.delivered_per_sec),
+                        p.lost.to_string(),
+                        p.late.to_string(),
+                        p.duplicates.to_string(),
+                        p.bounced.to_string(),
+                        ms(p.latency_ms.p50),
+                        ms(p.latency_ms.p99),
+                        ms(p.latency_ms.p999),
+                        ms(p.latency_ms.max),
+                        if p.sustained { "yes" } else { "no" }.into(),
+                    ]
+                })
+                .collect();
+            table(
+                &mut out,
+                &[
+                    "target/s",
+                    "offered/s",
+                    "delivered/s",
+                    "lost",
+                    "late",
+                    "duplicates",
+                    "bounced",
+                    "p50",
+                    "p99",
+                    "p99.9",
+                    "max",
+                    "sustained",
+                ],
+                &rows,
+            );
+            let _ = writeln!(
+                out,
+                "Sustainable rate: **{} messages/s** ({:.0} delivered/s).\n",
+                st.sustainable_rate, st.sustainable_delivered_per_sec
+            );
+        }
     }
     if let Some(i) = &o.idle {
         out.push_str("## Idle sessions\n\n");
@@ -302,6 +356,51 @@ fn charts_for(s: &Summary) -> Vec<(&'static str, String)> {
             y: "per second",
         };
         charts.push(("throughput.svg", line_chart(&labels, &[ok, failed])));
+    }
+    if let Some(st) = o.chat.as_ref().and_then(|c| c.stepped.as_ref()) {
+        let categories: Vec<String> = st
+            .steps
+            .iter()
+            .map(|p| format!("{}/s", p.target_rate))
+            .collect();
+        let pick = |f: fn(&Distribution) -> f64| -> Vec<f64> {
+            st.steps.iter().map(|p| f(&p.latency_ms)).collect()
+        };
+        let values = [pick(|d| d.p50), pick(|d| d.p99), pick(|d| d.p999)];
+        let labels = Labels {
+            title: "message latency per step",
+            x: "offered rate (messages/s)",
+            y: "latency (ms)",
+        };
+        charts.push((
+            "latency.svg",
+            bar_chart(&labels, &categories, &["p50", "p99", "p99.9"], &values),
+        ));
+        let line = |name: &str, f: fn(&crate::report::ChatStepSummary) -> f64| Series {
+            name: name.into(),
+            points: st
+                .steps
+                .iter()
+                .map(|p| (f64::from(p.target_rate), f(p)))
+                .collect(),
+        };
+        let labels = Labels {
+            title: "delivered vs offered messages/s",
+            x: "target (messages/s)",
+            y: "messages/s",
+        };
+        charts.push((
+            "rates.svg",
+            line_chart(
+                &labels,
+                &[
+                    line("target", |p| f64::from(p.target_rate)),
+                    line("offered", |p| p.offered_per_sec),
+                    line("delivered", |p| p.delivered_per_sec),
+                ],
+            ),
+        ));
+        return charts;
     }
     if let Some(st) = &o.storm {
         let categories: Vec<String> = st

@@ -154,6 +154,49 @@ pub struct ChatSummary {
     /// `received` over `last_delivery_secs`.
     pub received_per_sec: f64,
     pub latency_ms: Distribution,
+    /// Stepped chat (`chat --rates`): one entry per offered rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stepped: Option<ChatStepsSummary>,
+}
+
+/// `chat --rates`: aggregate offered rates in steps, each followed by a bounded drain.
+#[derive(Debug, Serialize)]
+pub struct ChatStepsSummary {
+    pub step_secs: u64,
+    /// Longest wait after a step for its messages still in flight.
+    pub drain_secs: u64,
+    /// A step is sustained if its p99 is below this, nothing was lost or bounced, and at
+    /// least 90 % of its target was offered.
+    pub p99_limit_ms: f64,
+    pub steps: Vec<ChatStepSummary>,
+    /// Target rate of the highest sustained step (0 if none): the sustainable rate.
+    pub sustainable_rate: u32,
+    /// Delivered messages/s measured in that step.
+    pub sustainable_delivered_per_sec: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatStepSummary {
+    /// Aggregate messages/s wanted over all users.
+    pub target_rate: u32,
+    pub sent: u64,
+    /// `sent` over the step's length.
+    pub offered_per_sec: f64,
+    /// Distinct messages of this step delivered before the end of its drain.
+    pub received: u64,
+    /// `received` over the time from the step's start to its last delivery (at least the
+    /// step's length).
+    pub delivered_per_sec: f64,
+    /// Not delivered by the end of the drain (includes `late`).
+    pub lost: u64,
+    /// Delivered after the drain (counted lost, not in the latency).
+    pub late: u64,
+    pub duplicates: u64,
+    pub bounced: u64,
+    /// Time waited after the step until everything was accounted for (or the drain ran out).
+    pub drain_waited_secs: f64,
+    pub latency_ms: Distribution,
+    pub sustained: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -170,6 +213,7 @@ pub struct Distribution {
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
+    pub p999: f64,
     pub max: f64,
 }
 
@@ -190,6 +234,7 @@ impl Distribution {
             p50: at(0.50),
             p90: at(0.90),
             p99: at(0.99),
+            p999: at(0.999),
             max: at(1.0),
         }
     }
@@ -249,6 +294,21 @@ impl Summary {
                 c.last_delivery_secs, c.received_per_sec
             );
             println!("message latency: {}", c.latency_ms.line());
+            if let Some(st) = &c.stepped {
+                for p in &st.steps {
+                    println!(
+                        "step {}/s for {} s: offered {:.0}/s, delivered {:.0}/s, {} lost ({} late), {} duplicates, {} bounced, drain {:.2} s; {}, p99.9 {:.2} ms; {}",
+                        p.target_rate, st.step_secs, p.offered_per_sec, p.delivered_per_sec,
+                        p.lost, p.late, p.duplicates, p.bounced, p.drain_waited_secs,
+                        p.latency_ms.line(), p.latency_ms.p999,
+                        if p.sustained { "sustained" } else { "NOT sustained" }
+                    );
+                }
+                println!(
+                    "sustainable rate (p99 < {} ms, no loss): {} messages/s offered ({:.0} delivered/s)",
+                    st.p99_limit_ms, st.sustainable_rate, st.sustainable_delivered_per_sec
+                );
+            }
         }
         if let Some(st) = &o.storm {
             for p in &st.steps {

@@ -155,3 +155,24 @@ def test_churn_over_direct_tls_with_scram(loadgen, node, tmp_path):
     assert c["reconnects"] == 8 * 2, c
     assert c["reconnects_per_sec"] > 0, c
     assert data["close"]["clean"] + c["abrupt"] == 8 * 3, (data["close"], c)
+
+
+def test_stepped_chat(loadgen, node, tmp_path):
+    data = run_loadgen(
+        loadgen,
+        node,
+        tmp_path,
+        [
+            "--server", f"127.0.0.1:{node.c2s_port}",
+            "-n", str(USERS),
+            "chat", "--rates", "24,48", "--step-secs", "1", "--drain-secs", "2",
+        ],
+    )
+    st = data["chat"]["stepped"]
+    assert [s["target_rate"] for s in st["steps"]] == [24, 48], st
+    for step in st["steps"]:
+        assert step["sent"] > 0 and step["received"] == step["sent"], st
+        assert step["lost"] == 0 and step["duplicates"] == 0 and step["bounced"] == 0, st
+        assert step["latency_ms"]["count"] == step["received"], st
+    assert data["chat"]["sent"] == sum(s["sent"] for s in st["steps"]), data["chat"]
+    assert st["sustainable_rate"] in (0, 24, 48), st
