@@ -28,7 +28,8 @@ def load(s, sc):
     return j
 
 
-data = {s: {"idle": load(s, "idle"), "chat": load(s, "chat")} for s in servers}
+data = {s: {"idle": load(s, "idle"), "chat": load(s, "chat"), "chatsteps": load(s, "chatsteps")} for s in servers}
+stepped = meta.get("steps") == "1"
 
 
 def g(s, sc, *path):
@@ -72,6 +73,47 @@ rows = [
 ]
 
 
+def steps_of(s):
+    return g(s, "chatsteps", "chat", "stepped", "steps") or []
+
+
+def sustainable(s):
+    return g(s, "chatsteps", "chat", "stepped", "sustainable_rate")
+
+
+def why_not(p):
+    """Why step p was not sustained."""
+    why = []
+    d = p["latency_ms"]
+    if d["p99"] >= 100:
+        why.append(f"p99 {d['p99']:.0f} ms")
+    if p["lost"]:
+        why.append(f"{p['lost']} lost" + (f" ({p['late']} late)" if p["late"] else ""))
+    if p["bounced"]:
+        why.append(f"{p['bounced']} bounced")
+    if p["offered_per_sec"] < 0.9 * p["target_rate"]:
+        why.append(f"only {p['offered_per_sec']:.0f}/s offered (generator-bound)")
+    return ", ".join(why) or "no delivery"
+
+
+def next_failure(s):
+    """The first step above the sustainable rate that was not sustained, and why."""
+    v = sustainable(s) or 0
+    for p in steps_of(s):
+        if p["target_rate"] > v and not p["sustained"]:
+            return f"{p['target_rate']}/s: {why_not(p)}"
+    return "none run (limit not reached)"
+
+
+if stepped:
+    rows += [
+        ("stepped chat: sustainable rate, msgs/s (p99 < 100 ms, no loss)", sustainable, False, "{:.0f}"),
+        ("stepped chat: delivered/s at that step", lambda s: g(s, "chatsteps", "chat", "stepped", "sustainable_delivered_per_sec"), False, "{:.0f}"),
+        ("stepped chat: highest delivered/s at any step", lambda s: max((p["delivered_per_sec"] for p in steps_of(s)), default=None), False, "{:.0f}"),
+        ("stepped chat: server CPU, s (logins+steps+close)", lambda s: g(s, "chatsteps", "_cpu", "server_cpu_secs"), True, "{:.2f}"),
+    ]
+
+
 def fmt(v, f):
     return "–" if v is None else f.format(v)
 
@@ -107,11 +149,42 @@ w("    latency, server `VmRSS` before and with all sessions, `(after - before) /
 w(f"  - `chat`: `switchboard-loadgen -n {meta['chat_users']} chat --messages {meta['chat_messages']} --interval-ms {meta['chat_interval_ms']}"
   f" --duration-secs {meta['chat_duration']}` — each user sends {meta['chat_messages']} messages, one every {meta['chat_interval_ms']} ms,"
   " to random other users; delivery and latency.")
+if stepped:
+    w(f"  - `chatsteps`: `switchboard-loadgen -n {meta['step_users']} chat --rates {meta['step_rates']} --step-secs {meta['step_secs']}"
+      f" --drain-secs {meta['step_drain']} --p99-limit-ms 100 --stop-after 2` — all users together offer each aggregate rate"
+      f" for {meta['step_secs']} s (spread evenly over the users, random online recipients, full JIDs), then wait at most"
+      f" {meta['step_drain']} s for the step's messages in flight; a step is sustained if its p99 < 100 ms, nothing was lost"
+      " or bounced and at least 90 % of the target was offered; the run stops after two steps in a row not sustained.")
 w("  - Server CPU: utime+stime of the server process (all threads) from `/proc/PID/stat` around each generator run.")
 w(f"- Command: `load-tests/compare/run.sh -n {meta['idle_users']} -c {meta['chat_users']} --messages {meta['chat_messages']}"
-  f" --interval-ms {meta['chat_interval_ms']} --duration-secs {meta['chat_duration']} --hold-secs {meta['hold_secs']}`.\n")
+  f" --interval-ms {meta['chat_interval_ms']} --duration-secs {meta['chat_duration']} --hold-secs {meta['hold_secs']}"
+  + (f" --step-users {meta['step_users']} --step-rates {meta['step_rates']} --step-secs {meta['step_secs']}"
+     f" --step-drain-secs {meta['step_drain']}" if stepped else " --no-steps") + "`.\n")
 if failed and any(failed):
     w("**Failures during this run:** " + ", ".join(f for f in failed if f) + " (see the script's output).\n")
+
+if stepped:
+    w("## Headline: messages/s at p99 < 100 ms with no loss\n")
+    w("The sustainable rate is the highest offered aggregate rate (messages/s over all users) whose step had p99")
+    w("latency below 100 ms, nothing lost or bounced, and at least 90 % of the target actually offered. Goal (issue 8):")
+    w("Switchboard at least 3x ejabberd and 10x Prosody.\n")
+    w("| server | sustainable rate, msgs/s | delivered/s at that step | first step above it not sustained | Switchboard / server | goal | met |")
+    w("|---|---:|---:|---|---:|---:|---|")
+    goal = {"prosody": 10, "ejabberd": 3}
+    for s in servers:
+        v = sustainable(s)
+        ran = steps_of(s)
+        ratio = goals = met = "–"
+        if s != "switchboard" and sb and v and sustainable("switchboard") is not None:
+            r = sustainable("switchboard") / v
+            ratio = f"{r:.2f}"
+            goals = f"{goal.get(s, 0)}x"
+            met = "yes" if r >= goal.get(s, 0) else "**no**"
+        w(f"| {s} | {fmt(v, '{:.0f}')} | {fmt(g(s, 'chatsteps', 'chat', 'stepped', 'sustainable_delivered_per_sec'), '{:.0f}')}"
+          f" | {next_failure(s) if ran else '–'} | {ratio} | {goals} | {met} |")
+    w("")
+    w("A step's latency includes the generator's own queueing: the generator has one CPU, as the server does, and")
+    w("does the same TLS and XML work per message on the other side of each connection (see the per-step tables).\n")
 
 w("## Results\n")
 hdr = "| figure | " + " | ".join(servers)
@@ -136,6 +209,31 @@ w("")
 w("Ratios are Switchboard's figure divided by the other server's; whether lower or higher is better depends on the row")
 w("(RSS, latency, CPU, provisioning time: lower; rates and counts of successes: higher).\n")
 
+if stepped:
+    w("## Stepped chat per server\n")
+    w(f"{meta['step_users']} users; per step: target and offered rate, distinct deliveries per second, lost (not delivered"
+      f" by the end of the {meta['step_drain']} s drain; `late` ones arrived after it), duplicates, bounces, latency in ms.\n")
+    for s in servers:
+        ran = steps_of(s)
+        cpu = g(s, "chatsteps", "_cpu", "server_cpu_secs")
+        wall = g(s, "chatsteps", "_cpu", "wall_secs")
+        w(f"### {s}\n")
+        if not ran:
+            w("No stepped-chat result (see the script's output).\n")
+            continue
+        w("| target/s | offered/s | delivered/s | lost | late | dup | bounced | p50 | p99 | p99.9 | max | sustained |")
+        w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for p in ran:
+            d = p["latency_ms"]
+            w(f"| {p['target_rate']} | {p['offered_per_sec']:.0f} | {p['delivered_per_sec']:.0f} | {p['lost']} | {p['late']}"
+              f" | {p['duplicates']} | {p['bounced']} | {d['p50']:.2f} | {d['p99']:.2f} | {d.get('p999', 0):.2f} | {d['max']:.2f}"
+              f" | {'yes' if p['sustained'] else 'no: ' + why_not(p)} |")
+        dropped = g(s, "chatsteps", "dropped") or {}
+        w("")
+        w(f"Sustainable: **{fmt(sustainable(s), '{:.0f}')} msgs/s**. Server CPU over the whole run (logins, steps, drains,"
+          f" close): {fmt(cpu, '{:.1f}')} s in {fmt(wall, '{:.1f}')} s wall."
+          + (f" Sessions dropped: {dropped}." if dropped else "") + "\n")
+
 w("## Where we fall short and why\n")
 if worse:
     w("Rows where Switchboard is more than 5 % worse than the other server in this run:\n")
@@ -148,7 +246,7 @@ if os.path.exists(notes):
 w("## Raw output\n")
 w("The generator's summaries of this run (`load-tests/compare/last-run/*.txt`, JSON next to them):\n")
 for s in servers:
-    for sc in ("idle", "chat"):
+    for sc in ("idle", "chat", "chatsteps"):
         p = os.path.join(res, f"{s}-{sc}.txt")
         if os.path.exists(p):
             w(f"{s} `{sc}`:\n\n```\n" + open(p).read().strip() + "\n```\n")

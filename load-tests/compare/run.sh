@@ -12,6 +12,10 @@ CHAT_MESSAGES=100
 CHAT_INTERVAL_MS=100
 CHAT_DURATION=60
 HOLD_SECS=10
+STEP_USERS=200
+STEP_RATES=1000,2000,3000,4000,6000,8000,12000,16000,24000,32000,48000
+STEP_SECS=5
+STEP_DRAIN=5
 SERVERS="switchboard prosody ejabberd"
 WORK=""
 OUT="$ROOT/docs/benchmarks.md"
@@ -29,6 +33,11 @@ usage: $0 [options]
   --interval-ms I         ms between two messages of one user (default $CHAT_INTERVAL_MS)
   --duration-secs T       upper bound of the chat exchange (default $CHAT_DURATION)
   --hold-secs T           idle hold (default $HOLD_SECS)
+  --step-users N          stepped-chat users (default $STEP_USERS)
+  --step-rates LIST       stepped-chat aggregate messages/s per step (default $STEP_RATES)
+  --step-secs T           stepped-chat step length (default $STEP_SECS)
+  --step-drain-secs T     stepped-chat longest drain after each step (default $STEP_DRAIN)
+  --no-steps              skip the stepped chat
   --servers "A B"         subset of: switchboard prosody ejabberd (default: all)
   --work DIR              work dir (default: a new mktemp dir, removed at the end)
   --out FILE              report (default docs/benchmarks.md)
@@ -38,6 +47,7 @@ EOF
 }
 INSTALL=1
 BUILD=0
+STEPS=1
 while [ $# -gt 0 ]; do
   case "$1" in
     -n|--idle-users) IDLE_USERS=$2; shift 2;;
@@ -46,6 +56,11 @@ while [ $# -gt 0 ]; do
     --interval-ms) CHAT_INTERVAL_MS=$2; shift 2;;
     --duration-secs) CHAT_DURATION=$2; shift 2;;
     --hold-secs) HOLD_SECS=$2; shift 2;;
+    --step-users) STEP_USERS=$2; shift 2;;
+    --step-rates) STEP_RATES=$2; shift 2;;
+    --step-secs) STEP_SECS=$2; shift 2;;
+    --step-drain-secs) STEP_DRAIN=$2; shift 2;;
+    --no-steps) STEPS=0; shift;;
     --servers) SERVERS=$2; shift 2;;
     --work) WORK=$2; shift 2;;
     --out) OUT=$2; shift 2;;
@@ -57,6 +72,7 @@ while [ $# -gt 0 ]; do
 done
 [ "$(id -u)" = 0 ] || { echo "run as root (installs packages, runs servers as their users)" >&2; exit 1; }
 ACCOUNTS=$(( IDLE_USERS > CHAT_USERS ? IDLE_USERS : CHAT_USERS ))
+[ "$STEPS" = 1 ] && [ "$STEP_USERS" -gt "$ACCOUNTS" ] && ACCOUNTS=$STEP_USERS
 
 log() { echo "[compare $(date +%T)] $*" >&2; }
 
@@ -260,6 +276,15 @@ for s in $SERVERS; do
       --interval-ms "$CHAT_INTERVAL_MS" --duration-secs "$CHAT_DURATION"
     stop_server
   else log "$s: start failed"; echo "$s start" >> "$RES/failed.txt"; stop_server || true; fi
+  # Stepped chat: the same users and steps against every server; stops after two steps in a
+  # row that are not sustained (p99 >= 100 ms, loss, or under 90 % of the target offered).
+  if [ "$STEPS" = 1 ]; then
+    if "start_$s"; then
+      run_lg "$s" chatsteps -n "$STEP_USERS" --server-pid "$SERVER_PID" chat --rates "$STEP_RATES" \
+        --step-secs "$STEP_SECS" --drain-secs "$STEP_DRAIN" --p99-limit-ms 100 --stop-after 2
+      stop_server
+    else log "$s: start failed"; echo "$s start" >> "$RES/failed.txt"; stop_server || true; fi
+  fi
 done
 
 # ---------------------------------------------------------------- report
@@ -280,6 +305,8 @@ done
   echo "idle_users=$IDLE_USERS"; echo "chat_users=$CHAT_USERS"; echo "chat_messages=$CHAT_MESSAGES"
   echo "chat_interval_ms=$CHAT_INTERVAL_MS"; echo "chat_duration=$CHAT_DURATION"; echo "hold_secs=$HOLD_SECS"
   echo "servers=$SERVERS"; echo "accounts=$ACCOUNTS"; echo "iterations=$ITERATIONS"
+  echo "steps=$STEPS"; echo "step_users=$STEP_USERS"; echo "step_rates=$STEP_RATES"
+  echo "step_secs=$STEP_SECS"; echo "step_drain=$STEP_DRAIN"
 } > "$RES/meta.txt"
 mkdir -p "$(dirname "$OUT")"
 python3 "$HERE/report.py" "$RES" "$HERE" > "$OUT"
