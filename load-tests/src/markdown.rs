@@ -528,4 +528,63 @@ mod tests {
         assert!(md.contains("| 20 | 10 |"));
         assert!(md.contains("![rates.svg](rates.svg)"));
     }
+
+    #[test]
+    fn stepped_chat_report_has_a_row_per_step() {
+        use crate::report::{ChatStepSummary, ChatStepsSummary, ChatSummary};
+        let step = |rate: u32, sustained| ChatStepSummary {
+            target_rate: rate,
+            sent: u64::from(rate),
+            offered_per_sec: f64::from(rate),
+            received: u64::from(rate),
+            delivered_per_sec: f64::from(rate),
+            lost: 0,
+            late: 0,
+            duplicates: 0,
+            bounced: 0,
+            drain_waited_secs: 0.01,
+            latency_ms: Distribution::from_micros(vec![1000, 2000]),
+            sustained,
+        };
+        let s = Summary {
+            scenario: "chat",
+            server: "127.0.0.1:5222".into(),
+            tls: "starttls".into(),
+            mech: "PLAIN".into(),
+            users: 10,
+            outcome: Outcome {
+                chat: Some(ChatSummary {
+                    messages_per_user: 0,
+                    interval_ms: 0,
+                    cross_node_only: false,
+                    sent: 30,
+                    cross_node: 0,
+                    received: 30,
+                    lost: 0,
+                    duplicates: 0,
+                    bounced: 0,
+                    elapsed_secs: 2.0,
+                    last_delivery_secs: 2.0,
+                    received_per_sec: 15.0,
+                    latency_ms: Distribution::default(),
+                    stepped: Some(ChatStepsSummary {
+                        step_secs: 1,
+                        drain_secs: 1,
+                        p99_limit_ms: 100.0,
+                        steps: vec![step(10, true), step(20, false)],
+                        sustainable_rate: 10,
+                        sustainable_delivered_per_sec: 10.0,
+                    }),
+                }),
+                ..Outcome::default()
+            },
+        };
+        let charts = charts_for(&s);
+        let names: Vec<&str> = charts.iter().map(|c| c.0).collect();
+        assert_eq!(names, ["latency.svg", "rates.svg"]);
+        let md = markdown(&s, &names);
+        assert!(md.contains("| 10 | 10 | 10 | 0 | 0 | 0 | 0 | 1.00 | 2.00 | 2.00 | 2.00 | yes |"));
+        assert!(md.contains("| 20 | 20 | 20 |"));
+        assert!(md.contains("Sustainable rate: **10 messages/s**"));
+    }
 }
