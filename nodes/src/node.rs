@@ -20,7 +20,7 @@ use crate::config::Settings;
 use crate::ext::Extensions;
 use crate::http::HttpEndpoint;
 use crate::im::{AttachShards, ImLimits, ImStores, RosterActor, RosterShards};
-use crate::router::messages::{ClusterUpdate, LocalRoutes};
+use crate::router::messages::{ClusterUpdate, LocalRoutes, Resynced};
 use crate::router::Router;
 use crate::tls::TlsContext;
 use crate::users::UserAdmin;
@@ -303,10 +303,16 @@ fn serve_cluster(
             tracing::error!(error = %e, "cluster: bootstrap failed");
         }
         cluster
-            .watch(move || {
-                let router = router.clone();
-                async move { router.send(LocalRoutes).await.unwrap_or_default() }
-            })
+            .watch(
+                {
+                    let router = router.clone();
+                    move || {
+                        let router = router.clone();
+                        async move { router.send(LocalRoutes).await.unwrap_or_default() }
+                    }
+                },
+                move |sessions| router.do_send(Resynced(sessions)),
+            )
             .await;
     });
     if !started {

@@ -181,6 +181,8 @@ async def test_a_partitioned_node_keeps_its_sessions_and_converges_after_healing
     c = await online(n3, users[1], "r", label="u1@n3")
     d = await online(n3, users[2], "r", label="u2@n3")
     try:
+        await subscribe(a, c)  # a sees c's presence
+        await a.expect(is_presence(c.jid), what="c's presence before the partition")
         with Partition("127.0.0.13") as cut:
             # The majority purges n3's routes...
             cluster.wait_for(
@@ -188,6 +190,9 @@ async def test_a_partitioned_node_keeps_its_sessions_and_converges_after_healing
                 lambda: cluster.status(n1)["members"].get("3") == "down",
                 timeout=20,
             )
+            # ...and tells n3's users' contacts that they went away...
+            await a.expect(is_presence(c.jid, "unavailable"), timeout=15,
+                           what="unavailable for c while n3 is cut off")
             # ...while n3 keeps serving its local sessions from its own replica.
             await c.send(f"<message to='{d.jid}' id='local1'><body>x</body></message>")
             await d.expect(is_msg("local1"), what="a message between two sessions on n3")
@@ -201,6 +206,9 @@ async def test_a_partitioned_node_keeps_its_sessions_and_converges_after_healing
             routes = cluster.wait_routes_converge(timeout=20)
             assert route_nodes(routes, c.jid) == ["3"], routes
             assert route_nodes(routes, d.jid) == ["3"], routes
+            # c never went offline: once n3 is back, its contacts see it available again.
+            await a.expect(is_presence(c.jid), timeout=15,
+                           what="c's presence again after the partition healed")
         await a.send(f"<message to='{c.jid}' id='after'><body>y</body></message>")
         await c.expect(is_msg("after"), what="a message across the healed partition")
     finally:

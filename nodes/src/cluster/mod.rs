@@ -406,10 +406,15 @@ impl Cluster {
     /// Ping every member (keeps `last_seen` fresh) and, on the leader, mark members that
     /// stayed silent for `failure_timeout` down, which purges their routes. `resync` is
     /// called when this node finds itself marked down (a partition healed) or not yet up.
-    pub async fn watch<F, Fut>(self, resync: F)
+    ///
+    /// `resynced` gets the sessions the resync bound again: while the node was down, the
+    /// others told their users' contacts that they went offline, so their presence must go
+    /// out again.
+    pub async fn watch<F, Fut, G>(self, resync: F, resynced: G)
     where
         F: Fn() -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Vec<SessionRoute>> + Send,
+        G: Fn(Vec<SessionRoute>) + Send + 'static,
     {
         let mut tick = tokio::time::interval(PING_INTERVAL);
         let mut leader_since: Option<tokio::time::Instant> = None;
@@ -448,7 +453,7 @@ impl Cluster {
                     .write(ClusterCommand::Resync {
                         node: self.me,
                         incarnation: self.incarnation,
-                        sessions,
+                        sessions: sessions.clone(),
                     })
                     .await
                 {
@@ -458,6 +463,15 @@ impl Cluster {
                             refused = r.binds.iter().filter(|b| **b != BindOutcome::Bound).count(),
                             "cluster: this node is up"
                         );
+                        let bound: Vec<SessionRoute> = sessions
+                            .into_iter()
+                            .zip(r.binds)
+                            .filter(|(_, b)| *b == BindOutcome::Bound)
+                            .map(|(s, _)| s)
+                            .collect();
+                        if !bound.is_empty() {
+                            resynced(bound);
+                        }
                     }
                     Err(e) => tracing::debug!(error = %e, "cluster: resync not committed yet"),
                 }

@@ -153,6 +153,12 @@ pub struct FromNode {
 #[rtype(result = "Vec<(String, u64, bool)>")]
 pub struct ListRoutes;
 
+/// The cluster bound these sessions of this node again after it had been marked down: their
+/// presence goes out again (the other nodes sent `unavailable` for them meanwhile).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resynced(pub Vec<crate::cluster::SessionRoute>);
+
 /// This node's bound sessions as routes, for a resync with the cluster.
 #[derive(Message)]
 #[rtype(result = "Vec<crate::cluster::SessionRoute>")]

@@ -9,12 +9,12 @@ use proto::element::Element;
 use proto::error::{StreamError, StreamErrorCondition};
 use proto::jid::Jid;
 
-use super::messages::{ClusterUpdate, FromNode, ListRoutes, LocalRoutes};
+use super::messages::{ClusterUpdate, FromNode, ListRoutes, LocalRoutes, Resynced};
 use super::Router;
 use crate::c2s::messages::{Deliver, Kick, SetBlockList, SetPrivacy};
 use crate::cluster::messages::{Push, UserOp};
 use crate::cluster::{Cluster, NodeId, Route, RouteEvent, SessionRoute, TableUpdate};
-use crate::im::messages::GetFilters;
+use crate::im::messages::{GetFilters, PresenceBroadcast};
 
 /// A resource bound on another node.
 pub(super) struct RemoteResource {
@@ -403,5 +403,40 @@ impl Handler<ListRoutes> for Router {
         let mut all: Vec<(String, u64, bool)> = local.chain(remote).collect();
         all.sort();
         MessageResult(all)
+    }
+}
+
+impl Handler<Resynced> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: Resynced, _: &mut Context<Self>) {
+        for s in msg.0 {
+            let Ok(jid) = Jid::parse(&s.jid) else {
+                continue;
+            };
+            let bare = jid.to_bare();
+            let Some((priority, presence)) = self.resource(&jid).and_then(|r| r.presence.clone())
+            else {
+                continue;
+            };
+            let mut presence = presence;
+            presence.set_attr("from", jid.to_string());
+            // The account's resources on other nodes, then its contacts (through its home
+            // node, as an initial presence: contacts and offline messages stored meanwhile).
+            if let Some(remote) = &self.remote {
+                for r in remote.resources(&bare).filter(|r| r.priority.is_some()) {
+                    remote.deliver(r, presence.clone());
+                }
+            }
+            self.im.tell(
+                &bare,
+                PresenceBroadcast {
+                    from: jid,
+                    presence,
+                    initial: true,
+                    priority,
+                    account_available: true,
+                },
+            );
+        }
     }
 }
