@@ -507,8 +507,9 @@ impl Cluster {
 impl Cluster {
     /// What `switchboard cluster status` shows.
     pub fn status(&self) -> serde_json::Value {
-        let m = self.raft.metrics();
-        let m = m.borrow();
+        // Read everything else before borrowing the metrics: a second borrow of the same
+        // watch channel while openraft waits to publish would deadlock this thread.
+        let voters = self.voters();
         let members = self.member_states();
         let links: BTreeMap<String, serde_json::Value> = self
             .links
@@ -525,6 +526,7 @@ impl Cluster {
                 )
             })
             .collect();
+        let m = self.raft.metrics().borrow().clone();
         serde_json::json!({
             "node_id": self.me,
             "incarnation": self.incarnation,
@@ -533,7 +535,7 @@ impl Cluster {
             "term": m.current_term,
             "last_log_index": m.last_log_index,
             "last_applied": m.last_applied.map(|l| l.index),
-            "voters": self.voters(),
+            "voters": voters,
             "members": members
                 .iter()
                 .map(|(id, s)| (id.to_string(), format!("{s:?}").to_lowercase()))
