@@ -110,7 +110,7 @@ if stepped:
         ("stepped chat: sustainable rate, msgs/s (p99 < 100 ms, no loss)", sustainable, False, "{:.0f}"),
         ("stepped chat: delivered/s at that step", lambda s: g(s, "chatsteps", "chat", "stepped", "sustainable_delivered_per_sec"), False, "{:.0f}"),
         ("stepped chat: highest delivered/s at any step", lambda s: max((p["delivered_per_sec"] for p in steps_of(s)), default=None), False, "{:.0f}"),
-        ("stepped chat: server CPU, s (logins+steps+close)", lambda s: g(s, "chatsteps", "_cpu", "server_cpu_secs"), True, "{:.2f}"),
+        ("stepped chat: server CPU per delivered message, µs (whole run)", lambda s: per(1e6 * (g(s, "chatsteps", "_cpu", "server_cpu_secs") or 0), g(s, "chatsteps", "chat", "received")), True, "{:.0f}"),
     ]
 
 
