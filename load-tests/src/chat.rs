@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use crate::conn::Failure;
 use crate::login::Target;
 use crate::probe;
-use crate::ramp::{login_all, stopped, tally, End, Plan, Session};
+use crate::ramp::{login_all, stopped, tally, End, Plan, Ramp, Session};
 use crate::report::{ChatSummary, Distribution, Outcome};
 use crate::xml;
 
@@ -61,23 +61,29 @@ struct Received {
     last_us: u64,
 }
 
-pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
-    if let Some(steps) = chat.steps {
-        return crate::chatstep::run(plan, steps).await;
-    }
+/// Log every user in; the sessions, their indexes, and the stop signal they hold on.
+/// Fewer than two sessions cannot chat: they are closed again and that is an error.
+pub(crate) async fn login_chatters(
+    plan: &Plan,
+) -> anyhow::Result<(Ramp, Vec<u32>, watch::Sender<bool>, watch::Receiver<bool>)> {
     let ramp = login_all(plan).await;
     let peers: Vec<u32> = ramp.sessions.iter().map(|s| s.index).collect();
     let (stop, stopped) = watch::channel(false);
     if peers.len() < 2 {
-        let _ = stop.send(true);
-        for s in ramp.sessions {
-            s.hold(stopped.clone(), plan.close_grace).await;
-        }
+        ramp.release(&stop, &stopped, plan.close_grace).await;
         anyhow::bail!(
             "chat needs at least two logged-in users, got {}",
             peers.len()
         );
     }
+    Ok((ramp, peers, stop, stopped))
+}
+
+pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
+    if let Some(steps) = chat.steps {
+        return crate::chatstep::run(plan, steps).await;
+    }
+    let (ramp, peers, stop, stopped) = login_chatters(plan).await?;
     let target = &plan.target;
     let elsewhere: Vec<Vec<u32>> = if chat.cross_node_only {
         (0..target.servers.len())
@@ -91,10 +97,7 @@ pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
     };
     let spread = elsewhere.iter().filter(|e| e.len() < peers.len()).count();
     if chat.cross_node_only && spread < 2 {
-        let _ = stop.send(true);
-        for s in ramp.sessions {
-            s.hold(stopped.clone(), plan.close_grace).await;
-        }
+        ramp.release(&stop, &stopped, plan.close_grace).await;
         anyhow::bail!("--cross-node-only needs logged-in users on at least two servers");
     }
     let shared = Arc::new(Shared {

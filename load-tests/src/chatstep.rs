@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use crate::conn::Failure;
 use crate::login::Target;
 use crate::probe;
-use crate::ramp::{login_all, stopped, tally, End, Plan, Session};
+use crate::ramp::{stopped, tally, End, Plan, Session};
 use crate::report::{ChatStepSummary, ChatStepsSummary, ChatSummary, Distribution, Outcome};
 use crate::xml;
 
@@ -79,19 +79,7 @@ struct Received {
 }
 
 pub async fn run(plan: &Plan, sp: StepPlan) -> anyhow::Result<Outcome> {
-    let ramp = login_all(plan).await;
-    let peers: Vec<u32> = ramp.sessions.iter().map(|s| s.index).collect();
-    let (stop, stopped_rx) = watch::channel(false);
-    if peers.len() < 2 {
-        let _ = stop.send(true);
-        for s in ramp.sessions {
-            s.hold(stopped_rx.clone(), plan.close_grace).await;
-        }
-        anyhow::bail!(
-            "chat needs at least two logged-in users, got {}",
-            peers.len()
-        );
-    }
+    let (ramp, peers, stop, stopped_rx) = crate::chat::login_chatters(plan).await?;
     let users = peers.len() as u64;
     let shared = Arc::new(Shared {
         target: plan.target.clone(),

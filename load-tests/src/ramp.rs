@@ -35,6 +35,21 @@ pub struct Ramp {
     pub summary: LoginSummary,
 }
 
+impl Ramp {
+    /// Close every session gracefully (for a scenario that cannot go on); `stop` is sent.
+    pub async fn release(
+        self,
+        stop: &watch::Sender<bool>,
+        stopped: &watch::Receiver<bool>,
+        grace: Duration,
+    ) {
+        let _ = stop.send(true);
+        for s in self.sessions {
+            s.hold(stopped.clone(), grace).await;
+        }
+    }
+}
+
 type Attempt = (u32, Result<Connection, Failure>, Duration);
 
 struct Collector {
