@@ -151,6 +151,17 @@ fn read_password(prompt: &str) -> anyhow::Result<String> {
     Ok(password)
 }
 
+/// The result of a request that succeeded; a refusal is the command's error.
+fn succeeded(response: AdminResponse) -> anyhow::Result<Option<serde_json::Value>> {
+    if !response.ok {
+        bail!(
+            "{}",
+            response.error.unwrap_or_else(|| "request failed".into())
+        );
+    }
+    Ok(response.result)
+}
+
 fn admin_target(api: &Option<(String, Option<String>)>, settings: &Settings) -> AdminTarget {
     match api {
         Some((url, token)) => AdminTarget::Http {
@@ -188,13 +199,7 @@ fn user_command(
             None => offline(settings, &request)?,
         },
     };
-    if !response.ok {
-        bail!(
-            "{}",
-            response.error.unwrap_or_else(|| "request failed".into())
-        );
-    }
-    match (&request, response.result) {
+    match (&request, succeeded(response)?) {
         (AdminRequest::UserList, Some(serde_json::Value::Array(list))) => {
             for j in list {
                 if let Some(j) = j.as_str() {
@@ -238,13 +243,7 @@ fn cluster_command(
             settings.data_dir.display()
         );
     };
-    if !response.ok {
-        bail!(
-            "{}",
-            response.error.unwrap_or_else(|| "request failed".into())
-        );
-    }
-    match (&request, response.result) {
+    match (&request, succeeded(response)?) {
         (AdminRequest::ClusterRoutes, Some(serde_json::Value::Array(list))) => {
             for r in list {
                 let avail = if r[2].as_bool().unwrap_or(false) {

@@ -105,8 +105,13 @@ impl Router {
     }
 
     fn deliver(to: &BoundResource, mut stanza: Element) {
-        METRICS.routed.with_label_values(&["local"]).inc();
         stanza.set_attr("to", to.jid.to_string());
+        Self::deliver_as_addressed(to, stanza);
+    }
+
+    /// Deliver with the stanza's `to` left as it is (a bare JID, for the account).
+    fn deliver_as_addressed(to: &BoundResource, stanza: Element) {
+        METRICS.routed.with_label_values(&["local"]).inc();
         to.session.do_send(Deliver(stanza));
     }
 
@@ -291,7 +296,7 @@ impl Router {
                         let mut s = stanza;
                         s.set_attr("to", bare.to_string());
                         for r in targets {
-                            r.session.do_send(Deliver(s.clone()));
+                            Self::deliver_as_addressed(r, s.clone());
                         }
                         self.deliver_remote(&remote, &s);
                     }
@@ -329,7 +334,7 @@ impl Router {
                 let mut s = stanza;
                 s.set_attr("to", bare.to_string());
                 for r in self.available_resources(bare) {
-                    r.session.do_send(Deliver(s.clone()));
+                    Self::deliver_as_addressed(r, s.clone());
                 }
                 let remote = self.remote_where(bare, |p| p.is_some());
                 self.deliver_remote(&remote, &s);
