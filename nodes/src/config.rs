@@ -51,6 +51,11 @@ pub struct ClusterSettings {
     pub failure_timeout_ms: u64,
     /// Raft heartbeat; elections start after 4–8 heartbeats without a leader.
     pub heartbeat_ms: u64,
+    /// IM data shards (each a Raft group); the same on every node, fixed for the
+    /// cluster's life.
+    pub shards: u16,
+    /// Replicas of each shard (at most the number of nodes).
+    pub replicas: usize,
 }
 
 /// Federation (server-to-server).
@@ -168,7 +173,7 @@ max_offline_messages = 500
 shards = 4
 
 [log]
-level = "info"
+level = "info,openraft=warn"
 format = "text"
 
 [http]
@@ -184,6 +189,8 @@ members = []
 seeds = []
 failure_timeout_ms = 3000
 heartbeat_ms = 150
+shards = 16
+replicas = 3
 [s2s]
 listen = "0.0.0.0:5269"
 tls_listen = ""
@@ -257,6 +264,9 @@ impl ClusterSettings {
         }
         if self.members.is_empty() && self.seeds.is_empty() {
             return invalid("cluster.members or cluster.seeds must name the cluster".into());
+        }
+        if self.shards == 0 || self.replicas == 0 {
+            return invalid("cluster.shards and cluster.replicas must be at least 1".into());
         }
         if self.heartbeat_ms == 0 || self.failure_timeout_ms < self.heartbeat_ms * 4 {
             return invalid(

@@ -10,7 +10,7 @@ use actix::prelude::*;
 use anyhow::Context as _;
 use proto::negotiation::C2sPolicy;
 use proto::sasl::{Authenticator, CredentialLookup, DomainAuthenticators, StoredCredentials};
-use storage::{AccountStore, Store};
+use storage::{AccountStore, Store, UserData};
 use tokio::sync::{watch, Semaphore};
 
 use crate::admin::{self, AdminServer};
@@ -19,7 +19,7 @@ use crate::cluster::{parse_member, Cluster, ClusterConfig, ClusterService, Updat
 use crate::config::Settings;
 use crate::ext::Extensions;
 use crate::http::HttpEndpoint;
-use crate::im::{AttachShards, ImLimits, ImStores, RosterActor, RosterShards};
+use crate::im::{AttachShards, DataWriter, ImLimits, RosterActor, RosterShards};
 use crate::router::messages::{ClusterUpdate, LocalRoutes, Resynced};
 use crate::router::Router;
 use crate::tls::TlsContext;
@@ -48,7 +48,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
     let store = Store::open(&settings.data_dir)?;
     let accounts = store.accounts()?;
-    let im_stores = ImStores::open(&store)?;
+    let user_data = store.user_data()?;
     let secret = store.meta()?.secret("scram-fake-secret", rand::random)?;
     let tls = TlsContext::load(&settings)?;
     let listeners = bind_listeners(&settings)?;
@@ -98,17 +98,32 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             Some(_) => Some(start_cluster(&settings, &cluster_store, &cluster_arbiter, &router_addr).await?),
             None => None,
         };
-        let im_arbiter = Arbiter::new();
         let limits = ImLimits {
             max_roster_items: settings.im.max_roster_items,
             max_offline_messages: settings.im.max_offline_messages,
         };
+        // One actor (and thread) per shard: the node's own shards without a cluster, one
+        // per replicated shard in a cluster (acting while this node leads it).
+        let placements: Vec<(UserData, DataWriter)> = match &cluster {
+            None => (0..settings.im.shards)
+                .map(|_| (user_data.clone(), DataWriter::Local(user_data.clone())))
+                .collect(),
+            Some(c) => (0..c.shards.count())
+                .filter_map(|s| c.shards.data(s).cloned())
+                .map(|data| (data, DataWriter::Replicated(c.shards.clone())))
+                .collect(),
+        };
         let mut shard_addrs = Vec::new();
-        for _ in 0..settings.im.shards {
-            let (router, stores, domains) =
-                (router_addr.clone(), im_stores.clone(), domains.clone());
-            shard_addrs.push(RosterActor::start_in_arbiter(&im_arbiter.handle(), move |_| {
-                RosterActor::new(router, stores, limits, domains)
+        for (data, writer) in placements {
+            let (router, domains) = (router_addr.clone(), domains.clone());
+            shard_addrs.push(SyncArbiter::start(1, move || {
+                RosterActor::new(
+                    router.clone(),
+                    data.clone(),
+                    writer.clone(),
+                    limits,
+                    domains.clone(),
+                )
             }));
         }
         let shards = RosterShards::new(shard_addrs, cluster.clone());
@@ -149,7 +164,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             router: router.clone(),
             ext,
             domains,
-            im: shards,
+            im: shards.clone(),
             shutdown: shutdown_rx,
             next_session_id: AtomicU64::new(1),
         });
@@ -160,6 +175,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             users: Arc::new(UserAdmin::new(admin_store, settings.domains.clone())?),
             router,
             cluster: cluster.clone(),
+            im: shards.clone(),
             started: std::time::Instant::now(),
         });
         actix_rt::spawn(admin_server.clone().serve(admin_listener));
@@ -220,7 +236,6 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         for w in &workers {
             w.stop();
         }
-        im_arbiter.stop();
         cluster_arbiter.stop();
         Ok(())
     });
@@ -251,6 +266,8 @@ async fn start_cluster(
         seeds: c.seeds.clone(),
         failure_timeout: Duration::from_millis(c.failure_timeout_ms),
         heartbeat_ms: c.heartbeat_ms,
+        shards: c.shards,
+        replicas: c.replicas,
     };
     let log = store.raft_log()?;
     let store = store.clone();
@@ -285,7 +302,7 @@ fn serve_cluster(
     let service = Arc::new(ClusterService {
         cluster: cluster.clone(),
         router: router.clone(),
-        im: shards.local_only(),
+        im: shards.clone(),
     });
     let (cluster, router) = (cluster.clone(), router.clone());
     let addr = listener.local_addr()?;

@@ -21,11 +21,22 @@ impl Record for BlockRecord {
 #[derive(Clone)]
 pub struct BlockStore {
     pub(crate) tree: sled::Tree,
+    /// Flush after each write (off for replicated shards: their Raft log is durable).
+    durable: bool,
 }
 
 impl BlockStore {
     pub(crate) fn new(tree: sled::Tree) -> Self {
-        BlockStore { tree }
+        BlockStore {
+            tree,
+            durable: true,
+        }
+    }
+
+    /// Without flushes (see the `durable` field).
+    pub(crate) fn volatile(mut self) -> Self {
+        self.durable = false;
+        self
     }
 
     /// The JIDs `user` blocks, sorted.
@@ -49,7 +60,9 @@ impl BlockStore {
             batch.insert(key(user, &[jid])?, value.as_slice());
         }
         self.tree.apply_batch(batch)?;
-        self.tree.flush()?;
+        if self.durable {
+            self.tree.flush()?;
+        }
         Ok(())
     }
 
@@ -60,7 +73,9 @@ impl BlockStore {
             batch.remove(key(user, &[jid])?);
         }
         self.tree.apply_batch(batch)?;
-        self.tree.flush()?;
+        if self.durable {
+            self.tree.flush()?;
+        }
         Ok(())
     }
 
@@ -71,7 +86,9 @@ impl BlockStore {
             batch.remove(k?);
         }
         self.tree.apply_batch(batch)?;
-        self.tree.flush()?;
+        if self.durable {
+            self.tree.flush()?;
+        }
         Ok(())
     }
 

@@ -21,11 +21,22 @@ impl Record for LastRecord {
 #[derive(Clone)]
 pub struct LastActivityStore {
     pub(crate) tree: sled::Tree,
+    /// Flush after each write (off for replicated shards: their Raft log is durable).
+    durable: bool,
 }
 
 impl LastActivityStore {
     pub(crate) fn new(tree: sled::Tree) -> Self {
-        LastActivityStore { tree }
+        LastActivityStore {
+            tree,
+            durable: true,
+        }
+    }
+
+    /// Without flushes (see the `durable` field).
+    pub(crate) fn volatile(mut self) -> Self {
+        self.durable = false;
+        self
     }
 
     /// Record that `user`'s last session ended at `unix_secs` with `status`.
@@ -41,7 +52,9 @@ impl LastActivityStore {
             status,
         };
         self.tree.insert(part(user)?, encode(&record)?)?;
-        self.tree.flush()?;
+        if self.durable {
+            self.tree.flush()?;
+        }
         Ok(())
     }
 

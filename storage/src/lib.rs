@@ -17,6 +17,7 @@ pub mod privacy;
 pub mod private;
 pub mod raft_log;
 pub mod rosters;
+pub mod user_data;
 pub mod vcards;
 
 use std::path::Path;
@@ -35,6 +36,7 @@ pub use privacy::{PrivacyItem, PrivacyStore};
 pub use private::PrivateStore;
 pub use raft_log::{RaftLogStore, SnapshotSlot};
 pub use rosters::{RosterChange, RosterItem, RosterStore};
+pub use user_data::{RefusedWrite, UserData, UserDataWrite, WriteOutcome};
 pub use vcards::VCardStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,8 @@ pub enum StorageError {
     DuplicateOrder { list: String, order: u32 },
     #[error("privacy list {0:?} does not exist")]
     NoSuchList(String),
+    #[error("the data is unavailable for now: {0}")]
+    Unavailable(String),
     #[error("storage: {0}")]
     Sled(#[from] sled::Error),
 }
@@ -166,26 +170,29 @@ impl Store {
     /// client's cached roster from a deleted account is never taken as current for a new
     /// account of the same name.
     pub fn delete_user_data(&self, user: &str) -> Result<(), StorageError> {
-        let rosters = self.rosters()?;
-        let offline = self.offline()?;
-        let blocking = self.blocking()?;
-        let privacy = self.privacy()?;
-        let vcards = self.vcards()?;
-        let private = self.private()?;
-        let last = self.last_activity()?;
-        wipe_user(
-            user,
-            &[
-                &rosters.items,
-                &rosters.pending,
-                &offline.messages,
-                &blocking.tree,
-                &privacy.lists,
-                &private.tree,
-            ],
-            &[&offline.meta, &privacy.default, &vcards.tree, &last.tree],
-            Some(&rosters.meta),
-        )
+        self.user_data()?.delete_user(user)
+    }
+
+    /// The IM data of a node without a cluster.
+    pub fn user_data(&self) -> Result<UserData, StorageError> {
+        UserData::open(&self.db, "", true)
+    }
+
+    /// One replicated shard's IM data (trees `shardNNN.*`).
+    pub fn shard_user_data(&self, shard: u16) -> Result<UserData, StorageError> {
+        UserData::open(&self.db, &format!("shard{shard:03}."), false)
+    }
+
+    /// One replicated shard's Raft log and state (trees `shardNNN.raft_log`, `.raft_state`).
+    pub fn shard_raft_log<C>(&self, shard: u16) -> Result<RaftLogStore<C>, StorageError>
+    where
+        C: openraft::RaftTypeConfig,
+        C::Entry: Serialize + DeserializeOwned,
+    {
+        Ok(RaftLogStore::new(
+            self.db.open_tree(format!("shard{shard:03}.raft_log"))?,
+            self.db.open_tree(format!("shard{shard:03}.raft_state"))?,
+        ))
     }
 
     /// Make everything written so far durable (shutdown).

@@ -69,11 +69,23 @@ fn seq_key(user: &str, seq: u64) -> Result<Vec<u8>, StorageError> {
 pub struct OfflineStore {
     pub(crate) messages: sled::Tree,
     pub(crate) meta: sled::Tree,
+    /// Flush after each write (off for replicated shards: their Raft log is durable).
+    durable: bool,
 }
 
 impl OfflineStore {
     pub(crate) fn new(messages: sled::Tree, meta: sled::Tree) -> Self {
-        OfflineStore { messages, meta }
+        OfflineStore {
+            messages,
+            meta,
+            durable: true,
+        }
+    }
+
+    /// Without flushes (see the `durable` field).
+    pub(crate) fn volatile(mut self) -> Self {
+        self.durable = false;
+        self
     }
 
     /// Keep a message for `user`; returns its sequence number. `QuotaExceeded` (and nothing
@@ -99,7 +111,9 @@ impl OfflineStore {
             m.write_tx(meta, user)?;
             Ok(seq)
         })?;
-        self.messages.flush()?;
+        if self.durable {
+            self.messages.flush()?;
+        }
         Ok(seq)
     }
 
@@ -145,7 +159,9 @@ impl OfflineStore {
             m.write_tx(meta, user)?;
             Ok(removed)
         })?;
-        self.messages.flush()?;
+        if self.durable {
+            self.messages.flush()?;
+        }
         Ok(removed)
     }
 

@@ -13,7 +13,7 @@ use sled::transaction::Transactional;
 use crate::{abort, decode, encode, key, part, prefix, suffix, Record, StorageError};
 
 /// One privacy list item as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrivacyItem {
     /// `"jid"`, `"group"` or `"subscription"`; `None` for the fall-through item.
     pub kind: Option<String>,
@@ -98,11 +98,23 @@ impl Record for DefaultRecord {
 pub struct PrivacyStore {
     pub(crate) lists: sled::Tree,
     pub(crate) default: sled::Tree,
+    /// Flush after each write (off for replicated shards: their Raft log is durable).
+    durable: bool,
 }
 
 impl PrivacyStore {
     pub(crate) fn new(lists: sled::Tree, default: sled::Tree) -> Self {
-        PrivacyStore { lists, default }
+        PrivacyStore {
+            lists,
+            default,
+            durable: true,
+        }
+    }
+
+    /// Without flushes (see the `durable` field).
+    pub(crate) fn volatile(mut self) -> Self {
+        self.durable = false;
+        self
     }
 
     /// The names of `user`'s lists, sorted.
@@ -143,7 +155,9 @@ impl PrivacyStore {
             items: records,
         };
         self.lists.insert(key(user, &[name])?, encode(&record)?)?;
-        self.lists.flush()?;
+        if self.durable {
+            self.lists.flush()?;
+        }
         Ok(())
     }
 
@@ -164,7 +178,9 @@ impl PrivacyStore {
             Ok(true)
         })?;
         if removed {
-            self.lists.flush()?;
+            if self.durable {
+                self.lists.flush()?;
+            }
         }
         Ok(removed)
     }
@@ -182,7 +198,9 @@ impl PrivacyStore {
     pub fn set_default(&self, user: &str, name: Option<&str>) -> Result<(), StorageError> {
         let Some(name) = name else {
             self.default.remove(part(user)?)?;
-            self.default.flush()?;
+            if self.durable {
+                self.default.flush()?;
+            }
             return Ok(());
         };
         let k = key(user, &[name])?;
@@ -197,7 +215,9 @@ impl PrivacyStore {
             default.insert(user.as_bytes(), value.as_slice())?;
             Ok(())
         })?;
-        self.default.flush()?;
+        if self.durable {
+            self.default.flush()?;
+        }
         Ok(())
     }
 }

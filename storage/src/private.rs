@@ -20,11 +20,22 @@ impl Record for PrivateRecord {
 #[derive(Clone)]
 pub struct PrivateStore {
     pub(crate) tree: sled::Tree,
+    /// Flush after each write (off for replicated shards: their Raft log is durable).
+    durable: bool,
 }
 
 impl PrivateStore {
     pub(crate) fn new(tree: sled::Tree) -> Self {
-        PrivateStore { tree }
+        PrivateStore {
+            tree,
+            durable: true,
+        }
+    }
+
+    /// Without flushes (see the `durable` field).
+    pub(crate) fn volatile(mut self) -> Self {
+        self.durable = false;
+        self
     }
 
     /// The element `name` in namespace `ns` that `user` stored.
@@ -44,7 +55,9 @@ impl PrivateStore {
         };
         self.tree
             .insert(key(user, &[ns, name])?, encode(&record)?)?;
-        self.tree.flush()?;
+        if self.durable {
+            self.tree.flush()?;
+        }
         Ok(())
     }
 }

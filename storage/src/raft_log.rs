@@ -89,7 +89,7 @@ where
     async fn put_json<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), C> {
         let bytes = serde_json::to_vec(value).map_err(write_err::<C>)?;
         self.state.insert(key, bytes).map_err(write_err::<C>)?;
-        self.state.flush_async().await.map_err(write_err::<C>)?;
+        flush(&self.state).await.map_err(write_err::<C>)?;
         Ok(())
     }
 
@@ -101,6 +101,17 @@ where
             }
             None => Ok(None),
         }
+    }
+}
+
+/// Make everything written so far durable, on tokio's blocking pool. Not sled's
+/// `flush_async`: it waits on sled's own I/O pool, and enough concurrent waiters (one per
+/// Raft group) starve that pool of the thread that would write the buffer they wait for.
+async fn flush(tree: &sled::Tree) -> std::result::Result<(), sled::Error> {
+    let tree = tree.clone();
+    match tokio::task::spawn_blocking(move || tree.flush()).await {
+        Ok(r) => r.map(|_| ()),
+        Err(e) => Err(sled::Error::Io(std::io::Error::other(e))),
     }
 }
 
@@ -191,12 +202,7 @@ where
             batch.insert(&index_key(entry.get_log_id().index), bytes);
         }
         self.log.apply_batch(batch).map_err(write_err::<C>)?;
-        let flushed = self
-            .log
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(std::io::Error::other);
+        let flushed = flush(&self.log).await.map_err(std::io::Error::other);
         callback.log_io_completed(flushed);
         Ok(())
     }
@@ -208,7 +214,7 @@ where
             batch.remove(key);
         }
         self.log.apply_batch(batch).map_err(write_err::<C>)?;
-        self.log.flush_async().await.map_err(write_err::<C>)?;
+        flush(&self.log).await.map_err(write_err::<C>)?;
         Ok(())
     }
 
@@ -240,7 +246,7 @@ impl SnapshotSlot {
 
     pub async fn save(&self, bytes: &[u8]) -> PlainResult<()> {
         self.tree.insert(SNAPSHOT, bytes)?;
-        self.tree.flush_async().await?;
+        flush(&self.tree).await?;
         Ok(())
     }
 }

@@ -24,7 +24,7 @@ const TOMBSTONE_LIMIT: usize = 1000;
 const SUBSCRIPTIONS: [&str; 4] = ["none", "to", "from", "both"];
 
 /// One roster item as stored. The node converts to and from its protocol types.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RosterItem {
     /// The contact's prepared bare JID.
     pub jid: String,
@@ -180,6 +180,8 @@ pub struct RosterStore {
     pub(crate) meta: sled::Tree,
     pub(crate) pending: sled::Tree,
     tombstone_limit: usize,
+    /// Flush after each write (off for replicated shards: their Raft log is durable).
+    durable: bool,
 }
 
 impl RosterStore {
@@ -189,7 +191,14 @@ impl RosterStore {
             meta,
             pending,
             tombstone_limit: TOMBSTONE_LIMIT,
+            durable: true,
         }
+    }
+
+    /// Without flushes (see the `durable` field).
+    pub(crate) fn volatile(mut self) -> Self {
+        self.durable = false;
+        self
     }
 
     /// `user`'s current roster version.
@@ -267,7 +276,9 @@ impl RosterStore {
             m.write_tx(meta, user)?;
             Ok(m.ver)
         })?;
-        self.items.flush()?;
+        if self.durable {
+            self.items.flush()?;
+        }
         Ok(ver)
     }
 
@@ -302,7 +313,9 @@ impl RosterStore {
         if tombstones > self.tombstone_limit as u64 {
             self.prune(user)?;
         }
-        self.items.flush()?;
+        if self.durable {
+            self.items.flush()?;
+        }
         Ok(Some(ver))
     }
 
@@ -390,7 +403,9 @@ impl RosterStore {
         };
         self.pending
             .insert(key(user, &[contact])?, encode(&record)?)?;
-        self.pending.flush()?;
+        if self.durable {
+            self.pending.flush()?;
+        }
         Ok(())
     }
 
@@ -412,7 +427,9 @@ impl RosterStore {
         if self.pending.remove(key(user, &[contact])?)?.is_none() {
             return Ok(false);
         }
-        self.pending.flush()?;
+        if self.durable {
+            self.pending.flush()?;
+        }
         Ok(true)
     }
 

@@ -19,11 +19,22 @@ impl Record for VCardRecord {
 #[derive(Clone)]
 pub struct VCardStore {
     pub(crate) tree: sled::Tree,
+    /// Flush after each write (off for replicated shards: their Raft log is durable).
+    durable: bool,
 }
 
 impl VCardStore {
     pub(crate) fn new(tree: sled::Tree) -> Self {
-        VCardStore { tree }
+        VCardStore {
+            tree,
+            durable: true,
+        }
+    }
+
+    /// Without flushes (see the `durable` field).
+    pub(crate) fn volatile(mut self) -> Self {
+        self.durable = false;
+        self
     }
 
     pub fn get(&self, user: &str) -> Result<Option<String>, StorageError> {
@@ -40,13 +51,17 @@ impl VCardStore {
             xml: xml.to_string(),
         };
         self.tree.insert(part(user)?, encode(&record)?)?;
-        self.tree.flush()?;
+        if self.durable {
+            self.tree.flush()?;
+        }
         Ok(())
     }
 
     pub fn delete_user(&self, user: &str) -> Result<(), StorageError> {
         if self.tree.remove(part(user)?)?.is_some() {
-            self.tree.flush()?;
+            if self.durable {
+                self.tree.flush()?;
+            }
         }
         Ok(())
     }

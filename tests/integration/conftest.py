@@ -108,7 +108,7 @@ class Server:
             },
             # Every node of a test run gets its own s2s port (the default, 5269, is shared).
             "s2s": {"listen": f"127.0.0.1:{self.s2s_port}"},
-            "log": {"level": os.environ.get("SWITCHBOARD_TEST_LOG_LEVEL", "info")},
+            "log": {"level": os.environ.get("SWITCHBOARD_TEST_LOG_LEVEL", "info,openraft=warn")},
             "http": {"listen": f"127.0.0.1:{self.http_port}"},
         }
         for key, value in (overrides or {}).items():

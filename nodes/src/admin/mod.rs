@@ -12,6 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::cluster::Cluster;
+use crate::im::messages::DeleteAccountData;
 use crate::router::messages::{KickAccount, ListRoutes, ListSessions};
 use crate::router::Router;
 use crate::users::UserAdmin;
@@ -24,6 +25,8 @@ pub struct AdminServer {
     pub users: Arc<UserAdmin>,
     pub router: Addr<Router>,
     pub cluster: Option<Cluster>,
+    /// The IM shards (account data is deleted through them in a cluster).
+    pub im: crate::im::RosterShards,
     pub started: std::time::Instant,
 }
 
@@ -204,6 +207,16 @@ impl AdminServer {
                         bare: j,
                         reason: "account deleted".into(),
                     });
+                }
+                // The data goes first (through the account's shard): a failure in between
+                // leaves an account that can be deleted again, not data nobody owns.
+                if let Ok(j) = users.account_jid(jid) {
+                    let wiped = self.im.ask(&j, DeleteAccountData { user: j.clone() }).await;
+                    match wiped {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Some(AdminResponse::err(e)),
+                        Err(e) => return Some(AdminResponse::err(e)),
+                    }
                 }
                 jid_reply(users.del_replicated(cluster, jid).await)
             }

@@ -12,6 +12,7 @@ use proto::privacy::PrivacyRules;
 use serde::{Deserialize, Serialize};
 
 use super::routing_table::{ClusterCommand, ClusterResponse, NodeId};
+use super::shards::{ShardId, ShardStatus, ShardTypes};
 use super::types::ClusterTypes;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -58,9 +59,32 @@ pub enum Request {
     Leave {
         node: NodeId,
     },
-    /// An IM operation for a user whose home node is the peer.
+    /// An IM operation for a user whose shard the peer leads.
     Im(ImRequest),
+    /// A Raft RPC of one IM data shard.
+    Shard {
+        shard: ShardId,
+        rpc: ShardRpc,
+    },
+    /// The shards the peer holds a replica of, as it sees them.
+    ShardStatus,
     Ping,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ShardRpc {
+    AppendEntries(AppendEntriesRequest<ShardTypes>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<ShardTypes>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ShardRpcReply {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -73,6 +97,8 @@ pub enum Reply {
     Write(Result<ClusterResponse, String>),
     Done(Result<(), String>),
     Im(ImReply),
+    Shard(ShardRpcReply),
+    ShardStatus(Vec<ShardStatus>),
     Pong,
 }
 
@@ -85,8 +111,11 @@ pub enum Push {
     Deliver { to: Jid, stanza: String },
     /// Act on a user's sessions on the receiving node.
     User(UserOp),
-    /// A one-way IM operation for a user whose home node is the receiver.
+    /// A one-way IM operation for a user whose shard the receiver leads.
     Im(ImRequest),
+    /// The same, passed on by a node that found it no longer leads the shard (passed on
+    /// once, never again).
+    ImForwarded(ImRequest),
 }
 
 /// Operations on the sessions of one account that the node holding them performs.
@@ -108,8 +137,9 @@ pub enum UserOp {
     Kick { user: Jid, reason: String },
 }
 
-/// IM operations served by a user's home node (see `im::RosterShards`). Stanzas are XML.
-#[derive(Debug, Serialize, Deserialize)]
+/// IM operations served by the leader of a user's shard (see `im::RosterShards`). Stanzas
+/// are XML.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ImRequest {
     AccountIq {
         from: Jid,
@@ -141,6 +171,9 @@ pub enum ImRequest {
         user: Jid,
         stanza: String,
     },
+    DeleteAccountData {
+        user: Jid,
+    },
     GetFilters {
         user: Jid,
     },
@@ -167,4 +200,6 @@ pub enum ImReply {
         lists: Vec<(String, PrivacyRules)>,
     },
     Failed(String),
+    /// The receiver does not lead the user's shard; the leader it knows of, if any.
+    NotLeader(Option<NodeId>),
 }

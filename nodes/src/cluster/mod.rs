@@ -11,11 +11,12 @@ pub mod messages;
 mod network;
 pub mod routing_table;
 mod service;
+pub mod shards;
 pub mod state_machine;
 pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{Hash, Hasher};
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +40,10 @@ const BATCH_MAX: usize = 1024;
 /// How long a write waits for the leader before the client is told to retry.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const PING_INTERVAL: Duration = Duration::from_millis(300);
+/// How often the leader of a shard compares its replicas with the placement.
+const SHARD_PLACEMENT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a leaving node's shard replicas may take to move away.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -62,6 +67,9 @@ pub struct ClusterConfig {
     pub seeds: Vec<String>,
     pub failure_timeout: Duration,
     pub heartbeat_ms: u64,
+    /// IM data shards and replicas per shard.
+    pub shards: u16,
+    pub replicas: usize,
 }
 
 struct PendingChange {
@@ -74,6 +82,7 @@ struct PendingChange {
 #[derive(Default)]
 struct MemberView {
     members: BTreeMap<NodeId, routing_table::Member>,
+    draining: BTreeSet<NodeId>,
 }
 
 /// The cluster, as the rest of the node uses it. Cheap to clone.
@@ -83,6 +92,8 @@ pub struct Cluster {
     pub incarnation: u64,
     pub raft: Raft,
     pub links: Arc<NodeLinks>,
+    /// The IM data shards (their Raft groups run on the same arbiter).
+    pub shards: Arc<shards::ShardGroups>,
     changes: mpsc::Sender<PendingChange>,
     view: Arc<Mutex<MemberView>>,
     config: Arc<ClusterConfig>,
@@ -105,11 +116,29 @@ impl Cluster {
         let sink: UpdateSink = Arc::new(move |update: TableUpdate| {
             if let Ok(mut v) = view_in_sink.lock() {
                 match &update {
-                    TableUpdate::Replaced(t) => v.members = t.members.clone(),
+                    TableUpdate::Replaced(t) => {
+                        v.members = t.members.clone();
+                        v.draining = t.draining.clone();
+                    }
                     TableUpdate::Applied(events) => {
                         for e in events {
-                            if let RouteEvent::Member { node, member } = e {
-                                v.members.insert(*node, *member);
+                            match e {
+                                RouteEvent::Member { node, member } => {
+                                    v.members.insert(*node, *member);
+                                }
+                                RouteEvent::Draining {
+                                    node,
+                                    draining: true,
+                                } => {
+                                    v.draining.insert(*node);
+                                }
+                                RouteEvent::Draining {
+                                    node,
+                                    draining: false,
+                                } => {
+                                    v.draining.remove(node);
+                                }
+                                _ => {}
                             }
                         }
                     }
@@ -117,7 +146,7 @@ impl Cluster {
             }
             sink(update);
         });
-        let sm = RoutingStateMachine::open(log.snapshot_slot(), sink, Some(store))?;
+        let sm = RoutingStateMachine::open(log.snapshot_slot(), sink, Some(store.clone()))?;
         let links = NodeLinks::new(config.node_id, &config.advertise, LinkSecret::new(secret));
         let raft_config = openraft::Config {
             cluster_name: "switchboard".into(),
@@ -132,25 +161,39 @@ impl Cluster {
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
-            network::LinkNetwork {
+            network::LinkNetwork::<ClusterTypes> {
                 links: links.clone(),
+                group: (),
             },
             log,
             sm,
         )
         .await?;
+        let shards = Arc::new(
+            shards::ShardGroups::start(
+                config.node_id,
+                &store,
+                config.shards,
+                config.replicas,
+                links.clone(),
+                config.heartbeat_ms,
+            )
+            .await?,
+        );
         let (tx, rx) = mpsc::channel(65_536);
         let cluster = Cluster {
             me: config.node_id,
             incarnation: rand::random::<u64>() >> 1,
             raft,
             links,
+            shards,
             changes: tx,
             view,
             config: Arc::new(config),
             stopping: Arc::default(),
         };
         tokio::spawn(cluster.clone().batch_loop(rx));
+        tokio::spawn(cluster.clone().place_shards());
         Ok(cluster)
     }
 
@@ -168,10 +211,13 @@ impl Cluster {
                 .collect();
             tracing::info!(?members, "cluster: initialising");
             self.raft.initialize(nodes).await?;
+            self.shards.initialize(members).await?;
             return Ok(());
         }
         if members.contains_key(&self.me) {
-            // Another configured member initialises; its leader will replicate to us.
+            // Another configured member initialises the metadata group; its leader will
+            // replicate to us. Shards this node is the lowest placed member of are ours.
+            self.shards.initialize(members).await?;
             return Ok(());
         }
         self.join(self.config.seeds.clone());
@@ -387,20 +433,93 @@ impl Cluster {
         Some(self.links.peer(node, &addr))
     }
 
-    /// The node that serves `key`'s IM data: rendezvous hashing over the voters, so adding or
-    /// removing a node moves only the users it gains or loses.
-    pub fn home_of(&self, key: &str) -> NodeId {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        m.membership_config
-            .membership()
-            .voter_ids()
-            .max_by_key(|id| {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                (id, key).hash(&mut h);
-                h.finish()
-            })
-            .unwrap_or(self.me)
+    /// Voters that IM data shards may be placed on (not draining), with their addresses.
+    pub fn placeable(&self) -> BTreeMap<NodeId, String> {
+        let draining = self
+            .view
+            .lock()
+            .map(|v| v.draining.clone())
+            .unwrap_or_default();
+        let mut voters = self.voters();
+        voters.retain(|id, _| !draining.contains(id));
+        voters
+    }
+
+    /// Keep the shards this node leads placed on the placeable voters.
+    async fn place_shards(self) {
+        let mut tick = tokio::time::interval(SHARD_PLACEMENT_INTERVAL);
+        loop {
+            tick.tick().await;
+            if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            self.shards.reconcile(&self.placeable()).await;
+        }
+    }
+
+    /// Remove `node` from the cluster; must run on the metadata leader. Its shard replicas
+    /// move away first (it is marked draining and the shards' leaders re-place them), then it
+    /// stops being a voter and its routes are purged.
+    pub(crate) async fn remove_member(&self, node: NodeId) -> Result<(), WriteError> {
+        self.write(ClusterCommand::SetDraining {
+            node,
+            draining: true,
+        })
+        .await?;
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while !self.drained(node).await? {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(WriteError::Failed(format!(
+                    "the shards of node {node} did not move away within {}s",
+                    DRAIN_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        tracing::info!(
+            node,
+            "cluster: no shard replica left on the node; removing it"
+        );
+        self.raft
+            .change_membership(
+                openraft::ChangeMembers::RemoveVoters(BTreeSet::from([node])),
+                false,
+            )
+            .await
+            .map_err(|e| WriteError::Failed(e.to_string()))?;
+        self.write(ClusterCommand::NodeDown { node }).await?;
+        Ok(())
+    }
+
+    /// Whether no shard keeps a replica on `node`, as the shards' leaders report it.
+    async fn drained(&self, node: NodeId) -> Result<bool, WriteError> {
+        let mut reports = vec![(self.me, self.shards.status())];
+        for (id, addr) in self.voters() {
+            if id == self.me {
+                continue;
+            }
+            match self
+                .links
+                .peer(id, &addr)
+                .request(Request::ShardStatus, Duration::from_secs(2))
+                .await
+            {
+                Ok(Reply::ShardStatus(s)) => reports.push((id, s)),
+                _ => continue,
+            }
+        }
+        let mut settled = BTreeSet::new();
+        for (reporter, shards) in &reports {
+            for s in shards {
+                if s.leader == Some(*reporter) {
+                    if s.voters.contains(&node) {
+                        return Ok(false);
+                    }
+                    settled.insert(s.shard);
+                }
+            }
+        }
+        Ok(settled.len() == self.shards.count() as usize)
     }
 
     /// Ping every member (keeps `last_seen` fresh) and, on the leader, mark members that
@@ -511,6 +630,7 @@ impl Cluster {
         // watch channel while openraft waits to publish would deadlock this thread.
         let voters = self.voters();
         let members = self.member_states();
+        let shards = self.shards.status();
         let links: BTreeMap<String, serde_json::Value> = self
             .links
             .all()
@@ -541,6 +661,8 @@ impl Cluster {
                 .map(|(id, s)| (id.to_string(), format!("{s:?}").to_lowercase()))
                 .collect::<BTreeMap<_, _>>(),
             "links": links,
+            "shard_count": self.shards.count(),
+            "shards": shards,
         })
     }
 
@@ -617,14 +739,12 @@ impl Cluster {
             return Err(WriteError::NoLeader);
         };
         if leader == self.me {
-            return service::leave(&self.raft, node)
-                .await
-                .map_err(WriteError::Failed);
+            return self.remove_member(node).await;
         }
         match self
             .links
             .peer(leader, &addr)
-            .request(Request::Leave { node }, WRITE_TIMEOUT * 4)
+            .request(Request::Leave { node }, DRAIN_TIMEOUT + WRITE_TIMEOUT * 2)
             .await
         {
             Ok(Reply::Done(r)) => r.map_err(WriteError::Failed),

@@ -1,5 +1,7 @@
-//! openraft's network: Raft RPCs as NodeLink requests.
+//! openraft's network: Raft RPCs as NodeLink requests, for the metadata group and for each
+//! IM data shard (the [`RaftWire`] of a group says how its RPCs travel).
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,30 +13,124 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, RaftTypeConfig};
 
 use super::link::{LinkError, NodeLinks, PeerLink};
-use super::messages::{Reply, Request};
+use super::messages::{Reply, Request, ShardRpc, ShardRpcReply};
+use super::shards::{ShardId, ShardTypes};
 use super::types::{ClusterTypes, NodeId};
 
-pub struct LinkNetwork {
-    pub links: Arc<NodeLinks>,
+type AppendResult = Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>;
+type VoteResult = Result<VoteResponse<NodeId>, RaftError<NodeId>>;
+type SnapshotResult =
+    Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>;
+
+/// How one Raft group's RPCs are wrapped into NodeLink requests and unwrapped from replies.
+pub trait RaftWire: RaftTypeConfig<NodeId = NodeId, Node = BasicNode> {
+    /// Which group of this type (the shard number; nothing for the metadata group).
+    type Group: Copy + Send + Sync + 'static;
+    fn append(group: Self::Group, rpc: AppendEntriesRequest<Self>) -> Request;
+    fn vote(group: Self::Group, rpc: VoteRequest<NodeId>) -> Request;
+    fn snapshot(group: Self::Group, rpc: InstallSnapshotRequest<Self>) -> Request;
+    fn append_reply(reply: Reply) -> Option<AppendResult>;
+    fn vote_reply(reply: Reply) -> Option<VoteResult>;
+    fn snapshot_reply(reply: Reply) -> Option<SnapshotResult>;
 }
 
-impl RaftNetworkFactory<ClusterTypes> for LinkNetwork {
-    type Network = PeerRaftClient;
-
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerRaftClient {
-        PeerRaftClient {
-            target,
-            link: self.links.peer(target, &node.addr),
+impl RaftWire for ClusterTypes {
+    type Group = ();
+    fn append(_: (), rpc: AppendEntriesRequest<Self>) -> Request {
+        Request::AppendEntries(rpc)
+    }
+    fn vote(_: (), rpc: VoteRequest<NodeId>) -> Request {
+        Request::Vote(rpc)
+    }
+    fn snapshot(_: (), rpc: InstallSnapshotRequest<Self>) -> Request {
+        Request::InstallSnapshot(rpc)
+    }
+    fn append_reply(reply: Reply) -> Option<AppendResult> {
+        match reply {
+            Reply::AppendEntries(r) => Some(r),
+            _ => None,
+        }
+    }
+    fn vote_reply(reply: Reply) -> Option<VoteResult> {
+        match reply {
+            Reply::Vote(r) => Some(r),
+            _ => None,
+        }
+    }
+    fn snapshot_reply(reply: Reply) -> Option<SnapshotResult> {
+        match reply {
+            Reply::InstallSnapshot(r) => Some(r),
+            _ => None,
         }
     }
 }
 
-pub struct PeerRaftClient {
+impl RaftWire for ShardTypes {
+    type Group = ShardId;
+    fn append(shard: ShardId, rpc: AppendEntriesRequest<Self>) -> Request {
+        Request::Shard {
+            shard,
+            rpc: ShardRpc::AppendEntries(rpc),
+        }
+    }
+    fn vote(shard: ShardId, rpc: VoteRequest<NodeId>) -> Request {
+        Request::Shard {
+            shard,
+            rpc: ShardRpc::Vote(rpc),
+        }
+    }
+    fn snapshot(shard: ShardId, rpc: InstallSnapshotRequest<Self>) -> Request {
+        Request::Shard {
+            shard,
+            rpc: ShardRpc::InstallSnapshot(rpc),
+        }
+    }
+    fn append_reply(reply: Reply) -> Option<AppendResult> {
+        match reply {
+            Reply::Shard(ShardRpcReply::AppendEntries(r)) => Some(r),
+            _ => None,
+        }
+    }
+    fn vote_reply(reply: Reply) -> Option<VoteResult> {
+        match reply {
+            Reply::Shard(ShardRpcReply::Vote(r)) => Some(r),
+            _ => None,
+        }
+    }
+    fn snapshot_reply(reply: Reply) -> Option<SnapshotResult> {
+        match reply {
+            Reply::Shard(ShardRpcReply::InstallSnapshot(r)) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+pub struct LinkNetwork<C: RaftWire> {
+    pub links: Arc<NodeLinks>,
+    pub group: C::Group,
+}
+
+impl<C: RaftWire> RaftNetworkFactory<C> for LinkNetwork<C> {
+    type Network = PeerRaftClient<C>;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerRaftClient<C> {
+        PeerRaftClient {
+            target,
+            group: self.group,
+            link: self.links.peer(target, &node.addr),
+            _types: PhantomData,
+        }
+    }
+}
+
+pub struct PeerRaftClient<C: RaftWire> {
     target: NodeId,
+    group: C::Group,
     link: Arc<PeerLink>,
+    _types: PhantomData<fn() -> C>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,54 +140,46 @@ struct UnexpectedReply(NodeId);
 type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
-impl PeerRaftClient {
-    async fn call<E: std::error::Error>(
+impl<C: RaftWire> PeerRaftClient<C> {
+    async fn call<T, E: std::error::Error>(
         &self,
         req: Request,
         option: &RPCOption,
-    ) -> Result<Reply, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {
+        unwrap: fn(Reply) -> Option<Result<T, RaftError<NodeId, E>>>,
+    ) -> RpcResult<T, E> {
         // Leave openraft room to see the timeout as ours, not its own.
         let ttl = option.hard_ttl().max(Duration::from_millis(50));
-        self.link.request(req, ttl).await.map_err(|e| match e {
+        let reply = self.link.request(req, ttl).await.map_err(|e| match e {
             LinkError::Timeout(_) | LinkError::Lost(_) => RPCError::Network(NetworkError::new(&e)),
             _ => RPCError::Unreachable(Unreachable::new(&e)),
-        })
-    }
-
-    fn unexpected<E: std::error::Error>(
-        &self,
-    ) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
-        RPCError::Network(NetworkError::new(&UnexpectedReply(self.target)))
+        })?;
+        match unwrap(reply) {
+            Some(Ok(r)) => Ok(r),
+            Some(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            None => Err(RPCError::Network(NetworkError::new(&UnexpectedReply(
+                self.target,
+            )))),
+        }
     }
 }
 
-impl RaftNetwork<ClusterTypes> for PeerRaftClient {
+impl<C: RaftWire> RaftNetwork<C> for PeerRaftClient<C> {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<ClusterTypes>,
+        rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        match self.call(Request::AppendEntries(rpc), &option).await? {
-            Reply::AppendEntries(Ok(r)) => Ok(r),
-            Reply::AppendEntries(Err(e)) => {
-                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            _ => Err(self.unexpected()),
-        }
+        self.call(C::append(self.group, rpc), &option, C::append_reply)
+            .await
     }
 
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<ClusterTypes>,
+        rpc: InstallSnapshotRequest<C>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        match self.call(Request::InstallSnapshot(rpc), &option).await? {
-            Reply::InstallSnapshot(Ok(r)) => Ok(r),
-            Reply::InstallSnapshot(Err(e)) => {
-                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            _ => Err(self.unexpected()),
-        }
+        self.call(C::snapshot(self.group, rpc), &option, C::snapshot_reply)
+            .await
     }
 
     async fn vote(
@@ -99,10 +187,7 @@ impl RaftNetwork<ClusterTypes> for PeerRaftClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        match self.call(Request::Vote(rpc), &option).await? {
-            Reply::Vote(Ok(r)) => Ok(r),
-            Reply::Vote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
-            _ => Err(self.unexpected()),
-        }
+        self.call(C::vote(self.group, rpc), &option, C::vote_reply)
+            .await
     }
 }

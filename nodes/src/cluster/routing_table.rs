@@ -3,7 +3,7 @@
 //! order and so holds the same table. `apply` is a pure function of (table, command); what
 //! changed comes back as [`RouteEvent`]s for the node's Router.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +23,9 @@ pub enum ClusterCommand {
     NodeDown { node: NodeId },
     /// Account changes (see `state_machine`: applied to each node's account store).
     Accounts(Vec<AccountChange>),
+    /// `node` is leaving (`draining`): IM data shards place no replica on it, so their
+    /// leaders move its replicas away before it is removed.
+    SetDraining { node: NodeId, draining: bool },
     /// Route changes of one node's sessions, batched.
     Routes {
         node: NodeId,
@@ -137,12 +140,17 @@ pub enum RouteEvent {
     },
     /// A member changed state or (on resync) incarnation.
     Member { node: NodeId, member: Member },
+    /// A member started or stopped leaving.
+    Draining { node: NodeId, draining: bool },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoutingTable {
     pub members: BTreeMap<NodeId, Member>,
     pub routes: BTreeMap<String, Route>,
+    /// Members that are leaving (see [`ClusterCommand::SetDraining`]).
+    #[serde(default)]
+    pub draining: BTreeSet<NodeId>,
 }
 
 impl RoutingTable {
@@ -176,6 +184,19 @@ impl RoutingTable {
             }
             // Accounts are not routing state: the state machine applies them to storage.
             ClusterCommand::Accounts(_) => {}
+            ClusterCommand::SetDraining { node, draining } => {
+                let changed = if *draining {
+                    self.draining.insert(*node)
+                } else {
+                    self.draining.remove(node)
+                };
+                if changed {
+                    events.push(RouteEvent::Draining {
+                        node: *node,
+                        draining: *draining,
+                    });
+                }
+            }
             ClusterCommand::NodeDown { node } => {
                 self.purge(*node, &mut events);
                 if let Some(m) = self.members.get_mut(node) {

@@ -50,6 +50,14 @@ impl ClusterService {
         raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node])), false)
             .await
             .map_err(|e| e.to_string())?;
+        // A node that left before may come back: shards may be placed on it again.
+        self.cluster
+            .write(ClusterCommand::SetDraining {
+                node,
+                draining: false,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(())
     }
 }
@@ -77,31 +85,27 @@ impl LinkService for ClusterService {
                 tracing::info!(node, %addr, via = from, "cluster: join request");
                 Reply::Done(self.join(node, addr).await)
             }
-            Request::Leave { node } => Reply::Done(leave(raft, node).await),
+            Request::Leave { node } => Reply::Done(
+                self.cluster
+                    .remove_member(node)
+                    .await
+                    .map_err(|e| e.to_string()),
+            ),
             Request::Im(req) => Reply::Im(crate::im::remote::serve(&self.im, req).await),
+            Request::Shard { shard, rpc } => match self.cluster.shards.rpc(shard, rpc).await {
+                Some(reply) => Reply::Shard(reply),
+                None => Reply::Done(Err(format!("no shard {shard}"))),
+            },
+            Request::ShardStatus => Reply::ShardStatus(self.cluster.shards.status()),
             Request::Ping => Reply::Pong,
         }
     }
 
     fn push(&self, from: NodeId, push: Push) {
         match push {
-            Push::Im(req) => {
-                if let Some(req) = crate::im::remote::serve_tell(&self.im, req) {
-                    tracing::warn!(node = from, ?req, "nodelink: an IM request came as a push");
-                }
-            }
+            Push::Im(req) => crate::im::remote::serve_push(&self.im, from, req, false),
+            Push::ImForwarded(req) => crate::im::remote::serve_push(&self.im, from, req, true),
             push => self.router.do_send(FromNode { node: from, push }),
         }
     }
-}
-
-/// Remove `node` from the voters, then purge its routes. Must run on the leader.
-pub(super) async fn leave(raft: &super::Raft, node: NodeId) -> Result<(), String> {
-    raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node])), false)
-        .await
-        .map_err(|e| e.to_string())?;
-    raft.client_write(ClusterCommand::NodeDown { node })
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(())
 }

@@ -13,6 +13,7 @@ use proto::ns;
 
 use super::roster::{error_for, result_for};
 use super::subscription::is_subscriber;
+use super::writes::write_error;
 use super::RosterActor;
 use crate::router::messages::{BlockListChanged, SendPresenceOf, SendUnavailableOf};
 
@@ -72,9 +73,8 @@ impl RosterActor {
             return Err(Cond::BadRequest);
         }
         let keys: Vec<String> = jids.iter().map(Jid::to_string).collect();
-        self.blocking
-            .block(&user.to_string(), &keys)
-            .map_err(|_| Cond::InternalServerError)?;
+        self.blocklist_add(&user.to_string(), &keys)
+            .map_err(write_error)?;
         // Blocked subscribers see the account go offline (XEP-0191 §3.3: only those allowed
         // to receive its presence).
         for contact in self.subscribers_covered_by(user, &jids) {
@@ -93,12 +93,12 @@ impl RosterActor {
         let key = user.to_string();
         let before = self.blocklist(user);
         let result = if jids.is_empty() {
-            self.blocking.unblock_all(&key)
+            self.blocklist_clear(&key)
         } else {
             let keys: Vec<String> = jids.iter().map(Jid::to_string).collect();
-            self.blocking.unblock(&key, &keys)
+            self.blocklist_remove(&key, &keys)
         };
-        result.map_err(|_| Cond::InternalServerError)?;
+        result.map_err(write_error)?;
         let freed: Vec<Jid> = before
             .into_iter()
             .filter(|b| jids.is_empty() || jids.contains(b))

@@ -45,10 +45,7 @@ impl RosterActor {
             return;
         }
         self.online.remove(user);
-        if let Err(e) = self
-            .last
-            .set(&user.to_string(), unix_now(), status_of(presence))
-        {
+        if let Err(e) = self.last_set(&user.to_string(), unix_now(), status_of(presence)) {
             tracing::error!(error = %e, "recording last activity failed");
         }
     }

@@ -76,6 +76,13 @@ pub struct StoreOffline {
     pub stanza: Element,
 }
 
+/// Delete everything stored for an account (the account itself goes next).
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct DeleteAccountData {
+    pub user: Jid,
+}
+
 /// What a session that is being bound filters: the account's blocklist (XEP-0191) and its
 /// privacy lists (XEP-0016).
 #[derive(Message)]

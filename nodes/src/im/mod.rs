@@ -14,21 +14,22 @@ pub mod remote;
 mod roster;
 mod subscription;
 mod vcard;
+mod writes;
 
 use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use actix::prelude::*;
 use proto::jid::Jid;
 use storage::{
-    BlockStore, LastActivityStore, OfflineStore, PrivacyStore, PrivateStore, RosterStore,
-    StorageError, Store, VCardStore,
+    BlockStore, LastActivityStore, OfflineStore, PrivacyStore, PrivateStore, RosterStore, UserData,
+    VCardStore,
 };
 
-use crate::cluster::link::PeerLink;
-use crate::cluster::messages::{Push, Reply, Request};
-use crate::cluster::Cluster;
+use crate::cluster::link::{LinkError, PeerLink};
+use crate::cluster::messages::{ImReply, ImRequest, Push, Reply, Request};
+use crate::cluster::shards::{shard_of, ShardId};
+use crate::cluster::{Cluster, NodeId};
 use crate::router::Router;
 use messages::*;
 pub use remote::{ImError, ImMessage};
@@ -39,6 +40,7 @@ pub use privacy::{PrivacyLists, NS_PRIVACY};
 pub use private_xml::NS_PRIVATE;
 pub use roster::NS_ROSTER;
 pub use vcard::NS_VCARD;
+pub use writes::DataWriter;
 
 /// Limits on what an account can accumulate.
 #[derive(Debug, Clone, Copy)]
@@ -47,12 +49,25 @@ pub struct ImLimits {
     pub max_offline_messages: usize,
 }
 
-/// The addresses of this node's RosterActor shards and, in a cluster, the way to other
-/// users' home nodes. Every IM operation goes through `tell` (one-way) or `ask`.
+/// The addresses of this node's RosterActor shards and, in a cluster, the way to the
+/// leaders of other shards. Every IM operation goes through `tell` (one-way) or `ask`.
+///
+/// In a cluster there is one local RosterActor per replicated shard; it acts only while
+/// this node leads the shard. Elsewhere the operation goes to the leader over NodeLink; a
+/// node that no longer leads answers `NotLeader` with the leader it knows, and the operation
+/// is retried there until `IM_TIMEOUT`.
 #[derive(Clone)]
 pub struct RosterShards {
     local: Arc<Vec<Addr<RosterActor>>>,
     cluster: Option<Cluster>,
+}
+
+/// Where an operation on a user's shard goes now.
+enum Target<'a> {
+    Local(&'a Addr<RosterActor>),
+    Remote(NodeId, Arc<PeerLink>),
+    /// No leader known yet (an election, or the link to it is down).
+    Nowhere,
 }
 
 impl RosterShards {
@@ -63,58 +78,86 @@ impl RosterShards {
         }
     }
 
-    /// This node's shards only.
-    pub fn local_only(&self) -> RosterShards {
-        RosterShards {
-            local: self.local.clone(),
-            cluster: None,
-        }
-    }
-
     pub fn all(&self) -> impl Iterator<Item = &Addr<RosterActor>> {
         self.local.iter()
     }
 
-    /// The shard of this node that owns `bare`'s state (if this node is its home).
-    pub fn local_for_user(&self, bare: &Jid) -> &Addr<RosterActor> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        bare.hash(&mut h);
-        &self.local[(h.finish() % self.local.len() as u64) as usize]
+    fn shard_index(&self, bare: &Jid) -> usize {
+        shard_of(&bare.to_string(), self.local.len() as u16) as usize
     }
 
-    /// The link to `bare`'s home node, or `None` when that is this node.
-    fn home_link(&self, bare: &Jid) -> Option<Result<Arc<PeerLink>, ImError>> {
-        let cluster = self.cluster.as_ref()?;
-        let home = cluster.home_of(&bare.to_string());
-        if home == cluster.me {
-            return None;
+    /// The local shard actor for `bare`, whether or not it may act.
+    fn local_actor(&self, bare: &Jid) -> &Addr<RosterActor> {
+        &self.local[self.shard_index(bare)]
+    }
+
+    /// The local shard actor for `bare` if this node serves its shard; otherwise the
+    /// leader this node knows of.
+    pub fn serving(&self, bare: &Jid) -> Result<&Addr<RosterActor>, Option<NodeId>> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(self.local_actor(bare));
+        };
+        let shard = self.shard_index(bare) as ShardId;
+        if cluster.shards.serves(shard) {
+            return Ok(self.local_actor(bare));
         }
-        Some(
-            cluster
-                .link(home)
-                .ok_or_else(|| ImError::Unreachable(format!("node {home} is not a member"))),
-        )
+        let voters = cluster.voters().into_keys().collect();
+        Err(cluster
+            .shards
+            .leader(shard, &voters)
+            .filter(|l| *l != cluster.me))
     }
 
-    /// Send a one-way operation to `bare`'s shard, wherever it lives. Operations for one
-    /// user keep their order.
+    fn target(&self, bare: &Jid) -> Target<'_> {
+        match self.serving(bare) {
+            Ok(addr) => Target::Local(addr),
+            Err(Some(node)) => match self.cluster.as_ref().and_then(|c| c.link(node)) {
+                Some(link) if link.is_connected() => Target::Remote(node, link),
+                _ => Target::Nowhere,
+            },
+            Err(None) => Target::Nowhere,
+        }
+    }
+
+    pub(crate) fn link_to(&self, node: NodeId) -> Option<Arc<PeerLink>> {
+        self.cluster.as_ref()?.link(node)
+    }
+
+    fn note_leader(&self, bare: &Jid, leader: Option<NodeId>) {
+        if let Some(c) = &self.cluster {
+            c.shards
+                .note_leader(self.shard_index(bare) as ShardId, leader);
+        }
+    }
+
+    /// Send a one-way operation to `bare`'s shard, wherever it is led. Operations for one
+    /// user keep their order while the leader stays put.
     pub fn tell<M>(&self, bare: &Jid, msg: M)
     where
         M: ImMessage<Result = ()>,
         RosterActor: Handler<M>,
     {
-        match self.home_link(bare) {
-            None => self.local_for_user(bare).do_send(msg),
-            Some(Ok(link)) => {
-                if !link.push(Push::Im(msg.to_wire())) {
-                    tracing::warn!(user = %bare, "im: home node unreachable; operation dropped");
-                }
-            }
-            Some(Err(e)) => tracing::warn!(user = %bare, error = %e, "im: operation dropped"),
+        match self.target(bare) {
+            Target::Local(addr) => addr.do_send(msg),
+            Target::Remote(_, link) if link.push(Push::Im(msg.to_wire())) => {}
+            _ => self.tell_later(bare.clone(), msg.to_wire()),
         }
     }
 
-    /// Ask `bare`'s shard, wherever it lives.
+    /// A one-way operation that found no leader: retried as a request until one answers.
+    pub(crate) fn tell_later(&self, bare: Jid, wire: ImRequest) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        let shards = self.clone();
+        cluster.shards.spawn(async move {
+            if let Err(e) = shards.request(&bare, wire).await {
+                tracing::warn!(user = %bare, error = %e, "im: operation dropped");
+            }
+        });
+    }
+
+    /// Ask `bare`'s shard, wherever it is led.
     pub fn ask<M>(
         &self,
         bare: &Jid,
@@ -125,64 +168,63 @@ impl RosterShards {
         M::Result: Send,
         RosterActor: Handler<M>,
     {
-        match self.home_link(bare) {
-            None => {
-                let request = self.local_for_user(bare).send(msg);
-                Box::pin(async move {
-                    request
-                        .await
-                        .map_err(|e| ImError::Unreachable(e.to_string()))
-                })
+        if let Target::Local(addr) = self.target(bare) {
+            let request = addr.send(msg);
+            return Box::pin(async move {
+                request
+                    .await
+                    .map_err(|e| ImError::Unreachable(e.to_string()))
+            });
+        }
+        let (shards, bare, wire) = (self.clone(), bare.clone(), msg.to_wire());
+        Box::pin(async move { M::from_reply(shards.request(&bare, wire).await?) })
+    }
+
+    /// Run `wire` on `bare`'s shard leader, following `NotLeader` answers and waiting out
+    /// elections until `IM_TIMEOUT`. A request that was sent and then lost is not retried:
+    /// it may have been applied.
+    async fn request(&self, bare: &Jid, wire: ImRequest) -> Result<ImReply, ImError> {
+        let deadline = tokio::time::Instant::now() + IM_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(ImError::Unreachable(
+                    "no node leads the user's shard".into(),
+                ));
             }
-            Some(Ok(link)) => {
-                let wire = msg.to_wire();
-                Box::pin(async move {
-                    match link.request(Request::Im(wire), IM_TIMEOUT).await {
-                        Ok(Reply::Im(reply)) => M::from_reply(reply),
-                        Ok(_) => Err(ImError::BadReply),
-                        Err(e) => Err(ImError::Unreachable(e.to_string())),
+            match self.target(bare) {
+                Target::Local(_) => return Ok(remote::serve(self, wire).await),
+                Target::Remote(node, link) => {
+                    match link.request(Request::Im(wire.clone()), left).await {
+                        Ok(Reply::Im(ImReply::NotLeader(hint))) => {
+                            self.note_leader(bare, hint.filter(|h| *h != node));
+                        }
+                        Ok(Reply::Im(reply)) => return Ok(reply),
+                        Ok(_) => return Err(ImError::BadReply),
+                        Err(LinkError::NotConnected(_) | LinkError::QueueFull(_)) => {
+                            self.note_leader(bare, None);
+                        }
+                        Err(e) => return Err(ImError::Unreachable(e.to_string())),
                     }
-                })
+                }
+                Target::Nowhere => self.note_leader(bare, None),
             }
-            Some(Err(e)) => Box::pin(async move { Err(e) }),
+            tokio::time::sleep(RETRY_PAUSE.min(left)).await;
         }
     }
 }
 
-/// How long a request to a user's home node may take.
+/// How long an IM operation may wait for the leader of its shard.
 const IM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// The trees the IM layer owns (sled trees are shared handles; each shard uses them only
-/// for the accounts that hash to it).
-#[derive(Clone)]
-pub struct ImStores {
-    pub rosters: RosterStore,
-    pub offline: OfflineStore,
-    pub blocking: BlockStore,
-    pub privacy: PrivacyStore,
-    pub vcards: VCardStore,
-    pub private: PrivateStore,
-    pub last: LastActivityStore,
-}
-
-impl ImStores {
-    pub fn open(store: &Store) -> Result<ImStores, StorageError> {
-        Ok(ImStores {
-            rosters: store.rosters()?,
-            offline: store.offline()?,
-            blocking: store.blocking()?,
-            privacy: store.privacy()?,
-            vcards: store.vcards()?,
-            private: store.private()?,
-            last: store.last_activity()?,
-        })
-    }
-}
+/// Pause between two tries while a shard has no leader.
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
 pub struct RosterActor {
     router: Addr<Router>,
     /// All shards (this one included), attached once every shard has started.
     shards: Option<RosterShards>,
+    /// Where writes go (reads come from the trees below).
+    writer: DataWriter,
     rosters: RosterStore,
     offline: OfflineStore,
     blocking: BlockStore,
@@ -208,13 +250,15 @@ pub struct RosterActor {
 impl RosterActor {
     pub fn new(
         router: Addr<Router>,
-        stores: ImStores,
+        stores: UserData,
+        writer: DataWriter,
         limits: ImLimits,
         domains: Arc<Vec<String>>,
     ) -> Self {
         RosterActor {
             router,
             shards: None,
+            writer,
             rosters: stores.rosters,
             offline: stores.offline,
             blocking: stores.blocking,
@@ -233,8 +277,9 @@ impl RosterActor {
     }
 }
 
+/// Each shard's actor has a thread of its own: its writes wait for the shard to commit.
 impl Actor for RosterActor {
-    type Context = Context<Self>;
+    type Context = SyncContext<Self>;
 }
 
 /// Hand every shard the list of all shards (they forward to each other).
@@ -244,14 +289,14 @@ pub struct AttachShards(pub RosterShards);
 
 impl Handler<AttachShards> for RosterActor {
     type Result = ();
-    fn handle(&mut self, msg: AttachShards, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: AttachShards, _: &mut SyncContext<Self>) {
         self.shards = Some(msg.0);
     }
 }
 
 impl Handler<AccountIq> for RosterActor {
     type Result = MessageResult<AccountIq>;
-    fn handle(&mut self, msg: AccountIq, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: AccountIq, _: &mut SyncContext<Self>) -> Self::Result {
         MessageResult(self.account_iq(&msg.from, &msg.to, &msg.iq))
     }
 }
@@ -377,35 +422,43 @@ impl RosterActor {
 
 impl Handler<OutboundSubscription> for RosterActor {
     type Result = ();
-    fn handle(&mut self, msg: OutboundSubscription, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: OutboundSubscription, _: &mut SyncContext<Self>) {
         self.outbound_subscription(msg);
     }
 }
 
 impl Handler<InboundSubscription> for RosterActor {
     type Result = ();
-    fn handle(&mut self, msg: InboundSubscription, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: InboundSubscription, _: &mut SyncContext<Self>) {
         self.inbound_subscription(msg);
     }
 }
 
 impl Handler<messages::RemoteProbe> for RosterActor {
     type Result = ();
-    fn handle(&mut self, msg: messages::RemoteProbe, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: messages::RemoteProbe, _: &mut SyncContext<Self>) {
         self.remote_probe(msg);
     }
 }
 
 impl Handler<PresenceBroadcast> for RosterActor {
     type Result = ();
-    fn handle(&mut self, msg: PresenceBroadcast, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: PresenceBroadcast, _: &mut SyncContext<Self>) {
         self.presence_broadcast(msg);
+    }
+}
+
+impl Handler<DeleteAccountData> for RosterActor {
+    type Result = Result<(), String>;
+    fn handle(&mut self, msg: DeleteAccountData, _: &mut SyncContext<Self>) -> Self::Result {
+        self.delete_user_data(&msg.user.to_string())
+            .map_err(|e| e.to_string())
     }
 }
 
 impl Handler<StoreOffline> for RosterActor {
     type Result = Result<(), proto::error::StanzaErrorCondition>;
-    fn handle(&mut self, msg: StoreOffline, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: StoreOffline, _: &mut SyncContext<Self>) -> Self::Result {
         self.store_offline(&msg.user, msg.stanza)
     }
 }
@@ -424,7 +477,7 @@ fn shared_privacy(lists: PrivacyLists) -> Arc<PrivacyLists> {
 
 impl Handler<GetFilters> for RosterActor {
     type Result = MessageResult<GetFilters>;
-    fn handle(&mut self, msg: GetFilters, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: GetFilters, _: &mut SyncContext<Self>) -> Self::Result {
         MessageResult(Filters {
             blocked: self.blocklist(&msg.user),
             privacy: shared_privacy(self.privacy_lists(&msg.user)),
@@ -434,7 +487,7 @@ impl Handler<GetFilters> for RosterActor {
 
 impl Handler<ResourceBinding> for RosterActor {
     type Result = ();
-    fn handle(&mut self, msg: ResourceBinding, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: ResourceBinding, _: &mut SyncContext<Self>) {
         self.privacy_resource(msg.jid, msg.bound);
     }
 }

@@ -36,7 +36,7 @@ impl RosterActor {
                 .with_attr("stamp", utc_stamp(SystemTime::now()))
                 .with_text("Offline Storage"),
         );
-        match self.offline.push(
+        match self.offline_push(
             &user.to_string(),
             &stanza.to_xml_string(),
             self.limits.max_offline_messages,
@@ -45,6 +45,11 @@ impl RosterActor {
             // XEP-0160 §3: the sender learns the recipient's storage is full.
             Err(StorageError::QuotaExceeded { .. }) => {
                 Err(StanzaErrorCondition::ServiceUnavailable)
+            }
+            // The recipient's shard is changing leaders: the sender may retry.
+            Err(StorageError::Unavailable(e)) => {
+                tracing::warn!(error = %e, "storing an offline message failed for now");
+                Err(StanzaErrorCondition::ResourceConstraint)
             }
             Err(e) => {
                 tracing::error!(error = %e, "storing an offline message failed");
@@ -74,7 +79,7 @@ impl RosterActor {
                 Err(e) => tracing::error!(error = %e, "dropping an unreadable offline message"),
             }
         }
-        if let Err(e) = self.offline.remove_upto(&key, last) {
+        if let Err(e) = self.offline_remove_upto(&key, last) {
             tracing::error!(error = %e, "removing delivered offline messages failed");
         }
     }

@@ -172,6 +172,7 @@ fn storage_error(e: StorageError) -> Cond {
         StorageError::DuplicateOrder { .. } => Cond::BadRequest,
         StorageError::NoSuchList(_) => Cond::ItemNotFound,
         StorageError::InvalidKey(_) => Cond::BadRequest,
+        StorageError::Unavailable(_) => Cond::ResourceConstraint,
         _ => Cond::InternalServerError,
     }
 }
@@ -340,8 +341,7 @@ impl RosterActor {
         if self.default_in_use_elsewhere(from, current.as_deref()) {
             return Err(Cond::Conflict);
         }
-        self.privacy
-            .set_default(&key, name)
+        self.privacy_set_default(&key, name)
             .map_err(storage_error)?;
         self.send_privacy(&user);
         Ok(())
@@ -366,7 +366,7 @@ impl RosterActor {
             {
                 return Err(Cond::Conflict);
             }
-            if !self.privacy.remove(&key, name).map_err(storage_error)? {
+            if !self.privacy_remove(&key, name).map_err(storage_error)? {
                 return Err(Cond::ItemNotFound);
             }
             if let Some(active) = self.bound.active_mut(from) {
@@ -388,8 +388,7 @@ impl RosterActor {
                 .children()
                 .map(|el| parse_item(el, &groups))
                 .collect::<Result<Vec<_>, _>>()?;
-            self.privacy
-                .put(&key, name, &items)
+            self.privacy_put(&key, name, &items)
                 .map_err(storage_error)?;
         }
         self.send_privacy(&user);

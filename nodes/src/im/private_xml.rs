@@ -7,6 +7,7 @@ use proto::jid::Jid;
 use proto::ns;
 
 use super::roster::{error_for, result_for};
+use super::writes::write_error;
 use super::RosterActor;
 
 pub const NS_PRIVATE: &str = "jabber:iq:private";
@@ -76,9 +77,8 @@ impl RosterActor {
             return Err(Cond::NotAcceptable);
         }
         for (f, x) in fragments.iter().zip(&xml) {
-            self.private
-                .put(user, &f.name, &f.ns, x)
-                .map_err(|_| Cond::InternalServerError)?;
+            self.private_put(user, &f.name, &f.ns, x)
+                .map_err(write_error)?;
         }
         Ok(())
     }

@@ -1,9 +1,10 @@
 //! IM operations across the cluster: each message type's wire form (`ImRequest`), and the
 //! serving side that runs a peer's request on this node's own shards.
 //!
-//! Placement: a user's IM state lives on its home node (`Cluster::home_of`, rendezvous
-//! hashing over the voters). Sessions and the Router on any node reach it through
-//! `RosterShards::tell`/`ask`, which call the local shard or the home node over NodeLink.
+//! Placement: a user's IM state lives in its replicated shard (`cluster::shards`), and the
+//! shard's RosterActor acts on the shard's leader. Sessions and the Router on any node reach
+//! it through `RosterShards::tell`/`ask`, which call the local actor or the leader over
+//! NodeLink.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +16,9 @@ use proto::im::{PresenceToSend, SubscriptionKind};
 
 use super::messages::*;
 use super::{PrivacyLists, RosterActor, RosterShards};
-use crate::cluster::messages::{ImReply, ImRequest};
+use crate::cluster::messages::{ImReply, ImRequest, Push};
+use crate::cluster::NodeId;
+use proto::jid::Jid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImError {
@@ -130,6 +133,21 @@ impl ImMessage for StoreOffline {
     }
 }
 
+impl ImMessage for DeleteAccountData {
+    fn to_wire(&self) -> ImRequest {
+        ImRequest::DeleteAccountData {
+            user: self.user.clone(),
+        }
+    }
+    fn from_reply(reply: ImReply) -> Result<Result<(), String>, ImError> {
+        match reply {
+            ImReply::Done => Ok(Ok(())),
+            ImReply::Failed(e) => Ok(Err(e)),
+            _ => Err(ImError::BadReply),
+        }
+    }
+}
+
 impl ImMessage for GetFilters {
     fn to_wire(&self) -> ImRequest {
         ImRequest::GetFilters {
@@ -185,9 +203,45 @@ fn kind(s: &str) -> Option<SubscriptionKind> {
     SubscriptionKind::parse(s)
 }
 
-/// Run a peer's one-way IM operation on this node's shards; gives back requests that
-/// want an answer.
-pub fn serve_tell(shards: &RosterShards, req: ImRequest) -> Option<ImRequest> {
+/// The account whose shard serves `req`.
+fn account_of(req: &ImRequest) -> Jid {
+    match req {
+        ImRequest::AccountIq { to, .. } => to.to_bare(),
+        ImRequest::OutboundSubscription { user, .. }
+        | ImRequest::InboundSubscription { user, .. }
+        | ImRequest::StoreOffline { user, .. }
+        | ImRequest::DeleteAccountData { user }
+        | ImRequest::GetFilters { user }
+        | ImRequest::RemoteProbe { user, .. } => user.to_bare(),
+        ImRequest::PresenceBroadcast { from, .. } => from.to_bare(),
+        ImRequest::ResourceBinding { jid, .. } => jid.to_bare(),
+    }
+}
+
+/// A peer's one-way IM operation. If this node no longer leads the account's shard, it is
+/// passed on once to the leader this node knows, and after that retried as a request.
+pub fn serve_push(shards: &RosterShards, from: NodeId, req: ImRequest, forwarded: bool) {
+    let user = account_of(&req);
+    match shards.serving(&user) {
+        Ok(addr) => {
+            if let Some(req) = tell(addr, req) {
+                tracing::warn!(node = from, ?req, "nodelink: an IM request came as a push");
+            }
+        }
+        Err(Some(leader)) if !forwarded && leader != from => {
+            let pushed = shards
+                .link_to(leader)
+                .is_some_and(|l| l.push(Push::ImForwarded(req.clone())));
+            if !pushed {
+                shards.tell_later(user, req);
+            }
+        }
+        Err(_) => shards.tell_later(user, req),
+    }
+}
+
+/// Hand a one-way operation to the shard actor; gives back requests that want an answer.
+fn tell(addr: &Addr<RosterActor>, req: ImRequest) -> Option<ImRequest> {
     match req {
         ImRequest::OutboundSubscription {
             user,
@@ -196,7 +250,7 @@ pub fn serve_tell(shards: &RosterShards, req: ImRequest) -> Option<ImRequest> {
             stanza,
         } => {
             if let (Some(kind), Some(stanza)) = (kind(&k), parse(&stanza)) {
-                shards.local_for_user(&user).do_send(OutboundSubscription {
+                addr.do_send(OutboundSubscription {
                     user,
                     contact,
                     kind,
@@ -217,7 +271,7 @@ pub fn serve_tell(shards: &RosterShards, req: ImRequest) -> Option<ImRequest> {
                 _ => None,
             };
             if let (Some(kind), Some(stanza)) = (kind(&k), parse(&stanza)) {
-                shards.local_for_user(&user).do_send(InboundSubscription {
+                addr.do_send(InboundSubscription {
                     user,
                     contact,
                     kind,
@@ -234,36 +288,30 @@ pub fn serve_tell(shards: &RosterShards, req: ImRequest) -> Option<ImRequest> {
             account_available,
         } => {
             if let Some(presence) = parse(&presence) {
-                shards
-                    .local_for_user(&from.to_bare())
-                    .do_send(PresenceBroadcast {
-                        from,
-                        presence,
-                        initial,
-                        priority,
-                        account_available,
-                    });
+                addr.do_send(PresenceBroadcast {
+                    from,
+                    presence,
+                    initial,
+                    priority,
+                    account_available,
+                });
             }
         }
-        ImRequest::ResourceBinding { jid, bound } => {
-            shards
-                .local_for_user(&jid.to_bare())
-                .do_send(ResourceBinding { jid, bound });
-        }
-        ImRequest::RemoteProbe { user, from } => {
-            shards
-                .local_for_user(&user)
-                .do_send(RemoteProbe { user, from });
-        }
+        ImRequest::ResourceBinding { jid, bound } => addr.do_send(ResourceBinding { jid, bound }),
+        ImRequest::RemoteProbe { user, from } => addr.do_send(RemoteProbe { user, from }),
         ask => return Some(ask),
     }
     None
 }
 
-/// Run a peer's IM request on this node's shards.
+/// Run a peer's IM request on this node's shard actor, if this node leads the shard.
 pub async fn serve(shards: &RosterShards, req: ImRequest) -> ImReply {
     let failed = |e: MailboxError| ImReply::Failed(e.to_string());
-    let Some(req) = serve_tell(shards, req) else {
+    let addr = match shards.serving(&account_of(&req)) {
+        Ok(addr) => addr.clone(),
+        Err(leader) => return ImReply::NotLeader(leader),
+    };
+    let Some(req) = tell(&addr, req) else {
         return ImReply::Done;
     };
     match req {
@@ -271,8 +319,7 @@ pub async fn serve(shards: &RosterShards, req: ImRequest) -> ImReply {
             let Some(iq) = parse(&iq) else {
                 return ImReply::Failed("malformed request".into());
             };
-            let shard = shards.local_for_user(&to);
-            match shard.send(AccountIq { from, to, iq }).await {
+            match addr.send(AccountIq { from, to, iq }).await {
                 Ok(replies) => ImReply::Stanzas(replies.iter().map(xml).collect()),
                 Err(e) => failed(e),
             }
@@ -281,31 +328,32 @@ pub async fn serve(shards: &RosterShards, req: ImRequest) -> ImReply {
             let Some(stanza) = parse(&stanza) else {
                 return ImReply::Failed("malformed request".into());
             };
-            match shards
-                .local_for_user(&user)
-                .send(StoreOffline { user, stanza })
-                .await
-            {
+            match addr.send(StoreOffline { user, stanza }).await {
                 Ok(Ok(())) => ImReply::Stored(None),
                 Ok(Err(c)) => ImReply::Stored(Some(c.as_str().into())),
                 Err(e) => failed(e),
             }
         }
-        ImRequest::GetFilters { user } => {
-            match shards.local_for_user(&user).send(GetFilters { user }).await {
-                Ok(f) => ImReply::Filters {
-                    blocked: f.blocked,
-                    default: f.privacy.default.clone(),
-                    lists: f
-                        .privacy
-                        .lists
-                        .iter()
-                        .map(|(k, v)| (k.clone(), (**v).clone()))
-                        .collect(),
-                },
+        ImRequest::DeleteAccountData { user } => {
+            match addr.send(DeleteAccountData { user }).await {
+                Ok(Ok(())) => ImReply::Done,
+                Ok(Err(e)) => ImReply::Failed(e),
                 Err(e) => failed(e),
             }
         }
+        ImRequest::GetFilters { user } => match addr.send(GetFilters { user }).await {
+            Ok(f) => ImReply::Filters {
+                blocked: f.blocked,
+                default: f.privacy.default.clone(),
+                lists: f
+                    .privacy
+                    .lists
+                    .iter()
+                    .map(|(k, v)| (k.clone(), (**v).clone()))
+                    .collect(),
+            },
+            Err(e) => failed(e),
+        },
         _ => ImReply::Done,
     }
 }

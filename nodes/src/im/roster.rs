@@ -7,6 +7,7 @@ use proto::jid::Jid;
 use proto::ns;
 use storage::rosters::{RosterChange, RosterItem};
 
+use super::writes::write_error;
 use super::RosterActor;
 
 pub const NS_ROSTER: &str = "jabber:iq:roster";
@@ -197,10 +198,7 @@ impl RosterActor {
                 }
             }
         };
-        let version = self
-            .rosters
-            .put(&key, &updated)
-            .map_err(|_| Cond::InternalServerError)?;
+        let version = self.roster_item_put(&key, &updated).map_err(write_error)?;
         self.push(user, item_element(&updated), version);
         Ok(())
     }
@@ -219,14 +217,13 @@ impl RosterActor {
         let pending_in = self.has_pending_in(user, contact);
         let state = state_of(Some(&existing), pending_in);
         let Some(version) = self
-            .rosters
-            .remove(&key, &contact_key)
-            .map_err(|_| Cond::InternalServerError)?
+            .roster_item_remove(&key, &contact_key)
+            .map_err(write_error)?
         else {
             return Err(Cond::ItemNotFound);
         };
         if pending_in {
-            let _ = self.rosters.remove_pending_in(&key, &contact_key);
+            let _ = self.pending_remove(&key, &contact_key);
         }
         self.push(user, removed_element(&contact_key), version);
         // Tell the contact, as if the user had sent these (the item is gone, so they only

@@ -47,15 +47,9 @@ impl RosterActor {
         let contact_key = contact.to_string();
         if after.pending_in != before.pending_in {
             let stored = match (after.pending_in, request) {
-                (true, Some(req)) => {
-                    self.rosters
-                        .put_pending_in(&key, &contact_key, &req.to_xml_string())
-                }
+                (true, Some(req)) => self.pending_put(&key, &contact_key, &req.to_xml_string()),
                 (true, None) => Ok(()),
-                (false, _) => self
-                    .rosters
-                    .remove_pending_in(&key, &contact_key)
-                    .map(|_| ()),
+                (false, _) => self.pending_remove(&key, &contact_key).map(|_| ()),
             };
             if let Err(e) = stored {
                 tracing::error!(error = %e, "storing a pending subscription request failed");
@@ -80,7 +74,7 @@ impl RosterActor {
         updated.subscription = after.subscription.as_str().to_string();
         updated.pending_out = after.pending_out;
         updated.approved = after.approved;
-        match self.rosters.put(&key, &updated) {
+        match self.roster_item_put(&key, &updated) {
             Ok(version) => self.push(user, item_element(&updated), version),
             Err(e) => tracing::error!(error = %e, "storing a roster item failed"),
         }

@@ -5,6 +5,7 @@ use proto::error::StanzaErrorCondition as Cond;
 use proto::jid::Jid;
 
 use super::roster::{error_for, result_for};
+use super::writes::write_error;
 use super::RosterActor;
 
 pub const NS_VCARD: &str = "vcard-temp";
@@ -49,8 +50,6 @@ impl RosterActor {
         if xml.len() > MAX_VCARD_BYTES {
             return Err(Cond::NotAcceptable);
         }
-        self.vcards
-            .put(&user.to_string(), &xml)
-            .map_err(|_| Cond::InternalServerError)
+        self.vcard_put(&user.to_string(), &xml).map_err(write_error)
     }
 }

@@ -190,6 +190,9 @@ impl Router {
                 RouteEvent::Member { node, member } => {
                     tracing::info!(node, state = ?member.state, "cluster: member state changed");
                 }
+                RouteEvent::Draining { node, draining } => {
+                    tracing::info!(node, draining, "cluster: member draining changed");
+                }
             }
         }
         for (jid, session) in kicks {
@@ -364,7 +367,7 @@ impl Handler<FromNode> for Router {
                 Err(e) => tracing::warn!(node = msg.node, error = %e, "cluster: unparsable stanza"),
             },
             Push::User(op) => self.user_op_from_node(op, ctx),
-            Push::Im(_) => {}
+            Push::Im(_) | Push::ImForwarded(_) => {}
         }
     }
 }

@@ -1,0 +1,429 @@
+//! IM data shards: every account's IM data (roster, subscriptions, pending requests,
+//! privacy and block lists, offline messages, vCard, private XML, last activity) belongs to
+//! one of a fixed number of shards (`cluster.shards`, FNV-1a of the bare JID), and each shard
+//! is its own Raft group with `cluster.replicas` replicas, multiplexed over the NodeLinks.
+//!
+//! Placement is rendezvous hashing of (shard, node) over the metadata group's voters that are
+//! not draining, so the shard map is a function of the replicated membership. The leader of
+//! each shard reconciles its group's voters with that placement (add a learner, let it catch
+//! up, then replace the voters), so a joining node receives replicas and a leaving node's
+//! replicas move away before it is removed.
+//!
+//! The RosterActor of a shard runs on the shard's leader; every write it makes is committed
+//! to the shard's log before the client hears about it.
+
+mod state_machine;
+mod types;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+use storage::{StorageError, UserData, UserDataWrite, WriteOutcome};
+
+use super::link::NodeLinks;
+use super::messages::{ShardRpc, ShardRpcReply};
+use super::network::LinkNetwork;
+use super::NodeId;
+pub use state_machine::ShardStateMachine;
+pub use types::{ShardRaft, ShardResponse, ShardTypes};
+
+pub type ShardId = u16;
+
+/// How long a write waits for its shard to commit before the client is told to retry.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a new replica may take to catch up before a move is retried.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The shard of an account: FNV-1a (64 bit) of its bare JID, modulo the shard count. Fixed
+/// so that every node, of every version, agrees.
+pub fn shard_of(bare: &str, count: u16) -> ShardId {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bare.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % u64::from(count.max(1))) as ShardId
+}
+
+/// The nodes that should hold `shard`: the `replicas` best of `nodes` by rendezvous hash.
+/// Adding a node moves only the replicas it wins; removing one only those it held.
+pub fn placement(
+    shard: ShardId,
+    nodes: impl IntoIterator<Item = NodeId>,
+    replicas: usize,
+) -> BTreeSet<NodeId> {
+    let mut scored: Vec<(u64, NodeId)> = nodes
+        .into_iter()
+        .map(|n| {
+            // splitmix64 of (shard, node): well spread and stable across versions.
+            let mut z = (u64::from(shard) << 48) ^ n ^ 0x9e37_79b9_7f4a_7c15;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (z ^ (z >> 31), n)
+        })
+        .collect();
+    scored.sort_unstable_by(|a, b| b.cmp(a));
+    scored.into_iter().take(replicas).map(|(_, n)| n).collect()
+}
+
+/// One shard as this node sees it (`switchboard cluster status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardStatus {
+    pub shard: ShardId,
+    pub leader: Option<NodeId>,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub applied: Option<u64>,
+    pub term: u64,
+}
+
+struct Group {
+    raft: ShardRaft,
+    data: UserData,
+}
+
+/// The shards, as this node runs them: one Raft instance per shard (a node that holds no
+/// replica of a shard still runs an idle, uninitialised instance, so it can be given one).
+pub struct ShardGroups {
+    me: NodeId,
+    groups: Vec<Group>,
+    replicas: usize,
+    /// The leader last heard of for each shard this node holds no replica of.
+    hints: Mutex<Vec<Option<NodeId>>>,
+    /// The runtime the Raft instances run on (writes from actor threads are spawned there).
+    runtime: actix::ArbiterHandle,
+}
+
+impl ShardGroups {
+    /// Start every shard's Raft instance; must run on the arbiter that will own them.
+    pub async fn start(
+        me: NodeId,
+        store: &storage::Store,
+        count: u16,
+        replicas: usize,
+        links: Arc<NodeLinks>,
+        heartbeat_ms: u64,
+    ) -> anyhow::Result<ShardGroups> {
+        let config = Arc::new(
+            openraft::Config {
+                cluster_name: "switchboard-shard".into(),
+                heartbeat_interval: heartbeat_ms,
+                election_timeout_min: heartbeat_ms * 4,
+                election_timeout_max: heartbeat_ms * 8,
+                // Bounds the log (and the replay after a restart); a replica that fell
+                // further behind gets the snapshot.
+                snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2000),
+                max_in_snapshot_log_to_keep: 500,
+                purge_batch_size: 256,
+                ..Default::default()
+            }
+            .validate()?,
+        );
+        let mut groups = Vec::with_capacity(count as usize);
+        for shard in 0..count {
+            let log = store.shard_raft_log::<ShardTypes>(shard)?;
+            let data = store.shard_user_data(shard)?;
+            let sm = ShardStateMachine::open(data.clone(), log.snapshot_slot())?;
+            let raft = ShardRaft::new(
+                me,
+                config.clone(),
+                LinkNetwork::<ShardTypes> {
+                    links: links.clone(),
+                    group: shard,
+                },
+                log,
+                sm,
+            )
+            .await?;
+            groups.push(Group { raft, data });
+        }
+        Ok(ShardGroups {
+            me,
+            groups,
+            replicas,
+            hints: Mutex::new(vec![None; count as usize]),
+            runtime: actix::Arbiter::current(),
+        })
+    }
+
+    pub fn count(&self) -> u16 {
+        self.groups.len() as u16
+    }
+
+    pub fn shard_of(&self, bare: &str) -> ShardId {
+        shard_of(bare, self.count())
+    }
+
+    /// The shard's trees on this node (read by its RosterActor while this node leads).
+    pub fn data(&self, shard: ShardId) -> Option<&UserData> {
+        self.groups.get(shard as usize).map(|g| &g.data)
+    }
+
+    fn raft(&self, shard: ShardId) -> Option<&ShardRaft> {
+        self.groups.get(shard as usize).map(|g| &g.raft)
+    }
+
+    /// Whether this node leads `shard` and has applied everything earlier leaders
+    /// committed (an entry of its own term is applied), so its reads are current.
+    pub fn serves(&self, shard: ShardId) -> bool {
+        let Some(raft) = self.raft(shard) else {
+            return false;
+        };
+        let m = raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader
+            && m.current_leader == Some(self.me)
+            && m.last_applied.map(|l| l.leader_id.term) == Some(m.current_term)
+    }
+
+    /// Where to send an operation on `shard`: its leader as far as this node knows, or
+    /// else one of the nodes that should hold it.
+    pub fn leader(&self, shard: ShardId, voters: &BTreeSet<NodeId>) -> Option<NodeId> {
+        let raft = self.raft(shard)?;
+        let known = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            let holds = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == self.me);
+            m.current_leader.filter(|_| holds)
+        };
+        known
+            .or_else(|| {
+                self.hints
+                    .lock()
+                    .ok()
+                    .and_then(|h| h.get(shard as usize).copied().flatten())
+            })
+            .or_else(|| {
+                placement(shard, voters.iter().copied(), self.replicas)
+                    .into_iter()
+                    .next()
+            })
+    }
+
+    /// Remember who leads `shard` (from a peer's answer); `None` forgets.
+    pub fn note_leader(&self, shard: ShardId, leader: Option<NodeId>) {
+        if let Ok(mut h) = self.hints.lock() {
+            if let Some(slot) = h.get_mut(shard as usize) {
+                *slot = leader;
+            }
+        }
+    }
+
+    /// Commit `write` to its shard (this node must lead it) and give what applying it gave.
+    pub async fn write(&self, write: UserDataWrite) -> Result<WriteOutcome, StorageError> {
+        let shard = self.shard_of(write.user());
+        let raft = self
+            .raft(shard)
+            .ok_or_else(|| StorageError::Unavailable(format!("no shard {shard}")))?
+            .clone();
+        match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(write)).await {
+            Ok(Ok(r)) => r.data.0.map_err(StorageError::from),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(
+                StorageError::Unavailable(format!("shard {shard} moved to node {:?}", f.leader_id)),
+            ),
+            Ok(Err(e)) => Err(StorageError::Unavailable(format!("shard {shard}: {e}"))),
+            Err(_) => Err(StorageError::Unavailable(format!(
+                "shard {shard} did not commit in time"
+            ))),
+        }
+    }
+
+    /// [`ShardGroups::write`] from a thread that may block (a RosterActor's).
+    pub fn write_blocking(
+        self: &Arc<Self>,
+        write: UserDataWrite,
+    ) -> Result<WriteOutcome, StorageError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let groups = self.clone();
+        self.runtime.spawn(async move {
+            let _ = tx.send(groups.write(write).await);
+        });
+        rx.recv_timeout(WRITE_TIMEOUT + Duration::from_secs(1))
+            .unwrap_or_else(|_| Err(StorageError::Unavailable("shard write abandoned".into())))
+    }
+
+    /// First start of a configured cluster: each shard's group is initialised by the lowest
+    /// of the configured members that should hold it, with those members as voters.
+    pub async fn initialize(&self, members: &BTreeMap<NodeId, String>) -> anyhow::Result<()> {
+        for (shard, group) in self.groups.iter().enumerate() {
+            let voters = placement(shard as ShardId, members.keys().copied(), self.replicas);
+            if voters.first() != Some(&self.me) || group.raft.is_initialized().await? {
+                continue;
+            }
+            let nodes: BTreeMap<NodeId, BasicNode> = voters
+                .iter()
+                .filter_map(|id| {
+                    members
+                        .get(id)
+                        .map(|addr| (*id, BasicNode { addr: addr.clone() }))
+                })
+                .collect();
+            group.raft.initialize(nodes).await?;
+        }
+        Ok(())
+    }
+
+    /// A peer's Raft RPC for one of the shards.
+    pub async fn rpc(&self, shard: ShardId, rpc: ShardRpc) -> Option<ShardRpcReply> {
+        let raft = self.raft(shard)?;
+        Some(match rpc {
+            ShardRpc::AppendEntries(r) => {
+                ShardRpcReply::AppendEntries(raft.append_entries(r).await)
+            }
+            ShardRpc::Vote(r) => ShardRpcReply::Vote(raft.vote(r).await),
+            ShardRpc::InstallSnapshot(r) => {
+                ShardRpcReply::InstallSnapshot(raft.install_snapshot(r).await)
+            }
+        })
+    }
+
+    /// The shards this node holds a replica of.
+    pub fn status(&self) -> Vec<ShardStatus> {
+        self.groups
+            .iter()
+            .enumerate()
+            .filter_map(|(shard, g)| {
+                let m = g.raft.metrics().borrow().clone();
+                let membership = m.membership_config.membership();
+                let voters: Vec<NodeId> = membership.voter_ids().collect();
+                if !voters.contains(&self.me) {
+                    return None;
+                }
+                Some(ShardStatus {
+                    shard: shard as ShardId,
+                    leader: m.current_leader,
+                    voters,
+                    learners: membership.learner_ids().collect(),
+                    applied: m.last_applied.map(|l| l.index),
+                    term: m.current_term,
+                })
+            })
+            .collect()
+    }
+
+    /// On each shard this node leads, move the voters towards the placement over `nodes`
+    /// (the metadata voters with their addresses, minus the draining ones).
+    pub async fn reconcile(&self, nodes: &BTreeMap<NodeId, String>) {
+        if nodes.is_empty() {
+            return;
+        }
+        for (shard, group) in self.groups.iter().enumerate() {
+            let shard = shard as ShardId;
+            if !self.serves(shard) {
+                continue;
+            }
+            let want = placement(shard, nodes.keys().copied(), self.replicas);
+            let (voters, known): (BTreeSet<NodeId>, BTreeSet<NodeId>) = {
+                let m = group.raft.metrics();
+                let m = m.borrow();
+                let membership = m.membership_config.membership();
+                (
+                    membership.voter_ids().collect(),
+                    membership.nodes().map(|(id, _)| *id).collect(),
+                )
+            };
+            if voters == want {
+                continue;
+            }
+            tracing::info!(shard, ?voters, ?want, "shard: moving replicas");
+            let mut ready = true;
+            for node in want.difference(&known) {
+                let Some(addr) = nodes.get(node) else {
+                    ready = false;
+                    continue;
+                };
+                let add = group
+                    .raft
+                    .add_learner(*node, BasicNode { addr: addr.clone() }, true);
+                match tokio::time::timeout(CATCH_UP_TIMEOUT, add).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(shard, node, error = %e, "shard: adding a replica failed");
+                        ready = false;
+                    }
+                    Err(_) => {
+                        tracing::warn!(shard, node, "shard: new replica did not catch up in time");
+                        ready = false;
+                    }
+                }
+            }
+            if !ready {
+                continue;
+            }
+            let change = group
+                .raft
+                .change_membership(ChangeMembers::ReplaceAllVoters(want.clone()), false);
+            match tokio::time::timeout(CATCH_UP_TIMEOUT, change).await {
+                Ok(Ok(_)) => tracing::info!(shard, voters = ?want, "shard: replicas moved"),
+                Ok(Err(e)) => tracing::warn!(shard, error = %e, "shard: changing voters failed"),
+                Err(_) => tracing::warn!(shard, "shard: changing voters timed out"),
+            }
+        }
+    }
+
+    /// Run `fut` on the shards' runtime (from any thread).
+    pub fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.runtime.spawn(fut);
+    }
+
+    /// Stop every shard's Raft (node shutdown).
+    pub async fn shutdown(&self) {
+        for g in &self.groups {
+            let _ = g.raft.shutdown().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_of_is_fnv1a() {
+        // FNV-1a 64 of "" is the offset basis; of "a" a published test vector.
+        assert_eq!(
+            shard_of("", u16::MAX),
+            (0xcbf2_9ce4_8422_2325u64 % 65535) as u16
+        );
+        assert_eq!(
+            shard_of("a", u16::MAX),
+            (0xaf63_dc4c_8601_ec8cu64 % 65535) as u16
+        );
+        assert!((0..100).all(|i| shard_of(&format!("u{i}@x"), 16) < 16));
+    }
+
+    #[test]
+    fn placement_moves_only_what_a_new_node_wins() {
+        let three: Vec<NodeId> = vec![1, 2, 3];
+        let four: Vec<NodeId> = vec![1, 2, 3, 4];
+        let mut moved = 0;
+        for shard in 0..64 {
+            let before = placement(shard, three.clone(), 3);
+            assert_eq!(before, BTreeSet::from([1, 2, 3]));
+            let after = placement(shard, four.clone(), 3);
+            assert_eq!(after.len(), 3);
+            if after.contains(&4) {
+                moved += 1;
+                assert_eq!(before.difference(&after).count(), 1);
+            } else {
+                assert_eq!(before, after);
+            }
+            // Removing node 2 keeps the shard on the others.
+            let without = placement(shard, [1, 3, 4], 3);
+            assert_eq!(without, BTreeSet::from([1, 3, 4]));
+        }
+        // Node 4 should win about three quarters of the shards.
+        assert!(
+            (32..=60).contains(&moved),
+            "node 4 got {moved} of 64 shards"
+        );
+    }
+}
