@@ -56,6 +56,9 @@ pub struct ClusterSettings {
     pub shards: u16,
     /// Replicas of each shard (at most the number of nodes).
     pub replicas: usize,
+    /// A shard snapshots its data and compacts its log after this many entries; a replica
+    /// that fell further behind catches up from the snapshot.
+    pub shard_snapshot_entries: u64,
 }
 
 /// Federation (server-to-server).
@@ -191,6 +194,7 @@ failure_timeout_ms = 3000
 heartbeat_ms = 150
 shards = 16
 replicas = 3
+shard_snapshot_entries = 2000
 [s2s]
 listen = "0.0.0.0:5269"
 tls_listen = ""
@@ -264,6 +268,9 @@ impl ClusterSettings {
         }
         if self.members.is_empty() && self.seeds.is_empty() {
             return invalid("cluster.members or cluster.seeds must name the cluster".into());
+        }
+        if self.shard_snapshot_entries < 8 {
+            return invalid("cluster.shard_snapshot_entries must be at least 8".into());
         }
         if self.shards == 0 || self.replicas == 0 {
             return invalid("cluster.shards and cluster.replicas must be at least 1".into());

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub c2s_queued_bytes: IntGauge,
     pub nodelink_queue: IntGaugeVec,
     pub s2s_authentications: IntCounterVec,
+    pub shard_replicas: IntGaugeVec,
+    pub shard_writes: IntCounterVec,
+    pub shard_snapshots: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -147,6 +150,24 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Time the router spends on one stanza, by stanza kind.",
             &["kind"],
             latency.clone(),
+        ),
+        shard_replicas: gauge_vec(
+            &r,
+            "switchboard_shard_replicas",
+            "IM data shards this node holds a replica of (role: leader or follower).",
+            &["role"],
+        ),
+        shard_writes: counter(
+            &r,
+            "switchboard_shard_writes_total",
+            "IM data writes this node led (committed, refused by the data, or unavailable: no quorum or moved).",
+            &["result"],
+        ),
+        shard_snapshots: counter(
+            &r,
+            "switchboard_shard_snapshots_total",
+            "IM data shard snapshots this node built or installed from a leader.",
+            &["event"],
         ),
         raft_term: gauge(&r, "switchboard_raft_term", "Current Raft term."),
         raft_leader: gauge(

@@ -268,6 +268,7 @@ async fn start_cluster(
         heartbeat_ms: c.heartbeat_ms,
         shards: c.shards,
         replicas: c.replicas,
+        shard_snapshot_entries: c.shard_snapshot_entries,
     };
     let log = store.raft_log()?;
     let store = store.clone();

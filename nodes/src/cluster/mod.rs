@@ -70,6 +70,8 @@ pub struct ClusterConfig {
     /// IM data shards and replicas per shard.
     pub shards: u16,
     pub replicas: usize,
+    /// A shard snapshots (and then compacts its log) after this many entries.
+    pub shard_snapshot_entries: u64,
 }
 
 struct PendingChange {
@@ -177,6 +179,7 @@ impl Cluster {
                 config.replicas,
                 links.clone(),
                 config.heartbeat_ms,
+                config.shard_snapshot_entries,
             )
             .await?,
         );
@@ -701,6 +704,12 @@ impl Cluster {
         m.raft_voters
             .set(r.membership_config.membership().voter_ids().count() as i64);
         drop(r);
+        let shards = self.shards.status();
+        let led = shards.iter().filter(|s| s.leader == Some(self.me)).count() as i64;
+        m.shard_replicas.with_label_values(&["leader"]).set(led);
+        m.shard_replicas
+            .with_label_values(&["follower"])
+            .set(shards.len() as i64 - led);
         let states = self.member_states();
         for (label, state) in [("up", MemberState::Up), ("down", MemberState::Down)] {
             m.cluster_members

@@ -107,6 +107,7 @@ impl ShardGroups {
         replicas: usize,
         links: Arc<NodeLinks>,
         heartbeat_ms: u64,
+        snapshot_entries: u64,
     ) -> anyhow::Result<ShardGroups> {
         let config = Arc::new(
             openraft::Config {
@@ -116,9 +117,9 @@ impl ShardGroups {
                 election_timeout_max: heartbeat_ms * 8,
                 // Bounds the log (and the replay after a restart); a replica that fell
                 // further behind gets the snapshot.
-                snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2000),
-                max_in_snapshot_log_to_keep: 500,
-                purge_batch_size: 256,
+                snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_entries),
+                max_in_snapshot_log_to_keep: snapshot_entries / 4,
+                purge_batch_size: (snapshot_entries / 4).max(1),
                 ..Default::default()
             }
             .validate()?,
@@ -224,7 +225,7 @@ impl ShardGroups {
             .raft(shard)
             .ok_or_else(|| StorageError::Unavailable(format!("no shard {shard}")))?
             .clone();
-        match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(write)).await {
+        let result = match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(write)).await {
             Ok(Ok(r)) => r.data.0.map_err(StorageError::from),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(
                 StorageError::Unavailable(format!("shard {shard} moved to node {:?}", f.leader_id)),
@@ -233,7 +234,17 @@ impl ShardGroups {
             Err(_) => Err(StorageError::Unavailable(format!(
                 "shard {shard} did not commit in time"
             ))),
-        }
+        };
+        let label = match &result {
+            Ok(_) => "committed",
+            Err(StorageError::Unavailable(_)) => "unavailable",
+            Err(_) => "refused",
+        };
+        crate::metrics::METRICS
+            .shard_writes
+            .with_label_values(&[label])
+            .inc();
+        result
     }
 
     /// [`ShardGroups::write`] from a thread that may block (a RosterActor's).

@@ -86,6 +86,10 @@ pub struct ShardSnapshotBuilder {
 
 impl RaftSnapshotBuilder<ShardTypes> for ShardSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<ShardTypes>, StorageError<NodeId>> {
+        crate::metrics::METRICS
+            .shard_snapshots
+            .with_label_values(&["built"])
+            .inc();
         self.slot
             .save(&encode(&self.meta, &self.dump)?)
             .await
@@ -169,6 +173,10 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
         })?;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        crate::metrics::METRICS
+            .shard_snapshots
+            .with_label_values(&["installed"])
+            .inc();
         self.slot
             .save(&encode(meta, &dump)?)
             .await
