@@ -194,8 +194,19 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         }
 
         let limit = Arc::new(Semaphore::new(settings.c2s.max_connections));
-        let workers: Vec<Arbiter> = (0..worker_count()).map(|_| Arbiter::new()).collect();
-        for worker in &workers {
+        // Sessions run on one worker arbiter per CPU. With a single CPU they share the
+        // router's thread: a second thread there would only add a context switch to every
+        // stanza (session → router → session).
+        let workers: Vec<Arbiter> = match worker_count() {
+            1 => Vec::new(),
+            n => (0..n).map(|_| Arbiter::new()).collect(),
+        };
+        let handles: Vec<ArbiterHandle> = if workers.is_empty() {
+            vec![Arbiter::current()]
+        } else {
+            workers.iter().map(|w| w.handle()).collect()
+        };
+        for worker in &handles {
             for l in &listeners {
                 let socket = l.socket.try_clone()?;
                 let started = worker.spawn(c2s::accept_loop(
@@ -305,12 +316,17 @@ fn serve_cluster(
         router: router.clone(),
         im: shards.clone(),
     });
-    let (cluster, router) = (cluster.clone(), router.clone());
+    let (cluster, router, shards) = (cluster.clone(), router.clone(), shards.clone());
     let addr = listener.local_addr()?;
     let started = arbiter.spawn(async move {
         match tokio::net::TcpListener::from_std(listener) {
             Ok(l) => {
                 tokio::spawn(cluster.links.clone().serve(l, service));
+                tokio::spawn(crate::im::handover::refill_new_leaders(
+                    cluster.clone(),
+                    shards,
+                    router.clone(),
+                ));
             }
             Err(e) => {
                 tracing::error!(error = %e, "cluster: cannot listen");

@@ -69,6 +69,14 @@ where
         }
     }
 
+    /// Forget the whole log, the vote and the snapshot (a replica that was moved away).
+    pub fn clear(&self) -> PlainResult<()> {
+        self.log.clear()?;
+        self.state.clear()?;
+        self.state.flush()?;
+        Ok(())
+    }
+
     /// Where the state machine keeps its snapshot: the same tree as the vote, so one sled
     /// handle carries a node's whole Raft state.
     pub fn snapshot_slot(&self) -> SnapshotSlot {

@@ -5,7 +5,7 @@ import pytest
 
 from cluster import Cluster
 from conftest import render_toml
-from rawxmpp import online
+from rawxmpp import online, subscribe, xml_str
 from test_metrics import scrape, value
 
 
@@ -60,6 +60,42 @@ async def test_a_replica_that_was_down_catches_up_from_a_snapshot(tmp_path):
         missing = [j for j in contacts if j not in items]
         assert not missing, f"{len(missing)} acknowledged roster items missing: {missing[:5]}"
         await c.close()
+    finally:
+        errors = cluster.stop()
+        if errors:
+            pytest.fail("\n\n".join(errors), pytrace=False)
+
+
+async def test_a_new_shard_leader_knows_who_is_online(tmp_path):
+    """The shard's leader dies: its successor learns from every node which of its accounts
+    are online, so Last Activity (XEP-0012) still answers 0 seconds for an online user."""
+    cluster = Cluster(tmp_path)
+    a_acc, b_acc = cluster.account(), cluster.account()
+    try:
+        cluster.start()
+        cluster.wait_shards_ready()
+        count = cluster.shard_count()
+        shard = Cluster.shard_of(b_acc.jid, count)
+        leader = cluster.shard_leaders(cluster.nodes[0])[shard]
+        others = [n for n in cluster.nodes if Cluster.node_id(n) != leader]
+        doomed = cluster.node_by_id(leader)
+        a = await online(others[0], a_acc, "r", label="a")
+        b = await online(others[1], b_acc, "r", label="b")
+        await subscribe(a, b)
+
+        async def last_seconds():
+            resp = await a.iq("<query xmlns='jabber:iq:last'/>", to=b_acc.jid)
+            query = resp.find("{jabber:iq:last}query")
+            print("LAST", xml_str(resp))
+            return resp.get("type"), None if query is None else query.get("seconds")
+
+        assert await last_seconds() == ("result", "0")
+        doomed.kill9()
+        cluster.wait_shards_ready(nodes=others)
+        assert cluster.shard_leaders(others[0])[shard] != leader
+        assert await last_seconds() == ("result", "0"), "the new leader lost who is online"
+        await a.close()
+        await b.close()
     finally:
         errors = cluster.stop()
         if errors:

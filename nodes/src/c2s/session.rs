@@ -255,6 +255,7 @@ impl SessionActor {
                     iq: iq.clone(),
                 },
             );
+            let iq = iq.clone();
             ctx.spawn(
                 request
                     .into_actor(self)
@@ -270,7 +271,12 @@ impl SessionActor {
                                 session.send_to_client(&reply, ctx);
                             }
                         }
-                        Err(_) => tracing::error!("roster shard unavailable"),
+                        // The account's shard did not answer (its leader died or an
+                        // election is under way): the client may retry.
+                        Err(e) => {
+                            tracing::warn!(error = %e, "im: account IQ not answered");
+                            session.reply_error(&iq, StanzaErrorCondition::ResourceConstraint, ctx);
+                        }
                     }),
             );
             return;

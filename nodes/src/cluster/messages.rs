@@ -68,6 +68,11 @@ pub enum Request {
     },
     /// The shards the peer holds a replica of, as it sees them.
     ShardStatus,
+    /// The peer's sessions of accounts in `shard` (of `count`), for a new shard leader.
+    ShardSessions {
+        shard: ShardId,
+        count: u16,
+    },
     Ping,
 }
 
@@ -99,6 +104,8 @@ pub enum Reply {
     Im(ImReply),
     Shard(ShardRpcReply),
     ShardStatus(Vec<ShardStatus>),
+    /// (full JID, available) per session.
+    ShardSessions(Vec<(Jid, bool)>),
     Pong,
 }
 
@@ -131,6 +138,9 @@ pub enum UserOp {
     SendPresenceOf { contact: Jid, to: Jid },
     /// Each available resource of `contact` sends unavailable presence to `to`.
     SendUnavailableOf { contact: Jid, to: Jid },
+    /// Deliver to every available resource of `user` on the receiving node (which alone
+    /// knows at once which of its sessions are available).
+    DeliverToAvailable { user: Jid, stanza: String },
     /// `user`'s blocklist or privacy lists changed: sessions fetch them again.
     FiltersChanged { user: Jid },
     /// Disconnect the account's sessions (deleted, or kicked by an operator).
@@ -174,6 +184,13 @@ pub enum ImRequest {
     DeleteAccountData {
         user: Jid,
     },
+    FetchOffline {
+        user: Jid,
+    },
+    RemoveOffline {
+        user: Jid,
+        upto: u64,
+    },
     GetFilters {
         user: Jid,
     },
@@ -194,6 +211,8 @@ pub enum ImReply {
     Stanzas(Vec<String>),
     /// `StoreOffline`: the stanza error condition if it was refused.
     Stored(Option<String>),
+    /// `FetchOffline`: (sequence number, stanza) in order.
+    Offline(Vec<(u64, String)>),
     Filters {
         blocked: Vec<Jid>,
         default: Option<String>,

@@ -456,8 +456,32 @@ impl Cluster {
             if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
                 return;
             }
-            self.shards.reconcile(&self.placeable()).await;
+            let placeable = self.placeable();
+            self.shards.reconcile(&placeable).await;
+            if self.shards.has_unplaced(&placeable) {
+                let reports = self.shard_reports().await;
+                self.shards.retire_stale(&placeable, &reports).await;
+            }
         }
+    }
+
+    /// Every other voter's view of the shards it holds.
+    async fn shard_reports(&self) -> Vec<(NodeId, Vec<shards::ShardStatus>)> {
+        let mut reports = Vec::new();
+        for (id, addr) in self.voters() {
+            if id == self.me {
+                continue;
+            }
+            if let Ok(Reply::ShardStatus(s)) = self
+                .links
+                .peer(id, &addr)
+                .request(Request::ShardStatus, Duration::from_secs(2))
+                .await
+            {
+                reports.push((id, s));
+            }
+        }
+        reports
     }
 
     /// Remove `node` from the cluster; must run on the metadata leader. Its shard replicas
@@ -497,20 +521,7 @@ impl Cluster {
     /// Whether no shard keeps a replica on `node`, as the shards' leaders report it.
     async fn drained(&self, node: NodeId) -> Result<bool, WriteError> {
         let mut reports = vec![(self.me, self.shards.status())];
-        for (id, addr) in self.voters() {
-            if id == self.me {
-                continue;
-            }
-            match self
-                .links
-                .peer(id, &addr)
-                .request(Request::ShardStatus, Duration::from_secs(2))
-                .await
-            {
-                Ok(Reply::ShardStatus(s)) => reports.push((id, s)),
-                _ => continue,
-            }
-        }
+        reports.extend(self.shard_reports().await);
         let mut settled = BTreeSet::new();
         for (reporter, shards) in &reports {
             for s in shards {

@@ -97,6 +97,9 @@ impl LinkService for ClusterService {
                 None => Reply::Done(Err(format!("no shard {shard}"))),
             },
             Request::ShardStatus => Reply::ShardStatus(self.cluster.shards.status()),
+            Request::ShardSessions { shard, count } => Reply::ShardSessions(
+                crate::im::handover::local_sessions(&self.router, shard, count).await,
+            ),
             Request::Ping => Reply::Pong,
         }
     }

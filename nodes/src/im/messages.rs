@@ -76,6 +76,32 @@ pub struct StoreOffline {
     pub stanza: Element,
 }
 
+/// A new leader of the shard learns which sessions of its accounts exist: (full JID,
+/// available).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RefreshSessions {
+    pub sessions: Vec<(Jid, bool)>,
+}
+
+/// The node holding a session that just became able to take stored messages (available,
+/// priority >= 0) fetches them, delivers them itself, then removes them with
+/// [`RemoveOffline`]. Messages another fetch holds are skipped for a while, so two resources
+/// logging in at once do not both get them.
+#[derive(Message)]
+#[rtype(result = "Vec<(u64, String)>")]
+pub struct FetchOffline {
+    pub user: Jid,
+}
+
+/// The stored messages up to `upto` were delivered.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct RemoveOffline {
+    pub user: Jid,
+    pub upto: u64,
+}
+
 /// Delete everything stored for an account (the account itself goes next).
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]

@@ -4,6 +4,7 @@
 //! same actors can later answer other nodes.
 
 mod blocking;
+pub mod handover;
 mod last;
 pub mod messages;
 mod offline;
@@ -16,7 +17,7 @@ mod subscription;
 mod vcard;
 mod writes;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -116,6 +117,13 @@ impl RosterShards {
                 _ => Target::Nowhere,
             },
             Err(None) => Target::Nowhere,
+        }
+    }
+
+    /// Hand `shard`'s actor the sessions its new leader gathered (see `handover`).
+    pub(crate) fn refill(&self, shard: ShardId, sessions: Vec<(Jid, bool)>) {
+        if let Some(addr) = self.local.get(shard as usize) {
+            addr.do_send(messages::RefreshSessions { sessions });
         }
     }
 
@@ -242,6 +250,8 @@ pub struct RosterActor {
     requester_pushes: Vec<proto::element::Element>,
     /// Accounts of this shard with an available resource (from `PresenceBroadcast`).
     online: HashSet<Jid>,
+    /// Stored messages a fetch took and has not removed yet: (last sequence number, when).
+    offline_claims: HashMap<Jid, (u64, std::time::Instant)>,
     /// Bound resources of this shard's accounts (bare JID → full JID) and the privacy list
     /// each has made active (XEP-0016 §2.4).
     bound: privacy::BoundResources,
@@ -272,6 +282,7 @@ impl RosterActor {
             requester: None,
             requester_pushes: Vec::new(),
             online: HashSet::new(),
+            offline_claims: HashMap::new(),
             bound: privacy::BoundResources::default(),
         }
     }
@@ -445,6 +456,32 @@ impl Handler<PresenceBroadcast> for RosterActor {
     type Result = ();
     fn handle(&mut self, msg: PresenceBroadcast, _: &mut SyncContext<Self>) {
         self.presence_broadcast(msg);
+    }
+}
+
+impl Handler<RefreshSessions> for RosterActor {
+    type Result = ();
+    fn handle(&mut self, msg: RefreshSessions, _: &mut SyncContext<Self>) {
+        for (jid, available) in msg.sessions {
+            if available {
+                self.online.insert(jid.to_bare());
+            }
+            self.privacy_resource(jid, true);
+        }
+    }
+}
+
+impl Handler<FetchOffline> for RosterActor {
+    type Result = MessageResult<FetchOffline>;
+    fn handle(&mut self, msg: FetchOffline, _: &mut SyncContext<Self>) -> Self::Result {
+        MessageResult(self.fetch_offline(&msg.user))
+    }
+}
+
+impl Handler<RemoveOffline> for RosterActor {
+    type Result = Result<(), String>;
+    fn handle(&mut self, msg: RemoveOffline, _: &mut SyncContext<Self>) -> Self::Result {
+        self.remove_offline(&msg.user, msg.upto)
     }
 }
 

@@ -10,7 +10,6 @@ use proto::jid::Jid;
 use storage::StorageError;
 
 use super::RosterActor;
-use crate::router::messages::DeliverToResource;
 
 const NS_DELAY: &str = "urn:xmpp:delay";
 
@@ -58,32 +57,45 @@ impl RosterActor {
         }
     }
 
-    pub(super) fn deliver_offline(&mut self, user: &Jid, to: &Jid) {
-        let key = user.to_string();
-        let stored = match self.offline.peek(&key) {
+    /// The stored messages a fetch may take: those after what an earlier fetch still holds.
+    pub(super) fn fetch_offline(&mut self, user: &Jid) -> Vec<(u64, String)> {
+        let held = self
+            .offline_claims
+            .get(user)
+            .filter(|(_, at)| at.elapsed() < CLAIM_TIMEOUT)
+            .map(|(seq, _)| *seq)
+            .unwrap_or(0);
+        let stored = match self.offline.peek(&user.to_string()) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "reading offline messages failed");
-                return;
+                return Vec::new();
             }
         };
-        let Some(last) = stored.last().map(|(seq, _)| *seq) else {
-            return;
-        };
-        for (_, xml) in stored {
-            match Element::parse(&xml) {
-                Ok(stanza) => self.router.do_send(DeliverToResource {
-                    to: to.clone(),
-                    stanza,
-                }),
-                Err(e) => tracing::error!(error = %e, "dropping an unreadable offline message"),
-            }
+        let fresh: Vec<(u64, String)> = stored.into_iter().filter(|(seq, _)| *seq > held).collect();
+        if let Some((last, _)) = fresh.last() {
+            self.offline_claims
+                .insert(user.clone(), (*last, std::time::Instant::now()));
         }
-        if let Err(e) = self.offline_remove_upto(&key, last) {
-            tracing::error!(error = %e, "removing delivered offline messages failed");
+        fresh
+    }
+
+    pub(super) fn remove_offline(&mut self, user: &Jid, upto: u64) -> Result<(), String> {
+        if self
+            .offline_claims
+            .get(user)
+            .is_some_and(|(seq, _)| *seq <= upto)
+        {
+            self.offline_claims.remove(user);
         }
+        self.offline_remove_upto(&user.to_string(), upto)
+            .map_err(|e| e.to_string())
     }
 }
+
+/// How long a fetch holds the messages it took before another fetch may take them again
+/// (its node died before removing them: they are delivered again, never lost).
+const CLAIM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// XEP-0082 UTC timestamp, e.g. `2026-11-22T03:04:05Z`.
 fn utc_stamp(t: SystemTime) -> String {

@@ -44,12 +44,9 @@ impl RosterActor {
                 stanza: p,
             });
         }
+        // Stored messages are fetched by the node holding the session (Router,
+        // `fetch_offline`), which alone knows for sure that the session is still there.
         if !msg.initial {
-            // A resource that raises its priority to non-negative can now take stored
-            // messages (the queue is usually empty: one prefix scan).
-            if msg.presence.attr("type").is_none() && msg.priority >= 0 {
-                self.deliver_offline(&user, &msg.from);
-            }
             return;
         }
         // RFC 6121 §4.2.2: probe the contacts the user is subscribed to. Local contacts'
@@ -86,11 +83,6 @@ impl RosterActor {
                     });
                 }
             }
-        }
-        // XEP-0160 §3: stored messages go to the first resource that is available with a
-        // non-negative priority (see below for a resource that raises its priority).
-        if msg.priority >= 0 {
-            self.deliver_offline(&user, &msg.from);
         }
     }
 

@@ -148,6 +148,36 @@ impl ImMessage for DeleteAccountData {
     }
 }
 
+impl ImMessage for FetchOffline {
+    fn to_wire(&self) -> ImRequest {
+        ImRequest::FetchOffline {
+            user: self.user.clone(),
+        }
+    }
+    fn from_reply(reply: ImReply) -> Result<Vec<(u64, String)>, ImError> {
+        match reply {
+            ImReply::Offline(m) => Ok(m),
+            _ => Err(ImError::BadReply),
+        }
+    }
+}
+
+impl ImMessage for RemoveOffline {
+    fn to_wire(&self) -> ImRequest {
+        ImRequest::RemoveOffline {
+            user: self.user.clone(),
+            upto: self.upto,
+        }
+    }
+    fn from_reply(reply: ImReply) -> Result<Result<(), String>, ImError> {
+        match reply {
+            ImReply::Done => Ok(Ok(())),
+            ImReply::Failed(e) => Ok(Err(e)),
+            _ => Err(ImError::BadReply),
+        }
+    }
+}
+
 impl ImMessage for GetFilters {
     fn to_wire(&self) -> ImRequest {
         ImRequest::GetFilters {
@@ -211,6 +241,8 @@ fn account_of(req: &ImRequest) -> Jid {
         | ImRequest::InboundSubscription { user, .. }
         | ImRequest::StoreOffline { user, .. }
         | ImRequest::DeleteAccountData { user }
+        | ImRequest::FetchOffline { user }
+        | ImRequest::RemoveOffline { user, .. }
         | ImRequest::GetFilters { user }
         | ImRequest::RemoteProbe { user, .. } => user.to_bare(),
         ImRequest::PresenceBroadcast { from, .. } => from.to_bare(),
@@ -336,6 +368,17 @@ pub async fn serve(shards: &RosterShards, req: ImRequest) -> ImReply {
         }
         ImRequest::DeleteAccountData { user } => {
             match addr.send(DeleteAccountData { user }).await {
+                Ok(Ok(())) => ImReply::Done,
+                Ok(Err(e)) => ImReply::Failed(e),
+                Err(e) => failed(e),
+            }
+        }
+        ImRequest::FetchOffline { user } => match addr.send(FetchOffline { user }).await {
+            Ok(m) => ImReply::Offline(m),
+            Err(e) => failed(e),
+        },
+        ImRequest::RemoveOffline { user, upto } => {
+            match addr.send(RemoveOffline { user, upto }).await {
                 Ok(Ok(())) => ImReply::Done,
                 Ok(Err(e)) => ImReply::Failed(e),
                 Err(e) => failed(e),

@@ -20,7 +20,8 @@ use crate::cluster::messages::UserOp;
 use crate::cluster::{BindOutcome, Cluster, RouteChange};
 use crate::config::ResourceConflict;
 use crate::im::messages::{
-    AccountIq, InboundSubscription, PresenceBroadcast, ResourceBinding, StoreOffline,
+    AccountIq, FetchOffline, InboundSubscription, PresenceBroadcast, RemoveOffline,
+    ResourceBinding, StoreOffline,
 };
 use crate::im::RosterShards;
 use crate::metrics::METRICS;
@@ -373,15 +374,56 @@ impl Router {
             let cond = match result {
                 Ok(Ok(())) => return,
                 Ok(Err(cond)) => cond,
-                Err(_) => StanzaErrorCondition::InternalServerError,
+                // The recipient's shard did not answer (its leader died or an election is
+                // under way): the sender may retry.
+                Err(_) => StanzaErrorCondition::ResourceConstraint,
             };
             router.bounce(&from, &original, cond);
+        }));
+    }
+
+    /// Fetch the account's stored messages, deliver them to the local session `full`, then
+    /// have them removed. Delivery is here, on the node holding the session, so a message
+    /// is removed only once it was handed to a session that exists; if this node dies in
+    /// between, the messages are delivered again at the next login.
+    pub(crate) fn fetch_offline(&self, full: &Jid, ctx: &mut Context<Self>) {
+        let bare = full.to_bare();
+        let full = full.clone();
+        let request = self.im.ask(&bare, FetchOffline { user: bare.clone() });
+        ctx.spawn(request.into_actor(self).map(move |stored, router, ctx| {
+            let stored = match stored {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(user = %bare, error = %e, "offline messages not fetched");
+                    return;
+                }
+            };
+            let Some(upto) = stored.last().map(|(seq, _)| *seq) else {
+                return;
+            };
+            // Gone meanwhile: leave them stored (the claim runs out) for the next login.
+            let Some(r) = router.resource(&full) else {
+                return;
+            };
+            for (_, xml) in stored {
+                match Element::parse(&xml) {
+                    Ok(stanza) => Self::deliver(r, stanza),
+                    Err(e) => tracing::error!(error = %e, "dropping an unreadable offline message"),
+                }
+            }
+            let removal = router.im.ask(&bare, RemoveOffline { user: bare.clone(), upto });
+            ctx.spawn(removal.into_actor(router).map(move |done, _, _| {
+                if !matches!(done, Ok(Ok(()))) {
+                    tracing::warn!(user = %bare, "delivered offline messages not removed (they may come again)");
+                }
+            }));
         }));
     }
 
     /// Ask `bare`'s shard to answer an IQ from another user, and deliver its reply.
     fn account_iq(&self, from: &Jid, bare: &Jid, iq: Element, ctx: &mut Context<Self>) {
         let from = from.clone();
+        let iq_for_error = iq.clone();
         let request = self.im.ask(
             bare,
             AccountIq {
@@ -390,8 +432,10 @@ impl Router {
                 iq,
             },
         );
+        let original = iq_for_error;
         ctx.spawn(request.into_actor(self).map(move |replies, router, _| {
             let Ok(replies) = replies else {
+                router.bounce(&from, &original, StanzaErrorCondition::ResourceConstraint);
                 return;
             };
             for reply in replies {
@@ -409,10 +453,15 @@ impl Router {
             for r in self.available_resources(to) {
                 Self::deliver(r, stanza.clone());
             }
+            // Every node holding a session of the account decides itself which are
+            // available: availability reaches the other nodes' route views a commit later
+            // than the presence (a subscription request sent in between would be lost).
             if let Some(remote) = &self.remote {
-                for r in remote.resources(to).filter(|r| r.priority.is_some()) {
-                    remote.deliver(r, stanza.clone());
-                }
+                let xml = stanza.to_xml_string();
+                remote.user_op(to, false, || UserOp::DeliverToAvailable {
+                    user: to.clone(),
+                    stanza: xml.clone(),
+                });
             }
         } else if let Some(r) = self.resource(to) {
             Self::deliver(r, stanza);
@@ -637,7 +686,7 @@ impl Handler<UnregisterSession> for Router {
 impl Handler<BroadcastPresence> for Router {
     type Result = ();
 
-    fn handle(&mut self, msg: BroadcastPresence, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: BroadcastPresence, ctx: &mut Context<Self>) {
         let bare = msg.from.to_bare();
         let available = msg.presence.attr("type").is_none();
         let Some(list) = self.sessions.get_mut(&bare) else {
@@ -656,6 +705,10 @@ impl Handler<BroadcastPresence> for Router {
         }
         let me_jid = me.jid.clone();
         let new_priority = available.then_some(priority);
+        // XEP-0160 §3: stored messages go to a resource once it is available with a
+        // non-negative priority (at its initial presence, or when it raises its priority).
+        let takes_offline =
+            new_priority.is_some_and(|p| p >= 0) && !old_priority.is_some_and(|p| p >= 0);
         if let Some(remote) = &self.remote {
             // Other nodes route by availability and priority, not by the presence itself.
             if new_priority != old_priority {
@@ -682,6 +735,9 @@ impl Handler<BroadcastPresence> for Router {
                 account_available,
             },
         );
+        if takes_offline {
+            self.fetch_offline(&me_jid, ctx);
+        }
         if initial {
             // The newcomer learns about the account's other available resources.
             if let Some(me) = self.resource(&me_jid) {

@@ -327,6 +327,16 @@ impl Router {
                     self.push_local(&user, &stanza, except.as_ref());
                 }
             }
+            UserOp::DeliverToAvailable { user, stanza } => {
+                let Some(stanza) = parse(&stanza) else { return };
+                let to: Vec<Jid> = self
+                    .available_resources(&user)
+                    .map(|r| r.jid.clone())
+                    .collect();
+                for jid in to {
+                    self.delivered_from_node(jid, stanza.clone(), ctx);
+                }
+            }
             UserOp::SendPresenceOf { contact, to } => self.send_presence_local(&contact, &to),
             UserOp::SendUnavailableOf { contact, to } => self.send_unavailable_local(&contact, &to),
             UserOp::FiltersChanged { user } => {
@@ -411,7 +421,7 @@ impl Handler<ListRoutes> for Router {
 
 impl Handler<Resynced> for Router {
     type Result = ();
-    fn handle(&mut self, msg: Resynced, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Resynced, ctx: &mut Context<Self>) {
         for s in msg.0 {
             let Ok(jid) = Jid::parse(&s.jid) else {
                 continue;
@@ -433,13 +443,16 @@ impl Handler<Resynced> for Router {
             self.im.tell(
                 &bare,
                 PresenceBroadcast {
-                    from: jid,
+                    from: jid.clone(),
                     presence,
                     initial: true,
                     priority,
                     account_available: true,
                 },
             );
+            if priority >= 0 {
+                self.fetch_offline(&jid, ctx);
+            }
         }
     }
 }

@@ -16,7 +16,8 @@ mod state_machine;
 mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -56,6 +57,12 @@ pub fn placement(
     nodes: impl IntoIterator<Item = NodeId>,
     replicas: usize,
 ) -> BTreeSet<NodeId> {
+    ranked(shard, nodes, replicas).into_iter().collect()
+}
+
+/// [`placement`], best first: the first one initialises the shard's group and so leads it
+/// at first, which spreads the first leaders over the nodes.
+fn ranked(shard: ShardId, nodes: impl IntoIterator<Item = NodeId>, replicas: usize) -> Vec<NodeId> {
     let mut scored: Vec<(u64, NodeId)> = nodes
         .into_iter()
         .map(|n| {
@@ -82,7 +89,8 @@ pub struct ShardStatus {
 }
 
 struct Group {
-    raft: ShardRaft,
+    /// Replaced by a fresh, uninitialised instance when this node's replica is retired.
+    raft: RwLock<ShardRaft>,
     data: UserData,
 }
 
@@ -94,8 +102,14 @@ pub struct ShardGroups {
     replicas: usize,
     /// The leader last heard of for each shard this node holds no replica of.
     hints: Mutex<Vec<Option<NodeId>>>,
+    /// Per shard, 1 + the term whose handover completed on this node (0: none).
+    handed_over: Vec<AtomicU64>,
     /// The runtime the Raft instances run on (writes from actor threads are spawned there).
     runtime: actix::ArbiterHandle,
+    /// What a retired replica's fresh instance is made from.
+    store: storage::Store,
+    config: Arc<openraft::Config>,
+    links: Arc<NodeLinks>,
 }
 
 impl ShardGroups {
@@ -126,28 +140,110 @@ impl ShardGroups {
         );
         let mut groups = Vec::with_capacity(count as usize);
         for shard in 0..count {
-            let log = store.shard_raft_log::<ShardTypes>(shard)?;
-            let data = store.shard_user_data(shard)?;
-            let sm = ShardStateMachine::open(data.clone(), log.snapshot_slot())?;
-            let raft = ShardRaft::new(
-                me,
-                config.clone(),
-                LinkNetwork::<ShardTypes> {
-                    links: links.clone(),
-                    group: shard,
-                },
-                log,
-                sm,
-            )
-            .await?;
-            groups.push(Group { raft, data });
+            let (raft, data) = Self::open(me, store, &config, &links, shard).await?;
+            groups.push(Group {
+                raft: RwLock::new(raft),
+                data,
+            });
         }
         Ok(ShardGroups {
             me,
+            store: store.clone(),
+            config,
+            links,
             groups,
             replicas,
             hints: Mutex::new(vec![None; count as usize]),
+            handed_over: (0..count).map(|_| AtomicU64::new(0)).collect(),
             runtime: actix::Arbiter::current(),
+        })
+    }
+
+    async fn open(
+        me: NodeId,
+        store: &storage::Store,
+        config: &Arc<openraft::Config>,
+        links: &Arc<NodeLinks>,
+        shard: ShardId,
+    ) -> anyhow::Result<(ShardRaft, UserData)> {
+        let log = store.shard_raft_log::<ShardTypes>(shard)?;
+        let data = store.shard_user_data(shard)?;
+        let sm = ShardStateMachine::open(data.clone(), log.snapshot_slot())?;
+        let raft = ShardRaft::new(
+            me,
+            config.clone(),
+            LinkNetwork::<ShardTypes> {
+                links: links.clone(),
+                group: shard,
+            },
+            log,
+            sm,
+        )
+        .await?;
+        Ok((raft, data))
+    }
+
+    /// This node's replica of `shard` was moved away: stop it, drop its log and data, and
+    /// put an idle, uninitialised instance in its place (it neither campaigns with a stale
+    /// membership nor keeps stale data, and it can be given the shard again).
+    async fn retire(&self, shard: ShardId) -> anyhow::Result<()> {
+        let Some(group) = self.groups.get(shard as usize) else {
+            return Ok(());
+        };
+        let old = self
+            .raft(shard)
+            .ok_or_else(|| anyhow::anyhow!("no shard {shard}"))?;
+        old.shutdown().await?;
+        self.store.shard_raft_log::<ShardTypes>(shard)?.clear()?;
+        group.data.clear()?;
+        let (fresh, _) = Self::open(self.me, &self.store, &self.config, &self.links, shard).await?;
+        if let Ok(mut r) = group.raft.write() {
+            *r = fresh;
+        }
+        if let Some(t) = self.handed_over.get(shard as usize) {
+            t.store(0, Ordering::Release);
+        }
+        tracing::info!(
+            shard,
+            "shard: replica moved away; its log and data are dropped"
+        );
+        Ok(())
+    }
+
+    /// Retire the replicas this node still runs that the shards' leaders no longer count:
+    /// `reports` are the shard statuses of the other nodes.
+    pub async fn retire_stale(
+        &self,
+        placeable: &BTreeMap<NodeId, String>,
+        reports: &[(NodeId, Vec<ShardStatus>)],
+    ) {
+        for shard in 0..self.count() {
+            if placement(shard, placeable.keys().copied(), self.replicas).contains(&self.me)
+                || self.leads(shard).is_some()
+            {
+                continue;
+            }
+            let dropped = reports.iter().any(|(reporter, shards)| {
+                shards.iter().any(|s| {
+                    s.shard == shard
+                        && s.leader == Some(*reporter)
+                        && !s.voters.contains(&self.me)
+                        && !s.learners.contains(&self.me)
+                })
+            });
+            let holds = self.status().iter().any(|s| s.shard == shard);
+            if dropped && holds {
+                if let Err(e) = self.retire(shard).await {
+                    tracing::warn!(shard, error = %e, "shard: retiring a moved replica failed");
+                }
+            }
+        }
+    }
+
+    /// Whether this node runs a replica that no placement wants (see `retire_stale`).
+    pub fn has_unplaced(&self, placeable: &BTreeMap<NodeId, String>) -> bool {
+        self.status().iter().any(|s| {
+            !placement(s.shard, placeable.keys().copied(), self.replicas).contains(&self.me)
         })
     }
 
@@ -164,21 +260,40 @@ impl ShardGroups {
         self.groups.get(shard as usize).map(|g| &g.data)
     }
 
-    fn raft(&self, shard: ShardId) -> Option<&ShardRaft> {
-        self.groups.get(shard as usize).map(|g| &g.raft)
+    fn raft(&self, shard: ShardId) -> Option<ShardRaft> {
+        self.groups
+            .get(shard as usize)
+            .and_then(|g| g.raft.read().ok().map(|r| r.clone()))
     }
 
-    /// Whether this node leads `shard` and has applied everything earlier leaders
-    /// committed (an entry of its own term is applied), so its reads are current.
-    pub fn serves(&self, shard: ShardId) -> bool {
-        let Some(raft) = self.raft(shard) else {
-            return false;
-        };
+    /// The term in which this node leads `shard`, once it has applied everything earlier
+    /// leaders committed (an entry of its own term is applied), so its reads are current.
+    pub fn leads(&self, shard: ShardId) -> Option<u64> {
+        let raft = self.raft(shard)?;
         let m = raft.metrics();
         let m = m.borrow();
-        m.state == ServerState::Leader
+        (m.state == ServerState::Leader
             && m.current_leader == Some(self.me)
-            && m.last_applied.map(|l| l.leader_id.term) == Some(m.current_term)
+            && m.last_applied.map(|l| l.leader_id.term) == Some(m.current_term))
+        .then_some(m.current_term)
+    }
+
+    /// Whether this node leads `shard` and its actor has been handed the shard's sessions
+    /// for this term (`im::handover`): only then does it take operations.
+    pub fn serves(&self, shard: ShardId) -> bool {
+        let Some(term) = self.leads(shard) else {
+            return false;
+        };
+        self.handed_over
+            .get(shard as usize)
+            .is_some_and(|t| t.load(Ordering::Acquire) == term + 1)
+    }
+
+    /// The shard's actor has what it needs to lead in `term`.
+    pub fn mark_handed_over(&self, shard: ShardId, term: u64) {
+        if let Some(t) = self.handed_over.get(shard as usize) {
+            t.store(term + 1, Ordering::Release);
+        }
     }
 
     /// Where to send an operation on `shard`: its leader as far as this node knows, or
@@ -223,8 +338,7 @@ impl ShardGroups {
         let shard = self.shard_of(write.user());
         let raft = self
             .raft(shard)
-            .ok_or_else(|| StorageError::Unavailable(format!("no shard {shard}")))?
-            .clone();
+            .ok_or_else(|| StorageError::Unavailable(format!("no shard {shard}")))?;
         let result = match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(write)).await {
             Ok(Ok(r)) => r.data.0.map_err(StorageError::from),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(
@@ -261,12 +375,15 @@ impl ShardGroups {
             .unwrap_or_else(|_| Err(StorageError::Unavailable("shard write abandoned".into())))
     }
 
-    /// First start of a configured cluster: each shard's group is initialised by the lowest
-    /// of the configured members that should hold it, with those members as voters.
+    /// First start of a configured cluster: each shard's group is initialised by the best
+    /// placed of the configured members that should hold it, with those members as voters.
     pub async fn initialize(&self, members: &BTreeMap<NodeId, String>) -> anyhow::Result<()> {
-        for (shard, group) in self.groups.iter().enumerate() {
-            let voters = placement(shard as ShardId, members.keys().copied(), self.replicas);
-            if voters.first() != Some(&self.me) || group.raft.is_initialized().await? {
+        for shard in 0..self.count() {
+            let Some(raft) = self.raft(shard) else {
+                continue;
+            };
+            let voters = ranked(shard, members.keys().copied(), self.replicas);
+            if voters.first() != Some(&self.me) || raft.is_initialized().await? {
                 continue;
             }
             let nodes: BTreeMap<NodeId, BasicNode> = voters
@@ -277,7 +394,7 @@ impl ShardGroups {
                         .map(|addr| (*id, BasicNode { addr: addr.clone() }))
                 })
                 .collect();
-            group.raft.initialize(nodes).await?;
+            raft.initialize(nodes).await?;
         }
         Ok(())
     }
@@ -298,18 +415,16 @@ impl ShardGroups {
 
     /// The shards this node holds a replica of.
     pub fn status(&self) -> Vec<ShardStatus> {
-        self.groups
-            .iter()
-            .enumerate()
-            .filter_map(|(shard, g)| {
-                let m = g.raft.metrics().borrow().clone();
+        (0..self.count())
+            .filter_map(|shard| {
+                let m = self.raft(shard)?.metrics().borrow().clone();
                 let membership = m.membership_config.membership();
                 let voters: Vec<NodeId> = membership.voter_ids().collect();
                 if !voters.contains(&self.me) {
                     return None;
                 }
                 Some(ShardStatus {
-                    shard: shard as ShardId,
+                    shard,
                     leader: m.current_leader,
                     voters,
                     learners: membership.learner_ids().collect(),
@@ -326,14 +441,13 @@ impl ShardGroups {
         if nodes.is_empty() {
             return;
         }
-        for (shard, group) in self.groups.iter().enumerate() {
-            let shard = shard as ShardId;
-            if !self.serves(shard) {
+        for shard in 0..self.count() {
+            let Some(raft) = self.raft(shard).filter(|_| self.leads(shard).is_some()) else {
                 continue;
-            }
+            };
             let want = placement(shard, nodes.keys().copied(), self.replicas);
             let (voters, known): (BTreeSet<NodeId>, BTreeSet<NodeId>) = {
-                let m = group.raft.metrics();
+                let m = raft.metrics();
                 let m = m.borrow();
                 let membership = m.membership_config.membership();
                 (
@@ -351,9 +465,7 @@ impl ShardGroups {
                     ready = false;
                     continue;
                 };
-                let add = group
-                    .raft
-                    .add_learner(*node, BasicNode { addr: addr.clone() }, true);
+                let add = raft.add_learner(*node, BasicNode { addr: addr.clone() }, true);
                 match tokio::time::timeout(CATCH_UP_TIMEOUT, add).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
@@ -369,9 +481,8 @@ impl ShardGroups {
             if !ready {
                 continue;
             }
-            let change = group
-                .raft
-                .change_membership(ChangeMembers::ReplaceAllVoters(want.clone()), false);
+            let change =
+                raft.change_membership(ChangeMembers::ReplaceAllVoters(want.clone()), false);
             match tokio::time::timeout(CATCH_UP_TIMEOUT, change).await {
                 Ok(Ok(_)) => tracing::info!(shard, voters = ?want, "shard: replicas moved"),
                 Ok(Err(e)) => tracing::warn!(shard, error = %e, "shard: changing voters failed"),
@@ -387,8 +498,10 @@ impl ShardGroups {
 
     /// Stop every shard's Raft (node shutdown).
     pub async fn shutdown(&self) {
-        for g in &self.groups {
-            let _ = g.raft.shutdown().await;
+        for shard in 0..self.count() {
+            if let Some(raft) = self.raft(shard) {
+                let _ = raft.shutdown().await;
+            }
         }
     }
 }
