@@ -177,10 +177,8 @@ impl PrivacyStore {
             }
             Ok(true)
         })?;
-        if removed {
-            if self.durable {
-                self.lists.flush()?;
-            }
+        if removed && self.durable {
+            self.lists.flush()?;
         }
         Ok(removed)
     }

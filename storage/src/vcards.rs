@@ -58,10 +58,8 @@ impl VCardStore {
     }
 
     pub fn delete_user(&self, user: &str) -> Result<(), StorageError> {
-        if self.tree.remove(part(user)?)?.is_some() {
-            if self.durable {
-                self.tree.flush()?;
-            }
+        if self.tree.remove(part(user)?)?.is_some() && self.durable {
+            self.tree.flush()?;
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use nodes::c2s::session::{QueueWork, SendQueue, SessionActor};
 use nodes::config::ResourceConflict;
 use nodes::ext::Extensions;
 use nodes::im::messages::Filters;
-use nodes::im::{AttachShards, ImLimits, ImStores, RosterActor, RosterShards};
+use nodes::im::{AttachShards, DataWriter, ImLimits, RosterActor, RosterShards};
 use nodes::router::messages::RegisterSession;
 use nodes::router::Router;
 use proto::jid::Jid;
@@ -52,8 +52,17 @@ impl Node {
             max_roster_items: 1000,
             max_offline_messages: 100,
         };
-        let stores = ImStores::open(store).expect("IM trees");
-        let shard = RosterActor::new(router_ctx.address(), stores, limits, domains.clone()).start();
+        let data = store.user_data().expect("IM trees");
+        let (router_addr, shard_domains) = (router_ctx.address(), domains.clone());
+        let shard = SyncArbiter::start(1, move || {
+            RosterActor::new(
+                router_addr.clone(),
+                data.clone(),
+                DataWriter::Local(data.clone()),
+                limits,
+                shard_domains.clone(),
+            )
+        });
         let shards = RosterShards::new(vec![shard.clone()], None);
         shard.do_send(AttachShards(shards.clone()));
         let accounts = store.accounts().expect("accounts tree");

@@ -126,6 +126,9 @@ impl<C: RaftWire> RaftNetworkFactory<C> for LinkNetwork<C> {
     }
 }
 
+/// Takes a group's answer out of a NodeLink reply (`None`: some other reply).
+type Unwrap<T, E> = fn(Reply) -> Option<Result<T, RaftError<NodeId, E>>>;
+
 pub struct PeerRaftClient<C: RaftWire> {
     target: NodeId,
     group: C::Group,
@@ -145,7 +148,7 @@ impl<C: RaftWire> PeerRaftClient<C> {
         &self,
         req: Request,
         option: &RPCOption,
-        unwrap: fn(Reply) -> Option<Result<T, RaftError<NodeId, E>>>,
+        unwrap: Unwrap<T, E>,
     ) -> RpcResult<T, E> {
         // Leave openraft room to see the timeout as ours, not its own.
         let ttl = option.hard_ttl().max(Duration::from_millis(50));

@@ -708,7 +708,7 @@ impl Handler<BroadcastPresence> for Router {
         // XEP-0160 §3: stored messages go to a resource once it is available with a
         // non-negative priority (at its initial presence, or when it raises its priority).
         let takes_offline =
-            new_priority.is_some_and(|p| p >= 0) && !old_priority.is_some_and(|p| p >= 0);
+            new_priority.is_some_and(|p| p >= 0) && old_priority.is_none_or(|p| p < 0);
         if let Some(remote) = &self.remote {
             // Other nodes route by availability and priority, not by the presence itself.
             if new_priority != old_priority {
