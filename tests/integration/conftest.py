@@ -10,6 +10,7 @@ within 10 s; its log is attached to the report of any test that fails.
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import signal
 import socket
@@ -42,15 +43,40 @@ class Account:
         return f"{self.local}@{self.domain}"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_HANDED_OUT: set[int] = set()
+
+
 def free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
+    """`n` listener ports that are free now, taken below the kernel's ephemeral range: a
+    port the kernel may hand to any outgoing connection (a client, a NodeLink redial) could
+    be taken between this call and the server's bind. Never the same port twice per run."""
+    lo, _ = _ephemeral_range()
+    candidates = list(range(max(1024, lo - 12000), lo))
+    random.shuffle(candidates)
+    ports = []
+    for port in candidates:
+        if len(ports) == n:
+            break
+        if port in _HANDED_OUT:
+            continue
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        _HANDED_OUT.add(port)
+        ports.append(port)
+    assert len(ports) == n, f"only {len(ports)} of {n} free ports below {lo}"
     return ports
 
 
