@@ -1,7 +1,9 @@
 //! switchboard-loadgen: logs many simulated users into a Switchboard node over loopback and
 //! measures what it costs (`idle`), how fast messages flow (`chat`), how many logins per
 //! second it takes (`login`), how presence fans out to contacts (`presence`), and how it
-//! copes with users that keep reconnecting (`churn`).
+//! copes with users that keep reconnecting (`churn`); and how fast it writes per-user IM
+//! data: roster sets (`roster-writes`) and messages stored for offline users
+//! (`offline-store`).
 //!
 //! Raw XML on the wire: a tiny scanner reads the few server replies a client needs.
 
@@ -12,13 +14,17 @@ mod chatstep;
 mod churn;
 mod conn;
 mod idle;
+mod imreport;
 mod login;
 mod markdown;
+mod offlinestore;
 mod presence;
 mod probe;
 mod ramp;
 mod report;
+mod rosterwrites;
 mod scram;
+mod scrape;
 mod storm;
 mod svg;
 mod system;
@@ -143,6 +149,69 @@ enum Scenario {
         /// No login starts after this.
         #[arg(long, default_value_t = 300)]
         duration_secs: u64,
+    },
+    /// Every user adds new contacts to its roster (jabber:iq:roster sets) with up to
+    /// --outstanding in flight; counts acknowledged writes/s, errors and latency.
+    RosterWrites {
+        /// Roster sets in flight per user at most.
+        #[arg(long, default_value_t = 4)]
+        outstanding: u32,
+        /// Aggregate target writes/s, one step each; "max" for as fast as the window allows
+        /// (e.g. 500,1000,max). Without it: one step as fast as possible for --duration-secs.
+        #[arg(long)]
+        rates: Option<String>,
+        /// With --rates: length of each step.
+        #[arg(long, default_value_t = 5)]
+        step_secs: u64,
+        /// Longest wait after each step for its replies in flight.
+        #[arg(long, default_value_t = 5)]
+        drain_secs: u64,
+        /// Upper bound on all steps together (without --rates: the length of the run).
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        /// Domain of the contacts added (nothing is sent to them).
+        #[arg(long, default_value = "bench.example")]
+        contact_domain: String,
+    },
+    /// Logged-in senders send messages to --recipients accounts that are not logged in (the
+    /// users after the senders' range), so the server stores them; then the recipients log
+    /// in and count what is delivered.
+    OfflineStore {
+        /// Recipient accounts (user<first+users> onwards); provisioned, not logged in.
+        #[arg(long, default_value_t = 100)]
+        recipients: u32,
+        /// Messages each sender sends.
+        #[arg(long, default_value_t = 10)]
+        messages: u32,
+        /// Aggregate messages/s over all senders (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Length of each message body.
+        #[arg(long, default_value_t = 100)]
+        body_bytes: usize,
+        /// Upper bound on sending.
+        #[arg(long, default_value_t = 60)]
+        duration_secs: u64,
+        /// Upper bound on waiting, after sending, for the server to deal with every message.
+        #[arg(long, default_value_t = 30)]
+        drain_secs: u64,
+        /// Upper bound on the recipients' logins and deliveries.
+        #[arg(long, default_value_t = 60)]
+        verify_secs: u64,
+        /// The server's im.max_offline_messages: a plan putting more on one recipient is
+        /// refused.
+        #[arg(long, default_value_t = 500)]
+        offline_quota: u32,
+        /// Prometheus endpoints (http://IP:PORT/metrics, loopback) whose
+        /// switchboard_routed_total{destination="offline"} is read during the run.
+        #[arg(long, value_delimiter = ',')]
+        metrics: Vec<String>,
+        /// Messages to one recipient before the vCard query that acknowledges them.
+        #[arg(long, default_value_t = 10)]
+        batch: u32,
+        /// Unacknowledged batches per sender at most (0: no limit).
+        #[arg(long, default_value_t = 2)]
+        window: u32,
     },
 }
 
@@ -301,6 +370,8 @@ enum Work {
     Login(storm::StormPlan),
     Presence(presence::PresencePlan),
     Churn(churn::ChurnPlan),
+    RosterWrites(rosterwrites::RosterPlan),
+    OfflineStore(offlinestore::OfflinePlan),
 }
 
 fn millis(value: u64, what: &str) -> anyhow::Result<Duration> {
@@ -427,6 +498,99 @@ fn work(scenario: &Scenario, servers: usize) -> anyhow::Result<Work> {
                 duration: secs(duration_secs, "--duration-secs")?,
             })
         }
+        Scenario::RosterWrites {
+            outstanding,
+            ref rates,
+            step_secs,
+            drain_secs,
+            duration_secs,
+            ref contact_domain,
+        } => {
+            ensure!(
+                (1..=1000).contains(&outstanding),
+                "--outstanding must be between 1 and 1000"
+            );
+            ensure!(
+                !contact_domain.is_empty()
+                    && contact_domain
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'),
+                "--contact-domain must be a plain domain name"
+            );
+            let duration = secs(duration_secs, "--duration-secs")?;
+            let (rates, step) = match rates {
+                Some(list) => (
+                    rosterwrites::parse_rates(list)?,
+                    secs(step_secs, "--step-secs")?,
+                ),
+                None => (vec![None], duration),
+            };
+            Work::RosterWrites(rosterwrites::RosterPlan {
+                outstanding,
+                rates,
+                step,
+                drain: secs(drain_secs, "--drain-secs")?,
+                duration,
+                contact_domain: contact_domain.clone(),
+            })
+        }
+        Scenario::OfflineStore {
+            recipients,
+            messages,
+            rate,
+            body_bytes,
+            duration_secs,
+            drain_secs,
+            verify_secs,
+            offline_quota,
+            ref metrics,
+            batch,
+            window,
+        } => {
+            ensure!(
+                (1..=100_000).contains(&batch),
+                "--batch must be between 1 and 100000"
+            );
+            ensure!(window <= 100_000, "--window must be at most 100000");
+            ensure!(
+                (1..=1_000_000).contains(&recipients),
+                "--recipients must be between 1 and 1000000"
+            );
+            ensure!(
+                (1..=1_000_000).contains(&messages),
+                "--messages must be between 1 and 1000000"
+            );
+            if let Some(rate) = rate {
+                ensure!(
+                    (1..=1_000_000).contains(&rate),
+                    "--rate must be between 1 and 1000000"
+                );
+            }
+            ensure!(
+                (offlinestore::MIN_BODY..=offlinestore::MAX_BODY).contains(&body_bytes),
+                "--body-bytes must be between {} and {}",
+                offlinestore::MIN_BODY,
+                offlinestore::MAX_BODY
+            );
+            ensure!(offline_quota >= 1, "--offline-quota must be at least 1");
+            let metrics = metrics
+                .iter()
+                .map(|m| scrape::Endpoint::parse(m))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Work::OfflineStore(offlinestore::OfflinePlan {
+                recipients,
+                messages,
+                rate,
+                body_bytes,
+                duration: secs(duration_secs, "--duration-secs")?,
+                drain: secs(drain_secs, "--drain-secs")?,
+                verify: secs(verify_secs, "--verify-secs")?,
+                quota: offline_quota,
+                metrics,
+                batch,
+                window,
+            })
+        }
     })
 }
 
@@ -456,12 +620,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         servers,
         c.mech.sasl_name()
     );
+    // The IM-data scenarios add a part of their own to the summary.
+    let mut extra = None;
     let (name, outcome) = match work {
         Work::Idle { hold } => ("idle", idle::run(&plan, hold, c.server_pid).await?),
         Work::Chat(chat_plan) => ("chat", chat::run(&plan, chat_plan).await?),
         Work::Login(storm_plan) => ("login", storm::run(&plan, storm_plan).await?),
         Work::Presence(presence_plan) => ("presence", presence::run(&plan, presence_plan).await?),
         Work::Churn(churn_plan) => ("churn", churn::run(plan, churn_plan).await?),
+        Work::RosterWrites(roster_plan) => {
+            let (outcome, summary) = rosterwrites::run(&plan, roster_plan).await?;
+            extra = Some(imreport::Extra::Roster(Box::new(summary)));
+            ("roster-writes", outcome)
+        }
+        Work::OfflineStore(offline_plan) => {
+            let (outcome, summary) = offlinestore::run(&plan, offline_plan).await?;
+            extra = Some(imreport::Extra::Offline(Box::new(summary)));
+            ("offline-store", outcome)
+        }
     };
     let summary = Summary {
         scenario: name,
@@ -471,6 +647,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         users: c.users,
         outcome,
     };
+    if let Some(extra) = &extra {
+        return imreport::output(&summary, extra, c.json.as_deref(), c.report.as_deref());
+    }
     summary.print();
     if let Some(path) = &c.json {
         summary.write_json(path)?;

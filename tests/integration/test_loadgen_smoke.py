@@ -176,3 +176,63 @@ def test_stepped_chat(loadgen, node, tmp_path):
         assert step["latency_ms"]["count"] == step["received"], st
     assert data["chat"]["sent"] == sum(s["sent"] for s in st["steps"]), data["chat"]
     assert st["sustainable_rate"] in (0, 24, 48), st
+
+
+def test_roster_writes_and_offline_store(loadgen, node, tmp_path):
+    """`roster-writes` and `offline-store` on accounts of their own (lg13..lg22), so the
+    other scenarios' rosters and offline queues stay as they were."""
+    first = USERS + 1
+    for i in range(first, first + 10):
+        node.add_user(f"lg{i}", PASSWORD)
+    server = f"127.0.0.1:{node.c2s_port}"
+
+    (tmp_path / "roster").mkdir()
+    data = run_loadgen(
+        loadgen,
+        node,
+        tmp_path / "roster",
+        [
+            "--server", server,
+            "-n", "3", "--first", str(first),
+            "roster-writes", "--outstanding", "2", "--rates", "15,max", "--step-secs", "1",
+            "--drain-secs", "5", "--duration-secs", "5",
+        ],
+    )
+    r = data["roster_writes"]
+    assert [s["target_rate"] for s in r["steps"]] == [15, None], r
+    for step in r["steps"]:
+        assert step["sent"] > 0 and step["acked"] == step["sent"], step
+        assert step["errors"] == {} and step["wait_errors"] == {}, step
+        assert step["unanswered"] == 0 and step["late"] == 0, step
+        assert step["latency_ms"]["count"] == step["acked"], step
+    assert r["acked"] == r["sent"] and r["pushes"] == r["acked"], r
+    assert r["best_acked_per_sec"] > 0, r
+    assert sum(p["ok"] for p in r["timeline"]) == r["acked"], r
+
+    # Senders lg16, lg17; recipients lg18..lg22, never logged in until the verification.
+    (tmp_path / "offline").mkdir()
+    data = run_loadgen(
+        loadgen,
+        node,
+        tmp_path / "offline",
+        [
+            "--server", server,
+            "-n", "2", "--first", str(first + 3),
+            "offline-store", "--recipients", "5", "--messages", "10", "--batch", "2",
+            "--metrics", f"http://127.0.0.1:{node.http_port}/metrics",
+            "--drain-secs", "10", "--verify-secs", "10",
+        ],
+    )
+    o = data["offline_store"]
+    assert o["recipient_first"] == first + 5, o
+    assert o["sent"] == 20 and o["bounced"] == 0 and o["accepted"] == 20, o
+    # Five batches of two per sender, each acknowledged by its vCard query.
+    assert o["barriers"] == o["barriers_answered"] == 10, o
+    assert o["acked"] == 20 and o["acked_per_sec"] > 0, o
+    assert o["ack_latency_ms"]["count"] == 10, o
+    assert o["counter"]["stored"] == 20 and o["counter"]["scrape_failures"] == 0, o
+    v = o["verify"]
+    assert v["login"]["succeeded"] == 5 and v["login"]["failed"] == 0, v
+    assert v["expected"] == v["delivered"] == v["delayed"] == 20, v
+    assert v["lost"] == v["duplicates"] == v["stale"] == v["recipients_short"] == 0, v
+    assert v["dropped"] == {} and v["close"]["unclean"] == 0, v
