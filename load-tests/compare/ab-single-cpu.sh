@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A/B of Switchboard builds (usage: ab-single-cpu.sh TAG... for /tmp/sb-head/switchboard-TAG): one node pinned to CPU 0, the generator on CPU 1, stepped chat (STARTTLS,
-# SCRAM-SHA-256, 200 users), old binary vs new. Loopback only, bounded.
+# SASL PLAIN, 200 users), old binary vs new. Loopback only, bounded.
 set -euo pipefail
 LG=/work/main/target/release/switchboard-loadgen
 RATES=${RATES:-16000,20000,24000,28000,32000,36000,40000,48000}
