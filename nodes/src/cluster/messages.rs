@@ -1,5 +1,5 @@
 //! What travels on a NodeLink: the handshake, requests with their replies (Raft RPCs,
-//! forwarded writes, IM operations on a user's home node) and one-way pushes (stanzas for a
+//! forwarded writes, IM operations on the leader of a user's shard) and one-way pushes (stanzas for a
 //! session on the peer, operations on a user's sessions there). Stanzas travel as XML text.
 
 use openraft::error::{InstallSnapshotError, RaftError};

@@ -102,10 +102,9 @@ impl RosterShards {
         if cluster.shards.serves(shard) {
             return Ok(self.local_actor(bare));
         }
-        let voters = cluster.voters().into_keys().collect();
         Err(cluster
             .shards
-            .leader(shard, &voters)
+            .leader(shard, || cluster.voters().into_keys().collect())
             .filter(|l| *l != cluster.me))
     }
 

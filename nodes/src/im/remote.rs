@@ -22,9 +22,9 @@ use proto::jid::Jid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImError {
-    #[error("the user's home node cannot be reached: {0}")]
+    #[error("the leader of the user's shard cannot be reached: {0}")]
     Unreachable(String),
-    #[error("the home node answered something else")]
+    #[error("the shard's leader answered something else")]
     BadReply,
 }
 

@@ -217,7 +217,8 @@ impl ShardGroups {
         placeable: &BTreeMap<NodeId, String>,
         reports: &[(NodeId, Vec<ShardStatus>)],
     ) {
-        for shard in 0..self.count() {
+        let held: BTreeSet<ShardId> = self.status().iter().map(|s| s.shard).collect();
+        for shard in held {
             if placement(shard, placeable.keys().copied(), self.replicas).contains(&self.me)
                 || self.leads(shard).is_some()
             {
@@ -231,8 +232,7 @@ impl ShardGroups {
                         && !s.learners.contains(&self.me)
                 })
             });
-            let holds = self.status().iter().any(|s| s.shard == shard);
-            if dropped && holds {
+            if dropped {
                 if let Err(e) = self.retire(shard).await {
                     tracing::warn!(shard, error = %e, "shard: retiring a moved replica failed");
                 }
@@ -298,7 +298,8 @@ impl ShardGroups {
 
     /// Where to send an operation on `shard`: its leader as far as this node knows, or
     /// else one of the nodes that should hold it.
-    pub fn leader(&self, shard: ShardId, voters: &BTreeSet<NodeId>) -> Option<NodeId> {
+    /// `voters` is only called when neither is known.
+    pub fn leader(&self, shard: ShardId, voters: impl FnOnce() -> Vec<NodeId>) -> Option<NodeId> {
         let raft = self.raft(shard)?;
         let known = {
             let m = raft.metrics();
@@ -317,11 +318,7 @@ impl ShardGroups {
                     .ok()
                     .and_then(|h| h.get(shard as usize).copied().flatten())
             })
-            .or_else(|| {
-                placement(shard, voters.iter().copied(), self.replicas)
-                    .into_iter()
-                    .next()
-            })
+            .or_else(|| placement(shard, voters(), self.replicas).into_iter().next())
     }
 
     /// Remember who leads `shard` (from a peer's answer); `None` forgets.
