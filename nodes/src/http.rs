@@ -197,6 +197,11 @@ struct Import {
     users: Vec<(String, String)>,
 }
 
+#[derive(serde::Deserialize)]
+struct RosterImport {
+    items: Vec<crate::admin::roster_import::RosterImportItem>,
+}
+
 #[derive(serde::Deserialize, Default)]
 struct Leave {
     node: Option<u64>,
@@ -222,6 +227,9 @@ fn route(method: &Method, path: &str, body: &[u8]) -> Result<AdminRequest, (Stat
         }
         (&Method::POST, ["users", "import"]) => AdminRequest::UserImport {
             users: parse::<Import>(body)?.users,
+        },
+        (&Method::POST, ["rosters", "import"]) => AdminRequest::RosterImport {
+            items: parse::<RosterImport>(body)?.items,
         },
         (&Method::DELETE, ["users", jid]) => AdminRequest::UserDel { jid: decoded(jid) },
         (&Method::PUT, ["users", jid, "password"]) => AdminRequest::UserPasswd {

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 use nodes::admin::protocol::{AdminRequest, AdminResponse};
+use nodes::admin::roster_import::{RosterImportItem, RosterImportOutcome};
 use nodes::config::Settings;
 use nodes::{ext, node, users};
 
@@ -41,6 +42,11 @@ enum Command {
     User {
         #[command(subcommand)]
         command: UserCommand,
+    },
+    /// Manage rosters of a running node's accounts.
+    Roster {
+        #[command(subcommand)]
+        command: RosterCommand,
     },
     /// Print the specifications this build implements.
     Features,
@@ -90,6 +96,15 @@ enum UserCommand {
     Import { file: PathBuf },
 }
 
+#[derive(Subcommand)]
+enum RosterCommand {
+    /// Give accounts roster items without the subscription handshake, from a file of
+    /// `OWNER CONTACT [SUBSCRIPTION [NAME]]` lines (`-` for standard input; SUBSCRIPTION is
+    /// none, to, from or both, the default). Items that are already stored as given are
+    /// left alone, so an import can be re-run.
+    Import { file: PathBuf },
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
@@ -115,6 +130,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User { command } => {
             user_command(&settings, &admin_target(&cli_api, &settings), command)
         }
+        Command::Roster {
+            command: RosterCommand::Import { file },
+        } => roster_import(
+            &settings,
+            &admin_target(&cli_api, &settings),
+            read_roster_file(&file)?,
+        ),
         Command::Cluster { command } => {
             cluster_command(&settings, &admin_target(&cli_api, &settings), command)
         }
@@ -287,25 +309,94 @@ fn import(
     Ok(AdminResponse::ok(serde_json::to_value(total).ok()))
 }
 
-/// `JID PASSWORD` per line; blank lines and `#` comments are skipped. The password is the
-/// rest of the line, trimmed, so it may contain inner spaces.
-fn read_import_file(file: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
+/// Roster items go in batches, as accounts do; a running node is needed (in a cluster the
+/// rosters live in the replicated shards, which only a running node reaches).
+fn roster_import(
+    settings: &Settings,
+    target: &AdminTarget,
+    items: Vec<RosterImportItem>,
+) -> anyhow::Result<()> {
+    const BATCH: usize = 500;
+    let mut total = RosterImportOutcome::default();
+    for chunk in items.chunks(BATCH) {
+        let request = AdminRequest::RosterImport {
+            items: chunk.to_vec(),
+        };
+        let Some(response) = target.request(&request)? else {
+            bail!(
+                "no node is running with data_dir {} (roster import needs a running node)",
+                settings.data_dir.display()
+            );
+        };
+        let outcome: RosterImportOutcome =
+            serde_json::from_value(succeeded(response)?.unwrap_or_default())?;
+        // An owner whose items span two batches is counted in both.
+        total.accounts += outcome.accounts;
+        total.items += outcome.items;
+        total.changed += outcome.changed;
+    }
+    eprintln!(
+        "{} roster items for {} accounts imported, {} of them new or changed",
+        total.items, total.accounts, total.changed
+    );
+    Ok(())
+}
+
+/// The lines of `file` (`-`: standard input) that are not blank or `#` comments, numbered
+/// from 1 and with leading blanks trimmed.
+fn data_lines(file: &std::path::Path) -> anyhow::Result<Vec<(usize, String)>> {
     let text = if file.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin())?
     } else {
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
     };
+    Ok(text
+        .lines()
+        .enumerate()
+        .map(|(n, l)| (n + 1, l.trim_start().to_string()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .collect())
+}
+
+/// `OWNER CONTACT [SUBSCRIPTION [NAME]]` per line; the name is the rest of the line.
+fn read_roster_file(file: &std::path::Path) -> anyhow::Result<Vec<RosterImportItem>> {
+    let mut items = Vec::new();
+    for (n, line) in data_lines(file)? {
+        let mut rest = line.as_str();
+        let mut field = || {
+            let t = rest.trim_start();
+            let end = t.find(char::is_whitespace).unwrap_or(t.len());
+            rest = &t[end..];
+            Some(&t[..end]).filter(|f| !f.is_empty())
+        };
+        let (Some(owner), Some(contact), subscription) = (field(), field(), field()) else {
+            bail!(
+                "{}:{n}: expected `OWNER CONTACT [SUBSCRIPTION [NAME]]`",
+                file.display()
+            );
+        };
+        let name = Some(rest.trim()).filter(|r| !r.is_empty());
+        items.push(RosterImportItem {
+            owner: owner.into(),
+            contact: contact.into(),
+            subscription: subscription.unwrap_or("both").into(),
+            name: name.map(str::to_string),
+            groups: Vec::new(),
+        });
+    }
+    Ok(items)
+}
+
+/// `JID PASSWORD` per line; blank lines and `#` comments are skipped. The password is the
+/// rest of the line, trimmed, so it may contain inner spaces.
+fn read_import_file(file: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
     let mut users = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim_start();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
+    for (n, line) in data_lines(file)? {
         match line.split_once(char::is_whitespace) {
             Some((jid, password)) if !password.trim().is_empty() => {
                 users.push((jid.to_string(), password.trim().to_string()))
             }
-            _ => bail!("{}:{}: expected `JID PASSWORD`", file.display(), n + 1),
+            _ => bail!("{}:{n}: expected `JID PASSWORD`", file.display()),
         }
     }
     Ok(users)
@@ -338,6 +429,7 @@ fn offline(settings: &Settings, request: &AdminRequest) -> anyhow::Result<AdminR
             .import(list)
             .map(|o| AdminResponse::ok(serde_json::to_value(o).ok())),
         AdminRequest::SessionList
+        | AdminRequest::RosterImport { .. }
         | AdminRequest::SessionKick { .. }
         | AdminRequest::Stats
         | AdminRequest::ClusterStatus

@@ -57,6 +57,10 @@ impl UserAdmin {
         Ok(j)
     }
 
+    pub fn exists(&self, account: &Jid) -> Result<bool, UserError> {
+        Ok(self.accounts.exists(&account.to_string())?)
+    }
+
     fn credentials(password: &str) -> Result<StoredCredentials, UserError> {
         if password.is_empty() {
             return Err(UserError::BadPassword);

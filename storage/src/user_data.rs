@@ -39,6 +39,12 @@ pub enum UserDataWrite {
         user: String,
         contact: String,
     },
+    /// An operator's bulk import (`switchboard roster import`): each item replaces the stored
+    /// one if it differs. One entry per account, so a large population imports in few commits.
+    RosterImport {
+        user: String,
+        items: Vec<RosterItem>,
+    },
     PendingPut {
         user: String,
         contact: String,
@@ -109,6 +115,7 @@ impl UserDataWrite {
         match self {
             RosterPut { user, .. }
             | RosterRemove { user, .. }
+            | RosterImport { user, .. }
             | PendingPut { user, .. }
             | PendingRemove { user, .. }
             | OfflinePush { user, .. }
@@ -139,7 +146,7 @@ pub enum WriteOutcome {
     Existed(bool),
     /// `OfflinePush`: the message's sequence number.
     Seq(u64),
-    /// `OfflineRemoveUpto`: how many messages went.
+    /// `OfflineRemoveUpto`: how many messages went; `RosterImport`: how many items changed.
     Count(usize),
 }
 
@@ -270,6 +277,16 @@ impl UserData {
         Ok(match w {
             RosterPut { user, item } => Version(self.rosters.put(user, item)?),
             RosterRemove { user, contact } => Removed(self.rosters.remove(user, contact)?),
+            RosterImport { user, items } => {
+                let mut changed = 0;
+                for item in items {
+                    if self.rosters.item(user, &item.jid)?.as_ref() != Some(item) {
+                        self.rosters.put(user, item)?;
+                        changed += 1;
+                    }
+                }
+                Count(changed)
+            }
             PendingPut { user, contact, xml } => {
                 self.rosters.put_pending_in(user, contact, xml)?;
                 Done
@@ -525,5 +542,37 @@ mod tests {
             c.restore(b"garbage"),
             Err(StorageError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn roster_import_changes_only_items_that_differ() {
+        let dir = TempDir::new("user-data-import");
+        let store = Store::open(dir.path()).unwrap();
+        let data = store.shard_user_data(3).unwrap();
+        let import = |items: Vec<RosterItem>| {
+            data.apply(&UserDataWrite::RosterImport {
+                user: "u@x".into(),
+                items,
+            })
+            .unwrap()
+        };
+        assert_eq!(
+            import(vec![item("a@x"), item("b@x")]),
+            WriteOutcome::Count(2)
+        );
+        assert_eq!(data.rosters.version("u@x").unwrap(), 2);
+        // Re-running the same import is a no-op: no version is spent.
+        assert_eq!(
+            import(vec![item("a@x"), item("b@x")]),
+            WriteOutcome::Count(0)
+        );
+        let mut renamed = item("b@x");
+        renamed.name = Some("Bee".into());
+        assert_eq!(
+            import(vec![item("a@x"), renamed.clone()]),
+            WriteOutcome::Count(1)
+        );
+        assert_eq!(data.rosters.item("u@x", "b@x").unwrap(), Some(renamed));
+        assert_eq!(data.rosters.version("u@x").unwrap(), 3);
     }
 }

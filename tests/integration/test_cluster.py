@@ -336,3 +336,30 @@ async def test_the_whole_cluster_restarts_on_its_data(cluster):
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_roster_import_through_one_node_reaches_every_shard(cluster):
+    """`switchboard roster import` on n1 writes through each owner's shard, wherever it is
+    led; the owners then find the items through any node, and presence flows."""
+    users = cluster.accounts(6)
+    cluster.start()
+    cluster.wait_shards_ready()
+    n1, n2, n3 = cluster.nodes
+    shards = {cluster.shard_of(u.jid, cluster.shard_count()) for u in users}
+    assert len(shards) > 1, "the test needs owners in more than one shard"
+    lines = "".join(f"{x.jid} {y.jid}\n" for x in users for y in users if x is not y)
+    r = n1.cli("roster", "import", "-", input=lines)
+    assert r.returncode == 0, r.stderr
+    assert "30 roster items for 6 accounts imported, 30 of them new or changed" in r.stderr, r.stderr
+    for i, u in enumerate(users):
+        c = await login((n2, n3)[i % 2], u, resource="r")
+        _, roster = await c.roster()
+        want = {y.jid: "both" for y in users if y is not u}
+        assert {j: it["subscription"] for j, it in roster.items()} == want, (u.jid, roster)
+        await c.close()
+    a = await online(n2, users[0], "a")
+    b = await online(n3, users[1], "b")
+    await a.expect(is_presence(b.jid))
+    await b.expect(is_presence(a.jid))
+    await a.close()
+    await b.close()

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod protocol;
+pub mod roster_import;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -118,6 +119,16 @@ impl AdminServer {
                 Ok(o) => AdminResponse::ok(serde_json::to_value(o).ok()),
                 Err(e) => AdminResponse::err(e),
             },
+            AdminRequest::RosterImport { items } => {
+                let imported = match roster_import::prepare(users, &items) {
+                    Ok(by_owner) => roster_import::import(&self.im, by_owner).await,
+                    Err(e) => Err(e),
+                };
+                match imported {
+                    Ok(o) => AdminResponse::ok(serde_json::to_value(o).ok()),
+                    Err(e) => AdminResponse::err(e),
+                }
+            }
             AdminRequest::UserList => match users.list() {
                 Ok(l) => AdminResponse::ok(Some(l.into())),
                 Err(e) => AdminResponse::err(e),

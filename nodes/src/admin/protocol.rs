@@ -22,6 +22,10 @@ pub enum AdminRequest {
     UserImport {
         users: Vec<(String, String)>,
     },
+    /// Give accounts roster items without the subscription handshake.
+    RosterImport {
+        items: Vec<super::roster_import::RosterImportItem>,
+    },
     SessionList,
     /// Disconnect every session of an account.
     SessionKick {

@@ -184,6 +184,10 @@ pub enum ImRequest {
     DeleteAccountData {
         user: Jid,
     },
+    ImportRoster {
+        user: Jid,
+        items: Vec<storage::RosterItem>,
+    },
     FetchOffline {
         user: Jid,
     },
@@ -219,6 +223,8 @@ pub enum ImReply {
         lists: Vec<(String, PrivacyRules)>,
     },
     Failed(String),
+    /// `ImportRoster`: how many items changed.
+    Imported(usize),
     /// The receiver does not lead the user's shard; the leader it knows of, if any.
     NotLeader(Option<NodeId>),
 }

@@ -102,6 +102,16 @@ pub struct RemoveOffline {
     pub upto: u64,
 }
 
+/// An operator's roster import for one account (`switchboard roster import`): each item
+/// replaces the stored one; the account's online resources get pushes. The result is how many
+/// items changed.
+#[derive(Message)]
+#[rtype(result = "Result<usize, String>")]
+pub struct ImportRoster {
+    pub user: Jid,
+    pub items: Vec<storage::RosterItem>,
+}
+
 /// Delete everything stored for an account (the account itself goes next).
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]

@@ -484,6 +484,13 @@ impl Handler<RemoveOffline> for RosterActor {
     }
 }
 
+impl Handler<ImportRoster> for RosterActor {
+    type Result = Result<usize, String>;
+    fn handle(&mut self, msg: ImportRoster, _: &mut SyncContext<Self>) -> Self::Result {
+        self.roster_import(&msg.user, msg.items)
+    }
+}
+
 impl Handler<DeleteAccountData> for RosterActor {
     type Result = Result<(), String>;
     fn handle(&mut self, msg: DeleteAccountData, _: &mut SyncContext<Self>) -> Self::Result {

@@ -133,6 +133,22 @@ impl ImMessage for StoreOffline {
     }
 }
 
+impl ImMessage for ImportRoster {
+    fn to_wire(&self) -> ImRequest {
+        ImRequest::ImportRoster {
+            user: self.user.clone(),
+            items: self.items.clone(),
+        }
+    }
+    fn from_reply(reply: ImReply) -> Result<Result<usize, String>, ImError> {
+        match reply {
+            ImReply::Imported(n) => Ok(Ok(n)),
+            ImReply::Failed(e) => Ok(Err(e)),
+            _ => Err(ImError::BadReply),
+        }
+    }
+}
+
 impl ImMessage for DeleteAccountData {
     fn to_wire(&self) -> ImRequest {
         ImRequest::DeleteAccountData {
@@ -241,6 +257,7 @@ fn account_of(req: &ImRequest) -> Jid {
         | ImRequest::InboundSubscription { user, .. }
         | ImRequest::StoreOffline { user, .. }
         | ImRequest::DeleteAccountData { user }
+        | ImRequest::ImportRoster { user, .. }
         | ImRequest::FetchOffline { user }
         | ImRequest::RemoveOffline { user, .. }
         | ImRequest::GetFilters { user }
@@ -369,6 +386,13 @@ pub async fn serve(shards: &RosterShards, req: ImRequest) -> ImReply {
         ImRequest::DeleteAccountData { user } => {
             match addr.send(DeleteAccountData { user }).await {
                 Ok(Ok(())) => ImReply::Done,
+                Ok(Err(e)) => ImReply::Failed(e),
+                Err(e) => failed(e),
+            }
+        }
+        ImRequest::ImportRoster { user, items } => {
+            match addr.send(ImportRoster { user, items }).await {
+                Ok(Ok(n)) => ImReply::Imported(n),
                 Ok(Err(e)) => ImReply::Failed(e),
                 Err(e) => failed(e),
             }

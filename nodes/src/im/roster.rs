@@ -203,6 +203,50 @@ impl RosterActor {
         Ok(())
     }
 
+    /// An operator's import: the items replace the stored ones (no subscription handshake,
+    /// no presence sent: the contacts' presence follows at the user's next probe, i.e. its
+    /// next initial presence). The user's online resources get a push per changed item, as
+    /// for a roster set.
+    pub(super) fn roster_import(
+        &mut self,
+        user: &Jid,
+        items: Vec<RosterItem>,
+    ) -> Result<usize, String> {
+        let key = user.to_string();
+        let stored = self.rosters.count(&key).map_err(|e| e.to_string())?;
+        let mut added = 0;
+        for item in &items {
+            if self
+                .rosters
+                .item(&key, &item.jid)
+                .map_err(|e| e.to_string())?
+                .is_none()
+            {
+                added += 1;
+            }
+        }
+        let limit = self.limits.max_roster_items;
+        if stored + added > limit {
+            return Err(format!(
+                "{key}: more than im.max_roster_items ({limit}) roster items"
+            ));
+        }
+        let before = self.rosters.version(&key).map_err(|e| e.to_string())?;
+        let changed = self
+            .roster_items_import(&key, items)
+            .map_err(|e| e.to_string())?;
+        if changed > 0 {
+            if let Ok(Some((_, changes))) = self.rosters.changes_since(&key, before) {
+                for (version, change) in changes {
+                    if let RosterChange::Updated(item) = change {
+                        self.push(user, item_element(&item), version);
+                    }
+                }
+            }
+        }
+        Ok(changed)
+    }
+
     /// RFC 6121 §2.5.2: removing an item also cancels the subscriptions both ways.
     fn roster_remove(&mut self, user: &Jid, contact: &Jid) -> Result<(), Cond> {
         let key = user.to_string();

@@ -83,6 +83,21 @@ impl RosterActor {
         }
     }
 
+    /// Returns how many of `items` changed.
+    pub(super) fn roster_items_import(
+        &self,
+        user: &str,
+        items: Vec<RosterItem>,
+    ) -> Result<usize, StorageError> {
+        match self.write(UserDataWrite::RosterImport {
+            user: user.into(),
+            items,
+        })? {
+            WriteOutcome::Count(n) => Ok(n),
+            o => Err(unexpected(o)),
+        }
+    }
+
     pub(super) fn pending_put(
         &self,
         user: &str,
