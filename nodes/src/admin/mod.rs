@@ -115,10 +115,15 @@ impl AdminServer {
                     Err(e) => AdminResponse::err(e),
                 }
             }
-            AdminRequest::UserImport { users: list } => match users.import(&list) {
-                Ok(o) => AdminResponse::ok(serde_json::to_value(o).ok()),
-                Err(e) => AdminResponse::err(e),
-            },
+            AdminRequest::UserImport { users: list } => {
+                // Seconds of key derivation per batch: not on the thread the Router runs on.
+                let users = users.clone();
+                match tokio::task::spawn_blocking(move || users.import(&list)).await {
+                    Ok(Ok(o)) => AdminResponse::ok(serde_json::to_value(o).ok()),
+                    Ok(Err(e)) => AdminResponse::err(e),
+                    Err(e) => AdminResponse::err(e),
+                }
+            }
             AdminRequest::RosterImport { items } => {
                 let imported = match roster_import::prepare(users, &items) {
                     Ok(by_owner) => roster_import::import(&self.im, by_owner).await,
