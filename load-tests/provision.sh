@@ -7,7 +7,8 @@
 # the node is running (admin socket, or the database directly). Existing accounts are skipped,
 # so the script can be re-run to extend a range. Environment: FIRST (1), PREFIX (user),
 # DOMAIN (localhost), PASSWORD (secret) must match the loadgen's --first, --user-prefix,
-# --domain and --password. ROSTER_GROUP=K also makes groups of K consecutive users (from FIRST)
+# --domain and --password. SHARED_SALT=1 passes --shared-salt (the keys are derived once for
+# the common password: large populations in seconds). ROSTER_GROUP=K also makes groups of K consecutive users (from FIRST)
 # mutual contacts (subscription both) with `switchboard roster import`, for
 # `switchboard-loadgen presence --group K --rosters provisioned`; that needs the node running.
 set -euo pipefail
@@ -35,7 +36,7 @@ last=$((first + n - 1))
 # One `switchboard user import` for all of them (a process per account costs ~40 ms each).
 for ((i = first; i <= last; i++)); do
     printf '%s@%s %s\n' "$prefix$i" "$domain" "$password"
-done | "$bin" user import - --config "$cfg"
+done | "$bin" user import - --config "$cfg" ${SHARED_SALT:+--shared-salt}
 end=$(date +%s.%N)
 echo "$prefix$first..$prefix$last@$domain provisioned" \
     "in $(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.1f", e - s }') s"

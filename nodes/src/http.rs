@@ -195,6 +195,8 @@ struct Password {
 #[derive(serde::Deserialize)]
 struct Import {
     users: Vec<(String, String)>,
+    #[serde(default)]
+    shared_salt: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -225,9 +227,13 @@ fn route(method: &Method, path: &str, body: &[u8]) -> Result<AdminRequest, (Stat
                 password: u.password,
             }
         }
-        (&Method::POST, ["users", "import"]) => AdminRequest::UserImport {
-            users: parse::<Import>(body)?.users,
-        },
+        (&Method::POST, ["users", "import"]) => {
+            let i: Import = parse(body)?;
+            AdminRequest::UserImport {
+                users: i.users,
+                shared_salt: i.shared_salt,
+            }
+        }
         (&Method::POST, ["rosters", "import"]) => AdminRequest::RosterImport {
             items: parse::<RosterImport>(body)?.items,
         },

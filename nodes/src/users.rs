@@ -102,7 +102,11 @@ impl UserAdmin {
     /// any account is created, so a typo in a file is reported, not skipped. Blocks for about
     /// 6 ms of CPU per new account, spread over the cores this process may use: call it off
     /// the async threads.
-    pub fn import(&self, users: &[(String, String)]) -> Result<ImportOutcome, UserError> {
+    pub fn import(
+        &self,
+        users: &[(String, String)],
+        shared_salt: bool,
+    ) -> Result<ImportOutcome, UserError> {
         let mut outcome = ImportOutcome::default();
         let mut new = Vec::with_capacity(users.len());
         for (jid, password) in users {
@@ -115,7 +119,7 @@ impl UserAdmin {
             }
         }
         let passwords: Vec<&str> = new.iter().map(|(_, p)| *p).collect();
-        for ((j, _), credentials) in new.iter().zip(credentials_all(&passwords)?) {
+        for ((j, _), credentials) in new.iter().zip(credentials_all(&passwords, shared_salt)?) {
             match self.accounts.create(&j.to_string(), &credentials) {
                 Ok(()) => outcome.created += 1,
                 Err(StorageError::AlreadyExists(_)) => outcome.existing += 1,
@@ -206,6 +210,7 @@ impl UserAdmin {
         &self,
         cluster: &Cluster,
         users: &[(String, String)],
+        shared_salt: bool,
     ) -> Result<ImportOutcome, UserError> {
         let mut accounts = Vec::with_capacity(users.len());
         for (jid, password) in users {
@@ -214,7 +219,7 @@ impl UserAdmin {
         // Key derivation is CPU-bound: keep it off the node's async threads.
         let changes = tokio::task::spawn_blocking(move || {
             let passwords: Vec<&str> = accounts.iter().map(|(_, p)| p.as_str()).collect();
-            let credentials = credentials_all(&passwords)?;
+            let credentials = credentials_all(&passwords, shared_salt)?;
             accounts
                 .iter()
                 .zip(credentials)
@@ -244,9 +249,37 @@ impl UserAdmin {
     }
 }
 
-/// SCRAM credentials for many passwords, derived on every core this process may use (its CPU
-/// affinity counts: a node pinned to one CPU stays on it).
-fn credentials_all(passwords: &[&str]) -> Result<Vec<StoredCredentials>, UserError> {
+/// SCRAM credentials for many passwords. With `shared_salt`, each distinct password is
+/// derived once and its credentials (salt included) reused.
+fn credentials_all(
+    passwords: &[&str],
+    shared_salt: bool,
+) -> Result<Vec<StoredCredentials>, UserError> {
+    if !shared_salt {
+        return derive_on_all_cores(passwords);
+    }
+    let mut distinct = passwords.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let derived: std::collections::HashMap<&str, StoredCredentials> = distinct
+        .iter()
+        .copied()
+        .zip(derive_on_all_cores(&distinct)?)
+        .collect();
+    passwords
+        .iter()
+        .map(|p| {
+            derived
+                .get(p)
+                .cloned()
+                .ok_or_else(|| UserError::KeyDerivation("a password was not derived".into()))
+        })
+        .collect()
+}
+
+/// Derive on every core this process may use (its CPU affinity counts: a node pinned to one
+/// CPU stays on it).
+fn derive_on_all_cores(passwords: &[&str]) -> Result<Vec<StoredCredentials>, UserError> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, passwords.len().max(1));

@@ -45,3 +45,26 @@ async def test_import_offline_and_malformed_files(make_server, tmp_path):
     srv.start()
     c = await login(srv, u)
     await c.close()
+
+
+async def test_shared_salt_import_for_load_test_populations(make_server, tmp_path):
+    """--shared-salt derives each distinct password once: the accounts still log in with
+    SCRAM and PLAIN, and a wrong password is still refused."""
+    srv = make_server(accounts=0, start=False)
+    users = [Account(f"pop{i}", srv.domain, "same secret") for i in range(50)]
+    odd = Account("popodd", srv.domain, "another")
+    f = write_users(tmp_path / "pop.txt", [f"{u.jid} {u.password}" for u in users + [odd]])
+    r = srv.cli("user", "import", "--shared-salt", f)
+    assert r.returncode == 0 and "51 created" in r.stderr, r.stderr
+    srv.start()
+    for u in (users[0], users[49], odd):
+        c = await login(srv, u, mechanism="SCRAM-SHA-256")
+        await c.close()
+    c = await login(srv, users[7])
+    await c.close()
+    try:
+        await login(srv, Account("pop3", srv.domain, "another"))
+    except AssertionError:
+        pass
+    else:
+        raise AssertionError("pop3 logged in with another account's password")

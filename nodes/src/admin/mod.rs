@@ -115,10 +115,13 @@ impl AdminServer {
                     Err(e) => AdminResponse::err(e),
                 }
             }
-            AdminRequest::UserImport { users: list } => {
+            AdminRequest::UserImport {
+                users: list,
+                shared_salt,
+            } => {
                 // Seconds of key derivation per batch: not on the thread the Router runs on.
                 let users = users.clone();
-                match tokio::task::spawn_blocking(move || users.import(&list)).await {
+                match tokio::task::spawn_blocking(move || users.import(&list, shared_salt)).await {
                     Ok(Ok(o)) => AdminResponse::ok(serde_json::to_value(o).ok()),
                     Ok(Err(e)) => AdminResponse::err(e),
                     Err(e) => AdminResponse::err(e),
@@ -236,12 +239,13 @@ impl AdminServer {
                 }
                 jid_reply(users.del_replicated(cluster, jid).await)
             }
-            AdminRequest::UserImport { users: list } => {
-                match users.import_replicated(cluster, list).await {
-                    Ok(o) => AdminResponse::ok(serde_json::to_value(o).ok()),
-                    Err(e) => AdminResponse::err(e),
-                }
-            }
+            AdminRequest::UserImport {
+                users: list,
+                shared_salt,
+            } => match users.import_replicated(cluster, list, *shared_salt).await {
+                Ok(o) => AdminResponse::ok(serde_json::to_value(o).ok()),
+                Err(e) => AdminResponse::err(e),
+            },
             _ => return None,
         })
     }

@@ -21,6 +21,10 @@ pub enum AdminRequest {
     /// alone and counted.
     UserImport {
         users: Vec<(String, String)>,
+        /// Load-test populations only: accounts with the same password share one salt, so
+        /// their keys are derived once (and equal passwords are visible as equal records).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        shared_salt: bool,
     },
     /// Give accounts roster items without the subscription handshake.
     RosterImport {
