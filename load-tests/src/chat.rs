@@ -1,7 +1,7 @@
 //! Scenario `chat`: every logged-in user sends M messages, one every interval, each to a
 //! random other user of the run (with `cross_node_only`, one connected to another server);
 //! receivers count them, detect duplicates and measure latency from the send timestamp in the
-//! body.
+//! body (`lg FROM SEQ SENT_US` padded with `x` to `--body-bytes`).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,9 +14,10 @@ use tokio::task::JoinSet;
 
 use crate::conn::Failure;
 use crate::login::Target;
-use crate::probe;
+use crate::probe::{self, ChatMessage};
 use crate::ramp::{login_all, stopped, tally, End, Plan, Ramp, Session};
 use crate::report::{ChatSummary, Distribution, Outcome};
+use crate::system::{cpu_us_per, CpuMeter};
 use crate::xml;
 
 pub struct ChatPlan {
@@ -28,6 +29,8 @@ pub struct ChatPlan {
     pub cross_node_only: bool,
     /// `--rates`: stepped aggregate rates instead of `messages` at `interval`.
     pub steps: Option<crate::chatstep::StepPlan>,
+    /// Length of every message body.
+    pub body_bytes: usize,
 }
 
 /// How often the coordinator checks whether every message has arrived.
@@ -81,7 +84,7 @@ pub(crate) async fn login_chatters(
 
 pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
     if let Some(steps) = chat.steps {
-        return crate::chatstep::run(plan, steps).await;
+        return crate::chatstep::run(plan, steps, chat.body_bytes).await;
     }
     let (ramp, peers, stop, stopped) = login_chatters(plan).await?;
     let target = &plan.target;
@@ -117,6 +120,7 @@ pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
         shared.plan.messages
     );
     let start = Instant::now();
+    let cpu = CpuMeter::start();
     let deadline = start + shared.plan.duration;
     let mut tasks = JoinSet::new();
     for (pos, session) in ramp.sessions.into_iter().enumerate() {
@@ -139,6 +143,7 @@ pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
         }
     }
     let elapsed = start.elapsed();
+    let exchange_cpu = cpu.cpu();
     let _ = stop.send(true);
 
     let mut total = Received::default();
@@ -167,6 +172,7 @@ pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
         chat: Some(ChatSummary {
             messages_per_user: shared.plan.messages,
             interval_ms: shared.plan.interval.as_millis() as u64,
+            body_bytes: shared.plan.body_bytes,
             cross_node_only: shared.plan.cross_node_only,
             sent,
             cross_node: shared.cross_node.load(Ordering::Relaxed),
@@ -178,6 +184,8 @@ pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
             last_delivery_secs: delivering.as_secs_f64(),
             received_per_sec: total.unique as f64 / delivering.as_secs_f64().max(1e-6),
             latency_ms: Distribution::from_micros(total.latencies_us),
+            generator_cpu_secs: exchange_cpu.as_secs_f64(),
+            generator_cpu_us_per_message: cpu_us_per(exchange_cpu, total.unique),
             stepped: None,
         }),
         dropped,
@@ -248,23 +256,30 @@ fn compose(shared: &Shared, from: u32, pos: usize, seq: u32) -> String {
         let elsewhere = &shared.elsewhere[target.server_of(from)];
         elsewhere[rand::thread_rng().gen_range(0..elsewhere.len())]
     } else {
-        let peers = &shared.peers;
-        let mut other = rand::thread_rng().gen_range(0..peers.len() - 1);
-        if other >= pos {
-            other += 1;
-        }
-        peers[other]
+        other_peer(&shared.peers, pos)
     };
     if target.server_of(recipient) != target.server_of(from) {
         shared.cross_node.fetch_add(1, Ordering::Relaxed);
     }
-    let to = target.full_jid(recipient);
-    let sent_us = shared.epoch.elapsed().as_micros() as u64;
-    format!(
-        "<message to='{}' type='chat' id='m{seq}'><body>{}</body></message>",
-        xml::escape(&to),
-        probe::format(from, seq, sent_us)
-    )
+    ChatMessage {
+        to: &target.full_jid(recipient),
+        id_prefix: 'm',
+        tag: probe::TAG,
+        from,
+        seq,
+        sent_us: shared.epoch.elapsed().as_micros() as u64,
+        body_len: shared.plan.body_bytes,
+    }
+    .stanza()
+}
+
+/// A random peer other than the one at `pos` (`peers` has at least two).
+pub(crate) fn other_peer(peers: &[u32], pos: usize) -> u32 {
+    let mut other = rand::thread_rng().gen_range(0..peers.len() - 1);
+    if other >= pos {
+        other += 1;
+    }
+    peers[other]
 }
 
 fn receive(shared: &Shared, el: &str, seen: &mut HashSet<(u32, u32)>, received: &mut Received) {

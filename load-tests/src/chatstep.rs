@@ -18,9 +18,10 @@ use tokio::task::JoinSet;
 
 use crate::conn::Failure;
 use crate::login::Target;
-use crate::probe;
+use crate::probe::{self, ChatMessage};
 use crate::ramp::{stopped, tally, End, Plan, Session};
 use crate::report::{ChatStepSummary, ChatStepsSummary, ChatSummary, Distribution, Outcome};
+use crate::system::{cpu_percent, cpu_us_per, CpuMeter};
 use crate::xml;
 
 pub struct StepPlan {
@@ -66,6 +67,16 @@ struct Shared {
     /// Steps whose drain is over: their messages arriving now are late.
     closed: AtomicUsize,
     p99_limit_us: u64,
+    body_bytes: usize,
+}
+
+/// A step that ran: its start (µs after the epoch), the drain waited, and the generator's
+/// CPU and wall time while it offered its rate.
+struct StepRun {
+    begun: u64,
+    waited: Duration,
+    cpu: Duration,
+    wall: Duration,
 }
 
 #[derive(Default, Clone)]
@@ -78,7 +89,7 @@ struct Received {
     last_us: u64,
 }
 
-pub async fn run(plan: &Plan, sp: StepPlan) -> anyhow::Result<Outcome> {
+pub async fn run(plan: &Plan, sp: StepPlan, body_bytes: usize) -> anyhow::Result<Outcome> {
     let (ramp, peers, stop, stopped_rx) = crate::chat::login_chatters(plan).await?;
     let users = peers.len() as u64;
     let shared = Arc::new(Shared {
@@ -88,6 +99,7 @@ pub async fn run(plan: &Plan, sp: StepPlan) -> anyhow::Result<Outcome> {
         steps: sp.rates.iter().map(|_| StepCounters::default()).collect(),
         closed: AtomicUsize::new(0),
         p99_limit_us: sp.p99_limit.as_micros() as u64,
+        body_bytes,
     });
     let (phase_tx, phase_rx) = watch::channel(None::<Phase>);
     let mut tasks = JoinSet::new();
@@ -108,15 +120,18 @@ pub async fn run(plan: &Plan, sp: StepPlan) -> anyhow::Result<Outcome> {
         sp.drain.as_secs()
     );
     let start = Instant::now();
-    // Per step run: (start µs after the epoch, drain waited).
-    let mut ran: Vec<(u64, Duration)> = Vec::new();
+    let exchange = CpuMeter::start();
+    // Per step run: start µs after the epoch, drain waited, generator CPU and wall time.
+    let mut ran: Vec<StepRun> = Vec::new();
     let mut failing = 0u32;
     for (k, &rate) in sp.rates.iter().enumerate() {
         let interval = Duration::from_secs_f64(users as f64 / f64::from(rate));
         let begun = shared.epoch.elapsed().as_micros() as u64;
+        let meter = CpuMeter::start();
         let _ = phase_tx.send(Some(Phase { step: k, interval }));
         tokio::time::sleep(sp.step).await;
         let _ = phase_tx.send(None);
+        let (cpu, wall) = (meter.cpu(), meter.wall());
         let ended = Instant::now();
         let counters = &shared.steps[k];
         loop {
@@ -129,15 +144,21 @@ pub async fn run(plan: &Plan, sp: StepPlan) -> anyhow::Result<Outcome> {
         }
         let waited = ended.elapsed();
         shared.closed.store(k + 1, Ordering::Relaxed);
-        ran.push((begun, waited));
+        ran.push(StepRun {
+            begun,
+            waited,
+            cpu,
+            wall,
+        });
         let sent = counters.sent.load(Ordering::Relaxed);
         let accounted = counters.accounted.load(Ordering::Relaxed);
         let slow = counters.slow.load(Ordering::Relaxed);
         let ok = accounted >= sent && slow * 100 < accounted.max(1);
         eprintln!(
-            "  step {rate}/s: {sent} sent, {accounted} accounted for, {slow} over {} ms, drain {:.2} s",
+            "  step {rate}/s: {sent} sent, {accounted} accounted for, {slow} over {} ms, drain {:.2} s, gen CPU {:.0} %",
             sp.p99_limit.as_millis(),
-            waited.as_secs_f64()
+            waited.as_secs_f64(),
+            cpu_percent(cpu, wall)
         );
         failing = if ok { 0 } else { failing + 1 };
         if sp.stop_after > 0 && failing >= sp.stop_after && k + 1 < sp.rates.len() {
@@ -146,6 +167,7 @@ pub async fn run(plan: &Plan, sp: StepPlan) -> anyhow::Result<Outcome> {
         }
     }
     let elapsed = start.elapsed();
+    let exchange_cpu = exchange.cpu();
     let _ = stop.send(true);
 
     let mut per_step = vec![Received::default(); sp.rates.len()];
@@ -174,7 +196,8 @@ pub async fn run(plan: &Plan, sp: StepPlan) -> anyhow::Result<Outcome> {
     let mut all_latencies = Vec::new();
     let (mut sent_all, mut received_all, mut dup_all, mut bounced_all) = (0, 0, 0, 0);
     let mut last_all = 0u64;
-    for (k, (begun, waited)) in ran.into_iter().enumerate() {
+    for (k, run) in ran.into_iter().enumerate() {
+        let StepRun { begun, waited, .. } = run;
         let r = std::mem::take(&mut per_step[k]);
         let rate = sp.rates[k];
         let sent = shared.steps[k].sent.load(Ordering::Relaxed);
@@ -205,6 +228,8 @@ pub async fn run(plan: &Plan, sp: StepPlan) -> anyhow::Result<Outcome> {
             bounced: r.bounced,
             drain_waited_secs: waited.as_secs_f64(),
             latency_ms: latency,
+            generator_cpu_secs: run.cpu.as_secs_f64(),
+            generator_cpu_percent: cpu_percent(run.cpu, run.wall),
             sustained,
         });
     }
@@ -221,6 +246,7 @@ pub async fn run(plan: &Plan, sp: StepPlan) -> anyhow::Result<Outcome> {
         chat: Some(ChatSummary {
             messages_per_user: 0,
             interval_ms: 0,
+            body_bytes,
             cross_node_only: false,
             sent: sent_all,
             cross_node: 0,
@@ -232,6 +258,8 @@ pub async fn run(plan: &Plan, sp: StepPlan) -> anyhow::Result<Outcome> {
             last_delivery_secs: delivering.as_secs_f64(),
             received_per_sec: received_all as f64 / delivering.as_secs_f64().max(1e-6),
             latency_ms: Distribution::from_micros(all_latencies),
+            generator_cpu_secs: exchange_cpu.as_secs_f64(),
+            generator_cpu_us_per_message: cpu_us_per(exchange_cpu, received_all),
             stepped: Some(ChatStepsSummary {
                 step_secs: sp.step.as_secs(),
                 drain_secs: sp.drain.as_secs(),
@@ -316,18 +344,18 @@ async fn converse(
 }
 
 fn compose(shared: &Shared, pos: usize, from: u32, seq: u32) -> String {
-    let peers = &shared.peers;
-    let mut other = rand::thread_rng().gen_range(0..peers.len() - 1);
-    if other >= pos {
-        other += 1;
+    ChatMessage {
+        to: &shared
+            .target
+            .full_jid(crate::chat::other_peer(&shared.peers, pos)),
+        id_prefix: 's',
+        tag: probe::TAG,
+        from,
+        seq,
+        sent_us: shared.epoch.elapsed().as_micros() as u64,
+        body_len: shared.body_bytes,
     }
-    let to = shared.target.full_jid(peers[other]);
-    let sent_us = shared.epoch.elapsed().as_micros() as u64;
-    format!(
-        "<message to='{}' type='chat' id='s{seq}'><body>{}</body></message>",
-        xml::escape(&to),
-        probe::format(from, seq, sent_us)
-    )
+    .stanza()
 }
 
 fn receive(shared: &Shared, el: &str, seen: &mut HashSet<(u32, u32)>, received: &mut [Received]) {

@@ -11,9 +11,7 @@ use rand::Rng;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::conn::Failure;
-use crate::login::login_as;
-use crate::ramp::{tally, End, Plan};
+use crate::ramp::{tally, timed_login, End, Plan};
 use crate::report::{count, ChurnSummary, Distribution, LoginSummary, Outcome};
 use crate::timeline::{rate, Progress, Recorder};
 
@@ -133,13 +131,8 @@ async fn user(index: u32, shared: Arc<Shared>) -> UserResult {
         let Ok(permit) = shared.permits.acquire().await else {
             break;
         };
-        let began = Instant::now();
         let resource = format!("lg{cycle}");
-        let login =
-            tokio::time::timeout(plan.login_timeout, login_as(&plan.target, index, &resource))
-                .await
-                .unwrap_or(Err(Failure::Timeout));
-        let took = began.elapsed();
+        let (login, took) = timed_login(&plan.target, plan.login_timeout, index, &resource).await;
         drop(permit);
         match login {
             Ok(mut conn) => {

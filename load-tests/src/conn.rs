@@ -132,6 +132,9 @@ async fn handshake(
 pub struct Connection {
     io: Transport,
     scanner: Scanner,
+    /// Elements read during the login that were not for it (a message routed to the new
+    /// session before the bind result), handed out first by [`Connection::next_event`].
+    deferred: Vec<String>,
 }
 
 impl Connection {
@@ -139,6 +142,7 @@ impl Connection {
         Connection {
             io: Transport::Plain(tcp),
             scanner: Scanner::new(MAX_ELEMENT),
+            deferred: Vec::new(),
         }
     }
 
@@ -151,6 +155,7 @@ impl Connection {
         Ok(Connection {
             io: handshake(tcp, config, domain).await?,
             scanner: Scanner::new(MAX_ELEMENT),
+            deferred: Vec::new(),
         })
     }
 
@@ -172,8 +177,16 @@ impl Connection {
         Ok(())
     }
 
+    /// Hand `elements` out again, in order, before anything read later.
+    pub fn defer(&mut self, elements: Vec<String>) {
+        self.deferred.splice(0..0, elements);
+    }
+
     /// The next unit from the server. Cancel-safe: bytes already read stay in the scanner.
     pub async fn next_event(&mut self) -> Result<Event, Failure> {
+        if !self.deferred.is_empty() {
+            return Ok(Event::Element(self.deferred.remove(0)));
+        }
         loop {
             if let Some(event) = self.scanner.next_event()? {
                 self.scanner.release();
@@ -200,7 +213,17 @@ impl Connection {
 
     /// Send `</stream:stream>`, wait up to `grace` for the server's own close, then shut the
     /// socket down (TLS close_notify, then FIN). True if the server closed its stream.
-    pub async fn close(mut self, grace: Duration) -> bool {
+    pub async fn close(self, grace: Duration) -> bool {
+        self.close_reading(grace, |_| {}).await
+    }
+
+    /// [`Connection::close`], handing every element the server still sends before its
+    /// `</stream:stream>` to `on_element` (messages in flight to a session that is closing).
+    pub async fn close_reading(
+        mut self,
+        grace: Duration,
+        mut on_element: impl FnMut(&str),
+    ) -> bool {
         if self.send("</stream:stream>").await.is_err() {
             return false;
         }
@@ -208,7 +231,8 @@ impl Connection {
             loop {
                 match self.next_event().await {
                     Ok(Event::End) => return true,
-                    Ok(_) => {}
+                    Ok(Event::Element(el)) => on_element(&el),
+                    Ok(Event::Header(_)) => {}
                     Err(_) => return false,
                 }
             }

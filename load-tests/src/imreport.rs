@@ -1,7 +1,7 @@
-//! Summaries of the IM-data scenarios (`roster-writes`, `offline-store`): the common part
-//! (logins, sessions) is the usual [`Summary`]; the scenario's own part is added to its
-//! stdout lines, its JSON (under `roster_writes` or `offline_store`) and its `report.md`,
-//! with charts of its own.
+//! Summaries of the scenarios with a part of their own (the IM-data scenarios `roster-writes`
+//! and `offline-store`, and `mixed`): the common part (logins, sessions) is the usual
+//! [`Summary`]; the scenario's own part is added to its stdout lines, its JSON (under
+//! `roster_writes`, `offline_store` or `mixed`) and its `report.md`, with charts of its own.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -10,19 +10,22 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::markdown;
-use crate::report::{CloseSummary, Distribution, LoginSummary, Summary};
+use crate::markdown::{self, ms, table};
+use crate::mixedreport::{self, MixedSummary};
+use crate::report::{reasons, CloseSummary, Distribution, LoginSummary, Summary};
 use crate::rosterwrites::rate_name;
 use crate::svg::{bar_chart, line_chart, Labels, Series};
 use crate::timeline::Point;
 
-/// The scenario-specific part of an IM-data run.
+/// The scenario-specific part of a run.
 #[derive(Debug, Serialize)]
 pub enum Extra {
     #[serde(rename = "roster_writes")]
     Roster(Box<RosterWritesSummary>),
     #[serde(rename = "offline_store")]
     Offline(Box<OfflineStoreSummary>),
+    #[serde(rename = "mixed")]
+    Mixed(Box<MixedSummary>),
 }
 
 #[derive(Debug, Serialize)]
@@ -205,37 +208,23 @@ pub fn output(
     Ok(())
 }
 
-fn reasons(map: &BTreeMap<String, u64>) -> String {
-    if map.is_empty() {
-        return "none".into();
-    }
-    let parts: Vec<String> = map.iter().map(|(r, n)| format!("{n} × {r}")).collect();
-    parts.join(", ")
-}
-
-fn line(d: &Distribution) -> String {
-    format!(
-        "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms (n={})",
-        d.p50, d.p90, d.p99, d.max, d.count
-    )
-}
-
 fn print(extra: &Extra) {
     match extra {
+        Extra::Mixed(m) => mixedreport::print(m),
         Extra::Roster(r) => {
             for s in &r.steps {
                 println!(
                     "step {} for {:.1} s: {} sent ({:.0}/s offered), {} acked = {:.0} writes/s, {} unanswered ({} late), drain {:.2} s; {}; errors: {}; wait errors: {}",
                     rate_name(&s.target_rate), s.secs, s.sent, s.offered_per_sec, s.acked,
                     s.acked_per_sec, s.unanswered, s.late, s.drain_waited_secs,
-                    line(&s.latency_ms), reasons(&s.errors), reasons(&s.wait_errors)
+                    s.latency_ms.line(), reasons(&s.errors), reasons(&s.wait_errors)
                 );
             }
             println!(
                 "roster writes: {} sent, {} acked, {} unanswered, {} pushes; best {:.0} acked writes/s (up to {} in flight per user)",
                 r.sent, r.acked, r.unanswered, r.pushes, r.best_acked_per_sec, r.outstanding
             );
-            println!("roster write latency: {}", line(&r.latency_ms));
+            println!("roster write latency: {}", r.latency_ms.line());
             println!(
                 "roster write errors: {}; wait (retryable): {}",
                 reasons(&r.errors),
@@ -254,7 +243,7 @@ fn print(extra: &Extra) {
                 reasons(&o.wait_bounces),
                 reasons(&o.barrier_refusals)
             );
-            println!("batch acknowledgement latency: {}", line(&o.ack_latency_ms));
+            println!("batch acknowledgement latency: {}", o.ack_latency_ms.line());
             if let Some(c) = &o.counter {
                 println!(
                     "server counter routed_total{{destination=\"offline\"}}: +{} in {:.2} s = {:.0} stores/s (peak {:.0}/s), {} failed readings",
@@ -285,32 +274,15 @@ fn print(extra: &Extra) {
     }
 }
 
-fn row(cells: &[String]) -> String {
-    format!("| {} |\n", cells.join(" | "))
-}
-
-fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
-    let head: Vec<String> = header.iter().map(|h| h.to_string()).collect();
-    out.push_str(&row(&head));
-    out.push_str(&row(&vec!["---".to_string(); header.len()]));
-    for r in rows {
-        out.push_str(&row(r));
-    }
-    out.push('\n');
-}
-
 fn cell(map: &BTreeMap<String, u64>) -> String {
     reasons(map).replace('|', "\\|")
-}
-
-fn ms(v: f64) -> String {
-    format!("{v:.2}")
 }
 
 /// The scenario's own sections of `report.md`.
 pub fn sections(extra: &Extra) -> String {
     let mut out = String::new();
     match extra {
+        Extra::Mixed(m) => out.push_str(&mixedreport::sections(m)),
         Extra::Roster(r) => {
             let _ = writeln!(
                 out,
@@ -496,6 +468,7 @@ pub fn sections(extra: &Extra) -> String {
 pub fn charts(extra: &Extra) -> Vec<(&'static str, String)> {
     let mut charts = Vec::new();
     match extra {
+        Extra::Mixed(m) => charts = mixedreport::charts(m),
         Extra::Roster(r) => {
             if !r.timeline.is_empty() {
                 let acked = Series {
@@ -604,6 +577,7 @@ mod tests {
             tls: "none".into(),
             mech: "SCRAM-SHA-256".into(),
             users: 4,
+            generator: Default::default(),
             outcome: Outcome::default(),
         }
     }

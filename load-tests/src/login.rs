@@ -132,13 +132,8 @@ impl Target {
     }
 }
 
-/// Log user `index` in with resource [`RESOURCE`]; on success the stream is bound and
-/// initial presence is sent.
-pub async fn login(target: &Target, index: u32) -> Result<Connection, Failure> {
-    login_as(target, index, RESOURCE).await
-}
-
-/// [`login`] binding `resource`, so one user can have several sessions at once.
+/// Log user `index` in binding `resource` (several resources let one user have several
+/// sessions at once); on success the stream is bound and initial presence is sent.
 pub async fn login_as(target: &Target, index: u32, resource: &str) -> Result<Connection, Failure> {
     let tcp = connect(target, index).await?;
     let mut conn = match target.tls {
@@ -317,13 +312,17 @@ async fn bind(conn: &mut Connection, resource: &str) -> Result<(), Failure> {
         xml::escape(resource)
     ))
     .await?;
-    // Anything else the server sends first (it should not) is skipped; the login timeout
-    // bounds this loop.
+    // Anything the server sends before the result is kept for the session: once the
+    // session is registered, a message to it may be written before the bind result. The
+    // login timeout bounds this loop.
+    let mut early = Vec::new();
     loop {
         let el = conn.next_element().await?;
         if xml::name(&el) != "iq" || xml::attr(&el, "id").as_deref() != Some("b") {
+            early.push(el);
             continue;
         }
+        conn.defer(early);
         return match xml::attr(&el, "type").as_deref() {
             Some("result") => Ok(()),
             _ => Err(Failure::Bind(
@@ -332,6 +331,22 @@ async fn bind(conn: &mut Connection, resource: &str) -> Result<(), Failure> {
                     .unwrap_or_else(|| "no condition".into()),
             )),
         };
+    }
+}
+
+/// A target for unit tests: plain TCP, SCRAM, domain `localhost`.
+#[cfg(test)]
+pub fn test_target(servers: &[&str], user_prefix: &str) -> Target {
+    Target {
+        servers: servers.iter().filter_map(|s| s.parse().ok()).collect(),
+        sources: Vec::new(),
+        domain: "localhost".into(),
+        user_prefix: user_prefix.into(),
+        password: "secret".into(),
+        tls: TlsMode::None,
+        tls_config: None,
+        mech: Mech::ScramSha256,
+        salted: SaltedPasswords::default(),
     }
 }
 
@@ -354,20 +369,7 @@ mod tests {
 
     #[test]
     fn names() {
-        let target = Target {
-            servers: vec![
-                "127.0.0.1:5222".parse().unwrap(),
-                "127.0.0.1:5322".parse().unwrap(),
-            ],
-            sources: Vec::new(),
-            domain: "localhost".into(),
-            user_prefix: "lg".into(),
-            password: "secret".into(),
-            tls: TlsMode::None,
-            tls_config: None,
-            mech: Mech::ScramSha256,
-            salted: SaltedPasswords::default(),
-        };
+        let target = test_target(&["127.0.0.1:5222", "127.0.0.1:5322"], "lg");
         assert_eq!(target.username(42), "lg42");
         assert_eq!(target.full_jid(42), "lg42@localhost/lg");
         assert_eq!(target.server_of(42), 0);

@@ -1,9 +1,10 @@
 //! switchboard-loadgen: logs many simulated users into a Switchboard node over loopback and
 //! measures what it costs (`idle`), how fast messages flow (`chat`), how many logins per
 //! second it takes (`login`), how presence fans out to contacts (`presence`), and how it
-//! copes with users that keep reconnecting (`churn`); and how fast it writes per-user IM
+//! copes with users that keep reconnecting (`churn`); how fast it writes per-user IM
 //! data: roster sets (`roster-writes`) and messages stored for offline users
-//! (`offline-store`).
+//! (`offline-store`); and how it carries a mobile carrier's mix of messages, presence
+//! changes and reconnects (`mixed`).
 //!
 //! Raw XML on the wire: a tiny scanner reads the few server replies a client needs.
 
@@ -17,6 +18,8 @@ mod idle;
 mod imreport;
 mod login;
 mod markdown;
+mod mixed;
+mod mixedreport;
 mod offlinestore;
 mod presence;
 mod probe;
@@ -42,8 +45,10 @@ use anyhow::{bail, ensure, Context};
 use clap::{Args, Parser, Subcommand};
 
 use crate::login::{Mech, Target, TlsMode};
+use crate::presence::Rosters;
 use crate::ramp::Plan;
-use crate::report::Summary;
+use crate::report::{GeneratorCpu, Summary};
+use crate::system::{cpu_percent, CpuMeter};
 use crate::tls::Trust;
 
 /// Upper bound for every duration option: one day.
@@ -100,6 +105,9 @@ enum Scenario {
         /// With --rates: stop after this many steps in a row not sustained (0: run all).
         #[arg(long, default_value_t = 2)]
         stop_after: u32,
+        /// Length of every message body: `lg FROM SEQ SENT_US` padded with `x`.
+        #[arg(long, default_value_t = 100)]
+        body_bytes: usize,
     },
     /// Login storm: open connections at each target rate in turn (login, bind, presence,
     /// close); users are reused round-robin, each connection with its own resource.
@@ -117,6 +125,10 @@ enum Scenario {
         /// Users per group of mutual contacts (user1..userK, userK+1..user2K, ...).
         #[arg(long, default_value_t = 10)]
         group: u32,
+        /// protocol: subscribe the group members to each other; provisioned: the rosters
+        /// were imported beforehand (ROSTER_GROUP=K load-tests/provision.sh), only check them.
+        #[arg(long, value_enum, default_value_t = Rosters::Protocol)]
+        rosters: Rosters,
         /// Presence changes each user sends.
         #[arg(long, default_value_t = 10)]
         changes: u32,
@@ -212,6 +224,39 @@ enum Scenario {
         /// Unacknowledged batches per sender at most (0: no limit).
         #[arg(long, default_value_t = 2)]
         window: u32,
+    },
+    /// A mobile carrier's users: each one, at random (exponential) intervals, sends a chat
+    /// message to a random other user, changes its presence, and reconnects.
+    Mixed {
+        /// Mean seconds between two messages of one user (fractions allowed; 0: none).
+        #[arg(long, default_value_t = 600.0)]
+        message_interval_secs: f64,
+        /// Mean seconds between two presence changes of one user (0: none).
+        #[arg(long, default_value_t = 600.0)]
+        presence_interval_secs: f64,
+        /// Mean seconds from a login to the user's next reconnect (0: none).
+        #[arg(long, default_value_t = 600.0)]
+        reconnect_interval_secs: f64,
+        /// Length of every message body.
+        #[arg(long, default_value_t = 100)]
+        body_bytes: usize,
+        /// Share of reconnects (0-100) that drop the TCP connection without closing the
+        /// stream.
+        #[arg(long, default_value_t = 0)]
+        drop_percent: u8,
+        /// Shortest pause away before logging in again (and shortest session after it), in
+        /// milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        min_pause_ms: u64,
+        /// Longest pause away before logging in again, in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        max_pause_ms: u64,
+        /// No event starts after this.
+        #[arg(long, default_value_t = 300)]
+        duration_secs: u64,
+        /// Longest wait after the events for messages in flight and users logging in again.
+        #[arg(long, default_value_t = 10)]
+        drain_secs: u64,
     },
 }
 
@@ -310,6 +355,8 @@ fn plan(c: &Common) -> anyhow::Result<Plan> {
     if c.tls == TlsMode::None && c.mech == Mech::Plain {
         bail!("the server offers PLAIN over TLS only: use --mech scram-sha-256 with --tls none");
     }
+    // The generator's own CPU is in every summary.
+    system::process_cpu_time()?;
     system::check_open_files(u64::from(c.users))?;
     let tls_config = match c.tls {
         TlsMode::None => None,
@@ -372,6 +419,7 @@ enum Work {
     Churn(churn::ChurnPlan),
     RosterWrites(rosterwrites::RosterPlan),
     OfflineStore(offlinestore::OfflinePlan),
+    Mixed(mixed::MixedPlan),
 }
 
 fn millis(value: u64, what: &str) -> anyhow::Result<Duration> {
@@ -383,7 +431,43 @@ fn millis(value: u64, what: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_millis(value))
 }
 
-fn work(scenario: &Scenario, servers: usize) -> anyhow::Result<Work> {
+/// `--body-bytes`, checked.
+fn body_bytes(value: usize) -> anyhow::Result<usize> {
+    ensure!(
+        (probe::MIN_BODY..=probe::MAX_BODY).contains(&value),
+        "--body-bytes must be between {} and {}",
+        probe::MIN_BODY,
+        probe::MAX_BODY
+    );
+    Ok(value)
+}
+
+/// A mean interval in seconds for `mixed`: 0 turns the event off; otherwise 0.01 s to a day,
+/// and at most [`mixed::MAX_EVENTS`] such events for `users` over `duration`.
+fn mean_interval(
+    value: f64,
+    what: &str,
+    users: u32,
+    duration: Duration,
+) -> anyhow::Result<Option<Duration>> {
+    if value == 0.0 {
+        return Ok(None);
+    }
+    ensure!(
+        value.is_finite() && (0.01..=MAX_SECS as f64).contains(&value),
+        "{what} must be 0 (off) or between 0.01 and {MAX_SECS} seconds"
+    );
+    let events = f64::from(users) * duration.as_secs_f64() / value;
+    ensure!(
+        events <= mixed::MAX_EVENTS,
+        "{what} {value} for {users} users over {} s plans about {events:.0} events; at most {}",
+        duration.as_secs(),
+        mixed::MAX_EVENTS
+    );
+    Ok(Some(Duration::from_secs_f64(value)))
+}
+
+fn work(scenario: &Scenario, servers: usize, users: u32) -> anyhow::Result<Work> {
     Ok(match *scenario {
         Scenario::Idle { hold_secs } => Work::Idle {
             hold: secs(hold_secs, "--hold-secs")?,
@@ -398,6 +482,7 @@ fn work(scenario: &Scenario, servers: usize) -> anyhow::Result<Work> {
             drain_secs,
             p99_limit_ms,
             stop_after,
+            body_bytes: body,
         } => {
             ensure!(messages <= 1_000_000, "--messages must be at most 1000000");
             ensure!(
@@ -439,6 +524,7 @@ fn work(scenario: &Scenario, servers: usize) -> anyhow::Result<Work> {
                 duration: secs(duration_secs, "--duration-secs")?,
                 cross_node_only,
                 steps,
+                body_bytes: body_bytes(body)?,
             })
         }
         Scenario::Login {
@@ -456,6 +542,7 @@ fn work(scenario: &Scenario, servers: usize) -> anyhow::Result<Work> {
         }
         Scenario::Presence {
             group,
+            rosters,
             changes,
             interval_ms,
             setup_secs,
@@ -468,6 +555,7 @@ fn work(scenario: &Scenario, servers: usize) -> anyhow::Result<Work> {
             ensure!(changes <= 1_000_000, "--changes must be at most 1000000");
             Work::Presence(presence::PresencePlan {
                 group,
+                rosters,
                 changes,
                 interval: millis(interval_ms, "--interval-ms")?,
                 setup: secs(setup_secs, "--setup-secs")?,
@@ -538,7 +626,7 @@ fn work(scenario: &Scenario, servers: usize) -> anyhow::Result<Work> {
             recipients,
             messages,
             rate,
-            body_bytes,
+            body_bytes: body,
             duration_secs,
             drain_secs,
             verify_secs,
@@ -566,12 +654,6 @@ fn work(scenario: &Scenario, servers: usize) -> anyhow::Result<Work> {
                     "--rate must be between 1 and 1000000"
                 );
             }
-            ensure!(
-                (offlinestore::MIN_BODY..=offlinestore::MAX_BODY).contains(&body_bytes),
-                "--body-bytes must be between {} and {}",
-                offlinestore::MIN_BODY,
-                offlinestore::MAX_BODY
-            );
             ensure!(offline_quota >= 1, "--offline-quota must be at least 1");
             let metrics = metrics
                 .iter()
@@ -581,7 +663,7 @@ fn work(scenario: &Scenario, servers: usize) -> anyhow::Result<Work> {
                 recipients,
                 messages,
                 rate,
-                body_bytes,
+                body_bytes: body_bytes(body)?,
                 duration: secs(duration_secs, "--duration-secs")?,
                 drain: secs(drain_secs, "--drain-secs")?,
                 verify: secs(verify_secs, "--verify-secs")?,
@@ -591,12 +673,49 @@ fn work(scenario: &Scenario, servers: usize) -> anyhow::Result<Work> {
                 window,
             })
         }
+        Scenario::Mixed {
+            message_interval_secs,
+            presence_interval_secs,
+            reconnect_interval_secs,
+            body_bytes: body,
+            drop_percent,
+            min_pause_ms,
+            max_pause_ms,
+            duration_secs,
+            drain_secs,
+        } => {
+            let duration = secs(duration_secs, "--duration-secs")?;
+            let interval = |value, what| mean_interval(value, what, users, duration);
+            let plan = mixed::MixedPlan {
+                message_interval: interval(message_interval_secs, "--message-interval-secs")?,
+                presence_interval: interval(presence_interval_secs, "--presence-interval-secs")?,
+                reconnect_interval: interval(reconnect_interval_secs, "--reconnect-interval-secs")?,
+                body_bytes: body_bytes(body)?,
+                drop_percent,
+                pause_min: Duration::from_millis(min_pause_ms),
+                pause_max: millis(max_pause_ms, "--max-pause-ms")?,
+                duration,
+                drain: secs(drain_secs, "--drain-secs")?,
+            };
+            ensure!(
+                plan.message_interval.is_some()
+                    || plan.presence_interval.is_some()
+                    || plan.reconnect_interval.is_some(),
+                "every interval is 0: mixed has nothing to do"
+            );
+            ensure!(drop_percent <= 100, "--drop-percent must be at most 100");
+            ensure!(
+                min_pause_ms <= max_pause_ms,
+                "--min-pause-ms must not exceed --max-pause-ms"
+            );
+            Work::Mixed(plan)
+        }
     })
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let c = &cli.common;
-    let work = work(&cli.scenario, c.server.len())?;
+    let work = work(&cli.scenario, c.server.len(), c.users)?;
     let plan = plan(c)?;
     let servers = c
         .server
@@ -620,8 +739,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         servers,
         c.mech.sasl_name()
     );
-    // The IM-data scenarios add a part of their own to the summary.
+    // The IM-data scenarios and `mixed` add a part of their own to the summary.
     let mut extra = None;
+    let meter = CpuMeter::start();
     let (name, outcome) = match work {
         Work::Idle { hold } => ("idle", idle::run(&plan, hold, c.server_pid).await?),
         Work::Chat(chat_plan) => ("chat", chat::run(&plan, chat_plan).await?),
@@ -638,6 +758,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             extra = Some(imreport::Extra::Offline(Box::new(summary)));
             ("offline-store", outcome)
         }
+        Work::Mixed(mixed_plan) => {
+            let (outcome, summary) = mixed::run(&plan, mixed_plan).await?;
+            extra = Some(imreport::Extra::Mixed(Box::new(summary)));
+            ("mixed", outcome)
+        }
+    };
+    let (cpu, wall) = (meter.cpu(), meter.wall());
+    let generator = GeneratorCpu {
+        generator_cpu_secs: cpu.as_secs_f64(),
+        generator_wall_secs: wall.as_secs_f64(),
+        generator_cpu_percent: cpu_percent(cpu, wall),
+        generator_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     let summary = Summary {
         scenario: name,
@@ -645,6 +777,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         tls: format!("{:?}", c.tls).to_lowercase(),
         mech: c.mech.sasl_name().to_string(),
         users: c.users,
+        generator,
         outcome,
     };
     if let Some(extra) = &extra {

@@ -22,11 +22,11 @@ pub fn write_report(dir: &Path, s: &Summary) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-fn row(cells: &[String]) -> String {
+pub(crate) fn row(cells: &[String]) -> String {
     format!("| {} |\n", cells.join(" | "))
 }
 
-fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
     out.push_str(&row(&header
         .iter()
         .map(|h| h.to_string())
@@ -38,7 +38,7 @@ fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
     out.push('\n');
 }
 
-fn ms(v: f64) -> String {
+pub(crate) fn ms(v: f64) -> String {
     format!("{v:.2}")
 }
 
@@ -46,7 +46,8 @@ fn latency_cells(d: &Distribution) -> Vec<String> {
     vec![ms(d.p50), ms(d.p90), ms(d.p99), ms(d.max)]
 }
 
-fn failures(map: &std::collections::BTreeMap<String, u64>) -> String {
+/// Reasons and counts for a table cell.
+pub(crate) fn failures(map: &std::collections::BTreeMap<String, u64>) -> String {
     if map.is_empty() {
         return "none".into();
     }
@@ -70,6 +71,7 @@ pub fn markdown(s: &Summary, charts: &[&str]) -> String {
     }
     if let Some(p) = &o.presence {
         params.push(vec!["group size".into(), p.group_size.to_string()]);
+        params.push(vec!["rosters".into(), p.rosters.into()]);
         params.push(vec!["changes per user".into(), p.changes.to_string()]);
         params.push(vec!["interval (ms)".into(), p.interval_ms.to_string()]);
     }
@@ -93,6 +95,7 @@ pub fn markdown(s: &Summary, charts: &[&str]) -> String {
             c.messages_per_user.to_string(),
         ]);
         params.push(vec!["interval (ms)".into(), c.interval_ms.to_string()]);
+        params.push(vec!["body (bytes)".into(), c.body_bytes.to_string()]);
         if c.cross_node_only {
             params.push(vec!["recipients".into(), "on another server only".into()]);
         }
@@ -221,6 +224,8 @@ pub fn markdown(s: &Summary, charts: &[&str]) -> String {
             c.bounced.to_string(),
         ];
         r.extend(latency_cells(&c.latency_ms));
+        r.push(format!("{:.2}", c.generator_cpu_secs));
+        r.push(format!("{:.1}", c.generator_cpu_us_per_message));
         table(
             &mut out,
             &[
@@ -235,6 +240,8 @@ pub fn markdown(s: &Summary, charts: &[&str]) -> String {
                 "p90",
                 "p99",
                 "max",
+                "gen CPU (s)",
+                "gen CPU µs/message",
             ],
             &[r],
         );
@@ -245,7 +252,8 @@ pub fn markdown(s: &Summary, charts: &[&str]) -> String {
 
 Each step offers the target rate for {} s, then waits at most {} s for its \
                  messages in flight (later ones count as lost). Sustained: p99 < {} ms, nothing lost or \
-                 bounced, at least 90 % of the target offered. Latency in milliseconds.\n",
+                 bounced, at least 90 % of the target offered. Latency in milliseconds; gen CPU % \
+                 is the generator's CPU over the step's wall time (100: one core busy).\n",
                 st.step_secs, st.drain_secs, st.p99_limit_ms
             );
             let rows: Vec<Vec<String>> = st
@@ -264,6 +272,7 @@ Each step offers the target rate for {} s, then waits at most {} s for its \
                         ms(p.latency_ms.p99),
                         ms(p.latency_ms.p999),
                         ms(p.latency_ms.max),
+                        format!("{:.0}", p.generator_cpu_percent),
                         if p.sustained { "yes" } else { "no" }.into(),
                     ]
                 })
@@ -282,6 +291,7 @@ Each step offers the target rate for {} s, then waits at most {} s for its \
                     "p99",
                     "p99.9",
                     "max",
+                    "gen CPU %",
                     "sustained",
                 ],
                 &rows,
@@ -312,6 +322,18 @@ Each step offers the target rate for {} s, then waits at most {} s for its \
             ]],
         );
     }
+    let g = &s.generator;
+    out.push_str("## Generator\n\nThe generator's own CPU (user + system) over the whole run; 100 % is one core busy.\n\n");
+    table(
+        &mut out,
+        &["CPU (s)", "wall (s)", "CPU %", "cores"],
+        &[vec![
+            format!("{:.2}", g.generator_cpu_secs),
+            format!("{:.2}", g.generator_wall_secs),
+            format!("{:.0}", g.generator_cpu_percent),
+            g.generator_cores.to_string(),
+        ]],
+    );
     out.push_str("## Sessions\n\n");
     table(
         &mut out,
@@ -512,6 +534,7 @@ mod tests {
             tls: "none".into(),
             mech: "SCRAM-SHA-256".into(),
             users: 10,
+            generator: Default::default(),
             outcome: Outcome {
                 storm: Some(StormSummary {
                     step_secs: 1,
@@ -544,6 +567,8 @@ mod tests {
             bounced: 0,
             drain_waited_secs: 0.01,
             latency_ms: Distribution::from_micros(vec![1000, 2000]),
+            generator_cpu_secs: 0.25,
+            generator_cpu_percent: 25.0,
             sustained,
         };
         let s = Summary {
@@ -552,10 +577,12 @@ mod tests {
             tls: "starttls".into(),
             mech: "PLAIN".into(),
             users: 10,
+            generator: Default::default(),
             outcome: Outcome {
                 chat: Some(ChatSummary {
                     messages_per_user: 0,
                     interval_ms: 0,
+                    body_bytes: 100,
                     cross_node_only: false,
                     sent: 30,
                     cross_node: 0,
@@ -567,6 +594,8 @@ mod tests {
                     last_delivery_secs: 2.0,
                     received_per_sec: 15.0,
                     latency_ms: Distribution::default(),
+                    generator_cpu_secs: 0.5,
+                    generator_cpu_us_per_message: 16.7,
                     stepped: Some(ChatStepsSummary {
                         step_secs: 1,
                         drain_secs: 1,
@@ -583,7 +612,12 @@ mod tests {
         let names: Vec<&str> = charts.iter().map(|c| c.0).collect();
         assert_eq!(names, ["latency.svg", "rates.svg"]);
         let md = markdown(&s, &names);
-        assert!(md.contains("| 10 | 10 | 10 | 0 | 0 | 0 | 0 | 1.00 | 2.00 | 2.00 | 2.00 | yes |"));
+        assert!(
+            md.contains("| 10 | 10 | 10 | 0 | 0 | 0 | 0 | 1.00 | 2.00 | 2.00 | 2.00 | 25 | yes |")
+        );
+        assert!(md.contains("| body (bytes) | 100 |"));
+        assert!(md.contains("| 0.50 | 16.7 |"));
+        assert!(md.contains("## Generator"));
         assert!(md.contains("| 20 | 20 | 20 |"));
         assert!(md.contains("Sustainable rate: **10 messages/s**"));
     }

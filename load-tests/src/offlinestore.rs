@@ -35,8 +35,6 @@ use crate::scrape::{self, Endpoint};
 use crate::timeline::{note, rate, Progress, Recorder};
 use crate::xml;
 
-pub const MIN_BODY: usize = 48;
-pub const MAX_BODY: usize = 60_000;
 /// Most messages one run may send in all.
 pub const MAX_MESSAGES: u64 = 20_000_000;
 const POLL: Duration = Duration::from_millis(20);
@@ -110,9 +108,7 @@ fn recipient_of(mine: &[u32], batch: u32, seq: u32) -> u32 {
 /// `os RUN FROM SEQ ` padded with `x` to `len` bytes.
 pub fn body(run: u32, from: u32, seq: u32, len: usize) -> String {
     let mut b = format!("os {run:08x} {from} {seq} ");
-    while b.len() < len {
-        b.push('x');
-    }
+    crate::probe::pad(&mut b, len);
     b
 }
 

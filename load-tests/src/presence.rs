@@ -1,9 +1,11 @@
 //! Scenario `presence`: users in groups of K mutual contacts change their presence; measure
 //! the fan-out to the contacts.
 //!
-//! Setup goes through the protocol: every user sends `subscribe` to each other member of its
-//! group and answers each `subscribe` it receives with `subscribed` (the server adds the
-//! roster items), then polls its roster until every contact shows `subscription='both'`.
+//! With `--rosters protocol` (the default) setup goes through the protocol: every user sends
+//! `subscribe` to each other member of its group and answers each `subscribe` it receives with
+//! `subscribed` (the server adds the roster items), then polls its roster until every contact
+//! shows `subscription='both'`. With `--rosters provisioned` the rosters were imported before
+//! the run (`switchboard roster import`): no subscription is sent, the users only poll.
 //! Once all users are ready (or `--setup-secs` ran out), each one sends `--changes` presence
 //! updates whose `<status>` is `lg FROM SEQ SENT_MICROS`; contacts measure the latency.
 
@@ -24,9 +26,28 @@ use crate::report::{Distribution, Outcome, PresenceSummary};
 use crate::timeline::{rate, Progress, Recorder};
 use crate::xml;
 
+/// Where the groups' rosters come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Rosters {
+    /// The run subscribes the members of each group to each other.
+    Protocol,
+    /// Imported beforehand (`ROSTER_GROUP=K load-tests/provision.sh`): only checked.
+    Provisioned,
+}
+
+impl Rosters {
+    pub fn name(self) -> &'static str {
+        match self {
+            Rosters::Protocol => "protocol",
+            Rosters::Provisioned => "provisioned",
+        }
+    }
+}
+
 pub struct PresencePlan {
     /// Users per group of mutual contacts.
     pub group: u32,
+    pub rosters: Rosters,
     pub changes: u32,
     pub interval: Duration,
     /// Upper bound on setting up the subscriptions.
@@ -102,7 +123,11 @@ pub async fn run(plan: &Plan, presence: PresencePlan) -> anyhow::Result<Outcome>
         ));
     }
     eprintln!(
-        "  setting up subscriptions in groups of {} ({users} users)",
+        "  {} in groups of {} ({users} users)",
+        match shared.plan.rosters {
+            Rosters::Protocol => "setting up subscriptions",
+            Rosters::Provisioned => "checking the provisioned rosters",
+        },
         shared.plan.group
     );
     let setup_start = Instant::now();
@@ -149,6 +174,7 @@ pub async fn run(plan: &Plan, presence: PresencePlan) -> anyhow::Result<Outcome>
         login: ramp.summary,
         presence: Some(PresenceSummary {
             group_size: p.group,
+            rosters: p.rosters.name(),
             changes: p.changes,
             interval_ms: p.interval.as_millis() as u64,
             ready,
@@ -197,8 +223,9 @@ async fn user(
     }
 }
 
-/// Subscribe to every contact, approve their requests, and poll the roster until all are
-/// `both`; then wait for the start signal, still approving requests.
+/// Subscribe to every contact (unless the rosters are provisioned), approve their requests,
+/// and poll the roster until all are `both`; then wait for the start signal, still approving
+/// requests.
 async fn setup(
     session: &mut Session,
     contacts: &[u32],
@@ -207,7 +234,8 @@ async fn setup(
 ) -> Result<Arc<Recorder>, Failure> {
     let target = &shared.target;
     let mut wanted: HashSet<String> = contacts.iter().map(|&c| bare_jid(target, c)).collect();
-    for jid in &wanted {
+    let subscribe = shared.plan.rosters == Rosters::Protocol;
+    for jid in wanted.iter().filter(|_| subscribe) {
         session
             .conn
             .send(&format!(

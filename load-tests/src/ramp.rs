@@ -8,7 +8,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::{JoinError, JoinSet};
 
 use crate::conn::{Connection, Failure};
-use crate::login::{login, Target};
+use crate::login::{login_as, Target, RESOURCE};
 use crate::report::{count, CloseSummary, Distribution, LoginSummary};
 
 /// Who logs in and how fast.
@@ -100,15 +100,11 @@ pub async fn login_all(plan: &Plan) -> Ramp {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let target = plan.target.clone();
-        let login_timeout = plan.login_timeout;
+        let (target, login_timeout) = (plan.target.clone(), plan.login_timeout);
         tasks.spawn(async move {
             let _permit = permit;
-            let began = Instant::now();
-            let result = tokio::time::timeout(login_timeout, login(&target, index))
-                .await
-                .unwrap_or(Err(Failure::Timeout));
-            (index, result, began.elapsed())
+            let (result, took) = timed_login(&target, login_timeout, index, RESOURCE).await;
+            (index, result, took)
         });
         while let Some(joined) = tasks.try_join_next() {
             collector.add(joined);
@@ -135,6 +131,21 @@ pub async fn login_all(plan: &Plan) -> Ramp {
             latency_ms: Distribution::from_micros(collector.latencies_us),
         },
     }
+}
+
+/// Log user `index` in binding `resource`, failing with `timeout` after `limit`; the result
+/// and how long it took.
+pub async fn timed_login(
+    target: &Target,
+    limit: Duration,
+    index: u32,
+    resource: &str,
+) -> (Result<Connection, Failure>, Duration) {
+    let began = Instant::now();
+    let result = tokio::time::timeout(limit, login_as(target, index, resource))
+        .await
+        .unwrap_or(Err(Failure::Timeout));
+    (result, began.elapsed())
 }
 
 /// How a session ended.

@@ -16,7 +16,22 @@ pub struct Summary {
     pub mech: String,
     pub users: u32,
     #[serde(flatten)]
+    pub generator: GeneratorCpu,
+    #[serde(flatten)]
     pub outcome: Outcome,
+}
+
+/// The generator's own CPU over the whole scenario (logins, the measured part, closing).
+#[derive(Debug, Default, Serialize)]
+pub struct GeneratorCpu {
+    /// User plus system CPU time of the generator process.
+    pub generator_cpu_secs: f64,
+    pub generator_wall_secs: f64,
+    /// `generator_cpu_secs / generator_wall_secs × 100`: 100 is one core busy.
+    pub generator_cpu_percent: f64,
+    /// Cores the generator may use (its runtime's worker threads): the percentage's ceiling
+    /// is 100 × this.
+    pub generator_cores: usize,
 }
 
 /// What a scenario measured.
@@ -65,6 +80,8 @@ pub struct StepSummary {
 #[derive(Debug, Serialize)]
 pub struct PresenceSummary {
     pub group_size: u32,
+    /// `protocol` (subscribed by the run) or `provisioned` (imported before the run).
+    pub rosters: &'static str,
     pub changes: u32,
     pub interval_ms: u64,
     /// Users whose roster showed every contact of their group with subscription `both`.
@@ -137,6 +154,8 @@ pub struct RssSummary {
 pub struct ChatSummary {
     pub messages_per_user: u32,
     pub interval_ms: u64,
+    /// Length of every message body.
+    pub body_bytes: usize,
     /// Recipients were chosen among users on other servers only.
     pub cross_node_only: bool,
     pub sent: u64,
@@ -154,6 +173,12 @@ pub struct ChatSummary {
     /// `received` over `last_delivery_secs`.
     pub received_per_sec: f64,
     pub latency_ms: Distribution,
+    /// The generator's CPU time over the exchange (sending, receiving, waiting for the last
+    /// deliveries; logins and closing excluded).
+    pub generator_cpu_secs: f64,
+    /// `generator_cpu_secs` per delivered message (`received`), in µs: each delivery cost
+    /// the generator one send and one receive.
+    pub generator_cpu_us_per_message: f64,
     /// Stepped chat (`chat --rates`): one entry per offered rate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stepped: Option<ChatStepsSummary>,
@@ -196,6 +221,10 @@ pub struct ChatStepSummary {
     /// Time waited after the step until everything was accounted for (or the drain ran out).
     pub drain_waited_secs: f64,
     pub latency_ms: Distribution,
+    /// The generator's CPU time while the step offered its rate (drain excluded).
+    pub generator_cpu_secs: f64,
+    /// `generator_cpu_secs` over the step's wall time, × 100 (100: one core busy).
+    pub generator_cpu_percent: f64,
     pub sustained: bool,
 }
 
@@ -239,7 +268,7 @@ impl Distribution {
         }
     }
 
-    fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         format!(
             "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms (n={})",
             self.p50, self.p90, self.p99, self.max, self.count
@@ -252,7 +281,7 @@ pub fn count(map: &mut BTreeMap<String, u64>, reason: impl ToString) {
     *map.entry(reason.to_string()).or_default() += 1;
 }
 
-fn reasons(map: &BTreeMap<String, u64>) -> String {
+pub(crate) fn reasons(map: &BTreeMap<String, u64>) -> String {
     if map.is_empty() {
         return "none".into();
     }
@@ -294,13 +323,17 @@ impl Summary {
                 c.last_delivery_secs, c.received_per_sec
             );
             println!("message latency: {}", c.latency_ms.line());
+            println!(
+                "message bodies: {} bytes; generator CPU over the exchange: {:.2} s = {:.1} µs per delivered message",
+                c.body_bytes, c.generator_cpu_secs, c.generator_cpu_us_per_message
+            );
             if let Some(st) = &c.stepped {
                 for p in &st.steps {
                     println!(
-                        "step {}/s for {} s: offered {:.0}/s, delivered {:.0}/s, {} lost ({} late), {} duplicates, {} bounced, drain {:.2} s; {}, p99.9 {:.2} ms; {}",
+                        "step {}/s for {} s: offered {:.0}/s, delivered {:.0}/s, {} lost ({} late), {} duplicates, {} bounced, drain {:.2} s; {}, p99.9 {:.2} ms; gen CPU {:.0} %; {}",
                         p.target_rate, st.step_secs, p.offered_per_sec, p.delivered_per_sec,
                         p.lost, p.late, p.duplicates, p.bounced, p.drain_waited_secs,
-                        p.latency_ms.line(), p.latency_ms.p999,
+                        p.latency_ms.line(), p.latency_ms.p999, p.generator_cpu_percent,
                         if p.sustained { "sustained" } else { "NOT sustained" }
                     );
                 }
@@ -326,8 +359,8 @@ impl Summary {
         }
         if let Some(p) = &o.presence {
             println!(
-                "subscriptions: {} users ready, {} not ready after {:.2} s (groups of {})",
-                p.ready, p.not_ready, p.setup_secs, p.group_size
+                "subscriptions ({} rosters): {} users ready, {} not ready after {:.2} s (groups of {})",
+                p.rosters, p.ready, p.not_ready, p.setup_secs, p.group_size
             );
             println!(
                 "presence: {} changes sent, {} of {} deliveries ({} lost, {} duplicates) in {:.2} s = {:.0} deliveries/s",
@@ -346,6 +379,15 @@ impl Summary {
         println!(
             "close: {} clean, {} unclean",
             o.close.clean, o.close.unclean
+        );
+        let g = &self.generator;
+        println!(
+            "generator CPU: {:.2} s over {:.2} s = {:.0} % of one core (at most {} % on {} cores)",
+            g.generator_cpu_secs,
+            g.generator_wall_secs,
+            g.generator_cpu_percent,
+            g.generator_cores * 100,
+            g.generator_cores
         );
     }
 

@@ -10,8 +10,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::conn::Failure;
-use crate::login::login_as;
-use crate::ramp::{tally, End, Plan};
+use crate::ramp::{tally, timed_login, End, Plan};
 use crate::report::{count, Distribution, LoginSummary, Outcome, StepSummary, StormSummary};
 use crate::timeline::{note, rate, Progress, Recorder};
 
@@ -59,11 +58,7 @@ pub async fn run(plan: &Plan, storm: StormPlan) -> anyhow::Result<Outcome> {
             let (timeout, grace, recorder) =
                 (plan.login_timeout, plan.close_grace, recorder.clone());
             tasks.spawn(async move {
-                let began = Instant::now();
-                let result = tokio::time::timeout(timeout, login_as(&target, index, &resource))
-                    .await
-                    .unwrap_or(Err(Failure::Timeout));
-                let took = began.elapsed();
+                let (result, took) = timed_login(&target, timeout, index, &resource).await;
                 let finished = step_start.elapsed();
                 drop(permit);
                 match result {

@@ -1,7 +1,8 @@
-//! What the run needs from the machine: loopback addresses, the open-files limit and the
-//! server's resident memory, all read from `/proc` (Linux).
+//! What the run needs from the machine: loopback addresses, the open-files limit, the
+//! server's resident memory and the generator's own CPU time, all read from `/proc` (Linux).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 
@@ -102,6 +103,77 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
     (fields.next() == Some("kB")).then_some(kib)
 }
 
+/// Clock ticks per second of the times in `/proc/<pid>/stat` (`USER_HZ`, 100 on every
+/// architecture Linux runs this tool on).
+const USER_HZ: u64 = 100;
+
+/// CPU time this process has used so far, user plus system, over all its threads (exited
+/// ones included): `utime + stime` of `/proc/self/stat`, in 10 ms ticks.
+pub fn process_cpu_time() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    parse_cpu_ticks(&stat)
+        .map(|ticks| Duration::from_millis(ticks * 1000 / USER_HZ))
+        .context("no utime/stime in /proc/self/stat")
+}
+
+/// `utime + stime` (fields 14 and 15) of a `/proc/<pid>/stat` line; the command name in
+/// field 2 may contain spaces and parentheses, so fields are counted from its last `)`.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let mut fields = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The generator's CPU time and wall time from a starting point: how busy the generator
+/// itself was while it measured the server.
+#[derive(Clone, Copy)]
+pub struct CpuMeter {
+    cpu: Duration,
+    wall: Instant,
+}
+
+impl CpuMeter {
+    /// From now. If `/proc/self/stat` cannot be read (checked once at start-up with
+    /// [`process_cpu_time`]), CPU figures are zero.
+    pub fn start() -> CpuMeter {
+        CpuMeter {
+            cpu: process_cpu_time().unwrap_or_default(),
+            wall: Instant::now(),
+        }
+    }
+
+    /// CPU time used since the start.
+    pub fn cpu(&self) -> Duration {
+        process_cpu_time()
+            .unwrap_or_default()
+            .saturating_sub(self.cpu)
+    }
+
+    pub fn wall(&self) -> Duration {
+        self.wall.elapsed()
+    }
+}
+
+/// CPU seconds over wall seconds, in percent (100: one core busy all the time).
+pub fn cpu_percent(cpu: Duration, wall: Duration) -> f64 {
+    if wall.is_zero() {
+        return 0.0;
+    }
+    cpu.as_secs_f64() / wall.as_secs_f64() * 100.0
+}
+
+/// CPU per event, in microseconds (0 without events).
+pub fn cpu_us_per(cpu: Duration, events: u64) -> f64 {
+    if events == 0 {
+        return 0.0;
+    }
+    cpu.as_secs_f64() * 1e6 / events as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +209,28 @@ mod tests {
         assert_eq!(parse_vm_rss("Name:\tx\n"), None);
         assert!(open_files_limit().is_ok());
         assert!(rss_kib(std::process::id()).unwrap() > 0);
+    }
+
+    #[test]
+    fn cpu_time() {
+        let stat = "4242 (a b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 9 0 1";
+        assert_eq!(parse_cpu_ticks(stat), Some(281));
+        assert_eq!(parse_cpu_ticks("4242 (x) S 1"), None);
+        let meter = CpuMeter::start();
+        let before = process_cpu_time().unwrap();
+        // Burn a little CPU so the clock moves by at least a tick.
+        let mut x = 0u64;
+        while process_cpu_time().unwrap() < before + Duration::from_millis(20) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        assert!(meter.cpu() >= Duration::from_millis(20));
+        assert!(meter.wall() > Duration::ZERO);
+        assert_eq!(
+            cpu_percent(Duration::from_millis(500), Duration::from_secs(1)),
+            50.0
+        );
+        assert_eq!(cpu_percent(Duration::from_secs(1), Duration::ZERO), 0.0);
+        assert_eq!(cpu_us_per(Duration::from_millis(3), 1000), 3.0);
+        assert_eq!(cpu_us_per(Duration::from_millis(3), 0), 0.0);
     }
 }

@@ -70,6 +70,13 @@ impl Recorder {
         });
     }
 
+    /// A success without a latency (e.g. a presence change sent): counted, not in the
+    /// percentiles.
+    pub fn event(&self) {
+        self.ok.fetch_add(1, Ordering::Relaxed);
+        self.bucket(|b| b.ok += 1);
+    }
+
     pub fn failed(&self) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         self.bucket(|b| b.failed += 1);
@@ -103,6 +110,9 @@ impl Recorder {
     }
 }
 
+/// More to show on the progress line than the recorder's counts, e.g. ", 1990 online".
+pub type Extra = Box<dyn Fn() -> String + Send + Sync>;
+
 /// A `\r` progress line on stderr, redrawn while the run lasts; only on a terminal.
 pub struct Progress {
     stop: watch::Sender<bool>,
@@ -112,6 +122,11 @@ pub struct Progress {
 impl Progress {
     /// `what` names the counted events, e.g. "logins" or "deliveries".
     pub fn start(what: &'static str, recorder: Arc<Recorder>) -> Progress {
+        Progress::start_with(what, recorder, Box::new(String::new))
+    }
+
+    /// [`Progress::start`], with `extra()` appended to the line.
+    pub fn start_with(what: &'static str, recorder: Arc<Recorder>, extra: Extra) -> Progress {
         let (stop, mut stopped) = watch::channel(false);
         let task = std::io::stderr().is_terminal().then(|| {
             tokio::spawn(async move {
@@ -129,9 +144,10 @@ impl Progress {
                     let recent = rate(ok - last.0, now - last.1);
                     last = (ok, now);
                     let line = format!(
-                        "  {:.1} s: {ok} {what} ({:.0}/s overall, {recent:.0}/s now), {failed} failed",
+                        "  {:.1} s: {ok} {what} ({:.0}/s overall, {recent:.0}/s now), {failed} failed{}",
                         now.as_secs_f64(),
                         rate(ok, now),
+                        extra(),
                     );
                     let mut err = std::io::stderr().lock();
                     let _ = write!(err, "\r{line:<78}");
@@ -182,11 +198,12 @@ mod tests {
         rec.ok(Duration::from_millis(2));
         rec.ok(Duration::from_millis(4));
         rec.failed();
+        rec.event();
         let series = rec.series();
         assert_eq!(series.len(), 1);
-        assert_eq!((series[0].ok, series[0].failed), (2, 1));
+        assert_eq!((series[0].ok, series[0].failed), (3, 1));
         assert_eq!((series[0].p50_ms, series[0].p99_ms), (2.0, 4.0));
-        assert_eq!(rec.ok_count(), 2);
+        assert_eq!(rec.ok_count(), 3);
         assert_eq!(rate(10, Duration::from_secs(2)), 5.0);
         assert_eq!(rate(10, Duration::ZERO), 0.0);
     }

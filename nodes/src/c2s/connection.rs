@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::{sleep_until, timeout, Instant};
 
-use super::messages::{ConnectionClosed, FromClient};
+use super::messages::{ConnectionClosed, FlushDeliveries, FromClient};
 use super::session::{QueueWork, SendQueue, SessionActor};
 use super::transport::Transport;
 use crate::config::C2sSettings;
@@ -349,6 +349,15 @@ impl Connection {
                         let _ =
                             Box::pin(self.ctx.router.send(UnregisterSession { jid, session_id }))
                                 .await;
+                    }
+                    // Stanzas the router handed the session before it left are in the
+                    // session's mailbox or queue: they go out before our closing tag, which
+                    // the client reads up to (RFC 6120 §4.4), instead of being dropped.
+                    if let Some(session) = &self.session {
+                        let _ = Box::pin(session.send(FlushDeliveries)).await;
+                        if !Box::pin(self.write_queued()).await? {
+                            return Ok(false);
+                        }
                     }
                     self.negotiation.on_close()
                 }

@@ -19,6 +19,13 @@ pub struct Deliver(pub Element);
 #[rtype(result = "()")]
 pub struct Kick(pub StreamError);
 
+/// Answered once the actor has handled every message sent to it before: the connection,
+/// closing on the client's request, then knows every stanza routed to the session before
+/// it left the routing table is in the send queue.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FlushDeliveries;
+
 /// The connection is gone; the actor unregisters and stops.
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -14,7 +14,8 @@ use proto::ns;
 use tokio::sync::Notify;
 
 use super::messages::{
-    ConnectionClosed, Deliver, FromClient, Kick, SendOwnPresence, SetBlockList, SetPrivacy,
+    ConnectionClosed, Deliver, FlushDeliveries, FromClient, Kick, SendOwnPresence, SetBlockList,
+    SetPrivacy,
 };
 use crate::ext::{Extensions, IqOutcome, IqRequest};
 use crate::im::messages::{AccountIq, Filters, OutboundSubscription};
@@ -584,6 +585,11 @@ impl Handler<Kick> for SessionActor {
         self.queue.close(err);
         ctx.stop();
     }
+}
+
+impl Handler<FlushDeliveries> for SessionActor {
+    type Result = ();
+    fn handle(&mut self, _: FlushDeliveries, _: &mut Context<Self>) {}
 }
 
 impl Handler<ConnectionClosed> for SessionActor {
