@@ -79,32 +79,16 @@ STARTED_PIDS=()         # processes this script started; stopped by PID only
 NODE_PIDS=()            # the servers of the current setup
 POLL_PID=""
 
-stop_pid() {  # stop_pid PID: TERM, wait up to 20 s, then KILL
-  local pid=$1 i
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
-  log "PID $pid did not stop on SIGTERM in 20 s; SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
-}
+# shellcheck source=../lib.sh
+. "$ROOT/load-tests/lib.sh"
 cleanup() {
   local p
   if [ -n "$POLL_PID" ]; then stop_pid "$POLL_PID"; fi
-  for p in "${STARTED_PIDS[@]}"; do stop_pid "$p"; done
-  if [ "$KEEP_WORK" = 0 ]; then rm -rf "$WORK"; fi
+  stop_started
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_free() { ! (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
-wait_port() {  # wait_port IP PORT SECS
-  local i
-  for i in $(seq 1 $(( $3 * 5 ))); do
-    if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
-    sleep 0.2
-  done
-  echo "nothing listening on $1:$2 after $3 s" >&2; return 1
-}
 cpu_busy() {  # cpu_busy N: "busy total" jiffies of CPU N (all processes) from /proc/stat
   awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
 }

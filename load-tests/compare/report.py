@@ -28,7 +28,7 @@ def load(s, sc):
     return j
 
 
-data = {s: {"idle": load(s, "idle"), "chat": load(s, "chat"), "chatsteps": load(s, "chatsteps")} for s in servers}
+data = {s: {sc: load(s, sc) for sc in ("idle", "chat", "chatsteps", "mixed")} for s in servers}
 stepped = meta.get("steps") == "1"
 
 
@@ -110,7 +110,25 @@ if stepped:
         ("stepped chat: sustainable rate, msgs/s (p99 < 100 ms, no loss)", sustainable, False, "{:.0f}"),
         ("stepped chat: delivered/s at that step", lambda s: g(s, "chatsteps", "chat", "stepped", "sustainable_delivered_per_sec"), False, "{:.0f}"),
         ("stepped chat: highest delivered/s at any step", lambda s: max((p["delivered_per_sec"] for p in steps_of(s)), default=None), False, "{:.0f}"),
+        ("stepped chat: CPU stolen by the hypervisor during the run (both CPUs), s", lambda s: g(s, "chatsteps", "_cpu", "steal_secs"), True, "{:.2f}"),
         ("stepped chat: server CPU per delivered message, µs (whole run)", lambda s: per(1e6 * (g(s, "chatsteps", "_cpu", "server_cpu_secs") or 0), g(s, "chatsteps", "chat", "received")), True, "{:.0f}"),
+    ]
+
+
+if meta.get("mixed") == "1":
+    def mx(s, *path):
+        return g(s, "mixed", "mixed", *path)
+
+    rows += [
+        ("mixed: messages sent", lambda s: mx(s, "messages", "sent"), False, "{:.0f}"),
+        ("mixed: messages delivered (late ones included)", lambda s: mx(s, "messages", "delivered"), False, "{:.0f}"),
+        ("mixed: lost + bounced + duplicates", lambda s: None if mx(s) is None else mx(s, "messages", "lost") + mx(s, "messages", "bounced") + mx(s, "messages", "duplicates"), True, "{:.0f}"),
+        ("mixed: message latency p99, ms", lambda s: mx(s, "messages", "latency_ms", "p99"), True, "{:.2f}"),
+        ("mixed: presence changes sent", lambda s: mx(s, "presences", "sent"), False, "{:.0f}"),
+        ("mixed: reconnects ok", lambda s: mx(s, "reconnects", "ok"), False, "{:.0f}"),
+        ("mixed: reconnects failed", lambda s: mx(s, "reconnects", "failed"), True, "{:.0f}"),
+        ("mixed: reconnect (login) latency p99, ms", lambda s: mx(s, "reconnects", "latency_ms", "p99"), True, "{:.1f}"),
+        ("mixed: server CPU, s (logins, profile, drain, close)", lambda s: g(s, "mixed", "_cpu", "server_cpu_secs"), True, "{:.2f}"),
     ]
 
 
@@ -139,8 +157,8 @@ w(f"  (the generator's default) checked against stored SCRAM-SHA-1/-256 keys wit
 w("  (Switchboard's and ejabberd's default; Prosody's default is 10,000, lowered for equal work per login).")
 w(f"- Accounts user1..user{meta['accounts']}, password `secret`, provisioned with `load-tests/provision.sh` (Switchboard),")
 w("  account files written directly (Prosody, `prosody_accounts.py`), mod_http_api `register` (ejabberd, `ejabberd_register.py`).")
-w("- Tuning: Prosody `network_backend = \"epoll\"`, only saslauth/tls/roster/disco/ping/posix/limits, mod_limits c2s rate")
-w("  raised to 10 MB/s; ejabberd `c2s_shaper: none` (Debian's default shapes c2s to 3,000 B/s), only mod_disco/mod_ping/")
+w("- Tuning: Prosody `network_backend = \"epoll\"`, only saslauth/tls/roster/disco/ping/posix/limits/offline, mod_limits c2s rate")
+w("  raised to 10 MB/s; ejabberd `c2s_shaper: none` (Debian's default shapes c2s to 3,000 B/s), only mod_disco/mod_offline/mod_ping/")
 w("  mod_roster, ERL_MAX_PORTS 65536; Switchboard defaults. Details and reasons: `load-tests/compare/README.md`;")
 w("  the config templates are next to the script.")
 w(f"- Scenarios (a fresh server process for each):")
@@ -148,13 +166,21 @@ w(f"  - `idle`: `switchboard-loadgen -n {meta['idle_users']} --server-pid PID id
 w("    latency, server `VmRSS` before and with all sessions, `(after - before) / sessions`.")
 w(f"  - `chat`: `switchboard-loadgen -n {meta['chat_users']} chat --messages {meta['chat_messages']} --interval-ms {meta['chat_interval_ms']}"
   f" --duration-secs {meta['chat_duration']}` — each user sends {meta['chat_messages']} messages, one every {meta['chat_interval_ms']} ms,"
-  " to random other users; delivery and latency.")
+  " to random other users (100-byte bodies, the generator's default); delivery and latency.")
 if stepped:
     w(f"  - `chatsteps`: `switchboard-loadgen -n {meta['step_users']} chat --rates {meta['step_rates']} --step-secs {meta['step_secs']}"
       f" --drain-secs {meta['step_drain']} --p99-limit-ms 100 --stop-after 2` — all users together offer each aggregate rate"
       f" for {meta['step_secs']} s (spread evenly over the users, random online recipients, full JIDs), then wait at most"
       f" {meta['step_drain']} s for the step's messages in flight; a step is sustained if its p99 < 100 ms, nothing was lost"
       " or bounced and at least 90 % of the target was offered; the run stops after two steps in a row not sustained.")
+if meta.get("mixed") == "1":
+    every, rec, users = float(meta["mixed_every"]), float(meta["mixed_reconnect"]), int(meta["mixed_users"])
+    w(f"  - `mixed`: `switchboard-loadgen -n {users} mixed --message-interval-secs {meta['mixed_every']}"
+      f" --presence-interval-secs {meta['mixed_every']} --reconnect-interval-secs {meta['mixed_reconnect']}"
+      f" --duration-secs {meta['mixed_secs']} --drain-secs 10` — the mobile profile (per user a 100-byte message to a"
+      " random online user, a presence change and a reconnect, at random times) sped up: the realistic pace is one of"
+      f" each every 600 s, so this offers the message load of {users * 600 / every:,.0f} users and the reconnect load of"
+      f" {users * 600 / rec:,.0f} users at that pace.")
 w("  - Server CPU: utime+stime of the server process (all threads) from `/proc/PID/stat` around each generator run.")
 w(f"- Command: `load-tests/compare/run.sh -n {meta['idle_users']} -c {meta['chat_users']} --messages {meta['chat_messages']}"
   f" --interval-ms {meta['chat_interval_ms']} --duration-secs {meta['chat_duration']} --hold-secs {meta['hold_secs']}"

@@ -128,32 +128,12 @@ STARTED_PIDS=()         # processes this script started; stopped by PID only
 NODE_PIDS=()            # the servers of the current setup
 HTTP_PORTS=()           # their /metrics ports
 
-stop_pid() {  # stop_pid PID: TERM, wait up to 20 s, then KILL
-  local pid=$1 i
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
-  log "PID $pid did not stop on SIGTERM in 20 s; SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
-}
-cleanup() {
-  local p
-  for p in "${STARTED_PIDS[@]}"; do stop_pid "$p"; done
-  if [ "$KEEP_WORK" = 0 ]; then rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
+# shellcheck source=../lib.sh
+. "$ROOT/load-tests/lib.sh"
+trap stop_started EXIT
 trap 'exit 130' INT TERM
 
 over_time() { [ $(( $(date +%s) - SCRIPT_START )) -ge "$TOTAL_LIMIT" ]; }
-port_free() { ! (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
-wait_port() {  # wait_port IP PORT SECS
-  local i
-  for i in $(seq 1 $(( $3 * 5 ))); do
-    if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
-    sleep 0.2
-  done
-  echo "nothing listening on $1:$2 after $3 s" >&2; return 1
-}
 wait_ready() {  # wait_ready SECS: every node of the setup answers /readyz with 200
   local i port ok
   for i in $(seq 1 $(( $1 * 5 ))); do

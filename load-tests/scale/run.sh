@@ -73,29 +73,10 @@ KEEP_WORK=1
 if [ -z "$WORK" ]; then WORK=$(mktemp -d /tmp/sb-scale.XXXXXX); KEEP_WORK=0; fi
 RES="$WORK/results"; mkdir -p "$RES"
 STARTED_PIDS=()
-stop_pid() {  # stop_pid PID: TERM, wait up to 30 s, then KILL
-  local pid=$1 i
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
-  log "PID $pid did not stop on SIGTERM in 30 s; SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
-}
-cleanup() {
-  local p
-  for p in "${STARTED_PIDS[@]}"; do stop_pid "$p"; done
-  if [ "$KEEP_WORK" = 0 ]; then rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
+# shellcheck source=../lib.sh
+. "$ROOT/load-tests/lib.sh"
+trap stop_started EXIT
 trap 'exit 130' INT TERM
-wait_port() {  # wait_port IP PORT SECS
-  local i
-  for i in $(seq 1 $(( $3 * 5 ))); do
-    if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
-    sleep 0.2
-  done
-  echo "nothing listening on $1:$2 after $3 s" >&2; return 1
-}
 
 SB="$ROOT/target/release/switchboard"
 LG="$ROOT/target/release/switchboard-loadgen"

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rand::RngCore;
 use rsasl::callback::{Context, Request, SessionCallback, SessionData};
 use rsasl::mechanisms::scram::properties::ScramStoredPassword;
-use rsasl::mechanisms::scram::tools::{derive_keys, hash_password};
+use rsasl::mechanisms::scram::tools::derive_keys;
 use rsasl::prelude::*;
 use rsasl::property::{AuthId, AuthzId, Password};
 use rsasl::validate::{Validate, ValidationError};
@@ -120,7 +120,12 @@ fn prepare_password(password: &str) -> Result<String, SaslError> {
 }
 
 fn derive_one(hash: ScramHash, password: &[u8], iterations: u32, salt: Vec<u8>) -> ScramCredential {
-    fn keys<D>(password: &[u8], iterations: u32, salt: &[u8]) -> (Vec<u8>, Vec<u8>)
+    fn keys<D>(
+        pbkdf2: ring::pbkdf2::Algorithm,
+        password: &[u8],
+        iterations: u32,
+        salt: &[u8],
+    ) -> (Vec<u8>, Vec<u8>)
     where
         D: Digest
             + sha2::digest::core_api::BlockSizeUser
@@ -128,15 +133,18 @@ fn derive_one(hash: ScramHash, password: &[u8], iterations: u32, salt: Vec<u8>) 
             + Clone
             + Sync,
     {
-        let mut salted = Default::default();
-        hash_password::<D>(password, iterations, salt, &mut salted);
+        // SaltedPassword (RFC 5802 §3); zero rounds is not SCRAM, one is the least.
+        let rounds = std::num::NonZeroU32::new(iterations).unwrap_or(std::num::NonZeroU32::MIN);
+        let mut salted = sha2::digest::Output::<D>::default();
+        ring::pbkdf2::derive(pbkdf2, rounds, salt, password, &mut salted);
         let (client_key, server_key) = derive_keys::<D>(salted.as_slice());
         (D::digest(client_key).to_vec(), server_key.to_vec())
     }
+    use ring::pbkdf2::{PBKDF2_HMAC_SHA1, PBKDF2_HMAC_SHA256, PBKDF2_HMAC_SHA512};
     let (stored_key, server_key) = match hash {
-        ScramHash::Sha1 => keys::<Sha1>(password, iterations, &salt),
-        ScramHash::Sha256 => keys::<Sha256>(password, iterations, &salt),
-        ScramHash::Sha512 => keys::<Sha512>(password, iterations, &salt),
+        ScramHash::Sha1 => keys::<Sha1>(PBKDF2_HMAC_SHA1, password, iterations, &salt),
+        ScramHash::Sha256 => keys::<Sha256>(PBKDF2_HMAC_SHA256, password, iterations, &salt),
+        ScramHash::Sha512 => keys::<Sha512>(PBKDF2_HMAC_SHA512, password, iterations, &salt),
     };
     ScramCredential {
         iterations,
@@ -580,6 +588,35 @@ mod tests {
             ex.step(Some(&plain("nobody", "r0m30myr0m30"))),
             SaslStep::Failure(SaslFailure::NotAuthorized)
         );
+    }
+
+    /// Credentials stored before the switch to ring's PBKDF2 must still verify: the keys
+    /// equal those of rsasl's portable implementation, for every hash.
+    #[test]
+    fn derived_keys_match_the_portable_pbkdf2() {
+        use rsasl::mechanisms::scram::tools::hash_password;
+        fn portable<D>(password: &[u8], salt: &[u8]) -> (Vec<u8>, Vec<u8>)
+        where
+            D: Digest
+                + sha2::digest::core_api::BlockSizeUser
+                + sha2::digest::FixedOutputReset
+                + Clone
+                + Sync,
+        {
+            let mut salted = Default::default();
+            hash_password::<D>(password, 4096, salt, &mut salted);
+            let (client_key, server_key) = derive_keys::<D>(salted.as_slice());
+            (D::digest(client_key).to_vec(), server_key.to_vec())
+        }
+        let salt = b"0123456789abcdef".to_vec();
+        for (hash, expected) in [
+            (ScramHash::Sha1, portable::<Sha1>(b"pencil", &salt)),
+            (ScramHash::Sha256, portable::<Sha256>(b"pencil", &salt)),
+            (ScramHash::Sha512, portable::<Sha512>(b"pencil", &salt)),
+        ] {
+            let c = derive_one(hash, b"pencil", 4096, salt.clone());
+            assert_eq!((c.stored_key, c.server_key), expected);
+        }
     }
 
     #[test]

@@ -1,0 +1,29 @@
+# Shell helpers shared by the benchmark scripts (load-tests/*/run.sh); sourced, not run.
+# The caller defines log() and fills STARTED_PIDS with the processes it starts; WORK and
+# KEEP_WORK say whether the work dir goes at the end.
+
+stop_pid() {  # stop_pid PID: TERM, wait up to 20 s, then KILL (never by name)
+  local pid=$1 i
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+  log "PID $pid did not stop on SIGTERM in 20 s; SIGKILL"
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+stop_started() {  # every process the script started, then the work dir unless kept
+  local p
+  for p in "${STARTED_PIDS[@]}"; do stop_pid "$p"; done
+  if [ "${KEEP_WORK:-1}" = 0 ]; then rm -rf "$WORK"; fi
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+wait_port() {  # wait_port IP PORT SECS
+  local i
+  for i in $(seq 1 $(( $3 * 5 ))); do
+    if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
+    sleep 0.2
+  done
+  echo "nothing listening on $1:$2 after $3 s" >&2; return 1
+}
