@@ -27,3 +27,14 @@ wait_port() {  # wait_port IP PORT SECS
   done
   echo "nothing listening on $1:$2 after $3 s" >&2; return 1
 }
+
+release_binaries() {  # SB and LG: the release server and generator, built first if BUILD=1
+  SB="$ROOT/target/release/switchboard"
+  LG="$ROOT/target/release/switchboard-loadgen"
+  if [ "${BUILD:-0}" = 1 ]; then
+    log "building release binaries"
+    (cd "$ROOT" && cargo build --release -p nodes -p switchboard-loadgen)
+  fi
+  [ -x "$SB" ] && [ -x "$LG" ] || { echo "missing $SB or $LG (drop --no-build)" >&2; exit 1; }
+  ulimit -n "$(ulimit -Hn)"
+}

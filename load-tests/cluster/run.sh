@@ -104,14 +104,7 @@ cpu_ticks() {  # cpu_ticks PID...: user+system ticks, summed
 }
 
 # ---------------------------------------------------------------- binaries
-SB="$ROOT/target/release/switchboard"
-LG="$ROOT/target/release/switchboard-loadgen"
-if [ "$BUILD" = 1 ]; then
-  log "building release binaries"
-  (cd "$ROOT" && cargo build --release -p nodes -p switchboard-loadgen)
-fi
-[ -x "$SB" ] && [ -x "$LG" ] || { echo "missing $SB or $LG (drop --no-build)" >&2; exit 1; }
-ulimit -n "$(ulimit -Hn)"
+release_binaries
 for port in $(( C2S_BASE + 1 )) $(( C2S_BASE + 2 )) $(( C2S_BASE + 3 )) $(( C2S_BASE + 4 )) \
   $(( HTTP_BASE + 1 )) $(( HTTP_BASE + 2 )) $(( HTTP_BASE + 3 )) $(( HTTP_BASE + 4 )); do
   port_free 127.0.0.1 "$port" || { echo "127.0.0.1:$port is in use" >&2; exit 1; }

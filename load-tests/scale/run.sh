@@ -78,14 +78,7 @@ STARTED_PIDS=()
 trap stop_started EXIT
 trap 'exit 130' INT TERM
 
-SB="$ROOT/target/release/switchboard"
-LG="$ROOT/target/release/switchboard-loadgen"
-if [ "$BUILD" = 1 ]; then
-  log "building release binaries"
-  (cd "$ROOT" && cargo build --release -p nodes -p switchboard-loadgen)
-fi
-[ -x "$SB" ] && [ -x "$LG" ] || { echo "missing $SB or $LG (drop --no-build)" >&2; exit 1; }
-ulimit -n "$(ulimit -Hn)"
+release_binaries
 
 # ---------------------------------------------------------------- configs, accounts
 MEMBERS=""

@@ -287,25 +287,34 @@ def test_presence_with_provisioned_rosters(loadgen, node, tmp_path):
     assert p["delivered"] == p["expected"] and p["lost"] == 0 and p["duplicates"] == 0, p
 
 
-def test_mixed(loadgen, node, tmp_path):
-    """20 users (lg101..lg120) for 6 s, each every second or two sending a message, changing
-    presence and reconnecting (closing its stream, 0.2-1 s away). Messages to a user who is
-    away are stored and delivered when it is back: late, not lost. No TCP drops: a message in
-    flight to a dropped connection is lost (no stream management)."""
-    first, n = 101, 20
+def run_mixed(loadgen, node, tmp_path, first: int, n: int, *schedule: str) -> dict:
+    """`mixed` for 6 s (then at most 10 s of drain) with users lg<first>.. (created here),
+    a presence change every second, 0.2-1 s away at each reconnect, and `schedule`."""
     add_users(node, first, n)
-    data = run_loadgen(
+    return run_loadgen(
         loadgen,
         node,
         tmp_path,
         [
             "--server", f"127.0.0.1:{node.c2s_port}",
             "-n", str(n), "--first", str(first),
-            "mixed", "--message-interval-secs", "1", "--presence-interval-secs", "1",
-            "--reconnect-interval-secs", "2", "--min-pause-ms", "200", "--max-pause-ms", "1000",
-            "--drop-percent", "0", "--body-bytes", "150", "--duration-secs", "6",
-            "--drain-secs", "10",
+            "mixed", "--presence-interval-secs", "1", "--min-pause-ms", "200",
+            "--max-pause-ms", "1000", "--duration-secs", "6", "--drain-secs", "10",
+            *schedule,
         ],
+    )
+
+
+def test_mixed(loadgen, node, tmp_path):
+    """20 users (lg101..lg120) for 6 s, each every second or two sending a message, changing
+    presence and reconnecting (closing its stream, 0.2-1 s away). Messages to a user who is
+    away are stored and delivered when it is back: late, not lost. No TCP drops: a message in
+    flight to a dropped connection is lost (no stream management)."""
+    first, n = 101, 20
+    data = run_mixed(
+        loadgen, node, tmp_path, first, n,
+        "--message-interval-secs", "1", "--reconnect-interval-secs", "2",
+        "--drop-percent", "0", "--body-bytes", "150",
     )
     m = data["mixed"]
     assert data["login"]["succeeded"] == n, data["login"]
@@ -334,18 +343,9 @@ def test_messages_routed_to_a_closing_session_are_not_lost(loadgen, node, tmp_pa
     still reach the client before the server's closing tag (or be stored offline). The server
     used to drop a few per run (2, 10 and 1 of ~4,000 in three runs of this test)."""
     first, n = 301, 50
-    add_users(node, first, n)
-    data = run_loadgen(
-        loadgen,
-        node,
-        tmp_path,
-        [
-            "--server", f"127.0.0.1:{node.c2s_port}",
-            "-n", str(n), "--first", str(first),
-            "mixed", "--message-interval-secs", "0.05", "--presence-interval-secs", "1",
-            "--reconnect-interval-secs", "1", "--min-pause-ms", "200", "--max-pause-ms", "1000",
-            "--duration-secs", "6", "--drain-secs", "10",
-        ],
+    data = run_mixed(
+        loadgen, node, tmp_path, first, n,
+        "--message-interval-secs", "0.05", "--reconnect-interval-secs", "1",
     )
     g = data["mixed"]["messages"]
     assert g["sent"] > 1000 and data["mixed"]["reconnects"]["ok"] > 50, data["mixed"]
