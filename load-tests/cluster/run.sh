@@ -89,29 +89,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-cpu_busy() {  # cpu_busy N: "busy total" jiffies of CPU N (all processes) from /proc/stat
-  awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
-}
 offline_total() {  # messages the current setup's routers stored offline (switchboard_routed_total)
   local port
   for port in "${HTTP_PORTS[@]}"; do curl -s --max-time 5 "http://127.0.0.1:$port/metrics" || true; done |
     awk '/^switchboard_routed_total\{.*destination="offline"/ { n += $NF } END { print n + 0 }'
 }
-cpu_ticks() {  # cpu_ticks PID...: user+system ticks, summed
-  local p t=0
-  for p in "$@"; do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) )); done
-  echo "$t"
-}
 
 # ---------------------------------------------------------------- binaries
 release_binaries
-for port in $(( C2S_BASE + 1 )) $(( C2S_BASE + 2 )) $(( C2S_BASE + 3 )) $(( C2S_BASE + 4 )) \
-  $(( HTTP_BASE + 1 )) $(( HTTP_BASE + 2 )) $(( HTTP_BASE + 3 )) $(( HTTP_BASE + 4 )); do
-  port_free 127.0.0.1 "$port" || { echo "127.0.0.1:$port is in use" >&2; exit 1; }
-done
-for i in 1 2 3; do
-  port_free "127.0.0.1$i" $(( LINK_BASE + i )) || { echo "127.0.0.1$i:$(( LINK_BASE + i )) is in use" >&2; exit 1; }
-done
+three_node_ports_free
 
 # ---------------------------------------------------------------- configs and accounts
 MEMBERS=""

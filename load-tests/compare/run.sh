@@ -117,7 +117,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 steal_ticks() { awk '$1 == "cpu" { print $9 }' /proc/stat; }
 
 # ---------------------------------------------------------------- packages

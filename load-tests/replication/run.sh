@@ -146,14 +146,6 @@ wait_ready() {  # wait_ready SECS: every node of the setup answers /readyz with 
   done
   echo "not every node is ready after $1 s" >&2; return 1
 }
-cpu_busy() {  # cpu_busy N: "busy total" jiffies of CPU N (all processes) from /proc/stat
-  awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
-}
-cpu_ticks() {  # cpu_ticks PID...: user+system ticks, summed
-  local p t=0
-  for p in "$@"; do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) )); done
-  echo "$t"
-}
 rss_kib() {  # rss_kib PID...: VmRSS summed
   local p t=0
   for p in "$@"; do t=$(( t + $(awk '/^VmRSS/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0) )); done
@@ -161,21 +153,10 @@ rss_kib() {  # rss_kib PID...: VmRSS summed
 }
 
 # ---------------------------------------------------------------- binaries
-if [ "$BUILD" = 1 ]; then
-  log "building release binaries"
-  (cd "$ROOT" && cargo build --release -p nodes -p switchboard-loadgen)
-fi
-[ -x "$SB" ] && [ -x "$LG" ] || { echo "missing $SB or $LG (drop --no-build)" >&2; exit 1; }
+release_binaries
 command -v taskset >/dev/null && command -v curl >/dev/null && command -v python3 >/dev/null ||
   { echo "needs taskset, curl and python3" >&2; exit 1; }
-ulimit -n "$(ulimit -Hn)"
-for port in $(( C2S_BASE + 1 )) $(( C2S_BASE + 2 )) $(( C2S_BASE + 3 )) $(( C2S_BASE + 4 )) \
-  $(( HTTP_BASE + 1 )) $(( HTTP_BASE + 2 )) $(( HTTP_BASE + 3 )) $(( HTTP_BASE + 4 )); do
-  port_free 127.0.0.1 "$port" || { echo "127.0.0.1:$port is in use" >&2; exit 1; }
-done
-for i in 1 2 3; do
-  port_free "127.0.0.1$i" $(( LINK_BASE + i )) || { echo "127.0.0.1$i:$(( LINK_BASE + i )) is in use" >&2; exit 1; }
-done
+three_node_ports_free
 
 # ---------------------------------------------------------------- configs and accounts
 MEMBERS=""

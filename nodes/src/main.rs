@@ -96,7 +96,7 @@ enum UserCommand {
     Import {
         file: PathBuf,
         /// Load-test populations only: accounts with the same password share one salt, so
-        /// their keys are derived once instead of ~6 ms of CPU per account.
+        /// their keys are derived once instead of three PBKDF2 runs per account.
         #[arg(long)]
         shared_salt: bool,
     },

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use storage::RosterItem;
 
 use crate::im::messages::ImportRoster;
-use crate::im::RosterShards;
+use crate::im::{RosterShards, MAX_ROSTER_NAME};
 use crate::users::{UserAdmin, UserError};
 
 /// One roster item as the operator gives it.
@@ -61,14 +61,13 @@ pub enum RosterImportError {
         contact: String,
         value: String,
     },
-    #[error("{owner} / {contact}: a name or group is empty or longer than {MAX_NAME} bytes")]
+    #[error(
+        "{owner} / {contact}: a name or group is empty or longer than {MAX_ROSTER_NAME} bytes"
+    )]
     Name { owner: String, contact: String },
     #[error("the account's shard: {0}")]
     Shard(String),
 }
-
-/// Longest item name or group name (as for a roster set).
-const MAX_NAME: usize = 1023;
 
 /// Check every item and group them by owner; within one owner a later item for the same
 /// contact replaces an earlier one.
@@ -99,7 +98,7 @@ pub fn prepare(
                 value: i.subscription.clone(),
             }
         })?;
-        let bad_name = |s: &String| s.is_empty() || s.len() > MAX_NAME;
+        let bad_name = |s: &String| s.is_empty() || s.len() > MAX_ROSTER_NAME;
         if i.name.as_ref().is_some_and(bad_name) || i.groups.iter().any(bad_name) {
             return Err(RosterImportError::Name {
                 owner: owner.to_string(),

@@ -39,7 +39,7 @@ pub use blocking::NS_BLOCKING;
 pub use last::NS_LAST;
 pub use privacy::{PrivacyLists, NS_PRIVACY};
 pub use private_xml::NS_PRIVATE;
-pub use roster::NS_ROSTER;
+pub use roster::{MAX_NAME as MAX_ROSTER_NAME, NS_ROSTER};
 pub use vcard::NS_VCARD;
 pub use writes::DataWriter;
 

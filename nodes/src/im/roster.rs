@@ -11,8 +11,8 @@ use super::writes::write_error;
 use super::RosterActor;
 
 pub const NS_ROSTER: &str = "jabber:iq:roster";
-/// Longest item name or group name accepted.
-const MAX_NAME: usize = 1023;
+/// Longest item name or group name accepted (roster sets and operator imports).
+pub const MAX_NAME: usize = 1023;
 
 /// The subscription state stored in a roster item.
 pub(super) fn state_of(item: Option<&RosterItem>, pending_in: bool) -> SubState {
@@ -206,7 +206,7 @@ impl RosterActor {
     /// An operator's import: the items replace the stored ones (no subscription handshake,
     /// no presence sent: the contacts' presence follows at the user's next probe, i.e. its
     /// next initial presence). The user's online resources get a push per changed item, as
-    /// for a roster set.
+    /// for a roster set, and the privacy rules that follow the roster are refreshed once.
     pub(super) fn roster_import(
         &mut self,
         user: &Jid,
@@ -239,10 +239,12 @@ impl RosterActor {
             if let Ok(Some((_, changes))) = self.rosters.changes_since(&key, before) {
                 for (version, change) in changes {
                     if let RosterChange::Updated(item) = change {
-                        self.push(user, item_element(&item), version);
+                        let push = self.push_stanza(item_element(&item), version);
+                        self.push_to_user(user, push);
                     }
                 }
             }
+            self.roster_changed(user);
         }
         Ok(changed)
     }
