@@ -29,6 +29,10 @@ def main(res: Path) -> None:
     slab = peak["slab_kib"] - before["slab_kib"]
     tcp = (peak["tcp_mem_pages"] - before["tcp_mem_pages"]) * 4
     machine = before["mem_available_kib"] - peak["mem_available_kib"]
+    # Older result sets have no MemFree / page cache samples.
+    free_of = lambda s: s.get("mem_free_kib", 0) + s.get("file_kib", 0)
+    used = free_of(before) - free_of(peak) if "mem_free_kib" in peak else None
+    unreclaimable = peak.get("slab_unreclaimable_kib", 0) - before.get("slab_unreclaimable_kib", 0)
     ok = sum(g["login"]["succeeded"] for g in gens if g)
     failed = sum(g["login"]["failed"] for g in gens if g)
     longest = max((g["login"]["elapsed_secs"] for g in gens if g), default=0.0)
@@ -51,10 +55,17 @@ def main(res: Path) -> None:
       f"`switchboard-loadgen idle` process per node with {meta['per_node']} users "
       f"(`--tls {meta['tls']} --mech {meta['mech']}`, {meta['concurrency']} logins in progress "
       f"per process, `--hold-secs {meta['hold']}`), each from its own four source addresses.")
-    w("- Nothing pinned: nodes and generators share both CPUs. The same accounts on every node, "
+    accounts = ("the same accounts on every node" if meta.get("cluster") == "1"
+                else "each node holding the accounts of its own generator's users")
+    w(f"- Nothing pinned: nodes and generators share both CPUs; {accounts}, "
       "created offline with `switchboard user import --shared-salt`.")
+    if int(meta.get("notrack", "0")):
+        w("- Netfilter's connection table was smaller than the run, so the nodes' c2s ports on "
+          "loopback were exempted from connection tracking for the run (`iptables -t raw ... -j NOTRACK`).")
+    if meta.get("aborted"):
+        w(f"- **The run was stopped early: {meta['aborted']}** (`--min-free-mib`).")
     w("- Sampled every 2 s: each node's `switchboard_c2s_sessions`, every process's `VmRSS`, "
-      "`MemAvailable` and `Slab` (`/proc/meminfo`), TCP socket memory (`/proc/net/sockstat`). "
+      "`MemFree`, page cache, `MemAvailable` and `Slab` (`/proc/meminfo`), TCP socket memory (`/proc/net/sockstat`). "
       "The figures below are at the sample with the most sessions.")
     w("")
     w("## Results")
@@ -72,14 +83,25 @@ def main(res: Path) -> None:
     w(f"| generators' RSS at the peak, MiB (per session, KiB) | {gen_peak / 1024:,.0f} ({per(gen_peak):.2f}) |")
     w(f"| kernel Slab growth, MiB (per session, both ends of the loopback connection), KiB | {slab / 1024:,.0f} ({per(slab):.2f}) |")
     w(f"| TCP socket buffer pages growth, MiB | {tcp / 1024:,.1f} |")
-    w(f"| **whole machine** (drop in MemAvailable), MiB (per session, KiB) | **{machine / 1024:,.0f} ({per(machine):.2f})** |")
+    if used is not None:
+        w(f"| kernel unreclaimable Slab growth, MiB (per session, KiB) | {unreclaimable / 1024:,.0f} ({per(unreclaimable):.2f}) |")
+        w(f"| **whole machine** (drop in MemFree + page cache), MiB (per session, KiB) | **{used / 1024:,.0f} ({per(used):.2f})** |")
+        w(f"| free memory left at the peak (MemFree + page cache), MiB | {free_of(peak) / 1024:,.0f} |")
+    w(f"| drop in MemAvailable (counts open sockets' inodes as reclaimable), MiB (per session, KiB) | {machine / 1024:,.0f} ({per(machine):.2f}) |")
+    machine = used if used is not None else machine
     w("")
     w("## What it says about 1,000,000 sessions")
     w("")
-    w(f"- At {per(machine):.1f} KiB of machine memory per session (server, generator and kernel, "
-      f"both ends on this machine), 1,000,000 sessions need about "
-      f"{per(machine) * 1e6 / 1048576:.1f} GiB, of which the server's share is "
-      f"{per(node_peak - node_before) * 1e6 / 1048576:.1f} GiB.")
+    if held >= 1_000_000:
+        w(f"- **{held:,} sessions were held at once on this machine**, server, generators and "
+          f"kernel together using {per(machine) * held / 1048576:.1f} GiB "
+          f"({per(machine):.1f} KiB per session), the servers' share "
+          f"{per(node_peak - node_before) * held / 1048576:.1f} GiB.")
+    else:
+        w(f"- At {per(machine):.1f} KiB of machine memory per session (server, generator and kernel, "
+          f"both ends on this machine), 1,000,000 sessions need about "
+          f"{per(machine) * 1e6 / 1048576:.1f} GiB, of which the server's share is "
+          f"{per(node_peak - node_before) * 1e6 / 1048576:.1f} GiB.")
     w("- The per-process cap of 20,000 open files is what limits one process here; "
       "docs/one-million-sessions.md lists what the kernel needs to hold 1,000,000 on one node.")
     w("")

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -16,7 +16,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::xml::{self, Event, ScanError, Scanner};
 
-/// Bytes read from the socket at a time; lives on the task only while a read is pending.
+/// Bytes read from the socket at a time (on the stack of one poll).
 const READ_CHUNK: usize = 1024;
 /// Largest element we accept from the server.
 const MAX_ELEMENT: usize = 64 * 1024;
@@ -192,12 +192,30 @@ impl Connection {
                 self.scanner.release();
                 return Ok(event);
             }
-            let mut chunk = [0u8; READ_CHUNK];
-            let n = self.io.read(&mut chunk).await?;
-            if n == 0 {
+            let (io, scanner) = (&mut self.io, &mut self.scanner);
+            // The chunk lives only inside one poll, not in the future: an idle session's task
+            // (waiting here for most of its life) holds no read buffer.
+            let read = std::future::poll_fn(|cx| {
+                let mut chunk = [0u8; READ_CHUNK];
+                let mut buf = ReadBuf::new(&mut chunk);
+                match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Ok(0)),
+                    Poll::Ready(Ok(())) => {
+                        let n = buf.filled().len();
+                        Poll::Ready(
+                            scanner
+                                .push(buf.filled())
+                                .map(|()| n)
+                                .map_err(Failure::from),
+                        )
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(Failure::from(e))),
+                    Poll::Pending => Poll::Pending,
+                }
+            });
+            if read.await? == 0 {
                 return Err(Failure::Closed);
             }
-            self.scanner.push(&chunk[..n])?;
         }
     }
 

@@ -58,37 +58,30 @@ pub struct Target {
     /// Present unless `tls` is `None`.
     pub tls_config: Option<Arc<ClientConfig>>,
     pub mech: Mech,
-    /// SCRAM salted passwords by username, so logging the same user in again skips PBKDF2.
+    /// SCRAM salted passwords by salt, so a login with a salt seen before skips PBKDF2.
     pub salted: SaltedPasswords,
 }
 
-/// The per-user result of PBKDF2, valid while the server's salt and iteration count stay.
+/// Results of PBKDF2 by (salt, iterations). Every user of a [`Target`] has the same password,
+/// so the salt alone decides the key: a population provisioned with one shared salt costs one
+/// derivation per process (a million logins would otherwise spend ~70 CPU-minutes here), and
+/// per-user salts cost one per user, as before.
 #[derive(Default)]
-pub struct SaltedPasswords(Mutex<HashMap<String, SaltedPassword>>);
+pub struct SaltedPasswords(Mutex<HashMap<SaltAndIterations, [u8; 32]>>);
 
-struct SaltedPassword {
-    salt: Vec<u8>,
-    iterations: u32,
-    key: [u8; 32],
-}
+type SaltAndIterations = (Vec<u8>, u32);
 
 impl SaltedPasswords {
-    fn get(&self, user: &str, server: &ServerFirst) -> Option<[u8; 32]> {
+    fn get(&self, server: &ServerFirst) -> Option<[u8; 32]> {
         let cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
         cache
-            .get(user)
-            .filter(|s| s.salt == server.salt && s.iterations == server.iterations)
-            .map(|s| s.key)
+            .get(&(server.salt.clone(), server.iterations))
+            .copied()
     }
 
-    fn insert(&self, user: &str, server: &ServerFirst, key: [u8; 32]) {
-        let salted = SaltedPassword {
-            salt: server.salt.clone(),
-            iterations: server.iterations,
-            key,
-        };
+    fn insert(&self, server: &ServerFirst, key: [u8; 32]) {
         let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        cache.insert(user.to_string(), salted);
+        cache.insert((server.salt.clone(), server.iterations), key);
     }
 }
 
@@ -112,8 +105,8 @@ impl Target {
             .ok_or_else(|| Failure::Tls("no TLS configuration".into()))
     }
 
-    async fn salted_password(&self, user: &str, server: &ServerFirst) -> Result<[u8; 32], Failure> {
-        if let Some(key) = self.salted.get(user, server) {
+    async fn salted_password(&self, server: &ServerFirst) -> Result<[u8; 32], Failure> {
+        if let Some(key) = self.salted.get(server) {
             return Ok(key);
         }
         let (password, salt, iterations) = (
@@ -127,7 +120,7 @@ impl Target {
         })
         .await
         .map_err(|_| Failure::Protocol("PBKDF2 task failed".into()))?;
-        self.salted.insert(user, server, key);
+        self.salted.insert(server, key);
         Ok(key)
     }
 }
@@ -255,7 +248,7 @@ async fn scram(conn: &mut Connection, target: &Target, user: &str) -> Result<(),
     .await?;
     let challenge = expect_sasl(conn.next_element().await?, "challenge")?;
     let server = ServerFirst::parse(&first, &sasl_payload(&challenge)?).map_err(scram_err)?;
-    let salted = target.salted_password(user, &server).await?;
+    let salted = target.salted_password(&server).await?;
     let client_final = ClientFinal::new(&first, &server, &salted);
     conn.send(&format!(
         "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
@@ -355,16 +348,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn salted_passwords_are_reused_only_for_the_same_salt() {
+    fn salted_passwords_are_reused_only_for_the_same_salt_and_iterations() {
         let first = ClientFirst::new("user1", "abc");
         let server = ServerFirst::parse(&first, "r=abc1,s=AAAA,i=4096").unwrap();
         let resalted = ServerFirst::parse(&first, "r=abc1,s=BBBB,i=4096").unwrap();
+        let more_rounds = ServerFirst::parse(&first, "r=abc1,s=AAAA,i=8192").unwrap();
+        let other_user =
+            ServerFirst::parse(&ClientFirst::new("user2", "xyz"), "r=xyz1,s=AAAA,i=4096").unwrap();
         let cache = SaltedPasswords::default();
-        assert_eq!(cache.get("user1", &server), None);
-        cache.insert("user1", &server, [7; 32]);
-        assert_eq!(cache.get("user1", &server), Some([7; 32]));
-        assert_eq!(cache.get("user1", &resalted), None);
-        assert_eq!(cache.get("user2", &server), None);
+        assert_eq!(cache.get(&server), None);
+        cache.insert(&server, [7; 32]);
+        assert_eq!(cache.get(&server), Some([7; 32]));
+        assert_eq!(
+            cache.get(&other_user),
+            Some([7; 32]),
+            "a shared salt is derived once"
+        );
+        assert_eq!(cache.get(&resalted), None);
+        assert_eq!(cache.get(&more_rounds), None);
     }
 
     #[test]

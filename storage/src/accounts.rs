@@ -10,7 +10,8 @@ pub struct AccountStore {
     tree: sled::Tree,
 }
 
-/// On-disk form, versioned so the encoding can change.
+/// The replicated form (JSON text, what cluster nodes exchange), and the on-disk form before
+/// records went binary: databases written then are still read.
 #[derive(Serialize, Deserialize)]
 struct AccountRecord {
     v: u8,
@@ -49,20 +50,78 @@ impl From<CredentialRecord> for ScramCredential {
     }
 }
 
+/// First byte of a binary record. A JSON record starts with `{`, so the two cannot be confused.
+const BINARY_V2: u8 = 2;
+
+/// The on-disk form: `2`, then per hash (SHA-1, SHA-256, SHA-512) the iteration count (u32 LE)
+/// and salt, stored key and server key, each a u16 LE length and its bytes. About 300 bytes
+/// where the JSON took about 1,000: sled keeps the record of every account that logged in in
+/// its page cache, so this is memory per online user, not only disk.
 fn encode(creds: &StoredCredentials) -> Result<Vec<u8>, StorageError> {
+    let mut out = Vec::with_capacity(320);
+    out.push(BINARY_V2);
+    for c in [&creds.sha1, &creds.sha256, &creds.sha512] {
+        out.extend_from_slice(&c.iterations.to_le_bytes());
+        for part in [&c.salt, &c.stored_key, &c.server_key] {
+            let len = u16::try_from(part.len())
+                .map_err(|_| StorageError::Corrupt("credential part too long".into()))?;
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(part);
+        }
+    }
+    Ok(out)
+}
+
+fn decode(key: &str, bytes: &[u8]) -> Result<StoredCredentials, StorageError> {
+    let corrupt = || StorageError::Corrupt(key.to_string());
+    match bytes.first() {
+        Some(&BINARY_V2) => decode_binary(&bytes[1..]).ok_or_else(corrupt),
+        Some(b'{') => from_json(bytes).ok_or_else(corrupt),
+        _ => Err(corrupt()),
+    }
+}
+
+fn decode_binary(mut rest: &[u8]) -> Option<StoredCredentials> {
+    fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = rest.split_at_checked(n)?;
+        *rest = tail;
+        Some(head)
+    }
+    let credential = |rest: &mut &[u8]| -> Option<ScramCredential> {
+        let iterations = u32::from_le_bytes(take(rest, 4)?.try_into().ok()?);
+        let mut part = || -> Option<Vec<u8>> {
+            let len = u16::from_le_bytes(take(rest, 2)?.try_into().ok()?);
+            Some(take(rest, usize::from(len))?.to_vec())
+        };
+        let (salt, stored_key, server_key) = (part()?, part()?, part()?);
+        Some(ScramCredential {
+            iterations,
+            salt,
+            stored_key,
+            server_key,
+        })
+    };
+    let creds = StoredCredentials {
+        sha1: credential(&mut rest)?,
+        sha256: credential(&mut rest)?,
+        sha512: credential(&mut rest)?,
+    };
+    rest.is_empty().then_some(creds)
+}
+
+fn to_json(creds: &StoredCredentials) -> Result<String, StorageError> {
     let record = AccountRecord {
         v: 1,
         sha1: (&creds.sha1).into(),
         sha256: (&creds.sha256).into(),
         sha512: (&creds.sha512).into(),
     };
-    serde_json::to_vec(&record).map_err(|_| StorageError::Corrupt("encode".into()))
+    serde_json::to_string(&record).map_err(|_| StorageError::Corrupt("encode".into()))
 }
 
-fn decode(key: &str, bytes: &[u8]) -> Result<StoredCredentials, StorageError> {
-    let r: AccountRecord =
-        serde_json::from_slice(bytes).map_err(|_| StorageError::Corrupt(key.to_string()))?;
-    Ok(StoredCredentials {
+fn from_json(bytes: &[u8]) -> Option<StoredCredentials> {
+    let r: AccountRecord = serde_json::from_slice(bytes).ok()?;
+    (r.v == 1).then(|| StoredCredentials {
         sha1: r.sha1.into(),
         sha256: r.sha256.into(),
         sha512: r.sha512.into(),
@@ -123,9 +182,9 @@ impl AccountStore {
         Ok(())
     }
 
-    /// The account's record as stored (JSON text): what a cluster replicates.
+    /// The account's record as a cluster replicates it (JSON text; stored binary).
     pub fn encode_record(creds: &StoredCredentials) -> Result<String, StorageError> {
-        String::from_utf8(encode(creds)?).map_err(|_| StorageError::Corrupt("encode".into()))
+        to_json(creds)
     }
 
     /// Write a replicated record. `create_only`: leave an existing account alone. Returns
@@ -136,10 +195,10 @@ impl AccountStore {
         record: &str,
         create_only: bool,
     ) -> Result<bool, StorageError> {
-        decode(bare_jid, record.as_bytes())?;
+        let value = encode(&decode(bare_jid, record.as_bytes())?)?;
         let existed = self.tree.contains_key(bare_jid)?;
         if !(existed && create_only) {
-            self.tree.insert(bare_jid, record.as_bytes())?;
+            self.tree.insert(bare_jid, value)?;
         }
         Ok(existed)
     }
@@ -149,7 +208,8 @@ impl AccountStore {
         Ok(self.tree.remove(bare_jid)?.is_some())
     }
 
-    /// Every account with its record, sorted: the accounts part of a cluster snapshot.
+    /// Every account with its record (replicated form), sorted: the accounts part of a
+    /// cluster snapshot.
     pub fn records(&self) -> Result<Vec<(String, String)>, StorageError> {
         self.tree
             .iter()
@@ -157,8 +217,7 @@ impl AccountStore {
                 let (k, v) = kv?;
                 let k = String::from_utf8(k.to_vec())
                     .map_err(|_| StorageError::Corrupt("key".into()))?;
-                let v =
-                    String::from_utf8(v.to_vec()).map_err(|_| StorageError::Corrupt(k.clone()))?;
+                let v = to_json(&decode(&k, &v)?)?;
                 Ok((k, v))
             })
             .collect()
@@ -169,7 +228,7 @@ impl AccountStore {
         self.tree.clear()?;
         let mut batch = sled::Batch::default();
         for (k, v) in records {
-            batch.insert(k.as_bytes(), v.as_bytes());
+            batch.insert(k.as_bytes(), encode(&decode(k, v.as_bytes())?)?);
         }
         self.tree.apply_batch(batch)?;
         self.tree.flush()?;
@@ -229,6 +288,60 @@ mod tests {
             Err(StorageError::NotFound(_))
         ));
         assert!(!acc.exists("juliet@localhost").unwrap());
+        drop(acc);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn records_are_stored_binary_and_json_records_of_older_databases_still_read() {
+        let dir = std::env::temp_dir().join(format!("sb-acc-bin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let creds = StoredCredentials::derive("secret", 4096).unwrap();
+        let store = Store::open(&dir).unwrap();
+        let acc = store.accounts().unwrap();
+        acc.create("juliet@localhost", &creds).unwrap();
+        let stored = acc.tree.get("juliet@localhost").unwrap().unwrap();
+        assert_eq!(stored[0], BINARY_V2);
+        assert!(
+            stored.len() < 400,
+            "binary record is {} bytes",
+            stored.len()
+        );
+
+        // What earlier versions wrote: the JSON record, straight into the tree.
+        let json = AccountStore::encode_record(&creds).unwrap();
+        acc.tree.insert("romeo@localhost", json.as_bytes()).unwrap();
+        assert_eq!(acc.get("romeo@localhost").unwrap(), Some(creds.clone()));
+
+        // The replicated form stays JSON both ways, and lands binary.
+        let records = acc.records().unwrap();
+        assert_eq!(
+            records,
+            vec![
+                ("juliet@localhost".into(), json.clone()),
+                ("romeo@localhost".into(), json.clone())
+            ]
+        );
+        acc.put_record("nurse@localhost", &json, true).unwrap();
+        assert_eq!(
+            acc.tree.get("nurse@localhost").unwrap().unwrap()[0],
+            BINARY_V2
+        );
+
+        // Truncated, padded or unknown records are refused, not misread.
+        for bad in [
+            &stored[..stored.len() - 1],
+            &[stored.as_ref(), b"x"].concat()[..],
+            b"\x03abc",
+            b"",
+        ] {
+            acc.tree.insert("bad@localhost", bad).unwrap();
+            assert!(
+                matches!(acc.get("bad@localhost"), Err(StorageError::Corrupt(_))),
+                "{bad:?}"
+            );
+        }
         drop(acc);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
