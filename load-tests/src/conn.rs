@@ -16,8 +16,9 @@ use tokio_rustls::TlsConnector;
 
 use crate::xml::{self, Event, ScanError, Scanner};
 
-/// Bytes read from the socket at a time (on the stack of one poll).
-const READ_CHUNK: usize = 1024;
+/// Bytes read from the socket at a time. The buffer is on the stack of one poll, so a larger
+/// one costs an idle session nothing and lets a busy one take several stanzas per read.
+const READ_CHUNK: usize = 16 * 1024;
 /// Largest element we accept from the server.
 const MAX_ELEMENT: usize = 64 * 1024;
 
