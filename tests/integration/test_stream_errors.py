@@ -451,3 +451,42 @@ async def test_authenticated_session_is_not_subject_to_auth_timeout(short_timeou
         assert resp.get("type") == "result", xml_str(resp)
     finally:
         await c.close()
+
+
+async def test_a_peer_that_floods_without_reading_after_its_stream_error_does_not_stall_others(
+    make_server,
+):
+    # The sender never reads: the node's stream error and TLS close_notify stay queued
+    # behind a full socket while more input keeps arriving. Lingering on such a connection
+    # once spun the thread it shared with other sessions (rustls stops reading records
+    # while the socket stays readable), so their pings went unanswered.
+    srv = make_server(accounts=4)
+    accounts = [srv.account() for _ in range(4)]
+    witnesses = [
+        await login(srv, a, resource="w", label=f"witness{i}") for i, a in enumerate(accounts[1:])
+    ]
+    sender = await login(srv, accounts[0], resource="flood", label="sender", tls_engine="openssl")
+
+    async def flood():
+        chunk = b"A" * 65536
+        try:
+            await sender.send(f"<message to='{witnesses[0].jid}' id='big'><body>")
+            for _ in range(160):  # 10 MiB at most, never reading
+                await sender.send(chunk, timeout=2)
+        except (ConnectionError, OSError, asyncio.TimeoutError, XmppTestError):
+            pass
+
+    writer = asyncio.create_task(flood())
+    try:
+        await asyncio.sleep(1.0)  # the node has refused the stanza and is lingering
+        for _ in range(3):
+            for w in witnesses:
+                resp = await w.ping(timeout=3)
+                assert resp.get("type") == "result", xml_str(resp)
+            await asyncio.sleep(0.2)
+    finally:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        sender.abort()
+        for w in witnesses:
+            await w.close()

@@ -17,7 +17,7 @@ use rand::Rng;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
 use super::messages::{ConnectionClosed, FlushDeliveries, FromClient};
 use super::session::{QueueWork, SendQueue, SessionActor};
@@ -38,6 +38,8 @@ const OVERFLOW_GRACE: Duration = Duration::from_secs(2);
 /// socket: closing with unread input makes the kernel reset the connection, and the peer
 /// may lose the stream error it has not read yet.
 const LINGER: Duration = Duration::from_millis(500);
+/// Most bytes read and discarded during the linger.
+const LINGER_MAX_BYTES: usize = 1 << 20;
 
 /// Everything the c2s connections of a node share.
 pub struct C2sContext {
@@ -152,7 +154,7 @@ pub async fn serve(
         session.do_send(ConnectionClosed);
     }
     let _ = timeout(Duration::from_secs(1), conn.transport.shutdown()).await;
-    let _ = timeout(LINGER, conn.drain_input()).await;
+    conn.drain_input().await;
     match end {
         End::Closed => tracing::debug!(?peer, "c2s connection closed"),
         End::Io(e) => tracing::debug!(?peer, error = %e, "c2s connection lost"),
@@ -226,17 +228,24 @@ impl Connection {
         }
     }
 
-    /// Read and discard until the peer closes (bounded by the caller's timeout).
+    /// Read and discard until the peer closes, for at most [`LINGER`] and
+    /// [`LINGER_MAX_BYTES`]. The raw socket is read (see [`Transport::try_discard_raw`]), and
+    /// the task yields after every read: a peer that floods us after its stream error must
+    /// not hold the thread that serves other connections.
     async fn drain_input(&mut self) {
-        loop {
-            match self.transport.try_read(|_| {}) {
+        let deadline = Instant::now() + LINGER;
+        let mut drained = 0;
+        while drained < LINGER_MAX_BYTES && Instant::now() < deadline {
+            match self.transport.try_discard_raw() {
                 Ok(Some(0)) | Err(_) => return,
-                Ok(Some(_)) => continue,
-                Ok(None) => {
-                    if self.transport.readable().await.is_err() {
-                        return;
-                    }
+                Ok(Some(n)) => {
+                    drained += n;
+                    tokio::task::yield_now().await;
                 }
+                Ok(None) => match timeout_at(deadline, self.transport.readable()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => return,
+                },
             }
         }
     }

@@ -82,6 +82,24 @@ impl Transport {
         }
     }
 
+    /// Read and discard what the socket holds, below TLS, without waiting. `Ok(None)`: nothing
+    /// now; `Ok(Some(0))`: end of stream. For the linger after our closing tag: once rustls
+    /// has queued its close_notify for a peer that is not reading, it stops reading records
+    /// while the socket stays readable, so waiting for input through the TLS layer would
+    /// wake at once, forever, and hold the thread every other connection on it needs.
+    pub fn try_discard_raw(&mut self) -> io::Result<Option<usize>> {
+        let tcp = match self {
+            Transport::Plain(s) => &*s,
+            Transport::Tls(s) => s.get_ref().0,
+            Transport::Detached => return Err(detached()),
+        };
+        READ_BUFFER.with(|cell| match tcp.try_read(&mut cell.borrow_mut()[..]) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        })
+    }
+
     /// Read what is available without waiting and hand it to `sink`. `Ok(None)`: nothing to
     /// read now (wait for [`Transport::readable`]); `Ok(Some(0))`: end of stream.
     pub fn try_read(&mut self, sink: impl FnOnce(&[u8])) -> io::Result<Option<usize>> {
