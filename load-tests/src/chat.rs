@@ -275,11 +275,16 @@ fn compose(shared: &Shared, from: u32, pos: usize, seq: u32) -> String {
 
 /// A random peer other than the one at `pos` (`peers` has at least two).
 pub(crate) fn other_peer(peers: &[u32], pos: usize) -> u32 {
-    let mut other = rand::thread_rng().gen_range(0..peers.len() - 1);
+    peers[other_position(peers.len(), pos)]
+}
+
+/// A random position among `count` peers other than `pos` (`count` at least 2).
+pub(crate) fn other_position(count: usize, pos: usize) -> usize {
+    let mut other = rand::thread_rng().gen_range(0..count - 1);
     if other >= pos {
         other += 1;
     }
-    peers[other]
+    other
 }
 
 fn receive(shared: &Shared, el: &str, seen: &mut HashSet<(u32, u32)>, received: &mut Received) {

@@ -7,17 +7,16 @@
 //! if its p99 latency is below `--p99-limit-ms`, nothing was lost or bounced and at least
 //! 90 % of the target was offered; the sustainable rate is the highest sustained step.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
+use rustc_hash::FxHashSet;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::conn::Failure;
-use crate::login::Target;
 use crate::probe::{self, ChatMessage};
 use crate::ramp::{stopped, tally, End, Plan, Session};
 use crate::report::{ChatStepSummary, ChatStepsSummary, ChatSummary, Distribution, Outcome};
@@ -62,8 +61,8 @@ struct Phase {
 }
 
 struct Shared {
-    target: Arc<Target>,
-    peers: Vec<u32>,
+    /// Every logged-in user's full JID, by position: formatted once, not per message.
+    jids: Vec<String>,
     epoch: Instant,
     steps: Vec<StepCounters>,
     /// Steps whose drain is over: their messages arriving now are late.
@@ -95,8 +94,7 @@ pub async fn run(plan: &Plan, sp: StepPlan, body_bytes: usize) -> anyhow::Result
     let (ramp, peers, stop, stopped_rx) = crate::chat::login_chatters(plan).await?;
     let users = peers.len() as u64;
     let shared = Arc::new(Shared {
-        target: plan.target.clone(),
-        peers,
+        jids: peers.iter().map(|&i| plan.target.full_jid(i)).collect(),
         epoch: Instant::now(),
         steps: sp.rates.iter().map(|_| StepCounters::default()).collect(),
         closed: AtomicUsize::new(0),
@@ -287,7 +285,7 @@ async fn converse(
     grace: Duration,
 ) -> (End, Vec<Received>) {
     let mut received = vec![Received::default(); shared.steps.len()];
-    let mut seen = HashSet::new();
+    let mut seen = FxHashSet::default();
     let mut phase: Option<Phase> = None;
     let mut n = 0u64;
     let mut next_send = tokio::time::Instant::now();
@@ -358,9 +356,7 @@ async fn converse(
 
 fn compose(shared: &Shared, pos: usize, from: u32, seq: u32) -> String {
     ChatMessage {
-        to: &shared
-            .target
-            .full_jid(crate::chat::other_peer(&shared.peers, pos)),
+        to: &shared.jids[crate::chat::other_position(shared.jids.len(), pos)],
         id_prefix: 's',
         tag: probe::TAG,
         from,
@@ -371,7 +367,7 @@ fn compose(shared: &Shared, pos: usize, from: u32, seq: u32) -> String {
     .stanza()
 }
 
-fn receive(shared: &Shared, el: &str, seen: &mut HashSet<(u32, u32)>, received: &mut [Received]) {
+fn receive(shared: &Shared, el: &str, seen: &mut FxHashSet<(u32, u32)>, received: &mut [Received]) {
     if xml::name(el) != "message" {
         return;
     }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -195,10 +196,11 @@ impl Connection {
             }
             let (io, scanner) = (&mut self.io, &mut self.scanner);
             // The chunk lives only inside one poll, not in the future: an idle session's task
-            // (waiting here for most of its life) holds no read buffer.
+            // (waiting here for most of its life) holds no read buffer. It is left
+            // uninitialised: zeroing 16 KiB for every read was 4 % of a busy generator's CPU.
             let read = std::future::poll_fn(|cx| {
-                let mut chunk = [0u8; READ_CHUNK];
-                let mut buf = ReadBuf::new(&mut chunk);
+                let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+                let mut buf = ReadBuf::uninit(&mut chunk);
                 match Pin::new(&mut *io).poll_read(cx, &mut buf) {
                     Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Ok(0)),
                     Poll::Ready(Ok(())) => {

@@ -165,8 +165,10 @@ pub fn parse_rates(spec: &str) -> anyhow::Result<Vec<u32>> {
         .map(|r| {
             r.parse::<u32>()
                 .ok()
-                .filter(|r| (1..=100_000).contains(r))
-                .ok_or_else(|| anyhow::anyhow!("--rates: {r:?} is not a rate between 1 and 100000"))
+                .filter(|r| (1..=1_000_000).contains(r))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--rates: {r:?} is not a rate between 1 and 1000000")
+                })
         })
         .collect::<anyhow::Result<Vec<u32>>>()?;
     anyhow::ensure!(rates.len() <= 100, "--rates: at most 100 steps");
@@ -183,7 +185,8 @@ mod tests {
         assert!(parse_rates("").is_err());
         assert!(parse_rates("0").is_err());
         assert!(parse_rates("10,x").is_err());
-        assert!(parse_rates("200000").is_err());
+        assert_eq!(parse_rates("200000").unwrap(), [200_000]);
+        assert!(parse_rates("2000000").is_err());
     }
 
     #[test]

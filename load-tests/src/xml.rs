@@ -39,6 +39,9 @@ impl fmt::Display for ScanError {
 #[derive(Debug)]
 pub struct Scanner {
     buf: Vec<u8>,
+    /// Start of what has not been handed out yet. Consumed bytes are dropped at the next
+    /// push, so a read holding many stanzas costs one move, not one per stanza.
+    pos: usize,
     max: usize,
 }
 
@@ -47,14 +50,17 @@ impl Scanner {
     pub fn new(max: usize) -> Scanner {
         Scanner {
             buf: Vec::new(),
+            pos: 0,
             max,
         }
     }
 
     pub fn push(&mut self, data: &[u8]) -> Result<(), ScanError> {
-        if self.buf.len() + data.len() > self.max {
+        if self.buf.len() - self.pos + data.len() > self.max {
             return Err(ScanError::TooLarge);
         }
+        self.buf.drain(..self.pos);
+        self.pos = 0;
         self.buf.extend_from_slice(data);
         Ok(())
     }
@@ -62,16 +68,17 @@ impl Scanner {
     /// The next complete unit, or `None` when more bytes are needed.
     pub fn next_event(&mut self) -> Result<Option<Event>, ScanError> {
         loop {
-            let start = self
-                .buf
+            let pending = &self.buf[self.pos..];
+            let start = pending
                 .iter()
                 .position(|b| !b.is_ascii_whitespace())
-                .unwrap_or(self.buf.len());
-            if start == self.buf.len() {
+                .unwrap_or(pending.len());
+            if start == pending.len() {
                 self.buf.clear();
+                self.pos = 0;
                 return Ok(None);
             }
-            let rest = &self.buf[start..];
+            let rest = &pending[start..];
             if rest[0] != b'<' {
                 return Err(ScanError::Malformed("text outside an element"));
             }
@@ -101,8 +108,8 @@ impl Scanner {
                     }
                 }
             };
-            let unit = self.buf[start..start + len].to_vec();
-            self.buf.drain(..start + len);
+            let unit = rest[..len].to_vec();
+            self.pos += start + len;
             let text =
                 |unit| String::from_utf8(unit).map_err(|_| ScanError::Malformed("not UTF-8"));
             return Ok(Some(match kind {
@@ -116,8 +123,9 @@ impl Scanner {
 
     /// Nothing is buffered: drop the allocation so an idle connection costs no buffer.
     pub fn release(&mut self) {
-        if self.buf.is_empty() {
+        if self.pos == self.buf.len() {
             self.buf = Vec::new();
+            self.pos = 0;
         }
     }
 }
@@ -389,6 +397,22 @@ mod tests {
         let mut s = Scanner::new(64);
         s.push(b"<a><!-- x --></a>").unwrap();
         assert!(s.next_event().is_err());
+    }
+
+    #[test]
+    fn the_limit_counts_only_what_was_not_handed_out() {
+        // Two 20-byte elements and the start of a third: after the two are taken, the
+        // limit applies to the third alone, not to everything read so far.
+        let mut s = Scanner::new(48);
+        s.push(b"<a>1234567890123</a><a>1234567890123</a><b>")
+            .unwrap();
+        assert_eq!(all(&mut s).len(), 2);
+        let rest = format!("{}</b>", "7".repeat(36));
+        s.push(rest.as_bytes()).unwrap();
+        assert_eq!(all(&mut s), [Event::Element(format!("<b>{rest}"))]);
+        s.release();
+        s.push(b"<c>").unwrap();
+        assert_eq!(s.push(&[b'x'; 46]), Err(ScanError::TooLarge));
     }
 
     #[test]
