@@ -35,6 +35,7 @@ pub struct ChatPlan {
 
 /// How often the coordinator checks whether every message has arrived.
 const POLL: Duration = Duration::from_millis(20);
+const ID_PREFIX: char = 'm';
 
 struct Shared {
     target: Arc<Target>,
@@ -45,6 +46,8 @@ struct Shared {
     elsewhere: Vec<Vec<u32>>,
     /// Send timestamps in bodies are microseconds since this instant.
     epoch: Instant,
+    /// This run's marker tag ([`probe::run_tag`]).
+    tag: String,
     sent: AtomicU64,
     /// Messages sent to a user connected to another server than the sender.
     cross_node: AtomicU64,
@@ -109,6 +112,7 @@ pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
         peers,
         elsewhere,
         epoch: Instant::now(),
+        tag: probe::run_tag('c'),
         sent: AtomicU64::new(0),
         cross_node: AtomicU64::new(0),
         accounted: AtomicU64::new(0),
@@ -263,8 +267,8 @@ fn compose(shared: &Shared, from: u32, pos: usize, seq: u32) -> String {
     }
     ChatMessage {
         to: &target.full_jid(recipient),
-        id_prefix: 'm',
-        tag: probe::TAG,
+        id_prefix: ID_PREFIX,
+        tag: &shared.tag,
         from,
         seq,
         sent_us: shared.epoch.elapsed().as_micros() as u64,
@@ -292,6 +296,11 @@ fn receive(shared: &Shared, el: &str, seen: &mut HashSet<(u32, u32)>, received: 
         return;
     }
     if xml::attr(el, "type").as_deref() == Some("error") {
+        let ours =
+            xml::attr(el, "id").and_then(|id| probe::bounced_seq(&id, ID_PREFIX, &shared.tag));
+        if ours.is_none() {
+            return;
+        }
         received.bounced += 1;
         shared.accounted.fetch_add(1, Ordering::Relaxed);
         return;
@@ -299,7 +308,7 @@ fn receive(shared: &Shared, el: &str, seen: &mut HashSet<(u32, u32)>, received: 
     let Some(body) = xml::child(el, "body").map(xml::text) else {
         return;
     };
-    let Some((from, seq, sent_us)) = probe::parse(&body) else {
+    let Some((from, seq, sent_us)) = probe::parse_tagged(&body, &shared.tag) else {
         return;
     };
     if !seen.insert((from, seq)) {

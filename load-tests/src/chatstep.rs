@@ -43,6 +43,7 @@ pub const MAX_MESSAGES: u64 = 20_000_000;
 /// Offered below this share of the target, a step is not counted as sustained.
 const MIN_OFFERED: f64 = 0.9;
 const POLL: Duration = Duration::from_millis(10);
+const ID_PREFIX: char = 's';
 
 #[derive(Default)]
 struct StepCounters {
@@ -63,6 +64,8 @@ struct Phase {
 struct Shared {
     /// Every logged-in user's full JID, by position: formatted once, not per message.
     jids: Vec<String>,
+    /// This run's marker tag ([`probe::run_tag`]).
+    tag: String,
     epoch: Instant,
     steps: Vec<StepCounters>,
     /// Steps whose drain is over: their messages arriving now are late.
@@ -95,6 +98,7 @@ pub async fn run(plan: &Plan, sp: StepPlan, body_bytes: usize) -> anyhow::Result
     let users = peers.len() as u64;
     let shared = Arc::new(Shared {
         jids: peers.iter().map(|&i| plan.target.full_jid(i)).collect(),
+        tag: probe::run_tag('c'),
         epoch: Instant::now(),
         steps: sp.rates.iter().map(|_| StepCounters::default()).collect(),
         closed: AtomicUsize::new(0),
@@ -357,8 +361,8 @@ async fn converse(
 fn compose(shared: &Shared, pos: usize, from: u32, seq: u32) -> String {
     ChatMessage {
         to: &shared.jids[crate::chat::other_position(shared.jids.len(), pos)],
-        id_prefix: 's',
-        tag: probe::TAG,
+        id_prefix: ID_PREFIX,
+        tag: &shared.tag,
         from,
         seq,
         sent_us: shared.epoch.elapsed().as_micros() as u64,
@@ -374,9 +378,9 @@ fn receive(shared: &Shared, el: &str, seen: &mut FxHashSet<(u32, u32)>, received
     let step_of = |seq: u32| (seq >> STEP_SHIFT) as usize;
     let closed = shared.closed.load(Ordering::Relaxed);
     if xml::attr(el, "type").as_deref() == Some("error") {
-        // The bounce carries our id ('s' + seq) when the server keeps it.
+        // The bounce carries our id when the server keeps it.
         let step = xml::attr(el, "id")
-            .and_then(|id| id.strip_prefix('s').and_then(|s| s.parse::<u32>().ok()))
+            .and_then(|id| probe::bounced_seq(&id, ID_PREFIX, &shared.tag))
             .map(step_of)
             .filter(|&k| k < received.len());
         if let Some(k) = step {
@@ -390,7 +394,7 @@ fn receive(shared: &Shared, el: &str, seen: &mut FxHashSet<(u32, u32)>, received
     let Some(body) = xml::child(el, "body").map(xml::text) else {
         return;
     };
-    let Some((from, seq, sent_us)) = probe::parse(&body) else {
+    let Some((from, seq, sent_us)) = probe::parse_tagged(&body, &shared.tag) else {
         return;
     };
     let k = step_of(seq);

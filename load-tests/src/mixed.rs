@@ -12,8 +12,9 @@
 //! A message to a user who is away is stored by the server and delivered when that user is
 //! back: it counts as delivered *late* (it carries a delay stamp, or was sent before the
 //! recipient's current session began), with its latency apart from the on-time deliveries.
-//! Bodies are `mRUN FROM SEQ SENT_US` padded to `--body-bytes`; messages of other runs
-//! (stored while their recipient was away and delivered now) count as `stale`.
+//! Bodies are `mRUN FROM SEQ SENT_US` padded to `--body-bytes` and ids `xSEQ.mRUN`; messages
+//! of other runs (stored while their recipient was away and delivered now) and bounces of
+//! them count as `stale`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,6 +61,7 @@ pub struct MixedPlan {
 pub const MAX_EVENTS: f64 = 20_000_000.0;
 /// How often the coordinator samples the sessions online and checks for the end.
 const POLL: Duration = Duration::from_millis(20);
+const ID_PREFIX: char = 'x';
 /// Logins a user tries after a disconnect (each after a pause) before it gives up.
 const LOGIN_ATTEMPTS: u32 = 5;
 /// An exponential gap is cut at this many times its mean (it would be longer once in e^50).
@@ -175,6 +177,12 @@ impl User {
             return;
         }
         if xml::attr(el, "type").as_deref() == Some("error") {
+            let ours =
+                xml::attr(el, "id").and_then(|id| probe::bounced_seq(&id, ID_PREFIX, &shared.tag));
+            if ours.is_none() {
+                self.r.stale += 1;
+                return;
+            }
             self.r.bounced += 1;
             shared.accounted.fetch_add(1, Ordering::Relaxed);
             shared.deliveries.failed();
@@ -209,7 +217,7 @@ impl User {
     fn message(&self, shared: &Shared, seq: u32) -> String {
         ChatMessage {
             to: &shared.target.full_jid(other_peer(&shared.peers, self.pos)),
-            id_prefix: 'x',
+            id_prefix: ID_PREFIX,
             tag: &shared.tag,
             from: self.index,
             seq,
@@ -461,7 +469,7 @@ pub async fn run(plan: &Plan, mixed: MixedPlan) -> anyhow::Result<(Outcome, Mixe
         target: plan.target.clone(),
         login_timeout: plan.login_timeout,
         close_grace: plan.close_grace,
-        tag: format!("m{:08x}", rand::thread_rng().gen::<u32>()),
+        tag: probe::run_tag('m'),
         peers,
         epoch: Instant::now(),
         deadline: tokio::time::Instant::now() + mixed.duration,
@@ -738,12 +746,14 @@ mod tests {
             &shared,
             "<message type='chat'><body>m00000001 1 9 5 xxx</body></message>",
         );
-        u.receive(&shared, "<message type='error' id='x4'/>");
+        u.receive(&shared, "<message type='error' id='x4.m0000abcd'/>");
+        // The bounce of an earlier run's message (another tag): stale, not this run's.
+        u.receive(&shared, "<message type='error' id='x4.m00000001'/>");
         u.receive(&shared, "<presence/>");
         let r = &u.r;
         assert_eq!(
             (r.delivered, r.late, r.duplicates, r.stale, r.bounced),
-            (3, 2, 1, 1, 1)
+            (3, 2, 1, 2, 1)
         );
         assert_eq!((r.latencies_us.len(), r.late_latencies_us.len()), (1, 2));
         assert_eq!(shared.accounted.load(Ordering::Relaxed), 4);

@@ -26,6 +26,13 @@ pub fn format(from: u32, seq: u32, sent_us: u64) -> String {
     format!("{TAG} {from} {seq} {sent_us}")
 }
 
+/// A marker tag of its own for one run: `prefix` and 8 random hex digits. A message that a
+/// server stored offline in an earlier run and delivers at a login of this one carries
+/// another tag, so it is not counted as this run's delivery (nor as a duplicate of one).
+pub fn run_tag(prefix: char) -> String {
+    format!("{prefix}{:08x}", rand::random::<u32>())
+}
+
 /// `(from, seq, sent_us)` if `text` is a marker, padded or not.
 pub fn parse(text: &str) -> Option<(u32, u32, u64)> {
     parse_tagged(text, TAG)
@@ -64,7 +71,15 @@ pub fn parse_tagged(text: &str, tag: &str) -> Option<(u32, u32, u64)> {
     (padding && fields.next().is_none()).then_some((from, seq, sent_us))
 }
 
-/// A chat message to `to` (a full JID) with id `ID_PREFIX SEQ` and a body of exactly
+/// The `seq` of a [`ChatMessage`] from the id its bounce carries, if it was sent with
+/// `id_prefix` and `tag`: a bounce of an earlier run's message (the server may answer it
+/// after that run ended, to a session that now has the same full JID) is not this run's.
+pub fn bounced_seq(id: &str, id_prefix: char, tag: &str) -> Option<u32> {
+    let (seq, run) = id.strip_prefix(id_prefix)?.split_once('.')?;
+    (run == tag).then(|| seq.parse().ok()).flatten()
+}
+
+/// A chat message to `to` (a full JID) with id `ID_PREFIX SEQ . TAG` and a body of exactly
 /// `body_len` bytes carrying the marker (`body_len` at least [`MIN_BODY`]).
 pub struct ChatMessage<'a> {
     pub to: &'a str,
@@ -83,8 +98,8 @@ impl ChatMessage<'_> {
         let mut m = String::with_capacity(self.body_len + to.len() + 80);
         let _ = write!(
             m,
-            "<message to='{to}' type='chat' id='{}{}'><body>",
-            self.id_prefix, self.seq
+            "<message to='{to}' type='chat' id='{}{}.{}'><body>",
+            self.id_prefix, self.seq, self.tag
         );
         push_marker(
             &mut m,
@@ -159,7 +174,12 @@ mod tests {
         assert_eq!(body.len(), MIN_BODY);
         assert_eq!(parse(&body), Some((1, 7, 99)));
         assert_eq!(xml::attr(&m, "to").as_deref(), Some("u'2@localhost/lg"));
-        assert_eq!(xml::attr(&m, "id").as_deref(), Some("m7"));
+        assert_eq!(xml::attr(&m, "id").as_deref(), Some("m7.lg"));
+        assert_eq!(bounced_seq("m7.lg", 'm', TAG), Some(7));
+        assert_eq!(bounced_seq("m7.c0000abcd", 'm', TAG), None);
+        assert_eq!(bounced_seq("s7.lg", 'm', TAG), None);
+        assert_eq!(bounced_seq("m7", 'm', TAG), None);
+        assert_eq!(bounced_seq("mx.lg", 'm', TAG), None);
         assert_eq!(xml::attr(&m, "type").as_deref(), Some("chat"));
     }
 }
