@@ -28,8 +28,9 @@ def load(s, sc):
     return j
 
 
-data = {s: {sc: load(s, sc) for sc in ("idle", "chat", "chatsteps", "mixed")} for s in servers}
+data = {s: {sc: load(s, sc) for sc in ("idle", "chat", "chatsteps", "chatceiling", "mixed")} for s in servers}
 stepped = meta.get("steps") == "1"
+ceiling = meta.get("ceiling") == "1"
 
 
 def g(s, sc, *path):
@@ -73,12 +74,12 @@ rows = [
 ]
 
 
-def steps_of(s):
-    return g(s, "chatsteps", "chat", "stepped", "steps") or []
+def steps_of(s, sc="chatsteps"):
+    return g(s, sc, "chat", "stepped", "steps") or []
 
 
-def sustainable(s):
-    return g(s, "chatsteps", "chat", "stepped", "sustainable_rate")
+def sustainable(s, sc="chatsteps"):
+    return g(s, sc, "chat", "stepped", "sustainable_rate")
 
 
 def why_not(p):
@@ -92,14 +93,18 @@ def why_not(p):
     if p["bounced"]:
         why.append(f"{p['bounced']} bounced")
     if p["offered_per_sec"] < 0.9 * p["target_rate"]:
-        why.append(f"only {p['offered_per_sec']:.0f}/s offered (generator-bound)")
+        # Writes also stall when the server stops reading (TCP backpressure): the generator's
+        # CPU tells the two apart.
+        busy = p.get("generator_cpu_percent", 100) >= 90
+        why.append(f"only {p['offered_per_sec']:.0f}/s offered"
+                   + (" (generator-bound)" if busy else " (the server stopped reading)"))
     return ", ".join(why) or "no delivery"
 
 
-def next_failure(s):
+def next_failure(s, sc="chatsteps"):
     """The first step above the sustainable rate that was not sustained, and why."""
-    v = sustainable(s) or 0
-    for p in steps_of(s):
+    v = sustainable(s, sc) or 0
+    for p in steps_of(s, sc):
         if p["target_rate"] > v and not p["sustained"]:
             return f"{p['target_rate']}/s: {why_not(p)}"
     return "none run (limit not reached)"
@@ -173,6 +178,9 @@ if stepped:
       f" for {meta['step_secs']} s (spread evenly over the users, random online recipients, full JIDs), then wait at most"
       f" {meta['step_drain']} s for the step's messages in flight; a step is sustained if its p99 < 100 ms, nothing was lost"
       " or bounced and at least 90 % of the target was offered; the run stops after two steps in a row not sustained.")
+if ceiling:
+    w(f"  - `chatceiling`: the same as `chatsteps` with {meta['ceiling_users']} users and `--rates {meta['ceiling_rates']}`"
+      " (see \"Ceiling\" below).")
 if meta.get("mixed") == "1":
     every, rec, users = float(meta["mixed_every"]), float(meta["mixed_reconnect"]), int(meta["mixed_users"])
     w(f"  - `mixed`: `switchboard-loadgen -n {users} mixed --message-interval-secs {meta['mixed_every']}"
@@ -185,7 +193,9 @@ w("  - Server CPU: utime+stime of the server process (all threads) from `/proc/P
 w(f"- Command: `load-tests/compare/run.sh -n {meta['idle_users']} -c {meta['chat_users']} --messages {meta['chat_messages']}"
   f" --interval-ms {meta['chat_interval_ms']} --duration-secs {meta['chat_duration']} --hold-secs {meta['hold_secs']}"
   + (f" --step-users {meta['step_users']} --step-rates {meta['step_rates']} --step-secs {meta['step_secs']}"
-     f" --step-drain-secs {meta['step_drain']}" if stepped else " --no-steps") + "`.\n")
+     f" --step-drain-secs {meta['step_drain']}" if stepped else " --no-steps")
+  + (f" --ceiling-users {meta['ceiling_users']} --ceiling-rates {meta['ceiling_rates']}" if ceiling else " --no-ceiling")
+  + "`.\n")
 if failed and any(failed):
     w("**Failures during this run:** " + ", ".join(f for f in failed if f) + " (see the script's output).\n")
 
@@ -212,6 +222,28 @@ if stepped:
     w("A step's latency includes the generator's own queueing: the generator has one CPU, as the server does, and")
     w("does the same TLS and XML work per message on the other side of each connection (see the per-step tables).\n")
 
+if ceiling:
+    w("## Ceiling: few users sending a lot\n")
+    w(f"The same stepped chat with {meta['ceiling_users']} users (`chatceiling`: `-n {meta['ceiling_users']} chat --rates"
+      f" {meta['ceiling_rates']}`, STARTTLS, 100-byte bodies). Each user sends many messages per second, so the"
+      " generator writes all a user has due in one write and reads many per read: it needs a few µs per message"
+      " instead of about 25, and its core is far from full (`gen CPU %`). The figure is each server's own limit;"
+      " it is not a carrier's traffic (few senders, big batches per read), so read it next to the headline, not"
+      " instead of it.\n")
+    w("| server | sustainable rate, msgs/s | gen CPU % at that step | first step above it not sustained | server CPU per delivered message, µs | Switchboard / server |")
+    w("|---|---:|---:|---|---:|---:|")
+    for s in servers:
+        v = sustainable(s, "chatceiling")
+        ran = steps_of(s, "chatceiling")
+        at = next((p for p in ran if p["target_rate"] == v), None)
+        cpu_us = per(1e6 * (g(s, "chatceiling", "_cpu", "server_cpu_secs") or 0), g(s, "chatceiling", "chat", "received"))
+        ratio = "–"
+        if s != "switchboard" and sb and v and sustainable("switchboard", "chatceiling"):
+            ratio = f"{sustainable('switchboard', 'chatceiling') / v:.2f}"
+        w(f"| {s} | {fmt(v, '{:.0f}')} | {fmt(at and at.get('generator_cpu_percent'), '{:.0f}')}"
+          f" | {next_failure(s, 'chatceiling') if ran else '–'} | {fmt(cpu_us, '{:.1f}')} | {ratio} |")
+    w("")
+
 w("## Results\n")
 hdr = "| figure | " + " | ".join(servers)
 if sb:
@@ -235,28 +267,32 @@ w("")
 w("Ratios are Switchboard's figure divided by the other server's; whether lower or higher is better depends on the row")
 w("(RSS, latency, CPU, provisioning time: lower; rates and counts of successes: higher).\n")
 
-if stepped:
-    w("## Stepped chat per server\n")
-    w(f"{meta['step_users']} users; per step: target and offered rate, distinct deliveries per second, lost (not delivered"
-      f" by the end of the {meta['step_drain']} s drain; `late` ones arrived after it), duplicates, bounces, latency in ms.\n")
+for sc, users, on in (("chatsteps", meta.get("step_users"), stepped),
+                      ("chatceiling", meta.get("ceiling_users"), ceiling)):
+    if not on:
+        continue
+    w(f"## Stepped chat per server (`{sc}`)\n")
+    w(f"{users} users; per step: target and offered rate, distinct deliveries per second, lost (not delivered"
+      f" by the end of the {meta['step_drain']} s drain; `late` ones arrived after it), duplicates, bounces, latency in ms,"
+      " and the generator's CPU while the step offered its rate (100 % is its one core).\n")
     for s in servers:
-        ran = steps_of(s)
-        cpu = g(s, "chatsteps", "_cpu", "server_cpu_secs")
-        wall = g(s, "chatsteps", "_cpu", "wall_secs")
-        w(f"### {s}\n")
+        ran = steps_of(s, sc)
+        cpu = g(s, sc, "_cpu", "server_cpu_secs")
+        wall = g(s, sc, "_cpu", "wall_secs")
+        w(f"### {s} ({sc})\n")
         if not ran:
             w("No stepped-chat result (see the script's output).\n")
             continue
-        w("| target/s | offered/s | delivered/s | lost | late | dup | bounced | p50 | p99 | p99.9 | max | sustained |")
-        w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        w("| target/s | offered/s | delivered/s | lost | late | dup | bounced | p50 | p99 | p99.9 | max | gen CPU % | sustained |")
+        w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for p in ran:
             d = p["latency_ms"]
             w(f"| {p['target_rate']} | {p['offered_per_sec']:.0f} | {p['delivered_per_sec']:.0f} | {p['lost']} | {p['late']}"
               f" | {p['duplicates']} | {p['bounced']} | {d['p50']:.2f} | {d['p99']:.2f} | {d.get('p999', 0):.2f} | {d['max']:.2f}"
-              f" | {'yes' if p['sustained'] else 'no: ' + why_not(p)} |")
-        dropped = g(s, "chatsteps", "dropped") or {}
+              f" | {p.get('generator_cpu_percent', 0):.0f} | {'yes' if p['sustained'] else 'no: ' + why_not(p)} |")
+        dropped = g(s, sc, "dropped") or {}
         w("")
-        w(f"Sustainable: **{fmt(sustainable(s), '{:.0f}')} msgs/s**. Server CPU over the whole run (logins, steps, drains,"
+        w(f"Sustainable: **{fmt(sustainable(s, sc), '{:.0f}')} msgs/s**. Server CPU over the whole run (logins, steps, drains,"
           f" close): {fmt(cpu, '{:.1f}')} s in {fmt(wall, '{:.1f}')} s wall."
           + (f" Sessions dropped: {dropped}." if dropped else "") + "\n")
 
@@ -272,7 +308,7 @@ if os.path.exists(notes):
 w("## Raw output\n")
 w("The generator's summaries of this run (`load-tests/compare/last-run/*.txt`, JSON next to them):\n")
 for s in servers:
-    for sc in ("idle", "chat", "chatsteps"):
+    for sc in ("idle", "chat", "chatsteps", "chatceiling"):
         p = os.path.join(res, f"{s}-{sc}.txt")
         if os.path.exists(p):
             w(f"{s} `{sc}`:\n\n```\n" + open(p).read().strip() + "\n```\n")

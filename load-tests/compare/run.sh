@@ -16,6 +16,13 @@ STEP_USERS=200
 STEP_RATES=1000,2000,3000,4000,6000,8000,12000,16000,24000,32000,48000
 STEP_SECS=5
 STEP_DRAIN=5
+# The ceiling run: stepped chat with few users sending a lot each. Every message a user has
+# due goes out in one write and a read takes many, so the generator needs a few µs per
+# message instead of 25: it shows each server's own limit, which the many-user steps above
+# cannot once the generator's core is full.
+CEIL_USERS=20
+CEIL_RATES=2000,4000,8000,16000,32000,48000,64000,80000,96000,128000,160000,200000
+CEILING=1
 # The mixed mobile profile (`switchboard-loadgen mixed`), sped up: each user sends a message
 # and changes presence every MIXED_EVERY seconds and reconnects every MIXED_RECONNECT seconds
 # (the realistic defaults are 600 s each), so MIXED_USERS users offer the load of
@@ -47,6 +54,9 @@ usage: $0 [options]
   --step-secs T           stepped-chat step length (default $STEP_SECS)
   --step-drain-secs T     stepped-chat longest drain after each step (default $STEP_DRAIN)
   --no-steps              skip the stepped chat
+  --ceiling-users N       ceiling run: stepped chat with few heavy users (default $CEIL_USERS)
+  --ceiling-rates LIST    ceiling run's aggregate messages/s per step (default $CEIL_RATES)
+  --no-ceiling            skip the ceiling run
   --mixed-users N         users of the mixed profile (default $MIXED_USERS)
   --mixed-every T,R       mixed: a message and a presence change every T s, a reconnect every R s
                           per user (default $MIXED_EVERY,$MIXED_RECONNECT)
@@ -75,6 +85,9 @@ while [ $# -gt 0 ]; do
     --step-secs) STEP_SECS=$2; shift 2;;
     --step-drain-secs) STEP_DRAIN=$2; shift 2;;
     --no-steps) STEPS=0; shift;;
+    --ceiling-users) CEIL_USERS=$2; shift 2;;
+    --ceiling-rates) CEIL_RATES=$2; shift 2;;
+    --no-ceiling) CEILING=0; shift;;
     --mixed-users) MIXED_USERS=$2; shift 2;;
     --mixed-every) MIXED_EVERY=${2%,*}; MIXED_RECONNECT=${2#*,}; shift 2;;
     --mixed-secs) MIXED_SECS=$2; shift 2;;
@@ -91,6 +104,7 @@ done
 [ "$(id -u)" = 0 ] || { echo "run as root (installs packages, runs servers as their users)" >&2; exit 1; }
 ACCOUNTS=$(( IDLE_USERS > CHAT_USERS ? IDLE_USERS : CHAT_USERS ))
 [ "$STEPS" = 1 ] && [ "$STEP_USERS" -gt "$ACCOUNTS" ] && ACCOUNTS=$STEP_USERS
+[ "$CEILING" = 1 ] && [ "$CEIL_USERS" -gt "$ACCOUNTS" ] && ACCOUNTS=$CEIL_USERS
 [ "$MIXED" = 1 ] && [ "$MIXED_USERS" -gt "$ACCOUNTS" ] && ACCOUNTS=$MIXED_USERS
 
 log() { echo "[compare $(date +%T)] $*" >&2; }
@@ -293,6 +307,13 @@ for s in $SERVERS; do
       stop_server
     else log "$s: start failed"; echo "$s start" >> "$RES/failed.txt"; stop_server || true; fi
   fi
+  if [ "$CEILING" = 1 ]; then
+    if "start_$s"; then
+      run_lg "$s" chatceiling -n "$CEIL_USERS" --server-pid "$SERVER_PID" chat --rates "$CEIL_RATES" \
+        --step-secs "$STEP_SECS" --drain-secs "$STEP_DRAIN" --p99-limit-ms 100 --stop-after 2
+      stop_server
+    else log "$s: start failed"; echo "$s start" >> "$RES/failed.txt"; stop_server || true; fi
+  fi
   if [ "$MIXED" = 1 ]; then
     if "start_$s"; then
       run_lg "$s" mixed -n "$MIXED_USERS" --server-pid "$SERVER_PID" mixed \
@@ -323,6 +344,7 @@ done
   echo "servers=$SERVERS"; echo "accounts=$ACCOUNTS"; echo "iterations=$ITERATIONS"
   echo "steps=$STEPS"; echo "step_users=$STEP_USERS"; echo "step_rates=$STEP_RATES"
   echo "step_secs=$STEP_SECS"; echo "step_drain=$STEP_DRAIN"
+  echo "ceiling=$CEILING"; echo "ceiling_users=$CEIL_USERS"; echo "ceiling_rates=$CEIL_RATES"
   echo "mixed=$MIXED"; echo "mixed_users=$MIXED_USERS"; echo "mixed_every=$MIXED_EVERY"
   echo "mixed_reconnect=$MIXED_RECONNECT"; echo "mixed_secs=$MIXED_SECS"
 } > "$RES/meta.txt"
