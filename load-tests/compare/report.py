@@ -1,11 +1,18 @@
 #!/usr/bin/env python3
 """Turn load-tests/compare results (loadgen --json files + meta) into docs/benchmarks.md.
 
-usage: report.py RESULTS_DIR COMPARE_DIR > docs/benchmarks.md
+usage: report.py RESULTS_DIR COMPARE_DIR [FIGURES_DIR] > docs/benchmarks.md
+
+With FIGURES_DIR, the stepped runs are also drawn there (benchmarks-latency.svg,
+benchmarks-delivered.svg) and the report links them by file name, so FIGURES_DIR should be
+the report's own directory.
 """
 import json, os, sys
 
+import stepsplot
+
 res, here = sys.argv[1], sys.argv[2]
+figures = sys.argv[3] if len(sys.argv) > 3 else None
 meta = dict(l.rstrip("\n").split("=", 1) for l in open(os.path.join(res, "meta.txt")) if "=" in l)
 servers = meta["servers"].split()
 prov = {}
@@ -243,6 +250,21 @@ if ceiling:
         w(f"| {s} | {fmt(v, '{:.0f}')} | {fmt(at and at.get('generator_cpu_percent'), '{:.0f}')}"
           f" | {next_failure(s, 'chatceiling') if ran else '–'} | {fmt(cpu_us, '{:.1f}')} | {ratio} |")
     w("")
+
+panels = [(f"{users} users ({sc})", {s: steps_of(s, sc) for s in servers if steps_of(s, sc)})
+          for sc, users, on in (("chatsteps", meta.get("step_users"), stepped),
+                                ("chatceiling", meta.get("ceiling_users"), ceiling)) if on]
+if figures and any(series for _, series in panels):
+    w("## Stepped runs, drawn\n")
+    for name, draw, alt in (("benchmarks-latency.svg", stepsplot.latency_chart, "p99 latency per step"),
+                            ("benchmarks-delivered.svg", stepsplot.delivered_chart, "delivered/s per step")):
+        svg = draw(panels)
+        if svg:
+            with open(os.path.join(figures, name), "w") as f:
+                f.write(svg)
+            w(f"![{alt}]({name})\n")
+    w("Each point is a step: its offered target against its p99 latency (dashed: the 100 ms limit) or its distinct")
+    w("deliveries per second (dashed: delivered = target). Both axes are logarithmic.\n")
 
 w("## Results\n")
 hdr = "| figure | " + " | ".join(servers)

@@ -349,7 +349,7 @@ done
   echo "mixed_reconnect=$MIXED_RECONNECT"; echo "mixed_secs=$MIXED_SECS"
 } > "$RES/meta.txt"
 mkdir -p "$(dirname "$OUT")"
-python3 "$HERE/report.py" "$RES" "$HERE" > "$OUT"
+python3 "$HERE/report.py" "$RES" "$HERE" "$(dirname "$OUT")" > "$OUT"
 log "wrote $OUT"
 if [ "$KEEP_WORK" = 0 ]; then
   rm -rf "$HERE/last-run"; mkdir -p "$HERE/last-run"; cp -r "$RES"/. "$HERE/last-run/"
