@@ -1,6 +1,7 @@
 """Stream errors and limits over raw sockets (RFC 6120 4.9, 11; the node's limits)."""
 
 import asyncio
+import os
 import time
 
 import pytest
@@ -388,6 +389,65 @@ async def test_slow_reader_is_disconnected_and_sender_keeps_going(make_server):
         slow.abort()
         await sender.close()
         await witness.close()
+
+
+async def test_bursts_faster_than_the_node_reach_a_prompt_reader_whole(make_server):
+    """Clients that send faster than the node routes must be slowed down (the node reads
+    each a chunk at a time), not make the node cut off a receiver that reads promptly. A
+    sender's connection once read on for as long as input kept arriving (up to tokio's
+    budget of 128 reads), starving the router and the writers on its thread: the senders'
+    backlog then landed in the receiver's send queue at once, past send_queue_max_bytes,
+    and the receiver got <policy-violation/> and lost the rest."""
+    # One CPU, so one worker thread: the senders, the router and the receiver share it.
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        srv = make_server({"c2s": {"send_queue_max_bytes": 262144}}, accounts=9)
+    finally:
+        os.sched_setaffinity(0, cpus)
+    receiver = await login(srv, srv.account(), resource="r", label="receiver")
+    senders = [await login(srv, srv.account(), resource="s", label=f"sender{k}") for k in range(8)]
+    per_sender = 4000
+    n = per_sender * len(senders)
+    body = "y" * 300
+    # About 1.3 MiB from each sender, 10 MiB in all: forty times the receiver's limit.
+    bursts = [
+        "".join(
+            f"<message to='{receiver.jid}' type='chat' id='b{k}-{i}'><body>{body}</body></message>"
+            for i in range(per_sender)
+        )
+        for k in range(len(senders))
+    ]
+
+    async def count():
+        got = 0
+        while got < n:
+            ev = await receiver.next_event(timeout=30)
+            if ev.kind in ("close", "eof"):
+                return got, ev.kind
+            if ev.kind == "element" and ev.element.tag == STREAM_ERROR:
+                return got, f"stream error <{stream_error_condition(ev.element)}/>"
+            if ev.kind == "element" and ev.element.tag == q("message"):
+                got += 1
+        return got, None
+
+    counter = asyncio.create_task(count())
+    try:
+        await asyncio.gather(*(c.send(b, timeout=60) for c, b in zip(senders, bursts)))
+        got, end = await asyncio.wait_for(counter, 90)
+        assert end is None and got == n, (
+            f"the receiver, which reads promptly, got {got} of {n} messages and then {end}\n"
+            f"{receiver.describe()}"
+        )
+        for c in senders:
+            resp = await c.ping(timeout=10)
+            assert resp.get("type") == "result", xml_str(resp)
+    finally:
+        counter.cancel()
+        await asyncio.gather(counter, return_exceptions=True)
+        for c in senders:
+            await c.close()
+        await receiver.close()
 
 
 # -- timeouts -------------------------------------------------------------------

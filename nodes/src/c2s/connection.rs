@@ -207,7 +207,15 @@ impl Connection {
                         Ok(Some(n)) => {
                             METRICS.bytes.with_label_values(&["in"]).inc_by(n as u64);
                             may_have_input = true;
-                            self.process_input().await
+                            let processed = self.process_input().await;
+                            // One chunk per turn: nothing in this loop waits while a client
+                            // keeps sending, so without this yield a busy sender would read
+                            // on and on while the router, the sessions and the writers on
+                            // this thread wait. Under overload their mailboxes then grew by
+                            // hundreds of MB in a second, and prompt readers were cut off as
+                            // "slow" when the backlog reached their send queues.
+                            tokio::task::yield_now().await;
+                            processed
                         }
                         Ok(None) => {
                             may_have_input = false;
