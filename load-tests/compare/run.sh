@@ -285,6 +285,17 @@ run_lg() {  # run_lg SERVER SCENARIO ARGS...
   [ "$rc" = 0 ] || log "$s $sc: loadgen exited $rc (see $RES/$s-$sc.err)"
 }
 
+# Stepped chat on a fresh server, the same steps against every server; it stops after two
+# steps in a row that are not sustained (p99 >= 100 ms, loss, or under 90 % of the target
+# offered).
+stepped_chat() {  # stepped_chat SERVER SCENARIO USERS RATES
+  if "start_$1"; then
+    run_lg "$1" "$2" -n "$3" --server-pid "$SERVER_PID" chat --rates "$4" \
+      --step-secs "$STEP_SECS" --drain-secs "$STEP_DRAIN" --p99-limit-ms 100 --stop-after 2
+    stop_server
+  else log "$1: start failed"; echo "$1 start" >> "$RES/failed.txt"; stop_server || true; fi
+}
+
 for s in $SERVERS; do
   log "== $s: setup"
   if ! "setup_$s"; then log "$s: setup failed"; echo "$s setup" >> "$RES/failed.txt"; continue; fi
@@ -298,22 +309,8 @@ for s in $SERVERS; do
       --interval-ms "$CHAT_INTERVAL_MS" --duration-secs "$CHAT_DURATION"
     stop_server
   else log "$s: start failed"; echo "$s start" >> "$RES/failed.txt"; stop_server || true; fi
-  # Stepped chat: the same users and steps against every server; stops after two steps in a
-  # row that are not sustained (p99 >= 100 ms, loss, or under 90 % of the target offered).
-  if [ "$STEPS" = 1 ]; then
-    if "start_$s"; then
-      run_lg "$s" chatsteps -n "$STEP_USERS" --server-pid "$SERVER_PID" chat --rates "$STEP_RATES" \
-        --step-secs "$STEP_SECS" --drain-secs "$STEP_DRAIN" --p99-limit-ms 100 --stop-after 2
-      stop_server
-    else log "$s: start failed"; echo "$s start" >> "$RES/failed.txt"; stop_server || true; fi
-  fi
-  if [ "$CEILING" = 1 ]; then
-    if "start_$s"; then
-      run_lg "$s" chatceiling -n "$CEIL_USERS" --server-pid "$SERVER_PID" chat --rates "$CEIL_RATES" \
-        --step-secs "$STEP_SECS" --drain-secs "$STEP_DRAIN" --p99-limit-ms 100 --stop-after 2
-      stop_server
-    else log "$s: start failed"; echo "$s start" >> "$RES/failed.txt"; stop_server || true; fi
-  fi
+  if [ "$STEPS" = 1 ]; then stepped_chat "$s" chatsteps "$STEP_USERS" "$STEP_RATES"; fi
+  if [ "$CEILING" = 1 ]; then stepped_chat "$s" chatceiling "$CEIL_USERS" "$CEIL_RATES"; fi
   if [ "$MIXED" = 1 ]; then
     if "start_$s"; then
       run_lg "$s" mixed -n "$MIXED_USERS" --server-pid "$SERVER_PID" mixed \
