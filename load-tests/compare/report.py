@@ -38,6 +38,9 @@ def load(s, sc):
 data = {s: {sc: load(s, sc) for sc in ("idle", "chat", "chatsteps", "chatceiling", "mixed")} for s in servers}
 stepped = meta.get("steps") == "1"
 ceiling = meta.get("ceiling") == "1"
+# The stepped-chat scenarios that ran: (scenario, users).
+stepped_runs = [(sc, users) for sc, users, on in (("chatsteps", meta.get("step_users"), stepped),
+                                                   ("chatceiling", meta.get("ceiling_users"), ceiling)) if on]
 
 
 def g(s, sc, *path):
@@ -252,8 +255,7 @@ if ceiling:
     w("")
 
 panels = [(f"{users} users ({sc})", {s: steps_of(s, sc) for s in servers if steps_of(s, sc)})
-          for sc, users, on in (("chatsteps", meta.get("step_users"), stepped),
-                                ("chatceiling", meta.get("ceiling_users"), ceiling)) if on]
+          for sc, users in stepped_runs]
 if figures and any(series for _, series in panels):
     w("## Stepped runs, drawn\n")
     for name, draw, alt in (("benchmarks-latency.svg", stepsplot.latency_chart, "p99 latency per step"),
@@ -289,10 +291,7 @@ w("")
 w("Ratios are Switchboard's figure divided by the other server's; whether lower or higher is better depends on the row")
 w("(RSS, latency, CPU, provisioning time: lower; rates and counts of successes: higher).\n")
 
-for sc, users, on in (("chatsteps", meta.get("step_users"), stepped),
-                      ("chatceiling", meta.get("ceiling_users"), ceiling)):
-    if not on:
-        continue
+for sc, users in stepped_runs:
     w(f"## Stepped chat per server (`{sc}`)\n")
     w(f"{users} users; per step: target and offered rate, distinct deliveries per second, lost (not delivered"
       f" by the end of the {meta['step_drain']} s drain; `late` ones arrived after it), duplicates, bounces, latency in ms,"

@@ -51,7 +51,7 @@ def _panel(x0, title, series, x_range, y_range, y_name, y_of, guide):
     out.extend(guide(w, h))
     for s, steps in series.items():
         color = COLORS.get(s, "#555")
-        pts = [(LEFT + _log_pos(p["target_rate"], *x_range, w), TOP + h - _log_pos(max(y_of(p), y_range[0]), *y_range, h), p)
+        pts = [(LEFT + _log_pos(p["target_rate"], *x_range, w), TOP + h - _log_pos(y_of(p), *y_range, h), p)
                for p in steps]
         if not pts:
             continue

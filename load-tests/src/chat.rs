@@ -296,9 +296,7 @@ fn receive(shared: &Shared, el: &str, seen: &mut HashSet<(u32, u32)>, received: 
         return;
     }
     if xml::attr(el, "type").as_deref() == Some("error") {
-        let ours =
-            xml::attr(el, "id").and_then(|id| probe::bounced_seq(&id, ID_PREFIX, &shared.tag));
-        if ours.is_none() {
+        if probe::bounced_seq(el, ID_PREFIX, &shared.tag).is_none() {
             return;
         }
         received.bounced += 1;

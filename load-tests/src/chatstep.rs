@@ -379,8 +379,7 @@ fn receive(shared: &Shared, el: &str, seen: &mut FxHashSet<(u32, u32)>, received
     let closed = shared.closed.load(Ordering::Relaxed);
     if xml::attr(el, "type").as_deref() == Some("error") {
         // The bounce carries our id when the server keeps it.
-        let step = xml::attr(el, "id")
-            .and_then(|id| probe::bounced_seq(&id, ID_PREFIX, &shared.tag))
+        let step = probe::bounced_seq(el, ID_PREFIX, &shared.tag)
             .map(step_of)
             .filter(|&k| k < received.len());
         if let Some(k) = step {

@@ -177,9 +177,7 @@ impl User {
             return;
         }
         if xml::attr(el, "type").as_deref() == Some("error") {
-            let ours =
-                xml::attr(el, "id").and_then(|id| probe::bounced_seq(&id, ID_PREFIX, &shared.tag));
-            if ours.is_none() {
+            if probe::bounced_seq(el, ID_PREFIX, &shared.tag).is_none() {
                 self.r.stale += 1;
                 return;
             }

@@ -71,10 +71,12 @@ pub fn parse_tagged(text: &str, tag: &str) -> Option<(u32, u32, u64)> {
     (padding && fields.next().is_none()).then_some((from, seq, sent_us))
 }
 
-/// The `seq` of a [`ChatMessage`] from the id its bounce carries, if it was sent with
-/// `id_prefix` and `tag`: a bounce of an earlier run's message (the server may answer it
-/// after that run ended, to a session that now has the same full JID) is not this run's.
-pub fn bounced_seq(id: &str, id_prefix: char, tag: &str) -> Option<u32> {
+/// The `seq` of the [`ChatMessage`] that the bounce `el` answers, from the id it carries,
+/// if it was sent with `id_prefix` and `tag`: a bounce of an earlier run's message (the
+/// server may answer it after that run ended, to a session that now has the same full JID)
+/// is not this run's.
+pub fn bounced_seq(el: &str, id_prefix: char, tag: &str) -> Option<u32> {
+    let id = xml::attr(el, "id")?;
     let (seq, run) = id.strip_prefix(id_prefix)?.split_once('.')?;
     (run == tag).then(|| seq.parse().ok()).flatten()
 }
@@ -175,11 +177,13 @@ mod tests {
         assert_eq!(parse(&body), Some((1, 7, 99)));
         assert_eq!(xml::attr(&m, "to").as_deref(), Some("u'2@localhost/lg"));
         assert_eq!(xml::attr(&m, "id").as_deref(), Some("m7.lg"));
-        assert_eq!(bounced_seq("m7.lg", 'm', TAG), Some(7));
-        assert_eq!(bounced_seq("m7.c0000abcd", 'm', TAG), None);
-        assert_eq!(bounced_seq("s7.lg", 'm', TAG), None);
-        assert_eq!(bounced_seq("m7", 'm', TAG), None);
-        assert_eq!(bounced_seq("mx.lg", 'm', TAG), None);
+        let bounce = |id: &str| format!("<message type='error' id='{id}'/>");
+        assert_eq!(bounced_seq(&bounce("m7.lg"), 'm', TAG), Some(7));
+        assert_eq!(bounced_seq(&bounce("m7.c0000abcd"), 'm', TAG), None);
+        assert_eq!(bounced_seq(&bounce("s7.lg"), 'm', TAG), None);
+        assert_eq!(bounced_seq(&bounce("m7"), 'm', TAG), None);
+        assert_eq!(bounced_seq(&bounce("mx.lg"), 'm', TAG), None);
+        assert_eq!(bounced_seq("<message type='error'/>", 'm', TAG), None);
         assert_eq!(xml::attr(&m, "type").as_deref(), Some("chat"));
     }
 }
