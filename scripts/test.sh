@@ -5,12 +5,18 @@
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -k slixmpp      # extra arguments go to pytest
 #
-# Needs the Python packages of tests/integration/requirements.txt (.ci/run installs
-# them into a virtualenv and sets PYTHON); PYTHON defaults to python3.
+# On a fresh Debian machine it first installs what the tests need (scripts/test-deps.sh:
+# Prosody, ejabberd, iptables, a Python virtualenv with the pinned packages). With
+# SWITCHBOARD_TEST_NO_INSTALL=1 it installs nothing and uses PYTHON (default python3).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
-PYTHON="${PYTHON:-python3}"
+if [ "${SWITCHBOARD_TEST_NO_INSTALL:-0}" = 1 ]; then
+    PYTHON="${PYTHON:-python3}"
+elif ! PYTHON="$(scripts/test-deps.sh | tail -n 1)"; then
+    echo "scripts/test.sh: installing the test dependencies failed (scripts/test-deps.sh)"
+    exit 1
+fi
 failed=()
 
 step() {
@@ -36,7 +42,7 @@ step unit cargo test --workspace
 if step build cargo build --workspace --bins; then
     if ! "$PYTHON" -c "import pytest, pytest_asyncio, pytest_timeout, slixmpp, OpenSSL" 2>/dev/null; then
         echo "==> integration: missing Python packages for ${PYTHON};" \
-            "run: ${PYTHON} -m pip install -r tests/integration/requirements.txt"
+            "run scripts/test-deps.sh"
         failed+=("integration (dependencies)")
     else
         step integration env SWITCHBOARD_BIN="$PWD/target/debug/switchboard" \
