@@ -123,6 +123,14 @@ pub struct C2sSettings {
     pub resource_conflict: ResourceConflict,
     /// Connections accepted at once, over all c2s listeners.
     pub max_connections: usize,
+    /// Connections not yet authenticated at once, node-wide; beyond it new ones are refused
+    /// with `<resource-constraint/>`.
+    pub max_unauthenticated_connections: usize,
+    /// Connections not yet authenticated at once from one address (IPv6: one /64); beyond
+    /// it new ones are refused with `<policy-violation/>`.
+    pub max_unauthenticated_per_address: usize,
+    /// Largest stanza before authentication (STARTTLS and SASL need a few hundred bytes).
+    pub max_unauthenticated_stanza_bytes: usize,
 }
 
 /// What happens when a client binds a resource that is already online.
@@ -167,6 +175,9 @@ max_auth_failures = 3
 send_queue_max_bytes = 1048576
 resource_conflict = "replace"
 max_connections = 100000
+max_unauthenticated_connections = 10000
+max_unauthenticated_per_address = 500
+max_unauthenticated_stanza_bytes = 16384
 
 [tls]
 
@@ -341,6 +352,18 @@ impl Settings {
         if self.c2s.max_depth < 4 {
             return Err(ConfigError::Invalid(
                 "c2s.max_depth must be at least 4".into(),
+            ));
+        }
+        if self.c2s.max_unauthenticated_stanza_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "c2s.max_unauthenticated_stanza_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.c2s.max_unauthenticated_connections == 0
+            || self.c2s.max_unauthenticated_per_address == 0
+        {
+            return Err(ConfigError::Invalid(
+                "c2s.max_unauthenticated_connections and c2s.max_unauthenticated_per_address must be at least 1".into(),
             ));
         }
         if self.c2s.max_auth_failures == 0 {

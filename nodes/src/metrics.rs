@@ -13,6 +13,7 @@ use prometheus::{
 pub struct Metrics {
     pub registry: Registry,
     pub c2s_connections: IntGaugeVec,
+    pub c2s_refused: IntCounterVec,
     pub c2s_sessions: IntGauge,
     pub logins: IntCounterVec,
     pub login_duration: Histogram,
@@ -107,6 +108,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "switchboard_c2s_connections",
             "Open client connections by state (connected: not yet authenticated; authenticated; bound) and transport.",
             &["state", "tls"],
+        ),
+        c2s_refused: counter(
+            &r,
+            "switchboard_c2s_connections_refused_total",
+            "Client connections refused at accept by an admission cap (node: c2s.max_unauthenticated_connections; address: c2s.max_unauthenticated_per_address).",
+            &["cap"],
         ),
         c2s_sessions: gauge(
             &r,

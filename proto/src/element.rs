@@ -3,12 +3,100 @@
 //! Routing needs only the top-level attributes of a stanza, so this type keeps them directly
 //! accessible and cheap; typed parsing (xmpp-parsers) happens only where a handler needs it.
 
+use std::sync::Arc;
+
 use crate::ns;
+
+/// A namespace URI. Cloning shares one allocation: the stream reader gives every element and
+/// attribute in a declaration's scope the same copy, so a parsed tree holds one copy of a URI
+/// per `xmlns` declaration, not one per element (a peer's 1 KiB URI on 4,000 children would
+/// otherwise cost 4 MB for 16 KB received).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Namespace(Arc<str>);
+
+impl Namespace {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Namespace {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Namespace {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for Namespace {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for Namespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for Namespace {
+    fn from(s: &str) -> Namespace {
+        Namespace(Arc::from(s))
+    }
+}
+
+impl From<String> for Namespace {
+    fn from(s: String) -> Namespace {
+        Namespace(Arc::from(s))
+    }
+}
+
+impl PartialEq<str> for Namespace {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Namespace {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl PartialEq<String> for Namespace {
+    fn eq(&self, other: &String) -> bool {
+        &*self.0 == other.as_str()
+    }
+}
+
+impl PartialEq<Namespace> for &str {
+    fn eq(&self, other: &Namespace) -> bool {
+        *self == &*other.0
+    }
+}
+
+impl PartialEq<Namespace> for str {
+    fn eq(&self, other: &Namespace) -> bool {
+        self == &*other.0
+    }
+}
 
 /// An attribute. `ns` is `None` for ordinary unprefixed attributes; `xml:lang` has `ns = Some(ns::XML)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attr {
-    pub ns: Option<String>,
+    pub ns: Option<Namespace>,
     pub name: String,
     pub value: String,
 }
@@ -23,7 +111,7 @@ pub enum Node {
 pub struct Element {
     pub name: String,
     /// The element's namespace URI (resolved; prefixes are not kept).
-    pub ns: String,
+    pub ns: Namespace,
     pub attrs: Vec<Attr>,
     pub children: Vec<Node>,
 }
@@ -32,7 +120,7 @@ impl Element {
     pub fn new(name: &str, ns: &str) -> Element {
         Element {
             name: name.to_owned(),
-            ns: ns.to_owned(),
+            ns: Namespace::from(ns),
             attrs: Vec::new(),
             children: Vec::new(),
         }
@@ -81,7 +169,7 @@ impl Element {
         {
             Some(a) => a.value = value,
             None => self.attrs.push(Attr {
-                ns: ns.filter(|n| !n.is_empty()).map(str::to_owned),
+                ns: ns.filter(|n| !n.is_empty()).map(Namespace::from),
                 name: name.to_owned(),
                 value,
             }),
@@ -182,7 +270,7 @@ impl Element {
         out.extend_from_slice(self.name.as_bytes());
         let declare = match (prefix, parent_ns) {
             (Some(_), _) => false,
-            (None, Some(p)) => p != self.ns,
+            (None, Some(p)) => self.ns != p,
             (None, None) => !self.ns.is_empty(),
         };
         let children_ns = match (prefix, parent_ns) {

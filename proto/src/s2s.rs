@@ -8,7 +8,7 @@
 
 use base64::Engine;
 
-use crate::element::{Element, Node};
+use crate::element::{Element, Namespace, Node};
 use crate::error::{StanzaErrorCondition, StreamError, StreamErrorCondition as Cond};
 use crate::jid::{prepare_domain, Jid};
 use crate::ns;
@@ -134,12 +134,17 @@ pub fn stanza_bytes(stanza: &Element) -> Vec<u8> {
 }
 
 fn retag(el: &mut Element, from: &str, to: &str) {
+    retag_shared(el, from, &Namespace::from(to))
+}
+
+/// One shared copy of the new namespace for the whole tree.
+fn retag_shared(el: &mut Element, from: &str, to: &Namespace) {
     if el.ns == from {
-        el.ns = to.to_string();
+        el.ns = to.clone();
     }
     for c in &mut el.children {
         if let Node::Element(e) = c {
-            retag(e, from, to);
+            retag_shared(e, from, to);
         }
     }
 }

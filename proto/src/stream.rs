@@ -7,10 +7,37 @@
 use rxml::error::EndOrError;
 use rxml::{NcName, Parse, RawEvent, RawParser, WithOptions};
 
-use crate::element::{Attr, Element, Node};
+use crate::element::{Attr, Element, Namespace, Node};
 use crate::error::{StreamError, StreamErrorCondition};
 use crate::ns;
 
+/// What one stream may make the reader hold.
+///
+/// # Memory per byte received
+///
+/// The reader holds, per stream: the unparsed rest of the last read (at most one read
+/// chunk), rxml's token scratch (at most `max_token_bytes`), the namespace declarations in
+/// scope (each URI at most `max_namespace_bytes`, counted against the stanza as received)
+/// and the tree of the stanza being read. The tree is charged by what it occupies on the
+/// heap, not by its wire size: every node's slot in its parent's child vector (by capacity,
+/// so growth by doubling is included), every attribute, name and text buffer, each
+/// allocation rounded up as the allocator does ([`heap_cost`]). Namespaces are shared
+/// ([`Namespace`]), so a URI costs once per declaration however many elements use it.
+/// A stanza is refused with `<policy-violation/>` as soon as its wire bytes exceed
+/// `max_stanza_bytes` or its tree exceeds [`Limits::max_tree_bytes`] (twice that, at least
+/// 64 KiB).
+///
+/// Worst case, the densest input: empty elements separated by one character of text
+/// (`<a/>x`, 5 bytes) make two nodes of 88 bytes in a vector that may be half empty, a
+/// 1-byte name and a 1-byte text allocation: 416 bytes of tree per 5 bytes received, about
+/// **84 bytes of memory per byte received**, and never more than `max_tree_bytes` plus
+/// `max_token_bytes` plus one read chunk in absolute terms, whatever the shape (about 600 KiB
+/// with the defaults; c2s streams before authentication use a 16 KiB stanza limit, so about
+/// 100 KiB). Text-heavy stanzas cost 1-2 bytes per byte. `proto/tests/memory_bound.rs`
+/// measures every hostile shape we know with a counting allocator (at most 36 bytes per byte
+/// measured, 2 for the 8 KB-namespace input of issue 16 that used to cost 1,350).
+///
+/// [`Namespace`]: crate::element::Namespace
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Maximum bytes of one top-level element (stanza), counted as received. Default 256 KiB.
@@ -21,10 +48,26 @@ pub struct Limits {
     pub max_attributes: usize,
     /// Maximum bytes of one name or attribute value (rxml token). Default 8 KiB.
     pub max_token_bytes: usize,
-    /// Maximum elements in one stanza, the stanza included. Default 4096. A tree costs far
-    /// more memory than its bytes on the wire (`<a/>` is 4 bytes, an element ~100), so the
-    /// byte limit alone would let a peer make the server allocate ~25× its stanza size.
+    /// Maximum elements in one stanza, the stanza included. Default 4096.
     pub max_elements: usize,
+    /// Maximum bytes of a namespace URI in a declaration. Default 1 KiB: the longest URI any
+    /// XEP registers is under 100 bytes.
+    pub max_namespace_bytes: usize,
+}
+
+/// The tree of one stanza may occupy this many times `max_stanza_bytes` on the heap...
+pub const TREE_BYTES_PER_STANZA_BYTE: usize = 2;
+/// ...and at least this much, so that small stanza limits still admit the usual small stanzas
+/// (a 100-byte message is a tree of about 1 KiB).
+pub const MIN_TREE_BYTES: usize = 64 * 1024;
+
+impl Limits {
+    /// Heap bytes the tree of one stanza may occupy ([`heap_cost`] accounting).
+    pub fn max_tree_bytes(&self) -> usize {
+        self.max_stanza_bytes
+            .saturating_mul(TREE_BYTES_PER_STANZA_BYTE)
+            .max(MIN_TREE_BYTES)
+    }
 }
 
 impl Default for Limits {
@@ -35,7 +78,21 @@ impl Default for Limits {
             max_attributes: 64,
             max_token_bytes: 8192,
             max_elements: 4096,
+            max_namespace_bytes: 1024,
         }
+    }
+}
+
+/// The longest stream header accepted. A real one is under 300 bytes.
+pub const MAX_HEADER_BYTES: usize = 8192;
+
+/// What an allocation of `bytes` occupies on the heap: glibc's malloc rounds a request plus
+/// its 8-byte header up to 16 bytes, and the smallest chunk is 32 bytes.
+pub fn heap_cost(bytes: usize) -> usize {
+    if bytes == 0 {
+        0
+    } else {
+        (bytes.saturating_add(8).saturating_add(15) & !15).max(32)
     }
 }
 
@@ -266,6 +323,7 @@ pub(crate) fn parse_document(input: &[u8]) -> Result<Element, ReadError> {
         // A token cannot be longer than the input; rxml reserves this much scratch space.
         max_token_bytes: input.len().clamp(64, 1 << 20),
         max_elements: usize::MAX,
+        max_namespace_bytes: usize::MAX,
     };
     let mut parser = RawParser::with_options(parser_options(&limits));
     let mut builder = TreeBuilder::new(limits, Mode::Document);
@@ -346,7 +404,7 @@ enum Mode {
 /// A namespace declaration in scope. `prefix == None` is the default namespace.
 struct Binding {
     prefix: Option<NcName>,
-    uri: String,
+    uri: Namespace,
     level: u32,
 }
 
@@ -361,6 +419,8 @@ struct TreeBuilder {
     level: u32,
     /// Wire bytes of the current top-level element so far.
     stanza_bytes: usize,
+    /// Heap bytes its tree occupies so far ([`heap_cost`] accounting; see [`Limits`]).
+    tree_bytes: usize,
     stanza_elements: usize,
     /// Whether the last stream-level event was whitespace (one keepalive per run).
     in_whitespace: bool,
@@ -383,6 +443,7 @@ impl TreeBuilder {
             },
             level: 0,
             stanza_bytes: 0,
+            tree_bytes: 0,
             stanza_elements: 0,
             in_whitespace: false,
             head: None,
@@ -414,6 +475,69 @@ impl TreeBuilder {
         Ok(())
     }
 
+    /// Charge `bytes` of heap to the tree of the current stanza.
+    #[inline]
+    fn charge(&mut self, bytes: usize) -> Result<(), ReadError> {
+        self.tree_bytes = self.tree_bytes.saturating_add(bytes);
+        if self.tree_bytes > self.limits.max_tree_bytes() {
+            return Err(ReadError::PolicyViolation(format!(
+                "stanza tree larger than {} bytes in memory",
+                self.limits.max_tree_bytes()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Append `node` to the innermost open element. The child vector's growth is charged
+    /// before it is allocated, so a refused stanza never allocates past its budget.
+    fn push_child(&mut self, node: Node) -> Result<(), ReadError> {
+        let Some((len, capacity)) = self
+            .open
+            .last()
+            .map(|p| (p.children.len(), p.children.capacity()))
+        else {
+            return Ok(());
+        };
+        // Doubling from one, not from std's four: most elements have a single child (a
+        // body's text, a resource), and four 88-byte slots for it would quadruple the
+        // memory a peer gets per byte of `<b>x</b>`.
+        let grow = if len == capacity { capacity.max(1) } else { 0 };
+        if grow > 0 {
+            self.charge(heap_cost(grow * std::mem::size_of::<Node>()))?;
+        }
+        if let Some(parent) = self.open.last_mut() {
+            parent.children.reserve_exact(grow);
+            parent.children.push(node);
+        }
+        Ok(())
+    }
+
+    /// Append `text` to the innermost open element, merged into its last text node if any.
+    fn push_text(&mut self, text: String) -> Result<(), ReadError> {
+        let Some(top) = self.open.last() else {
+            return Ok(());
+        };
+        let Some(Node::Text(t)) = top.children.last() else {
+            self.charge(heap_cost(text.capacity()))?;
+            return self.push_child(Node::Text(text));
+        };
+        let (len, capacity) = (t.len(), t.capacity());
+        let needed = len.saturating_add(text.len());
+        let grow = if needed > capacity {
+            needed.max(capacity.saturating_mul(2)) - capacity
+        } else {
+            0
+        };
+        if grow > 0 {
+            self.charge(heap_cost(capacity + grow).saturating_sub(heap_cost(capacity)))?;
+        }
+        if let Some(Node::Text(t)) = self.open.last_mut().and_then(|p| p.children.last_mut()) {
+            t.reserve_exact((capacity + grow).max(needed) - len);
+            t.push_str(&text);
+        }
+        Ok(())
+    }
+
     fn handle(&mut self, ev: RawEvent) -> Result<Option<StreamEvent>, ReadError> {
         match ev {
             RawEvent::XmlDeclaration(..) => Ok(None),
@@ -430,6 +554,7 @@ impl TreeBuilder {
                     }
                     if depth == 1 {
                         self.stanza_bytes = 0;
+                        self.tree_bytes = 0;
                         self.stanza_elements = 0;
                     }
                     self.stanza_elements += 1;
@@ -440,6 +565,8 @@ impl TreeBuilder {
                         )));
                     }
                     self.count(m.len())?;
+                } else {
+                    self.stanza_bytes = m.len();
                 }
                 self.head = Some(qname);
                 Ok(None)
@@ -447,6 +574,14 @@ impl TreeBuilder {
             RawEvent::Attribute(m, (prefix, local), value) => {
                 if self.level > self.base {
                     self.count(m.len())?;
+                } else {
+                    // The stream header is held until it is complete: bound it on its own.
+                    self.stanza_bytes = self.stanza_bytes.saturating_add(m.len());
+                    if self.stanza_bytes > MAX_HEADER_BYTES {
+                        return Err(ReadError::PolicyViolation(format!(
+                            "stream header larger than {MAX_HEADER_BYTES} bytes"
+                        )));
+                    }
                 }
                 if self.head_attrs.len() >= self.limits.max_attributes {
                     return Err(ReadError::PolicyViolation(format!(
@@ -466,6 +601,17 @@ impl TreeBuilder {
                 if self.level > self.base {
                     self.count(m.len())?;
                     let el = self.resolve_head(prefix, local)?;
+                    // The element's own slot is charged when it joins its parent; the
+                    // stanza itself is charged here.
+                    let mut cost = heap_cost(el.name.capacity())
+                        + heap_cost(el.attrs.capacity() * std::mem::size_of::<Attr>());
+                    for a in &el.attrs {
+                        cost += heap_cost(a.name.capacity()) + heap_cost(a.value.capacity());
+                    }
+                    if self.open.is_empty() {
+                        cost += std::mem::size_of::<Element>();
+                    }
+                    self.charge(cost)?;
                     self.open.push(el);
                     Ok(None)
                 } else {
@@ -486,23 +632,16 @@ impl TreeBuilder {
                 let Some(el) = self.open.pop() else {
                     return Err(ReadError::NotWellFormed("unbalanced end tag".into()));
                 };
-                match self.open.last_mut() {
-                    Some(parent) => {
-                        parent.children.push(Node::Element(el));
-                        Ok(None)
-                    }
-                    None => Ok(Some(StreamEvent::Element(el, self.stanza_bytes))),
+                if self.open.is_empty() {
+                    return Ok(Some(StreamEvent::Element(el, self.stanza_bytes)));
                 }
+                self.push_child(Node::Element(el))?;
+                Ok(None)
             }
             RawEvent::Text(m, text) => {
                 if self.level > self.base {
                     self.count(m.len())?;
-                    if let Some(top) = self.open.last_mut() {
-                        match top.children.last_mut() {
-                            Some(Node::Text(t)) => t.push_str(&text),
-                            _ => top.children.push(Node::Text(text)),
-                        }
-                    }
+                    self.push_text(text)?;
                     Ok(None)
                 } else if !text
                     .bytes()
@@ -542,6 +681,12 @@ impl TreeBuilder {
             }
             let (p, l, uri) = self.head_attrs.remove(i);
             let prefix = p.map(|_| l);
+            if uri.len() > self.limits.max_namespace_bytes {
+                return Err(ReadError::PolicyViolation(format!(
+                    "namespace name longer than {} bytes",
+                    self.limits.max_namespace_bytes
+                )));
+            }
             if self.bindings[first_new..]
                 .iter()
                 .any(|b| b.prefix == prefix)
@@ -557,10 +702,15 @@ impl TreeBuilder {
             if uri == rxml::XMLNS_XMLNS || binds_xml != is_xml_prefix {
                 return Err(ReadError::NotWellFormed("reserved namespace name".into()));
             }
+            if self.level > self.base {
+                // Inside a stanza a declaration lives as long as the element declaring it.
+                self.charge(heap_cost(uri.len()) + std::mem::size_of::<Binding>())?;
+            }
+            let uri = Namespace::from(uri);
             self.bindings.push(Binding { prefix, uri, level });
         }
 
-        let ns = lookup(&self.bindings, prefix.as_ref().map(NcName::as_str))?.to_owned();
+        let ns = lookup(&self.bindings, prefix.as_ref().map(NcName::as_str))?;
         if ns == ns::XML {
             // Legal XML but meaningless in XMPP, and no serialiser could write it back
             // without the prefix: refuse it rather than carry it.
@@ -572,7 +722,7 @@ impl TreeBuilder {
         for (p, l, value) in self.head_attrs.drain(..) {
             let ans = match p {
                 None => None,
-                Some(p) => Some(lookup(&self.bindings, Some(p.as_str()))?.to_owned()),
+                Some(p) => Some(lookup(&self.bindings, Some(p.as_str()))?),
             };
             if attrs.iter().any(|a| a.ns == ans && a.name == l.as_str()) {
                 return Err(ReadError::NotWellFormed("duplicate attribute".into()));
@@ -620,20 +770,36 @@ impl TreeBuilder {
     }
 }
 
-/// The namespace URI bound to `prefix` (`None`: the default namespace, `""` if none).
-fn lookup<'a>(bindings: &'a [Binding], prefix: Option<&str>) -> Result<&'a str, ReadError> {
+/// The namespace URI bound to `prefix` (`None`: the default namespace, `""` if none), shared
+/// with its declaration.
+fn lookup(bindings: &[Binding], prefix: Option<&str>) -> Result<Namespace, ReadError> {
     match prefix {
         None => Ok(bindings
             .iter()
             .rev()
             .find(|b| b.prefix.is_none())
-            .map_or("", |b| b.uri.as_str())),
-        Some("xml") => Ok(ns::XML),
+            .map_or_else(no_namespace, |b| b.uri.clone())),
+        Some("xml") => Ok(xml_namespace()),
         Some(p) => bindings
             .iter()
             .rev()
             .find(|b| b.prefix.as_ref().is_some_and(|bp| bp.as_str() == p))
-            .map(|b| b.uri.as_str())
+            .map(|b| b.uri.clone())
             .ok_or_else(|| ReadError::NotWellFormed(format!("undeclared namespace prefix {p:?}"))),
     }
+}
+
+thread_local! {
+    static NO_NAMESPACE: Namespace = Namespace::from("");
+    static XML_NAMESPACE: Namespace = Namespace::from(ns::XML);
+}
+
+/// The empty namespace (no default declared), one shared copy per thread.
+fn no_namespace() -> Namespace {
+    NO_NAMESPACE.with(Namespace::clone)
+}
+
+/// The `xml` prefix's namespace (`xml:lang`), one shared copy per thread.
+fn xml_namespace() -> Namespace {
+    XML_NAMESPACE.with(Namespace::clone)
 }

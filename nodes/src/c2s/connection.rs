@@ -53,15 +53,56 @@ pub struct C2sContext {
     pub im: crate::im::RosterShards,
     pub shutdown: watch::Receiver<bool>,
     pub next_session_id: AtomicU64,
+    pub admission: Arc<super::admission::Admission>,
 }
 
 impl C2sContext {
+    /// Limits once the client has authenticated.
     fn limits(&self) -> Limits {
         Limits {
             max_stanza_bytes: self.settings.max_stanza_bytes,
             max_depth: self.settings.max_depth,
             ..Limits::default()
         }
+    }
+    /// Limits before authentication: nothing a client sends then (STARTTLS, SASL) comes
+    /// near `c2s.max_unauthenticated_stanza_bytes`, and every byte a stranger can make us
+    /// hold multiplies by the connections it can open.
+    fn unauthenticated_limits(&self) -> Limits {
+        Limits {
+            max_stanza_bytes: self
+                .settings
+                .max_unauthenticated_stanza_bytes
+                .min(self.settings.max_stanza_bytes),
+            max_depth: self.settings.max_depth.min(8),
+            max_attributes: 16,
+            ..Limits::default()
+        }
+    }
+}
+
+/// Refuse a connection over an admission cap: a stream error on a plain socket, a close
+/// before the handshake on a direct-TLS one (nothing readable could be said in the clear).
+pub async fn refuse(
+    mut tcp: TcpStream,
+    ctx: Arc<C2sContext>,
+    direct_tls: bool,
+    refusal: super::admission::Refusal,
+) {
+    if !direct_tls {
+        let domain = ctx.domains.first().map_or("localhost", String::as_str);
+        let id: u64 = rand::thread_rng().gen();
+        let mut out = proto::stream::header_bytes(
+            proto::ns::CLIENT,
+            domain,
+            None,
+            &format!("{id:016x}"),
+            "en",
+        );
+        out.extend_from_slice(&refusal.stream_error().to_bytes());
+        out.extend_from_slice(proto::stream::CLOSE);
+        let _ = timeout(Duration::from_secs(2), tcp.write_all(&out)).await;
+        let _ = timeout(Duration::from_secs(1), tcp.shutdown()).await;
     }
 }
 
@@ -99,6 +140,8 @@ struct Connection {
     queue: Rc<SendQueue>,
     gauge: GaugeGuard,
     accepted: Instant,
+    /// Counted against the admission caps until the client authenticates.
+    unauthenticated: Option<super::admission::Unauthenticated>,
 }
 
 /// Serve one accepted socket until it closes.
@@ -107,6 +150,7 @@ pub async fn serve(
     ctx: Arc<C2sContext>,
     direct_tls: bool,
     _permit: OwnedSemaphorePermit,
+    unauthenticated: super::admission::Unauthenticated,
 ) {
     let peer = tcp.peer_addr().ok();
     let _ = tcp.set_nodelay(true);
@@ -140,7 +184,7 @@ pub async fn serve(
     };
     let mut conn = Connection {
         negotiation: C2sNegotiation::new(ctx.policy.clone(), cb),
-        reader: StreamReader::new(ctx.limits(), proto::ns::CLIENT),
+        reader: StreamReader::new(ctx.unauthenticated_limits(), proto::ns::CLIENT),
         transport,
         session: None,
         bound: None,
@@ -148,6 +192,7 @@ pub async fn serve(
         ctx,
         gauge,
         accepted,
+        unauthenticated: Some(unauthenticated),
     };
     let end = conn.run(auth_deadline).await;
     if let Some(session) = conn.session.take() {
@@ -416,6 +461,7 @@ impl Connection {
                         .with_label_values(&["success", mech, "none"])
                         .inc();
                     self.gauge.set(0, "authenticated");
+                    self.unauthenticated = None;
                     self.reader = StreamReader::new(self.ctx.limits(), proto::ns::CLIENT);
                 }
                 Action::Bind { iq_id, resource } => {
@@ -453,7 +499,7 @@ impl Connection {
         self.gauge.set(1, "starttls");
         self.transport = Transport::Tls(Box::new(tls));
         self.negotiation.tls_established(cb);
-        self.reader = StreamReader::new(self.ctx.limits(), proto::ns::CLIENT);
+        self.reader = StreamReader::new(self.ctx.unauthenticated_limits(), proto::ns::CLIENT);
         Ok(())
     }
 

@@ -1,5 +1,6 @@
 //! Client-to-server: listeners, the per-connection I/O task, and the SessionActor.
 
+pub mod admission;
 pub mod connection;
 pub mod messages;
 pub mod session;
@@ -70,9 +71,20 @@ pub async fn accept_loop(
             _ = shutdown.changed() => return,
         };
         match accepted {
-            Ok((tcp, _)) => {
-                actix_rt::spawn(connection::serve(tcp, ctx.clone(), direct_tls, permit));
-            }
+            Ok((tcp, peer)) => match ctx.admission.admit(peer.ip()) {
+                Ok(unauthenticated) => {
+                    actix_rt::spawn(connection::serve(
+                        tcp,
+                        ctx.clone(),
+                        direct_tls,
+                        permit,
+                        unauthenticated,
+                    ));
+                }
+                Err(refusal) => {
+                    actix_rt::spawn(connection::refuse(tcp, ctx.clone(), direct_tls, refusal));
+                }
+            },
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
