@@ -127,11 +127,12 @@ pub fn prepare_localpart(s: &str) -> Result<String, JidError> {
     // Printable ASCII is the common case and PRECIS maps it by lower-casing alone; skip the
     // Unicode tables for it (the routing hot path parses every `to`).
     let prepared = if !s.is_empty() && s.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
-        Cow::Owned(s.to_ascii_lowercase())
+        Cow::<str>::Owned(s.to_ascii_lowercase())
     } else {
-        UsernameCaseMapped::new()
-            .enforce(s)
-            .map_err(|_| JidError::InvalidLocal)?
+        Cow::Owned(
+            stable(|x| UsernameCaseMapped::new().enforce(x).ok(), s)
+                .ok_or(JidError::InvalidLocal)?,
+        )
     };
     // RFC 7622 §3.3.1: characters that would make the JID ambiguous are excluded.
     if prepared.contains(['"', '&', '\'', '/', ':', '<', '>', '@']) {
@@ -149,9 +150,9 @@ pub fn prepare_resource(s: &str) -> Result<String, JidError> {
     let prepared = if !s.is_empty() && s.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
         Cow::Borrowed(s)
     } else {
-        OpaqueString::new()
-            .enforce(s)
-            .map_err(|_| JidError::InvalidResource)?
+        Cow::Owned(
+            stable(|x| OpaqueString::new().enforce(x).ok(), s).ok_or(JidError::InvalidResource)?,
+        )
     };
     checked_len(prepared)
 }
@@ -196,9 +197,8 @@ pub fn prepare_domain(s: &str) -> Result<String, JidError> {
             }
             out.extend(label.chars().map(|c| c.to_ascii_lowercase()));
         } else {
-            let prepared: Cow<'_, str> = UsernameCaseMapped::new()
-                .enforce(label)
-                .map_err(|_| JidError::InvalidDomain)?;
+            let prepared = stable(|x| UsernameCaseMapped::new().enforce(x).ok(), label)
+                .ok_or(JidError::InvalidDomain)?;
             // Mapping may not produce ASCII punctuation (e.g. a fullwidth '@').
             if prepared
                 .chars()
@@ -210,6 +210,16 @@ pub fn prepare_domain(s: &str) -> Result<String, JidError> {
         }
     }
     checked_len(Cow::Owned(out))
+}
+
+/// Apply a PRECIS profile and insist that the result is stable: RFC 8264 §7 requires
+/// enforcement to be idempotent, and a string whose normalisation creates a disallowed
+/// character (`=` followed by U+0338 composes to `≠`, a symbol) would otherwise yield a JID
+/// that does not parse again (found by the `jid` fuzz target). Such input is refused.
+fn stable(enforce: impl Fn(&str) -> Option<Cow<'_, str>>, s: &str) -> Option<String> {
+    let once = enforce(s)?.into_owned();
+    let twice = enforce(&once)?;
+    (twice == once.as_str()).then_some(once)
 }
 
 fn checked_len(s: Cow<'_, str>) -> Result<String, JidError> {

@@ -522,6 +522,12 @@ pub enum SaslStep {
 impl SaslExchange {
     /// Feed the client's data (`None` when `<auth>` carried no initial response).
     pub fn step(&mut self, input: Option<&[u8]>) -> SaslStep {
+        if self.scram && input.is_none() && self.messages == 0 {
+            // `<auth/>` without an initial response (RFC 6120 §6.4.2): answer with an empty
+            // challenge and wait for client-first in `<response/>`. rsasl's SCRAM server
+            // would consume its state on an empty step and panic at the next one.
+            return SaslStep::Challenge(Vec::new());
+        }
         if let (true, Some(data)) = (self.scram, input) {
             self.messages += 1;
             if self.messages <= 2 && !scram_fields_are_sound(data, self.messages == 1) {
@@ -781,5 +787,39 @@ mod tests {
         let (u1, u2, real) = (first("ghost"), first("ghost"), first("juliet"));
         assert_eq!(field(&u1, "s="), field(&u2, "s="));
         assert_eq!(field(&u1, "i="), field(&real, "i="));
+    }
+    /// Found by the `sasl` fuzz target: `<auth mechanism='SCRAM-…'/>` without an initial
+    /// response, then client-first in `<response/>`, used to panic inside rsasl.
+    #[test]
+    fn scram_without_initial_response_waits_for_client_first() {
+        let a = authenticator();
+        let cb = ChannelBinding {
+            tls_exporter: Some(vec![1; 32]),
+            tls_server_end_point: Some(vec![2; 32]),
+        };
+        for mech in a.mechanisms(true, &cb) {
+            if mech == "PLAIN" {
+                continue;
+            }
+            let mut ex = a.start(mech, true, cb.clone()).unwrap();
+            assert_eq!(ex.step(None), SaslStep::Challenge(Vec::new()), "{mech}");
+            let flag = if mech.ends_with("-PLUS") {
+                "p=tls-exporter"
+            } else {
+                "n"
+            };
+            let first = format!("{flag},,n=juliet,r=abcdefghijklmnop");
+            match ex.step(Some(first.as_bytes())) {
+                SaslStep::Challenge(c) => assert!(c.starts_with(b"r=abcdefghijklmnop"), "{mech}"),
+                other => panic!("{mech}: {other:?}"),
+            }
+            // Garbage after an empty first step is a failure, not a panic.
+            let mut ex = a.start(mech, true, cb.clone()).unwrap();
+            let _ = ex.step(None);
+            assert!(matches!(
+                ex.step(Some(b"\x01\x02,,v\xf0,\x84|")),
+                SaslStep::Failure(_) | SaslStep::Challenge(_)
+            ));
+        }
     }
 }

@@ -219,3 +219,25 @@ fn ascii_fast_path_matches_precis() {
         );
     }
 }
+
+/// Found by the `jid` fuzz target: NFC turns `=` + U+0338 into `≠`, a symbol PRECIS does not
+/// allow, so the prepared JID did not parse again. Preparation must be stable (RFC 8264 §7).
+#[test]
+fn preparation_that_is_not_stable_is_refused() {
+    for s in [
+        "=\u{303}\u{338}",
+        "a=\u{338}\u{303}@example.com",
+        "x@=\u{338}\u{303}.example",
+    ] {
+        assert!(Jid::parse(s).is_err(), "{s:?}");
+    }
+    // Every JID that parses prints to one that parses back to itself.
+    for s in [
+        "élise@example.com/Bär",
+        "ＲＯＭＥＯ@example.com",
+        "juliet@ÉXAMPLE.com/Ω",
+    ] {
+        let j = Jid::parse(s).unwrap_or_else(|e| panic!("{s:?}: {e}"));
+        assert_eq!(Jid::parse(&j.to_string()).as_ref(), Ok(&j), "{s:?}");
+    }
+}

@@ -787,8 +787,11 @@ class XmppClient:
         gs2_flag: str | None = None,
         cb_type: str = "tls-exporter",
         cb_data: bytes | None = None,
+        initial_response: bool = True,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> SaslResult:
+        """SCRAM; with initial_response=False, `<auth/>` is sent empty, the server must answer
+        with an empty challenge, and client-first goes in a `<response/>` (RFC 6120 §6.4.2)."""
         if cb_data is None and mechanism.endswith("-PLUS"):
             if cb_type == "tls-exporter":
                 cb_data = self.io.tls_exporter()
@@ -800,7 +803,14 @@ class XmppClient:
             mechanism, username, password, cb_type=cb_type, cb_data=cb_data or b"", gs2_flag=gs2_flag
         )
         first = base64.b64encode(scram.client_first()).decode()
-        await self.send(f"<auth xmlns='{NS_SASL}' mechanism='{mechanism}'>{first}</auth>")
+        if initial_response:
+            await self.send(f"<auth xmlns='{NS_SASL}' mechanism='{mechanism}'>{first}</auth>")
+        else:
+            await self.send(f"<auth xmlns='{NS_SASL}' mechanism='{mechanism}'/>")
+            el = await self.recv(timeout)
+            if el.tag != f"{{{NS_SASL}}}challenge" or (el.text or "").strip() not in ("", "="):
+                return self._sasl_outcome(el, "empty-auth", [])
+            await self.send(f"<response xmlns='{NS_SASL}'>{first}</response>")
         el = await self.recv(timeout)
         challenges: list[bytes] = []
         if el.tag != f"{{{NS_SASL}}}challenge":

@@ -67,6 +67,21 @@ async def test_scram_plus_with_tls_exporter_binding(server, mechanism, direct):
         await c.close()
 
 
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS"])
+async def test_scram_without_initial_response(server, mechanism):
+    """RFC 6120 §6.4.2: `<auth/>` without an initial response gets an empty challenge and
+    client-first follows in `<response/>` (this used to end the connection task in a panic
+    inside the SASL library; found by the sasl fuzz target)."""
+    acct = server.account()
+    c = await tls_client(server, engine="openssl")
+    try:
+        res = await c.sasl_scram(mechanism, acct.local, acct.password, initial_response=False)
+        assert res.success, f"{mechanism}: {xml_str(res.element)}\n{c.describe()}"
+        assert res.server_signature_ok
+    finally:
+        await c.close()
+
+
 NS_SASL_CB = "urn:xmpp:sasl-cb:0"
 
 
