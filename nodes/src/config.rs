@@ -29,6 +29,9 @@ pub struct HttpSettings {
     pub listen: String,
     /// Bearer token for /api; required when `listen` is not a loopback address.
     pub token: String,
+    /// DNS names /api answers to in `Host`, besides the listen address and loopback names
+    /// (anything else is refused as a DNS-rebinding attempt).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Clustering (see README, "Cluster"). `node_id = 0` runs a single node.
@@ -182,6 +185,7 @@ format = "text"
 [http]
 listen = "127.0.0.1:9090"
 token = ""
+allowed_hosts = []
 
 [cluster]
 node_id = 0
@@ -308,6 +312,7 @@ impl Settings {
                 .with_list_parse_key("domains")
                 .with_list_parse_key("cluster.members")
                 .with_list_parse_key("cluster.seeds")
+                .with_list_parse_key("http.allowed_hosts")
                 .try_parsing(true),
         );
         let mut settings: Settings = builder.build()?.try_deserialize()?;
@@ -359,6 +364,16 @@ impl Settings {
             return Err(ConfigError::Invalid(format!(
                 "http.listen {} is not a loopback address: set http.token to protect the admin API",
                 self.http.listen
+            )));
+        }
+        if let Some(bad) = self
+            .http
+            .allowed_hosts
+            .iter()
+            .find(|h| h.is_empty() || h.contains([':', '/', ' ', '[']))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "http.allowed_hosts: {bad:?} is not a DNS name (no port, no scheme)"
             )));
         }
         if !self.s2s.dialback && !self.s2s.sasl_external {

@@ -44,8 +44,7 @@ impl CredentialLookup for Accounts {
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 pub fn run(settings: Settings) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+    crate::data_dir::prepare(&settings.data_dir)?;
     let store = Store::open(&settings.data_dir)?;
     let accounts = store.accounts()?;
     let user_data = store.user_data()?;
@@ -187,6 +186,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 cluster: cluster.clone(),
                 store: http_store,
                 token: Some(settings.http.token.clone()).filter(|t| !t.is_empty()),
+                hosts: crate::http::HostPolicy::new(
+                    &settings.http.listen,
+                    &settings.http.allowed_hosts,
+                ),
                 listeners_up: listeners_up.clone(),
             });
             actix_rt::spawn(endpoint.serve(tokio::net::TcpListener::from_std(l)?));

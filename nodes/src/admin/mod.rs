@@ -31,8 +31,12 @@ pub struct AdminServer {
     pub started: std::time::Instant,
 }
 
-/// Bind the socket, replacing a stale one left by a crash.
+/// Bind the socket, replacing a stale one left by a crash. It appears at `path` with its
+/// final mode (0600): it is bound inside a fresh 0700 directory next to `path`, narrowed
+/// there, then renamed into place, so there is no moment in which another user could
+/// connect, whatever the umask and the data directory's mode.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(
@@ -42,10 +46,24 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         }
         std::fs::remove_file(path)?;
     }
-    let listener = UnixListener::bind(path)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let private = parent.join(format!(".admin-bind-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(crate::data_dir::DIR_MODE)
+        .create(&private)?;
+    let staged = private.join("admin.sock");
+    let bound = (|| {
+        let listener = UnixListener::bind(&staged)?;
+        std::fs::set_permissions(
+            &staged,
+            std::fs::Permissions::from_mode(crate::data_dir::FILE_MODE),
+        )?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    bound
 }
 
 impl AdminServer {
