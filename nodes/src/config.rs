@@ -105,6 +105,26 @@ pub struct ImSettings {
     pub max_roster_items: usize,
     /// Offline messages kept per account; beyond it senders get `service-unavailable`.
     pub max_offline_messages: usize,
+    /// Unanswered inbound subscription requests kept per account; beyond it a new request
+    /// bounces with `resource-constraint`.
+    pub max_pending_subscriptions: usize,
+    /// Groups one roster item may name; beyond it the roster set gets `policy-violation`.
+    pub max_roster_groups: usize,
+    /// Blocklist entries per account (XEP-0191); beyond it `policy-violation`.
+    pub max_blocklist_items: usize,
+    /// Privacy lists per account (XEP-0016); beyond it `policy-violation`.
+    pub max_privacy_lists: usize,
+    /// Items per privacy list; beyond it `policy-violation`.
+    pub max_privacy_items: usize,
+    /// Private XML elements per account (XEP-0049); beyond it `policy-violation`.
+    pub max_private_entries: usize,
+    /// Bytes of private XML per account, all elements together; beyond it `policy-violation`.
+    pub max_private_bytes: usize,
+    /// Bytes of one account's vCard (XEP-0054), serialised; beyond it `not-acceptable`.
+    pub max_vcard_bytes: usize,
+    /// Account IQs (roster, blocking, privacy, private, vCard, last) one session may have
+    /// waiting for the account's shard; beyond it `resource-constraint` (type `wait`).
+    pub max_iqs_in_flight: usize,
     /// RosterActor shards (each owns the IM state of the accounts that hash to it).
     pub shards: usize,
 }
@@ -176,6 +196,15 @@ max_connections = 100000
 [im]
 max_roster_items = 1000
 max_offline_messages = 500
+max_pending_subscriptions = 1000
+max_roster_groups = 32
+max_blocklist_items = 1000
+max_privacy_lists = 50
+max_privacy_items = 250
+max_private_entries = 100
+max_private_bytes = 1048576
+max_vcard_bytes = 65536
+max_iqs_in_flight = 32
 shards = 4
 
 [log]
@@ -356,6 +385,31 @@ impl Settings {
         if self.im.shards == 0 {
             return Err(ConfigError::Invalid("im.shards must be at least 1".into()));
         }
+        let im = &self.im;
+        for (key, value) in [
+            ("max_pending_subscriptions", im.max_pending_subscriptions),
+            ("max_roster_groups", im.max_roster_groups),
+            ("max_blocklist_items", im.max_blocklist_items),
+            ("max_privacy_lists", im.max_privacy_lists),
+            ("max_privacy_items", im.max_privacy_items),
+            ("max_private_entries", im.max_private_entries),
+            ("max_iqs_in_flight", im.max_iqs_in_flight),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("im.{key} must be at least 1")));
+            }
+        }
+        // Room for a bookmark list and a small avatar-less vCard.
+        for (key, value) in [
+            ("max_private_bytes", im.max_private_bytes),
+            ("max_vcard_bytes", im.max_vcard_bytes),
+        ] {
+            if value < 1024 {
+                return Err(ConfigError::Invalid(format!(
+                    "im.{key} must be at least 1024"
+                )));
+            }
+        }
         self.cluster.validate()?;
         if !self.http.listen.is_empty()
             && !crate::http::is_loopback(&self.http.listen)
@@ -455,6 +509,9 @@ mod tests {
         assert_eq!(s.s2s.listen, "0.0.0.0:5269");
         assert!(s.s2s.require_tls && s.s2s.dialback && s.s2s.sasl_external);
         assert!(s.s2s.routes.is_empty());
+        assert_eq!(s.im.max_pending_subscriptions, 1000);
+        assert_eq!(s.im.max_iqs_in_flight, 32);
+        assert_eq!(s.http.allowed_hosts, Vec::<String>::new());
     }
 
     #[test]

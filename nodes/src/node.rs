@@ -97,10 +97,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             Some(_) => Some(start_cluster(&settings, &cluster_store, &cluster_arbiter, &router_addr).await?),
             None => None,
         };
-        let limits = ImLimits {
-            max_roster_items: settings.im.max_roster_items,
-            max_offline_messages: settings.im.max_offline_messages,
-        };
+        let limits = ImLimits::from_settings(&settings.im);
         // One actor (and thread) per shard: the node's own shards without a cluster, one
         // per replicated shard in a cluster (acting while this node leads it).
         let placements: Vec<(UserData, DataWriter)> = match &cluster {
@@ -125,7 +122,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 )
             }));
         }
-        let shards = RosterShards::new(shard_addrs, cluster.clone());
+        let shards = RosterShards::new(shard_addrs, cluster.clone())
+            .with_max_iqs_in_flight(settings.im.max_iqs_in_flight);
         for shard in shards.all() {
             shard.do_send(AttachShards(shards.clone()));
         }

@@ -138,6 +138,8 @@ pub struct SessionActor {
     active: Option<String>,
     /// Entities this session sent directed available presence to (RFC 6121 §4.6).
     directed: Vec<Jid>,
+    /// Account IQs sent to a shard and not answered yet (bounded by `im.max_iqs_in_flight`).
+    iqs_in_flight: usize,
 }
 
 /// What a successful privacy IQ changes in the session's own state.
@@ -203,6 +205,7 @@ impl SessionActor {
             privacy: filters.privacy,
             active: None,
             directed: Vec::new(),
+            iqs_in_flight: 0,
         }
     }
 
@@ -247,6 +250,27 @@ impl SessionActor {
             return self.reply_error(iq, StanzaErrorCondition::BadRequest, ctx);
         };
         if to.local().is_some() && crate::im::handles(&payload.ns) {
+            if self.iqs_in_flight >= self.im.max_iqs_in_flight {
+                // A client that sends faster than its account's shard answers (or never
+                // reads) would queue unbounded work there: beyond the cap it is told to
+                // wait (resource-constraint, type wait, RFC 6120 §8.3.3.18).
+                tracing::debug!(
+                    jid = %self.jid,
+                    limit = self.im.max_iqs_in_flight,
+                    "c2s: account IQ refused, too many in flight (im.max_iqs_in_flight)"
+                );
+                crate::metrics::METRICS
+                    .bounces
+                    .with_label_values(&[StanzaErrorCondition::ResourceConstraint.as_str()])
+                    .inc();
+                let reply = stanza_error_reply(
+                    iq,
+                    StanzaErrorCondition::ResourceConstraint,
+                    Some("too many requests in flight (im.max_iqs_in_flight)"),
+                );
+                return self.send_to_client(&reply, ctx);
+            }
+            self.iqs_in_flight += 1;
             let mut effect = PrivacyEffect::of(iq);
             let request = self.im.ask(
                 to,
@@ -257,29 +281,28 @@ impl SessionActor {
                 },
             );
             let iq = iq.clone();
-            ctx.spawn(
-                request
-                    .into_actor(self)
-                    .map(move |replies, session, ctx| match replies {
-                        Ok(replies) => {
-                            for mut reply in replies {
-                                if reply.attr("type") == Some("result") {
-                                    if let Some(e) = effect.take() {
-                                        e.apply(&mut session.active);
-                                    }
+            ctx.spawn(request.into_actor(self).map(move |replies, session, ctx| {
+                session.iqs_in_flight = session.iqs_in_flight.saturating_sub(1);
+                match replies {
+                    Ok(replies) => {
+                        for mut reply in replies {
+                            if reply.attr("type") == Some("result") {
+                                if let Some(e) = effect.take() {
+                                    e.apply(&mut session.active);
                                 }
-                                reply.set_attr("to", session.jid.to_string());
-                                session.send_to_client(&reply, ctx);
                             }
+                            reply.set_attr("to", session.jid.to_string());
+                            session.send_to_client(&reply, ctx);
                         }
-                        // The account's shard did not answer (its leader died or an
-                        // election is under way): the client may retry.
-                        Err(e) => {
-                            tracing::warn!(error = %e, "im: account IQ not answered");
-                            session.reply_error(&iq, StanzaErrorCondition::ResourceConstraint, ctx);
-                        }
-                    }),
-            );
+                    }
+                    // The account's shard did not answer (its leader died or an
+                    // election is under way): the client may retry.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "im: account IQ not answered");
+                        session.reply_error(&iq, StanzaErrorCondition::ResourceConstraint, ctx);
+                    }
+                }
+            }));
             return;
         }
         let req = IqRequest {
