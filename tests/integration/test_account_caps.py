@@ -262,3 +262,53 @@ async def test_subscription_flood_stops_at_the_cap(capped):
     finally:
         for s in senders:
             await s.close()
+
+
+async def test_a_remote_domain_flooding_one_account_hits_the_cap(tmp_path):
+    """Eight users of another server (a second node, federated over dialback) ask one
+    offline account here for a subscription: the account keeps five, the other three bounce
+    back across the link with resource-constraint, and at login exactly five are
+    redelivered, so what the remote domain made this node store stopped at the cap."""
+    from federation import Certs, make_sb, render_toml_nested
+
+    a_dom, b_dom = "flood-a.fed.test", "flood-b.fed.test"
+    certs = Certs(tmp_path / "certs", "selfsigned", [])
+    na = make_sb(tmp_path / "a", certs, routes={}, accounts=8, domain=a_dom, name="fa")
+    nb = make_sb(tmp_path / "b", certs, routes={}, accounts=1, domain=b_dom, name="fb")
+    nb.config["im"] = {"max_pending_subscriptions": CAPS["max_pending_subscriptions"]}
+    for x, y in ((na, nb), (nb, na)):
+        x.config["s2s"]["routes"] = {y.domain: "{}:{}".format(*y.s2s_addr)}
+        x.config_path.write_text(render_toml_nested(x.config))
+    na.start()
+    nb.start()
+    senders = []
+    try:
+        victim = nb.account()
+        senders = [await online(na, na.account(), "s") for _ in range(8)]
+        for i, s in enumerate(senders):
+            await s.send(f"<presence to='{victim.jid}' type='subscribe'>"
+                         f"<status>remote {i}</status></presence>")
+        bounced = []
+        for s in senders:
+            got = await s.drain(3.0 if not bounced else 1.0)
+            errs = [e for e in got if e.tag == q("presence") and e.get("type") == "error"]
+            if errs:
+                e = errs[0]
+                assert e.get("from") == victim.jid, xml_str(e)
+                assert stanza_error(e) == ("wait", "resource-constraint"), xml_str(e)
+                bounced.append(bare(s.jid))
+        assert len(bounced) == 8 - CAPS["max_pending_subscriptions"], bounced
+        c = await online(nb, victim, "v", roster=False)
+        got = await c.drain(2.0)
+        await c.close()
+        requests = {e.get("from") for e in got
+                    if e.tag == q("presence") and e.get("type") == "subscribe"}
+        assert len(requests) == CAPS["max_pending_subscriptions"], requests
+        assert requests == {bare(s.jid) for s in senders} - set(bounced), requests
+        nb.wait_log(r"im: per-account cap reached.*max_pending_subscriptions")
+    finally:
+        for s in senders:
+            await s.close()
+        for n in (na, nb):
+            if n.proc is not None and n.exit_code is None:
+                n.stop()
