@@ -31,6 +31,9 @@ pub struct AdminServer {
     pub started: std::time::Instant,
 }
 
+/// The private directories the socket is bound in start with this.
+const BIND_DIR_PREFIX: &str = ".admin-bind-";
+
 /// Bind the socket, replacing a stale one left by a crash. It appears at `path` with its
 /// final mode (0600): it is bound inside a fresh 0700 directory next to `path`, narrowed
 /// there, then renamed into place, so there is no moment in which another user could
@@ -47,8 +50,19 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         std::fs::remove_file(path)?;
     }
     let parent = path.parent().unwrap_or(Path::new("."));
-    let private = parent.join(format!(".admin-bind-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&private);
+    // Leftovers of a node killed between bind and rename.
+    if let Ok(entries) = std::fs::read_dir(parent) {
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(BIND_DIR_PREFIX)
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let private = parent.join(format!("{BIND_DIR_PREFIX}{}", std::process::id()));
     std::fs::DirBuilder::new()
         .mode(crate::data_dir::DIR_MODE)
         .create(&private)?;
