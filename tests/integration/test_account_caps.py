@@ -29,6 +29,7 @@ NS_VCARD = "vcard-temp"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
 CAPS = {
+    "max_roster_items": 3,
     "max_pending_subscriptions": 5,
     "max_roster_groups": 3,
     "max_blocklist_items": 4,
@@ -80,6 +81,36 @@ async def test_roster_groups_per_item(capped):
         assert set(items) == {"kept@example.net"}, xml_str(resp)
         kept = [g.text for g in items["kept@example.net"].iter(ROSTER_GROUP)]
         assert kept == ["g0", "g1", "g2"], xml_str(resp)
+    finally:
+        await c.close()
+
+
+async def test_roster_items_added_by_presence_subscriptions(capped):
+    """A subscription request (or a pre-approval) to a new contact adds a roster item
+    (RFC 6121 §3.1.2): on a full roster it is refused like a roster set (not-allowed) and not
+    routed; to a contact already on the roster it goes through."""
+    c = await login(capped, capped.account(), resource="r")
+    try:
+        for i in range(3):
+            assert_result(await c.roster_set(f"<item jid='c{i}@example.net'/>"))
+        resp = await c.roster_set("<item jid='c3@example.net'/>")
+        assert stanza_error(resp) == ("cancel", "not-allowed"), xml_str(resp)
+        for kind in ("subscribe", "subscribed"):
+            await c.send(f"<presence to='c9@example.net' type='{kind}' id='over-{kind}'/>")
+            err = await c.expect(lambda e: e.tag == q("presence") and e.get("id") == f"over-{kind}",
+                                 what=f"the refusal of the {kind}")
+            assert_cap(err, "cancel", "not-allowed", "max_roster_items")
+            assert err.get("from") == "c9@example.net", xml_str(err)
+        await c.send("<presence to='c1@example.net' type='subscribe' id='fits'/>")
+        def asks_c1(e):
+            item = e.find(f"{ROSTER_QUERY}/{{{NS_ROSTER}}}item")
+            return (e.tag == q("iq") and item is not None
+                    and item.get("jid") == "c1@example.net" and item.get("ask") == "subscribe")
+
+        await c.expect(asks_c1, what="the roster push of c1 with ask='subscribe'")
+        resp = await c.roster_get()
+        items = roster_items(resp.find(ROSTER_QUERY))
+        assert sorted(items) == ["c0@example.net", "c1@example.net", "c2@example.net"]
     finally:
         await c.close()
 

@@ -10,7 +10,9 @@ use storage::rosters::RosterItem;
 use super::messages::{InboundSubscription, OutboundSubscription};
 use super::roster::{item_element, state_of};
 use super::{cap_tripped, RosterActor};
-use crate::router::messages::{DeliverToAvailable, RouteStanza, SendPresenceOf, SendUnavailableOf};
+use crate::router::messages::{
+    DeliverToAvailable, DeliverToResource, RouteStanza, SendPresenceOf, SendUnavailableOf,
+};
 use proto::error::{stanza_error_reply, StanzaErrorCondition as Cond};
 
 impl RosterActor {
@@ -57,8 +59,7 @@ impl RosterActor {
                 tracing::error!(error = %e, "storing a pending subscription request failed");
             }
         }
-        let shown = |s: &SubState| (s.subscription, s.pending_out, s.approved);
-        if item.is_none() && shown(&after) == shown(&SubState::default()) {
+        if item.is_none() && !shows(&after) {
             return;
         }
         if item.is_some() && shown(&after) == shown(&before) {
@@ -92,6 +93,22 @@ impl RosterActor {
         } = msg;
         let (item, before) = self.load_state(&user, &contact);
         let out = im::outbound(before, kind);
+        if item.is_none() && shows(&out.state) && self.roster_full(&user) {
+            // RFC 6121 §3.1.2 (and §3.1.5, §3.4 for approvals) would add the contact to
+            // the roster; a full roster refuses that as a roster set would (not-allowed,
+            // `im.max_roster_items`), and the stanza is not routed.
+            let limit = self.limits.max_roster_items;
+            let text = cap_tripped(&mut self.cap_refusals, &user, "max_roster_items", limit);
+            let mut bounce = stanza_error_reply(&stanza, Cond::NotAllowed, Some(&text));
+            bounce
+                .children
+                .retain(|n| matches!(n, proto::element::Node::Element(e) if e.name == "error"));
+            if let Some(to) = stanza.attr("from").and_then(|f| Jid::parse(f).ok()) {
+                self.router
+                    .do_send(DeliverToResource { to, stanza: bounce });
+            }
+            return;
+        }
         self.store_state(&user, &contact, item, before, out.state, None);
         if out.route {
             // RFC 6121 §3.1.2: the request carries the user's bare JID.
@@ -223,6 +240,13 @@ impl RosterActor {
         }
     }
 
+    /// Whether `user`'s roster holds as many items as it may (a counter, no scan).
+    fn roster_full(&self, user: &Jid) -> bool {
+        self.rosters
+            .count(&user.to_string())
+            .is_ok_and(|n| n >= self.limits.max_roster_items)
+    }
+
     /// Whether `user` holds as many unanswered requests as it may (a counter, no scan).
     fn pending_full(&self, user: &Jid) -> bool {
         self.rosters
@@ -233,6 +257,17 @@ impl RosterActor {
     fn is_local(&self, jid: &Jid) -> bool {
         self.domains.iter().any(|d| d == jid.domain())
     }
+}
+
+/// What a roster item shows of a subscription state (a pending inbound request does not
+/// show: it is kept apart, RFC 6121 §3.1.3).
+fn shown(s: &SubState) -> (Subscription, bool, bool) {
+    (s.subscription, s.pending_out, s.approved)
+}
+
+/// Whether the state needs a roster item (it differs from "none" in what an item shows).
+fn shows(s: &SubState) -> bool {
+    shown(s) != shown(&SubState::default())
 }
 
 /// Longest `<status/>` text kept with a pending request; the rest is cut (at a character
