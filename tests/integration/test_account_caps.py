@@ -232,6 +232,42 @@ async def test_iqs_in_flight_per_session(capped):
         await c.close()
 
 
+async def test_iqs_in_flight_to_another_account(capped):
+    """The same bound for requests another user's shard answers (vCard gets to a contact's
+    bare JID, routed through the router): beyond the cap resource-constraint, every request
+    answered once, and answered ones free their place."""
+    c = await login(capped, capped.account(), resource="r")
+    other = capped.account()
+    try:
+        n = 300
+        await c.send("".join(
+            f"<iq type='get' id='vflood{i}' to='{other.jid}'><vCard xmlns='{NS_VCARD}'/></iq>"
+            for i in range(n)
+        ))
+        answers = {}
+        while len(answers) < n:
+            el = await c.recv_match(
+                lambda e: e.tag == q("iq") and e.get("id", "").startswith("vflood"),
+                10, "the answers to the vCard gets")
+            assert el.get("id") not in answers, f"two answers to {el.get('id')}"
+            answers[el.get("id")] = el
+        refused = [e for e in answers.values()
+                   if stanza_error(e) == ("wait", "resource-constraint")]
+        assert refused, "nothing was refused: the cap did not trip"
+        assert all("im.max_iqs_in_flight" in (error_text(e) or "") for e in refused)
+        # The others were served by the contact's shard (no vCard: item-not-found).
+        served = [e for e in answers.values() if e not in refused]
+        assert len(served) >= CAPS["max_iqs_in_flight"]
+        assert all(stanza_error(e) == ("cancel", "item-not-found") for e in served), \
+            [xml_str(e) for e in served[:3]]
+        # Nothing stays counted: one at a time, more requests than the cap all pass.
+        for i in range(CAPS["max_iqs_in_flight"] * 2):
+            resp = await c.iq(f"<vCard xmlns='{NS_VCARD}'/>", to=other.jid)
+            assert stanza_error(resp) == ("cancel", "item-not-found"), xml_str(resp)
+    finally:
+        await c.close()
+
+
 async def test_subscription_flood_stops_at_the_cap(capped):
     """Eight contacts ask an offline account for a subscription: five are kept, three bounce
     with resource-constraint; at login exactly the kept ones are redelivered, as their sender

@@ -140,7 +140,15 @@ pub struct SessionActor {
     directed: Vec<Jid>,
     /// Account IQs sent to a shard and not answered yet (bounded by `im.max_iqs_in_flight`).
     iqs_in_flight: usize,
+    /// Account IQs sent to other local users' accounts (answered by their shards through
+    /// the router): (bare JID, id, when sent), bounded by `im.max_iqs_in_flight`.
+    foreign_iqs: std::collections::VecDeque<(Jid, String, std::time::Instant)>,
 }
+
+/// A request to another user's account not answered in this long no longer counts against
+/// `im.max_iqs_in_flight` (the router answers within the IM timeout; this only keeps a lost
+/// answer from blocking the session for good).
+const FOREIGN_IQ_EXPIRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What a successful privacy IQ changes in the session's own state.
 enum PrivacyEffect {
@@ -206,7 +214,62 @@ impl SessionActor {
             active: None,
             directed: Vec::new(),
             iqs_in_flight: 0,
+            foreign_iqs: std::collections::VecDeque::new(),
         }
+    }
+
+    /// Refuse an account IQ beyond `im.max_iqs_in_flight` (RFC 6120 §8.3.3.18:
+    /// resource-constraint, type wait), with a log line.
+    fn refuse_iq_in_flight(&mut self, iq: &Element, ctx: &mut Context<Self>) {
+        tracing::debug!(
+            jid = %self.jid,
+            limit = self.im.max_iqs_in_flight,
+            "c2s: account IQ refused, too many in flight (im.max_iqs_in_flight)"
+        );
+        crate::metrics::METRICS
+            .bounces
+            .with_label_values(&[StanzaErrorCondition::ResourceConstraint.as_str()])
+            .inc();
+        let reply = stanza_error_reply(
+            iq,
+            StanzaErrorCondition::ResourceConstraint,
+            Some("too many requests in flight (im.max_iqs_in_flight)"),
+        );
+        self.send_to_client(&reply, ctx);
+    }
+
+    /// Whether `iq` is a request another local user's shard answers (routed through the
+    /// router); if so and there is room, it is counted until its answer comes back (see
+    /// `Deliver`). `Err(())`: no room.
+    fn count_foreign_iq(&mut self, iq: &Element, to: &Jid) -> Result<(), ()> {
+        let request = matches!(iq.attr("type"), Some("get") | Some("set"));
+        let payload_ns = iq
+            .children()
+            .next()
+            .map(|p| p.ns.as_str())
+            .unwrap_or_default();
+        if !request
+            || !to.is_bare()
+            || to.local().is_none()
+            || !self.is_served(to)
+            || !crate::im::handles(payload_ns)
+        {
+            return Ok(());
+        }
+        let now = std::time::Instant::now();
+        while self
+            .foreign_iqs
+            .front()
+            .is_some_and(|(_, _, at)| now.duration_since(*at) > FOREIGN_IQ_EXPIRY)
+        {
+            self.foreign_iqs.pop_front();
+        }
+        if self.foreign_iqs.len() >= self.im.max_iqs_in_flight {
+            return Err(());
+        }
+        let id = iq.attr("id").unwrap_or_default().to_string();
+        self.foreign_iqs.push_back((to.clone(), id, now));
+        Ok(())
     }
 
     fn send_to_client(&mut self, el: &Element, ctx: &mut Context<Self>) {
@@ -253,22 +316,8 @@ impl SessionActor {
             if self.iqs_in_flight >= self.im.max_iqs_in_flight {
                 // A client that sends faster than its account's shard answers (or never
                 // reads) would queue unbounded work there: beyond the cap it is told to
-                // wait (resource-constraint, type wait, RFC 6120 §8.3.3.18).
-                tracing::debug!(
-                    jid = %self.jid,
-                    limit = self.im.max_iqs_in_flight,
-                    "c2s: account IQ refused, too many in flight (im.max_iqs_in_flight)"
-                );
-                crate::metrics::METRICS
-                    .bounces
-                    .with_label_values(&[StanzaErrorCondition::ResourceConstraint.as_str()])
-                    .inc();
-                let reply = stanza_error_reply(
-                    iq,
-                    StanzaErrorCondition::ResourceConstraint,
-                    Some("too many requests in flight (im.max_iqs_in_flight)"),
-                );
-                return self.send_to_client(&reply, ctx);
+                // wait.
+                return self.refuse_iq_in_flight(iq, ctx);
             }
             self.iqs_in_flight += 1;
             let mut effect = PrivacyEffect::of(iq);
@@ -400,6 +449,11 @@ impl Handler<FromClient> for SessionActor {
                         self.handle_server_iq(&stanza, &target, ctx);
                     }
                     return;
+                }
+                if let Some(t) = &to {
+                    if self.count_foreign_iq(&stanza, t).is_err() {
+                        return self.refuse_iq_in_flight(&stanza, ctx);
+                    }
                 }
             }
             "presence"
@@ -538,6 +592,18 @@ impl Handler<Deliver> for SessionActor {
     type Result = ();
     fn handle(&mut self, Deliver(el): Deliver, ctx: &mut Context<Self>) {
         let sender = el.attr("from").and_then(|f| Jid::parse(f).ok());
+        if el.name == "iq" && !self.foreign_iqs.is_empty() {
+            if let (Some(s), Some("result" | "error")) = (&sender, el.attr("type")) {
+                let id = el.attr("id").unwrap_or_default();
+                if let Some(i) = self
+                    .foreign_iqs
+                    .iter()
+                    .position(|(to, sent, _)| to == s && sent == id)
+                {
+                    self.foreign_iqs.remove(i);
+                }
+            }
+        }
         let kind = match (el.name.as_str(), el.attr("type")) {
             ("message", _) => StanzaKind::Message,
             ("iq", _) => StanzaKind::Iq,
