@@ -29,6 +29,9 @@ pub struct HttpSettings {
     pub listen: String,
     /// Bearer token for /api; required when `listen` is not a loopback address.
     pub token: String,
+    /// DNS names /api answers to in `Host`, besides the listen address and loopback names
+    /// (anything else is refused as a DNS-rebinding attempt).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Clustering (see README, "Cluster"). `node_id = 0` runs a single node.
@@ -102,6 +105,26 @@ pub struct ImSettings {
     pub max_roster_items: usize,
     /// Offline messages kept per account; beyond it senders get `service-unavailable`.
     pub max_offline_messages: usize,
+    /// Unanswered inbound subscription requests kept per account; beyond it a new request
+    /// bounces with `resource-constraint`.
+    pub max_pending_subscriptions: usize,
+    /// Groups one roster item may name; beyond it the roster set gets `policy-violation`.
+    pub max_roster_groups: usize,
+    /// Blocklist entries per account (XEP-0191); beyond it `policy-violation`.
+    pub max_blocklist_items: usize,
+    /// Privacy lists per account (XEP-0016); beyond it `policy-violation`.
+    pub max_privacy_lists: usize,
+    /// Items per privacy list; beyond it `policy-violation`.
+    pub max_privacy_items: usize,
+    /// Private XML elements per account (XEP-0049); beyond it `policy-violation`.
+    pub max_private_entries: usize,
+    /// Bytes of private XML per account, all elements together; beyond it `policy-violation`.
+    pub max_private_bytes: usize,
+    /// Bytes of one account's vCard (XEP-0054), serialised; beyond it `not-acceptable`.
+    pub max_vcard_bytes: usize,
+    /// Account IQs (roster, blocking, privacy, private, vCard, last) one session may have
+    /// waiting for the account's shard; beyond it `resource-constraint` (type `wait`).
+    pub max_iqs_in_flight: usize,
     /// RosterActor shards (each owns the IM state of the accounts that hash to it).
     pub shards: usize,
 }
@@ -184,6 +207,15 @@ max_unauthenticated_stanza_bytes = 16384
 [im]
 max_roster_items = 1000
 max_offline_messages = 500
+max_pending_subscriptions = 1000
+max_roster_groups = 32
+max_blocklist_items = 1000
+max_privacy_lists = 50
+max_privacy_items = 250
+max_private_entries = 100
+max_private_bytes = 1048576
+max_vcard_bytes = 65536
+max_iqs_in_flight = 32
 shards = 4
 
 [log]
@@ -193,6 +225,7 @@ format = "text"
 [http]
 listen = "127.0.0.1:9090"
 token = ""
+allowed_hosts = []
 
 [cluster]
 node_id = 0
@@ -319,6 +352,7 @@ impl Settings {
                 .with_list_parse_key("domains")
                 .with_list_parse_key("cluster.members")
                 .with_list_parse_key("cluster.seeds")
+                .with_list_parse_key("http.allowed_hosts")
                 .try_parsing(true),
         );
         let mut settings: Settings = builder.build()?.try_deserialize()?;
@@ -374,6 +408,31 @@ impl Settings {
         if self.im.shards == 0 {
             return Err(ConfigError::Invalid("im.shards must be at least 1".into()));
         }
+        let im = &self.im;
+        for (key, value) in [
+            ("max_pending_subscriptions", im.max_pending_subscriptions),
+            ("max_roster_groups", im.max_roster_groups),
+            ("max_blocklist_items", im.max_blocklist_items),
+            ("max_privacy_lists", im.max_privacy_lists),
+            ("max_privacy_items", im.max_privacy_items),
+            ("max_private_entries", im.max_private_entries),
+            ("max_iqs_in_flight", im.max_iqs_in_flight),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("im.{key} must be at least 1")));
+            }
+        }
+        // Room for a bookmark list and a small avatar-less vCard.
+        for (key, value) in [
+            ("max_private_bytes", im.max_private_bytes),
+            ("max_vcard_bytes", im.max_vcard_bytes),
+        ] {
+            if value < 1024 {
+                return Err(ConfigError::Invalid(format!(
+                    "im.{key} must be at least 1024"
+                )));
+            }
+        }
         self.cluster.validate()?;
         if !self.http.listen.is_empty()
             && !crate::http::is_loopback(&self.http.listen)
@@ -382,6 +441,16 @@ impl Settings {
             return Err(ConfigError::Invalid(format!(
                 "http.listen {} is not a loopback address: set http.token to protect the admin API",
                 self.http.listen
+            )));
+        }
+        if let Some(bad) = self
+            .http
+            .allowed_hosts
+            .iter()
+            .find(|h| h.is_empty() || h.contains([':', '/', ' ', '[']))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "http.allowed_hosts: {bad:?} is not a DNS name (no port, no scheme)"
             )));
         }
         if !self.s2s.dialback && !self.s2s.sasl_external {
@@ -463,6 +532,9 @@ mod tests {
         assert_eq!(s.s2s.listen, "0.0.0.0:5269");
         assert!(s.s2s.require_tls && s.s2s.dialback && s.s2s.sasl_external);
         assert!(s.s2s.routes.is_empty());
+        assert_eq!(s.im.max_pending_subscriptions, 1000);
+        assert_eq!(s.im.max_iqs_in_flight, 32);
+        assert_eq!(s.http.allowed_hosts, Vec::<String>::new());
     }
 
     #[test]

@@ -2,6 +2,13 @@
 //! `/healthz` and `/readyz`, and the admin API under `/api/` (the same operations as the CLI's
 //! admin socket, see docs/admin-api.yaml). The API needs `Authorization: Bearer <http.token>`
 //! whenever a token is set, and a token is required to listen beyond loopback.
+//!
+//! The API is for operators' tools, never for browsers: a request that carries `Origin` (or
+//! `Sec-Fetch-Site` other than `none`) is refused (403), so a web page cannot drive it with
+//! the operator's network position; a `Host` that is not the listen address, a loopback name
+//! or one of `http.allowed_hosts` is refused (421), so DNS rebinding cannot make the node the
+//! page's own origin; and a write with a body must say `Content-Type: application/json`
+//! (415), which no HTML form can send without a CORS preflight.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +35,8 @@ pub struct HttpEndpoint {
     pub cluster: Option<Cluster>,
     pub store: Store,
     pub token: Option<String>,
+    /// Which `Host` headers the API accepts (see [`HostPolicy`]).
+    pub hosts: HostPolicy,
     /// Set once the c2s listeners accept connections.
     pub listeners_up: Arc<AtomicBool>,
 }
@@ -105,6 +114,15 @@ impl HttpEndpoint {
             (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
             (&Method::GET, "/readyz") => self.readiness(),
             (_, p) if p == "/api" || p.starts_with("/api/") => {
+                if let Some((status, why)) = browser_refusal(req.headers(), &self.hosts) {
+                    tracing::warn!(
+                        status = status.as_u16(),
+                        reason = why,
+                        path = %p,
+                        "http: admin API request refused"
+                    );
+                    return json(status, &AdminResponse::err(why));
+                }
                 if let Some(denied) = self.check_token(&req) {
                     return denied;
                 }
@@ -164,6 +182,7 @@ impl HttpEndpoint {
 
     async fn api(&self, req: Request<Incoming>, path: String) -> Reply {
         let method = req.method().clone();
+        let json_body = is_json(req.headers());
         let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => {
@@ -173,6 +192,13 @@ impl HttpEndpoint {
                 )
             }
         };
+        if !body.is_empty() && is_write(&method) && !json_body {
+            tracing::warn!(%method, path = %path, "http: admin API write without a JSON body refused");
+            return json(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &AdminResponse::err("a request body must be Content-Type: application/json"),
+            );
+        }
         let request = match route(&method, &path, &body) {
             Ok(r) => r,
             Err((status, msg)) => return json(status, &AdminResponse::err(msg)),
@@ -284,6 +310,108 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Which `Host` header values the admin API answers: the listen address itself, loopback
+/// names and addresses, and the names an operator configured (`http.allowed_hosts`).
+#[derive(Debug, Clone, Default)]
+pub struct HostPolicy {
+    /// The listen IP, unless it is unspecified (`0.0.0.0`, `::`).
+    listen_ip: Option<std::net::IpAddr>,
+    /// Lower-case names from `http.allowed_hosts`.
+    names: Vec<String>,
+}
+
+impl HostPolicy {
+    pub fn new(listen: &str, allowed: &[String]) -> HostPolicy {
+        let listen_ip = listen
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified());
+        HostPolicy {
+            listen_ip,
+            names: allowed.iter().map(|n| n.to_ascii_lowercase()).collect(),
+        }
+    }
+
+    /// Whether a request with this `Host` header value (`name[:port]`) is answered. An IP
+    /// literal cannot be a rebinding (the page's origin is that address, so nothing was
+    /// rebound): any address this node listens on is accepted; a DNS name only if it is
+    /// `localhost` (RFC 6761 §6.3: always loopback) or configured.
+    pub fn allows(&self, host: &str) -> bool {
+        let name = strip_port(host).to_ascii_lowercase();
+        if let Ok(ip) = name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+        {
+            return ip.is_loopback() || self.listen_ip.is_none_or(|l| l == ip);
+        }
+        let name = name.trim_end_matches('.');
+        name == "localhost" || name.ends_with(".localhost") || self.names.iter().any(|n| n == name)
+    }
+}
+
+/// `host:port` → `host`; `[v6]:port` → `[v6]`; a bare IPv6 literal stays whole.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| &host[..h.len() + 1]);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// Why a request to the admin API looks like it came from a browser page, if it does:
+/// `Origin` is sent by browsers on every cross-origin and every non-GET request (Fetch
+/// standard), `Sec-Fetch-Site` other than `none` on any request a page made, and a `Host`
+/// we do not answer to is what a DNS-rebinding page sends.
+fn browser_refusal(
+    headers: &hyper::HeaderMap,
+    hosts: &HostPolicy,
+) -> Option<(StatusCode, &'static str)> {
+    if headers.contains_key(hyper::header::ORIGIN) {
+        return Some((
+            StatusCode::FORBIDDEN,
+            "requests from browsers (Origin) are refused",
+        ));
+    }
+    let fetch_site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
+    if fetch_site.is_some_and(|v| v != b"none") {
+        return Some((
+            StatusCode::FORBIDDEN,
+            "requests made by web pages (Sec-Fetch-Site) are refused",
+        ));
+    }
+    match headers.get(hyper::header::HOST).map(|v| v.to_str()) {
+        // HTTP/1.0 clients may send none; a browser always does.
+        None => None,
+        Some(Ok(h)) if hosts.allows(h) => None,
+        Some(_) => Some((
+            StatusCode::MISDIRECTED_REQUEST,
+            "Host is not this node's address, a loopback name or one of http.allowed_hosts",
+        )),
+    }
+}
+
+fn is_write(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
+}
+
+/// `Content-Type: application/json`, parameters (`; charset=utf-8`) allowed.
+fn is_json(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
 /// Whether `http.listen` is on loopback (then the API may run without a token).
 pub fn is_loopback(listen: &str) -> bool {
     listen
@@ -313,6 +441,76 @@ mod tests {
             route(&Method::POST, "/api", br#"{"op":"user_list"}"#).unwrap(),
             AdminRequest::UserList
         ));
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> hyper::HeaderMap {
+        let mut h = hyper::HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, hyper::header::HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn browsers_and_rebound_hosts_are_refused() {
+        let hosts = HostPolicy::new("127.0.0.1:9090", &["admin.example.net".into()]);
+        let status = |pairs: &[(&'static str, &'static str)]| {
+            browser_refusal(&headers(pairs), &hosts).map(|(s, _)| s.as_u16())
+        };
+        assert_eq!(status(&[("host", "127.0.0.1:9090")]), None);
+        assert_eq!(status(&[]), None, "no Host: not a browser");
+        assert_eq!(status(&[("host", "localhost:9090")]), None);
+        assert_eq!(status(&[("host", "LOCALHOST.")]), None);
+        assert_eq!(status(&[("host", "[::1]:9090")]), None);
+        assert_eq!(status(&[("host", "Admin.Example.NET:9090")]), None);
+        assert_eq!(status(&[("host", "evil.example:9090")]), Some(421));
+        assert_eq!(
+            status(&[("host", "10.0.0.1:9090")]),
+            Some(421),
+            "not our address"
+        );
+        assert_eq!(
+            status(&[
+                ("host", "127.0.0.1:9090"),
+                ("origin", "http://127.0.0.1:9090")
+            ]),
+            Some(403)
+        );
+        assert_eq!(
+            status(&[("host", "127.0.0.1"), ("origin", "null")]),
+            Some(403)
+        );
+        assert_eq!(
+            status(&[("host", "127.0.0.1"), ("sec-fetch-site", "cross-site")]),
+            Some(403)
+        );
+        assert_eq!(
+            status(&[("host", "127.0.0.1"), ("sec-fetch-site", "none")]),
+            None
+        );
+        // Listening on every address: any address literal is one of ours, names are not.
+        let any = HostPolicy::new("0.0.0.0:9090", &[]);
+        assert!(any.allows("10.1.2.3:9090") && any.allows("[fe80::1]:9090"));
+        assert!(!any.allows("rebind.attacker.example"));
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("::1"), "::1");
+        assert_eq!(strip_port("a.b:80"), "a.b");
+    }
+
+    #[test]
+    fn json_content_type_is_recognised() {
+        assert!(is_json(&headers(&[("content-type", "application/json")])));
+        assert!(is_json(&headers(&[(
+            "content-type",
+            "Application/JSON; charset=utf-8"
+        )])));
+        assert!(!is_json(&headers(&[("content-type", "text/plain")])));
+        assert!(!is_json(&headers(&[(
+            "content-type",
+            "application/x-www-form-urlencoded"
+        )])));
+        assert!(!is_json(&headers(&[])));
+        assert!(is_write(&Method::DELETE) && !is_write(&Method::GET));
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod c2s;
 pub mod cluster;
 pub mod config;
+pub mod data_dir;
 pub mod ext;
 pub mod http;
 pub mod im;

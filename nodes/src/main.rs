@@ -429,8 +429,7 @@ fn offline(settings: &Settings, request: &AdminRequest) -> anyhow::Result<AdminR
              of the accounts; in a cluster, manage accounts through a running node (any one)"
         );
     }
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+    nodes::data_dir::prepare(&settings.data_dir)?;
     let store = storage::Store::open(&settings.data_dir)?;
     let users = users::UserAdmin::new(store.clone(), settings.domains.clone())?;
     let response = match request {

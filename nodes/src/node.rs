@@ -44,8 +44,7 @@ impl CredentialLookup for Accounts {
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 pub fn run(settings: Settings) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+    crate::data_dir::prepare(&settings.data_dir)?;
     let store = Store::open(&settings.data_dir)?;
     let accounts = store.accounts()?;
     let user_data = store.user_data()?;
@@ -98,10 +97,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             Some(_) => Some(start_cluster(&settings, &cluster_store, &cluster_arbiter, &router_addr).await?),
             None => None,
         };
-        let limits = ImLimits {
-            max_roster_items: settings.im.max_roster_items,
-            max_offline_messages: settings.im.max_offline_messages,
-        };
+        let limits = ImLimits::from_settings(&settings.im);
         // One actor (and thread) per shard: the node's own shards without a cluster, one
         // per replicated shard in a cluster (acting while this node leads it).
         let placements: Vec<(UserData, DataWriter)> = match &cluster {
@@ -126,7 +122,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 )
             }));
         }
-        let shards = RosterShards::new(shard_addrs, cluster.clone());
+        let shards = RosterShards::new(shard_addrs, cluster.clone())
+            .with_max_iqs_in_flight(settings.im.max_iqs_in_flight);
         for shard in shards.all() {
             shard.do_send(AttachShards(shards.clone()));
         }
@@ -191,6 +188,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 cluster: cluster.clone(),
                 store: http_store,
                 token: Some(settings.http.token.clone()).filter(|t| !t.is_empty()),
+                hosts: crate::http::HostPolicy::new(
+                    &settings.http.listen,
+                    &settings.http.allowed_hosts,
+                ),
                 listeners_up: listeners_up.clone(),
             });
             actix_rt::spawn(endpoint.serve(tokio::net::TcpListener::from_std(l)?));

@@ -35,7 +35,7 @@ pub use offline::OfflineStore;
 pub use privacy::{PrivacyItem, PrivacyStore};
 pub use private::PrivateStore;
 pub use raft_log::{RaftLogStore, SnapshotSlot};
-pub use rosters::{RosterChange, RosterItem, RosterStore};
+pub use rosters::{PendingRequest, RosterChange, RosterItem, RosterStore};
 pub use user_data::{RefusedWrite, UserData, UserDataWrite, WriteOutcome};
 pub use vcards::VCardStore;
 
@@ -398,8 +398,7 @@ mod tests {
         r.put(user, &item("a@x")).unwrap();
         r.put(user, &item("b@x")).unwrap();
         r.remove(user, "b@x").unwrap();
-        r.put_pending_in(user, "c@x", "<presence type='subscribe'/>")
-            .unwrap();
+        r.put_pending_in(user, "c@x", None).unwrap();
         let o = store.offline().unwrap();
         o.push(user, "<message>1</message>", 10).unwrap();
         o.push(user, "<message>2</message>", 10).unwrap();
@@ -512,7 +511,7 @@ mod tests {
         match i {
             0 => assert_eq!(r.put(U, &item("z@x")).unwrap(), 4),
             1 => assert_eq!(r.remove(U, "a@x").unwrap(), Some(4)),
-            2 => r.put_pending_in(U, "z@x", "<presence/>").unwrap(),
+            2 => assert!(r.put_pending_in(U, "z@x", None).unwrap()),
             3 => assert!(r.remove_pending_in(U, "c@x").unwrap()),
             4 => assert_eq!(o.push(U, "<message>3</message>", 10).unwrap(), 3),
             5 => assert_eq!(o.remove_upto(U, 2).unwrap(), 1),

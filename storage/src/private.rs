@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{decode, encode, key, Record, StorageError};
+use crate::{decode, encode, key, prefix, Record, StorageError};
 
 #[derive(Serialize, Deserialize)]
 struct PrivateRecord {
@@ -47,6 +47,19 @@ impl PrivateStore {
         }
     }
 
+    /// How many elements `user` stores and their total size in bytes (serialised XML), for
+    /// the per-account quota. A scan of the user's entries, which the quota keeps few.
+    pub fn usage(&self, user: &str) -> Result<(usize, usize), StorageError> {
+        let mut count = 0;
+        let mut bytes = 0;
+        for kv in self.tree.scan_prefix(prefix(user)?) {
+            let (k, v) = kv?;
+            bytes += decode::<PrivateRecord>(&k, &v)?.xml.len();
+            count += 1;
+        }
+        Ok((count, bytes))
+    }
+
     /// Store (replace) the element `name` in namespace `ns`; `xml` is the whole element.
     pub fn put(&self, user: &str, name: &str, ns: &str, xml: &str) -> Result<(), StorageError> {
         let record = PrivateRecord {
@@ -67,6 +80,20 @@ mod tests {
     use crate::testutil::{open, TempDir};
 
     const U: &str = "juliet@example.com";
+
+    #[test]
+    fn usage_counts_elements_and_bytes_of_one_user() {
+        let dir = TempDir::new("private-usage");
+        let store = open(dir.path());
+        let p = store.private().unwrap();
+        assert_eq!(p.usage(U).unwrap(), (0, 0));
+        p.put(U, "a", "urn:a", "<a xmlns='urn:a'/>").unwrap();
+        p.put(U, "b", "urn:b", "<b xmlns='urn:b'>xx</b>").unwrap();
+        p.put(U, "a", "urn:a", "<a xmlns='urn:a'>y</a>").unwrap();
+        p.put("other@x", "a", "urn:a", "<a xmlns='urn:a'/>")
+            .unwrap();
+        assert_eq!(p.usage(U).unwrap(), (2, 22 + 23));
+    }
 
     #[test]
     fn keyed_by_name_and_namespace_and_survives_reopen() {

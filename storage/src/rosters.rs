@@ -5,9 +5,13 @@
 //!   item stays as a tombstone carrying its removal version, so [`RosterStore::changes_since`] can
 //!   report removals. The oldest tombstones beyond a per-user limit are pruned.
 //! - `roster_meta`: `user` → the user's version counter, the oldest version `changes_since` can
-//!   still answer from (raised by pruning), and the live item and tombstone counts. It changes in
-//!   the same transaction as the item, so every version stamps exactly one change.
-//! - `roster_pending`: `user \0 contact` → the subscription request stanza, as XML.
+//!   still answer from (raised by pruning), the live item and tombstone counts, and the number of
+//!   pending requests. It changes in the same transaction as the item (or request), so every
+//!   version stamps exactly one change and the counts stay exact.
+//! - `roster_pending`: `user \0 contact` → what is kept of the subscription request: its
+//!   `<status/>` text, if any (the sender is the key). Not the stanza: a remote peer decides what
+//!   a stanza holds, and the node stores only what it redelivers. Records written before this
+//!   format kept the whole stanza (`xml`); they are still read, their status taken from it.
 //!
 //! Versions are plain numbers, 0 for a user who never had a roster change. A client that
 //! presents a `ver` the node cannot parse as one gets the full roster, as for an unknown one.
@@ -110,6 +114,9 @@ struct MetaRecord {
     floor: u64,
     live: u64,
     tombstones: u64,
+    /// Pending inbound requests (records older than this field count as 0 until answered).
+    #[serde(default)]
+    pending: u64,
 }
 
 impl Record for MetaRecord {
@@ -126,6 +133,7 @@ impl MetaRecord {
             floor: 0,
             live: 0,
             tombstones: 0,
+            pending: 0,
         }
     }
 
@@ -152,7 +160,35 @@ impl MetaRecord {
 #[derive(Serialize, Deserialize)]
 struct PendingRecord {
     v: u8,
-    xml: String,
+    /// The request's `<status/>` text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    status: Option<String>,
+    /// The whole stanza, as records before the status-only format kept it.
+    #[serde(default, skip_serializing)]
+    xml: Option<String>,
+}
+
+impl PendingRecord {
+    fn status(self) -> Option<String> {
+        if self.status.is_some() {
+            return self.status;
+        }
+        let stanza = proto::element::Element::parse(self.xml.as_deref()?).ok()?;
+        let status = stanza
+            .children()
+            .find(|c| c.name == "status")
+            .map(|c| c.text());
+        status
+    }
+}
+
+/// An inbound subscription request not answered yet (RFC 6121 §3.1.3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingRequest {
+    /// The requester's bare JID.
+    pub contact: String,
+    /// The `<status/>` text it sent, if any.
+    pub status: Option<String>,
 }
 
 impl Record for PendingRecord {
@@ -169,6 +205,7 @@ pub(crate) fn retire(meta: &TransactionalTree, user: &str) -> TxResult<()> {
         m.floor = m.ver;
         m.live = 0;
         m.tombstones = 0;
+        m.pending = 0;
         m.write_tx(meta, user)?;
     }
     Ok(())
@@ -395,36 +432,75 @@ impl RosterStore {
     }
 
     /// Record an inbound subscription request until the user answers it, replacing an earlier
-    /// one from the same contact.
-    pub fn put_pending_in(&self, user: &str, contact: &str, xml: &str) -> Result<(), StorageError> {
-        let record = PendingRecord {
+    /// one from the same contact. Returns whether it is a new one (it then counts towards
+    /// [`pending_count`](Self::pending_count)).
+    pub fn put_pending_in(
+        &self,
+        user: &str,
+        contact: &str,
+        status: Option<&str>,
+    ) -> Result<bool, StorageError> {
+        let k = key(user, &[contact])?;
+        let record = encode(&PendingRecord {
             v: PendingRecord::V,
-            xml: xml.to_string(),
-        };
-        self.pending
-            .insert(key(user, &[contact])?, encode(&record)?)?;
+            status: status.map(str::to_string),
+            xml: None,
+        })?;
+        let added = (&self.pending, &self.meta).transaction(|(pending, meta)| {
+            let added = pending.insert(k.as_slice(), record.as_slice())?.is_none();
+            if added {
+                let mut m = MetaRecord::read_tx(meta, user)?.unwrap_or_else(MetaRecord::empty);
+                m.pending += 1;
+                m.write_tx(meta, user)?;
+            }
+            Ok(added)
+        })?;
         if self.durable {
             self.pending.flush()?;
         }
-        Ok(())
+        Ok(added)
     }
 
-    /// The unanswered subscription requests, as `(contact, stanza XML)`, sorted by contact.
-    pub fn pending_in(&self, user: &str) -> Result<Vec<(String, String)>, StorageError> {
+    /// Whether `contact` has a request pending with `user`: one key lookup.
+    pub fn has_pending_in(&self, user: &str, contact: &str) -> Result<bool, StorageError> {
+        Ok(self.pending.contains_key(key(user, &[contact])?)?)
+    }
+
+    /// How many requests are pending for `user`, from the counter (no scan).
+    pub fn pending_count(&self, user: &str) -> Result<usize, StorageError> {
+        Ok(MetaRecord::read(&self.meta, user)?.pending as usize)
+    }
+
+    /// The unanswered subscription requests, sorted by contact.
+    pub fn pending_in(&self, user: &str) -> Result<Vec<PendingRequest>, StorageError> {
         let pfx = prefix(user)?;
         self.pending
             .scan_prefix(&pfx)
             .map(|kv| {
                 let (k, v) = kv?;
                 let r: PendingRecord = decode(&k, &v)?;
-                Ok((suffix(&k, pfx.len())?, r.xml))
+                Ok(PendingRequest {
+                    contact: suffix(&k, pfx.len())?,
+                    status: r.status(),
+                })
             })
             .collect()
     }
 
     /// Forget an answered request; `false` if there was none.
     pub fn remove_pending_in(&self, user: &str, contact: &str) -> Result<bool, StorageError> {
-        if self.pending.remove(key(user, &[contact])?)?.is_none() {
+        let k = key(user, &[contact])?;
+        let removed = (&self.pending, &self.meta).transaction(|(pending, meta)| {
+            let removed = pending.remove(k.as_slice())?.is_some();
+            if removed {
+                if let Some(mut m) = MetaRecord::read_tx(meta, user)? {
+                    m.pending = m.pending.saturating_sub(1);
+                    m.write_tx(meta, user)?;
+                }
+            }
+            Ok(removed)
+        })?;
+        if !removed {
             return Ok(false);
         }
         if self.durable {
@@ -658,29 +734,57 @@ mod tests {
         let dir = TempDir::new("roster-pending");
         let store = open(dir.path());
         let r = store.rosters().unwrap();
-        r.put_pending_in(U, "romeo@x", "<presence type='subscribe'/>")
-            .unwrap();
-        r.put_pending_in(U, "benvolio@x", "<presence type='subscribe' id='1'/>")
-            .unwrap();
-        r.put_pending_in(U, "benvolio@x", "<presence type='subscribe' id='2'/>")
-            .unwrap();
+        assert!(r.put_pending_in(U, "romeo@x", None).unwrap());
+        assert!(r.put_pending_in(U, "benvolio@x", Some("1")).unwrap());
+        assert!(
+            !r.put_pending_in(U, "benvolio@x", Some("2")).unwrap(),
+            "a repeated request replaces the first"
+        );
+        assert_eq!(r.pending_count(U).unwrap(), 2);
+        assert!(r.has_pending_in(U, "romeo@x").unwrap());
+        assert!(!r.has_pending_in(U, "mercutio@x").unwrap());
         assert_eq!(
             r.pending_in(U).unwrap(),
             vec![
-                (
-                    "benvolio@x".to_string(),
-                    "<presence type='subscribe' id='2'/>".to_string()
-                ),
-                (
-                    "romeo@x".to_string(),
-                    "<presence type='subscribe'/>".to_string()
-                ),
+                PendingRequest {
+                    contact: "benvolio@x".into(),
+                    status: Some("2".into())
+                },
+                PendingRequest {
+                    contact: "romeo@x".into(),
+                    status: None
+                },
             ]
         );
         assert!(r.remove_pending_in(U, "romeo@x").unwrap());
         assert!(!r.remove_pending_in(U, "romeo@x").unwrap());
         assert_eq!(r.pending_in(U).unwrap().len(), 1);
+        assert_eq!(r.pending_count(U).unwrap(), 1);
         assert_eq!(r.version(U).unwrap(), 0, "requests are not roster changes");
+        r.delete_user(U).unwrap();
+        assert_eq!(r.pending_count(U).unwrap(), 0);
+    }
+
+    #[test]
+    fn pending_records_of_the_old_format_are_read() {
+        let dir = TempDir::new("roster-pending-old");
+        let store = open(dir.path());
+        let r = store.rosters().unwrap();
+        let old = br#"{"v":1,"xml":"<presence xmlns='jabber:client' type='subscribe'><status>hi</status></presence>"}"#;
+        r.pending
+            .insert(key(U, &["romeo@x"]).unwrap(), &old[..])
+            .unwrap();
+        assert_eq!(
+            r.pending_in(U).unwrap(),
+            vec![PendingRequest {
+                contact: "romeo@x".into(),
+                status: Some("hi".into())
+            }]
+        );
+        assert!(r.has_pending_in(U, "romeo@x").unwrap());
+        // Not counted (written before the counter), and removing it does not underflow.
+        assert!(r.remove_pending_in(U, "romeo@x").unwrap());
+        assert_eq!(r.pending_count(U).unwrap(), 0);
     }
 
     #[test]
@@ -691,7 +795,7 @@ mod tests {
         r.put(U, &item("a@x", "both")).unwrap();
         r.put(U, &item("b@x", "both")).unwrap();
         r.remove(U, "b@x").unwrap();
-        r.put_pending_in(U, "c@x", "<presence/>").unwrap();
+        r.put_pending_in(U, "c@x", None).unwrap();
         r.put("other@x", &item("a@x", "both")).unwrap();
         r.delete_user(U).unwrap();
         assert_eq!(r.get(U).unwrap(), (4, vec![]));
@@ -715,7 +819,7 @@ mod tests {
             r.put(U, &a).unwrap();
             r.put(U, &item("b@x", "to")).unwrap();
             r.remove(U, "b@x").unwrap();
-            r.put_pending_in(U, "c@x", "<presence/>").unwrap();
+            r.put_pending_in(U, "c@x", Some("s")).unwrap();
         }
         let store = open(dir.path());
         let r = store.rosters().unwrap();

@@ -45,10 +45,13 @@ pub enum UserDataWrite {
         user: String,
         items: Vec<RosterItem>,
     },
+    /// An inbound subscription request, kept as its status text only (entries written
+    /// before carried the whole stanza as `xml`, which is now ignored).
     PendingPut {
         user: String,
         contact: String,
-        xml: String,
+        #[serde(default)]
+        status: Option<String>,
     },
     PendingRemove {
         user: String,
@@ -142,7 +145,8 @@ pub enum WriteOutcome {
     Version(u64),
     /// `RosterRemove`: the new version, if the item existed.
     Removed(Option<u64>),
-    /// `PendingRemove`, `PrivacyRemove`: whether there was something to remove.
+    /// `PendingRemove`, `PrivacyRemove`: whether there was something to remove;
+    /// `PendingPut`: whether it replaced a request already pending.
     Existed(bool),
     /// `OfflinePush`: the message's sequence number.
     Seq(u64),
@@ -287,10 +291,15 @@ impl UserData {
                 }
                 Count(changed)
             }
-            PendingPut { user, contact, xml } => {
-                self.rosters.put_pending_in(user, contact, xml)?;
-                Done
-            }
+            PendingPut {
+                user,
+                contact,
+                status,
+            } => Existed(
+                !self
+                    .rosters
+                    .put_pending_in(user, contact, status.as_deref())?,
+            ),
             PendingRemove { user, contact } => {
                 Existed(self.rosters.remove_pending_in(user, contact)?)
             }

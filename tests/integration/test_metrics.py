@@ -1,7 +1,10 @@
 """The operator's HTTP endpoint: Prometheus /metrics (valid text format, counters that move
 by what scripted traffic did), /healthz and /readyz, and the token-protected admin API."""
 
+import http.client as httpclient
 import json
+import os
+import stat
 import urllib.error
 import urllib.request
 
@@ -19,6 +22,9 @@ def http(server, path, *, method="GET", body=None, token=TOKEN, timeout=10):
         method=method,
         data=None if body is None else json.dumps(body).encode(),
     )
+    if body is not None:
+        # urllib would say application/x-www-form-urlencoded, which the API refuses.
+        req.add_header("Content-Type", "application/json")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
@@ -162,3 +168,115 @@ def test_the_cli_manages_a_node_through_the_http_api(node, tmp_path):
     assert "viahttp@localhost" in r.stdout.split(), r.stdout
     r = cli("user", "list", token="wrong")
     assert r.returncode == 1 and "bearer token" in r.stderr, r.stderr
+
+
+def raw(server, method, path, headers, body=b""):
+    """(status, body) of one request with exactly these headers (http.client adds Host only
+    when not given, and Content-Length for a body)."""
+    conn = httpclient.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+    try:
+        conn.putrequest(method, path, skip_host="Host" in headers, skip_accept_encoding=True)
+        for k, v in headers.items():
+            conn.putheader(k, v)
+        if body:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body or None)
+        r = conn.getresponse()
+        return r.status, r.read().decode()
+    finally:
+        conn.close()
+
+
+def users(server):
+    status, body = http(server, "/api/users")
+    assert status == 200, body
+    return json.loads(body)["result"]
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+NEW_USER = json.dumps({"jid": "browser@localhost", "password": "pw-browser-1"}).encode()
+
+
+def test_admin_api_refuses_browsers_and_rebound_hosts(node):
+    here = f"127.0.0.1:{node.http_port}"
+    before = users(node)
+    # A page on any origin, even the node's own: 403, and nothing is created.
+    for origin in ("http://evil.example", f"http://{here}", "null"):
+        status, body = raw(node, "POST", "/api/users",
+                           {**AUTH, "Host": here, "Origin": origin,
+                            "Content-Type": "application/json"}, NEW_USER)
+        assert status == 403 and "Origin" in json.loads(body)["error"], (origin, status, body)
+    status, body = raw(node, "GET", "/api/users", {**AUTH, "Host": here, "Origin": "http://x"})
+    assert status == 403, body
+    status, body = raw(node, "GET", "/api/users",
+                       {**AUTH, "Host": here, "Sec-Fetch-Site": "cross-site"})
+    assert status == 403, body
+    # DNS rebinding: the browser sends the attacker's name as Host.
+    for host in ("rebind.attacker.example", f"rebind.attacker.example:{node.http_port}",
+                 f"10.9.8.7:{node.http_port}"):
+        status, body = raw(node, "GET", "/api/users", {**AUTH, "Host": host})
+        assert status == 421, (host, status, body)
+    # The listen address, loopback names and addresses are this node.
+    for host in (here, f"localhost:{node.http_port}", "LocalHost", f"[::1]:{node.http_port}"):
+        status, body = raw(node, "GET", "/api/users", {**AUTH, "Host": host})
+        assert status == 200, (host, status, body)
+    # Writes with a body must be JSON: what an HTML form can send without a preflight is not.
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        status, body = raw(node, "POST", "/api/users",
+                           {**AUTH, "Host": here, "Content-Type": ctype}, NEW_USER)
+        assert status == 415, (ctype, status, body)
+    status, body = raw(node, "POST", "/api/users", {**AUTH, "Host": here}, NEW_USER)
+    assert status == 415, body
+    assert users(node) == before, "a refused request changed nothing"
+    # Probes and metrics stay open to scrapers whatever they send.
+    assert raw(node, "GET", "/healthz", {"Host": "prometheus.internal"})[0] == 200
+    status, body = raw(node, "POST", "/api/users",
+                       {**AUTH, "Host": here, "Content-Type": "application/json; charset=utf-8"},
+                       NEW_USER)
+    assert status == 200, body
+    assert "browser@localhost" in users(node)
+    # A write without a body needs no Content-Type.
+    status, body = raw(node, "DELETE", "/api/users/browser%40localhost", {**AUTH, "Host": here})
+    assert status == 200, body
+
+
+def test_admin_api_answers_configured_host_names(make_server):
+    srv = make_server({"http": {"token": TOKEN, "allowed_hosts": ["admin.switchboard.test"]}},
+                      accounts=0)
+    status, body = raw(srv, "GET", "/api/users", {**AUTH, "Host": "admin.switchboard.test:9090"})
+    assert status == 200, body
+    status, body = raw(srv, "GET", "/api/users", {**AUTH, "Host": "other.switchboard.test"})
+    assert status == 421, body
+
+
+def test_a_host_name_with_a_port_is_refused_in_allowed_hosts(make_server):
+    srv = make_server({"http": {"allowed_hosts": ["admin.test:9090"]}}, accounts=0, start=False)
+    r = srv.cli("run", timeout=10)
+    assert r.returncode != 0 and "http.allowed_hosts" in r.stderr, r.stderr
+
+
+def test_data_dir_and_everything_in_it_is_owner_only(node):
+    """The harness created data_dir 0755 (default umask): the node narrows it at start,
+    and the database, the generated TLS key and certificate and the admin socket are 0600."""
+    def mode(p):
+        return stat.S_IMODE(os.lstat(p).st_mode)
+
+    data = node.data_dir
+    assert mode(data) == 0o700, oct(mode(data))
+    seen = {}
+    for root, dirs, files in os.walk(data):
+        for d in dirs:
+            seen[os.path.join(root, d)] = (mode(os.path.join(root, d)), 0o700)
+        for f in files:
+            seen[os.path.join(root, f)] = (mode(os.path.join(root, f)), 0o600)
+    wrong = {p: oct(m) for p, (m, want) in seen.items() if m != want}
+    assert not wrong, wrong
+    names = {os.path.relpath(p, data) for p in seen}
+    for expected in ("admin.sock", "tls/key.pem", "tls/cert.pem", "db/conf", "db/db"):
+        assert expected in names, sorted(names)
+    assert stat.S_ISSOCK(os.lstat(data / "admin.sock").st_mode)
+    # No leftover of the private directory the socket was bound in.
+    assert not [n for n in names if n.startswith(".admin-bind")], sorted(names)
+    # The CLI still reaches the node through the socket.
+    r = node.cli("user", "list")
+    assert r.returncode == 0, r.stderr

@@ -23,6 +23,7 @@ def api(server, path, body):
         method="POST",
         data=json.dumps(body).encode(),
     )
+    req.add_header("Content-Type", "application/json")
     req.add_header("Authorization", f"Bearer {TOKEN}")
     try:
         with urllib.request.urlopen(req, timeout=30) as r:

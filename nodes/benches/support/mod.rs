@@ -51,6 +51,7 @@ impl Node {
         let limits = ImLimits {
             max_roster_items: 1000,
             max_offline_messages: 100,
+            ..ImLimits::default()
         };
         let data = store.user_data().expect("IM trees");
         let (router_addr, shard_domains) = (router_ctx.address(), domains.clone());

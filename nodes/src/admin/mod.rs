@@ -31,8 +31,15 @@ pub struct AdminServer {
     pub started: std::time::Instant,
 }
 
-/// Bind the socket, replacing a stale one left by a crash.
+/// The private directories the socket is bound in start with this.
+const BIND_DIR_PREFIX: &str = ".admin-bind-";
+
+/// Bind the socket, replacing a stale one left by a crash. It appears at `path` with its
+/// final mode (0600): it is bound inside a fresh 0700 directory next to `path`, narrowed
+/// there, then renamed into place, so there is no moment in which another user could
+/// connect, whatever the umask and the data directory's mode.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(
@@ -42,10 +49,35 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         }
         std::fs::remove_file(path)?;
     }
-    let listener = UnixListener::bind(path)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let parent = path.parent().unwrap_or(Path::new("."));
+    // Leftovers of a node killed between bind and rename.
+    if let Ok(entries) = std::fs::read_dir(parent) {
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(BIND_DIR_PREFIX)
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let private = parent.join(format!("{BIND_DIR_PREFIX}{}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .mode(crate::data_dir::DIR_MODE)
+        .create(&private)?;
+    let staged = private.join("admin.sock");
+    let bound = (|| {
+        let listener = UnixListener::bind(&staged)?;
+        std::fs::set_permissions(
+            &staged,
+            std::fs::Permissions::from_mode(crate::data_dir::FILE_MODE),
+        )?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    bound
 }
 
 impl AdminServer {

@@ -138,7 +138,17 @@ pub struct SessionActor {
     active: Option<String>,
     /// Entities this session sent directed available presence to (RFC 6121 §4.6).
     directed: Vec<Jid>,
+    /// Account IQs sent to a shard and not answered yet (bounded by `im.max_iqs_in_flight`).
+    iqs_in_flight: usize,
+    /// Account IQs sent to other local users' accounts (answered by their shards through
+    /// the router): (bare JID, id, when sent), bounded by `im.max_iqs_in_flight`.
+    foreign_iqs: std::collections::VecDeque<(Jid, String, std::time::Instant)>,
 }
+
+/// A request to another user's account not answered in this long no longer counts against
+/// `im.max_iqs_in_flight` (the router answers within the IM timeout; this only keeps a lost
+/// answer from blocking the session for good).
+const FOREIGN_IQ_EXPIRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What a successful privacy IQ changes in the session's own state.
 enum PrivacyEffect {
@@ -203,7 +213,63 @@ impl SessionActor {
             privacy: filters.privacy,
             active: None,
             directed: Vec::new(),
+            iqs_in_flight: 0,
+            foreign_iqs: std::collections::VecDeque::new(),
         }
+    }
+
+    /// Refuse an account IQ beyond `im.max_iqs_in_flight` (RFC 6120 §8.3.3.18:
+    /// resource-constraint, type wait), with a log line.
+    fn refuse_iq_in_flight(&mut self, iq: &Element, ctx: &mut Context<Self>) {
+        tracing::debug!(
+            jid = %self.jid,
+            limit = self.im.max_iqs_in_flight,
+            "c2s: account IQ refused, too many in flight (im.max_iqs_in_flight)"
+        );
+        crate::metrics::METRICS
+            .bounces
+            .with_label_values(&[StanzaErrorCondition::ResourceConstraint.as_str()])
+            .inc();
+        let reply = stanza_error_reply(
+            iq,
+            StanzaErrorCondition::ResourceConstraint,
+            Some("too many requests in flight (im.max_iqs_in_flight)"),
+        );
+        self.send_to_client(&reply, ctx);
+    }
+
+    /// Whether `iq` is a request another local user's shard answers (routed through the
+    /// router); if so and there is room, it is counted until its answer comes back (see
+    /// `Deliver`). `Err(())`: no room.
+    fn count_foreign_iq(&mut self, iq: &Element, to: &Jid) -> Result<(), ()> {
+        let request = matches!(iq.attr("type"), Some("get") | Some("set"));
+        let payload_ns = iq
+            .children()
+            .next()
+            .map(|p| p.ns.as_str())
+            .unwrap_or_default();
+        if !request
+            || !to.is_bare()
+            || to.local().is_none()
+            || !self.is_served(to)
+            || !crate::im::handles(payload_ns)
+        {
+            return Ok(());
+        }
+        let now = std::time::Instant::now();
+        while self
+            .foreign_iqs
+            .front()
+            .is_some_and(|(_, _, at)| now.duration_since(*at) > FOREIGN_IQ_EXPIRY)
+        {
+            self.foreign_iqs.pop_front();
+        }
+        if self.foreign_iqs.len() >= self.im.max_iqs_in_flight {
+            return Err(());
+        }
+        let id = iq.attr("id").unwrap_or_default().to_string();
+        self.foreign_iqs.push_back((to.clone(), id, now));
+        Ok(())
     }
 
     fn send_to_client(&mut self, el: &Element, ctx: &mut Context<Self>) {
@@ -247,6 +313,13 @@ impl SessionActor {
             return self.reply_error(iq, StanzaErrorCondition::BadRequest, ctx);
         };
         if to.local().is_some() && crate::im::handles(&payload.ns) {
+            if self.iqs_in_flight >= self.im.max_iqs_in_flight {
+                // A client that sends faster than its account's shard answers (or never
+                // reads) would queue unbounded work there: beyond the cap it is told to
+                // wait.
+                return self.refuse_iq_in_flight(iq, ctx);
+            }
+            self.iqs_in_flight += 1;
             let mut effect = PrivacyEffect::of(iq);
             let request = self.im.ask(
                 to,
@@ -257,29 +330,28 @@ impl SessionActor {
                 },
             );
             let iq = iq.clone();
-            ctx.spawn(
-                request
-                    .into_actor(self)
-                    .map(move |replies, session, ctx| match replies {
-                        Ok(replies) => {
-                            for mut reply in replies {
-                                if reply.attr("type") == Some("result") {
-                                    if let Some(e) = effect.take() {
-                                        e.apply(&mut session.active);
-                                    }
+            ctx.spawn(request.into_actor(self).map(move |replies, session, ctx| {
+                session.iqs_in_flight = session.iqs_in_flight.saturating_sub(1);
+                match replies {
+                    Ok(replies) => {
+                        for mut reply in replies {
+                            if reply.attr("type") == Some("result") {
+                                if let Some(e) = effect.take() {
+                                    e.apply(&mut session.active);
                                 }
-                                reply.set_attr("to", session.jid.to_string());
-                                session.send_to_client(&reply, ctx);
                             }
+                            reply.set_attr("to", session.jid.to_string());
+                            session.send_to_client(&reply, ctx);
                         }
-                        // The account's shard did not answer (its leader died or an
-                        // election is under way): the client may retry.
-                        Err(e) => {
-                            tracing::warn!(error = %e, "im: account IQ not answered");
-                            session.reply_error(&iq, StanzaErrorCondition::ResourceConstraint, ctx);
-                        }
-                    }),
-            );
+                    }
+                    // The account's shard did not answer (its leader died or an
+                    // election is under way): the client may retry.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "im: account IQ not answered");
+                        session.reply_error(&iq, StanzaErrorCondition::ResourceConstraint, ctx);
+                    }
+                }
+            }));
             return;
         }
         let req = IqRequest {
@@ -377,6 +449,11 @@ impl Handler<FromClient> for SessionActor {
                         self.handle_server_iq(&stanza, &target, ctx);
                     }
                     return;
+                }
+                if let Some(t) = &to {
+                    if self.count_foreign_iq(&stanza, t).is_err() {
+                        return self.refuse_iq_in_flight(&stanza, ctx);
+                    }
                 }
             }
             "presence"
@@ -515,6 +592,18 @@ impl Handler<Deliver> for SessionActor {
     type Result = ();
     fn handle(&mut self, Deliver(el): Deliver, ctx: &mut Context<Self>) {
         let sender = el.attr("from").and_then(|f| Jid::parse(f).ok());
+        if el.name == "iq" && !self.foreign_iqs.is_empty() {
+            if let (Some(s), Some("result" | "error")) = (&sender, el.attr("type")) {
+                let id = el.attr("id").unwrap_or_default();
+                if let Some(i) = self
+                    .foreign_iqs
+                    .iter()
+                    .position(|(to, sent, _)| to == s && sent == id)
+                {
+                    self.foreign_iqs.remove(i);
+                }
+            }
+        }
         let kind = match (el.name.as_str(), el.attr("type")) {
             ("message", _) => StanzaKind::Message,
             ("iq", _) => StanzaKind::Iq,

@@ -72,6 +72,17 @@ impl RosterActor {
         if jids.is_empty() {
             return Err(Cond::BadRequest);
         }
+        let current = self.blocklist(user);
+        let mut added: Vec<&Jid> = jids.iter().filter(|j| !current.contains(j)).collect();
+        added.sort_unstable_by_key(|j| j.to_string());
+        added.dedup();
+        let limit = self.limits.max_blocklist_items;
+        if current.len() + added.len() > limit {
+            // XEP-0191 defines no error for a full list: the configured cap is a local
+            // service policy (RFC 6120 §8.3.3.12); nothing of the request is stored.
+            self.refuse_over_cap(user, "max_blocklist_items", limit);
+            return Err(Cond::PolicyViolation);
+        }
         let keys: Vec<String> = jids.iter().map(Jid::to_string).collect();
         self.blocklist_add(&user.to_string(), &keys)
             .map_err(write_error)?;

@@ -43,11 +43,68 @@ pub use roster::{MAX_NAME as MAX_ROSTER_NAME, NS_ROSTER};
 pub use vcard::NS_VCARD;
 pub use writes::DataWriter;
 
-/// Limits on what an account can accumulate.
+/// Limits on what an account can accumulate: everything a client or a remote peer can make
+/// the node store for an account is bounded by one of these (`[im]` in the configuration).
 #[derive(Debug, Clone, Copy)]
 pub struct ImLimits {
     pub max_roster_items: usize,
     pub max_offline_messages: usize,
+    pub max_pending_subscriptions: usize,
+    pub max_roster_groups: usize,
+    pub max_blocklist_items: usize,
+    pub max_privacy_lists: usize,
+    pub max_privacy_items: usize,
+    pub max_private_entries: usize,
+    pub max_private_bytes: usize,
+    pub max_vcard_bytes: usize,
+}
+
+impl ImLimits {
+    pub fn from_settings(im: &crate::config::ImSettings) -> ImLimits {
+        ImLimits {
+            max_roster_items: im.max_roster_items,
+            max_offline_messages: im.max_offline_messages,
+            max_pending_subscriptions: im.max_pending_subscriptions,
+            max_roster_groups: im.max_roster_groups,
+            max_blocklist_items: im.max_blocklist_items,
+            max_privacy_lists: im.max_privacy_lists,
+            max_privacy_items: im.max_privacy_items,
+            max_private_entries: im.max_private_entries,
+            max_private_bytes: im.max_private_bytes,
+            max_vcard_bytes: im.max_vcard_bytes,
+        }
+    }
+}
+
+/// The configuration's defaults (benches and tests).
+impl Default for ImLimits {
+    fn default() -> ImLimits {
+        ImLimits {
+            max_roster_items: 1000,
+            max_offline_messages: 500,
+            max_pending_subscriptions: 1000,
+            max_roster_groups: 32,
+            max_blocklist_items: 1000,
+            max_privacy_lists: 50,
+            max_privacy_items: 250,
+            max_private_entries: 100,
+            max_private_bytes: 1024 * 1024,
+            max_vcard_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// A per-account cap refused something: the stanza error text that names it, and a log line.
+/// Refusals are logged at warn the 1st, 2nd, 4th, 8th... time per shard, at debug otherwise,
+/// so a peer that keeps hitting a cap cannot flood the log.
+fn cap_tripped(refusals: &mut u64, user: &Jid, key: &str, limit: usize) -> String {
+    *refusals += 1;
+    if refusals.is_power_of_two() {
+        tracing::warn!(%user, cap = key, limit, refusals = *refusals, "im: per-account cap reached");
+    } else {
+        tracing::debug!(%user, cap = key, limit, "im: per-account cap reached");
+    }
+    format!("at most {limit} allowed (im.{key})")
 }
 
 /// The addresses of this node's RosterActor shards and, in a cluster, the way to the
@@ -61,6 +118,9 @@ pub struct ImLimits {
 pub struct RosterShards {
     local: Arc<Vec<Addr<RosterActor>>>,
     cluster: Option<Cluster>,
+    /// Account IQs one session may have waiting for an answer from a shard
+    /// (`im.max_iqs_in_flight`).
+    pub max_iqs_in_flight: usize,
 }
 
 /// Where an operation on a user's shard goes now.
@@ -76,7 +136,14 @@ impl RosterShards {
         RosterShards {
             local: Arc::new(shards),
             cluster,
+            max_iqs_in_flight: 32,
         }
+    }
+
+    /// With `im.max_iqs_in_flight` from the configuration.
+    pub fn with_max_iqs_in_flight(mut self, n: usize) -> Self {
+        self.max_iqs_in_flight = n;
+        self
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Addr<RosterActor>> {
@@ -254,6 +321,10 @@ pub struct RosterActor {
     /// Bound resources of this shard's accounts (bare JID → full JID) and the privacy list
     /// each has made active (XEP-0016 §2.4).
     bound: privacy::BoundResources,
+    /// Requests a per-account cap refused (for the log's pacing, see `cap_tripped`).
+    cap_refusals: u64,
+    /// While an account IQ is handled: the `<text/>` for its error, when a cap refused it.
+    cap_text: Option<String>,
 }
 
 impl RosterActor {
@@ -283,7 +354,17 @@ impl RosterActor {
             online: HashSet::new(),
             offline_claims: HashMap::new(),
             bound: privacy::BoundResources::default(),
+            cap_refusals: 0,
+            cap_text: None,
         }
+    }
+
+    /// Note that the cap `key` (limit `limit`) refused a request of `user`; the account IQ's
+    /// error (if this is one) carries the text.
+    fn refuse_over_cap(&mut self, user: &Jid, key: &str, limit: usize) -> String {
+        let text = cap_tripped(&mut self.cap_refusals, user, key, limit);
+        self.cap_text = Some(text.clone());
+        text
     }
 }
 
@@ -391,6 +472,7 @@ impl RosterActor {
             .map(|p| p.ns.as_str())
             .unwrap_or_default();
         self.requester = Some(from.clone());
+        self.cap_text = None;
         let mut replies = match ns {
             // RFC 6121 §2.1.5: only the account itself manages its roster.
             NS_ROSTER if own => self.roster_iq(from, iq),
@@ -411,6 +493,20 @@ impl RosterActor {
             }
         }
         self.requester = None;
+        if let Some(text) = self.cap_text.take() {
+            // RFC 6120 §8.3.2: the error says which policy refused the request.
+            for r in replies
+                .iter_mut()
+                .filter(|r| r.attr("type") == Some("error"))
+            {
+                if let Some(e) = r.get_child_mut("error", proto::ns::CLIENT) {
+                    e.children.push(proto::element::Node::Element(
+                        proto::element::Element::new("text", proto::ns::STANZAS_ERRORS)
+                            .with_text(text.as_str()),
+                    ));
+                }
+            }
+        }
         replies.append(&mut self.requester_pushes);
         replies
     }

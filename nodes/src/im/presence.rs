@@ -74,14 +74,21 @@ impl RosterActor {
         }
         // RFC 6121 §3.1.3: requests received while offline are delivered at every login
         // until answered.
+        // What is stored is the sender and the status text; the stanza is built again.
         if let Ok(pending) = self.rosters.pending_in(&key) {
-            for (_, xml) in pending {
-                if let Ok(stanza) = Element::parse(&xml) {
-                    self.router.do_send(DeliverToResource {
-                        to: msg.from.clone(),
-                        stanza,
-                    });
+            for request in pending {
+                let mut stanza = Element::new("presence", proto::ns::CLIENT)
+                    .with_attr("type", "subscribe")
+                    .with_attr("from", request.contact)
+                    .with_attr("to", key.as_str());
+                if let Some(status) = request.status {
+                    stanza = stanza
+                        .with_child(Element::new("status", proto::ns::CLIENT).with_text(status));
                 }
+                self.router.do_send(DeliverToResource {
+                    to: msg.from.clone(),
+                    stanza,
+                });
             }
         }
     }

@@ -384,6 +384,22 @@ impl RosterActor {
                 .iter()
                 .flat_map(|i| i.groups.iter().map(String::as_str))
                 .collect();
+            let max_items = self.limits.max_privacy_items;
+            if list.children().count() > max_items {
+                // XEP-0016 sets no limit; the configured one is a local service policy
+                // (RFC 6120 §8.3.3.12). Nothing is stored.
+                self.refuse_over_cap(&user, "max_privacy_items", max_items);
+                return Err(Cond::PolicyViolation);
+            }
+            let names = self
+                .privacy
+                .lists(&key)
+                .map_err(|_| Cond::InternalServerError)?;
+            let max_lists = self.limits.max_privacy_lists;
+            if !names.iter().any(|n| n == name) && names.len() >= max_lists {
+                self.refuse_over_cap(&user, "max_privacy_lists", max_lists);
+                return Err(Cond::PolicyViolation);
+            }
             let items = list
                 .children()
                 .map(|el| parse_item(el, &groups))

@@ -11,7 +11,7 @@ use super::writes::write_error;
 use super::RosterActor;
 
 pub const NS_PRIVATE: &str = "jabber:iq:private";
-/// Largest element stored, serialised.
+/// Largest single element stored, serialised (the account's total is `im.max_private_bytes`).
 const MAX_PRIVATE_BYTES: usize = 64 * 1024;
 
 /// §2.3: the stored fragment must be in a namespace of its own; these are not.
@@ -21,7 +21,8 @@ fn is_storable_namespace(n: &str) -> bool {
 
 impl RosterActor {
     pub(super) fn private_iq(&mut self, from: &Jid, iq: &Element) -> Vec<Element> {
-        let user = from.to_bare().to_string();
+        let bare = from.to_bare();
+        let user = bare.to_string();
         let Some(query) = iq.get_child("query", NS_PRIVATE) else {
             return vec![error_for(iq, Cond::BadRequest)];
         };
@@ -30,7 +31,7 @@ impl RosterActor {
                 .private_get(&user, query)
                 .map(|q| result_for(iq, Some(q))),
             Some("set") => self
-                .private_set(&user, query)
+                .private_set(&bare, query)
                 .map(|()| result_for(iq, None)),
             _ => Err(Cond::BadRequest),
         };
@@ -69,15 +70,50 @@ impl RosterActor {
         Ok(reply)
     }
 
-    /// Each child replaces what was stored under its name and namespace.
-    fn private_set(&mut self, user: &str, query: &Element) -> Result<(), Cond> {
+    /// Each child replaces what was stored under its name and namespace. The account's
+    /// elements and their bytes, counted as they will be after the set, stay within
+    /// `im.max_private_entries` and `im.max_private_bytes`, or nothing is stored.
+    fn private_set(&mut self, bare: &Jid, query: &Element) -> Result<(), Cond> {
+        let user = bare.to_string();
         let fragments = Self::fragments(query)?;
         let xml: Vec<String> = fragments.iter().map(|f| f.to_xml_string()).collect();
         if xml.iter().any(|x| x.len() > MAX_PRIVATE_BYTES) {
             return Err(Cond::NotAcceptable);
         }
+        let (mut count, mut bytes) = self
+            .private
+            .usage(&user)
+            .map_err(|_| Cond::InternalServerError)?;
+        // The same element twice in one set: the last one is what is stored.
+        let mut seen: Vec<(&str, &str)> = Vec::new();
+        for (f, x) in fragments.iter().zip(&xml).rev() {
+            if seen.contains(&(f.name.as_str(), f.ns.as_str())) {
+                continue;
+            }
+            seen.push((&f.name, &f.ns));
+            match self
+                .private
+                .get(&user, &f.name, &f.ns)
+                .map_err(|_| Cond::InternalServerError)?
+            {
+                Some(old) => bytes = bytes.saturating_sub(old.len()),
+                None => count += 1,
+            }
+            bytes += x.len();
+        }
+        let limits = self.limits;
+        if count > limits.max_private_entries {
+            // XEP-0049 sets no limit; the configured one is a local service policy
+            // (RFC 6120 §8.3.3.12).
+            self.refuse_over_cap(bare, "max_private_entries", limits.max_private_entries);
+            return Err(Cond::PolicyViolation);
+        }
+        if bytes > limits.max_private_bytes {
+            self.refuse_over_cap(bare, "max_private_bytes", limits.max_private_bytes);
+            return Err(Cond::PolicyViolation);
+        }
         for (f, x) in fragments.iter().zip(&xml) {
-            self.private_put(user, &f.name, &f.ns, x)
+            self.private_put(&user, &f.name, &f.ns, x)
                 .map_err(write_error)?;
         }
         Ok(())

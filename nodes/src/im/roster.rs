@@ -168,6 +168,13 @@ impl RosterActor {
             }
             groups.push(text);
         }
+        if groups.len() > self.limits.max_roster_groups {
+            // RFC 6121 §2.3.3 leaves limits on an item to the server; a count over the
+            // configured one is a local service policy the client can meet by sending fewer
+            // (policy-violation, type modify, RFC 6120 §8.3.3.12), the text naming the limit.
+            self.refuse_over_cap(user, "max_roster_groups", self.limits.max_roster_groups);
+            return Err(Cond::PolicyViolation);
+        }
         let existing = self
             .rosters
             .item(&key, &contact_key)
@@ -224,6 +231,13 @@ impl RosterActor {
             {
                 added += 1;
             }
+        }
+        let groups = self.limits.max_roster_groups;
+        if let Some(item) = items.iter().find(|i| i.groups.len() > groups) {
+            return Err(format!(
+                "{key}: item {} has more than im.max_roster_groups ({groups}) groups",
+                item.jid
+            ));
         }
         let limit = self.limits.max_roster_items;
         if stored + added > limit {

@@ -9,15 +9,17 @@ use storage::rosters::RosterItem;
 
 use super::messages::{InboundSubscription, OutboundSubscription};
 use super::roster::{item_element, state_of};
-use super::RosterActor;
-use crate::router::messages::{DeliverToAvailable, RouteStanza, SendPresenceOf, SendUnavailableOf};
+use super::{cap_tripped, RosterActor};
+use crate::router::messages::{
+    DeliverToAvailable, DeliverToResource, RouteStanza, SendPresenceOf, SendUnavailableOf,
+};
+use proto::error::{stanza_error_reply, StanzaErrorCondition as Cond};
 
 impl RosterActor {
+    /// One key lookup, whatever the number of requests pending.
     pub(super) fn has_pending_in(&self, user: &Jid, contact: &Jid) -> bool {
-        let contact = contact.to_string();
         self.rosters
-            .pending_in(&user.to_string())
-            .map(|p| p.iter().any(|(c, _)| *c == contact))
+            .has_pending_in(&user.to_string(), &contact.to_string())
             .unwrap_or(false)
     }
 
@@ -33,7 +35,7 @@ impl RosterActor {
 
     /// Store `state` for `contact` in `user`'s roster and push the item if it shows.
     /// A pending inbound request alone does not put the contact on the roster (RFC 6121
-    /// §3.1.3); it is kept with the request stanza instead.
+    /// §3.1.3); it is kept as its sender and status text instead (all that is redelivered).
     fn store_state(
         &mut self,
         user: &Jid,
@@ -47,7 +49,9 @@ impl RosterActor {
         let contact_key = contact.to_string();
         if after.pending_in != before.pending_in {
             let stored = match (after.pending_in, request) {
-                (true, Some(req)) => self.pending_put(&key, &contact_key, &req.to_xml_string()),
+                (true, Some(req)) => {
+                    self.pending_put(&key, &contact_key, request_status(req).as_deref())
+                }
                 (true, None) => Ok(()),
                 (false, _) => self.pending_remove(&key, &contact_key).map(|_| ()),
             };
@@ -55,8 +59,7 @@ impl RosterActor {
                 tracing::error!(error = %e, "storing a pending subscription request failed");
             }
         }
-        let shown = |s: &SubState| (s.subscription, s.pending_out, s.approved);
-        if item.is_none() && shown(&after) == shown(&SubState::default()) {
+        if item.is_none() && !shows(&after) {
             return;
         }
         if item.is_some() && shown(&after) == shown(&before) {
@@ -90,6 +93,22 @@ impl RosterActor {
         } = msg;
         let (item, before) = self.load_state(&user, &contact);
         let out = im::outbound(before, kind);
+        if item.is_none() && shows(&out.state) && self.roster_full(&user) {
+            // RFC 6121 §3.1.2 (and §3.1.5, §3.4 for approvals) would add the contact to
+            // the roster; a full roster refuses that as a roster set would (not-allowed,
+            // `im.max_roster_items`), and the stanza is not routed.
+            let limit = self.limits.max_roster_items;
+            let text = cap_tripped(&mut self.cap_refusals, &user, "max_roster_items", limit);
+            let mut bounce = stanza_error_reply(&stanza, Cond::NotAllowed, Some(&text));
+            bounce
+                .children
+                .retain(|n| matches!(n, proto::element::Node::Element(e) if e.name == "error"));
+            if let Some(to) = stanza.attr("from").and_then(|f| Jid::parse(f).ok()) {
+                self.router
+                    .do_send(DeliverToResource { to, stanza: bounce });
+            }
+            return;
+        }
         self.store_state(&user, &contact, item, before, out.state, None);
         if out.route {
             // RFC 6121 §3.1.2: the request carries the user's bare JID.
@@ -121,6 +140,30 @@ impl RosterActor {
         }
         let (item, before) = self.load_state(&user, &contact);
         let inb = im::inbound(before, kind);
+        if inb.state.pending_in && !before.pending_in && self.pending_full(&user) {
+            // A new request the account has no room for: bounce it (RFC 6121 §3.1.3 lets the
+            // contact's server refuse; resource-constraint, type wait, RFC 6120 §8.3.3.18:
+            // there is room again once the user answers some). Nothing is stored, so a
+            // domain flooding one account with requests from ever new JIDs stores at most
+            // the cap.
+            let limit = self.limits.max_pending_subscriptions;
+            let text = cap_tripped(
+                &mut self.cap_refusals,
+                &user,
+                "max_pending_subscriptions",
+                limit,
+            );
+            let mut bounce = stanza_error_reply(&stanza, Cond::ResourceConstraint, Some(&text));
+            bounce
+                .children
+                .retain(|n| matches!(n, proto::element::Node::Element(e) if e.name == "error"));
+            self.router.do_send(RouteStanza {
+                from: user.clone(),
+                to: contact.clone(),
+                stanza: bounce,
+            });
+            return;
+        }
         self.store_state(&user, &contact, item, before, inb.state, Some(&stanza));
         if inb.deliver {
             self.router.do_send(DeliverToAvailable {
@@ -197,9 +240,51 @@ impl RosterActor {
         }
     }
 
+    /// Whether `user`'s roster holds as many items as it may (a counter, no scan).
+    fn roster_full(&self, user: &Jid) -> bool {
+        self.rosters
+            .count(&user.to_string())
+            .is_ok_and(|n| n >= self.limits.max_roster_items)
+    }
+
+    /// Whether `user` holds as many unanswered requests as it may (a counter, no scan).
+    fn pending_full(&self, user: &Jid) -> bool {
+        self.rosters
+            .pending_count(&user.to_string())
+            .is_ok_and(|n| n >= self.limits.max_pending_subscriptions)
+    }
+
     fn is_local(&self, jid: &Jid) -> bool {
         self.domains.iter().any(|d| d == jid.domain())
     }
+}
+
+/// What a roster item shows of a subscription state (a pending inbound request does not
+/// show: it is kept apart, RFC 6121 §3.1.3).
+fn shown(s: &SubState) -> (Subscription, bool, bool) {
+    (s.subscription, s.pending_out, s.approved)
+}
+
+/// Whether the state needs a roster item (it differs from "none" in what an item shows).
+fn shows(s: &SubState) -> bool {
+    shown(s) != shown(&SubState::default())
+}
+
+/// Longest `<status/>` text kept with a pending request; the rest is cut (at a character
+/// boundary). The request itself is what matters; the text is a courtesy.
+pub(super) const MAX_PENDING_STATUS: usize = 1024;
+
+/// The `<status/>` text of a subscription request, as much of it as is kept.
+fn request_status(req: &Element) -> Option<String> {
+    let mut text = req.get_child("status", ns::CLIENT)?.text();
+    if text.len() > MAX_PENDING_STATUS {
+        let mut cut = MAX_PENDING_STATUS;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    Some(text).filter(|t| !t.is_empty())
 }
 
 /// Who gets `user`'s presence broadcasts: contacts subscribed to it (From or Both).
@@ -210,4 +295,29 @@ pub(super) fn is_subscriber(item: &RosterItem) -> bool {
 /// Whose presence `user` receives: contacts it is subscribed to (To or Both).
 pub(super) fn is_subscription(item: &RosterItem) -> bool {
     Subscription::parse(&item.subscription).is_some_and(|s| s.has_to())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_status_text_of_a_request_is_kept_and_bounded() {
+        let req = |inner: &str| {
+            Element::parse(&format!(
+                "<presence xmlns='jabber:client' type='subscribe'>{inner}</presence>"
+            ))
+            .unwrap()
+        };
+        assert_eq!(request_status(&req("")), None);
+        assert_eq!(request_status(&req("<status/>")), None);
+        assert_eq!(
+            request_status(&req("<status>hi</status><x xmlns='urn:x'>big</x>")).as_deref(),
+            Some("hi")
+        );
+        let long = "é".repeat(MAX_PENDING_STATUS);
+        let kept = request_status(&req(&format!("<status>{long}</status>"))).unwrap();
+        assert!(kept.len() <= MAX_PENDING_STATUS && kept.len() >= MAX_PENDING_STATUS - 1);
+        assert!(kept.chars().all(|c| c == 'é'));
+    }
 }

@@ -9,8 +9,6 @@ use super::writes::write_error;
 use super::RosterActor;
 
 pub const NS_VCARD: &str = "vcard-temp";
-/// Largest vCard stored, serialised (room for a small avatar; XEP-0153 asks for small ones).
-const MAX_VCARD_BYTES: usize = 64 * 1024;
 
 impl RosterActor {
     pub(super) fn vcard_iq(&mut self, from: &Jid, to: &Jid, iq: &Element) -> Vec<Element> {
@@ -44,10 +42,15 @@ impl RosterActor {
         }
     }
 
-    /// §3.2: the whole vCard is replaced.
+    /// §3.2: the whole vCard is replaced. Its size is capped by `im.max_vcard_bytes` (the
+    /// default, 64 KiB, leaves room for a small avatar; XEP-0153 asks for small ones); a
+    /// larger one is `not-acceptable` (the request does not meet the server's criteria,
+    /// RFC 6120 §8.3.3.11) and the stored vCard is kept.
     fn vcard_set(&mut self, user: &Jid, vcard: &Element) -> Result<(), Cond> {
         let xml = vcard.to_xml_string();
-        if xml.len() > MAX_VCARD_BYTES {
+        let limit = self.limits.max_vcard_bytes;
+        if xml.len() > limit {
+            self.refuse_over_cap(user, "max_vcard_bytes", limit);
             return Err(Cond::NotAcceptable);
         }
         self.vcard_put(&user.to_string(), &xml).map_err(write_error)

@@ -102,12 +102,12 @@ impl RosterActor {
         &self,
         user: &str,
         contact: &str,
-        xml: &str,
+        status: Option<&str>,
     ) -> Result<(), StorageError> {
         self.write_done(UserDataWrite::PendingPut {
             user: user.into(),
             contact: contact.into(),
-            xml: xml.into(),
+            status: status.map(str::to_string),
         })
     }
 
