@@ -252,7 +252,9 @@ impl Inbound {
                 );
             }
             let actions: Vec<Action> = tokio::select! {
-                _ = pressure.changed(), if paused => continue,
+                // A change may pause or resume this stream: look again (reads are
+                // cancel-safe).
+                _ = pressure.changed() => continue,
                 _ = tokio::time::sleep(PAUSE_RECHECK), if paused => continue,
                 r = self.io.read(&mut buf), if !paused => match r {
                     Ok(0) | Err(_) => return None,

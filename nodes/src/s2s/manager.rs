@@ -56,6 +56,7 @@ pub struct S2sManager {
     /// Links waiting for a connecting slot, first come first served: (key, generation).
     waiting: VecDeque<(Key, u64)>,
     waiting_log: LogThrottle,
+    queue_full_log: LogThrottle,
     refused_log: LogThrottle,
     evicted_log: LogThrottle,
 }
@@ -71,6 +72,7 @@ impl S2sManager {
             connecting: HashSet::new(),
             waiting: VecDeque::new(),
             waiting_log: LogThrottle::new(LOG_INTERVAL),
+            queue_full_log: LogThrottle::new(LOG_INTERVAL),
             refused_log: LogThrottle::new(LOG_INTERVAL),
             evicted_log: LogThrottle::new(LOG_INTERVAL),
         }
@@ -101,7 +103,9 @@ impl S2sManager {
                     Err(mpsc::error::SendError(cmd)) => cmd,
                 },
                 Reserve::Refused { tripped } => {
-                    if tripped {
+                    // A link at its bound may trip again as soon as it drained to the
+                    // low-water mark: one line per interval over all links is enough.
+                    if tripped && self.queue_full_log.tick().is_some() {
                         tracing::warn!(
                             local,
                             remote,

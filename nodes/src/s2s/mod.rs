@@ -57,8 +57,9 @@ pub struct S2sShared {
     pub backpressure: Arc<limits::Backpressure>,
     /// Open inbound connections, in total and per source address.
     pub inbound_connections: Arc<limits::ConnectionLimiter>,
-    /// Refused inbound connections log at most once per interval.
-    pub refused_log: limits::LogThrottle,
+    /// Refused inbound connections log at most once per interval and limit (total, per
+    /// address).
+    pub refused_log: [limits::LogThrottle; 2],
 }
 
 impl S2sShared {
@@ -153,7 +154,10 @@ pub fn start(
             settings.s2s.max_inbound_connections,
             settings.s2s.max_inbound_connections_per_address,
         )),
-        refused_log: limits::LogThrottle::new(Duration::from_secs(10)),
+        refused_log: [
+            limits::LogThrottle::new(Duration::from_secs(10)),
+            limits::LogThrottle::new(Duration::from_secs(10)),
+        ],
     });
     let manager = S2sManager::new(shared.clone()).start();
     for l in listeners {
@@ -196,7 +200,8 @@ async fn accept_loop(listener: C2sListener, shared: Arc<S2sShared>, manager: Add
                 Err(refusal) => {
                     limits::count(refusal.label());
                     let (open, from_peer) = shared.inbound_connections.open(Some(peer.ip()));
-                    if let Some(suppressed) = shared.refused_log.tick() {
+                    let throttle = &shared.refused_log[refusal as usize];
+                    if let Some(suppressed) = throttle.tick() {
                         tracing::warn!(
                             %peer,
                             open,
