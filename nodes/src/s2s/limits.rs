@@ -392,6 +392,10 @@ impl<K: Hash + Eq + Clone> ExpiringSet<K> {
         self.until.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.until.is_empty()
+    }
+
     /// Whether `key` is in the set at `now` (an expired entry is removed).
     pub fn contains(&mut self, key: &K, now: Instant) -> bool {
         match self.until.get(key) {
