@@ -96,6 +96,9 @@ pub struct S2sSettings {
     /// we send. Beyond it stanzas bounce with `resource-constraint` and the inbound streams
     /// from that domain are not read until the queue drained below half of it.
     pub max_queue_bytes: usize,
+    /// Bytes all outbound link queues may hold together; beyond it stanzas to any remote
+    /// domain bounce with `resource-constraint`.
+    pub max_total_queue_bytes: usize,
     /// Inbound s2s connections open at once, over all s2s listeners; beyond it a new one
     /// gets `<resource-constraint/>` and is closed.
     pub max_inbound_connections: usize,
@@ -235,6 +238,7 @@ auth_timeout_secs = 30
 max_stanza_bytes = 262144
 max_queue = 1000
 max_queue_bytes = 4194304
+max_total_queue_bytes = 67108864
 max_inbound_connections = 1000
 max_inbound_connections_per_address = 50
 max_pending_dialback = 32
@@ -428,6 +432,11 @@ impl Settings {
                 "s2s.max_queue_bytes must be at least s2s.max_stanza_bytes".into(),
             ));
         }
+        if self.s2s.max_total_queue_bytes < self.s2s.max_queue_bytes {
+            return Err(ConfigError::Invalid(
+                "s2s.max_total_queue_bytes must be at least s2s.max_queue_bytes".into(),
+            ));
+        }
         if !self.s2s.nameserver.is_empty()
             && self.s2s.nameserver.parse::<std::net::SocketAddr>().is_err()
         {
@@ -511,6 +520,7 @@ mod tests {
             "max_pending_dialback = 0",
             "max_connecting_links = 0",
             "max_queue_bytes = 4096",
+            "max_total_queue_bytes = 1048576",
         ] {
             std::fs::write(&f, format!("[s2s]\n{bad}\n")).unwrap();
             assert!(Settings::load(Some(&f)).is_err(), "{bad}");

@@ -250,7 +250,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         s2s_limited: counter(
             &r,
             "switchboard_s2s_limited_total",
-            "Federation limits that tripped, by limit: inbound_connections, inbound_connections_per_address, pending_dialback, link_queue_bytes, link_queue_stanzas, connecting_links, waiting_links, private_target, failed_links_evicted.",
+            "Federation limits that tripped, by limit: inbound_connections, inbound_connections_per_address, pending_dialback, link_queue_bytes, link_queue_stanzas, total_queue_bytes, connecting_links, waiting_links, private_target, failed_links_evicted.",
             &["limit"],
         ),
         registry: r,

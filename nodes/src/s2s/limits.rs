@@ -266,14 +266,54 @@ impl Backpressure {
     }
 }
 
+/// The bytes all outbound link queues of the node may hold together
+/// (`s2s.max_total_queue_bytes`): each link is bounded on its own, but many links (up to
+/// `max_connecting_links + max_waiting_links` coming up, plus those up) could otherwise
+/// each hold their full bound at once.
+pub struct QueueBudget {
+    max_bytes: usize,
+    used: AtomicUsize,
+}
+
+impl QueueBudget {
+    pub fn new(max_bytes: usize) -> QueueBudget {
+        QueueBudget {
+            max_bytes,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn try_take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                u.checked_add(n).filter(|t| *t <= self.max_bytes)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, n: usize) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(n))
+            });
+    }
+}
+
 /// The outcome of reserving room in a [`LinkQueue`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reserve {
     Accepted,
-    /// Over the bound; `tripped`: the queue just became congested (log it once).
+    /// Over the link's bound; `tripped`: the queue just became congested (log it once).
     Refused {
         tripped: bool,
     },
+    /// The link has room but all links together are at `s2s.max_total_queue_bytes`.
+    RefusedTotal,
 }
 
 /// The byte bound of one outbound link: what the manager has handed the link task and the
@@ -290,10 +330,16 @@ pub struct LinkQueue {
     congested: AtomicBool,
     closed: AtomicBool,
     backpressure: Arc<Backpressure>,
+    budget: Arc<QueueBudget>,
 }
 
 impl LinkQueue {
-    pub fn new(remote: &str, max_bytes: usize, backpressure: Arc<Backpressure>) -> LinkQueue {
+    pub fn new(
+        remote: &str,
+        max_bytes: usize,
+        backpressure: Arc<Backpressure>,
+        budget: Arc<QueueBudget>,
+    ) -> LinkQueue {
         LinkQueue {
             remote: remote.to_string(),
             max_bytes,
@@ -302,6 +348,7 @@ impl LinkQueue {
             congested: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             backpressure,
+            budget,
         }
     }
 
@@ -330,6 +377,9 @@ impl LinkQueue {
             }
             return Reserve::Refused { tripped };
         }
+        if !self.budget.try_take(n) {
+            return Reserve::RefusedTotal;
+        }
         self.bytes.fetch_add(n, Ordering::Relaxed);
         Reserve::Accepted
     }
@@ -343,6 +393,7 @@ impl LinkQueue {
             })
             .unwrap_or(0);
         let after = before.saturating_sub(n);
+        self.budget.give_back(before - after);
         if after < self.low_water && self.congested.swap(false, Ordering::Relaxed) {
             if !self.closed.load(Ordering::Relaxed) {
                 self.backpressure.relieve(&self.remote);
@@ -358,6 +409,9 @@ impl LinkQueue {
         if !self.closed.swap(true, Ordering::Relaxed) && self.congested.load(Ordering::Relaxed) {
             self.backpressure.relieve(&self.remote);
         }
+        // What is still counted dies with the link (bounced or handed back to the manager,
+        // which counts it again on the next link).
+        self.budget.give_back(self.bytes.swap(0, Ordering::Relaxed));
     }
 }
 
@@ -508,10 +562,44 @@ mod tests {
         }
     }
 
+    fn budget(n: usize) -> Arc<QueueBudget> {
+        Arc::new(QueueBudget::new(n))
+    }
+
+    #[test]
+    fn all_link_queues_share_one_budget() {
+        let bp = Arc::new(Backpressure::default());
+        let total = budget(1000);
+        let a = LinkQueue::new("a.example", 800, bp.clone(), total.clone());
+        let b = LinkQueue::new("b.example", 800, bp.clone(), total.clone());
+        assert_eq!(a.try_reserve(600), Reserve::Accepted);
+        assert_eq!(b.try_reserve(300), Reserve::Accepted);
+        // b has room of its own (300 + 200 <= 800), the node does not (900 + 200 > 1000):
+        // refused without congesting b or pausing its peer.
+        assert_eq!(b.try_reserve(200), Reserve::RefusedTotal);
+        assert!(!b.is_congested() && !bp.is_congested(["b.example"].into_iter()));
+        // Even an empty link cannot pass the node's budget.
+        let c = LinkQueue::new("c.example", 800, bp.clone(), total.clone());
+        assert_eq!(c.try_reserve(200), Reserve::RefusedTotal);
+        assert_eq!(total.used(), 900);
+        // Released bytes (never more than were reserved) and a closed link's leftovers
+        // go back to the budget.
+        a.release(100);
+        a.release(10_000);
+        assert_eq!(total.used(), 300);
+        b.close();
+        assert_eq!(total.used(), 0);
+        // A reservation on a link that already ended is given back when it is dropped.
+        assert_eq!(b.try_reserve(50), Reserve::Accepted);
+        assert_eq!(total.used(), 50);
+        drop(b);
+        assert_eq!(total.used(), 0);
+    }
+
     #[test]
     fn a_full_link_queue_refuses_until_it_drains_below_low_water() {
         let bp = Arc::new(Backpressure::default());
-        let q = LinkQueue::new("peer.example", 1000, bp.clone());
+        let q = LinkQueue::new("peer.example", 1000, bp.clone(), budget(1 << 20));
         assert_eq!(q.try_reserve(600), Reserve::Accepted);
         assert_eq!(q.try_reserve(300), Reserve::Accepted);
         assert!(!bp.is_congested(["peer.example"].into_iter()));
@@ -533,7 +621,7 @@ mod tests {
         assert_eq!(q.try_reserve(100), Reserve::Accepted);
         assert_eq!(q.bytes(), 500);
         // An empty queue takes one stanza larger than the whole bound.
-        let empty = LinkQueue::new("x.example", 1000, bp.clone());
+        let empty = LinkQueue::new("x.example", 1000, bp.clone(), budget(1 << 20));
         assert_eq!(empty.try_reserve(5000), Reserve::Accepted);
         assert_eq!(empty.try_reserve(1), Reserve::Refused { tripped: true });
     }
@@ -541,8 +629,8 @@ mod tests {
     #[test]
     fn a_link_that_ends_congested_relieves_its_peer() {
         let bp = Arc::new(Backpressure::default());
-        let q1 = LinkQueue::new("peer.example", 10, bp.clone());
-        let q2 = LinkQueue::new("peer.example", 10, bp.clone());
+        let q1 = LinkQueue::new("peer.example", 10, bp.clone(), budget(1 << 20));
+        let q2 = LinkQueue::new("peer.example", 10, bp.clone(), budget(1 << 20));
         for q in [&q1, &q2] {
             assert_eq!(q.try_reserve(8), Reserve::Accepted);
             assert_eq!(q.try_reserve(8), Reserve::Refused { tripped: true });

@@ -57,6 +57,7 @@ pub struct S2sManager {
     waiting: VecDeque<(Key, u64)>,
     waiting_log: LogThrottle,
     queue_full_log: LogThrottle,
+    total_full_log: LogThrottle,
     refused_log: LogThrottle,
     evicted_log: LogThrottle,
 }
@@ -73,6 +74,7 @@ impl S2sManager {
             waiting: VecDeque::new(),
             waiting_log: LogThrottle::new(LOG_INTERVAL),
             queue_full_log: LogThrottle::new(LOG_INTERVAL),
+            total_full_log: LogThrottle::new(LOG_INTERVAL),
             refused_log: LogThrottle::new(LOG_INTERVAL),
             evicted_log: LogThrottle::new(LOG_INTERVAL),
         }
@@ -102,6 +104,21 @@ impl S2sManager {
                     // The task has ended; what it reserved dies with its queue.
                     Err(mpsc::error::SendError(cmd)) => cmd,
                 },
+                Reserve::RefusedTotal => {
+                    if let Some(suppressed) = self.total_full_log.tick() {
+                        tracing::warn!(
+                            local,
+                            remote,
+                            queued_bytes = self.shared.queue_budget.used(),
+                            max_total_queue_bytes = self.shared.settings.max_total_queue_bytes,
+                            suppressed,
+                            "s2s link queues full (s2s.max_total_queue_bytes): bouncing with resource-constraint"
+                        );
+                    }
+                    limits::count("total_queue_bytes");
+                    self.refuse(cmd, StanzaErrorCondition::ResourceConstraint);
+                    return;
+                }
                 Reserve::Refused { tripped } => {
                     // A link at its bound may trip again as soon as it drained to the
                     // low-water mark: one line per interval over all links is enough.
@@ -151,10 +168,15 @@ impl S2sManager {
             remote,
             settings.max_queue_bytes,
             self.shared.backpressure.clone(),
+            self.shared.queue_budget.clone(),
         ));
-        // An empty queue takes any one command, and a fresh channel's receiver is alive:
-        // neither can fail.
-        let _ = queue.try_reserve(weight);
+        if queue.try_reserve(weight) != Reserve::Accepted {
+            // An empty queue takes any one command: only the node's budget can refuse.
+            limits::count("total_queue_bytes");
+            self.refuse(cmd, StanzaErrorCondition::ResourceConstraint);
+            return;
+        }
+        // A fresh channel's receiver is alive: this send cannot fail.
         let _ = tx.send(cmd);
         let parked = if start_now {
             self.spawn_link(&key, generation, queue.clone(), rx, ctx);

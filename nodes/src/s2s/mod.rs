@@ -55,6 +55,8 @@ pub struct S2sShared {
     pub shutdown: watch::Receiver<bool>,
     /// Remote domains whose outbound link is full: their inbound streams are not read.
     pub backpressure: Arc<limits::Backpressure>,
+    /// What all outbound link queues hold together.
+    pub queue_budget: Arc<limits::QueueBudget>,
     /// Open inbound connections, in total and per source address.
     pub inbound_connections: Arc<limits::ConnectionLimiter>,
     /// Refused inbound connections log at most once per interval and limit (total, per
@@ -150,6 +152,7 @@ pub fn start(
         resolver,
         shutdown,
         backpressure: Arc::new(limits::Backpressure::default()),
+        queue_budget: Arc::new(limits::QueueBudget::new(settings.s2s.max_total_queue_bytes)),
         inbound_connections: Arc::new(limits::ConnectionLimiter::new(
             settings.s2s.max_inbound_connections,
             settings.s2s.max_inbound_connections_per_address,
