@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 
+from conftest import free_ports
 from federation import RawS2s, StubDns, render_toml_nested, strip_ansi
 from rawxmpp import login, q, stanza_error
 from test_metrics import scrape, value
@@ -142,6 +143,64 @@ def test_dialback_flood_is_capped_per_stream(make_server):
         assert value(m, "switchboard_s2s_limited_total", limit="pending_dialback") == 17, m
     finally:
         silent.close()
+
+
+async def test_dialback_flood_keeps_memory_bounded_and_clients_served(make_server):
+    """10,000 <db:result/> naming 2,000 domains (routed to a closed port, so each
+    verification fails fast and frees its slot) on one stream, while a client keeps
+    pinging its server: the node answers what it can, refuses the rest, its memory grows by
+    a few MiB at most, and the client is answered throughout."""
+    (closed,) = free_ports(1)
+    domains = [f"f{i}.flood.test" for i in range(2000)]
+    srv = start_node(make_server, {"require_tls": False},
+                     routes={d: f"127.0.0.1:{closed}" for d in domains})
+    c = await login(srv, srv.account(), resource="r", presence=True)
+    raw = Raw.dial(srv.s2s_port, from_domain="attacker.test")
+    answers = {"n": 0}
+    stop = threading.Event()
+
+    def drain():
+        raw.sock.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                chunk = raw.sock.recv(1 << 16)
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                return
+            if not chunk:
+                return
+            answers["n"] += chunk.count(b"<db:result ")
+
+    try:
+        raw.header()
+        raw.read_until(r"</stream:features>")
+        threading.Thread(target=drain, daemon=True).start()
+        rss_before = srv.pid_rss_kib()
+        peak, sent = rss_before, 0
+        for round_ in range(5):
+            for i in range(0, len(domains), 500):
+                batch = "".join(
+                    f"<db:result from='{d}' to='localhost'>{KEY}</db:result>" for d in domains[i:i + 500]
+                ).encode()
+                await asyncio.to_thread(raw.sock.sendall, batch)
+                sent += len(batch)
+                await c.ping(timeout=10)
+                peak = max(peak, srv.pid_rss_kib() or 0)
+        deadline = time.monotonic() + 20
+        while answers["n"] < 2000 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        peak = max(peak, srv.pid_rss_kib() or 0)
+        growth_mib = (peak - rss_before) / 1024
+        print(f"dialback flood: {sent / 1024:.0f} KiB sent, {answers['n']} answers, "
+              f"RSS +{growth_mib:.1f} MiB")
+        assert answers["n"] >= 2000, answers
+        assert growth_mib < 16, f"RSS grew {growth_mib:.1f} MiB for {sent} bytes sent"
+        m = scrape(srv)
+        assert value(m, "switchboard_s2s_limited_total", limit="pending_dialback") > 0, m
+    finally:
+        stop.set()
+        raw.close()
 
 
 def test_inbound_connections_are_capped_in_total_and_per_address(make_server):
