@@ -94,6 +94,36 @@ pub struct S2sSettings {
     pub max_stanza_bytes: usize,
     /// Stanzas queued for a link that is coming up; beyond it they bounce.
     pub max_queue: usize,
+    /// Bytes (of memory, roughly what the stanzas take as element trees) queued for one
+    /// outbound link, while it comes up and once it is up but the peer reads slower than
+    /// we send. Beyond it stanzas bounce with `resource-constraint` and the inbound streams
+    /// from that domain are not read until the queue drained below half of it.
+    pub max_queue_bytes: usize,
+    /// Bytes all outbound link queues may hold together; beyond it stanzas to any remote
+    /// domain bounce with `resource-constraint`.
+    pub max_total_queue_bytes: usize,
+    /// Inbound s2s connections open at once, over all s2s listeners; beyond it a new one
+    /// gets `<resource-constraint/>` and is closed.
+    pub max_inbound_connections: usize,
+    /// Inbound s2s connections open at once from one IPv4 address or IPv6 /64; beyond it a
+    /// new one gets `<policy-violation/>` and is closed.
+    pub max_inbound_connections_per_address: usize,
+    /// Dialback verifications one inbound stream may have outstanding; beyond it a
+    /// `<db:result/>` is answered with a `resource-constraint` dialback error.
+    pub max_pending_dialback: usize,
+    /// Outbound links resolving, connecting or negotiating at once; links needed beyond it
+    /// wait for a free slot.
+    pub max_connecting_links: usize,
+    /// Links waiting for a slot (above); beyond it stanzas for yet another domain bounce
+    /// with `resource-constraint`.
+    pub max_waiting_links: usize,
+    /// Remote domains remembered as unreachable (their stanzas bounce for 10 s instead of
+    /// redialling); the oldest is forgotten first.
+    pub max_failed_links: usize,
+    /// Connect to loopback, private, link-local, CGNAT, multicast and other non-global
+    /// addresses learned from DNS. Off, such targets are refused, so that remote users
+    /// cannot make the node probe its own network; static routes are always allowed.
+    pub allow_private_targets: bool,
     /// DNS server for SRV lookups, `ip:port`; empty: the system's (`/etc/resolv.conf`).
     pub nameserver: String,
 }
@@ -251,6 +281,15 @@ connect_timeout_secs = 10
 auth_timeout_secs = 30
 max_stanza_bytes = 262144
 max_queue = 1000
+max_queue_bytes = 4194304
+max_total_queue_bytes = 67108864
+max_inbound_connections = 1000
+max_inbound_connections_per_address = 50
+max_pending_dialback = 32
+max_connecting_links = 64
+max_waiting_links = 1024
+max_failed_links = 10000
+allow_private_targets = false
 nameserver = ""
 
 [s2s.routes]
@@ -463,6 +502,33 @@ impl Settings {
                 "s2s.max_stanza_bytes must be at least 4096".into(),
             ));
         }
+        for (key, value) in [
+            ("s2s.max_queue", self.s2s.max_queue),
+            (
+                "s2s.max_inbound_connections",
+                self.s2s.max_inbound_connections,
+            ),
+            (
+                "s2s.max_inbound_connections_per_address",
+                self.s2s.max_inbound_connections_per_address,
+            ),
+            ("s2s.max_pending_dialback", self.s2s.max_pending_dialback),
+            ("s2s.max_connecting_links", self.s2s.max_connecting_links),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
+            }
+        }
+        if self.s2s.max_queue_bytes < self.s2s.max_stanza_bytes {
+            return Err(ConfigError::Invalid(
+                "s2s.max_queue_bytes must be at least s2s.max_stanza_bytes".into(),
+            ));
+        }
+        if self.s2s.max_total_queue_bytes < self.s2s.max_queue_bytes {
+            return Err(ConfigError::Invalid(
+                "s2s.max_total_queue_bytes must be at least s2s.max_queue_bytes".into(),
+            ));
+        }
         if !self.s2s.nameserver.is_empty()
             && self.s2s.nameserver.parse::<std::net::SocketAddr>().is_err()
         {
@@ -535,6 +601,28 @@ mod tests {
         assert_eq!(s.im.max_pending_subscriptions, 1000);
         assert_eq!(s.im.max_iqs_in_flight, 32);
         assert_eq!(s.http.allowed_hosts, Vec::<String>::new());
+        assert!(!s.s2s.allow_private_targets);
+        assert_eq!(s.s2s.max_pending_dialback, 32);
+    }
+
+    #[test]
+    fn s2s_limits_are_validated() {
+        let dir = std::env::temp_dir().join(format!("sb-cfg-s2s-lim-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("s2s.toml");
+        for bad in [
+            "max_inbound_connections = 0",
+            "max_pending_dialback = 0",
+            "max_connecting_links = 0",
+            "max_queue_bytes = 4096",
+            "max_total_queue_bytes = 1048576",
+        ] {
+            std::fs::write(&f, format!("[s2s]\n{bad}\n")).unwrap();
+            assert!(Settings::load(Some(&f)).is_err(), "{bad}");
+        }
+        std::fs::write(&f, "[s2s]\nmax_waiting_links = 0\nmax_failed_links = 0\n").unwrap();
+        assert!(Settings::load(Some(&f)).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub c2s_queued_bytes: IntGauge,
     pub nodelink_queue: IntGaugeVec,
     pub s2s_authentications: IntCounterVec,
+    pub s2s_limited: IntCounterVec,
     pub shard_replicas: IntGaugeVec,
     pub shard_writes: IntCounterVec,
     pub shard_snapshots: IntCounterVec,
@@ -252,6 +253,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "switchboard_s2s_authentications_total",
             "Federation peers authenticated, by direction and method (dialback, SASL EXTERNAL).",
             &["direction", "method"],
+        ),
+        s2s_limited: counter(
+            &r,
+            "switchboard_s2s_limited_total",
+            "Federation limits that tripped, by limit: inbound_connections, inbound_connections_per_address, pending_dialback, link_queue_bytes, link_queue_stanzas, total_queue_bytes, connecting_links, waiting_links, private_target, failed_links_evicted.",
+            &["limit"],
         ),
         registry: r,
     }

@@ -27,6 +27,13 @@ pub struct S2sPolicy {
     pub sasl_external: bool,
     /// The dialback secret (XEP-0185).
     pub secret: [u8; 32],
+    /// Dialback verifications one inbound stream may have outstanding at once. Each one
+    /// costs the node a `<db:verify/>` over an outbound link (often a new connection and a
+    /// DNS lookup), so a peer sending thousands of `<db:result/>` for different domains
+    /// would otherwise make us dial thousands of servers; beyond it a request is answered
+    /// at once with a `resource-constraint` dialback error (XEP-0220 §2.4), which the peer
+    /// may retry once earlier verifications are done.
+    pub max_pending_dialback: usize,
 }
 
 impl std::fmt::Debug for S2sPolicy {
@@ -36,6 +43,7 @@ impl std::fmt::Debug for S2sPolicy {
             .field("tls_required", &self.tls_required)
             .field("dialback", &self.dialback)
             .field("sasl_external", &self.sasl_external)
+            .field("max_pending_dialback", &self.max_pending_dialback)
             .finish_non_exhaustive()
     }
 }
@@ -92,6 +100,13 @@ pub enum Action {
     VerifyResult { id: String, valid: bool },
     /// Inbound: a stanza from an authenticated domain, translated to `jabber:client`.
     Stanza { from: Jid, to: Jid, stanza: Element },
+    /// Inbound: a `<db:result/>` for `originating` → `receiving` was refused because the
+    /// stream already has `S2sPolicy::max_pending_dialback` verifications outstanding (the
+    /// error reply is in a preceding `Send`); for the log and the metrics.
+    DialbackRefused {
+        originating: String,
+        receiving: String,
+    },
     /// The stream is over (an error, if any, was in a preceding `Send`). `error` says why,
     /// for the log and for bouncing.
     Close { error: Option<StreamError> },
@@ -240,6 +255,22 @@ impl S2sInbound {
     /// Whether some domain is authenticated on this stream.
     pub fn is_authenticated(&self) -> bool {
         self.sasl_domain.is_some() || !self.dialback.is_empty()
+    }
+
+    /// The peer domains this stream speaks for: the one its header named, the one
+    /// authenticated with SASL EXTERNAL and those authenticated with dialback (the node
+    /// pauses reading from the stream while its outbound link to one of them is congested).
+    pub fn peer_domains(&self) -> impl Iterator<Item = &str> {
+        self.peer
+            .iter()
+            .chain(self.sasl_domain.iter())
+            .map(String::as_str)
+            .chain(self.dialback.iter().map(|(o, _)| o.as_str()))
+    }
+
+    /// Verifications requested and not yet answered.
+    pub fn pending_dialback(&self) -> usize {
+        self.pending.len()
     }
 
     /// Whether stanzas from `from` to `to` are allowed on this stream.
@@ -462,6 +493,21 @@ impl S2sInbound {
         let pair = (from.clone(), to.clone());
         if self.pending.contains(&pair) {
             return Vec::new();
+        }
+        if self.pending.len() >= self.policy.max_pending_dialback {
+            let reply = dialback_error(
+                "result",
+                &to,
+                &from,
+                StanzaErrorCondition::ResourceConstraint,
+            );
+            return vec![
+                Action::Send(write(&reply)),
+                Action::DialbackRefused {
+                    originating: from,
+                    receiving: to,
+                },
+            ];
         }
         self.pending.push(pair);
         vec![Action::VerifyDialback {

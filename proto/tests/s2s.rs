@@ -15,6 +15,7 @@ fn policy(domain: &str, secret: u8) -> Arc<S2sPolicy> {
         dialback: true,
         sasl_external: true,
         secret: [secret; 32],
+        max_pending_dialback: 8,
     })
 }
 
@@ -154,6 +155,56 @@ fn inbound_dialback_then_stanzas_and_invalid_from() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn inbound_caps_pending_dialback_verifications() {
+    // policy(): at most 8 outstanding verifications per stream.
+    let mut inb = secured_inbound(None);
+    inb.on_header(&header("b.test", "a.test"), "id2");
+    let result = |from: &str| {
+        el(&format!(
+            "<result xmlns='jabber:server:dialback' from='{from}' to='a.test'>KEY</result>"
+        ))
+    };
+    for i in 0..8 {
+        let actions = inb.on_element(result(&format!("d{i}.test")));
+        assert!(
+            matches!(&actions[..], [Action::VerifyDialback { .. }]),
+            "request {i}: {actions:?}"
+        );
+    }
+    assert_eq!(inb.pending_dialback(), 8);
+    // The ninth is refused at once with a dialback error, and the stream stays open.
+    let actions = inb.on_element(result("d8.test"));
+    let out = sent(&actions);
+    assert!(
+        out.contains("type='error'") && out.contains("<resource-constraint"),
+        "{out}"
+    );
+    assert!(out.contains("from='a.test' to='d8.test'"), "{out}");
+    assert_eq!(
+        actions.last(),
+        Some(&Action::DialbackRefused {
+            originating: "d8.test".into(),
+            receiving: "a.test".into(),
+        })
+    );
+    assert!(!actions.iter().any(|a| matches!(a, Action::Close { .. })));
+    assert_eq!(inb.pending_dialback(), 8);
+    // A repeated request for a pair already pending costs nothing and is not refused.
+    assert!(inb.on_element(result("d0.test")).is_empty());
+    // An answer frees a slot: the next request is verified again.
+    inb.dialback_verified("d0.test", "a.test", DialbackOutcome::Invalid);
+    let actions = inb.on_element(result("d8.test"));
+    assert!(
+        matches!(&actions[..], [Action::VerifyDialback { originating, .. }] if originating == "d8.test"),
+        "{actions:?}"
+    );
+    // The stream speaks for the domain of its header and those authenticated on it.
+    inb.dialback_verified("d1.test", "a.test", DialbackOutcome::Valid);
+    let domains: Vec<&str> = inb.peer_domains().collect();
+    assert_eq!(domains, vec!["b.test", "d1.test"]);
 }
 
 #[test]
@@ -434,6 +485,7 @@ fn inbound_piggybacks_several_domain_pairs_on_one_stream() {
         dialback: true,
         sasl_external: true,
         secret: [1; 32],
+        max_pending_dialback: 8,
     });
     let mut inb = S2sInbound::new(policy, None);
     inb.on_header(&header("b.test", "a.test"), "id1");

@@ -43,6 +43,9 @@ def pair(tmp_path):
         if a_dns is not None:
             a.config["s2s"]["routes"] = {}
             a.config["s2s"]["nameserver"] = f"127.0.0.1:{a_dns.port}"
+            # The stub DNS points at loopback addresses, which are refused when learned from
+            # DNS unless allowed (test_s2s_hardening.py checks the refusal).
+            a.config["s2s"]["allow_private_targets"] = True
             a.config_path.write_text(render_toml_nested(a.config))
         made.extend([a, b])
         a.start()

@@ -3,8 +3,15 @@
 //! verification sent through our outbound link to the peer's authoritative server), answers
 //! `<db:verify/>` for keys we issued, and passes stanzas from authenticated domains to the
 //! Router.
+//!
+//! Each stream holds a place counted by `s2s.max_inbound_connections` (in total and per
+//! source address); a connection beyond it gets a stream error and is closed ([`refuse`]).
+//! While our outbound link to a domain this stream speaks for is full, the stream is not
+//! read (`limits::Backpressure`): the peer is slowed down by TCP instead of making us queue
+//! the answers to what it sends.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 
 use super::io::S2sIo;
+use super::limits::{self, ConnectionPermit, ConnectionRefusal};
 use super::manager::S2sManager;
 use super::messages::{SendRemote, VerifyDialback};
 use super::outbound::describe;
@@ -29,6 +37,64 @@ use crate::ext::{IqOutcome, IqRequest};
 use crate::router::messages::RouteStanza;
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A refused connection gets this long to take its stream error before it is closed.
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+/// Refused connections being answered at once; beyond it they are closed without a word,
+/// so a connection flood cannot hold more sockets through the refusals themselves.
+const MAX_REFUSING: usize = 64;
+static REFUSING: AtomicUsize = AtomicUsize::new(0);
+/// While paused by backpressure, look again at least this often.
+const PAUSE_RECHECK: Duration = Duration::from_secs(1);
+
+/// Answer a connection beyond the inbound caps with a stream error (RFC 6120 §4.9.3.18
+/// `<resource-constraint/>` for the total, §4.9.3.14 `<policy-violation/>` for one
+/// address) and close it. Our header goes first, as the stream error needs one (§4.9.1.1);
+/// on the direct-TLS listener the connection is just closed (a TLS handshake would cost
+/// more than the peer's connection). After our closing tag we read and discard what the
+/// peer sends for a moment, so that closing with unread data does not reset the connection
+/// before the peer has read the error.
+pub async fn refuse(
+    mut tcp: TcpStream,
+    shared: Arc<S2sShared>,
+    direct_tls: bool,
+    refusal: ConnectionRefusal,
+) {
+    if direct_tls || REFUSING.fetch_add(1, Ordering::Relaxed) >= MAX_REFUSING {
+        if !direct_tls {
+            REFUSING.fetch_sub(1, Ordering::Relaxed);
+        }
+        return;
+    }
+    let error = match refusal {
+        ConnectionRefusal::Total => StreamError::with_text(
+            StreamErrorCondition::ResourceConstraint,
+            "too many inbound server-to-server connections; try again later",
+        ),
+        ConnectionRefusal::PerSource => StreamError::with_text(
+            StreamErrorCondition::PolicyViolation,
+            "too many server-to-server connections from your address",
+        ),
+    };
+    let from = shared
+        .policy
+        .domains
+        .first()
+        .map(String::as_str)
+        .unwrap_or("");
+    let id = format!("{:016x}", rand::thread_rng().gen::<u64>());
+    let mut out = proto::s2s::header_bytes(from, None, Some(&id));
+    out.extend_from_slice(&error.to_bytes());
+    out.extend_from_slice(proto::stream::CLOSE);
+    let _ = timeout(REFUSAL_LINGER, async {
+        tcp.write_all(&out).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while tcp.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
+    REFUSING.fetch_sub(1, Ordering::Relaxed);
+}
 
 /// A dialback verification that came back: (originating, receiving, outcome).
 type Verified = (String, String, DialbackOutcome);
@@ -50,7 +116,10 @@ pub async fn serve(
     shared: Arc<S2sShared>,
     manager: Addr<S2sManager>,
     direct_tls: bool,
+    permit: ConnectionPermit,
 ) {
+    // Held until the connection is gone.
+    let _permit = permit;
     let peer = tcp.peer_addr().ok();
     let _ = tcp.set_nodelay(true);
     let auth_timeout = Duration::from_secs(shared.settings.auth_timeout_secs);
@@ -77,6 +146,7 @@ pub async fn serve(
         manager,
         peer,
         gauge: crate::metrics::s2s_link("inbound"),
+        dialback_refused: 0,
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let end = conn.run(auth_timeout, &tx, &mut rx).await;
@@ -100,6 +170,8 @@ struct Inbound {
     io: S2sIo,
     peer: Option<std::net::SocketAddr>,
     gauge: crate::metrics::GaugeGuard,
+    /// `<db:result/>` requests refused for too many pending verifications.
+    dialback_refused: u64,
 }
 
 impl Inbound {
@@ -153,14 +225,38 @@ impl Inbound {
         let mut last_activity = Instant::now();
         let mut shutdown = self.shared.shutdown.clone();
         let mut buf = vec![0u8; 16 * 1024];
+        let mut was_paused = false;
         loop {
             let wake_at = if self.neg.is_authenticated() {
                 last_activity + idle
             } else {
                 auth_deadline
             };
+            // Subscribe before looking, so that a relief in between wakes us.
+            let mut pressure = self.shared.backpressure.subscribe();
+            let paused = self
+                .shared
+                .backpressure
+                .is_congested(self.neg.peer_domains());
+            if paused != was_paused {
+                was_paused = paused;
+                tracing::info!(
+                    peer = ?self.peer,
+                    domains = ?self.neg.peer_domains().collect::<Vec<_>>(),
+                    "s2s inbound stream {}",
+                    if paused {
+                        "paused: our outbound link to the peer is full"
+                    } else {
+                        "resumed: our outbound link to the peer drained"
+                    }
+                );
+            }
             let actions: Vec<Action> = tokio::select! {
-                r = self.io.read(&mut buf) => match r {
+                // A change may pause or resume this stream: look again (reads are
+                // cancel-safe).
+                _ = pressure.changed() => continue,
+                _ = tokio::time::sleep(PAUSE_RECHECK), if paused => continue,
+                r = self.io.read(&mut buf), if !paused => match r {
                     Ok(0) | Err(_) => return None,
                     Ok(n) => {
                         last_activity = Instant::now();
@@ -310,6 +406,27 @@ impl Inbound {
                         self.server_iq(from, to, &stanza);
                     } else {
                         self.shared.router.do_send(RouteStanza { from, to, stanza });
+                    }
+                }
+                Action::DialbackRefused {
+                    originating,
+                    receiving,
+                } => {
+                    limits::count("pending_dialback");
+                    self.dialback_refused += 1;
+                    // Once per stream at warn; a flood would otherwise log per request.
+                    if self.dialback_refused == 1 {
+                        tracing::warn!(
+                            peer = ?self.peer,
+                            %originating,
+                            %receiving,
+                            pending = self.neg.pending_dialback(),
+                            max = self.shared.settings.max_pending_dialback,
+                            "s2s: dialback request refused with resource-constraint: too many \
+                             verifications pending on this stream (s2s.max_pending_dialback)"
+                        );
+                    } else {
+                        tracing::debug!(peer = ?self.peer, %originating, %receiving, "s2s: dialback request refused (pending cap)");
                     }
                 }
                 Action::Close { error } => return Err(error),

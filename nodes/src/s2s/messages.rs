@@ -37,3 +37,11 @@ pub struct LinkClosed {
     /// The link never came up (unreachable, refused, timed out).
     pub failed: bool,
 }
+
+/// An outbound link task is authenticated (`Ready`): it no longer holds one of the
+/// `s2s.max_connecting_links` slots.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LinkUp {
+    pub generation: u64,
+}

@@ -10,6 +10,7 @@ pub mod dns;
 pub mod identity;
 mod inbound;
 mod io;
+pub mod limits;
 pub mod manager;
 pub mod messages;
 mod outbound;
@@ -52,6 +53,15 @@ pub struct S2sShared {
     pub ext: Arc<crate::ext::Extensions>,
     pub resolver: Option<TokioResolver>,
     pub shutdown: watch::Receiver<bool>,
+    /// Remote domains whose outbound link is full: their inbound streams are not read.
+    pub backpressure: Arc<limits::Backpressure>,
+    /// What all outbound link queues hold together.
+    pub queue_budget: Arc<limits::QueueBudget>,
+    /// Open inbound connections, in total and per source address.
+    pub inbound_connections: Arc<limits::ConnectionLimiter>,
+    /// Refused inbound connections log at most once per interval and limit (total, per
+    /// address).
+    pub refused_log: [limits::LogThrottle; 2],
 }
 
 impl S2sShared {
@@ -130,6 +140,7 @@ pub fn start(
             dialback: settings.s2s.dialback,
             sasl_external: settings.s2s.sasl_external,
             secret,
+            max_pending_dialback: settings.s2s.max_pending_dialback,
         }),
         identity,
         acceptor: server(false)?,
@@ -140,6 +151,16 @@ pub fn start(
         ext,
         resolver,
         shutdown,
+        backpressure: Arc::new(limits::Backpressure::default()),
+        queue_budget: Arc::new(limits::QueueBudget::new(settings.s2s.max_total_queue_bytes)),
+        inbound_connections: Arc::new(limits::ConnectionLimiter::new(
+            settings.s2s.max_inbound_connections,
+            settings.s2s.max_inbound_connections_per_address,
+        )),
+        refused_log: [
+            limits::LogThrottle::new(Duration::from_secs(10)),
+            limits::LogThrottle::new(Duration::from_secs(10)),
+        ],
     });
     let manager = S2sManager::new(shared.clone()).start();
     for l in listeners {
@@ -169,14 +190,40 @@ async fn accept_loop(listener: C2sListener, shared: Arc<S2sShared>, manager: Add
             _ = shutdown.changed() => return,
         };
         match accepted {
-            Ok((tcp, _)) => {
-                actix_rt::spawn(inbound::serve(
-                    tcp,
-                    shared.clone(),
-                    manager.clone(),
-                    direct_tls,
-                ));
-            }
+            Ok((tcp, peer)) => match shared.inbound_connections.try_acquire(Some(peer.ip())) {
+                Ok(permit) => {
+                    actix_rt::spawn(inbound::serve(
+                        tcp,
+                        shared.clone(),
+                        manager.clone(),
+                        direct_tls,
+                        permit,
+                    ));
+                }
+                Err(refusal) => {
+                    limits::count(refusal.label());
+                    let (open, from_peer) = shared.inbound_connections.open(Some(peer.ip()));
+                    let throttle = &shared.refused_log[refusal as usize];
+                    if let Some(suppressed) = throttle.tick() {
+                        tracing::warn!(
+                            %peer,
+                            open,
+                            from_peer,
+                            max = shared.settings.max_inbound_connections,
+                            max_per_address = shared.settings.max_inbound_connections_per_address,
+                            suppressed,
+                            "s2s inbound connection refused: {}",
+                            match refusal {
+                                limits::ConnectionRefusal::Total =>
+                                    "s2s.max_inbound_connections reached",
+                                limits::ConnectionRefusal::PerSource =>
+                                    "s2s.max_inbound_connections_per_address reached for this address",
+                            }
+                        );
+                    }
+                    actix_rt::spawn(inbound::refuse(tcp, shared.clone(), direct_tls, refusal));
+                }
+            },
             Err(e) => {
                 tracing::warn!(error = %e, "s2s accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;

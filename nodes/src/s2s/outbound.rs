@@ -3,6 +3,11 @@
 //! while queueing the stanzas that arrive, sends them in order once authenticated, carries
 //! dialback verifications for inbound streams, and closes when idle. If the link cannot be
 //! established, the queued stanzas bounce.
+//!
+//! What the manager hands the task is counted in the link's [`LinkQueue`] (bytes of the
+//! element trees) until it has become bytes on their way to the socket: while the task is
+//! blocked writing to a peer that reads slowly, the commands pile up in its channel, and
+//! the manager bounces beyond `s2s.max_queue_bytes` instead of buffering without end.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -22,8 +27,9 @@ use tokio_rustls::rustls::pki_types::ServerName;
 
 use super::dns::{self, Target};
 use super::io::S2sIo;
+use super::limits::{self, element_weight, LinkQueue};
 use super::manager::S2sManager;
-use super::messages::{LinkClosed, SendRemote};
+use super::messages::{LinkClosed, LinkUp, SendRemote};
 use super::S2sShared;
 use crate::router::messages::RouteStanza;
 
@@ -37,6 +43,20 @@ pub enum LinkCmd {
         key: String,
         reply: oneshot::Sender<DialbackOutcome>,
     },
+}
+
+impl LinkCmd {
+    /// What the command is counted as in the link's queue.
+    pub fn weight(&self) -> usize {
+        match self {
+            LinkCmd::Stanza(stanza) => element_weight(stanza),
+            LinkCmd::Verify { id, key, .. } => verify_weight(id, key),
+        }
+    }
+}
+
+fn verify_weight(id: &str, key: &str) -> usize {
+    128 + id.len() + key.len()
 }
 
 /// Why a link ended.
@@ -55,7 +75,12 @@ struct Link {
     shared: Arc<S2sShared>,
     local: String,
     remote: String,
-    queue: VecDeque<Element>,
+    /// Stanzas waiting for authentication, with their weight in `bytes`.
+    queue: VecDeque<(Element, usize)>,
+    /// Everything the manager handed this link and it has not written yet.
+    bytes: Arc<LinkQueue>,
+    manager: Addr<S2sManager>,
+    generation: u64,
     /// Dialback verifications before the stream exists: (id, key).
     early_verifies: Vec<(String, String)>,
     waiters: HashMap<String, Vec<oneshot::Sender<DialbackOutcome>>>,
@@ -69,6 +94,7 @@ pub async fn run(
     local: String,
     remote: String,
     mut rx: mpsc::UnboundedReceiver<LinkCmd>,
+    bytes: Arc<LinkQueue>,
     manager: Addr<S2sManager>,
     generation: u64,
 ) {
@@ -78,6 +104,9 @@ pub async fn run(
         local,
         remote,
         queue: VecDeque::new(),
+        bytes,
+        manager: manager.clone(),
+        generation,
         early_verifies: Vec::new(),
         waiters: HashMap::new(),
         ready: false,
@@ -100,7 +129,9 @@ pub async fn run(
         End::TimedOut => StanzaErrorCondition::RemoteServerTimeout,
         _ => StanzaErrorCondition::RemoteServerNotFound,
     };
-    for stanza in link.queue.drain(..) {
+    // Nothing more is carried on this link: the peer's inbound streams may read again.
+    link.bytes.close();
+    for (stanza, _) in link.queue.drain(..) {
         bounce(&link.shared, &stanza, cond);
     }
     manager.do_send(LinkClosed {
@@ -189,11 +220,36 @@ async fn connect_one(
     remote: &str,
     target: &Target,
 ) -> std::io::Result<Connected> {
-    let addrs = dns::addresses(&target.host, target.port, shared.resolver.as_ref()).await;
+    let mut addrs = dns::addresses(&target.host, target.port, shared.resolver.as_ref()).await;
+    if addrs.is_empty() && !target.static_route {
+        // The system's resolver (it also reads /etc/hosts): its answers are checked too.
+        addrs = tokio::net::lookup_host((target.host.as_str(), target.port))
+            .await?
+            .collect();
+    }
     let tcp = if addrs.is_empty() {
         TcpStream::connect((target.host.as_str(), target.port)).await?
     } else {
-        TcpStream::connect(&addrs[..]).await?
+        match dns::permitted(target, addrs, shared.settings.allow_private_targets) {
+            Ok(addrs) => TcpStream::connect(&addrs[..]).await?,
+            Err(refused) => {
+                limits::count("private_target");
+                tracing::warn!(
+                    %remote,
+                    host = %target.host,
+                    addresses = ?refused,
+                    "s2s: refusing to connect to non-global addresses learned from DNS \
+                     (s2s.allow_private_targets is off; a static route would be allowed)"
+                );
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} resolves only to non-global addresses {refused:?}, refused by policy",
+                        target.host
+                    ),
+                ));
+            }
+        }
     };
     let _ = tcp.set_nodelay(true);
     if !target.direct_tls {
@@ -370,14 +426,19 @@ impl Link {
         match cmd {
             LinkCmd::Stanza(stanza) => self.enqueue(stanza),
             LinkCmd::Verify { id, key, reply } => {
+                self.bytes.release(verify_weight(&id, &key));
                 self.waiters.entry(id.clone()).or_default().push(reply);
                 self.early_verifies.push((id, key));
             }
         }
     }
 
+    /// Keep `stanza` (its weight stays reserved) until the link is authenticated.
     fn enqueue(&mut self, stanza: Element) {
+        let weight = element_weight(&stanza);
         if self.queue.len() >= self.shared.settings.max_queue {
+            self.bytes.release(weight);
+            limits::count("link_queue_stanzas");
             bounce(
                 &self.shared,
                 &stanza,
@@ -385,7 +446,7 @@ impl Link {
             );
             return;
         }
-        self.queue.push_back(stanza);
+        self.queue.push_back((stanza, weight));
     }
 
     fn cmd(&mut self, stream: &mut Stream, cmd: LinkCmd) -> Vec<Action> {
@@ -393,13 +454,17 @@ impl Link {
             LinkCmd::Stanza(stanza) => {
                 if self.ready {
                     self.last_activity = Instant::now();
-                    vec![Action::Send(stream.neg.stanza(&stanza))]
+                    let bytes = stream.neg.stanza(&stanza);
+                    // From here it is one write in progress, no longer a queued stanza.
+                    self.bytes.release(element_weight(&stanza));
+                    vec![Action::Send(bytes)]
                 } else {
                     self.enqueue(stanza);
                     Vec::new()
                 }
             }
             LinkCmd::Verify { id, key, reply } => {
+                self.bytes.release(verify_weight(&id, &key));
                 self.waiters.entry(id.clone()).or_default().push(reply);
                 stream.neg.verify(&id, &key)
             }
@@ -452,10 +517,16 @@ impl Link {
             Action::Ready => {
                 self.ready = true;
                 self.last_activity = Instant::now();
+                self.manager.do_send(LinkUp {
+                    generation: self.generation,
+                });
                 let mut out = Vec::new();
-                for stanza in self.queue.drain(..) {
+                let mut weight = 0;
+                for (stanza, w) in self.queue.drain(..) {
                     out.extend(stream.neg.stanza(&stanza));
+                    weight += w;
                 }
+                self.bytes.release(weight);
                 if !out.is_empty() {
                     write(&mut stream.io, &out).await?;
                 }
@@ -477,7 +548,9 @@ impl Link {
                 Some(e) => End::Failed(describe(&e)),
             }),
             // Inbound-only actions.
-            Action::Stanza { .. } | Action::VerifyDialback { .. } => Ok(Vec::new()),
+            Action::Stanza { .. }
+            | Action::VerifyDialback { .. }
+            | Action::DialbackRefused { .. } => Ok(Vec::new()),
         }
     }
 }

@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
         dialback: true,
         sasl_external: true,
         secret: [7; 32],
+        max_pending_dialback: 4,
     });
     let mut neg = S2sInbound::new(policy, None);
     let mut reader = StreamReader::new(Limits::default(), "jabber:server");
@@ -72,7 +73,10 @@ fuzz_target!(|data: &[u8]| {
                             "stanza from an unauthenticated domain"
                         );
                     }
-                    Action::Authenticated { .. } | Action::Ready | Action::VerifyResult { .. } => {}
+                    Action::Authenticated { .. }
+                    | Action::Ready
+                    | Action::VerifyResult { .. }
+                    | Action::DialbackRefused { .. } => {}
                 }
             }
             if closed {
