@@ -102,6 +102,9 @@ pub struct ImSettings {
     pub max_roster_items: usize,
     /// Offline messages kept per account; beyond it senders get `service-unavailable`.
     pub max_offline_messages: usize,
+    /// Bytes (stanza XML) of offline messages kept per account; beyond it senders get
+    /// `service-unavailable` too.
+    pub max_offline_bytes: u64,
     /// RosterActor shards (each owns the IM state of the accounts that hash to it).
     pub shards: usize,
 }
@@ -173,6 +176,7 @@ max_connections = 100000
 [im]
 max_roster_items = 1000
 max_offline_messages = 500
+max_offline_bytes = 10485760
 shards = 4
 
 [log]
@@ -346,6 +350,11 @@ impl Settings {
         if self.c2s.max_auth_failures == 0 {
             return Err(ConfigError::Invalid(
                 "c2s.max_auth_failures must be at least 1".into(),
+            ));
+        }
+        if self.im.max_offline_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "im.max_offline_bytes must be at least 1 (use max_offline_messages = 0 to store nothing)".into(),
             ));
         }
         if self.im.shards == 0 {

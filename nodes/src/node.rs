@@ -101,6 +101,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         let limits = ImLimits {
             max_roster_items: settings.im.max_roster_items,
             max_offline_messages: settings.im.max_offline_messages,
+            max_offline_bytes: settings.im.max_offline_bytes,
         };
         // One actor (and thread) per shard: the node's own shards without a cluster, one
         // per replicated shard in a cluster (acting while this node leads it).
@@ -136,6 +137,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             settings.c2s.resource_conflict,
             shards.clone(),
             cluster.clone(),
+            crate::router::OfflineBatch::for_send_queue(settings.c2s.send_queue_max_bytes),
         ));
         if let (Some(cluster), Some(listener)) = (&cluster, cluster_listener) {
             serve_cluster(cluster, listener, &cluster_arbiter, &router, &shards)?;

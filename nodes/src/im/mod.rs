@@ -48,6 +48,8 @@ pub use writes::DataWriter;
 pub struct ImLimits {
     pub max_roster_items: usize,
     pub max_offline_messages: usize,
+    /// Bytes (stored XML) of offline messages kept per account (`im.max_offline_bytes`).
+    pub max_offline_bytes: u64,
 }
 
 /// The addresses of this node's RosterActor shards and, in a cluster, the way to the
@@ -249,8 +251,9 @@ pub struct RosterActor {
     requester_pushes: Vec<proto::element::Element>,
     /// Accounts of this shard with an available resource (from `PresenceBroadcast`).
     online: HashSet<Jid>,
-    /// Stored messages a fetch took and has not removed yet: (last sequence number, when).
-    offline_claims: HashMap<Jid, (u64, std::time::Instant)>,
+    /// Accounts whose stored messages a resource is being served: (that resource, time of
+    /// its last fetch). See `fetch_offline`.
+    offline_claims: HashMap<Jid, (Jid, std::time::Instant)>,
     /// Bound resources of this shard's accounts (bare JID → full JID) and the privacy list
     /// each has made active (XEP-0016 §2.4).
     bound: privacy::BoundResources,
@@ -473,14 +476,27 @@ impl Handler<RefreshSessions> for RosterActor {
 impl Handler<FetchOffline> for RosterActor {
     type Result = MessageResult<FetchOffline>;
     fn handle(&mut self, msg: FetchOffline, _: &mut SyncContext<Self>) -> Self::Result {
-        MessageResult(self.fetch_offline(&msg.user))
+        MessageResult(self.fetch_offline(
+            &msg.user,
+            &msg.holder,
+            msg.after,
+            msg.max_bytes,
+            msg.max_messages,
+        ))
     }
 }
 
 impl Handler<RemoveOffline> for RosterActor {
     type Result = Result<(), String>;
     fn handle(&mut self, msg: RemoveOffline, _: &mut SyncContext<Self>) -> Self::Result {
-        self.remove_offline(&msg.user, msg.upto)
+        self.remove_offline(&msg.user, &msg.seqs)
+    }
+}
+
+impl Handler<ReleaseOffline> for RosterActor {
+    type Result = ();
+    fn handle(&mut self, msg: ReleaseOffline, _: &mut SyncContext<Self>) {
+        self.release_offline(&msg.user, &msg.holder)
     }
 }
 

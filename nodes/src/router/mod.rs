@@ -14,13 +14,15 @@ use proto::jid::Jid;
 use proto::ns;
 use storage::AccountStore;
 
-use crate::c2s::messages::{Deliver, Kick, SendOwnPresence, SetBlockList, SetPrivacy};
+use crate::c2s::messages::{
+    Deliver, DeliverStored, Kick, SendOwnPresence, SetBlockList, SetPrivacy,
+};
 use crate::c2s::session::SessionActor;
 use crate::cluster::messages::UserOp;
 use crate::cluster::{BindOutcome, Cluster, RouteChange};
 use crate::config::ResourceConflict;
 use crate::im::messages::{
-    AccountIq, FetchOffline, InboundSubscription, PresenceBroadcast, RemoveOffline,
+    AccountIq, FetchOffline, InboundSubscription, PresenceBroadcast, ReleaseOffline, RemoveOffline,
     ResourceBinding, StoreOffline,
 };
 use crate::im::RosterShards;
@@ -37,6 +39,28 @@ struct BoundResource {
     presence: Option<(i8, Element)>,
 }
 
+/// How much of an offline backlog one delivery round takes (`Router::offline_batch`).
+#[derive(Debug, Clone, Copy)]
+pub struct OfflineBatch {
+    /// Stored XML bytes per batch (a single larger message still goes, alone).
+    pub max_bytes: usize,
+    pub max_messages: usize,
+}
+
+impl OfflineBatch {
+    /// Most messages per batch: enough that small messages take few rounds.
+    pub const MAX_MESSAGES: usize = 100;
+
+    /// Batches for sessions whose send queue holds `send_queue_max_bytes`: half of it, so
+    /// what else reaches the session meanwhile (presence, live messages) has the other half.
+    pub fn for_send_queue(send_queue_max_bytes: usize) -> OfflineBatch {
+        OfflineBatch {
+            max_bytes: (send_queue_max_bytes / 2).max(1),
+            max_messages: Self::MAX_MESSAGES,
+        }
+    }
+}
+
 pub struct Router {
     domains: Arc<Vec<String>>,
     accounts: AccountStore,
@@ -48,6 +72,7 @@ pub struct Router {
     remote: Option<remote::RemoteRoutes>,
     /// Federation: where stanzas for other domains go (`None`: they bounce).
     s2s: Option<Recipient<crate::s2s::messages::SendRemote>>,
+    offline: OfflineBatch,
 }
 
 impl Router {
@@ -57,6 +82,7 @@ impl Router {
         conflict: ResourceConflict,
         im: RosterShards,
         cluster: Option<Cluster>,
+        offline: OfflineBatch,
     ) -> Router {
         Router {
             domains,
@@ -66,6 +92,7 @@ impl Router {
             im,
             remote: cluster.map(remote::RemoteRoutes::new),
             s2s: None,
+            offline,
         }
     }
 
@@ -382,42 +409,105 @@ impl Router {
         }));
     }
 
-    /// Fetch the account's stored messages, deliver them to the local session `full`, then
-    /// have them removed. Delivery is here, on the node holding the session, so a message
-    /// is removed only once it was handed to a session that exists; if this node dies in
-    /// between, the messages are delivered again at the next login.
+    /// Deliver the account's stored messages to the local session `full` (XEP-0160), one
+    /// bounded batch at a time; see [`offline_batch`](Self::offline_batch).
     pub(crate) fn fetch_offline(&self, full: &Jid, ctx: &mut Context<Self>) {
+        self.offline_batch(full.clone(), 0, ctx);
+    }
+
+    /// One round of offline delivery to the local session `full`, for the stored messages
+    /// after sequence number `after`:
+    ///
+    /// 1. fetch a batch from the account's shard (`FetchOffline`: at most
+    ///    [`OfflineBatch::max_bytes`] of stored XML, at least one message; in a cluster the
+    ///    batch is also the bound of the reply frame on the NodeLink);
+    /// 2. hand it to the session (`DeliverStored`), which answers once the connection wrote
+    ///    every byte of it to the client's socket;
+    /// 3. remove exactly those messages (`RemoveOffline` with their sequence numbers), and go
+    ///    on with the next batch; an empty batch ends the delivery.
+    ///
+    /// A batch never holds more than half the session's send queue, so a backlog of any size
+    /// reaches a reader that keeps up, however small its queue. If the connection ends (or
+    /// the session is gone) before a batch is confirmed written, the batch and everything
+    /// after it stay stored and the claim is released: the next login gets them. The price is
+    /// at-least-once: a batch written to the socket but lost with the connection before the
+    /// client read it, or written but not removed (this node died, the removal failed), comes
+    /// again at the next login; nothing is ever lost.
+    ///
+    /// Stream management (XEP-0198) hook: step 3 is the one place where a batch counts as
+    /// delivered. With stream management, `DeliverStored` would answer when the client's
+    /// `<a h/>` covers the batch's last stanza instead of when its bytes were written, and
+    /// nothing here changes.
+    fn offline_batch(&self, full: Jid, after: u64, ctx: &mut Context<Self>) {
         let bare = full.to_bare();
-        let full = full.clone();
-        let request = self.im.ask(&bare, FetchOffline { user: bare.clone() });
+        let fetch = FetchOffline {
+            user: bare.clone(),
+            holder: full.clone(),
+            after,
+            max_bytes: self.offline.max_bytes,
+            max_messages: self.offline.max_messages,
+        };
+        let request = self.im.ask(&bare, fetch);
         ctx.spawn(request.into_actor(self).map(move |stored, router, ctx| {
             let stored = match stored {
                 Ok(s) => s,
                 Err(e) => {
+                    // Left stored; the claim runs out for the next login.
                     tracing::warn!(user = %bare, error = %e, "offline messages not fetched");
                     return;
                 }
             };
-            let Some(upto) = stored.last().map(|(seq, _)| *seq) else {
+            let Some(last) = stored.last().map(|(seq, _)| *seq) else {
                 return;
             };
-            // Gone meanwhile: leave them stored (the claim runs out) for the next login.
             let Some(r) = router.resource(&full) else {
-                return;
+                // Gone meanwhile: left stored for the next login.
+                return router.release_offline(&bare, &full);
             };
+            let seqs: Vec<u64> = stored.iter().map(|(seq, _)| *seq).collect();
+            let mut batch = Vec::with_capacity(stored.len());
             for (_, xml) in stored {
                 match Element::parse(&xml) {
-                    Ok(stanza) => Self::deliver(r, stanza),
+                    Ok(mut stanza) => {
+                        stanza.set_attr("to", full.to_string());
+                        METRICS.routed.with_label_values(&["local"]).inc();
+                        batch.push(stanza);
+                    }
+                    // It can never be delivered: it goes with its batch.
                     Err(e) => tracing::error!(error = %e, "dropping an unreadable offline message"),
                 }
             }
-            let removal = router.im.ask(&bare, RemoveOffline { user: bare.clone(), upto });
-            ctx.spawn(removal.into_actor(router).map(move |done, _, _| {
-                if !matches!(done, Ok(Ok(()))) {
-                    tracing::warn!(user = %bare, "delivered offline messages not removed (they may come again)");
+            let count = seqs.len();
+            let written = r.session.send(DeliverStored(batch));
+            ctx.spawn(written.into_actor(router).map(move |written, router, ctx| {
+                if !matches!(written, Ok(true)) {
+                    tracing::info!(
+                        jid = %full,
+                        kept = count,
+                        "connection ended during offline delivery: the unconfirmed batch and the rest stay stored"
+                    );
+                    return router.release_offline(&bare, &full);
                 }
+                let removal = router.im.ask(&bare, RemoveOffline { user: bare.clone(), seqs });
+                ctx.spawn(removal.into_actor(router).map(move |done, router, ctx| {
+                    if !matches!(done, Ok(Ok(()))) {
+                        tracing::warn!(user = %bare, "delivered offline messages not removed (they may come again)");
+                        return router.release_offline(&bare, &full);
+                    }
+                    router.offline_batch(full, last, ctx);
+                }));
             }));
         }));
+    }
+
+    fn release_offline(&self, bare: &Jid, holder: &Jid) {
+        self.im.tell(
+            bare,
+            ReleaseOffline {
+                user: bare.clone(),
+                holder: holder.clone(),
+            },
+        );
     }
 
     /// Ask `bare`'s shard to answer an IQ from another user, and deliver its reply.
