@@ -428,6 +428,7 @@ impl SessionActor {
                     from: self.jid.clone(),
                     to: to.clone(),
                     iq: iq.clone(),
+                    exists: true,
                 },
             );
             let iq = iq.clone();

@@ -147,6 +147,11 @@ pub enum UserOp {
     Kick { user: Jid, reason: String },
 }
 
+/// A peer that does not send `exists` only asks about existing accounts.
+fn account_exists() -> bool {
+    true
+}
+
 /// IM operations served by the leader of a user's shard (see `im::RosterShards`). Stanzas
 /// are XML.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -155,6 +160,9 @@ pub enum ImRequest {
         from: Jid,
         to: Jid,
         iq: String,
+        /// False for an account that does not exist (`im::messages::AccountIq`).
+        #[serde(default = "account_exists")]
+        exists: bool,
     },
     OutboundSubscription {
         user: Jid,

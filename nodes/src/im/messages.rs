@@ -17,6 +17,10 @@ pub struct AccountIq {
     /// The addressed account (bare JID).
     pub to: Jid,
     pub iq: Element,
+    /// False when the account does not exist: the shard answers `service-unavailable`
+    /// (RFC 6121 §8.5.1) after the same hop an existing account's IQ takes, so the timing
+    /// does not tell the two apart.
+    pub exists: bool,
 }
 
 /// The user sent a presence subscription stanza (RFC 6121 §3, "user's server").

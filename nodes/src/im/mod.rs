@@ -310,6 +310,16 @@ impl Handler<AttachShards> for RosterActor {
 impl Handler<AccountIq> for RosterActor {
     type Result = MessageResult<AccountIq>;
     fn handle(&mut self, msg: AccountIq, _: &mut SyncContext<Self>) -> Self::Result {
+        if !msg.exists {
+            // RFC 6121 §8.5.1: no such account. The same answer, from the same place, as a
+            // request an existing account's data cannot satisfy (e.g. XEP-0054 §3.3).
+            let mut reply = roster::error_for(
+                &msg.iq,
+                proto::error::StanzaErrorCondition::ServiceUnavailable,
+            );
+            reply.set_attr("from", msg.to.to_string());
+            return MessageResult(vec![reply]);
+        }
         MessageResult(self.account_iq(&msg.from, &msg.to, &msg.iq))
     }
 }
@@ -331,7 +341,13 @@ pub fn handles(ns: &str) -> bool {
 }
 
 /// Disco features the IM layer adds to the server's.
-pub const FEATURES: &[&str] = &[NS_BLOCKING, NS_PRIVACY, NS_VCARD, NS_LAST];
+pub const FEATURES: &[&str] = &[
+    NS_BLOCKING,
+    NS_PRIVACY,
+    NS_VCARD,
+    NS_LAST,
+    offline::FEATURE_MSGOFFLINE,
+];
 
 /// Specifications the IM layer implements, for the support table.
 pub const SUPPORT: &[crate::ext::Support] = &[

@@ -16,6 +16,10 @@ use super::RosterActor;
 
 const NS_DELAY: &str = "urn:xmpp:delay";
 
+/// The disco#info feature of a server that stores messages for offline accounts (XEP-0160
+/// §4, registered by the XMPP Registrar's service discovery features registry).
+pub const FEATURE_MSGOFFLINE: &str = "msgoffline";
+
 impl RosterActor {
     pub(super) fn store_offline(
         &mut self,

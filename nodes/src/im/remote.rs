@@ -52,6 +52,7 @@ impl ImMessage for AccountIq {
             from: self.from.clone(),
             to: self.to.clone(),
             iq: xml(&self.iq),
+            exists: self.exists,
         }
     }
     fn from_reply(reply: ImReply) -> Result<Vec<Element>, ImError> {
@@ -382,11 +383,24 @@ pub async fn serve(shards: &RosterShards, req: ImRequest) -> ImReply {
         return ImReply::Done;
     };
     match req {
-        ImRequest::AccountIq { from, to, iq } => {
+        ImRequest::AccountIq {
+            from,
+            to,
+            iq,
+            exists,
+        } => {
             let Some(iq) = parse(&iq) else {
                 return ImReply::Failed("malformed request".into());
             };
-            match addr.send(AccountIq { from, to, iq }).await {
+            match addr
+                .send(AccountIq {
+                    from,
+                    to,
+                    iq,
+                    exists,
+                })
+                .await
+            {
                 Ok(replies) => ImReply::Stanzas(replies.iter().map(xml).collect()),
                 Err(e) => failed(e),
             }

@@ -242,12 +242,7 @@ impl Router {
         }
         let bare = to.to_bare();
         if !self.account_exists(&bare) {
-            // RFC 6121 §8.5.1: no such account.
-            match stanza.name.as_str() {
-                "presence" => {}
-                _ => self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable),
-            }
-            return;
+            return self.to_unknown_account(from, &to, stanza, ctx);
         }
         if to.resource().is_some() {
             if let Some(r) = self.resource(&to) {
@@ -263,21 +258,65 @@ impl Router {
         self.to_bare(from, &bare, stanza, ctx);
     }
 
+    /// RFC 6121 §8.5.1: no such account. Wherever the RFC leaves a choice, the answer is
+    /// the one an existing account without an available resource gets, so that a sender
+    /// cannot tell the two apart (no user enumeration): the same condition, the same type,
+    /// and the same way through the node.
+    ///
+    /// - presence (probes and subscription requests included): ignored, as for an existing
+    ///   account whose user is not subscribed to or receiving presence from the sender;
+    /// - message: headline and error ignored (§8.5.2.2.1 / §8.5.3.2.1 for an existing
+    ///   account); chat, normal and groupchat `service-unavailable` (an existing account
+    ///   stores chat and normal to its bare JID, which cannot be imitated; over its quota,
+    ///   or to an absent resource, it also answers `service-unavailable`);
+    /// - IQ get/set: `service-unavailable`; those in the namespaces the account's shard
+    ///   answers (vCard, last activity, roster, ...) go to the shard like an existing
+    ///   account's, marked unknown, and come back `service-unavailable` after the same hop;
+    ///   IQ result/error: ignored (RFC 6120 §8.2.3: a response is never answered).
+    fn to_unknown_account(&self, from: &Jid, to: &Jid, stanza: Element, ctx: &mut Context<Self>) {
+        match (stanza.name.as_str(), stanza.attr("type")) {
+            ("presence", _) => {}
+            ("message", Some("headline" | "error")) => {}
+            ("message", _) => self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable),
+            (_, Some("get" | "set")) => {
+                let in_shard = stanza
+                    .children()
+                    .next()
+                    .is_some_and(|p| crate::im::handles(&p.ns));
+                if to.is_bare() && in_shard {
+                    self.account_iq(from, to, stanza, false, ctx);
+                } else {
+                    self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// RFC 6121 §8.5.3.2: the full JID has no session.
     fn to_absent_resource(&self, from: &Jid, bare: &Jid, stanza: Element, ctx: &mut Context<Self>) {
         match (stanza.name.as_str(), stanza.attr("type")) {
-            ("message", None | Some("normal") | Some("chat")) => {
-                self.to_bare(from, bare, stanza, ctx)
-            }
-            ("message", Some("groupchat")) => {
+            // §8.5.3.2.1: a chat goes to the bare JID's most available resources, or is
+            // stored.
+            ("message", Some("chat")) => self.to_bare(from, bare, stanza, ctx),
+            // §8.5.3.2.1: normal (also without a type, RFC 6121 §5.2.2) and groupchat are
+            // ignored or answered service-unavailable, never delivered to another resource
+            // nor stored: the sender learns that this resource is gone.
+            ("message", None | Some("normal") | Some("groupchat")) => {
                 self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable)
             }
+            // §8.5.3.2.1: headline and error are silently ignored.
             ("message", _) => {}
             ("presence", Some("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed")) => {
                 self.to_bare(from, bare, stanza, ctx)
             }
             ("presence", _) => {}
-            _ => self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable),
+            // §8.5.3.2.2 (IQ): service-unavailable; a response is never answered (RFC 6120
+            // §8.2.3).
+            (_, Some("get" | "set")) => {
+                self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable)
+            }
+            _ => {}
         }
     }
 
@@ -373,7 +412,7 @@ impl Router {
                 let ns = stanza.children().next().map(|p| p.ns.clone());
                 match ns {
                     Some(ns) if is_request && crate::im::handles(&ns) => {
-                        self.account_iq(from, bare, stanza, ctx)
+                        self.account_iq(from, bare, stanza, true, ctx)
                     }
                     _ if is_request => {
                         self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable)
@@ -511,7 +550,16 @@ impl Router {
     }
 
     /// Ask `bare`'s shard to answer an IQ from another user, and deliver its reply.
-    fn account_iq(&self, from: &Jid, bare: &Jid, iq: Element, ctx: &mut Context<Self>) {
+    /// `exists`: false for an account that does not exist (the shard answers
+    /// `service-unavailable`, see [`to_unknown_account`](Self::to_unknown_account)).
+    fn account_iq(
+        &self,
+        from: &Jid,
+        bare: &Jid,
+        iq: Element,
+        exists: bool,
+        ctx: &mut Context<Self>,
+    ) {
         let from = from.clone();
         let iq_for_error = iq.clone();
         let request = self.im.ask(
@@ -520,6 +568,7 @@ impl Router {
                 from: from.clone(),
                 to: bare.clone(),
                 iq,
+                exists,
             },
         );
         let original = iq_for_error;
