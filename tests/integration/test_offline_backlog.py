@@ -253,3 +253,49 @@ async def test_offline_byte_quota(make_server):
         await cr.expect(is_message(ids2[-1]), timeout=30, what="the last of the second batch")
     finally:
         await close_all(cs, cr)
+
+
+# -- in a cluster: the backlog lives in a replicated shard, fetched over the NodeLink -------
+
+
+async def test_backlog_in_a_cluster_fetched_over_the_nodelink(tmp_path):
+    """3 nodes; the recipient logs in on a node that does not lead its shard, so every batch
+    comes as a FetchOffline reply over the NodeLink (each bounded by the batch size, never
+    the whole 4 MiB backlog in one frame) and every removal is a committed entry."""
+    from cluster import Cluster
+
+    cluster = Cluster(tmp_path)
+    try:
+        sender_acct, r_acct = cluster.accounts(2)
+        cluster.start()
+        cluster.wait_shards_ready(timeout=30)
+        count = cluster.shard_count()
+        shard = cluster.shard_of(r_acct.jid, count)
+        entry = next(e for e in cluster.shards(cluster.nodes[0]) if e["shard"] == shard)
+        leader = int(entry["leader"])
+        away = next(n for n in cluster.nodes if cluster.node_id(n) != leader)
+        cs = await login(cluster.nodes[0], sender_acct, resource="s")
+        try:
+            ids = await store_backlog(cluster.nodes[0], cs, r_acct.jid, "cl")
+        finally:
+            await close_all(cs)
+        cr = await login(away, r_acct, resource="r")
+        try:
+            t0 = time.monotonic()
+            await cr.send_presence()
+            got = await receive_all(cr, ids)
+            elapsed = time.monotonic() - t0
+            assert [m.get("id") for m in got] == ids
+            for m, id_ in zip(got, ids):
+                check_message(m, id_)
+            print(f"\n[offline backlog, cluster] shard {shard} led by n{leader}, read on "
+                  f"{away.name}: {len(ids)} messages, {cr.rx_total} bytes in {elapsed:.2f} s")
+            await cr.close()
+            cr = await online(away, r_acct, "again")
+            again = [e for e in await cr.drain(1.0) if e.get("id") in ids]
+            assert not again, f"delivered again at the next login: {again[0].get('id')}"
+        finally:
+            await cr.close()
+    finally:
+        errors = cluster.stop()
+        assert not errors, "\n\n".join(errors)

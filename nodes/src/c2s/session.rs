@@ -803,3 +803,75 @@ impl SessionActor {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    fn message(body: &str) -> Element {
+        Element::new("message", ns::CLIENT)
+            .with_child(Element::new("body", ns::CLIENT).with_text(body))
+    }
+
+    /// Taken and written: what `Connection::write_queued` does.
+    fn write_all(q: &SendQueue) -> usize {
+        match q.take() {
+            QueueWork::Write(bytes) => {
+                q.written(bytes.len());
+                bytes.len()
+            }
+            _ => 0,
+        }
+    }
+
+    fn poll_once<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+        f.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    }
+
+    #[test]
+    fn delivered_waits_until_the_bytes_are_written() {
+        run(async {
+            let q = SendQueue::new(1 << 20);
+            // Nothing queued: delivered at once (no socket known: written is enough).
+            assert!(SendQueue::delivered(q.clone()).await);
+            assert!(q.push(&message("one")));
+            let mut first = std::pin::pin!(SendQueue::delivered(q.clone()));
+            assert!(poll_once(first.as_mut()).is_pending(), "not written yet");
+            // Queued after the first batch: the first does not wait for it.
+            assert!(q.push(&message("two")));
+            let mut second = std::pin::pin!(SendQueue::delivered(q.clone()));
+            assert!(poll_once(second.as_mut()).is_pending());
+            assert!(write_all(&q) > 0);
+            assert!(first.await);
+            assert!(second.await);
+        });
+    }
+
+    #[test]
+    fn delivered_fails_when_the_connection_ends_or_overflows() {
+        run(async {
+            let q = SendQueue::new(1 << 20);
+            assert!(q.push(&message("lost")));
+            let mut pending = std::pin::pin!(SendQueue::delivered(q.clone()));
+            assert!(poll_once(pending.as_mut()).is_pending());
+            q.abandon();
+            assert!(!pending.await, "the connection ended before writing it");
+
+            let small = SendQueue::new(64);
+            assert!(small.push(&message("a")));
+            let mut pending = std::pin::pin!(SendQueue::delivered(small.clone()));
+            assert!(poll_once(pending.as_mut()).is_pending());
+            assert!(!small.push(&message(&"x".repeat(100))), "overflows");
+            assert!(!pending.await, "an overflowed queue writes nothing more");
+            assert!(!SendQueue::delivered(small).await);
+        });
+    }
+}

@@ -73,6 +73,8 @@ pub struct Router {
     /// Federation: where stanzas for other domains go (`None`: they bounce).
     s2s: Option<Recipient<crate::s2s::messages::SendRemote>>,
     offline: OfflineBatch,
+    /// Local resources being delivered their account's stored messages.
+    offline_delivering: std::collections::HashSet<Jid>,
 }
 
 impl Router {
@@ -93,6 +95,7 @@ impl Router {
             remote: cluster.map(remote::RemoteRoutes::new),
             s2s: None,
             offline,
+            offline_delivering: std::collections::HashSet::new(),
         }
     }
 
@@ -450,8 +453,12 @@ impl Router {
 
     /// Deliver the account's stored messages to the local session `full` (XEP-0160), one
     /// bounded batch at a time; see [`offline_batch`](Self::offline_batch).
-    pub(crate) fn fetch_offline(&self, full: &Jid, ctx: &mut Context<Self>) {
-        self.offline_batch(full.clone(), 0, ctx);
+    pub(crate) fn fetch_offline(&mut self, full: &Jid, ctx: &mut Context<Self>) {
+        // One delivery per resource at a time: a second trigger (the priority dropped below
+        // 0 and rose again) would fetch the same first batch again.
+        if self.offline_delivering.insert(full.clone()) {
+            self.offline_batch(full.clone(), 0, ctx);
+        }
     }
 
     /// One round of offline delivery to the local session `full`, for the stored messages
@@ -493,10 +500,13 @@ impl Router {
                 Err(e) => {
                     // Left stored; the claim runs out for the next login.
                     tracing::warn!(user = %bare, error = %e, "offline messages not fetched");
+                    router.offline_delivering.remove(&full);
                     return;
                 }
             };
             let Some(last) = stored.last().map(|(seq, _)| *seq) else {
+                // All delivered (the shard dropped the claim).
+                router.offline_delivering.remove(&full);
                 return;
             };
             let Some(r) = router.resource(&full) else {
@@ -523,7 +533,7 @@ impl Router {
                     tracing::info!(
                         jid = %full,
                         kept = count,
-                        "connection ended during offline delivery: the unconfirmed batch and the rest stay stored"
+                        "offline batch not confirmed (connection ended, or the client stopped reading): it and the rest stay stored"
                     );
                     return router.release_offline(&bare, &full);
                 }
@@ -539,7 +549,10 @@ impl Router {
         }));
     }
 
-    fn release_offline(&self, bare: &Jid, holder: &Jid) {
+    /// `holder`'s delivery ended early: what was not removed stays stored, and another
+    /// resource may take it at once.
+    fn release_offline(&mut self, bare: &Jid, holder: &Jid) {
+        self.offline_delivering.remove(holder);
         self.im.tell(
             bare,
             ReleaseOffline {
