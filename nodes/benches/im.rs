@@ -80,6 +80,7 @@ fn im(c: &mut Criterion) {
                         from: alice.clone(),
                         to: alice.to_bare(),
                         iq: roster_get.clone(),
+                        exists: true,
                     })
                     .await
                     .expect("shard alive");

@@ -155,6 +155,9 @@ pub struct ImSettings {
     /// Account IQs (roster, blocking, privacy, private, vCard, last) one session may have
     /// waiting for the account's shard; beyond it `resource-constraint` (type `wait`).
     pub max_iqs_in_flight: usize,
+    /// Bytes (stanza XML) of offline messages kept per account; beyond it senders get
+    /// `service-unavailable` too.
+    pub max_offline_bytes: u64,
     /// RosterActor shards (each owns the IM state of the accounts that hash to it).
     pub shards: usize,
 }
@@ -246,6 +249,7 @@ max_private_entries = 100
 max_private_bytes = 1048576
 max_vcard_bytes = 65536
 max_iqs_in_flight = 32
+max_offline_bytes = 10485760
 shards = 4
 
 [log]
@@ -442,6 +446,11 @@ impl Settings {
         if self.c2s.max_auth_failures == 0 {
             return Err(ConfigError::Invalid(
                 "c2s.max_auth_failures must be at least 1".into(),
+            ));
+        }
+        if self.im.max_offline_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "im.max_offline_bytes must be at least 1 (use max_offline_messages = 0 to store nothing)".into(),
             ));
         }
         if self.im.shards == 0 {

@@ -133,6 +133,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             settings.c2s.resource_conflict,
             shards.clone(),
             cluster.clone(),
+            crate::router::OfflineBatch::for_send_queue(settings.c2s.send_queue_max_bytes),
         ));
         if let (Some(cluster), Some(listener)) = (&cluster, cluster_listener) {
             serve_cluster(cluster, listener, &cluster_arbiter, &router, &shards)?;

@@ -55,6 +55,8 @@ pub enum StorageError {
     InvalidSubscription(String),
     #[error("offline message quota of {quota} reached for {user}")]
     QuotaExceeded { user: String, quota: usize },
+    #[error("offline byte quota of {quota} reached for {user}")]
+    ByteQuotaExceeded { user: String, quota: u64 },
     #[error("privacy list {list:?} has more than one item with order {order}")]
     DuplicateOrder { list: String, order: u32 },
     #[error("privacy list {0:?} does not exist")]

@@ -3,13 +3,15 @@
 //!
 //! - `offline`: `user \0 seq` → the stanza XML. `seq` is a big-endian `u64` from a per-user
 //!   counter, so a prefix scan returns the messages in arrival order.
-//! - `offline_meta`: `user` → the next sequence number and the number of messages kept. It
-//!   changes in the same transaction as the messages, so the quota holds under concurrent
-//!   pushes and a sequence number is never reused while the user has messages.
+//! - `offline_meta`: `user` → the next sequence number, the number of messages kept and
+//!   their bytes (the stanzas' XML). It changes in the same transaction as the messages, so
+//!   both quotas hold under concurrent pushes and a sequence number is never reused while the
+//!   user has messages. Records written before the byte count existed read as 0 bytes; the
+//!   count catches up as those messages are removed (it never goes below 0).
 //!
-//! Delivery without loss: [`OfflineStore::peek`], deliver, then [`OfflineStore::remove_upto`]
-//! the last sequence number delivered. A crash in between delivers some messages twice, never
-//! zero times.
+//! Delivery without loss: [`OfflineStore::peek_batch`] a bounded batch, deliver it, then
+//! [`OfflineStore::remove`] exactly those sequence numbers, and repeat. A crash in between
+//! delivers some messages twice, never zero times.
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{Transactional, TransactionalTree};
@@ -33,6 +35,9 @@ struct MetaRecord {
     v: u8,
     next: u64,
     count: u64,
+    /// Bytes of the stored stanzas (absent in records of older databases: 0).
+    #[serde(default)]
+    bytes: u64,
 }
 
 impl Record for MetaRecord {
@@ -49,6 +54,7 @@ impl MetaRecord {
                 v: Self::V,
                 next: 1,
                 count: 0,
+                bytes: 0,
             }),
         }
     }
@@ -63,6 +69,19 @@ fn seq_key(user: &str, seq: u64) -> Result<Vec<u8>, StorageError> {
     let mut k = prefix(user)?;
     k.extend_from_slice(&seq.to_be_bytes());
     Ok(k)
+}
+
+/// The XML length of a stored message record, for the byte count (0 if it cannot be read:
+/// the count then errs towards more room, never towards refusing).
+fn stored_len(key: &[u8], value: &[u8]) -> u64 {
+    decode::<MessageRecord>(key, value).map_or(0, |r| r.xml.len() as u64)
+}
+
+fn seq_of(key: &[u8], prefix_len: usize, user: &str) -> Result<u64, StorageError> {
+    key.get(prefix_len..)
+        .and_then(|s| <[u8; 8]>::try_from(s).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StorageError::Corrupt(format!("offline key of {user}")))
 }
 
 #[derive(Clone)]
@@ -91,7 +110,20 @@ impl OfflineStore {
     /// Keep a message for `user`; returns its sequence number. `QuotaExceeded` (and nothing
     /// stored) if `user` already has `quota` messages.
     pub fn push(&self, user: &str, xml: &str, quota: usize) -> Result<u64, StorageError> {
+        self.push_bounded(user, xml, quota, u64::MAX)
+    }
+
+    /// [`push`](Self::push), also refused with `ByteQuotaExceeded` if the user's stored
+    /// stanzas and this one would pass `max_bytes` (XML bytes).
+    pub fn push_bounded(
+        &self,
+        user: &str,
+        xml: &str,
+        quota: usize,
+        max_bytes: u64,
+    ) -> Result<u64, StorageError> {
         part(user)?;
+        let len = xml.len() as u64;
         let value = encode(&MessageRecord {
             v: MessageRecord::V,
             xml: xml.to_string(),
@@ -104,9 +136,16 @@ impl OfflineStore {
                     quota,
                 }));
             }
+            if m.bytes.saturating_add(len) > max_bytes {
+                return Err(abort(StorageError::ByteQuotaExceeded {
+                    user: user.to_string(),
+                    quota: max_bytes,
+                }));
+            }
             let seq = m.next;
             m.next += 1;
             m.count += 1;
+            m.bytes = m.bytes.saturating_add(len);
             messages.insert(seq_key(user, seq).map_err(abort)?, value.as_slice())?;
             m.write_tx(meta, user)?;
             Ok(seq)
@@ -125,11 +164,7 @@ impl OfflineStore {
             .scan_prefix(&pfx)
             .map(|kv| {
                 let (k, v) = kv?;
-                let seq = k
-                    .get(pfx.len()..)
-                    .and_then(|s| <[u8; 8]>::try_from(s).ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or_else(|| StorageError::Corrupt(format!("offline key of {user}")))?;
+                let seq = seq_of(&k, pfx.len(), user)?;
                 let r: MessageRecord = decode(&k, &v)?;
                 Ok((seq, r.xml))
             })
@@ -147,22 +182,85 @@ impl OfflineStore {
         if keys.is_empty() {
             return Ok(0);
         }
+        self.remove_keys(user, &keys)
+    }
+
+    /// Remove exactly `user`'s messages with these sequence numbers (those still there), in
+    /// one transaction; returns how many there were. A message stored after a batch was
+    /// fetched is never among them, whatever its sequence number.
+    pub fn remove(&self, user: &str, seqs: &[u64]) -> Result<usize, StorageError> {
+        let keys: Vec<Vec<u8>> = seqs
+            .iter()
+            .map(|s| seq_key(user, *s))
+            .collect::<Result<_, _>>()?;
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        self.remove_keys(user, &keys)
+    }
+
+    fn remove_keys<K: AsRef<[u8]>>(&self, user: &str, keys: &[K]) -> Result<usize, StorageError> {
         let removed = (&self.messages, &self.meta).transaction(|(messages, meta)| {
             let mut removed = 0;
-            for k in &keys {
-                if messages.remove(k)?.is_some() {
+            let mut bytes = 0u64;
+            for k in keys {
+                if let Some(old) = messages.remove(k.as_ref())? {
                     removed += 1;
+                    bytes = bytes.saturating_add(stored_len(k.as_ref(), &old));
                 }
+            }
+            if removed == 0 {
+                return Ok(0);
             }
             let mut m = MetaRecord::read_tx(meta, user)?;
             m.count = m.count.saturating_sub(removed as u64);
+            m.bytes = m.bytes.saturating_sub(bytes);
             m.write_tx(meta, user)?;
             Ok(removed)
         })?;
-        if self.durable {
+        if self.durable && removed > 0 {
             self.messages.flush()?;
         }
         Ok(removed)
+    }
+
+    /// The oldest of `user`'s messages after sequence number `after`: at least one if there
+    /// is one, then more while the batch stays within `max_bytes` (XML bytes) and
+    /// `max_messages`. This is what keeps an offline backlog from reaching a session, or a
+    /// cluster frame, in one piece: the caller delivers the batch, removes it and asks again.
+    pub fn peek_batch(
+        &self,
+        user: &str,
+        after: u64,
+        max_bytes: usize,
+        max_messages: usize,
+    ) -> Result<Vec<(u64, String)>, StorageError> {
+        let pfx = prefix(user)?;
+        let start = seq_key(user, after.saturating_add(1))?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for kv in self.messages.range(start..) {
+            let (k, v) = kv?;
+            if !k.starts_with(&pfx) || out.len() >= max_messages.max(1) {
+                break;
+            }
+            let seq = seq_of(&k, pfx.len(), user)?;
+            let r: MessageRecord = decode(&k, &v)?;
+            if !out.is_empty() && bytes.saturating_add(r.xml.len()) > max_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(r.xml.len());
+            out.push((seq, r.xml));
+        }
+        Ok(out)
+    }
+
+    /// Bytes (XML) of the messages kept for `user`.
+    pub fn bytes(&self, user: &str) -> Result<u64, StorageError> {
+        match self.meta.get(part(user)?)? {
+            Some(v) => Ok(decode::<MetaRecord>(user.as_bytes(), &v)?.bytes),
+            None => Ok(0),
+        }
     }
 
     /// The number of messages kept for `user`.
@@ -294,5 +392,79 @@ mod tests {
         assert!(o.peek(U).unwrap().is_empty());
         assert_eq!(o.count(U).unwrap(), 0);
         assert_eq!(o.count("romeo@x").unwrap(), 1);
+    }
+
+    #[test]
+    fn batches_are_bounded_and_removal_is_exact() {
+        let dir = TempDir::new("offline-batch");
+        let store = open(dir.path());
+        let o = store.offline().unwrap();
+        let big = |i: usize| format!("<message><body>{i}{}</body></message>", "x".repeat(1000));
+        for i in 0..10 {
+            o.push(U, &big(i), 100).unwrap();
+        }
+        let len = big(0).len();
+        // Bytes bound: three fit in 3.5 messages' worth; at least one whatever the bound.
+        let b = o.peek_batch(U, 0, len * 7 / 2, 100).unwrap();
+        assert_eq!(b.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(o.peek_batch(U, 0, 1, 100).unwrap().len(), 1);
+        // Count bound, and `after`.
+        let b = o.peek_batch(U, 3, usize::MAX, 2).unwrap();
+        assert_eq!(b.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![4, 5]);
+        assert!(o.peek_batch(U, 10, usize::MAX, 100).unwrap().is_empty());
+        assert!(o
+            .peek_batch("other@x", 0, usize::MAX, 100)
+            .unwrap()
+            .is_empty());
+        // Exactly those go: a gap stays, and so does the byte count of what is left.
+        assert_eq!(o.remove(U, &[1, 3]).unwrap(), 2);
+        assert_eq!(o.remove(U, &[1, 3]).unwrap(), 0, "idempotent");
+        assert_eq!(o.count(U).unwrap(), 8);
+        assert_eq!(o.bytes(U).unwrap(), 8 * len as u64);
+        let left: Vec<u64> = o.peek(U).unwrap().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(left, vec![2, 4, 5, 6, 7, 8, 9, 10]);
+        o.remove_upto(U, u64::MAX).unwrap();
+        assert_eq!((o.count(U).unwrap(), o.bytes(U).unwrap()), (0, 0));
+    }
+
+    #[test]
+    fn byte_quota() {
+        let dir = TempDir::new("offline-bytes");
+        let store = open(dir.path());
+        let o = store.offline().unwrap();
+        let m = "<message>0123456789</message>"; // 29 bytes
+        o.push_bounded(U, m, 100, 60).unwrap();
+        o.push_bounded(U, m, 100, 60).unwrap();
+        assert!(matches!(
+            o.push_bounded(U, m, 100, 60),
+            Err(StorageError::ByteQuotaExceeded { quota: 60, .. })
+        ));
+        assert_eq!((o.count(U).unwrap(), o.bytes(U).unwrap()), (2, 58));
+        // The message quota still applies, and removal frees bytes.
+        assert!(matches!(
+            o.push_bounded(U, "<m/>", 2, 1000),
+            Err(StorageError::QuotaExceeded { .. })
+        ));
+        o.remove(U, &[1]).unwrap();
+        o.push_bounded(U, m, 100, 60).unwrap();
+        assert_eq!(o.bytes(U).unwrap(), 58);
+    }
+
+    #[test]
+    fn meta_records_without_a_byte_count_still_read() {
+        let dir = TempDir::new("offline-oldmeta");
+        let store = open(dir.path());
+        let o = store.offline().unwrap();
+        o.push(U, "<message/>", 10).unwrap();
+        // A record as an older version wrote it: no `bytes`.
+        o.meta
+            .insert(U.as_bytes(), br#"{"v":1,"next":2,"count":1}"#.to_vec())
+            .unwrap();
+        assert_eq!((o.count(U).unwrap(), o.bytes(U).unwrap()), (1, 0));
+        o.push_bounded(U, "<message/>", 10, 1000).unwrap();
+        assert_eq!(o.bytes(U).unwrap(), 10);
+        // Removing more bytes than were counted stops at 0.
+        o.remove_upto(U, u64::MAX).unwrap();
+        assert_eq!((o.count(U).unwrap(), o.bytes(U).unwrap()), (0, 0));
     }
 }

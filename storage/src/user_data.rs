@@ -61,10 +61,19 @@ pub enum UserDataWrite {
         user: String,
         xml: String,
         quota: usize,
+        /// The byte quota (`im.max_offline_bytes`); absent in entries written before it
+        /// existed, which then have none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_bytes: Option<u64>,
     },
     OfflineRemoveUpto {
         user: String,
         seq: u64,
+    },
+    /// Exactly these messages were delivered (a batch, by sequence number).
+    OfflineRemove {
+        user: String,
+        seqs: Vec<u64>,
     },
     Block {
         user: String,
@@ -123,6 +132,7 @@ impl UserDataWrite {
             | PendingRemove { user, .. }
             | OfflinePush { user, .. }
             | OfflineRemoveUpto { user, .. }
+            | OfflineRemove { user, .. }
             | Block { user, .. }
             | Unblock { user, .. }
             | UnblockAll { user }
@@ -150,7 +160,8 @@ pub enum WriteOutcome {
     Existed(bool),
     /// `OfflinePush`: the message's sequence number.
     Seq(u64),
-    /// `OfflineRemoveUpto`: how many messages went; `RosterImport`: how many items changed.
+    /// `OfflineRemoveUpto`, `OfflineRemove`: how many messages went; `RosterImport`: how many
+    /// items changed.
     Count(usize),
 }
 
@@ -163,6 +174,10 @@ pub enum RefusedWrite {
     QuotaExceeded {
         user: String,
         quota: usize,
+    },
+    ByteQuotaExceeded {
+        user: String,
+        quota: u64,
     },
     DuplicateOrder {
         list: String,
@@ -179,6 +194,10 @@ impl From<&StorageError> for RefusedWrite {
             StorageError::InvalidKey(k) => RefusedWrite::InvalidKey(k.clone()),
             StorageError::InvalidSubscription(s) => RefusedWrite::InvalidSubscription(s.clone()),
             StorageError::QuotaExceeded { user, quota } => RefusedWrite::QuotaExceeded {
+                user: user.clone(),
+                quota: *quota,
+            },
+            StorageError::ByteQuotaExceeded { user, quota } => RefusedWrite::ByteQuotaExceeded {
                 user: user.clone(),
                 quota: *quota,
             },
@@ -199,6 +218,9 @@ impl From<RefusedWrite> for StorageError {
             RefusedWrite::InvalidSubscription(s) => StorageError::InvalidSubscription(s),
             RefusedWrite::QuotaExceeded { user, quota } => {
                 StorageError::QuotaExceeded { user, quota }
+            }
+            RefusedWrite::ByteQuotaExceeded { user, quota } => {
+                StorageError::ByteQuotaExceeded { user, quota }
             }
             RefusedWrite::DuplicateOrder { list, order } => {
                 StorageError::DuplicateOrder { list, order }
@@ -303,8 +325,18 @@ impl UserData {
             PendingRemove { user, contact } => {
                 Existed(self.rosters.remove_pending_in(user, contact)?)
             }
-            OfflinePush { user, xml, quota } => Seq(self.offline.push(user, xml, *quota)?),
+            OfflinePush {
+                user,
+                xml,
+                quota,
+                max_bytes,
+            } => {
+                Seq(self
+                    .offline
+                    .push_bounded(user, xml, *quota, max_bytes.unwrap_or(u64::MAX))?)
+            }
             OfflineRemoveUpto { user, seq } => Count(self.offline.remove_upto(user, *seq)?),
+            OfflineRemove { user, seqs } => Count(self.offline.remove(user, seqs)?),
             Block { user, jids } => {
                 self.blocking.block(user, jids)?;
                 Done
@@ -502,16 +534,19 @@ mod tests {
                 user: "u@x".into(),
                 xml: "<message/>".into(),
                 quota: 2,
+                max_bytes: None,
             },
             UserDataWrite::OfflinePush {
                 user: "u@x".into(),
                 xml: "<message/>".into(),
                 quota: 2,
+                max_bytes: None,
             },
             UserDataWrite::OfflinePush {
                 user: "u@x".into(),
                 xml: "<message/>".into(),
                 quota: 2,
+                max_bytes: None,
             },
             UserDataWrite::Block {
                 user: "u@x".into(),

@@ -108,9 +108,10 @@ async def test_vcard_of_another_user(server):
         resp = await vcard_get(cr, to=owner.jid)
         assert_result(resp, from_=owner.jid)
         assert shape(payload(resp)) == shape(parsed(VCARD)), xml_str(resp)
-        # §3.3: someone else's missing vCard is an error (item-not-found).
+        # §3.3: someone else's missing vCard is an error, the same as for a user that does
+        # not exist (service-unavailable, RFC 6121 8.5.1): see test_im.py's enumeration test.
         resp = await vcard_get(cr, to=nocard.jid)
-        assert_error(resp, "cancel", "item-not-found", from_=nocard.jid)
+        assert_error(resp, "cancel", "service-unavailable", from_=nocard.jid)
     finally:
         await co.close()
         await cr.close()

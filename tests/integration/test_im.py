@@ -280,6 +280,8 @@ async def test_disco_info_on_server(server):
         features = {f.get("var") for f in query.findall(f"{{{NS_DISCO_INFO}}}feature")}
         for needed in (NS_DISCO_INFO, NS_PING, NS_VERSION):
             assert needed in features, f"{needed} missing from disco#info features {sorted(features)}"
+        # XEP-0160: a server that stores offline messages advertises it.
+        assert "msgoffline" in features, f"msgoffline missing from {sorted(features)}"
     finally:
         await c.close()
 
@@ -512,3 +514,127 @@ async def test_incremental_parsing_byte_by_byte_and_whitespace_keepalive(server)
     finally:
         await ca.close()
         await cb.close()
+
+
+# -- RFC 6121 8.5.3.2.1: a full JID whose resource is not online ------------------------
+
+
+@pytest.mark.parametrize("type_", ["normal", None], ids=["normal", "no-type"])
+async def test_normal_message_to_absent_resource_is_bounced_not_redirected(server, type_):
+    """RFC 6121 8.5.3.2.1: a normal message (also one without a type, 5.2.2) to a full JID
+    with no such resource is ignored or answered service-unavailable, never delivered to
+    another resource (nor stored). We answer, so the sender learns the resource is gone."""
+    ca, cb = await pair(server, rb="here")
+    try:
+        gone = f"{cb.jid.split('/')[0]}/gone"
+        t = f" type='{type_}'" if type_ else ""
+        await ca.send(f"<message to='{gone}'{t} id='abs-n'><body>for gone</body></message>")
+        err = await ca.recv_match(lambda e: e.get("id") == "abs-n", what="the bounce")
+        assert err.get("type") == "error", xml_str(err)
+        assert stanza_error(err)[1] == "service-unavailable", xml_str(err)
+        assert err.get("from") == gone, f"RFC 6120 8.3.1: from the addressee: {xml_str(err)}"
+        leaked = [e for e in await cb.expect_silence(0.4) if e.tag == q("message")]
+        assert not leaked, f"delivered to another resource: {xml_str(leaked[0])}"
+    finally:
+        await ca.close()
+        await cb.close()
+
+
+async def test_headline_to_absent_resource_is_silently_ignored(server):
+    """RFC 6121 8.5.3.2.1: a headline to a full JID with no such resource: not delivered to
+    another resource, no error either."""
+    ca, cb = await pair(server, rb="here")
+    try:
+        await cb.send_presence()
+        gone = f"{cb.jid.split('/')[0]}/gone"
+        await ca.send(f"<message to='{gone}' type='headline' id='abs-h'><body>news</body></message>")
+        await ca.barrier()
+        answered = [e for e in ca.skipped if e.get("id") == "abs-h"]
+        assert not answered, f"a headline was answered: {xml_str(answered[0])}"
+        leaked = [e for e in await cb.expect_silence(0.4) if e.get("id") == "abs-h"]
+        assert not leaked, f"delivered to another resource: {xml_str(leaked[0])}"
+    finally:
+        await ca.close()
+        await cb.close()
+
+
+async def test_chat_to_absent_resource_goes_to_the_available_resource(server):
+    """RFC 6121 8.5.3.2.1: a chat to a gone resource is treated as if sent to the bare JID
+    (the contrast to the two tests above)."""
+    ca, cb = await pair(server, rb="here")
+    try:
+        await cb.send_presence()
+        gone = f"{cb.jid.split('/')[0]}/gone"
+        await ca.send(f"<message to='{gone}' type='chat' id='abs-c'><body>hi</body></message>")
+        got = await cb.recv_match(is_message("abs-c"), what="the chat for the gone resource")
+        assert got.get("from") == ca.jid, xml_str(got)
+    finally:
+        await ca.close()
+        await cb.close()
+
+
+# -- RFC 6121 8.5.1 vs 8.5.2 / 8.5.3: no user enumeration -------------------------------
+
+# Stanzas whose answer the RFC lets be the same for an account that does not exist and for
+# one that exists with no resource online. {to} is the addressee (bare or full JID).
+ENUMERATION_PROBES = {
+    "headline-bare": ("bare", "<message to='{to}' type='headline' id='{id}'><body>x</body></message>"),
+    "headline-full": ("full", "<message to='{to}' type='headline' id='{id}'><body>x</body></message>"),
+    "normal-full": ("full", "<message to='{to}' type='normal' id='{id}'><body>x</body></message>"),
+    "notype-full": ("full", "<message to='{to}' id='{id}'><body>x</body></message>"),
+    "groupchat-bare": ("bare", "<message to='{to}' type='groupchat' id='{id}'><body>x</body></message>"),
+    "error-bare": ("bare", "<message to='{to}' type='error' id='{id}'><error type='cancel'>"
+                   "<item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"),
+    "iq-version-bare": ("bare", "<iq to='{to}' type='get' id='{id}'><query xmlns='jabber:iq:version'/></iq>"),
+    "iq-version-full": ("full", "<iq to='{to}' type='get' id='{id}'><query xmlns='jabber:iq:version'/></iq>"),
+    "iq-ping-full": ("full", "<iq to='{to}' type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"),
+    # XEP-0054 3.3: "the same error condition in both cases".
+    "iq-vcard-bare": ("bare", "<iq to='{to}' type='get' id='{id}'><vCard xmlns='vcard-temp'/></iq>"),
+    "iq-result-bare": ("bare", "<iq to='{to}' type='result' id='{id}'/>"),
+    "iq-result-full": ("full", "<iq to='{to}' type='result' id='{id}'/>"),
+    "probe-bare": ("bare", "<presence to='{to}' type='probe' id='{id}'/>"),
+    "subscribe-bare": ("bare", "<presence to='{to}' type='subscribe' id='{id}'/>"),
+    "directed-full": ("full", "<presence to='{to}' id='{id}'/>"),
+}
+
+
+def reply_shape(replies, addressee):
+    """What a sender can observe of the answers to one stanza: (kind, type, condition,
+    error type, whether it came from the addressee) for each."""
+    shapes = []
+    for r in replies:
+        etype, cond = stanza_error(r) if r.get("type") == "error" else (None, None)
+        shapes.append((r.tag, r.get("type"), cond, etype, r.get("from") == addressee))
+    return shapes
+
+
+@pytest.mark.parametrize("probe", sorted(ENUMERATION_PROBES))
+async def test_unknown_and_offline_accounts_answer_alike(server, probe):
+    """RFC 6121 8.5.1 (no such account) against 8.5.2.2 / 8.5.3.2 (an account with no
+    resource online): wherever the RFC allows the same treatment, the sender gets the same
+    answer (same condition and type, from the addressed JID) or the same silence; and the
+    answers take the same way through the node (an IQ in a namespace the account's shard
+    answers goes there for both). What necessarily differs, and is not probed: a chat or
+    normal message to the bare JID is stored for an existing account."""
+    where, template = ENUMERATION_PROBES[probe]
+    sender = await login(server, server.account(), resource="enum")
+    offline = server.account()  # exists, never logs in, has no vCard
+    try:
+        shapes = {}
+        for label, local in (("unknown", "nobody-enum"), ("offline", offline.local)):
+            to = f"{local}@localhost" + ("/somewhere" if where == "full" else "")
+            id_ = f"{probe}-{label}"
+            await sender.send(template.format(to=to, id=id_))
+            await sender.barrier()
+            replies = [e for e in sender.skipped + await sender.expect_silence(0.3)
+                       if e.get("id") == id_]
+            sender.skipped = []
+            shapes[label] = reply_shape(replies, to)
+        assert shapes["unknown"] == shapes["offline"], (
+            f"{probe}: an unknown account answers {shapes['unknown']}, "
+            f"an existing offline one {shapes['offline']}")
+        for kind, type_, cond, _, from_addressee in shapes["unknown"]:
+            assert type_ == "error" and cond == "service-unavailable" and from_addressee, (
+                f"{probe}: {shapes['unknown']}")
+    finally:
+        await sender.close()

@@ -51,6 +51,7 @@ impl Node {
         let limits = ImLimits {
             max_roster_items: 1000,
             max_offline_messages: 100,
+            max_offline_bytes: 10 << 20,
             ..ImLimits::default()
         };
         let data = store.user_data().expect("IM trees");
@@ -73,6 +74,7 @@ impl Node {
             ResourceConflict::Replace,
             shards.clone(),
             None,
+            nodes::router::OfflineBatch::for_send_queue(1 << 20),
         ));
         Node {
             router,

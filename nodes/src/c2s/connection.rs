@@ -38,6 +38,9 @@ const OVERFLOW_GRACE: Duration = Duration::from_secs(2);
 /// socket: closing with unread input makes the kernel reset the connection, and the peer
 /// may lose the stream error it has not read yet.
 const LINGER: Duration = Duration::from_millis(500);
+/// At a client's closing tag, how long an offline delivery in progress may wait for the
+/// client's TCP to acknowledge what was written (`SendQueue::settle`).
+const SETTLE: Duration = Duration::from_millis(500);
 /// Most bytes read and discarded during the linger.
 const LINGER_MAX_BYTES: usize = 1 << 20;
 
@@ -195,6 +198,8 @@ pub async fn serve(
         unauthenticated: Some(unauthenticated),
     };
     let end = conn.run(auth_deadline).await;
+    // Whoever waits for bytes to be written (an offline batch) learns they will not be.
+    conn.queue.abandon();
     if let Some(session) = conn.session.take() {
         session.do_send(ConnectionClosed);
     }
@@ -309,10 +314,12 @@ impl Connection {
             QueueWork::Nothing => Ok(true),
             QueueWork::Write(bytes) => {
                 Box::pin(self.write(&bytes)).await?;
+                self.queue.written(bytes.len());
                 Ok(true)
             }
             QueueWork::Close(bytes, err) => {
                 Box::pin(self.write(&bytes)).await?;
+                self.queue.written(bytes.len());
                 self.close_boxed(err).await;
                 Ok(false)
             }
@@ -420,6 +427,8 @@ impl Connection {
                         if !Box::pin(self.write_queued()).await? {
                             return Ok(false);
                         }
+                        // Stored messages it read before closing count as delivered.
+                        Box::pin(SendQueue::settle(self.queue.clone(), SETTLE)).await;
                     }
                     self.negotiation.on_close()
                 }
@@ -553,6 +562,7 @@ impl Connection {
             Ok(Ok(())) => {
                 self.session = Some(session);
                 self.bound = Some((jid.clone(), session_id));
+                self.queue.set_socket(self.transport.raw_fd());
                 self.gauge.set(0, "bound");
                 METRICS
                     .login_duration

@@ -14,6 +14,14 @@ pub struct FromClient(pub Element);
 #[rtype(result = "()")]
 pub struct Deliver(pub Element);
 
+/// Stored (offline) messages for the client, one bounded batch. The answer comes once all
+/// of them were written to the client's socket (`true`), or when that can no longer happen
+/// (`false`: the connection ended or overflowed first); only after `true` may they be removed
+/// from storage.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct DeliverStored(pub Vec<Element>);
+
 /// Close the client's stream with this error (conflict, shutdown, account deleted).
 #[derive(Message)]
 #[rtype(result = "()")]

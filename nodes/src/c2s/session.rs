@@ -14,8 +14,8 @@ use proto::ns;
 use tokio::sync::Notify;
 
 use super::messages::{
-    ConnectionClosed, Deliver, FlushDeliveries, FromClient, Kick, SendOwnPresence, SetBlockList,
-    SetPrivacy,
+    ConnectionClosed, Deliver, DeliverStored, FlushDeliveries, FromClient, Kick, SendOwnPresence,
+    SetBlockList, SetPrivacy,
 };
 use crate::ext::{Extensions, IqOutcome, IqRequest};
 use crate::im::messages::{AccountIq, Filters, OutboundSubscription};
@@ -31,9 +31,22 @@ use proto::privacy::StanzaKind;
 /// buffer shared by the two (they run on the same worker thread). Stanzas are serialised
 /// straight into it, the task takes the whole buffer per write, and an idle session holds no
 /// allocation. Past `limit` unwritten bytes the client is too slow and is disconnected.
+///
+/// It also counts the bytes ever queued and ever written (flushed to the socket), so a
+/// sender can learn when what it queued has left the node ([`SendQueue::when_written`]):
+/// stored messages are removed only then (XEP-0160 without loss).
 pub struct SendQueue {
     state: RefCell<QueueState>,
     limit: usize,
+    /// The connection's socket while it is open (set at bind, cleared before it closes), to
+    /// ask the kernel what the client has acknowledged (`unacked_bytes`).
+    socket: std::cell::Cell<Option<std::os::fd::RawFd>>,
+    /// The connection is over: nothing more will be written or acknowledged.
+    abandoned: std::cell::Cell<bool>,
+    /// Queue bytes (counted like `QueueState::written`) the client's TCP is known to have
+    /// acknowledged, and how many `delivered` calls wait for that.
+    acked_through: std::cell::Cell<u64>,
+    awaiting_ack: std::cell::Cell<u32>,
     /// Signals the task: bytes to write or a close requested.
     pub wake: Notify,
     /// Signals the task that the client fell too far behind (also while it is blocked
@@ -46,6 +59,14 @@ struct QueueState {
     bytes: Vec<u8>,
     close: Option<StreamError>,
     overflowed: bool,
+    /// Bytes ever queued, and ever written to the socket: the queue is FIFO, so once
+    /// `written` reaches the value `queued` had after some push, that push is on the wire.
+    queued: u64,
+    written: u64,
+    /// Who waits for `written` to reach a mark (an offline batch being delivered). Empty,
+    /// hence no allocation, nearly always; dropped (the receivers see an error) when the
+    /// queue overflows or its connection ends.
+    waiters: Vec<(u64, tokio::sync::oneshot::Sender<()>)>,
 }
 
 /// What the task should do next, taken from the queue.
@@ -63,6 +84,10 @@ impl SendQueue {
         Rc::new(SendQueue {
             state: RefCell::new(QueueState::default()),
             limit,
+            socket: std::cell::Cell::new(None),
+            abandoned: std::cell::Cell::new(false),
+            acked_through: std::cell::Cell::new(0),
+            awaiting_ack: std::cell::Cell::new(0),
             wake: Notify::new(),
             overflow: Notify::new(),
         })
@@ -77,11 +102,14 @@ impl SendQueue {
         let was_empty = st.bytes.is_empty();
         let before = st.bytes.len();
         el.write_to(&mut st.bytes, ns::CLIENT);
-        QUEUED.add((st.bytes.len() - before) as i64);
+        let added = st.bytes.len() - before;
+        QUEUED.add(added as i64);
+        st.queued += added as u64;
         if st.bytes.len() > self.limit {
             st.overflowed = true;
             QUEUED.sub(st.bytes.len() as i64);
             st.bytes = Vec::new();
+            st.waiters = Vec::new();
             self.overflow.notify_one();
             return false;
         }
@@ -94,6 +122,137 @@ impl SendQueue {
     fn close(&self, err: StreamError) {
         self.state.borrow_mut().close.get_or_insert(err);
         self.wake.notify_one();
+    }
+
+    /// Resolves to `true` once everything queued so far has been written to the client's
+    /// socket and acknowledged by the client's TCP (the kernel holds none of it unacked);
+    /// `false` if the queue overflows, the connection ends first (closed or reset), or the
+    /// acknowledgement takes longer than [`ACK_WAIT`] (a client that stopped reading).
+    ///
+    /// What this cannot know: bytes the client's TCP acknowledged but its application never
+    /// read (its receive buffer, lost if it drops the connection). Stream management
+    /// (XEP-0198) closes that gap with the client's own `<a h/>`.
+    pub async fn delivered(queue: Rc<SendQueue>) -> bool {
+        let (mark, written) = {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let mut st = queue.state.borrow_mut();
+            if st.overflowed {
+                return false;
+            }
+            let mark = st.queued;
+            if st.written >= mark {
+                let _ = tx.send(());
+            } else {
+                st.waiters.push((mark, tx));
+            }
+            (mark, rx)
+        };
+        queue.awaiting_ack.set(queue.awaiting_ack.get() + 1);
+        let delivered = async {
+            if written.await.is_err() {
+                return false;
+            }
+            let deadline = tokio::time::Instant::now() + ACK_WAIT;
+            loop {
+                if queue.acked_through.get() >= mark {
+                    return true;
+                }
+                if queue.abandoned.get() {
+                    return false;
+                }
+                match queue.observe_acks() {
+                    Acks::Unknown => return true,
+                    Acks::Reset => return false,
+                    Acks::Unacked(unacked) => {
+                        // Bytes written after the mark may still be unacknowledged; ours no
+                        // longer are once the kernel holds no more than those (counted as
+                        // plaintext, which TLS only makes larger on the wire: the test errs
+                        // towards waiting).
+                        let written_after = queue.state.borrow().written.saturating_sub(mark);
+                        if unacked <= written_after {
+                            return true;
+                        }
+                    }
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return false;
+                }
+                tokio::time::sleep(ACK_POLL).await;
+            }
+        };
+        let outcome = delivered.await;
+        queue
+            .awaiting_ack
+            .set(queue.awaiting_ack.get().saturating_sub(1));
+        outcome
+    }
+
+    /// Ask the kernel what the client has acknowledged; all of it (0 unacked) moves
+    /// `acked_through` up to everything written.
+    fn observe_acks(&self) -> Acks {
+        let Some(fd) = self.socket.get() else {
+            return Acks::Unknown;
+        };
+        match super::transport::unacked_bytes(fd) {
+            Ok(Some(0)) => {
+                self.acked_through.set(self.state.borrow().written);
+                Acks::Unacked(0)
+            }
+            Ok(Some(n)) => Acks::Unacked(n as u64),
+            Ok(None) => Acks::Reset,
+            Err(e) => {
+                tracing::debug!(error = %e, "SIOCOUTQ failed: counting written as delivered");
+                Acks::Unknown
+            }
+        }
+    }
+
+    /// The client closed its stream while a [`delivered`](Self::delivered) waits: give its
+    /// TCP up to `max` to acknowledge what was written (it normally has, having read it
+    /// before closing), so that what it received is not delivered again at its next login.
+    /// Called before our closing tag is written.
+    pub async fn settle(queue: Rc<SendQueue>, max: std::time::Duration) {
+        if queue.awaiting_ack.get() == 0 {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + max;
+        while !matches!(
+            queue.observe_acks(),
+            Acks::Unacked(0) | Acks::Unknown | Acks::Reset
+        ) && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(ACK_POLL).await;
+        }
+    }
+
+    /// The connection's socket, once bound (see [`delivered`](Self::delivered)).
+    pub fn set_socket(&self, fd: Option<std::os::fd::RawFd>) {
+        self.socket.set(fd);
+    }
+
+    /// The task wrote `n` bytes it took from the queue (all of them, flushed).
+    pub fn written(&self, n: usize) {
+        let mut st = self.state.borrow_mut();
+        st.written += n as u64;
+        if st.waiters.is_empty() {
+            return;
+        }
+        let written = st.written;
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut st.waiters)
+            .into_iter()
+            .partition(|(mark, _)| *mark <= written);
+        st.waiters = waiting;
+        for (_, tx) in done {
+            let _ = tx.send(());
+        }
+    }
+
+    /// The connection is over (called before its socket closes): nothing more will be
+    /// written or acknowledged.
+    pub fn abandon(&self) {
+        self.abandoned.set(true);
+        self.socket.set(None);
+        self.state.borrow_mut().waiters = Vec::new();
     }
 
     /// Take everything pending.
@@ -111,6 +270,21 @@ impl SendQueue {
         }
     }
 }
+
+/// What the kernel says about the client's acknowledgements.
+enum Acks {
+    /// Bytes written and not acknowledged yet.
+    Unacked(u64),
+    /// The connection was reset.
+    Reset,
+    /// No socket known, or the kernel cannot tell: written is all there is to know.
+    Unknown,
+}
+
+/// How long [`SendQueue::delivered`] waits for the client's TCP to acknowledge a batch.
+const ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often it asks the kernel meanwhile (nothing signals an acknowledgement).
+const ACK_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Bytes queued for clients on this node (`switchboard_c2s_queued_bytes`).
 static QUEUED: std::sync::LazyLock<&'static prometheus::IntGauge> =
@@ -327,6 +501,7 @@ impl SessionActor {
                     from: self.jid.clone(),
                     to: to.clone(),
                     iq: iq.clone(),
+                    exists: true,
                 },
             );
             let iq = iq.clone();
@@ -591,6 +766,27 @@ impl SessionActor {
 impl Handler<Deliver> for SessionActor {
     type Result = ();
     fn handle(&mut self, Deliver(el): Deliver, ctx: &mut Context<Self>) {
+        self.deliver(el, ctx);
+    }
+}
+
+impl Handler<DeliverStored> for SessionActor {
+    type Result = ResponseFuture<bool>;
+    fn handle(
+        &mut self,
+        DeliverStored(batch): DeliverStored,
+        ctx: &mut Context<Self>,
+    ) -> Self::Result {
+        for el in batch {
+            self.deliver(el, ctx);
+        }
+        Box::pin(SendQueue::delivered(self.queue.clone()))
+    }
+}
+
+impl SessionActor {
+    /// A stanza for the client, unless the blocklist or the privacy list in force refuses it.
+    fn deliver(&mut self, el: Element, ctx: &mut Context<Self>) {
         let sender = el.attr("from").and_then(|f| Jid::parse(f).ok());
         if el.name == "iq" && !self.foreign_iqs.is_empty() {
             if let (Some(s), Some("result" | "error")) = (&sender, el.attr("type")) {
@@ -694,5 +890,77 @@ impl SessionActor {
             StreamErrorCondition::PolicyViolation,
             "too much data queued for a slow reader",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    fn message(body: &str) -> Element {
+        Element::new("message", ns::CLIENT)
+            .with_child(Element::new("body", ns::CLIENT).with_text(body))
+    }
+
+    /// Taken and written: what `Connection::write_queued` does.
+    fn write_all(q: &SendQueue) -> usize {
+        match q.take() {
+            QueueWork::Write(bytes) => {
+                q.written(bytes.len());
+                bytes.len()
+            }
+            _ => 0,
+        }
+    }
+
+    fn poll_once<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+        f.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    }
+
+    #[test]
+    fn delivered_waits_until_the_bytes_are_written() {
+        run(async {
+            let q = SendQueue::new(1 << 20);
+            // Nothing queued: delivered at once (no socket known: written is enough).
+            assert!(SendQueue::delivered(q.clone()).await);
+            assert!(q.push(&message("one")));
+            let mut first = std::pin::pin!(SendQueue::delivered(q.clone()));
+            assert!(poll_once(first.as_mut()).is_pending(), "not written yet");
+            // Queued after the first batch: the first does not wait for it.
+            assert!(q.push(&message("two")));
+            let mut second = std::pin::pin!(SendQueue::delivered(q.clone()));
+            assert!(poll_once(second.as_mut()).is_pending());
+            assert!(write_all(&q) > 0);
+            assert!(first.await);
+            assert!(second.await);
+        });
+    }
+
+    #[test]
+    fn delivered_fails_when_the_connection_ends_or_overflows() {
+        run(async {
+            let q = SendQueue::new(1 << 20);
+            assert!(q.push(&message("lost")));
+            let mut pending = std::pin::pin!(SendQueue::delivered(q.clone()));
+            assert!(poll_once(pending.as_mut()).is_pending());
+            q.abandon();
+            assert!(!pending.await, "the connection ended before writing it");
+
+            let small = SendQueue::new(64);
+            assert!(small.push(&message("a")));
+            let mut pending = std::pin::pin!(SendQueue::delivered(small.clone()));
+            assert!(poll_once(pending.as_mut()).is_pending());
+            assert!(!small.push(&message(&"x".repeat(100))), "overflows");
+            assert!(!pending.await, "an overflowed queue writes nothing more");
+            assert!(!SendQueue::delivered(small).await);
+        });
     }
 }

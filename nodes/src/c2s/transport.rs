@@ -119,4 +119,53 @@ impl Transport {
             }
         })
     }
+
+    /// The TCP socket's descriptor (for [`unacked_bytes`]).
+    pub fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        match self {
+            Transport::Plain(s) => Some(s.as_raw_fd()),
+            Transport::Tls(s) => Some(s.get_ref().0.as_raw_fd()),
+            Transport::Detached => None,
+        }
+    }
+}
+
+/// Bytes the kernel holds for this socket that the peer's TCP has not acknowledged yet (sent
+/// or not): `SIOCOUTQ`. Once it reaches 0, every byte written so far is in the client's
+/// kernel; only what the client application has not read from there can still be lost.
+/// `Ok(None)`: the connection is no longer established (a reset empties the send queue, so
+/// its 0 would mean nothing).
+///
+/// `fd` must be an open socket for the whole call: callers use the descriptor of a
+/// connection that is alive, on the thread that owns it (see `SendQueue::set_socket`).
+#[cfg(target_os = "linux")]
+pub fn unacked_bytes(fd: std::os::fd::RawFd) -> io::Result<Option<usize>> {
+    let mut unacked: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (= SIOCOUTQ on a TCP socket) writes one c_int through the pointer,
+    // which points to a live c_int; `fd` is open (see above), and an fd that is not a
+    // socket only makes ioctl fail, which is reported.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut unacked as *mut libc::c_int) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Asked after the count: a reset that came before it shows here as ENOTCONN (the
+    // socket is in TCP_CLOSE), a graceful FIN from the client does not.
+    // SAFETY: getpeername writes at most `len` bytes into `addr`, a live sockaddr_storage
+    // (the largest address type), and the new length into `len`.
+    let connected = unsafe {
+        let mut addr: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        libc::getpeername(fd, &mut addr as *mut _ as *mut libc::sockaddr, &mut len) == 0
+    };
+    if !connected {
+        return Ok(None);
+    }
+    Ok(Some(usize::try_from(unacked).unwrap_or(0)))
+}
+
+/// Elsewhere the kernel is not asked: written counts as delivered.
+#[cfg(not(target_os = "linux"))]
+pub fn unacked_bytes(_fd: std::os::fd::RawFd) -> io::Result<Option<usize>> {
+    Ok(Some(0))
 }

@@ -147,6 +147,11 @@ pub enum UserOp {
     Kick { user: Jid, reason: String },
 }
 
+/// A peer that does not send `exists` only asks about existing accounts.
+fn account_exists() -> bool {
+    true
+}
+
 /// IM operations served by the leader of a user's shard (see `im::RosterShards`). Stanzas
 /// are XML.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -155,6 +160,9 @@ pub enum ImRequest {
         from: Jid,
         to: Jid,
         iq: String,
+        /// False for an account that does not exist (`im::messages::AccountIq`).
+        #[serde(default = "account_exists")]
+        exists: bool,
     },
     OutboundSubscription {
         user: Jid,
@@ -188,12 +196,22 @@ pub enum ImRequest {
         user: Jid,
         items: Vec<storage::RosterItem>,
     },
+    /// One bounded batch (`im::messages::FetchOffline`): the reply frame holds at most
+    /// `im::offline::MAX_FETCH_BYTES` of stored XML, however large the backlog.
     FetchOffline {
         user: Jid,
+        holder: Jid,
+        after: u64,
+        max_bytes: usize,
+        max_messages: usize,
     },
     RemoveOffline {
         user: Jid,
-        upto: u64,
+        seqs: Vec<u64>,
+    },
+    ReleaseOffline {
+        user: Jid,
+        holder: Jid,
     },
     GetFilters {
         user: Jid,
@@ -215,7 +233,7 @@ pub enum ImReply {
     Stanzas(Vec<String>),
     /// `StoreOffline`: the stanza error condition if it was refused.
     Stored(Option<String>),
-    /// `FetchOffline`: (sequence number, stanza) in order.
+    /// `FetchOffline`: one batch of (sequence number, stanza), in order.
     Offline(Vec<(u64, String)>),
     Filters {
         blocked: Vec<Jid>,

@@ -17,6 +17,10 @@ pub struct AccountIq {
     /// The addressed account (bare JID).
     pub to: Jid,
     pub iq: Element,
+    /// False when the account does not exist: the shard answers `service-unavailable`
+    /// (RFC 6121 §8.5.1) after the same hop an existing account's IQ takes, so the timing
+    /// does not tell the two apart.
+    pub exists: bool,
 }
 
 /// The user sent a presence subscription stanza (RFC 6121 §3, "user's server").
@@ -85,21 +89,39 @@ pub struct RefreshSessions {
 }
 
 /// The node holding a session that just became able to take stored messages (available,
-/// priority >= 0) fetches them, delivers them itself, then removes them with
-/// [`RemoveOffline`]. Messages another fetch holds are skipped for a while, so two resources
-/// logging in at once do not both get them.
+/// priority >= 0) fetches them one bounded batch at a time, delivers each itself and removes
+/// it with [`RemoveOffline`] once written, then fetches the next. While one resource is
+/// served, other resources' fetches get nothing (so two resources logging in at once do not
+/// both get the backlog). The answer is the batch, oldest first; empty: nothing (more).
 #[derive(Message)]
 #[rtype(result = "Vec<(u64, String)>")]
 pub struct FetchOffline {
     pub user: Jid,
+    /// The resource being served.
+    pub holder: Jid,
+    /// Only messages after this sequence number (the last of the previous batch; 0 first).
+    pub after: u64,
+    /// Bounds of the batch (stored XML bytes, messages); at least one message comes
+    /// whatever its size. The shard clamps both (`im::offline::MAX_FETCH_BYTES`).
+    pub max_bytes: usize,
+    pub max_messages: usize,
 }
 
-/// The stored messages up to `upto` were delivered.
+/// Exactly these stored messages (sequence numbers of one batch) were delivered.
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
 pub struct RemoveOffline {
     pub user: Jid,
-    pub upto: u64,
+    pub seqs: Vec<u64>,
+}
+
+/// `holder`'s delivery ended early (connection gone, removal failed): its claim on the
+/// stored messages goes, and what was not removed stays for the next fetch.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReleaseOffline {
+    pub user: Jid,
+    pub holder: Jid,
 }
 
 /// An operator's roster import for one account (`switchboard roster import`): each item

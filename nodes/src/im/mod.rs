@@ -57,6 +57,8 @@ pub struct ImLimits {
     pub max_private_entries: usize,
     pub max_private_bytes: usize,
     pub max_vcard_bytes: usize,
+    /// Bytes (stored XML) of offline messages kept per account (`im.max_offline_bytes`).
+    pub max_offline_bytes: u64,
 }
 
 impl ImLimits {
@@ -64,6 +66,7 @@ impl ImLimits {
         ImLimits {
             max_roster_items: im.max_roster_items,
             max_offline_messages: im.max_offline_messages,
+            max_offline_bytes: im.max_offline_bytes,
             max_pending_subscriptions: im.max_pending_subscriptions,
             max_roster_groups: im.max_roster_groups,
             max_blocklist_items: im.max_blocklist_items,
@@ -82,6 +85,7 @@ impl Default for ImLimits {
         ImLimits {
             max_roster_items: 1000,
             max_offline_messages: 500,
+            max_offline_bytes: 10 << 20,
             max_pending_subscriptions: 1000,
             max_roster_groups: 32,
             max_blocklist_items: 1000,
@@ -316,8 +320,9 @@ pub struct RosterActor {
     requester_pushes: Vec<proto::element::Element>,
     /// Accounts of this shard with an available resource (from `PresenceBroadcast`).
     online: HashSet<Jid>,
-    /// Stored messages a fetch took and has not removed yet: (last sequence number, when).
-    offline_claims: HashMap<Jid, (u64, std::time::Instant)>,
+    /// Accounts whose stored messages a resource is being served: (that resource, time of
+    /// its last fetch). See `fetch_offline`.
+    offline_claims: HashMap<Jid, (Jid, std::time::Instant)>,
     /// Bound resources of this shard's accounts (bare JID → full JID) and the privacy list
     /// each has made active (XEP-0016 §2.4).
     bound: privacy::BoundResources,
@@ -388,6 +393,16 @@ impl Handler<AttachShards> for RosterActor {
 impl Handler<AccountIq> for RosterActor {
     type Result = MessageResult<AccountIq>;
     fn handle(&mut self, msg: AccountIq, _: &mut SyncContext<Self>) -> Self::Result {
+        if !msg.exists {
+            // RFC 6121 §8.5.1: no such account. The same answer, from the same place, as a
+            // request an existing account's data cannot satisfy (e.g. XEP-0054 §3.3).
+            let mut reply = roster::error_for(
+                &msg.iq,
+                proto::error::StanzaErrorCondition::ServiceUnavailable,
+            );
+            reply.set_attr("from", msg.to.to_string());
+            return MessageResult(vec![reply]);
+        }
         MessageResult(self.account_iq(&msg.from, &msg.to, &msg.iq))
     }
 }
@@ -409,7 +424,13 @@ pub fn handles(ns: &str) -> bool {
 }
 
 /// Disco features the IM layer adds to the server's.
-pub const FEATURES: &[&str] = &[NS_BLOCKING, NS_PRIVACY, NS_VCARD, NS_LAST];
+pub const FEATURES: &[&str] = &[
+    NS_BLOCKING,
+    NS_PRIVACY,
+    NS_VCARD,
+    NS_LAST,
+    offline::FEATURE_MSGOFFLINE,
+];
 
 /// Specifications the IM layer implements, for the support table.
 pub const SUPPORT: &[crate::ext::Support] = &[
@@ -569,14 +590,27 @@ impl Handler<RefreshSessions> for RosterActor {
 impl Handler<FetchOffline> for RosterActor {
     type Result = MessageResult<FetchOffline>;
     fn handle(&mut self, msg: FetchOffline, _: &mut SyncContext<Self>) -> Self::Result {
-        MessageResult(self.fetch_offline(&msg.user))
+        MessageResult(self.fetch_offline(
+            &msg.user,
+            &msg.holder,
+            msg.after,
+            msg.max_bytes,
+            msg.max_messages,
+        ))
     }
 }
 
 impl Handler<RemoveOffline> for RosterActor {
     type Result = Result<(), String>;
     fn handle(&mut self, msg: RemoveOffline, _: &mut SyncContext<Self>) -> Self::Result {
-        self.remove_offline(&msg.user, msg.upto)
+        self.remove_offline(&msg.user, &msg.seqs)
+    }
+}
+
+impl Handler<ReleaseOffline> for RosterActor {
+    type Result = ();
+    fn handle(&mut self, msg: ReleaseOffline, _: &mut SyncContext<Self>) {
+        self.release_offline(&msg.user, &msg.holder)
     }
 }
 

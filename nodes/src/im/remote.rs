@@ -52,6 +52,7 @@ impl ImMessage for AccountIq {
             from: self.from.clone(),
             to: self.to.clone(),
             iq: xml(&self.iq),
+            exists: self.exists,
         }
     }
     fn from_reply(reply: ImReply) -> Result<Vec<Element>, ImError> {
@@ -168,6 +169,10 @@ impl ImMessage for FetchOffline {
     fn to_wire(&self) -> ImRequest {
         ImRequest::FetchOffline {
             user: self.user.clone(),
+            holder: self.holder.clone(),
+            after: self.after,
+            max_bytes: self.max_bytes,
+            max_messages: self.max_messages,
         }
     }
     fn from_reply(reply: ImReply) -> Result<Vec<(u64, String)>, ImError> {
@@ -182,7 +187,7 @@ impl ImMessage for RemoveOffline {
     fn to_wire(&self) -> ImRequest {
         ImRequest::RemoveOffline {
             user: self.user.clone(),
-            upto: self.upto,
+            seqs: self.seqs.clone(),
         }
     }
     fn from_reply(reply: ImReply) -> Result<Result<(), String>, ImError> {
@@ -191,6 +196,18 @@ impl ImMessage for RemoveOffline {
             ImReply::Failed(e) => Ok(Err(e)),
             _ => Err(ImError::BadReply),
         }
+    }
+}
+
+impl ImMessage for ReleaseOffline {
+    fn to_wire(&self) -> ImRequest {
+        ImRequest::ReleaseOffline {
+            user: self.user.clone(),
+            holder: self.holder.clone(),
+        }
+    }
+    fn from_reply(reply: ImReply) -> Result<(), ImError> {
+        unit(reply)
     }
 }
 
@@ -258,8 +275,9 @@ fn account_of(req: &ImRequest) -> Jid {
         | ImRequest::StoreOffline { user, .. }
         | ImRequest::DeleteAccountData { user }
         | ImRequest::ImportRoster { user, .. }
-        | ImRequest::FetchOffline { user }
+        | ImRequest::FetchOffline { user, .. }
         | ImRequest::RemoveOffline { user, .. }
+        | ImRequest::ReleaseOffline { user, .. }
         | ImRequest::GetFilters { user }
         | ImRequest::RemoteProbe { user, .. } => user.to_bare(),
         ImRequest::PresenceBroadcast { from, .. } => from.to_bare(),
@@ -348,6 +366,7 @@ fn tell(addr: &Addr<RosterActor>, req: ImRequest) -> Option<ImRequest> {
         }
         ImRequest::ResourceBinding { jid, bound } => addr.do_send(ResourceBinding { jid, bound }),
         ImRequest::RemoteProbe { user, from } => addr.do_send(RemoteProbe { user, from }),
+        ImRequest::ReleaseOffline { user, holder } => addr.do_send(ReleaseOffline { user, holder }),
         ask => return Some(ask),
     }
     None
@@ -364,11 +383,24 @@ pub async fn serve(shards: &RosterShards, req: ImRequest) -> ImReply {
         return ImReply::Done;
     };
     match req {
-        ImRequest::AccountIq { from, to, iq } => {
+        ImRequest::AccountIq {
+            from,
+            to,
+            iq,
+            exists,
+        } => {
             let Some(iq) = parse(&iq) else {
                 return ImReply::Failed("malformed request".into());
             };
-            match addr.send(AccountIq { from, to, iq }).await {
+            match addr
+                .send(AccountIq {
+                    from,
+                    to,
+                    iq,
+                    exists,
+                })
+                .await
+            {
                 Ok(replies) => ImReply::Stanzas(replies.iter().map(xml).collect()),
                 Err(e) => failed(e),
             }
@@ -397,12 +429,27 @@ pub async fn serve(shards: &RosterShards, req: ImRequest) -> ImReply {
                 Err(e) => failed(e),
             }
         }
-        ImRequest::FetchOffline { user } => match addr.send(FetchOffline { user }).await {
-            Ok(m) => ImReply::Offline(m),
-            Err(e) => failed(e),
-        },
-        ImRequest::RemoveOffline { user, upto } => {
-            match addr.send(RemoveOffline { user, upto }).await {
+        ImRequest::FetchOffline {
+            user,
+            holder,
+            after,
+            max_bytes,
+            max_messages,
+        } => {
+            let fetch = FetchOffline {
+                user,
+                holder,
+                after,
+                max_bytes,
+                max_messages,
+            };
+            match addr.send(fetch).await {
+                Ok(m) => ImReply::Offline(m),
+                Err(e) => failed(e),
+            }
+        }
+        ImRequest::RemoveOffline { user, seqs } => {
+            match addr.send(RemoveOffline { user, seqs }).await {
                 Ok(Ok(())) => ImReply::Done,
                 Ok(Err(e)) => ImReply::Failed(e),
                 Err(e) => failed(e),

@@ -36,9 +36,11 @@ impl RosterActor {
                 .map(Some)
                 .map_err(|_| Cond::InternalServerError),
             // §3.1: the account itself may get an empty vCard (or an error); §3.3: anyone
-            // else gets an error, which SHOULD be service-unavailable or item-not-found.
+            // else gets an error, "the same error condition" as for a user that does not
+            // exist (against directory harvesting): service-unavailable, which RFC 6121
+            // §8.5.1 requires for the latter.
             None if own => Ok(Some(Element::new("vCard", NS_VCARD))),
-            None => Err(Cond::ItemNotFound),
+            None => Err(Cond::ServiceUnavailable),
         }
     }
 

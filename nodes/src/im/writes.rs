@@ -126,18 +126,20 @@ impl RosterActor {
         user: &str,
         xml: &str,
         quota: usize,
+        max_bytes: u64,
     ) -> Result<(), StorageError> {
         self.write_done(UserDataWrite::OfflinePush {
             user: user.into(),
             xml: xml.into(),
             quota,
+            max_bytes: Some(max_bytes),
         })
     }
 
-    pub(super) fn offline_remove_upto(&self, user: &str, seq: u64) -> Result<(), StorageError> {
-        self.write_done(UserDataWrite::OfflineRemoveUpto {
+    pub(super) fn offline_remove(&self, user: &str, seqs: &[u64]) -> Result<(), StorageError> {
+        self.write_done(UserDataWrite::OfflineRemove {
             user: user.into(),
-            seq,
+            seqs: seqs.to_vec(),
         })
     }
 

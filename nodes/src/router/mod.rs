@@ -14,13 +14,15 @@ use proto::jid::Jid;
 use proto::ns;
 use storage::AccountStore;
 
-use crate::c2s::messages::{Deliver, Kick, SendOwnPresence, SetBlockList, SetPrivacy};
+use crate::c2s::messages::{
+    Deliver, DeliverStored, Kick, SendOwnPresence, SetBlockList, SetPrivacy,
+};
 use crate::c2s::session::SessionActor;
 use crate::cluster::messages::UserOp;
 use crate::cluster::{BindOutcome, Cluster, RouteChange};
 use crate::config::ResourceConflict;
 use crate::im::messages::{
-    AccountIq, FetchOffline, InboundSubscription, PresenceBroadcast, RemoveOffline,
+    AccountIq, FetchOffline, InboundSubscription, PresenceBroadcast, ReleaseOffline, RemoveOffline,
     ResourceBinding, StoreOffline,
 };
 use crate::im::RosterShards;
@@ -37,6 +39,28 @@ struct BoundResource {
     presence: Option<(i8, Element)>,
 }
 
+/// How much of an offline backlog one delivery round takes (`Router::offline_batch`).
+#[derive(Debug, Clone, Copy)]
+pub struct OfflineBatch {
+    /// Stored XML bytes per batch (a single larger message still goes, alone).
+    pub max_bytes: usize,
+    pub max_messages: usize,
+}
+
+impl OfflineBatch {
+    /// Most messages per batch: enough that small messages take few rounds.
+    pub const MAX_MESSAGES: usize = 100;
+
+    /// Batches for sessions whose send queue holds `send_queue_max_bytes`: half of it, so
+    /// what else reaches the session meanwhile (presence, live messages) has the other half.
+    pub fn for_send_queue(send_queue_max_bytes: usize) -> OfflineBatch {
+        OfflineBatch {
+            max_bytes: (send_queue_max_bytes / 2).max(1),
+            max_messages: Self::MAX_MESSAGES,
+        }
+    }
+}
+
 pub struct Router {
     domains: Arc<Vec<String>>,
     accounts: AccountStore,
@@ -48,6 +72,9 @@ pub struct Router {
     remote: Option<remote::RemoteRoutes>,
     /// Federation: where stanzas for other domains go (`None`: they bounce).
     s2s: Option<Recipient<crate::s2s::messages::SendRemote>>,
+    offline: OfflineBatch,
+    /// Local resources being delivered their account's stored messages.
+    offline_delivering: std::collections::HashSet<Jid>,
 }
 
 impl Router {
@@ -57,6 +84,7 @@ impl Router {
         conflict: ResourceConflict,
         im: RosterShards,
         cluster: Option<Cluster>,
+        offline: OfflineBatch,
     ) -> Router {
         Router {
             domains,
@@ -66,6 +94,8 @@ impl Router {
             im,
             remote: cluster.map(remote::RemoteRoutes::new),
             s2s: None,
+            offline,
+            offline_delivering: std::collections::HashSet::new(),
         }
     }
 
@@ -215,12 +245,7 @@ impl Router {
         }
         let bare = to.to_bare();
         if !self.account_exists(&bare) {
-            // RFC 6121 §8.5.1: no such account.
-            match stanza.name.as_str() {
-                "presence" => {}
-                _ => self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable),
-            }
-            return;
+            return self.to_unknown_account(from, &to, stanza, ctx);
         }
         if to.resource().is_some() {
             if let Some(r) = self.resource(&to) {
@@ -236,21 +261,65 @@ impl Router {
         self.to_bare(from, &bare, stanza, ctx);
     }
 
+    /// RFC 6121 §8.5.1: no such account. Wherever the RFC leaves a choice, the answer is
+    /// the one an existing account without an available resource gets, so that a sender
+    /// cannot tell the two apart (no user enumeration): the same condition, the same type,
+    /// and the same way through the node.
+    ///
+    /// - presence (probes and subscription requests included): ignored, as for an existing
+    ///   account whose user is not subscribed to or receiving presence from the sender;
+    /// - message: headline and error ignored (§8.5.2.2.1 / §8.5.3.2.1 for an existing
+    ///   account); chat, normal and groupchat `service-unavailable` (an existing account
+    ///   stores chat and normal to its bare JID, which cannot be imitated; over its quota,
+    ///   or to an absent resource, it also answers `service-unavailable`);
+    /// - IQ get/set: `service-unavailable`; those in the namespaces the account's shard
+    ///   answers (vCard, last activity, roster, ...) go to the shard like an existing
+    ///   account's, marked unknown, and come back `service-unavailable` after the same hop;
+    ///   IQ result/error: ignored (RFC 6120 §8.2.3: a response is never answered).
+    fn to_unknown_account(&self, from: &Jid, to: &Jid, stanza: Element, ctx: &mut Context<Self>) {
+        match (stanza.name.as_str(), stanza.attr("type")) {
+            ("presence", _) => {}
+            ("message", Some("headline" | "error")) => {}
+            ("message", _) => self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable),
+            (_, Some("get" | "set")) => {
+                let in_shard = stanza
+                    .children()
+                    .next()
+                    .is_some_and(|p| crate::im::handles(&p.ns));
+                if to.is_bare() && in_shard {
+                    self.account_iq(from, to, stanza, false, ctx);
+                } else {
+                    self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// RFC 6121 §8.5.3.2: the full JID has no session.
     fn to_absent_resource(&self, from: &Jid, bare: &Jid, stanza: Element, ctx: &mut Context<Self>) {
         match (stanza.name.as_str(), stanza.attr("type")) {
-            ("message", None | Some("normal") | Some("chat")) => {
-                self.to_bare(from, bare, stanza, ctx)
-            }
-            ("message", Some("groupchat")) => {
+            // §8.5.3.2.1: a chat goes to the bare JID's most available resources, or is
+            // stored.
+            ("message", Some("chat")) => self.to_bare(from, bare, stanza, ctx),
+            // §8.5.3.2.1: normal (also without a type, RFC 6121 §5.2.2) and groupchat are
+            // ignored or answered service-unavailable, never delivered to another resource
+            // nor stored: the sender learns that this resource is gone.
+            ("message", None | Some("normal") | Some("groupchat")) => {
                 self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable)
             }
+            // §8.5.3.2.1: headline and error are silently ignored.
             ("message", _) => {}
             ("presence", Some("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed")) => {
                 self.to_bare(from, bare, stanza, ctx)
             }
             ("presence", _) => {}
-            _ => self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable),
+            // §8.5.3.2.2 (IQ): service-unavailable; a response is never answered (RFC 6120
+            // §8.2.3).
+            (_, Some("get" | "set")) => {
+                self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable)
+            }
+            _ => {}
         }
     }
 
@@ -346,7 +415,7 @@ impl Router {
                 let ns = stanza.children().next().map(|p| p.ns.clone());
                 match ns {
                     Some(ns) if is_request && crate::im::handles(&ns) => {
-                        self.account_iq(from, bare, stanza, ctx)
+                        self.account_iq(from, bare, stanza, true, ctx)
                     }
                     _ if is_request => {
                         self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable)
@@ -382,46 +451,128 @@ impl Router {
         }));
     }
 
-    /// Fetch the account's stored messages, deliver them to the local session `full`, then
-    /// have them removed. Delivery is here, on the node holding the session, so a message
-    /// is removed only once it was handed to a session that exists; if this node dies in
-    /// between, the messages are delivered again at the next login.
-    pub(crate) fn fetch_offline(&self, full: &Jid, ctx: &mut Context<Self>) {
+    /// Deliver the account's stored messages to the local session `full` (XEP-0160), one
+    /// bounded batch at a time; see [`offline_batch`](Self::offline_batch).
+    pub(crate) fn fetch_offline(&mut self, full: &Jid, ctx: &mut Context<Self>) {
+        // One delivery per resource at a time: a second trigger (the priority dropped below
+        // 0 and rose again) would fetch the same first batch again.
+        if self.offline_delivering.insert(full.clone()) {
+            self.offline_batch(full.clone(), 0, ctx);
+        }
+    }
+
+    /// One round of offline delivery to the local session `full`, for the stored messages
+    /// after sequence number `after`:
+    ///
+    /// 1. fetch a batch from the account's shard (`FetchOffline`: at most
+    ///    [`OfflineBatch::max_bytes`] of stored XML, at least one message; in a cluster the
+    ///    batch is also the bound of the reply frame on the NodeLink);
+    /// 2. hand it to the session (`DeliverStored`), which answers once the connection wrote
+    ///    every byte of it to the client's socket;
+    /// 3. remove exactly those messages (`RemoveOffline` with their sequence numbers), and go
+    ///    on with the next batch; an empty batch ends the delivery.
+    ///
+    /// A batch never holds more than half the session's send queue, so a backlog of any size
+    /// reaches a reader that keeps up, however small its queue. If the connection ends (or
+    /// the session is gone) before a batch is confirmed written, the batch and everything
+    /// after it stay stored and the claim is released: the next login gets them. The price is
+    /// at-least-once: a batch written to the socket but lost with the connection before the
+    /// client read it, or written but not removed (this node died, the removal failed), comes
+    /// again at the next login; nothing is ever lost.
+    ///
+    /// Stream management (XEP-0198) hook: step 3 is the one place where a batch counts as
+    /// delivered. With stream management, `DeliverStored` would answer when the client's
+    /// `<a h/>` covers the batch's last stanza instead of when its bytes were written, and
+    /// nothing here changes.
+    fn offline_batch(&self, full: Jid, after: u64, ctx: &mut Context<Self>) {
         let bare = full.to_bare();
-        let full = full.clone();
-        let request = self.im.ask(&bare, FetchOffline { user: bare.clone() });
+        let fetch = FetchOffline {
+            user: bare.clone(),
+            holder: full.clone(),
+            after,
+            max_bytes: self.offline.max_bytes,
+            max_messages: self.offline.max_messages,
+        };
+        let request = self.im.ask(&bare, fetch);
         ctx.spawn(request.into_actor(self).map(move |stored, router, ctx| {
             let stored = match stored {
                 Ok(s) => s,
                 Err(e) => {
+                    // Left stored; the claim runs out for the next login.
                     tracing::warn!(user = %bare, error = %e, "offline messages not fetched");
+                    router.offline_delivering.remove(&full);
                     return;
                 }
             };
-            let Some(upto) = stored.last().map(|(seq, _)| *seq) else {
+            let Some(last) = stored.last().map(|(seq, _)| *seq) else {
+                // All delivered (the shard dropped the claim).
+                router.offline_delivering.remove(&full);
                 return;
             };
-            // Gone meanwhile: leave them stored (the claim runs out) for the next login.
             let Some(r) = router.resource(&full) else {
-                return;
+                // Gone meanwhile: left stored for the next login.
+                return router.release_offline(&bare, &full);
             };
+            let seqs: Vec<u64> = stored.iter().map(|(seq, _)| *seq).collect();
+            let mut batch = Vec::with_capacity(stored.len());
             for (_, xml) in stored {
                 match Element::parse(&xml) {
-                    Ok(stanza) => Self::deliver(r, stanza),
+                    Ok(mut stanza) => {
+                        stanza.set_attr("to", full.to_string());
+                        METRICS.routed.with_label_values(&["local"]).inc();
+                        batch.push(stanza);
+                    }
+                    // It can never be delivered: it goes with its batch.
                     Err(e) => tracing::error!(error = %e, "dropping an unreadable offline message"),
                 }
             }
-            let removal = router.im.ask(&bare, RemoveOffline { user: bare.clone(), upto });
-            ctx.spawn(removal.into_actor(router).map(move |done, _, _| {
-                if !matches!(done, Ok(Ok(()))) {
-                    tracing::warn!(user = %bare, "delivered offline messages not removed (they may come again)");
+            let count = seqs.len();
+            let written = r.session.send(DeliverStored(batch));
+            ctx.spawn(written.into_actor(router).map(move |written, router, ctx| {
+                if !matches!(written, Ok(true)) {
+                    tracing::info!(
+                        jid = %full,
+                        kept = count,
+                        "offline batch not confirmed (connection ended, or the client stopped reading): it and the rest stay stored"
+                    );
+                    return router.release_offline(&bare, &full);
                 }
+                let removal = router.im.ask(&bare, RemoveOffline { user: bare.clone(), seqs });
+                ctx.spawn(removal.into_actor(router).map(move |done, router, ctx| {
+                    if !matches!(done, Ok(Ok(()))) {
+                        tracing::warn!(user = %bare, "delivered offline messages not removed (they may come again)");
+                        return router.release_offline(&bare, &full);
+                    }
+                    router.offline_batch(full, last, ctx);
+                }));
             }));
         }));
     }
 
+    /// `holder`'s delivery ended early: what was not removed stays stored, and another
+    /// resource may take it at once.
+    fn release_offline(&mut self, bare: &Jid, holder: &Jid) {
+        self.offline_delivering.remove(holder);
+        self.im.tell(
+            bare,
+            ReleaseOffline {
+                user: bare.clone(),
+                holder: holder.clone(),
+            },
+        );
+    }
+
     /// Ask `bare`'s shard to answer an IQ from another user, and deliver its reply.
-    fn account_iq(&self, from: &Jid, bare: &Jid, iq: Element, ctx: &mut Context<Self>) {
+    /// `exists`: false for an account that does not exist (the shard answers
+    /// `service-unavailable`, see [`to_unknown_account`](Self::to_unknown_account)).
+    fn account_iq(
+        &self,
+        from: &Jid,
+        bare: &Jid,
+        iq: Element,
+        exists: bool,
+        ctx: &mut Context<Self>,
+    ) {
         let from = from.clone();
         let iq_for_error = iq.clone();
         let request = self.im.ask(
@@ -430,6 +581,7 @@ impl Router {
                 from: from.clone(),
                 to: bare.clone(),
                 iq,
+                exists,
             },
         );
         let original = iq_for_error;
