@@ -379,3 +379,11 @@ async def test_a_remote_domain_flooding_one_account_hits_the_cap(tmp_path):
         for n in (na, nb):
             if n.proc is not None and n.exit_code is None:
                 n.stop()
+
+
+def test_refusals_are_logged(capped):
+    """Runs after the tests above (file order): their refusals left warn lines naming the
+    cap (the 1st, 2nd, 4th... refusal per shard is logged at warn, the rest at debug)."""
+    log = capped.log_path.read_text(errors="replace")
+    assert "im: per-account cap reached" in log, capped.log_tail(40)
+    assert "cap=" in log and "limit=" in log, capped.log_tail(40)
