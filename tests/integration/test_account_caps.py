@@ -94,7 +94,7 @@ async def test_roster_items_added_by_presence_subscriptions(capped):
         for i in range(3):
             assert_result(await c.roster_set(f"<item jid='c{i}@example.net'/>"))
         resp = await c.roster_set("<item jid='c3@example.net'/>")
-        assert stanza_error(resp) == ("cancel", "not-allowed"), xml_str(resp)
+        assert_cap(resp, "cancel", "not-allowed", "max_roster_items")
         for kind in ("subscribe", "subscribed"):
             await c.send(f"<presence to='c9@example.net' type='{kind}' id='over-{kind}'/>")
             err = await c.expect(lambda e: e.tag == q("presence") and e.get("id") == f"over-{kind}",
@@ -379,3 +379,11 @@ async def test_a_remote_domain_flooding_one_account_hits_the_cap(tmp_path):
         for n in (na, nb):
             if n.proc is not None and n.exit_code is None:
                 n.stop()
+
+
+def test_refusals_are_logged(capped):
+    """Runs after the tests above (file order): their refusals left warn lines naming the
+    cap (the 1st, 2nd, 4th... refusal per shard is logged at warn, the rest at debug)."""
+    log = capped.log_path.read_text(errors="replace")
+    assert "im: per-account cap reached" in log, capped.log_tail(40)
+    assert "cap=" in log and "limit=" in log, capped.log_tail(40)

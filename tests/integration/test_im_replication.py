@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import pytest
 
 from cluster import SECRET, Cluster
-from conftest import Account, Server, free_ports
+from conftest import Account, Server, free_ports, render_toml
 from rawxmpp import (
     STREAM_ERROR,
     XmppTestError,
@@ -570,6 +570,12 @@ def placement_note(cluster, accounts, count, leaders, victim) -> str:
 @pytest.fixture
 def cluster(tmp_path):
     c = Cluster(tmp_path, failure_timeout_ms=2000)
+    # The writers create hundreds of privacy lists and block entries per account, beyond
+    # the per-account caps' defaults (test_account_caps.py tests those).
+    for n in c.nodes:
+        n.config.setdefault("im", {}).update(
+            {"max_privacy_lists": 100000, "max_blocklist_items": 100000})
+        n.config_path.write_text(render_toml(n.config))
     yield c
     errors = c.stop()
     if errors:

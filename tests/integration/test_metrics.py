@@ -228,6 +228,9 @@ def test_admin_api_refuses_browsers_and_rebound_hosts(node):
     status, body = raw(node, "POST", "/api/users", {**AUTH, "Host": here}, NEW_USER)
     assert status == 415, body
     assert users(node) == before, "a refused request changed nothing"
+    log = node.log_path.read_text(errors="replace")
+    assert "http: admin API request refused" in log and "status=421" in log, node.log_tail(20)
+    assert "admin API write without a JSON body refused" in log, node.log_tail(20)
     # Probes and metrics stay open to scrapers whatever they send.
     assert raw(node, "GET", "/healthz", {"Host": "prometheus.internal"})[0] == 200
     status, body = raw(node, "POST", "/api/users",

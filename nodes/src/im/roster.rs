@@ -192,6 +192,7 @@ impl RosterActor {
                     .map_err(|_| Cond::InternalServerError)?;
                 if count >= self.limits.max_roster_items {
                     // RFC 6121 §2.5.3 (roster size).
+                    self.refuse_over_cap(user, "max_roster_items", self.limits.max_roster_items);
                     return Err(Cond::NotAllowed);
                 }
                 RosterItem {
