@@ -678,4 +678,18 @@ mod tests {
         assert!(Settings::load(Some(&dir.join("missing.toml"))).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn offline_byte_quota_has_a_default_and_refuses_zero() {
+        let s = Settings::load(None).unwrap();
+        assert_eq!(s.im.max_offline_bytes, 10 << 20);
+        let dir = std::env::temp_dir().join(format!("sb-cfg-offline-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("o.toml");
+        std::fs::write(&f, "[im]\nmax_offline_bytes = 4096\n").unwrap();
+        assert_eq!(Settings::load(Some(&f)).unwrap().im.max_offline_bytes, 4096);
+        std::fs::write(&f, "[im]\nmax_offline_bytes = 0\n").unwrap();
+        assert!(Settings::load(Some(&f)).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

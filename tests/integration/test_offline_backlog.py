@@ -89,16 +89,25 @@ async def deliver_backlog(srv, label):
     try:
         ids = await store_backlog(srv, cs, r_acct.jid, label)
         cr = await login(srv, r_acct, resource="r")
+        rss_before = srv.pid_rss_kib()
         t0 = time.monotonic()
         await cr.send_presence()
         got = await receive_all(cr, ids)
         elapsed = time.monotonic() - t0
+        rss_after = srv.pid_rss_kib()
         assert [m.get("id") for m in got] == ids, "XEP-0160: not in the order stored"
         for m, id_ in zip(got, ids):
             check_message(m, id_)
         queue = srv.config.get("c2s", {}).get("send_queue_max_bytes", 1 << 20)
         print(f"\n[offline backlog] send queue {queue} B: {len(ids)} messages, "
-              f"{cr.rx_total} bytes received in {elapsed:.2f} s")
+              f"{cr.rx_total} bytes received in {elapsed:.2f} s; node RSS {rss_before} -> "
+              f"{rss_after} KiB")
+        # The node holds about one batch at a time (half the send queue), not the backlog.
+        if rss_before and rss_after:
+            backlog_kib = len(ids) * BODY_BYTES // 1024
+            assert rss_after - rss_before < backlog_kib * 3 // 4, (
+                f"RSS grew by {rss_after - rss_before} KiB while delivering a {backlog_kib} KiB "
+                f"backlog")
         dup = [e for e in await cr.drain(0.5) if e.tag == q("message") and e.get("id") in ids]
         assert not dup, f"delivered twice within one session: {dup[0].get('id')}"
         await cr.close()

@@ -163,13 +163,16 @@ impl SendQueue {
                 match queue.observe_acks() {
                     Acks::Unknown => return true,
                     Acks::Reset => return false,
+                    Acks::Unacked(0) => return true,
                     Acks::Unacked(unacked) => {
                         // Bytes written after the mark may still be unacknowledged; ours no
-                        // longer are once the kernel holds no more than those (counted as
-                        // plaintext, which TLS only makes larger on the wire: the test errs
-                        // towards waiting).
+                        // longer are once the kernel holds fewer than those, less one TLS
+                        // record (the one that may carry our last bytes together with later
+                        // ones: the client cannot decrypt it until all of it arrived).
+                        // Counted as plaintext, which TLS only makes larger on the wire, so
+                        // the test errs towards waiting.
                         let written_after = queue.state.borrow().written.saturating_sub(mark);
-                        if unacked <= written_after {
+                        if unacked.saturating_add(TLS_RECORD_MAX) <= written_after {
                             return true;
                         }
                     }
@@ -283,6 +286,8 @@ enum Acks {
 
 /// How long [`SendQueue::delivered`] waits for the client's TCP to acknowledge a batch.
 const ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Plaintext bytes one TLS record carries at most (RFC 8446 §5.1).
+const TLS_RECORD_MAX: u64 = 16 * 1024;
 /// How often it asks the kernel meanwhile (nothing signals an acknowledgement).
 const ACK_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
