@@ -75,7 +75,15 @@ pub struct Router {
     offline: OfflineBatch,
     /// Local resources being delivered their account's stored messages.
     offline_delivering: std::collections::HashSet<Jid>,
+    /// Account IQs from federated senders waiting for a shard, per remote domain (bounded
+    /// by `MAX_REMOTE_ACCOUNT_IQS`; local sessions are bounded by `im.max_iqs_in_flight`).
+    remote_account_iqs: std::cell::RefCell<HashMap<String, usize>>,
 }
+
+/// Account IQs (vCard, last activity, ...) one remote domain may have waiting for this node's
+/// shards at once; beyond it they bounce with `resource-constraint` (RFC 6120 §8.3.3.18,
+/// type `wait`), so a federated peer cannot queue unbounded work and memory on the router.
+const MAX_REMOTE_ACCOUNT_IQS: usize = 256;
 
 impl Router {
     pub fn new(
@@ -96,6 +104,7 @@ impl Router {
             s2s: None,
             offline,
             offline_delivering: std::collections::HashSet::new(),
+            remote_account_iqs: std::cell::RefCell::new(HashMap::new()),
         }
     }
 
@@ -573,6 +582,19 @@ impl Router {
         exists: bool,
         ctx: &mut Context<Self>,
     ) {
+        let remote_domain =
+            (!self.is_local_domain(from.domain())).then(|| from.domain().to_owned());
+        if let Some(domain) = &remote_domain {
+            let mut counts = self.remote_account_iqs.borrow_mut();
+            let waiting = counts.entry(domain.clone()).or_insert(0);
+            if *waiting >= MAX_REMOTE_ACCOUNT_IQS {
+                drop(counts);
+                tracing::debug!(%domain, "remote account IQ refused: too many in flight");
+                self.bounce(from, &iq, StanzaErrorCondition::ResourceConstraint);
+                return;
+            }
+            *waiting += 1;
+        }
         let from = from.clone();
         let iq_for_error = iq.clone();
         let request = self.im.ask(
@@ -586,6 +608,15 @@ impl Router {
         );
         let original = iq_for_error;
         ctx.spawn(request.into_actor(self).map(move |replies, router, _| {
+            if let Some(domain) = &remote_domain {
+                let mut counts = router.remote_account_iqs.borrow_mut();
+                if let Some(waiting) = counts.get_mut(domain) {
+                    *waiting -= 1;
+                    if *waiting == 0 {
+                        counts.remove(domain);
+                    }
+                }
+            }
             let Ok(replies) = replies else {
                 router.bounce(&from, &original, StanzaErrorCondition::ResourceConstraint);
                 return;
