@@ -62,6 +62,7 @@ fuzz_target!(|data: &[u8]| {
         max_attributes: 16,
         max_token_bytes: 1024,
         max_elements: 4096,
+        max_namespace_bytes: 1024,
     };
     let mut reader = StreamReader::new(limits, "jabber:client");
     let chunk = usize::from(flags >> 4) + 1;

@@ -151,6 +151,7 @@ fuzz_target!(|data: &[u8]| {
             max_attributes: 8,
             max_token_bytes: 128,
             max_elements: 4096,
+            max_namespace_bytes: 64,
         }
     } else {
         Limits::default()
