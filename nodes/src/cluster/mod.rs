@@ -10,10 +10,12 @@ pub mod link;
 pub mod messages;
 mod network;
 pub mod routing_table;
+pub mod secrets;
 mod service;
 pub mod shards;
 pub mod state_machine;
 pub mod types;
+mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -72,6 +74,14 @@ pub struct ClusterConfig {
     pub replicas: usize,
     /// A shard snapshots (and then compacts its log) after this many entries.
     pub shard_snapshot_entries: u64,
+    /// The largest NodeLink frame sent or accepted (`cluster.max_frame_bytes`).
+    pub max_frame_bytes: usize,
+}
+
+/// Snapshot chunk size for a frame limit: a chunk's bytes travel as a JSON array of numbers
+/// (up to 4 bytes each), so a fifth of the frame leaves room for the rest of the request.
+pub fn snapshot_chunk_bytes(max_frame_bytes: usize) -> u64 {
+    (max_frame_bytes / 5) as u64
 }
 
 struct PendingChange {
@@ -149,7 +159,12 @@ impl Cluster {
             sink(update);
         });
         let sm = RoutingStateMachine::open(log.snapshot_slot(), sink, Some(store.clone()))?;
-        let links = NodeLinks::new(config.node_id, &config.advertise, LinkSecret::new(secret));
+        let links = NodeLinks::new(
+            config.node_id,
+            &config.advertise,
+            LinkSecret::new(secret),
+            config.max_frame_bytes,
+        );
         let raft_config = openraft::Config {
             cluster_name: "switchboard".into(),
             heartbeat_interval: config.heartbeat_ms,
@@ -157,6 +172,7 @@ impl Cluster {
             election_timeout_max: config.heartbeat_ms * 8,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
             max_in_snapshot_log_to_keep: 1000,
+            snapshot_max_chunk_size: snapshot_chunk_bytes(config.max_frame_bytes),
             ..Default::default()
         }
         .validate()?;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -144,18 +145,35 @@ type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
 impl<C: RaftWire> PeerRaftClient<C> {
+    /// `entries`: how many log entries the request carries (AppendEntries), so that one too
+    /// large for a NodeLink frame is retried by openraft in smaller batches.
     async fn call<T, E: std::error::Error>(
         &self,
         req: Request,
         option: &RPCOption,
         unwrap: Unwrap<T, E>,
+        entries: Option<u64>,
     ) -> RpcResult<T, E> {
         // Leave openraft room to see the timeout as ours, not its own.
         let ttl = option.hard_ttl().max(Duration::from_millis(50));
-        let reply = self.link.request(req, ttl).await.map_err(|e| match e {
-            LinkError::Timeout(_) | LinkError::Lost(_) => RPCError::Network(NetworkError::new(&e)),
-            _ => RPCError::Unreachable(Unreachable::new(&e)),
-        })?;
+        let reply = self
+            .link
+            .request(req, ttl)
+            .await
+            .map_err(|e| match (e, entries) {
+                // Bounded by bytes (`cluster.max_frame_bytes`), not only by openraft's entry
+                // count: half as many entries next time, down to one (which openraft then
+                // treats as unreachable).
+                (e @ LinkError::TooLarge(..), Some(n)) => {
+                    tracing::warn!(target = self.target, entries = n, error = %e,
+                    "raft: AppendEntries over the frame limit; retrying in smaller batches");
+                    RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint((n / 2).max(1)))
+                }
+                (e @ (LinkError::Timeout(_) | LinkError::Lost(_)), _) => {
+                    RPCError::Network(NetworkError::new(&e))
+                }
+                (e, _) => RPCError::Unreachable(Unreachable::new(&e)),
+            })?;
         match unwrap(reply) {
             Some(Ok(r)) => Ok(r),
             Some(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
@@ -172,8 +190,14 @@ impl<C: RaftWire> RaftNetwork<C> for PeerRaftClient<C> {
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        self.call(C::append(self.group, rpc), &option, C::append_reply)
-            .await
+        let entries = rpc.entries.len() as u64;
+        self.call(
+            C::append(self.group, rpc),
+            &option,
+            C::append_reply,
+            Some(entries),
+        )
+        .await
     }
 
     async fn install_snapshot(
@@ -181,8 +205,13 @@ impl<C: RaftWire> RaftNetwork<C> for PeerRaftClient<C> {
         rpc: InstallSnapshotRequest<C>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call(C::snapshot(self.group, rpc), &option, C::snapshot_reply)
-            .await
+        self.call(
+            C::snapshot(self.group, rpc),
+            &option,
+            C::snapshot_reply,
+            None,
+        )
+        .await
     }
 
     async fn vote(
@@ -190,7 +219,7 @@ impl<C: RaftWire> RaftNetwork<C> for PeerRaftClient<C> {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        self.call(C::vote(self.group, rpc), &option, C::vote_reply)
+        self.call(C::vote(self.group, rpc), &option, C::vote_reply, None)
             .await
     }
 }
