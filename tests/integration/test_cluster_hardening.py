@@ -79,6 +79,12 @@ async def test_scram_salts_are_the_same_on_every_node(cluster):
     assert len(base64.b64decode(seen["ghost"][0][1])) == len(base64.b64decode(seen["known"][0][1]))
 
 
+def cpu_seconds(node) -> float:
+    """User + system CPU time of a node's process so far."""
+    fields = open(f"/proc/{node.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def frame(obj) -> bytes:
     body = json.dumps(obj).encode()
     return struct.pack(">I", len(body)) + body
@@ -164,7 +170,9 @@ async def test_sealed_links_carry_traffic_and_survive_a_kill9(cluster):
     b = await online(n2, users[1], "r", label="u1@n2")
     c = await online(n3, users[2], "r", label="u2@n3")
     try:
-        count = 2000
+        # NODELINK_BURST raises the count for a throughput measurement.
+        count = int(os.environ.get("NODELINK_BURST", "2000"))
+        cpu0 = [cpu_seconds(n) for n in (n1, n2)]
         t0 = time.monotonic()
 
         async def pump():
@@ -177,8 +185,10 @@ async def test_sealed_links_carry_traffic_and_survive_a_kill9(cluster):
             assert m.get("id") == f"b{i}", f"out of order or lost: expected b{i}, got {xml_str(m)}"
         await sender
         elapsed = time.monotonic() - t0
+        cpu = [cpu_seconds(n) - c for n, c in zip((n1, n2), cpu0)]
         print(f"\nnodelink burst: {count} messages n1 -> n2 in {elapsed:.2f}s "
-              f"({count / elapsed:.0f} msgs/s)")
+              f"({count / elapsed:.0f} msgs/s); CPU n1 {cpu[0]:.2f}s, n2 {cpu[1]:.2f}s "
+              f"({1e6 * (cpu[0] + cpu[1]) / count:.0f} us per message, both nodes)")
 
         n3.kill9()
         cluster.wait_for(
@@ -191,12 +201,21 @@ async def test_sealed_links_carry_traffic_and_survive_a_kill9(cluster):
         await b.expect(is_msg("after-kill"), what="n1 -> n2 after n3 died")
         n3.start()
         cluster.wait_formed()
+        await asyncio.sleep(1.5)
         c2 = await online(n3, users[2], "r2", label="u2@n3 again")
         try:
-            await a.send(f"<message to='{c2.jid}' id='to-n3' type='chat'><body>x</body></message>")
-            await c2.expect(is_msg("to-n3"), what="n1 -> restarted n3")
+            # The bind reaches n1's routing table through the log, a few ms later.
+            cluster.wait_for(
+                "n1 and n2 to route to the session on the restarted n3",
+                lambda: all(
+                    any(line.split()[:2] == [c2.jid, "3"] for line in cluster.routes(n))
+                    for n in (n1, n2)
+                ),
+            )
             await c2.send(f"<message to='{b.jid}' id='from-n3' type='chat'><body>x</body></message>")
             await b.expect(is_msg("from-n3"), what="restarted n3 -> n2")
+            await b.send(f"<message to='{c2.jid}' id='to-n3' type='chat'><body>x</body></message>")
+            await c2.expect(is_msg("to-n3"), what="n2 -> restarted n3")
         finally:
             await c2.close()
     finally:
