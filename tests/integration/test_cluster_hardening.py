@@ -16,8 +16,8 @@ import time
 import pytest
 
 from cluster import Cluster
-from conftest import Account
-from rawxmpp import XmppClient, is_presence, online, q, xml_str
+from conftest import render_toml
+from rawxmpp import XmppClient, login, online, q, stanza_error, xml_str
 
 
 @pytest.fixture
@@ -222,3 +222,94 @@ async def test_sealed_links_carry_traffic_and_survive_a_kill9(cluster):
         for x in (a, b):
             await x.close()
         c.io.abort()
+
+
+FRAME_LIMIT = 1024 * 1024
+
+
+def roster_lines(owner: str, items: int, tag: str) -> str:
+    """`items` roster items of about 1.75 KB each in a roster result (a 1000-byte contact
+    localpart, a 700-byte name)."""
+    return "".join(
+        f"{owner} {tag}{i:04d}{'x' * 990}@example.net both {'n' * 700}\n" for i in range(items)
+    )
+
+
+async def test_large_cluster_replies_travel_in_chunks_and_oversized_ones_fail_alone(tmp_path):
+    """Item 6: with cluster.max_frame_bytes = 1 MiB, a roster of about 0.5 MiB read from a
+    node that holds no replica of its shard crosses the NodeLink in 64 KiB sealed records and
+    arrives whole; one of about 1.2 MiB is refused by the answering node (the reader gets an
+    error stanza at once, not a timeout) and the link stays up: the next roster read and
+    stanzas between nodes go through, and no link is torn down."""
+    cluster = Cluster(tmp_path)
+    for n in cluster.nodes:
+        n.config["cluster"]["max_frame_bytes"] = FRAME_LIMIT
+        # One replica per shard, so that the other nodes read a user's data over a link
+        # (a node holding a replica reads its own copy).
+        n.config["cluster"]["replicas"] = 1
+        n.config_path.write_text(render_toml(n.config))
+    try:
+        mid, big, other = cluster.account(), cluster.account(), cluster.account()
+        cluster.start()
+        n1 = cluster.nodes[0]
+        # 25 items per import: under the admin socket's 64 KiB request limit, and each Raft
+        # entry far under the frame limit.
+        for owner, items, tag in ((mid.jid, 300, "m"), (big.jid, 700, "b")):
+            every = roster_lines(owner, items, tag).splitlines(True)
+            for start in range(0, items, 25):
+                lines = "".join(every[start:start + 25])
+                r = n1.cli("roster", "import", "-", input=lines)
+                assert r.returncode == 0, r.stderr
+        # The configured count (a node lists only the shards it hosts).
+        count = int(n1.config["cluster"].get("shards", 16))
+
+        def remote_node(acc):
+            """A node that holds no replica of the account's shard (its reads cross a link)."""
+            shard = Cluster.shard_of(acc.jid, count)
+
+            def pick():
+                for n in cluster.nodes:
+                    for e in cluster.shards(n):
+                        if e["shard"] == shard and e.get("leader") is not None and e["voters"]:
+                            return next(
+                                (m for m in cluster.nodes if Cluster.node_id(m) not in e["voters"]),
+                                None,
+                            )
+                return None
+
+            return cluster.wait_for(f"the replica of shard {shard}", pick)
+
+        node_mid, node_big = remote_node(mid), remote_node(big)
+        cm = await login(node_mid, mid, resource="r", label="mid")
+        cb = await login(node_big, big, resource="r", label="big")
+        co = await online(n1, other, "r", label="other@n1")
+        try:
+            resp = await cm.roster_get("", timeout=20)
+            assert resp.get("type") == "result", xml_str(resp)[:500]
+            items = resp.findall(f".//{{jabber:iq:roster}}item")
+            assert len(items) == 300, len(items)
+            size = len(xml_str(resp))
+            assert 64 * 1024 * 4 < size < FRAME_LIMIT, size
+
+            t0 = time.monotonic()
+            resp = await cb.roster_get("", timeout=20)
+            assert resp.get("type") == "error", xml_str(resp)[:500]
+            # RFC 6120 §8.3.3.18: the server lacks the resources to serve this request.
+            assert stanza_error(resp)[1] == "resource-constraint", xml_str(resp)
+            assert time.monotonic() - t0 < 4, "the oversized answer was not refused at once"
+            # The link is still up: reads and stanzas keep crossing it.
+            resp = await cm.roster_get("", timeout=20)
+            assert resp.get("type") == "result", xml_str(resp)[:500]
+            for c in (cm, cb):
+                await co.send(f"<message to='{c.jid}' id='after-{c.label}' type='chat'><body>x</body></message>")
+                await c.expect(is_msg(f"after-{c.label}"), what="a message after the refused answer")
+            logs = "".join(n.log_path.read_text(errors="replace") for n in cluster.nodes)
+            assert "exceeds cluster.max_frame_bytes" in logs, "the refusal left no log line"
+            assert "link to peer lost" not in logs, "a NodeLink was torn down"
+        finally:
+            for c in (cm, cb, co):
+                await c.close()
+    finally:
+        errors = cluster.stop()
+        if errors:
+            pytest.fail("\n\n".join(errors), pytrace=False)

@@ -236,6 +236,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 }
 
 /// What a [`FrameReader`] read.
+// Lives only from the read to the match that takes the frame out; boxing would cost an
+// allocation per frame.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Received {
     Frame(Frame),
