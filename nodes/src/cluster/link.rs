@@ -510,3 +510,88 @@ async fn run_link(
     let waiters = pending.lock().map(|mut p| std::mem::take(&mut *p));
     drop(waiters);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers `Ping` with `Pong`, and `Join` with an error string four times as long as the
+    /// address it was given (a large answer on demand).
+    struct Service;
+    impl LinkService for Service {
+        async fn request(self: Arc<Self>, _from: NodeId, req: Request) -> Reply {
+            match req {
+                Request::Join { addr, .. } => Reply::Done(Err("y".repeat(addr.len() * 4))),
+                _ => Reply::Pong,
+            }
+        }
+        fn push(&self, _from: NodeId, _push: Push) {}
+    }
+
+    const LIMIT: usize = 100_000;
+
+    fn join(bytes: usize) -> Request {
+        Request::Join {
+            node: 9,
+            addr: "x".repeat(bytes),
+        }
+    }
+
+    /// Over real TCP: frames over `cluster.max_frame_bytes` fail alone, in either direction,
+    /// with `TooLarge`, and the link stays up; frames over one record but under the limit
+    /// cross in pieces.
+    #[tokio::test]
+    async fn oversized_frames_fail_alone_and_the_link_stays_up() {
+        let secret = LinkSecret::new("link-test-secret-0123");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let acceptor = NodeLinks::new(2, &addr, secret.clone(), LIMIT);
+        tokio::spawn(acceptor.serve(listener, Arc::new(Service)));
+        let dialer = NodeLinks::new(1, "127.0.0.1:0", secret, LIMIT);
+        let link = dialer.peer(2, &addr);
+        for _ in 0..100 {
+            if link.is_connected() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(link.is_connected(), "the link never came up");
+        let t = Duration::from_secs(5);
+        assert!(matches!(
+            link.request(Request::Ping, t).await,
+            Ok(Reply::Pong)
+        ));
+        // A request over the limit: refused by its sender.
+        let r = link.request(join(LIMIT + 1), t).await;
+        assert!(
+            matches!(r, Err(LinkError::TooLarge(2, n)) if n > LIMIT),
+            "{r:?}"
+        );
+        // An answer over the limit: replaced by the acceptor, seen as TooLarge at once.
+        let r = link.request(join(LIMIT / 3), t).await;
+        assert!(
+            matches!(r, Err(LinkError::TooLarge(2, n)) if n > LIMIT),
+            "{r:?}"
+        );
+        // An answer over one record, under the limit: crosses whole, in two records.
+        let r = link.request(join(20_000), t).await;
+        assert!(
+            matches!(&r, Ok(Reply::Done(Err(s))) if s.len() == 80_000 && s.len() > RECORD),
+            "{r:?}"
+        );
+        // A push over the limit is dropped and counted.
+        let before = link.dropped();
+        assert!(link.push(Push::Deliver {
+            to: proto::jid::Jid::parse("a@b/c").unwrap(),
+            stanza: "z".repeat(LIMIT + 1),
+        }));
+        assert!(matches!(
+            link.request(Request::Ping, t).await,
+            Ok(Reply::Pong)
+        ));
+        assert_eq!(link.dropped(), before + 1);
+        assert!(link.is_connected());
+    }
+
+    const RECORD: usize = super::wire::RECORD_BYTES;
+}

@@ -223,3 +223,81 @@ impl<C: RaftWire> RaftNetwork<C> for PeerRaftClient<C> {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::link::{LinkSecret, LinkService};
+    use crate::cluster::messages::Push;
+    use crate::cluster::routing_table::{AccountChange, ClusterCommand};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+    use tokio::net::TcpListener;
+
+    struct Pong;
+    impl LinkService for Pong {
+        async fn request(self: Arc<Self>, _from: NodeId, _req: Request) -> Reply {
+            Reply::Pong
+        }
+        fn push(&self, _from: NodeId, _push: Push) {}
+    }
+
+    fn entries(n: u64, bytes: usize) -> Vec<Entry<ClusterTypes>> {
+        (1..=n)
+            .map(|i| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                payload: EntryPayload::Normal(ClusterCommand::Accounts(vec![
+                    AccountChange::Create {
+                        jid: format!("u{i}@example.net"),
+                        record: "r".repeat(bytes),
+                    },
+                ])),
+            })
+            .collect()
+    }
+
+    /// AppendEntries are bounded by bytes: one over the frame limit comes back as openraft's
+    /// `PayloadTooLarge` with half the entries as hint, so openraft resends in smaller
+    /// batches instead of failing the follower.
+    #[tokio::test]
+    async fn an_append_over_the_frame_limit_asks_openraft_for_smaller_batches() {
+        let secret = LinkSecret::new("network-test-secret-01");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let follower = NodeLinks::new(2, &addr, secret.clone(), 100_000);
+        tokio::spawn(follower.serve(listener, Arc::new(Pong)));
+        let leader = NodeLinks::new(1, "127.0.0.1:0", secret, 100_000);
+        let mut factory = LinkNetwork::<ClusterTypes> {
+            links: leader.clone(),
+            group: (),
+        };
+        let mut client = factory.new_client(2, &BasicNode::new(&addr)).await;
+        for _ in 0..100 {
+            if leader.existing(2).is_some_and(|l| l.is_connected()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let append = |entries| AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries,
+            leader_commit: None,
+        };
+        let option = RPCOption::new(Duration::from_secs(5));
+        match client
+            .append_entries(append(entries(8, 20_000)), option.clone())
+            .await
+        {
+            Err(RPCError::PayloadTooLarge(e)) => assert_eq!(e.entries_hint(), 4),
+            other => panic!("expected PayloadTooLarge, got {other:?}"),
+        }
+        // Four of them fit: they reach the peer (whose answer is not an AppendEntries one).
+        match client
+            .append_entries(append(entries(4, 20_000)), option)
+            .await
+        {
+            Err(RPCError::Network(_)) => {}
+            other => panic!("expected the peer's (unexpected) answer, got {other:?}"),
+        }
+    }
+}
