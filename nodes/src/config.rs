@@ -63,6 +63,9 @@ pub struct ClusterSettings {
     /// larger ones are refused with an error and the link stays up. Raft batches and snapshot
     /// chunks are cut to fit. The same on every node.
     pub max_frame_bytes: usize,
+    /// Inbound NodeLink connections that may be in handshake (not yet proven to hold the
+    /// secret) at once; more are closed on accept.
+    pub max_pending_handshakes: usize,
 }
 
 /// Federation (server-to-server).
@@ -200,6 +203,7 @@ shards = 16
 replicas = 3
 shard_snapshot_entries = 2000
 max_frame_bytes = 16777216
+max_pending_handshakes = 64
 [s2s]
 listen = "0.0.0.0:5269"
 tls_listen = ""
@@ -286,6 +290,9 @@ impl ClusterSettings {
                 "cluster.max_frame_bytes must be between {MIN_CLUSTER_FRAME_BYTES} and {}",
                 u32::MAX
             ));
+        }
+        if self.max_pending_handshakes == 0 {
+            return invalid("cluster.max_pending_handshakes must be at least 1".into());
         }
         if self.shards == 0 || self.replicas == 0 {
             return invalid("cluster.shards and cluster.replicas must be at least 1".into());

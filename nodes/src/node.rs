@@ -293,6 +293,7 @@ async fn start_cluster(
         replicas: c.replicas,
         shard_snapshot_entries: c.shard_snapshot_entries,
         max_frame_bytes: c.max_frame_bytes,
+        max_pending_handshakes: c.max_pending_handshakes,
     };
     let log = store.raft_log()?;
     let store = store.clone();

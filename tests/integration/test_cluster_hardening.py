@@ -101,7 +101,8 @@ def recv_all(sock: socket.socket, timeout: float) -> bytes:
         except socket.timeout:
             break
         except ConnectionResetError:
-            break
+            # Closed with data of ours unread: a reset is a close too.
+            return out
         if not chunk:
             return out
         out += chunk
@@ -114,8 +115,10 @@ async def test_a_stranger_on_the_nodelink_port_gets_nothing_and_links_keep_worki
     closes the connection with nothing more sent; junk or a huge length prefix closes it too.
     Meanwhile users on different nodes keep talking through the sealed links."""
     alice, bob = cluster.account(), cluster.account()
-    cluster.start()
     n1, n2, _ = cluster.nodes
+    n2.config["cluster"]["max_pending_handshakes"] = 4
+    n2.config_path.write_text(render_toml(n2.config))
+    cluster.start()
     a = await online(n1, alice, "r", label="alice@n1")
     b = await online(n2, bob, "r", label="bob@n2")
     try:
@@ -144,6 +147,24 @@ async def test_a_stranger_on_the_nodelink_port_gets_nothing_and_links_keep_worki
             s.sendall(b"<stream:stream>" * 10)
             assert recv_all(s, 5) == b""
 
+        # 4. Connections that never finish the handshake are capped
+        #    (cluster.max_pending_handshakes = 4 on n2): a fifth is closed on accept without
+        #    a Challenge; once they are gone a Hello is answered again.
+        idle = [socket.create_connection((host, port), timeout=5) for _ in range(4)]
+        try:
+            time.sleep(0.3)
+            with socket.create_connection((host, port), timeout=5) as s:
+                s.sendall(frame({"Hello": {"node": 1, "nonce": os.urandom(16).hex()}}))
+                assert recv_all(s, 5) == b"", "a connection over the handshake cap was served"
+        finally:
+            for s in idle:
+                s.close()
+        time.sleep(0.3)
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.sendall(frame({"Hello": {"node": 1, "nonce": os.urandom(16).hex()}}))
+            s.settimeout(5)
+            assert len(s.recv(4, socket.MSG_WAITALL)) == 4, "no Challenge once the cap freed up"
+
         # The real links still carry stanzas, both ways.
         for i in range(5):
             await a.send(f"<message to='{b.jid}' id='s{i}' type='chat'><body>{i}</body></message>")
@@ -152,6 +173,7 @@ async def test_a_stranger_on_the_nodelink_port_gets_nothing_and_links_keep_worki
             await a.expect(is_msg(f"r{i}"), what=f"message r{i} n2 -> n1")
         log = n2.log_path.read_text(errors="replace")
         assert "wrong cluster secret" in log, "the refused handshake left no log line"
+        assert "too many connections in handshake" in log, "the handshake cap left no log line"
         assert "link to peer lost" not in log, n2.log_tail()
     finally:
         for c in (a, b):

@@ -134,6 +134,15 @@ impl PeerLink {
     }
 }
 
+/// The NodeLink limits from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkLimits {
+    /// `cluster.max_frame_bytes`.
+    pub max_frame_bytes: usize,
+    /// `cluster.max_pending_handshakes`.
+    pub max_pending_handshakes: usize,
+}
+
 /// Every peer link of this node, and the listener for theirs.
 pub struct NodeLinks {
     me: NodeId,
@@ -143,6 +152,9 @@ pub struct NodeLinks {
     secret: LinkSecret,
     /// `cluster.max_frame_bytes`: the largest frame sent or accepted.
     max_frame: usize,
+    /// Inbound connections that have not finished the handshake
+    /// (`cluster.max_pending_handshakes`); beyond it new ones are closed at once.
+    handshakes: Arc<tokio::sync::Semaphore>,
     peers: Mutex<HashMap<NodeId, Arc<PeerLink>>>,
     runtime: tokio::runtime::Handle,
 }
@@ -153,7 +165,7 @@ impl NodeLinks {
         me: NodeId,
         advertise: &str,
         secret: LinkSecret,
-        max_frame: usize,
+        limits: LinkLimits,
     ) -> Arc<NodeLinks> {
         let source = advertise
             .parse::<SocketAddr>()
@@ -164,7 +176,8 @@ impl NodeLinks {
             me,
             source,
             secret,
-            max_frame,
+            max_frame: limits.max_frame_bytes,
+            handshakes: Arc::new(tokio::sync::Semaphore::new(limits.max_pending_handshakes)),
             peers: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
         })
@@ -240,10 +253,19 @@ impl NodeLinks {
         loop {
             match listener.accept().await {
                 Ok((stream, addr)) => {
+                    // Connections that have not proven the secret yet are capped, so that
+                    // strangers on the port cannot hold an unbounded number of tasks and
+                    // buffers (each lives up to HANDSHAKE_TIMEOUT).
+                    let Ok(permit) = self.handshakes.clone().try_acquire_owned() else {
+                        tracing::warn!(%addr,
+                            "nodelink: too many connections in handshake (cluster.max_pending_handshakes); refused");
+                        drop(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let (links, service) = (self.clone(), service.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = links.accepted(stream, addr, service).await {
+                        if let Err(e) = links.accepted(stream, addr, service, permit).await {
                             tracing::warn!(%addr, error = %e, "nodelink: inbound link closed");
                         }
                     });
@@ -261,6 +283,7 @@ impl NodeLinks {
         stream: TcpStream,
         addr: SocketAddr,
         service: Arc<S>,
+        handshake: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<(), WireError> {
         let (r, w) = stream.into_split();
         let (peer, mut r, mut w) = tokio::time::timeout(
@@ -275,6 +298,7 @@ impl NodeLinks {
         )
         .await
         .map_err(|_| WireError::HandshakeTimeout)??;
+        drop(handshake);
         tracing::info!(peer, %addr, "nodelink: peer connected");
 
         // Replies can finish out of order (an IM request waits on storage while Raft
@@ -545,9 +569,13 @@ mod tests {
         let secret = LinkSecret::new("link-test-secret-0123");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let acceptor = NodeLinks::new(2, &addr, secret.clone(), LIMIT);
+        let limits = LinkLimits {
+            max_frame_bytes: LIMIT,
+            max_pending_handshakes: 4,
+        };
+        let acceptor = NodeLinks::new(2, &addr, secret.clone(), limits);
         tokio::spawn(acceptor.serve(listener, Arc::new(Service)));
-        let dialer = NodeLinks::new(1, "127.0.0.1:0", secret, LIMIT);
+        let dialer = NodeLinks::new(1, "127.0.0.1:0", secret, limits);
         let link = dialer.peer(2, &addr);
         for _ in 0..100 {
             if link.is_connected() {

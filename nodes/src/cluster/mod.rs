@@ -26,7 +26,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
 use tokio::sync::{mpsc, oneshot};
 
-use link::{LinkSecret, NodeLinks, PeerLink};
+use link::{LinkLimits, LinkSecret, NodeLinks, PeerLink};
 use messages::{Reply, Request};
 pub use routing_table::{
     AccountChange, AccountOutcome, BindOutcome, ClusterCommand, ClusterResponse, MemberState,
@@ -76,6 +76,9 @@ pub struct ClusterConfig {
     pub shard_snapshot_entries: u64,
     /// The largest NodeLink frame sent or accepted (`cluster.max_frame_bytes`).
     pub max_frame_bytes: usize,
+    /// Inbound NodeLink connections allowed in handshake at once
+    /// (`cluster.max_pending_handshakes`).
+    pub max_pending_handshakes: usize,
 }
 
 /// Snapshot chunk size for a frame limit: a chunk's bytes travel as a JSON array of numbers
@@ -163,7 +166,10 @@ impl Cluster {
             config.node_id,
             &config.advertise,
             LinkSecret::new(secret),
-            config.max_frame_bytes,
+            LinkLimits {
+                max_frame_bytes: config.max_frame_bytes,
+                max_pending_handshakes: config.max_pending_handshakes,
+            },
         );
         let raft_config = openraft::Config {
             cluster_name: "switchboard".into(),

@@ -227,7 +227,7 @@ impl<C: RaftWire> RaftNetwork<C> for PeerRaftClient<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::link::{LinkSecret, LinkService};
+    use crate::cluster::link::{LinkLimits, LinkSecret, LinkService};
     use crate::cluster::messages::Push;
     use crate::cluster::routing_table::{AccountChange, ClusterCommand};
     use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
@@ -263,9 +263,13 @@ mod tests {
         let secret = LinkSecret::new("network-test-secret-01");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let follower = NodeLinks::new(2, &addr, secret.clone(), 100_000);
+        let limits = LinkLimits {
+            max_frame_bytes: 100_000,
+            max_pending_handshakes: 4,
+        };
+        let follower = NodeLinks::new(2, &addr, secret.clone(), limits);
         tokio::spawn(follower.serve(listener, Arc::new(Pong)));
-        let leader = NodeLinks::new(1, "127.0.0.1:0", secret, 100_000);
+        let leader = NodeLinks::new(1, "127.0.0.1:0", secret, limits);
         let mut factory = LinkNetwork::<ClusterTypes> {
             links: leader.clone(),
             group: (),
