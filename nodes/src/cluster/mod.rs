@@ -55,6 +55,15 @@ pub enum WriteError {
     Timeout,
     #[error("{0}")]
     Failed(String),
+    #[error("a log entry of {bytes} bytes exceeds half of cluster.max_frame_bytes ({limit})")]
+    TooLarge { bytes: usize, limit: usize },
+}
+
+/// The largest log entry a node proposes: half a frame, so an AppendEntries carrying it (and
+/// its envelope) always fits. An entry no frame can carry could never be replicated, and
+/// every entry after it would wait behind it forever.
+pub fn max_entry_bytes(max_frame_bytes: usize) -> usize {
+    max_frame_bytes / 2
 }
 
 /// Cluster settings the node needs at run time.
@@ -303,6 +312,16 @@ impl Cluster {
 
     /// Commit `cmd`, on the leader wherever it is.
     pub async fn write(&self, cmd: ClusterCommand) -> Result<ClusterResponse, WriteError> {
+        let limit = max_entry_bytes(self.links.max_frame());
+        let bytes = serde_json::to_vec(&cmd).map_or(0, |b| b.len());
+        if bytes > limit {
+            tracing::warn!(
+                bytes,
+                limit,
+                "cluster: write refused: entry too large for a frame"
+            );
+            return Err(WriteError::TooLarge { bytes, limit });
+        }
         match tokio::time::timeout(WRITE_TIMEOUT, self.write_inner(cmd)).await {
             Ok(r) => r,
             Err(_) => Err(WriteError::Timeout),
