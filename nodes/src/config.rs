@@ -62,6 +62,13 @@ pub struct ClusterSettings {
     /// A shard snapshots its data and compacts its log after this many entries; a replica
     /// that fell further behind catches up from the snapshot.
     pub shard_snapshot_entries: u64,
+    /// The largest NodeLink frame (a request, an answer or a push) a node sends or accepts;
+    /// larger ones are refused with an error and the link stays up. Raft batches and snapshot
+    /// chunks are cut to fit. The same on every node.
+    pub max_frame_bytes: usize,
+    /// Inbound NodeLink connections that may be in handshake (not yet proven to hold the
+    /// secret) at once; more are closed on accept.
+    pub max_pending_handshakes: usize,
 }
 
 /// Federation (server-to-server).
@@ -273,6 +280,8 @@ heartbeat_ms = 150
 shards = 16
 replicas = 3
 shard_snapshot_entries = 2000
+max_frame_bytes = 16777216
+max_pending_handshakes = 64
 [s2s]
 listen = "0.0.0.0:5269"
 tls_listen = ""
@@ -329,6 +338,10 @@ fn settings_env(vars: impl Iterator<Item = (String, String)>) -> config::Map<Str
     .collect()
 }
 
+/// The smallest `cluster.max_frame_bytes`: a stanza (c2s stanza limit) and its envelope, and
+/// a Raft entry carrying one, must fit in a frame.
+const MIN_CLUSTER_FRAME_BYTES: usize = 1024 * 1024;
+
 impl ClusterSettings {
     pub fn enabled(&self) -> bool {
         self.node_id != 0
@@ -358,6 +371,15 @@ impl ClusterSettings {
         }
         if self.shard_snapshot_entries < 8 {
             return invalid("cluster.shard_snapshot_entries must be at least 8".into());
+        }
+        if !(MIN_CLUSTER_FRAME_BYTES..=u32::MAX as usize).contains(&self.max_frame_bytes) {
+            return invalid(format!(
+                "cluster.max_frame_bytes must be between {MIN_CLUSTER_FRAME_BYTES} and {}",
+                u32::MAX
+            ));
+        }
+        if self.max_pending_handshakes == 0 {
+            return invalid("cluster.max_pending_handshakes must be at least 1".into());
         }
         if self.shards == 0 || self.replicas == 0 {
             return invalid("cluster.shards and cluster.replicas must be at least 1".into());
@@ -505,6 +527,14 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "s2s.dialback and s2s.sasl_external cannot both be off".into(),
             ));
+        }
+        // A stanza crosses the cluster inside a frame (a push, a Raft entry, a reply that
+        // carries several): leave it room.
+        let stanza = self.c2s.max_stanza_bytes.max(self.s2s.max_stanza_bytes);
+        if self.cluster.enabled() && self.cluster.max_frame_bytes < stanza.saturating_mul(4) {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.max_frame_bytes must be at least 4 times the largest max_stanza_bytes ({stanza})"
+            )));
         }
         if self.s2s.max_stanza_bytes < 4096 {
             return Err(ConfigError::Invalid(

@@ -40,6 +40,18 @@ impl CredentialLookup for Accounts {
     }
 }
 
+/// A secret the node's answers depend on: in a cluster derived from `cluster.secret`, so
+/// every node has the same one (see `cluster::secrets`); alone, random and kept in the store.
+fn node_secret(store: &Store, settings: &Settings, label: &str) -> anyhow::Result<[u8; 32]> {
+    if settings.cluster.enabled() {
+        return Ok(crate::cluster::secrets::derive(
+            &settings.cluster.secret,
+            label,
+        ));
+    }
+    Ok(store.meta()?.secret(label, rand::random)?)
+}
+
 /// How long shutdown waits for connections to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -48,7 +60,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let store = Store::open(&settings.data_dir)?;
     let accounts = store.accounts()?;
     let user_data = store.user_data()?;
-    let secret = store.meta()?.secret("scram-fake-secret", rand::random)?;
+    let secret = node_secret(&store, &settings, crate::cluster::secrets::SCRAM_FAKE)?;
     let tls = TlsContext::load(&settings)?;
     let listeners = bind_listeners(&settings)?;
     let http_listener = if settings.http.listen.is_empty() {
@@ -68,7 +80,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         None
     };
     let s2s_listeners = crate::s2s::bind_listeners(&settings.s2s)?;
-    let dialback_secret = store.meta()?.secret("dialback-secret", rand::random)?;
+    let dialback_secret = node_secret(&store, &settings, crate::cluster::secrets::DIALBACK)?;
     let admin_path = settings.admin_socket();
     let admin_listener_path = admin_path.clone();
 
@@ -286,6 +298,8 @@ async fn start_cluster(
         shards: c.shards,
         replicas: c.replicas,
         shard_snapshot_entries: c.shard_snapshot_entries,
+        max_frame_bytes: c.max_frame_bytes,
+        max_pending_handshakes: c.max_pending_handshakes,
     };
     let log = store.raft_log()?;
     let store = store.clone();

@@ -135,15 +135,43 @@ impl UserAdmin {
         cluster: &Cluster,
         changes: Vec<AccountChange>,
     ) -> Result<Vec<AccountOutcome>, UserError> {
-        let n = changes.len();
-        let r = cluster
-            .write(ClusterCommand::Accounts(changes))
-            .await
-            .map_err(|e| UserError::Cluster(e.to_string()))?;
-        if r.accounts.len() != n {
-            return Err(UserError::Cluster("unexpected answer".into()));
+        // A large import goes as several entries, each well inside a NodeLink frame (an entry
+        // too large for one could never reach the other nodes).
+        let budget = crate::cluster::max_entry_bytes(cluster.links.max_frame()) / 2;
+        let mut outcomes = Vec::with_capacity(changes.len());
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0usize;
+        let mut rest = changes.into_iter().peekable();
+        while let Some(change) = rest.next() {
+            batch_bytes += Self::change_bytes(&change);
+            batch.push(change);
+            let full = rest
+                .peek()
+                .is_some_and(|next| batch_bytes + Self::change_bytes(next) > budget);
+            if full || rest.peek().is_none() {
+                let n = batch.len();
+                let r = cluster
+                    .write(ClusterCommand::Accounts(std::mem::take(&mut batch)))
+                    .await
+                    .map_err(|e| UserError::Cluster(e.to_string()))?;
+                if r.accounts.len() != n {
+                    return Err(UserError::Cluster("unexpected answer".into()));
+                }
+                outcomes.extend(r.accounts);
+                batch_bytes = 0;
+            }
         }
-        Ok(r.accounts)
+        Ok(outcomes)
+    }
+
+    /// About what a change takes in a log entry (JSON: the strings, escaped, and field names).
+    fn change_bytes(change: &AccountChange) -> usize {
+        let text = match change {
+            AccountChange::Create { jid, record }
+            | AccountChange::SetCredentials { jid, record } => jid.len() + record.len() * 2,
+            AccountChange::Delete { jid } => jid.len(),
+        };
+        text + 64
     }
 
     fn outcome(jid: &Jid, o: AccountOutcome) -> Result<Jid, UserError> {

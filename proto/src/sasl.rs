@@ -2,8 +2,10 @@
 //!
 //! Accounts hold SCRAM credentials only (salt, iterations, StoredKey, ServerKey per hash), never
 //! a password. An unknown user is given a fake credential derived from a server secret and the
-//! username, so its salt and iteration count are stable and its failure is the same
-//! `not-authorized` a wrong password gets: nobody can enumerate accounts.
+//! prepared username, so its salt and iteration count are stable (and, since a cluster's nodes
+//! share the secret, the same on every node) and its failure is the same `not-authorized` a
+//! wrong password gets; PLAIN does the same PBKDF2 for it as for a real account: nobody can
+//! enumerate accounts.
 
 use std::sync::Arc;
 
@@ -96,19 +98,27 @@ impl StoredCredentials {
 
     /// Check a plaintext password (PLAIN) against the SHA-256 credential.
     pub fn verify_password(&self, password: &str) -> bool {
-        let Ok(prepared) = prepare_password(password) else {
-            return false;
-        };
-        let c = &self.sha256;
-        let candidate = derive_one(
-            ScramHash::Sha256,
-            prepared.as_bytes(),
-            c.iterations,
-            c.salt.clone(),
-        );
-        constant_time_eq(&candidate.stored_key, &c.stored_key)
-            && constant_time_eq(&candidate.server_key, &c.server_key)
+        verify_plain(&self.sha256, password)
     }
+}
+
+/// Check a plaintext password against one SHA-256 credential: one PBKDF2 at the credential's
+/// iteration count, whatever the password. A password that fails PRECIS preparation is still
+/// hashed (as sent), so a malformed password costs what a wrong one does.
+fn verify_plain(c: &ScramCredential, password: &str) -> bool {
+    let (prepared, valid) = match prepare_password(password) {
+        Ok(p) => (p, true),
+        Err(_) => (password.to_string(), false),
+    };
+    let candidate = derive_one(
+        ScramHash::Sha256,
+        prepared.as_bytes(),
+        c.iterations,
+        c.salt.clone(),
+    );
+    valid
+        && constant_time_eq(&candidate.stored_key, &c.stored_key)
+        && constant_time_eq(&candidate.server_key, &c.server_key)
 }
 
 fn prepare_password(password: &str) -> Result<String, SaslError> {
@@ -119,7 +129,16 @@ fn prepare_password(password: &str) -> Result<String, SaslError> {
         .map_err(|_| SaslError::InvalidPassword)
 }
 
+#[cfg(test)]
+thread_local! {
+    /// The (hash, iterations) of every PBKDF2 run on this thread, so tests can check that
+    /// unknown and known users cost the same.
+    static PBKDF2_RUNS: std::cell::RefCell<Vec<(ScramHash, u32)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn derive_one(hash: ScramHash, password: &[u8], iterations: u32, salt: Vec<u8>) -> ScramCredential {
+    #[cfg(test)]
+    PBKDF2_RUNS.with(|r| r.borrow_mut().push((hash, iterations)));
     fn keys<D>(
         pbkdf2: ring::pbkdf2::Algorithm,
         password: &[u8],
@@ -249,12 +268,15 @@ struct Callback {
 
 impl Callback {
     fn credential_for(&self, username: &str, hash: ScramHash) -> ScramCredential {
-        let known = jid::prepare_localpart(username)
-            .ok()
-            .and_then(|u| self.lookup.credentials(&u));
+        // The fake credential is derived from the PREPARED name (RFC 8265 §3.3,
+        // UsernameCaseMapped), as the real lookup is: `Alice` and `alice` name one account,
+        // so they must get one salt whether or not the account exists. A name that does not
+        // prepare has no account; it is hashed as sent.
+        let prepared = jid::prepare_localpart(username).ok();
+        let known = prepared.as_deref().and_then(|u| self.lookup.credentials(u));
         match known {
             Some(creds) => creds.for_hash(hash).clone(),
-            None => self.fake_credential(username, hash),
+            None => self.fake_credential(prepared.as_deref().unwrap_or(username), hash),
         }
     }
 
@@ -332,18 +354,16 @@ impl SessionCallback for Callback {
             let password = context
                 .get_ref::<Password>()
                 .and_then(|p| std::str::from_utf8(p).ok());
-            let creds = self.lookup.credentials(&username);
-            let ok = match (creds, password) {
-                (Some(c), Some(p)) => c.verify_password(p),
-                (None, Some(p)) => {
-                    // Same work as for a real account, so timing does not reveal unknown users.
-                    let fake = self.fake_credential(&username, ScramHash::Sha256);
-                    let _ = derive_one(ScramHash::Sha256, p.as_bytes(), fake.iterations, fake.salt);
-                    false
-                }
-                _ => false,
+            // An unknown user is checked against its fake credential through the very same
+            // code (password preparation, one PBKDF2 of the same hash and iteration count,
+            // the comparison), so the time PLAIN takes does not tell whether the account
+            // exists. The fake keys match no password, so the check always fails.
+            let (credential, known) = match self.lookup.credentials(&username) {
+                Some(c) => (c.sha256, true),
+                None => (self.fake_credential(&username, ScramHash::Sha256), false),
             };
-            if !ok {
+            let ok = password.is_some_and(|p| verify_plain(&credential, p));
+            if !(ok && known) {
                 return Ok(());
             }
         } else if self.lookup.credentials(&username).is_none() {
@@ -787,6 +807,50 @@ mod tests {
         let (u1, u2, real) = (first("ghost"), first("ghost"), first("juliet"));
         assert_eq!(field(&u1, "s="), field(&u2, "s="));
         assert_eq!(field(&u1, "i="), field(&real, "i="));
+        // The fake salt follows the prepared name (RFC 8265 §3.3 case mapping), as a real
+        // account's lookup does: `Ghost` and `ghost` are one name.
+        assert_eq!(field(&first("Ghost"), "s="), field(&u1, "s="));
+        assert_eq!(field(&first("GHOST"), "s="), field(&u1, "s="));
+        assert_ne!(field(&first("ghost2"), "s="), field(&u1, "s="));
+        // A real account's salt is its own under any case of its name.
+        assert_eq!(field(&first("Juliet"), "s="), field(&real, "s="));
+    }
+
+    /// The fake credential depends on the server secret: nodes of one cluster share it (and
+    /// so give an unknown user one salt), other servers do not.
+    #[test]
+    fn fake_salt_depends_on_the_secret_only() {
+        let lookup = Arc::new(Accounts(HashMap::new()));
+        let cb = |secret: [u8; 32]| Callback {
+            lookup: lookup.clone(),
+            secret,
+        };
+        let salt = |c: &Callback| c.credential_for("ghost", ScramHash::Sha256).salt;
+        assert_eq!(salt(&cb([1; 32])), salt(&cb([1; 32])));
+        assert_ne!(salt(&cb([1; 32])), salt(&cb([2; 32])));
+    }
+
+    /// PLAIN runs exactly one PBKDF2 of the same hash and iteration count for an unknown
+    /// user and a known user with a wrong password, and the same work for both when the
+    /// password is refused: the time it takes does not reveal whether the account exists.
+    #[test]
+    fn plain_costs_the_same_for_unknown_and_known_users() {
+        let a = authenticator();
+        let cb = ChannelBinding::default();
+        let runs = |user: &str, pass: &str| {
+            PBKDF2_RUNS.with(|r| r.borrow_mut().clear());
+            let mut ex = a.start("PLAIN", true, cb.clone()).unwrap();
+            let step = ex.step(Some(&plain(user, pass)));
+            assert!(matches!(step, SaslStep::Failure(_)), "{user}: {step:?}");
+            PBKDF2_RUNS.with(|r| r.borrow().clone())
+        };
+        let known = runs("juliet", "wrong");
+        assert_eq!(known, vec![(ScramHash::Sha256, DEFAULT_ITERATIONS)]);
+        assert_eq!(runs("nobody", "wrong"), known);
+        assert_eq!(runs("Nobody", "r0m30myr0m30"), known);
+        // U+0007 is not allowed in a password: refused (by rsasl's PLAIN before it asks us),
+        // at the same cost for both.
+        assert_eq!(runs("juliet", "bell\u{7}"), runs("nobody", "bell\u{7}"));
     }
     /// Found by the `sasl` fuzz target: `<auth mechanism='SCRAM-…'/>` without an initial
     /// response, then client-first in `<response/>`, used to panic inside rsasl.

@@ -2,12 +2,16 @@
 //!
 //! Each node dials each peer once and sends its requests and pushes on that connection; the
 //! peer answers requests on the same connection. So the frames from A to B keep their order
-//! (a stanza for a session on B travels exactly one hop, in order). Frames are a 4-byte
-//! big-endian length and JSON.
+//! (a stanza for a session on B travels exactly one hop, in order). Frames are JSON.
 //!
-//! Both ends prove they hold the cluster secret (HMAC-SHA256 over both nonces), so a stray
-//! process cannot join the cluster or inject stanzas. The link does not encrypt: run it on a
-//! private network (see README, "Cluster").
+//! Both ends prove they hold the cluster secret (HMAC-SHA256 over both nonces; the acceptor
+//! only after the dialer), so a stray process cannot join the cluster or inject stanzas, and
+//! every frame after the handshake is sealed with ChaCha20-Poly1305 under keys derived from
+//! the secret and both nonces, so nobody on the path reads, alters, replays or reorders them
+//! (`wire.rs` has the details). A frame larger than `cluster.max_frame_bytes` is refused by
+//! its sender (a request fails with `LinkError::TooLarge`, an answer is replaced by
+//! `Reply::TooLarge`, a push is dropped and counted) and the link stays up; large frames
+//! travel in sealed records of at most 64 KiB.
 //!
 //! Queues are bounded: a peer that is down or slow gets at most `QUEUE_FRAMES` frames queued;
 //! beyond that pushes are dropped (and counted) and requests fail at once, so a dead peer
@@ -19,19 +23,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::messages::{Frame, Push, Reply, Request};
 use super::routing_table::NodeId;
+pub use super::wire::LinkSecret;
+use super::wire::{self, FrameReader, FrameWriter, Received, WireError};
 
 /// Frames queued for one peer.
 const QUEUE_FRAMES: usize = 65_536;
-/// Largest frame accepted (snapshot chunks are the largest; openraft sends 3 MiB chunks).
-const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -48,96 +50,10 @@ pub enum LinkError {
     Lost(NodeId),
     #[error("unknown node {0}")]
     UnknownNode(NodeId),
-}
-
-#[derive(Debug, thiserror::Error)]
-enum WireError {
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("frame of {0} bytes exceeds the limit")]
-    TooLarge(usize),
-    #[error("malformed frame: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("handshake: {0}")]
-    Handshake(&'static str),
-    #[error("handshake timed out")]
-    HandshakeTimeout,
-}
-
-async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, WireError> {
-    let len = r.read_u32().await? as usize;
-    if len > MAX_FRAME_BYTES {
-        return Err(WireError::TooLarge(len));
-    }
-    let mut buf = vec![0; len];
-    r.read_exact(&mut buf).await?;
-    Ok(serde_json::from_slice(&buf)?)
-}
-
-async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> Result<(), WireError> {
-    let bytes = serde_json::to_vec(frame)?;
-    if bytes.len() > MAX_FRAME_BYTES {
-        return Err(WireError::TooLarge(bytes.len()));
-    }
-    w.write_u32(bytes.len() as u32).await?;
-    w.write_all(&bytes).await?;
-    Ok(())
-}
-
-/// The shared secret and the proofs made with it.
-#[derive(Clone)]
-pub struct LinkSecret(Arc<Vec<u8>>);
-
-impl LinkSecret {
-    pub fn new(secret: &str) -> Self {
-        LinkSecret(Arc::new(secret.as_bytes().to_vec()))
-    }
-
-    fn proof(&self, role: &str, dialer: NodeId, acceptor: NodeId, n1: &str, n2: &str) -> String {
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.0) else {
-            // HMAC takes keys of any length; this branch cannot be reached.
-            return String::new();
-        };
-        mac.update(format!("switchboard-nodelink {role} {dialer} {acceptor} {n1} {n2}").as_bytes());
-        hex(&mac.finalize().into_bytes())
-    }
-
-    fn verify(
-        &self,
-        role: &str,
-        dialer: NodeId,
-        acceptor: NodeId,
-        n1: &str,
-        n2: &str,
-        proof: &str,
-    ) -> bool {
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.0) else {
-            return false;
-        };
-        mac.update(format!("switchboard-nodelink {role} {dialer} {acceptor} {n1} {n2}").as_bytes());
-        let Some(bytes) = unhex(proof) else {
-            return false;
-        };
-        mac.verify_slice(&bytes).is_ok()
-    }
-}
-
-fn nonce() -> String {
-    hex(&rand::random::<[u8; 16]>())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    /// The request, or its answer, is larger than `cluster.max_frame_bytes`; it was not
+    /// sent, and the link is still up.
+    #[error("a frame to or from node {0} of {1} bytes exceeds cluster.max_frame_bytes")]
+    TooLarge(NodeId, usize),
 }
 
 /// What a node does with what its peers send it.
@@ -155,7 +71,7 @@ pub trait LinkService: Send + Sync + 'static {
 enum Outgoing {
     Request {
         body: Request,
-        reply: oneshot::Sender<Reply>,
+        reply: oneshot::Sender<Result<Reply, LinkError>>,
     },
     Push(Push),
 }
@@ -202,7 +118,7 @@ impl PeerLink {
             .try_send(Outgoing::Request { body, reply: tx })
             .map_err(|_| LinkError::QueueFull(self.node))?;
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
+            Ok(Ok(reply)) => reply,
             Ok(Err(_)) => Err(LinkError::Lost(self.node)),
             Err(_) => Err(LinkError::Timeout(self.node)),
         }
@@ -218,6 +134,15 @@ impl PeerLink {
     }
 }
 
+/// The NodeLink limits from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkLimits {
+    /// `cluster.max_frame_bytes`.
+    pub max_frame_bytes: usize,
+    /// `cluster.max_pending_handshakes`.
+    pub max_pending_handshakes: usize,
+}
+
 /// Every peer link of this node, and the listener for theirs.
 pub struct NodeLinks {
     me: NodeId,
@@ -225,13 +150,23 @@ pub struct NodeLinks {
     /// which node a connection belongs to.
     source: Option<std::net::IpAddr>,
     secret: LinkSecret,
+    /// `cluster.max_frame_bytes`: the largest frame sent or accepted.
+    max_frame: usize,
+    /// Inbound connections that have not finished the handshake
+    /// (`cluster.max_pending_handshakes`); beyond it new ones are closed at once.
+    handshakes: Arc<tokio::sync::Semaphore>,
     peers: Mutex<HashMap<NodeId, Arc<PeerLink>>>,
     runtime: tokio::runtime::Handle,
 }
 
 impl NodeLinks {
     /// Must be called inside the tokio runtime that will run the links.
-    pub fn new(me: NodeId, advertise: &str, secret: LinkSecret) -> Arc<NodeLinks> {
+    pub fn new(
+        me: NodeId,
+        advertise: &str,
+        secret: LinkSecret,
+        limits: LinkLimits,
+    ) -> Arc<NodeLinks> {
         let source = advertise
             .parse::<SocketAddr>()
             .ok()
@@ -241,6 +176,8 @@ impl NodeLinks {
             me,
             source,
             secret,
+            max_frame: limits.max_frame_bytes,
+            handshakes: Arc::new(tokio::sync::Semaphore::new(limits.max_pending_handshakes)),
             peers: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
         })
@@ -248,6 +185,11 @@ impl NodeLinks {
 
     pub fn me(&self) -> NodeId {
         self.me
+    }
+
+    /// `cluster.max_frame_bytes`.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
     }
 
     /// The link to `node`, dialling `addr` (and redialling it whenever it drops) if there is
@@ -311,10 +253,19 @@ impl NodeLinks {
         loop {
             match listener.accept().await {
                 Ok((stream, addr)) => {
+                    // Connections that have not proven the secret yet are capped, so that
+                    // strangers on the port cannot hold an unbounded number of tasks and
+                    // buffers (each lives up to HANDSHAKE_TIMEOUT).
+                    let Ok(permit) = self.handshakes.clone().try_acquire_owned() else {
+                        tracing::warn!(%addr,
+                            "nodelink: too many connections in handshake (cluster.max_pending_handshakes); refused");
+                        drop(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let (links, service) = (self.clone(), service.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = links.accepted(stream, addr, service).await {
+                        if let Err(e) = links.accepted(stream, addr, service, permit).await {
                             tracing::warn!(%addr, error = %e, "nodelink: inbound link closed");
                         }
                     });
@@ -332,39 +283,22 @@ impl NodeLinks {
         stream: TcpStream,
         addr: SocketAddr,
         service: Arc<S>,
+        handshake: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<(), WireError> {
         let (r, w) = stream.into_split();
-        let mut r = BufReader::new(r);
-        let mut w = BufWriter::new(w);
-        let peer = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-            let Frame::Hello { node, nonce: n1 } = read_frame(&mut r).await? else {
-                return Err(WireError::Handshake("expected Hello"));
-            };
-            let n2 = nonce();
-            let proof = self.secret.proof("acceptor", node, self.me, &n1, &n2);
-            write_frame(
-                &mut w,
-                &Frame::HelloAck {
-                    node: self.me,
-                    nonce: n2.clone(),
-                    proof,
-                },
-            )
-            .await?;
-            w.flush().await?;
-            let Frame::Proof { proof } = read_frame(&mut r).await? else {
-                return Err(WireError::Handshake("expected Proof"));
-            };
-            if !self
-                .secret
-                .verify("dialer", node, self.me, &n1, &n2, &proof)
-            {
-                return Err(WireError::Handshake("wrong cluster secret"));
-            }
-            Ok(node)
-        })
+        let (peer, mut r, mut w) = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            wire::accept(
+                BufReader::new(r),
+                BufWriter::new(w),
+                &self.secret,
+                self.me,
+                self.max_frame,
+            ),
+        )
         .await
         .map_err(|_| WireError::HandshakeTimeout)??;
+        drop(handshake);
         tracing::info!(peer, %addr, "nodelink: peer connected");
 
         // Replies can finish out of order (an IM request waits on storage while Raft
@@ -372,7 +306,7 @@ impl NodeLinks {
         let (reply_tx, mut reply_rx) = mpsc::channel::<Frame>(QUEUE_FRAMES);
         let writer = tokio::spawn(async move {
             while let Some(frame) = reply_rx.recv().await {
-                if write_frame(&mut w, &frame).await.is_err() {
+                if write_or_refuse(&mut w, peer, frame).await.is_err() {
                     break;
                 }
                 if reply_rx.is_empty() && w.flush().await.is_err() {
@@ -381,8 +315,13 @@ impl NodeLinks {
             }
         });
         let result = loop {
-            let frame = match read_frame(&mut r).await {
-                Ok(f) => f,
+            let frame = match r.read_frame().await {
+                Ok(Received::Frame(f)) => f,
+                // Logged by the reader; a request skipped this way times out at its sender.
+                Ok(Received::Skipped(bytes)) => {
+                    tracing::debug!(peer, bytes, "nodelink: inbound frame skipped");
+                    continue;
+                }
                 Err(e) => break Err(e),
             };
             match frame {
@@ -399,6 +338,37 @@ impl NodeLinks {
         };
         writer.abort();
         result
+    }
+}
+
+/// Write a reply frame; one too large for a frame is answered with `Reply::TooLarge` instead,
+/// so the requester learns at once and the link stays up.
+async fn write_or_refuse<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut FrameWriter<W>,
+    peer: NodeId,
+    frame: Frame,
+) -> Result<(), WireError> {
+    match w.encode(&frame) {
+        Ok(bytes) => w.write_message(&bytes).await,
+        Err(WireError::TooLarge(bytes)) => {
+            let Frame::Reply { id, .. } = frame else {
+                return Ok(());
+            };
+            tracing::warn!(
+                peer,
+                bytes,
+                "nodelink: reply exceeds cluster.max_frame_bytes; answered with an error"
+            );
+            w.write_frame(&Frame::Reply {
+                id,
+                body: Reply::TooLarge { bytes },
+            })
+            .await
+        }
+        Err(e) => {
+            tracing::warn!(peer, error = %e, "nodelink: reply could not be encoded; dropped");
+            Ok(())
+        }
     }
 }
 
@@ -440,12 +410,14 @@ async fn dial_loop(links: Arc<NodeLinks>, link: Arc<PeerLink>, mut rx: mpsc::Rec
     }
 }
 
-type Halves = (
-    BufReader<tokio::net::tcp::OwnedReadHalf>,
-    BufWriter<tokio::net::tcp::OwnedWriteHalf>,
-);
+type LinkReader = FrameReader<BufReader<tokio::net::tcp::OwnedReadHalf>>;
+type LinkWriter = FrameWriter<BufWriter<tokio::net::tcp::OwnedWriteHalf>>;
 
-async fn dial(links: &NodeLinks, node: NodeId, addr: &str) -> Result<Halves, WireError> {
+async fn dial(
+    links: &NodeLinks,
+    node: NodeId,
+    addr: &str,
+) -> Result<(LinkReader, LinkWriter), WireError> {
     tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         let target = tokio::net::lookup_host(addr)
             .await?
@@ -462,63 +434,44 @@ async fn dial(links: &NodeLinks, node: NodeId, addr: &str) -> Result<Halves, Wir
         let stream = socket.connect(target).await?;
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
-        let (mut r, mut w) = (BufReader::new(r), BufWriter::new(w));
-        let n1 = nonce();
-        write_frame(
-            &mut w,
-            &Frame::Hello {
-                node: links.me,
-                nonce: n1.clone(),
-            },
+        wire::dial(
+            BufReader::new(r),
+            BufWriter::new(w),
+            &links.secret,
+            links.me,
+            node,
+            links.max_frame,
         )
-        .await?;
-        w.flush().await?;
-        let Frame::HelloAck {
-            node: peer,
-            nonce: n2,
-            proof,
-        } = read_frame(&mut r).await?
-        else {
-            return Err(WireError::Handshake("expected HelloAck"));
-        };
-        if peer != node {
-            return Err(WireError::Handshake("peer has another node id"));
-        }
-        if !links
-            .secret
-            .verify("acceptor", links.me, peer, &n1, &n2, &proof)
-        {
-            return Err(WireError::Handshake(
-                "peer does not hold the cluster secret",
-            ));
-        }
-        let proof = links.secret.proof("dialer", links.me, peer, &n1, &n2);
-        write_frame(&mut w, &Frame::Proof { proof }).await?;
-        w.flush().await?;
-        Ok((r, w))
+        .await
     })
     .await
     .map_err(|_| WireError::HandshakeTimeout)?
 }
 
+type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Reply, LinkError>>>>>;
+
 async fn run_link(
     link: &Arc<PeerLink>,
-    mut r: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    mut w: BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    mut r: LinkReader,
+    mut w: LinkWriter,
     rx: &mut mpsc::Receiver<Outgoing>,
 ) {
-    let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>> = Arc::default();
+    let pending: Waiters = Arc::default();
     let reader_pending = pending.clone();
     let reader_link = link.clone();
     let mut reader = tokio::spawn(async move {
-        while let Ok(frame) = read_frame(&mut r).await {
+        while let Ok(received) = r.read_frame().await {
             if let Ok(mut t) = reader_link.last_seen.lock() {
                 *t = Some(Instant::now());
             }
-            if let Frame::Reply { id, body } = frame {
+            if let Received::Frame(Frame::Reply { id, body }) = received {
                 let waiter = reader_pending.lock().ok().and_then(|mut p| p.remove(&id));
+                let answer = match body {
+                    Reply::TooLarge { bytes } => Err(LinkError::TooLarge(reader_link.node, bytes)),
+                    body => Ok(body),
+                };
                 if let Some(w) = waiter {
-                    let _ = w.send(body);
+                    let _ = w.send(answer);
                 }
             }
         }
@@ -530,17 +483,46 @@ async fn run_link(
             _ = &mut reader => break,
         };
         let Some(out) = out else { break };
-        let frame = match out {
+        // Encode before registering the waiter: a frame over the limit is refused here,
+        // its requester told at once, and the link goes on.
+        let (encoded, waiter) = match out {
             Outgoing::Request { body, reply } => {
                 next_id += 1;
-                if let Ok(mut p) = pending.lock() {
-                    p.insert(next_id, reply);
-                }
-                Frame::Request { id: next_id, body }
+                let frame = Frame::Request { id: next_id, body };
+                (w.encode(&frame), Some((next_id, reply)))
             }
-            Outgoing::Push(p) => Frame::Push(p),
+            Outgoing::Push(p) => (w.encode(&Frame::Push(p)), None),
         };
-        if write_frame(&mut w, &frame).await.is_err() {
+        let bytes = match encoded {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let size = match e {
+                    WireError::TooLarge(n) => n,
+                    _ => 0,
+                };
+                tracing::warn!(
+                    peer = link.node,
+                    bytes = size,
+                    error = %e,
+                    "nodelink: frame exceeds cluster.max_frame_bytes or does not encode; not sent"
+                );
+                match waiter {
+                    Some((_, reply)) => {
+                        let _ = reply.send(Err(LinkError::TooLarge(link.node, size)));
+                    }
+                    None => {
+                        link.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                continue;
+            }
+        };
+        if let Some((id, reply)) = waiter {
+            if let Ok(mut p) = pending.lock() {
+                p.insert(id, reply);
+            }
+        }
+        if w.write_message(&bytes).await.is_err() {
             break;
         }
         if rx.is_empty() && w.flush().await.is_err() {
@@ -551,4 +533,93 @@ async fn run_link(
     // Dropping the waiters tells their requesters the link was lost.
     let waiters = pending.lock().map(|mut p| std::mem::take(&mut *p));
     drop(waiters);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers `Ping` with `Pong`, and `Join` with an error string four times as long as the
+    /// address it was given (a large answer on demand).
+    struct Service;
+    impl LinkService for Service {
+        async fn request(self: Arc<Self>, _from: NodeId, req: Request) -> Reply {
+            match req {
+                Request::Join { addr, .. } => Reply::Done(Err("y".repeat(addr.len() * 4))),
+                _ => Reply::Pong,
+            }
+        }
+        fn push(&self, _from: NodeId, _push: Push) {}
+    }
+
+    const LIMIT: usize = 100_000;
+
+    fn join(bytes: usize) -> Request {
+        Request::Join {
+            node: 9,
+            addr: "x".repeat(bytes),
+        }
+    }
+
+    /// Over real TCP: frames over `cluster.max_frame_bytes` fail alone, in either direction,
+    /// with `TooLarge`, and the link stays up; frames over one record but under the limit
+    /// cross in pieces.
+    #[tokio::test]
+    async fn oversized_frames_fail_alone_and_the_link_stays_up() {
+        let secret = LinkSecret::new("link-test-secret-0123");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let limits = LinkLimits {
+            max_frame_bytes: LIMIT,
+            max_pending_handshakes: 4,
+        };
+        let acceptor = NodeLinks::new(2, &addr, secret.clone(), limits);
+        tokio::spawn(acceptor.serve(listener, Arc::new(Service)));
+        let dialer = NodeLinks::new(1, "127.0.0.1:0", secret, limits);
+        let link = dialer.peer(2, &addr);
+        for _ in 0..100 {
+            if link.is_connected() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(link.is_connected(), "the link never came up");
+        let t = Duration::from_secs(5);
+        assert!(matches!(
+            link.request(Request::Ping, t).await,
+            Ok(Reply::Pong)
+        ));
+        // A request over the limit: refused by its sender.
+        let r = link.request(join(LIMIT + 1), t).await;
+        assert!(
+            matches!(r, Err(LinkError::TooLarge(2, n)) if n > LIMIT),
+            "{r:?}"
+        );
+        // An answer over the limit: replaced by the acceptor, seen as TooLarge at once.
+        let r = link.request(join(LIMIT / 3), t).await;
+        assert!(
+            matches!(r, Err(LinkError::TooLarge(2, n)) if n > LIMIT),
+            "{r:?}"
+        );
+        // An answer over one record, under the limit: crosses whole, in two records.
+        let r = link.request(join(20_000), t).await;
+        assert!(
+            matches!(&r, Ok(Reply::Done(Err(s))) if s.len() == 80_000 && s.len() > RECORD),
+            "{r:?}"
+        );
+        // A push over the limit is dropped and counted.
+        let before = link.dropped();
+        assert!(link.push(Push::Deliver {
+            to: proto::jid::Jid::parse("a@b/c").unwrap(),
+            stanza: "z".repeat(LIMIT + 1),
+        }));
+        assert!(matches!(
+            link.request(Request::Ping, t).await,
+            Ok(Reply::Pong)
+        ));
+        assert_eq!(link.dropped(), before + 1);
+        assert!(link.is_connected());
+    }
+
+    const RECORD: usize = super::wire::RECORD_BYTES;
 }

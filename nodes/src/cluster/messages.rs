@@ -22,14 +22,19 @@ pub enum Frame {
         node: NodeId,
         nonce: String,
     },
-    /// Acceptor → dialer: who I am, my nonce, and proof that I hold the cluster secret.
-    HelloAck {
+    /// Acceptor → dialer: who I am and my nonce; no proof yet, so that a dialer without the
+    /// secret learns nothing it could replay or test guesses against.
+    Challenge {
         node: NodeId,
         nonce: String,
-        proof: String,
     },
     /// Dialer → acceptor: proof that the dialer holds the cluster secret.
     Proof {
+        proof: String,
+    },
+    /// Acceptor → dialer, only once the dialer's proof checked out: the acceptor's proof.
+    /// Every frame after this one is sealed (see `link.rs`).
+    Accepted {
         proof: String,
     },
     Request {
@@ -107,6 +112,11 @@ pub enum Reply {
     /// (full JID, available) per session.
     ShardSessions(Vec<(Jid, bool)>),
     Pong,
+    /// The answer did not fit in a frame (`cluster.max_frame_bytes`); sent instead of it, so
+    /// the requester gets an error at once and the link stays up.
+    TooLarge {
+        bytes: usize,
+    },
 }
 
 /// One-way messages, delivered in order per link.

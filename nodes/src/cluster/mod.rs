@@ -10,10 +10,12 @@ pub mod link;
 pub mod messages;
 mod network;
 pub mod routing_table;
+pub mod secrets;
 mod service;
 pub mod shards;
 pub mod state_machine;
 pub mod types;
+mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,7 +26,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
 use tokio::sync::{mpsc, oneshot};
 
-use link::{LinkSecret, NodeLinks, PeerLink};
+use link::{LinkLimits, LinkSecret, NodeLinks, PeerLink};
 use messages::{Reply, Request};
 pub use routing_table::{
     AccountChange, AccountOutcome, BindOutcome, ClusterCommand, ClusterResponse, MemberState,
@@ -53,6 +55,15 @@ pub enum WriteError {
     Timeout,
     #[error("{0}")]
     Failed(String),
+    #[error("a log entry of {bytes} bytes exceeds half of cluster.max_frame_bytes ({limit})")]
+    TooLarge { bytes: usize, limit: usize },
+}
+
+/// The largest log entry a node proposes: half a frame, so an AppendEntries carrying it (and
+/// its envelope) always fits. An entry no frame can carry could never be replicated, and
+/// every entry after it would wait behind it forever.
+pub fn max_entry_bytes(max_frame_bytes: usize) -> usize {
+    max_frame_bytes / 2
 }
 
 /// Cluster settings the node needs at run time.
@@ -72,6 +83,17 @@ pub struct ClusterConfig {
     pub replicas: usize,
     /// A shard snapshots (and then compacts its log) after this many entries.
     pub shard_snapshot_entries: u64,
+    /// The largest NodeLink frame sent or accepted (`cluster.max_frame_bytes`).
+    pub max_frame_bytes: usize,
+    /// Inbound NodeLink connections allowed in handshake at once
+    /// (`cluster.max_pending_handshakes`).
+    pub max_pending_handshakes: usize,
+}
+
+/// Snapshot chunk size for a frame limit: a chunk's bytes travel as a JSON array of numbers
+/// (up to 4 bytes each), so a fifth of the frame leaves room for the rest of the request.
+pub fn snapshot_chunk_bytes(max_frame_bytes: usize) -> u64 {
+    (max_frame_bytes / 5) as u64
 }
 
 struct PendingChange {
@@ -149,7 +171,15 @@ impl Cluster {
             sink(update);
         });
         let sm = RoutingStateMachine::open(log.snapshot_slot(), sink, Some(store.clone()))?;
-        let links = NodeLinks::new(config.node_id, &config.advertise, LinkSecret::new(secret));
+        let links = NodeLinks::new(
+            config.node_id,
+            &config.advertise,
+            LinkSecret::new(secret),
+            LinkLimits {
+                max_frame_bytes: config.max_frame_bytes,
+                max_pending_handshakes: config.max_pending_handshakes,
+            },
+        );
         let raft_config = openraft::Config {
             cluster_name: "switchboard".into(),
             heartbeat_interval: config.heartbeat_ms,
@@ -157,6 +187,7 @@ impl Cluster {
             election_timeout_max: config.heartbeat_ms * 8,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
             max_in_snapshot_log_to_keep: 1000,
+            snapshot_max_chunk_size: snapshot_chunk_bytes(config.max_frame_bytes),
             ..Default::default()
         }
         .validate()?;
@@ -281,6 +312,16 @@ impl Cluster {
 
     /// Commit `cmd`, on the leader wherever it is.
     pub async fn write(&self, cmd: ClusterCommand) -> Result<ClusterResponse, WriteError> {
+        let limit = max_entry_bytes(self.links.max_frame());
+        let bytes = serde_json::to_vec(&cmd).map_or(0, |b| b.len());
+        if bytes > limit {
+            tracing::warn!(
+                bytes,
+                limit,
+                "cluster: write refused: entry too large for a frame"
+            );
+            return Err(WriteError::TooLarge { bytes, limit });
+        }
         match tokio::time::timeout(WRITE_TIMEOUT, self.write_inner(cmd)).await {
             Ok(r) => r,
             Err(_) => Err(WriteError::Timeout),

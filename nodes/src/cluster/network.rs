@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -144,18 +145,35 @@ type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
 impl<C: RaftWire> PeerRaftClient<C> {
+    /// `entries`: how many log entries the request carries (AppendEntries), so that one too
+    /// large for a NodeLink frame is retried by openraft in smaller batches.
     async fn call<T, E: std::error::Error>(
         &self,
         req: Request,
         option: &RPCOption,
         unwrap: Unwrap<T, E>,
+        entries: Option<u64>,
     ) -> RpcResult<T, E> {
         // Leave openraft room to see the timeout as ours, not its own.
         let ttl = option.hard_ttl().max(Duration::from_millis(50));
-        let reply = self.link.request(req, ttl).await.map_err(|e| match e {
-            LinkError::Timeout(_) | LinkError::Lost(_) => RPCError::Network(NetworkError::new(&e)),
-            _ => RPCError::Unreachable(Unreachable::new(&e)),
-        })?;
+        let reply = self
+            .link
+            .request(req, ttl)
+            .await
+            .map_err(|e| match (e, entries) {
+                // Bounded by bytes (`cluster.max_frame_bytes`), not only by openraft's entry
+                // count: half as many entries next time, down to one (which openraft then
+                // treats as unreachable).
+                (e @ LinkError::TooLarge(..), Some(n)) => {
+                    tracing::warn!(target = self.target, entries = n, error = %e,
+                    "raft: AppendEntries over the frame limit; retrying in smaller batches");
+                    RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint((n / 2).max(1)))
+                }
+                (e @ (LinkError::Timeout(_) | LinkError::Lost(_)), _) => {
+                    RPCError::Network(NetworkError::new(&e))
+                }
+                (e, _) => RPCError::Unreachable(Unreachable::new(&e)),
+            })?;
         match unwrap(reply) {
             Some(Ok(r)) => Ok(r),
             Some(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
@@ -172,8 +190,14 @@ impl<C: RaftWire> RaftNetwork<C> for PeerRaftClient<C> {
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        self.call(C::append(self.group, rpc), &option, C::append_reply)
-            .await
+        let entries = rpc.entries.len() as u64;
+        self.call(
+            C::append(self.group, rpc),
+            &option,
+            C::append_reply,
+            Some(entries),
+        )
+        .await
     }
 
     async fn install_snapshot(
@@ -181,8 +205,13 @@ impl<C: RaftWire> RaftNetwork<C> for PeerRaftClient<C> {
         rpc: InstallSnapshotRequest<C>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call(C::snapshot(self.group, rpc), &option, C::snapshot_reply)
-            .await
+        self.call(
+            C::snapshot(self.group, rpc),
+            &option,
+            C::snapshot_reply,
+            None,
+        )
+        .await
     }
 
     async fn vote(
@@ -190,7 +219,89 @@ impl<C: RaftWire> RaftNetwork<C> for PeerRaftClient<C> {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>> {
-        self.call(C::vote(self.group, rpc), &option, C::vote_reply)
+        self.call(C::vote(self.group, rpc), &option, C::vote_reply, None)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::link::{LinkLimits, LinkSecret, LinkService};
+    use crate::cluster::messages::Push;
+    use crate::cluster::routing_table::{AccountChange, ClusterCommand};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+    use tokio::net::TcpListener;
+
+    struct Pong;
+    impl LinkService for Pong {
+        async fn request(self: Arc<Self>, _from: NodeId, _req: Request) -> Reply {
+            Reply::Pong
+        }
+        fn push(&self, _from: NodeId, _push: Push) {}
+    }
+
+    fn entries(n: u64, bytes: usize) -> Vec<Entry<ClusterTypes>> {
+        (1..=n)
+            .map(|i| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                payload: EntryPayload::Normal(ClusterCommand::Accounts(vec![
+                    AccountChange::Create {
+                        jid: format!("u{i}@example.net"),
+                        record: "r".repeat(bytes),
+                    },
+                ])),
+            })
+            .collect()
+    }
+
+    /// AppendEntries are bounded by bytes: one over the frame limit comes back as openraft's
+    /// `PayloadTooLarge` with half the entries as hint, so openraft resends in smaller
+    /// batches instead of failing the follower.
+    #[tokio::test]
+    async fn an_append_over_the_frame_limit_asks_openraft_for_smaller_batches() {
+        let secret = LinkSecret::new("network-test-secret-01");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let limits = LinkLimits {
+            max_frame_bytes: 100_000,
+            max_pending_handshakes: 4,
+        };
+        let follower = NodeLinks::new(2, &addr, secret.clone(), limits);
+        tokio::spawn(follower.serve(listener, Arc::new(Pong)));
+        let leader = NodeLinks::new(1, "127.0.0.1:0", secret, limits);
+        let mut factory = LinkNetwork::<ClusterTypes> {
+            links: leader.clone(),
+            group: (),
+        };
+        let mut client = factory.new_client(2, &BasicNode::new(&addr)).await;
+        for _ in 0..100 {
+            if leader.existing(2).is_some_and(|l| l.is_connected()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let append = |entries| AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries,
+            leader_commit: None,
+        };
+        let option = RPCOption::new(Duration::from_secs(5));
+        match client
+            .append_entries(append(entries(8, 20_000)), option.clone())
+            .await
+        {
+            Err(RPCError::PayloadTooLarge(e)) => assert_eq!(e.entries_hint(), 4),
+            other => panic!("expected PayloadTooLarge, got {other:?}"),
+        }
+        // Four of them fit: they reach the peer (whose answer is not an AppendEntries one).
+        match client
+            .append_entries(append(entries(4, 20_000)), option)
+            .await
+        {
+            Err(RPCError::Network(_)) => {}
+            other => panic!("expected the peer's (unexpected) answer, got {other:?}"),
+        }
     }
 }

@@ -134,6 +134,7 @@ impl ShardGroups {
                 snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_entries),
                 max_in_snapshot_log_to_keep: snapshot_entries / 4,
                 purge_batch_size: (snapshot_entries / 4).max(1),
+                snapshot_max_chunk_size: super::snapshot_chunk_bytes(links.max_frame()),
                 ..Default::default()
             }
             .validate()?,
