@@ -164,6 +164,17 @@ pub fn prepare_resource(s: &str) -> Result<String, JidError> {
 /// of letters, digits, `-` and `_`; other labels are width-mapped, case-mapped and NFC-normalised
 /// (UsernameCaseMapped), an approximation of IDNA2008 without Punycode conversion.
 pub fn prepare_domain(s: &str) -> Result<String, JidError> {
+    let once = prepare_domain_once(s)?;
+    // Mapping can turn a label into something the rules for its new form refuse (a fullwidth
+    // `４` becomes `4`, and an all-digit name must be an IPv4 address): the prepared domain
+    // must prepare to itself (RFC 8264 §7), found by the `jid` fuzz target.
+    if once != s && prepare_domain_once(&once).ok().as_ref() != Some(&once) {
+        return Err(JidError::InvalidDomain);
+    }
+    Ok(once)
+}
+
+fn prepare_domain_once(s: &str) -> Result<String, JidError> {
     if s.len() > MAX_RAW_PART {
         return Err(JidError::TooLong);
     }

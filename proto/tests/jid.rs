@@ -228,6 +228,9 @@ fn preparation_that_is_not_stable_is_refused() {
         "=\u{303}\u{338}",
         "a=\u{338}\u{303}@example.com",
         "x@=\u{338}\u{303}.example",
+        // A fullwidth digit maps to an ASCII one: the all-digit name is no IPv4 address.
+        "\u{ff14}",
+        "a@\u{ff11}\u{ff12}",
     ] {
         assert!(Jid::parse(s).is_err(), "{s:?}");
     }

@@ -18,6 +18,9 @@ const NS: &str = "jabber:client";
 const HEADER: &[u8] =
     b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
 
+const HEADER_WITH_DB: &[u8] = b"<stream:stream xmlns='jabber:client' \
+    xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback'>";
+
 type Events = Vec<Result<StreamEvent, ReadError>>;
 
 fn drain(r: &mut StreamReader, out: &mut Events) -> bool {
@@ -114,7 +117,9 @@ fn check_element(el: &Element, wire: usize, limits: &Limits) {
         Err(e) => panic!("to_xml_string output does not parse: {e}: {standalone}"),
     }
 
-    let mut doc = HEADER.to_vec();
+    // `write_to` writes dialback elements as `db:NAME`, relying on the stream header to bind
+    // `db` (as the s2s header does), so the header read back here binds it too.
+    let mut doc = HEADER_WITH_DB.to_vec();
     el.write_to(&mut doc, NS);
     // Serialising adds namespace declarations and escapes, so allow for that (but not for longer
     // tokens: limits apply to decoded values, which do not change).
