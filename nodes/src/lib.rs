@@ -2,6 +2,7 @@
 //! admin endpoint. The `switchboard` binary (`main.rs`) is its command line.
 
 pub mod admin;
+pub mod admission;
 pub mod c2s;
 pub mod cluster;
 pub mod config;

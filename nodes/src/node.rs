@@ -177,10 +177,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             im: shards.clone(),
             shutdown: shutdown_rx,
             next_session_id: AtomicU64::new(1),
-            admission: c2s::admission::Admission::new(
+            admission: Arc::new(crate::admission::ConnectionLimiter::new(
                 settings.c2s.max_unauthenticated_connections,
                 settings.c2s.max_unauthenticated_per_address,
-            ),
+            )),
         });
 
         let admin_listener = admin::bind(&admin_listener_path)

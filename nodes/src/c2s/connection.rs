@@ -22,6 +22,7 @@ use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use super::messages::{ConnectionClosed, FlushDeliveries, FromClient};
 use super::session::{QueueWork, SendQueue, SessionActor};
 use super::transport::Transport;
+use crate::admission::{ConnectionLimiter, ConnectionPermit, ConnectionRefusal};
 use crate::config::C2sSettings;
 use crate::ext::Extensions;
 use crate::im::messages::GetFilters;
@@ -56,7 +57,8 @@ pub struct C2sContext {
     pub im: crate::im::RosterShards,
     pub shutdown: watch::Receiver<bool>,
     pub next_session_id: AtomicU64,
-    pub admission: Arc<super::admission::Admission>,
+    /// Unauthenticated connections, in total and per address.
+    pub admission: Arc<ConnectionLimiter>,
 }
 
 impl C2sContext {
@@ -84,29 +86,36 @@ impl C2sContext {
     }
 }
 
-/// Refuse a connection over an admission cap: a stream error on a plain socket, a close
-/// before the handshake on a direct-TLS one (nothing readable could be said in the clear).
+/// Refuse a connection over an unauthenticated-connection cap: our stream header and a
+/// stream error (RFC 6120 §4.9.3.17 `<resource-constraint/>` for the node's cap, §4.9.3.14
+/// `<policy-violation/>` for the per-address one) on a plain socket; on a direct-TLS one a
+/// close before the handshake (nothing readable could be said in the clear).
 pub async fn refuse(
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     ctx: Arc<C2sContext>,
     direct_tls: bool,
-    refusal: super::admission::Refusal,
+    refusal: ConnectionRefusal,
 ) {
-    if !direct_tls {
-        let domain = ctx.domains.first().map_or("localhost", String::as_str);
-        let id: u64 = rand::thread_rng().gen();
-        let mut out = proto::stream::header_bytes(
-            proto::ns::CLIENT,
-            domain,
-            None,
-            &format!("{id:016x}"),
-            "en",
-        );
-        out.extend_from_slice(&refusal.stream_error().to_bytes());
-        out.extend_from_slice(proto::stream::CLOSE);
-        let _ = timeout(Duration::from_secs(2), tcp.write_all(&out)).await;
-        let _ = timeout(Duration::from_secs(1), tcp.shutdown()).await;
+    if direct_tls {
+        return;
     }
+    let error = match refusal {
+        ConnectionRefusal::Total => StreamError::with_text(
+            StreamErrorCondition::ResourceConstraint,
+            "too many unauthenticated connections; try again later",
+        ),
+        ConnectionRefusal::PerSource => StreamError::with_text(
+            StreamErrorCondition::PolicyViolation,
+            "too many unauthenticated connections from your address",
+        ),
+    };
+    let domain = ctx.domains.first().map_or("localhost", String::as_str);
+    let id: u64 = rand::thread_rng().gen();
+    let mut out =
+        proto::stream::header_bytes(proto::ns::CLIENT, domain, None, &format!("{id:016x}"), "en");
+    out.extend_from_slice(&error.to_bytes());
+    out.extend_from_slice(proto::stream::CLOSE);
+    crate::admission::refuse(tcp, out).await;
 }
 
 /// Why the loop woke up.
@@ -144,7 +153,7 @@ struct Connection {
     gauge: GaugeGuard,
     accepted: Instant,
     /// Counted against the admission caps until the client authenticates.
-    unauthenticated: Option<super::admission::Unauthenticated>,
+    unauthenticated: Option<ConnectionPermit>,
 }
 
 /// Serve one accepted socket until it closes.
@@ -153,7 +162,7 @@ pub async fn serve(
     ctx: Arc<C2sContext>,
     direct_tls: bool,
     _permit: OwnedSemaphorePermit,
-    unauthenticated: super::admission::Unauthenticated,
+    unauthenticated: ConnectionPermit,
 ) {
     let peer = tcp.peer_addr().ok();
     let _ = tcp.set_nodelay(true);

@@ -1,6 +1,5 @@
 //! Client-to-server: listeners, the per-connection I/O task, and the SessionActor.
 
-pub mod admission;
 pub mod connection;
 pub mod messages;
 pub mod session;
@@ -12,6 +11,8 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 pub use connection::C2sContext;
+
+use crate::admission::ConnectionRefusal;
 
 const LISTEN_BACKLOG: i32 = 4096;
 
@@ -71,7 +72,7 @@ pub async fn accept_loop(
             _ = shutdown.changed() => return,
         };
         match accepted {
-            Ok((tcp, peer)) => match ctx.admission.admit(peer.ip()) {
+            Ok((tcp, peer)) => match ctx.admission.try_acquire(Some(peer.ip())) {
                 Ok(unauthenticated) => {
                     actix_rt::spawn(connection::serve(
                         tcp,
@@ -82,6 +83,7 @@ pub async fn accept_loop(
                     ));
                 }
                 Err(refusal) => {
+                    refused(peer.ip(), refusal, &ctx);
                     actix_rt::spawn(connection::refuse(tcp, ctx.clone(), direct_tls, refusal));
                 }
             },
@@ -91,5 +93,38 @@ pub async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// Unix second of the last refusal logged: one warning a second in a flood, not one a socket.
+static LAST_REFUSAL_LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Count and log a connection refused at accept by the unauthenticated-connection caps.
+fn refused(peer: std::net::IpAddr, refusal: ConnectionRefusal, ctx: &C2sContext) {
+    let (label, key, cap) = match refusal {
+        ConnectionRefusal::Total => (
+            "node",
+            "c2s.max_unauthenticated_connections",
+            ctx.settings.max_unauthenticated_connections,
+        ),
+        ConnectionRefusal::PerSource => (
+            "address",
+            "c2s.max_unauthenticated_per_address",
+            ctx.settings.max_unauthenticated_per_address,
+        ),
+    };
+    crate::metrics::METRICS
+        .c2s_refused
+        .with_label_values(&[label])
+        .inc();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST_REFUSAL_LOGGED.swap(now, std::sync::atomic::Ordering::Relaxed) != now {
+        tracing::warn!(
+            %peer,
+            cap,
+            "c2s connection refused: {key} reached (further refusals this second not logged)"
+        );
     }
 }

@@ -11,7 +11,6 @@
 //! the answers to what it sends.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,21 +27,16 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
 
 use super::io::S2sIo;
-use super::limits::{self, ConnectionPermit, ConnectionRefusal};
+use super::limits;
 use super::manager::S2sManager;
 use super::messages::{SendRemote, VerifyDialback};
 use super::outbound::describe;
 use super::S2sShared;
+use crate::admission::{ConnectionPermit, ConnectionRefusal};
 use crate::ext::{IqOutcome, IqRequest};
 use crate::router::messages::RouteStanza;
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// A refused connection gets this long to take its stream error before it is closed.
-const REFUSAL_LINGER: Duration = Duration::from_secs(2);
-/// Refused connections being answered at once; beyond it they are closed without a word,
-/// so a connection flood cannot hold more sockets through the refusals themselves.
-const MAX_REFUSING: usize = 64;
-static REFUSING: AtomicUsize = AtomicUsize::new(0);
 /// While paused by backpressure, look again at least this often.
 const PAUSE_RECHECK: Duration = Duration::from_secs(1);
 
@@ -50,19 +44,15 @@ const PAUSE_RECHECK: Duration = Duration::from_secs(1);
 /// `<resource-constraint/>` for the total, §4.9.3.14 `<policy-violation/>` for one
 /// address) and close it. Our header goes first, as the stream error needs one (§4.9.1.1);
 /// on the direct-TLS listener the connection is just closed (a TLS handshake would cost
-/// more than the peer's connection). After our closing tag we read and discard what the
-/// peer sends for a moment, so that closing with unread data does not reset the connection
-/// before the peer has read the error.
+/// more than the peer's connection). `admission::refuse` writes it, bounded in time and in
+/// refusals at once.
 pub async fn refuse(
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     shared: Arc<S2sShared>,
     direct_tls: bool,
     refusal: ConnectionRefusal,
 ) {
-    if direct_tls || REFUSING.fetch_add(1, Ordering::Relaxed) >= MAX_REFUSING {
-        if !direct_tls {
-            REFUSING.fetch_sub(1, Ordering::Relaxed);
-        }
+    if direct_tls {
         return;
     }
     let error = match refusal {
@@ -85,15 +75,7 @@ pub async fn refuse(
     let mut out = proto::s2s::header_bytes(from, None, Some(&id));
     out.extend_from_slice(&error.to_bytes());
     out.extend_from_slice(proto::stream::CLOSE);
-    let _ = timeout(REFUSAL_LINGER, async {
-        tcp.write_all(&out).await?;
-        tcp.shutdown().await?;
-        let mut sink = [0u8; 4096];
-        while tcp.read(&mut sink).await? > 0 {}
-        Ok::<(), std::io::Error>(())
-    })
-    .await;
-    REFUSING.fetch_sub(1, Ordering::Relaxed);
+    crate::admission::refuse(tcp, out).await;
 }
 
 /// A dialback verification that came back: (originating, receiving, outcome).

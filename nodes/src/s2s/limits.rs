@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -65,124 +64,6 @@ impl LogThrottle {
             return None;
         }
         Some(self.suppressed.swap(0, Ordering::Relaxed))
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Inbound connections
-// ---------------------------------------------------------------------------------------
-
-/// Why an inbound connection was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectionRefusal {
-    /// `s2s.max_inbound_connections` are open.
-    Total,
-    /// `s2s.max_inbound_connections_per_address` are open from this source.
-    PerSource,
-}
-
-impl ConnectionRefusal {
-    pub fn label(self) -> &'static str {
-        match self {
-            ConnectionRefusal::Total => "inbound_connections",
-            ConnectionRefusal::PerSource => "inbound_connections_per_address",
-        }
-    }
-}
-
-/// The key connections are counted under: an IPv4 address (an IPv4-mapped IPv6 address
-/// counts as its IPv4 address), or the /64 prefix of an IPv6 address, since one host or
-/// site usually holds a whole /64 and could otherwise use a fresh address per connection.
-pub fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let bits = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(bits.into())
-            }
-        },
-    }
-}
-
-#[derive(Default)]
-struct ConnectionCounts {
-    total: usize,
-    per_source: HashMap<IpAddr, usize>,
-}
-
-/// Counts the open inbound s2s connections.
-pub struct ConnectionLimiter {
-    max_total: usize,
-    max_per_source: usize,
-    counts: Mutex<ConnectionCounts>,
-}
-
-/// One admitted connection; dropping it gives its place back.
-pub struct ConnectionPermit {
-    limiter: Arc<ConnectionLimiter>,
-    source: Option<IpAddr>,
-}
-
-impl ConnectionLimiter {
-    pub fn new(max_total: usize, max_per_source: usize) -> ConnectionLimiter {
-        ConnectionLimiter {
-            max_total,
-            max_per_source,
-            counts: Mutex::new(ConnectionCounts::default()),
-        }
-    }
-
-    /// Admit a connection from `peer` (`None`: the address is unknown, counted in the
-    /// total only), or say which limit it would pass.
-    pub fn try_acquire(
-        self: &Arc<Self>,
-        peer: Option<IpAddr>,
-    ) -> Result<ConnectionPermit, ConnectionRefusal> {
-        let source = peer.map(source_key);
-        let mut counts = lock(&self.counts);
-        if counts.total >= self.max_total {
-            return Err(ConnectionRefusal::Total);
-        }
-        if let Some(s) = source {
-            let n = counts.per_source.entry(s).or_insert(0);
-            if *n >= self.max_per_source {
-                return Err(ConnectionRefusal::PerSource);
-            }
-            *n += 1;
-        }
-        counts.total += 1;
-        Ok(ConnectionPermit {
-            limiter: self.clone(),
-            source,
-        })
-    }
-
-    /// Open connections: (total, from `peer`'s source).
-    pub fn open(&self, peer: Option<IpAddr>) -> (usize, usize) {
-        let counts = lock(&self.counts);
-        let from = peer
-            .map(source_key)
-            .and_then(|s| counts.per_source.get(&s).copied())
-            .unwrap_or(0);
-        (counts.total, from)
-    }
-}
-
-impl Drop for ConnectionPermit {
-    fn drop(&mut self) {
-        let mut counts = lock(&self.limiter.counts);
-        counts.total = counts.total.saturating_sub(1);
-        if let Some(s) = self.source {
-            if let Some(n) = counts.per_source.get_mut(&s) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    // Keep the map as small as the set of sources connected right now.
-                    counts.per_source.remove(&s);
-                }
-            }
-        }
     }
 }
 
@@ -495,51 +376,6 @@ impl<K: Hash + Eq + Clone> ExpiringSet<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn connections_are_capped_in_total_and_per_source() {
-        let limiter = Arc::new(ConnectionLimiter::new(3, 2));
-        let a1 = limiter.try_acquire(Some(ip("192.0.2.1"))).unwrap();
-        let a2 = limiter.try_acquire(Some(ip("192.0.2.1"))).unwrap();
-        assert_eq!(
-            limiter.try_acquire(Some(ip("192.0.2.1"))).err(),
-            Some(ConnectionRefusal::PerSource)
-        );
-        // The same IPv4 address written as IPv4-mapped IPv6 is the same source.
-        assert_eq!(
-            limiter.try_acquire(Some(ip("::ffff:192.0.2.1"))).err(),
-            Some(ConnectionRefusal::PerSource)
-        );
-        let b = limiter.try_acquire(Some(ip("192.0.2.2"))).unwrap();
-        assert_eq!(
-            limiter.try_acquire(Some(ip("192.0.2.3"))).err(),
-            Some(ConnectionRefusal::Total)
-        );
-        assert_eq!(limiter.open(Some(ip("192.0.2.1"))), (3, 2));
-        drop(a1);
-        assert_eq!(limiter.open(Some(ip("192.0.2.1"))), (2, 1));
-        let _a3 = limiter.try_acquire(Some(ip("192.0.2.1"))).unwrap();
-        drop((a2, b));
-        assert_eq!(limiter.open(Some(ip("192.0.2.2"))), (1, 0));
-        // A source with no connection left is forgotten.
-        assert_eq!(lock(&limiter.counts).per_source.len(), 1);
-    }
-
-    #[test]
-    fn ipv6_sources_are_counted_per_64() {
-        let limiter = Arc::new(ConnectionLimiter::new(10, 1));
-        let _a = limiter.try_acquire(Some(ip("2001:db8:1:2::1"))).unwrap();
-        assert_eq!(
-            limiter.try_acquire(Some(ip("2001:db8:1:2:ffff::9"))).err(),
-            Some(ConnectionRefusal::PerSource)
-        );
-        assert!(limiter.try_acquire(Some(ip("2001:db8:1:3::1"))).is_ok());
-        assert_eq!(source_key(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
-    }
 
     fn message(body: &str) -> Element {
         Element::new("message", proto::ns::CLIENT)

@@ -58,7 +58,7 @@ pub struct S2sShared {
     /// What all outbound link queues hold together.
     pub queue_budget: Arc<limits::QueueBudget>,
     /// Open inbound connections, in total and per source address.
-    pub inbound_connections: Arc<limits::ConnectionLimiter>,
+    pub inbound_connections: Arc<crate::admission::ConnectionLimiter>,
     /// Refused inbound connections log at most once per interval and limit (total, per
     /// address).
     pub refused_log: [limits::LogThrottle; 2],
@@ -153,7 +153,7 @@ pub fn start(
         shutdown,
         backpressure: Arc::new(limits::Backpressure::default()),
         queue_budget: Arc::new(limits::QueueBudget::new(settings.s2s.max_total_queue_bytes)),
-        inbound_connections: Arc::new(limits::ConnectionLimiter::new(
+        inbound_connections: Arc::new(crate::admission::ConnectionLimiter::new(
             settings.s2s.max_inbound_connections,
             settings.s2s.max_inbound_connections_per_address,
         )),
@@ -201,7 +201,12 @@ async fn accept_loop(listener: C2sListener, shared: Arc<S2sShared>, manager: Add
                     ));
                 }
                 Err(refusal) => {
-                    limits::count(refusal.label());
+                    limits::count(match refusal {
+                        crate::admission::ConnectionRefusal::Total => "inbound_connections",
+                        crate::admission::ConnectionRefusal::PerSource => {
+                            "inbound_connections_per_address"
+                        }
+                    });
                     let (open, from_peer) = shared.inbound_connections.open(Some(peer.ip()));
                     let throttle = &shared.refused_log[refusal as usize];
                     if let Some(suppressed) = throttle.tick() {
@@ -214,9 +219,9 @@ async fn accept_loop(listener: C2sListener, shared: Arc<S2sShared>, manager: Add
                             suppressed,
                             "s2s inbound connection refused: {}",
                             match refusal {
-                                limits::ConnectionRefusal::Total =>
+                                crate::admission::ConnectionRefusal::Total =>
                                     "s2s.max_inbound_connections reached",
-                                limits::ConnectionRefusal::PerSource =>
+                                crate::admission::ConnectionRefusal::PerSource =>
                                     "s2s.max_inbound_connections_per_address reached for this address",
                             }
                         );
