@@ -31,6 +31,25 @@ pub enum ConnectionRefusal {
     PerSource,
 }
 
+impl ConnectionRefusal {
+    /// The stream error that tells the peer (`kind`: "unauthenticated", "server-to-server"):
+    /// RFC 6120 §4.9.3.17 `<resource-constraint/>` for the total (the node is full, try
+    /// later), §4.9.3.14 `<policy-violation/>` for the per-address limit (local policy).
+    pub fn stream_error(self, kind: &str) -> proto::error::StreamError {
+        use proto::error::{StreamError, StreamErrorCondition};
+        match self {
+            ConnectionRefusal::Total => StreamError::with_text(
+                StreamErrorCondition::ResourceConstraint,
+                format!("too many {kind} connections; try again later"),
+            ),
+            ConnectionRefusal::PerSource => StreamError::with_text(
+                StreamErrorCondition::PolicyViolation,
+                format!("too many {kind} connections from your address"),
+            ),
+        }
+    }
+}
+
 /// The key connections are counted under: an IPv4 address (an IPv4-mapped IPv6 address
 /// counts as its IPv4 address), or the /64 prefix of an IPv6 address, since one host or
 /// site usually holds a whole /64 and could otherwise use a fresh address per connection.

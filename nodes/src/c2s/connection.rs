@@ -99,16 +99,7 @@ pub async fn refuse(
     if direct_tls {
         return;
     }
-    let error = match refusal {
-        ConnectionRefusal::Total => StreamError::with_text(
-            StreamErrorCondition::ResourceConstraint,
-            "too many unauthenticated connections; try again later",
-        ),
-        ConnectionRefusal::PerSource => StreamError::with_text(
-            StreamErrorCondition::PolicyViolation,
-            "too many unauthenticated connections from your address",
-        ),
-    };
+    let error = refusal.stream_error("unauthenticated");
     let domain = ctx.domains.first().map_or("localhost", String::as_str);
     let id: u64 = rand::thread_rng().gen();
     let mut out =

@@ -55,16 +55,7 @@ pub async fn refuse(
     if direct_tls {
         return;
     }
-    let error = match refusal {
-        ConnectionRefusal::Total => StreamError::with_text(
-            StreamErrorCondition::ResourceConstraint,
-            "too many inbound server-to-server connections; try again later",
-        ),
-        ConnectionRefusal::PerSource => StreamError::with_text(
-            StreamErrorCondition::PolicyViolation,
-            "too many server-to-server connections from your address",
-        ),
-    };
+    let error = refusal.stream_error("server-to-server");
     let from = shared
         .policy
         .domains
