@@ -8,6 +8,7 @@ thread stacks) but far below what the node held before the fix: 637 MB for the f
 """
 
 import asyncio
+import contextlib
 import time
 
 from rawxmpp import XmppClient, login, q, stream_error_condition, xml_str
@@ -67,18 +68,35 @@ def stream_error_in(data: bytes) -> str | None:
     return body.lstrip("<").split(" ", 1)[0].split("/", 1)[0]
 
 
-async def witness_pings(srv, acct, stop: asyncio.Event, results: list):
-    """A logged-in client that pings the server every 200 ms until `stop`."""
-    c = await login(srv, acct, resource="witness", label="witness")
+@contextlib.asynccontextmanager
+async def served_witness(srv, acct):
+    """A logged-in client pinging the server every 200 ms while the block runs; at its end
+    the witness must have been answered (a well-behaved client keeps being served)."""
+    stop, pings = asyncio.Event(), []
+
+    async def ping_until_stopped():
+        c = await login(srv, acct, resource="witness", label="witness")
+        try:
+            while not stop.is_set():
+                t0 = time.monotonic()
+                resp = await c.ping(timeout=10)
+                assert resp.get("type") == "result", xml_str(resp)
+                pings.append(time.monotonic() - t0)
+                await asyncio.sleep(0.2)
+        finally:
+            await c.close()
+
+    witness = asyncio.create_task(ping_until_stopped())
+    await asyncio.sleep(0.5)
     try:
-        while not stop.is_set():
-            t0 = time.monotonic()
-            resp = await c.ping(timeout=10)
-            assert resp.get("type") == "result", xml_str(resp)
-            results.append(time.monotonic() - t0)
-            await asyncio.sleep(0.2)
+        yield
+        stop.set()
+        await asyncio.wait_for(witness, 15)
+        assert pings, "the witness was not served meanwhile"
     finally:
-        await c.close()
+        stop.set()
+        if not witness.done():
+            witness.cancel()
 
 
 async def test_namespace_amplification_before_auth_is_refused_and_memory_stays_bounded(make_server):
@@ -87,15 +105,13 @@ async def test_namespace_amplification_before_auth_is_refused_and_memory_stays_b
     The node used to grow 1,350 bytes per byte received; now the namespace is refused at
     the declaration and each connection gets <policy-violation/>."""
     srv = make_server(accounts=1)
-    acct = srv.account()
-    stop, pings = asyncio.Event(), []
-    witness = asyncio.create_task(witness_pings(srv, acct, stop, pings))
-    await asyncio.sleep(0.5)
-    rss_before = srv.pid_rss_kib()
     uri = "urn:x:" + "a" * 8000
     payload = (HEADER + f"<message xmlns='{uri}'>" + "<a/>" * 4000).encode()
-    attackers = [await Attacker.open(srv.c2s_port) for _ in range(20)]
-    try:
+    attackers = []
+    async with served_witness(srv, srv.account()):
+        rss_before = srv.pid_rss_kib()
+        attackers = [await Attacker.open(srv.c2s_port) for _ in range(20)]
+
         async def attack(a):
             try:
                 await a.send(payload)
@@ -103,24 +119,19 @@ async def test_namespace_amplification_before_auth_is_refused_and_memory_stays_b
                 pass  # the node closed after its stream error
             return await a.read_until_closed()
 
-        replies = await asyncio.gather(*(attack(a) for a in attackers))
-        rss_peak = srv.pid_rss_kib()
-        sent = sum(a.sent for a in attackers)
-        for r in replies:
-            assert stream_error_in(r) == "policy-violation", r[-300:]
-        grown = (rss_peak - rss_before) * 1024
-        print(f"namespace amplification: sent {sent} B, RSS grew {grown} B")
-        # 20 x 24 KB = 480 KB sent; 637 MB before. Allow 40 bytes per byte (RSS noise).
-        assert grown <= 40 * sent, f"RSS grew {grown} bytes for {sent} sent"
-        stop.set()
-        await asyncio.wait_for(witness, 15)
-        assert pings, "the witness was not served during the attack"
-    finally:
-        stop.set()
-        for a in attackers:
-            a.close()
-        if not witness.done():
-            witness.cancel()
+        try:
+            replies = await asyncio.gather(*(attack(a) for a in attackers))
+            rss_peak = srv.pid_rss_kib()
+        finally:
+            for a in attackers:
+                a.close()
+    sent = sum(a.sent for a in attackers)
+    for r in replies:
+        assert stream_error_in(r) == "policy-violation", r[-300:]
+    grown = (rss_peak - rss_before) * 1024
+    print(f"namespace amplification: sent {sent} B, RSS grew {grown} B")
+    # 20 x 24 KB = 480 KB sent; 637 MB before. Allow 40 bytes per byte (RSS noise).
+    assert grown <= 40 * sent, f"RSS grew {grown} bytes for {sent} sent"
 
 
 async def test_dense_stanzas_after_auth_cost_memory_proportional_to_bytes(make_server):
@@ -144,43 +155,35 @@ async def test_dense_stanzas_after_auth_cost_memory_proportional_to_bytes(make_s
         + " ".join(f"a{i}='{'v' * 4000}'" for i in range(64)) + ">",
     ]
     clients = []
-    stop, pings = asyncio.Event(), []
-    witness = asyncio.create_task(witness_pings(srv, witness_acct, stop, pings))
-    await asyncio.sleep(0.5)
-    rss_before = srv.pid_rss_kib()
     sent = 0
     conditions = []
-    try:
-        for i in range(12):
-            c = await login(srv, srv.account(), resource=f"dense{i}", label=f"dense{i}",
-                            tls_engine="openssl")
-            clients.append(c)
-            data = shapes[i % len(shapes)].encode()
-            try:
-                await c.send(data, timeout=20)
-            except (ConnectionError, OSError):
-                pass
-            sent += len(data)
-        rss_peak = srv.pid_rss_kib()
-        for c in clients:
-            try:
-                conditions.append(await c.expect_stream_error(10))
-            except Exception:  # noqa: BLE001 - still open: the stanza is within its limits
-                conditions.append(None)
-        grown = (rss_peak - rss_before) * 1024
-        print(f"dense stanzas: sent {sent} B, RSS grew {grown} B, conditions {conditions}")
-        # The reader's stated worst case is 84 bytes per byte; RSS adds allocator slack.
-        assert grown <= 100 * sent + 8 * 1024 * 1024, f"RSS grew {grown} bytes for {sent} sent"
-        assert all(c in ("policy-violation", None) for c in conditions), conditions
-        stop.set()
-        await asyncio.wait_for(witness, 15)
-        assert pings
-    finally:
-        stop.set()
-        for c in clients:
-            c.abort()
-        if not witness.done():
-            witness.cancel()
+    async with served_witness(srv, witness_acct):
+        rss_before = srv.pid_rss_kib()
+        try:
+            for i in range(12):
+                c = await login(srv, srv.account(), resource=f"dense{i}", label=f"dense{i}",
+                                tls_engine="openssl")
+                clients.append(c)
+                data = shapes[i % len(shapes)].encode()
+                try:
+                    await c.send(data, timeout=20)
+                except (ConnectionError, OSError):
+                    pass
+                sent += len(data)
+            rss_peak = srv.pid_rss_kib()
+            for c in clients:
+                try:
+                    conditions.append(await c.expect_stream_error(10))
+                except Exception:  # noqa: BLE001 - still open: the stanza is within its limits
+                    conditions.append(None)
+        finally:
+            for c in clients:
+                c.abort()
+    grown = (rss_peak - rss_before) * 1024
+    print(f"dense stanzas: sent {sent} B, RSS grew {grown} B, conditions {conditions}")
+    # The reader's stated worst case is 84 bytes per byte; RSS adds allocator slack.
+    assert grown <= 100 * sent + 8 * 1024 * 1024, f"RSS grew {grown} bytes for {sent} sent"
+    assert all(c in ("policy-violation", None) for c in conditions), conditions
 
 
 async def test_long_namespace_gives_policy_violation_after_auth(server):
