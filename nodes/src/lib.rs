@@ -10,6 +10,7 @@ pub mod data_dir;
 pub mod ext;
 pub mod http;
 pub mod im;
+pub mod log_throttle;
 pub mod metrics;
 pub mod node;
 pub mod router;

@@ -181,6 +181,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 settings.c2s.max_unauthenticated_connections,
                 settings.c2s.max_unauthenticated_per_address,
             )),
+            refused_log: crate::log_throttle::LogThrottle::new(Duration::from_secs(1)),
         });
 
         let admin_listener = admin::bind(&admin_listener_path)

@@ -59,6 +59,8 @@ pub struct C2sContext {
     pub next_session_id: AtomicU64,
     /// Unauthenticated connections, in total and per address.
     pub admission: Arc<ConnectionLimiter>,
+    /// One warning a second for refusals at accept, however many there are.
+    pub refused_log: crate::log_throttle::LogThrottle,
 }
 
 impl C2sContext {

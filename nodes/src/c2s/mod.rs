@@ -96,9 +96,6 @@ pub async fn accept_loop(
     }
 }
 
-/// Unix second of the last refusal logged: one warning a second in a flood, not one a socket.
-static LAST_REFUSAL_LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 /// Count and log a connection refused at accept by the unauthenticated-connection caps.
 fn refused(peer: std::net::IpAddr, refusal: ConnectionRefusal, ctx: &C2sContext) {
     let (label, key, cap) = match refusal {
@@ -117,14 +114,12 @@ fn refused(peer: std::net::IpAddr, refusal: ConnectionRefusal, ctx: &C2sContext)
         .c2s_refused
         .with_label_values(&[label])
         .inc();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    if LAST_REFUSAL_LOGGED.swap(now, std::sync::atomic::Ordering::Relaxed) != now {
+    if let Some(suppressed) = ctx.refused_log.tick() {
         tracing::warn!(
             %peer,
             cap,
-            "c2s connection refused: {key} reached (further refusals this second not logged)"
+            suppressed,
+            "c2s connection refused: {key} reached"
         );
     }
 }

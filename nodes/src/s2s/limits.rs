@@ -1,14 +1,13 @@
 //! Bounds on what federation peers (and a flood of stanzas to remote domains) can make the
-//! node hold: inbound connections in total and per source address, the bytes queued for one
+//! node hold: the bytes queued for one
 //! outbound link (with backpressure on the inbound streams of the same peer while it is
 //! full), and the table of links that recently failed. Pure bookkeeping with no sockets or
 //! tasks, unit-tested here; `inbound`, `outbound`, `manager` and `mod` apply it.
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use proto::element::{Element, Node};
 use tokio::sync::watch;
@@ -25,46 +24,6 @@ pub fn count(limit: &'static str) {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The data is plain counters: a panic elsewhere cannot leave it inconsistent.
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Lets a limit that trips in a flood log once per interval rather than once per event:
-/// `tick` says whether to log now and how many trips were not logged since.
-pub struct LogThrottle {
-    interval_ms: u64,
-    epoch: std::time::Instant,
-    /// Milliseconds since `epoch` of the last line, plus one (0: never logged).
-    last: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl LogThrottle {
-    pub fn new(interval: Duration) -> LogThrottle {
-        LogThrottle {
-            interval_ms: interval.as_millis().try_into().unwrap_or(u64::MAX),
-            epoch: std::time::Instant::now(),
-            last: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(suppressed)`: log now (`suppressed` trips were not logged before this one).
-    pub fn tick(&self) -> Option<u64> {
-        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
-        let last = self.last.load(Ordering::Relaxed);
-        if last != 0 && now.saturating_sub(last) < self.interval_ms {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        if self
-            .last
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-        {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(self.suppressed.swap(0, Ordering::Relaxed))
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -486,7 +445,7 @@ mod tests {
     #[test]
     fn failed_entries_expire_and_are_bounded() {
         let t0 = Instant::now();
-        let s = |n: u64| t0 + Duration::from_secs(n);
+        let s = |n: u64| t0 + std::time::Duration::from_secs(n);
         let mut set = ExpiringSet::new(3);
         assert!(!set.insert("a", s(10), t0));
         assert!(!set.insert("b", s(20), t0));
@@ -504,16 +463,5 @@ mod tests {
         assert!(!set.contains(&"c", s(31)));
         set.prune(s(45));
         assert_eq!(set.len(), 1);
-    }
-
-    #[test]
-    fn log_throttle_logs_once_per_interval_and_counts_the_rest() {
-        let t = LogThrottle::new(Duration::from_secs(3600));
-        assert_eq!(t.tick(), Some(0));
-        assert_eq!(t.tick(), None);
-        assert_eq!(t.tick(), None);
-        let t = LogThrottle::new(Duration::ZERO);
-        assert_eq!(t.tick(), Some(0));
-        assert_eq!(t.tick(), Some(0));
     }
 }

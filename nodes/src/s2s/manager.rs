@@ -20,10 +20,11 @@ use proto::s2s::DialbackOutcome;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::limits::{self, ExpiringSet, LinkQueue, LogThrottle, Reserve};
+use super::limits::{self, ExpiringSet, LinkQueue, Reserve};
 use super::messages::{LinkClosed, LinkUp, SendRemote, VerifyDialback};
 use super::outbound::{self, LinkCmd};
 use super::S2sShared;
+use crate::log_throttle::LogThrottle;
 
 /// How long an inbound stream waits for the authoritative server's answer.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);

@@ -61,7 +61,7 @@ pub struct S2sShared {
     pub inbound_connections: Arc<crate::admission::ConnectionLimiter>,
     /// Refused inbound connections log at most once per interval and limit (total, per
     /// address).
-    pub refused_log: [limits::LogThrottle; 2],
+    pub refused_log: [crate::log_throttle::LogThrottle; 2],
 }
 
 impl S2sShared {
@@ -158,8 +158,8 @@ pub fn start(
             settings.s2s.max_inbound_connections_per_address,
         )),
         refused_log: [
-            limits::LogThrottle::new(Duration::from_secs(10)),
-            limits::LogThrottle::new(Duration::from_secs(10)),
+            crate::log_throttle::LogThrottle::new(Duration::from_secs(10)),
+            crate::log_throttle::LogThrottle::new(Duration::from_secs(10)),
         ],
     });
     let manager = S2sManager::new(shared.clone()).start();
