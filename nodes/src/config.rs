@@ -19,6 +19,10 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     pub http: HttpSettings,
     pub s2s: S2sSettings,
+    /// `[modules.<name>]`: each extension module's section (see `modules`), checked
+    /// against the modules' declarations at load.
+    #[serde(default)]
+    pub modules: crate::modules::ModulesConfig,
 }
 
 /// The operator's HTTP endpoint: /metrics, /healthz, /readyz and the admin API.
@@ -438,6 +442,7 @@ impl Settings {
             prepared.push(p);
         }
         self.domains = prepared;
+        crate::modules::Registry::configure(&self.modules).map_err(ConfigError::Invalid)?;
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(ConfigError::Invalid(
                 "tls.cert and tls.key must be set together".into(),

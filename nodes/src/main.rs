@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use nodes::admin::protocol::{AdminRequest, AdminResponse};
 use nodes::admin::roster_import::{RosterImportItem, RosterImportOutcome};
 use nodes::config::Settings;
-use nodes::{ext, node, users};
+use nodes::{modules, node, users};
 
 #[derive(Parser)]
 #[command(name = "switchboard", version, about = "A clustered XMPP server")]
@@ -48,8 +48,14 @@ enum Command {
         #[command(subcommand)]
         command: RosterCommand,
     },
-    /// Print the specifications this build implements.
+    /// Print the specifications this build implements (with the configured modules).
     Features,
+    /// List the extension modules, whether the configuration enables them, and their
+    /// options; `--markdown` prints README's module reference.
+    Modules {
+        #[arg(long)]
+        markdown: bool,
+    },
     /// Inspect or change the running node's cluster.
     Cluster {
         #[command(subcommand)]
@@ -128,8 +134,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             node::run(settings)
         }
         Command::Features => {
-            for s in ext::Extensions::default().support_table() {
+            let registry =
+                modules::Registry::configure(&settings.modules).map_err(anyhow::Error::msg)?;
+            for s in registry.support_table() {
                 println!("{:<10} {}", s.spec, s.title);
+            }
+            Ok(())
+        }
+        Command::Modules { markdown: true } => {
+            print!("{}", modules::reference_markdown());
+            Ok(())
+        }
+        Command::Modules { markdown: false } => {
+            let registry =
+                modules::Registry::configure(&settings.modules).map_err(anyhow::Error::msg)?;
+            for m in modules::Registry::declared() {
+                let on = registry.modules().any(|r| r.name() == m.name());
+                let specs: Vec<&str> = m.specs().iter().map(|s| s.spec).collect();
+                println!(
+                    "{:<18} {:<8} {}",
+                    m.name(),
+                    if on { "enabled" } else { "disabled" },
+                    specs.join(", ")
+                );
             }
             Ok(())
         }

@@ -17,9 +17,9 @@ use crate::admin::{self, AdminServer};
 use crate::c2s::{self, C2sContext, C2sListener};
 use crate::cluster::{parse_member, Cluster, ClusterConfig, ClusterService, UpdateSink};
 use crate::config::Settings;
-use crate::ext::Extensions;
 use crate::http::HttpEndpoint;
 use crate::im::{AttachShards, DataWriter, ImLimits, RosterActor, RosterShards};
+use crate::modules::Registry;
 use crate::router::messages::{ClusterUpdate, LocalRoutes, Resynced};
 use crate::router::Router;
 use crate::tls::TlsContext;
@@ -151,12 +151,12 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             serve_cluster(cluster, listener, &cluster_arbiter, &router, &shards)?;
         }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let ext = Arc::new(Extensions::default());
+        let modules = Arc::new(Registry::configure(&settings.modules).map_err(anyhow::Error::msg)?);
         let s2s = crate::s2s::start(
             &settings,
             dialback_secret,
             router.clone(),
-            ext.clone(),
+            modules.clone(),
             shutdown_rx.clone(),
             s2s_listeners,
         )?;
@@ -167,12 +167,18 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 tls_available: true,
                 tls_required: settings.c2s.require_tls,
                 max_auth_failures: settings.c2s.max_auth_failures,
+                bound_features: modules.stream_features(),
+                nonza_namespaces: modules
+                    .nonza_namespaces()
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
             }),
             settings: settings.c2s.clone(),
             auth,
             tls,
             router: router.clone(),
-            ext,
+            modules,
             domains,
             im: shards.clone(),
             shutdown: shutdown_rx,

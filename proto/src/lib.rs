@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod blocklist;
+pub mod datetime;
 pub mod dialback;
 pub mod element;
 pub mod error;

@@ -27,6 +27,13 @@ pub struct C2sPolicy {
     pub tls_required: bool,
     /// Failed SASL attempts before the stream is closed.
     pub max_auth_failures: u32,
+    /// Stream features the server's extensions offer once the client authenticated
+    /// (RFC 6120 §4.3.2), after bind's: e.g. `<csi xmlns='urn:xmpp:csi:0'/>` (XEP-0352).
+    pub bound_features: Vec<Element>,
+    /// Namespaces of top-level elements that are not stanzas but that a bound client may
+    /// send (nonzas such as XEP-0352's `<active/>`): they come out as [`Action::Nonza`]
+    /// instead of closing the stream with `<unsupported-stanza-type/>`.
+    pub nonza_namespaces: Vec<String>,
 }
 
 /// Something the caller must do, in order.
@@ -47,6 +54,8 @@ pub enum Action {
     },
     /// A stanza from the bound session, for the router.
     Stanza(Element),
+    /// A top-level element in one of [`C2sPolicy::nonza_namespaces`] from the bound session.
+    Nonza(Element),
     /// Close the stream: the bytes are already in a preceding `Send`.
     Close,
 }
@@ -207,6 +216,9 @@ impl C2sNegotiation {
                 // RFC 6121 §2.6.1 roster versioning and §3.4 subscription pre-approval.
                 .with_child(Element::new("ver", "urn:xmpp:features:rosterver"))
                 .with_child(Element::new("sub", "urn:xmpp:features:pre-approval"));
+            for f in &self.policy.bound_features {
+                features = features.with_child(f.clone());
+            }
         } else {
             let offer_tls = !self.secured && self.policy.tls_available;
             if offer_tls {
@@ -470,6 +482,14 @@ impl C2sNegotiation {
     }
 
     fn established_element(&mut self, el: Element) -> Vec<Action> {
+        if self
+            .policy
+            .nonza_namespaces
+            .iter()
+            .any(|n| el.ns == n.as_str())
+        {
+            return vec![Action::Nonza(el)];
+        }
         if el.ns != ns::CLIENT || !matches!(el.name.as_str(), "iq" | "message" | "presence") {
             return self.fail(StreamError::new(Cond::UnsupportedStanzaType));
         }

@@ -18,3 +18,17 @@ pub const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 pub const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 pub const PING: &str = "urn:xmpp:ping";
 pub const VERSION: &str = "jabber:iq:version";
+/// XEP-0012: Last Activity.
+pub const LAST: &str = "jabber:iq:last";
+/// XEP-0202: Entity Time.
+pub const TIME: &str = "urn:xmpp:time";
+/// XEP-0280: Message Carbons.
+pub const CARBONS: &str = "urn:xmpp:carbons:2";
+/// XEP-0297: Stanza Forwarding (the wrapper of a carbon copy).
+pub const FORWARD: &str = "urn:xmpp:forward:0";
+/// XEP-0334: Message Processing Hints (`<no-copy/>`).
+pub const HINTS: &str = "urn:xmpp:hints";
+/// XEP-0352: Client State Indication.
+pub const CSI: &str = "urn:xmpp:csi:0";
+/// XEP-0004: Data Forms.
+pub const DATA_FORMS: &str = "jabber:x:data";

@@ -40,6 +40,8 @@ fn policy() -> Arc<C2sPolicy> {
         tls_available: true,
         tls_required: true,
         max_auth_failures: 3,
+        bound_features: Vec::new(),
+        nonza_namespaces: Vec::new(),
     })
 }
 
@@ -299,4 +301,43 @@ fn failing_sends_header_once_and_then_stays_silent() {
     assert!(n
         .on_element(el("<presence xmlns='jabber:client'/>"), &a)
         .is_empty());
+}
+
+/// Extensions' stream features appear after authentication only, and their nonzas reach the
+/// caller once bound; other foreign elements still close the stream.
+#[test]
+fn extension_features_and_nonzas() {
+    let a = auth();
+    let policy = Arc::new(C2sPolicy {
+        bound_features: vec![Element::new("csi", "urn:xmpp:csi:0")],
+        nonza_namespaces: vec!["urn:xmpp:csi:0".into()],
+        ..(*policy()).clone()
+    });
+    let mut n = C2sNegotiation::new(policy, None);
+    let before = sent(&n.on_header(&header("example.com"), "s1", &a));
+    assert!(!before.contains("urn:xmpp:csi:0"), "{before}");
+    n.on_element(
+        el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"),
+        &a,
+    );
+    n.tls_established(cb());
+    n.on_header(&header("example.com"), "s2", &a);
+    n.on_element(plain_auth("juliet", "secret"), &a);
+    let features = sent(&n.on_header(&header("example.com"), "s3", &a));
+    assert!(
+        features.contains("<csi xmlns='urn:xmpp:csi:0'/>"),
+        "{features}"
+    );
+    n.on_element(
+        el("<iq xmlns='jabber:client' type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>"),
+        &a,
+    );
+    n.bound("b1", "juliet@example.com/x");
+    let inactive = el("<inactive xmlns='urn:xmpp:csi:0'/>");
+    assert_eq!(
+        n.on_element(inactive.clone(), &a),
+        vec![Action::Nonza(inactive)]
+    );
+    let other = sent(&n.on_element(el("<enable xmlns='urn:xmpp:sm:3'/>"), &a));
+    assert!(other.contains("unsupported-stanza-type"), "{other}");
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use nodes::c2s::session::{QueueWork, SendQueue, SessionActor};
 use nodes::config::ResourceConflict;
-use nodes::ext::Extensions;
+use nodes::modules::Registry;
 use nodes::im::messages::Filters;
 use nodes::im::{AttachShards, DataWriter, ImLimits, RosterActor, RosterShards};
 use nodes::router::messages::RegisterSession;
@@ -39,7 +39,7 @@ pub struct Node {
     pub router: Addr<Router>,
     pub shard: Addr<RosterActor>,
     shards: RosterShards,
-    ext: Arc<Extensions>,
+    modules: Arc<Registry>,
     domains: Arc<Vec<String>>,
 }
 
@@ -80,7 +80,7 @@ impl Node {
             router,
             shard,
             shards,
-            ext: Arc::new(Extensions::default()),
+            modules: Arc::new(Registry::with_defaults()),
             domains,
         }
     }
@@ -93,7 +93,7 @@ impl Node {
             id,
             queue.clone(),
             self.router.clone(),
-            self.ext.clone(),
+            self.modules.clone(),
             self.domains.clone(),
             self.shards.clone(),
             Filters::default(),

@@ -19,14 +19,14 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
-use super::messages::{ConnectionClosed, FlushDeliveries, FromClient};
+use super::messages::{ConnectionClosed, FlushDeliveries, FromClient, FromClientNonza};
 use super::session::{QueueWork, SendQueue, SessionActor};
 use super::transport::Transport;
 use crate::admission::{ConnectionLimiter, ConnectionPermit, ConnectionRefusal};
 use crate::config::C2sSettings;
-use crate::ext::Extensions;
 use crate::im::messages::GetFilters;
 use crate::metrics::{GaugeGuard, METRICS};
+use crate::modules::Registry;
 use crate::router::messages::{BindRefused, RegisterSession, UnregisterSession};
 use crate::router::Router;
 use crate::tls::TlsContext;
@@ -52,7 +52,7 @@ pub struct C2sContext {
     pub auth: DomainAuthenticators,
     pub tls: TlsContext,
     pub router: Addr<Router>,
-    pub ext: Arc<Extensions>,
+    pub modules: Arc<Registry>,
     pub domains: Arc<Vec<String>>,
     pub im: crate::im::RosterShards,
     pub shutdown: watch::Receiver<bool>,
@@ -485,6 +485,10 @@ impl Connection {
                     }
                     None => return Ok(false),
                 },
+                Action::Nonza(el) => match &self.session {
+                    Some(s) => s.do_send(FromClientNonza(el)),
+                    None => return Ok(false),
+                },
             }
         }
         Ok(true)
@@ -545,7 +549,7 @@ impl Connection {
             session_id,
             self.queue.clone(),
             self.ctx.router.clone(),
-            self.ctx.ext.clone(),
+            self.ctx.modules.clone(),
             self.ctx.domains.clone(),
             self.ctx.im.clone(),
             filters,

@@ -9,6 +9,12 @@ use proto::error::StreamError;
 #[rtype(result = "()")]
 pub struct FromClient(pub Element);
 
+/// A nonza the client sent after bind, in a namespace a module registered (e.g. XEP-0352's
+/// `<inactive/>`), for the modules' session hooks.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FromClientNonza(pub Element);
+
 /// A stanza for the client.
 #[derive(Message)]
 #[rtype(result = "()")]

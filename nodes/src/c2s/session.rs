@@ -14,14 +14,15 @@ use proto::ns;
 use tokio::sync::Notify;
 
 use super::messages::{
-    ConnectionClosed, Deliver, DeliverStored, FlushDeliveries, FromClient, Kick, SendOwnPresence,
-    SetBlockList, SetPrivacy,
+    ConnectionClosed, Deliver, DeliverStored, FlushDeliveries, FromClient, FromClientNonza, Kick,
+    SendOwnPresence, SetBlockList, SetPrivacy,
 };
-use crate::ext::{Extensions, IqOutcome, IqRequest};
 use crate::im::messages::{AccountIq, Filters, OutboundSubscription};
 use crate::im::{PrivacyLists, RosterShards, NS_PRIVACY};
+use crate::modules::{Hooks, IqOutcome, IqRequest, Registry, SessionEffects};
 use crate::router::messages::{
-    BroadcastPresence, DeliverToAvailable, DeliverToResource, RouteStanza, UnregisterSession,
+    BroadcastPresence, DeliverToAvailable, DeliverToResource, RouteStanza, SetResourceFlag,
+    ToFlaggedResources, UnregisterSession,
 };
 use crate::router::Router;
 use proto::im::SubscriptionKind;
@@ -306,7 +307,9 @@ pub struct SessionActor {
     session_id: u64,
     queue: Rc<SendQueue>,
     router: Addr<Router>,
-    ext: Arc<Extensions>,
+    modules: Arc<Registry>,
+    /// The modules' per-session state and hooks (carbons, CSI, ...).
+    hooks: Hooks,
     domains: Arc<Vec<String>>,
     im: RosterShards,
     /// The account's blocklist (XEP-0191), kept current by the router.
@@ -375,7 +378,7 @@ impl SessionActor {
         session_id: u64,
         queue: Rc<SendQueue>,
         router: Addr<Router>,
-        ext: Arc<Extensions>,
+        modules: Arc<Registry>,
         domains: Arc<Vec<String>>,
         im: RosterShards,
         filters: Filters,
@@ -385,7 +388,8 @@ impl SessionActor {
             session_id,
             queue,
             router,
-            ext,
+            hooks: modules.session_hooks(),
+            modules,
             domains,
             im,
             blocked: shared_if_empty(filters.blocked),
@@ -491,6 +495,12 @@ impl SessionActor {
         let Some(payload) = iq.children().next() else {
             return self.reply_error(iq, StanzaErrorCondition::BadRequest, ctx);
         };
+        let jid = self.jid.clone();
+        let mut fx = SessionEffects::new(&jid);
+        if let Some(outcome) = self.hooks.iq(iq, &mut fx) {
+            self.apply_effects(fx, ctx);
+            return self.reply_iq(iq, to, Some(outcome), ctx);
+        }
         if to.local().is_some() && crate::im::handles(&payload.ns) {
             if self.iqs_in_flight >= self.im.max_iqs_in_flight {
                 // A client that sends faster than its account's shard answers (or never
@@ -539,7 +549,20 @@ impl SessionActor {
             is_set,
             payload,
         };
-        match self.ext.handle(&req) {
+        let outcome = self.modules.handle_iq(&req);
+        self.reply_iq(iq, to, outcome, ctx);
+    }
+
+    /// Answer the client's IQ `iq` to `to` with a module's outcome (`None`: no module
+    /// answers its namespace, RFC 6120 §8.4: service-unavailable).
+    fn reply_iq(
+        &mut self,
+        iq: &Element,
+        to: &Jid,
+        outcome: Option<IqOutcome>,
+        ctx: &mut Context<Self>,
+    ) {
+        match outcome {
             Some(IqOutcome::Result(payload)) => {
                 let mut reply = Element::new("iq", ns::CLIENT)
                     .with_attr("type", "result")
@@ -702,11 +725,68 @@ impl Handler<FromClient> for SessionActor {
                 _ => {}
             }
         }
+        let jid = self.jid.clone();
+        let mut fx = SessionEffects::new(&jid);
+        self.hooks.outbound(&stanza, &mut fx);
         self.router.do_send(RouteStanza {
             from: self.jid.clone(),
             to,
             stanza,
         });
+        self.apply_effects(fx, ctx);
+    }
+}
+
+impl Handler<FromClientNonza> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, FromClientNonza(el): FromClientNonza, ctx: &mut Context<Self>) {
+        let jid = self.jid.clone();
+        let mut fx = SessionEffects::new(&jid);
+        if !self.hooks.nonza(&el, &mut fx) {
+            tracing::debug!(jid = %self.jid, ns = %el.ns, name = %el.name, "nonza no module took");
+        }
+        self.apply_effects(fx, ctx);
+    }
+}
+
+impl SessionActor {
+    /// Carry out what the modules' hooks asked for.
+    fn apply_effects(&mut self, fx: SessionEffects<'_>, ctx: &mut Context<Self>) {
+        let SessionEffects {
+            to_client,
+            flags,
+            to_flagged,
+            wake,
+            ..
+        } = fx;
+        for el in to_client {
+            self.send_to_client(&el, ctx);
+        }
+        for (flag, on) in flags {
+            self.router.do_send(SetResourceFlag {
+                jid: self.jid.clone(),
+                session_id: self.session_id,
+                flag,
+                on,
+            });
+        }
+        for (flag, stanza) in to_flagged {
+            self.router.do_send(ToFlaggedResources {
+                user: self.jid.to_bare(),
+                flag,
+                except: vec![self.jid.clone()],
+                stanza,
+            });
+        }
+        if let Some(delay) = wake {
+            ctx.run_later(delay, |session, ctx| {
+                let jid = session.jid.clone();
+                let mut fx = SessionEffects::new(&jid);
+                session.hooks.timer(&mut fx);
+                session.apply_effects(fx, ctx);
+            });
+        }
     }
 }
 
@@ -771,7 +851,7 @@ impl SessionActor {
 impl Handler<Deliver> for SessionActor {
     type Result = ();
     fn handle(&mut self, Deliver(el): Deliver, ctx: &mut Context<Self>) {
-        self.deliver(el, ctx);
+        self.deliver(el, true, ctx);
     }
 }
 
@@ -782,16 +862,19 @@ impl Handler<DeliverStored> for SessionActor {
         DeliverStored(batch): DeliverStored,
         ctx: &mut Context<Self>,
     ) -> Self::Result {
+        // Stored messages are removed once written: no module may hold them back (the
+        // batch is confirmed by what reached the socket).
         for el in batch {
-            self.deliver(el, ctx);
+            self.deliver(el, false, ctx);
         }
         Box::pin(SendQueue::delivered(self.queue.clone()))
     }
 }
 
 impl SessionActor {
-    /// A stanza for the client, unless the blocklist or the privacy list in force refuses it.
-    fn deliver(&mut self, el: Element, ctx: &mut Context<Self>) {
+    /// A stanza for the client, unless the blocklist or the privacy list in force refuses it;
+    /// then the modules' inbound hooks (`hooks`: false skips them, e.g. CSI's holding).
+    fn deliver(&mut self, el: Element, hooks: bool, ctx: &mut Context<Self>) {
         let sender = el.attr("from").and_then(|f| Jid::parse(f).ok());
         if el.name == "iq" && !self.foreign_iqs.is_empty() {
             if let (Some(s), Some("result" | "error")) = (&sender, el.attr("type")) {
@@ -830,7 +913,16 @@ impl SessionActor {
             }
             return;
         }
-        self.send_to_client(&el, ctx);
+        if !hooks {
+            return self.send_to_client(&el, ctx);
+        }
+        let jid = self.jid.clone();
+        let mut fx = SessionEffects::new(&jid);
+        let passed = self.hooks.inbound(el, &mut fx);
+        self.apply_effects(fx, ctx);
+        if let Some(el) = passed {
+            self.send_to_client(&el, ctx);
+        }
     }
 }
 

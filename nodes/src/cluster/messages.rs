@@ -155,6 +155,14 @@ pub enum UserOp {
     FiltersChanged { user: Jid },
     /// Disconnect the account's sessions (deleted, or kicked by an operator).
     Kick { user: Jid, reason: String },
+    /// Deliver to `user`'s resources on the receiving node that have the module flag `flag`
+    /// set and are not in `except` (carbon copies, XEP-0280).
+    ToFlagged {
+        user: Jid,
+        flag: u8,
+        except: Vec<Jid>,
+        stanza: String,
+    },
 }
 
 /// A peer that does not send `exists` only asks about existing accounts.

@@ -13,7 +13,7 @@ use super::roster::{error_for, result_for};
 use super::subscription::is_subscriber;
 use super::RosterActor;
 
-pub const NS_LAST: &str = "jabber:iq:last";
+pub const NS_LAST: &str = proto::ns::LAST;
 
 fn unix_now() -> u64 {
     SystemTime::now()

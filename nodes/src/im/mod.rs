@@ -433,36 +433,36 @@ pub const FEATURES: &[&str] = &[
 ];
 
 /// Specifications the IM layer implements, for the support table.
-pub const SUPPORT: &[crate::ext::Support] = &[
-    crate::ext::Support {
+pub const SUPPORT: &[crate::modules::Support] = &[
+    crate::modules::Support {
         spec: "RFC 6121",
         title: "XMPP IM: rosters with versioning, subscriptions with pre-approval, presence",
     },
-    crate::ext::Support {
+    crate::modules::Support {
         spec: "XEP-0160",
         title: "Best Practices for Handling Offline Messages",
     },
-    crate::ext::Support {
+    crate::modules::Support {
         spec: "XEP-0191",
         title: "Blocking Command",
     },
-    crate::ext::Support {
+    crate::modules::Support {
         spec: "XEP-0203",
         title: "Delayed Delivery (offline messages)",
     },
-    crate::ext::Support {
+    crate::modules::Support {
         spec: "XEP-0012",
         title: "Last Activity",
     },
-    crate::ext::Support {
+    crate::modules::Support {
         spec: "XEP-0016",
         title: "Privacy Lists",
     },
-    crate::ext::Support {
+    crate::modules::Support {
         spec: "XEP-0049",
         title: "Private XML Storage",
     },
-    crate::ext::Support {
+    crate::modules::Support {
         spec: "XEP-0054",
         title: "vcard-temp",
     },

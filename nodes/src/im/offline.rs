@@ -39,7 +39,15 @@ impl RosterActor {
         stanza = stanza.with_child(
             Element::new("delay", NS_DELAY)
                 .with_attr("from", user.domain())
-                .with_attr("stamp", utc_stamp(SystemTime::now()))
+                .with_attr(
+                    "stamp",
+                    proto::datetime::utc_stamp(
+                        SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .map(|d| d.as_secs())
+                            .unwrap_or(0),
+                    ),
+                )
                 .with_text("Offline Storage"),
         );
         match self.offline_push(
@@ -149,43 +157,3 @@ const CLAIM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 pub const MAX_FETCH_BYTES: usize = 4 << 20;
 /// Most messages one batch may hold.
 pub const MAX_FETCH_MESSAGES: usize = 1000;
-
-/// XEP-0082 UTC timestamp, e.g. `2026-11-22T03:04:05Z`.
-fn utc_stamp(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn stamps_are_xep_0082_utc() {
-        assert_eq!(utc_stamp(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let t = UNIX_EPOCH + Duration::from_secs(1_795_000_000);
-        assert_eq!(utc_stamp(t), "2026-11-18T11:06:40Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
-        assert_eq!(utc_stamp(leap), "2000-02-29T00:00:00Z");
-    }
-}

@@ -51,6 +51,27 @@ pub struct RouteStanza {
     pub stanza: Element,
 }
 
+/// A module set or cleared `flag` on the session `jid`/`session_id` (e.g. carbons enabled).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetResourceFlag {
+    pub jid: Jid,
+    pub session_id: u64,
+    pub flag: crate::modules::ResourceFlag,
+    pub on: bool,
+}
+
+/// Deliver `stanza` to the resources of `user` that have `flag` set, except those in
+/// `except`, on every node (a carbon copy to the user's interested resources).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ToFlaggedResources {
+    pub user: Jid,
+    pub flag: crate::modules::ResourceFlag,
+    pub except: Vec<Jid>,
+    pub stanza: Element,
+}
+
 /// Disconnect every session of an account (it was deleted).
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -1,6 +1,7 @@
 //! Router: knows every bound session on this node and delivers stanzas per RFC 6120 §10 and
 //! RFC 6121 §8 (full JID, bare JID by priority, unknown accounts, absent resources).
 
+mod flagged;
 pub mod messages;
 mod remote;
 
@@ -37,6 +38,8 @@ struct BoundResource {
     session: Addr<SessionActor>,
     /// Last available presence and its priority; `None` until initial presence.
     presence: Option<(i8, Element)>,
+    /// Flags modules set for this resource (`modules::ResourceFlag`: carbons enabled, ...).
+    flags: u8,
 }
 
 /// How much of an offline backlog one delivery round takes (`Router::offline_batch`).
@@ -258,10 +261,12 @@ impl Router {
         }
         if to.resource().is_some() {
             if let Some(r) = self.resource(&to) {
+                self.carbon_copies(&bare, &stanza, std::slice::from_ref(&to));
                 return Self::deliver(r, stanza);
             }
             if let Some(remote) = &self.remote {
                 if let Some(r) = remote.resource(&to) {
+                    self.carbon_copies(&bare, &stanza, std::slice::from_ref(&to));
                     return remote.deliver(r, stanza);
                 }
             }
@@ -374,6 +379,12 @@ impl Router {
                         }
                         let mut s = stanza;
                         s.set_attr("to", bare.to_string());
+                        let got: Vec<Jid> = targets
+                            .iter()
+                            .map(|r| r.jid.clone())
+                            .chain(remote.iter().map(|r| r.jid.clone()))
+                            .collect();
+                        self.carbon_copies(bare, &s, &got);
                         for r in targets {
                             Self::deliver_as_addressed(r, s.clone());
                         }
@@ -432,6 +443,14 @@ impl Router {
                     _ => {}
                 }
             }
+        }
+    }
+
+    /// XEP-0280 §7: a message `bare` received goes, wrapped, to those of its resources that
+    /// enabled carbons and did not get it (`got`).
+    fn carbon_copies(&self, bare: &Jid, stanza: &Element, got: &[Jid]) {
+        if let Some(copy) = crate::modules::carbons::received_copy(bare, stanza) {
+            self.to_flagged(bare, crate::modules::carbons::FLAG, got, &copy);
         }
     }
 
@@ -848,6 +867,7 @@ impl Router {
                 session_id: msg.session_id,
                 session: msg.session,
                 presence: None,
+                flags: 0,
             });
     }
 }

@@ -354,6 +354,17 @@ impl Router {
                 }));
             }
             UserOp::Kick { user, reason } => self.kick_local(&user, &reason),
+            UserOp::ToFlagged {
+                user,
+                flag,
+                except,
+                stanza,
+            } => {
+                if let Some(stanza) = parse(&stanza) {
+                    let flag = crate::modules::ResourceFlag(flag);
+                    self.to_flagged_local(&user, flag, &except, &stanza);
+                }
+            }
         }
     }
 }

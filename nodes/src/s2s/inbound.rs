@@ -33,7 +33,7 @@ use super::messages::{SendRemote, VerifyDialback};
 use super::outbound::describe;
 use super::S2sShared;
 use crate::admission::{ConnectionPermit, ConnectionRefusal};
-use crate::ext::{IqOutcome, IqRequest};
+use crate::modules::{IqOutcome, IqRequest};
 use crate::router::messages::RouteStanza;
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -160,7 +160,7 @@ impl Inbound {
                     is_set: iq.attr("type") == Some("set"),
                     payload,
                 };
-                match self.shared.ext.handle(&req) {
+                match self.shared.modules.handle_iq(&req) {
                     Some(IqOutcome::Result(payload)) => {
                         let mut reply = Element::new("iq", proto::ns::CLIENT)
                             .with_attr("type", "result")

@@ -50,7 +50,7 @@ pub struct S2sShared {
     pub direct_connector: TlsConnector,
     pub router: Addr<Router>,
     /// Answers IQs from remote entities to our domains (ping, disco, version).
-    pub ext: Arc<crate::ext::Extensions>,
+    pub modules: Arc<crate::modules::Registry>,
     pub resolver: Option<TokioResolver>,
     pub shutdown: watch::Receiver<bool>,
     /// Remote domains whose outbound link is full: their inbound streams are not read.
@@ -96,7 +96,7 @@ pub fn start(
     settings: &Settings,
     secret: [u8; 32],
     router: Addr<Router>,
-    ext: Arc<crate::ext::Extensions>,
+    modules: Arc<crate::modules::Registry>,
     shutdown: watch::Receiver<bool>,
     listeners: Vec<C2sListener>,
 ) -> anyhow::Result<Addr<S2sManager>> {
@@ -148,7 +148,7 @@ pub fn start(
         connector: client(false)?,
         direct_connector: client(true)?,
         router,
-        ext,
+        modules,
         resolver,
         shutdown,
         backpressure: Arc::new(limits::Backpressure::default()),

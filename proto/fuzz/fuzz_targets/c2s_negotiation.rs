@@ -53,6 +53,8 @@ fuzz_target!(|data: &[u8]| {
         tls_available: true,
         tls_required: flags & 1 == 0,
         max_auth_failures: 3,
+        bound_features: Vec::new(),
+        nonza_namespaces: Vec::new(),
     });
     let direct = (flags & 2 != 0).then(cb);
     let mut n = C2sNegotiation::new(policy, direct);
@@ -101,7 +103,7 @@ fuzz_target!(|data: &[u8]| {
                         let jid = format!("juliet@localhost/{}", resource.unwrap_or_default());
                         pending.extend(n.bound(&iq_id, &jid));
                     }
-                    Action::Send(_) | Action::Stanza(_) => {}
+                    Action::Send(_) | Action::Stanza(_) | Action::Nonza(_) => {}
                 }
             }
             if closed {

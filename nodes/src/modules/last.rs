@@ -3,37 +3,41 @@
 
 use std::time::Instant;
 
-use super::{Extensions, IqHandler, IqOutcome, IqRequest, Support};
-use crate::im::NS_LAST;
+use super::{IqOutcome, IqRequest, IqScope, Module, Registry, Support};
 use proto::element::Element;
 use proto::error::StanzaErrorCondition;
+use proto::ns;
 
-pub struct Uptime {
+pub fn module() -> Box<dyn Module> {
+    Box::new(Uptime {
+        started: Instant::now(),
+    })
+}
+
+struct Uptime {
     started: Instant,
 }
 
-impl Uptime {
-    pub fn new() -> Self {
-        Uptime {
-            started: Instant::now(),
-        }
+impl Module for Uptime {
+    fn name(&self) -> &'static str {
+        "last"
     }
-}
-
-impl IqHandler for Uptime {
-    fn namespace(&self) -> &'static str {
-        NS_LAST
-    }
-    fn features(&self) -> &'static [&'static str] {
-        &[NS_LAST]
-    }
-    fn supports(&self) -> &'static [Support] {
+    fn specs(&self) -> &'static [Support] {
         &[Support {
             spec: "XEP-0012",
             title: "Last Activity",
         }]
     }
-    fn handle(&self, req: &IqRequest<'_>, _: &Extensions) -> IqOutcome {
+    fn features(&self) -> &'static [&'static str] {
+        &[ns::LAST]
+    }
+    fn iq_namespaces(&self) -> &'static [&'static str] {
+        &[ns::LAST]
+    }
+    fn iq_scope(&self) -> IqScope {
+        IqScope::ServerAndAccount
+    }
+    fn iq(&self, req: &IqRequest<'_>, _: &Registry) -> IqOutcome {
         if req.is_set {
             return IqOutcome::Error(StanzaErrorCondition::NotAllowed);
         }
@@ -47,7 +51,7 @@ impl IqHandler for Uptime {
         // §5: the seconds the server has been up, and no character data.
         let seconds = self.started.elapsed().as_secs();
         IqOutcome::Result(Some(
-            Element::new("query", NS_LAST).with_attr("seconds", seconds.to_string()),
+            Element::new("query", ns::LAST).with_attr("seconds", seconds.to_string()),
         ))
     }
 }

@@ -1,31 +1,42 @@
 //! XEP-0092: Software Version of the server.
 
-use super::{from_typed, Extensions, IqHandler, IqOutcome, IqRequest, Support};
+use super::{from_typed, IqOutcome, IqRequest, IqScope, Module, Registry, Support};
 use proto::error::StanzaErrorCondition;
 use proto::ns;
 use xmpp_parsers::version::VersionResult;
 
-pub struct Version;
+pub fn module() -> Box<dyn Module> {
+    Box::new(Version)
+}
 
-impl IqHandler for Version {
-    fn namespace(&self) -> &'static str {
-        ns::VERSION
+struct Version;
+
+impl Module for Version {
+    fn name(&self) -> &'static str {
+        "version"
     }
-    fn features(&self) -> &'static [&'static str] {
-        &[ns::VERSION]
-    }
-    fn supports(&self) -> &'static [Support] {
+    fn specs(&self) -> &'static [Support] {
         &[Support {
             spec: "XEP-0092",
             title: "Software Version",
         }]
     }
-    fn handle(&self, req: &IqRequest<'_>, _: &Extensions) -> IqOutcome {
+    fn features(&self) -> &'static [&'static str] {
+        &[ns::VERSION]
+    }
+    fn iq_namespaces(&self) -> &'static [&'static str] {
+        &[ns::VERSION]
+    }
+    fn iq_scope(&self) -> IqScope {
+        // An account's version is its clients' to tell: refused below, not left to the
+        // generic answer, so the error is the same as before modules.
+        IqScope::ServerAndAccount
+    }
+    fn iq(&self, req: &IqRequest<'_>, _: &Registry) -> IqOutcome {
         if req.is_set {
             return IqOutcome::Error(StanzaErrorCondition::NotAllowed);
         }
         if req.to.local().is_some() {
-            // An account's software version is its clients' to tell.
             return IqOutcome::Error(StanzaErrorCondition::ServiceUnavailable);
         }
         let result = VersionResult {

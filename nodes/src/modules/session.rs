@@ -1,0 +1,119 @@
+//! Session hooks: the part of a module that lives with one bound resource (its
+//! `SessionActor`). A module's [`SessionModule`] sees the IQs the client addresses to its own
+//! account or server, the nonzas in the module's namespaces, every stanza the client sends
+//! (after `from` is stamped) and every stanza on its way to the client (after the blocking
+//! and privacy filters). It answers through [`SessionEffects`], which the SessionActor
+//! carries out, so modules hold no actor addresses and are testable alone.
+
+use std::time::Duration;
+
+use proto::element::Element;
+use proto::jid::Jid;
+
+use super::IqOutcome;
+
+/// A per-resource flag a module keeps in the routing entry of its session, so that the
+/// Router can deliver to "those of an account's resources that have X" (carbons enabled)
+/// on any node. One bit per module that needs one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceFlag(pub u8);
+
+impl ResourceFlag {
+    pub fn bit(self) -> u8 {
+        self.0
+    }
+}
+
+/// One module's state and hooks for one bound resource. Every hook has a default that lets
+/// the stanza pass untouched.
+pub trait SessionModule {
+    /// An IQ get/set from the client to its own bare JID or its server (or without `to`);
+    /// `Some`: this module answers it, and it goes nowhere else.
+    fn iq(&mut self, _iq: &Element, _fx: &mut SessionEffects<'_>) -> Option<IqOutcome> {
+        None
+    }
+    /// A top-level element in one of the module's nonza namespaces; true: handled.
+    fn nonza(&mut self, _el: &Element, _fx: &mut SessionEffects<'_>) -> bool {
+        false
+    }
+    /// A stanza the client sent, `from` stamped, before it is routed.
+    fn outbound(&mut self, _stanza: &Element, _fx: &mut SessionEffects<'_>) {}
+    /// A stanza on its way to the client. `Some`: pass it on (possibly changed); `None`: the
+    /// module holds or drops it. Whatever the module puts in `fx.to_client` is written
+    /// before the stanza it passes on.
+    fn inbound(&mut self, stanza: Element, _fx: &mut SessionEffects<'_>) -> Option<Element> {
+        Some(stanza)
+    }
+    /// The delay the module asked for with [`SessionEffects::wake_after`] ran out.
+    fn timer(&mut self, _fx: &mut SessionEffects<'_>) {}
+}
+
+/// What hooks ask the session to do; the SessionActor carries it out after each hook.
+pub struct SessionEffects<'a> {
+    /// The session's full JID.
+    pub jid: &'a Jid,
+    /// Written to the client, in order, before the stanza the hook passes on (if any).
+    pub to_client: Vec<Element>,
+    /// Set or clear a flag in this resource's routing entry.
+    pub flags: Vec<(ResourceFlag, bool)>,
+    /// Stanzas for those other resources of the same account that have the flag set, on
+    /// any node (`to` is set per resource by the Router).
+    pub to_flagged: Vec<(ResourceFlag, Element)>,
+    /// Call [`SessionModule::timer`] after this long (the earliest request wins).
+    pub wake: Option<Duration>,
+}
+
+impl<'a> SessionEffects<'a> {
+    pub fn new(jid: &'a Jid) -> Self {
+        SessionEffects {
+            jid,
+            to_client: Vec::new(),
+            flags: Vec::new(),
+            to_flagged: Vec::new(),
+            wake: None,
+        }
+    }
+
+    pub fn wake_after(&mut self, d: Duration) {
+        self.wake = Some(self.wake.map_or(d, |w| w.min(d)));
+    }
+}
+
+/// The session hooks of every module that has some, in registry order.
+pub struct Hooks {
+    modules: Vec<Box<dyn SessionModule>>,
+}
+
+impl Hooks {
+    pub(super) fn new(modules: Vec<Box<dyn SessionModule>>) -> Hooks {
+        Hooks { modules }
+    }
+
+    pub fn iq(&mut self, iq: &Element, fx: &mut SessionEffects<'_>) -> Option<IqOutcome> {
+        self.modules.iter_mut().find_map(|m| m.iq(iq, fx))
+    }
+
+    pub fn nonza(&mut self, el: &Element, fx: &mut SessionEffects<'_>) -> bool {
+        self.modules.iter_mut().any(|m| m.nonza(el, fx))
+    }
+
+    pub fn outbound(&mut self, stanza: &Element, fx: &mut SessionEffects<'_>) {
+        for m in &mut self.modules {
+            m.outbound(stanza, fx);
+        }
+    }
+
+    pub fn inbound(&mut self, stanza: Element, fx: &mut SessionEffects<'_>) -> Option<Element> {
+        let mut stanza = stanza;
+        for m in &mut self.modules {
+            stanza = m.inbound(stanza, fx)?;
+        }
+        Some(stanza)
+    }
+
+    pub fn timer(&mut self, fx: &mut SessionEffects<'_>) {
+        for m in &mut self.modules {
+            m.timer(fx);
+        }
+    }
+}
