@@ -18,15 +18,14 @@ use super::messages::{
     SendOwnPresence, SetBlockList, SetPrivacy,
 };
 use crate::im::messages::{AccountIq, Filters, OutboundSubscription};
-use crate::im::{PrivacyLists, RosterShards, NS_PRIVACY};
-use crate::modules::{Hooks, IqOutcome, IqRequest, Registry, SessionEffects};
+use crate::im::RosterShards;
+use crate::modules::{Hooks, IqOutcome, IqRequest, Outbound, Registry, SessionEffects};
 use crate::router::messages::{
     BroadcastPresence, DeliverToAvailable, DeliverToResource, RouteStanza, SetResourceFlag,
     ToFlaggedResources, UnregisterSession,
 };
 use crate::router::Router;
 use proto::im::SubscriptionKind;
-use proto::privacy::StanzaKind;
 
 /// What the SessionActor has for its client and the I/O task has yet to write: one byte
 /// buffer shared by the two (they run on the same worker thread). Stanzas are serialised
@@ -312,12 +311,6 @@ pub struct SessionActor {
     hooks: Hooks,
     domains: Arc<Vec<String>>,
     im: RosterShards,
-    /// The account's blocklist (XEP-0191), kept current by the router.
-    blocked: Arc<Vec<Jid>>,
-    /// The account's privacy lists (XEP-0016), kept current by the router.
-    privacy: Arc<PrivacyLists>,
-    /// The list this session made active (XEP-0016 §2.4); without one the default applies.
-    active: Option<String>,
     /// Entities this session sent directed available presence to (RFC 6121 §4.6).
     directed: Vec<Jid>,
     /// Account IQs sent to a shard and not answered yet (bounded by `im.max_iqs_in_flight`).
@@ -332,45 +325,6 @@ pub struct SessionActor {
 /// answer from blocking the session for good).
 const FOREIGN_IQ_EXPIRY: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// What a successful privacy IQ changes in the session's own state.
-enum PrivacyEffect {
-    Activate(Option<String>),
-    Removed(String),
-}
-
-impl PrivacyEffect {
-    fn of(iq: &Element) -> Option<PrivacyEffect> {
-        if iq.attr("type") != Some("set") {
-            return None;
-        }
-        let query = iq.get_child("query", NS_PRIVACY)?;
-        let mut children = query.children();
-        let (Some(one), None) = (children.next(), children.next()) else {
-            return None;
-        };
-        if one.is("active", NS_PRIVACY) {
-            Some(PrivacyEffect::Activate(
-                one.attr("name").map(str::to_string),
-            ))
-        } else if one.is("list", NS_PRIVACY) && one.children().next().is_none() {
-            Some(PrivacyEffect::Removed(one.attr("name")?.to_string()))
-        } else {
-            None
-        }
-    }
-
-    fn apply(self, active: &mut Option<String>) {
-        match self {
-            PrivacyEffect::Activate(name) => *active = name,
-            PrivacyEffect::Removed(name) => {
-                if active.as_deref() == Some(name.as_str()) {
-                    *active = None;
-                }
-            }
-        }
-    }
-}
-
 impl SessionActor {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -383,7 +337,7 @@ impl SessionActor {
         im: RosterShards,
         filters: Filters,
     ) -> SessionActor {
-        SessionActor {
+        let mut session = SessionActor {
             jid,
             session_id,
             queue,
@@ -392,13 +346,22 @@ impl SessionActor {
             modules,
             domains,
             im,
-            blocked: shared_if_empty(filters.blocked),
-            privacy: filters.privacy,
-            active: None,
             directed: Vec::new(),
             iqs_in_flight: 0,
             foreign_iqs: std::collections::VecDeque::new(),
-        }
+        };
+        session.set_filters(filters);
+        session
+    }
+
+    /// The account's blocklist and privacy lists, for the filter modules.
+    fn set_filters(&mut self, filters: Filters) {
+        self.hooks
+            .update(&crate::modules::blocking::BlockList(Arc::new(
+                filters.blocked,
+            )));
+        self.hooks
+            .update(&crate::modules::privacy::Lists(filters.privacy));
     }
 
     /// Refuse an account IQ beyond `im.max_iqs_in_flight` (RFC 6120 §8.3.3.18:
@@ -496,7 +459,8 @@ impl SessionActor {
             return self.reply_error(iq, StanzaErrorCondition::BadRequest, ctx);
         };
         let jid = self.jid.clone();
-        let mut fx = SessionEffects::new(&jid);
+        let domains = self.domains.clone();
+        let mut fx = SessionEffects::new(&jid, &domains);
         if let Some(outcome) = self.hooks.iq(iq, &mut fx) {
             self.apply_effects(fx, ctx);
             return self.reply_iq(iq, to, Some(outcome), ctx);
@@ -509,7 +473,6 @@ impl SessionActor {
                 return self.refuse_iq_in_flight(iq, ctx);
             }
             self.iqs_in_flight += 1;
-            let mut effect = PrivacyEffect::of(iq);
             let request = self.im.ask(
                 to,
                 AccountIq {
@@ -525,10 +488,8 @@ impl SessionActor {
                 match replies {
                     Ok(replies) => {
                         for mut reply in replies {
-                            if reply.attr("type") == Some("result") {
-                                if let Some(e) = effect.take() {
-                                    e.apply(&mut session.active);
-                                }
+                            if reply.attr("id") == iq.attr("id") {
+                                session.hooks.account_iq_answered(&iq, &reply);
                             }
                             reply.set_attr("to", session.jid.to_string());
                             session.send_to_client(&reply, ctx);
@@ -608,28 +569,13 @@ impl Handler<FromClient> for SessionActor {
         // RFC 6120 §8.1.2.1: the server stamps the full JID, whatever the client wrote.
         stanza.set_attr("from", self.jid.to_string());
         if let Some(t) = &to {
-            if self.is_blocked(t) {
-                // XEP-0191 §3.6: nothing goes to a contact the user blocks.
-                if stanza.name != "presence" && stanza.attr("type") != Some("error") {
-                    let mut reply =
-                        stanza_error_reply(&stanza, StanzaErrorCondition::NotAcceptable, None);
-                    if let Some(e) = reply.get_child_mut("error", ns::CLIENT) {
-                        e.children.push(proto::element::Node::Element(Element::new(
-                            "blocked",
-                            "urn:xmpp:blocking:errors",
-                        )));
-                    }
+            // Filters first (XEP-0191 §3.6, XEP-0016): a refused stanza goes nowhere.
+            let fx = SessionEffects::new(&self.jid, &self.domains);
+            if let Outbound::Refuse(reply) = self.hooks.filter_outbound(&stanza, t, &fx) {
+                if let Some(reply) = reply {
                     self.send_to_client(&reply, ctx);
                 }
                 return;
-            }
-            let kind = match (stanza.name.as_str(), stanza.attr("type")) {
-                ("presence", None | Some("unavailable")) => StanzaKind::PresenceOut,
-                _ => StanzaKind::Other,
-            };
-            if !self.privacy_allows(kind, t) {
-                // XEP-0016: a stanza the user's own list denies is refused with not-acceptable.
-                return self.reply_error(&stanza, StanzaErrorCondition::NotAcceptable, ctx);
             }
         }
         match stanza.name.as_str() {
@@ -726,7 +672,8 @@ impl Handler<FromClient> for SessionActor {
             }
         }
         let jid = self.jid.clone();
-        let mut fx = SessionEffects::new(&jid);
+        let domains = self.domains.clone();
+        let mut fx = SessionEffects::new(&jid, &domains);
         self.hooks.outbound(&stanza, &mut fx);
         self.router.do_send(RouteStanza {
             from: self.jid.clone(),
@@ -742,7 +689,8 @@ impl Handler<FromClientNonza> for SessionActor {
 
     fn handle(&mut self, FromClientNonza(el): FromClientNonza, ctx: &mut Context<Self>) {
         let jid = self.jid.clone();
-        let mut fx = SessionEffects::new(&jid);
+        let domains = self.domains.clone();
+        let mut fx = SessionEffects::new(&jid, &domains);
         if !self.hooks.nonza(&el, &mut fx) {
             tracing::debug!(jid = %self.jid, ns = %el.ns, name = %el.name, "nonza no module took");
         }
@@ -755,6 +703,7 @@ impl SessionActor {
     fn apply_effects(&mut self, fx: SessionEffects<'_>, ctx: &mut Context<Self>) {
         let SessionEffects {
             to_client,
+            to_route,
             flags,
             to_flagged,
             wake,
@@ -762,6 +711,16 @@ impl SessionActor {
         } = fx;
         for el in to_client {
             self.send_to_client(&el, ctx);
+        }
+        for stanza in to_route {
+            let Some(to) = stanza.attr("to").and_then(|t| Jid::parse(t).ok()) else {
+                continue;
+            };
+            self.router.do_send(RouteStanza {
+                from: self.jid.clone(),
+                to,
+                stanza,
+            });
         }
         for (flag, on) in flags {
             self.router.do_send(SetResourceFlag {
@@ -782,22 +741,12 @@ impl SessionActor {
         if let Some(delay) = wake {
             ctx.run_later(delay, |session, ctx| {
                 let jid = session.jid.clone();
-                let mut fx = SessionEffects::new(&jid);
+                let domains = session.domains.clone();
+                let mut fx = SessionEffects::new(&jid, &domains);
                 session.hooks.timer(&mut fx);
                 session.apply_effects(fx, ctx);
             });
         }
-    }
-}
-
-/// Most accounts block nobody: their sessions share one empty list instead of each holding
-/// an allocation.
-fn shared_if_empty(blocked: Vec<Jid>) -> Arc<Vec<Jid>> {
-    static EMPTY: std::sync::OnceLock<Arc<Vec<Jid>>> = std::sync::OnceLock::new();
-    if blocked.is_empty() {
-        EMPTY.get_or_init(|| Arc::new(Vec::new())).clone()
-    } else {
-        Arc::new(blocked)
     }
 }
 
@@ -816,31 +765,6 @@ impl SessionActor {
                 stanza: unavailable,
             });
         }
-    }
-
-    /// Whether the blocklist covers `peer`. The user's own account and the server itself
-    /// are never blocked: a domain entry for the home server must not cut off its IQs.
-    fn is_blocked(&self, peer: &Jid) -> bool {
-        if self.blocked.is_empty() || peer.to_bare() == self.jid.to_bare() {
-            return false;
-        }
-        if peer.local().is_none() && self.is_served(peer) {
-            return false;
-        }
-        proto::blocklist::is_blocked(&self.blocked, peer)
-    }
-
-    /// Whether the privacy list in force lets `kind` pass with `peer` (the same exceptions
-    /// as the blocklist).
-    fn privacy_allows(&self, kind: StanzaKind, peer: &Jid) -> bool {
-        let Some(rules) = self.privacy.effective(self.active.as_deref()) else {
-            return true;
-        };
-        if peer.to_bare() == self.jid.to_bare() || (peer.local().is_none() && self.is_served(peer))
-        {
-            return true;
-        }
-        rules.allows(kind, peer)
     }
 
     fn is_served(&self, domain: &Jid) -> bool {
@@ -888,37 +812,18 @@ impl SessionActor {
                 }
             }
         }
-        let kind = match (el.name.as_str(), el.attr("type")) {
-            ("message", _) => StanzaKind::Message,
-            ("iq", _) => StanzaKind::Iq,
-            ("presence", None | Some("unavailable")) => StanzaKind::PresenceIn,
-            _ => StanzaKind::Other,
-        };
-        let refused = |s: &Jid| self.is_blocked(s) || !self.privacy_allows(kind, s);
-        if let Some(sender) = sender.filter(refused) {
-            // XEP-0191 §3.5, XEP-0016: a blocked sender's messages and requests are
-            // refused as if nobody were there; its presence is dropped.
-            let refuse = match (el.name.as_str(), el.attr("type")) {
-                ("message", Some("error")) | ("presence", _) => false,
-                ("iq", t) => matches!(t, Some("get") | Some("set")),
-                _ => true,
-            };
-            if refuse {
-                let reply = stanza_error_reply(&el, StanzaErrorCondition::ServiceUnavailable, None);
-                self.router.do_send(RouteStanza {
-                    from: self.jid.clone(),
-                    to: sender,
-                    stanza: reply,
-                });
-            }
-            return;
-        }
-        if !hooks {
-            return self.send_to_client(&el, ctx);
-        }
         let jid = self.jid.clone();
-        let mut fx = SessionEffects::new(&jid);
-        let passed = self.hooks.inbound(el, &mut fx);
+        let domains = self.domains.clone();
+        let mut fx = SessionEffects::new(&jid, &domains);
+        let passed = if self.hooks.filter_inbound(&el, &mut fx) {
+            if hooks {
+                self.hooks.inbound(el, &mut fx)
+            } else {
+                Some(el)
+            }
+        } else {
+            None
+        };
         self.apply_effects(fx, ctx);
         if let Some(el) = passed {
             self.send_to_client(&el, ctx);
@@ -929,14 +834,15 @@ impl SessionActor {
 impl Handler<SetBlockList> for SessionActor {
     type Result = ();
     fn handle(&mut self, SetBlockList(list): SetBlockList, _: &mut Context<Self>) {
-        self.blocked = list;
+        self.hooks
+            .update(&crate::modules::blocking::BlockList(list));
     }
 }
 
 impl Handler<SetPrivacy> for SessionActor {
     type Result = ();
     fn handle(&mut self, SetPrivacy(lists): SetPrivacy, _: &mut Context<Self>) {
-        self.privacy = lists;
+        self.hooks.update(&crate::modules::privacy::Lists(lists));
     }
 }
 
@@ -944,7 +850,9 @@ impl Handler<SendOwnPresence> for SessionActor {
     type Result = ();
     fn handle(&mut self, msg: SendOwnPresence, _: &mut Context<Self>) {
         let SendOwnPresence { to, presence } = msg;
-        if self.is_blocked(&to) || !self.privacy_allows(StanzaKind::PresenceOut, &to) {
+        // The presence goes out as if the client sent it: the same filters.
+        let fx = SessionEffects::new(&self.jid, &self.domains);
+        if let Outbound::Refuse(_) = self.hooks.filter_outbound(&presence, &to, &fx) {
             return;
         }
         if to.is_bare() {

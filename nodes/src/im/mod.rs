@@ -424,13 +424,7 @@ pub fn handles(ns: &str) -> bool {
 }
 
 /// Disco features the IM layer adds to the server's.
-pub const FEATURES: &[&str] = &[
-    NS_BLOCKING,
-    NS_PRIVACY,
-    NS_VCARD,
-    NS_LAST,
-    offline::FEATURE_MSGOFFLINE,
-];
+pub const FEATURES: &[&str] = &[NS_VCARD, NS_LAST, offline::FEATURE_MSGOFFLINE];
 
 /// Specifications the IM layer implements, for the support table.
 pub const SUPPORT: &[crate::modules::Support] = &[
@@ -443,20 +437,12 @@ pub const SUPPORT: &[crate::modules::Support] = &[
         title: "Best Practices for Handling Offline Messages",
     },
     crate::modules::Support {
-        spec: "XEP-0191",
-        title: "Blocking Command",
-    },
-    crate::modules::Support {
         spec: "XEP-0203",
         title: "Delayed Delivery (offline messages)",
     },
     crate::modules::Support {
         spec: "XEP-0012",
         title: "Last Activity",
-    },
-    crate::modules::Support {
-        spec: "XEP-0016",
-        title: "Privacy Lists",
     },
     crate::modules::Support {
         spec: "XEP-0049",

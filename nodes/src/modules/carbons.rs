@@ -189,7 +189,7 @@ mod tests {
     fn enable_sets_the_flag_once() {
         let jid = Jid::parse("juliet@example.com/balcony").expect("jid");
         let mut s = CarbonsSession { enabled: false };
-        let mut fx = SessionEffects::new(&jid);
+        let mut fx = SessionEffects::new(&jid, &[]);
         let enable = msg(
             "<iq xmlns='jabber:client' type='set' id='1'><enable xmlns='urn:xmpp:carbons:2'/></iq>",
         );

@@ -122,8 +122,13 @@ pub fn reference_markdown() -> String {
             out.push_str(&format!(" — {}", specs.join(", ")));
         }
         out.push_str("\n\n| key | default | meaning |\n|---|---|---|\n");
+        let enabled_doc = if m.can_disable() {
+            "run the module"
+        } else {
+            "always on (its state is served by the account shards)"
+        };
         out.push_str(&format!(
-            "| `enabled` | `{}` | run the module |\n",
+            "| `enabled` | `{}` | {enabled_doc} |\n",
             m.enabled_by_default()
         ));
         for o in m.options() {

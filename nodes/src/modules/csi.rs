@@ -231,7 +231,7 @@ mod tests {
     fn inactive_holds_presence_coalesced_and_active_flushes() {
         let jid = Jid::parse("juliet@example.com/phone").expect("jid");
         let mut s = session(100);
-        let mut fx = SessionEffects::new(&jid);
+        let mut fx = SessionEffects::new(&jid, &[]);
         assert!(s.nonza(&el("<inactive xmlns='urn:xmpp:csi:0'/>"), &mut fx));
         assert!(s
             .inbound(presence("romeo@example.net/a", "away"), &mut fx)
@@ -260,7 +260,7 @@ mod tests {
     fn a_message_with_a_body_flushes_and_goes_at_once() {
         let jid = Jid::parse("juliet@example.com/phone").expect("jid");
         let mut s = session(100);
-        let mut fx = SessionEffects::new(&jid);
+        let mut fx = SessionEffects::new(&jid, &[]);
         s.nonza(&el("<inactive xmlns='urn:xmpp:csi:0'/>"), &mut fx);
         assert!(s
             .inbound(presence("romeo@example.net/a", "away"), &mut fx)
@@ -278,7 +278,7 @@ mod tests {
     fn the_hold_is_bounded() {
         let jid = Jid::parse("juliet@example.com/phone").expect("jid");
         let mut s = session(3);
-        let mut fx = SessionEffects::new(&jid);
+        let mut fx = SessionEffects::new(&jid, &[]);
         s.nonza(&el("<inactive xmlns='urn:xmpp:csi:0'/>"), &mut fx);
         for i in 0..3 {
             assert!(s

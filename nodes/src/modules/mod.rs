@@ -9,6 +9,7 @@
 //!
 //! Adding a XEP is one file in this directory plus one line in [`MODULES`].
 
+pub mod blocking;
 pub mod carbons;
 mod config;
 mod contact_addresses;
@@ -16,6 +17,7 @@ mod csi;
 mod disco;
 mod last;
 mod ping;
+pub mod privacy;
 mod session;
 mod time;
 mod version;
@@ -28,7 +30,7 @@ use proto::error::StanzaErrorCondition;
 use proto::jid::Jid;
 
 pub use config::{reference_markdown, ConfigOption, ModulesConfig, Section};
-pub use session::{Hooks, ResourceFlag, SessionEffects, SessionModule};
+pub use session::{Hooks, Outbound, ResourceFlag, SessionEffects, SessionModule};
 
 /// Every module, in the order their hooks run. One line per module.
 const MODULES: &[fn() -> Box<dyn Module>] = &[
@@ -38,6 +40,9 @@ const MODULES: &[fn() -> Box<dyn Module>] = &[
     last::module,
     time::module,
     contact_addresses::module,
+    // Filters before the modules that look at what passes them.
+    blocking::module,
+    privacy::module,
     carbons::module,
     csi::module,
 ];
@@ -112,8 +117,13 @@ pub trait Module: Send + Sync {
     fn configure(&mut self, _section: &Section) -> Result<(), String> {
         Ok(())
     }
-    /// Whether a default configuration enables it (`enabled` can always override).
+    /// Whether a default configuration enables it.
     fn enabled_by_default(&self) -> bool {
+        true
+    }
+    /// Whether `enabled = false` is allowed (not for modules whose state other parts of
+    /// the node serve regardless).
+    fn can_disable(&self) -> bool {
         true
     }
     /// IQ payload namespaces this module answers statelessly in [`iq`](Module::iq).
@@ -197,6 +207,9 @@ impl Registry {
         for mut m in all {
             let section = config.section(m.name(), m.enabled_by_default(), m.options())?;
             if !section.enabled() {
+                if !m.can_disable() {
+                    return Err(format!("modules.{}: cannot be disabled", m.name()));
+                }
                 continue;
             }
             m.configure(&section)

@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use std::any::Any;
+
 use proto::element::Element;
 use proto::jid::Jid;
 
@@ -24,9 +26,34 @@ impl ResourceFlag {
     }
 }
 
+/// What an outbound filter decides about a stanza the client sent.
+#[derive(Debug)]
+pub enum Outbound {
+    Pass,
+    /// Refused; the client gets this error reply (nothing for presence or errors).
+    Refuse(Option<Element>),
+}
+
 /// One module's state and hooks for one bound resource. Every hook has a default that lets
 /// the stanza pass untouched.
 pub trait SessionModule {
+    /// A stanza the client addresses to `to` (`from` stamped), before anything else looks
+    /// at it: a filter may refuse it (XEP-0191 §3.6, XEP-0016). Also asked for the presence
+    /// a session sends on the user's behalf (probes answered).
+    fn filter_outbound(
+        &mut self,
+        _stanza: &Element,
+        _to: &Jid,
+        _fx: &SessionEffects<'_>,
+    ) -> Outbound {
+        Outbound::Pass
+    }
+    /// State the account's shard pushed for this module (a new blocklist, new privacy
+    /// lists); each module takes the types it knows.
+    fn update(&mut self, _update: &dyn Any) {}
+    /// The account's shard answered an IQ this session sent to its own account (e.g. a
+    /// privacy list made active, XEP-0016 §2.4).
+    fn account_iq_answered(&mut self, _request: &Element, _reply: &Element) {}
     /// An IQ get/set from the client to its own bare JID or its server (or without `to`);
     /// `Some`: this module answers it, and it goes nowhere else.
     fn iq(&mut self, _iq: &Element, _fx: &mut SessionEffects<'_>) -> Option<IqOutcome> {
@@ -38,6 +65,12 @@ pub trait SessionModule {
     }
     /// A stanza the client sent, `from` stamped, before it is routed.
     fn outbound(&mut self, _stanza: &Element, _fx: &mut SessionEffects<'_>) {}
+    /// A stanza on its way to the client, before [`inbound`](SessionModule::inbound): a
+    /// filter may refuse it (false), answering the sender through `fx.to_route`. Stored
+    /// (offline) messages pass the filters too, but not `inbound`.
+    fn filter_inbound(&mut self, _stanza: &Element, _fx: &mut SessionEffects<'_>) -> bool {
+        true
+    }
     /// A stanza on its way to the client. `Some`: pass it on (possibly changed); `None`: the
     /// module holds or drops it. Whatever the module puts in `fx.to_client` is written
     /// before the stanza it passes on.
@@ -52,6 +85,11 @@ pub trait SessionModule {
 pub struct SessionEffects<'a> {
     /// The session's full JID.
     pub jid: &'a Jid,
+    /// The domains this node serves (the server itself is never filtered).
+    pub served: &'a [String],
+    /// Stanzas to route on the session's behalf (`from` = the session), e.g. the error a
+    /// filtered sender gets.
+    pub to_route: Vec<Element>,
     /// Written to the client, in order, before the stanza the hook passes on (if any).
     pub to_client: Vec<Element>,
     /// Set or clear a flag in this resource's routing entry.
@@ -64,9 +102,11 @@ pub struct SessionEffects<'a> {
 }
 
 impl<'a> SessionEffects<'a> {
-    pub fn new(jid: &'a Jid) -> Self {
+    pub fn new(jid: &'a Jid, served: &'a [String]) -> Self {
         SessionEffects {
             jid,
+            served,
+            to_route: Vec::new(),
             to_client: Vec::new(),
             flags: Vec::new(),
             to_flagged: Vec::new(),
@@ -76,6 +116,13 @@ impl<'a> SessionEffects<'a> {
 
     pub fn wake_after(&mut self, d: Duration) {
         self.wake = Some(self.wake.map_or(d, |w| w.min(d)));
+    }
+
+    /// The user's own account and the servers this node serves, which filters never apply
+    /// to: a blocklist entry for the home domain must not cut off its IQs.
+    pub fn is_exempt(&self, peer: &Jid) -> bool {
+        peer.to_bare() == self.jid.to_bare()
+            || (peer.local().is_none() && self.served.iter().any(|d| d == peer.domain()))
     }
 }
 
@@ -87,6 +134,32 @@ pub struct Hooks {
 impl Hooks {
     pub(super) fn new(modules: Vec<Box<dyn SessionModule>>) -> Hooks {
         Hooks { modules }
+    }
+
+    pub fn filter_outbound(
+        &mut self,
+        stanza: &Element,
+        to: &Jid,
+        fx: &SessionEffects<'_>,
+    ) -> Outbound {
+        for m in &mut self.modules {
+            if let Outbound::Refuse(reply) = m.filter_outbound(stanza, to, fx) {
+                return Outbound::Refuse(reply);
+            }
+        }
+        Outbound::Pass
+    }
+
+    pub fn update(&mut self, update: &dyn Any) {
+        for m in &mut self.modules {
+            m.update(update);
+        }
+    }
+
+    pub fn account_iq_answered(&mut self, request: &Element, reply: &Element) {
+        for m in &mut self.modules {
+            m.account_iq_answered(request, reply);
+        }
     }
 
     pub fn iq(&mut self, iq: &Element, fx: &mut SessionEffects<'_>) -> Option<IqOutcome> {
@@ -101,6 +174,12 @@ impl Hooks {
         for m in &mut self.modules {
             m.outbound(stanza, fx);
         }
+    }
+
+    pub fn filter_inbound(&mut self, stanza: &Element, fx: &mut SessionEffects<'_>) -> bool {
+        self.modules
+            .iter_mut()
+            .all(|m| m.filter_inbound(stanza, fx))
     }
 
     pub fn inbound(&mut self, stanza: Element, fx: &mut SessionEffects<'_>) -> Option<Element> {
