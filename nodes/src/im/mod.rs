@@ -424,22 +424,10 @@ pub fn handles(ns: &str) -> bool {
 }
 
 /// Disco features the IM layer adds to the server's.
-pub const FEATURES: &[&str] = &[NS_VCARD, NS_LAST, offline::FEATURE_MSGOFFLINE];
+pub const FEATURES: &[&str] = &[NS_VCARD, NS_LAST];
 
 /// Specifications the IM layer implements, for the support table.
 pub const SUPPORT: &[crate::modules::Support] = &[
-    crate::modules::Support {
-        spec: "RFC 6121",
-        title: "XMPP IM: rosters with versioning, subscriptions with pre-approval, presence",
-    },
-    crate::modules::Support {
-        spec: "XEP-0160",
-        title: "Best Practices for Handling Offline Messages",
-    },
-    crate::modules::Support {
-        spec: "XEP-0203",
-        title: "Delayed Delivery (offline messages)",
-    },
     crate::modules::Support {
         spec: "XEP-0012",
         title: "Last Activity",

@@ -16,10 +16,6 @@ use super::RosterActor;
 
 const NS_DELAY: &str = "urn:xmpp:delay";
 
-/// The disco#info feature of a server that stores messages for offline accounts (XEP-0160's
-/// short name, in the XMPP Registrar's registry of service discovery features).
-pub const FEATURE_MSGOFFLINE: &str = "msgoffline";
-
 impl RosterActor {
     pub(super) fn store_offline(
         &mut self,

@@ -16,8 +16,10 @@ mod contact_addresses;
 mod csi;
 mod disco;
 mod last;
+mod offline;
 mod ping;
 pub mod privacy;
+mod roster;
 mod session;
 mod time;
 mod version;
@@ -34,6 +36,8 @@ pub use session::{Hooks, Outbound, ResourceFlag, SessionEffects, SessionModule};
 
 /// Every module, in the order their hooks run. One line per module.
 const MODULES: &[fn() -> Box<dyn Module>] = &[
+    roster::module,
+    offline::module,
     disco::module,
     ping::module,
     version::module,
