@@ -2,8 +2,11 @@
 # What the test suite needs on a fresh Debian machine, installed if missing: the Rust
 # components (rustfmt, clippy), the federation peers (Prosody, ejabberd: their system
 # services are stopped, the tests start private instances), iptables for the cluster
-# partition tests, and a Python virtualenv with tests/integration/requirements.txt and
-# deploy/requirements.txt. Idempotent and quiet when everything is there already.
+# partition tests, PostgreSQL (the message archive's second backend: its service is stopped
+# too, storage's tests start a private instance with scripts/pg-instance.sh), profanity and
+# tmux (a terminal client driven by test_profanity.py), and a Python virtualenv with
+# tests/integration/requirements.txt and deploy/requirements.txt.
+# Idempotent and quiet when everything is there already.
 #
 # Prints the virtualenv's python on its last line; scripts/test.sh runs it and uses that.
 #   SWITCHBOARD_TEST_VENV   where the virtualenv lives (default ~/.cache/switchboard-test-venv)
@@ -37,13 +40,16 @@ missing=()
 command -v prosody >/dev/null 2>&1 || missing+=(prosody)
 { [ -x /usr/sbin/ejabberdctl ] || command -v ejabberdctl >/dev/null 2>&1; } || missing+=(ejabberd)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+command -v profanity >/dev/null 2>&1 || missing+=(profanity)
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || missing+=(postgresql)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
     echo "test-deps: installing ${missing[*]}" >&2
     apt_install "${missing[@]}"
 fi
-# The packages start system services that hold 5222/5269 on every address.
-for service in prosody ejabberd; do
+# The packages start system services that hold 5222/5269 on every address (and 5432).
+for service in prosody ejabberd postgresql; do
     if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "${service}" 2>/dev/null; then
         ${SUDO} systemctl stop "${service}" >&2 || true
     elif command -v service >/dev/null 2>&1; then

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The whole check, as CI runs it: formatting, lints, unit tests, the node's build,
-# then the end-to-end suite against the freshly built binary.
+# The whole check, as CI runs it: formatting, lints, import cycles, unit tests, the node's
+# build, then the end-to-end suite against the freshly built binary.
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -k slixmpp      # extra arguments go to pytest
 #
 # On a fresh Debian machine it first installs what the tests need (scripts/test-deps.sh:
-# Prosody, ejabberd, iptables, a Python virtualenv with the pinned packages). With
+# Prosody, ejabberd, PostgreSQL, iptables, a Python virtualenv with the pinned packages). With
 # SWITCHBOARD_TEST_NO_INSTALL=1 it installs nothing and uses PYTHON (default python3).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -36,7 +36,11 @@ step() {
 
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
-step unit cargo test --workspace
+# No import cycles between the top-level modules of `nodes` (ARCHITECTURE.md, "Layers").
+step import-cycles "$PYTHON" scripts/import-cycles.py --check
+# PostgreSQL is installed by test-deps.sh: without it the archive's PostgreSQL tests would
+# skip themselves, and here that must be a failure.
+step unit env SWITCHBOARD_REQUIRE_POSTGRES=1 cargo test --workspace
 # Every binary the end-to-end suite runs (the node and the load generator), with the same
 # feature set as the unit tests so that nothing is compiled twice.
 if step build cargo build --workspace --bins; then
@@ -45,7 +49,7 @@ if step build cargo build --workspace --bins; then
             "run scripts/test-deps.sh"
         failed+=("integration (dependencies)")
     else
-        step integration env SWITCHBOARD_BIN="$PWD/target/debug/switchboard" \
+        step integration env SWITCHBOARD_REQUIRE_POSTGRES=1 SWITCHBOARD_BIN="$PWD/target/debug/switchboard" \
             "$PYTHON" -m pytest tests/integration -q "$@"
     fi
 else

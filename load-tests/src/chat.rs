@@ -2,6 +2,12 @@
 //! random other user of the run (with `cross_node_only`, one connected to another server);
 //! receivers count them, detect duplicates and measure latency from the send timestamp in the
 //! body (`lg FROM SEQ SENT_US` padded with `x` to `--body-bytes`).
+//!
+//! With `--carbons` every user also has a second session (resource `lg-carbons`) that
+//! enabled Message Carbons (XEP-0280): each message then also costs the server a `<sent/>`
+//! carbon to the sender's second session and a `<received/>` one to the recipient's. With
+//! `--server-pid` the server's CPU time over the exchange is reported per delivered message,
+//! so the two runs can be compared.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,15 +15,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::conn::Failure;
 use crate::login::Target;
 use crate::probe::{self, ChatMessage};
-use crate::ramp::{login_all, stopped, tally, End, Plan, Ramp, Session};
-use crate::report::{ChatSummary, Distribution, Outcome};
-use crate::system::{cpu_us_per, CpuMeter};
+use crate::ramp::{login_all, stopped, tally, timed_login, End, Plan, Ramp, Session};
+use crate::report::{CarbonsSummary, ChatSummary, Distribution, Outcome, ServerCpuSummary};
+use crate::system::{cpu_time_of, cpu_us_per, CpuMeter};
 use crate::xml;
 
 pub struct ChatPlan {
@@ -31,7 +37,18 @@ pub struct ChatPlan {
     pub steps: Option<crate::chatstep::StepPlan>,
     /// Length of every message body.
     pub body_bytes: usize,
+    /// `--carbons`: a second session per user with carbons enabled.
+    pub carbons: bool,
+    /// `--sm`: stream management (XEP-0198) enabled on every session, `<r/>` answered.
+    pub sm: bool,
+    /// `--server-pid`: the server process whose CPU time is measured.
+    pub server_pid: Option<u32>,
 }
+
+/// The resource of each user's second session with `--carbons`.
+const CARBONS_RESOURCE: &str = "lg-carbons";
+const CARBONS_ENABLE: &str =
+    "<iq type='set' id='lg-carbons-on'><enable xmlns='urn:xmpp:carbons:2'/></iq>";
 
 /// How often the coordinator checks whether every message has arrived.
 const POLL: Duration = Duration::from_millis(20);
@@ -55,6 +72,9 @@ struct Shared {
     accounted: AtomicU64,
     /// Users that will send no more (all sent, or their session ended).
     senders_done: AtomicU64,
+    /// `--carbons`: carbons received by the second sessions, by kind.
+    sent_carbons: AtomicU64,
+    received_carbons: AtomicU64,
 }
 
 #[derive(Default)]
@@ -106,6 +126,11 @@ pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
         ramp.release(&stop, &stopped, plan.close_grace).await;
         anyhow::bail!("--cross-node-only needs logged-in users on at least two servers");
     }
+    let carbon_sessions = if chat.carbons {
+        carbon_sessions(plan, &peers).await
+    } else {
+        Vec::new()
+    };
     let shared = Arc::new(Shared {
         target: plan.target.clone(),
         plan: chat,
@@ -117,15 +142,29 @@ pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
         cross_node: AtomicU64::new(0),
         accounted: AtomicU64::new(0),
         senders_done: AtomicU64::new(0),
+        sent_carbons: AtomicU64::new(0),
+        received_carbons: AtomicU64::new(0),
     });
     let users = ramp.sessions.len() as u64;
+    let carbon_users = carbon_sessions.len() as u64;
     eprintln!(
         "  {users} users sending {} messages each",
         shared.plan.messages
     );
     let start = Instant::now();
     let cpu = CpuMeter::start();
+    let server_pid = shared.plan.server_pid;
+    let server_cpu_before = server_pid.map(cpu_time_of).transpose()?;
     let deadline = start + shared.plan.duration;
+    let mut carbon_tasks = JoinSet::new();
+    for session in carbon_sessions {
+        carbon_tasks.spawn(count_carbons(
+            session,
+            shared.clone(),
+            stopped.clone(),
+            plan.close_grace,
+        ));
+    }
     let mut tasks = JoinSet::new();
     for (pos, session) in ramp.sessions.into_iter().enumerate() {
         let task = converse(
@@ -140,14 +179,22 @@ pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
     while Instant::now() < deadline {
         tokio::time::sleep(POLL).await;
         let all_sent = shared.senders_done.load(Ordering::Relaxed) == users;
-        if all_sent
-            && shared.accounted.load(Ordering::Relaxed) >= shared.sent.load(Ordering::Relaxed)
-        {
+        let sent = shared.sent.load(Ordering::Relaxed);
+        // Two carbons per message when every user has a second session.
+        let carbons_done = carbon_users < users
+            || shared.sent_carbons.load(Ordering::Relaxed)
+                + shared.received_carbons.load(Ordering::Relaxed)
+                >= 2 * sent;
+        if all_sent && shared.accounted.load(Ordering::Relaxed) >= sent && carbons_done {
             break;
         }
     }
     let elapsed = start.elapsed();
     let exchange_cpu = cpu.cpu();
+    let server_cpu = match (server_pid, server_cpu_before) {
+        (Some(pid), Some(before)) => Some((pid, cpu_time_of(pid)?.saturating_sub(before))),
+        _ => None,
+    };
     let _ = stop.send(true);
 
     let mut total = Received::default();
@@ -164,6 +211,11 @@ pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
             }
             Err(e) => ends.push(End::Dropped(Failure::Protocol(format!("internal: {e}")))),
         }
+    }
+    while let Some(joined) = carbon_tasks.join_next().await {
+        ends.push(
+            joined.unwrap_or_else(|e| End::Dropped(Failure::Protocol(format!("internal: {e}")))),
+        );
     }
     let (dropped, close) = tally(ends);
     let sent = shared.sent.load(Ordering::Relaxed);
@@ -191,11 +243,106 @@ pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
             generator_cpu_secs: exchange_cpu.as_secs_f64(),
             generator_cpu_us_per_message: cpu_us_per(exchange_cpu, total.unique),
             stepped: None,
+            carbons: shared.plan.carbons.then(|| CarbonsSummary {
+                sessions: carbon_users,
+                sent_carbons: shared.sent_carbons.load(Ordering::Relaxed),
+                received_carbons: shared.received_carbons.load(Ordering::Relaxed),
+                expected: 2 * sent,
+            }),
+            server_cpu: server_cpu.map(|(server_pid, cpu)| ServerCpuSummary {
+                server_pid,
+                cpu_secs: cpu.as_secs_f64(),
+                us_per_message: cpu_us_per(cpu, total.unique),
+            }),
         }),
         dropped,
         close,
         ..Outcome::default()
     })
+}
+
+/// `--carbons`: log every user in a second time (resource [`CARBONS_RESOURCE`]) and enable
+/// carbons there; users whose second login or enable fails are reported and left out.
+async fn carbon_sessions(plan: &Plan, users: &[u32]) -> Vec<Session> {
+    let permits = Arc::new(Semaphore::new(plan.concurrency));
+    let mut tasks = JoinSet::new();
+    for &index in users {
+        // The semaphore is never closed, so this only waits for a free slot.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let (target, limit) = (plan.target.clone(), plan.login_timeout);
+        tasks.spawn(async move {
+            let _permit = permit;
+            let (conn, _) = timed_login(&target, limit, index, CARBONS_RESOURCE).await;
+            let mut conn = conn?;
+            conn.send(CARBONS_ENABLE).await?;
+            let answer = tokio::time::timeout(limit, async {
+                loop {
+                    let el = conn.next_element().await?;
+                    if xml::name(&el) == "iq"
+                        && xml::attr(&el, "id").as_deref() == Some("lg-carbons-on")
+                    {
+                        return Ok(xml::attr(&el, "type"));
+                    }
+                }
+            })
+            .await
+            .unwrap_or(Err(Failure::Timeout))?;
+            if answer.as_deref() != Some("result") {
+                return Err(Failure::Protocol("carbons <enable/> refused".into()));
+            }
+            Ok(Session { index, conn })
+        });
+    }
+    let mut sessions = Vec::with_capacity(users.len());
+    let mut failed = 0u64;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(session)) => sessions.push(session),
+            Ok(Err(failure)) => {
+                failed += 1;
+                eprintln!("  carbons session failed: {failure}");
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("  carbons session failed: internal: {e}");
+            }
+        }
+    }
+    eprintln!(
+        "  {} second sessions with carbons enabled, {failed} failed",
+        sessions.len()
+    );
+    sessions
+}
+
+/// A second session: count the carbons it gets until told to stop.
+async fn count_carbons(
+    mut session: Session,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) -> End {
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => break,
+            el = session.conn.next_element() => match el {
+                Ok(el) if xml::name(&el) == "message" => {
+                    if xml::child(&el, "sent").is_some() {
+                        shared.sent_carbons.fetch_add(1, Ordering::Relaxed);
+                    } else if xml::child(&el, "received").is_some() {
+                        shared.received_carbons.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(_) => {}
+                Err(failure) => return End::Dropped(failure),
+            }
+        }
+    }
+    End::Closed {
+        clean: session.conn.close(grace).await,
+    }
 }
 
 /// One user: send on schedule, receive whatever arrives, until told to stop.
@@ -216,6 +363,14 @@ async fn converse(
     if !sending {
         shared.senders_done.fetch_add(1, Ordering::Relaxed);
     }
+    // XEP-0198: stanzas received since `<enabled/>` (the server counts from its answer on,
+    // §4), the `h` of our `<a/>`; None until then.
+    let mut handled: Option<u32> = None;
+    if plan.sm {
+        if let Err(failure) = session.conn.send("<enable xmlns='urn:xmpp:sm:3'/>").await {
+            return (End::Dropped(failure), received);
+        }
+    }
     let failure = loop {
         tokio::select! {
             _ = stopped(&mut stop) => break None,
@@ -233,7 +388,25 @@ async fn converse(
                 }
             }
             el = session.conn.next_element() => match el {
-                Ok(el) => receive(&shared, &el, &mut seen, &mut received),
+                Ok(el) => {
+                    if plan.sm && handled.is_none() && el.starts_with("<enabled") {
+                        handled = Some(0);
+                        continue;
+                    }
+                    if let Some(h) = handled.as_mut() {
+                        if el.starts_with("<r ") || el.starts_with("<r/") {
+                            let ack = format!("<a xmlns='urn:xmpp:sm:3' h='{h}'/>");
+                            if let Err(failure) = session.conn.send(&ack).await {
+                                break Some(failure);
+                            }
+                            continue;
+                        }
+                        if ["<message", "<presence", "<iq"].iter().any(|s| el.starts_with(s)) {
+                            *h = h.wrapping_add(1);
+                        }
+                    }
+                    receive(&shared, &el, &mut seen, &mut received)
+                }
                 Err(failure) => break Some(failure),
             }
         }

@@ -137,6 +137,9 @@ pub struct Connection {
     /// Elements read during the login that were not for it (a message routed to the new
     /// session before the bind result), handed out first by [`Connection::next_event`].
     deferred: Vec<String>,
+    /// Bytes of XML read from the server so far (after TLS): what a scenario reports as
+    /// bytes received (`presence --csi-inactive-percent`).
+    pub received_bytes: u64,
 }
 
 impl Connection {
@@ -145,6 +148,7 @@ impl Connection {
             io: Transport::Plain(tcp),
             scanner: Scanner::new(MAX_ELEMENT),
             deferred: Vec::new(),
+            received_bytes: 0,
         }
     }
 
@@ -158,6 +162,7 @@ impl Connection {
             io: handshake(tcp, config, domain).await?,
             scanner: Scanner::new(MAX_ELEMENT),
             deferred: Vec::new(),
+            received_bytes: 0,
         })
     }
 
@@ -216,9 +221,11 @@ impl Connection {
                     Poll::Pending => Poll::Pending,
                 }
             });
-            if read.await? == 0 {
+            let n = read.await?;
+            if n == 0 {
                 return Err(Failure::Closed);
             }
+            self.received_bytes += n as u64;
         }
     }
 

@@ -108,6 +108,16 @@ enum Scenario {
         /// Length of every message body: `lg FROM SEQ SENT_US` padded with `x`.
         #[arg(long, default_value_t = 100)]
         body_bytes: usize,
+        /// Log every user in a second time and enable Message Carbons (XEP-0280) there, so
+        /// each message is also carbon-copied (compare the server CPU per message with
+        /// --server-pid against a run without).
+        #[arg(long)]
+        carbons: bool,
+        /// Enable Stream Management (XEP-0198) on every session and answer the server's
+        /// `<r/>` with `<a h/>`, as a mobile client does (compare the server CPU per message
+        /// with --server-pid against a run without).
+        #[arg(long)]
+        sm: bool,
     },
     /// Login storm: open connections at each target rate in turn (login, bind, presence,
     /// close); users are reused round-robin, each connection with its own resource.
@@ -141,6 +151,11 @@ enum Scenario {
         /// Upper bound on the changes and their deliveries.
         #[arg(long, default_value_t = 60)]
         duration_secs: u64,
+        /// Share of the sessions (0-100, spread evenly) that send Client State Indication's
+        /// `<inactive/>` (XEP-0352) before the changes start; bytes received are reported
+        /// for inactive and active sessions.
+        #[arg(long, default_value_t = 0)]
+        csi_inactive_percent: u32,
     },
     /// Users reconnecting in cycles: login, online for a random pause, disconnect, offline
     /// for a random pause, again.
@@ -312,7 +327,8 @@ struct Common {
     /// On close, seconds to wait for the server's </stream:stream>.
     #[arg(long, global = true, default_value_t = 5)]
     close_grace_secs: u64,
-    /// Server process to read VmRSS from (/proc/PID/status).
+    /// Server process to read VmRSS (idle, /proc/PID/status) and CPU time (chat,
+    /// /proc/PID/stat) from.
     #[arg(long, global = true)]
     server_pid: Option<u32>,
     /// Also write the summary as JSON to this file.
@@ -467,7 +483,12 @@ fn mean_interval(
     Ok(Some(Duration::from_secs_f64(value)))
 }
 
-fn work(scenario: &Scenario, servers: usize, users: u32) -> anyhow::Result<Work> {
+fn work(
+    scenario: &Scenario,
+    servers: usize,
+    users: u32,
+    server_pid: Option<u32>,
+) -> anyhow::Result<Work> {
     Ok(match *scenario {
         Scenario::Idle { hold_secs } => Work::Idle {
             hold: secs(hold_secs, "--hold-secs")?,
@@ -483,6 +504,8 @@ fn work(scenario: &Scenario, servers: usize, users: u32) -> anyhow::Result<Work>
             p99_limit_ms,
             stop_after,
             body_bytes: body,
+            carbons,
+            sm,
         } => {
             ensure!(messages <= 1_000_000, "--messages must be at most 1000000");
             ensure!(
@@ -501,6 +524,8 @@ fn work(scenario: &Scenario, servers: usize, users: u32) -> anyhow::Result<Work>
                         !cross_node_only,
                         "--rates does not support --cross-node-only"
                     );
+                    ensure!(!carbons, "--rates does not support --carbons");
+                    ensure!(!sm, "--rates does not support --sm");
                     let rates = storm::parse_rates(rates)?;
                     let step = secs(step_secs, "--step-secs")?;
                     let total: u64 = rates.iter().map(|&r| u64::from(r) * step_secs).sum();
@@ -525,6 +550,9 @@ fn work(scenario: &Scenario, servers: usize, users: u32) -> anyhow::Result<Work>
                 cross_node_only,
                 steps,
                 body_bytes: body_bytes(body)?,
+                carbons,
+                sm,
+                server_pid,
             })
         }
         Scenario::Login {
@@ -547,7 +575,12 @@ fn work(scenario: &Scenario, servers: usize, users: u32) -> anyhow::Result<Work>
             interval_ms,
             setup_secs,
             duration_secs,
+            csi_inactive_percent,
         } => {
+            ensure!(
+                csi_inactive_percent <= 100,
+                "--csi-inactive-percent must be at most 100"
+            );
             ensure!(
                 (2..=1000).contains(&group),
                 "--group must be between 2 and 1000"
@@ -560,6 +593,7 @@ fn work(scenario: &Scenario, servers: usize, users: u32) -> anyhow::Result<Work>
                 interval: millis(interval_ms, "--interval-ms")?,
                 setup: secs(setup_secs, "--setup-secs")?,
                 duration: secs(duration_secs, "--duration-secs")?,
+                csi_inactive_percent,
             })
         }
         Scenario::Churn {
@@ -715,7 +749,7 @@ fn work(scenario: &Scenario, servers: usize, users: u32) -> anyhow::Result<Work>
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let c = &cli.common;
-    let work = work(&cli.scenario, c.server.len(), c.users)?;
+    let work = work(&cli.scenario, c.server.len(), c.users, c.server_pid)?;
     let plan = plan(c)?;
     let servers = c
         .server

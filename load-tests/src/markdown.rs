@@ -596,6 +596,8 @@ mod tests {
                     latency_ms: Distribution::default(),
                     generator_cpu_secs: 0.5,
                     generator_cpu_us_per_message: 16.7,
+                    carbons: None,
+                    server_cpu: None,
                     stepped: Some(ChatStepsSummary {
                         step_secs: 1,
                         drain_secs: 1,

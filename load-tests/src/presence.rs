@@ -8,6 +8,11 @@
 //! the run (`switchboard roster import`): no subscription is sent, the users only poll.
 //! Once all users are ready (or `--setup-secs` ran out), each one sends `--changes` presence
 //! updates whose `<status>` is `lg FROM SEQ SENT_MICROS`; contacts measure the latency.
+//!
+//! With `--csi-inactive-percent P`, P % of the sessions (spread evenly) send XEP-0352's
+//! `<inactive/>` when the changes start: the server holds and coalesces the presence it
+//! would send them. Their deliveries are counted apart from the expected ones, and the
+//! bytes received by inactive and active sessions are reported.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +27,7 @@ use crate::conn::Failure;
 use crate::login::Target;
 use crate::probe;
 use crate::ramp::{login_all, stopped, tally, End, Plan, Session};
-use crate::report::{Distribution, Outcome, PresenceSummary};
+use crate::report::{CsiSummary, Distribution, Outcome, PresenceSummary};
 use crate::timeline::{rate, Progress, Recorder};
 use crate::xml;
 
@@ -54,6 +59,16 @@ pub struct PresencePlan {
     pub setup: Duration,
     /// Upper bound on the presence changes and their deliveries.
     pub duration: Duration,
+    /// Share of the sessions (0-100) that send `<inactive/>` (XEP-0352).
+    pub csi_inactive_percent: u32,
+}
+
+/// Whether the session at `pos` is one of the `percent` % inactive ones: exactly
+/// ⌊n·percent/100⌋ of the first n positions are, spread evenly.
+fn is_inactive(pos: usize, percent: u32) -> bool {
+    let p = u64::from(percent);
+    let pos = pos as u64;
+    (pos + 1) * p / 100 > pos * p / 100
 }
 
 /// How often the coordinator checks progress, and a user polls its roster during setup.
@@ -81,6 +96,11 @@ struct Received {
     delivered: u64,
     duplicates: u64,
     latencies_us: Vec<u64>,
+    /// The session sent `<inactive/>`; its deliveries are counted in `delivered_inactive`.
+    inactive: bool,
+    delivered_inactive: u64,
+    /// Bytes received during the exchange.
+    bytes: u64,
 }
 
 pub async fn run(plan: &Plan, presence: PresencePlan) -> anyhow::Result<Outcome> {
@@ -95,6 +115,7 @@ pub async fn run(plan: &Plan, presence: PresencePlan) -> anyhow::Result<Outcome>
         senders_done: AtomicU64::new(0),
     });
     let online: Vec<u32> = ramp.sessions.iter().map(|s| s.index).collect();
+    let percent = shared.plan.csi_inactive_percent;
     let contacts_of = |index: u32| -> Vec<u32> {
         let group = shared.group_of(index);
         online
@@ -103,18 +124,22 @@ pub async fn run(plan: &Plan, presence: PresencePlan) -> anyhow::Result<Outcome>
             .filter(|&o| o != index && shared.group_of(o) == group)
             .collect()
     };
+    // Every change reaches each active contact; inactive ones get what the server flushes.
     let expected: u64 = online
         .iter()
-        .map(|&i| contacts_of(i).len() as u64 * u64::from(shared.plan.changes))
+        .enumerate()
+        .filter(|&(pos, _)| !is_inactive(pos, percent))
+        .map(|(_, &i)| contacts_of(i).len() as u64 * u64::from(shared.plan.changes))
         .sum();
     let users = online.len() as u64;
     let (go, go_rx) = watch::channel(None);
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    for session in ramp.sessions {
+    for (pos, session) in ramp.sessions.into_iter().enumerate() {
         let contacts = contacts_of(session.index);
         tasks.spawn(user(
             session,
+            is_inactive(pos, percent),
             contacts,
             shared.clone(),
             go_rx.clone(),
@@ -156,6 +181,7 @@ pub async fn run(plan: &Plan, presence: PresencePlan) -> anyhow::Result<Outcome>
     let _ = stop.send(true);
     let mut total = Received::default();
     let mut ends = Vec::new();
+    let (mut inactive_sessions, mut bytes_inactive, mut bytes_active) = (0u64, 0u64, 0u64);
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok((end, received)) => {
@@ -163,6 +189,14 @@ pub async fn run(plan: &Plan, presence: PresencePlan) -> anyhow::Result<Outcome>
                 total.delivered += received.delivered;
                 total.duplicates += received.duplicates;
                 total.latencies_us.extend(received.latencies_us);
+                total.delivered_inactive += received.delivered_inactive;
+                total.bytes += received.bytes;
+                if received.inactive {
+                    inactive_sessions += 1;
+                    bytes_inactive += received.bytes;
+                } else {
+                    bytes_active += received.bytes;
+                }
             }
             Err(e) => ends.push(End::Dropped(Failure::Protocol(format!("internal: {e}")))),
         }
@@ -188,6 +222,21 @@ pub async fn run(plan: &Plan, presence: PresencePlan) -> anyhow::Result<Outcome>
             elapsed_secs: elapsed.as_secs_f64(),
             deliveries_per_sec: rate(total.delivered, elapsed),
             latency_ms: Distribution::from_micros(total.latencies_us),
+            bytes_received: total.bytes,
+            csi: (p.csi_inactive_percent > 0).then(|| {
+                let active_sessions = users.saturating_sub(inactive_sessions);
+                let mean = |bytes: u64, n: u64| if n == 0 { 0.0 } else { bytes as f64 / n as f64 };
+                CsiSummary {
+                    inactive_percent: p.csi_inactive_percent,
+                    inactive_sessions,
+                    active_sessions,
+                    bytes_received_active: bytes_active,
+                    bytes_received_inactive: bytes_inactive,
+                    bytes_per_active_session: mean(bytes_active, active_sessions),
+                    bytes_per_inactive_session: mean(bytes_inactive, inactive_sessions),
+                    delivered_to_inactive: total.delivered_inactive,
+                }
+            }),
         }),
         timeline: recorder.series(),
         dropped,
@@ -201,13 +250,17 @@ type Go = watch::Receiver<Option<Arc<Recorder>>>;
 /// One user: set up its subscriptions, then change presence and receive its contacts'.
 async fn user(
     mut session: Session,
+    inactive: bool,
     contacts: Vec<u32>,
     shared: Arc<Shared>,
     mut go: Go,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) -> (End, Received) {
-    let mut received = Received::default();
+    let mut received = Received {
+        inactive,
+        ..Received::default()
+    };
     let failure = match setup(&mut session, &contacts, &shared, &mut go).await {
         Err(failure) => Some(failure),
         Ok(recorder) => exchange(&mut session, &shared, &recorder, &mut stop, &mut received)
@@ -341,12 +394,25 @@ async fn exchange(
     let plan = &shared.plan;
     let mut seen = HashSet::new();
     let my_group = shared.group_of(session.index);
+    let bytes_before = session.conn.received_bytes;
     let offset = rand::thread_rng().gen_range(0..plan.interval.as_micros().max(1) as u64);
     let mut next_send = tokio::time::Instant::now() + Duration::from_micros(offset);
     let mut seq = 0u32;
     let mut sending = plan.changes > 0;
     if !sending {
         shared.senders_done.fetch_add(1, Ordering::Relaxed);
+    }
+    if received.inactive {
+        if let Err(failure) = session
+            .conn
+            .send("<inactive xmlns='urn:xmpp:csi:0'/>")
+            .await
+        {
+            if sending {
+                shared.senders_done.fetch_add(1, Ordering::Relaxed);
+            }
+            return Err(failure);
+        }
     }
     let result = loop {
         tokio::select! {
@@ -384,6 +450,10 @@ async fn exchange(
                         received.duplicates += 1;
                         continue;
                     }
+                    if received.inactive {
+                        received.delivered_inactive += 1;
+                        continue;
+                    }
                     let now_us = shared.epoch.elapsed().as_micros() as u64;
                     let latency = Duration::from_micros(now_us.saturating_sub(sent_us));
                     received.delivered += 1;
@@ -397,8 +467,49 @@ async fn exchange(
     if sending {
         shared.senders_done.fetch_add(1, Ordering::Relaxed);
     }
+    if result.is_ok() && received.inactive {
+        flush_held(session, shared, received).await?;
+    }
+    received.bytes = session.conn.received_bytes - bytes_before;
     result
 }
+
+/// At the end of an inactive session's exchange: `<active/>`, which makes the server send
+/// what it held (XEP-0352 §5), then a ping whose answer comes after all of it; the flushed
+/// changes are counted, so the bytes compared are those the session gets in all, not only
+/// those it got while inactive.
+async fn flush_held(
+    session: &mut Session,
+    shared: &Shared,
+    received: &mut Received,
+) -> Result<(), Failure> {
+    session
+        .conn
+        .send(
+            "<active xmlns='urn:xmpp:csi:0'/>\
+             <iq type='get' id='lg-csi-flush'><ping xmlns='urn:xmpp:ping'/></iq>",
+        )
+        .await?;
+    let my_group = shared.group_of(session.index);
+    tokio::time::timeout(FLUSH_WAIT, async {
+        loop {
+            let el = session.conn.next_element().await?;
+            if xml::name(&el) == "iq" && xml::attr(&el, "id").as_deref() == Some("lg-csi-flush") {
+                return Ok(());
+            }
+            if let Some((from, _, _)) = parse_status(&el) {
+                if from != session.index && shared.group_of(from) == my_group {
+                    received.delivered_inactive += 1;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or(Err(Failure::Timeout))
+}
+
+/// Longest wait for an inactive session's held stanzas after `<active/>`.
+const FLUSH_WAIT: Duration = Duration::from_secs(10);
 
 /// `<presence><status>lg FROM SEQ SENT_US</status></presence>` (available presence only).
 fn parse_status(el: &str) -> Option<(u32, u32, u64)> {
@@ -411,6 +522,17 @@ fn parse_status(el: &str) -> Option<(u32, u32, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inactive_sessions_are_spread_evenly() {
+        let count = |n: usize, p: u32| (0..n).filter(|&i| is_inactive(i, p)).count();
+        assert_eq!(count(100, 0), 0);
+        assert_eq!(count(100, 100), 100);
+        assert_eq!(count(20, 50), 10);
+        assert_eq!(count(10, 25), 2);
+        let half: Vec<bool> = (0..4).map(|i| is_inactive(i, 50)).collect();
+        assert_eq!(half, [false, true, false, true]);
+    }
 
     #[test]
     fn statuses() {

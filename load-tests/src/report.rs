@@ -101,6 +101,32 @@ pub struct PresenceSummary {
     pub deliveries_per_sec: f64,
     /// From sending the change to its receipt at each contact.
     pub latency_ms: Distribution,
+    /// Bytes of XML the sessions received during the exchange (after TLS), for inactive
+    /// sessions including what the server flushed after their final `<active/>`.
+    pub bytes_received: u64,
+    /// `--csi-inactive-percent`: sessions that told the server they were inactive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csi: Option<CsiSummary>,
+}
+
+/// `presence --csi-inactive-percent`: what inactive sessions (XEP-0352) received compared
+/// with active ones. Deliveries to inactive sessions are not in `expected`/`delivered`
+/// (the server holds and coalesces them); they are counted here.
+#[derive(Debug, Serialize)]
+pub struct CsiSummary {
+    pub inactive_percent: u32,
+    pub inactive_sessions: u64,
+    pub active_sessions: u64,
+    pub bytes_received_active: u64,
+    pub bytes_received_inactive: u64,
+    /// Mean bytes received per active session during the exchange.
+    pub bytes_per_active_session: f64,
+    /// Mean bytes received per inactive session during the exchange.
+    pub bytes_per_inactive_session: f64,
+    /// Presence changes that reached inactive sessions: while inactive (the server flushed
+    /// what it held: a bound was reached) and after the `<active/>` each inactive session
+    /// sends at the end (the latest change per contact, as held).
+    pub delivered_to_inactive: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -182,6 +208,33 @@ pub struct ChatSummary {
     /// Stepped chat (`chat --rates`): one entry per offered rate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stepped: Option<ChatStepsSummary>,
+    /// `chat --carbons`: each user's second session with carbons (XEP-0280) enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub carbons: Option<CarbonsSummary>,
+    /// `--server-pid`: the server's CPU time over the exchange.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu: Option<ServerCpuSummary>,
+}
+
+/// `chat --carbons`: every delivered message should give two carbons, a `<sent/>` one to
+/// the sender's second session and a `<received/>` one to the recipient's.
+#[derive(Debug, Serialize)]
+pub struct CarbonsSummary {
+    /// Second sessions logged in with carbons enabled.
+    pub sessions: u64,
+    pub sent_carbons: u64,
+    pub received_carbons: u64,
+    /// Two per message sent (when every user has its second session).
+    pub expected: u64,
+}
+
+/// The server's CPU time (utime + stime of `/proc/PID/stat`) over the exchange.
+#[derive(Debug, Serialize)]
+pub struct ServerCpuSummary {
+    pub server_pid: u32,
+    pub cpu_secs: f64,
+    /// `cpu_secs` per distinct delivered message, in µs.
+    pub us_per_message: f64,
 }
 
 /// `chat --rates`: aggregate offered rates in steps, each followed by a bounded drain.
@@ -327,6 +380,19 @@ impl Summary {
                 "message bodies: {} bytes; generator CPU over the exchange: {:.2} s = {:.1} µs per delivered message",
                 c.body_bytes, c.generator_cpu_secs, c.generator_cpu_us_per_message
             );
+            if let Some(k) = &c.carbons {
+                println!(
+                    "carbons: {} sessions with carbons enabled; {} sent and {} received carbons of {} expected",
+                    k.sessions, k.sent_carbons, k.received_carbons, k.expected
+                );
+            }
+            match &c.server_cpu {
+                Some(s) => println!(
+                    "server CPU (pid {}): {:.2} s over the exchange = {:.1} µs per delivered message",
+                    s.server_pid, s.cpu_secs, s.us_per_message
+                ),
+                None => println!("server CPU: not measured (pass --server-pid)"),
+            }
             if let Some(st) = &c.stepped {
                 for p in &st.steps {
                     println!(
@@ -368,6 +434,14 @@ impl Summary {
                 p.deliveries_per_sec
             );
             println!("presence latency: {}", p.latency_ms.line());
+            println!("bytes received during the exchange: {}", p.bytes_received);
+            if let Some(c) = &p.csi {
+                println!(
+                    "csi: {} % inactive ({} inactive, {} active sessions); bytes per session: {:.0} inactive vs {:.0} active; {} changes reached inactive sessions",
+                    c.inactive_percent, c.inactive_sessions, c.active_sessions,
+                    c.bytes_per_inactive_session, c.bytes_per_active_session, c.delivered_to_inactive
+                );
+            }
         }
         if let Some(c) = &o.churn {
             println!(

@@ -116,6 +116,16 @@ pub fn process_cpu_time() -> anyhow::Result<Duration> {
         .context("no utime/stime in /proc/self/stat")
 }
 
+/// CPU time process `pid` has used so far (user plus system, all its threads): how the
+/// server's CPU per delivered message is measured (`chat --server-pid`).
+pub fn cpu_time_of(pid: u32) -> anyhow::Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_cpu_ticks(&stat)
+        .map(|ticks| Duration::from_millis(ticks * 1000 / USER_HZ))
+        .with_context(|| format!("no utime/stime in {path}"))
+}
+
 /// `utime + stime` (fields 14 and 15) of a `/proc/<pid>/stat` line; the command name in
 /// field 2 may contain spaces and parentheses, so fields are counted from its last `)`.
 fn parse_cpu_ticks(stat: &str) -> Option<u64> {
@@ -224,6 +234,8 @@ mod tests {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
         }
         assert!(meter.cpu() >= Duration::from_millis(20));
+        assert!(cpu_time_of(std::process::id()).unwrap() >= Duration::from_millis(20));
+        assert!(cpu_time_of(u32::MAX).is_err());
         assert!(meter.wall() > Duration::ZERO);
         assert_eq!(
             cpu_percent(Duration::from_millis(500), Duration::from_secs(1)),

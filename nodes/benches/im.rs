@@ -1,5 +1,5 @@
-//! IM costs on one node: loading a 500-item roster (RosterActor, sled), and one presence
-//! change broadcast to 100 subscribed, online contacts (SessionActor → Router → RosterActor →
+//! IM costs on one node: loading a 500-item roster (AccountShard, sled), and one presence
+//! change broadcast to 100 subscribed, online contacts (SessionActor → Router → AccountShard →
 //! Router → 100 SessionActors, serialised into their send queues).
 
 mod support;

@@ -1,9 +1,11 @@
 //! Node configuration: built-in defaults, then an optional TOML file, then `SWITCHBOARD_*`
 //! environment variables (`__` separates nested keys: `SWITCHBOARD_C2S__LISTEN=...`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,10 +21,39 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     pub http: HttpSettings,
     pub s2s: S2sSettings,
-    /// `[modules.<name>]`: each extension module's section (see `modules`), checked
-    /// against the modules' declarations at load.
+    /// `[modules.<name>]`: each extension module's section, as written; `modules::config`
+    /// lays it over the modules' declarations and refuses what they do not declare.
     #[serde(default)]
-    pub modules: crate::modules::ModulesConfig,
+    pub modules: ModulesConfig,
+}
+
+/// The `[modules]` table as the operator wrote it (and `SWITCHBOARD_MODULES__*`): one raw
+/// table per module name. The modules declare their options and defaults in their own files
+/// (`modules::config`), so this layer keeps the tables unparsed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct ModulesConfig(BTreeMap<String, Map<String, Value>>);
+
+impl ModulesConfig {
+    /// The module names that have a section.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
+    /// `name`'s section as written, if the operator wrote one.
+    pub fn section(&self, name: &str) -> Option<&Map<String, Value>> {
+        self.0.get(name)
+    }
+
+    /// A configuration with one section set (tests).
+    #[cfg(test)]
+    pub fn with(mut self, module: &str, key: &str, value: Value) -> ModulesConfig {
+        self.0
+            .entry(module.to_string())
+            .or_default()
+            .insert(key.to_string(), value);
+        self
+    }
 }
 
 /// The operator's HTTP endpoint: /metrics, /healthz, /readyz and the admin API.
@@ -169,8 +200,63 @@ pub struct ImSettings {
     /// Bytes (stanza XML) of offline messages kept per account; beyond it senders get
     /// `service-unavailable` too.
     pub max_offline_bytes: u64,
-    /// RosterActor shards (each owns the IM state of the accounts that hash to it).
+    /// account shards (`AccountShard` actors) (each owns the IM state of the accounts that hash to it).
     pub shards: usize,
+}
+
+/// Limits on what an account can accumulate: everything a client or a remote peer can make
+/// the node store for an account is bounded by one of these (`[im]` in the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct ImLimits {
+    pub max_roster_items: usize,
+    pub max_offline_messages: usize,
+    pub max_pending_subscriptions: usize,
+    pub max_roster_groups: usize,
+    pub max_blocklist_items: usize,
+    pub max_privacy_lists: usize,
+    pub max_privacy_items: usize,
+    pub max_private_entries: usize,
+    pub max_private_bytes: usize,
+    pub max_vcard_bytes: usize,
+    /// Bytes (stored XML) of offline messages kept per account (`im.max_offline_bytes`).
+    pub max_offline_bytes: u64,
+}
+
+impl ImLimits {
+    pub fn from_settings(im: &ImSettings) -> ImLimits {
+        ImLimits {
+            max_roster_items: im.max_roster_items,
+            max_offline_messages: im.max_offline_messages,
+            max_offline_bytes: im.max_offline_bytes,
+            max_pending_subscriptions: im.max_pending_subscriptions,
+            max_roster_groups: im.max_roster_groups,
+            max_blocklist_items: im.max_blocklist_items,
+            max_privacy_lists: im.max_privacy_lists,
+            max_privacy_items: im.max_privacy_items,
+            max_private_entries: im.max_private_entries,
+            max_private_bytes: im.max_private_bytes,
+            max_vcard_bytes: im.max_vcard_bytes,
+        }
+    }
+}
+
+/// The configuration's defaults (benches and tests).
+impl Default for ImLimits {
+    fn default() -> ImLimits {
+        ImLimits {
+            max_roster_items: 1000,
+            max_offline_messages: 500,
+            max_offline_bytes: 10 << 20,
+            max_pending_subscriptions: 1000,
+            max_roster_groups: 32,
+            max_blocklist_items: 1000,
+            max_privacy_lists: 50,
+            max_privacy_items: 250,
+            max_private_entries: 100,
+            max_private_bytes: 1024 * 1024,
+            max_vcard_bytes: 64 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -198,6 +284,15 @@ pub struct C2sSettings {
     pub max_unauthenticated_per_address: usize,
     /// Largest stanza before authentication (STARTTLS and SASL need a few hundred bytes).
     pub max_unauthenticated_stanza_bytes: usize,
+    /// A bound client silent this long gets an XEP-0199 ping (or, under stream
+    /// management, an `<r/>`); 0 disables.
+    pub idle_ping_secs: u64,
+    /// No answer (nor anything else) within this long after the ping: the connection is
+    /// dead and ends (a resumable session detaches).
+    pub idle_ping_timeout_secs: u64,
+    /// TCP keepalive probes after this long without traffic (then every 10 s, 3 of them),
+    /// so that a peer that vanished is noticed by the kernel too; 0 disables.
+    pub tcp_keepalive_secs: u64,
 }
 
 /// What happens when a client binds a resource that is already online.
@@ -245,6 +340,9 @@ max_connections = 100000
 max_unauthenticated_connections = 10000
 max_unauthenticated_per_address = 500
 max_unauthenticated_stanza_bytes = 16384
+idle_ping_secs = 300
+idle_ping_timeout_secs = 60
+tcp_keepalive_secs = 120
 
 [tls]
 
@@ -366,7 +464,7 @@ impl ClusterSettings {
             return invalid("cluster.secret must be at least 16 characters".into());
         }
         for m in self.members.iter().chain(&self.seeds) {
-            if crate::cluster::parse_member(m).is_none() {
+            if parse_member(m).is_none() {
                 return invalid(format!("cluster member {m:?} is not ID@HOST:PORT"));
             }
         }
@@ -442,7 +540,6 @@ impl Settings {
             prepared.push(p);
         }
         self.domains = prepared;
-        crate::modules::Registry::configure(&self.modules).map_err(ConfigError::Invalid)?;
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(ConfigError::Invalid(
                 "tls.cert and tls.key must be set together".into(),
@@ -510,7 +607,7 @@ impl Settings {
         }
         self.cluster.validate()?;
         if !self.http.listen.is_empty()
-            && !crate::http::is_loopback(&self.http.listen)
+            && !is_loopback(&self.http.listen)
             && self.http.token.is_empty()
         {
             return Err(ConfigError::Invalid(format!(
@@ -608,6 +705,20 @@ impl Settings {
     pub fn admin_socket(&self) -> PathBuf {
         self.data_dir.join("admin.sock")
     }
+}
+
+/// A cluster member as `cluster.members` and `cluster.seeds` name it: `ID@HOST:PORT`.
+pub fn parse_member(s: &str) -> Option<(u64, String)> {
+    let (id, addr) = s.split_once('@')?;
+    Some((id.trim().parse().ok()?, addr.trim().to_string()))
+}
+
+/// Whether `http.listen` is on loopback (then the API may run without a token).
+fn is_loopback(listen: &str) -> bool {
+    listen
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().is_loopback())
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

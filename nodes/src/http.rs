@@ -412,14 +412,6 @@ fn is_json(headers: &hyper::HeaderMap) -> bool {
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// Whether `http.listen` is on loopback (then the API may run without a token).
-pub fn is_loopback(listen: &str) -> bool {
-    listen
-        .parse::<std::net::SocketAddr>()
-        .map(|a| a.ip().is_loopback())
-        .unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

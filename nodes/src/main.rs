@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use nodes::admin::protocol::{AdminRequest, AdminResponse};
 use nodes::admin::roster_import::{RosterImportItem, RosterImportOutcome};
-use nodes::config::Settings;
+use nodes::config::{ConfigError, Settings};
 use nodes::{modules, node, users};
 
 #[derive(Parser)]
@@ -61,6 +61,20 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// The message archive (XEP-0313, `[modules.mam]`).
+    Mam {
+        #[command(subcommand)]
+        command: MamCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MamCommand {
+    /// Delete every archived message of an account (through the running node).
+    Purge { jid: String },
+    /// Create or upgrade the PostgreSQL archive's schema (`backend = "postgres"`); the
+    /// node also does it when it starts.
+    Migrate,
 }
 
 #[derive(Subcommand)]
@@ -127,6 +141,9 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
+    // `[modules]` is checked against the modules' own declarations, which the configuration
+    // layer does not know.
+    modules::Registry::configure(&settings.modules).map_err(ConfigError::Invalid)?;
     let cli_api = cli.api.map(|url| (url, cli.token));
     match cli.command {
         Command::Run => {
@@ -172,6 +189,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         Command::Cluster { command } => {
             cluster_command(&settings, &admin_target(&cli_api, &settings), command)
+        }
+        Command::Mam { command } => {
+            mam_command(&settings, &admin_target(&cli_api, &settings), command)
         }
     }
 }
@@ -483,10 +503,41 @@ fn offline(settings: &Settings, request: &AdminRequest) -> anyhow::Result<AdminR
         | AdminRequest::ClusterStatus
         | AdminRequest::ClusterRoutes
         | AdminRequest::ClusterLeave { .. }
-        | AdminRequest::ClusterJoin { .. } => {
+        | AdminRequest::ClusterJoin { .. }
+        | AdminRequest::MamPurge { .. } => {
             return Ok(AdminResponse::err("the node is not running"))
         }
     };
     store.flush()?;
     Ok(response.unwrap_or_else(AdminResponse::err))
+}
+
+fn mam_command(
+    settings: &Settings,
+    target: &AdminTarget,
+    command: MamCommand,
+) -> anyhow::Result<()> {
+    let registry = modules::Registry::configure(&settings.modules).map_err(anyhow::Error::msg)?;
+    let Some(mam) = modules::mam::get(&registry) else {
+        bail!("the message archive is disabled ([modules.mam] enabled = false)");
+    };
+    match command {
+        MamCommand::Migrate => {
+            if mam.settings().backend != "postgres" {
+                bail!("modules.mam.backend is \"{}\": only the postgres backend has a schema to migrate", mam.settings().backend);
+            }
+            mam.open().map_err(anyhow::Error::msg)?;
+            println!("archive schema is up to date");
+            Ok(())
+        }
+        MamCommand::Purge { jid } => {
+            let request = AdminRequest::MamPurge { jid: jid.clone() };
+            let Some(response) = target.request(&request)? else {
+                bail!("the node is not running (mam purge goes through a running node)");
+            };
+            let n = succeeded(response)?;
+            println!("{jid}: {} archived messages deleted", n.unwrap_or_default());
+            Ok(())
+        }
+    }
 }

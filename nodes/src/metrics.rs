@@ -43,6 +43,15 @@ pub struct Metrics {
     pub shard_replicas: IntGaugeVec,
     pub shard_writes: IntCounterVec,
     pub shard_snapshots: IntCounterVec,
+    pub sm_sessions: IntCounterVec,
+    pub sm_stanzas: IntCounterVec,
+    pub mam_archived: IntCounterVec,
+    pub mam_not_archived: IntCounterVec,
+    pub mam_queries: IntCounterVec,
+    pub mam_query_duration: HistogramVec,
+    pub mam_deleted: IntCounterVec,
+    pub mam_rows: IntGauge,
+    pub mam_pending_bytes: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -145,6 +154,66 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "switchboard_bounces_total",
             "Stanzas answered with an error or dropped by the router, by condition.",
             &["reason"],
+        ),
+        sm_sessions: counter(
+            &r,
+            "switchboard_sm_sessions_total",
+            "Stream management (XEP-0198) sessions by event: enabled, detached, resumed_local, \
+             resumed_remote, resume_failed, expired, ended_unresumed.",
+            &["event"],
+        ),
+        sm_stanzas: counter(
+            &r,
+            "switchboard_sm_stanzas_total",
+            "Unacknowledged stanzas: retransmitted after a resumption, or handled at a \
+             session's end without resumption (rerouted to the account, bounced, dropped).",
+            &["outcome"],
+        ),
+        mam_archived: counter(
+            &r,
+            "switchboard_mam_archived_total",
+            "Messages written to an archive (XEP-0313) by this node's account shards, by \
+             direction (incoming, outgoing).",
+            &["direction"],
+        ),
+        mam_not_archived: counter(
+            &r,
+            "switchboard_mam_not_archived_total",
+            "Archivable messages not archived, by reason: prefs (the account's preferences), \
+             overload (the node's archive queue was full), failed (the write failed).",
+            &["reason"],
+        ),
+        mam_queries: counter(
+            &r,
+            "switchboard_mam_queries_total",
+            "Archive requests answered, by kind (query, prefs, metadata, form) and outcome \
+             (ok, error).",
+            &["kind", "outcome"],
+        ),
+        mam_query_duration: histogram_vec(
+            &r,
+            "switchboard_mam_query_duration_seconds",
+            "Time to read one page of an archive, by backend.",
+            &["backend"],
+            latency.clone(),
+        ),
+        mam_deleted: counter(
+            &r,
+            "switchboard_mam_deleted_total",
+            "Archived messages deleted, by reason: retention (age), cap (per-account cap), \
+             purge (operator's `mam purge`).",
+            &["reason"],
+        ),
+        mam_rows: gauge(
+            &r,
+            "switchboard_mam_rows",
+            "Messages in the PostgreSQL archive (the planner's estimate, refreshed with the \
+             retention pass; 0 with the embedded archive).",
+        ),
+        mam_pending_bytes: gauge(
+            &r,
+            "switchboard_mam_pending_bytes",
+            "Archive writes this node has queued or in flight to the account shards, in bytes.",
         ),
         bytes: counter(
             &r,

@@ -201,6 +201,25 @@ impl Element {
     pub fn get_child(&self, name: &str, ns: &str) -> Option<&Element> {
         self.children().find(|c| c.is(name, ns))
     }
+    /// Remove every child element for which `remove` is true (text nodes stay; two text
+    /// nodes the removal makes adjacent are merged, keeping the tree's invariant). Returns
+    /// how many were removed.
+    pub fn remove_children(&mut self, mut remove: impl FnMut(&Element) -> bool) -> usize {
+        let mut removed = 0;
+        let mut kept: Vec<Node> = Vec::with_capacity(self.children.len());
+        for node in self.children.drain(..) {
+            match node {
+                Node::Element(e) if remove(&e) => removed += 1,
+                Node::Text(t) => match kept.last_mut() {
+                    Some(Node::Text(last)) => last.push_str(&t),
+                    _ => kept.push(Node::Text(t)),
+                },
+                other => kept.push(other),
+            }
+        }
+        self.children = kept;
+        removed
+    }
     /// Append text, merging it into the last child if that is a text node (so that a tree
     /// never holds two adjacent text nodes).
     pub fn append_text(&mut self, text: impl Into<String>) {
@@ -389,4 +408,19 @@ fn escape(out: &mut Vec<u8>, s: &str, attr: bool) {
         last = i + 1;
     }
     out.extend_from_slice(&bytes[last..]);
+}
+
+/// Elements travel between cluster nodes (IM operations on a NodeLink) as their XML text,
+/// parsed again on arrival.
+impl serde::Serialize for Element {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_xml_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Element {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Element, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Element::parse(&s).map_err(serde::de::Error::custom)
+    }
 }

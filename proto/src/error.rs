@@ -72,6 +72,9 @@ impl StreamErrorCondition {
 pub struct StreamError {
     pub condition: StreamErrorCondition,
     pub text: Option<String>,
+    /// An application-specific condition (RFC 6120 §4.9.4), e.g. XEP-0198's
+    /// `<handled-count-too-high/>`.
+    pub app: Option<crate::element::Element>,
 }
 
 impl StreamError {
@@ -79,13 +82,20 @@ impl StreamError {
         StreamError {
             condition,
             text: None,
+            app: None,
         }
     }
     pub fn with_text(condition: StreamErrorCondition, text: impl Into<String>) -> StreamError {
         StreamError {
             condition,
             text: Some(text.into()),
+            app: None,
         }
+    }
+    /// Add an application-specific condition element (RFC 6120 §4.9.4).
+    pub fn with_app(mut self, app: crate::element::Element) -> StreamError {
+        self.app = Some(app);
+        self
     }
     /// Serialised `<stream:error>` element (using the `stream:` prefix bound by the header).
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -101,6 +111,9 @@ impl StreamError {
             out.extend_from_slice(b"'>");
             crate::element::escape_text(&mut out, text);
             out.extend_from_slice(b"</text>");
+        }
+        if let Some(app) = &self.app {
+            app.write_to(&mut out, ns::STREAM);
         }
         out.extend_from_slice(b"</stream:error>");
         out
@@ -131,7 +144,7 @@ impl StanzaErrorType {
 }
 
 /// RFC 6120 §8.3.3 stanza error conditions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum StanzaErrorCondition {
     BadRequest,
     Conflict,

@@ -121,7 +121,7 @@ pub fn roster_attrs(state: SubState) -> (&'static str, Option<&'static str>, boo
 }
 
 /// The four presence types that manage subscriptions (RFC 6121 §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum SubscriptionKind {
     Subscribe,
     Subscribed,
@@ -155,7 +155,7 @@ impl SubscriptionKind {
 
 /// Presence the owner's server sends to the contact, from each of the owner's available
 /// resources, because the contact gained or lost its subscription to the owner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum PresenceToSend {
     /// The owner's current presence, sent after the stanza that granted the subscription
     /// (§3.1.5, §3.4).

@@ -56,6 +56,10 @@ pub enum Action {
     Stanza(Element),
     /// A top-level element in one of [`C2sPolicy::nonza_namespaces`] from the bound session.
     Nonza(Element),
+    /// The authenticated client asks to resume stream-management session `previd`
+    /// (XEP-0198 §5) instead of binding; it handled `h` of our stanzas. Answer with
+    /// [`C2sNegotiation::resumed`] or [`C2sNegotiation::resume_failed`].
+    Resume { previd: String, h: u32 },
     /// Close the stream: the bytes are already in a preceding `Send`.
     Close,
 }
@@ -92,6 +96,12 @@ pub struct C2sNegotiation {
     /// The condition of the last SASL failure.
     last_failure: Option<SaslFailure>,
     sasl: Option<SaslExchange>,
+    /// Stanzas received from the client since stream management was enabled or resumed
+    /// (XEP-0198 §4); `None` while it is not enabled. The inbound half of stream management
+    /// lives here because some stanzas are answered here (the legacy session request) and
+    /// every one of them counts; the outbound half (the unacknowledged queue) is the
+    /// session's.
+    sm_handled: Option<crate::sm::Counter>,
 }
 
 impl C2sNegotiation {
@@ -115,7 +125,14 @@ impl C2sNegotiation {
             mechanism: None,
             last_failure: None,
             sasl: None,
+            sm_handled: None,
         }
+    }
+
+    /// Stanzas handled from the client since stream management was enabled (or the count
+    /// the resumed session had plus those since); `None`: not enabled.
+    pub fn sm_handled(&self) -> Option<u32> {
+        self.sm_handled.map(|c| c.0)
     }
 
     /// SASL attempts that failed so far on this stream.
@@ -278,6 +295,9 @@ impl C2sNegotiation {
         }
         if el.ns == ns::SASL {
             return self.sasl_element(el, auth);
+        }
+        if el.ns == ns::SM && self.user.is_some() && self.offers(ns::SM) {
+            return self.sm_before_bind(&el);
         }
         if el.ns == ns::CLIENT && matches!(el.name.as_str(), "iq" | "message" | "presence") {
             if self.user.is_some() && el.name == "iq" {
@@ -448,6 +468,58 @@ impl C2sNegotiation {
         }])
     }
 
+    fn offers(&self, namespace: &str) -> bool {
+        self.policy.nonza_namespaces.iter().any(|n| n == namespace)
+    }
+
+    /// Stream management between authentication and bind (XEP-0198 §3, §5): only
+    /// `<resume/>` belongs here; `<enable/>` must wait for a bound resource.
+    fn sm_before_bind(&mut self, el: &Element) -> Vec<Action> {
+        use crate::error::StanzaErrorCondition as C;
+        let failed = |cond| {
+            let mut out = Vec::new();
+            crate::sm::failed(cond, None).write_to(&mut out, ns::CLIENT);
+            vec![Action::Send(out)]
+        };
+        match crate::sm::parse(el) {
+            Ok(crate::sm::Nonza::Resume { previd, h }) if !self.bind_pending => {
+                self.bind_pending = true;
+                vec![Action::Resume { previd, h }]
+            }
+            Ok(crate::sm::Nonza::Resume { .. } | crate::sm::Nonza::Enable { .. }) => {
+                failed(C::UnexpectedRequest)
+            }
+            // Nothing is counted before enable: an early <r/> or <a/> is ignored.
+            Ok(crate::sm::Nonza::Request | crate::sm::Nonza::Ack { .. }) => Vec::new(),
+            Err(_) => failed(C::BadRequest),
+        }
+    }
+
+    /// The session `previd` was resumed for this connection (XEP-0198 §5): the stream is
+    /// established again; `h` is how many of the client's stanzas the session handled. The
+    /// caller retransmits the unacknowledged stanzas after these bytes.
+    pub fn resumed(&mut self, previd: &str, h: u32) -> Vec<Action> {
+        self.bind_pending = false;
+        self.phase = Phase::Established;
+        self.sm_handled = Some(crate::sm::Counter(h));
+        let mut out = Vec::new();
+        crate::sm::resumed(previd, h).write_to(&mut out, ns::CLIENT);
+        vec![Action::Send(out)]
+    }
+
+    /// The session could not be resumed (§5: unknown, expired, replaced or held by a node
+    /// that is gone: `item-not-found`); the client may bind a new resource instead.
+    pub fn resume_failed(
+        &mut self,
+        condition: crate::error::StanzaErrorCondition,
+        h: Option<u32>,
+    ) -> Vec<Action> {
+        self.bind_pending = false;
+        let mut out = Vec::new();
+        crate::sm::failed(condition, h).write_to(&mut out, ns::CLIENT);
+        vec![Action::Send(out)]
+    }
+
     /// The caller bound `full_jid` for the request `iq_id`: the stream is established.
     pub fn bound(&mut self, iq_id: &str, full_jid: &str) -> Vec<Action> {
         self.bind_pending = false;
@@ -482,6 +554,14 @@ impl C2sNegotiation {
     }
 
     fn established_element(&mut self, el: Element) -> Vec<Action> {
+        if el.ns == ns::SM && self.offers(ns::SM) {
+            return self.sm_established(el);
+        }
+        if let Some(handled) = &mut self.sm_handled {
+            if el.ns == ns::CLIENT && matches!(el.name.as_str(), "iq" | "message" | "presence") {
+                handled.bump();
+            }
+        }
         if self
             .policy
             .nonza_namespaces
@@ -516,6 +596,37 @@ impl C2sNegotiation {
             }
         }
         vec![Action::Stanza(el)]
+    }
+
+    /// Stream management on a bound stream (XEP-0198 §3, §4): `<r/>` is answered here with
+    /// the count kept here; `<enable/>` (once) and `<a/>` go to the session, which owns the
+    /// queue of what it sent.
+    fn sm_established(&mut self, el: Element) -> Vec<Action> {
+        use crate::error::StanzaErrorCondition as C;
+        use crate::sm::Nonza;
+        let send = |el: Element| {
+            let mut out = Vec::new();
+            el.write_to(&mut out, ns::CLIENT);
+            vec![Action::Send(out)]
+        };
+        match (crate::sm::parse(&el), self.sm_handled) {
+            (Ok(Nonza::Enable { .. }), None) => {
+                self.sm_handled = Some(crate::sm::Counter::default());
+                vec![Action::Nonza(el)]
+            }
+            // Enabled twice, or a resume on a bound stream (§5: resume replaces bind).
+            (Ok(Nonza::Enable { .. } | Nonza::Resume { .. }), _) => {
+                send(crate::sm::failed(C::UnexpectedRequest, None))
+            }
+            (Ok(Nonza::Request), Some(handled)) => send(crate::sm::ack(handled.0)),
+            (Ok(Nonza::Ack { .. }), Some(_)) => vec![Action::Nonza(el)],
+            // Nothing is counted before enable: an early <r/> or <a/> means nothing.
+            (Ok(Nonza::Request | Nonza::Ack { .. }), None) => Vec::new(),
+            (Err(e), _) => self.fail(StreamError::with_text(
+                Cond::UndefinedCondition,
+                format!("stream management: {e}"),
+            )),
+        }
     }
 
     /// Close the stream with `error`, sending our header first if it has not gone out yet

@@ -18,6 +18,10 @@ pub const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 pub const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 pub const PING: &str = "urn:xmpp:ping";
 pub const VERSION: &str = "jabber:iq:version";
+/// XEP-0191: Blocking Command.
+pub const BLOCKING: &str = "urn:xmpp:blocking";
+/// XEP-0016: Privacy Lists.
+pub const PRIVACY: &str = "jabber:iq:privacy";
 /// XEP-0012: Last Activity.
 pub const LAST: &str = "jabber:iq:last";
 /// XEP-0202: Entity Time.
@@ -26,9 +30,32 @@ pub const TIME: &str = "urn:xmpp:time";
 pub const CARBONS: &str = "urn:xmpp:carbons:2";
 /// XEP-0297: Stanza Forwarding (the wrapper of a carbon copy).
 pub const FORWARD: &str = "urn:xmpp:forward:0";
-/// XEP-0334: Message Processing Hints (`<no-copy/>`).
+/// XEP-0334: Message Processing Hints (`<no-copy/>`, `<no-store/>`, `<store/>`, ...).
 pub const HINTS: &str = "urn:xmpp:hints";
 /// XEP-0352: Client State Indication.
 pub const CSI: &str = "urn:xmpp:csi:0";
 /// XEP-0004: Data Forms.
 pub const DATA_FORMS: &str = "jabber:x:data";
+/// Stream management (XEP-0198 v1.6).
+pub const SM: &str = "urn:xmpp:sm:3";
+/// XEP-0313: Message Archive Management (v1.x).
+pub const MAM: &str = "urn:xmpp:mam:2";
+/// XEP-0313 §7: the disco feature of `before-id`/`after-id`/`ids`, flipped pages and the
+/// archive metadata query.
+pub const MAM_EXTENDED: &str = "urn:xmpp:mam:2#extended";
+/// XEP-0059: Result Set Management.
+pub const RSM: &str = "http://jabber.org/protocol/rsm";
+/// XEP-0359: Unique and Stable Stanza IDs (`<stanza-id/>`, `<origin-id/>`).
+pub const SID: &str = "urn:xmpp:sid:0";
+/// XEP-0203: Delayed Delivery.
+pub const DELAY: &str = "urn:xmpp:delay";
+/// XEP-0122: Data Forms Validation (the `ids` field of the MAM form is open).
+pub const XDATA_VALIDATE: &str = "http://jabber.org/protocol/xdata-validate";
+/// XEP-0085: Chat State Notifications.
+pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
+/// XEP-0384 v0.3 (OMEMO as Conversations deployed it).
+pub const OMEMO_LEGACY: &str = "eu.siacs.conversations.axolotl";
+/// XEP-0384 v0.8+: OMEMO Encryption.
+pub const OMEMO: &str = "urn:xmpp:omemo:2";
+/// XEP-0373: OpenPGP for XMPP.
+pub const OPENPGP: &str = "urn:xmpp:openpgp:0";

@@ -2,6 +2,9 @@
 //! stanza. Group and subscription items are resolved against the roster by the caller, so
 //! evaluation needs nothing but the peer's JID.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use crate::blocklist::covers;
 use crate::jid::Jid;
 
@@ -98,6 +101,25 @@ impl PrivacyRules {
             .iter()
             .find(|r| r.kinds.includes(kind) && r.matcher.matches(peer))
             .is_none_or(|r| r.allow)
+    }
+}
+
+/// An account's privacy lists, compiled, and the name of its default list: what the account's
+/// shard pushes to its sessions, which apply the list in force.
+#[derive(Debug, Default)]
+pub struct PrivacyLists {
+    pub default: Option<String>,
+    pub lists: HashMap<String, Arc<PrivacyRules>>,
+}
+
+impl PrivacyLists {
+    /// The rules in force for a resource: its active list (XEP-0016 §2.4), else the
+    /// account's default (§2.3).
+    pub fn effective(&self, active: Option<&str>) -> Option<&PrivacyRules> {
+        active
+            .or(self.default.as_deref())
+            .and_then(|name| self.lists.get(name))
+            .map(Arc::as_ref)
     }
 }
 

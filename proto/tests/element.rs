@@ -214,3 +214,24 @@ fn stream_namespace_elements_use_the_stream_prefix() {
     // Standalone, the namespace is declared instead.
     round_trip(&features);
 }
+
+#[test]
+fn remove_children_drops_matching_elements_and_merges_text() {
+    let mut el = Element::parse(
+        "<message xmlns='jabber:client'>a<x xmlns='urn:x'/>b<y xmlns='urn:x'/><x xmlns='urn:x'/>c<body>hi</body></message>",
+    )
+    .expect("parses");
+    assert_eq!(el.remove_children(|c| c.is("x", "urn:x")), 2);
+    assert_eq!(
+        el.children,
+        vec![
+            Node::Text("ab".into()),
+            Node::Element(Element::new("y", "urn:x")),
+            Node::Text("c".into()),
+            Node::Element(Element::new("body", ns::CLIENT).with_text("hi")),
+        ]
+    );
+    assert_eq!(el.remove_children(|_| false), 0);
+    assert_eq!(el.remove_children(|_| true), 2);
+    assert_eq!(el.children, vec![Node::Text("abc".into())]);
+}

@@ -85,7 +85,11 @@ fn plain_auth(user: &str, pass: &str) -> Element {
 
 /// A negotiation that has completed STARTTLS and sent the post-TLS features.
 fn secured(a: &DomainAuthenticators) -> (C2sNegotiation, String) {
-    let mut n = C2sNegotiation::new(policy(), None);
+    secured_with(a, policy())
+}
+
+fn secured_with(a: &DomainAuthenticators, policy: Arc<C2sPolicy>) -> (C2sNegotiation, String) {
+    let mut n = C2sNegotiation::new(policy, None);
     n.on_header(&header("example.com"), "s1", a);
     let acts = n.on_element(el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"), a);
     assert!(sent(&acts).contains("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"));
@@ -340,4 +344,116 @@ fn extension_features_and_nonzas() {
     );
     let other = sent(&n.on_element(el("<enable xmlns='urn:xmpp:sm:3'/>"), &a));
     assert!(other.contains("unsupported-stanza-type"), "{other}");
+}
+
+fn policy_sm() -> Arc<C2sPolicy> {
+    Arc::new(C2sPolicy {
+        bound_features: vec![Element::new("sm", "urn:xmpp:sm:3")],
+        nonza_namespaces: vec!["urn:xmpp:sm:3".into()],
+        ..(*policy()).clone()
+    })
+}
+
+/// XEP-0198: with stream management offered, an authenticated client may resume instead of
+/// binding (§5); enable before bind is refused (§3); a failed resume lets it bind.
+#[test]
+fn stream_management_resume_before_bind() {
+    let a = auth();
+    let mut n = C2sNegotiation::new(policy_sm(), None);
+    n.on_header(&header("example.com"), "s1", &a);
+    n.on_element(
+        el("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"),
+        &a,
+    );
+    n.tls_established(cb());
+    n.on_header(&header("example.com"), "s2", &a);
+    // Before authentication an SM element is not a nonza of this stream.
+    let early = sent(&n.on_element(el("<resume xmlns='urn:xmpp:sm:3' previd='x' h='0'/>"), &a));
+    assert!(early.contains("unsupported-stanza-type"), "{early}");
+    let (mut n, _) = secured_with(&a, policy_sm());
+    n.on_element(plain_auth("juliet", "secret"), &a);
+    let features = sent(&n.on_header(&header("example.com"), "s3", &a));
+    assert!(
+        features.contains("<sm xmlns='urn:xmpp:sm:3'/>"),
+        "{features}"
+    );
+    let refused = sent(&n.on_element(el("<enable xmlns='urn:xmpp:sm:3'/>"), &a));
+    assert_eq!(
+        refused,
+        "<failed xmlns='urn:xmpp:sm:3'><unexpected-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>"
+    );
+    let bad = sent(&n.on_element(el("<resume xmlns='urn:xmpp:sm:3' previd='x'/>"), &a));
+    assert!(bad.contains("<bad-request"), "{bad}");
+    assert_eq!(
+        n.on_element(el("<resume xmlns='urn:xmpp:sm:3' previd='x' h='3'/>"), &a),
+        vec![Action::Resume {
+            previd: "x".into(),
+            h: 3
+        }]
+    );
+    // One resume or bind at a time.
+    let twice = sent(&n.on_element(el("<resume xmlns='urn:xmpp:sm:3' previd='x' h='3'/>"), &a));
+    assert!(twice.contains("unexpected-request"), "{twice}");
+    let failed = sent(&n.resume_failed(proto::error::StanzaErrorCondition::ItemNotFound, None));
+    assert_eq!(
+        failed,
+        "<failed xmlns='urn:xmpp:sm:3'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>"
+    );
+    assert!(!n.is_established());
+    // A resume that succeeds establishes the stream.
+    n.on_element(el("<resume xmlns='urn:xmpp:sm:3' previd='y' h='0'/>"), &a);
+    let resumed = sent(&n.resumed("y", 7));
+    assert_eq!(resumed, "<resumed xmlns='urn:xmpp:sm:3' previd='y' h='7'/>");
+    assert!(n.is_established());
+    // The resumed session's count continues.
+    assert_eq!(
+        sent(&n.on_element(el("<r xmlns='urn:xmpp:sm:3'/>"), &a)),
+        "<a xmlns='urn:xmpp:sm:3' h='7'/>"
+    );
+}
+
+/// XEP-0198 §3-§4 on a bound stream: enable once, every stanza counted (also those answered
+/// here), `<r/>` answered with the count, `<a/>` passed on for the session's queue.
+#[test]
+fn stream_management_counts_and_answers_requests() {
+    let a = auth();
+    let (mut n, _) = secured_with(&a, policy_sm());
+    n.on_element(plain_auth("juliet", "secret"), &a);
+    n.on_header(&header("example.com"), "s3", &a);
+    n.on_element(
+        el("<iq xmlns='jabber:client' type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>"),
+        &a,
+    );
+    n.bound("b1", "juliet@example.com/x");
+    let msg = el("<message xmlns='jabber:client' to='romeo@example.com'><body>hi</body></message>");
+    // Not counted before enable; an early <r/> is ignored.
+    n.on_element(msg.clone(), &a);
+    assert_eq!(n.sm_handled(), None);
+    assert_eq!(n.on_element(el("<r xmlns='urn:xmpp:sm:3'/>"), &a), vec![]);
+    let enable = el("<enable xmlns='urn:xmpp:sm:3' resume='true'/>");
+    assert_eq!(
+        n.on_element(enable.clone(), &a),
+        vec![Action::Nonza(enable.clone())]
+    );
+    assert_eq!(n.sm_handled(), Some(0));
+    n.on_element(msg.clone(), &a);
+    // Answered here, counted all the same.
+    n.on_element(
+        el("<iq xmlns='jabber:client' type='set' id='s'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>"),
+        &a,
+    );
+    assert_eq!(
+        sent(&n.on_element(el("<r xmlns='urn:xmpp:sm:3'/>"), &a)),
+        "<a xmlns='urn:xmpp:sm:3' h='2'/>"
+    );
+    let ack = el("<a xmlns='urn:xmpp:sm:3' h='0'/>");
+    assert_eq!(n.on_element(ack.clone(), &a), vec![Action::Nonza(ack)]);
+    let again = sent(&n.on_element(enable, &a));
+    assert!(again.contains("<unexpected-request"), "{again}");
+    let resume = sent(&n.on_element(el("<resume xmlns='urn:xmpp:sm:3' previd='p' h='1'/>"), &a));
+    assert!(resume.contains("<unexpected-request"), "{resume}");
+    assert_eq!(n.sm_handled(), Some(2), "nonzas are not stanzas");
+    let bad = sent(&n.on_element(el("<a xmlns='urn:xmpp:sm:3' h='many'/>"), &a));
+    assert!(bad.contains("<undefined-condition"), "{bad}");
+    assert!(!n.is_established());
 }

@@ -1,4 +1,5 @@
-//! Every sled tree Switchboard keeps, and its encoding. One module per tree.
+//! Every sled tree Switchboard keeps, and its encoding. One module per tree; [`archive`], the
+//! message archive, also has a PostgreSQL backend beside its sled trees.
 //!
 //! Writes that a client or operator is told succeeded are flushed before this crate returns.
 //! Updates that touch several keys (a roster item and its user's version counter, a message and
@@ -9,16 +10,15 @@
 //! are empty, are refused with [`StorageError::InvalidKey`].
 
 pub mod accounts;
+pub mod archive;
 pub mod blocking;
-pub mod last;
 pub mod meta;
+pub mod module_store;
 pub mod offline;
 pub mod privacy;
-pub mod private;
 pub mod raft_log;
 pub mod rosters;
 pub mod user_data;
-pub mod vcards;
 
 use std::path::Path;
 
@@ -29,15 +29,13 @@ use sled::transaction::{
 
 pub use accounts::AccountStore;
 pub use blocking::BlockStore;
-pub use last::LastActivityStore;
 pub use meta::MetaStore;
+pub use module_store::{LastActivity, ModuleRange, ModuleStore};
 pub use offline::OfflineStore;
 pub use privacy::{PrivacyItem, PrivacyStore};
-pub use private::PrivateStore;
 pub use raft_log::{RaftLogStore, SnapshotSlot};
 pub use rosters::{PendingRequest, RosterChange, RosterItem, RosterStore};
 pub use user_data::{RefusedWrite, UserData, UserDataWrite, WriteOutcome};
-pub use vcards::VCardStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -61,6 +59,8 @@ pub enum StorageError {
     DuplicateOrder { list: String, order: u32 },
     #[error("privacy list {0:?} does not exist")]
     NoSuchList(String),
+    #[error("invalid write: {0}")]
+    InvalidWrite(String),
     #[error("the data is unavailable for now: {0}")]
     Unavailable(String),
     #[error("storage: {0}")]
@@ -134,12 +134,10 @@ impl Store {
         ))
     }
 
-    pub fn vcards(&self) -> Result<VCardStore, StorageError> {
-        Ok(VCardStore::new(self.db.open_tree("vcards")?))
-    }
-
-    pub fn private(&self) -> Result<PrivateStore, StorageError> {
-        Ok(PrivateStore::new(self.db.open_tree("private")?))
+    /// The node's own module trees (`mod.<module>`), flushed on every write. Reads the
+    /// trees as they are: [`Store::user_data`] moves legacy trees in first.
+    pub fn modules(&self) -> ModuleStore {
+        ModuleStore::new(self.db.clone(), "", true)
     }
 
     /// The Raft log of the cluster metadata group (routes and members).
@@ -154,13 +152,9 @@ impl Store {
         ))
     }
 
-    pub fn last_activity(&self) -> Result<LastActivityStore, StorageError> {
-        Ok(LastActivityStore::new(self.db.open_tree("last_activity")?))
-    }
-
     /// Remove everything stored for `user` except the account itself: roster, pending
-    /// subscription requests, offline messages, block list, privacy lists, vCard, private XML
-    /// and last activity.
+    /// subscription requests, offline messages, block list, privacy lists and every module's
+    /// per-account state (vCard, private XML, last activity, ...).
     ///
     /// All of it goes in one transaction, flushed before returning, so a crash leaves either
     /// everything or nothing. The keys are listed just before the transaction, so entries a
@@ -368,6 +362,7 @@ mod tests {
 
     const U: &str = "juliet@example.com";
     const OTHER: &str = "romeo@example.net";
+    const BOOKMARKS: &str = "storage:bookmarks\0storage";
 
     fn item(jid: &str) -> RosterItem {
         RosterItem {
@@ -412,17 +407,11 @@ mod tests {
         let p = store.privacy().unwrap();
         p.put(user, "l", &[privacy_item()]).unwrap();
         p.set_default(user, Some("l")).unwrap();
-        store.vcards().unwrap().put(user, "<vCard/>").unwrap();
-        store
-            .private()
-            .unwrap()
-            .put(user, "storage", "storage:bookmarks", "<storage/>")
+        let m = store.modules();
+        m.put("vcard", user, "", Some("<vCard/>")).unwrap();
+        m.put("private", user, BOOKMARKS, Some("<storage/>"))
             .unwrap();
-        store
-            .last_activity()
-            .unwrap()
-            .set(user, 42, Some("bye".into()))
-            .unwrap();
+        m.put("last", user, "", Some("42 bye")).unwrap();
     }
 
     fn assert_filled(store: &Store, user: &str) {
@@ -443,23 +432,16 @@ mod tests {
         let p = store.privacy().unwrap();
         assert_eq!(p.get(user, "l").unwrap(), Some(vec![privacy_item()]));
         assert_eq!(p.default_list(user).unwrap().as_deref(), Some("l"));
+        let m = store.modules();
         assert_eq!(
-            store.vcards().unwrap().get(user).unwrap().as_deref(),
+            m.get("vcard", user, "").unwrap().as_deref(),
             Some("<vCard/>")
         );
         assert_eq!(
-            store
-                .private()
-                .unwrap()
-                .get(user, "storage", "storage:bookmarks")
-                .unwrap()
-                .as_deref(),
+            m.get("private", user, BOOKMARKS).unwrap().as_deref(),
             Some("<storage/>")
         );
-        assert_eq!(
-            store.last_activity().unwrap().get(user).unwrap(),
-            Some((42, Some("bye".into())))
-        );
+        assert_eq!(m.get("last", user, "").unwrap().as_deref(), Some("42 bye"));
     }
 
     #[test]
@@ -486,16 +468,10 @@ mod tests {
         let p = store.privacy().unwrap();
         assert!(p.lists(U).unwrap().is_empty());
         assert_eq!(p.default_list(U).unwrap(), None);
-        assert_eq!(store.vcards().unwrap().get(U).unwrap(), None);
-        assert_eq!(
-            store
-                .private()
-                .unwrap()
-                .get(U, "storage", "storage:bookmarks")
-                .unwrap(),
-            None
-        );
-        assert_eq!(store.last_activity().unwrap().get(U).unwrap(), None);
+        let m = store.modules();
+        assert_eq!(m.get("vcard", U, "").unwrap(), None);
+        assert_eq!(m.get("private", U, BOOKMARKS).unwrap(), None);
+        assert_eq!(m.get("last", U, "").unwrap(), None);
     }
 
     const CRASH_DIR: &str = "SB_STORAGE_CRASH_DIR";
@@ -509,7 +485,7 @@ mod tests {
         let o = store.offline().unwrap();
         let b = store.blocking().unwrap();
         let p = store.privacy().unwrap();
-        let v = store.vcards().unwrap();
+        let m = store.modules();
         match i {
             0 => assert_eq!(r.put(U, &item("z@x")).unwrap(), 4),
             1 => assert_eq!(r.remove(U, "a@x").unwrap(), Some(4)),
@@ -527,14 +503,12 @@ mod tests {
                 p.put(U, "m", &[]).unwrap();
                 p.set_default(U, Some("m")).unwrap();
             }
-            13 => v.put(U, "<vCard>2</vCard>").unwrap(),
-            14 => v.delete_user(U).unwrap(),
-            15 => store
-                .private()
-                .unwrap()
-                .put(U, "storage", "storage:bookmarks", "<storage>2</storage>")
-                .unwrap(),
-            16 => store.last_activity().unwrap().set(U, 43, None).unwrap(),
+            13 => assert!(m.put("vcard", U, "", Some("<vCard>2</vCard>")).unwrap()),
+            14 => assert!(m.put("vcard", U, "", None).unwrap()),
+            15 => assert!(m
+                .put("private", U, BOOKMARKS, Some("<storage>2</storage>"))
+                .unwrap()),
+            16 => assert!(m.put("last", U, "", Some("43")).unwrap()),
             17 => r.delete_user(U).unwrap(),
             18 => o.delete_user(U).unwrap(),
             _ => unreachable!(),
@@ -547,7 +521,7 @@ mod tests {
         let o = store.offline().unwrap();
         let b = store.blocking().unwrap();
         let p = store.privacy().unwrap();
-        let v = store.vcards().unwrap();
+        let m = store.modules();
         match i {
             0 => r.item(U, "z@x").unwrap().is_some() && r.version(U).unwrap() == 4,
             1 => {
@@ -566,18 +540,12 @@ mod tests {
             10 => p.get(U, "l").unwrap().is_none() && p.default_list(U).unwrap().is_none(),
             11 => p.default_list(U).unwrap().is_none(),
             12 => p.default_list(U).unwrap().as_deref() == Some("m"),
-            13 => v.get(U).unwrap().as_deref() == Some("<vCard>2</vCard>"),
-            14 => v.get(U).unwrap().is_none(),
+            13 => m.get("vcard", U, "").unwrap().as_deref() == Some("<vCard>2</vCard>"),
+            14 => m.get("vcard", U, "").unwrap().is_none(),
             15 => {
-                store
-                    .private()
-                    .unwrap()
-                    .get(U, "storage", "storage:bookmarks")
-                    .unwrap()
-                    .as_deref()
-                    == Some("<storage>2</storage>")
+                m.get("private", U, BOOKMARKS).unwrap().as_deref() == Some("<storage>2</storage>")
             }
-            16 => store.last_activity().unwrap().get(U).unwrap() == Some((43, None)),
+            16 => m.get("last", U, "").unwrap().as_deref() == Some("43"),
             17 => r.get(U).unwrap() == (4, vec![]) && r.pending_in(U).unwrap().is_empty(),
             18 => o.peek(U).unwrap().is_empty() && o.count(U).unwrap() == 0,
             _ => unreachable!(),

@@ -1,6 +1,6 @@
 //! Everything kept for an account besides the account itself (roster, pending subscription
-//! requests, offline messages, block list, privacy lists, vCard, private XML, last activity),
-//! as one unit: [`UserData`] opens the trees of one placement (the node's own trees, or one
+//! requests, offline messages, block list, privacy lists, and every module's per-account
+//! state in [`ModuleStore`]), as one unit: [`UserData`] opens the trees of one placement (the node's own trees, or one
 //! replicated shard's), applies [`UserDataWrite`]s, and dumps and restores the whole unit for
 //! Raft snapshots.
 //!
@@ -11,9 +11,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::module_store::{legacy_entry, private_key, LastActivity, ModuleStore, LEGACY_TREES};
 use crate::{
-    wipe_user, BlockStore, LastActivityStore, OfflineStore, PrivacyItem, PrivacyStore,
-    PrivateStore, RosterItem, RosterStore, StorageError, VCardStore,
+    wipe_user, BlockStore, OfflineStore, PrivacyItem, PrivacyStore, RosterItem, RosterStore,
+    StorageError,
 };
 
 /// The trees of one placement. Cheap to clone (sled trees are handles).
@@ -23,9 +24,8 @@ pub struct UserData {
     pub offline: OfflineStore,
     pub blocking: BlockStore,
     pub privacy: PrivacyStore,
-    pub vcards: VCardStore,
-    pub private: PrivateStore,
-    pub last: LastActivityStore,
+    /// The modules' per-account state (`mod.<module>` trees).
+    pub modules: ModuleStore,
 }
 
 /// One write to an account's data.
@@ -99,16 +99,30 @@ pub enum UserDataWrite {
         user: String,
         name: Option<String>,
     },
+    /// A module's write to its own per-account state (`mod.<module>`): the payload stored
+    /// under `key` (empty for a module with one entry per account), or removed (`None`).
+    /// The outcome is `Existed`.
+    Module {
+        module: String,
+        user: String,
+        #[serde(default)]
+        key: String,
+        payload: Option<String>,
+    },
+    /// Legacy (before modules had a store): read from old logs only, applied as the vcard
+    /// module's write.
     VCardPut {
         user: String,
         xml: String,
     },
+    /// Legacy: applied as the private module's write.
     PrivatePut {
         user: String,
         name: String,
         ns: String,
         xml: String,
     },
+    /// Legacy: applied as the last module's write.
     LastSet {
         user: String,
         secs: u64,
@@ -118,6 +132,11 @@ pub enum UserDataWrite {
     DeleteUser {
         user: String,
     },
+    /// Group commit: these writes, applied in order, as one write (one Raft entry, one
+    /// flush). The node commits many archived messages so (`crate::archive::embedded`).
+    /// The writes must belong to one shard (the first one's account decides it); a batch
+    /// inside a batch is refused. See [`UserData::apply`] for what a refusal leaves.
+    Batch(Vec<UserDataWrite>),
 }
 
 impl UserDataWrite {
@@ -139,10 +158,12 @@ impl UserDataWrite {
             | PrivacyPut { user, .. }
             | PrivacyRemove { user, .. }
             | PrivacyDefault { user, .. }
+            | Module { user, .. }
             | VCardPut { user, .. }
             | PrivatePut { user, .. }
             | LastSet { user, .. }
             | DeleteUser { user } => user,
+            Batch(writes) => writes.first().map_or("", UserDataWrite::user),
         }
     }
 }
@@ -155,13 +176,14 @@ pub enum WriteOutcome {
     Version(u64),
     /// `RosterRemove`: the new version, if the item existed.
     Removed(Option<u64>),
-    /// `PendingRemove`, `PrivacyRemove`: whether there was something to remove;
+    /// `PendingRemove`, `PrivacyRemove`, `Module`: whether there was something to remove
+    /// (or replace);
     /// `PendingPut`: whether it replaced a request already pending.
     Existed(bool),
     /// `OfflinePush`: the message's sequence number.
     Seq(u64),
     /// `OfflineRemoveUpto`, `OfflineRemove`: how many messages went; `RosterImport`: how many
-    /// items changed.
+    /// items changed; `Batch`: how many writes it held.
     Count(usize),
 }
 
@@ -184,6 +206,7 @@ pub enum RefusedWrite {
         order: u32,
     },
     NoSuchList(String),
+    InvalidWrite(String),
     /// Anything else (corrupt record, disk error), as text.
     Failed(String),
 }
@@ -206,6 +229,7 @@ impl From<&StorageError> for RefusedWrite {
                 order: *order,
             },
             StorageError::NoSuchList(l) => RefusedWrite::NoSuchList(l.clone()),
+            StorageError::InvalidWrite(w) => RefusedWrite::InvalidWrite(w.clone()),
             other => RefusedWrite::Failed(other.to_string()),
         }
     }
@@ -226,13 +250,18 @@ impl From<RefusedWrite> for StorageError {
                 StorageError::DuplicateOrder { list, order }
             }
             RefusedWrite::NoSuchList(l) => StorageError::NoSuchList(l),
+            RefusedWrite::InvalidWrite(w) => StorageError::InvalidWrite(w),
             RefusedWrite::Failed(m) => StorageError::Unavailable(m),
         }
     }
 }
 
-/// Tree names of one placement, in dump order. The node's own trees have no prefix; a
-/// replicated shard's are `shardNN.` + name.
+/// Entries of one module tree an account deletion removes per sled batch (see
+/// [`UserData::delete_user`]).
+const WIPE_CHUNK: usize = 10_000;
+
+/// Tree names of one placement, in dump order; the module trees (`mod.<module>`) follow
+/// them. The node's own trees have no prefix; a replicated shard's are `shardNNN.` + name.
 const TREES: &[&str] = &[
     "roster",
     "roster_meta",
@@ -242,9 +271,6 @@ const TREES: &[&str] = &[
     "blocklist",
     "privacy",
     "privacy_default",
-    "vcards",
-    "private",
-    "last_activity",
 ];
 
 impl UserData {
@@ -261,10 +287,9 @@ impl UserData {
             offline: OfflineStore::new(t("offline")?, t("offline_meta")?),
             blocking: BlockStore::new(t("blocklist")?),
             privacy: PrivacyStore::new(t("privacy")?, t("privacy_default")?),
-            vcards: VCardStore::new(t("vcards")?),
-            private: PrivateStore::new(t("private")?),
-            last: LastActivityStore::new(t("last_activity")?),
+            modules: ModuleStore::new(db.clone(), prefix, durable),
         };
+        data.modules.migrate_legacy()?;
         Ok(if durable {
             data
         } else {
@@ -273,14 +298,12 @@ impl UserData {
                 offline: data.offline.volatile(),
                 blocking: data.blocking.volatile(),
                 privacy: data.privacy.volatile(),
-                vcards: data.vcards.volatile(),
-                private: data.private.volatile(),
-                last: data.last.volatile(),
+                modules: data.modules,
             }
         })
     }
 
-    fn trees(&self) -> [&sled::Tree; 11] {
+    fn trees(&self) -> [&sled::Tree; 8] {
         [
             &self.rosters.items,
             &self.rosters.meta,
@@ -290,13 +313,16 @@ impl UserData {
             &self.blocking.tree,
             &self.privacy.lists,
             &self.privacy.default,
-            &self.vcards.tree,
-            &self.private.tree,
-            &self.last.tree,
         ]
     }
 
     /// Apply one write.
+    ///
+    /// A `Batch` of `Module` writes only (what the archive commits) is one sled transaction
+    /// over the module trees: all of it or, when refused, none of it. Any other batch is
+    /// applied write by write without flushing, and flushed once at the end on a durable
+    /// placement; a refused write stops it there and the writes before it stay applied.
+    /// Either way every replica ends in the same state, which is what the Raft log needs.
     pub fn apply(&self, w: &UserDataWrite) -> Result<WriteOutcome, StorageError> {
         use UserDataWrite::*;
         use WriteOutcome::*;
@@ -358,59 +384,149 @@ impl UserData {
                 self.privacy.set_default(user, name.as_deref())?;
                 Done
             }
-            VCardPut { user, xml } => {
-                self.vcards.put(user, xml)?;
-                Done
-            }
+            Module {
+                module,
+                user,
+                key,
+                payload,
+            } => Existed(self.modules.put(module, user, key, payload.as_deref())?),
+            VCardPut { user, xml } => Existed(self.modules.put("vcard", user, "", Some(xml))?),
             PrivatePut {
                 user,
                 name,
                 ns,
                 xml,
-            } => {
-                self.private.put(user, name, ns, xml)?;
-                Done
-            }
+            } => Existed(
+                self.modules
+                    .put("private", user, &private_key(ns, name), Some(xml))?,
+            ),
             LastSet { user, secs, status } => {
-                self.last.set(user, *secs, status.clone())?;
-                Done
+                let last = LastActivity {
+                    secs: *secs,
+                    status: status.clone(),
+                };
+                Existed(self.modules.put("last", user, "", Some(&last.payload()))?)
             }
             DeleteUser { user } => {
                 self.delete_user(user)?;
                 Done
             }
+            Batch(writes) => Count(self.apply_batch(writes)?),
         })
+    }
+
+    /// See [`UserData::apply`].
+    fn apply_batch(&self, writes: &[UserDataWrite]) -> Result<usize, StorageError> {
+        let mut modules = Vec::with_capacity(writes.len());
+        for w in writes {
+            match w {
+                UserDataWrite::Batch(_) => {
+                    return Err(StorageError::InvalidWrite("a batch inside a batch".into()))
+                }
+                UserDataWrite::Module {
+                    module,
+                    user,
+                    key,
+                    payload,
+                } => modules.push((
+                    module.as_str(),
+                    user.as_str(),
+                    key.as_str(),
+                    payload.as_deref(),
+                )),
+                _ => {}
+            }
+        }
+        if modules.len() == writes.len() {
+            self.modules.put_all(&modules)?;
+            return Ok(writes.len());
+        }
+        let volatile = self.volatile();
+        for w in writes {
+            volatile.apply(w)?;
+        }
+        if self.modules.durable() {
+            self.rosters.items.flush()?;
+        }
+        Ok(writes.len())
+    }
+
+    /// The same trees, written without flushing (a batch flushes once at its end).
+    fn volatile(&self) -> UserData {
+        UserData {
+            rosters: self.rosters.clone().volatile(),
+            offline: self.offline.clone().volatile(),
+            blocking: self.blocking.clone().volatile(),
+            privacy: self.privacy.clone().volatile(),
+            modules: self.modules.clone().volatile(),
+        }
     }
 
     /// Remove everything stored for `user` in these trees, in one transaction (see
     /// [`crate::Store::delete_user_data`]).
     pub fn delete_user(&self, user: &str) -> Result<(), StorageError> {
+        let modules = self.modules.trees()?;
+        // One transaction holds every key it removes in memory: an archive of millions of
+        // messages (`mod.mam`) would not fit. While an account has more than `WIPE_CHUNK`
+        // entries in a module tree, they go first in batches of that many; what is left goes
+        // in the transaction with the rest. A crash in between leaves the account with part
+        // of that module's data, and the deletion is simply run again.
+        let pfx = crate::prefix(user)?;
+        for (_, tree) in &modules {
+            loop {
+                let keys: Vec<sled::IVec> = tree
+                    .scan_prefix(&pfx)
+                    .keys()
+                    .take(WIPE_CHUNK + 1)
+                    .collect::<Result<_, _>>()?;
+                if keys.len() <= WIPE_CHUNK {
+                    break;
+                }
+                let mut batch = sled::Batch::default();
+                for k in keys.into_iter().take(WIPE_CHUNK) {
+                    batch.remove(k);
+                }
+                tree.apply_batch(batch)?;
+            }
+        }
+        let mut prefixed = vec![
+            &self.rosters.items,
+            &self.rosters.pending,
+            &self.offline.messages,
+            &self.blocking.tree,
+            &self.privacy.lists,
+        ];
+        // Every module's entries of the account start with `user \0`.
+        prefixed.extend(modules.iter().map(|(_, t)| t));
         wipe_user(
             user,
-            &[
-                &self.rosters.items,
-                &self.rosters.pending,
-                &self.offline.messages,
-                &self.blocking.tree,
-                &self.privacy.lists,
-                &self.private.tree,
-            ],
-            &[
-                &self.offline.meta,
-                &self.privacy.default,
-                &self.vcards.tree,
-                &self.last.tree,
-            ],
+            &prefixed,
+            &[&self.offline.meta, &self.privacy.default],
             Some(&self.rosters.meta),
         )
     }
 
     /// Every entry of every tree, as bytes: `u32` tree count, then per tree its name and
     /// `u64` entry count, then each key and value, all length-prefixed (`u32`, big-endian).
+    /// The module trees come after the fixed ones, named `mod.<module>`, so a new module's
+    /// state is in the snapshots without code of its own.
     pub fn dump(&self) -> Result<Vec<u8>, StorageError> {
+        // Empty module trees are left out: replicas that never saw a module's write and
+        // those that saw it come and go dump the same bytes.
+        let mut modules = self.modules.trees()?;
+        modules.retain(|(_, t)| !t.is_empty());
+        let names: Vec<String> = TREES
+            .iter()
+            .map(|n| n.to_string())
+            .chain(modules.iter().map(|(n, _)| format!("mod.{n}")))
+            .collect();
+        let trees = self
+            .trees()
+            .into_iter()
+            .chain(modules.iter().map(|(_, t)| t));
         let mut out = Vec::new();
-        put_u32(&mut out, TREES.len());
-        for (name, tree) in TREES.iter().zip(self.trees()) {
+        put_u32(&mut out, names.len());
+        for (name, tree) in names.iter().zip(trees) {
             put_bytes(&mut out, name.as_bytes());
             let at = out.len();
             out.extend_from_slice(&0u64.to_be_bytes());
@@ -426,27 +542,52 @@ impl UserData {
         Ok(out)
     }
 
-    /// Replace every tree's content with a [`UserData::dump`], then flush.
+    /// Replace every tree's content with a [`UserData::dump`], then flush. A dump taken
+    /// before modules had a store of their own (trees `vcards`, `private`, `last_activity`)
+    /// is restored into the module trees.
     pub fn restore(&self, dump: &[u8]) -> Result<(), StorageError> {
         let bad = || StorageError::Corrupt("user data snapshot".into());
         let mut r = Reader(dump);
         let count = r.u32().ok_or_else(bad)?;
-        if count as usize != TREES.len() {
-            return Err(bad());
-        }
         self.clear()?;
-        for (name, tree) in TREES.iter().zip(self.trees()) {
-            if r.bytes().ok_or_else(bad)? != name.as_bytes() {
+        let fixed = self.trees();
+        for _ in 0..count {
+            let name = std::str::from_utf8(r.bytes().ok_or_else(bad)?).map_err(|_| bad())?;
+            let legacy = LEGACY_TREES.contains(&name);
+            let tree = if let Some(i) = TREES.iter().position(|t| *t == name) {
+                Some(fixed[i].clone())
+            } else if let Some(module) = name.strip_prefix("mod.") {
+                Some(self.modules.tree(module)?)
+            } else if legacy {
+                None
+            } else {
                 return Err(bad());
-            }
+            };
             let n = r.u64().ok_or_else(bad)?;
-            let mut batch = sled::Batch::default();
+            let mut batches: std::collections::BTreeMap<&str, sled::Batch> = Default::default();
             for _ in 0..n {
                 let k = r.bytes().ok_or_else(bad)?;
                 let v = r.bytes().ok_or_else(bad)?;
-                batch.insert(k, v);
+                match &tree {
+                    Some(_) => batches.entry("").or_default().insert(k, v),
+                    None => {
+                        let (module, key, payload) = legacy_entry(name, k, v)?;
+                        batches
+                            .entry(module)
+                            .or_default()
+                            .insert(key, payload.into_bytes());
+                    }
+                }
             }
-            tree.apply_batch(batch)?;
+            for (module, batch) in batches {
+                match &tree {
+                    Some(t) => t.apply_batch(batch)?,
+                    None => self.modules.tree(module)?.apply_batch(batch)?,
+                }
+            }
+        }
+        if !r.0.is_empty() {
+            return Err(bad());
         }
         self.rosters.items.flush()?;
         Ok(())
@@ -457,12 +598,19 @@ impl UserData {
         for tree in self.trees() {
             tree.clear()?;
         }
+        for (_, tree) in self.modules.trees()? {
+            tree.clear()?;
+        }
         Ok(())
     }
 
     /// Whether every tree is empty.
     pub fn is_empty(&self) -> bool {
         self.trees().iter().all(|t| t.is_empty())
+            && self
+                .modules
+                .trees()
+                .is_ok_and(|m| m.iter().all(|(_, t)| t.is_empty()))
     }
 }
 
@@ -505,7 +653,6 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use crate::testutil::TempDir;
-    use crate::Store;
 
     fn item(jid: &str) -> RosterItem {
         RosterItem {
@@ -522,7 +669,7 @@ mod tests {
     #[test]
     fn replicas_applying_the_same_writes_hold_the_same_data() {
         let dir = TempDir::new("user-data");
-        let store = Store::open(dir.path()).unwrap();
+        let store = crate::testutil::open(dir.path());
         let a = store.shard_user_data(1).unwrap();
         let b = store.shard_user_data(2).unwrap();
         let writes = vec![
@@ -577,7 +724,7 @@ mod tests {
         .unwrap();
         c.restore(&a.dump().unwrap()).unwrap();
         assert_eq!(c.dump().unwrap(), a.dump().unwrap());
-        assert_eq!(c.vcards.get("other@x").unwrap(), None);
+        assert_eq!(c.modules.get("vcard", "other@x", "").unwrap(), None);
         assert_eq!(c.offline.count("u@x").unwrap(), 2);
 
         // Shards do not see each other's data.
@@ -588,10 +735,143 @@ mod tests {
         ));
     }
 
+    fn module_put(module: &str, user: &str, key: &str, payload: &str) -> UserDataWrite {
+        UserDataWrite::Module {
+            module: module.into(),
+            user: user.into(),
+            key: key.into(),
+            payload: Some(payload.into()),
+        }
+    }
+
+    #[test]
+    fn batches_apply_in_order_replicate_and_survive_snapshots() {
+        let dir = TempDir::new("user-data-batch");
+        let store = crate::testutil::open(dir.path());
+        let a = store.shard_user_data(1).unwrap();
+        let b = store.shard_user_data(2).unwrap();
+        let batches = vec![
+            // Module writes only: one transaction over two trees.
+            UserDataWrite::Batch(vec![
+                module_put("mam", "u@x", "0000000000000001", "one"),
+                module_put("mam_with", "u@x", "c@x\u{0}0000000000000001", ""),
+                module_put("mam", "v@x", "0000000000000001", "other"),
+                // Later writes in a batch see earlier ones: this one replaces.
+                module_put("mam", "u@x", "0000000000000001", "one'"),
+            ]),
+            // Mixed: applied write by write, flushed once.
+            UserDataWrite::Batch(vec![
+                UserDataWrite::RosterPut {
+                    user: "u@x".into(),
+                    item: item("c@x"),
+                },
+                module_put("mam", "u@x", "0000000000000002", "two"),
+                UserDataWrite::Module {
+                    module: "mam".into(),
+                    user: "v@x".into(),
+                    key: "0000000000000001".into(),
+                    payload: None,
+                },
+            ]),
+            UserDataWrite::Batch(Vec::new()),
+        ];
+        let counts: Vec<_> = batches.iter().map(|w| a.apply(w).unwrap()).collect();
+        assert_eq!(
+            counts,
+            [
+                WriteOutcome::Count(4),
+                WriteOutcome::Count(3),
+                WriteOutcome::Count(0)
+            ]
+        );
+        for w in &batches {
+            b.apply(w).unwrap();
+        }
+        assert_eq!(a.dump().unwrap(), b.dump().unwrap());
+        let m = &a.modules;
+        assert_eq!(
+            m.get("mam", "u@x", "0000000000000001").unwrap().as_deref(),
+            Some("one'")
+        );
+        assert_eq!(m.get("mam", "v@x", "0000000000000001").unwrap(), None);
+        assert_eq!(a.rosters.version("u@x").unwrap(), 1);
+
+        // A batch in a batch is refused, and nothing of it is applied.
+        let nested = UserDataWrite::Batch(vec![
+            module_put("mam", "u@x", "0000000000000003", "three"),
+            UserDataWrite::Batch(vec![]),
+        ]);
+        assert!(matches!(
+            a.apply(&nested),
+            Err(StorageError::InvalidWrite(_))
+        ));
+        assert_eq!(m.get("mam", "u@x", "0000000000000003").unwrap(), None);
+        // A refused module-only batch leaves nothing behind either.
+        let bad = UserDataWrite::Batch(vec![
+            module_put("mam", "u@x", "0000000000000004", "four"),
+            module_put("mam", "", "0000000000000004", "four"),
+        ]);
+        assert!(a.apply(&bad).is_err());
+        assert_eq!(m.get("mam", "u@x", "0000000000000004").unwrap(), None);
+
+        // Through serde (the Raft log) and a snapshot.
+        let json = serde_json::to_string(&batches[0]).unwrap();
+        assert_eq!(
+            serde_json::from_str::<UserDataWrite>(&json).unwrap(),
+            batches[0]
+        );
+        assert_eq!(batches[0].user(), "u@x");
+        let c = store.shard_user_data(3).unwrap();
+        c.restore(&a.dump().unwrap()).unwrap();
+        assert_eq!(c.dump().unwrap(), a.dump().unwrap());
+
+        // On a durable placement a batch is there after a reopen.
+        let node = store.user_data().unwrap();
+        node.apply(&batches[0]).unwrap();
+        drop((node, a, b, c));
+        drop(store);
+        let store = crate::testutil::open(dir.path());
+        assert_eq!(
+            store
+                .modules()
+                .get("mam", "v@x", "0000000000000001")
+                .unwrap()
+                .as_deref(),
+            Some("other")
+        );
+    }
+
+    #[test]
+    fn deleting_an_account_with_a_large_module_tree_removes_all_of_it() {
+        let dir = TempDir::new("user-data-wipe-large");
+        let store = crate::testutil::open(dir.path());
+        let data = store.shard_user_data(1).unwrap();
+        let writes: Vec<_> = (0..WIPE_CHUNK * 2 + 7)
+            .map(|i| module_put("mam", "u@x", &format!("{i:016x}"), "m"))
+            .collect();
+        data.apply(&UserDataWrite::Batch(writes)).unwrap();
+        data.apply(&module_put("mam", "v@x", "k", "kept")).unwrap();
+        data.apply(&UserDataWrite::DeleteUser { user: "u@x".into() })
+            .unwrap();
+        let left = data
+            .modules
+            .range(
+                "mam",
+                "u@x",
+                std::ops::Bound::Unbounded,
+                std::ops::Bound::Unbounded,
+                false,
+            )
+            .unwrap()
+            .count();
+        assert_eq!(left, 0);
+        assert!(data.modules.get("mam", "v@x", "k").unwrap().is_some());
+    }
+
     #[test]
     fn roster_import_changes_only_items_that_differ() {
         let dir = TempDir::new("user-data-import");
-        let store = Store::open(dir.path()).unwrap();
+        let store = crate::testutil::open(dir.path());
         let data = store.shard_user_data(3).unwrap();
         let import = |items: Vec<RosterItem>| {
             data.apply(&UserDataWrite::RosterImport {
@@ -618,5 +898,151 @@ mod tests {
         );
         assert_eq!(data.rosters.item("u@x", "b@x").unwrap(), Some(renamed));
         assert_eq!(data.rosters.version("u@x").unwrap(), 3);
+    }
+
+    #[test]
+    fn module_payloads_are_in_snapshots_and_go_with_the_account() {
+        let dir = TempDir::new("user-data-modules");
+        let dump = {
+            let store = crate::testutil::open(dir.path());
+            let a = store.shard_user_data(1).unwrap();
+            let put = |module: &str, user: &str, key: &str, payload: Option<&str>| {
+                a.apply(&UserDataWrite::Module {
+                    module: module.into(),
+                    user: user.into(),
+                    key: key.into(),
+                    payload: payload.map(str::to_string),
+                })
+                .unwrap()
+            };
+            assert_eq!(
+                put("newxep", "u@x", "k", Some("{}")),
+                WriteOutcome::Existed(false)
+            );
+            assert_eq!(
+                put("newxep", "u@x", "k", Some("[1]")),
+                WriteOutcome::Existed(true)
+            );
+            put("newxep", "v@x", "", Some("v"));
+            put("gone", "u@x", "", Some("x"));
+            assert_eq!(put("gone", "u@x", "", None), WriteOutcome::Existed(true));
+            a.dump().unwrap()
+        };
+        // A restart: the snapshot is restored into fresh trees of another shard.
+        let store = crate::testutil::open(dir.path());
+        let b = store.shard_user_data(2).unwrap();
+        b.restore(&dump).unwrap();
+        assert_eq!(b.dump().unwrap(), dump);
+        assert_eq!(
+            b.modules.get("newxep", "u@x", "k").unwrap().as_deref(),
+            Some("[1]")
+        );
+        b.apply(&UserDataWrite::DeleteUser { user: "u@x".into() })
+            .unwrap();
+        assert_eq!(b.modules.get("newxep", "u@x", "k").unwrap(), None);
+        assert_eq!(
+            b.modules.get("newxep", "v@x", "").unwrap().as_deref(),
+            Some("v")
+        );
+    }
+
+    #[test]
+    fn legacy_trees_snapshots_and_log_entries_land_in_the_module_store() {
+        let dir = TempDir::new("user-data-legacy");
+        let legacy_last = LastActivity {
+            secs: 42,
+            status: Some("bye".into()),
+        }
+        .payload();
+        {
+            let db = sled::open(dir.path().join("db")).unwrap();
+            let t = |n: &str| db.open_tree(n).unwrap();
+            t("vcards")
+                .insert("u@x", &br#"{"v":1,"xml":"<vCard/>"}"#[..])
+                .unwrap();
+            t("private")
+                .insert("u@x\0urn:a\0a", &br#"{"v":1,"xml":"<a/>"}"#[..])
+                .unwrap();
+            t("last_activity")
+                .insert("u@x", &br#"{"v":1,"secs":42,"status":"bye"}"#[..])
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let check = |data: &UserData| {
+            let m = &data.modules;
+            assert_eq!(
+                m.get("vcard", "u@x", "").unwrap().as_deref(),
+                Some("<vCard/>")
+            );
+            assert_eq!(
+                m.get(
+                    "private",
+                    "u@x",
+                    &crate::module_store::private_key("urn:a", "a")
+                )
+                .unwrap()
+                .as_deref(),
+                Some("<a/>")
+            );
+            assert_eq!(
+                m.get("last", "u@x", "").unwrap().as_deref(),
+                Some(legacy_last.as_str())
+            );
+        };
+        let store = crate::testutil::open(dir.path());
+        let node = store.user_data().unwrap();
+        check(&node);
+        // Idempotent: opening again finds nothing left to move.
+        check(&store.user_data().unwrap());
+
+        // A snapshot taken before the module store (the legacy trees by name).
+        let mut old = Vec::new();
+        put_u32(&mut old, 3);
+        for (name, k, v) in [
+            ("vcards", &b"u@x"[..], &br#"{"v":1,"xml":"<vCard/>"}"#[..]),
+            (
+                "private",
+                &b"u@x\0urn:a\0a"[..],
+                &br#"{"v":1,"xml":"<a/>"}"#[..],
+            ),
+            (
+                "last_activity",
+                &b"u@x"[..],
+                &br#"{"v":1,"secs":42,"status":"bye"}"#[..],
+            ),
+        ] {
+            put_bytes(&mut old, name.as_bytes());
+            old.extend_from_slice(&1u64.to_be_bytes());
+            put_bytes(&mut old, k);
+            put_bytes(&mut old, v);
+        }
+        let shard = store.shard_user_data(5).unwrap();
+        shard.restore(&old).unwrap();
+        check(&shard);
+
+        // Log entries written before replay into the module store too.
+        let replayed = store.shard_user_data(6).unwrap();
+        for w in [
+            UserDataWrite::VCardPut {
+                user: "u@x".into(),
+                xml: "<vCard/>".into(),
+            },
+            UserDataWrite::PrivatePut {
+                user: "u@x".into(),
+                name: "a".into(),
+                ns: "urn:a".into(),
+                xml: "<a/>".into(),
+            },
+            UserDataWrite::LastSet {
+                user: "u@x".into(),
+                secs: 42,
+                status: Some("bye".into()),
+            },
+        ] {
+            let json = serde_json::to_string(&w).unwrap();
+            let w: UserDataWrite = serde_json::from_str(&json).unwrap();
+            replayed.apply(&w).unwrap();
+        }
+        check(&replayed);
     }
 }

@@ -279,6 +279,13 @@ class Server:
                 _LIVE_SERVERS.remove(self)
             self._log.close()
 
+    def metrics_text(self) -> str:
+        """The node's Prometheus exposition (`/metrics`)."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
     def kill9(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGKILL (no shutdown code runs at all) and wait for the process to go.
 
@@ -375,3 +382,16 @@ def pytest_runtest_makereport(item, call):
     if report.failed:
         for srv in list(_LIVE_SERVERS):
             report.sections.append((f"switchboard log ({srv.name})", srv.log_tail(80)))
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """A three-node cluster (`cluster.Cluster`), not started; stopped at the end, and the test
+    fails if a node did not stop cleanly."""
+    from cluster import Cluster  # cluster.py imports this module
+
+    c = Cluster(tmp_path)
+    yield c
+    errors = c.stop()
+    if errors:
+        pytest.fail("\n\n".join(errors), pytrace=False)

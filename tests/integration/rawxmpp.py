@@ -1183,3 +1183,136 @@ async def subscribe(ca: XmppClient, cb: XmppClient) -> None:
                     what=f"the push of {b} with subscription to/both")
     await cb.expect(is_roster_push(a, subscription=("from", "both")),
                     what=f"the push of {a} with subscription from/both")
+
+
+# ---------------------------------------------------------------------------
+# Message archive (XEP-0313 with XEP-0059 RSM and XEP-0359 stanza ids)
+# ---------------------------------------------------------------------------
+
+NS_MAM = "urn:xmpp:mam:2"
+NS_RSM = "http://jabber.org/protocol/rsm"
+NS_FORWARD = "urn:xmpp:forward:0"
+NS_SID = "urn:xmpp:sid:0"
+NS_DATA = "jabber:x:data"
+
+
+def mam_form(**fields) -> str:
+    """A submitted XEP-0313 §4.1 form; `before_id=` becomes var='before-id'. A list value
+    gives one <value/> each (the list-multi `ids`)."""
+    out = [f"<field var='FORM_TYPE' type='hidden'><value>{NS_MAM}</value></field>"]
+    for name, value in fields.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        inner = "".join(f"<value>{escape(str(v))}</value>" for v in values)
+        out.append(f"<field var={quoteattr(name.replace('_', '-'))}>{inner}</field>")
+    return f"<x xmlns='{NS_DATA}' type='submit'>{''.join(out)}</x>"
+
+
+def rsm_set(max: int | None = None, after: str | None = None, before: str | None = None) -> str:
+    """An XEP-0059 request <set/>; before='' is the empty <before/> (the last page, §2.5)."""
+    inner = "" if max is None else f"<max>{max}</max>"
+    if after is not None:
+        inner += f"<after>{escape(after)}</after>"
+    if before is not None:
+        inner += f"<before>{escape(before)}</before>" if before else "<before/>"
+    return f"<set xmlns='{NS_RSM}'>{inner}</set>"
+
+
+@dataclass
+class MamPage:
+    """What one archive query brought: the result <message/>s (in arrival order) and the
+    IQ that ended it (result with <fin/>, or error)."""
+
+    iq: ET.Element
+    results: list[ET.Element]
+
+    @property
+    def error(self) -> str | None:
+        return stanza_error(self.iq)[1] if self.iq.get("type") == "error" else None
+
+    @property
+    def fin(self) -> ET.Element | None:
+        return self.iq.find(f"{{{NS_MAM}}}fin")
+
+    @property
+    def complete(self) -> bool:
+        fin = self.fin
+        return fin is not None and fin.get("complete") in ("true", "1")
+
+    def _rsm(self, tag: str) -> ET.Element | None:
+        fin = self.fin
+        return None if fin is None else fin.find(f"{{{NS_RSM}}}set/{{{NS_RSM}}}{tag}")
+
+    @property
+    def first(self) -> str | None:
+        el = self._rsm("first")
+        return None if el is None else el.text
+
+    @property
+    def first_index(self) -> int | None:
+        el = self._rsm("first")
+        return None if el is None or el.get("index") is None else int(el.get("index"))
+
+    @property
+    def last(self) -> str | None:
+        el = self._rsm("last")
+        return None if el is None else el.text
+
+    @property
+    def count(self) -> int | None:
+        el = self._rsm("count")
+        return None if el is None else int((el.text or "").strip())
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.find(f"{{{NS_MAM}}}result").get("id") for r in self.results]
+
+    @property
+    def messages(self) -> list[ET.Element]:
+        """The archived messages (inside <result><forwarded/>)."""
+        return [mam_forwarded(r) for r in self.results]
+
+    @property
+    def bodies(self) -> list[str | None]:
+        return [m.findtext(q("body")) if m is not None else None for m in self.messages]
+
+    def describe(self) -> str:
+        return f"iq: {xml_str(self.iq)}\nresults:\n" + "\n".join(xml_str(r) for r in self.results)
+
+
+def mam_forwarded(result_msg: ET.Element) -> ET.Element | None:
+    """The original message inside <message><result><forwarded/></result></message>."""
+    return result_msg.find(f"{{{NS_MAM}}}result/{{{NS_FORWARD}}}forwarded/{q('message')}")
+
+
+async def mam_query(
+    c: XmppClient,
+    form: str = "",
+    rsm: str = "",
+    *,
+    queryid: str | None = None,
+    to: str | None = None,
+    extra: str = "",
+    timeout: float = DEFAULT_TIMEOUT,
+) -> MamPage:
+    """Send an archive query (XEP-0313 §4) and collect the result messages carrying its
+    queryid until the IQ response. `extra` goes after the form and the set (<flip-page/>)."""
+    queryid = queryid or new_id("mq")
+    iq_id = new_id("mam")
+    to_attr = f" to={quoteattr(to)}" if to else ""
+    await c.send(
+        f"<iq type='set' id='{iq_id}'{to_attr}><query xmlns='{NS_MAM}' queryid='{queryid}'>"
+        f"{form}{rsm}{extra}</query></iq>"
+    )
+    results: list[ET.Element] = []
+
+    def ours(e: ET.Element) -> bool:
+        if e.tag == q("iq") and e.get("id") == iq_id:
+            return True
+        r = e.find(f"{{{NS_MAM}}}result") if e.tag == q("message") else None
+        return r is not None and r.get("queryid") == queryid
+
+    while True:
+        e = await c.recv_match(ours, timeout, f"the results of archive query {queryid}")
+        if e.tag == q("iq"):
+            return MamPage(e, results)
+        results.append(e)

@@ -22,15 +22,6 @@ from rawxmpp import (
 )
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    errors = c.stop()
-    if errors:
-        pytest.fail("\n\n".join(errors), pytrace=False)
-
-
 def is_msg(id_):
     return lambda e: e.tag == q("message") and e.get("id") == id_
 

@@ -20,15 +20,6 @@ from conftest import Account, render_toml
 from rawxmpp import XmppClient, XmppTestError, login, online, q, stanza_error, xml_str
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    errors = c.stop()
-    if errors:
-        pytest.fail("\n\n".join(errors), pytrace=False)
-
-
 def is_msg(id_):
     return lambda e: e.tag == q("message") and e.get("id") == id_
 

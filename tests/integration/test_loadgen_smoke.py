@@ -187,6 +187,58 @@ def test_stepped_chat(loadgen, node, tmp_path):
     assert st["sustainable_rate"] in (0, 24, 48), st
 
 
+def test_chat_with_carbons_and_server_cpu(loadgen, node, tmp_path):
+    data = run_loadgen(
+        loadgen,
+        node,
+        tmp_path,
+        [
+            "--server", f"127.0.0.1:{node.c2s_port}",
+            "-n", str(USERS),
+            "--server-pid", str(node.proc.pid),
+            "chat", "--messages", "5", "--interval-ms", "20", "--duration-secs", "10",
+            "--carbons",
+        ],
+    )
+    chat = data["chat"]
+    assert chat["sent"] == USERS * 5 and chat["received"] == chat["sent"], chat
+    k = chat["carbons"]
+    # Every message: a sent carbon to the sender's second session, a received one to the
+    # recipient's.
+    assert k["sessions"] == USERS, k
+    assert k["sent_carbons"] == k["received_carbons"] == chat["sent"], k
+    assert k["expected"] == 2 * chat["sent"], k
+    cpu = chat["server_cpu"]
+    assert cpu["server_pid"] == node.proc.pid and cpu["cpu_secs"] >= 0, cpu
+    assert cpu["us_per_message"] >= 0, cpu
+    # Both sessions of every user closed cleanly.
+    assert data["close"]["clean"] == 2 * USERS, data["close"]
+
+
+def test_presence_with_inactive_sessions(loadgen, node, tmp_path):
+    data = run_loadgen(
+        loadgen,
+        node,
+        tmp_path,
+        [
+            "--server", f"127.0.0.1:{node.c2s_port}",
+            "-n", str(USERS),
+            "presence", "--group", "4", "--changes", "3", "--interval-ms", "100",
+            "--setup-secs", "10", "--duration-secs", "5", "--csi-inactive-percent", "50",
+        ],
+    )
+    p = data["presence"]
+    csi = p["csi"]
+    assert csi["inactive_sessions"] == csi["active_sessions"] == USERS // 2, csi
+    # Only the active sessions' deliveries are expected, and they all arrive.
+    assert p["delivered"] == p["expected"] > 0 and p["lost"] == 0, p
+    # An inactive session gets the latest change of each of its 3 contacts (held, then
+    # flushed on <active/>), an active one all 9: fewer bytes.
+    assert 0 < csi["delivered_to_inactive"] <= (USERS // 2) * 3 * 3, csi
+    assert 0 < csi["bytes_per_inactive_session"] < csi["bytes_per_active_session"], csi
+    assert p["bytes_received"] == csi["bytes_received_active"] + csi["bytes_received_inactive"], p
+
+
 def test_roster_writes_and_offline_store(loadgen, node, tmp_path):
     """`roster-writes` and `offline-store` on accounts of their own (lg13..lg22), so the
     other scenarios' rosters and offline queues stay as they were."""

@@ -294,14 +294,21 @@ async def test_excessive_nesting_gives_policy_violation(server):
         await c.close()
 
 
-def _server_side_tcp_state(server_port: int, client_port: int) -> str | None:
-    """State (hex, /proc/net/tcp) of the node's end of one loopback connection."""
+def _server_side_tcp(server_port: int, client_port: int) -> tuple[str, str] | None:
+    """State (hex) and `tx_queue:rx_queue` (/proc/net/tcp) of the node's end of one
+    loopback connection."""
     for line in open("/proc/net/tcp").read().splitlines()[1:]:
         parts = line.split()
         local, remote, state = parts[1], parts[2], parts[3]
         if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
-            return state
+            return state, parts[4]
     return None
+
+
+def _server_side_tcp_state(server_port: int, client_port: int) -> str | None:
+    """State (hex, /proc/net/tcp) of the node's end of one loopback connection."""
+    found = _server_side_tcp(server_port, client_port)
+    return found[0] if found else None
 
 
 async def test_slow_reader_is_disconnected_and_sender_keeps_going(make_server):
@@ -353,7 +360,10 @@ async def test_slow_reader_is_disconnected_and_sender_keeps_going(make_server):
                 break
         assert disconnected, (
             f"after {sent_bytes} bytes queued for a client that does not read, the node still "
-            f"holds its connection (send_queue_max_bytes = 262144)"
+            f"holds its connection (send_queue_max_bytes = 262144); the node's socket "
+            f"(state, tx:rx queue): {_server_side_tcp(srv.c2s_port, client_port)}; "
+            f"tcp_wmem: {open('/proc/sys/net/ipv4/tcp_wmem').read().strip()}; "
+            f"c2s bytes out: {[l for l in srv.metrics_text().splitlines() if 'c2s_bytes_total' in l]}"
         )
         # Now read what reached the slow client: whole stanzas, then the stream error.
         messages = 0

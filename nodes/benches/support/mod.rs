@@ -1,4 +1,4 @@
-//! An in-process node for benchmarks: a Router, one RosterActor shard and sessions whose
+//! An in-process node for benchmarks: a Router, one AccountShard shard and sessions whose
 //! send queues the benchmark reads instead of a socket.
 // Each benchmark binary compiles this module and uses a part of it.
 #![allow(dead_code)]
@@ -7,11 +7,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use nodes::c2s::session::{QueueWork, SendQueue, SessionActor};
-use nodes::config::ResourceConflict;
+use nodes::c2s::session::{QueueWork, SendQueue, SessionActor, SessionParts};
+use nodes::config::{ImLimits, ResourceConflict};
 use nodes::im::messages::Filters;
-use nodes::im::{AttachShards, DataWriter, ImLimits, RosterActor, RosterShards};
+use nodes::im::{AccountShard, AccountShards, AttachShards, DataWriter};
 use nodes::modules::Registry;
+use nodes::route::to_router::RouterHandle;
 use nodes::router::messages::RegisterSession;
 use nodes::router::Router;
 use proto::jid::Jid;
@@ -37,8 +38,8 @@ impl Peer {
 
 pub struct Node {
     pub router: Addr<Router>,
-    pub shard: Addr<RosterActor>,
-    shards: RosterShards,
+    pub shard: Addr<AccountShard>,
+    shards: AccountShards,
     modules: Arc<Registry>,
     domains: Arc<Vec<String>>,
 }
@@ -55,17 +56,18 @@ impl Node {
             ..ImLimits::default()
         };
         let data = store.user_data().expect("IM trees");
-        let (router_addr, shard_domains) = (router_ctx.address(), domains.clone());
+        let (router, shard_domains) = (RouterHandle::new(&router_ctx.address()), domains.clone());
         let shard = SyncArbiter::start(1, move || {
-            RosterActor::new(
-                router_addr.clone(),
+            AccountShard::new(
+                router.clone(),
                 data.clone(),
                 DataWriter::Local(data.clone()),
                 limits,
                 shard_domains.clone(),
+                Arc::new(Registry::with_defaults()),
             )
         });
-        let shards = RosterShards::new(vec![shard.clone()], None);
+        let shards = AccountShards::new(vec![shard.clone()], None);
         shard.do_send(AttachShards(shards.clone()));
         let accounts = store.accounts().expect("accounts tree");
         let router = router_ctx.run(Router::new(
@@ -88,22 +90,19 @@ impl Node {
     /// Bind a session for `jid` (its send queue never overflows).
     pub async fn session(&self, jid: &Jid, id: u64) -> Peer {
         let queue = SendQueue::new(usize::MAX / 2);
-        let addr = SessionActor::new(
-            jid.clone(),
-            id,
-            queue.clone(),
-            self.router.clone(),
-            self.modules.clone(),
-            self.domains.clone(),
-            self.shards.clone(),
-            Filters::default(),
-        )
-        .start();
+        let parts = SessionParts {
+            queue: queue.clone(),
+            router: self.router.clone(),
+            modules: self.modules.clone(),
+            domains: self.domains.clone(),
+            im: self.shards.clone(),
+        };
+        let addr = SessionActor::new(jid.clone(), id, parts, Filters::default()).start();
         self.router
             .send(RegisterSession {
                 jid: jid.clone(),
                 session_id: id,
-                session: addr.clone(),
+                session: SessionActor::handle(&addr),
             })
             .await
             .expect("router alive")

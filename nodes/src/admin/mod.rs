@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::cluster::Cluster;
-use crate::im::messages::DeleteAccountData;
+use crate::im::messages::{ArchivePurge, DeleteAccountData};
 use crate::router::messages::{KickAccount, ListRoutes, ListSessions};
 use crate::router::Router;
 use crate::users::UserAdmin;
@@ -27,7 +27,7 @@ pub struct AdminServer {
     pub router: Addr<Router>,
     pub cluster: Option<Cluster>,
     /// The IM shards (account data is deleted through them in a cluster).
-    pub im: crate::im::RosterShards,
+    pub im: crate::im::AccountShards,
     pub started: std::time::Instant,
 }
 
@@ -138,9 +138,16 @@ impl AdminServer {
                 // Disconnect first, so no session writes to the account while it goes.
                 if let Ok(j) = users.account_jid(&jid) {
                     self.router.do_send(KickAccount {
-                        bare: j,
+                        bare: j.clone(),
                         reason: "account deleted".into(),
                     });
+                    // Through the account's shard: what lives outside this node's trees
+                    // (an archive in PostgreSQL) goes too.
+                    match self.im.ask(&j, DeleteAccountData { user: j.clone() }).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return AdminResponse::err(e),
+                        Err(e) => return AdminResponse::err(e),
+                    }
                 }
                 match users.del(&jid) {
                     Ok(j) => AdminResponse::ok(Some(j.to_string().into())),
@@ -175,6 +182,14 @@ impl AdminServer {
             },
             AdminRequest::SessionList => match self.router.send(ListSessions).await {
                 Ok(l) => AdminResponse::ok(serde_json::to_value(l).ok()),
+                Err(e) => AdminResponse::err(e),
+            },
+            AdminRequest::MamPurge { jid } => match users.account_jid(&jid) {
+                Ok(j) => match self.im.ask(&j, ArchivePurge { user: j.clone() }).await {
+                    Ok(Ok(n)) => AdminResponse::ok(Some(n.into())),
+                    Ok(Err(e)) => AdminResponse::err(e),
+                    Err(e) => AdminResponse::err(e),
+                },
                 Err(e) => AdminResponse::err(e),
             },
             AdminRequest::SessionKick { jid } => match users.account_jid(&jid) {
@@ -216,7 +231,7 @@ impl AdminServer {
                 Err(e) => AdminResponse::err(e),
             },
             AdminRequest::ClusterJoin { seed } => match &self.cluster {
-                Some(c) if crate::cluster::parse_member(&seed).is_some() => {
+                Some(c) if crate::config::parse_member(&seed).is_some() => {
                     let (c, seed2) = (c.clone(), seed.clone());
                     // The links live on the cluster arbiter's runtime; the join loop only
                     // needs some tokio runtime, and this one is alive as long as the node.

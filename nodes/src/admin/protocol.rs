@@ -49,6 +49,10 @@ pub enum AdminRequest {
     ClusterLeave {
         node: Option<u64>,
     },
+    /// Empty an account's message archive (XEP-0313); the result is how many went.
+    MamPurge {
+        jid: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

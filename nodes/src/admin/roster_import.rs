@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use storage::RosterItem;
 
 use crate::im::messages::ImportRoster;
-use crate::im::{RosterShards, MAX_ROSTER_NAME};
+use crate::im::{AccountShards, MAX_ROSTER_NAME};
 use crate::users::{UserAdmin, UserError};
 
 /// One roster item as the operator gives it.
@@ -132,7 +132,7 @@ pub fn prepare(
 /// the first failure is reported (owners before it may have been imported: re-running the
 /// same import is harmless, unchanged items are not written again).
 pub async fn import(
-    shards: &RosterShards,
+    shards: &AccountShards,
     by_owner: BTreeMap<Jid, Vec<RosterItem>>,
 ) -> Result<RosterImportOutcome, RosterImportError> {
     let mut outcome = RosterImportOutcome::default();

@@ -19,15 +19,18 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
-use super::messages::{ConnectionClosed, FlushDeliveries, FromClient, FromClientNonza};
-use super::session::{QueueWork, SendQueue, SessionActor};
+use super::messages::{ConnectionClosed, FlushDeliveries, FromClient, FromClientNonza, PingClient};
+use super::session::{QueueWork, SendQueue, SessionActor, SessionParts};
+use super::stream_management::ResumptionId;
 use super::transport::Transport;
 use crate::admission::{ConnectionLimiter, ConnectionPermit, ConnectionRefusal};
 use crate::config::C2sSettings;
 use crate::im::messages::GetFilters;
 use crate::metrics::{GaugeGuard, METRICS};
 use crate::modules::Registry;
-use crate::router::messages::{BindRefused, RegisterSession, UnregisterSession};
+use crate::router::messages::{
+    BindRefused, RegisterSession, ResumeSession, TakeOverSession, UnregisterSession,
+};
 use crate::router::Router;
 use crate::tls::TlsContext;
 
@@ -42,6 +45,9 @@ const LINGER: Duration = Duration::from_millis(500);
 /// At a client's closing tag, how long an offline delivery in progress may wait for the
 /// client's TCP to acknowledge what was written (`SendQueue::settle`).
 const SETTLE: Duration = Duration::from_millis(500);
+/// How long a resumption may wait for the session's holder (which first closes the
+/// session's old connection, if that still looks alive).
+const RESUME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes read and discarded during the linger.
 const LINGER_MAX_BYTES: usize = 1 << 20;
 
@@ -54,7 +60,7 @@ pub struct C2sContext {
     pub router: Addr<Router>,
     pub modules: Arc<Registry>,
     pub domains: Arc<Vec<String>>,
-    pub im: crate::im::RosterShards,
+    pub im: crate::im::AccountShards,
     pub shutdown: watch::Receiver<bool>,
     pub next_session_id: AtomicU64,
     /// Unauthenticated connections, in total and per address.
@@ -119,6 +125,8 @@ enum Wake {
     Queue,
     Shutdown,
     AuthTimeout,
+    /// A bound client has been silent for `c2s.idle_ping_secs`, or did not answer the ping.
+    Idle,
 }
 
 /// How a connection ended, for the log.
@@ -147,6 +155,9 @@ struct Connection {
     accepted: Instant,
     /// Counted against the admission caps until the client authenticates.
     unauthenticated: Option<ConnectionPermit>,
+    /// The client closed its stream, or the node is shutting down: a session under stream
+    /// management ends rather than waiting to be resumed (XEP-0198 §7).
+    closed_cleanly: bool,
 }
 
 /// Serve one accepted socket until it closes.
@@ -159,6 +170,17 @@ pub async fn serve(
 ) {
     let peer = tcp.peer_addr().ok();
     let _ = tcp.set_nodelay(true);
+    if ctx.settings.tcp_keepalive_secs > 0 {
+        // A phone that lost its network sends no FIN: keepalive probes let the kernel
+        // notice, also while nothing is being written.
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(ctx.settings.tcp_keepalive_secs))
+            .with_interval(Duration::from_secs(10))
+            .with_retries(3);
+        if let Err(e) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive) {
+            tracing::debug!(error = %e, "c2s: TCP keepalive not set");
+        }
+    }
     let accepted = Instant::now();
     let gauge = crate::metrics::c2s_connection(if direct_tls { "direct" } else { "none" });
     let auth_deadline = Instant::now() + Duration::from_secs(ctx.settings.auth_timeout_secs);
@@ -198,12 +220,16 @@ pub async fn serve(
         gauge,
         accepted,
         unauthenticated: Some(unauthenticated),
+        closed_cleanly: false,
     };
     let end = conn.run(auth_deadline).await;
     // Whoever waits for bytes to be written (an offline batch) learns they will not be.
     conn.queue.abandon();
     if let Some(session) = conn.session.take() {
-        session.do_send(ConnectionClosed);
+        session.do_send(ConnectionClosed {
+            sm_handled: conn.negotiation.sm_handled(),
+            clean: conn.closed_cleanly,
+        });
     }
     let _ = timeout(Duration::from_secs(1), conn.transport.shutdown()).await;
     conn.drain_input().await;
@@ -219,13 +245,24 @@ impl Connection {
         // After a read that returned data there may be more (in the kernel or decrypted in
         // rustls), so read again before waiting for readiness.
         let mut may_have_input = true;
+        // XEP-0199 §4.2: a silent client is pinged; silence after that means it is gone.
+        let idle_after = Duration::from_secs(self.ctx.settings.idle_ping_secs);
+        let ping_timeout = Duration::from_secs(self.ctx.settings.idle_ping_timeout_secs);
+        let mut last_input = Instant::now();
+        let mut pinged: Option<Instant> = None;
         loop {
             if *shutdown.borrow() {
+                self.closed_cleanly = true;
                 return self
                     .close_boxed(StreamError::new(StreamErrorCondition::SystemShutdown))
                     .await;
             }
             let established = self.negotiation.is_established();
+            let watch_idle = established && !idle_after.is_zero();
+            let idle_deadline = match pinged {
+                Some(at) => at + ping_timeout,
+                None => last_input + idle_after,
+            };
             let queue = self.queue.clone();
             let wake = tokio::select! {
                 biased;
@@ -233,6 +270,7 @@ impl Connection {
                 _ = queue.overflow.notified() => Wake::Queue,
                 _ = queue.wake.notified() => Wake::Queue,
                 _ = sleep_until(auth_deadline), if !established => Wake::AuthTimeout,
+                _ = sleep_until(idle_deadline), if watch_idle => Wake::Idle,
                 _ = std::future::ready(()), if may_have_input => Wake::Input,
                 r = self.transport.readable(), if !may_have_input => match r {
                     Ok(()) => Wake::Input,
@@ -241,15 +279,30 @@ impl Connection {
             };
             let result = match wake {
                 Wake::Shutdown => {
+                    self.closed_cleanly = true;
                     return self
                         .close_boxed(StreamError::new(StreamErrorCondition::SystemShutdown))
-                        .await
+                        .await;
                 }
 
                 Wake::AuthTimeout => {
                     return self
                         .close_boxed(StreamError::new(StreamErrorCondition::ConnectionTimeout))
                         .await
+                }
+                Wake::Idle => {
+                    if pinged.is_some() {
+                        // RFC 6120 §4.9.3.4; the session treats it as a lost connection (a
+                        // resumable one detaches).
+                        return self
+                            .close_boxed(StreamError::with_text(
+                                StreamErrorCondition::ConnectionTimeout,
+                                "no answer to the idle ping",
+                            ))
+                            .await;
+                    }
+                    pinged = Some(Instant::now());
+                    self.ping_client().await
                 }
                 Wake::Queue => self.write_queued().await,
                 Wake::Input => {
@@ -259,6 +312,8 @@ impl Connection {
                         Ok(Some(n)) => {
                             METRICS.bytes.with_label_values(&["in"]).inc_by(n as u64);
                             may_have_input = true;
+                            last_input = Instant::now();
+                            pinged = None;
                             let processed = self.process_input().await;
                             // One chunk per turn: nothing in this loop waits while a client
                             // keeps sending, so without this yield a busy sender would read
@@ -308,6 +363,19 @@ impl Connection {
                 },
             }
         }
+    }
+
+    /// Ask a silent client for a sign of life: under stream management an `<r/>` (not a
+    /// stanza, so no count changes), else an XEP-0199 ping, sent by the session (a stanza).
+    async fn ping_client(&mut self) -> Result<bool, End> {
+        if self.negotiation.sm_handled().is_some() {
+            let mut out = Vec::new();
+            proto::sm::request().write_to(&mut out, proto::ns::CLIENT);
+            Box::pin(self.write(&out)).await?;
+        } else if let Some(session) = &self.session {
+            session.do_send(PingClient);
+        }
+        Ok(true)
     }
 
     /// Write what the session queued (everything that accumulated, in one write).
@@ -413,6 +481,7 @@ impl Connection {
                 StreamEvent::Element(el, _) => self.negotiation.on_element(el, auth),
                 StreamEvent::Keepalive => Vec::new(),
                 StreamEvent::Close => {
+                    self.closed_cleanly = true;
                     // Leave the routing table before answering: once the client sees our
                     // closing tag, messages for it are stored offline, not sent to a stream
                     // that is going away.
@@ -489,6 +558,9 @@ impl Connection {
                     Some(s) => s.do_send(FromClientNonza(el)),
                     None => return Ok(false),
                 },
+                Action::Resume { previd, h } => {
+                    queue.extend(Box::pin(self.resume(&previd, h)).await);
+                }
             }
         }
         Ok(true)
@@ -518,6 +590,119 @@ impl Connection {
         Ok(())
     }
 
+    /// XEP-0198 §5: take over the session `previd` names, if it is this account's and the
+    /// token matches, wherever on this node it is; else `<failed><item-not-found/>` and the
+    /// client may bind instead.
+    async fn resume(&mut self, previd: &str, h: u32) -> Vec<Action> {
+        let failed = |n: &mut C2sNegotiation| {
+            METRICS
+                .sm_sessions
+                .with_label_values(&["resume_failed"])
+                .inc();
+            n.resume_failed(StanzaErrorCondition::ItemNotFound, None)
+        };
+        let (Some(user), Some(domain)) = (self.negotiation.user(), self.negotiation.domain())
+        else {
+            return failed(&mut self.negotiation);
+        };
+        let Some(id) = ResumptionId::parse(previd) else {
+            return failed(&mut self.negotiation);
+        };
+        let Ok(jid) = Jid::from_parts(Some(user), domain, Some(&id.resource)) else {
+            return failed(&mut self.negotiation);
+        };
+        let take_over = self.ctx.router.send(TakeOverSession {
+            jid: jid.clone(),
+            token: id.token,
+            client_h: h,
+            for_node: None,
+        });
+        let state = match timeout(RESUME_TIMEOUT, take_over).await {
+            Ok(Ok(Ok(state))) => state,
+            _ => return failed(&mut self.negotiation),
+        };
+        let filters = self.filters(&jid).await;
+        // The actor's address exists before it runs, so that the route can move to it first
+        // and what the router sends meanwhile waits in its mailbox behind the retransmission.
+        let session_ctx = actix::Context::<SessionActor>::new();
+        let session = session_ctx.address();
+        let presence = state
+            .presence
+            .as_deref()
+            .and_then(|p| proto::element::Element::parse(p).ok());
+        let new_session_id = self.ctx.next_session_id.fetch_add(1, Ordering::Relaxed);
+        let moved = self
+            .ctx
+            .router
+            .send(ResumeSession {
+                jid: jid.clone(),
+                state_session_id: state.session_id,
+                new_session_id,
+                presence,
+                flags: state.flags,
+                session: SessionActor::handle(&session),
+            })
+            .await;
+        let (routed, session_id) = match moved {
+            Ok(Ok(id)) => (true, id),
+            _ => (false, state.session_id),
+        };
+        let handled_in = state.handled_in;
+        let actor = SessionActor::resumed(
+            state,
+            jid.clone(),
+            session_id,
+            routed,
+            self.session_parts(),
+            filters,
+        );
+        session_ctx.run(actor);
+        if !routed {
+            // The session ended meanwhile: the actor hands back what it holds and stops.
+            session.do_send(ConnectionClosed::default());
+            return failed(&mut self.negotiation);
+        }
+        // The router gives the new session id only to a session that came over the NodeLink
+        // (one resumed here keeps its id). Session ids are per node, so the holder's id
+        // may equal ours by chance: compare with the new one.
+        let from = if session_id == new_session_id {
+            "resumed_remote"
+        } else {
+            "resumed_local"
+        };
+        METRICS.sm_sessions.with_label_values(&[from]).inc();
+        tracing::info!(%jid, "session resumed");
+        self.session = Some(session);
+        self.bound = Some((jid, session_id));
+        self.queue.set_socket(self.transport.raw_fd());
+        self.gauge.set(0, "bound");
+        self.negotiation.resumed(previd, handled_in)
+    }
+
+    fn session_parts(&self) -> SessionParts {
+        SessionParts {
+            queue: self.queue.clone(),
+            router: self.ctx.router.clone(),
+            modules: self.ctx.modules.clone(),
+            domains: self.ctx.domains.clone(),
+            im: self.ctx.im.clone(),
+        }
+    }
+
+    /// The account's blocklist and privacy lists, for a session starting.
+    async fn filters(&self, jid: &Jid) -> crate::im::messages::Filters {
+        self.ctx
+            .im
+            .ask(
+                &jid.to_bare(),
+                GetFilters {
+                    user: jid.to_bare(),
+                },
+            )
+            .await
+            .unwrap_or_default()
+    }
+
     async fn bind(&mut self, iq_id: &str, resource: Option<String>) -> Vec<Action> {
         let (Some(user), Some(domain)) = (self.negotiation.user(), self.negotiation.domain())
         else {
@@ -532,36 +717,17 @@ impl Connection {
                 .negotiation
                 .bind_failed(iq_id, StanzaErrorCondition::BadRequest);
         };
-        let filters = self
-            .ctx
-            .im
-            .ask(
-                &jid.to_bare(),
-                GetFilters {
-                    user: jid.to_bare(),
-                },
-            )
-            .await
-            .unwrap_or_default();
+        let filters = self.filters(&jid).await;
         let session_id = self.ctx.next_session_id.fetch_add(1, Ordering::Relaxed);
-        let session = SessionActor::new(
-            jid.clone(),
-            session_id,
-            self.queue.clone(),
-            self.ctx.router.clone(),
-            self.ctx.modules.clone(),
-            self.ctx.domains.clone(),
-            self.ctx.im.clone(),
-            filters,
-        )
-        .start();
+        let session =
+            SessionActor::new(jid.clone(), session_id, self.session_parts(), filters).start();
         let registered = self
             .ctx
             .router
             .send(RegisterSession {
                 jid: jid.clone(),
                 session_id,
-                session: session.clone(),
+                session: SessionActor::handle(&session),
             })
             .await;
         match registered {
@@ -577,18 +743,18 @@ impl Connection {
                 self.negotiation.bound(iq_id, &jid.to_string())
             }
             Ok(Err(BindRefused::Conflict)) => {
-                session.do_send(ConnectionClosed);
+                session.do_send(ConnectionClosed::default());
                 self.negotiation
                     .bind_failed(iq_id, StanzaErrorCondition::Conflict)
             }
             Ok(Err(BindRefused::ClusterUnavailable)) => {
                 // RFC 6120 §7.6.2.1: the server cannot bind now; the client may retry.
-                session.do_send(ConnectionClosed);
+                session.do_send(ConnectionClosed::default());
                 self.negotiation
                     .bind_failed(iq_id, StanzaErrorCondition::ResourceConstraint)
             }
             Err(_) => {
-                session.do_send(ConnectionClosed);
+                session.do_send(ConnectionClosed::default());
                 self.negotiation
                     .bind_failed(iq_id, StanzaErrorCondition::InternalServerError)
             }

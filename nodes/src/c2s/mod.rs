@@ -1,8 +1,9 @@
-//! Client-to-server: listeners, the per-connection I/O task, and the SessionActor.
+//! Client-to-server: the accept loop (on `listener::Listener`s), the per-connection I/O task, and the SessionActor.
 
 pub mod connection;
 pub mod messages;
 pub mod session;
+pub mod stream_management;
 mod transport;
 
 use std::sync::Arc;
@@ -13,35 +14,6 @@ use tokio::sync::Semaphore;
 pub use connection::C2sContext;
 
 use crate::admission::ConnectionRefusal;
-
-const LISTEN_BACKLOG: i32 = 4096;
-
-/// A bound listening socket, shared by every worker's accept loop.
-pub struct C2sListener {
-    pub socket: std::net::TcpListener,
-    /// Direct TLS (XEP-0368) rather than STARTTLS.
-    pub direct_tls: bool,
-}
-
-impl C2sListener {
-    pub fn bind(addr: &str, direct_tls: bool) -> std::io::Result<C2sListener> {
-        use socket2::{Domain, Socket, Type};
-        let addr: std::net::SocketAddr = addr.parse().map_err(|e| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr:?}: {e}"))
-        })?;
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-        socket.set_reuse_address(true)?;
-        socket.bind(&addr.into())?;
-        // std's default backlog (128) overflows during login storms; the kernel caps this
-        // at net.core.somaxconn.
-        socket.listen(LISTEN_BACKLOG)?;
-        socket.set_nonblocking(true)?;
-        Ok(C2sListener {
-            socket: socket.into(),
-            direct_tls,
-        })
-    }
-}
 
 /// Accept connections on `listener` on the current arbiter until shutdown. Each connection
 /// holds a permit of `limit` for its lifetime.

@@ -13,13 +13,15 @@ use proto::jid::Jid;
 use proto::ns;
 use tokio::sync::Notify;
 
-use super::messages::{
-    ConnectionClosed, Deliver, DeliverStored, FlushDeliveries, FromClient, FromClientNonza, Kick,
-    SendOwnPresence, SetBlockList, SetPrivacy,
-};
+use super::messages::{ConnectionClosed, FlushDeliveries, FromClient, FromClientNonza, PingClient};
+use super::stream_management::{parse_kept, HandedOver, SmSession, Token};
 use crate::im::messages::{AccountIq, Filters, OutboundSubscription};
-use crate::im::RosterShards;
-use crate::modules::{Hooks, IqOutcome, IqRequest, Outbound, Registry, SessionEffects};
+use crate::im::AccountShards;
+use crate::metrics::METRICS;
+use crate::modules::stream_management::Settings as SmSettings;
+use crate::modules::{Effects, Hooks, IqOutcome, IqRequest, Outbound, Registry, SessionEffects};
+use crate::route::session::{HandOverReply, SessionHandle, ToSession};
+use crate::router::messages::ResumeRefused;
 use crate::router::messages::{
     BroadcastPresence, DeliverToAvailable, DeliverToResource, RouteStanza, SetResourceFlag,
     ToFlaggedResources, UnregisterSession,
@@ -95,13 +97,23 @@ impl SendQueue {
 
     /// Serialise `el` into the queue; false once the queue has overflowed.
     fn push(&self, el: &Element) -> bool {
+        self.push_with(|out| el.write_to(out, ns::CLIENT))
+    }
+
+    /// Queue bytes already serialised (a stanza stream management keeps a copy of);
+    /// false once the queue has overflowed.
+    fn push_raw(&self, bytes: &[u8]) -> bool {
+        self.push_with(|out| out.extend_from_slice(bytes))
+    }
+
+    fn push_with(&self, write: impl FnOnce(&mut Vec<u8>)) -> bool {
         let mut st = self.state.borrow_mut();
         if st.overflowed || st.close.is_some() {
             return false;
         }
         let was_empty = st.bytes.is_empty();
         let before = st.bytes.len();
-        el.write_to(&mut st.bytes, ns::CLIENT);
+        write(&mut st.bytes);
         let added = st.bytes.len() - before;
         QUEUED.add(added as i64);
         st.queued += added as u64;
@@ -301,6 +313,16 @@ impl Drop for SendQueue {
     }
 }
 
+/// What a session works with besides its own state: its connection's send queue and the
+/// node's shared parts.
+pub struct SessionParts {
+    pub queue: Rc<SendQueue>,
+    pub router: Addr<Router>,
+    pub modules: Arc<Registry>,
+    pub domains: Arc<Vec<String>>,
+    pub im: AccountShards,
+}
+
 pub struct SessionActor {
     jid: Jid,
     session_id: u64,
@@ -310,7 +332,7 @@ pub struct SessionActor {
     /// The modules' per-session state and hooks (carbons, CSI, ...).
     hooks: Hooks,
     domains: Arc<Vec<String>>,
-    im: RosterShards,
+    im: AccountShards,
     /// Entities this session sent directed available presence to (RFC 6121 §4.6).
     directed: Vec<Jid>,
     /// Account IQs sent to a shard and not answered yet (bounded by `im.max_iqs_in_flight`).
@@ -318,7 +340,43 @@ pub struct SessionActor {
     /// Account IQs sent to other local users' accounts (answered by their shards through
     /// the router): (bare JID, id, when sent), bounded by `im.max_iqs_in_flight`.
     foreign_iqs: std::collections::VecDeque<(Jid, String, std::time::Instant)>,
+    /// Stream management (XEP-0198): its settings (`None`: the module is disabled) and its
+    /// state once the client enabled it.
+    sm_settings: Option<SmSettings>,
+    sm: Option<SmSession>,
+    /// The connection is gone and the session waits to be resumed (XEP-0198 §5); counts
+    /// detachments, so that an expiry timer knows whether it is still the current one.
+    detached: bool,
+    detachments: u32,
+    /// Offline batches delivered under stream management, answered once the client
+    /// acknowledged them (`<a h/>` reaching the mark, the `sent` count after the batch).
+    stored_waiters: Vec<(u32, tokio::sync::oneshot::Sender<bool>)>,
+    /// Where the session is in a resumption by another connection (XEP-0198 §5).
+    handover: Handover,
+    /// The router's entry for `jid` is this actor's (false for a resumed session whose
+    /// route could not be moved: it only hands back what it holds, then stops).
+    routed: bool,
+    /// Stanzas kept to send right after `<resumed/>` (a session made by a resumption).
+    retransmit: Vec<Vec<u8>>,
 }
+
+/// A session's part in a resumption by another connection (XEP-0198 §5).
+enum Handover {
+    None,
+    /// The state is promised; the old connection is being closed, and its final count of
+    /// the client's stanzas is awaited.
+    Pending(HandOverReply),
+    /// The state is gone to the resuming connection; what arrives until the route moves
+    /// (`Retire`) is passed on then.
+    Done(Vec<Element>),
+}
+
+/// How long a session that handed its state over waits for its route to move; past it the
+/// resumption failed on the other side and the session ends here.
+const RETIRE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most stanzas a handed-over session keeps for its successor before passing them to the
+/// account instead (the wait is normally a few milliseconds).
+const MAX_HANDOVER_BUFFER: usize = 1024;
 
 /// A request to another user's account not answered in this long no longer counts against
 /// `im.max_iqs_in_flight` (the router answers within the IM timeout; this only keeps a lost
@@ -326,31 +384,59 @@ pub struct SessionActor {
 const FOREIGN_IQ_EXPIRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl SessionActor {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        jid: Jid,
-        session_id: u64,
-        queue: Rc<SendQueue>,
-        router: Addr<Router>,
-        modules: Arc<Registry>,
-        domains: Arc<Vec<String>>,
-        im: RosterShards,
-        filters: Filters,
-    ) -> SessionActor {
+    pub fn new(jid: Jid, session_id: u64, parts: SessionParts, filters: Filters) -> SessionActor {
+        let SessionParts {
+            queue,
+            router,
+            modules,
+            domains,
+            im,
+        } = parts;
         let mut session = SessionActor {
             jid,
             session_id,
             queue,
             router,
             hooks: modules.session_hooks(),
-            modules,
+            modules: modules.clone(),
             domains,
             im,
             directed: Vec::new(),
             iqs_in_flight: 0,
             foreign_iqs: std::collections::VecDeque::new(),
+            sm_settings: crate::modules::stream_management::settings(&modules),
+            sm: None,
+            detached: false,
+            detachments: 0,
+            stored_waiters: Vec::new(),
+            handover: Handover::None,
+            routed: true,
+            retransmit: Vec::new(),
         };
         session.set_filters(filters);
+        session
+    }
+
+    /// The session a client resumed on this connection (XEP-0198 §5), from the state its
+    /// previous holder handed over. `routed`: the router's entry now points here.
+    pub fn resumed(
+        state: HandedOver,
+        jid: Jid,
+        session_id: u64,
+        routed: bool,
+        parts: SessionParts,
+        filters: Filters,
+    ) -> SessionActor {
+        let mut session = SessionActor::new(jid, session_id, parts, filters);
+        let settings = session.sm_settings.unwrap_or_default();
+        session.sm = Some(SmSession::restore(&settings, &state));
+        session.directed = state
+            .directed
+            .iter()
+            .filter_map(|d| Jid::parse(d).ok())
+            .collect();
+        session.routed = routed;
+        session.retransmit = state.unacked;
         session
     }
 
@@ -419,10 +505,45 @@ impl SessionActor {
     }
 
     fn send_to_client(&mut self, el: &Element, ctx: &mut Context<Self>) {
+        if let Handover::Done(buffered) = &mut self.handover {
+            if buffered.len() < MAX_HANDOVER_BUFFER {
+                buffered.push(el.clone());
+            } else {
+                self.reroute_undelivered(vec![el.clone()]);
+            }
+            return;
+        }
         crate::metrics::stanza("out", el);
-        if !self.queue.push(el) {
-            // The I/O task closes the stream; nothing more goes to this client.
+        if self.sm.is_none() {
+            if !self.queue.push(el) {
+                // The I/O task closes the stream; nothing more goes to this client.
+                ctx.stop();
+            }
+            return;
+        }
+        let mut bytes = Vec::with_capacity(256);
+        el.write_to(&mut bytes, ns::CLIENT);
+        self.send_kept(bytes.into_boxed_slice(), ctx);
+    }
+
+    /// Under stream management a copy stays until the client acknowledges it (XEP-0198
+    /// §4). A queue that overflows ends the connection, not the session: what it could not
+    /// write is kept here for the resumption.
+    fn send_kept(&mut self, bytes: Box<[u8]>, ctx: &mut Context<Self>) {
+        let Some(sm) = &mut self.sm else { return };
+        let written = !self.detached && self.queue.push_raw(&bytes);
+        let request = written && sm.should_request();
+        if sm.record(bytes).is_err() {
+            tracing::info!(jid = %self.jid, "c2s: too many unacknowledged stanzas, session ends");
+            self.queue.close(StreamError::with_text(
+                StreamErrorCondition::PolicyViolation,
+                "too many unacknowledged stanzas (modules.stream_management.max_unacked_bytes)",
+            ));
             ctx.stop();
+            return;
+        }
+        if request {
+            self.queue.push(&proto::sm::request());
         }
     }
 
@@ -458,11 +579,10 @@ impl SessionActor {
         let Some(payload) = iq.children().next() else {
             return self.reply_error(iq, StanzaErrorCondition::BadRequest, ctx);
         };
-        let jid = self.jid.clone();
-        let domains = self.domains.clone();
-        let mut fx = SessionEffects::new(&jid, &domains);
+        let mut fx = SessionEffects::new(&self.jid, &self.domains);
         if let Some(outcome) = self.hooks.iq(iq, &mut fx) {
-            self.apply_effects(fx, ctx);
+            let effects = fx.finish();
+            self.apply_effects(effects, ctx);
             return self.reply_iq(iq, to, Some(outcome), ctx);
         }
         if to.local().is_some() && crate::im::handles(&payload.ns) {
@@ -523,6 +643,15 @@ impl SessionActor {
         outcome: Option<IqOutcome>,
         ctx: &mut Context<Self>,
     ) {
+        let outcome = match outcome {
+            Some(IqOutcome::ResultAfter { stanzas, payload }) => {
+                for s in &stanzas {
+                    self.send_to_client(s, ctx);
+                }
+                Some(IqOutcome::Result(payload))
+            }
+            other => other,
+        };
         match outcome {
             Some(IqOutcome::Result(payload)) => {
                 let mut reply = Element::new("iq", ns::CLIENT)
@@ -538,7 +667,9 @@ impl SessionActor {
                 self.send_to_client(&reply, ctx);
             }
             Some(IqOutcome::Error(cond)) => self.reply_error(iq, cond, ctx),
-            None => self.reply_error(iq, StanzaErrorCondition::ServiceUnavailable, ctx),
+            Some(IqOutcome::ResultAfter { .. }) | None => {
+                self.reply_error(iq, StanzaErrorCondition::ServiceUnavailable, ctx)
+            }
         }
     }
 }
@@ -546,12 +677,35 @@ impl SessionActor {
 impl Actor for SessionActor {
     type Context = Context<Self>;
 
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // A resumed session first sends again what the client had not acknowledged, right
+        // after `<resumed/>` (XEP-0198 §5), before anything routed to it since.
+        let retransmit = std::mem::take(&mut self.retransmit);
+        if !retransmit.is_empty() {
+            METRICS
+                .sm_stanzas
+                .with_label_values(&["retransmitted"])
+                .inc_by(retransmit.len() as u64);
+        }
+        for bytes in retransmit {
+            self.send_kept(bytes.into_boxed_slice(), ctx);
+        }
+    }
+
     fn stopped(&mut self, _: &mut Context<Self>) {
+        if !self.routed {
+            // The route is the resumed session's (`Retire`), or was never this one's: only
+            // what this actor still holds is handed back to the account.
+            return self.end_unresumed();
+        }
         self.end_directed_presence();
         self.router.do_send(UnregisterSession {
             jid: self.jid.clone(),
             session_id: self.session_id,
         });
+        // After the unregistration (the router handles our messages in order), so that
+        // what is rerouted to the account does not come back here.
+        self.end_unresumed();
     }
 }
 
@@ -671,16 +825,15 @@ impl Handler<FromClient> for SessionActor {
                 _ => {}
             }
         }
-        let jid = self.jid.clone();
-        let domains = self.domains.clone();
-        let mut fx = SessionEffects::new(&jid, &domains);
+        let mut fx = SessionEffects::new(&self.jid, &self.domains);
         self.hooks.outbound(&stanza, &mut fx);
         self.router.do_send(RouteStanza {
             from: self.jid.clone(),
             to,
             stanza,
         });
-        self.apply_effects(fx, ctx);
+        let effects = fx.finish();
+        self.apply_effects(effects, ctx);
     }
 }
 
@@ -688,27 +841,28 @@ impl Handler<FromClientNonza> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, FromClientNonza(el): FromClientNonza, ctx: &mut Context<Self>) {
-        let jid = self.jid.clone();
-        let domains = self.domains.clone();
-        let mut fx = SessionEffects::new(&jid, &domains);
+        if el.ns == ns::SM {
+            return self.stream_management(&el, ctx);
+        }
+        let mut fx = SessionEffects::new(&self.jid, &self.domains);
         if !self.hooks.nonza(&el, &mut fx) {
             tracing::debug!(jid = %self.jid, ns = %el.ns, name = %el.name, "nonza no module took");
         }
-        self.apply_effects(fx, ctx);
+        let effects = fx.finish();
+        self.apply_effects(effects, ctx);
     }
 }
 
 impl SessionActor {
     /// Carry out what the modules' hooks asked for.
-    fn apply_effects(&mut self, fx: SessionEffects<'_>, ctx: &mut Context<Self>) {
-        let SessionEffects {
+    fn apply_effects(&mut self, effects: Effects, ctx: &mut Context<Self>) {
+        let Effects {
             to_client,
             to_route,
             flags,
             to_flagged,
             wake,
-            ..
-        } = fx;
+        } = effects;
         for el in to_client {
             self.send_to_client(&el, ctx);
         }
@@ -740,11 +894,10 @@ impl SessionActor {
         }
         if let Some(delay) = wake {
             ctx.run_later(delay, |session, ctx| {
-                let jid = session.jid.clone();
-                let domains = session.domains.clone();
-                let mut fx = SessionEffects::new(&jid, &domains);
+                let mut fx = SessionEffects::new(&session.jid, &session.domains);
                 session.hooks.timer(&mut fx);
-                session.apply_effects(fx, ctx);
+                let effects = fx.finish();
+                session.apply_effects(effects, ctx);
             });
         }
     }
@@ -772,26 +925,52 @@ impl SessionActor {
     }
 }
 
-impl Handler<Deliver> for SessionActor {
+impl Handler<ToSession> for SessionActor {
     type Result = ();
-    fn handle(&mut self, Deliver(el): Deliver, ctx: &mut Context<Self>) {
-        self.deliver(el, true, ctx);
-    }
-}
-
-impl Handler<DeliverStored> for SessionActor {
-    type Result = ResponseFuture<bool>;
-    fn handle(
-        &mut self,
-        DeliverStored(batch): DeliverStored,
-        ctx: &mut Context<Self>,
-    ) -> Self::Result {
-        // Stored messages are removed once written: no module may hold them back (the
-        // batch is confirmed by what reached the socket).
-        for el in batch {
-            self.deliver(el, false, ctx);
+    fn handle(&mut self, msg: ToSession, ctx: &mut Context<Self>) {
+        match msg {
+            ToSession::Deliver(el) => self.deliver(el, true, ctx),
+            ToSession::DeliverStored { batch, written } => {
+                // Stored messages are removed once written: no module may hold them back
+                // (the batch is confirmed by what reached the socket).
+                for el in batch {
+                    self.deliver(el, false, ctx);
+                }
+                if let Some(sm) = &self.sm {
+                    // Under stream management the client's own acknowledgement confirms the
+                    // batch (XEP-0198 §4), which TCP's cannot: bytes in its receive buffer
+                    // are lost when the connection drops. Until then the batch stays
+                    // stored; if the session ends unresumed, what was not acknowledged is
+                    // rerouted (stored again) first.
+                    self.stored_waiters.push((sm.sent(), written));
+                    return self.release_acknowledged();
+                }
+                // Not tied to the actor: the answer comes when the bytes are written or the
+                // connection is over, even after the session stopped.
+                let queue = self.queue.clone();
+                actix_rt::spawn(async move {
+                    let _ = written.send(SendQueue::delivered(queue).await);
+                });
+            }
+            ToSession::Kick(err) => {
+                self.queue.close(err);
+                ctx.stop();
+            }
+            ToSession::HandOver {
+                token,
+                client_h,
+                reply,
+            } => self.hand_over(token, client_h, reply, ctx),
+            ToSession::Retire => self.retire(ctx),
+            ToSession::SendOwnPresence { to, presence } => self.send_own_presence(to, presence),
+            ToSession::SetBlockList(list) => {
+                self.hooks
+                    .update(&crate::modules::blocking::BlockList(list));
+            }
+            ToSession::SetPrivacy(lists) => {
+                self.hooks.update(&crate::modules::privacy::Lists(lists));
+            }
         }
-        Box::pin(SendQueue::delivered(self.queue.clone()))
     }
 }
 
@@ -812,9 +991,7 @@ impl SessionActor {
                 }
             }
         }
-        let jid = self.jid.clone();
-        let domains = self.domains.clone();
-        let mut fx = SessionEffects::new(&jid, &domains);
+        let mut fx = SessionEffects::new(&self.jid, &self.domains);
         let passed = if self.hooks.filter_inbound(&el, &mut fx) {
             if hooks {
                 self.hooks.inbound(el, &mut fx)
@@ -824,33 +1001,22 @@ impl SessionActor {
         } else {
             None
         };
-        self.apply_effects(fx, ctx);
+        let effects = fx.finish();
+        self.apply_effects(effects, ctx);
         if let Some(el) = passed {
             self.send_to_client(&el, ctx);
         }
     }
 }
 
-impl Handler<SetBlockList> for SessionActor {
-    type Result = ();
-    fn handle(&mut self, SetBlockList(list): SetBlockList, _: &mut Context<Self>) {
-        self.hooks
-            .update(&crate::modules::blocking::BlockList(list));
+impl SessionActor {
+    /// The router's handle on this session, for `RegisterSession`.
+    pub fn handle(addr: &Addr<SessionActor>) -> SessionHandle {
+        SessionHandle::new(addr.clone().recipient())
     }
-}
 
-impl Handler<SetPrivacy> for SessionActor {
-    type Result = ();
-    fn handle(&mut self, SetPrivacy(lists): SetPrivacy, _: &mut Context<Self>) {
-        self.hooks.update(&crate::modules::privacy::Lists(lists));
-    }
-}
-
-impl Handler<SendOwnPresence> for SessionActor {
-    type Result = ();
-    fn handle(&mut self, msg: SendOwnPresence, _: &mut Context<Self>) {
-        let SendOwnPresence { to, presence } = msg;
-        // The presence goes out as if the client sent it: the same filters.
+    /// The session's current presence to `to`, as if the client sent it: the same filters.
+    fn send_own_presence(&mut self, to: Jid, presence: Element) {
         let fx = SessionEffects::new(&self.jid, &self.domains);
         if let Outbound::Refuse(_) = self.hooks.filter_outbound(&presence, &to, &fx) {
             return;
@@ -869,11 +1035,18 @@ impl Handler<SendOwnPresence> for SessionActor {
     }
 }
 
-impl Handler<Kick> for SessionActor {
+impl Handler<PingClient> for SessionActor {
     type Result = ();
-    fn handle(&mut self, Kick(err): Kick, ctx: &mut Context<Self>) {
-        self.queue.close(err);
-        ctx.stop();
+    fn handle(&mut self, _: PingClient, ctx: &mut Context<Self>) {
+        // XEP-0199 §4.2: server-to-client ping; the answer (or anything else) is input,
+        // which is all the connection waits for.
+        let ping = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "get")
+            .with_attr("id", "sb-idle-ping")
+            .with_attr("from", self.jid.domain())
+            .with_attr("to", self.jid.to_string())
+            .with_child(Element::new("ping", ns::PING));
+        self.send_to_client(&ping, ctx);
     }
 }
 
@@ -884,8 +1057,262 @@ impl Handler<FlushDeliveries> for SessionActor {
 
 impl Handler<ConnectionClosed> for SessionActor {
     type Result = ();
-    fn handle(&mut self, _: ConnectionClosed, ctx: &mut Context<Self>) {
+    fn handle(&mut self, closed: ConnectionClosed, ctx: &mut Context<Self>) {
+        let Some(sm) = &mut self.sm else {
+            return ctx.stop();
+        };
+        if let Some(h) = closed.sm_handled {
+            sm.handled_in = h;
+        }
+        if matches!(self.handover, Handover::Pending(_)) {
+            // The connection a resumption replaced is gone: its count is final now.
+            self.detached = true;
+            return self.complete_handover(ctx);
+        }
+        if matches!(self.handover, Handover::Done(_)) {
+            return;
+        }
+        if !sm.is_resumable() || closed.clean {
+            // XEP-0198 §7: a closed stream ends the session.
+            return ctx.stop();
+        }
+        // §5: the session stays bound (presence unchanged, stanzas still routed to it and
+        // kept) until the client resumes it or `max` seconds pass.
+        self.detached = true;
+        self.detachments = self.detachments.wrapping_add(1);
+        let detachment = self.detachments;
+        METRICS.sm_sessions.with_label_values(&["detached"]).inc();
+        tracing::debug!(jid = %self.jid, max_secs = sm.max_secs, "c2s: session detached");
+        let max = std::time::Duration::from_secs(u64::from(sm.max_secs));
+        ctx.run_later(max, move |session, ctx| {
+            if session.detached && session.detachments == detachment {
+                METRICS.sm_sessions.with_label_values(&["expired"]).inc();
+                tracing::debug!(jid = %session.jid, "c2s: detached session expired");
+                ctx.stop();
+            }
+        });
+    }
+}
+
+impl SessionActor {
+    /// A client resumes this session on another connection (XEP-0198 §5).
+    fn hand_over(
+        &mut self,
+        token: Token,
+        client_h: u32,
+        reply: HandOverReply,
+        ctx: &mut Context<Self>,
+    ) {
+        let refuse = |reply: HandOverReply| {
+            let _ = reply.send(Err(ResumeRefused::NotFound));
+        };
+        if !matches!(self.handover, Handover::None) {
+            return refuse(reply);
+        }
+        let Some(sm) = &mut self.sm else {
+            return refuse(reply);
+        };
+        if !sm.token.is_some_and(|t| tokens_equal(&t, &token)) {
+            return refuse(reply);
+        }
+        // What the client says it handled is acknowledged (§5); a count above what was
+        // sent cannot come from the session's real client.
+        if sm.ack(client_h).is_err() {
+            return refuse(reply);
+        }
+        self.release_acknowledged();
+        self.handover = Handover::Pending(reply);
+        if self.detached {
+            self.complete_handover(ctx);
+        } else {
+            // The old connection may still look alive (its peer is gone but TCP has not
+            // noticed): close it, and hand over once it reported its final count.
+            self.queue.close(StreamError::with_text(
+                StreamErrorCondition::Conflict,
+                "the session was resumed on another stream",
+            ));
+        }
+    }
+
+    /// The route moved to the resumed session: what arrived here meanwhile follows it.
+    fn retire(&mut self, ctx: &mut Context<Self>) {
+        self.routed = false;
+        if let Handover::Done(buffered) = &mut self.handover {
+            for stanza in std::mem::take(buffered) {
+                self.router.do_send(DeliverToResource {
+                    to: self.jid.clone(),
+                    stanza,
+                });
+            }
+        }
         ctx.stop();
+    }
+}
+
+/// Compare resumption tokens in constant time: how long a refusal takes says nothing about
+/// how much of a guess was right.
+fn tokens_equal(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl SessionActor {
+    /// Give the state to the resuming connection; then wait for the route to move.
+    fn complete_handover(&mut self, ctx: &mut Context<Self>) {
+        if !matches!(self.handover, Handover::Pending(_)) {
+            return;
+        }
+        // What modules hold for the client (CSI) joins the queue that moves.
+        let mut fx = SessionEffects::new(&self.jid, &self.domains);
+        self.hooks.handing_over(&mut fx);
+        let effects = fx.finish();
+        self.apply_effects(effects, ctx);
+        let Handover::Pending(tx) =
+            std::mem::replace(&mut self.handover, Handover::Done(Vec::new()))
+        else {
+            return;
+        };
+        let directed = std::mem::take(&mut self.directed)
+            .iter()
+            .map(Jid::to_string)
+            .collect();
+        let state = self
+            .sm
+            .as_mut()
+            .and_then(|sm| sm.hand_over(self.jid.to_string(), self.session_id, directed));
+        let Some(state) = state else {
+            self.handover = Handover::None;
+            let _ = tx.send(Err(ResumeRefused::NotFound));
+            return ctx.stop();
+        };
+        // Offline batches waiting for an acknowledgement moved with the queue: the resumed
+        // session is responsible for them now (it reroutes them if it ends unresumed).
+        for (_, waiter) in std::mem::take(&mut self.stored_waiters) {
+            let _ = waiter.send(true);
+        }
+        if let Err(Ok(state)) = tx.send(Ok(state)) {
+            // The resuming connection gave up: the state is still ours, and this session
+            // ends with it.
+            self.handover = Handover::None;
+            let stanzas = state.unacked.iter().filter_map(|b| parse_kept(b)).collect();
+            self.reroute_undelivered(stanzas);
+            return ctx.stop();
+        }
+        ctx.run_later(RETIRE_WAIT, |session, ctx| {
+            if matches!(session.handover, Handover::Done(_)) && session.routed {
+                // The route never moved: the resumption failed on the other side, which
+                // handed back what it held. This session ends as any other: it leaves the
+                // routing table, then hands back what reached it meanwhile.
+                ctx.stop();
+            }
+        });
+    }
+
+    /// A stream-management nonza the negotiation passed on (XEP-0198 §3-§4): `<enable/>`
+    /// (the negotiation lets one through per stream) or `<a h/>`.
+    fn stream_management(&mut self, el: &Element, ctx: &mut Context<Self>) {
+        match (proto::sm::parse(el), self.sm_settings) {
+            (Ok(proto::sm::Nonza::Enable { resume, max }), Some(settings)) => {
+                let resource = self.jid.resource().unwrap_or_default().to_string();
+                let (sm, enabled) = SmSession::enable(&settings, resume, max, &resource);
+                self.sm = Some(sm);
+                METRICS.sm_sessions.with_label_values(&["enabled"]).inc();
+                if !self.queue.push(&enabled) {
+                    ctx.stop();
+                }
+            }
+            (Ok(proto::sm::Nonza::Ack { h }), _) => {
+                let Some(sm) = &mut self.sm else { return };
+                if let Err(e) = sm.ack(h) {
+                    // §4: acknowledging more than was sent is a stream error.
+                    self.queue
+                        .close(proto::sm::handled_count_too_high(e.h, e.send_count));
+                    return ctx.stop();
+                }
+                self.release_acknowledged();
+            }
+            _ => {}
+        }
+    }
+
+    /// Answer the offline batches the client has now acknowledged.
+    fn release_acknowledged(&mut self) {
+        let Some(sm) = &self.sm else { return };
+        let acked = sm.acked();
+        // `mark` is reached when it is at most `acked`, modulo 2^32: within half the range.
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.stored_waiters)
+            .into_iter()
+            .partition(|(mark, _)| acked.wrapping_sub(*mark) < 1 << 31);
+        self.stored_waiters = waiting;
+        for (_, tx) in done {
+            let _ = tx.send(true);
+        }
+    }
+
+    /// The session ends without being resumed: what the client did not acknowledge is
+    /// handled as stanzas to a resource that went away (XEP-0198 §4, RFC 6121 §8.5.3.2.1):
+    /// messages go to the account (another resource or offline storage), IQ requests get
+    /// `service-unavailable`, presence and the rest are dropped. Offline batches waiting
+    /// for an acknowledgement are then confirmed: what of them was not acknowledged was
+    /// just rerouted, so removing the stored copies loses nothing.
+    fn end_unresumed(&mut self) {
+        let kept = self.sm.as_mut().map(SmSession::drain).unwrap_or_default();
+        let mut stanzas: Vec<Element> = kept.iter().filter_map(|b| parse_kept(b)).collect();
+        if let Handover::Done(buffered) = &mut self.handover {
+            stanzas.append(buffered);
+        }
+        if !stanzas.is_empty() {
+            METRICS
+                .sm_sessions
+                .with_label_values(&["ended_unresumed"])
+                .inc();
+            self.reroute_undelivered(stanzas);
+        }
+        for (_, tx) in std::mem::take(&mut self.stored_waiters) {
+            let _ = tx.send(true);
+        }
+    }
+
+    /// Stanzas this session will not deliver, handled as to a resource that went away.
+    fn reroute_undelivered(&self, stanzas: Vec<Element>) {
+        let bare = self.jid.to_bare();
+        for mut stanza in stanzas {
+            let from = stanza.attr("from").and_then(|f| Jid::parse(f).ok());
+            let outcome = match (stanza.name.as_str(), stanza.attr("type"), from) {
+                ("message", Some("error" | "groupchat"), _) | ("message", _, None) => "dropped",
+                // A carbon copy: the original went where it was addressed.
+                ("message", _, Some(_)) if crate::modules::carbons::is_carbon(&stanza) => "dropped",
+                ("message", _, Some(from)) => {
+                    stanza.set_attr("to", bare.to_string());
+                    // Carbons of it went out when it was first routed (XEP-0334 §4.3).
+                    if stanza.get_child("no-copy", ns::HINTS).is_none() {
+                        stanza
+                            .children
+                            .push(proto::element::Node::Element(Element::new(
+                                "no-copy",
+                                ns::HINTS,
+                            )));
+                    }
+                    self.router.do_send(crate::route::to_router::RerouteStanza {
+                        from,
+                        to: bare.clone(),
+                        stanza,
+                    });
+                    "rerouted"
+                }
+                ("iq", Some("get" | "set"), Some(from)) => {
+                    let reply =
+                        stanza_error_reply(&stanza, StanzaErrorCondition::ServiceUnavailable, None);
+                    self.router.do_send(RouteStanza {
+                        from: self.jid.clone(),
+                        to: from,
+                        stanza: reply,
+                    });
+                    "bounced"
+                }
+                _ => "dropped",
+            };
+            METRICS.sm_stanzas.with_label_values(&[outcome]).inc();
+        }
     }
 }
 

@@ -8,7 +8,6 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use proto::jid::Jid;
-use proto::privacy::PrivacyRules;
 use serde::{Deserialize, Serialize};
 
 use super::routing_table::{ClusterCommand, ClusterResponse, NodeId};
@@ -79,6 +78,13 @@ pub enum Request {
         count: u16,
     },
     Ping,
+    /// XEP-0198 §5: a client resumes on the requester the session bound here as `jid`;
+    /// the answer is the session's state (`None`: no such session, or the token is wrong).
+    TakeOverSession {
+        jid: Jid,
+        token: [u8; 16],
+        client_h: u32,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -112,6 +118,7 @@ pub enum Reply {
     /// (full JID, available) per session.
     ShardSessions(Vec<(Jid, bool)>),
     Pong,
+    TakeOverSession(Option<crate::route::session::HandedOver>),
     /// The answer did not fit in a frame (`cluster.max_frame_bytes`); sent instead of it, so
     /// the requester gets an error at once and the link stays up.
     TooLarge {
@@ -165,102 +172,22 @@ pub enum UserOp {
     },
 }
 
-/// A peer that does not send `exists` only asks about existing accounts.
-fn account_exists() -> bool {
-    true
-}
-
-/// IM operations served by the leader of a user's shard (see `im::RosterShards`). Stanzas
-/// are XML.
+/// An IM operation for the leader of a user's shard (see `im::remote`): the operation's
+/// name and its serialised message. One generic form for every operation, so a new one needs
+/// no wire variant; nodes before this form spoke one variant per operation, so a cluster
+/// cannot mix the two (no rolling upgrade across it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum ImRequest {
-    AccountIq {
-        from: Jid,
-        to: Jid,
-        iq: String,
-        /// False for an account that does not exist (`im::messages::AccountIq`).
-        #[serde(default = "account_exists")]
-        exists: bool,
-    },
-    OutboundSubscription {
-        user: Jid,
-        contact: Jid,
-        kind: String,
-        stanza: String,
-    },
-    InboundSubscription {
-        user: Jid,
-        contact: Jid,
-        kind: String,
-        stanza: String,
-        /// `available` or `unavailable`, if the contact's presence goes with it.
-        sender_presence: Option<String>,
-    },
-    PresenceBroadcast {
-        from: Jid,
-        presence: String,
-        initial: bool,
-        priority: i8,
-        account_available: bool,
-    },
-    StoreOffline {
-        user: Jid,
-        stanza: String,
-    },
-    DeleteAccountData {
-        user: Jid,
-    },
-    ImportRoster {
-        user: Jid,
-        items: Vec<storage::RosterItem>,
-    },
-    /// One bounded batch (`im::messages::FetchOffline`): the reply frame holds at most
-    /// `im::offline::MAX_FETCH_BYTES` of stored XML, however large the backlog.
-    FetchOffline {
-        user: Jid,
-        holder: Jid,
-        after: u64,
-        max_bytes: usize,
-        max_messages: usize,
-    },
-    RemoveOffline {
-        user: Jid,
-        seqs: Vec<u64>,
-    },
-    ReleaseOffline {
-        user: Jid,
-        holder: Jid,
-    },
-    GetFilters {
-        user: Jid,
-    },
-    ResourceBinding {
-        jid: Jid,
-        bound: bool,
-    },
-    /// A probe from another server's user (federation) for a user homed on the receiver.
-    RemoteProbe {
-        user: Jid,
-        from: Jid,
-    },
+pub struct ImRequest {
+    pub op: String,
+    pub payload: serde_json::Value,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ImReply {
-    Done,
-    Stanzas(Vec<String>),
-    /// `StoreOffline`: the stanza error condition if it was refused.
-    Stored(Option<String>),
-    /// `FetchOffline`: one batch of (sequence number, stanza), in order.
-    Offline(Vec<(u64, String)>),
-    Filters {
-        blocked: Vec<Jid>,
-        default: Option<String>,
-        lists: Vec<(String, PrivacyRules)>,
-    },
+    /// The operation's result, serialised.
+    Result(serde_json::Value),
+    /// The operation could not run (malformed, unknown, or the shard actor is gone).
     Failed(String),
-    /// `ImportRoster`: how many items changed.
-    Imported(usize),
     /// The receiver does not lead the user's shard; the leader it knows of, if any.
     NotLeader(Option<NodeId>),
 }

@@ -26,13 +26,14 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::config::parse_member;
 use link::{LinkLimits, LinkSecret, NodeLinks, PeerLink};
 use messages::{Reply, Request};
 pub use routing_table::{
     AccountChange, AccountOutcome, BindOutcome, ClusterCommand, ClusterResponse, MemberState,
     NodeId, Route, RouteChange, RouteEvent, RoutingTable, SessionRoute,
 };
-pub use service::ClusterService;
+pub use service::{ClusterService, LocalService};
 pub use state_machine::{RoutingStateMachine, TableUpdate, UpdateSink};
 pub use types::{ClusterTypes, Raft};
 
@@ -409,7 +410,7 @@ impl Cluster {
                     let mut outcomes = response.binds.into_iter();
                     for p in batch {
                         let outcome = match p.change {
-                            RouteChange::Bind { .. } => {
+                            RouteChange::Bind { .. } | RouteChange::Move { .. } => {
                                 outcomes.next().unwrap_or(BindOutcome::NodeNotUp)
                             }
                             _ => BindOutcome::Bound,
@@ -819,10 +820,4 @@ impl Cluster {
 /// nodes apply a bind (and route to it) within a round trip rather than a heartbeat.
 pub(crate) async fn announce_commit(raft: &Raft) {
     let _ = raft.trigger().heartbeat().await;
-}
-
-/// `ID@HOST:PORT`.
-pub fn parse_member(s: &str) -> Option<(NodeId, String)> {
-    let (id, addr) = s.split_once('@')?;
-    Some((id.trim().parse().ok()?, addr.trim().to_string()))
 }

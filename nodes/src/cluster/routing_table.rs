@@ -87,6 +87,14 @@ pub enum RouteChange {
         session: u64,
         priority: Option<i8>,
     },
+    /// A stream-management session resumed on this node (XEP-0198 §5): `jid` moves here
+    /// whoever held it, as session `session`, keeping its availability and priority. It
+    /// did not go away and come back, so nobody is told it did (`RouteEvent::Moved`).
+    Move {
+        jid: String,
+        session: u64,
+        priority: Option<i8>,
+    },
 }
 
 /// The outcome of each `Bind` of a command, in order.
@@ -137,6 +145,13 @@ pub enum RouteEvent {
         jid: String,
         route: Route,
         replaced: bool,
+    },
+    /// `jid` moved from one session to another, as one resource (`RouteChange::Move`):
+    /// the old holder retires its session without going unavailable.
+    Moved {
+        jid: String,
+        from: Option<Route>,
+        to: Route,
     },
     /// A member changed state or (on resync) incarnation.
     Member { node: NodeId, member: Member },
@@ -249,6 +264,26 @@ impl RoutingTable {
                             session,
                             priority,
                         } if up => self.presence(*node, jid, *session, *priority, &mut events),
+                        RouteChange::Move {
+                            jid,
+                            session,
+                            priority,
+                        } => response.binds.push(if up {
+                            let to = Route {
+                                node: *node,
+                                session: *session,
+                                priority: *priority,
+                            };
+                            let from = self.routes.insert(jid.clone(), to);
+                            events.push(RouteEvent::Moved {
+                                jid: jid.clone(),
+                                from,
+                                to,
+                            });
+                            BindOutcome::Bound
+                        } else {
+                            BindOutcome::NodeNotUp
+                        }),
                         _ => {}
                     }
                 }

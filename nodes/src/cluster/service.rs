@@ -1,28 +1,52 @@
 //! What this node answers on NodeLinks: Raft RPCs, writes forwarded to the leader, joins and
-//! leaves, IM operations for users homed here; and the pushes handed to the Router.
+//! leaves here; IM operations for users homed here, session handovers and the pushes go to
+//! the node's actors through [`LocalService`] (implemented above the cluster, by the node's
+//! wiring, so that `cluster` depends on neither `im` nor `router`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use actix::Addr;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 
-use super::link::LinkService;
-use super::messages::{Push, Reply, Request};
-use super::routing_table::{ClusterCommand, NodeId};
-use crate::im::RosterShards;
-use crate::router::messages::FromNode;
-use crate::router::Router;
+use proto::jid::Jid;
 
-pub struct ClusterService {
-    pub cluster: super::Cluster,
-    pub router: Addr<Router>,
-    /// This node's own RosterActor shards (never forwarded further).
-    pub im: RosterShards,
+use super::link::LinkService;
+use super::messages::{ImReply, ImRequest, Push, Reply, Request};
+use super::routing_table::{ClusterCommand, NodeId};
+use super::shards::ShardId;
+use crate::route::session::{HandedOver, Token};
+
+/// What the node's actors answer on NodeLinks.
+pub trait LocalService: Send + Sync + 'static {
+    /// An IM operation for a user whose shard this node leads (`Request::Im`), served by this
+    /// node's own account shards (never forwarded further).
+    fn im(&self, req: ImRequest) -> impl std::future::Future<Output = ImReply> + Send;
+    /// This node's sessions of accounts in `shard` (of `count`): (full JID, available).
+    fn shard_sessions(
+        &self,
+        shard: ShardId,
+        count: u16,
+    ) -> impl std::future::Future<Output = Vec<(Jid, bool)>> + Send;
+    /// XEP-0198 §5: a client resumes on node `from` the session bound here as `jid`.
+    fn take_over_session(
+        &self,
+        from: NodeId,
+        jid: Jid,
+        token: Token,
+        client_h: u32,
+    ) -> impl std::future::Future<Output = Option<HandedOver>> + Send;
+    /// A one-way push from node `from`.
+    fn push(&self, from: NodeId, push: Push);
 }
 
-impl ClusterService {
+pub struct ClusterService<L> {
+    pub cluster: super::Cluster,
+    /// The node's actors.
+    pub local: L,
+}
+
+impl<L> ClusterService<L> {
     async fn join(&self, node: NodeId, addr: String) -> Result<(), String> {
         let raft = &self.cluster.raft;
         let leader = raft.current_leader().await;
@@ -62,7 +86,7 @@ impl ClusterService {
     }
 }
 
-impl LinkService for ClusterService {
+impl<L: LocalService> LinkService for ClusterService<L> {
     async fn request(self: Arc<Self>, from: NodeId, req: Request) -> Reply {
         let raft = &self.cluster.raft;
         match req {
@@ -91,24 +115,29 @@ impl LinkService for ClusterService {
                     .await
                     .map_err(|e| e.to_string()),
             ),
-            Request::Im(req) => Reply::Im(crate::im::remote::serve(&self.im, req).await),
+            Request::Im(req) => Reply::Im(self.local.im(req).await),
             Request::Shard { shard, rpc } => match self.cluster.shards.rpc(shard, rpc).await {
                 Some(reply) => Reply::Shard(reply),
                 None => Reply::Done(Err(format!("no shard {shard}"))),
             },
             Request::ShardStatus => Reply::ShardStatus(self.cluster.shards.status()),
-            Request::ShardSessions { shard, count } => Reply::ShardSessions(
-                crate::im::handover::local_sessions(&self.router, shard, count).await,
-            ),
+            Request::ShardSessions { shard, count } => {
+                Reply::ShardSessions(self.local.shard_sessions(shard, count).await)
+            }
             Request::Ping => Reply::Pong,
+            Request::TakeOverSession {
+                jid,
+                token,
+                client_h,
+            } => Reply::TakeOverSession(
+                self.local
+                    .take_over_session(from, jid, token, client_h)
+                    .await,
+            ),
         }
     }
 
     fn push(&self, from: NodeId, push: Push) {
-        match push {
-            Push::Im(req) => crate::im::remote::serve_push(&self.im, from, req, false),
-            Push::ImForwarded(req) => crate::im::remote::serve_push(&self.im, from, req, true),
-            push => self.router.do_send(FromNode { node: from, push }),
-        }
+        self.local.push(from, push);
     }
 }

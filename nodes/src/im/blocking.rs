@@ -14,12 +14,12 @@ use proto::ns;
 use super::roster::{error_for, result_for};
 use super::subscription::is_subscriber;
 use super::writes::write_error;
-use super::RosterActor;
-use crate::router::messages::{BlockListChanged, SendPresenceOf, SendUnavailableOf};
+use super::AccountShard;
+use crate::route::to_router::{BlockListChanged, SendPresenceOf, SendUnavailableOf};
 
-pub const NS_BLOCKING: &str = "urn:xmpp:blocking";
+pub(super) use proto::ns::BLOCKING as NS_BLOCKING;
 
-impl RosterActor {
+impl AccountShard {
     /// The account's blocklist as prepared JIDs.
     pub(super) fn blocklist(&self, user: &Jid) -> Vec<Jid> {
         self.blocking

@@ -1,15 +1,22 @@
-//! Messages the RosterActor shards accept.
+//! Messages the account shards (`AccountShard`) accept. Each operation is defined once, here:
+//! the same serde struct is the actor's message and, through `im::remote`
+//! (`im_operations!`), what crosses a NodeLink to the shard's leader in a cluster.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use proto::element::Element;
 use proto::error::StanzaErrorCondition;
 use proto::im::{PresenceToSend, SubscriptionKind};
 use proto::jid::Jid;
+use proto::privacy::PrivacyRules;
+use serde::{Deserialize, Serialize};
 
 /// An IQ get/set addressed to an account's bare JID (by the account itself or by another
 /// user) in a namespace the account's shard answers (`im::handles`). The result is what to
 /// send the sender, in order: the reply, then e.g. the roster pushes a versioned get asked for.
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "Vec<Element>")]
 pub struct AccountIq {
     /// The sender's full JID.
@@ -24,7 +31,7 @@ pub struct AccountIq {
 }
 
 /// The user sent a presence subscription stanza (RFC 6121 §3, "user's server").
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct OutboundSubscription {
     pub user: Jid,
@@ -35,7 +42,7 @@ pub struct OutboundSubscription {
 
 /// A presence probe from a remote entity reached local account `user` (RFC 6121 §4.3.2):
 /// answered with the user's presence if `from` is subscribed to it.
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct RemoteProbe {
     pub user: Jid,
@@ -43,7 +50,7 @@ pub struct RemoteProbe {
 }
 
 /// A subscription stanza from `contact` reached local account `user` ("contact's server").
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct InboundSubscription {
     pub user: Jid,
@@ -56,7 +63,7 @@ pub struct InboundSubscription {
 }
 
 /// A resource of `from`'s account broadcast presence; the router has recorded it.
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct PresenceBroadcast {
     /// Full JID of the resource.
@@ -73,7 +80,7 @@ pub struct PresenceBroadcast {
 }
 
 /// A message for an account with no resource to take it (XEP-0160).
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "Result<(), StanzaErrorCondition>")]
 pub struct StoreOffline {
     pub user: Jid,
@@ -93,7 +100,7 @@ pub struct RefreshSessions {
 /// it with [`RemoveOffline`] once written, then fetches the next. While one resource is
 /// served, other resources' fetches get nothing (so two resources logging in at once do not
 /// both get the backlog). The answer is the batch, oldest first; empty: nothing (more).
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "Vec<(u64, String)>")]
 pub struct FetchOffline {
     pub user: Jid,
@@ -108,7 +115,7 @@ pub struct FetchOffline {
 }
 
 /// Exactly these stored messages (sequence numbers of one batch) were delivered.
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "Result<(), String>")]
 pub struct RemoveOffline {
     pub user: Jid,
@@ -117,7 +124,7 @@ pub struct RemoveOffline {
 
 /// `holder`'s delivery ended early (connection gone, removal failed): its claim on the
 /// stored messages goes, and what was not removed stays for the next fetch.
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct ReleaseOffline {
     pub user: Jid,
@@ -127,7 +134,7 @@ pub struct ReleaseOffline {
 /// An operator's roster import for one account (`switchboard roster import`): each item
 /// replaces the stored one; the account's online resources get pushes. The result is how many
 /// items changed.
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "Result<usize, String>")]
 pub struct ImportRoster {
     pub user: Jid,
@@ -135,7 +142,7 @@ pub struct ImportRoster {
 }
 
 /// Delete everything stored for an account (the account itself goes next).
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "Result<(), String>")]
 pub struct DeleteAccountData {
     pub user: Jid,
@@ -143,23 +150,100 @@ pub struct DeleteAccountData {
 
 /// What a session that is being bound filters: the account's blocklist (XEP-0191) and its
 /// privacy lists (XEP-0016).
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "Filters")]
 pub struct GetFilters {
     pub user: Jid,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone, Serialize, Deserialize)]
+#[serde(from = "FiltersWire", into = "FiltersWire")]
 pub struct Filters {
     pub blocked: Vec<Jid>,
-    pub privacy: std::sync::Arc<super::PrivacyLists>,
+    pub privacy: Arc<proto::privacy::PrivacyLists>,
+}
+
+/// [`Filters`] as it crosses a NodeLink: the compiled lists by name.
+#[derive(Serialize, Deserialize)]
+struct FiltersWire {
+    blocked: Vec<Jid>,
+    default: Option<String>,
+    lists: Vec<(String, PrivacyRules)>,
+}
+
+impl From<Filters> for FiltersWire {
+    fn from(f: Filters) -> Self {
+        FiltersWire {
+            blocked: f.blocked,
+            default: f.privacy.default.clone(),
+            lists: f
+                .privacy
+                .lists
+                .iter()
+                .map(|(k, v)| (k.clone(), (**v).clone()))
+                .collect(),
+        }
+    }
+}
+
+impl From<FiltersWire> for Filters {
+    fn from(w: FiltersWire) -> Self {
+        Filters {
+            blocked: w.blocked,
+            privacy: Arc::new(proto::privacy::PrivacyLists {
+                default: w.default,
+                lists: w
+                    .lists
+                    .into_iter()
+                    .map(|(name, rules)| (name, Arc::new(rules)))
+                    .collect::<HashMap<_, _>>(),
+            }),
+        }
+    }
 }
 
 /// The router bound (`bound`) or dropped a resource of one of the shard's accounts (a
 /// resource's active privacy list lives as long as it does).
-#[derive(Message)]
+#[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct ResourceBinding {
     pub jid: Jid,
     pub bound: bool,
+}
+
+/// Archive these messages (XEP-0313), (account, message), all of accounts of one shard, as
+/// one write (group commit); the shard drops those the account's preferences exclude. The
+/// result is how many were archived. Appending is idempotent: a batch sent again after a
+/// lost answer archives nothing twice.
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "Result<usize, String>")]
+pub struct ArchiveAppend {
+    /// An account of the shard (the first entry's), which routes the batch.
+    pub user: Jid,
+    pub entries: Vec<(Jid, storage::archive::ArchivedMessage)>,
+}
+
+impl ArchiveAppend {
+    /// `None` for no entries.
+    pub fn new(entries: Vec<(Jid, storage::archive::ArchivedMessage)>) -> Option<Self> {
+        let user = entries.first()?.0.clone();
+        Some(ArchiveAppend { user, entries })
+    }
+}
+
+/// Empty `user`'s archive (`switchboard mam purge`); how many messages went.
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "Result<u64, String>")]
+pub struct ArchivePurge {
+    pub user: Jid,
+}
+
+/// One step of the archive's retention on a shard this node serves (sent by the node's
+/// retention timer, never over a NodeLink).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ArchiveRetention {
+    /// Only the first shard of a single node walks the node-wide store by age (every
+    /// local shard shares it); in a cluster each shard has its own.
+    pub by_age: bool,
 }

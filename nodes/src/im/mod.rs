@@ -1,20 +1,19 @@
-//! Instant messaging (RFC 6121): rosters, presence subscriptions, presence broadcast to
-//! contacts and offline storage. The state of an account lives in one of a fixed number of
-//! RosterActor shards (chosen by a hash of the bare JID), each owning its sled trees; the
-//! same actors can later answer other nodes.
+//! Instant messaging (RFC 6121) and the account shards: rosters, presence subscriptions,
+//! presence broadcast to contacts and offline storage, and the per-account state of the
+//! modules (`modules::AccountState`: vcard-temp, private XML, last activity). The state of
+//! an account lives in one of a fixed number of account shards ([`AccountShard`], chosen by
+//! a hash of the bare JID), each owning its sled trees; in a cluster each is a Raft group,
+//! served by the actor on its leader.
 
+mod archive;
 mod blocking;
-pub mod handover;
-mod last;
 pub mod messages;
 mod offline;
 mod presence;
 mod privacy;
-mod private_xml;
 pub mod remote;
 mod roster;
 mod subscription;
-mod vcard;
 mod writes;
 
 use std::collections::{HashMap, HashSet};
@@ -22,81 +21,23 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use proto::jid::Jid;
-use storage::{
-    BlockStore, LastActivityStore, OfflineStore, PrivacyStore, PrivateStore, RosterStore, UserData,
-    VCardStore,
-};
+use storage::{BlockStore, ModuleStore, OfflineStore, PrivacyStore, RosterStore, UserData};
 
 use crate::cluster::link::{LinkError, PeerLink};
 use crate::cluster::messages::{ImReply, ImRequest, Push, Reply, Request};
 use crate::cluster::shards::{shard_of, ShardId};
 use crate::cluster::{Cluster, NodeId};
-use crate::router::Router;
+use crate::config::ImLimits;
+use crate::modules::{AccountCtx, IqOutcome, Registry};
+use crate::route::to_router::RouterHandle;
 use messages::*;
 pub use remote::{ImError, ImMessage};
 
-pub use blocking::NS_BLOCKING;
-pub use last::NS_LAST;
-pub use privacy::{PrivacyLists, NS_PRIVACY};
-pub use private_xml::NS_PRIVATE;
+use blocking::NS_BLOCKING;
+use privacy::NS_PRIVACY;
+use proto::privacy::PrivacyLists;
 pub use roster::{MAX_NAME as MAX_ROSTER_NAME, NS_ROSTER};
-pub use vcard::NS_VCARD;
 pub use writes::DataWriter;
-
-/// Limits on what an account can accumulate: everything a client or a remote peer can make
-/// the node store for an account is bounded by one of these (`[im]` in the configuration).
-#[derive(Debug, Clone, Copy)]
-pub struct ImLimits {
-    pub max_roster_items: usize,
-    pub max_offline_messages: usize,
-    pub max_pending_subscriptions: usize,
-    pub max_roster_groups: usize,
-    pub max_blocklist_items: usize,
-    pub max_privacy_lists: usize,
-    pub max_privacy_items: usize,
-    pub max_private_entries: usize,
-    pub max_private_bytes: usize,
-    pub max_vcard_bytes: usize,
-    /// Bytes (stored XML) of offline messages kept per account (`im.max_offline_bytes`).
-    pub max_offline_bytes: u64,
-}
-
-impl ImLimits {
-    pub fn from_settings(im: &crate::config::ImSettings) -> ImLimits {
-        ImLimits {
-            max_roster_items: im.max_roster_items,
-            max_offline_messages: im.max_offline_messages,
-            max_offline_bytes: im.max_offline_bytes,
-            max_pending_subscriptions: im.max_pending_subscriptions,
-            max_roster_groups: im.max_roster_groups,
-            max_blocklist_items: im.max_blocklist_items,
-            max_privacy_lists: im.max_privacy_lists,
-            max_privacy_items: im.max_privacy_items,
-            max_private_entries: im.max_private_entries,
-            max_private_bytes: im.max_private_bytes,
-            max_vcard_bytes: im.max_vcard_bytes,
-        }
-    }
-}
-
-/// The configuration's defaults (benches and tests).
-impl Default for ImLimits {
-    fn default() -> ImLimits {
-        ImLimits {
-            max_roster_items: 1000,
-            max_offline_messages: 500,
-            max_offline_bytes: 10 << 20,
-            max_pending_subscriptions: 1000,
-            max_roster_groups: 32,
-            max_blocklist_items: 1000,
-            max_privacy_lists: 50,
-            max_privacy_items: 250,
-            max_private_entries: 100,
-            max_private_bytes: 1024 * 1024,
-            max_vcard_bytes: 64 * 1024,
-        }
-    }
-}
 
 /// A per-account cap refused something: the stanza error text that names it, and a log line.
 /// Refusals are logged at warn the 1st, 2nd, 4th, 8th... time per shard, at debug otherwise,
@@ -111,16 +52,16 @@ fn cap_tripped(refusals: &mut u64, user: &Jid, key: &str, limit: usize) -> Strin
     format!("at most {limit} allowed (im.{key})")
 }
 
-/// The addresses of this node's RosterActor shards and, in a cluster, the way to the
+/// The addresses of this node's account shards and, in a cluster, the way to the
 /// leaders of other shards. Every IM operation goes through `tell` (one-way) or `ask`.
 ///
-/// In a cluster there is one local RosterActor per replicated shard; it acts only while
+/// In a cluster there is one local AccountShard per replicated shard; it acts only while
 /// this node leads the shard. Elsewhere the operation goes to the leader over NodeLink; a
 /// node that no longer leads answers `NotLeader` with the leader it knows, and the operation
 /// is retried there until `IM_TIMEOUT`.
 #[derive(Clone)]
-pub struct RosterShards {
-    local: Arc<Vec<Addr<RosterActor>>>,
+pub struct AccountShards {
+    local: Arc<Vec<Addr<AccountShard>>>,
     cluster: Option<Cluster>,
     /// Account IQs one session may have waiting for an answer from a shard
     /// (`im.max_iqs_in_flight`).
@@ -129,15 +70,15 @@ pub struct RosterShards {
 
 /// Where an operation on a user's shard goes now.
 enum Target<'a> {
-    Local(&'a Addr<RosterActor>),
+    Local(&'a Addr<AccountShard>),
     Remote(NodeId, Arc<PeerLink>),
     /// No leader known yet (an election, or the link to it is down).
     Nowhere,
 }
 
-impl RosterShards {
-    pub fn new(shards: Vec<Addr<RosterActor>>, cluster: Option<Cluster>) -> Self {
-        RosterShards {
+impl AccountShards {
+    pub fn new(shards: Vec<Addr<AccountShard>>, cluster: Option<Cluster>) -> Self {
+        AccountShards {
             local: Arc::new(shards),
             cluster,
             max_iqs_in_flight: 32,
@@ -150,22 +91,22 @@ impl RosterShards {
         self
     }
 
-    pub fn all(&self) -> impl Iterator<Item = &Addr<RosterActor>> {
+    pub fn all(&self) -> impl Iterator<Item = &Addr<AccountShard>> {
         self.local.iter()
     }
 
-    fn shard_index(&self, bare: &Jid) -> usize {
+    pub(crate) fn shard_index(&self, bare: &Jid) -> usize {
         shard_of(&bare.to_string(), self.local.len() as u16) as usize
     }
 
     /// The local shard actor for `bare`, whether or not it may act.
-    fn local_actor(&self, bare: &Jid) -> &Addr<RosterActor> {
+    fn local_actor(&self, bare: &Jid) -> &Addr<AccountShard> {
         &self.local[self.shard_index(bare)]
     }
 
     /// The local shard actor for `bare` if this node serves its shard; otherwise the
     /// leader this node knows of.
-    pub fn serving(&self, bare: &Jid) -> Result<&Addr<RosterActor>, Option<NodeId>> {
+    pub fn serving(&self, bare: &Jid) -> Result<&Addr<AccountShard>, Option<NodeId>> {
         let Some(cluster) = &self.cluster else {
             return Ok(self.local_actor(bare));
         };
@@ -188,6 +129,25 @@ impl RosterShards {
             },
             Err(None) => Target::Nowhere,
         }
+    }
+
+    /// The local shard actors this node serves now (all of them without a cluster), with
+    /// their shard index.
+    pub(crate) fn serving_actors(&self) -> Vec<(usize, &Addr<AccountShard>)> {
+        self.local
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                self.cluster
+                    .as_ref()
+                    .is_none_or(|c| c.shards.serves(*i as ShardId))
+            })
+            .collect()
+    }
+
+    /// Whether this node is part of a cluster.
+    pub(crate) fn clustered(&self) -> bool {
+        self.cluster.is_some()
     }
 
     /// Hand `shard`'s actor the sessions its new leader gathered (see `handover`).
@@ -213,7 +173,7 @@ impl RosterShards {
     pub fn tell<M>(&self, bare: &Jid, msg: M)
     where
         M: ImMessage<Result = ()>,
-        RosterActor: Handler<M>,
+        AccountShard: Handler<M>,
     {
         match self.target(bare) {
             Target::Local(addr) => addr.do_send(msg),
@@ -243,8 +203,8 @@ impl RosterShards {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<M::Result, ImError>>>>
     where
         M: ImMessage,
-        M::Result: Send,
-        RosterActor: Handler<M>,
+        M::Result: serde::Serialize + serde::de::DeserializeOwned + Send,
+        AccountShard: Handler<M>,
     {
         if let Target::Local(addr) = self.target(bare) {
             let request = addr.send(msg);
@@ -297,19 +257,20 @@ const IM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Pause between two tries while a shard has no leader.
 const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
-pub struct RosterActor {
-    router: Addr<Router>,
+pub struct AccountShard {
+    router: RouterHandle,
     /// All shards (this one included), attached once every shard has started.
-    shards: Option<RosterShards>,
+    shards: Option<AccountShards>,
     /// Where writes go (reads come from the trees below).
     writer: DataWriter,
     rosters: RosterStore,
     offline: OfflineStore,
     blocking: BlockStore,
     privacy: PrivacyStore,
-    vcards: VCardStore,
-    private: PrivateStore,
-    last: LastActivityStore,
+    /// The modules' per-account state (vcard-temp, private XML, last activity, ...).
+    module_store: ModuleStore,
+    /// The modules whose account state this shard hosts.
+    modules: Arc<Registry>,
     limits: ImLimits,
     domains: Arc<Vec<String>>,
     /// Numbers the ids of roster pushes.
@@ -330,17 +291,23 @@ pub struct RosterActor {
     cap_refusals: u64,
     /// While an account IQ is handled: the `<text/>` for its error, when a cap refused it.
     cap_text: Option<String>,
+    /// Accounts that archived messages since the last retention tick (checked against
+    /// `modules.mam.max_messages_per_account`).
+    archive_grown: HashSet<Jid>,
+    /// Where the archive's retention walk by age goes on from (`None`: the start).
+    archive_cursor: Option<String>,
 }
 
-impl RosterActor {
+impl AccountShard {
     pub fn new(
-        router: Addr<Router>,
+        router: RouterHandle,
         stores: UserData,
         writer: DataWriter,
         limits: ImLimits,
         domains: Arc<Vec<String>>,
+        modules: Arc<Registry>,
     ) -> Self {
-        RosterActor {
+        AccountShard {
             router,
             shards: None,
             writer,
@@ -348,9 +315,8 @@ impl RosterActor {
             offline: stores.offline,
             blocking: stores.blocking,
             privacy: stores.privacy,
-            vcards: stores.vcards,
-            private: stores.private,
-            last: stores.last,
+            module_store: stores.modules,
+            modules,
             limits,
             domains,
             push_seq: 0,
@@ -361,6 +327,8 @@ impl RosterActor {
             bound: privacy::BoundResources::default(),
             cap_refusals: 0,
             cap_text: None,
+            archive_grown: HashSet::new(),
+            archive_cursor: None,
         }
     }
 
@@ -374,23 +342,23 @@ impl RosterActor {
 }
 
 /// Each shard's actor has a thread of its own: its writes wait for the shard to commit.
-impl Actor for RosterActor {
+impl Actor for AccountShard {
     type Context = SyncContext<Self>;
 }
 
 /// Hand every shard the list of all shards (they forward to each other).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct AttachShards(pub RosterShards);
+pub struct AttachShards(pub AccountShards);
 
-impl Handler<AttachShards> for RosterActor {
+impl Handler<AttachShards> for AccountShard {
     type Result = ();
     fn handle(&mut self, msg: AttachShards, _: &mut SyncContext<Self>) {
         self.shards = Some(msg.0);
     }
 }
 
-impl Handler<AccountIq> for RosterActor {
+impl Handler<AccountIq> for AccountShard {
     type Result = MessageResult<AccountIq>;
     fn handle(&mut self, msg: AccountIq, _: &mut SyncContext<Self>) -> Self::Result {
         if !msg.exists {
@@ -407,42 +375,17 @@ impl Handler<AccountIq> for RosterActor {
     }
 }
 
-/// Payload namespaces of IQs the account's shard answers.
-const ACCOUNT_NAMESPACES: &[&str] = &[
-    NS_ROSTER,
-    NS_BLOCKING,
-    NS_PRIVACY,
-    NS_PRIVATE,
-    NS_VCARD,
-    NS_LAST,
-];
+/// Payload namespaces of IQs the IM layer itself answers on an account's bare JID.
+const IM_NAMESPACES: &[&str] = &[NS_ROSTER, NS_BLOCKING, NS_PRIVACY];
 
 /// Whether an IQ with this payload namespace, addressed to an account's bare JID, is for the
-/// account's RosterActor.
+/// account's shard: the IM layer's own, or a module's account state
+/// (`modules::AccountState`).
 pub fn handles(ns: &str) -> bool {
-    ACCOUNT_NAMESPACES.contains(&ns)
+    IM_NAMESPACES.contains(&ns) || crate::modules::account_namespaces().contains(&ns)
 }
 
-/// Disco features the IM layer adds to the server's.
-pub const FEATURES: &[&str] = &[NS_VCARD, NS_LAST];
-
-/// Specifications the IM layer implements, for the support table.
-pub const SUPPORT: &[crate::modules::Support] = &[
-    crate::modules::Support {
-        spec: "XEP-0012",
-        title: "Last Activity",
-    },
-    crate::modules::Support {
-        spec: "XEP-0049",
-        title: "Private XML Storage",
-    },
-    crate::modules::Support {
-        spec: "XEP-0054",
-        title: "vcard-temp",
-    },
-];
-
-impl RosterActor {
+impl AccountShard {
     fn account_iq(
         &mut self,
         from: &Jid,
@@ -473,13 +416,12 @@ impl RosterActor {
             NS_ROSTER if own => self.roster_iq(from, iq),
             NS_BLOCKING if own => self.blocking_iq(from, iq),
             NS_PRIVACY if own => self.privacy_iq(from, iq),
-            NS_PRIVATE if own => self.private_iq(from, iq),
-            NS_VCARD => self.vcard_iq(from, to, iq),
-            NS_LAST => self.last_iq(from, to, iq),
-            _ => vec![roster::error_for(
+            NS_ROSTER | NS_BLOCKING | NS_PRIVACY => vec![roster::error_for(
                 iq,
                 proto::error::StanzaErrorCondition::Forbidden,
             )],
+            // A module's account state, or a module that is disabled (RFC 6120 §8.4).
+            ns => self.module_iq(ns, from, to, iq),
         };
         if !own {
             // The answer comes from the account that was asked.
@@ -506,6 +448,87 @@ impl RosterActor {
         replies
     }
 
+    /// An account IQ for the module whose account state serves `ns`: the module answers
+    /// from its store, and its writes are committed (through the shard's Raft log in a
+    /// cluster) before the reply goes out.
+    fn module_iq(
+        &mut self,
+        ns: &str,
+        from: &Jid,
+        to: &Jid,
+        iq: &proto::element::Element,
+    ) -> Vec<proto::element::Element> {
+        use proto::error::StanzaErrorCondition as Cond;
+        let modules = self.modules.clone();
+        let Some((name, state)) = modules.account_state(ns) else {
+            return vec![roster::error_for(iq, Cond::ServiceUnavailable)];
+        };
+        let mut ctx = AccountCtx::new(
+            name,
+            to,
+            &self.module_store,
+            &self.rosters,
+            &self.limits,
+            self.online.contains(to),
+        );
+        let req = crate::modules::AccountIq {
+            from,
+            own: from.to_bare() == *to,
+            iq,
+        };
+        let outcome = state.iq(&mut ctx, &req);
+        let (writes, cap) = ctx.finish();
+        if let Some((key, limit)) = cap {
+            self.refuse_over_cap(to, key, limit);
+        }
+        let (mut stanzas, payload) = match outcome {
+            IqOutcome::Result(payload) => (Vec::new(), payload),
+            IqOutcome::ResultAfter { stanzas, payload } => (stanzas, payload),
+            IqOutcome::Error(cond) => return vec![roster::error_for(iq, cond)],
+        };
+        for w in writes {
+            if let Err(e) = self.writer.write(w) {
+                return vec![roster::error_for(iq, writes::write_error(e))];
+            }
+        }
+        stanzas.push(roster::result_for(iq, payload));
+        stanzas
+    }
+
+    /// Follow the account's availability (from every `PresenceBroadcast`) and tell the
+    /// modules with account state when it changes; their writes are committed here.
+    fn note_availability(
+        &mut self,
+        user: &Jid,
+        presence: &proto::element::Element,
+        account_available: bool,
+    ) {
+        if account_available {
+            if !self.online.insert(user.clone()) {
+                return;
+            }
+        } else {
+            self.online.remove(user);
+        }
+        let modules = self.modules.clone();
+        for (name, state) in modules.account_states() {
+            let mut ctx = AccountCtx::new(
+                name,
+                user,
+                &self.module_store,
+                &self.rosters,
+                &self.limits,
+                account_available,
+            );
+            state.availability(&mut ctx, presence, account_available);
+            for w in ctx.finish().0 {
+                if let Err(e) = self.writer.write(w) {
+                    tracing::error!(module = name, error = %e, "recording an account's availability failed");
+                }
+            }
+        }
+    }
+
     /// Send `stanza` (a roster or blocklist push) to every resource of `user`; the resource
     /// whose request caused it gets it right after its reply.
     fn push_to_user(&mut self, user: &Jid, stanza: proto::element::Element) {
@@ -513,7 +536,7 @@ impl RosterActor {
         if except.is_some() {
             self.requester_pushes.push(stanza.clone());
         }
-        self.router.do_send(crate::router::messages::PushToUser {
+        self.router.do_send(crate::route::to_router::PushToUser {
             user: user.clone(),
             stanza,
             except,
@@ -521,35 +544,35 @@ impl RosterActor {
     }
 }
 
-impl Handler<OutboundSubscription> for RosterActor {
+impl Handler<OutboundSubscription> for AccountShard {
     type Result = ();
     fn handle(&mut self, msg: OutboundSubscription, _: &mut SyncContext<Self>) {
         self.outbound_subscription(msg);
     }
 }
 
-impl Handler<InboundSubscription> for RosterActor {
+impl Handler<InboundSubscription> for AccountShard {
     type Result = ();
     fn handle(&mut self, msg: InboundSubscription, _: &mut SyncContext<Self>) {
         self.inbound_subscription(msg);
     }
 }
 
-impl Handler<messages::RemoteProbe> for RosterActor {
+impl Handler<messages::RemoteProbe> for AccountShard {
     type Result = ();
     fn handle(&mut self, msg: messages::RemoteProbe, _: &mut SyncContext<Self>) {
         self.remote_probe(msg);
     }
 }
 
-impl Handler<PresenceBroadcast> for RosterActor {
+impl Handler<PresenceBroadcast> for AccountShard {
     type Result = ();
     fn handle(&mut self, msg: PresenceBroadcast, _: &mut SyncContext<Self>) {
         self.presence_broadcast(msg);
     }
 }
 
-impl Handler<RefreshSessions> for RosterActor {
+impl Handler<RefreshSessions> for AccountShard {
     type Result = ();
     fn handle(&mut self, msg: RefreshSessions, _: &mut SyncContext<Self>) {
         for (jid, available) in msg.sessions {
@@ -561,7 +584,7 @@ impl Handler<RefreshSessions> for RosterActor {
     }
 }
 
-impl Handler<FetchOffline> for RosterActor {
+impl Handler<FetchOffline> for AccountShard {
     type Result = MessageResult<FetchOffline>;
     fn handle(&mut self, msg: FetchOffline, _: &mut SyncContext<Self>) -> Self::Result {
         MessageResult(self.fetch_offline(
@@ -574,36 +597,44 @@ impl Handler<FetchOffline> for RosterActor {
     }
 }
 
-impl Handler<RemoveOffline> for RosterActor {
+impl Handler<RemoveOffline> for AccountShard {
     type Result = Result<(), String>;
     fn handle(&mut self, msg: RemoveOffline, _: &mut SyncContext<Self>) -> Self::Result {
         self.remove_offline(&msg.user, &msg.seqs)
     }
 }
 
-impl Handler<ReleaseOffline> for RosterActor {
+impl Handler<ReleaseOffline> for AccountShard {
     type Result = ();
     fn handle(&mut self, msg: ReleaseOffline, _: &mut SyncContext<Self>) {
         self.release_offline(&msg.user, &msg.holder)
     }
 }
 
-impl Handler<ImportRoster> for RosterActor {
+impl Handler<ImportRoster> for AccountShard {
     type Result = Result<usize, String>;
     fn handle(&mut self, msg: ImportRoster, _: &mut SyncContext<Self>) -> Self::Result {
         self.roster_import(&msg.user, msg.items)
     }
 }
 
-impl Handler<DeleteAccountData> for RosterActor {
+impl Handler<DeleteAccountData> for AccountShard {
     type Result = Result<(), String>;
     fn handle(&mut self, msg: DeleteAccountData, _: &mut SyncContext<Self>) -> Self::Result {
+        // The archive in PostgreSQL is outside the shard's trees (the embedded one goes with
+        // them).
+        let modules = self.modules.clone();
+        if let Some(mam) = crate::modules::mam::get(&modules) {
+            if matches!(mam.backend(), crate::modules::mam::Backend::Postgres(_)) {
+                self.archive_purge(&msg.user, "account")?;
+            }
+        }
         self.delete_user_data(&msg.user.to_string())
             .map_err(|e| e.to_string())
     }
 }
 
-impl Handler<StoreOffline> for RosterActor {
+impl Handler<StoreOffline> for AccountShard {
     type Result = Result<(), proto::error::StanzaErrorCondition>;
     fn handle(&mut self, msg: StoreOffline, _: &mut SyncContext<Self>) -> Self::Result {
         self.store_offline(&msg.user, msg.stanza)
@@ -622,7 +653,7 @@ fn shared_privacy(lists: PrivacyLists) -> Arc<PrivacyLists> {
     }
 }
 
-impl Handler<GetFilters> for RosterActor {
+impl Handler<GetFilters> for AccountShard {
     type Result = MessageResult<GetFilters>;
     fn handle(&mut self, msg: GetFilters, _: &mut SyncContext<Self>) -> Self::Result {
         MessageResult(Filters {
@@ -632,7 +663,7 @@ impl Handler<GetFilters> for RosterActor {
     }
 }
 
-impl Handler<ResourceBinding> for RosterActor {
+impl Handler<ResourceBinding> for AccountShard {
     type Result = ();
     fn handle(&mut self, msg: ResourceBinding, _: &mut SyncContext<Self>) {
         self.privacy_resource(msg.jid, msg.bound);

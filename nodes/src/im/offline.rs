@@ -12,11 +12,11 @@ use proto::error::StanzaErrorCondition;
 use proto::jid::Jid;
 use storage::StorageError;
 
-use super::RosterActor;
+use super::AccountShard;
 
 const NS_DELAY: &str = "urn:xmpp:delay";
 
-impl RosterActor {
+impl AccountShard {
     pub(super) fn store_offline(
         &mut self,
         user: &Jid,

@@ -8,10 +8,10 @@ use proto::privacy::StanzaKind;
 
 use super::messages::PresenceBroadcast;
 use super::subscription::{is_subscriber, is_subscription};
-use super::RosterActor;
-use crate::router::messages::{DeliverToAvailable, DeliverToResource, SendPresenceOf};
+use super::AccountShard;
+use crate::route::to_router::{DeliverToAvailable, DeliverToResource, SendPresenceOf};
 
-impl RosterActor {
+impl AccountShard {
     pub(super) fn presence_broadcast(&mut self, msg: PresenceBroadcast) {
         let user = msg.from.to_bare();
         let key = user.to_string();

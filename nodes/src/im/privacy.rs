@@ -12,32 +12,15 @@ use proto::element::Element;
 use proto::error::StanzaErrorCondition as Cond;
 use proto::jid::Jid;
 use proto::ns;
-use proto::privacy::{Matcher, PrivacyRules, Rule, StanzaKind, StanzaKinds};
+use proto::privacy::{Matcher, PrivacyLists, PrivacyRules, Rule, StanzaKind, StanzaKinds};
 use storage::rosters::RosterItem;
 use storage::{PrivacyItem, StorageError};
 
 use super::roster::{error_for, result_for};
-use super::RosterActor;
-use crate::router::messages::PrivacyChanged;
+use super::AccountShard;
+use crate::route::to_router::PrivacyChanged;
 
-pub const NS_PRIVACY: &str = "jabber:iq:privacy";
-
-/// An account's privacy lists, compiled, and the name of its default list.
-#[derive(Debug, Default)]
-pub struct PrivacyLists {
-    pub default: Option<String>,
-    pub lists: HashMap<String, Arc<PrivacyRules>>,
-}
-
-impl PrivacyLists {
-    /// The rules in force for a resource: its active list, else the account's default.
-    pub fn effective(&self, active: Option<&str>) -> Option<&PrivacyRules> {
-        active
-            .or(self.default.as_deref())
-            .and_then(|name| self.lists.get(name))
-            .map(Arc::as_ref)
-    }
-}
+pub(super) use proto::ns::PRIVACY as NS_PRIVACY;
 
 /// Resolve one stored list against the roster.
 fn compile(items: &[PrivacyItem], roster: &[RosterItem]) -> PrivacyRules {
@@ -177,7 +160,7 @@ fn storage_error(e: StorageError) -> Cond {
     }
 }
 
-impl RosterActor {
+impl AccountShard {
     /// All of `user`'s lists, compiled against its current roster.
     pub(super) fn privacy_lists(&self, user: &Jid) -> PrivacyLists {
         let key = user.to_string();

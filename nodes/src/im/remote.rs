@@ -1,21 +1,22 @@
-//! IM operations across the cluster: each message type's wire form (`ImRequest`), and the
-//! serving side that runs a peer's request on this node's own shards.
+//! IM operations across the cluster. Each operation is one serde struct (`im::messages`),
+//! used both as the account shard's actor message and on the NodeLink wire:
+//! [`im_operations!`] lists them once, with the account whose shard serves each, and gives
+//! every one its wire name ([`ImMessage`]) and the serving side that runs a peer's request on
+//! this node's own shard. The wire carries the operation's name and its serialised form
+//! ([`ImRequest`]), and the reply its serialised result ([`ImReply::Result`]); nothing here
+//! knows an operation's fields.
 //!
 //! Placement: a user's IM state lives in its replicated shard (`cluster::shards`), and the
-//! shard's RosterActor acts on the shard's leader. Sessions and the Router on any node reach
-//! it through `RosterShards::tell`/`ask`, which call the local actor or the leader over
+//! shard's AccountShard acts on the shard's leader. Sessions and the Router on any node reach
+//! it through `AccountShards::tell`/`ask`, which call the local actor or the leader over
 //! NodeLink.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use actix::prelude::*;
-use proto::element::Element;
-use proto::error::StanzaErrorCondition;
-use proto::im::{PresenceToSend, SubscriptionKind};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use super::messages::*;
-use super::{PrivacyLists, RosterActor, RosterShards};
+use super::{AccountShard, AccountShards};
 use crate::cluster::messages::{ImReply, ImRequest, Push};
 use crate::cluster::NodeId;
 use proto::jid::Jid;
@@ -26,448 +27,202 @@ pub enum ImError {
     Unreachable(String),
     #[error("the shard's leader answered something else")]
     BadReply,
+    #[error("the shard's leader could not run the operation: {0}")]
+    Failed(String),
 }
 
 /// A message the shards take, in the form it crosses nodes.
-pub trait ImMessage: Message + Send + Sized + 'static
+pub trait ImMessage: Message + Serialize + DeserializeOwned + Send + Sized + 'static
 where
-    RosterActor: Handler<Self>,
-    Self::Result: Send,
+    AccountShard: Handler<Self>,
+    Self::Result: Serialize + DeserializeOwned + Send,
 {
-    fn to_wire(&self) -> ImRequest;
-    fn from_reply(reply: ImReply) -> Result<Self::Result, ImError>;
-}
+    /// The operation's name on the wire.
+    const OP: &'static str;
 
-fn xml(e: &Element) -> String {
-    e.to_xml_string()
-}
+    /// The account whose shard serves the operation (a bare JID).
+    fn account(&self) -> Jid;
 
-fn parse(s: &str) -> Option<Element> {
-    Element::parse(s).ok()
-}
-
-impl ImMessage for AccountIq {
     fn to_wire(&self) -> ImRequest {
-        ImRequest::AccountIq {
-            from: self.from.clone(),
-            to: self.to.clone(),
-            iq: xml(&self.iq),
-            exists: self.exists,
+        ImRequest {
+            op: Self::OP.to_string(),
+            // Every operation is plain data (strings, numbers, JIDs and elements as text),
+            // which always serialises.
+            payload: serde_json::to_value(self).unwrap_or_default(),
         }
     }
-    fn from_reply(reply: ImReply) -> Result<Vec<Element>, ImError> {
+
+    fn from_reply(reply: ImReply) -> Result<Self::Result, ImError> {
         match reply {
-            ImReply::Stanzas(s) => Ok(s.iter().filter_map(|s| parse(s)).collect()),
-            _ => Err(ImError::BadReply),
+            ImReply::Result(v) => serde_json::from_value(v).map_err(|_| ImError::BadReply),
+            ImReply::Failed(e) => Err(ImError::Failed(e)),
+            ImReply::NotLeader(_) => Err(ImError::BadReply),
         }
     }
 }
 
-fn unit(reply: ImReply) -> Result<(), ImError> {
-    match reply {
-        ImReply::Done => Ok(()),
-        _ => Err(ImError::BadReply),
+/// The result of a local `send`, as the wire reply.
+fn reply<R: Serialize>(r: Result<R, MailboxError>) -> ImReply {
+    match r.map(|r| serde_json::to_value(&r)) {
+        Ok(Ok(v)) => ImReply::Result(v),
+        Ok(Err(e)) => ImReply::Failed(e.to_string()),
+        Err(e) => ImReply::Failed(e.to_string()),
     }
 }
 
-impl ImMessage for OutboundSubscription {
-    fn to_wire(&self) -> ImRequest {
-        ImRequest::OutboundSubscription {
-            user: self.user.clone(),
-            contact: self.contact.clone(),
-            kind: self.kind.as_str().into(),
-            stanza: xml(&self.stanza),
+/// The IM operations, once each: `Type => |message| account whose shard serves it`.
+macro_rules! im_operations {
+    ($($op:ident => |$m:ident| $account:expr;)*) => {
+        $(
+            impl ImMessage for $op {
+                const OP: &'static str = stringify!($op);
+                fn account(&self) -> Jid {
+                    let $m = self;
+                    $account
+                }
+            }
+        )*
+
+        /// A peer's operation, decoded.
+        enum Op {
+            $($op($op),)*
         }
-    }
-    fn from_reply(reply: ImReply) -> Result<(), ImError> {
-        unit(reply)
-    }
+
+        impl Op {
+            fn decode(req: ImRequest) -> Result<Op, String> {
+                match req.op.as_str() {
+                    $(stringify!($op) => serde_json::from_value(req.payload)
+                        .map(Op::$op)
+                        .map_err(|e| format!("malformed {}: {e}", stringify!($op))),)*
+                    other => Err(format!("unknown IM operation {other:?}")),
+                }
+            }
+
+            fn account(&self) -> Jid {
+                match self {
+                    $(Op::$op(m) => m.account(),)*
+                }
+            }
+
+            fn to_wire(&self) -> ImRequest {
+                match self {
+                    $(Op::$op(m) => m.to_wire(),)*
+                }
+            }
+
+            /// Hand it to the shard actor without waiting for the result.
+            fn tell(self, addr: &Addr<AccountShard>) {
+                match self {
+                    $(Op::$op(m) => addr.do_send(m),)*
+                }
+            }
+
+            async fn ask(self, addr: &Addr<AccountShard>) -> ImReply {
+                match self {
+                    $(Op::$op(m) => reply(addr.send(m).await),)*
+                }
+            }
+        }
+    };
 }
 
-impl ImMessage for InboundSubscription {
-    fn to_wire(&self) -> ImRequest {
-        ImRequest::InboundSubscription {
-            user: self.user.clone(),
-            contact: self.contact.clone(),
-            kind: self.kind.as_str().into(),
-            stanza: xml(&self.stanza),
-            sender_presence: self.sender_presence.map(|p| match p {
-                PresenceToSend::Available => "available".into(),
-                PresenceToSend::Unavailable => "unavailable".into(),
-            }),
-        }
-    }
-    fn from_reply(reply: ImReply) -> Result<(), ImError> {
-        unit(reply)
-    }
-}
-
-impl ImMessage for PresenceBroadcast {
-    fn to_wire(&self) -> ImRequest {
-        ImRequest::PresenceBroadcast {
-            from: self.from.clone(),
-            presence: xml(&self.presence),
-            initial: self.initial,
-            priority: self.priority,
-            account_available: self.account_available,
-        }
-    }
-    fn from_reply(reply: ImReply) -> Result<(), ImError> {
-        unit(reply)
-    }
-}
-
-impl ImMessage for StoreOffline {
-    fn to_wire(&self) -> ImRequest {
-        ImRequest::StoreOffline {
-            user: self.user.clone(),
-            stanza: xml(&self.stanza),
-        }
-    }
-    fn from_reply(reply: ImReply) -> Result<Result<(), StanzaErrorCondition>, ImError> {
-        match reply {
-            ImReply::Stored(None) => Ok(Ok(())),
-            ImReply::Stored(Some(c)) => Ok(Err(StanzaErrorCondition::from_name(&c)
-                .unwrap_or(StanzaErrorCondition::InternalServerError))),
-            _ => Err(ImError::BadReply),
-        }
-    }
-}
-
-impl ImMessage for ImportRoster {
-    fn to_wire(&self) -> ImRequest {
-        ImRequest::ImportRoster {
-            user: self.user.clone(),
-            items: self.items.clone(),
-        }
-    }
-    fn from_reply(reply: ImReply) -> Result<Result<usize, String>, ImError> {
-        match reply {
-            ImReply::Imported(n) => Ok(Ok(n)),
-            ImReply::Failed(e) => Ok(Err(e)),
-            _ => Err(ImError::BadReply),
-        }
-    }
-}
-
-impl ImMessage for DeleteAccountData {
-    fn to_wire(&self) -> ImRequest {
-        ImRequest::DeleteAccountData {
-            user: self.user.clone(),
-        }
-    }
-    fn from_reply(reply: ImReply) -> Result<Result<(), String>, ImError> {
-        match reply {
-            ImReply::Done => Ok(Ok(())),
-            ImReply::Failed(e) => Ok(Err(e)),
-            _ => Err(ImError::BadReply),
-        }
-    }
-}
-
-impl ImMessage for FetchOffline {
-    fn to_wire(&self) -> ImRequest {
-        ImRequest::FetchOffline {
-            user: self.user.clone(),
-            holder: self.holder.clone(),
-            after: self.after,
-            max_bytes: self.max_bytes,
-            max_messages: self.max_messages,
-        }
-    }
-    fn from_reply(reply: ImReply) -> Result<Vec<(u64, String)>, ImError> {
-        match reply {
-            ImReply::Offline(m) => Ok(m),
-            _ => Err(ImError::BadReply),
-        }
-    }
-}
-
-impl ImMessage for RemoveOffline {
-    fn to_wire(&self) -> ImRequest {
-        ImRequest::RemoveOffline {
-            user: self.user.clone(),
-            seqs: self.seqs.clone(),
-        }
-    }
-    fn from_reply(reply: ImReply) -> Result<Result<(), String>, ImError> {
-        match reply {
-            ImReply::Done => Ok(Ok(())),
-            ImReply::Failed(e) => Ok(Err(e)),
-            _ => Err(ImError::BadReply),
-        }
-    }
-}
-
-impl ImMessage for ReleaseOffline {
-    fn to_wire(&self) -> ImRequest {
-        ImRequest::ReleaseOffline {
-            user: self.user.clone(),
-            holder: self.holder.clone(),
-        }
-    }
-    fn from_reply(reply: ImReply) -> Result<(), ImError> {
-        unit(reply)
-    }
-}
-
-impl ImMessage for GetFilters {
-    fn to_wire(&self) -> ImRequest {
-        ImRequest::GetFilters {
-            user: self.user.clone(),
-        }
-    }
-    fn from_reply(reply: ImReply) -> Result<Filters, ImError> {
-        match reply {
-            ImReply::Filters {
-                blocked,
-                default,
-                lists,
-            } => Ok(Filters {
-                blocked,
-                privacy: Arc::new(PrivacyLists {
-                    default,
-                    lists: lists
-                        .into_iter()
-                        .map(|(name, rules)| (name, Arc::new(rules)))
-                        .collect::<HashMap<_, _>>(),
-                }),
-            }),
-            _ => Err(ImError::BadReply),
-        }
-    }
-}
-
-impl ImMessage for ResourceBinding {
-    fn to_wire(&self) -> ImRequest {
-        ImRequest::ResourceBinding {
-            jid: self.jid.clone(),
-            bound: self.bound,
-        }
-    }
-    fn from_reply(reply: ImReply) -> Result<(), ImError> {
-        unit(reply)
-    }
-}
-
-impl ImMessage for RemoteProbe {
-    fn to_wire(&self) -> ImRequest {
-        ImRequest::RemoteProbe {
-            user: self.user.clone(),
-            from: self.from.clone(),
-        }
-    }
-    fn from_reply(reply: ImReply) -> Result<(), ImError> {
-        unit(reply)
-    }
-}
-
-fn kind(s: &str) -> Option<SubscriptionKind> {
-    SubscriptionKind::parse(s)
-}
-
-/// The account whose shard serves `req`.
-fn account_of(req: &ImRequest) -> Jid {
-    match req {
-        ImRequest::AccountIq { to, .. } => to.to_bare(),
-        ImRequest::OutboundSubscription { user, .. }
-        | ImRequest::InboundSubscription { user, .. }
-        | ImRequest::StoreOffline { user, .. }
-        | ImRequest::DeleteAccountData { user }
-        | ImRequest::ImportRoster { user, .. }
-        | ImRequest::FetchOffline { user, .. }
-        | ImRequest::RemoveOffline { user, .. }
-        | ImRequest::ReleaseOffline { user, .. }
-        | ImRequest::GetFilters { user }
-        | ImRequest::RemoteProbe { user, .. } => user.to_bare(),
-        ImRequest::PresenceBroadcast { from, .. } => from.to_bare(),
-        ImRequest::ResourceBinding { jid, .. } => jid.to_bare(),
-    }
+im_operations! {
+    AccountIq => |m| m.to.to_bare();
+    OutboundSubscription => |m| m.user.to_bare();
+    InboundSubscription => |m| m.user.to_bare();
+    PresenceBroadcast => |m| m.from.to_bare();
+    StoreOffline => |m| m.user.to_bare();
+    DeleteAccountData => |m| m.user.to_bare();
+    ImportRoster => |m| m.user.to_bare();
+    FetchOffline => |m| m.user.to_bare();
+    RemoveOffline => |m| m.user.to_bare();
+    ReleaseOffline => |m| m.user.to_bare();
+    GetFilters => |m| m.user.to_bare();
+    ResourceBinding => |m| m.jid.to_bare();
+    RemoteProbe => |m| m.user.to_bare();
+    ArchiveAppend => |m| m.user.to_bare();
+    ArchivePurge => |m| m.user.to_bare();
 }
 
 /// A peer's one-way IM operation. If this node no longer leads the account's shard, it is
 /// passed on once to the leader this node knows, and after that retried as a request.
-pub fn serve_push(shards: &RosterShards, from: NodeId, req: ImRequest, forwarded: bool) {
-    let user = account_of(&req);
-    match shards.serving(&user) {
-        Ok(addr) => {
-            if let Some(req) = tell(addr, req) {
-                tracing::warn!(node = from, ?req, "nodelink: an IM request came as a push");
-            }
+pub fn serve_push(shards: &AccountShards, from: NodeId, req: ImRequest, forwarded: bool) {
+    let op = match Op::decode(req) {
+        Ok(op) => op,
+        Err(e) => {
+            tracing::warn!(node = from, error = %e, "nodelink: IM push dropped");
+            return;
         }
+    };
+    let user = op.account();
+    match shards.serving(&user) {
+        Ok(addr) => op.tell(addr),
         Err(Some(leader)) if !forwarded && leader != from => {
+            let wire = op.to_wire();
             let pushed = shards
                 .link_to(leader)
-                .is_some_and(|l| l.push(Push::ImForwarded(req.clone())));
+                .is_some_and(|l| l.push(Push::ImForwarded(wire.clone())));
             if !pushed {
-                shards.tell_later(user, req);
+                shards.tell_later(user, wire);
             }
         }
-        Err(_) => shards.tell_later(user, req),
+        Err(_) => shards.tell_later(user, op.to_wire()),
     }
-}
-
-/// Hand a one-way operation to the shard actor; gives back requests that want an answer.
-fn tell(addr: &Addr<RosterActor>, req: ImRequest) -> Option<ImRequest> {
-    match req {
-        ImRequest::OutboundSubscription {
-            user,
-            contact,
-            kind: k,
-            stanza,
-        } => {
-            if let (Some(kind), Some(stanza)) = (kind(&k), parse(&stanza)) {
-                addr.do_send(OutboundSubscription {
-                    user,
-                    contact,
-                    kind,
-                    stanza,
-                });
-            }
-        }
-        ImRequest::InboundSubscription {
-            user,
-            contact,
-            kind: k,
-            stanza,
-            sender_presence,
-        } => {
-            let sender_presence = match sender_presence.as_deref() {
-                Some("available") => Some(PresenceToSend::Available),
-                Some("unavailable") => Some(PresenceToSend::Unavailable),
-                _ => None,
-            };
-            if let (Some(kind), Some(stanza)) = (kind(&k), parse(&stanza)) {
-                addr.do_send(InboundSubscription {
-                    user,
-                    contact,
-                    kind,
-                    stanza,
-                    sender_presence,
-                });
-            }
-        }
-        ImRequest::PresenceBroadcast {
-            from,
-            presence,
-            initial,
-            priority,
-            account_available,
-        } => {
-            if let Some(presence) = parse(&presence) {
-                addr.do_send(PresenceBroadcast {
-                    from,
-                    presence,
-                    initial,
-                    priority,
-                    account_available,
-                });
-            }
-        }
-        ImRequest::ResourceBinding { jid, bound } => addr.do_send(ResourceBinding { jid, bound }),
-        ImRequest::RemoteProbe { user, from } => addr.do_send(RemoteProbe { user, from }),
-        ImRequest::ReleaseOffline { user, holder } => addr.do_send(ReleaseOffline { user, holder }),
-        ask => return Some(ask),
-    }
-    None
 }
 
 /// Run a peer's IM request on this node's shard actor, if this node leads the shard.
-pub async fn serve(shards: &RosterShards, req: ImRequest) -> ImReply {
-    let failed = |e: MailboxError| ImReply::Failed(e.to_string());
-    let addr = match shards.serving(&account_of(&req)) {
+pub async fn serve(shards: &AccountShards, req: ImRequest) -> ImReply {
+    let op = match Op::decode(req) {
+        Ok(op) => op,
+        Err(e) => return ImReply::Failed(e),
+    };
+    let addr = match shards.serving(&op.account()) {
         Ok(addr) => addr.clone(),
         Err(leader) => return ImReply::NotLeader(leader),
     };
-    let Some(req) = tell(&addr, req) else {
-        return ImReply::Done;
-    };
-    match req {
-        ImRequest::AccountIq {
-            from,
-            to,
-            iq,
-            exists,
-        } => {
-            let Some(iq) = parse(&iq) else {
-                return ImReply::Failed("malformed request".into());
-            };
-            match addr
-                .send(AccountIq {
-                    from,
-                    to,
-                    iq,
-                    exists,
-                })
-                .await
-            {
-                Ok(replies) => ImReply::Stanzas(replies.iter().map(xml).collect()),
-                Err(e) => failed(e),
-            }
-        }
-        ImRequest::StoreOffline { user, stanza } => {
-            let Some(stanza) = parse(&stanza) else {
-                return ImReply::Failed("malformed request".into());
-            };
-            match addr.send(StoreOffline { user, stanza }).await {
-                Ok(Ok(())) => ImReply::Stored(None),
-                Ok(Err(c)) => ImReply::Stored(Some(c.as_str().into())),
-                Err(e) => failed(e),
-            }
-        }
-        ImRequest::DeleteAccountData { user } => {
-            match addr.send(DeleteAccountData { user }).await {
-                Ok(Ok(())) => ImReply::Done,
-                Ok(Err(e)) => ImReply::Failed(e),
-                Err(e) => failed(e),
-            }
-        }
-        ImRequest::ImportRoster { user, items } => {
-            match addr.send(ImportRoster { user, items }).await {
-                Ok(Ok(n)) => ImReply::Imported(n),
-                Ok(Err(e)) => ImReply::Failed(e),
-                Err(e) => failed(e),
-            }
-        }
-        ImRequest::FetchOffline {
-            user,
-            holder,
-            after,
-            max_bytes,
-            max_messages,
-        } => {
-            let fetch = FetchOffline {
-                user,
-                holder,
-                after,
-                max_bytes,
-                max_messages,
-            };
-            match addr.send(fetch).await {
-                Ok(m) => ImReply::Offline(m),
-                Err(e) => failed(e),
-            }
-        }
-        ImRequest::RemoveOffline { user, seqs } => {
-            match addr.send(RemoveOffline { user, seqs }).await {
-                Ok(Ok(())) => ImReply::Done,
-                Ok(Err(e)) => ImReply::Failed(e),
-                Err(e) => failed(e),
-            }
-        }
-        ImRequest::GetFilters { user } => match addr.send(GetFilters { user }).await {
-            Ok(f) => ImReply::Filters {
-                blocked: f.blocked,
-                default: f.privacy.default.clone(),
-                lists: f
-                    .privacy
-                    .lists
-                    .iter()
-                    .map(|(k, v)| (k.clone(), (**v).clone()))
-                    .collect(),
-            },
-            Err(e) => failed(e),
-        },
-        _ => ImReply::Done,
+    op.ask(&addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::element::Element;
+    use proto::im::SubscriptionKind;
+
+    fn jid(s: &str) -> Jid {
+        Jid::parse(s).unwrap()
+    }
+
+    /// An operation crosses the wire as its name and serialised form and comes back as the
+    /// same message; so does its result.
+    #[test]
+    fn operations_round_trip_through_the_wire_form() {
+        let msg = InboundSubscription {
+            user: jid("juliet@example.com"),
+            contact: jid("romeo@example.net"),
+            kind: SubscriptionKind::Subscribe,
+            stanza: Element::parse("<presence xmlns='jabber:client' type='subscribe'/>").unwrap(),
+            sender_presence: Some(proto::im::PresenceToSend::Available),
+        };
+        let wire = msg.to_wire();
+        assert_eq!(wire.op, "InboundSubscription");
+        let bytes = serde_json::to_vec(&wire).unwrap();
+        let back = Op::decode(serde_json::from_slice(&bytes).unwrap()).unwrap();
+        assert_eq!(back.account(), jid("juliet@example.com"));
+        let Op::InboundSubscription(back) = back else {
+            panic!("decoded as another operation");
+        };
+        assert_eq!(back.kind, SubscriptionKind::Subscribe);
+        assert_eq!(back.stanza.attr("type"), Some("subscribe"));
+
+        let r: Result<(), proto::error::StanzaErrorCondition> =
+            Err(proto::error::StanzaErrorCondition::ServiceUnavailable);
+        let got = StoreOffline::from_reply(reply(Ok(r))).unwrap();
+        assert_eq!(got, r);
+        assert!(Op::decode(ImRequest {
+            op: "NoSuchOp".into(),
+            payload: serde_json::Value::Null
+        })
+        .is_err());
     }
 }

@@ -8,7 +8,7 @@ use proto::ns;
 use storage::rosters::{RosterChange, RosterItem};
 
 use super::writes::write_error;
-use super::RosterActor;
+use super::AccountShard;
 
 pub const NS_ROSTER: &str = "jabber:iq:roster";
 /// Longest item name or group name accepted (roster sets and operator imports).
@@ -72,7 +72,7 @@ pub(super) fn error_for(iq: &Element, cond: Cond) -> Element {
     reply
 }
 
-impl RosterActor {
+impl AccountShard {
     pub(super) fn roster_iq(&mut self, from: &Jid, iq: &Element) -> Vec<Element> {
         let user = from.to_bare();
         let Some(query) = iq.get_child("query", NS_ROSTER) else {

@@ -9,13 +9,13 @@ use storage::rosters::RosterItem;
 
 use super::messages::{InboundSubscription, OutboundSubscription};
 use super::roster::{item_element, state_of};
-use super::{cap_tripped, RosterActor};
-use crate::router::messages::{
+use super::{cap_tripped, AccountShard};
+use crate::route::to_router::{
     DeliverToAvailable, DeliverToResource, RouteStanza, SendPresenceOf, SendUnavailableOf,
 };
 use proto::error::{stanza_error_reply, StanzaErrorCondition as Cond};
 
-impl RosterActor {
+impl AccountShard {
     /// One key lookup, whatever the number of requests pending.
     pub(super) fn has_pending_in(&self, user: &Jid, contact: &Jid) -> bool {
         self.rosters

@@ -1,4 +1,4 @@
-//! Every write the RosterActor makes to an account's data goes through here: applied at once
+//! Every write the AccountShard makes to an account's data goes through here: applied at once
 //! on a node without a cluster, committed to the account's shard first in a cluster (the
 //! actor runs on the shard's leader, and the client hears of the write only once it is
 //! committed). One method per write keeps the call sites reading like the stores' own API.
@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use storage::{PrivacyItem, RosterItem, StorageError, UserData, UserDataWrite, WriteOutcome};
 
-use super::RosterActor;
+use super::AccountShard;
 use crate::cluster::shards::ShardGroups;
 use proto::error::StanzaErrorCondition as Cond;
 
-/// Where the RosterActor's writes go.
+/// Where the AccountShard's writes go.
 #[derive(Clone)]
 pub enum DataWriter {
     /// Straight into this node's trees (no cluster).
@@ -46,7 +46,7 @@ fn unexpected(o: WriteOutcome) -> StorageError {
     StorageError::Unavailable(UnexpectedOutcome(o).to_string())
 }
 
-impl RosterActor {
+impl AccountShard {
     fn write(&self, w: UserDataWrite) -> Result<WriteOutcome, StorageError> {
         self.writer.write(w)
     }
@@ -192,41 +192,6 @@ impl RosterActor {
         self.write_done(UserDataWrite::PrivacyDefault {
             user: user.into(),
             name: name.map(str::to_string),
-        })
-    }
-
-    pub(super) fn vcard_put(&self, user: &str, xml: &str) -> Result<(), StorageError> {
-        self.write_done(UserDataWrite::VCardPut {
-            user: user.into(),
-            xml: xml.into(),
-        })
-    }
-
-    pub(super) fn private_put(
-        &self,
-        user: &str,
-        name: &str,
-        ns: &str,
-        xml: &str,
-    ) -> Result<(), StorageError> {
-        self.write_done(UserDataWrite::PrivatePut {
-            user: user.into(),
-            name: name.into(),
-            ns: ns.into(),
-            xml: xml.into(),
-        })
-    }
-
-    pub(super) fn last_set(
-        &self,
-        user: &str,
-        secs: u64,
-        status: Option<String>,
-    ) -> Result<(), StorageError> {
-        self.write_done(UserDataWrite::LastSet {
-            user: user.into(),
-            secs,
-            status,
         })
     }
 

@@ -39,7 +39,7 @@ impl Module for Blocking {
         }]
     }
     fn features(&self) -> &'static [&'static str] {
-        &[crate::im::NS_BLOCKING]
+        &[proto::ns::BLOCKING]
     }
     fn can_disable(&self) -> bool {
         // The blocklist IQs are answered by the account shards, not through this module.

@@ -74,26 +74,26 @@ impl SessionModule for CarbonsSession {
         }
         Some(IqOutcome::Result(None))
     }
+}
 
-    fn outbound(&mut self, stanza: &Element, fx: &mut SessionEffects<'_>) {
-        // §6: a copy for the sender's other interested resources, whether or not this one
-        // enabled carbons itself.
-        let to_own_account = stanza
-            .attr("to")
-            .and_then(|t| Jid::parse(t).ok())
-            .is_some_and(|t| t.to_bare() == fx.jid.to_bare());
-        if to_own_account || !is_copied(stanza) {
-            return;
-        }
-        let copy = wrap("sent", &fx.jid.to_bare(), stanza);
-        fx.to_flagged.push((FLAG, copy));
-    }
+/// §6: the `<sent/>` copy of what `account` sent, for its other resources that enabled
+/// carbons (whether or not the sending one did). The Router makes it once routing decided
+/// (`Router::after_route`), and only if such a resource exists, so a message costs nothing
+/// more for an account with one resource.
+pub fn sent_copy(account: &Jid, stanza: &Element) -> Option<Element> {
+    is_copied(stanza).then(|| wrap("sent", account, stanza))
 }
 
 /// §6 (rules of v1.0 of the XEP): which messages are copied. A `chat` message, or a `normal`
 /// one with a body; not one marked `<private/>` (§8) or `<no-copy/>` (XEP-0334 §4.3), not
 /// a carbon copy itself, not one of a group chat (XEP-0045's private messages carry
 /// `<x xmlns='…muc#user'/>`; other resources of the user are not in that room).
+/// Whether `stanza` is a carbon copy (§6-§7): `<received/>` or `<sent/>` wrapping a message.
+pub fn is_carbon(stanza: &Element) -> bool {
+    stanza.get_child("received", ns::CARBONS).is_some()
+        || stanza.get_child("sent", ns::CARBONS).is_some()
+}
+
 pub fn is_copied(stanza: &Element) -> bool {
     if stanza.name != "message" {
         return false;

@@ -2,13 +2,13 @@
 //! ([`ConfigOption`]: key, default, one-line doc); the operator's values are laid over the
 //! defaults, a key the module did not declare is refused, and the module reads typed values
 //! from the resulting [`Section`]. Every module also has `enabled`. The declarations are
-//! the single source of README's module reference ([`reference_markdown`]).
-
-use std::collections::BTreeMap;
+//! the single source of README's module reference ([`reference_markdown`]). The operator's
+//! tables arrive raw (`config::ModulesConfig`): the configuration layer knows no module.
 
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde_json::{Map, Value};
+
+use crate::config::ModulesConfig;
 
 /// One option of a module's section.
 #[derive(Debug, Clone, Copy)]
@@ -20,68 +20,51 @@ pub struct ConfigOption {
     pub doc: &'static str,
 }
 
-/// The `[modules]` table as the operator wrote it (and `SWITCHBOARD_MODULES__*`).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(transparent)]
-pub struct ModulesConfig(BTreeMap<String, Map<String, Value>>);
-
-impl ModulesConfig {
-    /// A section for a module that does not exist is a typo the operator should hear of.
-    pub(super) fn check_sections<'a>(
-        &self,
-        known: impl Iterator<Item = &'a str>,
-    ) -> Result<(), String> {
-        let known: Vec<&str> = known.collect();
-        match self.0.keys().find(|k| !known.contains(&k.as_str())) {
-            Some(unknown) => Err(format!(
-                "modules.{unknown}: no such module (known: {})",
-                known.join(", ")
-            )),
-            None => Ok(()),
-        }
+/// A section for a module that does not exist is a typo the operator should hear of.
+pub(super) fn check_sections<'a>(
+    config: &ModulesConfig,
+    known: impl Iterator<Item = &'a str>,
+) -> Result<(), String> {
+    let known: Vec<&str> = known.collect();
+    match config.names().find(|k| !known.contains(k)) {
+        Some(unknown) => Err(format!(
+            "modules.{unknown}: no such module (known: {})",
+            known.join(", ")
+        )),
+        None => Ok(()),
     }
+}
 
-    /// `name`'s section: the declared defaults with the operator's values over them.
-    pub(super) fn section(
-        &self,
-        name: &'static str,
-        enabled_by_default: bool,
-        options: &[ConfigOption],
-    ) -> Result<Section, String> {
-        let mut values = Map::new();
-        values.insert("enabled".into(), Value::Bool(enabled_by_default));
-        for o in options {
-            let v = serde_json::from_str(o.default)
-                .map_err(|e| format!("modules.{name}.{}: bad declared default: {e}", o.key))?;
-            values.insert(o.key.into(), v);
-        }
-        if let Some(given) = self.0.get(name) {
-            for (k, v) in given {
-                if !values.contains_key(k) {
-                    let mut keys: Vec<&str> = vec!["enabled"];
-                    keys.extend(options.iter().map(|o| o.key));
-                    return Err(format!(
-                        "modules.{name}.{k}: no such option (options: {})",
-                        keys.join(", ")
-                    ));
-                }
-                values.insert(k.clone(), v.clone());
+/// `name`'s section: the declared defaults with the operator's values over them.
+pub(super) fn section(
+    config: &ModulesConfig,
+    name: &'static str,
+    enabled_by_default: bool,
+    options: &[ConfigOption],
+) -> Result<Section, String> {
+    let mut values = Map::new();
+    values.insert("enabled".into(), Value::Bool(enabled_by_default));
+    for o in options {
+        let v = serde_json::from_str(o.default)
+            .map_err(|e| format!("modules.{name}.{}: bad declared default: {e}", o.key))?;
+        values.insert(o.key.into(), v);
+    }
+    if let Some(given) = config.section(name) {
+        for (k, v) in given {
+            if !values.contains_key(k) {
+                let mut keys: Vec<&str> = vec!["enabled"];
+                keys.extend(options.iter().map(|o| o.key));
+                return Err(format!(
+                    "modules.{name}.{k}: no such option (options: {})",
+                    keys.join(", ")
+                ));
             }
+            values.insert(k.clone(), v.clone());
         }
-        let section = Section { name, values };
-        section.get::<bool>("enabled")?;
-        Ok(section)
     }
-
-    /// A configuration with one section set (tests).
-    #[cfg(test)]
-    pub fn with(mut self, module: &str, key: &str, value: Value) -> ModulesConfig {
-        self.0
-            .entry(module.to_string())
-            .or_default()
-            .insert(key.to_string(), value);
-        self
-    }
+    let section = Section { name, values };
+    section.get::<bool>("enabled")?;
+    Ok(section)
 }
 
 /// One module's options, defaults filled in.

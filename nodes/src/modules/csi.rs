@@ -176,6 +176,11 @@ impl SessionModule for CsiSession {
         true
     }
 
+    fn handing_over(&mut self, fx: &mut SessionEffects<'_>) {
+        // What was held moves with the session, in order; the resumed stream starts active.
+        self.flush(fx);
+    }
+
     fn inbound(&mut self, stanza: Element, fx: &mut SessionEffects<'_>) -> Option<Element> {
         if !self.inactive {
             return Some(stanza);

@@ -54,9 +54,11 @@ fn info(req: &IqRequest<'_>, registry: &Registry) -> IqOutcome {
     }
     let account = req.to.local().is_some();
     let (identities, features): (Vec<Identity>, BTreeSet<String>) = if account {
+        let mut features: BTreeSet<String> = [ns::DISCO_INFO.to_string()].into();
+        features.extend(registry.account_features().iter().map(|f| f.to_string()));
         (
             vec![Identity::new("account", "registered", "en", "")],
-            [ns::DISCO_INFO.to_string()].into(),
+            features,
         )
     } else {
         let mut ids = vec![Identity::new("server", "im", "en", "Switchboard")];

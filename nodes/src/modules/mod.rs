@@ -9,6 +9,7 @@
 //!
 //! Adding a XEP is one file in this directory plus one line in [`MODULES`].
 
+pub mod account;
 pub mod blocking;
 pub mod carbons;
 mod config;
@@ -16,12 +17,16 @@ mod contact_addresses;
 mod csi;
 mod disco;
 mod last;
+pub mod mam;
 mod offline;
 mod ping;
 pub mod privacy;
+mod private;
 mod roster;
 mod session;
+pub mod stream_management;
 mod time;
+mod vcard;
 mod version;
 
 use std::collections::BTreeSet;
@@ -31,8 +36,11 @@ use proto::element::Element;
 use proto::error::StanzaErrorCondition;
 use proto::jid::Jid;
 
-pub use config::{reference_markdown, ConfigOption, ModulesConfig, Section};
-pub use session::{Hooks, Outbound, ResourceFlag, SessionEffects, SessionModule};
+use crate::config::ModulesConfig;
+
+pub use account::{AccountCtx, AccountIq, AccountState};
+pub use config::{reference_markdown, ConfigOption, Section};
+pub use session::{Effects, Hooks, Outbound, ResourceFlag, SessionEffects, SessionModule};
 
 /// Every module, in the order their hooks run. One line per module.
 const MODULES: &[fn() -> Box<dyn Module>] = &[
@@ -49,6 +57,11 @@ const MODULES: &[fn() -> Box<dyn Module>] = &[
     privacy::module,
     carbons::module,
     csi::module,
+    // Per-account state hosted by the account shards.
+    private::module,
+    vcard::module,
+    mam::module,
+    stream_management::module,
 ];
 
 /// A specification (RFC or XEP) a module implements, for the support table.
@@ -79,6 +92,12 @@ pub struct IqRequest<'a> {
 pub enum IqOutcome {
     /// `type='result'` with an optional payload.
     Result(Option<Element>),
+    /// Stanzas for the requester first, then the result (XEP-0313 §4.2: an archive query's
+    /// `<result/>` messages precede the IQ result that ends it).
+    ResultAfter {
+        stanzas: Vec<Element>,
+        payload: Option<Element>,
+    },
     Error(StanzaErrorCondition),
 }
 
@@ -103,6 +122,11 @@ pub trait Module: Send + Sync {
     }
     /// Features the server's disco#info lists.
     fn features(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Features an account's bare JID lists in its disco#info (XEP-0030 §3.1: the server
+    /// answers for the account), e.g. its archive (XEP-0313 §6.1).
+    fn account_features(&self) -> &'static [&'static str] {
         &[]
     }
     /// Identities the server's disco#info lists besides `server/im`.
@@ -156,6 +180,17 @@ pub trait Module: Send + Sync {
     fn session(&self) -> Option<Box<dyn SessionModule>> {
         None
     }
+    /// Per-account state, hosted by the account's shard: the IQs it answers on an account's
+    /// bare JID and its availability hook (see [`account`]). `None`: the module keeps nothing
+    /// per account.
+    fn account(&self) -> Option<&dyn AccountState> {
+        None
+    }
+    /// The module itself, for a core part that reads its settings through
+    /// [`Registry::get`] (stream management's, read by the c2s session).
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 /// The modules a node runs, configured and in hook order.
@@ -204,12 +239,17 @@ impl Registry {
 
     /// The registered modules configured from `[modules]`: a section for an unknown module,
     /// an unknown option or a value of the wrong type is an error naming the key.
-    pub fn configure(config: &ModulesConfig) -> Result<Registry, String> {
+    pub fn configure(modules_config: &ModulesConfig) -> Result<Registry, String> {
         let all: Vec<Box<dyn Module>> = MODULES.iter().map(|make| make()).collect();
-        config.check_sections(all.iter().map(|m| m.name()))?;
+        config::check_sections(modules_config, all.iter().map(|m| m.name()))?;
         let mut modules = Vec::new();
         for mut m in all {
-            let section = config.section(m.name(), m.enabled_by_default(), m.options())?;
+            let section = config::section(
+                modules_config,
+                m.name(),
+                m.enabled_by_default(),
+                m.options(),
+            )?;
             if !section.enabled() {
                 if !m.can_disable() {
                     return Err(format!("modules.{}: cannot be disabled", m.name()));
@@ -229,18 +269,33 @@ impl Registry {
         MODULES.iter().map(|make| make()).collect()
     }
 
+    /// The enabled module of type `T`, if any.
+    pub fn get<T: 'static>(&self) -> Option<&T> {
+        self.modules
+            .iter()
+            .find_map(|m| m.as_any().and_then(|a| a.downcast_ref::<T>()))
+    }
+
     pub fn modules(&self) -> impl Iterator<Item = &dyn Module> {
         self.modules.iter().map(|m| m.as_ref())
     }
 
-    /// Features for the server's disco#info, sorted and without duplicates: the modules'
-    /// and those of the IM layer (rosters, blocking, ...) answered by the account shards.
+    /// Features for the server's disco#info, sorted and without duplicates.
     pub fn server_features(&self) -> Vec<&'static str> {
         let f: BTreeSet<&'static str> = self
             .modules
             .iter()
             .flat_map(|m| m.features().iter().copied())
-            .chain(crate::im::FEATURES.iter().copied())
+            .collect();
+        f.into_iter().collect()
+    }
+
+    /// Features for an account's disco#info, sorted and without duplicates.
+    pub fn account_features(&self) -> Vec<&'static str> {
+        let f: BTreeSet<&'static str> = self
+            .modules
+            .iter()
+            .flat_map(|m| m.account_features().iter().copied())
             .collect();
         f.into_iter().collect()
     }
@@ -259,12 +314,7 @@ impl Registry {
     /// Every specification implemented, core first.
     pub fn support_table(&self) -> Vec<Support> {
         let mut t: Vec<Support> = CORE_SUPPORT.to_vec();
-        let specs = self
-            .modules
-            .iter()
-            .flat_map(|m| m.specs().iter())
-            .chain(crate::im::SUPPORT.iter());
-        for s in specs {
+        for s in self.modules.iter().flat_map(|m| m.specs().iter()) {
             if !t.iter().any(|x| x.spec == s.spec) {
                 t.push(*s);
             }
@@ -302,6 +352,37 @@ impl Registry {
         })?;
         Some(module.iq(req, self))
     }
+}
+
+impl Registry {
+    /// The enabled module whose account state answers IQs in `ns` on an account's bare JID.
+    pub fn account_state(&self, ns: &str) -> Option<(&'static str, &dyn AccountState)> {
+        self.account_states()
+            .find(|(_, a)| a.namespaces().contains(&ns))
+    }
+
+    /// Every enabled module's account state, in hook order, with the module's name (its
+    /// store).
+    pub fn account_states(&self) -> impl Iterator<Item = (&'static str, &dyn AccountState)> {
+        self.modules
+            .iter()
+            .filter_map(|m| m.account().map(|a| (m.name(), a)))
+    }
+}
+
+/// The namespaces any registered module (enabled or not) answers on an account's bare JID:
+/// IQs in them go to the account's shard, which answers `service-unavailable` for a module
+/// that is disabled.
+pub fn account_namespaces() -> &'static [&'static str] {
+    static NS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    NS.get_or_init(|| {
+        Registry::declared()
+            .iter()
+            .filter_map(|m| m.account().map(|a| a.namespaces()))
+            .flatten()
+            .copied()
+            .collect()
+    })
 }
 
 /// Convert a typed xmpp-parsers payload to our element type (IQ handlers; not the hot path).

@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use super::session::{Outbound, SessionEffects, SessionModule};
 use super::{Module, Support};
-use crate::im::{PrivacyLists, NS_PRIVACY};
 use proto::element::Element;
 use proto::error::{stanza_error_reply, StanzaErrorCondition};
 use proto::jid::Jid;
-use proto::privacy::StanzaKind;
+use proto::ns::PRIVACY as NS_PRIVACY;
+use proto::privacy::{PrivacyLists, StanzaKind};
 
 pub fn module() -> Box<dyn Module> {
     Box::new(Privacy)

@@ -79,6 +79,10 @@ pub trait SessionModule {
     }
     /// The delay the module asked for with [`SessionEffects::wake_after`] ran out.
     fn timer(&mut self, _fx: &mut SessionEffects<'_>) {}
+    /// The session hands itself over to a client resuming it on another connection
+    /// (XEP-0198 §5): anything held for the client must go out now, into the queue that
+    /// moves with the session (a fresh session's modules start from their defaults).
+    fn handing_over(&mut self, _fx: &mut SessionEffects<'_>) {}
 }
 
 /// What hooks ask the session to do; the SessionActor carries it out after each hook.
@@ -101,7 +105,28 @@ pub struct SessionEffects<'a> {
     pub wake: Option<Duration>,
 }
 
+/// What the hooks asked for, without the borrowed context: the SessionActor carries it out.
+pub struct Effects {
+    pub to_route: Vec<Element>,
+    pub to_client: Vec<Element>,
+    pub flags: Vec<(ResourceFlag, bool)>,
+    pub to_flagged: Vec<(ResourceFlag, Element)>,
+    pub wake: Option<Duration>,
+}
+
 impl<'a> SessionEffects<'a> {
+    /// Let go of the session's JID and domains (borrowed, so that a hook costs no copy of
+    /// them) and keep what the hooks asked for.
+    pub fn finish(self) -> Effects {
+        Effects {
+            to_route: self.to_route,
+            to_client: self.to_client,
+            flags: self.flags,
+            to_flagged: self.to_flagged,
+            wake: self.wake,
+        }
+    }
+
     pub fn new(jid: &'a Jid, served: &'a [String]) -> Self {
         SessionEffects {
             jid,
@@ -193,6 +218,12 @@ impl Hooks {
     pub fn timer(&mut self, fx: &mut SessionEffects<'_>) {
         for m in &mut self.modules {
             m.timer(fx);
+        }
+    }
+
+    pub fn handing_over(&mut self, fx: &mut SessionEffects<'_>) {
+        for m in &mut self.modules {
+            m.handing_over(fx);
         }
     }
 }

@@ -50,15 +50,29 @@ impl Router {
         stanza: &Element,
     ) {
         self.to_flagged_local(user, flag, except, stanza);
-        if let Some(remote) = &self.remote {
-            let xml = stanza.to_xml_string();
-            remote.user_op(user, false, || UserOp::ToFlagged {
-                user: user.clone(),
-                flag: flag.bit(),
-                except: except.to_vec(),
-                stanza: xml.clone(),
-            });
-        }
+        // Serialised once, and only if another node holds a resource of the account.
+        let xml = std::cell::OnceCell::new();
+        self.remote.user_op(user, false, || UserOp::ToFlagged {
+            user: user.clone(),
+            flag: flag.bit(),
+            except: except.to_vec(),
+            stanza: xml.get_or_init(|| stanza.to_xml_string()).clone(),
+        });
+    }
+
+    /// Whether a copy for `user`'s resources flagged `flag` (but those in `except`) could
+    /// reach anyone: a flagged resource here, or any resource on another node (whose flags
+    /// only that node knows). Checked before a copy is made: most accounts have one resource.
+    pub(super) fn any_flagged(&self, user: &Jid, flag: ResourceFlag, except: &[Jid]) -> bool {
+        self.sessions
+            .get(user)
+            .into_iter()
+            .flatten()
+            .any(|r| r.flags & flag.bit() != 0 && !except.contains(&r.jid))
+            || self
+                .remote
+                .resources(user)
+                .any(|r| !except.contains(&r.jid))
     }
 
     /// The local part of [`to_flagged`](Self::to_flagged).

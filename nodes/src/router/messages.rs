@@ -1,10 +1,16 @@
-//! Messages the Router actor accepts.
+//! Messages the Router actor accepts, and those it sends to components (`ToComponent`) and
+//! to federation (`SendRemote`, to the s2s manager).
 
 use actix::prelude::*;
 use proto::element::Element;
 use proto::jid::Jid;
 
-use crate::c2s::session::SessionActor;
+pub use crate::route::session::ResumeRefused;
+use crate::route::session::{HandedOver, SessionHandle, Token};
+pub use crate::route::to_router::{
+    BlockListChanged, DeliverToAvailable, DeliverToResource, PrivacyChanged, PushToUser,
+    RouteStanza, SendPresenceOf, SendUnavailableOf,
+};
 
 /// A session bound `jid` (full). The router applies the resource-conflict policy.
 #[derive(Message)]
@@ -12,7 +18,8 @@ use crate::c2s::session::SessionActor;
 pub struct RegisterSession {
     pub jid: Jid,
     pub session_id: u64,
-    pub session: Addr<SessionActor>,
+    /// How the router reaches the session (built by the session).
+    pub session: SessionHandle,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,16 +46,6 @@ pub struct BroadcastPresence {
     pub from: Jid,
     pub session_id: u64,
     pub presence: Element,
-}
-
-/// A stanza with its `from` stamped, for delivery per RFC 6120 §10 / RFC 6121 §8.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RouteStanza {
-    pub from: Jid,
-    /// The stanza's `to`, already prepared.
-    pub to: Jid,
-    pub stanza: Element,
 }
 
 /// A module set or cleared `flag` on the session `jid`/`session_id` (e.g. carbons enabled).
@@ -93,69 +90,6 @@ pub struct SessionInfo {
     pub priority: i8,
 }
 
-/// Deliver to every available resource of the bare JID `to` (presence to contacts, inbound
-/// subscription requests).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DeliverToAvailable {
-    pub to: Jid,
-    pub stanza: Element,
-}
-
-/// Deliver to one bound resource, if it is still there (offline messages, pending requests).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DeliverToResource {
-    pub to: Jid,
-    pub stanza: Element,
-}
-
-/// A roster push for every bound resource of `user`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PushToUser {
-    pub user: Jid,
-    pub stanza: Element,
-    /// A resource that gets this push with the reply to its own request instead, so that
-    /// it sees the result first.
-    pub except: Option<Jid>,
-}
-
-/// Send the current presence of each available resource of `contact` (a bare JID) to `to`
-/// (a full JID: that resource; a bare JID: its available resources). Answers probes. Each
-/// resource's session sends it, so that its blocklist and privacy list apply.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SendPresenceOf {
-    pub contact: Jid,
-    pub to: Jid,
-}
-
-/// Send unavailable presence from each available resource of `contact` to `to`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SendUnavailableOf {
-    pub contact: Jid,
-    pub to: Jid,
-}
-
-/// `user`'s blocklist changed: its sessions enforce the new one.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct BlockListChanged {
-    pub user: Jid,
-    pub list: std::sync::Arc<Vec<Jid>>,
-}
-
-/// `user`'s privacy lists, default list or roster changed: its sessions enforce the newly
-/// compiled lists.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PrivacyChanged {
-    pub user: Jid,
-    pub lists: std::sync::Arc<crate::im::PrivacyLists>,
-}
-
 /// The routing table's log applied entries (or a snapshot): update the remote view.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -184,7 +118,66 @@ pub struct Resynced(pub Vec<crate::cluster::SessionRoute>);
 #[derive(Message)]
 #[rtype(result = "Vec<crate::cluster::SessionRoute>")]
 pub struct LocalRoutes;
+/// A component (a service on its own domain, such as `conference.` or `upload.`) serves
+/// `domain`: stanzas to that domain or any JID at it go to `handle` (`route::Delivery::
+/// Component`). A second registration for the same domain replaces the first.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RegisterComponent {
+    pub domain: String,
+    pub handle: Recipient<ToComponent>,
+}
+
+/// A stanza for a component: `to` is at its domain, `from` as stamped by the sender's side.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ToComponent {
+    pub from: Jid,
+    pub to: Jid,
+    pub stanza: Element,
+}
+
 /// Federation is up: stanzas for other domains go to this recipient (the s2s manager).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct AttachS2s(pub Recipient<crate::s2s::messages::SendRemote>);
+pub struct AttachS2s(pub Recipient<SendRemote>);
+
+/// A stanza (internal `jabber:client` form, `from` stamped) for a remote domain: it goes on
+/// the outbound link for (`from`'s domain, `to`'s domain), which is opened if needed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendRemote {
+    pub from: Jid,
+    pub to: Jid,
+    pub stanza: Element,
+}
+
+/// A client asks to resume the stream-management session bound as `jid` (XEP-0198 §5),
+/// proving it with `token`; it handled `client_h` of the session's stanzas. The holder
+/// hands its state over and waits for [`ResumeSession`] to move the route.
+#[derive(Message)]
+#[rtype(result = "Result<HandedOver, ResumeRefused>")]
+pub struct TakeOverSession {
+    pub jid: Jid,
+    pub token: Token,
+    pub client_h: u32,
+    /// The node that asked over its NodeLink (`None`: a connection here): the session
+    /// must be here, and its route will move to that node.
+    pub for_node: Option<crate::cluster::NodeId>,
+}
+
+/// The route of `jid` moves to the session that resumed it. On the node that held it (the
+/// entry `state.session_id` is here) only the actor behind the entry changes, keeping
+/// session id, presence and flags, and the old actor is retired; from another node the
+/// routing table moves the JID here in one commit (as session `new_session_id`, with the
+/// presence and flags the holder handed over). Answers the session id in use.
+#[derive(Message)]
+#[rtype(result = "Result<u64, ResumeRefused>")]
+pub struct ResumeSession {
+    pub jid: Jid,
+    pub state_session_id: u64,
+    pub new_session_id: u64,
+    pub presence: Option<Element>,
+    pub flags: u8,
+    pub session: SessionHandle,
+}

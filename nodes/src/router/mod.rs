@@ -1,9 +1,20 @@
-//! Router: knows every bound session on this node and delivers stanzas per RFC 6120 §10 and
-//! RFC 6121 §8 (full JID, bare JID by priority, unknown accounts, absent resources).
+//! Router: knows every bound session on this node (and, through the replicated routing
+//! table, those on the other nodes of the cluster) and executes what routing decides.
+//!
+//! A stanza's way: [`crate::route::decide`] (RFC 6120 §10 / RFC 6121 §8 as a pure function
+//! over the Router as a [`RoutingView`]) → [`Router::after_route`] (carbon copies, XEP-0280)
+//! → each [`Delivery`] executed: to a session here ([`SessionHandle`]), over a NodeLink to
+//! another node (`remote`), over s2s, to a component, or to the account's shard (offline
+//! storage, account IQs, subscriptions). A single node is a cluster of one: its remote view
+//! is empty.
 
+mod archive;
+pub mod archiver;
 mod flagged;
 pub mod messages;
 mod remote;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,27 +26,24 @@ use proto::jid::Jid;
 use proto::ns;
 use storage::AccountStore;
 
-use crate::c2s::messages::{
-    Deliver, DeliverStored, Kick, SendOwnPresence, SetBlockList, SetPrivacy,
-};
-use crate::c2s::session::SessionActor;
 use crate::cluster::messages::UserOp;
 use crate::cluster::{BindOutcome, Cluster, RouteChange};
 use crate::config::ResourceConflict;
 use crate::im::messages::{
-    AccountIq, FetchOffline, InboundSubscription, PresenceBroadcast, ReleaseOffline, RemoveOffline,
-    ResourceBinding, StoreOffline,
+    AccountIq, FetchOffline, InboundSubscription, PresenceBroadcast, ReleaseOffline, RemoteProbe,
+    RemoveOffline, ResourceBinding, StoreOffline,
 };
-use crate::im::RosterShards;
+use crate::im::AccountShards;
 use crate::metrics::METRICS;
+use crate::route::session::{HandedOver, SessionHandle};
+use crate::route::{self, Address, Delivery, Location, Resource, RoutingView};
 use messages::*;
-use proto::im::SubscriptionKind;
 
 /// One bound resource of an account.
 struct BoundResource {
     jid: Jid,
     session_id: u64,
-    session: Addr<SessionActor>,
+    session: SessionHandle,
     /// Last available presence and its priority; `None` until initial presence.
     presence: Option<(i8, Element)>,
     /// Flags modules set for this resource (`modules::ResourceFlag`: carbons enabled, ...).
@@ -70,17 +78,24 @@ pub struct Router {
     conflict: ResourceConflict,
     /// Bare JID → its bound resources.
     sessions: HashMap<Jid, Vec<BoundResource>>,
-    im: RosterShards,
-    /// Sessions on other cluster nodes (`None` on a single node).
-    remote: Option<remote::RemoteRoutes>,
+    im: AccountShards,
+    /// Sessions on other cluster nodes and the NodeLinks to them (empty on a single node).
+    remote: remote::RemoteRoutes,
     /// Federation: where stanzas for other domains go (`None`: they bounce).
-    s2s: Option<Recipient<crate::s2s::messages::SendRemote>>,
+    s2s: Option<Recipient<SendRemote>>,
+    /// Components by domain (`RegisterComponent`).
+    components: HashMap<String, Recipient<ToComponent>>,
     offline: OfflineBatch,
     /// Local resources being delivered their account's stored messages.
     offline_delivering: std::collections::HashSet<Jid>,
     /// Account IQs from federated senders waiting for a shard, per remote domain (bounded
     /// by `MAX_REMOTE_ACCOUNT_IQS`; local sessions are bounded by `im.max_iqs_in_flight`).
     remote_account_iqs: std::cell::RefCell<HashMap<String, usize>>,
+    /// Local sessions handed over to a client resuming on another node (XEP-0198 §5): when
+    /// the routing table moves their JID there, they retire without going unavailable.
+    moving: std::collections::HashSet<Jid>,
+    /// The message archive's queue (`None`: `[modules.mam]` is disabled).
+    archiver: Option<std::cell::RefCell<archiver::Archiver>>,
 }
 
 /// Account IQs (vCard, last activity, ...) one remote domain may have waiting for this node's
@@ -93,7 +108,7 @@ impl Router {
         domains: Arc<Vec<String>>,
         accounts: AccountStore,
         conflict: ResourceConflict,
-        im: RosterShards,
+        im: AccountShards,
         cluster: Option<Cluster>,
         offline: OfflineBatch,
     ) -> Router {
@@ -103,21 +118,37 @@ impl Router {
             conflict,
             sessions: HashMap::new(),
             im,
-            remote: cluster.map(remote::RemoteRoutes::new),
+            remote: remote::RemoteRoutes::new(cluster),
             s2s: None,
+            components: HashMap::new(),
             offline,
             offline_delivering: std::collections::HashSet::new(),
             remote_account_iqs: std::cell::RefCell::new(HashMap::new()),
+            moving: std::collections::HashSet::new(),
+            archiver: None,
         }
     }
 
-    /// Hand a stanza for a non-local `to` to federation (dropped without it).
-    fn to_remote(&self, to: &Jid, mut stanza: Element) {
+    /// Archive messages (XEP-0313) with this archiver.
+    pub fn with_archiver(mut self, archiver: archiver::Archiver) -> Router {
+        self.archiver = Some(std::cell::RefCell::new(archiver));
+        self
+    }
+
+    /// Hand a stanza for a non-local `to` to the component serving its domain, or to
+    /// federation (dropped without either).
+    fn to_other_domain(&self, to: &Jid, mut stanza: Element) {
         let from = stanza.attr("from").and_then(|f| Jid::parse(f).ok());
+        if self.components.contains_key(to.domain()) {
+            if let Some(from) = from {
+                self.to_component(from, to.clone(), stanza);
+            }
+            return;
+        }
         if let (Some(s2s), Some(from)) = (&self.s2s, from) {
             METRICS.routed.with_label_values(&["s2s"]).inc();
             stanza.set_attr("to", to.to_string());
-            s2s.do_send(crate::s2s::messages::SendRemote {
+            s2s.do_send(SendRemote {
                 from,
                 to: to.clone(),
                 stanza,
@@ -125,19 +156,11 @@ impl Router {
         }
     }
 
-    fn is_local_domain(&self, domain: &str) -> bool {
-        self.domains.iter().any(|d| d == domain)
-    }
-
-    fn account_exists(&self, bare: &Jid) -> bool {
-        // An account with a session exists; only offline targets cost a storage read.
-        // A storage error must not make a real account look absent to senders.
-        self.sessions.contains_key(bare)
-            || self
-                .remote
-                .as_ref()
-                .is_some_and(|r| r.by_bare.contains_key(bare))
-            || self.accounts.exists(&bare.to_string()).unwrap_or(true)
+    fn to_component(&self, from: Jid, to: Jid, stanza: Element) {
+        if let Some(handle) = self.components.get(to.domain()) {
+            METRICS.routed.with_label_values(&["component"]).inc();
+            handle.do_send(ToComponent { from, to, stanza });
+        }
     }
 
     fn resource(&self, full: &Jid) -> Option<&BoundResource> {
@@ -155,10 +178,11 @@ impl Router {
     /// Deliver with the stanza's `to` left as it is (a bare JID, for the account).
     fn deliver_as_addressed(to: &BoundResource, stanza: Element) {
         METRICS.routed.with_label_values(&["local"]).inc();
-        to.session.do_send(Deliver(stanza));
+        to.session.deliver(stanza);
     }
 
-    /// Send an error reply for `stanza` back to its (local) sender.
+    /// Send an error reply for `stanza` back to its sender (RFC 6120 §8.3.1: never for an
+    /// error).
     fn bounce(&self, from: &Jid, stanza: &Element, cond: StanzaErrorCondition) {
         METRICS.bounces.with_label_values(&[cond.as_str()]).inc();
         if stanza.attr("type") == Some("error") {
@@ -166,68 +190,12 @@ impl Router {
         }
         let reply = stanza_error_reply(stanza, cond, None);
         if !self.is_local_domain(from.domain()) {
-            return self.to_remote(from, reply);
+            return self.to_other_domain(from, reply);
         }
         if let Some(r) = self.resource(from) {
-            r.session.do_send(Deliver(reply));
-        } else if let Some(remote) = &self.remote {
-            if let Some(r) = remote.resource(from) {
-                remote.deliver_keep_to(r, &reply);
-            }
-        }
-    }
-
-    /// Resources that receive a message to the bare JID: the available ones with the highest
-    /// non-negative priority (RFC 6121 §8.5.2.1.1).
-    fn best_resources(&self, bare: &Jid) -> Vec<&BoundResource> {
-        let Some(list) = self.sessions.get(bare) else {
-            return Vec::new();
-        };
-        match self.top_priority(bare) {
-            Some(top) => list
-                .iter()
-                .filter(|r| r.presence.as_ref().is_some_and(|(p, _)| *p == top))
-                .collect(),
-            None => Vec::new(),
-        }
-    }
-
-    /// The highest non-negative priority among the account's available resources, on any node.
-    fn top_priority(&self, bare: &Jid) -> Option<i8> {
-        let local = self
-            .sessions
-            .get(bare)
-            .into_iter()
-            .flatten()
-            .filter_map(|r| r.presence.as_ref().map(|(p, _)| *p));
-        let remote = self
-            .remote
-            .iter()
-            .flat_map(|r| r.resources(bare))
-            .filter_map(|r| r.priority);
-        local.chain(remote).filter(|p| *p >= 0).max()
-    }
-
-    /// The account's resources on other nodes that match `pick` (by their priority while
-    /// available).
-    fn remote_where(
-        &self,
-        bare: &Jid,
-        pick: impl Fn(Option<i8>) -> bool,
-    ) -> Vec<&remote::RemoteResource> {
-        self.remote
-            .iter()
-            .flat_map(|r| r.resources(bare))
-            .filter(|r| pick(r.priority))
-            .collect()
-    }
-
-    /// Send `stanza` as it is (its `to` kept) to remote resources.
-    fn deliver_remote(&self, targets: &[&remote::RemoteResource], stanza: &Element) {
-        if let Some(remote) = &self.remote {
-            for t in targets {
-                remote.deliver_keep_to(t, stanza);
-            }
+            r.session.deliver(reply);
+        } else if let Some(r) = self.remote.resource(from) {
+            self.remote.deliver_keep_to(r, &reply);
         }
     }
 
@@ -239,221 +207,166 @@ impl Router {
             .filter(|r| r.presence.is_some())
     }
 
+    /// A stanza's way through the node: decide, the after-route step, execute.
     fn route(&self, from: &Jid, to: Jid, stanza: Element, ctx: &mut Context<Self>) {
-        if !self.is_local_domain(to.domain()) {
-            // RFC 6120 §10.4: federation, or remote-server-not-found without it.
-            if self.s2s.is_none() || !self.is_local_domain(from.domain()) {
-                return self.bounce(from, &stanza, StanzaErrorCondition::RemoteServerNotFound);
-            }
-            return self.to_remote(&to, stanza);
-        }
-        if to.local().is_none() {
-            // To the server itself: IQs were answered by the session; messages and presence
-            // to a domain are not for anyone (RFC 6120 §10.3.3 lets us ignore them).
-            if stanza.name == "iq" && matches!(stanza.attr("type"), Some("get") | Some("set")) {
-                self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable);
-            }
+        let deliveries = route::decide(self, from, &to, &stanza);
+        self.execute(from, &to, stanza, deliveries, true, ctx);
+    }
+
+    /// Hooks that run once routing decided and before anything is delivered: XEP-0280 §7,
+    /// a message the account received goes, wrapped, to those of its resources that enabled
+    /// carbons and did not get it. `sent_id`: the message's id in the sender's archive, which
+    /// the sender's copies carry (XEP-0359 `<stanza-id by=sender/>`).
+    fn after_route(
+        &self,
+        from: &Jid,
+        bare: &Jid,
+        stanza: &Element,
+        deliveries: &[Delivery],
+        sent_id: Option<&str>,
+    ) {
+        if !crate::modules::carbons::is_copied(stanza) {
             return;
         }
-        let bare = to.to_bare();
-        if !self.account_exists(&bare) {
-            return self.to_unknown_account(from, &to, stanza, ctx);
-        }
-        if to.resource().is_some() {
-            if let Some(r) = self.resource(&to) {
-                self.carbon_copies(&bare, &stanza, std::slice::from_ref(&to));
-                return Self::deliver(r, stanza);
-            }
-            if let Some(remote) = &self.remote {
-                if let Some(r) = remote.resource(&to) {
-                    self.carbon_copies(&bare, &stanza, std::slice::from_ref(&to));
-                    return remote.deliver(r, stanza);
-                }
-            }
-            return self.to_absent_resource(from, &bare, stanza, ctx);
-        }
-        self.to_bare(from, &bare, stanza, ctx);
-    }
-
-    /// RFC 6121 §8.5.1: no such account. Wherever the RFC leaves a choice, the answer is
-    /// the one an existing account without an available resource gets, so that a sender
-    /// cannot tell the two apart (no user enumeration): the same condition, the same type,
-    /// and the same way through the node.
-    ///
-    /// - presence (probes and subscription requests included): ignored, as for an existing
-    ///   account whose user is not subscribed to or receiving presence from the sender;
-    /// - message: headline and error ignored (§8.5.2.2.1 / §8.5.3.2.1 for an existing
-    ///   account); chat, normal and groupchat `service-unavailable` (an existing account
-    ///   stores chat and normal to its bare JID, which cannot be imitated; over its quota,
-    ///   or to an absent resource, it also answers `service-unavailable`);
-    /// - IQ get/set: `service-unavailable`; those in the namespaces the account's shard
-    ///   answers (vCard, last activity, roster, ...) go to the shard like an existing
-    ///   account's, marked unknown, and come back `service-unavailable` after the same hop;
-    ///   IQ result/error: ignored (RFC 6120 §8.2.3: a response is never answered).
-    fn to_unknown_account(&self, from: &Jid, to: &Jid, stanza: Element, ctx: &mut Context<Self>) {
-        match (stanza.name.as_str(), stanza.attr("type")) {
-            ("presence", _) => {}
-            ("message", Some("headline" | "error")) => {}
-            ("message", _) => self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable),
-            (_, Some("get" | "set")) => {
-                let in_shard = stanza
-                    .children()
-                    .next()
-                    .is_some_and(|p| crate::im::handles(&p.ns));
-                if to.is_bare() && in_shard {
-                    self.account_iq(from, to, stanza, false, ctx);
-                } else {
-                    self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// RFC 6121 §8.5.3.2: the full JID has no session.
-    fn to_absent_resource(&self, from: &Jid, bare: &Jid, stanza: Element, ctx: &mut Context<Self>) {
-        match (stanza.name.as_str(), stanza.attr("type")) {
-            // §8.5.3.2.1: a chat goes to the bare JID's most available resources, or is
-            // stored.
-            ("message", Some("chat")) => self.to_bare(from, bare, stanza, ctx),
-            // §8.5.3.2.1: normal (also without a type, RFC 6121 §5.2.2) and groupchat are
-            // ignored or answered service-unavailable, never delivered to another resource
-            // nor stored: the sender learns that this resource is gone.
-            ("message", None | Some("normal") | Some("groupchat")) => {
-                self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable)
-            }
-            // §8.5.3.2.1: headline and error are silently ignored.
-            ("message", _) => {}
-            ("presence", Some("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed")) => {
-                self.to_bare(from, bare, stanza, ctx)
-            }
-            ("presence", _) => {}
-            // §8.5.3.2.2 (IQ): service-unavailable; a response is never answered (RFC 6120
-            // §8.2.3).
-            (_, Some("get" | "set")) => {
-                self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable)
-            }
-            _ => {}
-        }
-    }
-
-    /// RFC 6121 §8.5.2: addressed to an existing account's bare JID.
-    fn to_bare(&self, from: &Jid, bare: &Jid, stanza: Element, ctx: &mut Context<Self>) {
-        match stanza.name.as_str() {
-            "message" => {
-                let kind = stanza.attr("type").unwrap_or("normal");
-                match kind {
-                    "groupchat" => {
-                        self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable)
-                    }
-                    "error" => {
-                        let top = self.top_priority(bare);
-                        for r in self.best_resources(bare) {
-                            Self::deliver(r, stanza.clone());
-                        }
-                        for r in self.remote_where(bare, |p| p.is_some() && p == top) {
-                            if let Some(remote) = &self.remote {
-                                remote.deliver(r, stanza.clone());
-                            }
-                        }
-                    }
-                    "headline" => {
-                        for r in self
-                            .available_resources(bare)
-                            .filter(|r| r.presence.as_ref().is_some_and(|(p, _)| *p >= 0))
-                        {
-                            Self::deliver(r, stanza.clone());
-                        }
-                        let remote = self.remote_where(bare, |p| p.is_some_and(|p| p >= 0));
+        // §6: what a local resource sent to someone else goes to its other flagged resources.
+        let to_own_account = from.local() == bare.local() && from.domain() == bare.domain();
+        if !to_own_account && !from.is_bare() && self.is_local_domain(from.domain()) {
+            let sender = from.to_bare();
+            let except = [from.clone()];
+            if self.any_flagged(&sender, crate::modules::carbons::FLAG, &except) {
+                let with_id;
+                let sent = match sent_id {
+                    Some(id) => {
+                        // The sender's copy carries the sender's archive id, not the
+                        // recipient's.
                         let mut s = stanza.clone();
-                        s.set_attr("to", bare.to_string());
-                        self.deliver_remote(&remote, &s);
+                        proto::stanza_id::strip_forged(&mut s, &bare.to_string());
+                        proto::stanza_id::add(&mut s, &sender.to_string(), id);
+                        with_id = s;
+                        &with_id
                     }
-                    _ => {
-                        let top = self.top_priority(bare);
-                        let targets = self.best_resources(bare);
-                        let remote = self.remote_where(bare, |p| p.is_some() && p == top);
-                        if targets.is_empty() && remote.is_empty() {
-                            self.store_offline(from, bare, stanza, ctx);
-                            return;
-                        }
-                        let mut s = stanza;
-                        s.set_attr("to", bare.to_string());
-                        let got: Vec<Jid> = targets
-                            .iter()
-                            .map(|r| r.jid.clone())
-                            .chain(remote.iter().map(|r| r.jid.clone()))
-                            .collect();
-                        self.carbon_copies(bare, &s, &got);
-                        for r in targets {
-                            Self::deliver_as_addressed(r, s.clone());
-                        }
-                        self.deliver_remote(&remote, &s);
-                    }
-                }
-            }
-            "presence" => {
-                if let Some(kind) = stanza.attr("type").and_then(SubscriptionKind::parse) {
-                    // Subscription state belongs to the recipient's roster shard.
-                    self.im.tell(
-                        bare,
-                        InboundSubscription {
-                            user: bare.clone(),
-                            contact: from.to_bare(),
-                            kind,
-                            stanza,
-                            sender_presence: None,
-                        },
-                    );
-                    return;
-                }
-                if stanza.attr("type") == Some("probe") {
-                    // Probes are answered by the roster shards on the user's behalf (local
-                    // contacts' at login; a remote contact's when it arrives).
-                    if !self.is_local_domain(from.domain()) {
-                        self.im.tell(
-                            bare,
-                            crate::im::messages::RemoteProbe {
-                                user: bare.clone(),
-                                from: from.clone(),
-                            },
-                        );
-                    }
-                    return;
-                }
-                let mut s = stanza;
-                s.set_attr("to", bare.to_string());
-                for r in self.available_resources(bare) {
-                    Self::deliver_as_addressed(r, s.clone());
-                }
-                let remote = self.remote_where(bare, |p| p.is_some());
-                self.deliver_remote(&remote, &s);
-            }
-            _ => {
-                // IQs to another account's bare JID are answered by the server on its behalf.
-                let is_request = matches!(stanza.attr("type"), Some("get") | Some("set"));
-                let ns = stanza.children().next().map(|p| p.ns.clone());
-                match ns {
-                    Some(ns) if is_request && crate::im::handles(&ns) => {
-                        self.account_iq(from, bare, stanza, true, ctx)
-                    }
-                    _ if is_request => {
-                        self.bounce(from, &stanza, StanzaErrorCondition::ServiceUnavailable)
-                    }
-                    _ => {}
+                    None => stanza,
+                };
+                if let Some(copy) = crate::modules::carbons::sent_copy(&sender, sent) {
+                    self.to_flagged(&sender, crate::modules::carbons::FLAG, &except, &copy);
                 }
             }
         }
-    }
-
-    /// XEP-0280 §7: a message `bare` received goes, wrapped, to those of its resources that
-    /// enabled carbons and did not get it (`got`).
-    fn carbon_copies(&self, bare: &Jid, stanza: &Element, got: &[Jid]) {
-        if let Some(copy) = crate::modules::carbons::received_copy(bare, stanza) {
-            self.to_flagged(bare, crate::modules::carbons::FLAG, got, &copy);
+        let mut got = Vec::new();
+        let mut as_bare = false;
+        for d in deliveries {
+            if let Delivery::Local { resource, address }
+            | Delivery::Remote {
+                resource, address, ..
+            } = d
+            {
+                got.push(resource.clone());
+                as_bare |= *address == Address::Bare;
+            }
+        }
+        if got.is_empty() {
+            return;
+        }
+        // Between two resources of one account the sender has the message already.
+        if to_own_account {
+            got.push(from.clone());
+        }
+        if !self.any_flagged(bare, crate::modules::carbons::FLAG, &got) {
+            return;
+        }
+        // The copy holds the message as the resources got it.
+        let copy = if as_bare {
+            let mut addressed = stanza.clone();
+            addressed.set_attr("to", bare.to_string());
+            crate::modules::carbons::received_copy(bare, &addressed)
+        } else {
+            crate::modules::carbons::received_copy(bare, stanza)
+        };
+        if let Some(copy) = copy {
+            self.to_flagged(bare, crate::modules::carbons::FLAG, &got, &copy);
         }
     }
 
+    /// Carry out what [`route::decide`] decided for `stanza` from `from` to `to`. `archive`:
+    /// false for a message archived on an earlier way (rerouted, or passed on by another node).
+    fn execute(
+        &self,
+        from: &Jid,
+        to: &Jid,
+        mut stanza: Element,
+        deliveries: Vec<Delivery>,
+        archive: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let bare = to.to_bare();
+        let sent_id = if archive {
+            self.archive(from, to, &bare, &mut stanza, &deliveries, ctx)
+        } else {
+            None
+        };
+        self.after_route(from, &bare, &stanza, &deliveries, sent_id.as_deref());
+        let last = deliveries.len().saturating_sub(1);
+        let mut stanza = Some(stanza);
+        for (i, delivery) in deliveries.into_iter().enumerate() {
+            // The last delivery takes the stanza, the others a copy.
+            let Some(mut s) = (if i == last {
+                stanza.take()
+            } else {
+                stanza.clone()
+            }) else {
+                return;
+            };
+            match delivery {
+                Delivery::Local { resource, address } => {
+                    let Some(r) = self.resource(&resource) else {
+                        continue;
+                    };
+                    match address {
+                        Address::Full => Self::deliver(r, s),
+                        Address::Bare => {
+                            s.set_attr("to", bare.to_string());
+                            Self::deliver_as_addressed(r, s);
+                        }
+                    }
+                }
+                Delivery::Remote {
+                    node,
+                    resource,
+                    address,
+                } => {
+                    let addressed_to = match address {
+                        Address::Full => &resource,
+                        Address::Bare => &bare,
+                    };
+                    s.set_attr("to", addressed_to.to_string());
+                    self.remote.deliver_at(node, resource, &s);
+                }
+                Delivery::S2s => self.to_other_domain(to, s),
+                Delivery::Component { .. } => self.to_component(from.clone(), to.clone(), s),
+                Delivery::Offline => self.store_offline(from, &bare, s, ctx),
+                Delivery::AccountIq { exists } => self.account_iq(from, &bare, s, exists, ctx),
+                Delivery::Subscription(kind) => self.im.tell(
+                    &bare,
+                    InboundSubscription {
+                        user: bare.clone(),
+                        contact: from.to_bare(),
+                        kind,
+                        stanza: s,
+                        sender_presence: None,
+                    },
+                ),
+                Delivery::RemoteProbe => self.im.tell(
+                    &bare,
+                    RemoteProbe {
+                        user: bare.clone(),
+                        from: from.clone(),
+                    },
+                ),
+                Delivery::Bounce(cond) => self.bounce(from, &s, cond),
+                Delivery::Drop => {}
+            }
+        }
+    }
     /// No resource can take the message: the recipient's shard stores it (XEP-0160), or
     /// the sender learns why not.
     fn store_offline(&self, from: &Jid, bare: &Jid, stanza: Element, ctx: &mut Context<Self>) {
@@ -555,9 +468,9 @@ impl Router {
                 }
             }
             let count = seqs.len();
-            let written = r.session.send(DeliverStored(batch));
+            let written = r.session.deliver_stored(batch);
             ctx.spawn(written.into_actor(router).map(move |written, router, ctx| {
-                if !matches!(written, Ok(true)) {
+                if !written {
                     tracing::info!(
                         jid = %full,
                         kept = count,
@@ -592,7 +505,7 @@ impl Router {
 
     /// Ask `bare`'s shard to answer an IQ from another user, and deliver its reply.
     /// `exists`: false for an account that does not exist (the shard answers
-    /// `service-unavailable`, see [`to_unknown_account`](Self::to_unknown_account)).
+    /// `service-unavailable`, see `route::decide`: RFC 6121 §8.5.1).
     fn account_iq(
         &self,
         from: &Jid,
@@ -649,7 +562,7 @@ impl Router {
     /// Deliver to `to`: that resource for a full JID, every available resource for a bare one.
     fn deliver_to_jid(&self, to: &Jid, stanza: Element) {
         if !self.is_local_domain(to.domain()) {
-            return self.to_remote(to, stanza);
+            return self.to_other_domain(to, stanza);
         }
         if to.is_bare() {
             for r in self.available_resources(to) {
@@ -658,19 +571,16 @@ impl Router {
             // Every node holding a session of the account decides itself which are
             // available: availability reaches the other nodes' route views a commit later
             // than the presence (a subscription request sent in between would be lost).
-            if let Some(remote) = &self.remote {
-                let xml = stanza.to_xml_string();
-                remote.user_op(to, false, || UserOp::DeliverToAvailable {
+            let xml = stanza.to_xml_string();
+            self.remote
+                .user_op(to, false, || UserOp::DeliverToAvailable {
                     user: to.clone(),
                     stanza: xml.clone(),
                 });
-            }
         } else if let Some(r) = self.resource(to) {
             Self::deliver(r, stanza);
-        } else if let Some(remote) = &self.remote {
-            if let Some(r) = remote.resource(to) {
-                remote.deliver(r, stanza);
-            }
+        } else if let Some(r) = self.remote.resource(to) {
+            self.remote.deliver(r, stanza);
         }
     }
 
@@ -688,10 +598,8 @@ impl Router {
         if let Some(a) = also.filter(|a| a.presence.is_none()) {
             Self::deliver(a, presence.clone());
         }
-        if let Some(remote) = &self.remote {
-            for r in remote.resources(bare).filter(|r| r.priority.is_some()) {
-                remote.deliver(r, presence.clone());
-            }
+        for r in self.remote.resources(bare).filter(|r| r.priority.is_some()) {
+            self.remote.deliver(r, presence.clone());
         }
     }
 
@@ -706,12 +614,10 @@ impl Router {
                 bound: false,
             },
         );
-        if let Some(remote) = &self.remote {
-            remote.cluster.change(RouteChange::Unbind {
-                jid: gone.jid.to_string(),
-                session: gone.session_id,
-            });
-        }
+        self.remote.change(RouteChange::Unbind {
+            jid: gone.jid.to_string(),
+            session: gone.session_id,
+        });
         if gone.presence.is_some() {
             // RFC 6121 §4.5.3.1 / abrupt disconnect: others learn the resource went away.
             let unavailable = Self::unavailable_from(&gone.jid);
@@ -732,10 +638,7 @@ impl Router {
 
     fn account_available(&self, bare: &Jid) -> bool {
         self.available_resources(bare).next().is_some()
-            || self
-                .remote
-                .as_ref()
-                .is_some_and(|r| r.resources(bare).any(|r| r.priority.is_some()))
+            || self.remote.resources(bare).any(|r| r.priority.is_some())
     }
 
     fn push_local(&self, user: &Jid, stanza: &Element, except: Option<&Jid>) {
@@ -750,10 +653,7 @@ impl Router {
         // outbound filters (XEP-0191 §3.3, XEP-0016 presence-out).
         for r in self.available_resources(contact) {
             if let Some((_, presence)) = &r.presence {
-                r.session.do_send(SendOwnPresence {
-                    to: to.clone(),
-                    presence: presence.clone(),
-                });
+                r.session.send_own_presence(to.clone(), presence.clone());
             }
         }
     }
@@ -771,12 +671,59 @@ impl Router {
     fn kick_local(&self, bare: &Jid, reason: &str) {
         if let Some(list) = self.sessions.get(bare) {
             for r in list {
-                r.session.do_send(Kick(StreamError::with_text(
+                r.session.kick(StreamError::with_text(
                     StreamErrorCondition::NotAuthorized,
                     reason,
-                )));
+                ));
             }
         }
+    }
+}
+
+/// The Router is the routing table [`route::decide`] reads: this node's sessions, the other
+/// nodes' routes, the accounts, the domains and components it serves.
+impl RoutingView for Router {
+    fn is_local_domain(&self, domain: &str) -> bool {
+        self.domains.iter().any(|d| d == domain)
+    }
+
+    fn is_component(&self, domain: &str) -> bool {
+        self.components.contains_key(domain)
+    }
+
+    fn federation(&self) -> bool {
+        self.s2s.is_some()
+    }
+
+    fn account_exists(&self, bare: &Jid) -> bool {
+        // An account with a session exists; only offline targets cost a storage read.
+        // A storage error must not make a real account look absent to senders.
+        self.sessions.contains_key(bare)
+            || self.remote.by_bare.contains_key(bare)
+            || self.accounts.exists(&bare.to_string()).unwrap_or(true)
+    }
+
+    fn account_namespace(&self, ns: &str) -> bool {
+        crate::im::handles(ns)
+    }
+
+    fn resources<'a>(&'a self, bare: &Jid) -> impl Iterator<Item = Resource<'a>> + 'a {
+        let here = self
+            .sessions
+            .get(bare)
+            .into_iter()
+            .flatten()
+            .map(|r| Resource {
+                jid: &r.jid,
+                at: Location::Here,
+                priority: r.presence.as_ref().map(|(p, _)| *p),
+            });
+        let there = self.remote.resources(bare).map(|r| Resource {
+            jid: &r.jid,
+            at: Location::Node(r.node),
+            priority: r.priority,
+        });
+        here.chain(there)
     }
 }
 
@@ -795,16 +742,16 @@ impl Handler<RegisterSession> for Router {
     type Result = ResponseActFuture<Self, Result<(), BindRefused>>;
 
     fn handle(&mut self, msg: RegisterSession, _: &mut Context<Self>) -> Self::Result {
-        let Some(remote) = &self.remote else {
-            return Box::pin(fut::ready(self.register_local(msg)));
-        };
         // In a cluster the log decides who holds the resource; the loser, wherever it is,
-        // gets <conflict/> when the entry applies (`apply_route_events`).
-        let outcome = remote.cluster.change(RouteChange::Bind {
+        // gets <conflict/> when the entry applies (`apply_route_events`). A node alone
+        // applies its conflict policy itself.
+        let Some(outcome) = self.remote.bind(RouteChange::Bind {
             jid: msg.jid.to_string(),
             session: msg.session_id,
             replace: self.conflict == ResourceConflict::Replace,
-        });
+        }) else {
+            return Box::pin(fut::ready(self.register_local(msg)));
+        };
         Box::pin(
             outcome
                 .into_actor(self)
@@ -836,10 +783,10 @@ impl Router {
             }
             let old = self.sessions.get_mut(&bare).map(|l| l.remove(pos));
             if let Some(old) = old {
-                old.session.do_send(Kick(StreamError::with_text(
+                old.session.kick(StreamError::with_text(
                     StreamErrorCondition::Conflict,
                     "replaced by a new session for the same resource",
-                )));
+                ));
                 self.resource_gone(&bare, old);
             }
         }
@@ -917,15 +864,13 @@ impl Handler<BroadcastPresence> for Router {
         // non-negative priority (at its initial presence, or when it raises its priority).
         let takes_offline =
             new_priority.is_some_and(|p| p >= 0) && old_priority.is_none_or(|p| p < 0);
-        if let Some(remote) = &self.remote {
-            // Other nodes route by availability and priority, not by the presence itself.
-            if new_priority != old_priority {
-                remote.cluster.change(RouteChange::Presence {
-                    jid: me_jid.to_string(),
-                    session: msg.session_id,
-                    priority: new_priority,
-                });
-            }
+        // Other nodes route by availability and priority, not by the presence itself.
+        if new_priority != old_priority {
+            self.remote.change(RouteChange::Presence {
+                jid: me_jid.to_string(),
+                session: msg.session_id,
+                priority: new_priority,
+            });
         }
         // RFC 6121 §4.2.2 / §4.4.2: every available resource of the account, the sender included.
         let sender = self.resource(&me_jid);
@@ -955,12 +900,10 @@ impl Handler<BroadcastPresence> for Router {
                     }
                 }
             }
-            if let Some(remote) = &self.remote {
-                remote.user_op(&bare, true, || UserOp::SendPresenceOf {
-                    contact: bare.clone(),
-                    to: me_jid.clone(),
-                });
-            }
+            self.remote.user_op(&bare, true, || UserOp::SendPresenceOf {
+                contact: bare.clone(),
+                to: me_jid.clone(),
+            });
         }
     }
 }
@@ -979,17 +922,24 @@ impl Handler<RouteStanza> for Router {
     }
 }
 
+impl Handler<crate::route::to_router::RerouteStanza> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: crate::route::to_router::RerouteStanza, ctx: &mut Context<Self>) {
+        let deliveries = route::decide(self, &msg.from, &msg.to, &msg.stanza);
+        self.execute(&msg.from, &msg.to, msg.stanza, deliveries, false, ctx);
+    }
+}
+
 impl Handler<KickAccount> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: KickAccount, _: &mut Context<Self>) {
         self.kick_local(&msg.bare, &msg.reason);
-        if let Some(remote) = &self.remote {
-            remote.user_op(&msg.bare, false, || UserOp::Kick {
-                user: msg.bare.clone(),
-                reason: msg.reason.clone(),
-            });
-        }
+        self.remote.user_op(&msg.bare, false, || UserOp::Kick {
+            user: msg.bare.clone(),
+            reason: msg.reason.clone(),
+        });
     }
 }
 
@@ -1009,6 +959,14 @@ impl Handler<ListSessions> for Router {
             .collect();
         out.sort_by(|a, b| a.jid.cmp(&b.jid));
         MessageResult(out)
+    }
+}
+
+impl Handler<RegisterComponent> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: RegisterComponent, _: &mut Context<Self>) {
+        tracing::info!(domain = %msg.domain, "component registered");
+        self.components.insert(msg.domain, msg.handle);
     }
 }
 
@@ -1037,14 +995,12 @@ impl Handler<PushToUser> for Router {
     type Result = ();
     fn handle(&mut self, msg: PushToUser, _: &mut Context<Self>) {
         self.push_local(&msg.user, &msg.stanza, msg.except.as_ref());
-        if let Some(remote) = &self.remote {
-            let xml = msg.stanza.to_xml_string();
-            remote.user_op(&msg.user, false, || UserOp::Push {
-                user: msg.user.clone(),
-                stanza: xml.clone(),
-                except: msg.except.clone(),
-            });
-        }
+        let xml = msg.stanza.to_xml_string();
+        self.remote.user_op(&msg.user, false, || UserOp::Push {
+            user: msg.user.clone(),
+            stanza: xml.clone(),
+            except: msg.except.clone(),
+        });
     }
 }
 
@@ -1052,12 +1008,11 @@ impl Handler<SendPresenceOf> for Router {
     type Result = ();
     fn handle(&mut self, msg: SendPresenceOf, _: &mut Context<Self>) {
         self.send_presence_local(&msg.contact, &msg.to);
-        if let Some(remote) = &self.remote {
-            remote.user_op(&msg.contact, true, || UserOp::SendPresenceOf {
+        self.remote
+            .user_op(&msg.contact, true, || UserOp::SendPresenceOf {
                 contact: msg.contact.clone(),
                 to: msg.to.clone(),
             });
-        }
     }
 }
 
@@ -1065,12 +1020,11 @@ impl Handler<SendUnavailableOf> for Router {
     type Result = ();
     fn handle(&mut self, msg: SendUnavailableOf, _: &mut Context<Self>) {
         self.send_unavailable_local(&msg.contact, &msg.to);
-        if let Some(remote) = &self.remote {
-            remote.user_op(&msg.contact, true, || UserOp::SendUnavailableOf {
+        self.remote
+            .user_op(&msg.contact, true, || UserOp::SendUnavailableOf {
                 contact: msg.contact.clone(),
                 to: msg.to.clone(),
             });
-        }
     }
 }
 
@@ -1078,13 +1032,12 @@ impl Handler<BlockListChanged> for Router {
     type Result = ();
     fn handle(&mut self, msg: BlockListChanged, _: &mut Context<Self>) {
         for r in self.sessions.get(&msg.user).into_iter().flatten() {
-            r.session.do_send(SetBlockList(msg.list.clone()));
+            r.session.set_block_list(msg.list.clone());
         }
-        if let Some(remote) = &self.remote {
-            remote.user_op(&msg.user, false, || UserOp::FiltersChanged {
+        self.remote
+            .user_op(&msg.user, false, || UserOp::FiltersChanged {
                 user: msg.user.clone(),
             });
-        }
     }
 }
 
@@ -1092,12 +1045,108 @@ impl Handler<PrivacyChanged> for Router {
     type Result = ();
     fn handle(&mut self, msg: PrivacyChanged, _: &mut Context<Self>) {
         for r in self.sessions.get(&msg.user).into_iter().flatten() {
-            r.session.do_send(SetPrivacy(msg.lists.clone()));
+            r.session.set_privacy(msg.lists.clone());
         }
-        if let Some(remote) = &self.remote {
-            remote.user_op(&msg.user, false, || UserOp::FiltersChanged {
+        self.remote
+            .user_op(&msg.user, false, || UserOp::FiltersChanged {
                 user: msg.user.clone(),
             });
+    }
+}
+
+impl Handler<TakeOverSession> for Router {
+    type Result = ResponseActFuture<Self, Result<HandedOver, ResumeRefused>>;
+
+    /// XEP-0198 §5: the session bound as `jid` checks the token and hands its state over,
+    /// with the presence and flags of its entry here; a session on another node is asked
+    /// over the NodeLink.
+    fn handle(&mut self, msg: TakeOverSession, _: &mut Context<Self>) -> Self::Result {
+        if let Some(r) = self.resource(&msg.jid) {
+            let presence = r.presence.as_ref().map(|(_, p)| p.to_xml_string());
+            let flags = r.flags;
+            let handed = r.session.hand_over(msg.token, msg.client_h);
+            let jid = msg.jid.clone();
+            let for_node = msg.for_node;
+            return Box::pin(handed.into_actor(self).map(move |state, router, _| {
+                let mut state = state?;
+                state.presence = presence;
+                state.flags = flags;
+                if for_node.is_some() {
+                    router.moving.insert(jid);
+                }
+                Ok(state)
+            }));
         }
+        let holder = self.remote.resource(&msg.jid).map(|r| r.node);
+        let (Some(node), None) = (holder, msg.for_node) else {
+            return Box::pin(fut::ready(Err(ResumeRefused::NotFound)));
+        };
+        let asked = self.remote.request(
+            node,
+            crate::cluster::messages::Request::TakeOverSession {
+                jid: msg.jid,
+                token: msg.token,
+                client_h: msg.client_h,
+            },
+        );
+        Box::pin(
+            async move {
+                match asked.await {
+                    Some(crate::cluster::messages::Reply::TakeOverSession(Some(state))) => {
+                        Ok(state)
+                    }
+                    _ => Err(ResumeRefused::NotFound),
+                }
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+impl Handler<ResumeSession> for Router {
+    type Result = ResponseActFuture<Self, Result<u64, ResumeRefused>>;
+
+    fn handle(&mut self, msg: ResumeSession, _: &mut Context<Self>) -> Self::Result {
+        let bare = msg.jid.to_bare();
+        let here = self.sessions.get_mut(&bare).and_then(|l| {
+            l.iter_mut()
+                .find(|r| r.jid == msg.jid && r.session_id == msg.state_session_id)
+        });
+        if let Some(resource) = here {
+            // The route stays where it is in the cluster (this node); only the session
+            // behind it changes. Presence and flags stay: the client resumed, it did not log
+            // in again.
+            let old = std::mem::replace(&mut resource.session, msg.session);
+            old.retire();
+            return Box::pin(fut::ready(Ok(msg.state_session_id)));
+        }
+        // From another node: the JID moves here in one commit; the holder's entry is
+        // replaced there (`apply_route_events`), its actor retired without unavailable.
+        let presence = msg.presence.map(|p| (priority_of(&p), p));
+        let Some(outcome) = self.remote.bind(RouteChange::Move {
+            jid: msg.jid.to_string(),
+            session: msg.new_session_id,
+            priority: presence.as_ref().map(|(p, _)| *p),
+        }) else {
+            return Box::pin(fut::ready(Err(ResumeRefused::NotFound)));
+        };
+        Box::pin(outcome.into_actor(self).map(move |outcome, router, _| {
+            if !matches!(outcome, Ok(Ok(BindOutcome::Bound))) {
+                return Err(ResumeRefused::NotFound);
+            }
+            METRICS.c2s_sessions.inc();
+            router
+                .sessions
+                .entry(bare)
+                .or_insert_with(|| Vec::with_capacity(1))
+                .push(BoundResource {
+                    jid: msg.jid,
+                    session_id: msg.new_session_id,
+                    session: msg.session,
+                    presence,
+                    flags: msg.flags,
+                });
+            Ok(msg.new_session_id)
+        }))
     }
 }

@@ -11,9 +11,11 @@ use proto::jid::Jid;
 
 use super::messages::{ClusterUpdate, FromNode, ListRoutes, LocalRoutes, Resynced};
 use super::Router;
-use crate::c2s::messages::{Deliver, Kick, SetBlockList, SetPrivacy};
 use crate::cluster::messages::{Push, UserOp};
-use crate::cluster::{Cluster, NodeId, Route, RouteEvent, SessionRoute, TableUpdate};
+use crate::cluster::{
+    BindOutcome, Cluster, NodeId, Route, RouteChange, RouteEvent, SessionRoute, TableUpdate,
+    WriteError,
+};
 use crate::im::messages::{GetFilters, PresenceBroadcast};
 
 /// A resource bound on another node.
@@ -25,8 +27,11 @@ pub(super) struct RemoteResource {
     pub priority: Option<i8>,
 }
 
+/// The other nodes' sessions and the NodeLinks to them. A single node is a cluster of one:
+/// no cluster, no remote routes, nothing to push; every method works the same.
 pub(super) struct RemoteRoutes {
-    pub cluster: Cluster,
+    /// `None` on a single node: the only place that knows whether there is a cluster.
+    cluster: Option<Cluster>,
     /// Bare JID → its resources on other nodes.
     pub by_bare: HashMap<Jid, Vec<RemoteResource>>,
     /// Remote full JID → local full JIDs it sent available presence to, so that they learn
@@ -35,12 +40,33 @@ pub(super) struct RemoteRoutes {
 }
 
 impl RemoteRoutes {
-    pub fn new(cluster: Cluster) -> Self {
+    pub fn new(cluster: Option<Cluster>) -> Self {
         RemoteRoutes {
             cluster,
             by_bare: HashMap::new(),
             presence_seen: HashMap::new(),
         }
+    }
+
+    /// This node's id (0 alone).
+    pub fn me(&self) -> NodeId {
+        self.cluster.as_ref().map_or(0, |c| c.me)
+    }
+
+    /// Queue a route change for the routing table (nothing to do alone).
+    pub fn change(&self, change: RouteChange) {
+        if let Some(cluster) = &self.cluster {
+            cluster.change(change);
+        }
+    }
+
+    /// Queue a bind for the routing table: the receiver gets its outcome once committed.
+    /// `None` alone: the node applies its conflict policy itself.
+    pub fn bind(
+        &self,
+        change: RouteChange,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<BindOutcome, WriteError>>> {
+        self.cluster.as_ref().map(|c| c.change(change))
     }
 
     pub fn resource(&self, full: &Jid) -> Option<&RemoteResource> {
@@ -73,13 +99,28 @@ impl RemoteRoutes {
                 .with_label_values(&["cluster"])
                 .inc();
         }
-        match self.cluster.link(node) {
+        match self.cluster.as_ref().and_then(|c| c.link(node)) {
             Some(link) => {
                 if !link.push(push) {
                     tracing::warn!(node, "cluster: link down, stanza dropped");
                 }
             }
             None => tracing::warn!(node, "cluster: no such member, stanza dropped"),
+        }
+    }
+
+    /// A request to `node` over its NodeLink; `None` alone, without a link, or on a timeout.
+    pub fn request(
+        &self,
+        node: NodeId,
+        body: crate::cluster::messages::Request,
+    ) -> impl std::future::Future<Output = Option<crate::cluster::messages::Reply>> + 'static {
+        let link = self.cluster.as_ref().and_then(|c| c.link(node));
+        async move {
+            link?
+                .request(body, std::time::Duration::from_secs(10))
+                .await
+                .ok()
         }
     }
 
@@ -98,10 +139,15 @@ impl RemoteRoutes {
 
     /// Like `deliver`, but the stanza keeps its `to` (a bare JID, for messages to the account).
     pub fn deliver_keep_to(&self, to: &RemoteResource, stanza: &Element) {
+        self.deliver_at(to.node, to.jid.clone(), stanza);
+    }
+
+    /// `stanza`, addressed as it is, to the session of `resource` on `node`.
+    pub fn deliver_at(&self, node: NodeId, resource: Jid, stanza: &Element) {
         self.push(
-            to.node,
+            node,
             Push::Deliver {
-                to: to.jid.clone(),
+                to: resource,
                 stanza: stanza.to_xml_string(),
             },
         );
@@ -127,6 +173,17 @@ impl RemoteRoutes {
                 session: route.session,
                 priority: route.priority,
             }),
+        }
+    }
+
+    /// Drop the entry without telling anyone the resource went away (it moved here).
+    fn forget(&mut self, jid: &Jid, route: &Route) {
+        let bare = jid.to_bare();
+        if let Some(list) = self.by_bare.get_mut(&bare) {
+            list.retain(|r| !(r.jid == *jid && r.node == route.node && r.session == route.session));
+            if list.is_empty() {
+                self.by_bare.remove(&bare);
+            }
         }
     }
 
@@ -156,10 +213,8 @@ impl RemoteRoutes {
 impl Router {
     /// Apply what the routing table's log changed.
     fn apply_route_events(&mut self, events: Vec<RouteEvent>) {
-        let Some(remote) = self.remote.as_mut() else {
-            return;
-        };
-        let me = remote.cluster.me;
+        let remote = &mut self.remote;
+        let me = remote.me();
         let mut kicks = Vec::new();
         let mut unavailable = Vec::new();
         for event in events {
@@ -187,6 +242,20 @@ impl Router {
                     }
                     unavailable.extend(remote.remove(&jid, &route));
                 }
+                RouteEvent::Moved { jid, from, to } => {
+                    let Ok(jid) = Jid::parse(&jid) else { continue };
+                    if let Some(from) = from.filter(|f| f.node != to.node) {
+                        if from.node == me {
+                            // Ours went to `to.node`: retired there (`moving`), not gone.
+                            kicks.push((jid.clone(), Some(from.session)));
+                        } else {
+                            remote.forget(&jid, &from);
+                        }
+                    }
+                    if to.node != me {
+                        remote.set(jid, to);
+                    }
+                }
                 RouteEvent::Member { node, member } => {
                     tracing::info!(node, state = ?member.state, "cluster: member state changed");
                 }
@@ -207,10 +276,8 @@ impl Router {
 
     /// A snapshot replaced the table: rebuild the remote view from it.
     fn replace_routes(&mut self, table: crate::cluster::RoutingTable) {
-        let Some(remote) = self.remote.as_mut() else {
-            return;
-        };
-        let me = remote.cluster.me;
+        let remote = &self.remote;
+        let me = remote.me();
         let old: Vec<(Jid, Route)> = remote
             .by_bare
             .values()
@@ -247,6 +314,7 @@ impl Router {
 
     /// A local session lost its resource to a bind elsewhere: `<conflict/>`.
     fn drop_local_resource(&mut self, jid: &Jid, session: Option<u64>) {
+        let moving = self.moving.remove(jid);
         let bare = jid.to_bare();
         let Some(list) = self.sessions.get_mut(&bare) else {
             return;
@@ -261,20 +329,25 @@ impl Router {
         if list.is_empty() {
             self.sessions.remove(&bare);
         }
-        old.session.do_send(Kick(StreamError::with_text(
+        if moving {
+            // Resumed on the node that now holds the JID (XEP-0198 §5): the resource did not
+            // go away, it moved; the old actor passes on what reached it meanwhile.
+            crate::metrics::METRICS.c2s_sessions.dec();
+            old.session.retire();
+            return;
+        }
+        old.session.kick(StreamError::with_text(
             StreamErrorCondition::Conflict,
             "replaced by a new session for the same resource",
-        )));
+        ));
         self.resource_gone(&bare, old);
     }
 
     /// A stanza another node pushed for a session here.
     fn delivered_from_node(&mut self, to: Jid, stanza: Element, ctx: &mut Context<Self>) {
         if stanza.name == "presence" {
-            if let (Some(remote), Some(from)) = (
-                self.remote.as_mut(),
-                stanza.attr("from").and_then(|f| Jid::parse(f).ok()),
-            ) {
+            let remote = &mut self.remote;
+            if let Some(from) = stanza.attr("from").and_then(|f| Jid::parse(f).ok()) {
                 if !from.is_bare()
                     && self
                         .sessions
@@ -303,16 +376,18 @@ impl Router {
             }
         }
         if let Some(r) = self.resource(&to) {
-            r.session.do_send(Deliver(stanza));
+            r.session.deliver(stanza);
             return;
         }
-        // The session left meanwhile: route as if it had been sent to the absent resource.
+        // The session left meanwhile: route as if it had been sent to the absent resource
+        // (RFC 6121 §8.5.3.2).
         let from = stanza
             .attr("from")
             .and_then(|f| Jid::parse(f).ok())
             .unwrap_or_else(|| to.to_bare());
-        let bare = to.to_bare();
-        self.to_absent_resource(&from, &bare, stanza, ctx);
+        let deliveries = crate::route::absent_resource(self, &from, &to.to_bare(), &stanza);
+        // Archived where it was first routed.
+        self.execute(&from, &to, stanza, deliveries, false, ctx);
     }
 
     fn user_op_from_node(&mut self, op: UserOp, ctx: &mut Context<Self>) {
@@ -348,8 +423,8 @@ impl Router {
                     let Ok(filters) = filters else { return };
                     let blocked = std::sync::Arc::new(filters.blocked);
                     for r in router.sessions.get(&user).into_iter().flatten() {
-                        r.session.do_send(SetBlockList(blocked.clone()));
-                        r.session.do_send(SetPrivacy(filters.privacy.clone()));
+                        r.session.set_block_list(blocked.clone());
+                        r.session.set_privacy(filters.privacy.clone());
                     }
                 }));
             }
@@ -413,7 +488,7 @@ impl Handler<LocalRoutes> for Router {
 impl Handler<ListRoutes> for Router {
     type Result = MessageResult<ListRoutes>;
     fn handle(&mut self, _: ListRoutes, _: &mut Context<Self>) -> Self::Result {
-        let me = self.remote.as_ref().map(|r| r.cluster.me).unwrap_or(0);
+        let me = self.remote.me();
         let local = self
             .sessions
             .values()
@@ -421,8 +496,9 @@ impl Handler<ListRoutes> for Router {
             .map(|r| (r.jid.to_string(), me, r.presence.is_some()));
         let remote = self
             .remote
-            .iter()
-            .flat_map(|r| r.by_bare.values().flatten())
+            .by_bare
+            .values()
+            .flatten()
             .map(|r| (r.jid.to_string(), r.node, r.priority.is_some()));
         let mut all: Vec<(String, u64, bool)> = local.chain(remote).collect();
         all.sort();
@@ -446,10 +522,12 @@ impl Handler<Resynced> for Router {
             presence.set_attr("from", jid.to_string());
             // The account's resources on other nodes, then its contacts (through its home
             // node, as an initial presence: contacts and offline messages stored meanwhile).
-            if let Some(remote) = &self.remote {
-                for r in remote.resources(&bare).filter(|r| r.priority.is_some()) {
-                    remote.deliver(r, presence.clone());
-                }
+            for r in self
+                .remote
+                .resources(&bare)
+                .filter(|r| r.priority.is_some())
+            {
+                self.remote.deliver(r, presence.clone());
             }
             self.im.tell(
                 &bare,

@@ -29,12 +29,12 @@ use tokio::time::{sleep_until, timeout, Instant};
 use super::io::S2sIo;
 use super::limits;
 use super::manager::S2sManager;
-use super::messages::{SendRemote, VerifyDialback};
+use super::messages::VerifyDialback;
 use super::outbound::describe;
 use super::S2sShared;
 use crate::admission::{ConnectionPermit, ConnectionRefusal};
 use crate::modules::{IqOutcome, IqRequest};
-use crate::router::messages::RouteStanza;
+use crate::router::messages::{RouteStanza, SendRemote};
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// While paused by backpressure, look again at least this often.
@@ -173,7 +173,10 @@ impl Inbound {
                         reply
                     }
                     Some(IqOutcome::Error(cond)) => stanza_error_reply(iq, cond, None),
-                    None => stanza_error_reply(iq, StanzaErrorCondition::ServiceUnavailable, None),
+                    // Stateless server IQs answer with a result alone.
+                    Some(IqOutcome::ResultAfter { .. }) | None => {
+                        stanza_error_reply(iq, StanzaErrorCondition::ServiceUnavailable, None)
+                    }
                 }
             }
         };

@@ -21,10 +21,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::limits::{self, ExpiringSet, LinkQueue, Reserve};
-use super::messages::{LinkClosed, LinkUp, SendRemote, VerifyDialback};
+use super::messages::{LinkClosed, LinkUp, VerifyDialback};
 use super::outbound::{self, LinkCmd};
 use super::S2sShared;
 use crate::log_throttle::LogThrottle;
+use crate::router::messages::SendRemote;
 
 /// How long an inbound stream waits for the authoritative server's answer.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,19 +1,8 @@
-//! Messages the s2s manager accepts.
+//! Messages the s2s manager accepts (and `router::messages::SendRemote`, which the Router
+//! sends it).
 
 use actix::prelude::*;
-use proto::element::Element;
-use proto::jid::Jid;
 use proto::s2s::DialbackOutcome;
-
-/// A stanza (internal `jabber:client` form, `from` stamped) for a remote domain: it goes on
-/// the outbound link for (`from`'s domain, `to`'s domain), which is opened if needed.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SendRemote {
-    pub from: Jid,
-    pub to: Jid,
-    pub stanza: Element,
-}
 
 /// An inbound stream asks: did the authoritative server of `originating` issue `key` for the
 /// stream `stream_id` it opened to our `receiving` domain? (XEP-0220 §2.2, sent as

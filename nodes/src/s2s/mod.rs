@@ -27,8 +27,8 @@ use tokio::sync::watch;
 use tokio_rustls::rustls::{self, ClientConfig, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::c2s::C2sListener;
 use crate::config::{S2sSettings, Settings};
+use crate::listener::Listener;
 use crate::router::Router;
 pub use manager::S2sManager;
 
@@ -74,7 +74,7 @@ impl S2sShared {
 }
 
 /// The bound s2s listeners: (socket, direct TLS).
-pub fn bind_listeners(settings: &S2sSettings) -> anyhow::Result<Vec<C2sListener>> {
+pub fn bind_listeners(settings: &S2sSettings) -> anyhow::Result<Vec<Listener>> {
     let mut out = Vec::new();
     for (addr, direct_tls, key) in [
         (&settings.listen, false, "s2s.listen"),
@@ -82,7 +82,7 @@ pub fn bind_listeners(settings: &S2sSettings) -> anyhow::Result<Vec<C2sListener>
     ] {
         if !addr.is_empty() {
             out.push(
-                C2sListener::bind(addr, direct_tls)
+                Listener::bind(addr, direct_tls)
                     .with_context(|| format!("binding {key} {addr}"))?,
             );
         }
@@ -98,7 +98,7 @@ pub fn start(
     router: Addr<Router>,
     modules: Arc<crate::modules::Registry>,
     shutdown: watch::Receiver<bool>,
-    listeners: Vec<C2sListener>,
+    listeners: Vec<Listener>,
 ) -> anyhow::Result<Addr<S2sManager>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let (certs, key) = crate::tls::certificate(settings)?;
@@ -174,7 +174,7 @@ pub fn start(
     Ok(manager)
 }
 
-async fn accept_loop(listener: C2sListener, shared: Arc<S2sShared>, manager: Addr<S2sManager>) {
+async fn accept_loop(listener: Listener, shared: Arc<S2sShared>, manager: Addr<S2sManager>) {
     let direct_tls = listener.direct_tls;
     let listener = match tokio::net::TcpListener::from_std(listener.socket) {
         Ok(l) => l,

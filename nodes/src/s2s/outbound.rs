@@ -29,9 +29,9 @@ use super::dns::{self, Target};
 use super::io::S2sIo;
 use super::limits::{self, element_weight, LinkQueue};
 use super::manager::S2sManager;
-use super::messages::{LinkClosed, LinkUp, SendRemote};
+use super::messages::{LinkClosed, LinkUp};
 use super::S2sShared;
-use crate::router::messages::RouteStanza;
+use crate::router::messages::{RouteStanza, SendRemote};
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -9,7 +9,7 @@
 //! up, then replace the voters), so a joining node receives replicas and a leaving node's
 //! replicas move away before it is removed.
 //!
-//! The RosterActor of a shard runs on the shard's leader; every write it makes is committed
+//! The AccountShard of a shard runs on the shard's leader; every write it makes is committed
 //! to the shard's log before the client hears about it.
 
 mod state_machine;
@@ -256,7 +256,7 @@ impl ShardGroups {
         shard_of(bare, self.count())
     }
 
-    /// The shard's trees on this node (read by its RosterActor while this node leads).
+    /// The shard's trees on this node (read by its AccountShard while this node leads).
     pub fn data(&self, shard: ShardId) -> Option<&UserData> {
         self.groups.get(shard as usize).map(|g| &g.data)
     }
@@ -359,7 +359,7 @@ impl ShardGroups {
         result
     }
 
-    /// [`ShardGroups::write`] from a thread that may block (a RosterActor's).
+    /// [`ShardGroups::write`] from a thread that may block (a AccountShard's).
     pub fn write_blocking(
         self: &Arc<Self>,
         write: UserDataWrite,

@@ -197,3 +197,68 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, Entry};
+    use storage::UserDataWrite;
+
+    fn entry(index: u64, write: UserDataWrite) -> Entry<ShardTypes> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(write),
+        }
+    }
+
+    /// A module's payload (a write of a module the shard knows nothing of) is in the
+    /// snapshot, and a restarted state machine, rebuilt from that snapshot alone, has it.
+    #[test]
+    fn module_payload_survives_a_snapshot_and_a_restart() {
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-shard-sm-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let store = storage::Store::open(&dir).expect("store");
+            let open = || {
+                let log = store.shard_raft_log::<ShardTypes>(7).expect("shard log");
+                let data = store.shard_user_data(7).expect("shard trees");
+                ShardStateMachine::open(data, log.snapshot_slot()).expect("state machine")
+            };
+            let mut sm = open();
+            let write = UserDataWrite::Module {
+                module: "anyxep".into(),
+                user: "juliet@example.com".into(),
+                key: "k".into(),
+                payload: Some("<x xmlns='urn:any'/>".into()),
+            };
+            let out = sm.apply(vec![entry(1, write)]).await.expect("apply");
+            assert_eq!(
+                out,
+                vec![ShardResponse(Ok(storage::WriteOutcome::Existed(false)))]
+            );
+            let mut builder = sm.get_snapshot_builder().await;
+            builder.build_snapshot().await.expect("snapshot");
+            drop(sm);
+
+            let mut sm = open();
+            let (applied, _) = sm.applied_state().await.expect("applied state");
+            assert_eq!(applied.map(|l| l.index), Some(1));
+            assert_eq!(
+                sm.data
+                    .modules
+                    .get("anyxep", "juliet@example.com", "k")
+                    .expect("read")
+                    .as_deref(),
+                Some("<x xmlns='urn:any'/>")
+            );
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,18 +1,19 @@
-//! What a new shard leader learns from every node. The RosterActor of a shard keeps soft
+//! What a new shard leader learns from every node. The AccountShard of a shard keeps soft
 //! state that is not in the shard's log: which of its accounts have an available resource
 //! (answers to probes from other servers, XEP-0012) and which resources are bound (XEP-0016
 //! active lists). When this node starts leading a shard, it asks every node which of their
-//! sessions belong to the shard and hands the answer to the shard's actor.
+//! sessions belong to the shard and hands the answer to the shard's actor. This is wiring
+//! between the cluster, the Router and the account shards, so it lives with the node's.
 
 use std::time::Duration;
 
 use actix::Addr;
 use proto::jid::Jid;
 
-use super::RosterShards;
 use crate::cluster::messages::{Reply, Request};
 use crate::cluster::shards::{shard_of, ShardId};
 use crate::cluster::Cluster;
+use crate::im::AccountShards;
 use crate::router::messages::LocalRoutes;
 use crate::router::Router;
 
@@ -36,7 +37,7 @@ pub async fn local_sessions(router: &Addr<Router>, shard: ShardId, count: u16) -
 }
 
 /// Watch for shards this node starts leading, and refill their actors' soft state.
-pub async fn refill_new_leaders(cluster: Cluster, shards: RosterShards, router: Addr<Router>) {
+pub async fn refill_new_leaders(cluster: Cluster, shards: AccountShards, router: Addr<Router>) {
     let count = cluster.shards.count();
     let mut tick = tokio::time::interval(CHECK_INTERVAL);
     loop {

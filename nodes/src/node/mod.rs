@@ -1,5 +1,11 @@
 //! `switchboard run`: open storage, build TLS and SASL, start the router, the c2s listeners
-//! on one worker arbiter per core and the admin endpoint; stop cleanly on SIGTERM/SIGINT.
+//! on one worker arbiter per core and the admin endpoint; stop cleanly on SIGTERM/SIGINT, or
+//! when the caller's future completes ([`run_until`], used by the in-process tests). In a
+//! cluster it also wires the NodeLinks to this node's actors (`link_service`) and refills
+//! the soft state of shards this node comes to lead (`shard_handover`).
+
+mod link_service;
+mod shard_handover;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -14,12 +20,14 @@ use storage::{AccountStore, Store, UserData};
 use tokio::sync::{watch, Semaphore};
 
 use crate::admin::{self, AdminServer};
-use crate::c2s::{self, C2sContext, C2sListener};
-use crate::cluster::{parse_member, Cluster, ClusterConfig, ClusterService, UpdateSink};
-use crate::config::Settings;
+use crate::c2s::{self, C2sContext};
+use crate::cluster::{Cluster, ClusterConfig, ClusterService, UpdateSink};
+use crate::config::{parse_member, ImLimits, Settings};
 use crate::http::HttpEndpoint;
-use crate::im::{AttachShards, DataWriter, ImLimits, RosterActor, RosterShards};
+use crate::im::{AccountShard, AccountShards, AttachShards, DataWriter};
+use crate::listener::Listener;
 use crate::modules::Registry;
+use crate::route::to_router::RouterHandle;
 use crate::router::messages::{ClusterUpdate, LocalRoutes, Resynced};
 use crate::router::Router;
 use crate::tls::TlsContext;
@@ -55,7 +63,31 @@ fn node_secret(store: &Store, settings: &Settings, label: &str) -> anyhow::Resul
 /// How long shutdown waits for connections to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Where a running node listens: with port 0 in the settings, the ports the OS chose.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    /// `c2s.listen` (STARTTLS).
+    pub c2s: std::net::SocketAddr,
+    /// `c2s.tls_listen` (direct TLS, XEP-0368), if configured.
+    pub c2s_tls: Option<std::net::SocketAddr>,
+    /// `http.listen`, if configured.
+    pub http: Option<std::net::SocketAddr>,
+}
+
+/// `switchboard run`: serve until SIGTERM or SIGINT.
 pub fn run(settings: Settings) -> anyhow::Result<()> {
+    run_until(settings, wait_for_signal(), |_| {})
+}
+
+/// Run the node until `stop` completes, then shut down as on SIGTERM (every stream closed
+/// with `<system-shutdown/>`, storage flushed). `on_bound` is called once every listener
+/// accepts connections, with their addresses. The in-process tests (`nodes/tests/harness`)
+/// run a node on port 0 this way, on a thread of their own: the node builds its own actix
+/// system and blocks the calling thread until it has stopped.
+pub fn run_until<F>(settings: Settings, stop: F, on_bound: impl FnOnce(Bound)) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
     crate::data_dir::prepare(&settings.data_dir)?;
     let store = Store::open(&settings.data_dir)?;
     let accounts = store.accounts()?;
@@ -100,7 +132,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             });
             auth.insert(domain, Authenticator::new(lookup, secret)?);
         }
-        // The router and the roster shards need each other's addresses: take the router's
+        // The router and the account shards need each other's addresses: take the router's
         // address before it runs.
         let router_ctx = Context::<Router>::new();
         let router_addr = router_ctx.address();
@@ -121,37 +153,53 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 .map(|data| (data, DataWriter::Replicated(c.shards.clone())))
                 .collect(),
         };
+        let modules = Arc::new(Registry::configure(&settings.modules).map_err(anyhow::Error::msg)?);
+        // The archive's backend first: an unreachable PostgreSQL stops the start here.
+        if let Some(mam) = crate::modules::mam::get(&modules) {
+            let backend = mam.open().map_err(anyhow::Error::msg)?;
+            tracing::info!(backend = backend.name(), "message archive open");
+        }
         let mut shard_addrs = Vec::new();
         for (data, writer) in placements {
-            let (router, domains) = (router_addr.clone(), domains.clone());
+            let router = RouterHandle::new(&router_addr);
+            let (domains, modules) = (domains.clone(), modules.clone());
             shard_addrs.push(SyncArbiter::start(1, move || {
-                RosterActor::new(
+                AccountShard::new(
                     router.clone(),
                     data.clone(),
                     writer.clone(),
                     limits,
                     domains.clone(),
+                    modules.clone(),
                 )
             }));
         }
-        let shards = RosterShards::new(shard_addrs, cluster.clone())
+        let shards = AccountShards::new(shard_addrs, cluster.clone())
             .with_max_iqs_in_flight(settings.im.max_iqs_in_flight);
         for shard in shards.all() {
             shard.do_send(AttachShards(shards.clone()));
         }
-        let router = router_ctx.run(Router::new(
+        let mut router = Router::new(
             domains.clone(),
             accounts.clone(),
             settings.c2s.resource_conflict,
             shards.clone(),
             cluster.clone(),
             crate::router::OfflineBatch::for_send_queue(settings.c2s.send_queue_max_bytes),
-        ));
+        );
+        if let Some(mam) = crate::modules::mam::get(&modules) {
+            let node = cluster.as_ref().map_or(0, |c| c.me);
+            router = router.with_archiver(crate::router::archiver::Archiver::new(
+                node,
+                mam.settings(),
+            ));
+            tokio::spawn(archive_retention(shards.clone()));
+        }
+        let router = router_ctx.run(router);
         if let (Some(cluster), Some(listener)) = (&cluster, cluster_listener) {
             serve_cluster(cluster, listener, &cluster_arbiter, &router, &shards)?;
         }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let modules = Arc::new(Registry::configure(&settings.modules).map_err(anyhow::Error::msg)?);
         let s2s = crate::s2s::start(
             &settings,
             dialback_secret,
@@ -201,8 +249,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         });
         actix_rt::spawn(admin_server.clone().serve(admin_listener));
         let listeners_up = Arc::new(AtomicBool::new(false));
+        let mut http_addr = None;
         if let Some(l) = http_listener {
             let addr = l.local_addr()?;
+            http_addr = Some(addr);
             let endpoint = Arc::new(HttpEndpoint {
                 admin: admin_server.clone(),
                 cluster: cluster.clone(),
@@ -254,8 +304,19 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         }
         listeners_up.store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(domains = ?settings.domains, data_dir = %settings.data_dir.display(), "switchboard running");
+        let addr_of = |direct_tls: bool| {
+            listeners
+                .iter()
+                .find(|l| l.direct_tls == direct_tls)
+                .and_then(|l| l.socket.local_addr().ok())
+        };
+        on_bound(Bound {
+            c2s: addr_of(false).context("the c2s listener has no local address")?,
+            c2s_tls: addr_of(true),
+            http: http_addr,
+        });
 
-        wait_for_signal().await?;
+        stop.await?;
         if let Some(c) = &cluster {
             // Leave the routing table first: from now on other nodes store messages for
             // our users offline instead of sending them to streams that are closing.
@@ -336,12 +397,14 @@ fn serve_cluster(
     listener: std::net::TcpListener,
     arbiter: &Arbiter,
     router: &Addr<Router>,
-    shards: &RosterShards,
+    shards: &AccountShards,
 ) -> anyhow::Result<()> {
     let service = Arc::new(ClusterService {
         cluster: cluster.clone(),
-        router: router.clone(),
-        im: shards.clone(),
+        local: link_service::NodeActors {
+            router: router.clone(),
+            im: shards.clone(),
+        },
     });
     let (cluster, router, shards) = (cluster.clone(), router.clone(), shards.clone());
     let addr = listener.local_addr()?;
@@ -349,7 +412,7 @@ fn serve_cluster(
         match tokio::net::TcpListener::from_std(listener) {
             Ok(l) => {
                 tokio::spawn(cluster.links.clone().serve(l, service));
-                tokio::spawn(crate::im::handover::refill_new_leaders(
+                tokio::spawn(shard_handover::refill_new_leaders(
                     cluster.clone(),
                     shards,
                     router.clone(),
@@ -389,12 +452,12 @@ fn worker_count() -> usize {
         .unwrap_or(1)
 }
 
-fn bind_listeners(settings: &Settings) -> anyhow::Result<Vec<C2sListener>> {
-    let mut out = vec![C2sListener::bind(&settings.c2s.listen, false)
+fn bind_listeners(settings: &Settings) -> anyhow::Result<Vec<Listener>> {
+    let mut out = vec![Listener::bind(&settings.c2s.listen, false)
         .with_context(|| format!("binding c2s.listen {}", settings.c2s.listen))?];
     if !settings.c2s.tls_listen.is_empty() {
         out.push(
-            C2sListener::bind(&settings.c2s.tls_listen, true)
+            Listener::bind(&settings.c2s.tls_listen, true)
                 .with_context(|| format!("binding c2s.tls_listen {}", settings.c2s.tls_listen))?,
         );
     }
@@ -410,4 +473,22 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+/// The message archive's retention (`modules.mam.retention_days`,
+/// `max_messages_per_account`): every few seconds, one bounded step on each shard this node
+/// serves.
+async fn archive_retention(shards: AccountShards) {
+    const TICK: std::time::Duration = std::time::Duration::from_secs(5);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let clustered = shards.clustered();
+        for (i, shard) in shards.serving_actors() {
+            // Without a cluster every local shard shares one store: one walks it by age.
+            let by_age = clustered || i == 0;
+            shard.do_send(crate::im::messages::ArchiveRetention { by_age });
+        }
+    }
 }

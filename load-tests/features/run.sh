@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# What a feature on the message path costs, side by side in one run: one build, several
+# variants of the node's configuration (and of the clients), rounds alternating the variants
+# so that drift on the machine hits them all. The node is pinned to CPU 0, the generator to
+# CPU 1; plain TCP, 200 users.
+#
+# Per variant and round:
+#   - cost: `chat --messages M --interval-ms I` → the server's CPU per delivered message
+#     (utime + stime of the node(s) over the exchange, 10 ms ticks);
+#   - capacity: stepped chat (`--rates`) → the highest rate sustained with p99 < 100 ms and
+#     nothing lost.
+#
+#   load-tests/features/run.sh [ROUNDS]
+# Variants (VARIANTS, space-separated, default "base mam sm"):
+#   base  [modules.mam] and [modules.stream_management] off
+#   mam   the message archive on (the default configuration's embedded archive)
+#   sm    stream management on and every client enabling it (`chat --sm`), archive off
+#   all   the default configuration and `chat --sm`
+# Env: BIN (default target/release/switchboard), LG (target/release/switchboard-loadgen),
+# MESSAGES (200), INTERVAL_MS (20), CHAT_RATES, WORK (/tmp/sb-features), NODES (1; 3: a
+# three-node cluster, every node on CPU 0, users spread over them, the nodes' CPU summed).
+# Loopback only; every step bounded in time.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+ROUNDS=${1:-2}
+BIN=${BIN:-$ROOT/target/release/switchboard}
+LG=${LG:-$ROOT/target/release/switchboard-loadgen}
+VARIANTS=${VARIANTS:-base mam sm}
+MESSAGES=${MESSAGES:-200}
+INTERVAL_MS=${INTERVAL_MS:-20}
+CHAT_RATES=${CHAT_RATES:-16000,32000,48000,56000,64000,72000,80000,88000,96000}
+WORK=${WORK:-/tmp/sb-features}
+USERS=200
+NODES=${NODES:-1}
+PORT=5389
+ulimit -n "$(ulimit -Hn)"
+
+config_of() {  # the [modules] of a variant
+  case $1 in
+    base) printf '[modules.mam]\nenabled = false\n[modules.stream_management]\nenabled = false\n' ;;
+    mam) printf '[modules.stream_management]\nenabled = false\n' ;;
+    sm) printf '[modules.mam]\nenabled = false\n' ;;
+    all) printf '' ;;
+    *) echo "unknown variant $1" >&2; exit 2 ;;
+  esac
+}
+
+client_flags() {
+  case $1 in sm|all) echo "--sm" ;; *) echo "" ;; esac
+}
+
+json_field() {  # json_field FILE PYTHON-EXPR-ON-d
+  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1" 2>/dev/null || echo "?"
+}
+
+node_config() {  # node_config VARIANT DIR I: node I (1..NODES) of the run
+  local v=$1 d=$2 i=$3
+  cat <<T
+domains = ["localhost"]
+data_dir = "$d/n$i"
+[c2s]
+listen = "127.0.0.1:$((PORT + 10 * i))"
+tls_listen = ""
+require_tls = false
+[s2s]
+listen = ""
+[http]
+listen = "127.0.0.1:$((PORT + 10 * i - 1))"
+[log]
+level = "warn"
+T
+  if [ "$NODES" -gt 1 ]; then
+    local members="" j
+    for j in $(seq 1 "$NODES"); do members+="\"$j@127.0.0.1$j:$((PORT + 100 + j))\","; done
+    cat <<T
+[cluster]
+node_id = $i
+listen = "127.0.0.1$i:$((PORT + 100 + i))"
+secret = "features-benchmark-secret-0123456789"
+members = [${members%,}]
+T
+  fi
+  config_of "$v"
+}
+
+cpu_ticks() {  # utime + stime of these processes, in clock ticks
+  local t=0 p
+  for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$t"
+}
+
+run_one() {  # run_one VARIANT ROUND
+  local v=$1 round=$2 d="$WORK/$1-$2" flags i servers="" pids=()
+  rm -rf "$d"; mkdir -p "$d"
+  for i in $(seq 1 $USERS); do echo "user$i@localhost secret"; done > "$d/users.txt"
+  for i in $(seq 1 "$NODES"); do
+    mkdir -p "$d/n$i"
+    node_config "$v" "$d" "$i" > "$d/n$i.toml"
+    "$BIN" --config "$d/n$i.toml" user import --shared-salt "$d/users.txt" > /dev/null
+  done
+  for i in $(seq 1 "$NODES"); do
+    taskset -c 0 "$BIN" run --config "$d/n$i.toml" > "$d/n$i.log" 2>&1 &
+    pids+=($!)
+    servers+=" --server 127.0.0.1:$((PORT + 10 * i))"
+  done
+  for i in $(seq 1 "$NODES"); do
+    for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$((PORT + 10 * i))") 2>/dev/null && break; sleep 0.2; done
+  done
+  [ "$NODES" -gt 1 ] && sleep 5  # the shards elect their leaders
+  flags=$(client_flags "$v")
+  local before after
+  before=$(cpu_ticks "${pids[@]}")
+  # shellcheck disable=SC2086
+  timeout 300 taskset -c 1 "$LG" $servers --domain localhost --tls none --mech scram-sha-256 \
+    --json "$d/cost.json" -n $USERS chat $flags --messages "$MESSAGES" \
+    --interval-ms "$INTERVAL_MS" --duration-secs 120 > "$d/cost.txt" 2> "$d/cost.err" \
+    || echo "cost: loadgen exit $?"
+  after=$(cpu_ticks "${pids[@]}")
+  # Stepped chat has no stream management (the generator does not answer <r/> there).
+  if [ -z "$flags" ]; then
+    # shellcheck disable=SC2086
+    timeout 400 taskset -c 1 "$LG" $servers --domain localhost --tls none \
+      --mech scram-sha-256 --json "$d/rate.json" -n $USERS chat --rates "$CHAT_RATES" \
+      --step-secs 5 --drain-secs 5 --p99-limit-ms 100 --stop-after 2 > "$d/rate.txt" \
+      2> "$d/rate.err" || echo "rate: loadgen exit $?"
+  fi
+  # What the archives kept and missed (0 without them), once their queues drained (≤ 120 s).
+  : > "$d/metrics.txt"
+  for i in $(seq 1 "$NODES"); do
+    local m="$d/metrics-n$i.txt"
+    for _ in $(seq 1 240); do
+      curl -s "http://127.0.0.1:$((PORT + 10 * i - 1))/metrics" > "$m" || true
+      awk '/^switchboard_mam_pending_bytes/ {p = $2} END {exit !(p + 0 == 0)}' "$m" && break
+      sleep 0.5
+    done
+    cat "$m" >> "$d/metrics.txt"
+  done
+  local rss=0 p
+  for p in "${pids[@]}"; do
+    rss=$((rss + $(awk '/VmHWM/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+  done
+  for p in "${pids[@]}"; do kill "$p"; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  local delivered us rate archived missed
+  delivered=$(json_field "$d/cost.json" "d['chat']['received']")
+  # The nodes' CPU over the exchange (clock ticks of 10 ms) per delivered message.
+  us=$(python3 -c "import sys; print(round((int(sys.argv[2]) - int(sys.argv[1])) * 10000 / max(1, int(sys.argv[3])), 1))" "$before" "$after" "$delivered" 2>/dev/null || echo "?")
+  rate=$(json_field "$d/rate.json" "d['chat']['stepped']['sustainable_rate']")
+  archived=$(awk '/^switchboard_mam_archived_total/ {s += $2} END {print s + 0}' "$d/metrics.txt")
+  missed=$(awk '/^switchboard_mam_not_archived_total/ {s += $2} END {print s + 0}' "$d/metrics.txt")
+  printf '%-6s %s node(s) round %s: server CPU %s µs/message (%s delivered), sustained %s msgs/s, peak RSS %s kB, archived %s, not archived %s\n' \
+    "$v" "$NODES" "$round" "$us" "$delivered" "$rate" "$rss" "$archived" "$missed" | tee -a "$WORK/summary.txt"
+}
+
+mkdir -p "$WORK"; : > "$WORK/summary.txt"
+for round in $(seq 1 "$ROUNDS"); do
+  for v in $VARIANTS; do
+    run_one "$v" "$round"
+  done
+done
+echo "summary: $WORK/summary.txt; per run: $WORK/VARIANT-ROUND/{cost,rate}.{txt,json,err}"

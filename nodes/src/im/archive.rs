@@ -1,0 +1,240 @@
+//! The account shard's side of the message archive (XEP-0313, `modules::mam`): batches of
+//! messages to archive (filtered by each account's preferences, XEP-0441, and committed as
+//! one write), an operator's purge, and the retention steps (by age and per-account cap),
+//! each a small batch so that archive writes and other operations are never stalled for
+//! long.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use proto::jid::Jid;
+use proto::mam::{DefaultPref, MamPrefs};
+use storage::archive::ArchivedMessage;
+use storage::UserDataWrite;
+
+use super::messages::{ArchiveAppend, ArchivePurge, ArchiveRetention};
+use super::AccountShard;
+use crate::metrics::METRICS;
+use crate::modules::mam::{self, backend::Removal, Backend};
+
+/// Messages one retention or purge step deletes at most.
+const STEP: usize = 500;
+/// Steps of one retention tick at most (the rest waits for the next tick).
+const STEPS_PER_TICK: usize = 10;
+/// Accounts over their cap trimmed per tick at most.
+const TRIMS_PER_TICK: usize = 100;
+
+impl Handler<ArchiveAppend> for AccountShard {
+    type Result = Result<usize, String>;
+    fn handle(&mut self, msg: ArchiveAppend, _: &mut SyncContext<Self>) -> Self::Result {
+        self.archive_append(msg.entries)
+    }
+}
+
+impl Handler<ArchivePurge> for AccountShard {
+    type Result = Result<u64, String>;
+    fn handle(&mut self, msg: ArchivePurge, _: &mut SyncContext<Self>) -> Self::Result {
+        self.archive_purge(&msg.user, "purge")
+    }
+}
+
+impl Handler<ArchiveRetention> for AccountShard {
+    type Result = ();
+    fn handle(&mut self, msg: ArchiveRetention, _: &mut SyncContext<Self>) {
+        self.archive_retention(msg.by_age);
+    }
+}
+
+impl AccountShard {
+    /// Whether the account's preferences keep a message with `peer`.
+    fn archives(
+        &self,
+        prefs: &mut HashMap<Jid, MamPrefs>,
+        default: DefaultPref,
+        user: &Jid,
+        msg: &ArchivedMessage,
+    ) -> bool {
+        let p = prefs.entry(user.clone()).or_insert_with(|| {
+            let stored = self
+                .module_store
+                .get(mam::PREFS_MODULE, &user.to_string(), mam::prefs_key())
+                .ok()
+                .flatten();
+            mam::stored_prefs(stored, default)
+        });
+        let peer = if msg.with_resource.is_empty() {
+            Jid::parse(&msg.with)
+        } else {
+            Jid::parse(&format!("{}/{}", msg.with, msg.with_resource))
+        };
+        let Ok(peer) = peer else {
+            return false;
+        };
+        // The roster is read only for an account that archives its contacts only.
+        let in_roster = p.default == DefaultPref::Roster
+            && self
+                .rosters
+                .item(&user.to_string(), &msg.with)
+                .ok()
+                .flatten()
+                .is_some();
+        p.archives(&peer, in_roster)
+    }
+
+    fn archive_append(&mut self, entries: Vec<(Jid, ArchivedMessage)>) -> Result<usize, String> {
+        let modules = self.modules.clone();
+        let Some(mam) = mam::get(&modules) else {
+            return Ok(0);
+        };
+        let default = mam.settings().default;
+        let mut prefs = HashMap::new();
+        let mut keep = Vec::with_capacity(entries.len());
+        let (mut incoming, mut outgoing) = (0, 0);
+        for (user, msg) in entries {
+            if !self.archives(&mut prefs, default, &user, &msg) {
+                METRICS.mam_not_archived.with_label_values(&["prefs"]).inc();
+                continue;
+            }
+            if msg.outgoing {
+                outgoing += 1;
+            } else {
+                incoming += 1;
+            }
+            if mam.settings().max_messages_per_account > 0 {
+                self.archive_grown.insert(user.clone());
+            }
+            keep.push((user.to_string(), msg));
+        }
+        if keep.is_empty() {
+            return Ok(0);
+        }
+        let n = keep.len();
+        let writes = mam.backend().append(keep).map_err(|e| e.to_string())?;
+        if !writes.is_empty() {
+            self.writer
+                .write(UserDataWrite::Batch(writes))
+                .map_err(|e| e.to_string())?;
+        }
+        METRICS
+            .mam_archived
+            .with_label_values(&["incoming"])
+            .inc_by(incoming);
+        METRICS
+            .mam_archived
+            .with_label_values(&["outgoing"])
+            .inc_by(outgoing);
+        Ok(n)
+    }
+
+    /// Commit what a retention or purge step found; how many messages went.
+    fn archive_remove(&self, removal: Removal, reason: &str) -> Result<u64, String> {
+        let n = match removal {
+            Removal::Writes(writes, n) => {
+                if !writes.is_empty() {
+                    self.writer
+                        .write(UserDataWrite::Batch(writes))
+                        .map_err(|e| e.to_string())?;
+                }
+                n
+            }
+            Removal::Done(n) => n,
+        };
+        METRICS.mam_deleted.with_label_values(&[reason]).inc_by(n);
+        Ok(n)
+    }
+
+    /// Empty `user`'s archive, a step at a time; how many messages went.
+    pub(super) fn archive_purge(&mut self, user: &Jid, reason: &str) -> Result<u64, String> {
+        let modules = self.modules.clone();
+        let Some(mam) = mam::get(&modules) else {
+            return Ok(0);
+        };
+        let user = user.to_string();
+        let mut total = 0;
+        loop {
+            let removal = mam
+                .backend()
+                .remove_oldest(&self.module_store, &user, STEP)
+                .map_err(|e| e.to_string())?;
+            let n = self.archive_remove(removal, reason)?;
+            total += n;
+            // PostgreSQL removes the account's rows in one statement.
+            if n == 0 || matches!(mam.backend(), Backend::Postgres(_)) {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn archive_retention(&mut self, by_age: bool) {
+        let modules = self.modules.clone();
+        let Some(mam) = mam::get(&modules) else {
+            return;
+        };
+        let settings = mam.settings();
+        if by_age && settings.retention_days > 0 {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let cutoff = now.saturating_sub(settings.retention_days * 86_400_000);
+            for _ in 0..STEPS_PER_TICK {
+                let step = mam.backend().expire(
+                    &self.module_store,
+                    self.archive_cursor.as_deref(),
+                    cutoff,
+                    STEP,
+                );
+                let (removal, next) = match step {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "mam: retention step failed");
+                        break;
+                    }
+                };
+                if let Err(e) = self.archive_remove(removal, "retention") {
+                    // Not this shard's leader any more, or a failed write: the next tick
+                    // starts over.
+                    tracing::debug!(error = %e, "mam: retention write failed");
+                    self.archive_cursor = None;
+                    break;
+                }
+                self.archive_cursor = next;
+                if self.archive_cursor.is_none() {
+                    break;
+                }
+            }
+        }
+        let cap = settings.max_messages_per_account;
+        if cap > 0 {
+            let grown: Vec<Jid> = self
+                .archive_grown
+                .iter()
+                .take(TRIMS_PER_TICK)
+                .cloned()
+                .collect();
+            for user in grown {
+                self.archive_grown.remove(&user);
+                let trim = mam
+                    .backend()
+                    .trim(&self.module_store, &user.to_string(), cap, STEP);
+                let done = trim
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| self.archive_remove(r, "cap"));
+                match done {
+                    // More over the cap than one step: again next tick.
+                    Ok(n) if n as usize >= STEP => {
+                        self.archive_grown.insert(user);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(%user, error = %e, "mam: trimming failed"),
+                }
+            }
+        }
+        if by_age {
+            if let Some(rows) = mam.backend().rows() {
+                METRICS.mam_rows.set(rows as i64);
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Per-account state of a module, hosted by the account shards (`im::AccountShard`). A
+//! module that keeps something per account (vcard-temp, private XML, last activity, and
+//! later PEP, MAM, push registrations) implements [`AccountState`] and returns it from
+//! [`Module::account`](super::Module::account). The shard that owns the account calls it for
+//! the IQs in its namespaces addressed to the account's bare JID (RFC 6120 §10.3.3: the
+//! server answers on the account's behalf) and when the account's availability changes.
+//!
+//! The module reads its own store through [`AccountCtx`] and states its writes there; the
+//! shard commits them (through the shard's Raft log in a cluster) before the reply goes out,
+//! so a write a client was told succeeded is durable. The writes are one generic
+//! [`UserDataWrite::Module`] carrying the module's payload: the log, the snapshots, account
+//! deletion and the NodeLink wire need no code of the module's own.
+
+use proto::element::Element;
+use proto::error::StanzaErrorCondition as Cond;
+use proto::im::Subscription;
+use proto::jid::Jid;
+use storage::{ModuleStore, RosterStore, UserDataWrite};
+
+use super::IqOutcome;
+use crate::config::ImLimits;
+
+/// The per-account half of a module.
+pub trait AccountState: Send + Sync {
+    /// IQ payload namespaces this state answers on an account's bare JID.
+    fn namespaces(&self) -> &'static [&'static str];
+    /// Answer an IQ get/set addressed to the account (the shard already refused senders the
+    /// account blocks). Writes stated in `ctx` are committed only if the outcome is a result.
+    fn iq(&self, ctx: &mut AccountCtx<'_>, req: &AccountIq<'_>) -> IqOutcome;
+    /// The account got its first available resource (`available`) or lost its last one;
+    /// `presence` is the presence that did it.
+    fn availability(&self, _ctx: &mut AccountCtx<'_>, _presence: &Element, _available: bool) {}
+}
+
+/// An IQ get/set addressed to an account's bare JID.
+pub struct AccountIq<'a> {
+    /// The sender's full JID.
+    pub from: &'a Jid,
+    /// Whether the sender is the account itself (any of its resources).
+    pub own: bool,
+    /// The whole IQ.
+    pub iq: &'a Element,
+}
+
+impl AccountIq<'_> {
+    pub fn is_set(&self) -> bool {
+        self.iq.attr("type") == Some("set")
+    }
+}
+
+/// What a module sees of the account while the shard serves it: its own entries, the
+/// account's roster (for presence authorisation), the account caps, and a place to state
+/// writes and the cap that refused a request.
+pub struct AccountCtx<'a> {
+    module: &'static str,
+    account: &'a Jid,
+    user: String,
+    store: &'a ModuleStore,
+    rosters: &'a RosterStore,
+    limits: &'a ImLimits,
+    online: bool,
+    writes: Vec<UserDataWrite>,
+    cap: Option<(&'static str, usize)>,
+}
+
+impl<'a> AccountCtx<'a> {
+    pub(crate) fn new(
+        module: &'static str,
+        account: &'a Jid,
+        store: &'a ModuleStore,
+        rosters: &'a RosterStore,
+        limits: &'a ImLimits,
+        online: bool,
+    ) -> Self {
+        AccountCtx {
+            module,
+            account,
+            user: account.to_string(),
+            store,
+            rosters,
+            limits,
+            online,
+            writes: Vec::new(),
+            cap: None,
+        }
+    }
+
+    /// The account (bare JID).
+    pub fn account(&self) -> &Jid {
+        self.account
+    }
+
+    /// The module's payload stored for the account under `key`.
+    pub fn get(&self, key: &str) -> Result<Option<String>, Cond> {
+        self.store
+            .get(self.module, &self.user, key)
+            .map_err(|_| Cond::InternalServerError)
+    }
+
+    /// Every (key, payload) the module stores for the account.
+    pub fn entries(&self) -> Result<Vec<(String, String)>, Cond> {
+        self.store
+            .entries(self.module, &self.user)
+            .map_err(|_| Cond::InternalServerError)
+    }
+
+    /// Store `payload` under `key` (`None`: remove it), committed before the reply.
+    pub fn put(&mut self, key: impl Into<String>, payload: Option<String>) {
+        self.writes.push(UserDataWrite::Module {
+            module: self.module.to_string(),
+            user: self.user.clone(),
+            key: key.into(),
+            payload,
+        });
+    }
+
+    /// The store of every module (a module that keeps more than a few entries per account,
+    /// as the archive does, reads its own trees through `storage`'s functions for them).
+    pub fn module_store(&self) -> &ModuleStore {
+        self.store
+    }
+
+    /// The per-account caps (`[im]`).
+    pub fn limits(&self) -> &ImLimits {
+        self.limits
+    }
+
+    /// Whether the account has an available resource.
+    pub fn online(&self) -> bool {
+        self.online
+    }
+
+    /// Whether `from` may see the account's presence: the account itself, or a contact with
+    /// a subscription from or both in its roster (RFC 6121 §3).
+    pub fn may_see_presence(&self, from: &Jid) -> Result<bool, Cond> {
+        let requester = from.to_bare();
+        if requester == *self.account {
+            return Ok(true);
+        }
+        let item = self
+            .rosters
+            .item(&self.user, &requester.to_string())
+            .map_err(|_| Cond::InternalServerError)?;
+        Ok(item.as_ref().is_some_and(|i| {
+            Subscription::parse(&i.subscription).is_some_and(Subscription::has_from)
+        }))
+    }
+
+    /// The cap `key` of `[im]` (limit `limit`) refused the request: the error names it
+    /// (RFC 6120 §8.3.2) and the shard logs it.
+    pub fn over_cap(&mut self, key: &'static str, limit: usize) {
+        self.cap = Some((key, limit));
+    }
+
+    /// The writes stated and the cap that refused the request, for the shard.
+    pub(crate) fn finish(self) -> (Vec<UserDataWrite>, Option<(&'static str, usize)>) {
+        (self.writes, self.cap)
+    }
+}

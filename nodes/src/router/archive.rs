@@ -1,0 +1,131 @@
+//! The Router's step for the message archive (XEP-0313 with XEP-0359 ids, `modules::mam`):
+//! once routing decided where a message goes and before anything is delivered, it picks the
+//! archives the message goes to (the recipient's when a local account gets it or stores it
+//! offline, the sender's when a local account sends it elsewhere), gives the message one id
+//! for both, stamps the recipient's `<stanza-id/>` on what is delivered (stripping forged
+//! ones), and queues the archive writes for the accounts' shards (`router::archiver`).
+
+use actix::prelude::*;
+use proto::element::Element;
+use proto::jid::Jid;
+use proto::stanza_id;
+use storage::archive::ArchivedMessage;
+
+use super::Router;
+use crate::route::{Delivery, RoutingView};
+
+impl Router {
+    /// Archive `stanza` (from `from` to `to`, whose bare JID is `bare`) as `deliveries` say it
+    /// goes. Returns the id it has in the sender's archive (for the sender's carbon copies,
+    /// XEP-0280 §6 with XEP-0359), if it was archived there.
+    pub(super) fn archive(
+        &self,
+        from: &Jid,
+        to: &Jid,
+        bare: &Jid,
+        stanza: &mut Element,
+        deliveries: &[Delivery],
+        ctx: &mut Context<Self>,
+    ) -> Option<String> {
+        let archiver = self.archiver.as_ref()?;
+        if stanza.name != "message" || !archiver.borrow().archivable(stanza) {
+            return None;
+        }
+        let reaches_account = deliveries.iter().any(|d| {
+            matches!(
+                d,
+                Delivery::Local { .. } | Delivery::Remote { .. } | Delivery::Offline
+            )
+        });
+        let leaves = reaches_account
+            || deliveries
+                .iter()
+                .any(|d| matches!(d, Delivery::S2s | Delivery::Component { .. }));
+        let to_own_account = from.local() == bare.local() && from.domain() == bare.domain();
+        let sender =
+            (from.local().is_some() && self.is_local_domain(from.domain())).then(|| from.to_bare());
+        // Between two resources of one account it is archived once, as received.
+        let outgoing = leaves && !to_own_account && sender.is_some();
+        if !reaches_account && !outgoing {
+            return None;
+        }
+        let by = bare.to_string();
+        // XEP-0359 §3: ours to assign; a sender's claim to them goes (looked for only when
+        // the message carries a stanza-id at all: most do not).
+        if stanza.get_child("stanza-id", proto::ns::SID).is_some() {
+            if reaches_account {
+                stanza_id::strip_forged(stanza, &by);
+            }
+            if let (true, Some(s)) = (outgoing, &sender) {
+                stanza_id::strip_forged(stanza, &s.to_string());
+            }
+        }
+        let xml = stanza.to_xml_string();
+        let mut a = archiver.borrow_mut();
+        let id = a.next_id();
+        let id_text = id.to_string();
+        if reaches_account {
+            let shard = self.im.shard_index(bare);
+            a.queue(
+                shard,
+                bare.clone(),
+                ArchivedMessage {
+                    id: id.0,
+                    with: from.to_bare().to_string(),
+                    with_resource: from.resource().unwrap_or_default().to_string(),
+                    outgoing: false,
+                    xml: xml.clone(),
+                },
+            );
+            stanza_id::add(stanza, &by, &id_text);
+        }
+        let mut sender_id = None;
+        if let (true, Some(sender)) = (outgoing, sender) {
+            let shard = self.im.shard_index(&sender);
+            a.queue(
+                shard,
+                sender,
+                ArchivedMessage {
+                    id: id.0,
+                    with: by,
+                    with_resource: to.resource().unwrap_or_default().to_string(),
+                    outgoing: true,
+                    xml,
+                },
+            );
+            sender_id = Some(id_text);
+        }
+        drop(a);
+        self.flush_archive(ctx);
+        sender_id
+    }
+
+    /// Send each shard's next archive batch, if it has none in flight.
+    pub(super) fn flush_archive(&self, ctx: &mut Context<Self>) {
+        let Some(archiver) = &self.archiver else {
+            return;
+        };
+        let ready = archiver.borrow_mut().take_ready();
+        for (shard, batch) in ready {
+            let user = batch.user.clone();
+            let request = self.im.ask(&user, batch);
+            ctx.spawn(request.into_actor(self).map(move |result, router, ctx| {
+                let ok = match result {
+                    Ok(Ok(_)) => true,
+                    Ok(Err(e)) => {
+                        tracing::warn!(shard, error = %e, "mam: archive batch failed; sending it again");
+                        false
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard, error = %e, "mam: archive batch not confirmed; sending it again");
+                        false
+                    }
+                };
+                if let Some(a) = &router.archiver {
+                    a.borrow_mut().done(shard, ok);
+                }
+                router.flush_archive(ctx);
+            }));
+        }
+    }
+}

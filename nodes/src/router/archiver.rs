@@ -1,0 +1,258 @@
+//! The archive's half on the Router's thread: which archives a routed message goes to, its
+//! id, and the queue of archive writes per account shard.
+//!
+//! Group commit: each shard has at most one batch in flight; what arrives meanwhile waits and
+//! goes as the next batch, so a busy shard commits many messages per Raft entry and flush,
+//! and an idle one commits a message at once. A batch that fails (the shard's leader died, an
+//! election) is sent again: appending is idempotent (the id is the key). Everything queued is
+//! bounded by `max_pending_bytes`: beyond it, messages are still delivered but not archived,
+//! and counted.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use proto::element::Element;
+use proto::jid::Jid;
+use proto::stanza_id::{ArchiveId, ArchiveIdGenerator};
+use storage::archive::ArchivedMessage;
+
+use crate::modules::mam::Settings;
+use crate::im::messages::ArchiveAppend;
+use crate::metrics::METRICS;
+
+/// Most messages in one batch.
+const MAX_BATCH_MESSAGES: usize = 1000;
+/// Most XML bytes in one batch (well under `cluster.max_frame_bytes`'s 16 MiB default).
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Tries of one batch before its messages are given up (each try waits up to the IM
+/// timeout for a leader).
+const MAX_ATTEMPTS: u32 = 5;
+
+type Entry = (Jid, ArchivedMessage);
+
+#[derive(Default)]
+struct ShardQueue {
+    queued: Vec<Entry>,
+    /// The batch being written, kept to send again if it fails.
+    in_flight: Option<Vec<Entry>>,
+    /// Failures in a row of the batch at the head of the queue.
+    failures: u32,
+}
+
+pub struct Archiver {
+    ids: ArchiveIdGenerator,
+    archive_chat_states: bool,
+    max_pending_bytes: usize,
+    pending_bytes: usize,
+    shards: HashMap<usize, ShardQueue>,
+}
+
+fn bytes(e: &Entry) -> usize {
+    e.1.xml.len() + e.1.with.len() + 64
+}
+
+impl Archiver {
+    /// `node`: this node's id in the cluster (0 alone), part of every id it assigns.
+    pub fn new(node: u64, settings: &Settings) -> Archiver {
+        Archiver {
+            ids: ArchiveIdGenerator::new((node & 0x3ff) as u16),
+            archive_chat_states: settings.archive_chat_states,
+            max_pending_bytes: settings.max_pending_bytes,
+            pending_bytes: 0,
+            shards: HashMap::new(),
+        }
+    }
+
+    /// Whether `message` is one an archive keeps (XEP-0313 §5.1.1, XEP-0334).
+    pub fn archivable(&self, message: &Element) -> bool {
+        proto::mam::archivable(message, self.archive_chat_states)
+    }
+
+    pub fn next_id(&mut self) -> ArchiveId {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.ids.next(now)
+    }
+
+    /// Queue `msg` for `user`'s archive (in shard `shard`); false when the node's archive
+    /// queue is full and the message is not archived.
+    pub fn queue(&mut self, shard: usize, user: Jid, msg: ArchivedMessage) -> bool {
+        let entry = (user, msg);
+        let n = bytes(&entry);
+        if self.pending_bytes + n > self.max_pending_bytes {
+            METRICS
+                .mam_not_archived
+                .with_label_values(&["overload"])
+                .inc();
+            return false;
+        }
+        self.pending_bytes += n;
+        METRICS.mam_pending_bytes.add(n as i64);
+        self.shards.entry(shard).or_default().queued.push(entry);
+        true
+    }
+
+    /// The batches to send now: of each shard with messages queued and none in flight, up to
+    /// a batch's bounds. They stay recorded as in flight until [`done`](Self::done).
+    pub fn take_ready(&mut self) -> Vec<(usize, ArchiveAppend)> {
+        let mut ready = Vec::new();
+        for (shard, q) in &mut self.shards {
+            if q.in_flight.is_some() || q.queued.is_empty() {
+                continue;
+            }
+            let mut size = 0;
+            let mut n = 0;
+            for e in &q.queued {
+                if n == MAX_BATCH_MESSAGES || (n > 0 && size + bytes(e) > MAX_BATCH_BYTES) {
+                    break;
+                }
+                size += bytes(e);
+                n += 1;
+            }
+            let batch: Vec<Entry> = q.queued.drain(..n).collect();
+            if let Some(op) = ArchiveAppend::new(batch.clone()) {
+                ready.push((*shard, op));
+                q.in_flight = Some(batch);
+            }
+        }
+        ready
+    }
+
+    /// Shard `shard`'s batch in flight was written (`ok`), or failed: then it is queued again
+    /// in front of what came since, unless it failed [`MAX_ATTEMPTS`] times in a row.
+    pub fn done(&mut self, shard: usize, ok: bool) {
+        let Some(q) = self.shards.get_mut(&shard) else {
+            return;
+        };
+        let Some(batch) = q.in_flight.take() else {
+            return;
+        };
+        if ok {
+            q.failures = 0;
+        } else {
+            q.failures += 1;
+            if q.failures < MAX_ATTEMPTS {
+                q.queued.splice(0..0, batch);
+                return;
+            }
+            q.failures = 0;
+            tracing::error!(
+                shard,
+                messages = batch.len(),
+                "mam: an archive batch failed {MAX_ATTEMPTS} times in a row, not archived"
+            );
+            METRICS
+                .mam_not_archived
+                .with_label_values(&["failed"])
+                .inc_by(batch.len() as u64);
+        }
+        let freed: usize = batch.iter().map(bytes).sum();
+        self.pending_bytes = self.pending_bytes.saturating_sub(freed);
+        METRICS.mam_pending_bytes.sub(freed as i64);
+        if q.queued.is_empty() {
+            self.shards.remove(&shard);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(user: &str, id: u64, xml_bytes: usize) -> (Jid, ArchivedMessage) {
+        let user = Jid::parse(user).unwrap_or_else(|e| panic!("{user}: {e}"));
+        (
+            user,
+            ArchivedMessage {
+                id,
+                with: "peer@example.org".into(),
+                with_resource: String::new(),
+                outgoing: false,
+                xml: "x".repeat(xml_bytes),
+            },
+        )
+    }
+
+    fn archiver(max_pending_bytes: usize) -> Archiver {
+        Archiver::new(
+            1,
+            &Settings {
+                max_pending_bytes,
+                ..Settings::default()
+            },
+        )
+    }
+
+    fn ids(op: &ArchiveAppend) -> Vec<u64> {
+        op.entries.iter().map(|(_, m)| m.id).collect()
+    }
+
+    #[test]
+    fn one_batch_in_flight_per_shard_and_the_rest_goes_next() {
+        let mut a = archiver(1 << 20);
+        for id in 1..=3 {
+            let (u, m) = entry("a@x", id, 10);
+            assert!(a.queue(0, u, m));
+        }
+        let (u, m) = entry("b@x", 9, 10);
+        assert!(a.queue(1, u, m));
+        let mut ready = a.take_ready();
+        ready.sort_by_key(|(s, _)| *s);
+        assert_eq!(ready.len(), 2);
+        assert_eq!(ids(&ready[0].1), [1, 2, 3]);
+        assert_eq!(ids(&ready[1].1), [9]);
+        // While shard 0's batch is in flight, what comes waits.
+        let (u, m) = entry("a@x", 4, 10);
+        assert!(a.queue(0, u, m));
+        assert!(a.take_ready().is_empty());
+        a.done(0, true);
+        let ready = a.take_ready();
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ids(&ready[0].1), [4]);
+    }
+
+    #[test]
+    fn a_failed_batch_goes_again_first_and_is_given_up_after_max_attempts() {
+        let mut a = archiver(1 << 20);
+        let (u, m) = entry("a@x", 1, 10);
+        a.queue(0, u, m);
+        let _ = a.take_ready();
+        let (u, m) = entry("a@x", 2, 10);
+        a.queue(0, u, m);
+        a.done(0, false);
+        let ready = a.take_ready();
+        assert_eq!(ids(&ready[0].1), [1, 2], "the failed batch first, in order");
+        for _ in 1..MAX_ATTEMPTS {
+            a.done(0, false);
+            let _ = a.take_ready();
+        }
+        // The last failure gives the batch up and frees its bytes.
+        a.done(0, false);
+        assert!(a.take_ready().is_empty());
+        assert_eq!(a.pending_bytes, 0);
+    }
+
+    #[test]
+    fn the_queue_is_bounded_and_batches_by_bytes() {
+        let mut a = archiver(3 * (1000 + 64 + 16));
+        for id in 0..3 {
+            let (u, m) = entry("a@x", id, 1000);
+            assert!(a.queue(0, u, m), "within the bound");
+        }
+        let (u, m) = entry("a@x", 3, 1000);
+        assert!(!a.queue(0, u, m), "beyond max_pending_bytes: not archived");
+        let mut a = archiver(1 << 30);
+        for id in 0..5 {
+            let (u, m) = entry("a@x", id, 1024 * 1024);
+            a.queue(0, u, m);
+        }
+        let ready = a.take_ready();
+        assert_eq!(
+            ids(&ready[0].1),
+            [0, 1, 2],
+            "at most MAX_BATCH_BYTES per batch"
+        );
+    }
+}

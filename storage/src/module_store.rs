@@ -1,0 +1,435 @@
+//! Trees `mod.<module>`: the per-account state of extension modules (vcard-temp, private XML,
+//! last activity, and whatever module comes next), one tree per module, keyed by
+//! `user \0 key` (the key is the module's own, possibly empty) with the module's payload,
+//! as the module wrote it, for value. The store does not know the payloads' types: a module
+//! writes through one generic [`crate::UserDataWrite::Module`], which the shard's Raft log,
+//! its snapshots and account deletion carry without any code of the module's own.
+//!
+//! The trees that vcard-temp, private XML and last activity used before (`vcards`,
+//! `private`, `last_activity`) are moved in here when a placement is opened
+//! ([`ModuleStore::migrate_legacy`]), and a snapshot or log entry written before is
+//! converted the same way ([`legacy_entry`]).
+//!
+//! A module whose entries are many and ordered (the message archive, `crate::archive`; PEP
+//! items next) reads them with [`ModuleStore::range`]: a key range of one account, in either
+//! direction, lazily, so a page of a large set costs the page and not the set.
+
+use std::ops::Bound;
+
+use serde::{Deserialize, Serialize};
+
+use sled::transaction::Transactional;
+
+use crate::{prefix, StorageError, TxResult};
+
+/// The module trees of one placement (the node's own, or one replicated shard's). Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct ModuleStore {
+    db: sled::Db,
+    /// The placement's tree prefix (`""` or `shardNNN.`).
+    prefix: String,
+    /// Flush after each write (off for replicated shards: their Raft log is durable).
+    durable: bool,
+}
+
+/// The part of a module tree's name after the placement prefix.
+const MOD: &str = "mod.";
+
+/// A module name is a configuration section name: lower-case ASCII, digits, `_` and `-`.
+fn module_name(name: &str) -> Result<&str, StorageError> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(name)
+    } else {
+        Err(StorageError::InvalidKey(name.to_string()))
+    }
+}
+
+/// `user \0 key`.
+fn entry_key(user: &str, key: &str) -> Result<Vec<u8>, StorageError> {
+    let mut k = prefix(user)?;
+    k.extend_from_slice(key.as_bytes());
+    Ok(k)
+}
+
+fn text(key: &[u8], bytes: &[u8]) -> Result<String, StorageError> {
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| StorageError::Corrupt(String::from_utf8_lossy(key).escape_debug().to_string()))
+}
+
+impl ModuleStore {
+    pub(crate) fn new(db: sled::Db, prefix: &str, durable: bool) -> ModuleStore {
+        ModuleStore {
+            db,
+            prefix: prefix.to_string(),
+            durable,
+        }
+    }
+
+    /// The same trees, written without flushing.
+    pub(crate) fn volatile(mut self) -> ModuleStore {
+        self.durable = false;
+        self
+    }
+
+    /// Whether every write is flushed before it returns.
+    pub(crate) fn durable(&self) -> bool {
+        self.durable
+    }
+
+    /// `module`'s tree (created empty when first used).
+    pub(crate) fn tree(&self, module: &str) -> Result<sled::Tree, StorageError> {
+        Ok(self
+            .db
+            .open_tree(format!("{}{MOD}{}", self.prefix, module_name(module)?))?)
+    }
+
+    /// Every module tree of this placement that exists, by module name, sorted.
+    pub(crate) fn trees(&self) -> Result<Vec<(String, sled::Tree)>, StorageError> {
+        let start = format!("{}{MOD}", self.prefix);
+        let mut names: Vec<String> = self
+            .db
+            .tree_names()
+            .iter()
+            .filter_map(|n| std::str::from_utf8(n).ok())
+            .filter_map(|n| n.strip_prefix(&start))
+            .map(str::to_string)
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|n| Ok((n.clone(), self.tree(&n)?)))
+            .collect()
+    }
+
+    /// The payload `module` stored for `user` under `key`.
+    pub fn get(&self, module: &str, user: &str, key: &str) -> Result<Option<String>, StorageError> {
+        let k = entry_key(user, key)?;
+        match self.tree(module)?.get(&k)? {
+            Some(v) => Ok(Some(text(&k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every (key, payload) `module` stored for `user`, in key order. A scan of the user's
+    /// entries, which the module's own quota keeps few.
+    pub fn entries(&self, module: &str, user: &str) -> Result<Vec<(String, String)>, StorageError> {
+        let pfx = prefix(user)?;
+        let mut out = Vec::new();
+        for kv in self.tree(module)?.scan_prefix(&pfx) {
+            let (k, v) = kv?;
+            out.push((text(&k, &k[pfx.len()..])?, text(&k, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// `module`'s entries of `user` whose keys lie between `lower` and `upper`, in key order
+    /// (`reverse`: from the last), as (key, payload). Lazy: the caller takes as many as it
+    /// needs, so paging a large set reads the page only. An empty range (lower above upper)
+    /// yields nothing.
+    pub fn range(
+        &self,
+        module: &str,
+        user: &str,
+        lower: Bound<&str>,
+        upper: Bound<&str>,
+        reverse: bool,
+    ) -> Result<ModuleRange, StorageError> {
+        let pfx = prefix(user)?;
+        let key = |k: &str| {
+            let mut v = pfx.clone();
+            v.extend_from_slice(k.as_bytes());
+            v
+        };
+        let lo = match lower {
+            Bound::Included(k) => Bound::Included(key(k)),
+            Bound::Excluded(k) => Bound::Excluded(key(k)),
+            Bound::Unbounded => Bound::Included(pfx.clone()),
+        };
+        let hi = match upper {
+            Bound::Included(k) => Bound::Included(key(k)),
+            Bound::Excluded(k) => Bound::Excluded(key(k)),
+            // `user \1`: the first key after every `user \0 …`.
+            Bound::Unbounded => {
+                let mut end = pfx.clone();
+                if let Some(last) = end.last_mut() {
+                    *last = 1;
+                }
+                Bound::Excluded(end)
+            }
+        };
+        Ok(ModuleRange {
+            iter: self.tree(module)?.range::<Vec<u8>, _>((lo, hi)),
+            prefix_len: pfx.len(),
+            reverse,
+        })
+    }
+
+    /// Store (`Some`) or remove (`None`) `module`'s payload for `user` under `key`; whether
+    /// there was one before.
+    pub fn put(
+        &self,
+        module: &str,
+        user: &str,
+        key: &str,
+        payload: Option<&str>,
+    ) -> Result<bool, StorageError> {
+        let tree = self.tree(module)?;
+        let k = entry_key(user, key)?;
+        let old = match payload {
+            Some(p) => tree.insert(k, p.as_bytes())?,
+            None => tree.remove(k)?,
+        };
+        if self.durable {
+            tree.flush()?;
+        }
+        Ok(old.is_some())
+    }
+
+    /// Several [`ModuleStore::put`]s, `(module, user, key, payload)`, as one sled
+    /// transaction over the trees they touch (all or nothing), flushed once.
+    pub(crate) fn put_all(
+        &self,
+        writes: &[(&str, &str, &str, Option<&str>)],
+    ) -> Result<(), StorageError> {
+        // (sled cannot run a transaction over no tree.)
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut names: Vec<&str> = writes.iter().map(|w| w.0).collect();
+        names.sort_unstable();
+        names.dedup();
+        let trees = names
+            .iter()
+            .map(|m| self.tree(m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut keyed = Vec::with_capacity(writes.len());
+        for (module, user, key, payload) in writes {
+            let tree = names.binary_search(module).unwrap_or_default();
+            keyed.push((tree, entry_key(user, key)?, *payload));
+        }
+        trees.as_slice().transaction(|views| -> TxResult<()> {
+            for (tree, k, payload) in &keyed {
+                let view = &views[*tree];
+                match payload {
+                    Some(p) => view.insert(k.as_slice(), p.as_bytes())?,
+                    None => view.remove(k.as_slice())?,
+                };
+            }
+            Ok(())
+        })?;
+        if self.durable {
+            if let Some(t) = trees.first() {
+                t.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Move the trees of the modules that were wired by hand before (`vcards`, `private`,
+    /// `last_activity`) into their module trees, then drop them. Idempotent: a crash halfway
+    /// leaves the old tree, whose entries are moved again (to the same keys, with the same
+    /// payloads) on the next open, before any write.
+    pub(crate) fn migrate_legacy(&self) -> Result<usize, StorageError> {
+        let mut moved = 0;
+        for legacy in LEGACY_TREES {
+            let name = format!("{}{legacy}", self.prefix);
+            if !self.db.tree_names().iter().any(|n| n == name.as_bytes()) {
+                continue;
+            }
+            let old = self.db.open_tree(&name)?;
+            for kv in old.iter() {
+                let (k, v) = kv?;
+                let (module, key, payload) = legacy_entry(legacy, &k, &v)?;
+                self.tree(module)?.insert(key, payload.into_bytes())?;
+                moved += 1;
+            }
+            self.db.flush()?;
+            self.db.drop_tree(name.as_bytes())?;
+            self.db.flush()?;
+        }
+        Ok(moved)
+    }
+}
+
+/// The entries of one [`ModuleStore::range`]: (key after `user \0`, payload).
+pub struct ModuleRange {
+    iter: sled::Iter,
+    prefix_len: usize,
+    reverse: bool,
+}
+
+impl ModuleRange {
+    /// The next raw entry (full key, payload bytes), for callers in this crate that decode
+    /// keys themselves and skip the payload.
+    pub(crate) fn next_raw(&mut self) -> Option<Result<(sled::IVec, sled::IVec), StorageError>> {
+        let next = if self.reverse {
+            self.iter.next_back()
+        } else {
+            self.iter.next()
+        };
+        next.map(|kv| kv.map_err(StorageError::from))
+    }
+}
+
+impl Iterator for ModuleRange {
+    type Item = Result<(String, String), StorageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let prefix_len = self.prefix_len;
+        self.next_raw().map(|kv| {
+            let (k, v) = kv?;
+            Ok((text(&k, &k[prefix_len.min(k.len())..])?, text(&k, &v)?))
+        })
+    }
+}
+
+/// Trees of the modules before they had a store of their own.
+pub(crate) const LEGACY_TREES: &[&str] = &["vcards", "private", "last_activity"];
+
+/// What the legacy trees held (JSON with a format version `v`).
+#[derive(Deserialize)]
+struct LegacyXml {
+    xml: String,
+}
+
+#[derive(Deserialize)]
+struct LegacyLast {
+    secs: u64,
+    status: Option<String>,
+}
+
+/// The payload of module `last` (XEP-0012 account part): seconds since the Unix epoch of the
+/// account's last logout and that presence's status. Written by `nodes`' last module; here
+/// for the conversion of the legacy tree and log entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastActivity {
+    pub secs: u64,
+    pub status: Option<String>,
+}
+
+impl LastActivity {
+    pub fn payload(&self) -> String {
+        // A struct of a number and an optional string always serialises.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// One entry of a legacy tree as (module, entry key, payload). Private XML's old keys were
+/// already `user \0 ns \0 name`, which is the module key `ns \0 name`.
+pub(crate) fn legacy_entry(
+    tree: &str,
+    key: &[u8],
+    value: &[u8],
+) -> Result<(&'static str, Vec<u8>, String), StorageError> {
+    let corrupt = || StorageError::Corrupt(String::from_utf8_lossy(key).escape_debug().to_string());
+    match tree {
+        "vcards" => {
+            let r: LegacyXml = serde_json::from_slice(value).map_err(|_| corrupt())?;
+            let mut k = key.to_vec();
+            k.push(0);
+            Ok(("vcard", k, r.xml))
+        }
+        "private" => {
+            let r: LegacyXml = serde_json::from_slice(value).map_err(|_| corrupt())?;
+            Ok(("private", key.to_vec(), r.xml))
+        }
+        "last_activity" => {
+            let r: LegacyLast = serde_json::from_slice(value).map_err(|_| corrupt())?;
+            let mut k = key.to_vec();
+            k.push(0);
+            let last = LastActivity {
+                secs: r.secs,
+                status: r.status,
+            };
+            Ok(("last", k, last.payload()))
+        }
+        _ => Err(corrupt()),
+    }
+}
+
+/// The module key of a private XML element (XEP-0049): its namespace and name.
+pub fn private_key(ns: &str, name: &str) -> String {
+    format!("{ns}\0{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testutil::{open, TempDir};
+
+    const U: &str = "juliet@example.com";
+
+    #[test]
+    fn put_get_entries_remove_and_reopen() {
+        let dir = TempDir::new("modstore");
+        {
+            let store = open(dir.path());
+            let m = store.modules();
+            assert_eq!(m.get("vcard", U, "").unwrap(), None);
+            assert!(!m.put("vcard", U, "", Some("<vCard/>")).unwrap());
+            assert!(m.put("vcard", U, "", Some("<vCard>2</vCard>")).unwrap());
+            m.put("private", U, "urn:a\0a", Some("<a/>")).unwrap();
+            m.put("private", U, "urn:b\0b", Some("<b/>")).unwrap();
+            m.put("private", "romeo@x", "urn:a\0a", Some("<a/>"))
+                .unwrap();
+            // A payload is the module's own: any text, NUL included.
+            assert!(m.put("vcard", U, "", Some("a\0b")).is_ok());
+            assert!(m.put("Bad Name", U, "", Some("x")).is_err());
+        }
+        let store = open(dir.path());
+        let m = store.modules();
+        assert_eq!(m.get("vcard", U, "").unwrap().as_deref(), Some("a\0b"));
+        assert_eq!(
+            m.entries("private", U).unwrap(),
+            vec![
+                ("urn:a\0a".to_string(), "<a/>".to_string()),
+                ("urn:b\0b".to_string(), "<b/>".to_string())
+            ]
+        );
+        assert!(m.put("private", U, "urn:a\0a", None).unwrap());
+        assert_eq!(m.entries("private", U).unwrap().len(), 1);
+        let names: Vec<String> = m.trees().unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["private", "vcard"]);
+    }
+
+    #[test]
+    fn ranges_are_ordered_bounded_and_per_user() {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let dir = TempDir::new("modstore-range");
+        let store = open(dir.path());
+        let m = store.modules();
+        for k in ["a", "b", "c", "d"] {
+            m.put("items", U, k, Some(k)).unwrap();
+        }
+        // Neighbours on both sides of the account's prefix must not leak in.
+        m.put("items", "juliet@example.co", "z", Some("z")).unwrap();
+        m.put("items", "juliet@example.com0", "a", Some("a"))
+            .unwrap();
+        let keys = |lo, hi, rev| -> Vec<String> {
+            m.range("items", U, lo, hi, rev)
+                .unwrap()
+                .map(|kv| kv.unwrap().0)
+                .collect()
+        };
+        assert_eq!(keys(Unbounded, Unbounded, false), ["a", "b", "c", "d"]);
+        assert_eq!(keys(Unbounded, Unbounded, true), ["d", "c", "b", "a"]);
+        assert_eq!(keys(Included("b"), Excluded("d"), false), ["b", "c"]);
+        assert_eq!(keys(Excluded("a"), Included("c"), true), ["c", "b"]);
+        assert!(keys(Included("d"), Included("a"), false).is_empty());
+        assert!(keys(Included("d"), Included("a"), true).is_empty());
+        assert!(m
+            .range("items", "nobody@x", Unbounded, Unbounded, false)
+            .unwrap()
+            .next()
+            .is_none());
+        let first = m
+            .range("items", U, Unbounded, Unbounded, false)
+            .unwrap()
+            .next();
+        assert_eq!(first.unwrap().unwrap(), ("a".into(), "a".into()));
+    }
+}
