@@ -8,8 +8,15 @@
 //! carbon to the sender's second session and a `<received/>` one to the recipient's. With
 //! `--server-pid` the server's CPU time over the exchange is reported per delivered message,
 //! so the two runs can be compared.
+//!
+//! With `--flaky-percent P` a share of the users enable resumable stream management
+//! (XEP-0198) and, every `--flaky-every-secs` or so, drop their TCP connection without
+//! closing the stream, as a phone losing its network does; each then resumes its session on
+//! the next server of the target (another node of a cluster), sends again the messages the
+//! server had not acknowledged (§4) and receives what the server retransmits. The receivers'
+//! `lost` and `duplicates` say whether the server kept its promise.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +29,9 @@ use crate::conn::Failure;
 use crate::login::Target;
 use crate::probe::{self, ChatMessage};
 use crate::ramp::{login_all, stopped, tally, timed_login, End, Plan, Ramp, Session};
-use crate::report::{CarbonsSummary, ChatSummary, Distribution, Outcome, ServerCpuSummary};
+use crate::report::{
+    CarbonsSummary, ChatSummary, Distribution, FlakySummary, Outcome, ServerCpuSummary,
+};
 use crate::system::{cpu_time_of, cpu_us_per, CpuMeter};
 use crate::xml;
 
@@ -41,9 +50,38 @@ pub struct ChatPlan {
     pub carbons: bool,
     /// `--sm`: stream management (XEP-0198) enabled on every session, `<r/>` answered.
     pub sm: bool,
+    /// `--flaky-percent`: users that drop their connection and resume now and then.
+    pub flaky: Option<FlakyPlan>,
     /// `--server-pid`: the server process whose CPU time is measured.
     pub server_pid: Option<u32>,
 }
+
+/// `chat --flaky-percent`: which users drop their connection, and how often.
+#[derive(Clone, Copy)]
+pub struct FlakyPlan {
+    /// Share of the users, in percent (1..=100).
+    pub percent: u32,
+    /// Mean time between two drops of one user (uniformly 0.5x to 1.5x).
+    pub every: Duration,
+}
+
+impl FlakyPlan {
+    /// Whether the user at `pos` among the peers is flaky: an even spread, `percent` of
+    /// every hundred.
+    fn picks(&self, pos: usize) -> bool {
+        (pos as u64 * u64::from(self.percent)) % 100 < u64::from(self.percent)
+    }
+
+    fn next_drop(&self) -> tokio::time::Instant {
+        let every = self.every.as_micros().max(2) as u64;
+        let wait = rand::thread_rng().gen_range(every / 2..every + every / 2);
+        tokio::time::Instant::now() + Duration::from_micros(wait)
+    }
+}
+
+/// Ask for the server's `<a/>` after this many messages (XEP-0198 §4), so that the queue of
+/// messages to send again after a resumption stays short.
+const ACK_REQUEST_EVERY: u32 = 8;
 
 /// The resource of each user's second session with `--carbons`.
 const CARBONS_RESOURCE: &str = "lg-carbons";
@@ -85,6 +123,14 @@ struct Received {
     latencies_us: Vec<u64>,
     /// When the last distinct message arrived, µs after the epoch.
     last_us: u64,
+    /// `--flaky-percent`: this user was flaky, and what its drops gave.
+    flaky: bool,
+    drops: u64,
+    resumed: u64,
+    resumed_elsewhere: u64,
+    resume_failed: u64,
+    resent: u64,
+    resume_us: Vec<u64>,
 }
 
 /// Log every user in; the sessions, their indexes, and the stop signal they hold on.
@@ -198,6 +244,7 @@ pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
     let _ = stop.send(true);
 
     let mut total = Received::default();
+    let mut flaky_clients = 0u64;
     let mut ends = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         match joined {
@@ -208,6 +255,14 @@ pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
                 total.bounced += received.bounced;
                 total.latencies_us.extend(received.latencies_us);
                 total.last_us = total.last_us.max(received.last_us);
+                total.flaky |= received.flaky;
+                total.drops += received.drops;
+                total.resumed += received.resumed;
+                total.resumed_elsewhere += received.resumed_elsewhere;
+                total.resume_failed += received.resume_failed;
+                total.resent += received.resent;
+                total.resume_us.extend(received.resume_us);
+                flaky_clients += u64::from(received.flaky);
             }
             Err(e) => ends.push(End::Dropped(Failure::Protocol(format!("internal: {e}")))),
         }
@@ -248,6 +303,15 @@ pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
                 sent_carbons: shared.sent_carbons.load(Ordering::Relaxed),
                 received_carbons: shared.received_carbons.load(Ordering::Relaxed),
                 expected: 2 * sent,
+            }),
+            flaky: shared.plan.flaky.map(|_| FlakySummary {
+                clients: flaky_clients,
+                drops: total.drops,
+                resumed: total.resumed,
+                resumed_elsewhere: total.resumed_elsewhere,
+                failed: total.resume_failed,
+                resent: total.resent,
+                resume_ms: Distribution::from_micros(std::mem::take(&mut total.resume_us)),
             }),
             server_cpu: server_cpu.map(|(server_pid, cpu)| ServerCpuSummary {
                 server_pid,
@@ -366,8 +430,23 @@ async fn converse(
     // XEP-0198: stanzas received since `<enabled/>` (the server counts from its answer on,
     // §4), the `h` of our `<a/>`; None until then.
     let mut handled: Option<u32> = None;
-    if plan.sm {
-        if let Err(failure) = session.conn.send("<enable xmlns='urn:xmpp:sm:3'/>").await {
+    // `--flaky-percent`: this user resumes after drops. Its session id (`<enabled id/>`),
+    // the server it is connected to, when it drops next, and the messages the server has not
+    // acknowledged yet (XEP-0198 §4: sent again after a resumption) with the server's last h.
+    let flaky = plan.flaky.filter(|f| f.picks(pos));
+    received.flaky = flaky.is_some();
+    let mut sm_id: Option<String> = None;
+    let mut server = shared.target.server_of(session.index);
+    let mut next_drop = flaky.map(|f| f.next_drop());
+    let mut unacked: VecDeque<String> = VecDeque::new();
+    let mut acked: u32 = 0;
+    if plan.sm || flaky.is_some() {
+        let enable = if flaky.is_some() {
+            "<enable xmlns='urn:xmpp:sm:3' resume='true'/>"
+        } else {
+            "<enable xmlns='urn:xmpp:sm:3'/>"
+        };
+        if let Err(failure) = session.conn.send(enable).await {
             return (End::Dropped(failure), received);
         }
     }
@@ -381,16 +460,73 @@ async fn converse(
                     break Some(failure);
                 }
                 shared.sent.fetch_add(1, Ordering::Relaxed);
+                if flaky.is_some() {
+                    unacked.push_back(message);
+                    if seq.is_multiple_of(ACK_REQUEST_EVERY) {
+                        if let Err(failure) = session.conn.send("<r xmlns='urn:xmpp:sm:3'/>").await {
+                            break Some(failure);
+                        }
+                    }
+                }
                 next_send += plan.interval;
                 if seq == plan.messages {
                     sending = false;
                     shared.senders_done.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            _ = sleep_until_some(next_drop), if sm_id.is_some() => {
+                // The network goes: the connection ends without `</stream:stream>`.
+                let Some((f, id)) = flaky.zip(sm_id.as_deref()) else { continue };
+                drop(session.conn);
+                received.drops += 1;
+                let h = handled.unwrap_or(0);
+                let began = Instant::now();
+                let to = (server + 1) % shared.target.servers.len().max(1);
+                let limit = shared.plan.duration;
+                let resumed = tokio::time::timeout(
+                    limit,
+                    crate::login::resume_as(&shared.target, session.index, to, id, h),
+                )
+                .await
+                .unwrap_or(Err(Failure::Timeout));
+                match resumed {
+                    Ok((conn, server_h)) => {
+                        session.conn = conn;
+                        received.resumed += 1;
+                        received.resumed_elsewhere += u64::from(to != server);
+                        received.resume_us.push(began.elapsed().as_micros() as u64);
+                        server = to;
+                        // What the server handled is acknowledged; the rest goes again.
+                        let done = server_h.wrapping_sub(acked) as usize;
+                        unacked.drain(..done.min(unacked.len()));
+                        acked = server_h;
+                        for message in &unacked {
+                            if let Err(failure) = session.conn.send(message).await {
+                                return ended(&shared, sending, failure, received);
+                            }
+                            received.resent += 1;
+                        }
+                        next_drop = Some(f.next_drop());
+                    }
+                    Err(failure) => {
+                        received.resume_failed += 1;
+                        return ended(&shared, sending, failure, received);
+                    }
+                }
+            }
             el = session.conn.next_element() => match el {
                 Ok(el) => {
-                    if plan.sm && handled.is_none() && el.starts_with("<enabled") {
+                    if (plan.sm || flaky.is_some()) && handled.is_none() && el.starts_with("<enabled") {
                         handled = Some(0);
+                        sm_id = xml::attr(&el, "id").filter(|_| flaky.is_some());
+                        continue;
+                    }
+                    if el.starts_with("<a ") && flaky.is_some() {
+                        if let Some(h) = xml::attr(&el, "h").and_then(|h| h.parse::<u32>().ok()) {
+                            let done = h.wrapping_sub(acked) as usize;
+                            unacked.drain(..done.min(unacked.len()));
+                            acked = h;
+                        }
                         continue;
                     }
                     if let Some(h) = handled.as_mut() {
@@ -412,16 +548,27 @@ async fn converse(
         }
     };
     match failure {
-        Some(failure) => {
-            if sending {
-                shared.senders_done.fetch_add(1, Ordering::Relaxed);
-            }
-            (End::Dropped(failure), received)
-        }
+        Some(failure) => ended(&shared, sending, failure, received),
         None => {
             let clean = session.conn.close(grace).await;
             (End::Closed { clean }, received)
         }
+    }
+}
+
+/// A session that ended before it was told to stop.
+fn ended(shared: &Shared, sending: bool, failure: Failure, received: Received) -> (End, Received) {
+    if sending {
+        shared.senders_done.fetch_add(1, Ordering::Relaxed);
+    }
+    (End::Dropped(failure), received)
+}
+
+/// Sleep until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -491,4 +638,36 @@ fn receive(shared: &Shared, el: &str, seen: &mut HashSet<(u32, u32)>, received: 
     let now_us = shared.epoch.elapsed().as_micros() as u64;
     received.latencies_us.push(now_us.saturating_sub(sent_us));
     received.last_us = now_us;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flaky_users_are_the_share_asked_for_evenly_spread() {
+        for percent in [1, 10, 33, 50, 99, 100] {
+            let plan = FlakyPlan {
+                percent,
+                every: Duration::from_secs(1),
+            };
+            for window in [0..100, 100..200, 37..137] {
+                let picked = window.filter(|&pos| plan.picks(pos)).count();
+                assert_eq!(picked, percent as usize, "{percent} %");
+            }
+        }
+    }
+
+    #[test]
+    fn drops_come_between_half_and_one_and_a_half_periods() {
+        let plan = FlakyPlan {
+            percent: 10,
+            every: Duration::from_secs(2),
+        };
+        for _ in 0..100 {
+            let wait = plan.next_drop() - tokio::time::Instant::now();
+            assert!(wait <= Duration::from_secs(3), "{wait:?}");
+            assert!(wait >= Duration::from_millis(900), "{wait:?}");
+        }
+    }
 }

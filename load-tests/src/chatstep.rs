@@ -265,6 +265,7 @@ pub async fn run(plan: &Plan, sp: StepPlan, body_bytes: usize) -> anyhow::Result
             generator_cpu_secs: exchange_cpu.as_secs_f64(),
             generator_cpu_us_per_message: cpu_us_per(exchange_cpu, received_all),
             carbons: None,
+            flaky: None,
             server_cpu: None,
             stepped: Some(ChatStepsSummary {
                 step_secs: sp.step.as_secs(),

@@ -128,7 +128,63 @@ impl Target {
 /// Log user `index` in binding `resource` (several resources let one user have several
 /// sessions at once); on success the stream is bound and initial presence is sent.
 pub async fn login_as(target: &Target, index: u32, resource: &str) -> Result<Connection, Failure> {
-    let tcp = connect(target, index).await?;
+    let (mut conn, features) = authenticated(target, index, target.server_of(index)).await?;
+    if xml::child(&features, "bind").is_none() {
+        return Err(Failure::Protocol("resource binding not offered".into()));
+    }
+    bind(&mut conn, resource).await?;
+    conn.send("<presence/>").await?;
+    Ok(conn)
+}
+
+/// Resume user `index`'s stream-managed session `previd` (XEP-0198 §5) on server `server`
+/// (an index of `target.servers`: in a cluster, any node), telling it we handled `h`
+/// stanzas. Returns the connection and the server's `h` (stanzas of ours it handled); the
+/// server then retransmits what we had not acknowledged. `<failed/>` is a
+/// [`Failure::Protocol`] naming its condition.
+pub async fn resume_as(
+    target: &Target,
+    index: u32,
+    server: usize,
+    previd: &str,
+    h: u32,
+) -> Result<(Connection, u32), Failure> {
+    let (mut conn, features) = authenticated(target, index, server).await?;
+    if xml::child(&features, "sm").is_none() {
+        return Err(Failure::Protocol("stream management not offered".into()));
+    }
+    conn.send(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{}' h='{h}'/>",
+        xml::escape(previd)
+    ))
+    .await?;
+    let answer = conn.next_element().await?;
+    match xml::name(&answer) {
+        "resumed" => {
+            let h = xml::attr(&answer, "h")
+                .and_then(|h| h.parse().ok())
+                .ok_or_else(|| Failure::Protocol("<resumed/> without a valid h".into()))?;
+            Ok((conn, h))
+        }
+        other => Err(Failure::Protocol(format!(
+            "resume answered with <{other}>{}",
+            xml::children(&answer)
+                .first()
+                .map(|c| format!(" ({})", xml::name(c)))
+                .unwrap_or_default()
+        ))),
+    }
+}
+
+/// Connect to `target.servers[server]`, secure the stream as `target.tls` says and
+/// authenticate user `index`; returns the connection and the features of the restarted
+/// stream (bind or resume come next).
+async fn authenticated(
+    target: &Target,
+    index: u32,
+    server: usize,
+) -> Result<(Connection, String), Failure> {
+    let tcp = connect(target, index, server).await?;
     let mut conn = match target.tls {
         TlsMode::Direct => {
             Connection::direct_tls(tcp, target.tls_config()?, &target.domain).await?
@@ -154,17 +210,12 @@ pub async fn login_as(target: &Target, index: u32, resource: &str) -> Result<Con
     }
     authenticate(&mut conn, target, index, &features).await?;
     let features = open_stream(&mut conn, &target.domain).await?;
-    if xml::child(&features, "bind").is_none() {
-        return Err(Failure::Protocol("resource binding not offered".into()));
-    }
-    bind(&mut conn, resource).await?;
-    conn.send("<presence/>").await?;
-    Ok(conn)
+    Ok((conn, features))
 }
 
-async fn connect(target: &Target, index: u32) -> Result<TcpStream, Failure> {
+async fn connect(target: &Target, index: u32, server: usize) -> Result<TcpStream, Failure> {
     let connect_err = |e: std::io::Error| Failure::Connect(e.kind());
-    let server = target.servers[target.server_of(index)];
+    let server = target.servers[server % target.servers.len().max(1)];
     let socket = match server {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),

@@ -118,6 +118,15 @@ enum Scenario {
         /// with --server-pid against a run without).
         #[arg(long)]
         sm: bool,
+        /// Flaky network: this share of the users (percent) enable resumable stream
+        /// management and now and then drop their TCP connection without closing the
+        /// stream, then resume the session (XEP-0198) on the next --server; the report
+        /// counts drops, resumptions and the messages lost or duplicated.
+        #[arg(long, default_value_t = 0)]
+        flaky_percent: u32,
+        /// With --flaky-percent: mean seconds between two drops of one flaky user.
+        #[arg(long, default_value_t = 5)]
+        flaky_every_secs: u64,
     },
     /// Login storm: open connections at each target rate in turn (login, bind, presence,
     /// close); users are reused round-robin, each connection with its own resource.
@@ -506,8 +515,22 @@ fn work(
             body_bytes: body,
             carbons,
             sm,
+            flaky_percent,
+            flaky_every_secs,
         } => {
             ensure!(messages <= 1_000_000, "--messages must be at most 1000000");
+            ensure!(
+                flaky_percent <= 100,
+                "--flaky-percent must be between 0 and 100"
+            );
+            let flaky = (flaky_percent > 0)
+                .then(|| -> anyhow::Result<chat::FlakyPlan> {
+                    Ok(chat::FlakyPlan {
+                        percent: flaky_percent,
+                        every: secs(flaky_every_secs, "--flaky-every-secs")?,
+                    })
+                })
+                .transpose()?;
             ensure!(
                 !cross_node_only || servers >= 2,
                 "--cross-node-only needs at least two --server addresses"
@@ -526,6 +549,7 @@ fn work(
                     );
                     ensure!(!carbons, "--rates does not support --carbons");
                     ensure!(!sm, "--rates does not support --sm");
+                    ensure!(flaky.is_none(), "--rates does not support --flaky-percent");
                     let rates = storm::parse_rates(rates)?;
                     let step = secs(step_secs, "--step-secs")?;
                     let total: u64 = rates.iter().map(|&r| u64::from(r) * step_secs).sum();
@@ -552,6 +576,7 @@ fn work(
                 body_bytes: body_bytes(body)?,
                 carbons,
                 sm,
+                flaky,
                 server_pid,
             })
         }

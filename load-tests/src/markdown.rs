@@ -597,6 +597,7 @@ mod tests {
                     generator_cpu_secs: 0.5,
                     generator_cpu_us_per_message: 16.7,
                     carbons: None,
+                    flaky: None,
                     server_cpu: None,
                     stepped: Some(ChatStepsSummary {
                         step_secs: 1,

@@ -211,6 +211,9 @@ pub struct ChatSummary {
     /// `chat --carbons`: each user's second session with carbons (XEP-0280) enabled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub carbons: Option<CarbonsSummary>,
+    /// `chat --flaky`: clients that dropped their connection and resumed (XEP-0198).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flaky: Option<FlakySummary>,
     /// `--server-pid`: the server's CPU time over the exchange.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_cpu: Option<ServerCpuSummary>,
@@ -226,6 +229,25 @@ pub struct CarbonsSummary {
     pub received_carbons: u64,
     /// Two per message sent (when every user has its second session).
     pub expected: u64,
+}
+
+/// `chat --flaky`: the flaky clients' drops and resumptions. `lost` and `duplicates` of the
+/// chat summary say whether the server kept its XEP-0198 promise across them.
+#[derive(Debug, Serialize)]
+pub struct FlakySummary {
+    /// Clients that dropped their connection now and then.
+    pub clients: u64,
+    /// Connections dropped without closing the stream.
+    pub drops: u64,
+    /// Sessions resumed, and how many of them on another server than the one dropped.
+    pub resumed: u64,
+    pub resumed_elsewhere: u64,
+    /// Resumptions refused or failed (the client's session then ended).
+    pub failed: u64,
+    /// Messages of ours the server had not acknowledged, sent again after a resumption.
+    pub resent: u64,
+    /// Connect, TLS, authentication and `<resumed/>`, per resumption.
+    pub resume_ms: Distribution,
 }
 
 /// The server's CPU time (utime + stime of `/proc/PID/stat`) over the exchange.
@@ -385,6 +407,13 @@ impl Summary {
                     "carbons: {} sessions with carbons enabled; {} sent and {} received carbons of {} expected",
                     k.sessions, k.sent_carbons, k.received_carbons, k.expected
                 );
+            }
+            if let Some(f) = &c.flaky {
+                println!(
+                    "flaky: {} clients dropped {} connections; {} resumed ({} on another server), {} failed; {} messages sent again",
+                    f.clients, f.drops, f.resumed, f.resumed_elsewhere, f.failed, f.resent
+                );
+                println!("resumption (connect to <resumed/>): {}", f.resume_ms.line());
             }
             match &c.server_cpu {
                 Some(s) => println!(

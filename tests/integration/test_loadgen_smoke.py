@@ -54,14 +54,16 @@ def node(tmp_path_factory):
     srv.stop()
 
 
-def run_loadgen(loadgen: Path, node: Server, tmp_path: Path, args: list[str]) -> dict:
+def run_loadgen(
+    loadgen: Path, node: Server, tmp_path: Path, args: list[str], cafile: str | None = None
+) -> dict:
     summary = tmp_path / "summary.json"
     report = tmp_path / "report"
     cmd = [
         str(loadgen),
         "--user-prefix", "lg",
         "--password", PASSWORD,
-        "--ca", node.cafile,
+        "--ca", cafile or node.cafile,
         "--json", str(summary),
         "--report", str(report),
         *args,
@@ -402,3 +404,65 @@ def test_messages_routed_to_a_closing_session_are_not_lost(loadgen, node, tmp_pa
     g = data["mixed"]["messages"]
     assert g["sent"] > 1000 and data["mixed"]["reconnects"]["ok"] > 50, data["mixed"]
     assert g["lost"] == 0 and g["duplicates"] == 0 and g["bounced"] == 0, g
+
+
+def assert_flaky_kept_every_message(data: dict, users: int) -> dict:
+    """The flaky run's summary: drops happened, each one resumed, and the server's
+    XEP-0198 promise held: every message arrived exactly once."""
+    chat, f = data["chat"], data["chat"]["flaky"]
+    assert f["clients"] == users // 2, f
+    assert f["drops"] > 0 and f["resumed"] == f["drops"] and f["failed"] == 0, f
+    assert f["resume_ms"]["count"] == f["resumed"], f
+    assert chat["sent"] > 0 and chat["received"] == chat["sent"], chat
+    assert chat["lost"] == 0 and chat["duplicates"] == 0 and chat["bounced"] == 0, chat
+    return f
+
+
+def test_flaky_clients_resume_and_lose_nothing(loadgen, node, tmp_path):
+    """`chat --flaky-percent 50`: half the users drop their TCP connection about every
+    second while messages flow both ways, and resume (XEP-0198) each time."""
+    data = run_loadgen(
+        loadgen,
+        node,
+        tmp_path,
+        [
+            "--server", f"127.0.0.1:{node.c2s_port}",
+            "-n", str(USERS),
+            "chat", "--messages", "40", "--interval-ms", "75", "--duration-secs", "20",
+            "--flaky-percent", "50", "--flaky-every-secs", "1",
+        ],
+    )
+    f = assert_flaky_kept_every_message(data, USERS)
+    # One server: every resumption lands where the session was.
+    assert f["resumed_elsewhere"] == 0, f
+
+
+def test_flaky_clients_resume_on_another_node_of_a_cluster(loadgen, cluster, tmp_path):
+    """The same over a three-node cluster: each drop resumes on the next node, so every
+    resumption fetches the session from the node that held it (XEP-0198 §5 on any node)."""
+    lines = "".join(f"lg{i}@localhost {PASSWORD}\n" for i in range(1, USERS + 1))
+    for n in cluster.nodes:
+        r = n.cli("user", "import", "-", input=lines)
+        assert r.returncode == 0, r.stderr
+    cluster.start()
+    cluster.wait_shards_ready()
+    # Each node has its own self-signed certificate: trust all three.
+    cafile = tmp_path / "cluster-ca.pem"
+    cafile.write_text("".join(Path(n.cafile).read_text() for n in cluster.nodes))
+    servers = []
+    for n in cluster.nodes:
+        servers += ["--server", f"127.0.0.1:{n.c2s_port}"]
+    data = run_loadgen(
+        loadgen,
+        cluster.nodes[0],
+        tmp_path,
+        [
+            *servers,
+            "-n", str(USERS),
+            "chat", "--messages", "30", "--interval-ms", "100", "--duration-secs", "25",
+            "--flaky-percent", "50", "--flaky-every-secs", "1",
+        ],
+        cafile=str(cafile),
+    )
+    f = assert_flaky_kept_every_message(data, USERS)
+    assert f["resumed_elsewhere"] == f["resumed"], f
