@@ -16,8 +16,11 @@
 #   mam   the message archive on (the default configuration's embedded archive)
 #   sm    stream management on and every client enabling it (`chat --sm`), archive off
 #   all   the default configuration and `chat --sm`
+#   flaky as `sm`, and FLAKY_PERCENT % of the users (10) drop their connection about every
+#         FLAKY_EVERY_SECS (3) and resume (`chat --flaky-percent`); against `sm` it gives the
+#         server's CPU per resumption, and its lost/duplicated counts must be 0
 # Env: BIN (default target/release/switchboard), LG (target/release/switchboard-loadgen),
-# MESSAGES (200), INTERVAL_MS (20), CHAT_RATES, WORK (/tmp/sb-features), NODES (1; 3: a
+# USERS (200), MESSAGES (200), INTERVAL_MS (20), CHAT_RATES, WORK (/tmp/sb-features), NODES (1; 3: a
 # three-node cluster, every node on CPU 0, users spread over them, the nodes' CPU summed).
 # Loopback only; every step bounded in time.
 set -euo pipefail
@@ -30,7 +33,9 @@ MESSAGES=${MESSAGES:-200}
 INTERVAL_MS=${INTERVAL_MS:-20}
 CHAT_RATES=${CHAT_RATES:-16000,32000,48000,56000,64000,72000,80000,88000,96000}
 WORK=${WORK:-/tmp/sb-features}
-USERS=200
+USERS=${USERS:-200}
+FLAKY_PERCENT=${FLAKY_PERCENT:-10}
+FLAKY_EVERY_SECS=${FLAKY_EVERY_SECS:-3}
 NODES=${NODES:-1}
 PORT=5389
 ulimit -n "$(ulimit -Hn)"
@@ -39,14 +44,18 @@ config_of() {  # the [modules] of a variant
   case $1 in
     base) printf '[modules.mam]\nenabled = false\n[modules.stream_management]\nenabled = false\n' ;;
     mam) printf '[modules.stream_management]\nenabled = false\n' ;;
-    sm) printf '[modules.mam]\nenabled = false\n' ;;
+    sm|flaky) printf '[modules.mam]\nenabled = false\n' ;;
     all) printf '' ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
 }
 
 client_flags() {
-  case $1 in sm|all) echo "--sm" ;; *) echo "" ;; esac
+  case $1 in
+    sm|all) echo "--sm" ;;
+    flaky) echo "--sm --flaky-percent $FLAKY_PERCENT --flaky-every-secs $FLAKY_EVERY_SECS" ;;
+    *) echo "" ;;
+  esac
 }
 
 json_field() {  # json_field FILE PYTHON-EXPR-ON-d
@@ -148,8 +157,12 @@ run_one() {  # run_one VARIANT ROUND
   rate=$(json_field "$d/rate.json" "d['chat']['stepped']['sustainable_rate']")
   archived=$(awk '/^switchboard_mam_archived_total/ {s += $2} END {print s + 0}' "$d/metrics.txt")
   missed=$(awk '/^switchboard_mam_not_archived_total/ {s += $2} END {print s + 0}' "$d/metrics.txt")
-  printf '%-6s %s node(s) round %s: server CPU %s µs/message (%s delivered), sustained %s msgs/s, peak RSS %s kB, archived %s, not archived %s\n' \
-    "$v" "$NODES" "$round" "$us" "$delivered" "$rate" "$rss" "$archived" "$missed" | tee -a "$WORK/summary.txt"
+  local flaky=""
+  if [ "$v" = flaky ]; then
+    flaky=$(json_field "$d/cost.json" "'; sent %d, lost %d, duplicated %d; %d drops, %d resumed (%d on another node, %.0f/s), %d failed; resume p50 %.1f ms, p99 %.1f ms' % (d['chat']['sent'], d['chat']['lost'], d['chat']['duplicates'], d['chat']['flaky']['drops'], d['chat']['flaky']['resumed'], d['chat']['flaky']['resumed_elsewhere'], d['chat']['flaky']['resumed'] / max(d['chat']['elapsed_secs'], 1e-6), d['chat']['flaky']['failed'], d['chat']['flaky']['resume_ms']['p50'], d['chat']['flaky']['resume_ms']['p99'])")
+  fi
+  printf '%-6s %s node(s) round %s: server CPU %s µs/message (%s delivered, %s ticks), sustained %s msgs/s, peak RSS %s kB, archived %s, not archived %s%s\n' \
+    "$v" "$NODES" "$round" "$us" "$delivered" "$((after - before))" "$rate" "$rss" "$archived" "$missed" "$flaky" | tee -a "$WORK/summary.txt"
 }
 
 mkdir -p "$WORK"; : > "$WORK/summary.txt"
