@@ -16,9 +16,9 @@ use proto::jid::Jid;
 use proto::stanza_id::{ArchiveId, ArchiveIdGenerator};
 use storage::archive::ArchivedMessage;
 
+use crate::modules::mam::Settings;
 use crate::im::messages::ArchiveAppend;
 use crate::metrics::METRICS;
-use crate::modules::mam::Settings;
 
 /// Most messages in one batch.
 const MAX_BATCH_MESSAGES: usize = 1000;
