@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use proto::caps::{self, Caps};
 use proto::element::Element;
@@ -85,8 +85,9 @@ pub struct PepSession {
     caps: Option<Caps>,
     /// What the client asked for; `None` while its caps are being asked for.
     interests: Option<Interests>,
-    /// The id of the caps query in flight.
+    /// The id of the caps query in flight and when the client's time to answer runs out.
     pending: Option<String>,
+    deadline: Option<Instant>,
     held: VecDeque<Element>,
     seq: u64,
 }
@@ -98,6 +99,7 @@ impl PepSession {
             caps: None,
             interests: Some(Arc::new(HashSet::new())),
             pending: None,
+            deadline: None,
             held: VecDeque::new(),
             seq: 0,
         }
@@ -159,6 +161,7 @@ impl SessionModule for PepSession {
                         .with_child(caps::disco_query(&c)),
                 );
                 self.pending = Some(id);
+                self.deadline = Some(Instant::now() + CAPS_TIMEOUT);
                 self.interests = None;
                 fx.wake_after(CAPS_TIMEOUT);
             }
@@ -203,13 +206,61 @@ impl SessionModule for PepSession {
     }
 
     fn timer(&mut self, fx: &mut SessionEffects<'_>) {
-        if self.pending.take().is_some() {
-            self.interests = Some(Arc::new(HashSet::new()));
-            self.release(fx);
+        if self.pending.is_none() {
+            return;
         }
+        // The wake may be another module's (csi): give up only once the client's time ran out.
+        let left = self.deadline.map_or(Duration::ZERO, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        if !left.is_zero() {
+            return fx.wake_after(left);
+        }
+        // No answer: no notifications for this client (XEP-0163 §4.3.3) until its next caps.
+        self.pending = None;
+        self.caps = None;
+        self.interests = Some(Arc::new(HashSet::new()));
+        self.release(fx);
     }
 
     fn handing_over(&mut self, fx: &mut SessionEffects<'_>) {
         self.release(fx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(ver: &str) -> Caps {
+        Caps {
+            hash: "sha-1".into(),
+            node: "n".into(),
+            ver: ver.into(),
+        }
+    }
+
+    #[test]
+    fn cache_is_bounded_oldest_first() {
+        let cache = CapsCache::new(2);
+        let i: Interests = Arc::new(["urn:x".to_owned()].into());
+        cache.put(&caps("a"), i.clone());
+        cache.put(&caps("b"), i.clone());
+        cache.put(&caps("a"), i.clone());
+        cache.put(&caps("c"), i.clone());
+        assert!(cache.get(&caps("a")).is_none());
+        assert!(cache.get(&caps("b")).is_some());
+        assert!(cache.get(&caps("c")).is_some());
+    }
+
+    #[test]
+    fn interests_are_the_notify_features() {
+        let q = Element::parse(
+            "<query xmlns='http://jabber.org/protocol/disco#info'>\
+             <feature var='urn:a+notify'/><feature var='urn:b'/></query>",
+        )
+        .unwrap();
+        let i = interests_of(&q);
+        assert!(i.contains("urn:a") && !i.contains("urn:b") && i.len() == 1);
     }
 }
