@@ -3,14 +3,18 @@ retract, delete for each access model (a stranger or contact refused where the m
 so, with XEP-0060's error conditions), publish-options preconditions, notifications only to
 the account's contacts with a presence subscription whose entity capabilities (XEP-0115)
 list `<node>+notify` (the server asks the client for the caps' disco#info), the last item at
-login, and a node that survives a restart. Raw clients, so the exact stanzas are checked."""
+login, and a node that survives a restart. Raw clients, so the exact stanzas are checked;
+and XEP-0084 avatars with slixmpp's own plugins."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 
-from rawxmpp import bare, login, new_id, q, stanza_error, xml_str
+import slixmpp
+
+from rawxmpp import bare, login, make_ssl_context, new_id, q, stanza_error, xml_str
 
 ACCOUNT_POOL = 24
 
@@ -312,3 +316,54 @@ async def test_node_survives_restart(make_server):
         assert pubsub_error(resp) == ("conflict", "precondition-not-met"), xml_str(resp)
     finally:
         await a.close()
+
+
+async def slix_client(server, account, resource: str):
+    x = slixmpp.ClientXMPP(f"{account.jid}/{resource}", account.password)
+    x.ssl_context = make_ssl_context(server.cafile)
+    x.enable_starttls, x.enable_direct_tls, x.enable_plaintext = True, False, False
+    for p in ("xep_0030", "xep_0060", "xep_0115", "xep_0163", "xep_0084"):
+        x.register_plugin(p)
+    started = asyncio.get_running_loop().create_future()
+    x.add_event_handler("session_start", lambda _: started.done() or started.set_result(True))
+    x.connect(host="127.0.0.1", port=server.c2s_port)
+    await asyncio.wait_for(started, 20)
+    x.send_presence()
+    await x.get_roster()
+    return x
+
+
+async def test_slixmpp_avatar_metadata_notification_and_data(server):
+    """XEP-0084 with slixmpp's plugins (xep_0060, xep_0163, xep_0115): bob's client asks
+    for `urn:xmpp:avatar:metadata+notify` in its caps, gets the metadata notification when
+    alice publishes, and fetches the data item by id."""
+    import asyncio
+
+    alice, bob = server.account(), server.account()
+    ra = await login(server, alice, resource="setup", presence=True)
+    rb = await login(server, bob, resource="setup", presence=True)
+    await subscribe_both(ra, rb)
+    await ra.close()
+    await rb.close()
+    a = await slix_client(server, alice, "slix")
+    b = await slix_client(server, bob, "slix")
+    try:
+        got = asyncio.get_running_loop().create_future()
+        b.add_event_handler("avatar_metadata_publish", lambda m: got.done() or got.set_result(m))
+        await asyncio.sleep(0.5)  # the server's caps query and bob's answer
+        data = b"\x89PNG fake avatar bytes"
+        avatar_id = a.plugin["xep_0084"].generate_id(data)
+        await a.plugin["xep_0084"].publish_avatar(data)
+        await a.plugin["xep_0084"].publish_avatar_metadata(
+            {"id": avatar_id, "type": "image/png", "bytes": len(data)}
+        )
+        msg = await asyncio.wait_for(got, 10)
+        assert str(msg["from"]) == bare(alice.jid)
+        info = msg["pubsub_event"]["items"]["item"]["avatar_metadata"]["info"]
+        assert info["id"] == avatar_id, msg
+        resp = await b.plugin["xep_0084"].retrieve_avatar(bare(alice.jid), avatar_id)
+        assert resp["pubsub"]["items"]["item"]["avatar_data"]["value"] == data
+    finally:
+        for x in (a, b):
+            x.disconnect()
+        await asyncio.sleep(0.2)
