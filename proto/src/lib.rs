@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod blocklist;
+pub mod caps;
 pub mod datetime;
 pub mod dialback;
 pub mod element;
@@ -15,6 +16,7 @@ pub mod mam;
 pub mod negotiation;
 pub mod ns;
 pub mod privacy;
+pub mod pubsub;
 pub mod rsm;
 pub mod s2s;
 pub mod sasl;

@@ -750,6 +750,13 @@ impl Handler<FromClient> for SessionActor {
                 if let Some(target) = for_server {
                     if matches!(stanza.attr("type"), Some("get") | Some("set")) {
                         self.handle_server_iq(&stanza, &target, ctx);
+                    } else {
+                        // The answer to a query the server sent the client (PEP's caps
+                        // disco#info, XEP-0115 §6.2): the module that asked takes it.
+                        let mut fx = SessionEffects::new(&self.jid, &self.domains);
+                        self.hooks.outbound(&stanza, &mut fx);
+                        let effects = fx.finish();
+                        self.apply_effects(effects, ctx);
                     }
                     return;
                 }
@@ -792,6 +799,12 @@ impl Handler<FromClient> for SessionActor {
                 match stanza.attr("type") {
                     None | Some("unavailable") => {
                         let unavailable = stanza.attr("type").is_some();
+                        // Modules see the client's own presence first (PEP learns its
+                        // entity capabilities, XEP-0163 §4.3.3).
+                        let mut fx = SessionEffects::new(&self.jid, &self.domains);
+                        self.hooks.outbound(&stanza, &mut fx);
+                        let effects = fx.finish();
+                        self.apply_effects(effects, ctx);
                         self.router.do_send(BroadcastPresence {
                             from: self.jid.clone(),
                             session_id: self.session_id,

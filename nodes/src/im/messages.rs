@@ -49,6 +49,16 @@ pub struct RemoteProbe {
     pub from: Jid,
 }
 
+/// `who` (a full JID) sent its initial presence and is subscribed to local account `user`'s
+/// presence, or is one of `user`'s own resources: the modules of `user`'s account state that
+/// want to know (PEP sends its last items, XEP-0163 §4.3.2).
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "()")]
+pub struct ContactAvailable {
+    pub user: Jid,
+    pub who: Jid,
+}
+
 /// A subscription stanza from `contact` reached local account `user` ("contact's server").
 #[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "()")]

@@ -477,22 +477,88 @@ impl AccountShard {
             iq,
         };
         let outcome = state.iq(&mut ctx, &req);
-        let (writes, cap) = ctx.finish();
-        if let Some((key, limit)) = cap {
+        let effects = ctx.finish();
+        if let Some((key, limit)) = effects.cap {
             self.refuse_over_cap(to, key, limit);
         }
         let (mut stanzas, payload) = match outcome {
             IqOutcome::Result(payload) => (Vec::new(), payload),
             IqOutcome::ResultAfter { stanzas, payload } => (stanzas, payload),
-            IqOutcome::Error(cond) => return vec![roster::error_for(iq, cond)],
-        };
-        for w in writes {
-            if let Err(e) = self.writer.write(w) {
-                return vec![roster::error_for(iq, writes::write_error(e))];
+            IqOutcome::Error(cond) => {
+                let mut reply = roster::error_for(iq, cond);
+                if let (Some(app), Some(e)) = (
+                    effects.app_error,
+                    reply.get_child_mut("error", proto::ns::CLIENT),
+                ) {
+                    e.children.push(proto::element::Node::Element(app));
+                }
+                return vec![reply];
             }
+        };
+        if let Err(cond) = self.commit_module_effects(to, effects.writes, effects.outbox) {
+            return vec![roster::error_for(iq, cond)];
         }
         stanzas.push(roster::result_for(iq, payload));
         stanzas
+    }
+
+    /// Commit a module's writes for `user` (several as one `Batch`: one Raft entry, one sled
+    /// transaction, so a publish and the eviction it causes land together or not at all),
+    /// then route what it asked to send on the account's behalf (to a contact the account
+    /// blocks: nothing).
+    fn commit_module_effects(
+        &mut self,
+        user: &Jid,
+        mut writes: Vec<storage::UserDataWrite>,
+        outbox: Vec<proto::element::Element>,
+    ) -> Result<(), proto::error::StanzaErrorCondition> {
+        let write = match writes.len() {
+            0 => None,
+            1 => writes.pop(),
+            _ => Some(storage::UserDataWrite::Batch(writes)),
+        };
+        if let Some(w) = write {
+            self.writer.write(w).map_err(writes::write_error)?;
+        }
+        for stanza in outbox {
+            let Some(to) = stanza.attr("to").and_then(|t| Jid::parse(t).ok()) else {
+                continue;
+            };
+            if to.to_bare() != *user && self.blocks(user, &to) {
+                continue;
+            }
+            self.router.do_send(crate::route::to_router::RouteStanza {
+                from: user.clone(),
+                to,
+                stanza,
+            });
+        }
+        Ok(())
+    }
+
+    /// `who` sent its initial presence and is one of `user`'s resources or a contact
+    /// subscribed to `user`'s presence: the modules that want it are told (PEP's last
+    /// items, XEP-0163 §4.3.2).
+    fn contact_available(&mut self, user: &Jid, who: &Jid) {
+        let modules = self.modules.clone();
+        for (name, state) in modules
+            .account_states()
+            .filter(|(_, s)| s.wants_contact_available())
+        {
+            let mut ctx = AccountCtx::new(
+                name,
+                user,
+                &self.module_store,
+                &self.rosters,
+                &self.limits,
+                self.online.contains(user),
+            );
+            state.contact_available(&mut ctx, who);
+            let effects = ctx.finish();
+            if let Err(e) = self.commit_module_effects(user, effects.writes, effects.outbox) {
+                tracing::warn!(module = name, error = ?e, "a module's answer to a contact's presence failed");
+            }
+        }
     }
 
     /// Follow the account's availability (from every `PresenceBroadcast`) and tell the
@@ -521,10 +587,9 @@ impl AccountShard {
                 account_available,
             );
             state.availability(&mut ctx, presence, account_available);
-            for w in ctx.finish().0 {
-                if let Err(e) = self.writer.write(w) {
-                    tracing::error!(module = name, error = %e, "recording an account's availability failed");
-                }
+            let effects = ctx.finish();
+            if let Err(e) = self.commit_module_effects(user, effects.writes, effects.outbox) {
+                tracing::error!(module = name, error = ?e, "recording an account's availability failed");
             }
         }
     }
@@ -631,6 +696,13 @@ impl Handler<DeleteAccountData> for AccountShard {
         }
         self.delete_user_data(&msg.user.to_string())
             .map_err(|e| e.to_string())
+    }
+}
+
+impl Handler<ContactAvailable> for AccountShard {
+    type Result = ();
+    fn handle(&mut self, msg: ContactAvailable, _: &mut SyncContext<Self>) {
+        self.contact_available(&msg.user, &msg.who);
     }
 }
 

@@ -49,6 +49,15 @@ impl AccountShard {
         if !msg.initial {
             return;
         }
+        // Modules that answer a contact's arrival (PEP's last items, XEP-0163 §4.3.2): the
+        // account's own new resource first, then each local contact it is subscribed to.
+        let contact_hooks = self
+            .modules
+            .account_states()
+            .any(|(_, s)| s.wants_contact_available());
+        if contact_hooks {
+            self.contact_available(&user, &msg.from);
+        }
         // RFC 6121 §4.2.2: probe the contacts the user is subscribed to. Local contacts'
         // presence is known here, so the probe is answered directly.
         for item in items.iter().filter(|i| is_subscription(i)) {
@@ -56,6 +65,17 @@ impl AccountShard {
                 continue;
             };
             if self.is_local_jid(&contact) {
+                if contact_hooks {
+                    if let Some(shards) = &self.shards {
+                        shards.tell(
+                            &contact,
+                            super::messages::ContactAvailable {
+                                user: contact.clone(),
+                                who: msg.from.clone(),
+                            },
+                        );
+                    }
+                }
                 self.router.do_send(SendPresenceOf {
                     contact,
                     to: msg.from.clone(),

@@ -15,7 +15,7 @@ use proto::element::Element;
 use proto::error::StanzaErrorCondition as Cond;
 use proto::im::Subscription;
 use proto::jid::Jid;
-use storage::{ModuleStore, RosterStore, UserDataWrite};
+use storage::{ModuleStore, RosterItem, RosterStore, UserDataWrite};
 
 use super::IqOutcome;
 use crate::config::ImLimits;
@@ -30,6 +30,16 @@ pub trait AccountState: Send + Sync {
     /// The account got its first available resource (`available`) or lost its last one;
     /// `presence` is the presence that did it.
     fn availability(&self, _ctx: &mut AccountCtx<'_>, _presence: &Element, _available: bool) {}
+    /// Whether [`contact_available`](AccountState::contact_available) does anything: the
+    /// shards then tell the account of each contact's (and its own resources') initial
+    /// presence, which costs a message per contact at every login.
+    fn wants_contact_available(&self) -> bool {
+        false
+    }
+    /// `who` (a full JID: one of the account's own resources, or a local contact's resource
+    /// subscribed to the account's presence per the contact's roster) sent its initial
+    /// presence (RFC 6121 §4.2); e.g. PEP sends it the last published items (XEP-0163 §4.3.2).
+    fn contact_available(&self, _ctx: &mut AccountCtx<'_>, _who: &Jid) {}
 }
 
 /// An IQ get/set addressed to an account's bare JID.
@@ -61,6 +71,8 @@ pub struct AccountCtx<'a> {
     online: bool,
     writes: Vec<UserDataWrite>,
     cap: Option<(&'static str, usize)>,
+    outbox: Vec<Element>,
+    app_error: Option<Element>,
 }
 
 impl<'a> AccountCtx<'a> {
@@ -82,6 +94,8 @@ impl<'a> AccountCtx<'a> {
             online,
             writes: Vec::new(),
             cap: None,
+            outbox: Vec::new(),
+            app_error: None,
         }
     }
 
@@ -152,8 +166,49 @@ impl<'a> AccountCtx<'a> {
         self.cap = Some((key, limit));
     }
 
-    /// The writes stated and the cap that refused the request, for the shard.
-    pub(crate) fn finish(self) -> (Vec<UserDataWrite>, Option<(&'static str, usize)>) {
-        (self.writes, self.cap)
+    /// The account's roster item for `contact` (a bare JID), if any.
+    pub fn roster_item(&self, contact: &Jid) -> Result<Option<RosterItem>, Cond> {
+        self.rosters
+            .item(&self.user, &contact.to_bare().to_string())
+            .map_err(|_| Cond::InternalServerError)
     }
+
+    /// The account's whole roster.
+    pub fn roster(&self) -> Result<Vec<RosterItem>, Cond> {
+        self.rosters
+            .get(&self.user)
+            .map(|(_, items)| items)
+            .map_err(|_| Cond::InternalServerError)
+    }
+
+    /// Route `stanza` (its `to` set; `from` becomes the account's bare JID) once the writes
+    /// are committed, and only if the request succeeded: notifications (XEP-0060 §7.1.2).
+    pub fn send(&mut self, mut stanza: Element) {
+        stanza.set_attr("from", self.user.clone());
+        self.outbox.push(stanza);
+    }
+
+    /// The application-specific error condition (RFC 6120 §8.3.3 last paragraph, e.g.
+    /// XEP-0060's `pubsub#errors`) that goes with the condition of an `IqOutcome::Error`.
+    pub fn app_error(&mut self, el: Element) {
+        self.app_error = Some(el);
+    }
+
+    /// The writes stated and the cap that refused the request, for the shard.
+    pub(crate) fn finish(self) -> AccountEffects {
+        AccountEffects {
+            writes: self.writes,
+            cap: self.cap,
+            outbox: self.outbox,
+            app_error: self.app_error,
+        }
+    }
+}
+
+/// What a module's account state asked for, for the shard to carry out.
+pub(crate) struct AccountEffects {
+    pub writes: Vec<UserDataWrite>,
+    pub cap: Option<(&'static str, usize)>,
+    pub outbox: Vec<Element>,
+    pub app_error: Option<Element>,
 }

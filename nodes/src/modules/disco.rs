@@ -56,10 +56,13 @@ fn info(req: &IqRequest<'_>, registry: &Registry) -> IqOutcome {
     let (identities, features): (Vec<Identity>, BTreeSet<String>) = if account {
         let mut features: BTreeSet<String> = [ns::DISCO_INFO.to_string()].into();
         features.extend(registry.account_features().iter().map(|f| f.to_string()));
-        (
-            vec![Identity::new("account", "registered", "en", "")],
-            features,
-        )
+        let mut ids = vec![Identity::new("account", "registered", "en", "")];
+        ids.extend(
+            registry
+                .account_identities()
+                .map(|i| Identity::new(i.category, i.kind, "en", i.name)),
+        );
+        (ids, features)
     } else {
         let mut ids = vec![Identity::new("server", "im", "en", "Switchboard")];
         ids.extend(

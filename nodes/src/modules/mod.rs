@@ -19,6 +19,7 @@ mod disco;
 mod last;
 pub mod mam;
 mod offline;
+pub mod pep;
 mod ping;
 pub mod privacy;
 mod private;
@@ -55,6 +56,9 @@ const MODULES: &[fn() -> Box<dyn Module>] = &[
     // Filters before the modules that look at what passes them.
     blocking::module,
     privacy::module,
+    // Before csi, which may hold what reaches the client: PEP drops the notifications the
+    // client did not ask for first (XEP-0163 §4.3.3).
+    pep::module,
     carbons::module,
     csi::module,
     // Per-account state hosted by the account shards.
@@ -127,6 +131,11 @@ pub trait Module: Send + Sync {
     /// Features an account's bare JID lists in its disco#info (XEP-0030 §3.1: the server
     /// answers for the account), e.g. its archive (XEP-0313 §6.1).
     fn account_features(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Identities an account's bare JID lists in its disco#info besides `account/registered`
+    /// (XEP-0163 §6.1: `pubsub/pep`).
+    fn account_identities(&self) -> &'static [Identity] {
         &[]
     }
     /// Identities the server's disco#info lists besides `server/im`.
@@ -298,6 +307,12 @@ impl Registry {
             .flat_map(|m| m.account_features().iter().copied())
             .collect();
         f.into_iter().collect()
+    }
+
+    pub fn account_identities(&self) -> impl Iterator<Item = &Identity> {
+        self.modules
+            .iter()
+            .flat_map(|m| m.account_identities().iter())
     }
 
     pub fn identities(&self) -> impl Iterator<Item = &Identity> {

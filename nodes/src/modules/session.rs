@@ -63,7 +63,8 @@ pub trait SessionModule {
     fn nonza(&mut self, _el: &Element, _fx: &mut SessionEffects<'_>) -> bool {
         false
     }
-    /// A stanza the client sent, `from` stamped, before it is routed.
+    /// A stanza the client sent, `from` stamped, before it is routed; also its broadcast
+    /// presence (no `to`) and its answers to IQs the server sent it.
     fn outbound(&mut self, _stanza: &Element, _fx: &mut SessionEffects<'_>) {}
     /// A stanza on its way to the client, before [`inbound`](SessionModule::inbound): a
     /// filter may refuse it (false), answering the sender through `fx.to_route`. Stored
