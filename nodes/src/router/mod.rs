@@ -1123,30 +1123,46 @@ impl Handler<ResumeSession> for Router {
         // From another node: the JID moves here in one commit; the holder's entry is
         // replaced there (`apply_route_events`), its actor retired without unavailable.
         let presence = msg.presence.map(|p| (priority_of(&p), p));
-        let Some(outcome) = self.remote.bind(RouteChange::Move {
+        let change = RouteChange::Move {
             jid: msg.jid.to_string(),
             session: msg.new_session_id,
             priority: presence.as_ref().map(|(p, _)| *p),
-        }) else {
+        };
+        // The session is local from now on, before the commit: the holder passes on what
+        // reached it as soon as it sees the move, and other nodes route here as soon as
+        // they do, possibly before this node hears the commit's outcome. What arrives
+        // meanwhile waits in the new actor's mailbox; if the move fails, the actor hands it
+        // back to the account (it starts unrouted and ends).
+        let new_session_id = msg.new_session_id;
+        self.sessions
+            .entry(bare.clone())
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push(BoundResource {
+                jid: msg.jid.clone(),
+                session_id: new_session_id,
+                session: msg.session,
+                presence,
+                flags: msg.flags,
+            });
+        let unbind = move |router: &mut Router| {
+            if let Some(list) = router.sessions.get_mut(&bare) {
+                list.retain(|r| !(r.jid == msg.jid && r.session_id == new_session_id));
+                if list.is_empty() {
+                    router.sessions.remove(&bare);
+                }
+            }
+        };
+        let Some(outcome) = self.remote.bind(change) else {
+            unbind(self);
             return Box::pin(fut::ready(Err(ResumeRefused::NotFound)));
         };
         Box::pin(outcome.into_actor(self).map(move |outcome, router, _| {
             if !matches!(outcome, Ok(Ok(BindOutcome::Bound))) {
+                unbind(router);
                 return Err(ResumeRefused::NotFound);
             }
             METRICS.c2s_sessions.inc();
-            router
-                .sessions
-                .entry(bare)
-                .or_insert_with(|| Vec::with_capacity(1))
-                .push(BoundResource {
-                    jid: msg.jid,
-                    session_id: msg.new_session_id,
-                    session: msg.session,
-                    presence,
-                    flags: msg.flags,
-                });
-            Ok(msg.new_session_id)
+            Ok(new_session_id)
         }))
     }
 }

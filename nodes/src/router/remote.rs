@@ -343,8 +343,14 @@ impl Router {
         self.resource_gone(&bare, old);
     }
 
-    /// A stanza another node pushed for a session here.
-    fn delivered_from_node(&mut self, to: Jid, stanza: Element, ctx: &mut Context<Self>) {
+    /// A stanza node `from_node` pushed for a session here.
+    fn delivered_from_node(
+        &mut self,
+        from_node: NodeId,
+        to: Jid,
+        stanza: Element,
+        ctx: &mut Context<Self>,
+    ) {
         if stanza.name == "presence" {
             let remote = &mut self.remote;
             if let Some(from) = stanza.attr("from").and_then(|f| Jid::parse(f).ok()) {
@@ -379,6 +385,16 @@ impl Router {
             r.session.deliver(stanza);
             return;
         }
+        // The session moved to another node (resumed there, XEP-0198 §5) and the sender's
+        // copy of the routing table had not caught up: follow it. Not straight back to the
+        // sender (whose view is the stale one); the views converge with the route's commit,
+        // so a stanza cannot keep travelling.
+        if let Some(r) = self.remote.resource(&to) {
+            if r.node != from_node && r.node != self.remote.me() {
+                self.remote.deliver(r, stanza);
+                return;
+            }
+        }
         // The session left meanwhile: route as if it had been sent to the absent resource
         // (RFC 6121 §8.5.3.2).
         let from = stanza
@@ -408,8 +424,10 @@ impl Router {
                     .available_resources(&user)
                     .map(|r| r.jid.clone())
                     .collect();
+                // Local resources: nothing to follow to another node.
+                let me = self.remote.me();
                 for jid in to {
-                    self.delivered_from_node(jid, stanza.clone(), ctx);
+                    self.delivered_from_node(me, jid, stanza.clone(), ctx);
                 }
             }
             UserOp::SendPresenceOf { contact, to } => self.send_presence_local(&contact, &to),
@@ -459,7 +477,7 @@ impl Handler<FromNode> for Router {
     fn handle(&mut self, msg: FromNode, ctx: &mut Context<Self>) {
         match msg.push {
             Push::Deliver { to, stanza } => match Element::parse(&stanza) {
-                Ok(stanza) => self.delivered_from_node(to, stanza, ctx),
+                Ok(stanza) => self.delivered_from_node(msg.node, to, stanza, ctx),
                 Err(e) => tracing::warn!(node = msg.node, error = %e, "cluster: unparsable stanza"),
             },
             Push::User(op) => self.user_op_from_node(op, ctx),
