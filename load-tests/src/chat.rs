@@ -550,6 +550,14 @@ async fn converse(
     match failure {
         Some(failure) => ended(&shared, sending, failure, received),
         None => {
+            // Acknowledge what arrived before closing: the server reroutes what a closed
+            // stream left unacknowledged (XEP-0198 §4), which would store it offline again.
+            if let Some(h) = handled {
+                let _ = session
+                    .conn
+                    .send(&format!("<a xmlns='urn:xmpp:sm:3' h='{h}'/>"))
+                    .await;
+            }
             let clean = session.conn.close(grace).await;
             (End::Closed { clean }, received)
         }
