@@ -15,8 +15,8 @@ from slixmpp import JID
 from slixmpp.plugins import register_plugin
 from slixmpp_omemo import XEP_0384
 
-from rawxmpp import bare, login, make_ssl_context
-from test_pep import subscribe_both
+from rawxmpp import bare, make_ssl_context
+from test_pep import mutual_contacts
 
 ACCOUNT_POOL = 4
 
@@ -100,13 +100,7 @@ async def test_without_pep_omemo_cannot_encrypt(make_server):
 
 
 async def exchange(server):
-    alice, bob = server.account(), server.account()
-    # Mutual presence subscriptions first (PEP's `presence` access and notifications).
-    ra = await login(server, alice, resource="setup", presence=True)
-    rb = await login(server, bob, resource="setup", presence=True)
-    await subscribe_both(ra, rb)
-    await ra.close()
-    await rb.close()
+    alice, bob = await mutual_contacts(server)
 
     a = await omemo_client(server, alice, "omemo")
     b = await omemo_client(server, bob, "omemo")

@@ -66,6 +66,18 @@ async def subscribe_both(ca, cb):
         await x.expect(lambda e: e.tag == q("presence") and e.get("type") == "subscribed", what="subscribed")
 
 
+async def mutual_contacts(server):
+    """Two new accounts subscribed to each other's presence (PEP's `presence` access and
+    notifications), set up from short-lived raw sessions."""
+    alice, bob = server.account(), server.account()
+    ra = await login(server, alice, resource="setup", presence=True)
+    rb = await login(server, bob, resource="setup", presence=True)
+    await subscribe_both(ra, rb)
+    await ra.close()
+    await rb.close()
+    return alice, bob
+
+
 def options(**fields) -> str:
     fs = "".join(
         f"<field var='pubsub#{k}'><value>{v}</value></field>" for k, v in fields.items()
@@ -339,12 +351,7 @@ async def test_slixmpp_avatar_metadata_notification_and_data(server):
     alice publishes, and fetches the data item by id."""
     import asyncio
 
-    alice, bob = server.account(), server.account()
-    ra = await login(server, alice, resource="setup", presence=True)
-    rb = await login(server, bob, resource="setup", presence=True)
-    await subscribe_both(ra, rb)
-    await ra.close()
-    await rb.close()
+    alice, bob = await mutual_contacts(server)
     a = await slix_client(server, alice, "slix")
     b = await slix_client(server, bob, "slix")
     try:
