@@ -123,7 +123,8 @@ struct Received {
     latencies_us: Vec<u64>,
     /// When the last distinct message arrived, µs after the epoch.
     last_us: u64,
-    /// `--flaky-percent`: this user was flaky, and what its drops gave.
+    /// `--flaky-percent`: this user was flaky (per user; the run counts flaky users), and
+    /// what its drops gave.
     flaky: bool,
     drops: u64,
     resumed: u64,
@@ -131,6 +132,23 @@ struct Received {
     resume_failed: u64,
     resent: u64,
     resume_us: Vec<u64>,
+}
+
+impl Received {
+    /// Add one user's counts to the run's.
+    fn add(&mut self, user: Received) {
+        self.unique += user.unique;
+        self.duplicates += user.duplicates;
+        self.bounced += user.bounced;
+        self.latencies_us.extend(user.latencies_us);
+        self.last_us = self.last_us.max(user.last_us);
+        self.drops += user.drops;
+        self.resumed += user.resumed;
+        self.resumed_elsewhere += user.resumed_elsewhere;
+        self.resume_failed += user.resume_failed;
+        self.resent += user.resent;
+        self.resume_us.extend(user.resume_us);
+    }
 }
 
 /// Log every user in; the sessions, their indexes, and the stop signal they hold on.
@@ -250,19 +268,8 @@ pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
         match joined {
             Ok((end, received)) => {
                 ends.push(end);
-                total.unique += received.unique;
-                total.duplicates += received.duplicates;
-                total.bounced += received.bounced;
-                total.latencies_us.extend(received.latencies_us);
-                total.last_us = total.last_us.max(received.last_us);
-                total.flaky |= received.flaky;
-                total.drops += received.drops;
-                total.resumed += received.resumed;
-                total.resumed_elsewhere += received.resumed_elsewhere;
-                total.resume_failed += received.resume_failed;
-                total.resent += received.resent;
-                total.resume_us.extend(received.resume_us);
                 flaky_clients += u64::from(received.flaky);
+                total.add(received);
             }
             Err(e) => ends.push(End::Dropped(Failure::Protocol(format!("internal: {e}")))),
         }
@@ -438,8 +445,7 @@ async fn converse(
     let mut sm_id: Option<String> = None;
     let mut server = shared.target.server_of(session.index);
     let mut next_drop = flaky.map(|f| f.next_drop());
-    let mut unacked: VecDeque<String> = VecDeque::new();
-    let mut acked: u32 = 0;
+    let mut unacked = Unacked::default();
     if plan.sm || flaky.is_some() {
         let enable = if flaky.is_some() {
             "<enable xmlns='urn:xmpp:sm:3' resume='true'/>"
@@ -461,7 +467,7 @@ async fn converse(
                 }
                 shared.sent.fetch_add(1, Ordering::Relaxed);
                 if flaky.is_some() {
-                    unacked.push_back(message);
+                    unacked.sent.push_back(message);
                     if seq.is_multiple_of(ACK_REQUEST_EVERY) {
                         if let Err(failure) = session.conn.send("<r xmlns='urn:xmpp:sm:3'/>").await {
                             break Some(failure);
@@ -497,10 +503,8 @@ async fn converse(
                         received.resume_us.push(began.elapsed().as_micros() as u64);
                         server = to;
                         // What the server handled is acknowledged; the rest goes again.
-                        let done = server_h.wrapping_sub(acked) as usize;
-                        unacked.drain(..done.min(unacked.len()));
-                        acked = server_h;
-                        for message in &unacked {
+                        unacked.acknowledged(server_h);
+                        for message in &unacked.sent {
                             if let Err(failure) = session.conn.send(message).await {
                                 return ended(&shared, sending, failure, received);
                             }
@@ -523,9 +527,7 @@ async fn converse(
                     }
                     if el.starts_with("<a ") && flaky.is_some() {
                         if let Some(h) = xml::attr(&el, "h").and_then(|h| h.parse::<u32>().ok()) {
-                            let done = h.wrapping_sub(acked) as usize;
-                            unacked.drain(..done.min(unacked.len()));
-                            acked = h;
+                            unacked.acknowledged(h);
                         }
                         continue;
                     }
@@ -561,6 +563,23 @@ async fn converse(
             let clean = session.conn.close(grace).await;
             (End::Closed { clean }, received)
         }
+    }
+}
+
+/// A flaky user's messages the server has not acknowledged yet (XEP-0198 §4), oldest
+/// first, and the server's last `h`.
+#[derive(Default)]
+struct Unacked {
+    sent: VecDeque<String>,
+    acked: u32,
+}
+
+impl Unacked {
+    /// The server handled `h` of our stanzas (`<a h/>` or `<resumed h/>`): drop those.
+    fn acknowledged(&mut self, h: u32) {
+        let done = h.wrapping_sub(self.acked) as usize;
+        self.sent.drain(..done.min(self.sent.len()));
+        self.acked = h;
     }
 }
 
@@ -664,6 +683,20 @@ mod tests {
                 assert_eq!(picked, percent as usize, "{percent} %");
             }
         }
+    }
+
+    #[test]
+    fn acknowledgements_drop_the_oldest_and_wrap_around() {
+        let mut u = Unacked {
+            sent: (1..=5).map(|i| i.to_string()).collect(),
+            acked: u32::MAX - 1,
+        };
+        u.acknowledged(0); // two handled, across 2^32
+        assert_eq!(u.sent, ["3", "4", "5"]);
+        u.acknowledged(0); // nothing new
+        assert_eq!(u.sent.len(), 3);
+        u.acknowledged(10); // more than we hold: everything
+        assert!(u.sent.is_empty());
     }
 
     #[test]

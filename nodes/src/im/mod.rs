@@ -506,6 +506,28 @@ impl AccountShard {
     /// transaction, so a publish and the eviction it causes land together or not at all),
     /// then route what it asked to send on the account's behalf (to a contact the account
     /// blocks: nothing).
+    /// Run one module's account hook in the account's context (`online`: whether the
+    /// account is available), then commit what it wrote and send what it queued.
+    fn run_account_hook(
+        &mut self,
+        name: &'static str,
+        user: &Jid,
+        online: bool,
+        hook: impl FnOnce(&mut AccountCtx),
+    ) -> Result<(), proto::error::StanzaErrorCondition> {
+        let mut ctx = AccountCtx::new(
+            name,
+            user,
+            &self.module_store,
+            &self.rosters,
+            &self.limits,
+            online,
+        );
+        hook(&mut ctx);
+        let effects = ctx.finish();
+        self.commit_module_effects(user, effects.writes, effects.outbox)
+    }
+
     fn commit_module_effects(
         &mut self,
         user: &Jid,
@@ -545,17 +567,11 @@ impl AccountShard {
             .account_states()
             .filter(|(_, s)| s.wants_contact_available())
         {
-            let mut ctx = AccountCtx::new(
-                name,
-                user,
-                &self.module_store,
-                &self.rosters,
-                &self.limits,
-                self.online.contains(user),
-            );
-            state.contact_available(&mut ctx, who);
-            let effects = ctx.finish();
-            if let Err(e) = self.commit_module_effects(user, effects.writes, effects.outbox) {
+            let online = self.online.contains(user);
+            let done = self.run_account_hook(name, user, online, |ctx| {
+                state.contact_available(ctx, who);
+            });
+            if let Err(e) = done {
                 tracing::warn!(module = name, error = ?e, "a module's answer to a contact's presence failed");
             }
         }
@@ -578,17 +594,10 @@ impl AccountShard {
         }
         let modules = self.modules.clone();
         for (name, state) in modules.account_states() {
-            let mut ctx = AccountCtx::new(
-                name,
-                user,
-                &self.module_store,
-                &self.rosters,
-                &self.limits,
-                account_available,
-            );
-            state.availability(&mut ctx, presence, account_available);
-            let effects = ctx.finish();
-            if let Err(e) = self.commit_module_effects(user, effects.writes, effects.outbox) {
+            let done = self.run_account_hook(name, user, account_available, |ctx| {
+                state.availability(ctx, presence, account_available);
+            });
+            if let Err(e) = done {
                 tracing::error!(module = name, error = ?e, "recording an account's availability failed");
             }
         }
