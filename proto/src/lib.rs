@@ -4,7 +4,9 @@
 //! behaviour can be tested byte-in/byte-out.
 #![forbid(unsafe_code)]
 
+pub mod avatar;
 pub mod blocklist;
+pub mod bookmarks;
 pub mod caps;
 pub mod datetime;
 pub mod dialback;

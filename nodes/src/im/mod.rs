@@ -477,7 +477,23 @@ impl AccountShard {
             iq,
         };
         let outcome = state.iq(&mut ctx, &req);
-        let effects = ctx.finish();
+        let mut effects = ctx.finish();
+        if req.own && req.is_set() && !matches!(outcome, IqOutcome::Error(_)) {
+            for (other, hook) in modules.account_states().filter(|(n, _)| *n != name) {
+                let mut ctx = AccountCtx::new(
+                    other,
+                    to,
+                    &self.module_store,
+                    &self.rosters,
+                    &self.limits,
+                    self.online.contains(to),
+                );
+                hook.after_own_set(&mut ctx, name, &req);
+                let more = ctx.finish();
+                effects.writes.extend(more.writes);
+                effects.outbox.extend(more.outbox);
+            }
+        }
         if let Some((key, limit)) = effects.cap {
             self.refuse_over_cap(to, key, limit);
         }

@@ -40,6 +40,17 @@ pub trait AccountState: Send + Sync {
     /// subscribed to the account's presence per the contact's roster) sent its initial
     /// presence (RFC 6121 §4.2); e.g. PEP sends it the last published items (XEP-0163 §4.3.2).
     fn contact_available(&self, _ctx: &mut AccountCtx<'_>, _who: &Jid) {}
+    /// Another module (`module`) answered an IQ set of the account's own with a result; what
+    /// this hook writes is committed with that module's writes, as one batch. It is how one
+    /// module keeps its view of data another module also serves in step: PEP's bookmarks
+    /// with private XML (XEP-0402 §3) and its avatar with the vCard (XEP-0398 §3).
+    fn after_own_set(
+        &self,
+        _ctx: &mut AccountCtx<'_>,
+        _module: &'static str,
+        _req: &AccountIq<'_>,
+    ) {
+    }
 }
 
 /// An IQ get/set addressed to an account's bare JID.
@@ -111,6 +122,25 @@ impl<'a> AccountCtx<'a> {
             .map_err(|_| Cond::InternalServerError)
     }
 
+    /// What another module stores for the account under `key` (see
+    /// [`AccountState::after_own_set`]: the views two modules keep of the same data).
+    pub fn get_in(&self, module: &str, key: &str) -> Result<Option<String>, Cond> {
+        self.store
+            .get(module, &self.user, key)
+            .map_err(|_| Cond::InternalServerError)
+    }
+
+    /// Store `payload` under `key` in another module's entries for the account, committed
+    /// with this module's writes.
+    pub fn put_in(&mut self, module: &str, key: impl Into<String>, payload: Option<String>) {
+        self.writes.push(UserDataWrite::Module {
+            module: module.to_string(),
+            user: self.user.clone(),
+            key: key.into(),
+            payload,
+        });
+    }
+
     /// Every (key, payload) the module stores for the account.
     pub fn entries(&self) -> Result<Vec<(String, String)>, Cond> {
         self.store
@@ -120,12 +150,7 @@ impl<'a> AccountCtx<'a> {
 
     /// Store `payload` under `key` (`None`: remove it), committed before the reply.
     pub fn put(&mut self, key: impl Into<String>, payload: Option<String>) {
-        self.writes.push(UserDataWrite::Module {
-            module: self.module.to_string(),
-            user: self.user.clone(),
-            key: key.into(),
-            payload,
-        });
+        self.put_in(self.module, key, payload);
     }
 
     /// The store of every module (a module that keeps more than a few entries per account,

@@ -5,6 +5,9 @@
 //! `both` subscription, and each recipient session keeps those whose node its client's
 //! entity capabilities (XEP-0115) list as `<node>+notify` ([`session`]).
 
+mod avatar;
+mod bookmarks;
+mod compat;
 mod service;
 mod session;
 
@@ -71,6 +74,9 @@ const FEATURES: &[&str] = &[
     "http://jabber.org/protocol/pubsub#retrieve-affiliations",
     "http://jabber.org/protocol/pubsub#retrieve-default",
     "http://jabber.org/protocol/pubsub#retrieve-items",
+    proto::bookmarks::FEATURE_COMPAT,
+    proto::bookmarks::FEATURE_COMPAT_PEP,
+    proto::avatar::FEATURE_CONVERSION,
 ];
 
 impl Module for Pep {
@@ -90,6 +96,14 @@ impl Module for Pep {
             Support {
                 spec: "XEP-0115",
                 title: "Entity Capabilities (notification filtering)",
+            },
+            Support {
+                spec: "XEP-0402",
+                title: "PEP Native Bookmarks (with #compat and #compat-pep: XEP-0048 kept in step)",
+            },
+            Support {
+                spec: "XEP-0398",
+                title: "User Avatar to vCard-Based Avatars Conversion",
             },
         ]
     }
@@ -163,5 +177,13 @@ impl AccountState for Pep {
     }
     fn contact_available(&self, ctx: &mut super::AccountCtx<'_>, who: &proto::jid::Jid) {
         service::send_last_items(ctx, who);
+    }
+    fn after_own_set(
+        &self,
+        ctx: &mut super::AccountCtx<'_>,
+        module: &'static str,
+        req: &super::AccountIq<'_>,
+    ) {
+        compat::after_own_set(&self.limits, ctx, module, req);
     }
 }

@@ -15,19 +15,19 @@ use proto::jid::Jid;
 use proto::pubsub::{self, AccessModel, App, Item, NodeConfig, PubsubError, Request, SendLast};
 use serde::{Deserialize, Serialize};
 
-use super::Limits;
+use super::{compat, Limits};
 use crate::modules::{AccountCtx, AccountIq, IqOutcome};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct ItemMeta {
-    id: String,
+pub(super) struct ItemMeta {
+    pub(super) id: String,
     bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct NodeMeta {
-    config: NodeConfig,
-    items: Vec<ItemMeta>,
+pub(super) struct NodeMeta {
+    pub(super) config: NodeConfig,
+    pub(super) items: Vec<ItemMeta>,
 }
 
 fn node_key(node: &str) -> String {
@@ -42,7 +42,7 @@ fn internal(_: impl std::fmt::Debug) -> PubsubError {
     PubsubError::new(Cond::InternalServerError, None)
 }
 
-fn load(ctx: &AccountCtx<'_>, node: &str) -> Result<Option<NodeMeta>, PubsubError> {
+pub(super) fn load(ctx: &AccountCtx<'_>, node: &str) -> Result<Option<NodeMeta>, PubsubError> {
     match ctx
         .get(&node_key(node))
         .map_err(|c| PubsubError::new(c, None))?
@@ -79,7 +79,11 @@ fn all_nodes(ctx: &AccountCtx<'_>) -> Result<Vec<(String, NodeMeta)>, PubsubErro
     Ok(out)
 }
 
-fn read_item(ctx: &AccountCtx<'_>, node: &str, id: &str) -> Result<Option<Item>, PubsubError> {
+pub(super) fn read_item(
+    ctx: &AccountCtx<'_>,
+    node: &str,
+    id: &str,
+) -> Result<Option<Item>, PubsubError> {
     let Some(xml) = ctx
         .get(&item_key(node, id))
         .map_err(|c| PubsubError::new(c, None))?
@@ -219,7 +223,11 @@ fn handle(
             id,
             payload,
             options,
-        } => publish(limits, ctx, &node, id, payload, options).map(Some),
+        } => {
+            let (result, meta, item) = publish(limits, ctx, &node, id, payload, options)?;
+            compat::after_own_publish(limits, ctx, &node, &meta, &item);
+            Ok(Some(result))
+        }
         Request::Items {
             node,
             max_items,
@@ -261,6 +269,7 @@ fn handle(
             if n.unwrap_or(meta.config.notify_retract) {
                 notify(ctx, &meta.config, pubsub::event_retract(&node, &ids));
             }
+            compat::after_own_removal(limits, ctx, &node, &meta);
             Ok(None)
         }
         Request::Create { node, config } => {
@@ -301,6 +310,11 @@ fn handle(
             if meta.config.notify_delete {
                 notify(ctx, &meta.config, pubsub::event_delete(&node));
             }
+            let gone = NodeMeta {
+                items: Vec::new(),
+                ..meta
+            };
+            compat::after_own_removal(limits, ctx, &node, &gone);
             Ok(None)
         }
         Request::Purge { node } => {
@@ -311,6 +325,7 @@ fn handle(
             meta.items.clear();
             save(ctx, &node, &meta)?;
             notify(ctx, &meta.config, pubsub::event_purge(&node));
+            compat::after_own_removal(limits, ctx, &node, &meta);
             Ok(None)
         }
         Request::Subscriptions { node, owner } => {
@@ -372,14 +387,16 @@ fn trim(limits: &Limits, ctx: &mut AccountCtx<'_>, node: &str, meta: &mut NodeMe
     }
 }
 
-fn publish(
+/// Publish one item (XEP-0060 §7.1) and notify; the result's payload, the node as it is
+/// now and the item published.
+pub(super) fn publish(
     limits: &Limits,
     ctx: &mut AccountCtx<'_>,
     node: &str,
     id: Option<String>,
     payload: Option<Element>,
     options: Option<pubsub::Fields>,
-) -> Result<Element, PubsubError> {
+) -> Result<(Element, NodeMeta, Item), PubsubError> {
     let mut meta = match load(ctx, node)? {
         Some(meta) => {
             // XEP-0060 §7.1.5: the node's configuration must be what the publisher needs.
@@ -443,9 +460,76 @@ fn publish(
         id: id.clone(),
         payload,
     };
-    let event = pubsub::event_items(node, &[item], meta.config.deliver_payloads);
+    let event = pubsub::event_items(
+        node,
+        std::slice::from_ref(&item),
+        meta.config.deliver_payloads,
+    );
     notify(ctx, &meta.config, event);
-    Ok(pubsub::publish_result(node, &id))
+    Ok((pubsub::publish_result(node, &id), meta, item))
+}
+
+/// Make `node`'s items exactly `desired` (in that order), creating the node with `config`
+/// if it does not exist: changed and new items are published, missing ones retracted, each
+/// with one notification. For a node whose content another specification's store mirrors
+/// (XEP-0402 §3); call it at most once per node in one request (it reads the committed
+/// state).
+pub(super) fn replace_items(
+    limits: &Limits,
+    ctx: &mut AccountCtx<'_>,
+    node: &str,
+    config: NodeConfig,
+    desired: Vec<Item>,
+) -> Result<(), PubsubError> {
+    let mut meta = match load(ctx, node)? {
+        Some(meta) => meta,
+        None => {
+            check_node_count(limits, ctx)?;
+            NodeMeta {
+                config,
+                items: Vec::new(),
+            }
+        }
+    };
+    let mut retracted = Vec::new();
+    meta.items.retain(|i| {
+        let keep = desired.iter().any(|d| d.id == i.id);
+        if !keep {
+            retracted.push(i.id.clone());
+        }
+        keep
+    });
+    for id in &retracted {
+        ctx.put(item_key(node, id), None);
+    }
+    let mut published = Vec::new();
+    for item in desired {
+        let xml = item
+            .payload
+            .as_ref()
+            .map(|p| p.to_xml_string())
+            .unwrap_or_default();
+        let stored = ctx.get(&item_key(node, &item.id)).ok().flatten();
+        meta.items.retain(|i| i.id != item.id);
+        meta.items.push(ItemMeta {
+            id: item.id.clone(),
+            bytes: xml.len(),
+        });
+        if stored.as_deref() != Some(xml.as_str()) {
+            ctx.put(item_key(node, &item.id), Some(xml));
+            published.push(item);
+        }
+    }
+    trim(limits, ctx, node, &mut meta);
+    save(ctx, node, &meta)?;
+    if !published.is_empty() {
+        let event = pubsub::event_items(node, &published, meta.config.deliver_payloads);
+        notify(ctx, &meta.config, event);
+    }
+    if !retracted.is_empty() && meta.config.notify_retract {
+        notify(ctx, &meta.config, pubsub::event_retract(node, &retracted));
+    }
+    Ok(())
 }
 
 /// XEP-0163 §4.3.2: the last item of every node that sends it on presence, to `who`, which
