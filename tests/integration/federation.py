@@ -258,7 +258,10 @@ end
 
 
 class Prosody:
-    def __init__(self, workdir: Path, certs: Certs, routes: dict[str, tuple[str, int]]):
+    def __init__(self, workdir: Path, certs: Certs, routes: dict[str, tuple[str, int]],
+                 modules: tuple[str, ...] = ()):
+        """`modules`: Prosody modules to enable besides the few the federation checks need
+        (e.g. "pep" for OMEMO)."""
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.domain = PROSODY_DOMAIN
@@ -274,6 +277,7 @@ class Prosody:
         routes_lua = ", ".join(f'["{d}"] = {{ "{h}", {p} }}' for d, (h, p) in routes.items())
         ssl_global = f'ssl = {{ cafile = "{certs.ca}" }}\n' if certs.ca else ""
         secure_auth = "true" if certs.mode == "ca" else "false"
+        extra_modules = "".join(f'; "{m}"' for m in modules)
         self.config_path.write_text(f"""
 run_as_root = true
 pidfile = "{self.dir}/prosody.pid"
@@ -286,7 +290,7 @@ c2s_direct_tls_ports = {{ }}
 s2s_direct_tls_ports = {{ }}
 http_ports = {{ }}
 https_ports = {{ }}
-modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "presence"; "test_routes" }}
+modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "presence"; "test_routes"{extra_modules} }}
 modules_disabled = {{ "s2s_bidi"; "http"; "admin_shell"; "offline" }}
 authentication = "internal_hashed"
 allow_registration = false

@@ -1,6 +1,7 @@
 """PEP in a three-node cluster: nodes and items are the account's state in its replicated
 shard, so every published item survives `kill -9` of each node in turn and reads the same
-on every live node; a notification reaches a contact's session on another node."""
+on every live node; a notification reaches a contact's session on another node; and two
+slixmpp-omemo clients on different nodes exchange an encrypted message."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from rawxmpp import login, new_id
 from test_mam_cluster import login_retry
+from test_omemo import exchange
 from test_pep import NODE, announce_caps, is_event, item_ids, items, options, publish, subscribe_both, tune
 
 LIST_NODE = "urn:example:journal"
@@ -84,3 +86,21 @@ async def test_pep_items_survive_kill9_of_each_node(cluster):
         cluster.wait_formed()
         cluster.wait_shards_ready()
         await wait_items(cluster.nodes, alice, published, f"after {victim.name} came back", timeout=20)
+
+
+@pytest.mark.timeout(240)
+async def test_omemo_between_two_cluster_nodes(cluster):
+    """alice on n1 and bob on n3: each one's device list and bundles are published to its
+    shard (wherever its leader is) and fetched through the other node."""
+    alice, bob = cluster.accounts(2)
+    cluster.start()
+    cluster.wait_shards_ready()
+    n1, _, n3 = cluster.nodes
+    a = await login(n1, alice, resource="setup", presence=True)
+    b = await login(n3, bob, resource="setup", presence=True)
+    try:
+        await subscribe_both(a, b)
+    finally:
+        await a.close()
+        await b.close()
+    await exchange(n1, n3, pair=(alice, bob))
