@@ -187,6 +187,40 @@ async def test_publish_retrieve_retract_delete_per_access_model(server):
             await x.close()
 
 
+async def test_disco_items_lists_the_nodes_the_requester_may_access(server):
+    """XEP-0163 §9 / XEP-0060 §5.2 and §5.5: disco#items on the account's bare JID lists its
+    nodes, each only to those its access model admits; with a node, its item ids."""
+    alice, bob, carol = server.account(), server.account(), server.account()
+    a = await login(server, alice, resource="pub", presence=True)
+    b = await login(server, bob, resource="contact", presence=True)
+    c = await login(server, carol, resource="stranger", presence=True)
+    try:
+        await subscribe_both(a, b)
+        for model in ("open", "presence", "whitelist"):
+            resp = await publish(a, f"urn:example:d-{model}", tune(model), f"i-{model}", options(access_model=model))
+            assert resp.get("type") == "result", xml_str(resp)
+        owner = bare(a.jid)
+        NS_ITEMS = "http://jabber.org/protocol/disco#items"
+
+        async def nodes(who):
+            resp = await who.iq(f"<query xmlns='{NS_ITEMS}'/>", to=owner)
+            assert resp.get("type") == "result", xml_str(resp)
+            assert all(i.get("jid") == owner for i in resp.iter(f"{{{NS_ITEMS}}}item")), xml_str(resp)
+            return {i.get("node") for i in resp.iter(f"{{{NS_ITEMS}}}item")}
+
+        everything = {f"urn:example:d-{m}" for m in ("open", "presence", "whitelist")}
+        assert await nodes(a) == everything
+        assert await nodes(b) == everything - {"urn:example:d-whitelist"}
+        assert await nodes(c) == {"urn:example:d-open"}
+        resp = await c.iq(f"<query xmlns='{NS_ITEMS}' node='urn:example:d-open'/>", to=owner)
+        assert [i.get("name") for i in resp.iter(f"{{{NS_ITEMS}}}item")] == ["i-open"], xml_str(resp)
+        resp = await c.iq(f"<query xmlns='{NS_ITEMS}' node='urn:example:d-presence'/>", to=owner)
+        assert pubsub_error(resp) == ("not-authorized", "presence-subscription-required"), xml_str(resp)
+    finally:
+        for x in (a, b, c):
+            await x.close()
+
+
 async def test_publish_options_precondition_and_configure(server):
     alice = server.account()
     a = await login(server, alice, resource="pub")
@@ -374,3 +408,33 @@ async def test_slixmpp_avatar_metadata_notification_and_data(server):
         for x in (a, b):
             x.disconnect()
         await asyncio.sleep(0.2)
+
+
+async def test_a_resumed_session_keeps_its_notifications(server):
+    """XEP-0198 §5: the session a client resumes is the one it had, with the interests its
+    caps stated; the hand-over carries its presence, from which PEP learns them again."""
+    from test_stream_management import enable, resume
+
+    alice, bob = server.account(), server.account()
+    a = await login(server, alice, resource="pub")
+    b = await login(server, bob, resource="mobile")
+    b2 = None
+    try:
+        await announce_caps(a, [])
+        await announce_caps(b, [NODE])
+        await subscribe_both(a, b)
+        enabled = await enable(b)
+        assert enabled.get("resume") in ("true", "1"), xml_str(enabled)
+        b.abort()
+        await asyncio.sleep(0.3)
+        b2, answer = await resume(server, bob, enabled.get("id"), 0)
+        assert answer.tag.endswith("resumed"), xml_str(answer)
+        await b2.drain(0.3)
+        iid = new_id("after-resume")
+        resp = await publish(a, NODE, tune("Still listening"), iid)
+        assert resp.get("type") == "result", xml_str(resp)
+        await b2.expect(is_event(NODE, iid), what="the notification to the resumed session")
+    finally:
+        await a.close()
+        if b2 is not None:
+            await b2.close()

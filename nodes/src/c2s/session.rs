@@ -358,6 +358,8 @@ pub struct SessionActor {
     routed: bool,
     /// Stanzas kept to send right after `<resumed/>` (a session made by a resumption).
     retransmit: Vec<Vec<u8>>,
+    /// A resumed session's last available presence, shown to the modules once it starts.
+    resumed_presence: Option<Element>,
 }
 
 /// A session's part in a resumption by another connection (XEP-0198 §5).
@@ -412,6 +414,7 @@ impl SessionActor {
             handover: Handover::None,
             routed: true,
             retransmit: Vec::new(),
+            resumed_presence: None,
         };
         session.set_filters(filters);
         session
@@ -437,6 +440,15 @@ impl SessionActor {
             .collect();
         session.routed = routed;
         session.retransmit = state.unacked;
+        session.resumed_presence = state
+            .presence
+            .as_deref()
+            .and_then(|p| Element::parse(p).ok())
+            // What the modules see of a client's presence: its own, as sent (no `to`).
+            .map(|mut p| {
+                p.remove_attr("to");
+                p
+            });
         session
     }
 
@@ -689,6 +701,12 @@ impl Actor for SessionActor {
         }
         for bytes in retransmit {
             self.send_kept(bytes.into_boxed_slice(), ctx);
+        }
+        if let Some(presence) = self.resumed_presence.take() {
+            let mut fx = SessionEffects::new(&self.jid, &self.domains);
+            self.hooks.resumed(&presence, &mut fx);
+            let effects = fx.finish();
+            self.apply_effects(effects, ctx);
         }
     }
 

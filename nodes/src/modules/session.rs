@@ -84,6 +84,10 @@ pub trait SessionModule {
     /// (XEP-0198 §5): anything held for the client must go out now, into the queue that
     /// moves with the session (a fresh session's modules start from their defaults).
     fn handing_over(&mut self, _fx: &mut SessionEffects<'_>) {}
+    /// The session continues one a client resumed (XEP-0198 §5), whose last available
+    /// presence was `presence`: a module that learns from the client's presence (PEP, its
+    /// entity capabilities) learns it again, as the handed-over state does not carry it.
+    fn resumed(&mut self, _presence: &Element, _fx: &mut SessionEffects<'_>) {}
 }
 
 /// What hooks ask the session to do; the SessionActor carries it out after each hook.
@@ -214,6 +218,12 @@ impl Hooks {
             stanza = m.inbound(stanza, fx)?;
         }
         Some(stanza)
+    }
+
+    pub fn resumed(&mut self, presence: &Element, fx: &mut SessionEffects<'_>) {
+        for m in &mut self.modules {
+            m.resumed(presence, fx);
+        }
     }
 
     pub fn timer(&mut self, fx: &mut SessionEffects<'_>) {

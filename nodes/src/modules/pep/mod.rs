@@ -167,7 +167,9 @@ impl Module for Pep {
 
 impl AccountState for Pep {
     fn namespaces(&self) -> &'static [&'static str] {
-        &[NS_PUBSUB, NS_OWNER]
+        // disco#items on an account lists its nodes (XEP-0163 §9); disco#info stays the
+        // disco module's (it needs no store).
+        &[NS_PUBSUB, NS_OWNER, proto::ns::DISCO_ITEMS]
     }
     fn iq(&self, ctx: &mut super::AccountCtx<'_>, req: &super::AccountIq<'_>) -> super::IqOutcome {
         service::iq(&self.limits, ctx, req)

@@ -12,6 +12,7 @@ use proto::element::Element;
 use proto::error::StanzaErrorCondition as Cond;
 use proto::im::Subscription;
 use proto::jid::Jid;
+use proto::ns;
 use proto::pubsub::{self, AccessModel, App, Item, NodeConfig, PubsubError, Request, SendLast};
 use serde::{Deserialize, Serialize};
 
@@ -188,7 +189,19 @@ pub(super) fn iq(limits: &Limits, ctx: &mut AccountCtx<'_>, req: &AccountIq<'_>)
     let Some(pubsub) = req.iq.children().next() else {
         return IqOutcome::Error(Cond::BadRequest);
     };
+    if pubsub.is("query", ns::DISCO_ITEMS) {
+        if req.is_set() {
+            return IqOutcome::Error(Cond::BadRequest);
+        }
+        let result = disco_items(ctx, req.from, pubsub.attr("node")).map(Some);
+        return outcome(ctx, result);
+    }
     let result = pubsub::parse(pubsub, req.is_set()).and_then(|r| handle(limits, ctx, req, r));
+    outcome(ctx, result)
+}
+
+/// The IQ's outcome, with XEP-0060's application condition beside the stanza error.
+fn outcome(ctx: &mut AccountCtx<'_>, result: Result<Option<Element>, PubsubError>) -> IqOutcome {
     match result {
         Ok(payload) => IqOutcome::Result(payload),
         Err(e) => {
@@ -198,6 +211,44 @@ pub(super) fn iq(limits: &Limits, ctx: &mut AccountCtx<'_>, req: &AccountIq<'_>)
             IqOutcome::Error(e.condition)
         }
     }
+}
+
+/// XEP-0060 §5.2 and §5.5 on an account (XEP-0163 §9): its nodes that `from` may access,
+/// or the items of one of them (by id, as `name`).
+fn disco_items(
+    ctx: &AccountCtx<'_>,
+    from: &Jid,
+    node: Option<&str>,
+) -> Result<Element, PubsubError> {
+    let account = ctx.account().to_string();
+    let item = |node: &str| {
+        Element::new("item", ns::DISCO_ITEMS)
+            .with_attr("jid", account.as_str())
+            .with_attr("node", node)
+    };
+    let mut query = Element::new("query", ns::DISCO_ITEMS);
+    match node {
+        None => {
+            for (name, meta) in all_nodes(ctx)? {
+                if check_access(ctx, &meta.config, from).is_ok() {
+                    query = query.with_child(item(&name));
+                }
+            }
+        }
+        Some(name) => {
+            let meta = load(ctx, name)?.ok_or_else(PubsubError::item_not_found)?;
+            check_access(ctx, &meta.config, from)?;
+            query.set_attr("node", name);
+            for i in &meta.items {
+                query = query.with_child(
+                    Element::new("item", ns::DISCO_ITEMS)
+                        .with_attr("jid", account.as_str())
+                        .with_attr("name", i.id.as_str()),
+                );
+            }
+        }
+    }
+    Ok(query)
 }
 
 fn handle(

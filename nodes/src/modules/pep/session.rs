@@ -226,6 +226,11 @@ impl SessionModule for PepSession {
     fn handing_over(&mut self, fx: &mut SessionEffects<'_>) {
         self.release(fx);
     }
+
+    fn resumed(&mut self, presence: &Element, fx: &mut SessionEffects<'_>) {
+        // The caps of the presence the client last broadcast (cached, or asked for again).
+        self.outbound(presence, fx);
+    }
 }
 
 #[cfg(test)]
