@@ -144,8 +144,9 @@ async def test_vcard_avatar_converted_both_ways(server):
     b = await login(server, bob, resource="b")
     try:
         await announce_caps(b, [NS_AVATAR_META])
+        # Not advertised until the node puts the photo's hash in presence (XEP-0398 §4).
         resp = await a.iq(f"<query xmlns='{NS_DISCO}'/>", to=bare(a.jid))
-        assert "urn:xmpp:pep-vcard-conversion:0" in xml_str(resp)
+        assert "urn:xmpp:pep-vcard-conversion:0" not in xml_str(resp)
 
         # vCard → PEP (XEP-0398 §3.2): bob is notified of metadata naming the image's SHA-1,
         # and the data item holds the image.

@@ -76,7 +76,9 @@ const FEATURES: &[&str] = &[
     "http://jabber.org/protocol/pubsub#retrieve-items",
     proto::bookmarks::FEATURE_COMPAT,
     proto::bookmarks::FEATURE_COMPAT_PEP,
-    proto::avatar::FEATURE_CONVERSION,
+    // Not `urn:xmpp:pep-vcard-conversion:0` (XEP-0398 §2) yet: it promises the photo's hash
+    // in every available presence (§4), which clients then stop adding themselves; the
+    // conversion itself (§3) is done.
 ];
 
 impl Module for Pep {
