@@ -121,6 +121,37 @@ pub fn data_image(data: &Element, id: &str, mime: &str) -> Option<Image> {
     })
 }
 
+/// XEP-0153's presence element.
+pub const NS_VCARD_UPDATE: &str = "vcard-temp:x:update";
+
+/// XEP-0398 §4: put `hash` (the avatar's SHA-1, hex) in an available presence, unless the
+/// client says it has no photo or does not know yet (`<photo/>` empty: left alone). An `<x/>`
+/// without a photo, or naming another hash, is overwritten.
+pub fn stamp_presence(presence: &mut Element, hash: &str) {
+    if let Some(x) = presence.get_child("x", NS_VCARD_UPDATE) {
+        if x.get_child("photo", NS_VCARD_UPDATE)
+            .is_some_and(|p| p.text().trim().is_empty())
+        {
+            return;
+        }
+    }
+    presence.remove_children(|c| c.is("x", NS_VCARD_UPDATE));
+    presence.children.push(crate::element::Node::Element(
+        Element::new("x", NS_VCARD_UPDATE)
+            .with_child(Element::new("photo", NS_VCARD_UPDATE).with_text(hash)),
+    ));
+}
+
+/// The photo hash an available presence carries, if any (non-empty).
+pub fn presence_photo(presence: &Element) -> Option<String> {
+    let photo = presence
+        .get_child("x", NS_VCARD_UPDATE)?
+        .get_child("photo", NS_VCARD_UPDATE)?
+        .text();
+    let photo = photo.trim();
+    (!photo.is_empty()).then(|| photo.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +200,34 @@ mod tests {
             data_image(&img.data_payload(), &"0".repeat(40), &mime),
             None
         );
+    }
+
+    #[test]
+    fn presence_gets_the_hash_unless_the_client_says_no_photo() {
+        let mut p =
+            Element::parse("<presence xmlns='jabber:client'><show>away</show></presence>").unwrap();
+        stamp_presence(&mut p, "abc");
+        assert_eq!(presence_photo(&p).as_deref(), Some("abc"));
+        // Another hash, or an <x/> without a photo: overwritten, once.
+        stamp_presence(&mut p, "def");
+        assert_eq!(presence_photo(&p).as_deref(), Some("def"));
+        assert_eq!(
+            p.children().filter(|c| c.is("x", NS_VCARD_UPDATE)).count(),
+            1
+        );
+        let mut bare_x = Element::parse(
+            "<presence xmlns='jabber:client'><x xmlns='vcard-temp:x:update'/></presence>",
+        )
+        .unwrap();
+        stamp_presence(&mut bare_x, "abc");
+        assert_eq!(presence_photo(&bare_x).as_deref(), Some("abc"));
+        // An empty <photo/> is the client's to say (XEP-0398 §4).
+        let mut none = Element::parse(
+            "<presence xmlns='jabber:client'><x xmlns='vcard-temp:x:update'><photo/></x></presence>",
+        )
+        .unwrap();
+        stamp_presence(&mut none, "abc");
+        assert_eq!(presence_photo(&none), None);
     }
 
     #[test]

@@ -131,6 +131,15 @@ def vcard_with_photo(data: bytes) -> str:
             f"<BINVAL>{base64.b64encode(data).decode()}</BINVAL></PHOTO></vCard>")
 
 
+def is_presence_of(jid: str):
+    return lambda e: e.tag == "{jabber:client}presence" and e.get("from") == jid and e.get("type") is None
+
+
+def photo_of(presence) -> str | None:
+    photo = presence.find("{vcard-temp:x:update}x/{vcard-temp:x:update}photo")
+    return photo.text if photo is not None and photo.text else None
+
+
 async def vcard_photo(c, of: str) -> bytes | None:
     resp = await c.iq(f"<vCard xmlns='{NS_VCARD}'/>", to=of)
     assert resp.get("type") == "result", xml_str(resp)
@@ -144,9 +153,8 @@ async def test_vcard_avatar_converted_both_ways(server):
     b = await login(server, bob, resource="b")
     try:
         await announce_caps(b, [NS_AVATAR_META])
-        # Not advertised until the node puts the photo's hash in presence (XEP-0398 §4).
         resp = await a.iq(f"<query xmlns='{NS_DISCO}'/>", to=bare(a.jid))
-        assert "urn:xmpp:pep-vcard-conversion:0" not in xml_str(resp)
+        assert "urn:xmpp:pep-vcard-conversion:0" in xml_str(resp)
 
         # vCard → PEP (XEP-0398 §3.2): bob is notified of metadata naming the image's SHA-1,
         # and the data item holds the image.
@@ -160,6 +168,12 @@ async def test_vcard_avatar_converted_both_ways(server):
         resp = await items(b, bare(a.jid), NS_AVATAR_DATA, extra=f"<item id='{sha}'/>")
         data = resp.find(f".//{{{NS_AVATAR_DATA}}}data")
         assert data is not None and base64.b64decode(data.text) == png, xml_str(resp)
+        # XEP-0398 §4: alice's next presence carries the hash; the session learnt it from
+        # the metadata event.
+        await b.drain(0.2)
+        b.skipped = []  # alice's earlier presences
+        await a.send("<presence><show>away</show></presence>")
+        assert photo_of(await b.expect(is_presence_of(a.jid), what="alice's presence")) == sha
         # The same vCard again publishes nothing new.
         await a.iq(vcard_with_photo(png), type_="set")
         await b.barrier()
@@ -186,6 +200,16 @@ async def test_vcard_avatar_converted_both_ways(server):
         await publish(a, NS_AVATAR_DATA, f"<data xmlns='{NS_AVATAR_DATA}'>{base64.b64encode(b'x').decode()}</data>", bogus)
         await publish(a, NS_AVATAR_META, f"<metadata xmlns='{NS_AVATAR_META}'><info id='{bogus}' type='image/png' bytes='1'/></metadata>", bogus)
         assert await vcard_photo(b, bare(a.jid)) == png2
+
+        # A new session of alice's starts with the hash (seeded at bind), in its initial
+        # presence; a client's own empty <photo/> is left as it is.
+        a2 = await login(server, alice, resource="a2")
+        await a2.send("<presence/>")
+        assert photo_of(await b.expect(is_presence_of(a2.jid), what="a2's presence")) == sha2
+        await a2.send("<presence><x xmlns='vcard-temp:x:update'><photo/></x></presence>")
+        p = await b.expect(is_presence_of(a2.jid), what="a2's presence without a photo")
+        assert photo_of(p) is None and p.find("{vcard-temp:x:update}x") is not None, xml_str(p)
+        await a2.close()
 
         # Empty metadata (XEP-0084 §4.6) removes the photo.
         await publish(a, NS_AVATAR_META, f"<metadata xmlns='{NS_AVATAR_META}'/>", "off")

@@ -460,6 +460,8 @@ impl SessionActor {
             )));
         self.hooks
             .update(&crate::modules::privacy::Lists(filters.privacy));
+        self.hooks
+            .update(&crate::modules::AccountSeeds(filters.seeds));
     }
 
     /// Refuse an account IQ beyond `im.max_iqs_in_flight` (RFC 6120 §8.3.3.18:
@@ -817,6 +819,9 @@ impl Handler<FromClient> for SessionActor {
                 match stanza.attr("type") {
                     None | Some("unavailable") => {
                         let unavailable = stanza.attr("type").is_some();
+                        if !unavailable {
+                            self.hooks.stamp_presence(&mut stanza);
+                        }
                         // Modules see the client's own presence first (PEP learns its
                         // entity capabilities, XEP-0163 §4.3.3).
                         let mut fx = SessionEffects::new(&self.jid, &self.domains);
@@ -848,6 +853,10 @@ impl Handler<FromClient> for SessionActor {
                 bare
             }
         };
+        if stanza.name == "presence" && stanza.attr("type").is_none() {
+            // Directed available presence (RFC 6121 §4.6), a MUC join among them.
+            self.hooks.stamp_presence(&mut stanza);
+        }
         if stanza.name == "presence" && to.to_bare() != self.jid.to_bare() {
             // RFC 6121 §4.6: remember who got directed presence, to tell them when we go.
             match stanza.attr("type") {

@@ -159,7 +159,8 @@ pub struct DeleteAccountData {
 }
 
 /// What a session that is being bound filters: the account's blocklist (XEP-0191) and its
-/// privacy lists (XEP-0016).
+/// privacy lists (XEP-0016); and what modules' account state seeds its session hooks with
+/// (`AccountState::session_seed`).
 #[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "Filters")]
 pub struct GetFilters {
@@ -171,6 +172,8 @@ pub struct GetFilters {
 pub struct Filters {
     pub blocked: Vec<Jid>,
     pub privacy: Arc<proto::privacy::PrivacyLists>,
+    /// (module, payload) for the session's hooks, as `modules::AccountSeeds`.
+    pub seeds: Vec<(String, String)>,
 }
 
 /// [`Filters`] as it crosses a NodeLink: the compiled lists by name.
@@ -179,6 +182,8 @@ struct FiltersWire {
     blocked: Vec<Jid>,
     default: Option<String>,
     lists: Vec<(String, PrivacyRules)>,
+    #[serde(default)]
+    seeds: Vec<(String, String)>,
 }
 
 impl From<Filters> for FiltersWire {
@@ -192,6 +197,7 @@ impl From<Filters> for FiltersWire {
                 .iter()
                 .map(|(k, v)| (k.clone(), (**v).clone()))
                 .collect(),
+            seeds: f.seeds,
         }
     }
 }
@@ -208,6 +214,7 @@ impl From<FiltersWire> for Filters {
                     .map(|(name, rules)| (name, Arc::new(rules)))
                     .collect::<HashMap<_, _>>(),
             }),
+            seeds: w.seeds,
         }
     }
 }

@@ -574,6 +574,26 @@ impl AccountShard {
         Ok(())
     }
 
+    /// What each module's account state gives a session of `user` at bind.
+    fn session_seeds(&self, user: &Jid) -> Vec<(String, String)> {
+        let modules = self.modules.clone();
+        let online = self.online.contains(user);
+        modules
+            .account_states()
+            .filter_map(|(name, state)| {
+                let ctx = AccountCtx::new(
+                    name,
+                    user,
+                    &self.module_store,
+                    &self.rosters,
+                    &self.limits,
+                    online,
+                );
+                state.session_seed(&ctx).map(|p| (name.to_owned(), p))
+            })
+            .collect()
+    }
+
     /// `who` sent its initial presence and is one of `user`'s resources or a contact
     /// subscribed to `user`'s presence: the modules that want it are told (PEP's last
     /// items, XEP-0163 §4.3.2).
@@ -756,6 +776,7 @@ impl Handler<GetFilters> for AccountShard {
         MessageResult(Filters {
             blocked: self.blocklist(&msg.user),
             privacy: shared_privacy(self.privacy_lists(&msg.user)),
+            seeds: self.session_seeds(&msg.user),
         })
     }
 }

@@ -40,6 +40,12 @@ pub trait AccountState: Send + Sync {
     /// subscribed to the account's presence per the contact's roster) sent its initial
     /// presence (RFC 6121 §4.2); e.g. PEP sends it the last published items (XEP-0163 §4.3.2).
     fn contact_available(&self, _ctx: &mut AccountCtx<'_>, _who: &Jid) {}
+    /// What a session of the account starts with, read when it binds (with its filters)
+    /// and given to the session hooks as [`AccountSeeds`](crate::modules::AccountSeeds):
+    /// e.g. PEP's avatar hash for presence (XEP-0398 §4).
+    fn session_seed(&self, _ctx: &AccountCtx<'_>) -> Option<String> {
+        None
+    }
     /// Another module (`module`) answered an IQ set of the account's own with a result; what
     /// this hook writes is committed with that module's writes, as one batch. It is how one
     /// module keeps its view of data another module also serves in step: PEP's bookmarks

@@ -41,7 +41,9 @@ use crate::config::ModulesConfig;
 
 pub use account::{AccountCtx, AccountIq, AccountState};
 pub use config::{reference_markdown, ConfigOption, Section};
-pub use session::{Effects, Hooks, Outbound, ResourceFlag, SessionEffects, SessionModule};
+pub use session::{
+    AccountSeeds, Effects, Hooks, Outbound, ResourceFlag, SessionEffects, SessionModule,
+};
 
 /// Every module, in the order their hooks run. One line per module.
 const MODULES: &[fn() -> Box<dyn Module>] = &[

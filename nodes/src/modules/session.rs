@@ -88,6 +88,23 @@ pub trait SessionModule {
     /// presence was `presence`: a module that learns from the client's presence (PEP, its
     /// entity capabilities) learns it again, as the handed-over state does not carry it.
     fn resumed(&mut self, _presence: &Element, _fx: &mut SessionEffects<'_>) {}
+    /// The client's available presence (broadcast or directed) before it leaves the session,
+    /// for a module that adds to it on the account's behalf (XEP-0398 §4: the avatar hash).
+    fn stamp_presence(&mut self, _presence: &mut Element) {}
+}
+
+/// What the account's modules seed a newly bound session's hooks with (module name,
+/// payload), through [`SessionModule::update`]; from `AccountState::session_seed`.
+pub struct AccountSeeds(pub Vec<(String, String)>);
+
+impl AccountSeeds {
+    /// The payload `module` gave, if any.
+    pub fn of(&self, module: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(m, _)| m == module)
+            .map(|(_, p)| p.as_str())
+    }
 }
 
 /// What hooks ask the session to do; the SessionActor carries it out after each hook.
@@ -218,6 +235,12 @@ impl Hooks {
             stanza = m.inbound(stanza, fx)?;
         }
         Some(stanza)
+    }
+
+    pub fn stamp_presence(&mut self, presence: &mut Element) {
+        for m in &mut self.modules {
+            m.stamp_presence(presence);
+        }
     }
 
     pub fn resumed(&mut self, presence: &Element, fx: &mut SessionEffects<'_>) {

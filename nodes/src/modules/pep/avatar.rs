@@ -81,6 +81,13 @@ pub(super) fn after_vcard_set(limits: &Limits, ctx: &mut AccountCtx<'_>, iq: &El
     }
 }
 
+/// The SHA-1 (hex) of the vCard's photo, if it has one: the hash XEP-0153 presence carries.
+pub(super) fn vcard_photo_id(ctx: &AccountCtx<'_>) -> Option<String> {
+    let xml = ctx.get_in(VCARD, VCARD_KEY).ok()??;
+    let vcard = Element::parse(&xml).ok()?;
+    avatar::vcard_photo(&vcard).map(|img| img.id())
+}
+
 /// The id of the image the metadata node's last item names, if any.
 fn current_avatar_id(ctx: &AccountCtx<'_>) -> Option<String> {
     let meta = service::load(ctx, NS_METADATA).ok()??;

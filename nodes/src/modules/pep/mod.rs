@@ -76,9 +76,7 @@ const FEATURES: &[&str] = &[
     "http://jabber.org/protocol/pubsub#retrieve-items",
     proto::bookmarks::FEATURE_COMPAT,
     proto::bookmarks::FEATURE_COMPAT_PEP,
-    // Not `urn:xmpp:pep-vcard-conversion:0` (XEP-0398 §2) yet: it promises the photo's hash
-    // in every available presence (§4), which clients then stop adding themselves; the
-    // conversion itself (§3) is done.
+    proto::avatar::FEATURE_CONVERSION,
 ];
 
 impl Module for Pep {
@@ -181,6 +179,10 @@ impl AccountState for Pep {
     }
     fn contact_available(&self, ctx: &mut super::AccountCtx<'_>, who: &proto::jid::Jid) {
         service::send_last_items(ctx, who);
+    }
+    fn session_seed(&self, ctx: &super::AccountCtx<'_>) -> Option<String> {
+        // XEP-0398 §4: the session puts the photo's hash in the client's presence.
+        avatar::vcard_photo_id(ctx)
     }
     fn after_own_set(
         &self,

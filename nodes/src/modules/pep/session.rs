@@ -10,12 +10,13 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use proto::avatar;
 use proto::caps::{self, Caps};
 use proto::element::Element;
 use proto::ns;
 use proto::pubsub::{self, NS_EVENT};
 
-use crate::modules::session::{SessionEffects, SessionModule};
+use crate::modules::session::{AccountSeeds, SessionEffects, SessionModule};
 
 /// Notifications held while the caps are asked for.
 const MAX_HELD: usize = 64;
@@ -90,6 +91,9 @@ pub struct PepSession {
     deadline: Option<Instant>,
     held: VecDeque<Element>,
     seq: u64,
+    /// The account's avatar (XEP-0084 id, the image's SHA-1), put in the client's presence
+    /// (XEP-0398 §4): seeded at bind, followed through the account's own metadata events.
+    avatar: Option<String>,
 }
 
 impl PepSession {
@@ -102,6 +106,7 @@ impl PepSession {
             deadline: None,
             held: VecDeque::new(),
             seq: 0,
+            avatar: None,
         }
     }
 
@@ -117,6 +122,19 @@ impl PepSession {
             }
         }
     }
+}
+
+/// The avatar a metadata event of the account's own names: `Some(None)` when it disables
+/// the avatar (XEP-0084 §4.6), `None` when the event says nothing (a retraction).
+fn own_avatar_choice(event: &Element) -> Option<Option<String>> {
+    let metadata = event
+        .get_child("event", NS_EVENT)?
+        .get_child("items", NS_EVENT)?
+        .children()
+        .filter(|i| i.is("item", NS_EVENT))
+        .last()?
+        .get_child("metadata", avatar::NS_METADATA)?;
+    avatar::metadata_choice(metadata).map(|c| c.map(|(id, _)| id))
 }
 
 /// A PEP notification: a headline with `<event/>` from an account's bare JID.
@@ -190,11 +208,18 @@ impl SessionModule for PepSession {
         }
     }
 
-    fn inbound(&mut self, stanza: Element, _fx: &mut SessionEffects<'_>) -> Option<Element> {
+    fn inbound(&mut self, stanza: Element, fx: &mut SessionEffects<'_>) -> Option<Element> {
         if !is_pep_event(&stanza) {
             return Some(stanza);
         }
         let node = pubsub::event_node(&stanza)?.to_owned();
+        if node == avatar::NS_METADATA
+            && stanza.attr("from") == Some(&*fx.jid.to_bare().to_string())
+        {
+            if let Some(choice) = own_avatar_choice(&stanza) {
+                self.avatar = choice;
+            }
+        }
         if self.interests.is_none() {
             if self.held.len() >= MAX_HELD {
                 self.held.pop_front();
@@ -221,6 +246,18 @@ impl SessionModule for PepSession {
         self.caps = None;
         self.interests = Some(Arc::new(HashSet::new()));
         self.release(fx);
+    }
+
+    fn update(&mut self, update: &dyn std::any::Any) {
+        if let Some(seeds) = update.downcast_ref::<AccountSeeds>() {
+            self.avatar = seeds.of("pep").map(str::to_owned);
+        }
+    }
+
+    fn stamp_presence(&mut self, presence: &mut Element) {
+        if let Some(hash) = &self.avatar {
+            avatar::stamp_presence(presence, hash);
+        }
     }
 
     fn handing_over(&mut self, fx: &mut SessionEffects<'_>) {
