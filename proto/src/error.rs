@@ -229,6 +229,30 @@ impl StanzaErrorCondition {
         .find(|c| c.as_str() == name)
     }
 
+    /// The pre-RFC 3920 numeric `code` attribute XEP-0086 §3 maps this condition to, for
+    /// clients that still read it instead of the condition element (Profanity 0.13 takes a
+    /// missing OMEMO device list for "none yet" only on `code='404'`). `None` for
+    /// `policy-violation`, which RFC 6120 added after the mapping was written.
+    pub fn legacy_code(self) -> Option<u16> {
+        use StanzaErrorCondition::*;
+        Some(match self {
+            BadRequest | JidMalformed | UnexpectedRequest => 400,
+            NotAuthorized => 401,
+            Forbidden => 403,
+            ItemNotFound | RecipientUnavailable | RemoteServerNotFound => 404,
+            NotAllowed => 405,
+            NotAcceptable => 406,
+            RegistrationRequired | SubscriptionRequired => 407,
+            Conflict => 409,
+            Gone | Redirect => 302,
+            InternalServerError | ResourceConstraint | UndefinedCondition => 500,
+            FeatureNotImplemented => 501,
+            ServiceUnavailable => 503,
+            RemoteServerTimeout => 504,
+            PolicyViolation => return None,
+        })
+    }
+
     /// The type RFC 6120 §8.3.3 recommends for this condition.
     pub fn default_type(self) -> StanzaErrorType {
         use StanzaErrorCondition::*;

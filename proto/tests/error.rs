@@ -99,6 +99,38 @@ fn stanza_error_conditions() {
 }
 
 #[test]
+fn legacy_codes_follow_xep_0086() {
+    use S::*;
+    let cases = [
+        (BadRequest, Some(400)),
+        (Conflict, Some(409)),
+        (FeatureNotImplemented, Some(501)),
+        (Forbidden, Some(403)),
+        (Gone, Some(302)),
+        (InternalServerError, Some(500)),
+        (ItemNotFound, Some(404)),
+        (JidMalformed, Some(400)),
+        (NotAcceptable, Some(406)),
+        (NotAllowed, Some(405)),
+        (NotAuthorized, Some(401)),
+        (PolicyViolation, None),
+        (RecipientUnavailable, Some(404)),
+        (Redirect, Some(302)),
+        (RegistrationRequired, Some(407)),
+        (RemoteServerNotFound, Some(404)),
+        (RemoteServerTimeout, Some(504)),
+        (ResourceConstraint, Some(500)),
+        (ServiceUnavailable, Some(503)),
+        (SubscriptionRequired, Some(407)),
+        (UndefinedCondition, Some(500)),
+        (UnexpectedRequest, Some(400)),
+    ];
+    for (c, code) in cases {
+        assert_eq!(c.legacy_code(), code, "{}", c.as_str());
+    }
+}
+
+#[test]
 fn error_reply_to_message_keeps_payload() {
     let msg = Element::parse(
         "<message xmlns='jabber:client' from='juliet@example.com/balcony' to='romeo@example.net' \

@@ -221,6 +221,31 @@ async def test_disco_items_lists_the_nodes_the_requester_may_access(server):
             await x.close()
 
 
+async def test_errors_carry_the_legacy_code(server):
+    """PEP errors carry XEP-0086's numeric `code` too: profanity 0.13 publishes its first
+    OMEMO device list only when asking for its (missing) list got item-not-found with
+    code='404' (test_profanity's OMEMO exchange stands on it)."""
+    alice, carol = server.account(), server.account()
+    a = await login(server, alice, resource="own", presence=True)
+    c = await login(server, carol, resource="stranger", presence=True)
+    try:
+        owner = bare(a.jid)
+        devicelist = "eu.siacs.conversations.axolotl.devicelist"
+        for who, to in ((a, None), (a, owner), (c, owner)):
+            resp = await items(who, to, devicelist)
+            assert pubsub_error(resp) == ("item-not-found", None), xml_str(resp)
+            assert resp.find(q("error")).get("code") == "404", xml_str(resp)
+        # With a pubsub#errors condition as well.
+        resp = await publish(a, NODE, tune("x"), "one", options(access_model="presence"))
+        assert resp.get("type") == "result", xml_str(resp)
+        resp = await items(c, owner, NODE)
+        assert pubsub_error(resp) == ("not-authorized", "presence-subscription-required"), xml_str(resp)
+        assert resp.find(q("error")).get("code") == "401", xml_str(resp)
+    finally:
+        for x in (a, c):
+            await x.close()
+
+
 async def test_publish_options_precondition_and_configure(server):
     alice = server.account()
     a = await login(server, alice, resource="pub")

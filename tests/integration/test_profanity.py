@@ -5,18 +5,28 @@ XEP-0280 carbons right after login; before the carbons module existed the node a
 service-unavailable and the pane showed that error). A second run with the carbons module
 disabled shows the error, so the check can fail.
 
+Two profanity instances then exchange an OMEMO (XEP-0384, the `eu.siacs.conversations.axolotl`
+namespace profanity 0.13 speaks) message over the node's PEP service (XEP-0163): `/omemo gen`
+on each, `/msg` and `/omemo start` on the sender, and the recipient's pane shows the decrypted
+text. Before PEP existed the sender's pane said "Can't find a OMEMO device id"; the same flow
+against a node with the pep module disabled still says so, so the check can fail.
+
 Skipped only when profanity or tmux is missing AND SWITCHBOARD_TEST_NO_INSTALL=1 (without
 that flag a missing client is a failure: scripts/test-deps.sh installs both)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import time
 
 import pytest
+
+from test_pep import mutual_contacts
 
 PROFANITY = shutil.which("profanity")
 TMUX = shutil.which("tmux")
@@ -25,11 +35,16 @@ if (PROFANITY is None or TMUX is None) and os.environ.get("SWITCHBOARD_TEST_NO_I
     pytestmark = pytest.mark.skip(reason="profanity/tmux not installed and SWITCHBOARD_TEST_NO_INSTALL=1")
 
 CARBONS_ERROR = re.compile(r"error enabling message carbons", re.IGNORECASE)
+# What profanity 0.13 prints when it has no device list for the recipient (omemo.c,
+# omemo_on_message_send), and the body it puts in an OMEMO message for clients without OMEMO.
+NO_DEVICE_ID = "Can't find a OMEMO device id"
+OMEMO_FALLBACK_BODY = "encrypted with OMEMO but your client"
 
 
 class Profanity:
     """profanity in a tmux server of its own (its own socket: no other tmux is touched),
-    with HOME and the XDG directories in the test's tmp dir."""
+    with HOME and the XDG directories in the test's tmp dir, logging at DEBUG (every stanza
+    it sends and receives) to `log_path`."""
 
     def __init__(self, workdir):
         if PROFANITY is None or TMUX is None:
@@ -37,6 +52,7 @@ class Profanity:
         self.home = workdir / "home"
         self.home.mkdir(parents=True, exist_ok=True)
         self.socket = str(workdir / "tmux.sock")
+        self.log_path = self.home / ".local" / "share" / "profanity" / "logs" / "profanity.log"
         env = {
             "HOME": str(self.home),
             "XDG_CONFIG_HOME": str(self.home / ".config"),
@@ -45,7 +61,7 @@ class Profanity:
         }
         env_args = [f"{k}={v}" for k, v in env.items()]
         self._tmux("new-session", "-d", "-s", "prof", "-x", "200", "-y", "50",
-                   "env", *env_args, PROFANITY)
+                   "env", *env_args, PROFANITY, "-l", "DEBUG")
 
     def _tmux(self, *args: str) -> str:
         r = subprocess.run([TMUX, "-S", self.socket, *args], capture_output=True, text=True, timeout=10)
@@ -68,6 +84,12 @@ class Profanity:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {pattern!r} in profanity's pane within {timeout}s:\n{text}")
             time.sleep(0.2)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
 
     def connect(self, server, account) -> str:
         self.wait_for(r"Type '/help'")
@@ -117,3 +139,73 @@ def test_profanity_reports_the_error_when_carbons_are_disabled(make_server, prof
     p = profanity()
     p.connect(srv, acc)
     p.wait_for(CARBONS_ERROR.pattern, timeout=10)
+
+
+def omemo_setup(srv, profanity):
+    """alice and bob, subscribed to each other, each logged in to a profanity that trusts
+    every OMEMO key it sees (`trustmode blind`: nobody is there to compare fingerprints)."""
+    alice, bob = asyncio.run(mutual_contacts(srv))
+    pa, pb = profanity(), profanity()
+    for p in (pa, pb):
+        p.wait_for(r"Type '/help'")
+        p.send("/omemo trustmode blind")
+        p.wait_for(r"ALL OMEMO fingerprints will be trusted automatically")
+    pa.connect(srv, alice)
+    pb.connect(srv, bob)
+    return alice, bob, pa, pb
+
+
+def omemo_gen(p) -> int:
+    """`/omemo gen` (it asks nothing: the keys go to the data dir unencrypted); the device id."""
+    p.send("/omemo gen")
+    pane = p.wait_for(r"Your Device ID is \d+", timeout=30)
+    return int(re.findall(r"Your Device ID is (\d+)", pane)[-1])
+
+
+def test_profanity_exchanges_an_omemo_message(make_server, profanity):
+    srv = make_server(accounts=2)
+    alice, bob, pa, pb = omemo_setup(srv, profanity)
+    # bob first, so alice finds his device list and bundle at her own `/omemo gen`.
+    bob_device = omemo_gen(pb)
+    # profanity asks for its own device list and publishes one with its device only when
+    # the answer is item-not-found with code='404' (the pep module's errors carry it).
+    pb.wait_for(rf"Going to publish own device ID: {bob_device}")
+    alice_device = omemo_gen(pa)
+    pa.wait_for(rf"Going to publish own device ID: {alice_device}")
+    # alice fetched bob's device list and bundle from his PEP service and built a session
+    # with that device (the console says so when it trusts a new key).
+    pa.wait_for(rf"Blind trust for {re.escape(bob.jid)} device {bob_device} ")
+
+    text = f"attack at dawn {secrets.token_hex(4)}"
+    pb.send(f"/msg {alice.jid}")  # bob's chat window with alice, where the message lands
+    pb.wait_for(rf"{re.escape(alice.jid)} \[online\]")
+    pa.send(f"/msg {bob.jid}")
+    pa.wait_for(rf"{re.escape(bob.jid)} \[online\]")
+    pa.send("/omemo start")
+    pa.wait_for(rf"{re.escape(bob.jid)} \[online\] \[OMEMO\]")
+    pa.send(text)
+    # `~` is profanity's mark for an OMEMO message (`-` for plaintext).
+    sent = pa.wait_for(rf"~ me: {text}")
+    received = pb.wait_for(rf"~ {re.escape(alice.jid)}/\S+: {text}", timeout=30)
+    assert NO_DEVICE_ID not in sent, sent
+    assert "cannot be decrypted" not in sent, sent
+    assert OMEMO_FALLBACK_BODY not in received, received
+    # On the wire the message was OMEMO-encrypted: the text is in no stanza alice sent.
+    sent_stanzas = [ln for ln in pa.log_text().splitlines() if "SENT: <message" in ln]
+    assert any("eu.siacs.conversations.axolotl" in ln and "<payload>" in ln for ln in sent_stanzas), sent_stanzas
+    assert not any(text in ln for ln in sent_stanzas), sent_stanzas
+
+
+def test_profanity_omemo_fails_without_pep(make_server, profanity):
+    """The control: without the pep module nobody's device list can be published or found,
+    and the sender's pane shows the error the test above must not see."""
+    srv = make_server({"modules.pep": {"enabled": False}}, accounts=2)
+    alice, bob, pa, pb = omemo_setup(srv, profanity)
+    omemo_gen(pb)
+    omemo_gen(pa)
+    pa.send(f"/msg {bob.jid}")
+    pa.wait_for(rf"{re.escape(bob.jid)} \[online\]")
+    pa.send("/omemo start")
+    pa.wait_for(r"\[OMEMO\]")
+    pa.send("attack at dusk")
+    pa.wait_for(re.escape(NO_DEVICE_ID) + rf" for {re.escape(bob.jid)}")

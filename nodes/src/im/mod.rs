@@ -502,11 +502,13 @@ impl AccountShard {
             IqOutcome::ResultAfter { stanzas, payload } => (stanzas, payload),
             IqOutcome::Error(cond) => {
                 let mut reply = roster::error_for(iq, cond);
-                if let (Some(app), Some(e)) = (
-                    effects.app_error,
-                    reply.get_child_mut("error", proto::ns::CLIENT),
-                ) {
-                    e.children.push(proto::element::Node::Element(app));
+                if let Some(e) = reply.get_child_mut("error", proto::ns::CLIENT) {
+                    if let Some(app) = effects.app_error {
+                        e.children.push(proto::element::Node::Element(app));
+                    }
+                    if let Some(code) = cond.legacy_code().filter(|_| effects.legacy_code) {
+                        e.set_attr("code", code.to_string());
+                    }
                 }
                 return vec![reply];
             }

@@ -90,6 +90,7 @@ pub struct AccountCtx<'a> {
     cap: Option<(&'static str, usize)>,
     outbox: Vec<Element>,
     app_error: Option<Element>,
+    legacy_code: bool,
 }
 
 impl<'a> AccountCtx<'a> {
@@ -113,6 +114,7 @@ impl<'a> AccountCtx<'a> {
             cap: None,
             outbox: Vec::new(),
             app_error: None,
+            legacy_code: false,
         }
     }
 
@@ -225,6 +227,13 @@ impl<'a> AccountCtx<'a> {
         self.app_error = Some(el);
     }
 
+    /// Give the `<error/>` of an `IqOutcome::Error` XEP-0086's numeric `code` attribute as
+    /// well, for clients that read it instead of the condition (see
+    /// `StanzaErrorCondition::legacy_code`).
+    pub fn legacy_error_code(&mut self) {
+        self.legacy_code = true;
+    }
+
     /// The writes stated and the cap that refused the request, for the shard.
     pub(crate) fn finish(self) -> AccountEffects {
         AccountEffects {
@@ -232,6 +241,7 @@ impl<'a> AccountCtx<'a> {
             cap: self.cap,
             outbox: self.outbox,
             app_error: self.app_error,
+            legacy_code: self.legacy_code,
         }
     }
 }
@@ -242,4 +252,5 @@ pub(crate) struct AccountEffects {
     pub cap: Option<(&'static str, usize)>,
     pub outbox: Vec<Element>,
     pub app_error: Option<Element>,
+    pub legacy_code: bool,
 }

@@ -110,6 +110,11 @@ impl Module for Pep {
     fn account_features(&self) -> &'static [&'static str] {
         FEATURES
     }
+    fn features(&self) -> &'static [&'static str] {
+        // On the server too, as Prosody and ejabberd do: clients (profanity 0.13) look for
+        // `#publish-options` on their server before using it for OMEMO's nodes.
+        FEATURES
+    }
     fn account_identities(&self) -> &'static [Identity] {
         // XEP-0163 §6.1.
         &[Identity {

@@ -208,6 +208,11 @@ fn outcome(ctx: &mut AccountCtx<'_>, result: Result<Option<Element>, PubsubError
             if let Some(app) = &e.app {
                 ctx.app_error(app.element());
             }
+            // Profanity 0.13 treats a device list request answered `item-not-found` as "no
+            // OMEMO device yet" (and then publishes its own list) only when the error carries
+            // XEP-0086's `code='404'`, as ejabberd's do; without it `/omemo gen` never
+            // announces the device and its contacts cannot encrypt to it.
+            ctx.legacy_error_code();
             IqOutcome::Error(e.condition)
         }
     }
