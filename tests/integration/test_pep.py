@@ -463,3 +463,38 @@ async def test_a_resumed_session_keeps_its_notifications(server):
         await a.close()
         if b2 is not None:
             await b2.close()
+
+
+async def test_limits_refuse_with_the_right_errors(make_server):
+    """`[modules.pep]` caps: nodes per account (`not-allowed` + `max-nodes-exceeded`), the
+    account's total item bytes (`policy-violation`, the cap named), and a peer cannot make
+    the node store anything in another account's service (`forbidden`, nothing created)."""
+    srv = make_server({"modules.pep": {"max_nodes": 2, "max_bytes_per_account": 3000}}, accounts=2)
+    alice, mallory = srv.account(), srv.account()
+    a = await login(srv, alice, resource="pub")
+    m = await login(srv, mallory, resource="peer")
+    try:
+        for n in ("urn:example:n1", "urn:example:n2"):
+            resp = await publish(a, n, tune(n), "x")
+            assert resp.get("type") == "result", xml_str(resp)
+        resp = await publish(a, "urn:example:n3", tune("3"), "x")
+        assert pubsub_error(resp) == ("not-allowed", "max-nodes-exceeded"), xml_str(resp)
+        # Replacing an item counts its new size only; growing past the total is refused.
+        big = "<blob xmlns='urn:big'>" + "y" * 2500 + "</blob>"
+        resp = await publish(a, "urn:example:n1", big, "x")
+        assert resp.get("type") == "result", xml_str(resp)
+        resp = await publish(a, "urn:example:n2", big, "x")
+        assert pubsub_error(resp)[0] == "policy-violation", xml_str(resp)
+        assert "max_bytes_per_account" in xml_str(resp), xml_str(resp)
+        assert "yyyy" not in xml_str(await items(a, None, "urn:example:n2"))
+        # Another account (or a remote peer, answered the same way) publishing to alice.
+        resp = await m.iq(
+            f"<pubsub xmlns='{NS_PUBSUB}'><publish node='urn:example:planted'><item>{tune('x')}</item>"
+            "</publish></pubsub>",
+            type_="set", to=bare(a.jid),
+        )
+        assert pubsub_error(resp)[0] == "forbidden", xml_str(resp)
+        assert pubsub_error(await items(a, None, "urn:example:planted")) == ("item-not-found", None)
+    finally:
+        await a.close()
+        await m.close()
