@@ -287,6 +287,18 @@ async def test_publish_options_precondition_and_configure(server):
         big = "<blob xmlns='urn:big'>" + "x" * 70000 + "</blob>"
         resp = await publish(a, node, big, "big")
         assert pubsub_error(resp) == ("not-acceptable", "payload-too-big"), xml_str(resp)
+        # Affiliations: the owner's own (XEP-0060 §5.7) and the node's (§8.9.1); the
+        # default configuration (§8.3).
+        resp = await a.iq(f"<pubsub xmlns='{NS_PUBSUB}'><affiliations/></pubsub>")
+        affs = {(x.get("node"), x.get("affiliation")) for x in resp.iter(f"{{{NS_PUBSUB}}}affiliation")}
+        assert (node, "owner") in affs, xml_str(resp)
+        resp = await a.iq(f"<pubsub xmlns='{NS_OWNER}'><affiliations node='{node}'/></pubsub>")
+        affs = [(x.get("jid"), x.get("affiliation")) for x in resp.iter(f"{{{NS_OWNER}}}affiliation")]
+        assert affs == [(bare(a.jid), "owner")], xml_str(resp)
+        resp = await a.iq(f"<pubsub xmlns='{NS_OWNER}'><default/></pubsub>")
+        vals = {f.get("var"): [v.text for v in f.findall("{jabber:x:data}value")]
+                for f in resp.iter("{jabber:x:data}field")}
+        assert vals.get("pubsub#access_model") == ["presence"], xml_str(resp)
         # Purge empties the node.
         resp = await a.iq(f"<pubsub xmlns='{NS_OWNER}'><purge node='{node}'/></pubsub>", type_="set")
         assert resp.get("type") == "result", xml_str(resp)
