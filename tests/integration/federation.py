@@ -19,6 +19,7 @@ Two certificate modes:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import itertools
 import os
@@ -780,6 +781,36 @@ class Fed:
         password = f"pw-{local}"
         self.peer.register(local, password)
         return f"{local}@{self.peer.domain}", password
+
+
+@contextlib.contextmanager
+def sb_and_peer(d: Path, mode: str, accounts: int, peer_domain: str, make_peer):
+    """Our node (sb.fed.test) and a peer server (`make_peer(certs, sb)`, serving
+    `peer_domain`) routed to each other over s2s, running; both stopped at the end."""
+    certs = Certs(d / "certs", mode, [SB_DOMAIN, peer_domain])
+    sb = make_sb(d / "sb", certs, routes={}, accounts=accounts)
+    peer = make_peer(certs, sb)
+    sb.config["s2s"]["routes"] = {peer_domain: f"{peer.addr}:{peer.s2s_port}"}
+    sb.config_path.write_text(render_toml_nested(sb.config))
+    peer.start()
+    try:
+        sb.start()
+    except BaseException:
+        peer.stop()
+        raise
+    try:
+        yield sb, peer
+    finally:
+        peer.stop()
+        sb.stop()
+
+
+def sb_and_prosody(d: Path, mode: str, accounts: int, modules: tuple[str, ...] = ()):
+    """`sb_and_peer` with a private Prosody (with `modules` besides the defaults)."""
+    return sb_and_peer(
+        d, mode, accounts, PROSODY_DOMAIN,
+        lambda certs, sb: Prosody(d / "prosody", certs, routes={SB_DOMAIN: sb.s2s_addr}, modules=modules),
+    )
 
 
 def clients_factory(fed):

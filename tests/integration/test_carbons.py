@@ -457,21 +457,8 @@ def fed(tmp_path_factory):
 
     if f.PROSODY_BIN is None:
         pytest.skip("prosody is not installed (apt-get install prosody)")
-    d = tmp_path_factory.mktemp("carbons-prosody")
-    certs = f.Certs(d / "certs", "selfsigned", [f.SB_DOMAIN, f.PROSODY_DOMAIN])
-    sb = f.make_sb(d / "sb", certs, routes={}, accounts=4)
-    prosody = f.Prosody(d / "prosody", certs, routes={f.SB_DOMAIN: sb.s2s_addr})
-    sb.config["s2s"]["routes"] = {f.PROSODY_DOMAIN: f"{f.PROSODY_ADDR}:{prosody.s2s_port}"}
-    sb.config_path.write_text(f.render_toml_nested(sb.config))
-    prosody.start()
-    try:
-        sb.start()
-    except BaseException:
-        prosody.stop()
-        raise
-    yield f.Fed("selfsigned", sb, prosody)
-    prosody.stop()
-    sb.stop()
+    with f.sb_and_prosody(tmp_path_factory.mktemp("carbons-prosody"), "selfsigned", accounts=4) as (sb, prosody):
+        yield f.Fed("selfsigned", sb, prosody)
 
 
 async def test_carbons_of_messages_from_and_to_a_federated_peer(fed):

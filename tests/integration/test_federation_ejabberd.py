@@ -11,17 +11,7 @@ from __future__ import annotations
 import pytest
 
 import federation as f
-from federation import (
-    EJABBERD_ADDR,
-    EJABBERD_DOMAIN,
-    EJABBERDCTL_BIN,
-    SB_DOMAIN,
-    Certs,
-    Ejabberd,
-    Fed,
-    make_sb,
-    render_toml_nested,
-)
+from federation import EJABBERD_DOMAIN, EJABBERDCTL_BIN, SB_DOMAIN, Ejabberd, Fed
 
 pytestmark = pytest.mark.skipif(
     EJABBERDCTL_BIN is None, reason="ejabberd is not installed (apt-get install ejabberd)"
@@ -32,20 +22,10 @@ pytestmark = pytest.mark.skipif(
 def fed(request, tmp_path_factory):
     mode = request.param
     d = tmp_path_factory.mktemp(f"fed-ejabberd-{mode}")
-    certs = Certs(d / "certs", mode, [SB_DOMAIN, EJABBERD_DOMAIN])
-    sb = make_sb(d / "sb", certs, routes={}, accounts=10)
-    ejabberd = Ejabberd(d / "ejabberd", certs, SB_DOMAIN, sb.s2s_addr)
-    sb.config["s2s"]["routes"] = {EJABBERD_DOMAIN: f"{EJABBERD_ADDR}:{ejabberd.s2s_port}"}
-    sb.config_path.write_text(render_toml_nested(sb.config))
-    ejabberd.start()
-    try:
-        sb.start()
-    except BaseException:
-        ejabberd.stop()
-        raise
-    yield Fed(mode, sb, ejabberd)
-    ejabberd.stop()
-    sb.stop()
+    with f.sb_and_peer(
+        d, mode, 10, EJABBERD_DOMAIN, lambda certs, sb: Ejabberd(d / "ejabberd", certs, SB_DOMAIN, sb.s2s_addr)
+    ) as (sb, ejabberd):
+        yield Fed(mode, sb, ejabberd)
 
 
 @pytest.fixture

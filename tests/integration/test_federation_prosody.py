@@ -11,17 +11,7 @@ from __future__ import annotations
 import pytest
 
 import federation as f
-from federation import (
-    PROSODY_ADDR,
-    PROSODY_BIN,
-    PROSODY_DOMAIN,
-    SB_DOMAIN,
-    Certs,
-    Fed,
-    Prosody,
-    make_sb,
-    render_toml_nested,
-)
+from federation import PROSODY_BIN, Fed, sb_and_prosody
 
 pytestmark = pytest.mark.skipif(
     PROSODY_BIN is None, reason="prosody is not installed (apt-get install prosody)"
@@ -31,21 +21,8 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module", params=["selfsigned", "ca"])
 def fed(request, tmp_path_factory):
     mode = request.param
-    d = tmp_path_factory.mktemp(f"fed-prosody-{mode}")
-    certs = Certs(d / "certs", mode, [SB_DOMAIN, PROSODY_DOMAIN])
-    sb = make_sb(d / "sb", certs, routes={}, accounts=10)
-    prosody = Prosody(d / "prosody", certs, routes={SB_DOMAIN: sb.s2s_addr})
-    sb.config["s2s"]["routes"] = {PROSODY_DOMAIN: f"{PROSODY_ADDR}:{prosody.s2s_port}"}
-    sb.config_path.write_text(render_toml_nested(sb.config))
-    prosody.start()
-    try:
-        sb.start()
-    except BaseException:
-        prosody.stop()
-        raise
-    yield Fed(mode, sb, prosody)
-    prosody.stop()
-    sb.stop()
+    with sb_and_prosody(tmp_path_factory.mktemp(f"fed-prosody-{mode}"), mode, accounts=10) as (sb, prosody):
+        yield Fed(mode, sb, prosody)
 
 
 @pytest.fixture

@@ -11,18 +11,7 @@ import asyncio
 import pytest
 import slixmpp
 
-from federation import (
-    PROSODY_ADDR,
-    PROSODY_BIN,
-    PROSODY_DOMAIN,
-    SB_ADDR,
-    SB_DOMAIN,
-    Certs,
-    Prosody,
-    client_ssl_context,
-    make_sb,
-    render_toml_nested,
-)
+from federation import PROSODY_BIN, PROSODY_DOMAIN, SB_ADDR, client_ssl_context, sb_and_prosody
 from test_omemo import omemo_client_at, send_encrypted
 
 NS_TUNE = "http://jabber.org/protocol/tune"
@@ -34,27 +23,15 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fed-omemo")
-    certs = Certs(d / "certs", "selfsigned", [SB_DOMAIN, PROSODY_DOMAIN])
-    sb = make_sb(d / "sb", certs, routes={}, accounts=2)
-    prosody = Prosody(d / "prosody", certs, routes={SB_DOMAIN: sb.s2s_addr}, modules=("pep",))
-    sb.config["s2s"]["routes"] = {PROSODY_DOMAIN: f"{PROSODY_ADDR}:{prosody.s2s_port}"}
-    sb.config_path.write_text(render_toml_nested(sb.config))
-    prosody.register("omemo", "pw-omemo")
-    prosody.start()
-    try:
-        sb.start()
-    except BaseException:
-        prosody.stop()
-        raise
-    yield sb, prosody
-    prosody.stop()
-    sb.stop()
+    with sb_and_prosody(tmp_path_factory.mktemp("fed-omemo"), "selfsigned", accounts=2,
+                        modules=("pep",)) as (sb, prosody):
+        yield sb, prosody
 
 
 @pytest.mark.timeout(180)
 async def test_omemo_with_a_prosody_account(fed):
     sb, prosody = fed
+    prosody.register("omemo", "pw-omemo")
     acc = sb.account()
     a = await omemo_client_at(f"{acc.jid}/omemo", acc.password, SB_ADDR, sb.c2s_port,
                               client_ssl_context())

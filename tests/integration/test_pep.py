@@ -133,13 +133,18 @@ def tune(title: str) -> str:
     return f"<tune xmlns='http://jabber.org/protocol/tune'><title>{title}</title></tune>"
 
 
+async def owner_contact_stranger(server):
+    """Three online sessions: a publisher, a contact subscribed both ways, a stranger."""
+    a = await login(server, server.account(), resource="pub", presence=True)
+    b = await login(server, server.account(), resource="contact", presence=True)
+    c = await login(server, server.account(), resource="stranger", presence=True)
+    await subscribe_both(a, b)
+    return a, b, c
+
+
 async def test_publish_retrieve_retract_delete_per_access_model(server):
-    alice, bob, carol = server.account(), server.account(), server.account()
-    a = await login(server, alice, resource="pub", presence=True)
-    b = await login(server, bob, resource="contact", presence=True)
-    c = await login(server, carol, resource="stranger", presence=True)
+    a, b, c = await owner_contact_stranger(server)
     try:
-        await subscribe_both(a, b)
         r = await a.roster_set(f"<item jid='{bare(b.jid)}'><group>Friends</group></item>")
         assert r.get("type") == "result", xml_str(r)
         owner = bare(a.jid)
@@ -190,12 +195,8 @@ async def test_publish_retrieve_retract_delete_per_access_model(server):
 async def test_disco_items_lists_the_nodes_the_requester_may_access(server):
     """XEP-0163 §9 / XEP-0060 §5.2 and §5.5: disco#items on the account's bare JID lists its
     nodes, each only to those its access model admits; with a node, its item ids."""
-    alice, bob, carol = server.account(), server.account(), server.account()
-    a = await login(server, alice, resource="pub", presence=True)
-    b = await login(server, bob, resource="contact", presence=True)
-    c = await login(server, carol, resource="stranger", presence=True)
+    a, b, c = await owner_contact_stranger(server)
     try:
-        await subscribe_both(a, b)
         for model in ("open", "presence", "whitelist"):
             resp = await publish(a, f"urn:example:d-{model}", tune(model), f"i-{model}", options(access_model=model))
             assert resp.get("type") == "result", xml_str(resp)

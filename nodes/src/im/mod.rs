@@ -463,14 +463,7 @@ impl AccountShard {
         let Some((name, state)) = modules.account_state(ns) else {
             return vec![roster::error_for(iq, Cond::ServiceUnavailable)];
         };
-        let mut ctx = AccountCtx::new(
-            name,
-            to,
-            &self.module_store,
-            &self.rosters,
-            &self.limits,
-            self.online.contains(to),
-        );
+        let mut ctx = self.account_ctx(name, to, self.online.contains(to));
         let req = crate::modules::AccountIq {
             from,
             own: from.to_bare() == *to,
@@ -480,14 +473,7 @@ impl AccountShard {
         let mut effects = ctx.finish();
         if req.own && req.is_set() && !matches!(outcome, IqOutcome::Error(_)) {
             for (other, hook) in modules.account_states().filter(|(n, _)| *n != name) {
-                let mut ctx = AccountCtx::new(
-                    other,
-                    to,
-                    &self.module_store,
-                    &self.rosters,
-                    &self.limits,
-                    self.online.contains(to),
-                );
+                let mut ctx = self.account_ctx(other, to, self.online.contains(to));
                 hook.after_own_set(&mut ctx, name, &req);
                 let more = ctx.finish();
                 effects.writes.extend(more.writes);
@@ -533,14 +519,7 @@ impl AccountShard {
         online: bool,
         hook: impl FnOnce(&mut AccountCtx),
     ) -> Result<(), proto::error::StanzaErrorCondition> {
-        let mut ctx = AccountCtx::new(
-            name,
-            user,
-            &self.module_store,
-            &self.rosters,
-            &self.limits,
-            online,
-        );
+        let mut ctx = self.account_ctx(name, user, online);
         hook(&mut ctx);
         let effects = ctx.finish();
         self.commit_module_effects(user, effects.writes, effects.outbox)
@@ -576,6 +555,24 @@ impl AccountShard {
         Ok(())
     }
 
+    /// The context a module's account state runs in for `user` (`online`: whether the
+    /// account has an available resource).
+    fn account_ctx<'a>(
+        &'a self,
+        module: &'static str,
+        user: &'a Jid,
+        online: bool,
+    ) -> AccountCtx<'a> {
+        AccountCtx::new(
+            module,
+            user,
+            &self.module_store,
+            &self.rosters,
+            &self.limits,
+            online,
+        )
+    }
+
     /// What each module's account state gives a session of `user` at bind.
     fn session_seeds(&self, user: &Jid) -> Vec<(String, String)> {
         let modules = self.modules.clone();
@@ -583,14 +580,7 @@ impl AccountShard {
         modules
             .account_states()
             .filter_map(|(name, state)| {
-                let ctx = AccountCtx::new(
-                    name,
-                    user,
-                    &self.module_store,
-                    &self.rosters,
-                    &self.limits,
-                    online,
-                );
+                let ctx = self.account_ctx(name, user, online);
                 state.session_seed(&ctx).map(|p| (name.to_owned(), p))
             })
             .collect()
