@@ -344,6 +344,10 @@ pub async fn setup<T: Clone>(
             how.ready.fetch_add(1, Ordering::Relaxed);
         }
         tokio::select! {
+            // The start signal first: once it is given, what arrives belongs to the exchange
+            // (a contact that started earlier may already have sent), and must not be read
+            // and dropped here.
+            biased;
             _ = started(go) => break,
             _ = poll.tick(), if !ready => {
                 session
