@@ -34,14 +34,14 @@ pub struct StepPlan {
 
 /// Sequence numbers carry the step: `step << STEP_SHIFT | n`.
 /// Most messages of one user written at once when several are due.
-const MAX_BATCH: u64 = 32;
-const STEP_SHIFT: u32 = 25;
+pub(crate) const MAX_BATCH: u64 = 32;
+pub(crate) const STEP_SHIFT: u32 = 25;
 /// Most messages one user may send in one step (n < 2^25).
 pub const MAX_PER_USER_STEP: u64 = 1 << STEP_SHIFT;
 /// Most messages a stepped run may send in all.
 pub const MAX_MESSAGES: u64 = 20_000_000;
 /// Offered below this share of the target, a step is not counted as sustained.
-const MIN_OFFERED: f64 = 0.9;
+pub(crate) const MIN_OFFERED: f64 = 0.9;
 const POLL: Duration = Duration::from_millis(10);
 const ID_PREFIX: char = 's';
 

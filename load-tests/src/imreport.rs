@@ -1,5 +1,5 @@
 //! Summaries of the scenarios with a part of their own (the IM-data scenarios `roster-writes`
-//! and `offline-store`, and `mixed`): the common part (logins, sessions) is the usual
+//! and `offline-store`, `mixed` and `pep`): the common part (logins, sessions) is the usual
 //! [`Summary`]; the scenario's own part is added to its stdout lines, its JSON (under
 //! `roster_writes`, `offline_store` or `mixed`) and its `report.md`, with charts of its own.
 
@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::markdown::{self, ms, table};
 use crate::mixedreport::{self, MixedSummary};
+use crate::pep::{self, PepSummary};
 use crate::report::{reasons, CloseSummary, Distribution, LoginSummary, Summary};
 use crate::rosterwrites::rate_name;
 use crate::svg::{bar_chart, line_chart, Labels, Series};
@@ -26,6 +27,8 @@ pub enum Extra {
     Offline(Box<OfflineStoreSummary>),
     #[serde(rename = "mixed")]
     Mixed(Box<MixedSummary>),
+    #[serde(rename = "pep")]
+    Pep(Box<PepSummary>),
 }
 
 #[derive(Debug, Serialize)]
@@ -211,6 +214,7 @@ pub fn output(
 fn print(extra: &Extra) {
     match extra {
         Extra::Mixed(m) => mixedreport::print(m),
+        Extra::Pep(p) => pep::print(p),
         Extra::Roster(r) => {
             for s in &r.steps {
                 println!(
@@ -283,6 +287,7 @@ pub fn sections(extra: &Extra) -> String {
     let mut out = String::new();
     match extra {
         Extra::Mixed(m) => out.push_str(&mixedreport::sections(m)),
+        Extra::Pep(p) => out.push_str(&pep::sections(p)),
         Extra::Roster(r) => {
             let _ = writeln!(
                 out,
@@ -469,6 +474,7 @@ pub fn charts(extra: &Extra) -> Vec<(&'static str, String)> {
     let mut charts = Vec::new();
     match extra {
         Extra::Mixed(m) => charts = mixedreport::charts(m),
+        Extra::Pep(p) => charts = pep::charts(p),
         Extra::Roster(r) => {
             if !r.timeline.is_empty() {
                 let acked = Series {

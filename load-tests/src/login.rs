@@ -60,6 +60,9 @@ pub struct Target {
     pub mech: Mech,
     /// SCRAM salted passwords by salt, so a login with a salt seen before skips PBKDF2.
     pub salted: SaltedPasswords,
+    /// The initial presence every login sends: `<presence/>`, or (`pep`) one with the
+    /// client's entity capabilities (XEP-0115 §4).
+    pub initial_presence: String,
 }
 
 /// Results of PBKDF2 by (salt, iterations). Every user of a [`Target`] has the same password,
@@ -133,7 +136,7 @@ pub async fn login_as(target: &Target, index: u32, resource: &str) -> Result<Con
         return Err(Failure::Protocol("resource binding not offered".into()));
     }
     bind(&mut conn, resource).await?;
-    conn.send("<presence/>").await?;
+    conn.send(&target.initial_presence).await?;
     Ok(conn)
 }
 
@@ -391,6 +394,7 @@ pub fn test_target(servers: &[&str], user_prefix: &str) -> Target {
         tls_config: None,
         mech: Mech::ScramSha256,
         salted: SaltedPasswords::default(),
+        initial_presence: "<presence/>".into(),
     }
 }
 

@@ -4,7 +4,8 @@
 //! copes with users that keep reconnecting (`churn`); how fast it writes per-user IM
 //! data: roster sets (`roster-writes`) and messages stored for offline users
 //! (`offline-store`); and how it carries a mobile carrier's mix of messages, presence
-//! changes and reconnects (`mixed`).
+//! changes and reconnects (`mixed`); and how PEP notifications fan out to contacts next to
+//! presence (`pep`).
 //!
 //! Raw XML on the wire: a tiny scanner reads the few server replies a client needs.
 
@@ -21,6 +22,7 @@ mod markdown;
 mod mixed;
 mod mixedreport;
 mod offlinestore;
+mod pep;
 mod presence;
 mod probe;
 mod ramp;
@@ -165,6 +167,39 @@ enum Scenario {
         /// for inactive and active sessions.
         #[arg(long, default_value_t = 0)]
         csi_inactive_percent: u32,
+    },
+    /// Groups of --group mutual contacts, logged in with entity capabilities asking for tune
+    /// notifications; at stepped aggregate rates the users publish tunes (PEP, XEP-0163) or,
+    /// with --event presence, change presence; measures the notifications' fan-out.
+    Pep {
+        /// Users per group of mutual contacts (user1..userK, ...): each has K-1 contacts.
+        #[arg(long, default_value_t = 21)]
+        group: u32,
+        /// protocol: subscribe the group members to each other; provisioned: the rosters
+        /// were imported beforehand (ROSTER_GROUP=K load-tests/provision.sh), only check them.
+        #[arg(long, value_enum, default_value_t = Rosters::Protocol)]
+        rosters: Rosters,
+        /// What each event is: a PEP publish (tune) or a presence change.
+        #[arg(long, value_enum, default_value_t = pep::EventKind::Pep)]
+        event: pep::EventKind,
+        /// Aggregate events/s offered by all users together, one step each.
+        #[arg(long, default_value = "100,200,400")]
+        rates: String,
+        /// Length of each step.
+        #[arg(long, default_value_t = 5)]
+        step_secs: u64,
+        /// Longest wait after each step for its notifications in flight.
+        #[arg(long, default_value_t = 5)]
+        drain_secs: u64,
+        /// A step is sustained if its p99 latency is below this.
+        #[arg(long, default_value_t = 100)]
+        p99_limit_ms: u64,
+        /// Stop after this many steps in a row not sustained (0: run all).
+        #[arg(long, default_value_t = 2)]
+        stop_after: u32,
+        /// Upper bound on setting up the subscriptions.
+        #[arg(long, default_value_t = 60)]
+        setup_secs: u64,
     },
     /// Users reconnecting in cycles: login, online for a random pause, disconnect, offline
     /// for a random pause, again.
@@ -356,7 +391,7 @@ fn secs(value: u64, what: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs(value))
 }
 
-fn plan(c: &Common) -> anyhow::Result<Plan> {
+fn plan(c: &Common, initial_presence: String) -> anyhow::Result<Plan> {
     ensure!(!c.server.is_empty(), "--server needs at least one address");
     for (i, server) in c.server.iter().enumerate() {
         system::check_loopback(*server)?;
@@ -403,6 +438,7 @@ fn plan(c: &Common) -> anyhow::Result<Plan> {
         tls_config,
         mech: c.mech,
         salted: Default::default(),
+        initial_presence,
     };
     Ok(Plan {
         target: Arc::new(target),
@@ -445,6 +481,7 @@ enum Work {
     RosterWrites(rosterwrites::RosterPlan),
     OfflineStore(offlinestore::OfflinePlan),
     Mixed(mixed::MixedPlan),
+    Pep(pep::PepPlan),
 }
 
 fn millis(value: u64, what: &str) -> anyhow::Result<Duration> {
@@ -621,6 +658,41 @@ fn work(
                 csi_inactive_percent,
             })
         }
+        Scenario::Pep {
+            group,
+            rosters,
+            event,
+            ref rates,
+            step_secs,
+            drain_secs,
+            p99_limit_ms,
+            stop_after,
+            setup_secs,
+        } => {
+            ensure!(
+                (2..=1000).contains(&group),
+                "--group must be between 2 and 1000"
+            );
+            let rates = storm::parse_rates(rates)?;
+            let total: u64 = rates.iter().map(|&r| u64::from(r) * step_secs).sum();
+            ensure!(
+                total <= chatstep::MAX_MESSAGES,
+                "the steps would send {total} events; at most {}",
+                chatstep::MAX_MESSAGES
+            );
+            Work::Pep(pep::PepPlan {
+                group,
+                rosters,
+                event,
+                rates,
+                step: secs(step_secs, "--step-secs")?,
+                drain: secs(drain_secs, "--drain-secs")?,
+                p99_limit: millis(p99_limit_ms, "--p99-limit-ms")?,
+                stop_after,
+                setup: secs(setup_secs, "--setup-secs")?,
+                server_pid,
+            })
+        }
         Scenario::Churn {
             cycles,
             min_pause_ms,
@@ -775,7 +847,12 @@ fn work(
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let c = &cli.common;
     let work = work(&cli.scenario, c.server.len(), c.users, c.server_pid)?;
-    let plan = plan(c)?;
+    // `pep`'s clients announce their entity capabilities from the start (XEP-0115 §4).
+    let initial_presence = match work {
+        Work::Pep(_) => pep::Caps::new().initial_presence(),
+        _ => "<presence/>".to_string(),
+    };
+    let plan = plan(c, initial_presence)?;
     let servers = c
         .server
         .iter()
@@ -816,6 +893,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (outcome, summary) = offlinestore::run(&plan, offline_plan).await?;
             extra = Some(imreport::Extra::Offline(Box::new(summary)));
             ("offline-store", outcome)
+        }
+        Work::Pep(pep_plan) => {
+            let (outcome, summary) = pep::run(&plan, pep_plan).await?;
+            extra = Some(imreport::Extra::Pep(Box::new(summary)));
+            ("pep", outcome)
         }
         Work::Mixed(mixed_plan) => {
             let (outcome, summary) = mixed::run(&plan, mixed_plan).await?;

@@ -77,7 +77,7 @@ const ROSTER_POLL: Duration = Duration::from_millis(200);
 
 struct Shared {
     target: Arc<Target>,
-    first: u32,
+    groups: Groups,
     plan: PresencePlan,
     epoch: Instant,
     ready: AtomicU64,
@@ -87,8 +87,42 @@ struct Shared {
 
 impl Shared {
     fn group_of(&self, index: u32) -> u32 {
-        (index - self.first) / self.plan.group
+        self.groups.group_of(index)
     }
+}
+
+/// Users in groups of `size` mutual contacts from user `first` on: `user<first>..`,
+/// `user<first+size>..`. Shared with `pep`.
+#[derive(Debug, Clone, Copy)]
+pub struct Groups {
+    pub first: u32,
+    pub size: u32,
+}
+
+impl Groups {
+    pub fn group_of(&self, index: u32) -> u32 {
+        index.saturating_sub(self.first) / self.size.max(1)
+    }
+
+    /// The logged-in members of `index`'s group but itself.
+    pub fn contacts_of(&self, online: &[u32], index: u32) -> Vec<u32> {
+        let group = self.group_of(index);
+        online
+            .iter()
+            .copied()
+            .filter(|&o| o != index && self.group_of(o) == group)
+            .collect()
+    }
+}
+
+/// Wait until `ready` users of `users` are set up, at most `limit`; the count then and the
+/// seconds waited.
+pub async fn wait_ready(ready: &AtomicU64, users: u64, limit: Duration) -> (u64, f64) {
+    let start = Instant::now();
+    while start.elapsed() < limit && ready.load(Ordering::Relaxed) < users {
+        tokio::time::sleep(POLL).await;
+    }
+    (ready.load(Ordering::Relaxed), start.elapsed().as_secs_f64())
 }
 
 #[derive(Default)]
@@ -107,7 +141,10 @@ pub async fn run(plan: &Plan, presence: PresencePlan) -> anyhow::Result<Outcome>
     let ramp = login_all(plan).await;
     let shared = Arc::new(Shared {
         target: plan.target.clone(),
-        first: plan.first,
+        groups: Groups {
+            first: plan.first,
+            size: presence.group,
+        },
         plan: presence,
         epoch: Instant::now(),
         ready: AtomicU64::new(0),
@@ -116,14 +153,7 @@ pub async fn run(plan: &Plan, presence: PresencePlan) -> anyhow::Result<Outcome>
     });
     let online: Vec<u32> = ramp.sessions.iter().map(|s| s.index).collect();
     let percent = shared.plan.csi_inactive_percent;
-    let contacts_of = |index: u32| -> Vec<u32> {
-        let group = shared.group_of(index);
-        online
-            .iter()
-            .copied()
-            .filter(|&o| o != index && shared.group_of(o) == group)
-            .collect()
-    };
+    let contacts_of = |index: u32| shared.groups.contacts_of(&online, index);
     // Every change reaches each active contact; inactive ones get what the server flushes.
     let expected: u64 = online
         .iter()
@@ -155,13 +185,7 @@ pub async fn run(plan: &Plan, presence: PresencePlan) -> anyhow::Result<Outcome>
         },
         shared.plan.group
     );
-    let setup_start = Instant::now();
-    while setup_start.elapsed() < shared.plan.setup && shared.ready.load(Ordering::Relaxed) < users
-    {
-        tokio::time::sleep(POLL).await;
-    }
-    let setup_secs = setup_start.elapsed().as_secs_f64();
-    let ready = shared.ready.load(Ordering::Relaxed);
+    let (ready, setup_secs) = wait_ready(&shared.ready, users, shared.plan.setup).await;
     eprintln!(
         "  {ready}/{users} users ready after {setup_secs:.2} s; {} presence changes each",
         shared.plan.changes
@@ -261,7 +285,12 @@ async fn user(
         inactive,
         ..Received::default()
     };
-    let failure = match setup(&mut session, &contacts, &shared, &mut go).await {
+    let how = Setup {
+        target: &shared.target,
+        rosters: shared.plan.rosters,
+        ready: &shared.ready,
+    };
+    let failure = match setup(&mut session, &contacts, &how, &mut go, &|_| None).await {
         Err(failure) => Some(failure),
         Ok(recorder) => exchange(&mut session, &shared, &recorder, &mut stop, &mut received)
             .await
@@ -276,18 +305,28 @@ async fn user(
     }
 }
 
+/// What [`setup`] needs besides the session: shared with `pep`.
+pub struct Setup<'a> {
+    pub target: &'a Target,
+    pub rosters: Rosters,
+    /// Counts the users whose contacts are all `both`.
+    pub ready: &'a AtomicU64,
+}
+
 /// Subscribe to every contact (unless the rosters are provisioned), approve their requests,
-/// and poll the roster until all are `both`; then wait for the start signal, still approving
-/// requests.
-async fn setup(
+/// and poll the roster until all are `both`; then wait for the start signal (its value is
+/// returned), still approving requests. `reply` answers what else the scenario's client must
+/// answer meanwhile (`pep`: the server's caps queries).
+pub async fn setup<T: Clone>(
     session: &mut Session,
     contacts: &[u32],
-    shared: &Shared,
-    go: &mut Go,
-) -> Result<Arc<Recorder>, Failure> {
-    let target = &shared.target;
+    how: &Setup<'_>,
+    go: &mut watch::Receiver<Option<T>>,
+    reply: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> Result<T, Failure> {
+    let target = how.target;
     let mut wanted: HashSet<String> = contacts.iter().map(|&c| bare_jid(target, c)).collect();
-    let subscribe = shared.plan.rosters == Rosters::Protocol;
+    let subscribe = how.rosters == Rosters::Protocol;
     for jid in wanted.iter().filter(|_| subscribe) {
         session
             .conn
@@ -302,9 +341,13 @@ async fn setup(
     loop {
         if !ready && wanted.is_empty() {
             ready = true;
-            shared.ready.fetch_add(1, Ordering::Relaxed);
+            how.ready.fetch_add(1, Ordering::Relaxed);
         }
         tokio::select! {
+            // The start signal first: once it is given, what arrives belongs to the exchange
+            // (a contact that started earlier may already have sent), and must not be read
+            // and dropped here.
+            biased;
             _ = started(go) => break,
             _ = poll.tick(), if !ready => {
                 session
@@ -315,6 +358,9 @@ async fn setup(
             el = session.conn.next_element() => {
                 let el = el?;
                 answer_setup(session, &el).await?;
+                if let Some(answer) = reply(&el) {
+                    session.conn.send(&answer).await?;
+                }
                 if xml::name(&el) == "iq" && xml::attr(&el, "id").as_deref() == Some("roster") {
                     for (jid, subscription) in roster_items(&el) {
                         if subscription == "both" {
@@ -325,17 +371,17 @@ async fn setup(
             }
         }
     }
-    let recorder = go.borrow().clone();
-    recorder.ok_or_else(|| Failure::Protocol("internal: no recorder".into()))
+    let value = go.borrow().clone();
+    value.ok_or_else(|| Failure::Protocol("internal: no start value".into()))
 }
 
 /// Resolves once the start signal is given (or its sender is gone).
-async fn started(go: &mut Go) {
+async fn started<T>(go: &mut watch::Receiver<Option<T>>) {
     let _ = go.wait_for(Option::is_some).await;
 }
 
 /// Approve subscription requests and acknowledge roster pushes.
-async fn answer_setup(session: &mut Session, el: &str) -> Result<(), Failure> {
+pub async fn answer_setup(session: &mut Session, el: &str) -> Result<(), Failure> {
     let kind = xml::attr(el, "type");
     match (xml::name(el), kind.as_deref()) {
         ("presence", Some("subscribe")) => {

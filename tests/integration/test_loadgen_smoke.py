@@ -466,3 +466,53 @@ def test_flaky_clients_resume_on_another_node_of_a_cluster(loadgen, cluster, tmp
     )
     f = assert_flaky_kept_every_message(data, USERS)
     assert f["resumed_elsewhere"] == f["resumed"], f
+
+
+def test_pep_and_presence_fan_out(loadgen, node, tmp_path):
+    """`pep` on accounts of its own (lg401..lg408, two groups of four: three contacts each).
+    First `--event presence` (subscribing through the protocol), then PEP publishes on the
+    rosters that made (`--rosters provisioned`). Every client announces caps whose disco#info
+    asks for tune notifications and answers the server's query for them: without the answer
+    the server would filter every notification out (XEP-0163 §4.3.3). A publish notifies the
+    three contacts and the publisher's own session (the account's bare JID, XEP-0163 §4.3); a
+    presence change the three contacts and, back, its sender (RFC 6121 §4.4.2)."""
+    first, n, contacts = 401, 8, 3
+    add_users(node, first, n)
+
+    def fan_out(event: str, rosters: str, sub: str) -> dict:
+        (tmp_path / sub).mkdir()
+        data = run_loadgen(
+            loadgen,
+            node,
+            tmp_path / sub,
+            [
+                "--server", f"127.0.0.1:{node.c2s_port}",
+                "-n", str(n), "--first", str(first),
+                "--server-pid", str(node.proc.pid),
+                "pep", "--group", str(contacts + 1), "--rosters", rosters, "--event", event,
+                "--rates", "8,16", "--step-secs", "1", "--drain-secs", "5", "--setup-secs", "10",
+                "--stop-after", "0",
+            ],
+        )
+        p = data["pep"]
+        assert p["event"] == event and p["contacts"] == contacts, p
+        assert p["ready"] == n and p["not_ready"] == 0, p
+        assert [s["target_rate"] for s in p["steps"]] == [8, 16], p
+        for s in p["steps"]:
+            assert s["sent"] > 0 and s["lost"] == 0 and s["late"] == 0, s
+            # Each event reaches the three contacts and the sender's own session.
+            assert s["delivered_to_contacts"] == s["sent"] * contacts, s
+            assert s["delivered_to_self"] == s["sent"], s
+            assert s["expected"] == s["sent"] * (contacts + 1) == s["delivered"], s
+            assert s["duplicates"] == 0 and s["errors"] == 0, s
+            # 10 ms ticks: a small step may cost none.
+            assert s["server_cpu_us_per_notification"] >= 0, s
+        assert p["sent"] == sum(s["sent"] for s in p["steps"]), p
+        assert p["lost"] == 0 and p["duplicates"] == 0 and p["stale"] == 0, p
+        assert p["latency_ms"]["count"] == p["delivered"] == p["sent"] * (contacts + 1), p
+        return p
+
+    fan_out("presence", "protocol", "presence")
+    p = fan_out("pep", "provisioned", "pep")
+    # Every publish was answered with a result.
+    assert all(s["acked"] == s["sent"] for s in p["steps"]), p
