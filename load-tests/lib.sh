@@ -17,6 +17,25 @@ stop_started() {  # every process the script started, then the work dir unless k
   if [ "${KEEP_WORK:-1}" = 0 ]; then rm -rf "$WORK"; fi
 }
 
+plain_node_toml() {  # plain_node_toml DIR PORT [C2S_LINE]: node.toml of one plain-TCP node
+  # (c2s on 127.0.0.1:PORT, /metrics on PORT-1, data in DIR/data, no s2s, warnings only);
+  # C2S_LINE goes in [c2s]; more sections may be appended.
+  cat <<T
+domains = ["localhost"]
+data_dir = "$1/data"
+[c2s]
+listen = "127.0.0.1:$2"
+tls_listen = ""
+${3:-}
+[s2s]
+listen = ""
+[http]
+listen = "127.0.0.1:$(( $2 - 1 ))"
+[log]
+level = "warn"
+T
+}
+
 port_free() { ! (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
 wait_port() {  # wait_port IP PORT SECS

@@ -20,23 +20,13 @@ LOGIN_RATES=${LOGIN_RATES:-100,200,300,400,500,600}
 WORK=${WORK:-/tmp/sb-ab}
 PORT=5399
 ulimit -n "$(ulimit -Hn)"
+# shellcheck source=../lib.sh
+. "$ROOT/load-tests/lib.sh"
 
 run_one() {  # run_one LABEL BIN ROUND
   local label=$1 bin=$2 round=$3 d="$WORK/$1-$3" pid
   rm -rf "$d"; mkdir -p "$d/data"
-  cat > "$d/server.toml" <<T
-domains = ["localhost"]
-data_dir = "$d/data"
-[c2s]
-listen = "127.0.0.1:$PORT"
-tls_listen = ""
-[s2s]
-listen = ""
-[http]
-listen = "127.0.0.1:$((PORT - 1))"
-[log]
-level = "warn"
-T
+  plain_node_toml "$d" "$PORT" > "$d/server.toml"
   for i in $(seq 1 2000); do echo "user$i@localhost secret"; done > "$d/users.txt"
   "$bin" --config "$d/server.toml" user import --shared-salt "$d/users.txt" > /dev/null
   taskset -c 0 "$bin" run --config "$d/server.toml" > "$d/server.log" 2>&1 &

@@ -29,6 +29,8 @@ WORK=${WORK:-/tmp/sb-fanout}
 EVENTS=${EVENTS:-presence pep}
 PORT=5489
 ulimit -n "$(ulimit -Hn)"
+# shellcheck source=../lib.sh
+. "$ROOT/load-tests/lib.sh"
 
 json_field() {  # json_field FILE PYTHON-EXPR-ON-d
   python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1" 2>/dev/null || echo "?"
@@ -37,22 +39,8 @@ json_field() {  # json_field FILE PYTHON-EXPR-ON-d
 run_round() {  # run_round ROUND
   local round=$1 d="$WORK/round-$1" pid ev rosters=provisioned
   rm -rf "$d"; mkdir -p "$d/data"
-  cat > "$d/node.toml" <<T
-domains = ["localhost"]
-data_dir = "$d/data"
-[c2s]
-listen = "127.0.0.1:$PORT"
-tls_listen = ""
-require_tls = false
-[s2s]
-listen = ""
-[http]
-listen = "127.0.0.1:$((PORT - 1))"
-[log]
-level = "warn"
-[modules.mam]
-enabled = false
-T
+  { plain_node_toml "$d" "$PORT" "require_tls = false"; printf '[modules.mam]\nenabled = false\n'; } \
+    > "$d/node.toml"
   taskset -c 0 "$BIN" run --config "$d/node.toml" > "$d/node.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.2; done

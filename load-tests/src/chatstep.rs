@@ -16,14 +16,15 @@ use rustc_hash::FxHashSet;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::conn::Failure;
 use crate::probe::{self, ChatMessage};
-use crate::ramp::{stopped, tally, End, Plan, Session};
+use crate::ramp::{join_users, stopped, tally, End, Plan, Session};
 use crate::report::{ChatStepSummary, ChatStepsSummary, ChatSummary, Distribution, Outcome};
 use crate::system::{cpu_percent, cpu_us_per, CpuMeter};
 use crate::xml;
 
+/// The steps of a stepped run (stepped chat, `pep`).
 pub struct StepPlan {
+    /// Aggregate events/s offered by all senders together, one step each.
     pub rates: Vec<u32>,
     pub step: Duration,
     pub drain: Duration,
@@ -45,6 +46,214 @@ pub(crate) const MIN_OFFERED: f64 = 0.9;
 const POLL: Duration = Duration::from_millis(10);
 const ID_PREFIX: char = 's';
 
+/// What senders do now: send for `step` at one event per `interval`; `None`: pause.
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) struct Phase {
+    pub step: usize,
+    pub interval: Duration,
+}
+
+/// A step that ran: its start (µs after the epoch), the drain waited, and the generator's
+/// CPU and wall time while it offered its rate.
+pub(crate) struct StepRun {
+    pub begun: u64,
+    pub waited: Duration,
+    pub cpu: Duration,
+    pub wall: Duration,
+}
+
+/// The coordinator of a stepped run (stepped chat, `pep`): tells the senders each step's
+/// [`Phase`], waits out its drain, closes it, and decides whether to go on.
+pub(crate) struct Stepper<'a> {
+    phase_tx: watch::Sender<Option<Phase>>,
+    epoch: Instant,
+    /// Steps whose drain is over (what arrives for them now is late).
+    closed: &'a AtomicUsize,
+    step: Duration,
+    drain: Duration,
+    stop_after: u32,
+    /// Steps not sustained in a row so far.
+    failing: u32,
+}
+
+impl<'a> Stepper<'a> {
+    pub fn new(
+        plan: &StepPlan,
+        phase_tx: watch::Sender<Option<Phase>>,
+        epoch: Instant,
+        closed: &'a AtomicUsize,
+    ) -> Stepper<'a> {
+        Stepper {
+            phase_tx,
+            epoch,
+            closed,
+            step: plan.step,
+            drain: plan.drain,
+            stop_after: plan.stop_after,
+            failing: 0,
+        }
+    }
+
+    /// Run step `k`: every sender sends one event per `interval` for the step's length; then
+    /// wait at most the drain until `drained()`, and close the step.
+    pub async fn run(&self, k: usize, interval: Duration, drained: impl Fn() -> bool) -> StepRun {
+        let begun = self.epoch.elapsed().as_micros() as u64;
+        let meter = CpuMeter::start();
+        let _ = self.phase_tx.send(Some(Phase { step: k, interval }));
+        tokio::time::sleep(self.step).await;
+        let _ = self.phase_tx.send(None);
+        let (cpu, wall) = (meter.cpu(), meter.wall());
+        let ended = Instant::now();
+        loop {
+            tokio::time::sleep(POLL).await;
+            if drained() || ended.elapsed() >= self.drain {
+                break;
+            }
+        }
+        let waited = ended.elapsed();
+        self.closed.store(k + 1, Ordering::Relaxed);
+        StepRun {
+            begun,
+            waited,
+            cpu,
+            wall,
+        }
+    }
+
+    /// Whether to stop after step `k` of `steps`: `stop_after` steps in a row looked not
+    /// sustained (something not accounted for, or 1 % or more slower than the p99 limit).
+    pub fn should_stop(
+        &mut self,
+        k: usize,
+        steps: usize,
+        accounted: u64,
+        expected: u64,
+        slow: u64,
+    ) -> bool {
+        let ok = accounted >= expected && slow * 100 < accounted.max(1);
+        self.failing = if ok { 0 } else { self.failing + 1 };
+        if self.stop_after > 0 && self.failing >= self.stop_after && k + 1 < steps {
+            eprintln!("  {} steps in a row not sustained: stopping", self.failing);
+            return true;
+        }
+        false
+    }
+}
+
+/// Events of one step that were due, written as one batch.
+pub(crate) struct Due {
+    pub step: usize,
+    pub count: u64,
+    pub batch: String,
+}
+
+/// One sender's pace through the steps of a stepped run: follows the coordinator's
+/// [`Phase`] and hands out the sequence numbers (`step << STEP_SHIFT | n`) that are due.
+pub(crate) struct Pacer {
+    phase_rx: watch::Receiver<Option<Phase>>,
+    phase: Option<Phase>,
+    /// Events of the current step so far.
+    n: u64,
+    next_send: tokio::time::Instant,
+    /// False once the coordinator is gone: no more events.
+    coordinated: bool,
+}
+
+impl Pacer {
+    pub fn new(phase_rx: watch::Receiver<Option<Phase>>) -> Pacer {
+        Pacer {
+            phase_rx,
+            phase: None,
+            n: 0,
+            next_send: tokio::time::Instant::now(),
+            coordinated: true,
+        }
+    }
+
+    /// Wait until events are due, then write every one that is, `compose(batch, seq)` each,
+    /// into one batch: a generator that fell behind catches up with one system call, not
+    /// one per event. Cancel-safe (its state changes only between awaits), so it can be a
+    /// branch of the sender's `select!`; pending for ever once the coordinator is gone.
+    pub async fn due(&mut self, mut compose: impl FnMut(&mut String, u32)) -> Due {
+        loop {
+            tokio::select! {
+                changed = self.phase_rx.changed(), if self.coordinated => {
+                    if changed.is_err() {
+                        self.phase = None;
+                        self.coordinated = false;
+                        continue;
+                    }
+                    let now_phase = *self.phase_rx.borrow_and_update();
+                    if let Some(p) = now_phase {
+                        if self.phase.map(|q| q.step) != Some(p.step) {
+                            self.n = 0;
+                            let offset = rand::thread_rng()
+                                .gen_range(0..p.interval.as_micros().max(1) as u64);
+                            self.next_send =
+                                tokio::time::Instant::now() + Duration::from_micros(offset);
+                        }
+                    }
+                    self.phase = now_phase;
+                }
+                _ = tokio::time::sleep_until(self.next_send),
+                    if self.phase.is_some() && !self.phase_rx.has_changed().unwrap_or(true) => {
+                    let Some(p) = self.phase else { continue };
+                    let mut batch = String::new();
+                    let mut count = 0;
+                    let now = tokio::time::Instant::now();
+                    while self.next_send <= now && count < MAX_BATCH {
+                        if self.n >= MAX_PER_USER_STEP - 1 {
+                            self.phase = None;
+                            break;
+                        }
+                        let seq = ((p.step as u32) << STEP_SHIFT) | self.n as u32;
+                        self.n += 1;
+                        compose(&mut batch, seq);
+                        count += 1;
+                        self.next_send += p.interval;
+                    }
+                    if count > 0 {
+                        return Due { step: p.step, count, batch };
+                    }
+                }
+                else => std::future::pending::<()>().await,
+            }
+        }
+    }
+}
+
+/// Delivered per second over a step of `step_secs` begun at `begun_us`, or up to its last
+/// delivery at `last_us` if that came later.
+pub(crate) fn delivered_per_sec(
+    delivered: u64,
+    begun_us: u64,
+    last_us: u64,
+    step_secs: f64,
+) -> f64 {
+    delivered as f64 / (last_us.saturating_sub(begun_us) as f64 / 1e6).max(step_secs)
+}
+
+/// Whether a step met the bar, besides losing nothing and failing nothing: something
+/// delivered, p99 below the limit and at least [`MIN_OFFERED`] of the target offered.
+pub(crate) fn met_the_bar(
+    delivered: u64,
+    p99_ms: f64,
+    limit_ms: f64,
+    offered_per_sec: f64,
+    rate: u32,
+) -> bool {
+    delivered > 0 && p99_ms < limit_ms && offered_per_sec >= MIN_OFFERED * f64::from(rate)
+}
+
+/// The highest target rate sustained and what it delivered per second (0: none), from
+/// each step's (sustained, target rate, delivered/s).
+pub(crate) fn sustainable(steps: impl Iterator<Item = (bool, u32, f64)>) -> (u32, f64) {
+    steps
+        .filter(|s| s.0)
+        .max_by_key(|s| s.1)
+        .map_or((0, 0.0), |s| (s.1, s.2))
+}
+
 #[derive(Default)]
 struct StepCounters {
     sent: AtomicU64,
@@ -52,13 +261,6 @@ struct StepCounters {
     accounted: AtomicU64,
     /// Deliveries slower than the p99 limit (to decide early whether to go on).
     slow: AtomicU64,
-}
-
-/// What senders should do now: send for `step` at one message per `interval`, or pause.
-#[derive(Clone, Copy, PartialEq)]
-struct Phase {
-    step: usize,
-    interval: Duration,
 }
 
 struct Shared {
@@ -74,15 +276,6 @@ struct Shared {
     body_bytes: usize,
 }
 
-/// A step that ran: its start (µs after the epoch), the drain waited, and the generator's
-/// CPU and wall time while it offered its rate.
-struct StepRun {
-    begun: u64,
-    waited: Duration,
-    cpu: Duration,
-    wall: Duration,
-}
-
 #[derive(Default, Clone)]
 struct Received {
     unique: u64,
@@ -91,6 +284,17 @@ struct Received {
     late: u64,
     latencies_us: Vec<u64>,
     last_us: u64,
+}
+
+impl Received {
+    fn add(&mut self, r: Received) {
+        self.unique += r.unique;
+        self.duplicates += r.duplicates;
+        self.bounced += r.bounced;
+        self.late += r.late;
+        self.latencies_us.extend(r.latencies_us);
+        self.last_us = self.last_us.max(r.last_us);
+    }
 }
 
 pub async fn run(plan: &Plan, sp: StepPlan, body_bytes: usize) -> anyhow::Result<Outcome> {
@@ -125,48 +329,27 @@ pub async fn run(plan: &Plan, sp: StepPlan, body_bytes: usize) -> anyhow::Result
     );
     let start = Instant::now();
     let exchange = CpuMeter::start();
-    // Per step run: start µs after the epoch, drain waited, generator CPU and wall time.
     let mut ran: Vec<StepRun> = Vec::new();
-    let mut failing = 0u32;
+    let mut stepper = Stepper::new(&sp, phase_tx, shared.epoch, &shared.closed);
     for (k, &rate) in sp.rates.iter().enumerate() {
         let interval = Duration::from_secs_f64(users as f64 / f64::from(rate));
-        let begun = shared.epoch.elapsed().as_micros() as u64;
-        let meter = CpuMeter::start();
-        let _ = phase_tx.send(Some(Phase { step: k, interval }));
-        tokio::time::sleep(sp.step).await;
-        let _ = phase_tx.send(None);
-        let (cpu, wall) = (meter.cpu(), meter.wall());
-        let ended = Instant::now();
         let counters = &shared.steps[k];
-        loop {
-            tokio::time::sleep(POLL).await;
-            let done =
-                counters.accounted.load(Ordering::Relaxed) >= counters.sent.load(Ordering::Relaxed);
-            if done || ended.elapsed() >= sp.drain {
-                break;
-            }
-        }
-        let waited = ended.elapsed();
-        shared.closed.store(k + 1, Ordering::Relaxed);
-        ran.push(StepRun {
-            begun,
-            waited,
-            cpu,
-            wall,
-        });
+        let run = stepper
+            .run(k, interval, || {
+                counters.accounted.load(Ordering::Relaxed) >= counters.sent.load(Ordering::Relaxed)
+            })
+            .await;
         let sent = counters.sent.load(Ordering::Relaxed);
         let accounted = counters.accounted.load(Ordering::Relaxed);
         let slow = counters.slow.load(Ordering::Relaxed);
-        let ok = accounted >= sent && slow * 100 < accounted.max(1);
         eprintln!(
             "  step {rate}/s: {sent} sent, {accounted} accounted for, {slow} over {} ms, drain {:.2} s, gen CPU {:.0} %",
             sp.p99_limit.as_millis(),
-            waited.as_secs_f64(),
-            cpu_percent(cpu, wall)
+            run.waited.as_secs_f64(),
+            cpu_percent(run.cpu, run.wall)
         );
-        failing = if ok { 0 } else { failing + 1 };
-        if sp.stop_after > 0 && failing >= sp.stop_after && k + 1 < sp.rates.len() {
-            eprintln!("  {failing} steps in a row not sustained: stopping");
+        ran.push(run);
+        if stepper.should_stop(k, sp.rates.len(), accounted, sent, slow) {
             break;
         }
     }
@@ -175,23 +358,12 @@ pub async fn run(plan: &Plan, sp: StepPlan, body_bytes: usize) -> anyhow::Result
     let _ = stop.send(true);
 
     let mut per_step = vec![Received::default(); sp.rates.len()];
-    let mut ends = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok((end, received)) => {
-                ends.push(end);
-                for (total, r) in per_step.iter_mut().zip(received) {
-                    total.unique += r.unique;
-                    total.duplicates += r.duplicates;
-                    total.bounced += r.bounced;
-                    total.late += r.late;
-                    total.latencies_us.extend(r.latencies_us);
-                    total.last_us = total.last_us.max(r.last_us);
-                }
-            }
-            Err(e) => ends.push(End::Dropped(Failure::Protocol(format!("internal: {e}")))),
+    let ends = join_users(tasks, |received: Vec<Received>| {
+        for (total, r) in per_step.iter_mut().zip(received) {
+            total.add(r);
         }
-    }
+    })
+    .await;
     let (dropped, close) = tally(ends);
 
     let step_secs = sp.step.as_secs_f64();
@@ -206,14 +378,11 @@ pub async fn run(plan: &Plan, sp: StepPlan, body_bytes: usize) -> anyhow::Result
         let rate = sp.rates[k];
         let sent = shared.steps[k].sent.load(Ordering::Relaxed);
         let lost = sent.saturating_sub(r.unique + r.bounced);
-        let delivering = (r.last_us.saturating_sub(begun) as f64 / 1e6).max(step_secs);
         let latency = Distribution::from_micros(r.latencies_us.clone());
         let offered = sent as f64 / step_secs;
         let sustained = lost == 0
             && r.bounced == 0
-            && r.unique > 0
-            && latency.p99 < limit_ms
-            && offered >= MIN_OFFERED * f64::from(rate);
+            && met_the_bar(r.unique, latency.p99, limit_ms, offered, rate);
         sent_all += sent;
         received_all += r.unique;
         dup_all += r.duplicates;
@@ -225,7 +394,7 @@ pub async fn run(plan: &Plan, sp: StepPlan, body_bytes: usize) -> anyhow::Result
             sent,
             offered_per_sec: offered,
             received: r.unique,
-            delivered_per_sec: r.unique as f64 / delivering,
+            delivered_per_sec: delivered_per_sec(r.unique, begun, r.last_us, step_secs),
             lost,
             late: r.late,
             duplicates: r.duplicates,
@@ -237,12 +406,11 @@ pub async fn run(plan: &Plan, sp: StepPlan, body_bytes: usize) -> anyhow::Result
             sustained,
         });
     }
-    let best = steps
-        .iter()
-        .filter(|s| s.sustained)
-        .max_by_key(|s| s.target_rate);
-    let (sustainable_rate, sustainable_delivered_per_sec) =
-        best.map_or((0, 0.0), |s| (s.target_rate, s.delivered_per_sec));
+    let (sustainable_rate, sustainable_delivered_per_sec) = sustainable(
+        steps
+            .iter()
+            .map(|s| (s.sustained, s.target_rate, s.delivered_per_sec)),
+    );
     let delivering = Duration::from_micros(last_all)
         .saturating_sub(start.saturating_duration_since(shared.epoch));
     Ok(Outcome {
@@ -287,62 +455,22 @@ async fn converse(
     mut session: Session,
     pos: usize,
     shared: Arc<Shared>,
-    mut phase_rx: watch::Receiver<Option<Phase>>,
+    phase_rx: watch::Receiver<Option<Phase>>,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) -> (End, Vec<Received>) {
     let mut received = vec![Received::default(); shared.steps.len()];
     let mut seen = FxHashSet::default();
-    let mut phase: Option<Phase> = None;
-    let mut n = 0u64;
-    let mut next_send = tokio::time::Instant::now();
-    let mut coordinated = true;
+    let mut pacer = Pacer::new(phase_rx);
+    let me = session.index;
     let failure = loop {
         tokio::select! {
             _ = stopped(&mut stop) => break None,
-            changed = phase_rx.changed(), if coordinated => {
-                if changed.is_err() {
-                    // The coordinator is gone: wait for the stop signal only.
-                    phase = None;
-                    coordinated = false;
-                    continue;
-                }
-                let now_phase = *phase_rx.borrow_and_update();
-                if let Some(p) = now_phase {
-                    if phase.map(|q| q.step) != Some(p.step) {
-                        n = 0;
-                        let offset = rand::thread_rng()
-                            .gen_range(0..p.interval.as_micros().max(1) as u64);
-                        next_send = tokio::time::Instant::now() + Duration::from_micros(offset);
-                    }
-                }
-                phase = now_phase;
-            }
-            _ = tokio::time::sleep_until(next_send), if phase.is_some() && !phase_rx.has_changed().unwrap_or(true) => {
-                let Some(p) = phase else { continue };
-                // Every message that is due goes out in one write: a generator that fell
-                // behind catches up with one system call, not one per message.
-                let mut batch = String::new();
-                let mut count = 0;
-                let now = tokio::time::Instant::now();
-                while next_send <= now && count < MAX_BATCH {
-                    if n >= MAX_PER_USER_STEP - 1 {
-                        phase = None;
-                        break;
-                    }
-                    let seq = ((p.step as u32) << STEP_SHIFT) | n as u32;
-                    n += 1;
-                    batch.push_str(&compose(&shared, pos, session.index, seq));
-                    count += 1;
-                    next_send += p.interval;
-                }
-                if count == 0 {
-                    continue;
-                }
-                let counters = &shared.steps[p.step];
-                counters.sent.fetch_add(count, Ordering::Relaxed);
-                if let Err(failure) = session.conn.send(&batch).await {
-                    counters.sent.fetch_sub(count, Ordering::Relaxed);
+            due = pacer.due(|batch, seq| batch.push_str(&compose(&shared, pos, me, seq))) => {
+                let counters = &shared.steps[due.step];
+                counters.sent.fetch_add(due.count, Ordering::Relaxed);
+                if let Err(failure) = session.conn.send(&due.batch).await {
+                    counters.sent.fetch_sub(due.count, Ordering::Relaxed);
                     break Some(failure);
                 }
             }
@@ -352,13 +480,7 @@ async fn converse(
             }
         }
     };
-    match failure {
-        Some(failure) => (End::Dropped(failure), received),
-        None => {
-            let clean = session.conn.close(grace).await;
-            (End::Closed { clean }, received)
-        }
-    }
+    (session.end(failure, grace).await, received)
 }
 
 fn compose(shared: &Shared, pos: usize, from: u32, seq: u32) -> String {

@@ -95,18 +95,6 @@ enum Scenario {
         /// (replaces --messages and --interval-ms).
         #[arg(long)]
         rates: Option<String>,
-        /// With --rates: length of each step.
-        #[arg(long, default_value_t = 5)]
-        step_secs: u64,
-        /// With --rates: longest wait after each step for its messages in flight.
-        #[arg(long, default_value_t = 5)]
-        drain_secs: u64,
-        /// With --rates: a step is sustained if its p99 latency is below this.
-        #[arg(long, default_value_t = 100)]
-        p99_limit_ms: u64,
-        /// With --rates: stop after this many steps in a row not sustained (0: run all).
-        #[arg(long, default_value_t = 2)]
-        stop_after: u32,
         /// Length of every message body: `lg FROM SEQ SENT_US` padded with `x`.
         #[arg(long, default_value_t = 100)]
         body_bytes: usize,
@@ -129,6 +117,8 @@ enum Scenario {
         /// With --flaky-percent: mean seconds between two drops of one flaky user.
         #[arg(long, default_value_t = 5)]
         flaky_every_secs: u64,
+        #[command(flatten)]
+        steps: StepArgs,
     },
     /// Login storm: open connections at each target rate in turn (login, bind, presence,
     /// close); users are reused round-robin, each connection with its own resource.
@@ -185,21 +175,11 @@ enum Scenario {
         /// Aggregate events/s offered by all users together, one step each.
         #[arg(long, default_value = "100,200,400")]
         rates: String,
-        /// Length of each step.
-        #[arg(long, default_value_t = 5)]
-        step_secs: u64,
-        /// Longest wait after each step for its notifications in flight.
-        #[arg(long, default_value_t = 5)]
-        drain_secs: u64,
-        /// A step is sustained if its p99 latency is below this.
-        #[arg(long, default_value_t = 100)]
-        p99_limit_ms: u64,
-        /// Stop after this many steps in a row not sustained (0: run all).
-        #[arg(long, default_value_t = 2)]
-        stop_after: u32,
         /// Upper bound on setting up the subscriptions.
         #[arg(long, default_value_t = 60)]
         setup_secs: u64,
+        #[command(flatten)]
+        steps: StepArgs,
     },
     /// Users reconnecting in cycles: login, online for a random pause, disconnect, offline
     /// for a random pause, again.
@@ -317,6 +297,46 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         drain_secs: u64,
     },
+}
+
+/// The steps of a stepped run: `chat --rates` (there only with --rates) and `pep`.
+#[derive(Args)]
+#[command(next_help_heading = "Steps (chat: only with --rates)")]
+struct StepArgs {
+    /// Length of each step.
+    #[arg(long, default_value_t = 5)]
+    step_secs: u64,
+    /// Longest wait after each step for its messages or notifications in flight.
+    #[arg(long, default_value_t = 5)]
+    drain_secs: u64,
+    /// A step is sustained if its p99 latency is below this.
+    #[arg(long, default_value_t = 100)]
+    p99_limit_ms: u64,
+    /// Stop after this many steps in a row not sustained (0: run all).
+    #[arg(long, default_value_t = 2)]
+    stop_after: u32,
+}
+
+impl StepArgs {
+    /// The steps at `rates` ("100,200,400"), checked against
+    /// [`chatstep::MAX_MESSAGES`] `events` ("messages") in all.
+    fn plan(&self, rates: &str, events: &str) -> anyhow::Result<chatstep::StepPlan> {
+        let rates = storm::parse_rates(rates)?;
+        let step = secs(self.step_secs, "--step-secs")?;
+        let total: u64 = rates.iter().map(|&r| u64::from(r) * self.step_secs).sum();
+        ensure!(
+            total <= chatstep::MAX_MESSAGES,
+            "the steps would send {total} {events}; at most {}",
+            chatstep::MAX_MESSAGES
+        );
+        Ok(chatstep::StepPlan {
+            rates,
+            step,
+            drain: secs(self.drain_secs, "--drain-secs")?,
+            p99_limit: millis(self.p99_limit_ms, "--p99-limit-ms")?,
+            stop_after: self.stop_after,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -545,10 +565,7 @@ fn work(
             duration_secs,
             cross_node_only,
             ref rates,
-            step_secs,
-            drain_secs,
-            p99_limit_ms,
-            stop_after,
+            ref steps,
             body_bytes: body,
             carbons,
             sm,
@@ -587,21 +604,7 @@ fn work(
                     ensure!(!carbons, "--rates does not support --carbons");
                     ensure!(!sm, "--rates does not support --sm");
                     ensure!(flaky.is_none(), "--rates does not support --flaky-percent");
-                    let rates = storm::parse_rates(rates)?;
-                    let step = secs(step_secs, "--step-secs")?;
-                    let total: u64 = rates.iter().map(|&r| u64::from(r) * step_secs).sum();
-                    ensure!(
-                        total <= chatstep::MAX_MESSAGES,
-                        "the steps would send {total} messages; at most {}",
-                        chatstep::MAX_MESSAGES
-                    );
-                    Some(chatstep::StepPlan {
-                        rates,
-                        step,
-                        drain: secs(drain_secs, "--drain-secs")?,
-                        p99_limit: millis(p99_limit_ms, "--p99-limit-ms")?,
-                        stop_after,
-                    })
+                    Some(steps.plan(rates, "messages")?)
                 }
             };
             Work::Chat(chat::ChatPlan {
@@ -663,32 +666,18 @@ fn work(
             rosters,
             event,
             ref rates,
-            step_secs,
-            drain_secs,
-            p99_limit_ms,
-            stop_after,
+            ref steps,
             setup_secs,
         } => {
             ensure!(
                 (2..=1000).contains(&group),
                 "--group must be between 2 and 1000"
             );
-            let rates = storm::parse_rates(rates)?;
-            let total: u64 = rates.iter().map(|&r| u64::from(r) * step_secs).sum();
-            ensure!(
-                total <= chatstep::MAX_MESSAGES,
-                "the steps would send {total} events; at most {}",
-                chatstep::MAX_MESSAGES
-            );
             Work::Pep(pep::PepPlan {
                 group,
                 rosters,
                 event,
-                rates,
-                step: secs(step_secs, "--step-secs")?,
-                drain: secs(drain_secs, "--drain-secs")?,
-                p99_limit: millis(p99_limit_ms, "--p99-limit-ms")?,
-                stop_after,
+                steps: steps.plan(rates, "events")?,
                 setup: secs(setup_secs, "--setup-secs")?,
                 server_pid,
             })

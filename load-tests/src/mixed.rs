@@ -625,13 +625,7 @@ pub async fn run(plan: &Plan, mixed: MixedPlan) -> anyhow::Result<(Outcome, Mixe
         generator_cpu_us_per_message: cpu_us_per(exchange_cpu, total.delivered),
         timeline,
     };
-    let outcome = Outcome {
-        login: ramp.summary,
-        dropped,
-        close,
-        ..Outcome::default()
-    };
-    Ok((outcome, summary))
+    Ok((Outcome::sessions(ramp.summary, dropped, close), summary))
 }
 
 #[cfg(test)]

@@ -440,13 +440,7 @@ pub async fn run(plan: &Plan, op: OfflinePlan) -> anyhow::Result<(Outcome, Offli
         verify,
         timeline: recorder.series(),
     };
-    let outcome = Outcome {
-        login: ramp.summary,
-        dropped,
-        close,
-        ..Outcome::default()
-    };
-    Ok((outcome, summary))
+    Ok((Outcome::sessions(ramp.summary, dropped, close), summary))
 }
 
 fn counter_summary(

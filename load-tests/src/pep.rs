@@ -30,23 +30,25 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use rand::Rng;
 use rustc_hash::FxHashSet;
 use serde::Serialize;
 use sha1::{Digest, Sha1};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::chatstep::{MAX_BATCH, MAX_PER_USER_STEP, MIN_OFFERED, STEP_SHIFT};
+use crate::chatstep::{
+    delivered_per_sec, met_the_bar, sustainable, Pacer, Phase, StepPlan, StepRun, Stepper,
+    STEP_SHIFT,
+};
 use crate::conn::Failure;
 use crate::login::Target;
 use crate::markdown::{ms, table};
 use crate::presence::{self, answer_setup, wait_ready, Groups, Rosters, Setup};
 use crate::probe;
-use crate::ramp::{login_all, stopped, tally, End, Plan, Session};
+use crate::ramp::{join_users, login_all, stopped, tally, End, Plan, Session};
 use crate::report::{Distribution, Outcome};
 use crate::svg::{bar_chart, Labels};
-use crate::system::{cpu_percent, cpu_time_of, cpu_us_per, CpuMeter};
+use crate::system::{cpu_percent, cpu_time_of, cpu_us_per};
 use crate::xml;
 
 /// The PEP node published to (XEP-0118).
@@ -65,7 +67,6 @@ const FEATURES: &[&str] = &[
 ];
 /// Publish ids are `p SEQ . TAG` ([`probe::bounced_seq`] reads them back).
 const ID_PREFIX: char = 'p';
-const POLL: Duration = Duration::from_millis(10);
 
 /// What a user sends at each event of a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -90,12 +91,7 @@ pub struct PepPlan {
     pub group: u32,
     pub rosters: Rosters,
     pub event: EventKind,
-    pub rates: Vec<u32>,
-    pub step: Duration,
-    pub drain: Duration,
-    pub p99_limit: Duration,
-    /// Stop after this many steps in a row not sustained (0: run them all).
-    pub stop_after: u32,
+    pub steps: StepPlan,
     /// Upper bound on setting up the contacts.
     pub setup: Duration,
     pub server_pid: Option<u32>,
@@ -182,13 +178,6 @@ struct StepCounters {
     slow: AtomicU64,
     /// Publishes answered (result or error).
     answered: AtomicU64,
-}
-
-/// What senders do now: send for `step` at one event per `interval`, or pause.
-#[derive(Clone, Copy, PartialEq)]
-struct Phase {
-    step: usize,
-    interval: Duration,
 }
 
 struct Shared {
@@ -304,11 +293,9 @@ pub struct PepStep {
     pub sustained: bool,
 }
 
-struct StepRun {
-    begun: u64,
-    waited: Duration,
-    gen_cpu: Duration,
-    gen_wall: Duration,
+/// A step that ran, with the server's CPU from its start to the end of its drain.
+struct PepStepRun {
+    run: StepRun,
     server_cpu: Option<Duration>,
 }
 
@@ -329,9 +316,14 @@ pub async fn run(plan: &Plan, pp: PepPlan) -> anyhow::Result<(Outcome, PepSummar
         tag: probe::run_tag('e'),
         epoch: Instant::now(),
         ready: AtomicU64::new(0),
-        steps: pp.rates.iter().map(|_| StepCounters::default()).collect(),
+        steps: pp
+            .steps
+            .rates
+            .iter()
+            .map(|_| StepCounters::default())
+            .collect(),
         closed: AtomicUsize::new(0),
-        p99_limit_us: pp.p99_limit.as_micros() as u64,
+        p99_limit_us: pp.steps.p99_limit.as_micros() as u64,
         stale: AtomicU64::new(0),
     });
     let online: Vec<u32> = ramp.sessions.iter().map(|s| s.index).collect();
@@ -363,9 +355,9 @@ pub async fn run(plan: &Plan, pp: PepPlan) -> anyhow::Result<(Outcome, PepSummar
     let (ready, setup_secs) = wait_ready(&shared.ready, users, pp.setup).await;
     eprintln!(
         "  {ready}/{users} users ready after {setup_secs:.2} s; {} steps of {} s at {:?} {}/s",
-        pp.rates.len(),
-        pp.step.as_secs(),
-        pp.rates,
+        pp.steps.rates.len(),
+        pp.steps.step.as_secs(),
+        pp.steps.rates,
         match pp.event {
             EventKind::Pep => "publishes",
             EventKind::Presence => "presence changes",
@@ -373,123 +365,92 @@ pub async fn run(plan: &Plan, pp: PepPlan) -> anyhow::Result<(Outcome, PepSummar
     );
     let _ = go.send(Some(()));
 
-    let mut ran: Vec<StepRun> = Vec::new();
-    let mut failing = 0u32;
-    for (k, &rate) in pp.rates.iter().enumerate() {
+    let mut ran: Vec<PepStepRun> = Vec::new();
+    let mut stepper = Stepper::new(&pp.steps, phase_tx, shared.epoch, &shared.closed);
+    for (k, &rate) in pp.steps.rates.iter().enumerate() {
         let interval = Duration::from_secs_f64(users.max(1) as f64 / f64::from(rate.max(1)));
-        let begun = shared.epoch.elapsed().as_micros() as u64;
         let server_before = server_cpu(pp.server_pid)?;
-        let meter = CpuMeter::start();
-        let _ = phase_tx.send(Some(Phase { step: k, interval }));
-        tokio::time::sleep(pp.step).await;
-        let _ = phase_tx.send(None);
-        let (gen_cpu, gen_wall) = (meter.cpu(), meter.wall());
-        let ended = Instant::now();
         let c = &shared.steps[k];
-        loop {
-            tokio::time::sleep(POLL).await;
-            let sent = c.sent.load(Ordering::Relaxed);
-            let notified =
-                c.accounted.load(Ordering::Relaxed) >= c.expected.load(Ordering::Relaxed);
-            let answered =
-                pp.event == EventKind::Presence || c.answered.load(Ordering::Relaxed) >= sent;
-            if (notified && answered) || ended.elapsed() >= pp.drain {
-                break;
-            }
-        }
-        let waited = ended.elapsed();
-        shared.closed.store(k + 1, Ordering::Relaxed);
+        let run = stepper
+            .run(k, interval, || {
+                let sent = c.sent.load(Ordering::Relaxed);
+                let notified =
+                    c.accounted.load(Ordering::Relaxed) >= c.expected.load(Ordering::Relaxed);
+                let answered =
+                    pp.event == EventKind::Presence || c.answered.load(Ordering::Relaxed) >= sent;
+                notified && answered
+            })
+            .await;
         let server_after = server_cpu(pp.server_pid)?;
         let server = server_before
             .zip(server_after)
             .map(|(b, a)| a.saturating_sub(b));
-        ran.push(StepRun {
-            begun,
-            waited,
-            gen_cpu,
-            gen_wall,
-            server_cpu: server,
-        });
         let (sent, expected) = (
             c.sent.load(Ordering::Relaxed),
             c.expected.load(Ordering::Relaxed),
         );
         let accounted = c.accounted.load(Ordering::Relaxed);
         let slow = c.slow.load(Ordering::Relaxed);
-        let ok = accounted >= expected && slow * 100 < accounted.max(1);
         eprintln!(
             "  step {rate}/s: {sent} sent, {accounted}/{expected} notifications, {slow} over {} ms, drain {:.2} s, gen CPU {:.0} %{}",
-            pp.p99_limit.as_millis(),
-            waited.as_secs_f64(),
-            cpu_percent(gen_cpu, gen_wall),
+            pp.steps.p99_limit.as_millis(),
+            run.waited.as_secs_f64(),
+            cpu_percent(run.cpu, run.wall),
             server.map_or(String::new(), |s| format!(", server CPU {:.2} s", s.as_secs_f64()))
         );
-        failing = if ok { 0 } else { failing + 1 };
-        if pp.stop_after > 0 && failing >= pp.stop_after && k + 1 < pp.rates.len() {
-            eprintln!("  {failing} steps in a row not sustained: stopping");
+        ran.push(PepStepRun {
+            run,
+            server_cpu: server,
+        });
+        if stepper.should_stop(k, pp.steps.rates.len(), accounted, expected, slow) {
             break;
         }
     }
     let _ = stop.send(true);
 
-    let mut per_step = vec![Received::default(); pp.rates.len()];
-    let mut ends = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok((end, received)) => {
-                ends.push(end);
-                for (total, r) in per_step.iter_mut().zip(received) {
-                    total.add(r);
-                }
-            }
-            Err(e) => ends.push(End::Dropped(Failure::Protocol(format!("internal: {e}")))),
+    let mut per_step = vec![Received::default(); pp.steps.rates.len()];
+    let ends = join_users(tasks, |received: Vec<Received>| {
+        for (total, r) in per_step.iter_mut().zip(received) {
+            total.add(r);
         }
-    }
+    })
+    .await;
     let (dropped, close) = tally(ends);
     let summary = summarize(&pp, &shared, ran, per_step, ready, users, setup_secs);
-    let outcome = Outcome {
-        login: ramp.summary,
-        dropped,
-        close,
-        ..Outcome::default()
-    };
-    Ok((outcome, summary))
+    Ok((Outcome::sessions(ramp.summary, dropped, close), summary))
 }
 
 fn summarize(
     pp: &PepPlan,
     shared: &Shared,
-    ran: Vec<StepRun>,
+    ran: Vec<PepStepRun>,
     mut per_step: Vec<Received>,
     ready: u64,
     users: u64,
     setup_secs: f64,
 ) -> PepSummary {
-    let step_secs = pp.step.as_secs_f64();
-    let limit_ms = pp.p99_limit.as_secs_f64() * 1000.0;
+    let step_secs = pp.steps.step.as_secs_f64();
+    let limit_ms = pp.steps.p99_limit.as_secs_f64() * 1000.0;
     let mut steps = Vec::new();
     let mut all = Received::default();
     let (mut sent_all, mut expected_all, mut lost_all) = (0, 0, 0);
     let mut server_all: Option<Duration> = None;
-    for (k, run) in ran.into_iter().enumerate() {
+    for (k, PepStepRun { run, server_cpu }) in ran.into_iter().enumerate() {
         let r = std::mem::take(&mut per_step[k]);
         let c = &shared.steps[k];
-        let rate = pp.rates[k];
+        let rate = pp.steps.rates[k];
         let sent = c.sent.load(Ordering::Relaxed);
         let expected = c.expected.load(Ordering::Relaxed);
         // One per event to the sender's own session, the rest to contacts.
         let lost = expected.saturating_sub(sent).saturating_sub(r.to_contacts)
             + sent.saturating_sub(r.to_self);
         let delivered = r.to_contacts + r.to_self;
-        let delivering = (r.last_us.saturating_sub(run.begun) as f64 / 1e6).max(step_secs);
         let latency = Distribution::from_micros(r.latencies_us.clone());
         let offered = sent as f64 / step_secs;
         let sustained = lost == 0
             && r.errors == 0
-            && delivered > 0
-            && latency.p99 < limit_ms
-            && offered >= MIN_OFFERED * f64::from(rate);
-        if let Some(cpu) = run.server_cpu {
+            && met_the_bar(delivered, latency.p99, limit_ms, offered, rate);
+        if let Some(cpu) = server_cpu {
             server_all = Some(server_all.unwrap_or_default() + cpu);
         }
         sent_all += sent;
@@ -503,7 +464,7 @@ fn summarize(
             delivered,
             delivered_to_contacts: r.to_contacts,
             delivered_to_self: r.to_self,
-            delivered_per_sec: delivered as f64 / delivering,
+            delivered_per_sec: delivered_per_sec(delivered, run.begun, r.last_us, step_secs),
             lost,
             late: r.late,
             duplicates: r.duplicates,
@@ -511,20 +472,19 @@ fn summarize(
             errors: r.errors,
             drain_waited_secs: run.waited.as_secs_f64(),
             latency_ms: latency,
-            generator_cpu_percent: cpu_percent(run.gen_cpu, run.gen_wall),
-            server_cpu_secs: run.server_cpu.map(|d| d.as_secs_f64()),
-            server_cpu_us_per_notification: run.server_cpu.map(|d| cpu_us_per(d, delivered)),
-            server_cpu_us_per_event: run.server_cpu.map(|d| cpu_us_per(d, sent)),
+            generator_cpu_percent: cpu_percent(run.cpu, run.wall),
+            server_cpu_secs: server_cpu.map(|d| d.as_secs_f64()),
+            server_cpu_us_per_notification: server_cpu.map(|d| cpu_us_per(d, delivered)),
+            server_cpu_us_per_event: server_cpu.map(|d| cpu_us_per(d, sent)),
             sustained,
         });
         all.add(r);
     }
-    let best = steps
-        .iter()
-        .filter(|s| s.sustained)
-        .max_by_key(|s| s.target_rate);
-    let (sustainable_rate, sustainable_delivered_per_sec) =
-        best.map_or((0, 0.0), |s| (s.target_rate, s.delivered_per_sec));
+    let (sustainable_rate, sustainable_delivered_per_sec) = sustainable(
+        steps
+            .iter()
+            .map(|s| (s.sustained, s.target_rate, s.delivered_per_sec)),
+    );
     let delivered = all.to_contacts + all.to_self;
     PepSummary {
         event: pp.event.name(),
@@ -536,8 +496,8 @@ fn summarize(
         ready,
         not_ready: users - ready,
         setup_secs,
-        step_secs: pp.step.as_secs(),
-        drain_secs: pp.drain.as_secs(),
+        step_secs: pp.steps.step.as_secs(),
+        drain_secs: pp.steps.drain.as_secs(),
         p99_limit_ms: limit_ms,
         sent: sent_all,
         expected: expected_all,
@@ -589,20 +549,14 @@ async fn user(
         .await
         .err(),
     };
-    match failure {
-        Some(failure) => (End::Dropped(failure), received),
-        None => {
-            let clean = session.conn.close(grace).await;
-            (End::Closed { clean }, received)
-        }
-    }
+    (session.end(failure, grace).await, received)
 }
 
 async fn exchange(
     session: &mut Session,
     contacts: u64,
     shared: &Shared,
-    mut phase_rx: watch::Receiver<Option<Phase>>,
+    phase_rx: watch::Receiver<Option<Phase>>,
     stop: &mut watch::Receiver<bool>,
     received: &mut [Received],
 ) -> Result<(), Failure> {
@@ -611,56 +565,18 @@ async fn exchange(
     // §4.4.2).
     let per_event = contacts + 1;
     let mut seen = FxHashSet::default();
-    let mut phase: Option<Phase> = None;
-    let mut n = 0u64;
-    let mut next_send = tokio::time::Instant::now();
-    let mut coordinated = true;
+    let mut pacer = Pacer::new(phase_rx);
+    let me = session.index;
     loop {
         tokio::select! {
             _ = stopped(stop) => return Ok(()),
-            changed = phase_rx.changed(), if coordinated => {
-                if changed.is_err() {
-                    phase = None;
-                    coordinated = false;
-                    continue;
-                }
-                let now_phase = *phase_rx.borrow_and_update();
-                if let Some(p) = now_phase {
-                    if phase.map(|q| q.step) != Some(p.step) {
-                        n = 0;
-                        let offset = rand::thread_rng()
-                            .gen_range(0..p.interval.as_micros().max(1) as u64);
-                        next_send = tokio::time::Instant::now() + Duration::from_micros(offset);
-                    }
-                }
-                phase = now_phase;
-            }
-            _ = tokio::time::sleep_until(next_send), if phase.is_some() && !phase_rx.has_changed().unwrap_or(true) => {
-                let Some(p) = phase else { continue };
-                // What is due goes out in one write, as in stepped chat.
-                let mut batch = String::new();
-                let mut count = 0;
-                let now = tokio::time::Instant::now();
-                while next_send <= now && count < MAX_BATCH {
-                    if n >= MAX_PER_USER_STEP - 1 {
-                        phase = None;
-                        break;
-                    }
-                    let seq = ((p.step as u32) << STEP_SHIFT) | n as u32;
-                    n += 1;
-                    compose(&mut batch, shared, session.index, seq);
-                    count += 1;
-                    next_send += p.interval;
-                }
-                if count == 0 {
-                    continue;
-                }
-                let c = &shared.steps[p.step];
-                c.sent.fetch_add(count, Ordering::Relaxed);
-                c.expected.fetch_add(count * per_event, Ordering::Relaxed);
-                if let Err(failure) = session.conn.send(&batch).await {
-                    c.sent.fetch_sub(count, Ordering::Relaxed);
-                    c.expected.fetch_sub(count * per_event, Ordering::Relaxed);
+            due = pacer.due(|batch, seq| compose(batch, shared, me, seq)) => {
+                let c = &shared.steps[due.step];
+                c.sent.fetch_add(due.count, Ordering::Relaxed);
+                c.expected.fetch_add(due.count * per_event, Ordering::Relaxed);
+                if let Err(failure) = session.conn.send(&due.batch).await {
+                    c.sent.fetch_sub(due.count, Ordering::Relaxed);
+                    c.expected.fetch_sub(due.count * per_event, Ordering::Relaxed);
                     return Err(failure);
                 }
             }

@@ -296,13 +296,7 @@ async fn user(
             .await
             .err(),
     };
-    match failure {
-        Some(failure) => (End::Dropped(failure), received),
-        None => {
-            let clean = session.conn.close(grace).await;
-            (End::Closed { clean }, received)
-        }
-    }
+    (session.end(failure, grace).await, received)
 }
 
 /// What [`setup`] needs besides the session: shared with `pep`.

@@ -175,6 +175,18 @@ impl Session {
     }
 }
 
+impl Session {
+    /// End a user's session: dropped by `failure`, or else closed by us.
+    pub async fn end(self, failure: Option<Failure>, grace: Duration) -> End {
+        match failure {
+            Some(failure) => End::Dropped(failure),
+            None => End::Closed {
+                clean: self.conn.close(grace).await,
+            },
+        }
+    }
+}
+
 /// Resolves once `stop` is true (or its sender is gone).
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
@@ -192,6 +204,25 @@ pub fn tally(ends: impl IntoIterator<Item = End>) -> (BTreeMap<String, u64>, Clo
         }
     }
     (dropped, close)
+}
+
+/// Wait for every user task, each giving how its session ended and what it measured, which
+/// goes to `absorb`; a task that panicked counts as dropped.
+pub async fn join_users<T: 'static>(
+    mut tasks: JoinSet<(End, T)>,
+    mut absorb: impl FnMut(T),
+) -> Vec<End> {
+    let mut ends = Vec::with_capacity(tasks.len());
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((end, measured)) => {
+                ends.push(end);
+                absorb(measured);
+            }
+            Err(e) => ends.push(End::Dropped(Failure::Protocol(format!("internal: {e}")))),
+        }
+    }
+    ends
 }
 
 /// Wait for every task; a task that panicked counts as dropped.

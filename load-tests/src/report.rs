@@ -58,6 +58,23 @@ pub struct Outcome {
     pub timeline: Vec<Point>,
 }
 
+impl Outcome {
+    /// Only the logins and how the sessions ended: for a scenario that reports its own
+    /// figures in a part of the summary of its own.
+    pub fn sessions(
+        login: LoginSummary,
+        dropped: BTreeMap<String, u64>,
+        close: CloseSummary,
+    ) -> Outcome {
+        Outcome {
+            login,
+            dropped,
+            close,
+            ..Outcome::default()
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct StormSummary {
     pub step_secs: u64,

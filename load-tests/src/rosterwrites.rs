@@ -18,9 +18,8 @@ use rand::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::conn::Failure;
 use crate::imreport::{IqStepSummary, RosterWritesSummary};
-use crate::ramp::{login_all, stopped, tally, End, Plan, Session};
+use crate::ramp::{join_users, login_all, stopped, tally, End, Plan, Session};
 use crate::report::{count, Distribution, Outcome};
 use crate::timeline::{note, Progress, Recorder};
 use crate::xml;
@@ -191,23 +190,17 @@ pub async fn run(plan: &Plan, rp: RosterPlan) -> anyhow::Result<(Outcome, Roster
     }
     let _ = stop.send(true);
     let mut per_step = vec![Received::default(); rp.rates.len()];
-    let mut ends = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok((end, received)) => {
-                ends.push(end);
-                for (total, r) in per_step.iter_mut().zip(received) {
-                    total.acked += r.acked;
-                    merge(&mut total.errors, r.errors);
-                    merge(&mut total.wait_errors, r.wait_errors);
-                    total.late += r.late;
-                    total.latencies_us.extend(r.latencies_us);
-                    total.last_us = total.last_us.max(r.last_us);
-                }
-            }
-            Err(e) => ends.push(End::Dropped(Failure::Protocol(format!("internal: {e}")))),
+    let ends = join_users(tasks, |received: Vec<Received>| {
+        for (total, r) in per_step.iter_mut().zip(received) {
+            total.acked += r.acked;
+            merge(&mut total.errors, r.errors);
+            merge(&mut total.wait_errors, r.wait_errors);
+            total.late += r.late;
+            total.latencies_us.extend(r.latencies_us);
+            total.last_us = total.last_us.max(r.last_us);
         }
-    }
+    })
+    .await;
     progress.finish().await;
     let (dropped, close) = tally(ends);
 
@@ -265,13 +258,7 @@ pub async fn run(plan: &Plan, rp: RosterPlan) -> anyhow::Result<(Outcome, Roster
         steps,
         timeline: recorder.series(),
     };
-    let outcome = Outcome {
-        login: ramp.summary,
-        dropped,
-        close,
-        ..Outcome::default()
-    };
-    Ok((outcome, summary))
+    Ok((Outcome::sessions(ramp.summary, dropped, close), summary))
 }
 
 pub fn rate_name(rate: &Option<u32>) -> String {
@@ -399,13 +386,7 @@ async fn write(
             }
         }
     };
-    match failure {
-        Some(failure) => (End::Dropped(failure), received),
-        None => {
-            let clean = session.conn.close(grace).await;
-            (End::Closed { clean }, received)
-        }
-    }
+    (session.end(failure, grace).await, received)
 }
 
 /// A reply to one of our sets: count it for its step.
