@@ -267,12 +267,16 @@ impl ModuleStore {
         if writes.is_empty() {
             return Ok(());
         }
-                let mut names: Vec<&str> = writes.iter().map(|w| w.0).collect();
+        let mut names: Vec<&str> = writes.iter().map(|w| w.0).collect();
         names.sort_unstable();
         names.dedup();
         let trees = names
             .iter()
-            .map(|m| Ok(self.db.open_tree(format!("{}{MOD}{}", self.prefix, module_name(m)?))?))
+            .map(|m| {
+                Ok(self
+                    .db
+                    .open_tree(format!("{}{MOD}{}", self.prefix, module_name(m)?))?)
+            })
             .collect::<Result<Vec<_>, StorageError>>()?;
         let mut keyed = Vec::with_capacity(writes.len());
         for (module, user, key, payload) in writes.iter().copied() {
@@ -418,7 +422,10 @@ impl ModTree {
     }
 
     /// Several puts as one atomic batch (not flushed).
-    pub(crate) fn apply(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StorageError> {
+    pub(crate) fn apply(
+        &self,
+        writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<(), StorageError> {
         match self {
             ModTree::Sled(t) => {
                 let mut batch = sled::Batch::default();
@@ -502,8 +509,7 @@ impl ModTree {
         match self {
             ModTree::Sled(t) => t.clear()?,
             ModTree::Lsm(_, p) => loop {
-                let keys: Vec<fjall::Slice> =
-                    p.keys().take(LSM_CHUNK).collect::<Result<_, _>>()?;
+                let keys: Vec<fjall::Slice> = p.keys().take(LSM_CHUNK).collect::<Result<_, _>>()?;
                 if keys.is_empty() {
                     break;
                 }
@@ -707,7 +713,10 @@ mod tests {
         }
         let store = open(dir.path());
         let m = store.modules();
-        assert_eq!(m.get("mam_archive", U, "k").unwrap().as_deref(), Some("old"));
+        assert_eq!(
+            m.get("mam_archive", U, "k").unwrap().as_deref(),
+            Some("old")
+        );
         assert!(matches!(m.tree("mam_archive").unwrap(), ModTree::Lsm(..)));
         assert!(matches!(m.tree("vcard").unwrap(), ModTree::Sled(_)));
         let shard = store.shard_user_data(2).unwrap();
