@@ -280,7 +280,7 @@ impl ModuleStore {
             .collect::<Result<Vec<_>, StorageError>>()?;
         let mut keyed = Vec::with_capacity(writes.len());
         for (module, user, key, payload) in writes.iter().copied() {
-            let tree = names.binary_search(&module).unwrap_or_default();
+            let tree = names.binary_search(module).unwrap_or_default();
             keyed.push((tree, entry_key(user, key)?, payload));
         }
         trees.as_slice().transaction(|views| -> TxResult<()> {
