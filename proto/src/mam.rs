@@ -436,6 +436,12 @@ impl MamPrefs {
         if listed(&self.always) {
             return true;
         }
+        self.archives_by_default(in_roster)
+    }
+
+    /// Whether the preferences keep a message with a peer on no list, by `default` alone
+    /// (§2.1.1).
+    pub fn archives_by_default(&self, in_roster: bool) -> bool {
         match self.default {
             DefaultPref::Always => true,
             DefaultPref::Never => false,

@@ -121,6 +121,8 @@ fn message(o: &Options, i: u64, base_ms: u64, filler: &str) -> (String, Archived
     )
 }
 
+// One value per run: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Backend {
     Embedded(UserData, Store),
     Postgres(PgArchive),

@@ -65,6 +65,8 @@ pub enum StorageError {
     Unavailable(String),
     #[error("storage: {0}")]
     Sled(#[from] sled::Error),
+    #[error("archive storage: {0}")]
+    Lsm(#[from] fjall::Error),
 }
 
 impl From<TransactionError<StorageError>> for StorageError {
@@ -76,10 +78,13 @@ impl From<TransactionError<StorageError>> for StorageError {
     }
 }
 
-/// The node's database: one sled instance under `<data_dir>/db`.
+/// The node's database: one sled instance under `<data_dir>/db`, and a fjall keyspace under
+/// `<data_dir>/lsm` for the append-heavy module trees (the message archive, see
+/// [`module_store::LSM_MODULES`]).
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    lsm: fjall::Keyspace,
 }
 
 impl Store {
@@ -97,7 +102,11 @@ impl Store {
                 }
                 other => StorageError::Sled(other),
             })?;
-        Ok(Store { db })
+        let lsm = fjall::Config::new(dir.join("lsm")).open()?;
+        let store = Store { db, lsm };
+        // The node's own placement; a shard's moves its archive when it is opened.
+        store.modules().migrate_to_lsm()?;
+        Ok(store)
     }
 
     pub fn accounts(&self) -> Result<AccountStore, StorageError> {
@@ -137,7 +146,7 @@ impl Store {
     /// The node's own module trees (`mod.<module>`), flushed on every write. Reads the
     /// trees as they are: [`Store::user_data`] moves legacy trees in first.
     pub fn modules(&self) -> ModuleStore {
-        ModuleStore::new(self.db.clone(), "", true)
+        ModuleStore::new(self.db.clone(), self.lsm.clone(), "", true)
     }
 
     /// The Raft log of the cluster metadata group (routes and members).
@@ -171,12 +180,12 @@ impl Store {
 
     /// The IM data of a node without a cluster.
     pub fn user_data(&self) -> Result<UserData, StorageError> {
-        UserData::open(&self.db, "", true)
+        UserData::open(&self.db, &self.lsm, "", true)
     }
 
     /// One replicated shard's IM data (trees `shardNNN.*`).
     pub fn shard_user_data(&self, shard: u16) -> Result<UserData, StorageError> {
-        UserData::open(&self.db, &format!("shard{shard:03}."), false)
+        UserData::open(&self.db, &self.lsm, &format!("shard{shard:03}."), false)
     }
 
     /// One replicated shard's Raft log and state (trees `shardNNN.raft_log`, `.raft_state`).
@@ -194,11 +203,12 @@ impl Store {
     /// Make everything written so far durable (shutdown).
     /// Bytes the database takes on disk.
     pub fn size_on_disk(&self) -> Result<u64, StorageError> {
-        Ok(self.db.size_on_disk()?)
+        Ok(self.db.size_on_disk()? + self.lsm.disk_space())
     }
 
     pub fn flush(&self) -> Result<(), StorageError> {
         self.db.flush()?;
+        self.lsm.persist(fjall::PersistMode::SyncAll)?;
         Ok(())
     }
 }

@@ -13,6 +13,16 @@
 //! A module whose entries are many and ordered (the message archive, `crate::archive`; PEP
 //! items next) reads them with [`ModuleStore::range`]: a key range of one account, in either
 //! direction, lazily, so a page of a large set costs the page and not the set.
+//!
+//! Two engines serve the trees. Most modules write rarely and stay on sled. The modules in
+//! [`LSM_MODULES`] (the message archive's records and its by-peer index) are written for
+//! every message, twice (sender's and recipient's archive), and a sled insert costs 10–13 µs
+//! here, which made the archive three times the cost of routing a message (issue 19). They
+//! live in a fjall keyspace (an LSM tree: an insert is a journal append and a memtable
+//! insert) next to the sled database, one partition per placement and module, named as the
+//! sled tree would be (`[shardNNN.]mod.<module>`). Everything above this file sees one kind
+//! of tree, [`ModTree`]; archive trees found in sled (written before) are moved into fjall
+//! when a placement is opened ([`ModuleStore::migrate_to_lsm`]).
 
 use std::ops::Bound;
 
@@ -22,11 +32,18 @@ use sled::transaction::Transactional;
 
 use crate::{prefix, StorageError, TxResult};
 
+/// The modules written for every message, kept in fjall rather than sled (see the header).
+pub const LSM_MODULES: &[&str] = &["mam_archive", "mam_with"];
+
+/// How many entries one fjall batch moves or removes at a time (migration, clearing).
+const LSM_CHUNK: usize = 10_000;
+
 /// The module trees of one placement (the node's own, or one replicated shard's). Cheap to
 /// clone.
 #[derive(Clone)]
 pub struct ModuleStore {
     db: sled::Db,
+    lsm: fjall::Keyspace,
     /// The placement's tree prefix (`""` or `shardNNN.`).
     prefix: String,
     /// Flush after each write (off for replicated shards: their Raft log is durable).
@@ -62,9 +79,15 @@ fn text(key: &[u8], bytes: &[u8]) -> Result<String, StorageError> {
 }
 
 impl ModuleStore {
-    pub(crate) fn new(db: sled::Db, prefix: &str, durable: bool) -> ModuleStore {
+    pub(crate) fn new(
+        db: sled::Db,
+        lsm: fjall::Keyspace,
+        prefix: &str,
+        durable: bool,
+    ) -> ModuleStore {
         ModuleStore {
             db,
+            lsm,
             prefix: prefix.to_string(),
             durable,
         }
@@ -81,15 +104,22 @@ impl ModuleStore {
         self.durable
     }
 
-    /// `module`'s tree (created empty when first used).
-    pub(crate) fn tree(&self, module: &str) -> Result<sled::Tree, StorageError> {
-        Ok(self
-            .db
-            .open_tree(format!("{}{MOD}{}", self.prefix, module_name(module)?))?)
+    /// `module`'s tree (created empty when first used), in the engine that serves it.
+    pub(crate) fn tree(&self, module: &str) -> Result<ModTree, StorageError> {
+        let name = format!("{}{MOD}{}", self.prefix, module_name(module)?);
+        if LSM_MODULES.contains(&module) {
+            Ok(ModTree::Lsm(
+                self.lsm.clone(),
+                self.lsm
+                    .open_partition(&name, fjall::PartitionCreateOptions::default())?,
+            ))
+        } else {
+            Ok(ModTree::Sled(self.db.open_tree(name)?))
+        }
     }
 
     /// Every module tree of this placement that exists, by module name, sorted.
-    pub(crate) fn trees(&self) -> Result<Vec<(String, sled::Tree)>, StorageError> {
+    pub(crate) fn trees(&self) -> Result<Vec<(String, ModTree)>, StorageError> {
         let start = format!("{}{MOD}", self.prefix);
         let mut names: Vec<String> = self
             .db
@@ -97,7 +127,17 @@ impl ModuleStore {
             .iter()
             .filter_map(|n| std::str::from_utf8(n).ok())
             .filter_map(|n| n.strip_prefix(&start))
+            // An archive tree left in sled is moved on open; its name means fjall's.
+            .filter(|n| !LSM_MODULES.contains(n))
             .map(str::to_string)
+            .chain(
+                self.lsm
+                    .list_partitions()
+                    .iter()
+                    .filter_map(|n| n.strip_prefix(&start))
+                    .filter(|n| LSM_MODULES.contains(n))
+                    .map(str::to_string),
+            )
             .collect();
         names.sort();
         names
@@ -163,7 +203,7 @@ impl ModuleStore {
             }
         };
         Ok(ModuleRange {
-            iter: self.tree(module)?.range::<Vec<u8>, _>((lo, hi)),
+            iter: self.tree(module)?.range((lo, hi)),
             prefix_len: pfx.len(),
             reverse,
         })
@@ -180,14 +220,11 @@ impl ModuleStore {
     ) -> Result<bool, StorageError> {
         let tree = self.tree(module)?;
         let k = entry_key(user, key)?;
-        let old = match payload {
-            Some(p) => tree.insert(k, p.as_bytes())?,
-            None => tree.remove(k)?,
-        };
+        let old = tree.put(k, payload.map(str::as_bytes))?;
         if self.durable {
             tree.flush()?;
         }
-        Ok(old.is_some())
+        Ok(old)
     }
 
     /// Several [`ModuleStore::put`]s, `(module, user, key, payload)`, as one sled
@@ -196,6 +233,36 @@ impl ModuleStore {
         &self,
         writes: &[(&str, &str, &str, Option<&str>)],
     ) -> Result<(), StorageError> {
+        // The archive's writes go in one fjall batch (atomic, persisted once when durable);
+        // the rest in one sled transaction. A batch mixing both (no caller writes one) is
+        // atomic per engine.
+        let (lsm, writes): (Vec<_>, Vec<_>) =
+            writes.iter().partition(|w| LSM_MODULES.contains(&w.0));
+        if !lsm.is_empty() {
+            let mut batch = self.lsm.batch();
+            let mut parts: Vec<(&str, fjall::PartitionHandle)> = Vec::new();
+            for &(module, user, key, payload) in lsm {
+                let part = match parts.iter().find(|(m, _)| *m == module) {
+                    Some((_, p)) => p.clone(),
+                    None => {
+                        let ModTree::Lsm(_, p) = self.tree(module)? else {
+                            continue;
+                        };
+                        parts.push((module, p.clone()));
+                        p
+                    }
+                };
+                let k = entry_key(user, key)?;
+                match payload {
+                    Some(p) => batch.insert(&part, k, p.as_bytes()),
+                    None => batch.remove(&part, k),
+                }
+            }
+            batch.commit()?;
+            if self.durable {
+                self.lsm.persist(fjall::PersistMode::SyncAll)?;
+            }
+        }
         // (sled cannot run a transaction over no tree.)
         if writes.is_empty() {
             return Ok(());
@@ -205,12 +272,16 @@ impl ModuleStore {
         names.dedup();
         let trees = names
             .iter()
-            .map(|m| self.tree(m))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|m| {
+                Ok(self
+                    .db
+                    .open_tree(format!("{}{MOD}{}", self.prefix, module_name(m)?))?)
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
         let mut keyed = Vec::with_capacity(writes.len());
-        for (module, user, key, payload) in writes {
+        for (module, user, key, payload) in writes.iter().copied() {
             let tree = names.binary_search(module).unwrap_or_default();
-            keyed.push((tree, entry_key(user, key)?, *payload));
+            keyed.push((tree, entry_key(user, key)?, payload));
         }
         trees.as_slice().transaction(|views| -> TxResult<()> {
             for (tree, k, payload) in &keyed {
@@ -245,7 +316,7 @@ impl ModuleStore {
             for kv in old.iter() {
                 let (k, v) = kv?;
                 let (module, key, payload) = legacy_entry(legacy, &k, &v)?;
-                self.tree(module)?.insert(key, payload.into_bytes())?;
+                self.tree(module)?.put(key, Some(payload.as_bytes()))?;
                 moved += 1;
             }
             self.db.flush()?;
@@ -254,11 +325,204 @@ impl ModuleStore {
         }
         Ok(moved)
     }
+
+    /// Move the archive trees written to sled before (see the header) into their fjall
+    /// partitions, then drop them. Idempotent like [`ModuleStore::migrate_legacy`]: a crash
+    /// halfway leaves the sled tree, whose entries are copied again (same keys, same
+    /// payloads) on the next open.
+    pub(crate) fn migrate_to_lsm(&self) -> Result<usize, StorageError> {
+        let mut moved = 0;
+        for module in LSM_MODULES {
+            let name = format!("{}{MOD}{module}", self.prefix);
+            if !self.db.tree_names().iter().any(|n| n == name.as_bytes()) {
+                continue;
+            }
+            let old = self.db.open_tree(&name)?;
+            let ModTree::Lsm(_, part) = self.tree(module)? else {
+                continue;
+            };
+            let mut batch = self.lsm.batch();
+            for kv in old.iter() {
+                let (k, v) = kv?;
+                batch.insert(&part, &*k, &*v);
+                moved += 1;
+                if batch.len() >= LSM_CHUNK {
+                    std::mem::replace(&mut batch, self.lsm.batch()).commit()?;
+                }
+            }
+            batch.commit()?;
+            self.lsm.persist(fjall::PersistMode::SyncAll)?;
+            self.db.drop_tree(name.as_bytes())?;
+            self.db.flush()?;
+        }
+        Ok(moved)
+    }
+}
+
+/// Bytes of a key or value, from either engine.
+pub(crate) enum Bytes {
+    Sled(sled::IVec),
+    Lsm(fjall::Slice),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Sled(b) => b,
+            Bytes::Lsm(b) => b,
+        }
+    }
+}
+
+type KvIter = Box<dyn DoubleEndedIterator<Item = Result<(Bytes, Bytes), StorageError>>>;
+
+/// One module tree, in sled or in a fjall partition (see the header).
+#[derive(Clone)]
+pub(crate) enum ModTree {
+    Sled(sled::Tree),
+    Lsm(fjall::Keyspace, fjall::PartitionHandle),
+}
+
+fn sled_kv(kv: sled::Result<(sled::IVec, sled::IVec)>) -> Result<(Bytes, Bytes), StorageError> {
+    let (k, v) = kv?;
+    Ok((Bytes::Sled(k), Bytes::Sled(v)))
+}
+
+fn lsm_kv(kv: fjall::Result<fjall::KvPair>) -> Result<(Bytes, Bytes), StorageError> {
+    let (k, v) = kv?;
+    Ok((Bytes::Lsm(k), Bytes::Lsm(v)))
+}
+
+impl ModTree {
+    pub(crate) fn get(&self, k: &[u8]) -> Result<Option<Bytes>, StorageError> {
+        Ok(match self {
+            ModTree::Sled(t) => t.get(k)?.map(Bytes::Sled),
+            ModTree::Lsm(_, p) => p.get(k)?.map(Bytes::Lsm),
+        })
+    }
+
+    /// Store or remove one entry; whether there was one before.
+    pub(crate) fn put(&self, k: Vec<u8>, v: Option<&[u8]>) -> Result<bool, StorageError> {
+        match self {
+            ModTree::Sled(t) => Ok(match v {
+                Some(v) => t.insert(k, v)?,
+                None => t.remove(k)?,
+            }
+            .is_some()),
+            ModTree::Lsm(_, p) => {
+                let old = p.contains_key(&k)?;
+                match v {
+                    Some(v) => p.insert(k, v)?,
+                    None => p.remove(k)?,
+                }
+                Ok(old)
+            }
+        }
+    }
+
+    /// Several puts as one atomic batch (not flushed).
+    pub(crate) fn apply(
+        &self,
+        writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<(), StorageError> {
+        match self {
+            ModTree::Sled(t) => {
+                let mut batch = sled::Batch::default();
+                for (k, v) in writes {
+                    match v {
+                        Some(v) => batch.insert(k, v),
+                        None => batch.remove(k),
+                    }
+                }
+                t.apply_batch(batch)?;
+            }
+            ModTree::Lsm(ks, p) => {
+                let mut batch = ks.batch();
+                for (k, v) in writes {
+                    match v {
+                        Some(v) => batch.insert(p, k, v),
+                        None => batch.remove(p, k),
+                    }
+                }
+                batch.commit()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Make every write to this tree so far durable.
+    pub(crate) fn flush(&self) -> Result<(), StorageError> {
+        match self {
+            ModTree::Sled(t) => {
+                t.flush()?;
+            }
+            ModTree::Lsm(ks, _) => ks.persist(fjall::PersistMode::SyncAll)?,
+        }
+        Ok(())
+    }
+
+    pub(crate) fn iter(&self) -> KvIter {
+        match self {
+            ModTree::Sled(t) => Box::new(t.iter().map(sled_kv)),
+            ModTree::Lsm(_, p) => Box::new(p.iter().map(lsm_kv)),
+        }
+    }
+
+    pub(crate) fn scan_prefix(&self, pfx: &[u8]) -> KvIter {
+        match self {
+            ModTree::Sled(t) => Box::new(t.scan_prefix(pfx).map(sled_kv)),
+            ModTree::Lsm(_, p) => Box::new(p.prefix(pfx.to_vec()).map(lsm_kv)),
+        }
+    }
+
+    pub(crate) fn range(&self, range: (Bound<Vec<u8>>, Bound<Vec<u8>>)) -> KvIter {
+        match self {
+            ModTree::Sled(t) => Box::new(t.range::<Vec<u8>, _>(range).map(sled_kv)),
+            ModTree::Lsm(_, p) => {
+                // fjall panics on a range whose start lies after its end, where sled
+                // yields nothing.
+                let empty = match (&range.0, &range.1) {
+                    (Bound::Included(a) | Bound::Excluded(a), Bound::Excluded(b)) => a >= b,
+                    (Bound::Included(a), Bound::Included(b)) => a > b,
+                    (Bound::Excluded(a), Bound::Included(b)) => a >= b,
+                    _ => false,
+                };
+                if empty {
+                    Box::new(std::iter::empty())
+                } else {
+                    Box::new(p.range(range).map(lsm_kv))
+                }
+            }
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> Result<bool, StorageError> {
+        Ok(match self {
+            ModTree::Sled(t) => t.is_empty(),
+            ModTree::Lsm(_, p) => p.is_empty()?,
+        })
+    }
+
+    /// Remove every entry.
+    pub(crate) fn clear(&self) -> Result<(), StorageError> {
+        match self {
+            ModTree::Sled(t) => t.clear()?,
+            ModTree::Lsm(_, p) => loop {
+                let keys: Vec<fjall::Slice> = p.keys().take(LSM_CHUNK).collect::<Result<_, _>>()?;
+                if keys.is_empty() {
+                    break;
+                }
+                self.apply(keys.into_iter().map(|k| (k.to_vec(), None)).collect())?;
+            },
+        }
+        Ok(())
+    }
 }
 
 /// The entries of one [`ModuleStore::range`]: (key after `user \0`, payload).
 pub struct ModuleRange {
-    iter: sled::Iter,
+    iter: KvIter,
     prefix_len: usize,
     reverse: bool,
 }
@@ -266,13 +530,12 @@ pub struct ModuleRange {
 impl ModuleRange {
     /// The next raw entry (full key, payload bytes), for callers in this crate that decode
     /// keys themselves and skip the payload.
-    pub(crate) fn next_raw(&mut self) -> Option<Result<(sled::IVec, sled::IVec), StorageError>> {
-        let next = if self.reverse {
+    pub(crate) fn next_raw(&mut self) -> Option<Result<(Bytes, Bytes), StorageError>> {
+        if self.reverse {
             self.iter.next_back()
         } else {
             self.iter.next()
-        };
-        next.map(|kv| kv.map_err(StorageError::from))
+        }
     }
 }
 
@@ -359,6 +622,7 @@ pub fn private_key(ns: &str, name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::ModTree;
     use crate::testutil::{open, TempDir};
 
     const U: &str = "juliet@example.com";
@@ -431,5 +695,65 @@ mod tests {
             .unwrap()
             .next();
         assert_eq!(first.unwrap().unwrap(), ("a".into(), "a".into()));
+    }
+
+    #[test]
+    fn archive_trees_live_in_fjall_and_old_sled_ones_move_there() {
+        let dir = TempDir::new("modstore-lsm");
+        {
+            // An archive written before: straight into sled, node's and a shard's.
+            let db = sled::open(dir.path().join("db")).unwrap();
+            for tree in ["mod.mam_archive", "shard002.mod.mam_with"] {
+                db.open_tree(tree)
+                    .unwrap()
+                    .insert(format!("{U}\0k"), "old")
+                    .unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let store = open(dir.path());
+        let m = store.modules();
+        assert_eq!(
+            m.get("mam_archive", U, "k").unwrap().as_deref(),
+            Some("old")
+        );
+        assert!(matches!(m.tree("mam_archive").unwrap(), ModTree::Lsm(..)));
+        assert!(matches!(m.tree("vcard").unwrap(), ModTree::Sled(_)));
+        let shard = store.shard_user_data(2).unwrap();
+        assert_eq!(
+            shard.modules.get("mam_with", U, "k").unwrap().as_deref(),
+            Some("old")
+        );
+        // Gone from sled: a second open moves nothing and finds the same.
+        assert_eq!(m.migrate_to_lsm().unwrap(), 0);
+        assert_eq!(shard.modules.migrate_to_lsm().unwrap(), 0);
+        m.put_all(&[
+            ("mam_archive", U, "l", Some("new")),
+            ("mam_with", U, "x", Some("")),
+        ])
+        .unwrap();
+        m.put("vcard", U, "", Some("<vCard/>")).unwrap();
+        let names: Vec<String> = m.trees().unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["mam_archive", "mam_with", "vcard"]);
+        let shard_names: Vec<String> = shard
+            .modules
+            .trees()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(shard_names, ["mam_with"]);
+        drop((m, shard, store));
+        let store = open(dir.path());
+        let m = store.modules();
+        assert_eq!(
+            m.entries("mam_archive", U).unwrap(),
+            [("k".into(), "old".into()), ("l".into(), "new".into())]
+        );
+        // Account deletion reaches the fjall trees too.
+        store.delete_user_data(U).unwrap();
+        assert!(m.entries("mam_archive", U).unwrap().is_empty());
+        assert!(m.entries("mam_with", U).unwrap().is_empty());
+        assert!(m.get("vcard", U, "").unwrap().is_none());
     }
 }

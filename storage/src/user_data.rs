@@ -11,7 +11,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::module_store::{legacy_entry, private_key, LastActivity, ModuleStore, LEGACY_TREES};
+use crate::module_store::{
+    legacy_entry, private_key, LastActivity, ModTree, ModuleStore, LEGACY_TREES,
+};
 use crate::{
     wipe_user, BlockStore, OfflineStore, PrivacyItem, PrivacyStore, RosterItem, RosterStore,
     StorageError,
@@ -278,6 +280,7 @@ impl UserData {
     /// without flushing: their Raft log is durable and rebuilds them.
     pub(crate) fn open(
         db: &sled::Db,
+        lsm: &fjall::Keyspace,
         prefix: &str,
         durable: bool,
     ) -> Result<UserData, StorageError> {
@@ -287,9 +290,10 @@ impl UserData {
             offline: OfflineStore::new(t("offline")?, t("offline_meta")?),
             blocking: BlockStore::new(t("blocklist")?),
             privacy: PrivacyStore::new(t("privacy")?, t("privacy_default")?),
-            modules: ModuleStore::new(db.clone(), prefix, durable),
+            modules: ModuleStore::new(db.clone(), lsm.clone(), prefix, durable),
         };
         data.modules.migrate_legacy()?;
+        data.modules.migrate_to_lsm()?;
         Ok(if durable {
             data
         } else {
@@ -472,21 +476,31 @@ impl UserData {
         // in the transaction with the rest. A crash in between leaves the account with part
         // of that module's data, and the deletion is simply run again.
         let pfx = crate::prefix(user)?;
+        let mut sled_modules = Vec::new();
         for (_, tree) in &modules {
             loop {
-                let keys: Vec<sled::IVec> = tree
+                let keys: Vec<Vec<u8>> = tree
                     .scan_prefix(&pfx)
-                    .keys()
+                    .map(|kv| kv.map(|(k, _)| k.to_vec()))
                     .take(WIPE_CHUNK + 1)
                     .collect::<Result<_, _>>()?;
-                if keys.len() <= WIPE_CHUNK {
+                // A fjall tree (the archive) is not in the sled transaction: its entries
+                // all go in chunks.
+                let lsm = !matches!(tree, ModTree::Sled(_));
+                if keys.is_empty() || (!lsm && keys.len() <= WIPE_CHUNK) {
                     break;
                 }
-                let mut batch = sled::Batch::default();
-                for k in keys.into_iter().take(WIPE_CHUNK) {
-                    batch.remove(k);
-                }
-                tree.apply_batch(batch)?;
+                tree.apply(
+                    keys.into_iter()
+                        .take(WIPE_CHUNK)
+                        .map(|k| (k, None))
+                        .collect(),
+                )?;
+            }
+            if let ModTree::Sled(t) = tree {
+                sled_modules.push(t);
+            } else if self.modules.durable() {
+                tree.flush()?;
             }
         }
         let mut prefixed = vec![
@@ -497,7 +511,7 @@ impl UserData {
             &self.privacy.lists,
         ];
         // Every module's entries of the account start with `user \0`.
-        prefixed.extend(modules.iter().map(|(_, t)| t));
+        prefixed.extend(sled_modules);
         wipe_user(
             user,
             &prefixed,
@@ -514,7 +528,7 @@ impl UserData {
         // Empty module trees are left out: replicas that never saw a module's write and
         // those that saw it come and go dump the same bytes.
         let mut modules = self.modules.trees()?;
-        modules.retain(|(_, t)| !t.is_empty());
+        modules.retain(|(_, t)| !t.is_empty().unwrap_or(false));
         let names: Vec<String> = TREES
             .iter()
             .map(|n| n.to_string())
@@ -523,7 +537,8 @@ impl UserData {
         let trees = self
             .trees()
             .into_iter()
-            .chain(modules.iter().map(|(_, t)| t));
+            .map(|t| ModTree::Sled(t.clone()))
+            .chain(modules.iter().map(|(_, t)| t.clone()));
         let mut out = Vec::new();
         put_u32(&mut out, names.len());
         for (name, tree) in names.iter().zip(trees) {
@@ -555,7 +570,7 @@ impl UserData {
             let name = std::str::from_utf8(r.bytes().ok_or_else(bad)?).map_err(|_| bad())?;
             let legacy = LEGACY_TREES.contains(&name);
             let tree = if let Some(i) = TREES.iter().position(|t| *t == name) {
-                Some(fixed[i].clone())
+                Some(ModTree::Sled(fixed[i].clone()))
             } else if let Some(module) = name.strip_prefix("mod.") {
                 Some(self.modules.tree(module)?)
             } else if legacy {
@@ -564,25 +579,29 @@ impl UserData {
                 return Err(bad());
             };
             let n = r.u64().ok_or_else(bad)?;
-            let mut batches: std::collections::BTreeMap<&str, sled::Batch> = Default::default();
+            type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+            let mut batches: std::collections::BTreeMap<&str, Writes> = Default::default();
             for _ in 0..n {
                 let k = r.bytes().ok_or_else(bad)?;
                 let v = r.bytes().ok_or_else(bad)?;
                 match &tree {
-                    Some(_) => batches.entry("").or_default().insert(k, v),
+                    Some(_) => batches
+                        .entry("")
+                        .or_default()
+                        .push((k.to_vec(), Some(v.to_vec()))),
                     None => {
                         let (module, key, payload) = legacy_entry(name, k, v)?;
                         batches
                             .entry(module)
                             .or_default()
-                            .insert(key, payload.into_bytes());
+                            .push((key, Some(payload.into_bytes())));
                     }
                 }
             }
             for (module, batch) in batches {
                 match &tree {
-                    Some(t) => t.apply_batch(batch)?,
-                    None => self.modules.tree(module)?.apply_batch(batch)?,
+                    Some(t) => t.apply(batch)?,
+                    None => self.modules.tree(module)?.apply(batch)?,
                 }
             }
         }
@@ -590,6 +609,12 @@ impl UserData {
             return Err(bad());
         }
         self.rosters.items.flush()?;
+        for (_, tree) in self.modules.trees()? {
+            if !matches!(tree, ModTree::Sled(_)) {
+                tree.flush()?;
+                break;
+            }
+        }
         Ok(())
     }
 
@@ -610,7 +635,7 @@ impl UserData {
             && self
                 .modules
                 .trees()
-                .is_ok_and(|m| m.iter().all(|(_, t)| t.is_empty()))
+                .is_ok_and(|m| m.iter().all(|(_, t)| t.is_empty().unwrap_or(false)))
     }
 }
 

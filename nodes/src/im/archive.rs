@@ -63,6 +63,21 @@ impl AccountShard {
                 .flatten();
             mam::stored_prefs(stored, default)
         });
+        // The roster is read only for an account that archives its contacts only.
+        let in_roster = || {
+            p.default == DefaultPref::Roster
+                && self
+                    .rosters
+                    .item(&user.to_string(), &msg.with)
+                    .ok()
+                    .flatten()
+                    .is_some()
+        };
+        // Without `<always/>` and `<never/>` JIDs (XEP-0313 §2.1.2, §2.1.3), the usual case,
+        // the default alone decides: no peer JID to parse (PRECIS) for every message.
+        if p.always.is_empty() && p.never.is_empty() {
+            return p.archives_by_default(in_roster());
+        }
         let peer = if msg.with_resource.is_empty() {
             Jid::parse(&msg.with)
         } else {
@@ -71,15 +86,7 @@ impl AccountShard {
         let Ok(peer) = peer else {
             return false;
         };
-        // The roster is read only for an account that archives its contacts only.
-        let in_roster = p.default == DefaultPref::Roster
-            && self
-                .rosters
-                .item(&user.to_string(), &msg.with)
-                .ok()
-                .flatten()
-                .is_some();
-        p.archives(&peer, in_roster)
+        p.archives(&peer, in_roster())
     }
 
     fn archive_append(&mut self, entries: Vec<(Jid, ArchivedMessage)>) -> Result<usize, String> {
