@@ -301,6 +301,14 @@ impl ModuleStore {
         Ok(())
     }
 
+    /// The sled tree `name` if it exists (opening one that does not would create it).
+    fn existing_sled_tree(&self, name: &str) -> Result<Option<sled::Tree>, StorageError> {
+        if !self.db.tree_names().iter().any(|n| n == name.as_bytes()) {
+            return Ok(None);
+        }
+        Ok(Some(self.db.open_tree(name)?))
+    }
+
     /// Move the trees of the modules that were wired by hand before (`vcards`, `private`,
     /// `last_activity`) into their module trees, then drop them. Idempotent: a crash halfway
     /// leaves the old tree, whose entries are moved again (to the same keys, with the same
@@ -309,10 +317,9 @@ impl ModuleStore {
         let mut moved = 0;
         for legacy in LEGACY_TREES {
             let name = format!("{}{legacy}", self.prefix);
-            if !self.db.tree_names().iter().any(|n| n == name.as_bytes()) {
+            let Some(old) = self.existing_sled_tree(&name)? else {
                 continue;
-            }
-            let old = self.db.open_tree(&name)?;
+            };
             for kv in old.iter() {
                 let (k, v) = kv?;
                 let (module, key, payload) = legacy_entry(legacy, &k, &v)?;
@@ -334,10 +341,9 @@ impl ModuleStore {
         let mut moved = 0;
         for module in LSM_MODULES {
             let name = format!("{}{MOD}{module}", self.prefix);
-            if !self.db.tree_names().iter().any(|n| n == name.as_bytes()) {
+            let Some(old) = self.existing_sled_tree(&name)? else {
                 continue;
-            }
-            let old = self.db.open_tree(&name)?;
+            };
             let ModTree::Lsm(_, part) = self.tree(module)? else {
                 continue;
             };

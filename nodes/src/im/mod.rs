@@ -463,7 +463,8 @@ impl AccountShard {
         let Some((name, state)) = modules.account_state(ns) else {
             return vec![roster::error_for(iq, Cond::ServiceUnavailable)];
         };
-        let mut ctx = self.account_ctx(name, to, self.online.contains(to));
+        let online = self.online.contains(to);
+        let mut ctx = self.account_ctx(name, to, online);
         let req = crate::modules::AccountIq {
             from,
             own: from.to_bare() == *to,
@@ -473,7 +474,7 @@ impl AccountShard {
         let mut effects = ctx.finish();
         if req.own && req.is_set() && !matches!(outcome, IqOutcome::Error(_)) {
             for (other, hook) in modules.account_states().filter(|(n, _)| *n != name) {
-                let mut ctx = self.account_ctx(other, to, self.online.contains(to));
+                let mut ctx = self.account_ctx(other, to, online);
                 hook.after_own_set(&mut ctx, name, &req);
                 let more = ctx.finish();
                 effects.writes.extend(more.writes);
