@@ -12,6 +12,7 @@
 pub mod accounts;
 pub mod archive;
 pub mod blocking;
+mod lsm;
 pub mod meta;
 pub mod module_store;
 pub mod offline;
@@ -84,7 +85,7 @@ impl From<TransactionError<StorageError>> for StorageError {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-    lsm: fjall::Keyspace,
+    lsm: lsm::Lsm,
 }
 
 impl Store {
@@ -102,7 +103,7 @@ impl Store {
                 }
                 other => StorageError::Sled(other),
             })?;
-        let lsm = fjall::Config::new(dir.join("lsm")).open()?;
+        let lsm = lsm::Lsm::open(&dir.join("lsm"))?;
         let store = Store { db, lsm };
         // The node's own placement; a shard's moves its archive when it is opened.
         store.modules().migrate_to_lsm()?;
@@ -203,12 +204,12 @@ impl Store {
     /// Make everything written so far durable (shutdown).
     /// Bytes the database takes on disk.
     pub fn size_on_disk(&self) -> Result<u64, StorageError> {
-        Ok(self.db.size_on_disk()? + self.lsm.disk_space())
+        Ok(self.db.size_on_disk()? + self.lsm.keyspace().disk_space())
     }
 
     pub fn flush(&self) -> Result<(), StorageError> {
         self.db.flush()?;
-        self.lsm.persist(fjall::PersistMode::SyncAll)?;
+        self.lsm.sync_all()?;
         Ok(())
     }
 }

@@ -30,6 +30,9 @@ use serde::{Deserialize, Serialize};
 
 use sled::transaction::Transactional;
 
+use std::sync::{Arc, OnceLock};
+
+use crate::lsm::Lsm;
 use crate::{prefix, StorageError, TxResult};
 
 /// The modules written for every message, kept in fjall rather than sled (see the header).
@@ -43,7 +46,10 @@ const LSM_CHUNK: usize = 10_000;
 #[derive(Clone)]
 pub struct ModuleStore {
     db: sled::Db,
-    lsm: fjall::Keyspace,
+    lsm: Lsm,
+    /// This placement's partitions of [`LSM_MODULES`], in that order, opened once (opening
+    /// one per write was 3% of a busy node's CPU).
+    lsm_parts: Arc<[OnceLock<fjall::PartitionHandle>; LSM_MODULES.len()]>,
     /// The placement's tree prefix (`""` or `shardNNN.`).
     prefix: String,
     /// Flush after each write (off for replicated shards: their Raft log is durable).
@@ -79,15 +85,11 @@ fn text(key: &[u8], bytes: &[u8]) -> Result<String, StorageError> {
 }
 
 impl ModuleStore {
-    pub(crate) fn new(
-        db: sled::Db,
-        lsm: fjall::Keyspace,
-        prefix: &str,
-        durable: bool,
-    ) -> ModuleStore {
+    pub(crate) fn new(db: sled::Db, lsm: Lsm, prefix: &str, durable: bool) -> ModuleStore {
         ModuleStore {
             db,
             lsm,
+            lsm_parts: Arc::default(),
             prefix: prefix.to_string(),
             durable,
         }
@@ -106,16 +108,23 @@ impl ModuleStore {
 
     /// `module`'s tree (created empty when first used), in the engine that serves it.
     pub(crate) fn tree(&self, module: &str) -> Result<ModTree, StorageError> {
-        let name = format!("{}{MOD}{}", self.prefix, module_name(module)?);
-        if LSM_MODULES.contains(&module) {
-            Ok(ModTree::Lsm(
-                self.lsm.clone(),
-                self.lsm
-                    .open_partition(&name, fjall::PartitionCreateOptions::default())?,
-            ))
-        } else {
-            Ok(ModTree::Sled(self.db.open_tree(name)?))
+        if let Some(i) = LSM_MODULES.iter().position(|m| *m == module) {
+            let slot = &self.lsm_parts[i];
+            let part = match slot.get() {
+                Some(p) => p.clone(),
+                None => {
+                    let name = format!("{}{MOD}{module}", self.prefix);
+                    let p = self
+                        .lsm
+                        .keyspace()
+                        .open_partition(&name, fjall::PartitionCreateOptions::default())?;
+                    slot.get_or_init(|| p).clone()
+                }
+            };
+            return Ok(ModTree::Lsm(self.lsm.clone(), part));
         }
+        let name = format!("{}{MOD}{}", self.prefix, module_name(module)?);
+        Ok(ModTree::Sled(self.db.open_tree(name)?))
     }
 
     /// Every module tree of this placement that exists, by module name, sorted.
@@ -132,6 +141,7 @@ impl ModuleStore {
             .map(str::to_string)
             .chain(
                 self.lsm
+                    .keyspace()
                     .list_partitions()
                     .iter()
                     .filter_map(|n| n.strip_prefix(&start))
@@ -239,7 +249,7 @@ impl ModuleStore {
         let (lsm, writes): (Vec<_>, Vec<_>) =
             writes.iter().partition(|w| LSM_MODULES.contains(&w.0));
         if !lsm.is_empty() {
-            let mut batch = self.lsm.batch();
+            let mut batch = self.lsm.keyspace().batch();
             let mut parts: Vec<(&str, fjall::PartitionHandle)> = Vec::new();
             for &(module, user, key, payload) in lsm {
                 let part = match parts.iter().find(|(m, _)| *m == module) {
@@ -258,10 +268,8 @@ impl ModuleStore {
                     None => batch.remove(&part, k),
                 }
             }
-            batch.commit()?;
-            if self.durable {
-                self.lsm.persist(fjall::PersistMode::SyncAll)?;
-            }
+            // Durable before it returns, the fsync shared with the other shards' batches.
+            self.lsm.commit(batch, self.durable)?;
         }
         // (sled cannot run a transaction over no tree.)
         if writes.is_empty() {
@@ -347,17 +355,16 @@ impl ModuleStore {
             let ModTree::Lsm(_, part) = self.tree(module)? else {
                 continue;
             };
-            let mut batch = self.lsm.batch();
+            let mut batch = self.lsm.keyspace().batch();
             for kv in old.iter() {
                 let (k, v) = kv?;
                 batch.insert(&part, &*k, &*v);
                 moved += 1;
                 if batch.len() >= LSM_CHUNK {
-                    std::mem::replace(&mut batch, self.lsm.batch()).commit()?;
+                    std::mem::replace(&mut batch, self.lsm.keyspace().batch()).commit()?;
                 }
             }
-            batch.commit()?;
-            self.lsm.persist(fjall::PersistMode::SyncAll)?;
+            self.lsm.commit(batch, true)?;
             self.db.drop_tree(name.as_bytes())?;
             self.db.flush()?;
         }
@@ -387,7 +394,7 @@ type KvIter = Box<dyn DoubleEndedIterator<Item = Result<(Bytes, Bytes), StorageE
 #[derive(Clone)]
 pub(crate) enum ModTree {
     Sled(sled::Tree),
-    Lsm(fjall::Keyspace, fjall::PartitionHandle),
+    Lsm(Lsm, fjall::PartitionHandle),
 }
 
 fn sled_kv(kv: sled::Result<(sled::IVec, sled::IVec)>) -> Result<(Bytes, Bytes), StorageError> {
@@ -443,15 +450,15 @@ impl ModTree {
                 }
                 t.apply_batch(batch)?;
             }
-            ModTree::Lsm(ks, p) => {
-                let mut batch = ks.batch();
+            ModTree::Lsm(lsm, p) => {
+                let mut batch = lsm.keyspace().batch();
                 for (k, v) in writes {
                     match v {
                         Some(v) => batch.insert(p, k, v),
                         None => batch.remove(p, k),
                     }
                 }
-                batch.commit()?;
+                lsm.commit(batch, false)?;
             }
         }
         Ok(())
@@ -463,7 +470,7 @@ impl ModTree {
             ModTree::Sled(t) => {
                 t.flush()?;
             }
-            ModTree::Lsm(ks, _) => ks.persist(fjall::PersistMode::SyncAll)?,
+            ModTree::Lsm(lsm, _) => lsm.sync_all()?,
         }
         Ok(())
     }

@@ -280,7 +280,7 @@ impl UserData {
     /// without flushing: their Raft log is durable and rebuilds them.
     pub(crate) fn open(
         db: &sled::Db,
-        lsm: &fjall::Keyspace,
+        lsm: &crate::lsm::Lsm,
         prefix: &str,
         durable: bool,
     ) -> Result<UserData, StorageError> {

@@ -97,7 +97,7 @@ impl Drop for PgInstance {
 /// One backend behind the calls the node makes.
 enum Backend {
     Embedded {
-        data: UserData,
+        data: Box<UserData>,
         _store: Store,
         _dir: TempDir,
     },
@@ -114,7 +114,7 @@ impl Backend {
         // A replicated shard's placement: what a cluster node applies its Raft log to.
         let data = store.shard_user_data(7).unwrap();
         Backend::Embedded {
-            data,
+            data: Box::new(data),
             _store: store,
             _dir: dir,
         }

@@ -28,7 +28,7 @@ const TRIMS_PER_TICK: usize = 100;
 impl Handler<ArchiveAppend> for AccountShard {
     type Result = Result<usize, String>;
     fn handle(&mut self, msg: ArchiveAppend, _: &mut SyncContext<Self>) -> Self::Result {
-        self.archive_append(msg.entries)
+        self.archive_append(&msg.entries)
     }
 }
 
@@ -89,7 +89,7 @@ impl AccountShard {
         p.archives(&peer, in_roster())
     }
 
-    fn archive_append(&mut self, entries: Vec<(Jid, ArchivedMessage)>) -> Result<usize, String> {
+    fn archive_append(&mut self, entries: &[(Jid, ArchivedMessage)]) -> Result<usize, String> {
         let modules = self.modules.clone();
         let Some(mam) = mam::get(&modules) else {
             return Ok(0);
@@ -99,7 +99,7 @@ impl AccountShard {
         let mut keep = Vec::with_capacity(entries.len());
         let (mut incoming, mut outgoing) = (0, 0);
         for (user, msg) in entries {
-            if !self.archives(&mut prefs, default, &user, &msg) {
+            if !self.archives(&mut prefs, default, user, msg) {
                 METRICS.mam_not_archived.with_label_values(&["prefs"]).inc();
                 continue;
             }
@@ -117,7 +117,7 @@ impl AccountShard {
             return Ok(0);
         }
         let n = keep.len();
-        let writes = mam.backend().append(keep).map_err(|e| e.to_string())?;
+        let writes = mam.backend().append(&keep).map_err(|e| e.to_string())?;
         if !writes.is_empty() {
             self.writer
                 .write(UserDataWrite::Batch(writes))

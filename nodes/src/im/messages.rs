@@ -237,12 +237,14 @@ pub struct ResourceBinding {
 pub struct ArchiveAppend {
     /// An account of the shard (the first entry's), which routes the batch.
     pub user: Jid,
-    pub entries: Vec<(Jid, storage::archive::ArchivedMessage)>,
+    /// Shared with the Router's archiver, which keeps the batch until it is confirmed (to
+    /// send it again) without copying the messages.
+    pub entries: Arc<Vec<(Jid, storage::archive::ArchivedMessage)>>,
 }
 
 impl ArchiveAppend {
     /// `None` for no entries.
-    pub fn new(entries: Vec<(Jid, storage::archive::ArchivedMessage)>) -> Option<Self> {
+    pub fn new(entries: Arc<Vec<(Jid, storage::archive::ArchivedMessage)>>) -> Option<Self> {
         let user = entries.first()?.0.clone();
         Some(ArchiveAppend { user, entries })
     }

@@ -5,6 +5,8 @@
 //! for both, stamps the recipient's `<stanza-id/>` on what is delivered (stripping forged
 //! ones), and queues the archive writes for the accounts' shards (`router::archiver`).
 
+use std::time::Instant;
+
 use actix::prelude::*;
 use proto::element::Element;
 use proto::jid::Jid;
@@ -100,12 +102,29 @@ impl Router {
         sender_id
     }
 
-    /// Send each shard's next archive batch, if it has none in flight.
+    /// Send each shard's next archive batch, if it has none in flight and its linger is over;
+    /// set the timer for the next one that waits.
     pub(super) fn flush_archive(&self, ctx: &mut Context<Self>) {
         let Some(archiver) = &self.archiver else {
             return;
         };
-        let ready = archiver.borrow_mut().take_ready();
+        let now = Instant::now();
+        let ready = {
+            let mut a = archiver.borrow_mut();
+            let ready = a.take_ready(now);
+            if !a.timer_set {
+                if let Some(due) = a.next_due(now) {
+                    a.timer_set = true;
+                    ctx.run_later(due.saturating_duration_since(now), |router, ctx| {
+                        if let Some(a) = &router.archiver {
+                            a.borrow_mut().timer_set = false;
+                        }
+                        router.flush_archive(ctx);
+                    });
+                }
+            }
+            ready
+        };
         for (shard, batch) in ready {
             let user = batch.user.clone();
             let request = self.im.ask(&user, batch);

@@ -86,12 +86,12 @@ impl Backend {
     /// shard to commit as one batch; PostgreSQL: written now (none to commit).
     pub fn append(
         &self,
-        messages: Vec<(String, ArchivedMessage)>,
+        messages: &[(String, &ArchivedMessage)],
     ) -> Result<Vec<UserDataWrite>, ArchiveError> {
         match self {
             Backend::Embedded => {
-                let mut writes = Vec::with_capacity(messages.len() * 2);
-                for (user, msg) in &messages {
+                let mut writes = Vec::with_capacity(messages.len() * 3);
+                for (user, msg) in messages {
                     match embedded::append_writes(user, msg) {
                         Ok(w) => writes.extend(w),
                         // One message that cannot be a key (a peer JID with NUL) is skipped,
@@ -102,6 +102,10 @@ impl Backend {
                 Ok(writes)
             }
             Backend::Postgres(pg) => {
+                let messages: Vec<(String, ArchivedMessage)> = messages
+                    .iter()
+                    .map(|(user, msg)| (user.clone(), (*msg).clone()))
+                    .collect();
                 pg.run(|a| Box::pin(async move { a.append(&messages).await }))??;
                 Ok(Vec::new())
             }
