@@ -35,6 +35,9 @@ use std::sync::{Arc, OnceLock};
 use crate::lsm::Lsm;
 use crate::{prefix, StorageError, TxResult};
 
+/// One write of [`ModuleStore::put_all`]: (module, user, key, payload; `None` removes).
+pub(crate) type Write<'a> = (&'a str, &'a str, &'a str, Option<&'a str>);
+
 /// The modules written for every message, kept in fjall rather than sled (see the header).
 pub const LSM_MODULES: &[&str] = &["mam_archive", "mam_with"];
 
@@ -239,16 +242,17 @@ impl ModuleStore {
 
     /// Several [`ModuleStore::put`]s, `(module, user, key, payload)`, as one sled
     /// transaction over the trees they touch (all or nothing), flushed once.
-    pub(crate) fn put_all(
-        &self,
-        writes: &[(&str, &str, &str, Option<&str>)],
-    ) -> Result<(), StorageError> {
+    pub(crate) fn put_all(&self, writes: &[Write<'_>]) -> Result<(), StorageError> {
         // The archive's writes go in one fjall batch (atomic, persisted once when durable);
         // the rest in one sled transaction. A batch mixing both (no caller writes one) is
         // atomic per engine.
-        let (lsm, writes): (Vec<_>, Vec<_>) =
+        let (mut lsm, writes): (Vec<&Write<'_>>, Vec<&Write<'_>>) =
             writes.iter().partition(|w| LSM_MODULES.contains(&w.0));
         if !lsm.is_empty() {
+            // In key order, each insert finds the memtable's skiplist path of the one before
+            // it still in the cache (a batch holds a few messages of each of many accounts).
+            // Stable: two writes of one key keep their order.
+            lsm.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
             let mut batch = self.lsm.keyspace().batch();
             let mut parts: Vec<(&str, fjall::PartitionHandle)> = Vec::new();
             for &(module, user, key, payload) in lsm {
