@@ -7,7 +7,11 @@
 //! [`LINGER`] unless [`LINGER_MESSAGES`] are waiting: a node's messages are spread over its
 //! many shards, and without the pause each got batches of one or two messages, each paying
 //! a thread hop there and back, an fsync and a Raft entry (issue 19: at 10,000 messages/s on
-//! one node the archive cost 78 µs of CPU per message, most of it per batch). A batch that fails (the shard's leader died, an
+//! one node the archive cost 78 µs of CPU per message, most of it per batch). And at most
+//! [`MAX_IN_FLIGHT`] batches are in flight at once, node-wide, the fullest queues first:
+//! every shard's thread writing a batch at once crowded the threads that deliver messages
+//! off the cores (a burst of sixteen runnable writers against one Router), which is what
+//! made delivery's p99 pass 100 ms long before the cores were full. A batch that fails (the shard's leader died, an
 //! election) is sent again: appending is idempotent (the id is the key). Everything queued is
 //! bounded by `max_pending_bytes`: beyond it, messages are still delivered but not archived,
 //! and counted.
@@ -35,6 +39,8 @@ const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 pub const LINGER: Duration = Duration::from_millis(20);
 /// Messages that make a shard's batch go without waiting out [`LINGER`].
 const LINGER_MESSAGES: usize = 256;
+/// Batches in flight at once, over all shards.
+pub const MAX_IN_FLIGHT: usize = 2;
 /// Tries of one batch before its messages are given up (each try waits up to the IM
 /// timeout for a leader).
 const MAX_ATTEMPTS: u32 = 5;
@@ -128,10 +134,26 @@ impl Archiver {
     /// [`done`](Self::done).
     pub fn take_ready(&mut self, now: Instant) -> Vec<(usize, ArchiveAppend)> {
         let mut ready = Vec::new();
-        for (shard, q) in &mut self.shards {
-            if q.due(now).is_none_or(|due| due > now) {
+        let in_flight = self
+            .shards
+            .values()
+            .filter(|q| q.in_flight.is_some())
+            .count();
+        let Some(room) = MAX_IN_FLIGHT.checked_sub(in_flight).filter(|n| *n > 0) else {
+            return ready;
+        };
+        let mut due: Vec<(usize, usize)> = self
+            .shards
+            .iter()
+            .filter(|(_, q)| q.due(now).is_some_and(|due| due <= now))
+            .map(|(shard, q)| (*shard, q.queued.len()))
+            .collect();
+        // The fullest first (ties: the lower shard, so that the order is stable).
+        due.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        for (shard, _) in due.into_iter().take(room) {
+            let Some(q) = self.shards.get_mut(&shard) else {
                 continue;
-            }
+            };
             let mut size = 0;
             let mut n = 0;
             for e in &q.queued {
@@ -143,7 +165,7 @@ impl Archiver {
             }
             let batch: Arc<Vec<Entry>> = Arc::new(q.queued.drain(..n).collect());
             if let Some(op) = ArchiveAppend::new(batch.clone()) {
-                ready.push((*shard, op));
+                ready.push((shard, op));
                 q.in_flight = Some(batch);
                 q.last_sent = Some(now);
             }
@@ -152,7 +174,16 @@ impl Archiver {
     }
 
     /// The earliest time a queued message may go, if any waits (for the Router's timer).
+    /// `None` also while [`MAX_IN_FLIGHT`] batches are in flight: the next answer sends more.
     pub fn next_due(&self, now: Instant) -> Option<Instant> {
+        let in_flight = self
+            .shards
+            .values()
+            .filter(|q| q.in_flight.is_some())
+            .count();
+        if in_flight >= MAX_IN_FLIGHT {
+            return None;
+        }
         self.shards.values().filter_map(|q| q.due(now)).min()
     }
 
@@ -256,6 +287,29 @@ mod tests {
         assert_eq!(ready.len(), 1);
         assert_eq!(ids(&ready[0].1), [4]);
         assert_eq!(a.next_due(t0 + LINGER), None, "nothing waits");
+    }
+
+    #[test]
+    fn at_most_max_in_flight_batches_the_fullest_first() {
+        let t0 = Instant::now();
+        let mut a = archiver(1 << 20);
+        // Shard s gets s + 1 messages.
+        for shard in 0..MAX_IN_FLIGHT + 1 {
+            for id in 0..=shard as u64 {
+                let (u, m) = entry("a@x", 100 * shard as u64 + id, 10);
+                a.queue(shard, u, m);
+            }
+        }
+        let ready = a.take_ready(t0);
+        let mut sent: Vec<usize> = ready.iter().map(|(s, _)| *s).collect();
+        sent.sort_unstable();
+        assert_eq!(sent, (1..=MAX_IN_FLIGHT).collect::<Vec<_>>(), "the fullest");
+        assert_eq!(a.next_due(t0), None, "no timer while the cap is reached");
+        assert!(a.take_ready(t0).is_empty());
+        a.done(MAX_IN_FLIGHT, true);
+        let ready = a.take_ready(t0);
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].0, 0, "the one left waiting goes next");
     }
 
     #[test]
