@@ -209,6 +209,25 @@ where
             s2s_listeners,
         )?;
         router.do_send(crate::router::messages::AttachS2s(s2s.recipient()));
+        if let Some(muc) = crate::modules::muc::get(&modules) {
+            // XEP-0045: the group chat service of each served domain, on every node (each
+            // node's Router hands it what reaches its domain; the rooms act on their shards'
+            // leaders).
+            for served in domains.iter() {
+                let domain = muc.settings().service_domain(served);
+                let service = crate::muc::MucService::new(
+                    domain.clone(),
+                    domains.clone(),
+                    shards.clone(),
+                    router.clone().recipient(),
+                )
+                .start();
+                router.do_send(crate::router::messages::RegisterComponent {
+                    domain,
+                    handle: service.recipient(),
+                });
+            }
+        }
         let ctx = Arc::new(C2sContext {
             policy: Arc::new(C2sPolicy {
                 domains: settings.domains.clone(),
