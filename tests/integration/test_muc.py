@@ -131,7 +131,7 @@ async def test_service_is_discoverable(server):
     assert pong.get("type") == "result"
     # A room that does not exist.
     r = await c.iq(f"<query xmlns='{NS_DISCO_INFO}'/>", to=room_jid("none"))
-    assert stanza_error(r)[0] == "item-not-found", xml_str(r)
+    assert stanza_error(r)[1] == "item-not-found", xml_str(r)
     await c.close()
 
 
@@ -147,7 +147,7 @@ async def test_create_join_chat_leave(server):
     # Locked until configured (§10.1.1).
     other = await login(server, server.account(), resource="b", presence=True)
     err = await join(other, room, "bob")
-    assert stanza_error(err[-1])[0] == "item-not-found", xml_str(err[-1])
+    assert stanza_error(err[-1])[1] == "item-not-found", xml_str(err[-1])
     await instant(owner, room)
 
     got = await join(other, room, "bob")
@@ -178,7 +178,7 @@ async def test_create_join_chat_leave(server):
     stranger = await login(server, server.account(), presence=True)
     await groupchat(stranger, room, "let me in")
     e = await stranger.expect(lambda e: e.get("type") == "error", what="not-acceptable")
-    assert stanza_error(e)[0] == "not-acceptable"
+    assert stanza_error(e)[1] == "not-acceptable"
 
     # Leaving (§7.14): unavailable to all, 110 to itself.
     await other.send(f"<presence to='{room}/bob' type='unavailable'/>")
@@ -194,13 +194,13 @@ async def test_nick_conflict_password_members_only(server):
     owner, room = await new_room(server, "locks")
     alice = await login(server, server.account(), resource="a", presence=True)
     err = await join(alice, room, "owner")
-    assert stanza_error(err[-1])[0] == "conflict", xml_str(err[-1])
+    assert stanza_error(err[-1])[1] == "conflict", xml_str(err[-1])
     err_el = err[-1]
     assert err_el.tag == q("presence") and err_el.get("from") == f"{room}/owner"
 
     await configure(owner, room, passwordprotectedroom=1, roomsecret="sesame")
     err = await join(alice, room, "alice")
-    assert stanza_error(err[-1])[0] == "not-authorized", xml_str(err[-1])
+    assert stanza_error(err[-1])[1] == "not-authorized", xml_str(err[-1])
     got = await join(alice, room, "alice", x="<password>sesame</password>")
     assert "110" in codes(got[-2])
 
@@ -210,7 +210,7 @@ async def test_nick_conflict_password_members_only(server):
     assert "322" in codes(p), xml_str(p)
     bob = await login(server, server.account(), resource="b", presence=True)
     err = await join(bob, room, "bob")
-    assert stanza_error(err[-1])[0] == "registration-required", xml_str(err[-1])
+    assert stanza_error(err[-1])[1] == "registration-required", xml_str(err[-1])
     # Made a member, bob enters.
     r = await owner.iq(
         f"<query xmlns='{NS_ADMIN}'><item affiliation='member' jid='{bare(bob.jid)}'/></query>",
@@ -227,7 +227,7 @@ async def test_nick_conflict_password_members_only(server):
     assert [i.get("jid") for i in r.iter(f"{{{NS_ADMIN}}}item")] == [bare(owner.jid)]
     # A member may not read them.
     r = await bob.iq(f"<query xmlns='{NS_ADMIN}'><item affiliation='owner'/></query>", to=room)
-    assert stanza_error(r)[0] == "forbidden"
+    assert stanza_error(r)[1] == "forbidden"
     for c in (owner, alice, bob):
         await c.close()
 
@@ -255,7 +255,7 @@ async def test_configuration_form_and_room_info(server):
     assert codes(got[1]) == ["100", "110"], xml_str(got[1])
     # A non-owner may not read or change the configuration.
     r = await bob.iq(f"<query xmlns='{NS_OWNER}'/>", to=room)
-    assert stanza_error(r)[0] == "forbidden"
+    assert stanza_error(r)[1] == "forbidden"
     # Persistent: the room stays when everyone left.
     for c, nick in ((bob, "bob"), (owner, "owner")):
         await c.send(f"<presence to='{room}/{nick}' type='unavailable'/>")
@@ -271,7 +271,7 @@ async def test_temporary_room_goes_with_its_last_occupant(server):
     await owner.send(f"<presence to='{room}/owner' type='unavailable'/>")
     await owner.expect(lambda e: e.get("type") == "unavailable", what="left")
     r = await owner.iq(f"<query xmlns='{NS_DISCO_INFO}'/>", to=room)
-    assert stanza_error(r)[0] == "item-not-found", xml_str(r)
+    assert stanza_error(r)[1] == "item-not-found", xml_str(r)
     await owner.close()
 
 
@@ -282,7 +282,7 @@ async def test_subject_private_message_nick_change(server):
     # A participant may not change the subject unless the room lets it (§8.1).
     await bob.send(f"<message to='{room}' type='groupchat'><subject>mine</subject></message>")
     e = await bob.expect(lambda e: e.get("type") == "error", what="forbidden")
-    assert stanza_error(e)[0] == "forbidden"
+    assert stanza_error(e)[1] == "forbidden"
     await owner.send(f"<message to='{room}' type='groupchat'><subject>Tea</subject></message>")
     for c in (owner, bob):
         s = await c.expect(is_subject(room), what="the subject")
@@ -299,7 +299,7 @@ async def test_subject_private_message_nick_change(server):
     assert pm.find(f"{{{NS_USER}}}x") is not None
     await bob.send(f"<message to='{room}/nobody' type='chat' id='pm2'><body>?</body></message>")
     e = await bob.expect(lambda e: e.get("id") == "pm2", what="item-not-found")
-    assert stanza_error(e)[0] == "item-not-found"
+    assert stanza_error(e)[1] == "item-not-found"
 
     # Nick change (§7.6): 303 with the new nick, then the new presence; 110 to itself.
     await bob.send(f"<presence to='{room}/robert'/>")
@@ -313,7 +313,7 @@ async def test_subject_private_message_nick_change(server):
     # The nick is taken: conflict.
     await bob.send(f"<presence to='{room}/carol'/>")
     e = await bob.expect(lambda e: e.get("type") == "error", what="conflict")
-    assert stanza_error(e)[0] == "conflict"
+    assert stanza_error(e)[1] == "conflict"
     for c in (owner, bob, carol):
         await c.close()
 
@@ -354,7 +354,7 @@ async def test_kick_ban_voice(server):
     # A visitor has no voice in a moderated room.
     await groupchat(bob, room, "may I?")
     e = await bob.expect(lambda e: e.get("type") == "error", what="forbidden")
-    assert stanza_error(e)[0] == "forbidden"
+    assert stanza_error(e)[1] == "forbidden"
     # Voice granted (§8.3).
     r = await owner.iq(
         f"<query xmlns='{NS_ADMIN}'><item nick='bob' role='participant'/></query>",
@@ -369,7 +369,7 @@ async def test_kick_ban_voice(server):
     r = await bob.iq(
         f"<query xmlns='{NS_ADMIN}'><item nick='owner' role='none'/></query>", type_="set", to=room
     )
-    assert stanza_error(r)[0] in ("forbidden", "not-allowed"), xml_str(r)
+    assert stanza_error(r)[1] in ("forbidden", "not-allowed"), xml_str(r)
     # Kick (§8.2): 307, 110 to the kicked.
     r = await owner.iq(
         f"<query xmlns='{NS_ADMIN}'><item nick='bob' role='none'><reason>out</reason></item></query>",
@@ -393,7 +393,7 @@ async def test_kick_ban_voice(server):
     p = await bob.expect(lambda e: e.get("type") == "unavailable", what="banned")
     assert codes(p) == ["301", "110"], xml_str(p)
     err = await join(bob, room, "bob")
-    assert stanza_error(err[-1])[0] == "forbidden", xml_str(err[-1])
+    assert stanza_error(err[-1])[1] == "forbidden", xml_str(err[-1])
     r = await owner.iq(f"<query xmlns='{NS_ADMIN}'><item affiliation='outcast'/></query>", to=room)
     assert [i.get("jid") for i in r.iter(f"{{{NS_ADMIN}}}item")] == [bare(bob.jid)]
     # The last owner cannot be removed.
@@ -402,7 +402,7 @@ async def test_kick_ban_voice(server):
         type_="set",
         to=room,
     )
-    assert stanza_error(r)[0] == "conflict", xml_str(r)
+    assert stanza_error(r)[1] == "conflict", xml_str(r)
     await owner.close()
     await bob.close()
 
@@ -412,7 +412,7 @@ async def test_destroy_with_alternate_venue(server):
     bob = await login(server, server.account(), resource="b", presence=True)
     await join(bob, room, "bob")
     r = await bob.iq(f"<query xmlns='{NS_OWNER}'><destroy/></query>", type_="set", to=room)
-    assert stanza_error(r)[0] == "forbidden"
+    assert stanza_error(r)[1] == "forbidden"
     alt = f"new@{SERVICE}"
     r = await owner.iq(
         f"<query xmlns='{NS_OWNER}'><destroy jid='{alt}'><reason>moved</reason></destroy></query>",
@@ -426,7 +426,7 @@ async def test_destroy_with_alternate_venue(server):
         assert d is not None and d.get("jid") == alt, xml_str(p)
         assert d.findtext(f"{{{NS_USER}}}reason") == "moved"
     r = await owner.iq(f"<query xmlns='{NS_DISCO_INFO}'/>", to=room)
-    assert stanza_error(r)[0] == "item-not-found"
+    assert stanza_error(r)[1] == "item-not-found"
     await owner.close()
     await bob.close()
 
@@ -451,7 +451,7 @@ async def test_invitations(server):
         f"<message to='{room}' id='inv2'><x xmlns='{NS_USER}'><invite to='{bare(other.jid)}'/></x></message>"
     )
     e = await guest.expect(lambda e: e.get("id") == "inv2", what="forbidden")
-    assert stanza_error(e)[0] == "forbidden"
+    assert stanza_error(e)[1] == "forbidden"
     # Direct (XEP-0249): a normal message between users, passed through.
     await guest.send(
         f"<message to='{other.jid}' id='dir'><x xmlns='{NS_CONFERENCE}' jid='{room}'/></message>"
@@ -468,7 +468,7 @@ async def test_self_ping(server):
     assert r.get("type") == "result", xml_str(r)
     stranger = await login(server, server.account(), presence=True)
     r = await stranger.iq(f"<ping xmlns='{NS_PING}'/>", to=f"{room}/owner")
-    assert stanza_error(r)[0] == "not-acceptable", xml_str(r)
+    assert stanza_error(r)[1] == "not-acceptable", xml_str(r)
     await owner.close()
     await stranger.close()
 
@@ -490,7 +490,7 @@ async def test_limits_and_creation_policy(make_server):
     srv = make_server({"modules.muc": {"max_occupants": 2, "creation": "admins", "admins": []}}, accounts=4)
     a = await login(srv, srv.account(), presence=True)
     err = await join(a, room_jid("nope"), "a")
-    assert stanza_error(err[-1])[0] == "not-allowed", xml_str(err[-1])
+    assert stanza_error(err[-1])[1] == "not-allowed", xml_str(err[-1])
     await a.close()
     srv.stop()
 
@@ -500,11 +500,11 @@ async def test_limits_and_creation_policy(make_server):
     await join(b, room, "b")
     c = await login(srv, srv.account(), presence=True)
     err = await join(c, room, "c")
-    assert stanza_error(err[-1])[0] == "service-unavailable", xml_str(err[-1])
+    assert stanza_error(err[-1])[1] == "service-unavailable", xml_str(err[-1])
     # max_message_bytes.
     await groupchat(b, room, "x" * 20000)
     e = await b.expect(lambda e: e.get("type") == "error", what="too big")
-    assert stanza_error(e)[0] == "policy-violation"
+    assert stanza_error(e)[1] == "policy-violation"
     for x in (owner, b, c):
         await x.close()
 
