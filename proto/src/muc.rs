@@ -164,7 +164,12 @@ impl HistoryRequest {
             first = first.max(items.iter().take_while(|(t, _)| *t < from).count());
         }
         if let Some(since) = self.since_ms {
-            first = first.max(items.iter().take_while(|(t, _)| (*t as i64) < since).count());
+            first = first.max(
+                items
+                    .iter()
+                    .take_while(|(t, _)| (*t as i64) < since)
+                    .count(),
+            );
         }
         if let Some(max) = self.max_chars {
             // From the newest backwards, as many whole messages as fit.
@@ -623,8 +628,8 @@ impl RoomConfig {
                 "muc#roomconfig_changesubject" => next.change_subject = boolean()?,
                 "muc#roomconfig_allowinvites" => next.allow_invites = boolean()?,
                 "muc#roomconfig_allowpm" => {
-                    next.allow_pm = AllowPm::parse(one)
-                        .ok_or_else(|| ConfigError::BadValue(var.to_owned()))?
+                    next.allow_pm =
+                        AllowPm::parse(one).ok_or_else(|| ConfigError::BadValue(var.to_owned()))?
                 }
                 _ => {}
             }
@@ -751,27 +756,95 @@ mod tests {
         use Affiliation as A;
         use Role as R;
         // A moderator kicks a participant, not an admin.
-        assert!(may_set_role(R::Moderator, A::None, R::Participant, A::None, R::None));
-        assert!(!may_set_role(R::Moderator, A::Member, R::Moderator, A::Admin, R::None));
+        assert!(may_set_role(
+            R::Moderator,
+            A::None,
+            R::Participant,
+            A::None,
+            R::None
+        ));
+        assert!(!may_set_role(
+            R::Moderator,
+            A::Member,
+            R::Moderator,
+            A::Admin,
+            R::None
+        ));
         // An owner kicks an admin.
-        assert!(may_set_role(R::Moderator, A::Owner, R::Moderator, A::Admin, R::None));
+        assert!(may_set_role(
+            R::Moderator,
+            A::Owner,
+            R::Moderator,
+            A::Admin,
+            R::None
+        ));
         // Voice.
-        assert!(may_set_role(R::Moderator, A::None, R::Visitor, A::None, R::Participant));
-        assert!(may_set_role(R::Moderator, A::None, R::Participant, A::Member, R::Visitor));
-        assert!(!may_set_role(R::Participant, A::Member, R::Visitor, A::None, R::Participant));
+        assert!(may_set_role(
+            R::Moderator,
+            A::None,
+            R::Visitor,
+            A::None,
+            R::Participant
+        ));
+        assert!(may_set_role(
+            R::Moderator,
+            A::None,
+            R::Participant,
+            A::Member,
+            R::Visitor
+        ));
+        assert!(!may_set_role(
+            R::Participant,
+            A::Member,
+            R::Visitor,
+            A::None,
+            R::Participant
+        ));
         // Moderation: granted by admins and owners only; never taken from an admin.
-        assert!(!may_set_role(R::Moderator, A::None, R::Participant, A::None, R::Moderator));
-        assert!(may_set_role(R::Moderator, A::Admin, R::Participant, A::None, R::Moderator));
-        assert!(!may_set_role(R::Moderator, A::Owner, R::Moderator, A::Admin, R::Participant));
-        assert!(!may_set_role(R::Moderator, A::None, R::Moderator, A::None, R::Participant));
-        assert!(may_set_role(R::Moderator, A::Admin, R::Moderator, A::None, R::Participant));
+        assert!(!may_set_role(
+            R::Moderator,
+            A::None,
+            R::Participant,
+            A::None,
+            R::Moderator
+        ));
+        assert!(may_set_role(
+            R::Moderator,
+            A::Admin,
+            R::Participant,
+            A::None,
+            R::Moderator
+        ));
+        assert!(!may_set_role(
+            R::Moderator,
+            A::Owner,
+            R::Moderator,
+            A::Admin,
+            R::Participant
+        ));
+        assert!(!may_set_role(
+            R::Moderator,
+            A::None,
+            R::Moderator,
+            A::None,
+            R::Participant
+        ));
+        assert!(may_set_role(
+            R::Moderator,
+            A::Admin,
+            R::Moderator,
+            A::None,
+            R::Participant
+        ));
     }
 
     #[test]
     fn join_parses_password_and_history() {
-        let p = el("<presence xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'>\
+        let p = el(
+            "<presence xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'>\
              <password>pw</password><history maxstanzas='5' seconds='60' maxchars='x' \
-             since='1970-01-01T00:00:10Z'/></x></presence>");
+             since='1970-01-01T00:00:10Z'/></x></presence>",
+        );
         let j = parse_join(&p).unwrap();
         assert_eq!(j.password.as_deref(), Some("pw"));
         assert_eq!(j.history.max_stanzas, Some(5));
@@ -886,8 +959,10 @@ mod tests {
 
     #[test]
     fn invitations_parse_and_build() {
-        let m = el("<message xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc#user'>\
-             <invite to='h@x'><reason>come</reason></invite></x></message>");
+        let m = el(
+            "<message xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc#user'>\
+             <invite to='h@x'><reason>come</reason></invite></x></message>",
+        );
         assert_eq!(
             parse_invites(&m),
             vec![Invite {

@@ -152,12 +152,7 @@ impl AccountShard {
 
     /// Read the room's entries: its record, affiliations, occupants and (`with_history`)
     /// the last `max_history` messages.
-    fn load_room(
-        &self,
-        room: &mut Room<'_>,
-        user: &str,
-        with_history: bool,
-    ) -> Result<(), String> {
+    fn load_room(&self, room: &mut Room<'_>, user: &str, with_history: bool) -> Result<(), String> {
         let store = &self.module_store;
         let get = |key: &str| store.get(MODULE, user, key).map_err(|e| e.to_string());
         room.meta = match get(room::KEY_META)? {

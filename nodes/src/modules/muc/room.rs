@@ -17,9 +17,7 @@ use base64::Engine as _;
 use proto::element::Element;
 use proto::error::{stanza_error_reply, StanzaErrorCondition as Cond};
 use proto::jid::Jid;
-use proto::muc::{
-    self, status, Affiliation, HistoryRequest, ItemView, Role, RoomConfig, Whois,
-};
+use proto::muc::{self, status, Affiliation, HistoryRequest, ItemView, Role, RoomConfig, Whois};
 use proto::ns;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -255,8 +253,8 @@ impl<'a> Room<'a> {
         item: ItemView,
         statuses: &[u16],
     ) -> Element {
-        let mut p = Element::parse(&occ.presence)
-            .unwrap_or_else(|_| Element::new("presence", ns::CLIENT));
+        let mut p =
+            Element::parse(&occ.presence).unwrap_or_else(|_| Element::new("presence", ns::CLIENT));
         let mut item = item;
         if item.affiliation.is_none() {
             item.affiliation = Some(self.affiliation_of(occ));
@@ -269,7 +267,8 @@ impl<'a> Room<'a> {
         }
         p.push_child(muc::user_x(&item, statuses));
         p.push_child(
-            Element::new("occupant-id", ns::OCCUPANT_ID).with_attr("id", self.occupant_id(&occ.jid)),
+            Element::new("occupant-id", ns::OCCUPANT_ID)
+                .with_attr("id", self.occupant_id(&occ.jid)),
         );
         let _ = nick;
         p
@@ -489,11 +488,7 @@ impl<'a> Room<'a> {
     }
 
     fn send_history(&mut self, to: &str, wanted: &HistoryRequest) {
-        let items: Vec<(u64, usize)> = self
-            .history
-            .iter()
-            .map(|h| (h.ms, h.xml.len()))
-            .collect();
+        let items: Vec<(u64, usize)> = self.history.iter().map(|h| (h.ms, h.xml.len())).collect();
         let first = wanted.first(&items, self.now_ms);
         let room = self.jid.to_string();
         let entries: Vec<HistoryEntry> = self.history[first..].to_vec();
@@ -566,7 +561,9 @@ impl<'a> Room<'a> {
     fn remove_occupant(&mut self, nick: &str) {
         self.occupants.remove(nick);
         self.put_occupant(nick);
-        let persistent = self.meta().is_some_and(|m| m.config.persistent && !m.locked);
+        let persistent = self
+            .meta()
+            .is_some_and(|m| m.config.persistent && !m.locked);
         if self.occupants.is_empty() && !persistent {
             self.fx.destroy = true;
         }
@@ -657,8 +654,8 @@ impl<'a> Room<'a> {
         let has_body = stanza.get_child("body", ns::CLIENT).is_some();
         if let (Some(text), false) = (&subject, has_body) {
             // §8.1: moderators change the subject; others only if the room lets them.
-            let allowed = occ.role == Role::Moderator
-                || (config.change_subject && occ.role.has_voice());
+            let allowed =
+                occ.role == Role::Moderator || (config.change_subject && occ.role.has_voice());
             if !allowed {
                 return self.reply_error(&stanza, from, to, Cond::Forbidden);
             }
@@ -685,7 +682,8 @@ impl<'a> Room<'a> {
         let id = format!("{}-{seq}", self.now_ms);
         proto::stanza_id::add(&mut stanza, &room, &id);
         stanza.push_child(
-            Element::new("occupant-id", ns::OCCUPANT_ID).with_attr("id", self.occupant_id(&occ.jid)),
+            Element::new("occupant-id", ns::OCCUPANT_ID)
+                .with_attr("id", self.occupant_id(&occ.jid)),
         );
         stanza.set_attr("from", from_nick.clone());
         stanza.remove_attr("to");
@@ -781,7 +779,11 @@ impl<'a> Room<'a> {
         let mut affs_changed = false;
         for (invitee, reason) in invited {
             let bare = invitee.to_bare().to_string();
-            if config.members_only && self.affs.get(&bare).is_none_or(|a| *a < Affiliation::Member)
+            if config.members_only
+                && self
+                    .affs
+                    .get(&bare)
+                    .is_none_or(|a| *a < Affiliation::Member)
             {
                 // §7.8.2: the invitee of a members-only room becomes a member.
                 if self.affs.get(&bare) != Some(&Affiliation::Outcast) {
@@ -885,10 +887,11 @@ impl<'a> Room<'a> {
         q.push_child(
             Element::new("x", ns::DATA_FORMS)
                 .with_attr("type", "result")
-                .with_child(
-                    field("FORM_TYPE", ns::MUC_ROOMINFO.into()).with_attr("type", "hidden"),
-                )
-                .with_child(field("muc#roominfo_description", config.description.clone()))
+                .with_child(field("FORM_TYPE", ns::MUC_ROOMINFO.into()).with_attr("type", "hidden"))
+                .with_child(field(
+                    "muc#roominfo_description",
+                    config.description.clone(),
+                ))
                 .with_child(field(
                     "muc#roominfo_occupants",
                     self.occupants.len().to_string(),
@@ -1271,7 +1274,8 @@ mod tests {
         }
     }
 
-    const JOIN: &str = "<presence xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>";
+    const JOIN: &str =
+        "<presence xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'/></presence>";
     const INSTANT: &str = "<iq xmlns='jabber:client' type='set' id='c'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'/></query></iq>";
 
     fn codes(p: &Element) -> Vec<String> {
@@ -1324,18 +1328,30 @@ mod tests {
             && m.get_child("stanza-id", ns::SID).is_some()));
         // History on join, with maxstanzas.
         let out = h.run("w@x/d", "r@conf.x/w", JOIN);
-        assert!(out.iter().any(|m| m.get_child("delay", ns::DELAY).is_some()));
-        let out = h.run("w@x/d", "r@conf.x/w", "<presence xmlns='jabber:client' type='unavailable'/>");
+        assert!(out
+            .iter()
+            .any(|m| m.get_child("delay", ns::DELAY).is_some()));
+        let out = h.run(
+            "w@x/d",
+            "r@conf.x/w",
+            "<presence xmlns='jabber:client' type='unavailable'/>",
+        );
         assert_eq!(out.len(), 3);
         let out = h.run(
             "w@x/d",
             "r@conf.x/w",
             "<presence xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='0'/></x></presence>",
         );
-        assert!(!out.iter().any(|m| m.get_child("delay", ns::DELAY).is_some()));
+        assert!(!out
+            .iter()
+            .any(|m| m.get_child("delay", ns::DELAY).is_some()));
         // A temporary room goes with its last occupant.
         for (who, nick) in [("w@x/d", "w"), ("u@x/b", "u"), ("owner@x/a", "boss")] {
-            h.run(who, &format!("r@conf.x/{nick}"), "<presence xmlns='jabber:client' type='unavailable'/>");
+            h.run(
+                who,
+                &format!("r@conf.x/{nick}"),
+                "<presence xmlns='jabber:client' type='unavailable'/>",
+            );
         }
         assert!(h.entries.is_empty());
     }
@@ -1350,7 +1366,9 @@ mod tests {
             "r@conf.x",
             "<iq xmlns='jabber:client' type='set' id='k'><query xmlns='http://jabber.org/protocol/muc#admin'><item nick='u' role='none'/></query></iq>",
         );
-        assert!(out.iter().any(|p| p.attr("to") == Some("u@x/b") && codes(p) == ["307", "110"]));
+        assert!(out
+            .iter()
+            .any(|p| p.attr("to") == Some("u@x/b") && codes(p) == ["307", "110"]));
         h.run("u@x/b", "r@conf.x/u", JOIN);
         h.run(
             "owner@x/a",
@@ -1366,7 +1384,9 @@ mod tests {
             "r@conf.x/boss",
             "<message xmlns='jabber:client' type='error'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>",
         );
-        assert!(out.iter().any(|p| p.attr("to") == Some("owner@x/a") && codes(p) == ["333"]));
+        assert!(out
+            .iter()
+            .any(|p| p.attr("to") == Some("owner@x/a") && codes(p) == ["333"]));
         assert!(!h.entries.contains_key("o:v"));
     }
 }
