@@ -542,3 +542,25 @@ async def test_slixmpp_xep_0045(server):
     for cl in clients:
         cl.disconnect()
     await owner.close()
+
+
+async def test_rejoin_and_takeover_by_another_session(server):
+    owner, room = await new_room(server, "again")
+    acc = server.account()
+    first = await login(server, acc, resource="one", presence=True)
+    await join(first, room, "me")
+    await owner.expect(lambda e: e.get("from") == f"{room}/me", what="me joined")
+    # The same client joining again gets the whole join sequence again (110, subject).
+    got = await join(first, room, "me")
+    assert codes(got[-2]) == ["110"] and got[-1].find(q("subject")) is not None
+    # Another session of the same account takes the nick over instead of a conflict.
+    second = await login(server, acc, resource="two", presence=True)
+    got = await join(second, room, "me")
+    assert codes(got[-2]) == ["110"], [xml_str(e) for e in got]
+    assert item(got[-2]) is not None
+    await groupchat(owner, room, "who is me?")
+    await second.expect(is_groupchat("who is me?"), what="the new session gets the room")
+    stale = [e for e in await first.drain(1.0) if is_groupchat("who is me?")(e)]
+    assert stale == []
+    for c in (owner, first, second):
+        await c.close()

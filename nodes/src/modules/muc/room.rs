@@ -353,13 +353,82 @@ impl<'a> Room<'a> {
                     o.presence = Self::stored_presence(&stanza);
                 }
                 self.put_occupant(nick);
-                if let Some(occ) = self.occupants.get(nick).cloned() {
-                    self.broadcast_presence(nick, &occ, ItemView::default(), &[], false);
+                let Some(occ) = self.occupants.get(nick).cloned() else {
+                    return;
+                };
+                match muc::parse_join(&stanza) {
+                    // A join from an occupant (its client lost track, e.g. after its server
+                    // restarted): the others see a presence update, the occupant gets the
+                    // whole join sequence again (§7.2.3–§7.2.16).
+                    Some(join) => {
+                        self.presence_to_others(nick, &occ);
+                        self.join_sequence(nick, &occ, &join.history, false);
+                    }
+                    None => self.broadcast_presence(nick, &occ, ItemView::default(), &[], false),
                 }
             }
             Some(current) => self.change_nick(from, &current, nick, &stanza, &to),
             None => self.join(from, nick, stanza, &to, may_create, secret),
         }
+    }
+
+    /// Occupant `nick`'s presence to every other occupant.
+    fn presence_to_others(&mut self, nick: &str, occ: &Occupant) {
+        let from = self.occupant_jid(nick);
+        let others: Vec<(Role, String)> = self
+            .occupants
+            .values()
+            .filter(|o| o.jid != occ.jid)
+            .map(|o| (o.role, o.jid.clone()))
+            .collect();
+        for (role, jid) in others {
+            let p = self.presence_of(nick, occ, role, ItemView::default(), &[]);
+            self.send(p, &from, &jid);
+        }
+    }
+
+    /// What an entering occupant gets (§7.2.3): the others' presence, its own last (100 in
+    /// a non-anonymous room, 201 when it created the room, 110), the history it asked for
+    /// (§7.2.15), then the subject (§7.2.16).
+    fn join_sequence(
+        &mut self,
+        nick: &str,
+        occ: &Occupant,
+        history: &HistoryRequest,
+        created: bool,
+    ) {
+        let others: Vec<(String, Occupant)> = self
+            .occupants
+            .iter()
+            .filter(|(_, o)| o.jid != occ.jid)
+            .map(|(n, o)| (n.clone(), o.clone()))
+            .collect();
+        for (n, o) in &others {
+            let p = self.presence_of(n, o, occ.role, ItemView::default(), &[]);
+            let f = self.occupant_jid(n);
+            self.send(p, &f, &occ.jid);
+        }
+        let mut codes = Vec::new();
+        if self.config().whois == Whois::Anyone {
+            codes.push(status::NON_ANONYMOUS);
+        }
+        if created {
+            codes.push(status::CREATED);
+        }
+        codes.push(status::SELF);
+        let p = self.presence_of(nick, occ, occ.role, ItemView::default(), &codes);
+        let from_nick = self.occupant_jid(nick);
+        self.send(p, &from_nick, &occ.jid);
+        self.send_history(&occ.jid, history);
+        let (subject_from, text) = match self.meta().and_then(|m| m.subject.clone()) {
+            Some(s) => (self.occupant_jid(&s.nick), s.text),
+            None => (self.jid.to_string(), String::new()),
+        };
+        let subject = Element::new("message", ns::CLIENT)
+            .with_attr("type", "groupchat")
+            .with_attr("id", format!("subject-{}", self.now_ms))
+            .with_child(Element::new("subject", ns::CLIENT).with_text(text));
+        self.send(subject, &subject_from, &occ.jid);
     }
 
     fn join(
@@ -407,11 +476,17 @@ impl<'a> Room<'a> {
                 // §7.2.9.
                 return self.reply_error(&stanza, from, to, Cond::Conflict);
             }
-            // The same user's other session takes over the nick: the old one leaves.
-            let old = o.jid.clone();
-            if old != from.to_string() {
-                return self.reply_error(&stanza, from, to, Cond::Conflict);
-            }
+            // Another session of the same user takes the nick over (a client that
+            // reconnected before the room noticed its old session was gone): the nick
+            // follows the new session, the others see a presence update.
+            let mut occ = o.clone();
+            occ.jid = from.to_string();
+            occ.presence = Self::stored_presence(&stanza);
+            self.occupants.insert(nick.to_owned(), occ.clone());
+            self.put_occupant(nick);
+            self.presence_to_others(nick, &occ);
+            let history = request.map(|r| r.history).unwrap_or_default();
+            return self.join_sequence(nick, &occ, &history, false);
         }
         if affiliation == Affiliation::Outcast {
             // §7.2.8.
@@ -442,49 +517,11 @@ impl<'a> Room<'a> {
             role: affiliation.default_role(config.moderated),
             presence: Self::stored_presence(&stanza),
         };
-        // §7.2.3: the others' presence first, to the new occupant.
-        let others: Vec<(String, Occupant)> = self
-            .occupants
-            .iter()
-            .map(|(n, o)| (n.clone(), o.clone()))
-            .collect();
-        for (n, o) in &others {
-            let p = self.presence_of(n, o, occ.role, ItemView::default(), &[]);
-            let f = self.occupant_jid(n);
-            self.send(p, &f, &occ.jid);
-        }
         self.occupants.insert(nick.to_owned(), occ.clone());
         self.put_occupant(nick);
-        // §7.2.3–§7.2.5: the new occupant's presence to all, itself last with 110 (and
-        // 100 in a non-anonymous room, 201 when it created the room).
-        let from_nick = self.occupant_jid(nick);
-        for (n, o) in &others {
-            let p = self.presence_of(nick, &occ, o.role, ItemView::default(), &[]);
-            let _ = n;
-            self.send(p, &from_nick, &o.jid);
-        }
-        let mut codes = Vec::new();
-        if config.whois == Whois::Anyone {
-            codes.push(status::NON_ANONYMOUS);
-        }
-        if created {
-            codes.push(status::CREATED);
-        }
-        codes.push(status::SELF);
-        let p = self.presence_of(nick, &occ, occ.role, ItemView::default(), &codes);
-        self.send(p, &from_nick, &occ.jid);
-        // §7.2.15: history, then §7.2.16 the subject.
-        let wanted = request.map(|r| r.history).unwrap_or_default();
-        self.send_history(&occ.jid, &wanted);
-        let (subject_from, text) = match self.meta().and_then(|m| m.subject.clone()) {
-            Some(s) => (self.occupant_jid(&s.nick), s.text),
-            None => (self.jid.to_string(), String::new()),
-        };
-        let subject = Element::new("message", ns::CLIENT)
-            .with_attr("type", "groupchat")
-            .with_attr("id", format!("subject-{}", self.now_ms))
-            .with_child(Element::new("subject", ns::CLIENT).with_text(text));
-        self.send(subject, &subject_from, &occ.jid);
+        self.presence_to_others(nick, &occ);
+        let history = request.map(|r| r.history).unwrap_or_default();
+        self.join_sequence(nick, &occ, &history, created);
     }
 
     fn send_history(&mut self, to: &str, wanted: &HistoryRequest) {
@@ -1308,17 +1345,27 @@ mod tests {
         let out = h.run("u@x/b", "r@conf.x/u", JOIN);
         // Existing occupant first, then the new one to the owner and itself (110 last),
         // then the subject.
-        assert_eq!(out[0].attr("from"), Some("r@conf.x/boss"));
-        assert_eq!(out[0].attr("to"), Some("u@x/b"));
-        assert_eq!(out[1].attr("to"), Some("owner@x/a"));
+        assert_eq!(out[0].attr("from"), Some("r@conf.x/u"));
+        assert_eq!(out[0].attr("to"), Some("owner@x/a"));
+        assert_eq!(out[1].attr("from"), Some("r@conf.x/boss"));
+        assert_eq!(out[1].attr("to"), Some("u@x/b"));
         assert_eq!(codes(&out[2]), ["110"]);
         assert!(out[3].get_child("subject", ns::CLIENT).is_some());
+        // The same client joining again gets the join sequence again; the owner sees an
+        // update; another session of the same user takes the nick over.
+        let out = h.run("u@x/b", "r@conf.x/u", JOIN);
+        assert_eq!(out.len(), 4);
+        assert_eq!(codes(&out[2]), ["110"]);
+        let out = h.run("u@x/other", "r@conf.x/u", JOIN);
+        assert_eq!(out[2].attr("to"), Some("u@x/other"));
+        assert_eq!(codes(&out[2]), ["110"]);
+        assert!(h.entries["o:u"].contains("u@x/other"));
         // Nick conflict.
         let out = h.run("v@x/c", "r@conf.x/u", JOIN);
         assert!(out[0].to_xml_string().contains("conflict"));
         // Groupchat reflected to both, the sender included, with the same id.
         let out = h.run(
-            "u@x/b",
+            "u@x/other",
             "r@conf.x",
             "<message xmlns='jabber:client' type='groupchat' id='m1'><body>hi</body></message>",
         );
@@ -1346,7 +1393,7 @@ mod tests {
             .iter()
             .any(|m| m.get_child("delay", ns::DELAY).is_some()));
         // A temporary room goes with its last occupant.
-        for (who, nick) in [("w@x/d", "w"), ("u@x/b", "u"), ("owner@x/a", "boss")] {
+        for (who, nick) in [("w@x/d", "w"), ("u@x/other", "u"), ("owner@x/a", "boss")] {
             h.run(
                 who,
                 &format!("r@conf.x/{nick}"),
