@@ -10,9 +10,10 @@ use std::sync::Arc;
 use actix::prelude::*;
 use proto::element::Element;
 use proto::error::{stanza_error_reply, StanzaErrorCondition as Cond};
+use proto::jid::Jid;
 use proto::ns;
 
-use crate::im::muc::MucStanza;
+use crate::im::muc::{MucDirectory, MucStanza};
 use crate::im::AccountShards;
 use crate::route::to_router::RouteStanza;
 use crate::router::messages::ToComponent;
@@ -24,6 +25,9 @@ pub struct MucService {
     served: Arc<Vec<String>>,
     shards: AccountShards,
     router: Recipient<RouteStanza>,
+    /// One JID of the service per shard to ask for its part of the directory (a node alone
+    /// has one store for all its shards: one).
+    probes: Vec<Jid>,
 }
 
 impl MucService {
@@ -33,33 +37,52 @@ impl MucService {
         shards: AccountShards,
         router: Recipient<RouteStanza>,
     ) -> Self {
+        let count = shards.all().count().max(1);
+        let wanted = if shards.clustered() { count } else { 1 };
+        let mut probes: Vec<Option<Jid>> = vec![None; count];
+        let mut found = 0;
+        for n in 0..(count * 64) {
+            if found == wanted {
+                break;
+            }
+            let Ok(jid) = Jid::parse(&format!("directory{n}@{domain}")) else {
+                break;
+            };
+            let i = shards.shard_index(&jid);
+            if probes[i].is_none() && (wanted == count || found == 0) {
+                probes[i] = Some(jid);
+                found += 1;
+            }
+        }
         MucService {
             domain,
             served,
             shards,
             router,
+            probes: probes.into_iter().flatten().collect(),
         }
     }
 
     /// A stanza to the service's own JID: disco and ping are answered, other requests get
     /// `service-unavailable` (RFC 6120 §8.4), the rest is ignored.
-    fn service_stanza(&self, msg: ToComponent) {
+    fn service_stanza(&self, msg: ToComponent, ctx: &mut Context<Self>) {
         let ToComponent { from, to, stanza } = msg;
         if stanza.name != "iq" || !matches!(stanza.attr("type"), Some("get") | Some("set")) {
             return;
         }
         let payload = stanza.children().next();
         let get = stanza.attr("type") == Some("get");
-        let answer = match payload.map(|p| p.ns.as_str()) {
-            Some(ns::DISCO_INFO) if get => Ok(Some(self.disco_info())),
-            // Public rooms are not listed yet (a room directory across shards).
-            Some(ns::DISCO_ITEMS) if get => Ok(Some(Element::new("query", ns::DISCO_ITEMS))),
-            Some(ns::PING) if get => Ok(None),
+        let answer = match payload.map(|p| (p.ns.as_str(), p.attr("node").is_some())) {
+            Some((ns::DISCO_INFO, false)) if get => Ok(Some(self.disco_info())),
+            Some((ns::DISCO_ITEMS, false)) if get => return self.directory(from, to, stanza, ctx),
+            Some((ns::PING, _)) if get => Ok(None),
+            Some((ns::DISCO_INFO | ns::DISCO_ITEMS, true)) if get => Err(Cond::ItemNotFound),
             _ => Err(Cond::ServiceUnavailable),
         };
-        let mut addressed = stanza.clone();
-        addressed.set_attr("from", from.to_string());
-        addressed.set_attr("to", to.to_string());
+        self.answer(from, to, &stanza, answer);
+    }
+
+    fn answer(&self, from: Jid, to: Jid, stanza: &Element, answer: Result<Option<Element>, Cond>) {
         let reply = match answer {
             Ok(payload) => {
                 let mut r = Element::new("iq", ns::CLIENT)
@@ -72,13 +95,54 @@ impl MucService {
                 }
                 r
             }
-            Err(cond) => stanza_error_reply(&addressed, cond, None),
+            Err(cond) => {
+                let mut addressed = stanza.clone();
+                addressed.set_attr("from", from.to_string());
+                addressed.set_attr("to", to.to_string());
+                stanza_error_reply(&addressed, cond, None)
+            }
         };
         self.router.do_send(RouteStanza {
             from: to,
             to: from,
             stanza: reply,
         });
+    }
+
+    /// XEP-0045 §6.3: the public rooms, gathered from every shard (each keeps the entries of
+    /// its rooms); a shard that does not answer leaves its rooms out.
+    fn directory(&self, from: Jid, to: Jid, stanza: Element, ctx: &mut Context<Self>) {
+        let shards = self.shards.clone();
+        let probes = self.probes.clone();
+        let gather = async move {
+            let mut rooms = std::collections::BTreeMap::new();
+            for probe in probes {
+                match shards
+                    .ask(
+                        &probe,
+                        MucDirectory {
+                            probe: probe.clone(),
+                        },
+                    )
+                    .await
+                {
+                    Ok(listed) => rooms.extend(listed),
+                    Err(e) => tracing::warn!(error = %e, "muc: a shard's directory not read"),
+                }
+            }
+            rooms
+        };
+        ctx.spawn(gather.into_actor(self).map(move |rooms, service, _| {
+            let mut q = Element::new("query", ns::DISCO_ITEMS);
+            for (jid, name) in rooms {
+                q.push_child(
+                    Element::new("item", ns::DISCO_ITEMS)
+                        .with_attr("jid", jid)
+                        .with_attr("name", name),
+                );
+            }
+            service.answer(from, to, &stanza, Ok(Some(q)));
+        }));
     }
 
     /// XEP-0045 §6.2: the service's identity and features.
@@ -113,9 +177,9 @@ impl Actor for MucService {
 
 impl Handler<ToComponent> for MucService {
     type Result = ();
-    fn handle(&mut self, msg: ToComponent, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: ToComponent, ctx: &mut Context<Self>) {
         if msg.to.local().is_none() {
-            return self.service_stanza(msg);
+            return self.service_stanza(msg, ctx);
         }
         let room = msg.to.to_bare();
         let local_sender = self.served.iter().any(|d| d == msg.from.domain());

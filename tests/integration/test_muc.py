@@ -564,3 +564,26 @@ async def test_rejoin_and_takeover_by_another_session(server):
     assert stale == []
     for c in (owner, first, second):
         await c.close()
+
+
+async def test_directory_lists_public_rooms(server):
+    owner, public = await new_room(server, "listed", roomname="Open house")
+    _, hidden = await new_room(server, "hidden", publicroom=0)
+    locked_owner = await login(server, server.account(), presence=True)
+    locked = room_jid("locked")
+    await join(locked_owner, locked, "o")
+
+    def listed(r) -> dict:
+        return {i.get("jid"): i.get("name") for i in r.iter(f"{{{NS_DISCO_ITEMS}}}item")}
+
+    r = await owner.iq(f"<query xmlns='{NS_DISCO_ITEMS}'/>", to=SERVICE)
+    rooms = listed(r)
+    assert rooms.get(public) == "Open house", xml_str(r)
+    assert hidden not in rooms and locked not in rooms, rooms
+    # A temporary room leaves the directory with its last occupant.
+    await owner.send(f"<presence to='{public}/owner' type='unavailable'/>")
+    await owner.expect(lambda e: e.get("type") == "unavailable", what="left")
+    r = await owner.iq(f"<query xmlns='{NS_DISCO_ITEMS}'/>", to=SERVICE)
+    assert public not in listed(r), xml_str(r)
+    await owner.close()
+    await locked_owner.close()

@@ -16,6 +16,7 @@ from test_mam_cluster import login_retry
 from test_muc import (
     NS_ADMIN,
     NS_DISCO_INFO,
+    NS_DISCO_ITEMS,
     SERVICE,
     codes,
     configure,
@@ -111,6 +112,9 @@ async def test_room_survives_kill9_of_its_leader(cluster):
     assert ident.get("name") == "Survivors"
     r = await owner.iq(f"<query xmlns='{NS_ADMIN}'><item affiliation='member'/></query>", to=room)
     assert [i.get("jid") for i in r.iter(f"{{{NS_ADMIN}}}item")] == [bare(accs[1].jid)], xml_str(r)
+    # The directory, gathered from every shard, lists it.
+    r = await member.iq(f"<query xmlns='{NS_DISCO_ITEMS}'/>", to=SERVICE)
+    assert room in [i.get("jid") for i in r.iter(f"{{{NS_DISCO_ITEMS}}}item")], xml_str(r)
     for c in live.values():
         await c.close()
     await asyncio.sleep(0)

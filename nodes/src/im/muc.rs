@@ -37,6 +37,28 @@ pub struct MucStanza {
     pub local_sender: bool,
 }
 
+/// The rooms of one shard listed in the directory of service `probe.domain()`: (room JID,
+/// name). `probe` is any JID of the service that falls in the shard to ask.
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "Vec<(String, String)>")]
+pub struct MucDirectory {
+    pub probe: Jid,
+}
+
+impl Handler<MucDirectory> for AccountShard {
+    type Result = MessageResult<MucDirectory>;
+    fn handle(&mut self, msg: MucDirectory, _: &mut SyncContext<Self>) -> Self::Result {
+        let listed = self
+            .module_store
+            .entries(MODULE, msg.probe.domain())
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "muc: directory unreadable");
+                Vec::new()
+            });
+        MessageResult(listed)
+    }
+}
+
 impl Handler<MucStanza> for AccountShard {
     type Result = ();
     fn handle(&mut self, msg: MucStanza, _: &mut SyncContext<Self>) {
@@ -84,8 +106,18 @@ impl AccountShard {
             0
         };
         let fx = room.finish();
+        // The service's directory: entries of the service's JID in the room's shard.
+        let directory = |payload: Option<String>| UserDataWrite::Module {
+            module: MODULE.into(),
+            user: msg.room.domain().to_owned(),
+            key: user.clone(),
+            payload,
+        };
         let write = if fx.destroy {
-            Some(UserDataWrite::DeleteUser { user: user.clone() })
+            Some(UserDataWrite::Batch(vec![
+                UserDataWrite::DeleteUser { user: user.clone() },
+                directory(None),
+            ]))
         } else {
             let mut writes: Vec<UserDataWrite> = fx
                 .writes
@@ -97,6 +129,9 @@ impl AccountShard {
                     payload,
                 })
                 .collect();
+            if let Some(entry) = fx.directory {
+                writes.push(directory(entry));
+            }
             match writes.len() {
                 0 => None,
                 1 => writes.pop(),

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::messages::*;
-use super::muc::MucStanza;
+use super::muc::{MucDirectory, MucStanza};
 use super::{AccountShard, AccountShards};
 use crate::cluster::messages::{ImReply, ImRequest, Push};
 use crate::cluster::NodeId;
@@ -145,6 +145,7 @@ im_operations! {
     ArchiveAppend => |m| m.user.to_bare();
     ArchivePurge => |m| m.user.to_bare();
     MucStanza => |m| m.room.to_bare();
+    MucDirectory => |m| m.probe.to_bare();
 }
 
 /// A peer's one-way IM operation. If this node no longer leads the account's shard, it is

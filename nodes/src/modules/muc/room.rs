@@ -85,6 +85,10 @@ pub struct Effects {
     pub reflected: usize,
     /// The room was created (metrics).
     pub created: bool,
+    /// The room's entry in the service's directory (XEP-0045 §6.3): `Some(Some(name))` to
+    /// list it, `Some(None)` to take it out, `None` unchanged (destroying a room also takes
+    /// it out).
+    pub directory: Option<Option<String>>,
 }
 
 /// A room as loaded by its shard.
@@ -979,6 +983,13 @@ impl<'a> Room<'a> {
             m.locked = false;
         }
         self.put_meta();
+        // §6.3: public rooms are listed in the service's disco#items, hidden ones are not.
+        let name = if config.name.is_empty() {
+            self.jid.local().unwrap_or_default().to_owned()
+        } else {
+            config.name.clone()
+        };
+        self.fx.directory = Some(config.public.then_some(name));
         // §10.2.1: occupants hear of the change (104; 172/173 when the JIDs' visibility
         // changed).
         let mut codes = vec![status::CONFIG_CHANGED];
