@@ -587,3 +587,34 @@ async def test_directory_lists_public_rooms(server):
     assert public not in listed(r), xml_str(r)
     await owner.close()
     await locked_owner.close()
+
+
+async def test_iqs_to_occupants_are_forwarded(server):
+    owner, room = await new_room(server, "iqs")
+    bob = await login(server, server.account(), resource="b", presence=True)
+    await join(bob, room, "bob")
+    # XEP-0410: a ping to another occupant reaches its client, and its answer comes back
+    # from the occupant JID.
+    await owner.send(f"<iq type='get' id='p1' to='{room}/bob'><ping xmlns='{NS_PING}'/></iq>")
+    got = await bob.expect(lambda e: e.tag == q("iq") and e.get("id") == "p1", what="the forwarded ping")
+    assert got.get("from") == f"{room}/owner" and got.get("to") == bob.jid, xml_str(got)
+    await bob.send(f"<iq type='result' id='p1' to='{room}/owner'/>")
+    r = await owner.expect(lambda e: e.tag == q("iq") and e.get("id") == "p1", what="the answer")
+    assert r.get("type") == "result" and r.get("from") == f"{room}/bob", xml_str(r)
+    # A vCard request goes to the occupant's account, answered by its server.
+    r = await owner.iq("<vCard xmlns='vcard-temp'/>", to=f"{room}/bob")
+    assert r.get("from") == f"{room}/bob", xml_str(r)
+    assert r.get("type") in ("result", "error"), xml_str(r)
+    # An IQ error from the client does not remove it (only message and presence errors do).
+    await owner.send(f"<iq type='get' id='p2' to='{room}/bob'><query xmlns='urn:x:unknown'/></iq>")
+    await bob.expect(lambda e: e.tag == q("iq") and e.get("id") == "p2", what="the second IQ")
+    await bob.send(
+        f"<iq type='error' id='p2' to='{room}/owner'><error type='cancel'>"
+        "<service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+    )
+    r = await owner.expect(lambda e: e.tag == q("iq") and e.get("id") == "p2", what="the error")
+    assert stanza_error(r)[1] == "service-unavailable"
+    await groupchat(owner, room, "still here?")
+    await bob.expect(is_groupchat("still here?"), what="bob is still an occupant")
+    await owner.close()
+    await bob.close()

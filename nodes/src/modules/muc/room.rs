@@ -142,7 +142,7 @@ impl<'a> Room<'a> {
             may_create,
         } = input;
         let nick = to.resource().map(str::to_owned);
-        if stanza.attr("type") == Some("error") {
+        if stanza.attr("type") == Some("error") && stanza.name != "iq" {
             return self.error_from(from, &stanza);
         }
         match stanza.name.as_str() {
@@ -624,9 +624,10 @@ impl<'a> Room<'a> {
         self.remove_occupant(nick);
     }
 
-    /// An error from an occupant's real JID (a bounce: its session or server is gone) takes
-    /// it out of the room with 333 (XEP-0045 §17.? "error replies": the occupant cannot be
-    /// reached); other errors are dropped (a room never answers an error).
+    /// A message or presence error from an occupant's real JID (a bounce: its session or
+    /// server is gone) takes it out of the room with status 333 (XEP-0045 §15.6: removed
+    /// because of an error reply); other errors are dropped (a room never answers an
+    /// error). IQ errors are answers, passed on like results.
     fn error_from(&mut self, from: &Jid, stanza: &Element) {
         let Some(nick) = self.nick_of(from) else {
             return;
@@ -852,6 +853,9 @@ impl<'a> Room<'a> {
     fn iq(&mut self, from: &Jid, to: &Jid, nick: Option<&str>, stanza: &Element) {
         let kind = stanza.attr("type");
         if !matches!(kind, Some("get") | Some("set")) {
+            if let Some(nick) = nick {
+                self.iq_response(from, nick, stanza);
+            }
             return;
         }
         let Some(payload) = stanza.children().next().cloned() else {
@@ -859,8 +863,8 @@ impl<'a> Room<'a> {
         };
         let is_set = kind == Some("set");
         let result = match (nick, payload.ns.as_str(), is_set) {
-            (Some(nick), ns::PING, false) => self.self_ping(from, nick),
-            (Some(_), _, _) => Err(Cond::ServiceUnavailable),
+            (Some(nick), ns::PING, false) if self.is_own_nick(from, nick) => Ok(None),
+            (Some(nick), _, _) => return self.forward_iq(from, to, nick, stanza, &payload),
             (None, _, _) if self.meta.is_none() => Err(Cond::ItemNotFound),
             (None, ns::DISCO_INFO, false) => Ok(Some(self.disco_info(&payload))),
             (None, ns::DISCO_ITEMS, false) => Ok(Some(Element::new("query", ns::DISCO_ITEMS))),
@@ -885,14 +889,60 @@ impl<'a> Room<'a> {
         }
     }
 
-    /// XEP-0410 §4: a ping to one's own occupant JID is answered by the room: joined or not.
-    fn self_ping(&mut self, from: &Jid, nick: &str) -> Result<Option<Element>, Cond> {
-        match self.occupants.get(nick) {
-            Some(o) if o.jid == from.to_string() => Ok(None),
-            _ if self.nick_of(from).is_none() => Err(Cond::NotAcceptable),
-            // Pings to other occupants are not forwarded yet.
-            _ => Err(Cond::ServiceUnavailable),
-        }
+    /// XEP-0410 §4: a ping to one's own occupant JID is answered by the room.
+    fn is_own_nick(&self, from: &Jid, nick: &str) -> bool {
+        self.occupants
+            .get(nick)
+            .is_some_and(|o| o.jid == from.to_string())
+    }
+
+    /// IQs to an occupant JID (XEP-0045 §7.5's private traffic, XEP-0410 §4's pings): from an
+    /// occupant, passed on to the occupant's real JID
+    /// (a vCard request to its bare JID, XEP-0054 being the account's), `from` the sender's
+    /// occupant JID; the answer comes back through [`Room::iq_response`]. A non-occupant
+    /// gets `not-acceptable` (XEP-0410 §4: the client learns it is not joined).
+    fn forward_iq(
+        &mut self,
+        from: &Jid,
+        to: &Jid,
+        nick: &str,
+        stanza: &Element,
+        payload: &Element,
+    ) {
+        let Some(sender) = self.nick_of(from) else {
+            return self.reply_error(stanza, from, to, Cond::NotAcceptable);
+        };
+        let Some(target) = self.occupants.get(nick).map(|o| o.jid.clone()) else {
+            return self.reply_error(stanza, from, to, Cond::ItemNotFound);
+        };
+        let target = if payload.ns == "vcard-temp" {
+            Jid::parse(&target).map_or(target, |j| j.to_bare().to_string())
+        } else {
+            target
+        };
+        let f = self.occupant_jid(&sender);
+        self.send(stanza.clone(), &f, &target);
+    }
+
+    /// The answer to a forwarded IQ, from an occupant's real JID (or its account's bare
+    /// JID) to the occupant JID of the requester: passed on to the requester's real JID,
+    /// `from` the answerer's occupant JID.
+    fn iq_response(&mut self, from: &Jid, nick: &str, stanza: &Element) {
+        let Some(requester) = self.occupants.get(nick).map(|o| o.jid.clone()) else {
+            return;
+        };
+        let responder = self.nick_of(from).or_else(|| {
+            let bare = from.to_bare().to_string();
+            self.occupants
+                .iter()
+                .find(|(_, o)| Jid::parse(&o.jid).is_ok_and(|j| j.to_bare().to_string() == bare))
+                .map(|(n, _)| n.clone())
+        });
+        let Some(responder) = responder else {
+            return;
+        };
+        let f = self.occupant_jid(&responder);
+        self.send(stanza.clone(), &f, &requester);
     }
 
     fn disco_info(&self, payload: &Element) -> Element {
