@@ -544,7 +544,7 @@ async def test_slixmpp_xep_0045(server):
     await owner.close()
 
 
-async def test_rejoin_and_takeover_by_another_session(server):
+async def test_rejoin_and_several_sessions_under_one_nick(server):
     owner, room = await new_room(server, "again")
     acc = server.account()
     first = await login(server, acc, resource="one", presence=True)
@@ -553,15 +553,30 @@ async def test_rejoin_and_takeover_by_another_session(server):
     # The same client joining again gets the whole join sequence again (110, subject).
     got = await join(first, room, "me")
     assert codes(got[-2]) == ["110"] and got[-1].find(q("subject")) is not None
-    # Another session of the same account takes the nick over instead of a conflict.
+    # Another session of the same account joins as the same occupant, not a conflict; the
+    # others see no new occupant.
+    await owner.drain(0.5)
     second = await login(server, acc, resource="two", presence=True)
     got = await join(second, room, "me")
     assert codes(got[-2]) == ["110"], [xml_str(e) for e in got]
-    assert item(got[-2]) is not None
+    news = [e for e in await owner.drain(1.0) if bare(e.get("from", "")) == room]
+    assert news == [], [xml_str(e) for e in news]
+    # Both sessions get the room's messages and private messages to the nick.
     await groupchat(owner, room, "who is me?")
-    await second.expect(is_groupchat("who is me?"), what="the new session gets the room")
-    stale = [e for e in await first.drain(1.0) if is_groupchat("who is me?")(e)]
-    assert stale == []
+    for c in (first, second):
+        await c.expect(is_groupchat("who is me?"), what="each session gets the room")
+    await owner.send(f"<message to='{room}/me' type='chat' id='pm-me'><body>both?</body></message>")
+    for c in (first, second):
+        await c.expect(lambda e: e.get("id") == "pm-me", what="each session gets the PM")
+    # One session leaving leaves the occupant in; the last one takes it out.
+    await second.send(f"<presence to='{room}/me' type='unavailable'/>")
+    p = await second.expect(lambda e: e.get("type") == "unavailable", what="own unavailable")
+    assert codes(p) == ["110"]
+    left = [e for e in await owner.drain(1.0) if e.tag == q("presence") and bare(e.get("from", "")) == room]
+    assert left == [], [xml_str(e) for e in left]
+    await first.send(f"<presence to='{room}/me' type='unavailable'/>")
+    p = await owner.expect(lambda e: e.get("type") == "unavailable", what="me left")
+    assert p.get("from") == f"{room}/me"
     for c in (owner, first, second):
         await c.close()
 

@@ -7,7 +7,7 @@
 //! Stored entries (module `muc`, user = the room's bare JID):
 //! - `room`: [`Meta`] (configuration, lock, subject, occupant-id secret, history counter);
 //! - `aff`: the affiliations (bare JID → affiliation);
-//! - `o:<nick>`: an [`Occupant`] (real full JID, role, last presence): occupants are
+//! - `o:<nick>`: an [`Occupant`] (its sessions' real full JIDs, role, last presence): occupants are
 //!   persisted so that a new leader of the shard serves the room with them at once;
 //! - `h:<seq, 16 hex>`: a [`HistoryEntry`], the last `max_history` groupchat messages.
 
@@ -53,6 +53,36 @@ pub struct Occupant {
     /// The occupant's last presence (show, status, caps), without addresses or MUC
     /// elements, as XML.
     pub presence: String,
+    /// Other sessions of the same account under this nick (XEP-0045 allows one user
+    /// several sessions as one occupant): they get everything the occupant gets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<String>,
+}
+
+impl Occupant {
+    /// Every real full JID of the occupant, the first session first.
+    pub fn sessions(&self) -> Vec<String> {
+        std::iter::once(self.jid.clone())
+            .chain(self.more.iter().cloned())
+            .collect()
+    }
+
+    pub fn has(&self, jid: &str) -> bool {
+        self.jid == jid || self.more.iter().any(|m| m == jid)
+    }
+
+    /// Take session `jid` away; false when it was the last one.
+    fn remove_session(&mut self, jid: &str) -> bool {
+        if self.jid == jid {
+            if self.more.is_empty() {
+                return false;
+            }
+            self.jid = self.more.remove(0);
+        } else {
+            self.more.retain(|m| m != jid);
+        }
+        true
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -150,7 +180,7 @@ impl<'a> Room<'a> {
                 (Some(nick), None) => self.presence(from, &nick, stanza, may_create, secret),
                 (Some(_), Some("unavailable")) => {
                     if let Some(nick) = self.nick_of(from) {
-                        self.leave(&nick, &stanza);
+                        self.leave(&nick, from, &stanza);
                     }
                 }
                 // §7.2.1: a join needs a nick.
@@ -193,7 +223,7 @@ impl<'a> Room<'a> {
         let f = from.to_string();
         self.occupants
             .iter()
-            .find(|(_, o)| o.jid == f)
+            .find(|(_, o)| o.has(&f))
             .map(|(n, _)| n.clone())
     }
 
@@ -310,7 +340,9 @@ impl<'a> Room<'a> {
                 p.set_attr("type", "unavailable");
             }
             let _ = n;
-            self.send(p, &from, &o.jid);
+            for session in o.sessions() {
+                self.send(p.clone(), &from, &session);
+            }
         }
         if to_self {
             // The occupant is already out of the list (it left or was removed).
@@ -320,7 +352,9 @@ impl<'a> Room<'a> {
             if unavailable {
                 p.set_attr("type", "unavailable");
             }
-            self.send(p, &from, &occ.jid);
+            for session in occ.sessions() {
+                self.send(p.clone(), &from, &session);
+            }
         }
     }
 
@@ -366,7 +400,7 @@ impl<'a> Room<'a> {
                     // whole join sequence again (§7.2.3–§7.2.16).
                     Some(join) => {
                         self.presence_to_others(nick, &occ);
-                        self.join_sequence(nick, &occ, &join.history, false);
+                        self.join_sequence(nick, &occ, &from.to_string(), &join.history, false);
                     }
                     None => self.broadcast_presence(nick, &occ, ItemView::default(), &[], false),
                 }
@@ -379,15 +413,17 @@ impl<'a> Room<'a> {
     /// Occupant `nick`'s presence to every other occupant.
     fn presence_to_others(&mut self, nick: &str, occ: &Occupant) {
         let from = self.occupant_jid(nick);
-        let others: Vec<(Role, String)> = self
+        let others: Vec<(Role, Vec<String>)> = self
             .occupants
             .values()
             .filter(|o| o.jid != occ.jid)
-            .map(|o| (o.role, o.jid.clone()))
+            .map(|o| (o.role, o.sessions()))
             .collect();
-        for (role, jid) in others {
+        for (role, sessions) in others {
             let p = self.presence_of(nick, occ, role, ItemView::default(), &[]);
-            self.send(p, &from, &jid);
+            for jid in sessions {
+                self.send(p.clone(), &from, &jid);
+            }
         }
     }
 
@@ -398,6 +434,7 @@ impl<'a> Room<'a> {
         &mut self,
         nick: &str,
         occ: &Occupant,
+        to: &str,
         history: &HistoryRequest,
         created: bool,
     ) {
@@ -410,7 +447,7 @@ impl<'a> Room<'a> {
         for (n, o) in &others {
             let p = self.presence_of(n, o, occ.role, ItemView::default(), &[]);
             let f = self.occupant_jid(n);
-            self.send(p, &f, &occ.jid);
+            self.send(p, &f, to);
         }
         let mut codes = Vec::new();
         if self.config().whois == Whois::Anyone {
@@ -422,8 +459,8 @@ impl<'a> Room<'a> {
         codes.push(status::SELF);
         let p = self.presence_of(nick, occ, occ.role, ItemView::default(), &codes);
         let from_nick = self.occupant_jid(nick);
-        self.send(p, &from_nick, &occ.jid);
-        self.send_history(&occ.jid, history);
+        self.send(p, &from_nick, to);
+        self.send_history(to, history);
         let (subject_from, text) = match self.meta().and_then(|m| m.subject.clone()) {
             Some(s) => (self.occupant_jid(&s.nick), s.text),
             None => (self.jid.to_string(), String::new()),
@@ -432,7 +469,7 @@ impl<'a> Room<'a> {
             .with_attr("type", "groupchat")
             .with_attr("id", format!("subject-{}", self.now_ms))
             .with_child(Element::new("subject", ns::CLIENT).with_text(text));
-        self.send(subject, &subject_from, &occ.jid);
+        self.send(subject, &subject_from, to);
     }
 
     fn join(
@@ -480,17 +517,15 @@ impl<'a> Room<'a> {
                 // §7.2.9.
                 return self.reply_error(&stanza, from, to, Cond::Conflict);
             }
-            // Another session of the same user takes the nick over (a client that
-            // reconnected before the room noticed its old session was gone): the nick
-            // follows the new session, the others see a presence update.
+            // Another session of the same user joins as the same occupant (several
+            // devices, or a client that reconnected before the room noticed its old
+            // session was gone): it gets the join sequence, the others see nothing new.
             let mut occ = o.clone();
-            occ.jid = from.to_string();
-            occ.presence = Self::stored_presence(&stanza);
+            occ.more.push(from.to_string());
             self.occupants.insert(nick.to_owned(), occ.clone());
             self.put_occupant(nick);
-            self.presence_to_others(nick, &occ);
             let history = request.map(|r| r.history).unwrap_or_default();
-            return self.join_sequence(nick, &occ, &history, false);
+            return self.join_sequence(nick, &occ, &from.to_string(), &history, false);
         }
         if affiliation == Affiliation::Outcast {
             // §7.2.8.
@@ -520,12 +555,13 @@ impl<'a> Room<'a> {
             jid: from.to_string(),
             role: affiliation.default_role(config.moderated),
             presence: Self::stored_presence(&stanza),
+            more: Vec::new(),
         };
         self.occupants.insert(nick.to_owned(), occ.clone());
         self.put_occupant(nick);
         self.presence_to_others(nick, &occ);
         let history = request.map(|r| r.history).unwrap_or_default();
-        self.join_sequence(nick, &occ, &history, created);
+        self.join_sequence(nick, &occ, &occ.jid, &history, created);
     }
 
     fn send_history(&mut self, to: &str, wanted: &HistoryRequest) {
@@ -577,10 +613,23 @@ impl<'a> Room<'a> {
         self.broadcast_presence(new, &occ, ItemView::default(), &[], false);
     }
 
-    fn leave(&mut self, nick: &str, stanza: &Element) {
+    fn leave(&mut self, nick: &str, from: &Jid, stanza: &Element) {
         let Some(occ) = self.occupants.get(nick).cloned() else {
             return;
         };
+        if self.drop_session(nick, from) {
+            // One of several sessions left: only it hears so (110), the occupant stays.
+            let mut gone = occ.clone();
+            gone.presence = Self::stored_presence(stanza);
+            let item = ItemView {
+                role: Some(Role::None),
+                ..Default::default()
+            };
+            let mut p = self.presence_of(nick, &gone, occ.role, item, &[status::SELF]);
+            p.set_attr("type", "unavailable");
+            let f = self.occupant_jid(nick);
+            return self.send(p, &f, &from.to_string());
+        }
         let mut gone = occ.clone();
         gone.presence = Self::stored_presence(stanza);
         // §7.14: everyone, the occupant included (110), hears it leave.
@@ -595,6 +644,19 @@ impl<'a> Room<'a> {
             true,
         );
         self.remove_occupant(nick);
+    }
+
+    /// Take session `from` of occupant `nick` away if the occupant has others (stored);
+    /// false when it is the occupant's only session (the caller removes the occupant).
+    fn drop_session(&mut self, nick: &str, from: &Jid) -> bool {
+        let Some(o) = self.occupants.get_mut(nick) else {
+            return false;
+        };
+        if !o.remove_session(&from.to_string()) {
+            return false;
+        }
+        self.put_occupant(nick);
+        true
     }
 
     /// Take `nick` out of the room; a temporary room left empty goes (§10.1.3
@@ -649,7 +711,7 @@ impl<'a> Room<'a> {
                 })
             })
             .unwrap_or(false);
-        if fatal {
+        if fatal && !self.drop_session(&nick, from) {
             self.expel(&nick, ItemView::default(), &[status::ERROR_REMOVED]);
         }
     }
@@ -749,7 +811,7 @@ impl<'a> Room<'a> {
             }
         }
         // §7.4: to every occupant, the sender included, with the same id.
-        let receivers: Vec<String> = self.occupants.values().map(|o| o.jid.clone()).collect();
+        let receivers: Vec<String> = self.occupants.values().flat_map(|o| o.sessions()).collect();
         for r in receivers {
             self.send(stanza.clone(), &from_nick, &r);
         }
@@ -768,7 +830,7 @@ impl<'a> Room<'a> {
             // §7.5: only occupants send private messages.
             return self.reply_error(&stanza, from, to, Cond::NotAcceptable);
         };
-        let Some(recipient) = self.occupants.get(target).map(|o| o.jid.clone()) else {
+        let Some(recipients) = self.occupants.get(target).map(|o| o.sessions()) else {
             // §7.5.
             return self.reply_error(&stanza, from, to, Cond::ItemNotFound);
         };
@@ -784,7 +846,9 @@ impl<'a> Room<'a> {
             stanza.push_child(Element::new("x", ns::MUC_USER));
         }
         let f = self.occupant_jid(&sender);
-        self.send(stanza, &f, &recipient);
+        for r in recipients {
+            self.send(stanza.clone(), &f, &r);
+        }
     }
 
     fn invite(
@@ -893,7 +957,7 @@ impl<'a> Room<'a> {
     fn is_own_nick(&self, from: &Jid, nick: &str) -> bool {
         self.occupants
             .get(nick)
-            .is_some_and(|o| o.jid == from.to_string())
+            .is_some_and(|o| o.has(&from.to_string()))
     }
 
     /// IQs to an occupant JID (XEP-0045 §7.5's private traffic, XEP-0410 §4's pings): from an
@@ -928,7 +992,9 @@ impl<'a> Room<'a> {
     /// JID) to the occupant JID of the requester: passed on to the requester's real JID,
     /// `from` the answerer's occupant JID.
     fn iq_response(&mut self, from: &Jid, nick: &str, stanza: &Element) {
-        let Some(requester) = self.occupants.get(nick).map(|o| o.jid.clone()) else {
+        // The answer goes to each session of the requester (the one that asked knows the
+        // id; the others ignore an answer they did not ask for).
+        let Some(requesters) = self.occupants.get(nick).map(|o| o.sessions()) else {
             return;
         };
         let responder = self.nick_of(from).or_else(|| {
@@ -942,7 +1008,9 @@ impl<'a> Room<'a> {
             return;
         };
         let f = self.occupant_jid(&responder);
-        self.send(stanza.clone(), &f, &requester);
+        for r in requesters {
+            self.send(stanza.clone(), &f, &r);
+        }
     }
 
     fn disco_info(&self, payload: &Element) -> Element {
@@ -1051,7 +1119,8 @@ impl<'a> Room<'a> {
         }
         if !locked {
             let room = self.jid.to_string();
-            let receivers: Vec<String> = self.occupants.values().map(|o| o.jid.clone()).collect();
+            let receivers: Vec<String> =
+                self.occupants.values().flat_map(|o| o.sessions()).collect();
             for r in receivers {
                 let m = Element::new("message", ns::CLIENT)
                     .with_attr("type", "groupchat")
@@ -1102,7 +1171,9 @@ impl<'a> Room<'a> {
                 .with_attr("type", "unavailable")
                 .with_child(x);
             let f = self.occupant_jid(&n);
-            self.send(p, &f, &o.jid);
+            for session in o.sessions() {
+                self.send(p.clone(), &f, &session);
+            }
         }
         self.occupants.clear();
         self.fx.destroy = true;
@@ -1413,20 +1484,35 @@ mod tests {
         assert_eq!(codes(&out[2]), ["110"]);
         assert!(out[3].get_child("subject", ns::CLIENT).is_some());
         // The same client joining again gets the join sequence again; the owner sees an
-        // update; another session of the same user takes the nick over.
+        // update; another session of the same user joins as the same occupant.
         let out = h.run("u@x/b", "r@conf.x/u", JOIN);
         assert_eq!(out.len(), 4);
         assert_eq!(codes(&out[2]), ["110"]);
         let out = h.run("u@x/other", "r@conf.x/u", JOIN);
-        assert_eq!(out[2].attr("to"), Some("u@x/other"));
-        assert_eq!(codes(&out[2]), ["110"]);
+        assert!(out.iter().all(|p| p.attr("to") == Some("u@x/other")));
+        assert!(out.iter().any(|p| codes(p) == ["110"]));
         assert!(h.entries["o:u"].contains("u@x/other"));
+        // Both sessions get what the occupant gets; one leaving leaves the other in.
+        let out = h.run(
+            "u@x/other",
+            "r@conf.x",
+            "<message xmlns='jabber:client' type='groupchat'><body>2</body></message>",
+        );
+        assert_eq!(out.len(), 3);
+        let out = h.run(
+            "u@x/other",
+            "r@conf.x/u",
+            "<presence xmlns='jabber:client' type='unavailable'/>",
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].attr("to"), Some("u@x/other"));
+        assert!(!h.entries["o:u"].contains("u@x/other"));
         // Nick conflict.
         let out = h.run("v@x/c", "r@conf.x/u", JOIN);
         assert!(out[0].to_xml_string().contains("conflict"));
         // Groupchat reflected to both, the sender included, with the same id.
         let out = h.run(
-            "u@x/other",
+            "u@x/b",
             "r@conf.x",
             "<message xmlns='jabber:client' type='groupchat' id='m1'><body>hi</body></message>",
         );
@@ -1454,7 +1540,7 @@ mod tests {
             .iter()
             .any(|m| m.get_child("delay", ns::DELAY).is_some()));
         // A temporary room goes with its last occupant.
-        for (who, nick) in [("w@x/d", "w"), ("u@x/other", "u"), ("owner@x/a", "boss")] {
+        for (who, nick) in [("w@x/d", "w"), ("u@x/b", "u"), ("owner@x/a", "boss")] {
             h.run(
                 who,
                 &format!("r@conf.x/{nick}"),
