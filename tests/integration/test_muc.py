@@ -633,3 +633,32 @@ async def test_iqs_to_occupants_are_forwarded(server):
     await bob.expect(is_groupchat("still here?"), what="bob is still an occupant")
     await owner.close()
     await bob.close()
+
+
+async def test_metrics_count_rooms_occupants_and_messages(server):
+    from test_metrics import scrape, value
+
+    before = scrape(server)
+    owner, room = await new_room(server, "metrics")
+    bob = await login(server, server.account(), presence=True)
+    await join(bob, room, "bob")
+    await groupchat(bob, room, "counted")
+    await owner.expect(is_groupchat("counted"), what="reflection")
+    await bob.expect(is_groupchat("counted"), what="reflection")
+    for c, nick in ((bob, "bob"), (owner, "owner")):
+        await c.send(f"<presence to='{room}/{nick}' type='unavailable'/>")
+        await c.expect(lambda e, n=nick: e.get("type") == "unavailable" and e.get("from") == f"{room}/{n}",
+                       what="left")
+    after = scrape(server)
+
+    def moved(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("switchboard_muc_rooms_total", event="created") == 1
+    assert moved("switchboard_muc_rooms_total", event="destroyed") == 1
+    assert moved("switchboard_muc_occupants_total", event="joined") == 2
+    assert moved("switchboard_muc_occupants_total", event="left") == 2
+    assert moved("switchboard_muc_messages_total", kind="received") == 1
+    assert moved("switchboard_muc_messages_total", kind="delivered") >= 2
+    await owner.close()
+    await bob.close()
