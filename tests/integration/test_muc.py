@@ -256,6 +256,12 @@ async def test_configuration_form_and_room_info(server):
     # A non-owner may not read or change the configuration.
     r = await bob.iq(f"<query xmlns='{NS_OWNER}'/>", to=room)
     assert stanza_error(r)[1] == "forbidden"
+    # Occupants hear of a change (§10.2.1): 104, and 173 when the room turns semi-anonymous.
+    await configure(owner, room, whois="moderators")
+    for c in (owner, bob):
+        m = await c.expect(lambda e: e.tag == q("message") and e.get("from") == room and codes(e),
+                           what="the configuration change")
+        assert codes(m) == ["104", "173"], xml_str(m)
     # Persistent: the room stays when everyone left.
     for c, nick in ((bob, "bob"), (owner, "owner")):
         await c.send(f"<presence to='{room}/{nick}' type='unavailable'/>")

@@ -791,8 +791,9 @@ impl<'a> Room<'a> {
         );
         stanza.set_attr("from", from_nick.clone());
         stanza.remove_attr("to");
-        if subject.is_none() || has_body {
-            // History: the last `max_history` messages with a body (§7.2.15).
+        if has_body {
+            // History: the last `max_history` messages with a body (§7.2.15); chat states
+            // and subject changes are not history.
             if let Some(m) = self.meta.as_mut() {
                 m.next_seq += 1;
             }
@@ -1520,8 +1521,21 @@ mod tests {
         assert!(out.iter().all(|m| m.attr("id") == Some("m1")
             && m.attr("from") == Some("r@conf.x/u")
             && m.get_child("stanza-id", ns::SID).is_some()));
+        // A chat state is reflected but kept out of the history.
+        let out = h.run(
+            "u@x/b",
+            "r@conf.x",
+            "<message xmlns='jabber:client' type='groupchat'><active xmlns='http://jabber.org/protocol/chatstates'/></message>",
+        );
+        assert_eq!(out.len(), 2);
         // History on join, with maxstanzas.
         let out = h.run("w@x/d", "r@conf.x/w", JOIN);
+        assert_eq!(
+            out.iter()
+                .filter(|m| m.get_child("delay", ns::DELAY).is_some())
+                .count(),
+            2
+        );
         assert!(out
             .iter()
             .any(|m| m.get_child("delay", ns::DELAY).is_some()));
