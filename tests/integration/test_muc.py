@@ -668,3 +668,51 @@ async def test_metrics_count_rooms_occupants_and_messages(server):
     assert moved("switchboard_muc_messages_total", kind="delivered") >= 2
     await owner.close()
     await bob.close()
+
+
+async def test_persistent_room_survives_kill9_and_restart(make_server):
+    srv = make_server(accounts=4)
+    owner_acc, member_acc = srv.account(), srv.account()
+    owner = await login(srv, owner_acc, resource="o", presence=True)
+    room = room_jid("durable")
+    await join(owner, room, "owner")
+    await configure(owner, room, roomname="Durable", persistentroom=1, membersonly=1)
+    r = await owner.iq(
+        f"<query xmlns='{NS_ADMIN}'><item affiliation='member' jid='{member_acc.jid}'/></query>",
+        type_="set",
+        to=room,
+    )
+    assert r.get("type") == "result"
+    await owner.send(f"<message to='{room}' type='groupchat'><subject>Kept</subject></message>")
+    await owner.expect(is_subject(room), what="subject")
+    await groupchat(owner, room, "before the crash")
+    await owner.expect(is_groupchat("before the crash"), what="reflection")
+    srv.kill9()
+    owner.abort()
+    srv.start()
+
+    member = await login(srv, member_acc, presence=True)
+    got = await join(member, room, "member")
+    # Members-only and the member list kept; the history and the subject too.
+    assert any(codes(e) == ["110"] and item(e).get("affiliation") == "member" for e in got), [
+        xml_str(e) for e in got
+    ]
+    assert any(e.findtext(q("body")) == "before the crash" and e.find(f"{{{NS_DELAY}}}delay") is not None
+               for e in got), [xml_str(e) for e in got]
+    assert got[-1].findtext(q("subject")) == "Kept"
+    info = await member.iq(f"<query xmlns='{NS_DISCO_INFO}'/>", to=room)
+    feats = [f.get("var") for f in info.iter(f"{{{NS_DISCO_INFO}}}feature")]
+    assert {"muc_persistent", "muc_membersonly"} <= set(feats), feats
+    # The owner's session died with the node: its occupant is removed when the room's next
+    # message to it bounces (333), and it can come back under its nick.
+    await groupchat(member, room, "anyone there?")
+    gone = await member.expect(
+        lambda e: e.tag == q("presence") and e.get("from") == f"{room}/owner" and e.get("type") == "unavailable",
+        what="the owner's stale session removed",
+    )
+    assert codes(gone) == ["333"], xml_str(gone)
+    owner = await login(srv, owner_acc, resource="o2", presence=True)
+    got = await join(owner, room, "owner")
+    assert any(codes(e) == ["110"] and item(e).get("affiliation") == "owner" for e in got)
+    await owner.close()
+    await member.close()
