@@ -163,7 +163,7 @@ impl<'a> Room<'a> {
         self.fx
     }
 
-    /// Handle one stanza.
+    /// Handle one stanza; `secret` makes the occupant-id salt of a room this stanza creates.
     pub fn handle(&mut self, input: Input<'_>, secret: impl FnOnce() -> String) {
         let Input {
             from,
@@ -278,10 +278,11 @@ impl<'a> Room<'a> {
         self.config().whois == Whois::Anyone || receiver_role == Role::Moderator
     }
 
-    /// The presence of occupant `nick` as `receiver_role` sees it, with `statuses`.
+    /// An occupant's presence as an occupant with `receiver_role` sees it (real JIDs per
+    /// `muc#roomconfig_whois`, §7.2.3/§7.2.4), with `statuses`; `from` and `to` are the
+    /// caller's.
     fn presence_of(
         &self,
-        nick: &str,
         occ: &Occupant,
         receiver_role: Role,
         item: ItemView,
@@ -304,12 +305,12 @@ impl<'a> Room<'a> {
             Element::new("occupant-id", ns::OCCUPANT_ID)
                 .with_attr("id", self.occupant_id(&occ.jid)),
         );
-        let _ = nick;
         p
     }
 
-    /// Send occupant `nick`'s presence (`unavailable`: marked so) to every occupant, with
-    /// `statuses` for all and `self_statuses` (ending with 110) for the occupant itself.
+    /// Send occupant `nick`'s presence (`unavailable`: marked so) to every session of every
+    /// occupant, with `statuses`; the occupant itself gets 110 last (and 100 first in a
+    /// non-anonymous room), also when it is already out of the list.
     fn broadcast_presence(
         &mut self,
         nick: &str,
@@ -319,13 +320,9 @@ impl<'a> Room<'a> {
         unavailable: bool,
     ) {
         let from = self.occupant_jid(nick);
-        let receivers: Vec<(String, Occupant)> = self
-            .occupants
-            .iter()
-            .map(|(n, o)| (n.clone(), o.clone()))
-            .collect();
+        let receivers: Vec<Occupant> = self.occupants.values().cloned().collect();
         let mut to_self = true;
-        for (n, o) in &receivers {
+        for o in &receivers {
             let own = o.jid == occ.jid;
             to_self &= !own;
             let mut codes = statuses.to_vec();
@@ -335,11 +332,10 @@ impl<'a> Room<'a> {
             if own {
                 codes.push(status::SELF);
             }
-            let mut p = self.presence_of(nick, occ, o.role, item.clone(), &codes);
+            let mut p = self.presence_of(occ, o.role, item.clone(), &codes);
             if unavailable {
                 p.set_attr("type", "unavailable");
             }
-            let _ = n;
             for session in o.sessions() {
                 self.send(p.clone(), &from, &session);
             }
@@ -348,7 +344,7 @@ impl<'a> Room<'a> {
             // The occupant is already out of the list (it left or was removed).
             let mut codes = statuses.to_vec();
             codes.push(status::SELF);
-            let mut p = self.presence_of(nick, occ, occ.role, item, &codes);
+            let mut p = self.presence_of(occ, occ.role, item, &codes);
             if unavailable {
                 p.set_attr("type", "unavailable");
             }
@@ -420,7 +416,7 @@ impl<'a> Room<'a> {
             .map(|o| (o.role, o.sessions()))
             .collect();
         for (role, sessions) in others {
-            let p = self.presence_of(nick, occ, role, ItemView::default(), &[]);
+            let p = self.presence_of(occ, role, ItemView::default(), &[]);
             for jid in sessions {
                 self.send(p.clone(), &from, &jid);
             }
@@ -445,7 +441,7 @@ impl<'a> Room<'a> {
             .map(|(n, o)| (n.clone(), o.clone()))
             .collect();
         for (n, o) in &others {
-            let p = self.presence_of(n, o, occ.role, ItemView::default(), &[]);
+            let p = self.presence_of(o, occ.role, ItemView::default(), &[]);
             let f = self.occupant_jid(n);
             self.send(p, &f, to);
         }
@@ -457,7 +453,7 @@ impl<'a> Room<'a> {
             codes.push(status::CREATED);
         }
         codes.push(status::SELF);
-        let p = self.presence_of(nick, occ, occ.role, ItemView::default(), &codes);
+        let p = self.presence_of(occ, occ.role, ItemView::default(), &codes);
         let from_nick = self.occupant_jid(nick);
         self.send(p, &from_nick, to);
         self.send_history(to, history);
@@ -625,7 +621,7 @@ impl<'a> Room<'a> {
                 role: Some(Role::None),
                 ..Default::default()
             };
-            let mut p = self.presence_of(nick, &gone, occ.role, item, &[status::SELF]);
+            let mut p = self.presence_of(&gone, occ.role, item, &[status::SELF]);
             p.set_attr("type", "unavailable");
             let f = self.occupant_jid(nick);
             return self.send(p, &f, &from.to_string());
