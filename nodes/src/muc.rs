@@ -5,6 +5,7 @@
 //! or the leader over the NodeLink), which runs the room and routes what it sends. So a
 //! room has one place where it acts, whichever node its occupants are on.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -15,6 +16,7 @@ use proto::ns;
 
 use crate::im::muc::{MucDirectory, MucStanza};
 use crate::im::AccountShards;
+use crate::modules::muc::room::DirectoryEntry;
 use crate::route::to_router::RouteStanza;
 use crate::router::messages::ToComponent;
 
@@ -37,29 +39,13 @@ impl MucService {
         shards: AccountShards,
         router: Recipient<RouteStanza>,
     ) -> Self {
-        let count = shards.all().count().max(1);
-        let wanted = if shards.clustered() { count } else { 1 };
-        let mut probes: Vec<Option<Jid>> = vec![None; count];
-        let mut found = 0;
-        for n in 0..(count * 64) {
-            if found == wanted {
-                break;
-            }
-            let Ok(jid) = Jid::parse(&format!("directory{n}@{domain}")) else {
-                break;
-            };
-            let i = shards.shard_index(&jid);
-            if probes[i].is_none() && (wanted == count || found == 0) {
-                probes[i] = Some(jid);
-                found += 1;
-            }
-        }
+        let probes = probes(&shards, &domain);
         MucService {
             domain,
             served,
             shards,
             router,
-            probes: probes.into_iter().flatten().collect(),
+            probes,
         }
     }
 
@@ -112,33 +98,14 @@ impl MucService {
     /// XEP-0045 §6.3: the public rooms, gathered from every shard (each keeps the entries of
     /// its rooms); a shard that does not answer leaves its rooms out.
     fn directory(&self, from: Jid, to: Jid, stanza: Element, ctx: &mut Context<Self>) {
-        let shards = self.shards.clone();
-        let probes = self.probes.clone();
-        let gather = async move {
-            let mut rooms = std::collections::BTreeMap::new();
-            for probe in probes {
-                match shards
-                    .ask(
-                        &probe,
-                        MucDirectory {
-                            probe: probe.clone(),
-                        },
-                    )
-                    .await
-                {
-                    Ok(listed) => rooms.extend(listed),
-                    Err(e) => tracing::warn!(error = %e, "muc: a shard's directory not read"),
-                }
-            }
-            rooms
-        };
+        let gather = rooms(self.shards.clone(), self.probes.clone());
         ctx.spawn(gather.into_actor(self).map(move |rooms, service, _| {
             let mut q = Element::new("query", ns::DISCO_ITEMS);
-            for (jid, name) in rooms {
+            for (jid, entry) in rooms.into_iter().filter(|(_, e)| e.public) {
                 q.push_child(
                     Element::new("item", ns::DISCO_ITEMS)
                         .with_attr("jid", jid)
-                        .with_attr("name", name),
+                        .with_attr("name", entry.name),
                 );
             }
             service.answer(from, to, &stanza, Ok(Some(q)));
@@ -165,6 +132,52 @@ impl MucService {
         }
         q
     }
+}
+
+/// One JID of service `domain` per shard, to ask that shard for its part of the directory
+/// (a node alone has one store for all its shards: one JID).
+pub fn probes(shards: &AccountShards, domain: &str) -> Vec<Jid> {
+    let count = shards.all().count().max(1);
+    let wanted = if shards.clustered() { count } else { 1 };
+    let mut probes: Vec<Option<Jid>> = vec![None; count];
+    let mut found = 0;
+    for n in 0..(count * 64) {
+        if found == wanted {
+            break;
+        }
+        let Ok(jid) = Jid::parse(&format!("directory{n}@{domain}")) else {
+            break;
+        };
+        let i = shards.shard_index(&jid);
+        if probes[i].is_none() {
+            probes[i] = Some(jid);
+            found += 1;
+        }
+    }
+    probes.into_iter().flatten().collect()
+}
+
+/// Every room of the service whose `probes` these are (see [`probes`]), by JID, with its
+/// directory entry; a shard that does not answer leaves its rooms out.
+pub async fn rooms(shards: AccountShards, probes: Vec<Jid>) -> BTreeMap<String, DirectoryEntry> {
+    let mut rooms = BTreeMap::new();
+    for probe in probes {
+        match shards
+            .ask(
+                &probe,
+                MucDirectory {
+                    probe: probe.clone(),
+                },
+            )
+            .await
+        {
+            Ok(listed) => rooms.extend(listed.into_iter().filter_map(|(jid, entry)| {
+                Some((jid, serde_json::from_str::<DirectoryEntry>(&entry).ok()?))
+            })),
+            Err(e) => tracing::warn!(error = %e, "muc: a shard's directory not read"),
+        }
+    }
+    rooms
 }
 
 impl Actor for MucService {

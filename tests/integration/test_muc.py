@@ -716,3 +716,25 @@ async def test_persistent_room_survives_kill9_and_restart(make_server):
     assert any(codes(e) == ["110"] and item(e).get("affiliation") == "owner" for e in got)
     await owner.close()
     await member.close()
+
+
+async def test_operator_lists_and_destroys_rooms(server):
+    owner, room = await new_room(server, "ops", roomname="Ops room")
+    _, hidden = await new_room(server, "opshidden", publicroom=0)
+    r = server.cli("muc", "list")
+    assert r.returncode == 0, r.stderr
+    rows = {line.split("\t")[0]: line.split("\t")[1:] for line in r.stdout.splitlines()}
+    assert rows.get(room) == ["public", "Ops room"], r.stdout
+    assert rows.get(hidden, [None])[0] == "hidden", r.stdout
+    r = server.cli("muc", "destroy", room, "--reason", "closing time")
+    assert r.returncode == 0, r.stderr
+    p = await owner.expect(lambda e: e.get("type") == "unavailable", what="destroyed by the operator")
+    d = p.find(f"{{{NS_USER}}}x/{{{NS_USER}}}destroy")
+    assert d is not None and d.findtext(f"{{{NS_USER}}}reason") == "closing time", xml_str(p)
+    r = server.cli("muc", "list")
+    assert room not in r.stdout, r.stdout
+    r = server.cli("muc", "destroy", room)
+    assert r.returncode != 0 and "no such room" in (r.stderr + r.stdout), (r.stdout, r.stderr)
+    r = server.cli("muc", "destroy", "someone@localhost")
+    assert r.returncode != 0
+    await owner.close()

@@ -37,8 +37,9 @@ pub struct MucStanza {
     pub local_sender: bool,
 }
 
-/// The rooms of one shard listed in the directory of service `probe.domain()`: (room JID,
-/// name). `probe` is any JID of the service that falls in the shard to ask.
+/// The directory entries of one shard's rooms of service `probe.domain()`: (room JID, the
+/// entry as stored, `modules::muc::room::DirectoryEntry`). `probe` is any JID of the service
+/// that falls in the shard to ask.
 #[derive(Message, Serialize, Deserialize)]
 #[rtype(result = "Vec<(String, String)>")]
 pub struct MucDirectory {
@@ -56,6 +57,41 @@ impl Handler<MucDirectory> for AccountShard {
                 Vec::new()
             });
         MessageResult(listed)
+    }
+}
+
+/// Destroy a room (the operator's `switchboard muc destroy`): its occupants hear it (XEP-0045
+/// §10.9). The answer: whether there was such a room.
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "Result<bool, String>")]
+pub struct MucDestroy {
+    pub room: Jid,
+    pub reason: Option<String>,
+}
+
+impl Handler<MucDestroy> for AccountShard {
+    type Result = Result<bool, String>;
+    fn handle(&mut self, msg: MucDestroy, _: &mut SyncContext<Self>) -> Self::Result {
+        self.muc_destroy(msg)
+    }
+}
+
+/// A room's size before and after a stanza, for the metrics.
+struct Counts {
+    existed: bool,
+    occupants: usize,
+}
+
+impl Counts {
+    fn of(room: &Room<'_>) -> Counts {
+        Counts {
+            existed: room.meta.is_some(),
+            occupants: if room.meta.is_some() {
+                room.occupants.len()
+            } else {
+                0
+            },
+        }
     }
 }
 
@@ -80,17 +116,15 @@ impl AccountShard {
             return;
         };
         let settings = muc.settings();
-        let user = msg.room.to_string();
         let mut room = Room::new(msg.room.clone(), settings, now_ms());
         // Joins need the history; nothing else does.
         let with_history = msg.stanza.name == "presence";
-        if let Err(e) = self.load_room(&mut room, &user, with_history) {
-            tracing::error!(room = %user, error = %e, "muc: room unreadable");
+        if let Err(e) = self.load_room(&mut room, &msg.room.to_string(), with_history) {
+            tracing::error!(room = %msg.room, error = %e, "muc: room unreadable");
             return self.muc_refuse(&msg);
         }
-        let before = room.occupants.len();
-        let existed = room.meta.is_some();
         let may_create = settings.may_create(&msg.from, msg.local_sender);
+        let before = Counts::of(&room);
         room.handle(
             Input {
                 from: &msg.from,
@@ -100,16 +134,23 @@ impl AccountShard {
             },
             || format!("{:032x}", rand::random::<u128>()),
         );
-        let after = if room.meta.is_some() {
-            room.occupants.len()
-        } else {
-            0
-        };
+        if let Err(e) = self.muc_commit(&msg.room, before, room) {
+            // Nothing was said: the sender may try again (no quorum, leadership moved).
+            tracing::warn!(room = %msg.room, error = %e, "muc: room write failed");
+            self.muc_refuse(&msg);
+        }
+    }
+
+    /// Commit what the room wrote (one batch: one Raft entry), count it, then route what it
+    /// sends. Nothing is sent when the write fails.
+    fn muc_commit(&mut self, jid: &Jid, before: Counts, room: Room<'_>) -> Result<(), String> {
+        let user = jid.to_string();
+        let after = Counts::of(&room);
         let fx = room.finish();
         // The service's directory: entries of the service's JID in the room's shard.
         let directory = |payload: Option<String>| UserDataWrite::Module {
             module: MODULE.into(),
-            user: msg.room.domain().to_owned(),
+            user: jid.domain().to_owned(),
             key: user.clone(),
             payload,
         };
@@ -130,7 +171,9 @@ impl AccountShard {
                 })
                 .collect();
             if let Some(entry) = fx.directory {
-                writes.push(directory(entry));
+                writes.push(directory(
+                    entry.and_then(|e| serde_json::to_string(&e).ok()),
+                ));
             }
             match writes.len() {
                 0 => None,
@@ -139,22 +182,21 @@ impl AccountShard {
             }
         };
         if let Some(w) = write {
-            if let Err(e) = self.writer.write(w) {
-                // Nothing was said: the sender may try again (no quorum, leadership moved).
-                tracing::warn!(room = %user, error = %e, "muc: room write failed");
-                return self.muc_refuse(&msg);
-            }
+            self.writer.write(w).map_err(|e| e.to_string())?;
         }
         if fx.created {
             METRICS.muc_rooms.with_label_values(&["created"]).inc();
         }
-        if fx.destroy && existed {
+        if fx.destroy && before.existed {
             METRICS.muc_rooms.with_label_values(&["destroyed"]).inc();
         }
         let (joined, left) = if fx.destroy {
-            (0, before)
+            (0, before.occupants)
         } else {
-            (after.saturating_sub(before), before.saturating_sub(after))
+            (
+                after.occupants.saturating_sub(before.occupants),
+                before.occupants.saturating_sub(after.occupants),
+            )
         };
         if joined > 0 {
             METRICS
@@ -183,6 +225,24 @@ impl AccountShard {
                 self.router.do_send(RouteStanza { from, to, stanza });
             }
         }
+        Ok(())
+    }
+
+    /// `switchboard muc destroy`: whether the room existed.
+    fn muc_destroy(&mut self, msg: MucDestroy) -> Result<bool, String> {
+        let modules = self.modules.clone();
+        let Some(muc) = crate::modules::muc::get(&modules) else {
+            return Err("group chat is disabled ([modules.muc] enabled = false)".into());
+        };
+        let mut room = Room::new(msg.room.clone(), muc.settings(), now_ms());
+        self.load_room(&mut room, &msg.room.to_string(), false)?;
+        if room.meta.is_none() {
+            return Ok(false);
+        }
+        let before = Counts::of(&room);
+        room.destroy_by_operator(msg.reason.as_deref());
+        self.muc_commit(&msg.room, before, room)?;
+        Ok(true)
     }
 
     /// Read the room's entries: its record, affiliations, occupants and (`with_history`)

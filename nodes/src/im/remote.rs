@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::messages::*;
-use super::muc::{MucDirectory, MucStanza};
+use super::muc::{MucDestroy, MucDirectory, MucStanza};
 use super::{AccountShard, AccountShards};
 use crate::cluster::messages::{ImReply, ImRequest, Push};
 use crate::cluster::NodeId;
@@ -146,6 +146,7 @@ im_operations! {
     ArchivePurge => |m| m.user.to_bare();
     MucStanza => |m| m.room.to_bare();
     MucDirectory => |m| m.probe.to_bare();
+    MucDestroy => |m| m.room.to_bare();
 }
 
 /// A peer's one-way IM operation. If this node no longer leads the account's shard, it is

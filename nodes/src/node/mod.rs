@@ -209,6 +209,7 @@ where
             s2s_listeners,
         )?;
         router.do_send(crate::router::messages::AttachS2s(s2s.recipient()));
+        let mut muc_domains = Vec::new();
         if let Some(muc) = crate::modules::muc::get(&modules) {
             // XEP-0045: the group chat service of each served domain, on every node (each
             // node's Router hands it what reaches its domain; the rooms act on their shards'
@@ -223,9 +224,10 @@ where
                 )
                 .start();
                 router.do_send(crate::router::messages::RegisterComponent {
-                    domain,
+                    domain: domain.clone(),
                     handle: service.recipient(),
                 });
+                muc_domains.push(domain);
             }
         }
         let ctx = Arc::new(C2sContext {
@@ -264,6 +266,7 @@ where
             router,
             cluster: cluster.clone(),
             im: shards.clone(),
+            muc_domains,
             started: std::time::Instant::now(),
         });
         actix_rt::spawn(admin_server.clone().serve(admin_listener));

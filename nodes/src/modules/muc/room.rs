@@ -115,10 +115,18 @@ pub struct Effects {
     pub reflected: usize,
     /// The room was created (metrics).
     pub created: bool,
-    /// The room's entry in the service's directory (XEP-0045 §6.3): `Some(Some(name))` to
-    /// list it, `Some(None)` to take it out, `None` unchanged (destroying a room also takes
-    /// it out).
-    pub directory: Option<Option<String>>,
+    /// The room's entry in the service's directory: `Some(Some(entry))` to write it,
+    /// `Some(None)` to take it out, `None` unchanged (destroying a room also takes it out).
+    pub directory: Option<Option<DirectoryEntry>>,
+}
+
+/// A room as the service's directory knows it: every room has one from its creation (the
+/// operator's `switchboard muc list`); disco#items lists the public ones (XEP-0045 §6.3).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirectoryEntry {
+    pub name: String,
+    /// Listed in disco#items (configured, and `muc#roomconfig_publicroom`).
+    pub public: bool,
 }
 
 /// A room as loaded by its shard.
@@ -500,6 +508,11 @@ impl<'a> Room<'a> {
             self.put_affs();
             created = true;
             self.fx.created = true;
+            // Known to the operator at once; listed once configured.
+            self.fx.directory = Some(Some(DirectoryEntry {
+                name: self.jid.local().unwrap_or_default().to_owned(),
+                public: false,
+            }));
         }
         let config = self.config();
         let affiliation = self.affiliation(from);
@@ -1104,7 +1117,10 @@ impl<'a> Room<'a> {
         } else {
             config.name.clone()
         };
-        self.fx.directory = Some(config.public.then_some(name));
+        self.fx.directory = Some(Some(DirectoryEntry {
+            name,
+            public: config.public,
+        }));
         // §10.2.1: occupants hear of the change (104; 172/173 when the JIDs' visibility
         // changed).
         let mut codes = vec![status::CONFIG_CHANGED];
@@ -1139,6 +1155,15 @@ impl<'a> Room<'a> {
             }
         }
         Ok(None)
+    }
+
+    /// The operator destroys the room (`switchboard muc destroy`), as an owner would.
+    pub fn destroy_by_operator(&mut self, reason: Option<&str>) {
+        let mut d = Element::new("destroy", ns::MUC_OWNER);
+        if let Some(r) = reason {
+            d.push_child(Element::new("reason", ns::MUC_OWNER).with_text(r));
+        }
+        self.destroy(&d);
     }
 
     /// §10.9: every occupant gets unavailable with `<destroy/>` (alternate venue, reason),
