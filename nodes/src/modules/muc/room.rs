@@ -762,6 +762,10 @@ impl<'a> Room<'a> {
         let Some(occ) = self.occupants.get(sender).cloned() else {
             return;
         };
+        if self.too_big(&stanza) {
+            // Before anything is stored (a subject too).
+            return self.reply_error(&stanza, from, to, Cond::PolicyViolation);
+        }
         let config = self.config();
         let subject = stanza.get_child("subject", ns::CLIENT).map(|s| s.text());
         let has_body = stanza.get_child("body", ns::CLIENT).is_some();
@@ -782,9 +786,6 @@ impl<'a> Room<'a> {
         } else if config.moderated && !occ.role.has_voice() {
             // §7.4 / §8.3: visitors in a moderated room have no voice.
             return self.reply_error(&stanza, from, to, Cond::Forbidden);
-        }
-        if self.too_big(&stanza) {
-            return self.reply_error(&stanza, from, to, Cond::PolicyViolation);
         }
         let room = self.jid.to_string();
         let from_nick = self.occupant_jid(sender);
@@ -1542,6 +1543,14 @@ mod tests {
         assert!(out.iter().all(|m| m.attr("id") == Some("m1")
             && m.attr("from") == Some("r@conf.x/u")
             && m.get_child("stanza-id", ns::SID).is_some()));
+        // An oversized subject is refused and not stored.
+        let big = format!(
+            "<message xmlns='jabber:client' type='groupchat'><subject>{}</subject></message>",
+            "s".repeat(20_000)
+        );
+        let out = h.run("owner@x/a", "r@conf.x", &big);
+        assert!(out[0].to_xml_string().contains("policy-violation"));
+        assert!(!h.entries[KEY_META].contains("sss"));
         // A chat state is reflected but kept out of the history.
         let out = h.run(
             "u@x/b",
