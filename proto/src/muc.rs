@@ -719,6 +719,28 @@ pub fn invitation(inviter: &str, reason: Option<&str>, password: Option<&str>) -
     Element::new("message", ns::CLIENT).with_child(x)
 }
 
+/// A declined invitation (§7.8.2 "decline"): to whom the decline goes (the inviter) and
+/// the reason.
+pub fn parse_decline(message: &Element) -> Option<Invite> {
+    let d = message
+        .get_child("x", ns::MUC_USER)?
+        .get_child("decline", ns::MUC_USER)?;
+    Some(Invite {
+        to: d.attr("to")?.to_owned(),
+        reason: d.get_child("reason", ns::MUC_USER).map(|r| r.text()),
+    })
+}
+
+/// The room's message to the inviter (§7.8.2): `<decline from=invitee>` with the reason.
+pub fn declined(invitee: &str, reason: Option<&str>) -> Element {
+    let mut decline = Element::new("decline", ns::MUC_USER).with_attr("from", invitee);
+    if let Some(r) = reason {
+        decline.push_child(Element::new("reason", ns::MUC_USER).with_text(r));
+    }
+    Element::new("message", ns::CLIENT)
+        .with_child(Element::new("x", ns::MUC_USER).with_child(decline))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -970,6 +992,23 @@ mod tests {
                 reason: Some("come".into())
             }]
         );
+        let d = el(
+            "<message xmlns='jabber:client'><x xmlns='http://jabber.org/protocol/muc#user'>\
+             <decline to='c@x'><reason>busy</reason></decline></x></message>",
+        );
+        assert_eq!(
+            parse_decline(&d),
+            Some(Invite {
+                to: "c@x".into(),
+                reason: Some("busy".into())
+            })
+        );
+        let back = declined("h@x", Some("busy"));
+        let dec = back
+            .get_child("x", ns::MUC_USER)
+            .and_then(|x| x.get_child("decline", ns::MUC_USER))
+            .unwrap();
+        assert_eq!(dec.attr("from"), Some("h@x"));
         let out = invitation("c@x/r", Some("come"), Some("pw"));
         let x = out.get_child("x", ns::MUC_USER).unwrap();
         assert_eq!(

@@ -451,6 +451,16 @@ async def test_invitations(server):
     assert inv.findtext(f"{{{NS_USER}}}reason") == "join us"
     got = await join(guest, room, "guest")
     assert item(got[-2]).get("affiliation") == "member", xml_str(got[-2])
+    # Declining (§7.8.2): the inviter hears it from the room.
+    await guest.send(
+        f"<message to='{room}'><x xmlns='{NS_USER}'><decline to='{bare(owner.jid)}'>"
+        f"<reason>maybe later</reason></decline></x></message>"
+    )
+    m = await owner.expect(lambda e: e.tag == q("message") and e.find(f"{{{NS_USER}}}x/{{{NS_USER}}}decline") is not None,
+                           what="the decline")
+    dec = m.find(f"{{{NS_USER}}}x/{{{NS_USER}}}decline")
+    assert m.get("from") == room and dec.get("from") == bare(guest.jid), xml_str(m)
+    assert dec.findtext(f"{{{NS_USER}}}reason") == "maybe later"
     # A member may not invite to a members-only room unless the room allows it.
     other = await login(server, server.account(), presence=True)
     await guest.send(

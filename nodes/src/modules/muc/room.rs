@@ -750,7 +750,16 @@ impl<'a> Room<'a> {
         if !invites.is_empty() {
             return self.invite(from, to, sender, &invites, &stanza);
         }
-        // Anything else to the bare room (voice requests, declines) is not handled yet.
+        if let Some(decline) = muc::parse_decline(&stanza) {
+            // §7.8.2: the invitee declines; the room tells the inviter, from the room.
+            let Ok(inviter) = Jid::parse(&decline.to) else {
+                return self.reply_error(&stanza, from, to, Cond::JidMalformed);
+            };
+            let m = muc::declined(&from.to_bare().to_string(), decline.reason.as_deref());
+            let room = self.jid.to_string();
+            return self.send(m, &room, &inviter.to_string());
+        }
+        // Anything else to the bare room (voice requests) is not handled yet.
         self.reply_error(&stanza, from, to, Cond::FeatureNotImplemented);
     }
 
