@@ -741,6 +741,75 @@ pub fn declined(invitee: &str, reason: Option<&str>) -> Element {
         .with_child(Element::new("x", ns::MUC_USER).with_child(decline))
 }
 
+/// XEP-0045 §7.13 / §8.6: the FORM_TYPE of voice requests and their approval.
+pub const NS_REQUEST: &str = "http://jabber.org/protocol/muc#request";
+
+/// A `muc#request` form in a message to the room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VoiceForm {
+    /// §7.13: an occupant asks for voice.
+    Request,
+    /// §8.6: a moderator answers a request: grant voice to `nick` or not.
+    Decision { nick: String, allow: bool },
+}
+
+/// The voice request or decision in a message, if it carries a submitted `muc#request` form.
+/// A form with `muc#request_allow` is a decision (it needs `muc#roomnick`).
+pub fn parse_voice_form(message: &Element) -> Option<VoiceForm> {
+    let x = message
+        .children()
+        .find(|c| c.is("x", ns::DATA_FORMS) && matches!(c.attr("type"), None | Some("submit")))?;
+    let value = |var: &str| {
+        x.children()
+            .filter(|f| f.is("field", ns::DATA_FORMS) && f.attr("var") == Some(var))
+            .find_map(|f| f.get_child("value", ns::DATA_FORMS).map(|v| v.text()))
+    };
+    if value("FORM_TYPE").as_deref() != Some(NS_REQUEST) {
+        return None;
+    }
+    match value("muc#request_allow") {
+        Some(allow) => Some(VoiceForm::Decision {
+            nick: value("muc#roomnick")?,
+            allow: matches!(allow.as_str(), "1" | "true"),
+        }),
+        None => Some(VoiceForm::Request),
+    }
+}
+
+/// §8.6: the approval form a moderator gets for `nick` (real JID `jid`, shown only where
+/// the moderator may see it: a moderator always may).
+pub fn voice_request_form(jid: &str, nick: &str) -> Element {
+    Element::new("message", ns::CLIENT).with_child(
+        Element::new("x", ns::DATA_FORMS)
+            .with_attr("type", "form")
+            .with_child(Element::new("title", ns::DATA_FORMS).with_text("Voice request"))
+            .with_child(Element::new("instructions", ns::DATA_FORMS).with_text(
+                "To approve this request for voice, select the \"Grant voice to this person?\" \
+                 checkbox and click OK. To skip this request, click the cancel button.",
+            ))
+            .with_child(field("FORM_TYPE", "hidden", "", &[NS_REQUEST]))
+            .with_child(field(
+                "muc#role",
+                "list-single",
+                "Requested role",
+                &["participant"],
+            ))
+            .with_child(field("muc#jid", "jid-single", "User ID", &[jid]))
+            .with_child(field(
+                "muc#roomnick",
+                "text-single",
+                "Room Nickname",
+                &[nick],
+            ))
+            .with_child(field(
+                "muc#request_allow",
+                "boolean",
+                "Grant voice to this person?",
+                &["false"],
+            )),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -977,6 +1046,38 @@ mod tests {
         assert_eq!(c.apply(&other), Err(ConfigError::NotAForm));
         assert!(c.features().contains(&"muc_persistent"));
         assert!(c.features().contains(&"muc_nonanonymous"));
+    }
+
+    #[test]
+    fn voice_requests_and_decisions_parse() {
+        let req = el(
+            "<message xmlns='jabber:client'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field>\
+             <field var='muc#role'><value>participant</value></field></x></message>",
+        );
+        assert_eq!(parse_voice_form(&req), Some(VoiceForm::Request));
+        let mut form = voice_request_form("a@b/c", "nick");
+        let x = form.get_child_mut("x", ns::DATA_FORMS).unwrap();
+        x.set_attr("type", "submit");
+        for f in x.children.iter_mut() {
+            if let crate::element::Node::Element(f) = f {
+                if f.attr("var") == Some("muc#request_allow") {
+                    f.children.clear();
+                    f.push_child(Element::new("value", ns::DATA_FORMS).with_text("true"));
+                }
+            }
+        }
+        assert_eq!(
+            parse_voice_form(&form),
+            Some(VoiceForm::Decision {
+                nick: "nick".into(),
+                allow: true
+            })
+        );
+        assert_eq!(
+            parse_voice_form(&el("<message xmlns='jabber:client'/>")),
+            None
+        );
     }
 
     #[test]

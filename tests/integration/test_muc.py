@@ -368,7 +368,8 @@ async def test_kick_ban_voice(server):
         to=room,
     )
     assert r.get("type") == "result", xml_str(r)
-    p = await bob.expect(lambda e: e.get("from") == f"{room}/bob" and item(e).get("role") == "participant", what="voice")
+    p = await bob.expect(lambda e: e.get("from") == f"{room}/bob" and item(e) is not None
+                         and item(e).get("role") == "participant", what="voice")
     await groupchat(bob, room, "thanks")
     await owner.expect(is_groupchat("thanks"), what="bob speaks")
     # A participant may not kick.
@@ -376,6 +377,30 @@ async def test_kick_ban_voice(server):
         f"<query xmlns='{NS_ADMIN}'><item nick='owner' role='none'/></query>", type_="set", to=room
     )
     assert stanza_error(r)[1] in ("forbidden", "not-allowed"), xml_str(r)
+    # A voice request (§7.13) reaches the moderator as a form; approving it (§8.6) grants
+    # the voice, as the owner's revocation and a new request show.
+    r = await owner.iq(
+        f"<query xmlns='{NS_ADMIN}'><item nick='bob' role='visitor'/></query>", type_="set", to=room
+    )
+    assert r.get("type") == "result", xml_str(r)
+    await bob.expect(lambda e: e.get("from") == f"{room}/bob" and item(e) is not None
+                     and item(e).get("role") == "visitor", what="voice revoked")
+    req = (f"<x xmlns='{NS_DATA}' type='submit'><field var='FORM_TYPE'>"
+           f"<value>{NS_MUC}#request</value></field>"
+           f"<field var='muc#role'><value>participant</value></field></x>")
+    await bob.send(f"<message to='{room}'>{req}</message>")
+    m = await owner.expect(lambda e: e.tag == q("message") and e.find(f"{{{NS_DATA}}}x") is not None,
+                           what="the voice request form")
+    fields = {f.get("var"): f.findtext(f"{{{NS_DATA}}}value") for f in m.iter(f"{{{NS_DATA}}}field")}
+    assert fields["muc#roomnick"] == "bob" and fields["muc#jid"] == bob.jid, fields
+    await owner.send(
+        f"<message to='{room}'><x xmlns='{NS_DATA}' type='submit'>"
+        f"<field var='FORM_TYPE'><value>{NS_MUC}#request</value></field>"
+        f"<field var='muc#roomnick'><value>bob</value></field>"
+        f"<field var='muc#request_allow'><value>true</value></field></x></message>"
+    )
+    await bob.expect(lambda e: e.get("from") == f"{room}/bob" and item(e) is not None
+                     and item(e).get("role") == "participant", what="voice granted by the approval")
     # Kick (§8.2): 307, 110 to the kicked.
     r = await owner.iq(
         f"<query xmlns='{NS_ADMIN}'><item nick='bob' role='none'><reason>out</reason></item></query>",

@@ -746,6 +746,9 @@ impl<'a> Room<'a> {
         if let Some(target) = nick {
             return self.private_message(from, to, sender, target, stanza);
         }
+        if let Some(form) = muc::parse_voice_form(&stanza) {
+            return self.voice_form(from, to, sender, form, &stanza);
+        }
         let invites = muc::parse_invites(&stanza);
         if !invites.is_empty() {
             return self.invite(from, to, sender, &invites, &stanza);
@@ -759,8 +762,54 @@ impl<'a> Room<'a> {
             let room = self.jid.to_string();
             return self.send(m, &room, &inviter.to_string());
         }
-        // Anything else to the bare room (voice requests) is not handled yet.
+        // Anything else to the bare room (registration, ...) is not handled.
         self.reply_error(&stanza, from, to, Cond::FeatureNotImplemented);
+    }
+
+    /// §7.13: a visitor's voice request goes to every moderator as a form; §8.6: a
+    /// moderator's approval grants the voice.
+    fn voice_form(
+        &mut self,
+        from: &Jid,
+        to: &Jid,
+        sender: Option<String>,
+        form: muc::VoiceForm,
+        stanza: &Element,
+    ) {
+        let Some(sender) = sender else {
+            return self.reply_error(stanza, from, to, Cond::NotAcceptable);
+        };
+        let role = self.occupants.get(&sender).map_or(Role::None, |o| o.role);
+        match form {
+            muc::VoiceForm::Request => {
+                if role != Role::Visitor {
+                    // Only visitors lack voice.
+                    return;
+                }
+                let jid = from.to_string();
+                let moderators: Vec<String> = self
+                    .occupants
+                    .values()
+                    .filter(|o| o.role == Role::Moderator)
+                    .flat_map(|o| o.sessions())
+                    .collect();
+                let room = self.jid.to_string();
+                for m in moderators {
+                    let mut f = muc::voice_request_form(&jid, &sender);
+                    f.set_attr("id", format!("voice-{}", self.now_ms));
+                    self.send(f, &room, &m);
+                }
+            }
+            muc::VoiceForm::Decision { nick, allow } => {
+                if role != Role::Moderator {
+                    return self.reply_error(stanza, from, to, Cond::Forbidden);
+                }
+                let is_visitor = self.occupants.get(&nick).map(|o| o.role) == Some(Role::Visitor);
+                if allow && is_visitor {
+                    self.set_role(&nick, Role::Participant, Some(sender), None);
+                }
+            }
+        }
     }
 
     fn too_big(&self, stanza: &Element) -> bool {
