@@ -372,6 +372,13 @@ async def test_kick_ban_voice(server):
                          and item(e).get("role") == "participant", what="voice")
     await groupchat(bob, room, "thanks")
     await owner.expect(is_groupchat("thanks"), what="bob speaks")
+    # The moderator and participant lists (§9.8, §8.5), for moderators only.
+    r = await owner.iq(f"<query xmlns='{NS_ADMIN}'><item role='moderator'/></query>", to=room)
+    assert [i.get("nick") for i in r.iter(f"{{{NS_ADMIN}}}item")] == ["owner"], xml_str(r)
+    r = await owner.iq(f"<query xmlns='{NS_ADMIN}'><item role='participant'/></query>", to=room)
+    assert [i.get("nick") for i in r.iter(f"{{{NS_ADMIN}}}item")] == ["bob"], xml_str(r)
+    r = await bob.iq(f"<query xmlns='{NS_ADMIN}'><item role='moderator'/></query>", to=room)
+    assert stanza_error(r)[1] == "forbidden", xml_str(r)
     # A participant may not kick.
     r = await bob.iq(
         f"<query xmlns='{NS_ADMIN}'><item nick='owner' role='none'/></query>", type_="set", to=room
