@@ -257,6 +257,9 @@ impl AccountShard {
         if room.meta.is_none() {
             return Ok(());
         }
+        room.next_seq = get(room::KEY_SEQ)?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         room.affs = match get(room::KEY_AFF)? {
             Some(a) => serde_json::from_str(&a).map_err(|e| e.to_string())?,
             None => Default::default(),

@@ -5,7 +5,8 @@
 //! shard's Raft log in a cluster) and routes the stanzas.
 //!
 //! Stored entries (module `muc`, user = the room's bare JID):
-//! - `room`: [`Meta`] (configuration, lock, subject, occupant-id secret, history counter);
+//! - `room`: [`Meta`] (configuration, lock, subject, occupant-id secret);
+//! - `seq`: the sequence number of the next history entry;
 //! - `aff`: the affiliations (bare JID → affiliation);
 //! - `o:<nick>`: an [`Occupant`] (its sessions' real full JIDs, role, last presence): occupants are
 //!   persisted so that a new leader of the shard serves the room with them at once;
@@ -34,8 +35,6 @@ pub struct Meta {
     /// across rooms).
     pub secret: String,
     pub subject: Option<Subject>,
-    /// Sequence number of the next history entry.
-    pub next_seq: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +94,8 @@ pub struct HistoryEntry {
 
 pub const KEY_META: &str = "room";
 pub const KEY_AFF: &str = "aff";
+/// The sequence number of the next history entry.
+pub const KEY_SEQ: &str = "seq";
 pub const OCCUPANT_PREFIX: &str = "o:";
 pub const HISTORY_PREFIX: &str = "h:";
 
@@ -138,6 +139,8 @@ pub struct Room<'a> {
     pub occupants: BTreeMap<String, Occupant>,
     /// The kept history, oldest first (loaded for presence only: joins need it).
     pub history: Vec<HistoryEntry>,
+    /// The sequence number of the next history entry (`seq`).
+    pub next_seq: u64,
     now_ms: u64,
     fx: Effects,
 }
@@ -162,6 +165,7 @@ impl<'a> Room<'a> {
             affs: BTreeMap::new(),
             occupants: BTreeMap::new(),
             history: Vec::new(),
+            next_seq: 0,
             now_ms,
             fx: Effects::default(),
         }
@@ -499,7 +503,6 @@ impl<'a> Room<'a> {
                 locked: request.is_some(),
                 secret: secret(),
                 subject: None,
-                next_seq: 0,
             });
             self.affs.clear();
             self.affs
@@ -850,7 +853,7 @@ impl<'a> Room<'a> {
         // XEP-0359 §3 and XEP-0421 §4: forged ids go; the room stamps its own.
         proto::stanza_id::strip_forged(&mut stanza, &room);
         stanza.remove_children(|c| c.is("occupant-id", ns::OCCUPANT_ID));
-        let seq = self.meta().map_or(0, |m| m.next_seq);
+        let seq = self.next_seq;
         let id = format!("{}-{seq}", self.now_ms);
         proto::stanza_id::add(&mut stanza, &room, &id);
         stanza.push_child(
@@ -862,10 +865,11 @@ impl<'a> Room<'a> {
         if has_body {
             // History: the last `max_history` messages with a body (§7.2.15); chat states
             // and subject changes are not history.
-            if let Some(m) = self.meta.as_mut() {
-                m.next_seq += 1;
-            }
-            self.put_meta();
+            // The counter has a key of its own: a message rewrites a number, not the room.
+            self.next_seq += 1;
+            self.fx
+                .writes
+                .push((KEY_SEQ.into(), Some(self.next_seq.to_string())));
             if self.settings.max_history > 0 {
                 let entry = HistoryEntry {
                     ms: self.now_ms,
@@ -1483,6 +1487,11 @@ mod tests {
                 .entries
                 .get(KEY_META)
                 .and_then(|m| serde_json::from_str(m).ok());
+            room.next_seq = self
+                .entries
+                .get(KEY_SEQ)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
             room.affs = self
                 .entries
                 .get(KEY_AFF)
