@@ -273,6 +273,11 @@ fn route(method: &Method, path: &str, body: &[u8]) -> Result<AdminRequest, (Stat
         (&Method::GET, ["stats"]) => AdminRequest::Stats,
         (&Method::GET, ["cluster"]) => AdminRequest::ClusterStatus,
         (&Method::GET, ["cluster", "routes"]) => AdminRequest::ClusterRoutes,
+        (&Method::GET, ["muc", "rooms"]) => AdminRequest::MucList,
+        (&Method::DELETE, ["muc", "rooms", room]) => AdminRequest::MucDestroy {
+            room: decoded(room),
+            reason: None,
+        },
         (&Method::POST, ["cluster", "leave"]) => {
             let l: Leave = if body.is_empty() {
                 Leave::default()
@@ -433,6 +438,12 @@ mod tests {
             route(&Method::POST, "/api", br#"{"op":"user_list"}"#).unwrap(),
             AdminRequest::UserList
         ));
+        assert!(matches!(
+            route(&Method::GET, "/api/muc/rooms", b"").unwrap(),
+            AdminRequest::MucList
+        ));
+        let r = route(&Method::DELETE, "/api/muc/rooms/r%40conference.x", b"").unwrap();
+        assert!(matches!(r, AdminRequest::MucDestroy { room, .. } if room == "r@conference.x"));
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> hyper::HeaderMap {

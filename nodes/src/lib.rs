@@ -13,6 +13,7 @@ pub mod listener;
 pub mod log_throttle;
 pub mod metrics;
 pub mod modules;
+pub mod muc;
 pub mod node;
 pub mod route;
 pub mod router;

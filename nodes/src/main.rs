@@ -71,6 +71,23 @@ enum Command {
         #[command(subcommand)]
         command: MamCommand,
     },
+    /// Group chat rooms (XEP-0045, `[modules.muc]`), through the running node.
+    Muc {
+        #[command(subcommand)]
+        command: MucCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MucCommand {
+    /// Every room: JID, whether the directory lists it, name.
+    List,
+    /// Destroy a room; its occupants are told, with the reason.
+    Destroy {
+        room: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -198,6 +215,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mam { command } => {
             mam_command(&settings, &admin_target(&cli_api, &settings), command)
         }
+        Command::Muc { command } => muc_command(&admin_target(&cli_api, &settings), command),
     }
 }
 
@@ -509,12 +527,47 @@ fn offline(settings: &Settings, request: &AdminRequest) -> anyhow::Result<AdminR
         | AdminRequest::ClusterRoutes
         | AdminRequest::ClusterLeave { .. }
         | AdminRequest::ClusterJoin { .. }
-        | AdminRequest::MamPurge { .. } => {
+        | AdminRequest::MamPurge { .. }
+        | AdminRequest::MucList
+        | AdminRequest::MucDestroy { .. } => {
             return Ok(AdminResponse::err("the node is not running"))
         }
     };
     store.flush()?;
     Ok(response.unwrap_or_else(AdminResponse::err))
+}
+
+fn muc_command(target: &AdminTarget, command: MucCommand) -> anyhow::Result<()> {
+    let request = match &command {
+        MucCommand::List => AdminRequest::MucList,
+        MucCommand::Destroy { room, reason } => AdminRequest::MucDestroy {
+            room: room.clone(),
+            reason: reason.clone(),
+        },
+    };
+    let Some(response) = target.request(&request)? else {
+        bail!("the node is not running (muc commands go through a running node)");
+    };
+    let result = succeeded(response)?;
+    match command {
+        MucCommand::List => {
+            for room in result
+                .and_then(|r| r.as_array().cloned())
+                .unwrap_or_default()
+            {
+                let jid = room.get("jid").and_then(|v| v.as_str()).unwrap_or_default();
+                let public = room.get("public").and_then(|v| v.as_bool()) == Some(true);
+                let name = room
+                    .get("name")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default();
+                let listed = if public { "public" } else { "hidden" };
+                println!("{jid}\t{listed}\t{name}");
+            }
+        }
+        MucCommand::Destroy { room, .. } => println!("{room}: destroyed"),
+    }
+    Ok(())
 }
 
 fn mam_command(

@@ -52,6 +52,9 @@ pub struct Metrics {
     pub mam_deleted: IntCounterVec,
     pub mam_rows: IntGauge,
     pub mam_pending_bytes: IntGauge,
+    pub muc_rooms: IntCounterVec,
+    pub muc_occupants: IntCounterVec,
+    pub muc_messages: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -168,6 +171,28 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Unacknowledged stanzas: retransmitted after a resumption, or handled at a \
              session's end without resumption (rerouted to the account, bounced, dropped).",
             &["outcome"],
+        ),
+        muc_rooms: counter(
+            &r,
+            "switchboard_muc_rooms_total",
+            "Group chat rooms (XEP-0045) created and destroyed by the shards this node leads, \
+             by event (created, destroyed).",
+            &["event"],
+        ),
+        muc_occupants: counter(
+            &r,
+            "switchboard_muc_occupants_total",
+            "Occupants that entered and left rooms served by this node, by event (joined, \
+             left).",
+            &["event"],
+        ),
+        muc_messages: counter(
+            &r,
+            "switchboard_muc_messages_total",
+            "Groupchat messages reflected by rooms served by this node (received), and the \
+             stanzas the rooms sent (delivered: one per occupant and reflection, presence \
+             and errors included).",
+            &["kind"],
         ),
         mam_archived: counter(
             &r,

@@ -135,6 +135,10 @@ impl Element {
         self.children.push(Node::Element(child));
         self
     }
+    /// Append a child element.
+    pub fn push_child(&mut self, child: Element) {
+        self.children.push(Node::Element(child));
+    }
     /// Builder-style: append a text node.
     pub fn with_text(mut self, text: impl Into<String>) -> Element {
         self.append_text(text);

@@ -15,6 +15,7 @@ pub mod error;
 pub mod im;
 pub mod jid;
 pub mod mam;
+pub mod muc;
 pub mod negotiation;
 pub mod ns;
 pub mod privacy;

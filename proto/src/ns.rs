@@ -59,3 +59,21 @@ pub const OMEMO_LEGACY: &str = "eu.siacs.conversations.axolotl";
 pub const OMEMO: &str = "urn:xmpp:omemo:2";
 /// XEP-0373: OpenPGP for XMPP.
 pub const OPENPGP: &str = "urn:xmpp:openpgp:0";
+/// XEP-0045: Multi-User Chat (the join element).
+pub const MUC: &str = "http://jabber.org/protocol/muc";
+/// XEP-0045: occupant presence, status codes, invitations (`<x/>` in presence and messages).
+pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+/// XEP-0045 §8–§9: moderator and admin lists (roles, affiliations).
+pub const MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
+/// XEP-0045 §10: owner use cases (configuration, destroy).
+pub const MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
+/// XEP-0045 §15.5.3: the FORM_TYPE of the room configuration form.
+pub const MUC_ROOMCONFIG: &str = "http://jabber.org/protocol/muc#roomconfig";
+/// XEP-0045 §15.5.4: the FORM_TYPE of the room information form (disco#info).
+pub const MUC_ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
+/// XEP-0421: Anonymous unique occupant identifiers.
+pub const OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
+/// XEP-0410: MUC Self-Ping (the disco feature).
+pub const MUC_SELF_PING: &str = "http://jabber.org/protocol/muc#self-ping-optimization";
+/// XEP-0249: Direct MUC Invitations.
+pub const CONFERENCE: &str = "jabber:x:conference";

@@ -18,7 +18,7 @@ SERVERINFO = "http://jabber.org/network/serverinfo"
 
 ALL_MODULES = ["roster", "offline", "disco", "ping", "version", "last", "time",
                "contact_addresses", "blocking", "privacy", "pep", "carbons", "csi", "private", "vcard",
-               "mam", "stream_management"]
+               "mam", "muc", "stream_management"]
 
 
 async def disco_features(c, to: str) -> tuple[set[str], object]:

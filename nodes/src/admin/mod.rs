@@ -28,6 +28,8 @@ pub struct AdminServer {
     pub cluster: Option<Cluster>,
     /// The IM shards (account data is deleted through them in a cluster).
     pub im: crate::im::AccountShards,
+    /// The group chat services' domains (`[modules.muc]`; empty when it is disabled).
+    pub muc_domains: Vec<String>,
     pub started: std::time::Instant,
 }
 
@@ -192,6 +194,45 @@ impl AdminServer {
                 },
                 Err(e) => AdminResponse::err(e),
             },
+            AdminRequest::MucList => {
+                let mut out = Vec::new();
+                for domain in &self.muc_domains {
+                    let probes = crate::muc::probes(&self.im, domain);
+                    for (jid, entry) in crate::muc::rooms(self.im.clone(), probes).await {
+                        out.push(serde_json::json!({
+                            "jid": jid,
+                            "name": entry.name,
+                            "public": entry.public,
+                        }));
+                    }
+                }
+                AdminResponse::ok(Some(out.into()))
+            }
+            AdminRequest::MucDestroy { room, reason } => {
+                let room = match proto::jid::Jid::parse(&room) {
+                    Ok(j)
+                        if j.local().is_some()
+                            && self.muc_domains.iter().any(|d| d == j.domain()) =>
+                    {
+                        j.to_bare()
+                    }
+                    _ => {
+                        return AdminResponse::err(format!(
+                            "{room}: not a room of this node's group chat services"
+                        ))
+                    }
+                };
+                let destroy = crate::im::muc::MucDestroy {
+                    room: room.clone(),
+                    reason,
+                };
+                match self.im.ask(&room, destroy).await {
+                    Ok(Ok(true)) => AdminResponse::ok(Some(room.to_string().into())),
+                    Ok(Ok(false)) => AdminResponse::err(format!("{room}: no such room")),
+                    Ok(Err(e)) => AdminResponse::err(e),
+                    Err(e) => AdminResponse::err(e),
+                }
+            }
             AdminRequest::SessionKick { jid } => match users.account_jid(&jid) {
                 Ok(bare) => {
                     self.router.do_send(KickAccount {

@@ -53,6 +53,14 @@ pub enum AdminRequest {
     MamPurge {
         jid: String,
     },
+    /// Every group chat room (XEP-0045) of the node's services: JID, name, public.
+    MucList,
+    /// Destroy a room; its occupants are told (XEP-0045 §10.9), with the reason.
+    MucDestroy {
+        room: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

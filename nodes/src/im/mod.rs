@@ -8,6 +8,7 @@
 mod archive;
 mod blocking;
 pub mod messages;
+pub mod muc;
 mod offline;
 mod presence;
 mod privacy;

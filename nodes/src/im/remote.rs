@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::messages::*;
+use super::muc::{MucDestroy, MucDirectory, MucStanza};
 use super::{AccountShard, AccountShards};
 use crate::cluster::messages::{ImReply, ImRequest, Push};
 use crate::cluster::NodeId;
@@ -143,6 +144,9 @@ im_operations! {
     ContactAvailable => |m| m.user.to_bare();
     ArchiveAppend => |m| m.user.to_bare();
     ArchivePurge => |m| m.user.to_bare();
+    MucStanza => |m| m.room.to_bare();
+    MucDirectory => |m| m.probe.to_bare();
+    MucDestroy => |m| m.room.to_bare();
 }
 
 /// A peer's one-way IM operation. If this node no longer leads the account's shard, it is

@@ -39,7 +39,7 @@ impl Module for Disco {
             return IqOutcome::Error(StanzaErrorCondition::NotAllowed);
         }
         if req.payload.ns == ns::DISCO_ITEMS {
-            return items(req);
+            return items(req, registry);
         }
         info(req, registry)
     }
@@ -96,10 +96,18 @@ fn info(req: &IqRequest<'_>, registry: &Registry) -> IqOutcome {
     IqOutcome::Result(Some(el))
 }
 
-fn items(req: &IqRequest<'_>) -> IqOutcome {
+fn items(req: &IqRequest<'_>, registry: &Registry) -> IqOutcome {
     if req.payload.attr("node").is_some() {
         return IqOutcome::Error(StanzaErrorCondition::ItemNotFound);
     }
-    // No components or services are attached yet.
-    IqOutcome::Result(Some(Element::new("query", ns::DISCO_ITEMS)))
+    let mut query = Element::new("query", ns::DISCO_ITEMS);
+    // XEP-0030 §4 / XEP-0045 §6.1: the services on the server's own subdomains, found by
+    // clients through the server's items.
+    if let (Some(muc), None) = (super::muc::get(registry), req.to.local()) {
+        query.push_child(
+            Element::new("item", ns::DISCO_ITEMS)
+                .with_attr("jid", muc.settings().service_domain(req.to.domain())),
+        );
+    }
+    IqOutcome::Result(Some(query))
 }

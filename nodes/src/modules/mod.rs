@@ -18,6 +18,7 @@ mod csi;
 mod disco;
 mod last;
 pub mod mam;
+pub mod muc;
 mod offline;
 pub mod pep;
 mod ping;
@@ -67,6 +68,8 @@ const MODULES: &[fn() -> Box<dyn Module>] = &[
     private::module,
     vcard::module,
     mam::module,
+    // Group chat: rooms hosted by the account shards, served by a component.
+    muc::module,
     stream_management::module,
 ];
 

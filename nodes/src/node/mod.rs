@@ -209,6 +209,27 @@ where
             s2s_listeners,
         )?;
         router.do_send(crate::router::messages::AttachS2s(s2s.recipient()));
+        let mut muc_domains = Vec::new();
+        if let Some(muc) = crate::modules::muc::get(&modules) {
+            // XEP-0045: the group chat service of each served domain, on every node (each
+            // node's Router hands it what reaches its domain; the rooms act on their shards'
+            // leaders).
+            for served in domains.iter() {
+                let domain = muc.settings().service_domain(served);
+                let service = crate::muc::MucService::new(
+                    domain.clone(),
+                    domains.clone(),
+                    shards.clone(),
+                    router.clone().recipient(),
+                )
+                .start();
+                router.do_send(crate::router::messages::RegisterComponent {
+                    domain: domain.clone(),
+                    handle: service.recipient(),
+                });
+                muc_domains.push(domain);
+            }
+        }
         let ctx = Arc::new(C2sContext {
             policy: Arc::new(C2sPolicy {
                 domains: settings.domains.clone(),
@@ -245,6 +266,7 @@ where
             router,
             cluster: cluster.clone(),
             im: shards.clone(),
+            muc_domains,
             started: std::time::Instant::now(),
         });
         actix_rt::spawn(admin_server.clone().serve(admin_listener));
