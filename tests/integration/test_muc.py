@@ -683,9 +683,12 @@ async def test_iqs_to_occupants_are_forwarded(server):
     await bob.close()
 
 
-async def test_metrics_count_rooms_occupants_and_messages(server):
+async def test_metrics_count_rooms_occupants_and_messages(make_server):
     from test_metrics import scrape, value
 
+    # A node of its own: on the shared one, the rooms of earlier tests are still being
+    # left (and destroyed) while this one counts.
+    server = make_server(accounts=4)
     before = scrape(server)
     owner, room = await new_room(server, "metrics")
     bob = await login(server, server.account(), presence=True)
