@@ -7,7 +7,8 @@ conference.pro.fed.test towards sb.fed.test (Prosody's rooms').
 - A Prosody user joins a room of ours, sees the occupants with their `#user` items,
   chats (each body once for each party, the sender's reflection included), exchanges
   private messages through the room both ways and leaves; it is never taken for a
-  vanished occupant (no 333).
+  vanished occupant (no 333). When its server is killed, the room's next message to it
+  bounces and the room removes it with 333.
 - One of our users joins a Prosody room and chats with a Prosody occupant; when its
   session ends, its directed presence (RFC 6121 §4.6) tells the room it left.
 - The service's disco#info asked from Prosody is answered by our component, not by the
@@ -246,3 +247,44 @@ async def test_the_service_answers_disco_from_prosody(fed, clients):
     assert ("conference", "text") in identities, identities
     features = [f.get("var") for f in q.findall(f"{{{NS_DISCO_INFO}}}feature")]
     assert NS_MUC in features
+
+
+@pytest.fixture
+def own_fed(tmp_path):
+    """A pair of its own, for a test that stops Prosody."""
+    with sb_and_prosody(tmp_path, "selfsigned", accounts=2, muc=True) as (sb, prosody):
+        yield Fed("selfsigned", sb, prosody)
+
+
+@pytest.mark.timeout(180)
+async def test_a_remote_occupant_whose_server_is_gone_is_removed_with_333(own_fed):
+    """The other side of "no misfire": when the remote occupant's server really is gone,
+    the room's next message to it bounces (remote-server-not-found from our s2s) and the
+    room removes it with 333 (XEP-0045 §9.9 of 1.34)."""
+    pair, stop = clients_factory(own_fed)
+    try:
+        a, b = await pair()
+        room = f"gone@{SB_MUC}"
+        alice, bob = f"{room}/alice", f"{room}/bob"
+        join(a, alice)
+        await joined(a, alice)
+        await instant(a, room)
+        join(b, bob)
+        await joined(b, bob)
+        await wait_until(lambda: from_occupant(a, bob, "available"), 30, "bob at alice")
+        groupchat(a, room, "before prosody stops")
+        await exactly_once([a, b], "before prosody stops")
+        assert not [p for p in a.presences if "333" in codes(p)]
+
+        # Killed, so that nobody tells the room bob left (a clean stop would: Prosody sends
+        # his session's directed unavailable presence on the way out).
+        own_fed.peer.proc.kill()
+        own_fed.peer.proc.wait(timeout=10)
+        groupchat(a, room, "nobody at pro.fed.test")
+        await wait_until(
+            lambda: any("333" in codes(p) for p in from_occupant(a, bob, "unavailable")),
+            60, "bob removed with 333",
+        )
+        await exactly_once([a], "nobody at pro.fed.test")
+    finally:
+        await stop()
