@@ -260,9 +260,11 @@ end
 
 class Prosody:
     def __init__(self, workdir: Path, certs: Certs, routes: dict[str, tuple[str, int]],
-                 modules: tuple[str, ...] = ()):
+                 modules: tuple[str, ...] = (), muc: bool = False):
         """`modules`: Prosody modules to enable besides the few the federation checks need
-        (e.g. "pep" for OMEMO)."""
+        (e.g. "pep" for OMEMO). `muc`: a group chat service (Prosody's `muc` component)
+        on `conference.<domain>`, its rooms unlocked at creation (no configuration form
+        needed for an instant room)."""
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.domain = PROSODY_DOMAIN
@@ -279,6 +281,12 @@ class Prosody:
         ssl_global = f'ssl = {{ cafile = "{certs.ca}" }}\n' if certs.ca else ""
         secure_auth = "true" if certs.mode == "ca" else "false"
         extra_modules = "".join(f'; "{m}"' for m in modules)
+        self.muc_domain = f"conference.{self.domain}"
+        component = (f"""
+Component "{self.muc_domain}" "muc"
+	ssl = {{ certificate = "{certs.cert[self.domain]}"; key = "{certs.key[self.domain]}" }}
+	muc_room_locking = false
+""" if muc else "")
         self.config_path.write_text(f"""
 run_as_root = true
 pidfile = "{self.dir}/prosody.pid"
@@ -303,7 +311,7 @@ log = {{ debug = "{self.log_path}" }}
 
 VirtualHost "{self.domain}"
 	ssl = {{ certificate = "{certs.cert[self.domain]}"; key = "{certs.key[self.domain]}" }}
-""")
+{component}""")
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -784,13 +792,17 @@ class Fed:
 
 
 @contextlib.contextmanager
-def sb_and_peer(d: Path, mode: str, accounts: int, peer_domain: str, make_peer):
+def sb_and_peer(d: Path, mode: str, accounts: int, peer_domain: str, make_peer,
+                peer_subdomains: tuple[str, ...] = ()):
     """Our node (sb.fed.test) and a peer server (`make_peer(certs, sb)`, serving
-    `peer_domain`) routed to each other over s2s, running; both stopped at the end."""
+    `peer_domain`, and `peer_subdomains` such as its group chat service) routed to each
+    other over s2s, running; both stopped at the end."""
     certs = Certs(d / "certs", mode, [SB_DOMAIN, peer_domain])
     sb = make_sb(d / "sb", certs, routes={}, accounts=accounts)
     peer = make_peer(certs, sb)
-    sb.config["s2s"]["routes"] = {peer_domain: f"{peer.addr}:{peer.s2s_port}"}
+    sb.config["s2s"]["routes"] = {
+        dom: f"{peer.addr}:{peer.s2s_port}" for dom in (peer_domain, *peer_subdomains)
+    }
     sb.config_path.write_text(render_toml_nested(sb.config))
     peer.start()
     try:
@@ -805,11 +817,19 @@ def sb_and_peer(d: Path, mode: str, accounts: int, peer_domain: str, make_peer):
         sb.stop()
 
 
-def sb_and_prosody(d: Path, mode: str, accounts: int, modules: tuple[str, ...] = ()):
-    """`sb_and_peer` with a private Prosody (with `modules` besides the defaults)."""
+def sb_and_prosody(d: Path, mode: str, accounts: int, modules: tuple[str, ...] = (),
+                   muc: bool = False):
+    """`sb_and_peer` with a private Prosody (with `modules` besides the defaults). `muc`:
+    Prosody serves conference.pro.fed.test, and both group chat services are routed (ours
+    is conference.sb.fed.test, on by default)."""
+    routes = lambda sb: {  # noqa: E731
+        SB_DOMAIN: sb.s2s_addr,
+        **({f"conference.{SB_DOMAIN}": sb.s2s_addr} if muc else {}),
+    }
     return sb_and_peer(
         d, mode, accounts, PROSODY_DOMAIN,
-        lambda certs, sb: Prosody(d / "prosody", certs, routes={SB_DOMAIN: sb.s2s_addr}, modules=modules),
+        lambda certs, sb: Prosody(d / "prosody", certs, routes=routes(sb), modules=modules, muc=muc),
+        peer_subdomains=(f"conference.{PROSODY_DOMAIN}",) if muc else (),
     )
 
 

@@ -200,8 +200,19 @@ where
             serve_cluster(cluster, listener, &cluster_arbiter, &router, &shards)?;
         }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        // XEP-0045: the group chat service of each served domain. Its domain is one of
+        // ours for federation too: streams to it are accepted and its stanzas leave with
+        // it as the `from` domain (RFC 6120 §13.7, XEP-0220 §2.1).
+        let muc_domains: Vec<String> = match crate::modules::muc::get(&modules) {
+            Some(muc) => domains
+                .iter()
+                .map(|served| muc.settings().service_domain(served))
+                .collect(),
+            None => Vec::new(),
+        };
         let s2s = crate::s2s::start(
             &settings,
+            &muc_domains,
             dialback_secret,
             router.clone(),
             modules.clone(),
@@ -209,26 +220,20 @@ where
             s2s_listeners,
         )?;
         router.do_send(crate::router::messages::AttachS2s(s2s.recipient()));
-        let mut muc_domains = Vec::new();
-        if let Some(muc) = crate::modules::muc::get(&modules) {
-            // XEP-0045: the group chat service of each served domain, on every node (each
-            // node's Router hands it what reaches its domain; the rooms act on their shards'
-            // leaders).
-            for served in domains.iter() {
-                let domain = muc.settings().service_domain(served);
-                let service = crate::muc::MucService::new(
-                    domain.clone(),
-                    domains.clone(),
-                    shards.clone(),
-                    router.clone().recipient(),
-                )
-                .start();
-                router.do_send(crate::router::messages::RegisterComponent {
-                    domain: domain.clone(),
-                    handle: service.recipient(),
-                });
-                muc_domains.push(domain);
-            }
+        // The services run on every node (each node's Router hands them what reaches their
+        // domain; the rooms act on their shards' leaders).
+        for domain in &muc_domains {
+            let service = crate::muc::MucService::new(
+                domain.clone(),
+                domains.clone(),
+                shards.clone(),
+                router.clone().recipient(),
+            )
+            .start();
+            router.do_send(crate::router::messages::RegisterComponent {
+                domain: domain.clone(),
+                handle: service.recipient(),
+            });
         }
         let ctx = Arc::new(C2sContext {
             policy: Arc::new(C2sPolicy {

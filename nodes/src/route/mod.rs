@@ -122,8 +122,10 @@ pub fn decide(view: &impl RoutingView, from: &Jid, to: &Jid, stanza: &Element) -
     }
     if !view.is_local_domain(to.domain()) {
         // RFC 6120 §10.4: federation, or remote-server-not-found without it (and for
-        // non-local senders: this server relays nothing between two other domains).
-        if !view.federation() || !view.is_local_domain(from.domain()) {
+        // non-local senders: this server relays nothing between two other domains). Our
+        // components are local senders: a room's stanzas reach its remote occupants.
+        let local_sender = view.is_local_domain(from.domain()) || view.is_component(from.domain());
+        if !view.federation() || !local_sender {
             return bounce(stanza, StanzaErrorCondition::RemoteServerNotFound);
         }
         return vec![Delivery::S2s];

@@ -636,6 +636,49 @@ fn component_domain_takes_any_jid_at_it() {
 }
 
 #[test]
+fn a_component_sends_to_other_domains_over_s2s() {
+    // XEP-0045 over federation: a room's presence, groupchat and private messages reach its
+    // occupants on other servers; a remote component's stanzas are still not relayed.
+    let mut v = View::new();
+    v.components.push("conference.example.org");
+    for s in [
+        message(Some("groupchat")),
+        presence(None),
+        presence(Some("unavailable")),
+        message(Some("chat")),
+    ] {
+        assert_eq!(
+            decide(
+                &v,
+                &jid("room@conference.example.org/nick"),
+                &jid("mercutio@verona.lit/phone"),
+                &s
+            ),
+            vec![Delivery::S2s]
+        );
+    }
+    assert_eq!(
+        decide(
+            &v,
+            &jid("room@conference.verona.lit/nick"),
+            &jid("benvolio@mantua.lit/x"),
+            &message(Some("groupchat"))
+        ),
+        bounce(StanzaErrorCondition::RemoteServerNotFound)
+    );
+    v.federation = false;
+    assert_eq!(
+        decide(
+            &v,
+            &jid("room@conference.example.org/nick"),
+            &jid("mercutio@verona.lit/phone"),
+            &message(Some("groupchat"))
+        ),
+        bounce(StanzaErrorCondition::RemoteServerNotFound)
+    );
+}
+
+#[test]
 fn a_subdomain_without_component_is_another_domain() {
     let mut v = View::new();
     v.federation = false;

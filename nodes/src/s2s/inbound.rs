@@ -376,7 +376,11 @@ impl Inbound {
                     });
                 }
                 Action::Stanza { from, to, stanza } => {
-                    let to_server = to.local().is_none() && to.resource().is_none();
+                    // A component's own domain answers its IQs itself (the MUC service's
+                    // disco#info, XEP-0045 §6.2), through the Router.
+                    let to_server = to.local().is_none()
+                        && to.resource().is_none()
+                        && !self.shared.components.iter().any(|c| c == to.domain());
                     let request = matches!(stanza.attr("type"), Some("get" | "set"));
                     if stanza.name == "iq" && to_server && request {
                         self.server_iq(from, to, &stanza);

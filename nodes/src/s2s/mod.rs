@@ -5,6 +5,9 @@
 //! A stanza for a remote domain goes Router → [`S2sManager`] (`SendRemote`) → the outbound
 //! link task for (local domain, remote domain) → socket. Stanzas read on an inbound stream
 //! are checked against the domains authenticated on it and enter the Router as `RouteStanza`.
+//!
+//! Our domains here are the served domains and the components' (`conference.<domain>`): a
+//! room's stanza to a remote occupant leaves on a link whose local domain is the service's.
 
 pub mod dns;
 pub mod identity;
@@ -51,6 +54,9 @@ pub struct S2sShared {
     pub router: Addr<Router>,
     /// Answers IQs from remote entities to our domains (ping, disco, version).
     pub modules: Arc<crate::modules::Registry>,
+    /// Component domains among `policy.domains` (the group chat services): what reaches
+    /// them goes to the Router, which hands it to the component, IQs to their domain too.
+    pub components: Vec<String>,
     pub resolver: Option<TokioResolver>,
     pub shutdown: watch::Receiver<bool>,
     /// Remote domains whose outbound link is full: their inbound streams are not read.
@@ -94,6 +100,7 @@ pub fn bind_listeners(settings: &S2sSettings) -> anyhow::Result<Vec<Listener>> {
 /// arbiter). Call inside the actix system.
 pub fn start(
     settings: &Settings,
+    components: &[String],
     secret: [u8; 32],
     router: Addr<Router>,
     modules: Arc<crate::modules::Registry>,
@@ -135,7 +142,11 @@ pub fn start(
     let shared = Arc::new(S2sShared {
         settings: settings.s2s.clone(),
         policy: Arc::new(S2sPolicy {
-            domains: settings.domains.clone(),
+            // A component's domain (`conference.<domain>`) federates like a served one:
+            // peers open streams to it and it is the `from` of the streams carrying its
+            // stanzas, each authenticated on its own (dialback keys name it; SASL EXTERNAL
+            // needs it in our certificate).
+            domains: settings.domains.iter().chain(components).cloned().collect(),
             tls_required: settings.s2s.require_tls,
             dialback: settings.s2s.dialback,
             sasl_external: settings.s2s.sasl_external,
@@ -149,6 +160,7 @@ pub fn start(
         direct_connector: client(true)?,
         router,
         modules,
+        components: components.to_vec(),
         resolver,
         shutdown,
         backpressure: Arc::new(limits::Backpressure::default()),
