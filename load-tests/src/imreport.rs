@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::markdown::{self, ms, table};
 use crate::mixedreport::{self, MixedSummary};
+use crate::muc::{self, MucSummary};
 use crate::pep::{self, PepSummary};
 use crate::report::{reasons, CloseSummary, Distribution, LoginSummary, Summary};
 use crate::rosterwrites::rate_name;
@@ -29,6 +30,8 @@ pub enum Extra {
     Mixed(Box<MixedSummary>),
     #[serde(rename = "pep")]
     Pep(Box<PepSummary>),
+    #[serde(rename = "muc")]
+    Muc(Box<MucSummary>),
 }
 
 #[derive(Debug, Serialize)]
@@ -215,6 +218,7 @@ fn print(extra: &Extra) {
     match extra {
         Extra::Mixed(m) => mixedreport::print(m),
         Extra::Pep(p) => pep::print(p),
+        Extra::Muc(m) => muc::print(m),
         Extra::Roster(r) => {
             for s in &r.steps {
                 println!(
@@ -288,6 +292,7 @@ pub fn sections(extra: &Extra) -> String {
     match extra {
         Extra::Mixed(m) => out.push_str(&mixedreport::sections(m)),
         Extra::Pep(p) => out.push_str(&pep::sections(p)),
+        Extra::Muc(m) => out.push_str(&muc::sections(m)),
         Extra::Roster(r) => {
             let _ = writeln!(
                 out,
@@ -475,6 +480,7 @@ pub fn charts(extra: &Extra) -> Vec<(&'static str, String)> {
     match extra {
         Extra::Mixed(m) => charts = mixedreport::charts(m),
         Extra::Pep(p) => charts = pep::charts(p),
+        Extra::Muc(_) => {}
         Extra::Roster(r) => {
             if !r.timeline.is_empty() {
                 let acked = Series {
