@@ -14,16 +14,17 @@
 # highest rate sustained (messages/s and deliveries/s) and the nodes' CPU per delivered
 # message at each step.
 # Env: BIN (target/release/switchboard), LG (target/release/switchboard-loadgen), SIZES
-# ("100 1000"), RATES_100, RATES_1000 (or RATES for every size), STEP_SECS (5), DRAIN_SECS
-# (5), NODES (1 or 3), WORK (/tmp/sb-muc). Loopback only; every step bounded in time.
+# ("100 1000"), RATES_100, RATES_1000 (or RATES for every size), SENDERS (10: the occupants
+# that send, the others only receive), STEP_SECS (5), DRAIN_SECS (5), NODES (1 or 3), WORK (/tmp/sb-muc). Loopback only; every step bounded in time.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 ROUNDS=${1:-1}
 BIN=${BIN:-$ROOT/target/release/switchboard}
 LG=${LG:-$ROOT/target/release/switchboard-loadgen}
 SIZES=${SIZES:-100 1000}
-RATES_100=${RATES_100:-${RATES:-20,50,100,200,300,400,600,800,1000,1300,1600}}
-RATES_1000=${RATES_1000:-${RATES:-5,10,20,30,40,60,80,100,130,160}}
+RATES_100=${RATES_100:-${RATES:-50,100,200,300,400,500,600,700,800,1000,1300}}
+RATES_1000=${RATES_1000:-${RATES:-5,10,15,20,25,30,40,50,70,100}}
+SENDERS=${SENDERS:-10}
 STEP_SECS=${STEP_SECS:-5}
 DRAIN_SECS=${DRAIN_SECS:-5}
 NODES=${NODES:-1}
@@ -93,7 +94,7 @@ run_one() {  # run_one SIZE ROUND
   pidlist=$(IFS=,; echo "${pids[*]}")
   # shellcheck disable=SC2086
   timeout 900 taskset -c 1 "$LG" $servers --domain localhost --tls none --mech scram-sha-256 \
-    -n "$size" --json "$d/muc.json" --report "$d/report" muc --server-pids "$pidlist" \
+    -n "$size" --json "$d/muc.json" --report "$d/report" muc --server-pids "$pidlist" --senders "$SENDERS" \
     --rates "$rates" --step-secs "$STEP_SECS" --drain-secs "$DRAIN_SECS" --p99-limit-ms 100 \
     --stop-after 2 --setup-secs 120 > "$d/muc.txt" 2> "$d/muc.err" \
     || echo "size $size: loadgen exit $?"

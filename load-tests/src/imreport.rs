@@ -480,7 +480,7 @@ pub fn charts(extra: &Extra) -> Vec<(&'static str, String)> {
     match extra {
         Extra::Mixed(m) => charts = mixedreport::charts(m),
         Extra::Pep(p) => charts = pep::charts(p),
-        Extra::Muc(_) => {}
+        Extra::Muc(m) => charts = muc::charts(m),
         Extra::Roster(r) => {
             if !r.timeline.is_empty() {
                 let acked = Series {

@@ -199,6 +199,9 @@ enum Scenario {
         /// comma-separated); default: --server-pid.
         #[arg(long, value_delimiter = ',')]
         server_pids: Vec<u32>,
+        /// Occupants that send (the first ones); the others only receive.
+        #[arg(long, default_value_t = 10)]
+        senders: u32,
         #[command(flatten)]
         steps: StepArgs,
     },
@@ -710,8 +713,10 @@ fn work(
             ref rates,
             setup_secs,
             ref server_pids,
+            senders,
             ref steps,
         } => {
+            ensure!(senders >= 1, "--senders must be at least 1");
             let room = room
                 .clone()
                 .unwrap_or_else(|| format!("bench@conference.{domain}"));
@@ -729,6 +734,7 @@ fn work(
                 steps: steps.plan(rates, "messages")?,
                 setup: secs(setup_secs, "--setup-secs")?,
                 server_pids,
+                senders,
             })
         }
         Scenario::Churn {

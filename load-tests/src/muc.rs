@@ -5,8 +5,9 @@
 //! joins alone first: if it gets status 201 (§10.1.1, a new locked room) it accepts the
 //! default configuration (an instant room, §10.1.2: an empty submitted form) before the
 //! others join; the room is temporary and lives as long as its occupants. A user is ready
-//! once its own presence (from `room/nick`, §7.2.3) arrives. Then for each aggregate rate of
-//! `--rates` in turn the occupants together send that many groupchat messages per second for
+//! once its own presence (from `room/nick`, §7.2.3) arrives; the steps start once the joins'
+//! presence broadcasts have stopped arriving. Then for each aggregate rate of `--rates` in
+//! turn the first `--senders` occupants together send that many groupchat messages per second for
 //! `--step-secs`, the body carrying `TAG FROM SEQ SENT_US`; the room reflects each to every
 //! occupant, the sender included (§7.4), and each occupant measures its latency. After a
 //! step the run waits at most `--drain-secs` for its messages; later ones count as lost
@@ -36,6 +37,7 @@ use crate::presence::wait_ready;
 use crate::probe;
 use crate::ramp::{join_users, login_all, stopped, tally, End, Plan, Session};
 use crate::report::{Distribution, Outcome};
+use crate::svg::{bar_chart, Labels};
 use crate::system::{cpu_percent, cpu_time_of, cpu_us_per};
 use crate::xml;
 
@@ -45,6 +47,9 @@ const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 const ID_PREFIX: char = 'g';
 /// The creator's wait for its own presence and for the instant room's result.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
+/// After the joins, the steps start once no stanza came for this long (or after the most).
+const SETTLE_QUIET: Duration = Duration::from_millis(500);
+const SETTLE_MAX: Duration = Duration::from_secs(30);
 
 pub struct MucPlan {
     /// The room's bare JID.
@@ -54,6 +59,9 @@ pub struct MucPlan {
     pub setup: Duration,
     /// Server processes whose CPU is summed (a cluster's nodes).
     pub server_pids: Vec<u32>,
+    /// The occupants that send: the first `senders` users (the others only receive), so a
+    /// low rate in a large room is still a steady pace rather than a few random senders.
+    pub senders: u32,
 }
 
 #[derive(Default)]
@@ -81,6 +89,8 @@ struct Shared {
     p99_limit_us: u64,
     /// Groupchat messages of other runs (or without our marker).
     stale: AtomicU64,
+    /// Stanzas received while joining: the steps start once they stop coming.
+    inbound: AtomicU64,
 }
 
 #[derive(Default, Clone)]
@@ -114,6 +124,8 @@ pub struct MucSummary {
     /// The room was created by this run (status 201) and made an instant room.
     pub created: bool,
     pub occupants: u64,
+    /// Occupants that sent (the others only received).
+    pub senders: u64,
     pub not_ready: u64,
     pub setup_secs: f64,
     pub step_secs: u64,
@@ -278,6 +290,7 @@ pub async fn run(plan: &Plan, mp: MucPlan) -> anyhow::Result<(Outcome, MucSummar
         closed: AtomicUsize::new(0),
         p99_limit_us: mp.steps.p99_limit.as_micros() as u64,
         stale: AtomicU64::new(0),
+        inbound: AtomicU64::new(0),
     });
     let users = ramp.sessions.len() as u64;
     let mut sessions = ramp.sessions.into_iter();
@@ -300,10 +313,13 @@ pub async fn run(plan: &Plan, mp: MucPlan) -> anyhow::Result<(Outcome, MucSummar
     let (phase_tx, phase_rx) = watch::channel(None::<Phase>);
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    let sends = |s: &Session| s.index - plan.first < mp.senders;
     if let Some(s) = first {
+        let sender = sends(&s);
         tasks.spawn(user(
             s,
             true,
+            sender,
             shared.clone(),
             go_rx.clone(),
             phase_rx.clone(),
@@ -312,9 +328,11 @@ pub async fn run(plan: &Plan, mp: MucPlan) -> anyhow::Result<(Outcome, MucSummar
         ));
     }
     for s in sessions {
+        let sender = sends(&s);
         tasks.spawn(user(
             s,
             false,
+            sender,
             shared.clone(),
             go_rx.clone(),
             phase_rx.clone(),
@@ -325,8 +343,22 @@ pub async fn run(plan: &Plan, mp: MucPlan) -> anyhow::Result<(Outcome, MucSummar
     eprintln!("  {users} users joining {}", mp.room);
     let (ready, setup_secs) = wait_ready(&shared.ready, users, mp.setup).await;
     shared.occupants.store(ready, Ordering::Relaxed);
+    // N joins broadcast about N²/2 presences; the last ones are still on their way when the
+    // last occupant is in. Wait (at most SETTLE_MAX) until nothing came for SETTLE_QUIET.
+    let settle = Instant::now();
+    let mut last = shared.inbound.load(Ordering::Relaxed);
+    let mut quiet_since = Instant::now();
+    while settle.elapsed() < SETTLE_MAX && quiet_since.elapsed() < SETTLE_QUIET {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = shared.inbound.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+    }
+    let settle_secs = settle.elapsed().as_secs_f64();
     eprintln!(
-        "  {ready}/{users} occupants after {setup_secs:.2} s{}; {} steps of {} s at {:?} messages/s",
+        "  {ready}/{users} occupants after {setup_secs:.2} s{}, quiet after {settle_secs:.2} s more; {} steps of {} s at {:?} messages/s",
         if created { " (room created)" } else { "" },
         mp.steps.rates.len(),
         mp.steps.step.as_secs(),
@@ -337,7 +369,8 @@ pub async fn run(plan: &Plan, mp: MucPlan) -> anyhow::Result<(Outcome, MucSummar
     let mut ran: Vec<MucStepRun> = Vec::new();
     let mut stepper = Stepper::new(&mp.steps, phase_tx, shared.epoch, &shared.closed);
     for (k, &rate) in mp.steps.rates.iter().enumerate() {
-        let interval = Duration::from_secs_f64(ready.max(1) as f64 / f64::from(rate.max(1)));
+        let senders = ready.min(u64::from(mp.senders)).max(1);
+        let interval = Duration::from_secs_f64(senders as f64 / f64::from(rate.max(1)));
         let before = server_cpu(&mp.server_pids)?;
         let c = &shared.steps[k];
         let run = stepper
@@ -456,6 +489,7 @@ fn summarize(
         room: mp.room.clone(),
         created,
         occupants: ready,
+        senders: ready.min(u64::from(mp.senders)),
         not_ready: users - ready,
         setup_secs,
         step_secs: mp.steps.step.as_secs(),
@@ -481,9 +515,11 @@ fn summarize(
 
 /// One occupant: join (the creator has already), then send while a step runs and receive
 /// until told to stop. One not in the room when the steps start leaves.
+#[allow(clippy::too_many_arguments)]
 async fn user(
     mut session: Session,
     joined: bool,
+    sender: bool,
     shared: Arc<Shared>,
     mut go: watch::Receiver<Option<()>>,
     phase_rx: watch::Receiver<Option<Phase>>,
@@ -493,9 +529,16 @@ async fn user(
     let mut received = vec![Received::default(); shared.steps.len()];
     let failure = match enter(&mut session, joined, &shared, &mut go).await {
         Err(failure) => Some(failure),
-        Ok(()) => exchange(&mut session, &shared, phase_rx, &mut stop, &mut received)
-            .await
-            .err(),
+        Ok(()) => exchange(
+            &mut session,
+            sender,
+            &shared,
+            phase_rx,
+            &mut stop,
+            &mut received,
+        )
+        .await
+        .err(),
     };
     (session.end(failure, grace).await, received)
 }
@@ -526,8 +569,11 @@ async fn enter(
                     return Err(Failure::Timeout);
                 }
             }
-            el = session.conn.next_element(), if !joined => {
-                if own_presence(&el?, &occupant)? {
+            // Read on once in: the later joins' presence (§7.2.3) must not wait in the
+            // socket for the first step.
+            el = session.conn.next_element() => {
+                shared.inbound.fetch_add(1, Ordering::Relaxed);
+                if !joined && own_presence(&el?, &occupant)? {
                     joined = true;
                     shared.ready.fetch_add(1, Ordering::Relaxed);
                 }
@@ -543,6 +589,7 @@ fn session_nick(session: &Session) -> String {
 
 async fn exchange(
     session: &mut Session,
+    sender: bool,
     shared: &Shared,
     phase_rx: watch::Receiver<Option<Phase>>,
     stop: &mut watch::Receiver<bool>,
@@ -555,7 +602,7 @@ async fn exchange(
     loop {
         tokio::select! {
             _ = stopped(stop) => return Ok(()),
-            due = pacer.due(|batch, seq| compose(batch, shared, me, seq)) => {
+            due = pacer.due(|batch, seq| compose(batch, shared, me, seq)), if sender => {
                 let c = &shared.steps[due.step];
                 c.sent.fetch_add(due.count, Ordering::Relaxed);
                 c.expected.fetch_add(due.count * per_message, Ordering::Relaxed);
@@ -735,6 +782,27 @@ pub fn sections(m: &MucSummary) -> String {
     out
 }
 
+/// p50/p90/p99 per step.
+pub fn charts(m: &MucSummary) -> Vec<(&'static str, String)> {
+    if m.steps.is_empty() {
+        return Vec::new();
+    }
+    let categories: Vec<String> = m.steps.iter().map(|s| s.target_rate.to_string()).collect();
+    let pick = |f: fn(&Distribution) -> f64| -> Vec<f64> {
+        m.steps.iter().map(|s| f(&s.latency_ms)).collect()
+    };
+    let values = [pick(|d| d.p50), pick(|d| d.p90), pick(|d| d.p99)];
+    let labels = Labels {
+        title: "groupchat latency per step",
+        x: "target rate (messages/s)",
+        y: "latency (ms)",
+    };
+    vec![(
+        "muc-latency.svg",
+        bar_chart(&labels, &categories, &["p50", "p90", "p99"], &values),
+    )]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -750,6 +818,7 @@ mod tests {
             closed: AtomicUsize::new(0),
             p99_limit_us: 100_000,
             stale: AtomicU64::new(0),
+            inbound: AtomicU64::new(0),
         }
     }
 
