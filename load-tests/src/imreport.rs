@@ -1,5 +1,5 @@
 //! Summaries of the scenarios with a part of their own (the IM-data scenarios `roster-writes`
-//! and `offline-store`, `mixed` and `pep`): the common part (logins, sessions) is the usual
+//! and `offline-store`, `mixed`, `pep` and `muc`): the common part (logins, sessions) is the usual
 //! [`Summary`]; the scenario's own part is added to its stdout lines, its JSON (under
 //! `roster_writes`, `offline_store` or `mixed`) and its `report.md`, with charts of its own.
 

@@ -4,8 +4,8 @@
 //! copes with users that keep reconnecting (`churn`); how fast it writes per-user IM
 //! data: roster sets (`roster-writes`) and messages stored for offline users
 //! (`offline-store`); and how it carries a mobile carrier's mix of messages, presence
-//! changes and reconnects (`mixed`); and how PEP notifications fan out to contacts next to
-//! presence (`pep`).
+//! changes and reconnects (`mixed`); how PEP notifications fan out to contacts next to
+//! presence (`pep`); and how one group chat room fans out its messages (`muc`).
 //!
 //! Raw XML on the wire: a tiny scanner reads the few server replies a client needs.
 
