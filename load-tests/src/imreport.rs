@@ -1,7 +1,8 @@
 //! Summaries of the scenarios with a part of their own (the IM-data scenarios `roster-writes`
-//! and `offline-store`, `mixed`, `pep` and `muc`): the common part (logins, sessions) is the usual
-//! [`Summary`]; the scenario's own part is added to its stdout lines, its JSON (under
-//! `roster_writes`, `offline_store` or `mixed`) and its `report.md`, with charts of its own.
+//! and `offline-store`, `mixed`, `pep` and `muc`): the common part (logins, sessions) is the
+//! usual [`Summary`]; the scenario's own part is added to its stdout lines, its JSON (under
+//! `roster_writes`, `offline_store`, `mixed`, `pep` or `muc`) and its `report.md`, with charts
+//! of its own.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
