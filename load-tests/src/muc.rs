@@ -7,11 +7,11 @@
 //! others join; the room is temporary and lives as long as its occupants. A user is ready
 //! once its own presence (from `room/nick`, §7.2.3) arrives; the steps start once the joins'
 //! presence broadcasts have stopped arriving. Then for each aggregate rate of `--rates` in
-//! turn the first `--senders` occupants together send that many groupchat messages per second for
-//! `--step-secs`, the body carrying `TAG FROM SEQ SENT_US`; the room reflects each to every
-//! occupant, the sender included (§7.4), and each occupant measures its latency. After a
-//! step the run waits at most `--drain-secs` for its messages; later ones count as lost
-//! (`late`). A step is sustained if its p99 is below `--p99-limit-ms`, each message reached
+//! turn the first `--senders` occupants together send that many groupchat messages per
+//! second for `--step-secs`, the body carrying `TAG FROM SEQ SENT_US`; the room reflects each
+//! to every occupant, the sender included (§7.4), and each occupant measures its latency.
+//! After a step the run waits at most `--drain-secs` for its messages; later ones count as
+//! lost (`late`). A step is sustained if its p99 is below `--p99-limit-ms`, each message reached
 //! each occupant exactly once, no message was refused and at least 90 % of the target was
 //! offered. With `--server-pids` (or `--server-pid`) the CPU of the server processes (a
 //! cluster's, summed) is read around each step and its drain, and divided by the messages
