@@ -1,7 +1,8 @@
 //! Summaries of the scenarios with a part of their own (the IM-data scenarios `roster-writes`
-//! and `offline-store`, `mixed` and `pep`): the common part (logins, sessions) is the usual
-//! [`Summary`]; the scenario's own part is added to its stdout lines, its JSON (under
-//! `roster_writes`, `offline_store` or `mixed`) and its `report.md`, with charts of its own.
+//! and `offline-store`, `mixed`, `pep` and `muc`): the common part (logins, sessions) is the
+//! usual [`Summary`]; the scenario's own part is added to its stdout lines, its JSON (under
+//! `roster_writes`, `offline_store`, `mixed`, `pep` or `muc`) and its `report.md`, with charts
+//! of its own.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -12,6 +13,7 @@ use serde::Serialize;
 
 use crate::markdown::{self, ms, table};
 use crate::mixedreport::{self, MixedSummary};
+use crate::muc::{self, MucSummary};
 use crate::pep::{self, PepSummary};
 use crate::report::{reasons, CloseSummary, Distribution, LoginSummary, Summary};
 use crate::rosterwrites::rate_name;
@@ -29,6 +31,8 @@ pub enum Extra {
     Mixed(Box<MixedSummary>),
     #[serde(rename = "pep")]
     Pep(Box<PepSummary>),
+    #[serde(rename = "muc")]
+    Muc(Box<MucSummary>),
 }
 
 #[derive(Debug, Serialize)]
@@ -215,6 +219,7 @@ fn print(extra: &Extra) {
     match extra {
         Extra::Mixed(m) => mixedreport::print(m),
         Extra::Pep(p) => pep::print(p),
+        Extra::Muc(m) => muc::print(m),
         Extra::Roster(r) => {
             for s in &r.steps {
                 println!(
@@ -288,6 +293,7 @@ pub fn sections(extra: &Extra) -> String {
     match extra {
         Extra::Mixed(m) => out.push_str(&mixedreport::sections(m)),
         Extra::Pep(p) => out.push_str(&pep::sections(p)),
+        Extra::Muc(m) => out.push_str(&muc::sections(m)),
         Extra::Roster(r) => {
             let _ = writeln!(
                 out,
@@ -475,6 +481,7 @@ pub fn charts(extra: &Extra) -> Vec<(&'static str, String)> {
     match extra {
         Extra::Mixed(m) => charts = mixedreport::charts(m),
         Extra::Pep(p) => charts = pep::charts(p),
+        Extra::Muc(m) => charts = muc::charts(m),
         Extra::Roster(r) => {
             if !r.timeline.is_empty() {
                 let acked = Series {

@@ -4,8 +4,8 @@
 //! copes with users that keep reconnecting (`churn`); how fast it writes per-user IM
 //! data: roster sets (`roster-writes`) and messages stored for offline users
 //! (`offline-store`); and how it carries a mobile carrier's mix of messages, presence
-//! changes and reconnects (`mixed`); and how PEP notifications fan out to contacts next to
-//! presence (`pep`).
+//! changes and reconnects (`mixed`); how PEP notifications fan out to contacts next to
+//! presence (`pep`); and how one group chat room fans out its messages (`muc`).
 //!
 //! Raw XML on the wire: a tiny scanner reads the few server replies a client needs.
 
@@ -21,6 +21,7 @@ mod login;
 mod markdown;
 mod mixed;
 mod mixedreport;
+mod muc;
 mod offlinestore;
 mod pep;
 mod presence;
@@ -178,6 +179,29 @@ enum Scenario {
         /// Upper bound on setting up the subscriptions.
         #[arg(long, default_value_t = 60)]
         setup_secs: u64,
+        #[command(flatten)]
+        steps: StepArgs,
+    },
+    /// All users join one group chat room (XEP-0045; the first creates it as an instant
+    /// room); at stepped aggregate rates they send groupchat messages, and every occupant
+    /// measures the latency of each message the room reflects (the sender's own included).
+    Muc {
+        /// The room's bare JID (default: bench@conference.<domain>).
+        #[arg(long)]
+        room: Option<String>,
+        /// Aggregate groupchat messages/s offered by all occupants together, one step each.
+        #[arg(long, default_value = "10,20,50,100")]
+        rates: String,
+        /// Upper bound on all users joining the room.
+        #[arg(long, default_value_t = 60)]
+        setup_secs: u64,
+        /// Server processes whose CPU is summed per delivered message (a cluster's nodes,
+        /// comma-separated); default: --server-pid.
+        #[arg(long, value_delimiter = ',')]
+        server_pids: Vec<u32>,
+        /// Occupants that send (the first ones); the others only receive.
+        #[arg(long, default_value_t = 10)]
+        senders: u32,
         #[command(flatten)]
         steps: StepArgs,
     },
@@ -502,6 +526,7 @@ enum Work {
     OfflineStore(offlinestore::OfflinePlan),
     Mixed(mixed::MixedPlan),
     Pep(pep::PepPlan),
+    Muc(muc::MucPlan),
 }
 
 fn millis(value: u64, what: &str) -> anyhow::Result<Duration> {
@@ -554,6 +579,7 @@ fn work(
     servers: usize,
     users: u32,
     server_pid: Option<u32>,
+    domain: &str,
 ) -> anyhow::Result<Work> {
     Ok(match *scenario {
         Scenario::Idle { hold_secs } => Work::Idle {
@@ -680,6 +706,35 @@ fn work(
                 steps: steps.plan(rates, "events")?,
                 setup: secs(setup_secs, "--setup-secs")?,
                 server_pid,
+            })
+        }
+        Scenario::Muc {
+            ref room,
+            ref rates,
+            setup_secs,
+            ref server_pids,
+            senders,
+            ref steps,
+        } => {
+            ensure!(senders >= 1, "--senders must be at least 1");
+            let room = room
+                .clone()
+                .unwrap_or_else(|| format!("bench@conference.{domain}"));
+            ensure!(
+                room.contains('@') && !room.contains('/'),
+                "--room must be a bare JID (room@service)"
+            );
+            let server_pids = if server_pids.is_empty() {
+                server_pid.into_iter().collect()
+            } else {
+                server_pids.clone()
+            };
+            Work::Muc(muc::MucPlan {
+                room,
+                steps: steps.plan(rates, "messages")?,
+                setup: secs(setup_secs, "--setup-secs")?,
+                server_pids,
+                senders,
             })
         }
         Scenario::Churn {
@@ -835,7 +890,13 @@ fn work(
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let c = &cli.common;
-    let work = work(&cli.scenario, c.server.len(), c.users, c.server_pid)?;
+    let work = work(
+        &cli.scenario,
+        c.server.len(),
+        c.users,
+        c.server_pid,
+        &c.domain,
+    )?;
     // `pep`'s clients announce their entity capabilities from the start (XEP-0115 §4).
     let initial_presence = match work {
         Work::Pep(_) => pep::Caps::new().initial_presence(),
@@ -887,6 +948,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (outcome, summary) = pep::run(&plan, pep_plan).await?;
             extra = Some(imreport::Extra::Pep(Box::new(summary)));
             ("pep", outcome)
+        }
+        Work::Muc(muc_plan) => {
+            let (outcome, summary) = muc::run(&plan, muc_plan).await?;
+            extra = Some(imreport::Extra::Muc(Box::new(summary)));
+            ("muc", outcome)
         }
         Work::Mixed(mixed_plan) => {
             let (outcome, summary) = mixed::run(&plan, mixed_plan).await?;

@@ -516,3 +516,39 @@ def test_pep_and_presence_fan_out(loadgen, node, tmp_path):
     p = fan_out("pep", "provisioned", "pep")
     # Every publish was answered with a result.
     assert all(s["acked"] == s["sent"] for s in p["steps"]), p
+
+
+def test_muc_room_fan_out(loadgen, node, tmp_path):
+    """`muc` on accounts of its own (lg501..lg505): the first joins alone, gets status 201 and
+    makes the new room an instant one (XEP-0045 §10.1.2); the others join; then at two rates
+    every groupchat message must come back once to each of the five occupants, the sender
+    included (§7.4), with nothing lost, late, duplicated or refused."""
+    first, n = 501, 5
+    add_users(node, first, n)
+    data = run_loadgen(
+        loadgen,
+        node,
+        tmp_path,
+        [
+            "--server", f"127.0.0.1:{node.c2s_port}",
+            "-n", str(n), "--first", str(first),
+            "--server-pid", str(node.proc.pid),
+            "muc", "--room", "smoke@conference.localhost",
+            "--rates", "5,10", "--step-secs", "1", "--drain-secs", "5", "--setup-secs", "10",
+            "--stop-after", "0",
+        ],
+    )
+    m = data["muc"]
+    assert m["room"] == "smoke@conference.localhost" and m["created"] is True, m
+    assert m["occupants"] == n and m["not_ready"] == 0, m
+    assert [s["target_rate"] for s in m["steps"]] == [5, 10], m
+    for s in m["steps"]:
+        assert s["sent"] > 0 and s["lost"] == 0 and s["late"] == 0, s
+        assert s["expected"] == s["sent"] * n == s["delivered"], s
+        assert s["delivered_to_self"] == s["sent"], s
+        assert s["duplicates"] == 0 and s["errors"] == 0 and s["sustained"], s
+        # 10 ms ticks: a small step may cost none.
+        assert s["server_cpu_us_per_delivery"] >= 0, s
+    assert m["sent"] == sum(s["sent"] for s in m["steps"]), m
+    assert m["stale"] == 0 and m["latency_ms"]["count"] == m["delivered"] == m["sent"] * n, m
+    assert m["server_pids"] == [node.proc.pid], m
