@@ -12,11 +12,6 @@ use nodes::admin::roster_import::{RosterImportItem, RosterImportOutcome};
 use nodes::config::{ConfigError, Settings};
 use nodes::{modules, node, users};
 
-/// mimalloc rather than glibc's malloc: a node allocates and frees small buffers for every
-/// stanza on many threads, where glibc spent a fifth of a busy node's CPU (issue 19).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "switchboard", version, about = "A clustered XMPP server")]
 struct Cli {
