@@ -134,11 +134,7 @@ impl Archiver {
     /// [`done`](Self::done).
     pub fn take_ready(&mut self, now: Instant) -> Vec<(usize, ArchiveAppend)> {
         let mut ready = Vec::new();
-        let in_flight = self
-            .shards
-            .values()
-            .filter(|q| q.in_flight.is_some())
-            .count();
+        let in_flight = self.in_flight();
         let Some(room) = MAX_IN_FLIGHT.checked_sub(in_flight).filter(|n| *n > 0) else {
             return ready;
         };
@@ -173,14 +169,18 @@ impl Archiver {
         ready
     }
 
+    /// Batches in flight now, over all shards.
+    fn in_flight(&self) -> usize {
+        self.shards
+            .values()
+            .filter(|q| q.in_flight.is_some())
+            .count()
+    }
+
     /// The earliest time a queued message may go, if any waits (for the Router's timer).
     /// `None` also while [`MAX_IN_FLIGHT`] batches are in flight: the next answer sends more.
     pub fn next_due(&self, now: Instant) -> Option<Instant> {
-        let in_flight = self
-            .shards
-            .values()
-            .filter(|q| q.in_flight.is_some())
-            .count();
+        let in_flight = self.in_flight();
         if in_flight >= MAX_IN_FLIGHT {
             return None;
         }
