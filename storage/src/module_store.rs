@@ -24,6 +24,7 @@
 //! of tree, [`ModTree`]; archive trees found in sled (written before) are moved into fjall
 //! when a placement is opened ([`ModuleStore::migrate_to_lsm`]).
 
+use std::borrow::Cow;
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,14 @@ pub(crate) type Write<'a> = (&'a str, &'a str, &'a str, Option<&'a str>);
 
 /// The modules written for every message, kept in fjall rather than sled (see the header).
 pub const LSM_MODULES: &[&str] = &["mam_archive", "mam_with"];
+
+/// One write of [`ModuleStore::put_lsm`]: to the tree `LSM_MODULES[part]`, under `key`
+/// (`user \0 key`, as [`entry_key`] makes it), `value` or, `None`, a removal.
+pub(crate) struct LsmWrite<'a> {
+    pub(crate) part: usize,
+    pub(crate) key: Vec<u8>,
+    pub(crate) value: Option<Cow<'a, [u8]>>,
+}
 
 /// How many entries one fjall batch moves or removes at a time (migration, clearing).
 const LSM_CHUNK: usize = 10_000;
@@ -241,40 +250,68 @@ impl ModuleStore {
     }
 
     /// Several [`ModuleStore::put`]s, `(module, user, key, payload)`, as one sled
-    /// transaction over the trees they touch (all or nothing), flushed once.
-    pub(crate) fn put_all(&self, writes: &[Write<'_>]) -> Result<(), StorageError> {
+    /// transaction over the trees they touch (all or nothing), flushed once, and with them
+    /// `lsm`, writes to the [`LSM_MODULES`] keyed already (the archived messages of a batch).
+    pub(crate) fn put_all<'a>(
+        &self,
+        writes: &[Write<'a>],
+        mut lsm: Vec<LsmWrite<'a>>,
+    ) -> Result<(), StorageError> {
         // The archive's writes go in one fjall batch (atomic, persisted once when durable);
         // the rest in one sled transaction. A batch mixing both (no caller writes one) is
         // atomic per engine.
-        let (mut lsm, writes): (Vec<&Write<'_>>, Vec<&Write<'_>>) =
+        let (to_lsm, writes): (Vec<&Write<'_>>, Vec<&Write<'_>>) =
             writes.iter().partition(|w| LSM_MODULES.contains(&w.0));
-        if !lsm.is_empty() {
-            // In key order, each insert finds the memtable's skiplist path of the one before
-            // it still in the cache (a batch holds a few messages of each of many accounts).
-            // Stable: two writes of one key keep their order.
-            lsm.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
-            let mut batch = self.lsm.keyspace().batch();
-            let mut parts: Vec<(&str, fjall::PartitionHandle)> = Vec::new();
-            for &(module, user, key, payload) in lsm {
-                let part = match parts.iter().find(|(m, _)| *m == module) {
-                    Some((_, p)) => p.clone(),
-                    None => {
-                        let ModTree::Lsm(_, p) = self.tree(module)? else {
-                            continue;
-                        };
-                        parts.push((module, p.clone()));
-                        p
-                    }
-                };
-                let k = entry_key(user, key)?;
-                match payload {
-                    Some(p) => batch.insert(&part, k, p.as_bytes()),
-                    None => batch.remove(&part, k),
-                }
+        for &(module, user, key, payload) in to_lsm {
+            if let Some(part) = LSM_MODULES.iter().position(|m| *m == module) {
+                lsm.push(LsmWrite {
+                    part,
+                    key: entry_key(user, key)?,
+                    value: payload.map(|p| Cow::Borrowed(p.as_bytes())),
+                });
             }
-            // Durable before it returns, the fsync shared with the other shards' batches.
-            self.lsm.commit(batch, self.durable)?;
         }
+        self.put_lsm(lsm)?;
+        self.put_sled(&writes)
+    }
+
+    /// Writes to the [`LSM_MODULES`] trees, keyed already, as one fjall batch: atomic, and
+    /// when durable synced before it returns (the fsync shared with the other shards'
+    /// batches). Two writes of one key keep their order.
+    fn put_lsm(&self, mut writes: Vec<LsmWrite<'_>>) -> Result<(), StorageError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        // In key order, each insert finds the memtable's skiplist path of the one before it
+        // still in the cache (a batch holds a few messages of each of many accounts). The
+        // sort is stable.
+        writes.sort_by(|a, b| (a.part, &a.key).cmp(&(b.part, &b.key)));
+        let mut batch = fjall::Batch::with_capacity(self.lsm.keyspace().clone(), writes.len());
+        let mut parts: [Option<fjall::PartitionHandle>; LSM_MODULES.len()] = Default::default();
+        for w in writes {
+            let Some(slot) = parts.get_mut(w.part) else {
+                continue;
+            };
+            let part = match slot {
+                Some(p) => &*p,
+                None => {
+                    let ModTree::Lsm(_, p) = self.tree(LSM_MODULES[w.part])? else {
+                        continue;
+                    };
+                    &*slot.insert(p)
+                }
+            };
+            match w.value {
+                Some(v) => batch.insert(part, w.key, &*v),
+                None => batch.remove(part, w.key),
+            }
+        }
+        self.lsm.commit(batch, self.durable)?;
+        Ok(())
+    }
+
+    /// [`ModuleStore::put_all`]'s writes to sled trees.
+    fn put_sled(&self, writes: &[&Write<'_>]) -> Result<(), StorageError> {
         // (sled cannot run a transaction over no tree.)
         if writes.is_empty() {
             return Ok(());
@@ -291,8 +328,8 @@ impl ModuleStore {
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
         let mut keyed = Vec::with_capacity(writes.len());
-        for (module, user, key, payload) in writes.iter().copied() {
-            let tree = names.binary_search(module).unwrap_or_default();
+        for &&(module, user, key, payload) in writes {
+            let tree = names.binary_search(&module).unwrap_or_default();
             keyed.push((tree, entry_key(user, key)?, payload));
         }
         trees.as_slice().transaction(|views| -> TxResult<()> {
@@ -744,10 +781,13 @@ mod tests {
         // Gone from sled: a second open moves nothing and finds the same.
         assert_eq!(m.migrate_to_lsm().unwrap(), 0);
         assert_eq!(shard.modules.migrate_to_lsm().unwrap(), 0);
-        m.put_all(&[
-            ("mam_archive", U, "l", Some("new")),
-            ("mam_with", U, "x", Some("")),
-        ])
+        m.put_all(
+            &[
+                ("mam_archive", U, "l", Some("new")),
+                ("mam_with", U, "x", Some("")),
+            ],
+            Vec::new(),
+        )
         .unwrap();
         m.put("vcard", U, "", Some("<vCard/>")).unwrap();
         let names: Vec<String> = m.trees().unwrap().into_iter().map(|(n, _)| n).collect();

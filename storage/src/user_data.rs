@@ -111,6 +111,14 @@ pub enum UserDataWrite {
         key: String,
         payload: Option<String>,
     },
+    /// A message for `user`'s archive (XEP-0313): its record and by-peer index entries
+    /// (`crate::archive::embedded`), as one write rather than one `Module` write per entry:
+    /// a Raft entry carries the message once, and applying it builds the keys without the
+    /// tree's and the account's names copied into each (issue 19). The outcome is `Done`.
+    ArchiveAppend {
+        user: String,
+        msg: crate::archive::ArchivedMessage,
+    },
     /// Legacy (before modules had a store): read from old logs only, applied as the vcard
     /// module's write.
     VCardPut {
@@ -161,6 +169,7 @@ impl UserDataWrite {
             | PrivacyRemove { user, .. }
             | PrivacyDefault { user, .. }
             | Module { user, .. }
+            | ArchiveAppend { user, .. }
             | VCardPut { user, .. }
             | PrivatePut { user, .. }
             | LastSet { user, .. }
@@ -394,6 +403,12 @@ impl UserData {
                 key,
                 payload,
             } => Existed(self.modules.put(module, user, key, payload.as_deref())?),
+            ArchiveAppend { user, msg } => {
+                let mut lsm = Vec::with_capacity(3);
+                crate::archive::embedded::lsm_writes(user, msg, &mut lsm)?;
+                self.modules.put_all(&[], lsm)?;
+                Done
+            }
             VCardPut { user, xml } => Existed(self.modules.put("vcard", user, "", Some(xml))?),
             PrivatePut {
                 user,
@@ -422,6 +437,8 @@ impl UserData {
     /// See [`UserData::apply`].
     fn apply_batch(&self, writes: &[UserDataWrite]) -> Result<usize, StorageError> {
         let mut modules = Vec::with_capacity(writes.len());
+        let mut archived = Vec::new();
+        let mut others = 0;
         for w in writes {
             match w {
                 UserDataWrite::Batch(_) => {
@@ -438,11 +455,16 @@ impl UserData {
                     key.as_str(),
                     payload.as_deref(),
                 )),
-                _ => {}
+                UserDataWrite::ArchiveAppend { user, msg } => {
+                    crate::archive::embedded::lsm_writes(user, msg, &mut archived)?
+                }
+                _ => others += 1,
             }
         }
-        if modules.len() == writes.len() {
-            self.modules.put_all(&modules)?;
+        // Module writes and archived messages only (what the archive commits): one fjall
+        // batch and one sled transaction.
+        if others == 0 {
+            self.modules.put_all(&modules, archived)?;
             return Ok(writes.len());
         }
         let volatile = self.volatile();

@@ -22,11 +22,13 @@
 //! [`expired`] and [`over_cap`]) go to the store directly; each is a bounded walk of a key
 //! range, so a page costs the same at ten or ten million messages.
 
+use std::borrow::Cow;
 use std::ops::Bound;
 
 use proto::stanza_id::ArchiveId;
 
 use super::{ArchivePage, ArchiveQuery, ArchivedMessage, COUNT_SCAN_LIMIT};
+use crate::module_store::LsmWrite;
 use crate::{ModuleStore, StorageError, UserDataWrite};
 
 /// The records' module tree (`mod.mam_archive`).
@@ -127,20 +129,64 @@ fn module_write(module: &str, user: &str, key: String, payload: Option<String>) 
     }
 }
 
-/// The writes that archive `msg` for `user`: its record and its index entries. Commit
-/// them together (one [`UserDataWrite::Batch`], with other messages' if there are more).
-/// `InvalidKey` for a peer that cannot be a key (empty, NUL, a `/` in the bare JID).
+/// The write that archives `msg` for `user`: one [`UserDataWrite::ArchiveAppend`], which
+/// the store expands into its record and its index entries ([`lsm_writes`]). Commit it with
+/// other messages' as one [`UserDataWrite::Batch`]. `InvalidKey` for a peer that cannot be a
+/// key (empty, NUL, a `/` in the bare JID).
 pub fn append_writes(
     user: &str,
     msg: &ArchivedMessage,
 ) -> Result<Vec<UserDataWrite>, StorageError> {
     crate::part(user)?;
     check(msg)?;
-    let mut writes = vec![module_write(MODULE, user, hex(msg.id), Some(encode(msg)))];
-    for k in index_keys(msg) {
-        writes.push(module_write(WITH_MODULE, user, k, Some(String::new())));
+    Ok(vec![UserDataWrite::ArchiveAppend {
+        user: user.to_string(),
+        msg: msg.clone(),
+    }])
+}
+
+/// Where [`MODULE`] and [`WITH_MODULE`] are in [`crate::module_store::LSM_MODULES`].
+const RECORDS_PART: usize = 0;
+const INDEX_PART: usize = 1;
+
+/// The store's writes for [`UserDataWrite::ArchiveAppend`]: the record and the index
+/// entries of `msg` in `user`'s archive, keyed as [`index_keys`] and the record's key say,
+/// built straight into the keys' bytes (this runs for every message twice).
+pub(crate) fn lsm_writes(
+    user: &str,
+    msg: &ArchivedMessage,
+    out: &mut Vec<LsmWrite<'static>>,
+) -> Result<(), StorageError> {
+    check(msg)?;
+    let user_key = crate::prefix(user)?;
+    let id = hex(msg.id);
+    let key = |parts: &[&str]| {
+        let len = parts.iter().map(|p| p.len()).sum::<usize>();
+        let mut k = Vec::with_capacity(user_key.len() + len);
+        k.extend_from_slice(&user_key);
+        for p in parts {
+            k.extend_from_slice(p.as_bytes());
+        }
+        k
+    };
+    out.push(LsmWrite {
+        part: RECORDS_PART,
+        key: key(&[&id]),
+        value: Some(Cow::Owned(encode(msg).into_bytes())),
+    });
+    out.push(LsmWrite {
+        part: INDEX_PART,
+        key: key(&[&msg.with, "\0", &id]),
+        value: Some(Cow::Borrowed(b"")),
+    });
+    if !msg.with_resource.is_empty() {
+        out.push(LsmWrite {
+            part: INDEX_PART,
+            key: key(&[&msg.with, "/", &msg.with_resource, "\0", &id]),
+            value: Some(Cow::Borrowed(b"")),
+        });
     }
-    Ok(writes)
+    Ok(())
 }
 
 /// The writes that remove `ids` (and their index entries) from `user`'s archive; ids that
@@ -396,6 +442,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_archive_trees_are_where_lsm_writes_puts_them() {
+        use crate::module_store::LSM_MODULES;
+        assert_eq!(LSM_MODULES[RECORDS_PART], MODULE);
+        assert_eq!(LSM_MODULES[INDEX_PART], WITH_MODULE);
+    }
+
+    #[test]
     fn records_round_trip_and_refuse_garbage() {
         let msg = ArchivedMessage {
             id: 7,
@@ -414,7 +467,25 @@ mod tests {
         };
         assert!(append_writes("u@x", &bad_with).is_err());
         assert!(append_writes("", &msg).is_err());
-        assert_eq!(append_writes("u@x", &msg).unwrap().len(), 3);
+        assert_eq!(append_writes("u@x", &msg).unwrap().len(), 1);
+        let mut lsm = Vec::new();
+        lsm_writes("u@x", &msg, &mut lsm).unwrap();
+        let keys: Vec<_> = lsm.iter().map(|w| (w.part, w.key.clone())).collect();
+        assert_eq!(
+            keys,
+            [
+                (RECORDS_PART, b"u@x\x000000000000000007".to_vec()),
+                (
+                    INDEX_PART,
+                    b"u@x\x00romeo@montague.lit\x000000000000000007".to_vec()
+                ),
+                (
+                    INDEX_PART,
+                    b"u@x\x00romeo@montague.lit/orchard\x000000000000000007".to_vec()
+                ),
+            ],
+            "the keys index_keys and the record's key name"
+        );
     }
 
     #[test]
