@@ -8,7 +8,8 @@
 #   - cost: `chat --messages M --interval-ms I` → the server's CPU per delivered message
 #     (utime + stime of the node(s) over the exchange, 10 ms ticks);
 #   - capacity: stepped chat (`--rates`) → the highest rate sustained with p99 < 100 ms and
-#     nothing lost.
+#     nothing lost; with the archive on, marked not valid if the archive's queue overflowed
+#     (`switchboard_mam_not_archived_total`: delivered but not archived).
 #
 #   load-tests/features/run.sh [ROUNDS]
 # Variants (VARIANTS, space-separated, default "base mam sm"):
@@ -20,6 +21,8 @@
 #         FLAKY_EVERY_SECS (3) and resume (`chat --flaky-percent`); against `sm` it gives the
 #         server's CPU per resumption, and its lost/duplicated counts must be 0
 # Env: BIN (default target/release/switchboard), LG (target/release/switchboard-loadgen),
+# BUILDS (optional: "LABEL=PATH ..." node binaries to compare, each variant of each build in
+# every round, e.g. BUILDS="before=/tmp/a/switchboard after=target/release/switchboard"),
 # USERS (200), MESSAGES (200), INTERVAL_MS (20), CHAT_RATES, WORK (/tmp/sb-features), NODES (1; 3: a
 # three-node cluster, every node on CPU 0, users spread over them, the nodes' CPU summed).
 # Loopback only; every step bounded in time.
@@ -98,8 +101,8 @@ cpu_ticks() {  # utime + stime of these processes, in clock ticks
   echo "$t"
 }
 
-run_one() {  # run_one VARIANT ROUND
-  local v=$1 round=$2 d="$WORK/$1-$2" flags i servers="" pids=()
+run_one() {  # run_one VARIANT ROUND [BUILD-LABEL]
+  local v=$1 round=$2 label=${3:-} d="$WORK/${3:+$3-}$1-$2" flags i servers="" pids=()
   rm -rf "$d"; mkdir -p "$d"
   for i in $(seq 1 $USERS); do echo "user$i@localhost secret"; done > "$d/users.txt"
   for i in $(seq 1 "$NODES"); do
@@ -157,18 +160,24 @@ run_one() {  # run_one VARIANT ROUND
   rate=$(json_field "$d/rate.json" "d['chat']['stepped']['sustainable_rate']")
   archived=$(awk '/^switchboard_mam_archived_total/ {s += $2} END {print s + 0}' "$d/metrics.txt")
   missed=$(awk '/^switchboard_mam_not_archived_total/ {s += $2} END {print s + 0}' "$d/metrics.txt")
+  # A rate the archive did not keep up with (its queue overflowed and messages went
+  # unarchived) is not a sustained rate with the archive on.
+  [ "$missed" != 0 ] && rate="$rate (NOT valid: the archive dropped $missed)"
   local flaky=""
   if [ "$v" = flaky ]; then
     flaky=$(json_field "$d/cost.json" "'; sent %d, lost %d, duplicated %d; %d drops, %d resumed (%d on another node, %.0f/s), %d failed; resume p50 %.1f ms, p99 %.1f ms' % (d['chat']['sent'], d['chat']['lost'], d['chat']['duplicates'], d['chat']['flaky']['drops'], d['chat']['flaky']['resumed'], d['chat']['flaky']['resumed_elsewhere'], d['chat']['flaky']['resumed'] / max(d['chat']['elapsed_secs'], 1e-6), d['chat']['flaky']['failed'], d['chat']['flaky']['resume_ms']['p50'], d['chat']['flaky']['resume_ms']['p99'])")
   fi
-  printf '%-6s %s node(s) round %s: server CPU %s µs/message (%s delivered, %s ticks), sustained %s msgs/s, peak RSS %s kB, archived %s, not archived %s%s\n' \
-    "$v" "$NODES" "$round" "$us" "$delivered" "$((after - before))" "$rate" "$rss" "$archived" "$missed" "$flaky" | tee -a "$WORK/summary.txt"
+  printf '%s%-6s %s node(s) round %s: server CPU %s µs/message (%s delivered, %s ticks), sustained %s msgs/s, peak RSS %s kB, archived %s, not archived %s%s\n' \
+    "${label:+$label }" "$v" "$NODES" "$round" "$us" "$delivered" "$((after - before))" "$rate" "$rss" "$archived" "$missed" "$flaky" | tee -a "$WORK/summary.txt"
 }
 
 mkdir -p "$WORK"; : > "$WORK/summary.txt"
 for round in $(seq 1 "$ROUNDS"); do
-  for v in $VARIANTS; do
-    run_one "$v" "$round"
+  for build in ${BUILDS:-=$BIN}; do
+    BIN=${build#*=}
+    for v in $VARIANTS; do
+      run_one "$v" "$round" "${build%%=*}"
+    done
   done
 done
 echo "summary: $WORK/summary.txt; per run: $WORK/VARIANT-ROUND/{cost,rate}.{txt,json,err}"
