@@ -486,6 +486,24 @@ fn read_import_file(file: &std::path::Path) -> anyhow::Result<Vec<(String, Strin
     Ok(users)
 }
 
+/// An account deleted with the node stopped: its archive in PostgreSQL, which is not in the
+/// node's trees, goes too (the running node's deletion does the same, `DeleteAccountData`).
+fn delete_offline_archive(settings: &Settings, jid: &proto::jid::Jid) -> anyhow::Result<()> {
+    let registry = modules::Registry::configure(&settings.modules).map_err(anyhow::Error::msg)?;
+    let Some(mam) = modules::mam::get(&registry) else {
+        return Ok(());
+    };
+    if mam.settings().backend != "postgres" {
+        return Ok(());
+    }
+    let backend = mam.open().map_err(anyhow::Error::msg)?;
+    let n = backend.delete_account(&jid.to_string()).map_err(|e| {
+        anyhow::anyhow!("the account is deleted, but not its archive in PostgreSQL: {e}")
+    })?;
+    eprintln!("{jid}: {n} archived messages deleted (PostgreSQL)");
+    Ok(())
+}
+
 /// The node is not running: open the database directly.
 fn offline(settings: &Settings, request: &AdminRequest) -> anyhow::Result<AdminResponse> {
     if settings.cluster.enabled() && !matches!(request, AdminRequest::UserList) {
@@ -504,9 +522,13 @@ fn offline(settings: &Settings, request: &AdminRequest) -> anyhow::Result<AdminR
         AdminRequest::UserPasswd { jid, password } => users
             .passwd(jid, password)
             .map(|j| AdminResponse::ok(Some(j.to_string().into()))),
-        AdminRequest::UserDel { jid } => users
-            .del(jid)
-            .map(|j| AdminResponse::ok(Some(j.to_string().into()))),
+        AdminRequest::UserDel { jid } => match users.del(jid) {
+            Ok(j) => {
+                delete_offline_archive(settings, &j)?;
+                Ok(AdminResponse::ok(Some(j.to_string().into())))
+            }
+            Err(e) => Err(e),
+        },
         AdminRequest::UserList => users.list().map(|l| AdminResponse::ok(Some(l.into()))),
         AdminRequest::UserImport {
             users: list,

@@ -3,7 +3,8 @@
 /tmp, loopback, a free port) and a node whose archive is there. The node creates the schema
 on an empty database; a conversation reads back from both archives with the stanza-ids seen on
 delivery, pages forward and backward to the end, survives a restart and a kill -9 of the node,
-and `switchboard mam purge` and `switchboard user del` empty one archive.
+and `switchboard mam purge` and `switchboard user del` (the node running or stopped) empty
+one archive.
 
 Skipped only when PostgreSQL is not installed and SWITCHBOARD_REQUIRE_POSTGRES is unset; with
 it set (CI), a missing PostgreSQL fails the tests."""
@@ -143,6 +144,33 @@ async def test_postgres_archive_survives_restart_purge_and_deletion(make_server,
     assert r.returncode == 0, r.stdout + r.stderr
     assert await snapshot(srv, bob) == [], "the deleted account's archive is still in PostgreSQL"
     assert inner_ids(await _archive_of(srv, alice)) == ["pgp"], "alice's archive changed by bob's deletion"
+
+
+async def test_postgres_archive_goes_with_an_account_deleted_while_the_node_is_stopped(
+        make_server, pg_url):
+    """`switchboard user del` with the node stopped opens the database directly; the
+    archive in PostgreSQL is not in it, so the command deletes the account's rows there too
+    (before, they outlived the account and a new account of that name inherited them)."""
+    srv, alice, bob = pg_node(make_server, pg_url, "offdel")
+    a = await login(srv, alice, resource="a")
+    b = await login(srv, bob, resource="b")
+    try:
+        await conversation(a, b, 3, "pgo")
+        await settled(a, "pgo2")
+        await settled(b, "pgo2")
+    finally:
+        await a.close()
+        await b.close()
+    srv.stop()
+    r = srv.cli("user", "del", bob.jid)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "3 archived messages deleted" in r.stderr, r.stderr
+    r = srv.cli("user", "add", bob.jid, "--password", bob.password)
+    assert r.returncode == 0, r.stdout + r.stderr
+    srv.start()
+    assert await snapshot(srv, bob) == [], "the deleted account's archive is still in PostgreSQL"
+    assert inner_ids(await _archive_of(srv, alice)) == ["pgo0", "pgo1", "pgo2"], (
+        "alice's archive changed by bob's deletion")
 
 
 async def _archive_of(srv, account):

@@ -729,9 +729,14 @@ impl Handler<DeleteAccountData> for AccountShard {
         // them).
         let modules = self.modules.clone();
         if let Some(mam) = crate::modules::mam::get(&modules) {
-            if matches!(mam.backend(), crate::modules::mam::Backend::Postgres(_)) {
-                self.archive_purge(&msg.user, "account")?;
-            }
+            let n = mam
+                .backend()
+                .delete_account(&msg.user.to_string())
+                .map_err(|e| e.to_string())?;
+            crate::metrics::METRICS
+                .mam_deleted
+                .with_label_values(&["account"])
+                .inc_by(n);
         }
         self.delete_user_data(&msg.user.to_string())
             .map_err(|e| e.to_string())

@@ -162,6 +162,19 @@ impl Backend {
         self.trim(store, user, 0, limit)
     }
 
+    /// With an account's deletion: its archive where the account's trees do not hold it
+    /// (PostgreSQL: the account's rows, in one statement); the embedded archive goes with
+    /// the shard's trees (0 here). How many messages went.
+    pub fn delete_account(&self, user: &str) -> Result<u64, ArchiveError> {
+        match self {
+            Backend::Embedded => Ok(0),
+            Backend::Postgres(pg) => {
+                let user = user.to_string();
+                pg.run(move |a| Box::pin(async move { a.delete_user(&user).await }))?
+            }
+        }
+    }
+
     /// Retention by size: up to `limit` of `user`'s oldest messages beyond its newest `cap`.
     pub fn trim(
         &self,
