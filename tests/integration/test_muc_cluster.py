@@ -4,14 +4,15 @@ occupants on three nodes chat; the node leading the room's shard is killed with 
 a new leader serves the room from the replicated state (configuration, affiliations and the
 occupant list), each message sent after the failover reaches each surviving occupant
 exactly once, and the occupant that was on the dead node is shown leaving (status 333,
-found when the room's message to it bounces)."""
+found when the room's message to it bounces). The room's archive (XEP-0313 §5) is replicated
+with it: what it held before the kill reads back identically, same ids, from the survivors."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from rawxmpp import bare, new_id, q, xml_str
+from rawxmpp import bare, new_id, q, rsm_set, mam_query, xml_str
 from test_mam_cluster import login_retry
 from test_muc import (
     NS_ADMIN,
@@ -24,6 +25,7 @@ from test_muc import (
     is_groupchat,
     join,
 )
+from test_muc_mam import check_room_results, room_sid
 
 
 async def test_room_survives_kill9_of_its_leader(cluster):
@@ -58,11 +60,22 @@ async def test_room_survives_kill9_of_its_leader(cluster):
     # Everyone hears everyone, once.
     for nick, c in clients.items():
         await groupchat(c, room, f"hi from {nick}")
+    live_ids = {}
     for c in clients.values():
         for nick in clients:
-            await c.expect(is_groupchat(f"hi from {nick}"), what=f"{nick}'s message")
+            m = await c.expect(is_groupchat(f"hi from {nick}"), what=f"{nick}'s message")
+            live_ids.setdefault(nick, room_sid(m, room))
+            assert live_ids[nick] == room_sid(m, room), "one id for every occupant's copy"
         extra = [e for e in await c.drain(0.5) if e.tag == q("message") and e.get("type") == "groupchat"]
         assert extra == [], [xml_str(e) for e in extra]
+
+    # The room's archive before the kill: what was said, under the ids seen live.
+    before = await mam_query(owner, "", rsm_set(max=250), to=room)
+    archived = check_room_results(before, owner, room)
+    assert before.complete and sorted(archived, key=lambda a: a[2]) == archived, before.describe()
+    assert {(n, b, i) for n, b, i in archived} == {
+        (n, f"hi from {n}", live_ids[n]) for n in clients
+    }, archived
 
     victim.kill9()
     cluster.wait_shards_ready(nodes=survivors, timeout=40)
@@ -103,6 +116,15 @@ async def test_room_survives_kill9_of_its_leader(cluster):
         # At least the probe that revealed the removal arrived (earlier ones may have been
         # lost with the dead leader).
         assert probes[-1] in bodies, (n, probes, bodies)
+
+    # The archive, read from both survivors, starts with exactly what it held before the
+    # kill and holds the message after the failover once.
+    for c in live.values():
+        after = await mam_query(c, "", rsm_set(max=250), to=room)
+        now = check_room_results(after, c, room)
+        assert after.complete, after.describe()
+        assert now[: len(archived)] == archived, (now, archived)
+        assert [b for _, b, _ in now].count("after failover") == 1, now
 
     # The room kept its configuration and members on the new leader.
     info = await member.iq(f"<query xmlns='{NS_DISCO_INFO}'/>", to=room)

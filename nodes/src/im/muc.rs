@@ -116,12 +116,21 @@ impl AccountShard {
             return;
         };
         let settings = muc.settings();
-        let mut room = Room::new(msg.room.clone(), settings, now_ms());
+        let now = now_ms();
+        let mut room = Room::new(msg.room.clone(), settings, now);
         // Joins need the history; nothing else does.
         let with_history = msg.stanza.name == "presence";
         if let Err(e) = self.load_room(&mut room, &msg.room.to_string(), with_history) {
             tracing::error!(room = %msg.room, error = %e, "muc: room unreadable");
             return self.muc_refuse(&msg);
+        }
+        room.archive = self.rooms_archived();
+        if room.archive && super::muc_archive::is_mam_request(&msg.to, &msg.stanza) {
+            return self.room_mam_iq(&msg, &room);
+        }
+        if msg.stanza.name == "message" && msg.stanza.attr("type") == Some("groupchat") {
+            // The `<stanza-id/>` the room stamps is the archive's id (XEP-0359, XEP-0313 §5).
+            room.message_id = Some(self.room_message_id(now));
         }
         let may_create = settings.may_create(&msg.from, msg.local_sender);
         let before = Counts::of(&room);
@@ -146,7 +155,8 @@ impl AccountShard {
     fn muc_commit(&mut self, jid: &Jid, before: Counts, room: Room<'_>) -> Result<(), String> {
         let user = jid.to_string();
         let after = Counts::of(&room);
-        let fx = room.finish();
+        let mut fx = room.finish();
+        let archive = std::mem::take(&mut fx.archive);
         // The service's directory: entries of the service's JID in the room's shard.
         let directory = |payload: Option<String>| UserDataWrite::Module {
             module: MODULE.into(),
@@ -170,6 +180,8 @@ impl AccountShard {
                     payload,
                 })
                 .collect();
+            // The room's archive, in the same batch as its history (embedded backend).
+            writes.extend(self.room_archive_writes(jid, &archive));
             if let Some(entry) = fx.directory {
                 writes.push(directory(
                     entry.and_then(|e| serde_json::to_string(&e).ok()),
@@ -184,6 +196,7 @@ impl AccountShard {
         if let Some(w) = write {
             self.writer.write(w).map_err(|e| e.to_string())?;
         }
+        self.room_archive_after_commit(jid, &archive, fx.destroy && before.existed);
         if fx.created {
             METRICS.muc_rooms.with_label_values(&["created"]).inc();
         }
