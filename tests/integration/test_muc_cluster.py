@@ -12,16 +12,19 @@ from __future__ import annotations
 import asyncio
 import time
 
-from rawxmpp import bare, new_id, q, rsm_set, mam_query, xml_str
+from conftest import render_toml
+from rawxmpp import bare, mam_query, new_id, q, rsm_set, stanza_error, xml_str
 from test_mam_cluster import login_retry
 from test_muc import (
     NS_ADMIN,
     NS_DISCO_INFO,
     NS_DISCO_ITEMS,
     SERVICE,
+    NS_OWNER,
     codes,
     configure,
     groupchat,
+    instant,
     is_groupchat,
     join,
 )
@@ -140,3 +143,57 @@ async def test_room_survives_kill9_of_its_leader(cluster):
     for c in live.values():
         await c.close()
     await asyncio.sleep(0)
+
+
+async def test_rooms_per_user_are_counted_in_the_creators_shard(cluster):
+    """`max_rooms_per_user = 2`: the rooms a user creates are counted in the user's own
+    shard whatever shards the rooms land in (here three shards, none the user's, led by
+    whichever nodes); the third creation is refused with `not-allowed` (XEP-0045 §10.1.1),
+    a destroyed room leaves the count so another may be created, and the count stays right
+    for every room the user created."""
+    for n in cluster.nodes:
+        n.config.setdefault("modules.muc", {}).update({"max_rooms_per_user": 2})
+        n.config_path.write_text(render_toml(n.config))
+    (acc,) = cluster.accounts(1)
+    cluster.start()
+    cluster.wait_shards_ready()
+    count = cluster.shard_count()
+    own = cluster.shard_of(acc.jid, count)
+    rooms, used = [], {own}
+    while len(rooms) < 3:
+        r = f"lim-{new_id('r').lower()}@{SERVICE}"
+        s = cluster.shard_of(r, count)
+        if s not in used:
+            used.add(s)
+            rooms.append(r)
+    c = await login_retry(cluster.nodes[0], acc, "a")
+    await c.send("<presence/>")
+
+    async def create(room: str) -> list:
+        return await join(c, room, "me")
+
+    for r in rooms[:2]:
+        got = await create(r)
+        assert codes(got[0]) == ["201", "110"], xml_str(got[0])
+        await instant(c, r)
+    got = await create(rooms[2])
+    assert got[-1].get("type") == "error", [xml_str(e) for e in got]
+    assert stanza_error(got[-1]) == ("cancel", "not-allowed"), xml_str(got[-1])
+
+    # Destroying one gives its place back.
+    r = await c.iq(f"<query xmlns='{NS_OWNER}'><destroy/></query>", type_="set", to=rooms[0])
+    assert r.get("type") == "result", xml_str(r)
+    await c.expect(lambda e: e.get("type") == "unavailable" and bare(e.get("from", "")) == rooms[0],
+                   what="the destroyed room's unavailable")
+    deadline = time.monotonic() + 10
+    while True:
+        got = await create(rooms[2])
+        if got[-1].get("type") != "error" or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)  # the release is one-way: it may trail the destroy's answer
+    assert codes(got[0]) == ["201", "110"], [xml_str(e) for e in got]
+    await instant(c, rooms[2])
+    # At the limit again: the destroyed room cannot be made anew.
+    got = await create(rooms[0])
+    assert stanza_error(got[-1]) == ("cancel", "not-allowed"), [xml_str(e) for e in got]
+    await c.close()

@@ -10,6 +10,7 @@ mod blocking;
 pub mod messages;
 pub mod muc;
 mod muc_archive;
+pub mod muc_limits;
 mod offline;
 mod presence;
 mod privacy;

@@ -35,6 +35,10 @@ pub struct MucStanza {
     pub stanza: Element,
     /// Whether the sender is a user of a served domain (the creation policy `local`).
     pub local_sender: bool,
+    /// A join that creates the room, already counted in its creator's shard
+    /// (`max_rooms_per_user`, `im::muc_limits`). Absent from an older node: false.
+    #[serde(default)]
+    pub counted: bool,
 }
 
 /// The directory entries of one shard's rooms of service `probe.domain()`: (room JID, the
@@ -133,6 +137,10 @@ impl AccountShard {
             room.message_id = Some(self.room_message_id(now));
         }
         let may_create = settings.may_create(&msg.from, msg.local_sender);
+        if self.muc_count_first(&msg, room.meta.is_some(), may_create) {
+            // Back here once the creator's shard counted it (or refused it there).
+            return;
+        }
         let before = Counts::of(&room);
         room.handle(
             Input {
@@ -143,16 +151,28 @@ impl AccountShard {
             },
             || format!("{:032x}", rand::random::<u128>()),
         );
-        if let Err(e) = self.muc_commit(&msg.room, before, room) {
+        let created = !before.existed && room.meta.is_some();
+        let creator = self.muc_counted_outcome(&msg, created);
+        if let Err(e) = self.muc_commit(&msg.room, before, room, creator) {
             // Nothing was said: the sender may try again (no quorum, leadership moved).
             tracing::warn!(room = %msg.room, error = %e, "muc: room write failed");
+            if msg.counted && created {
+                self.muc_release(&msg.from.to_bare(), &msg.room);
+            }
             self.muc_refuse(&msg);
         }
     }
 
     /// Commit what the room wrote (one batch: one Raft entry), count it, then route what it
     /// sends. Nothing is sent when the write fails.
-    fn muc_commit(&mut self, jid: &Jid, before: Counts, room: Room<'_>) -> Result<(), String> {
+    /// `extra`: a write of the room's to commit with it (its creator).
+    fn muc_commit(
+        &mut self,
+        jid: &Jid,
+        before: Counts,
+        room: Room<'_>,
+        extra: Option<UserDataWrite>,
+    ) -> Result<(), String> {
         let user = jid.to_string();
         let after = Counts::of(&room);
         let mut fx = room.finish();
@@ -182,6 +202,7 @@ impl AccountShard {
                 .collect();
             // The room's archive, in the same batch as its history (embedded backend).
             writes.extend(self.room_archive_writes(jid, &archive));
+            writes.extend(extra);
             if let Some(entry) = fx.directory {
                 writes.push(directory(
                     entry.and_then(|e| serde_json::to_string(&e).ok()),
@@ -193,8 +214,15 @@ impl AccountShard {
                 _ => Some(UserDataWrite::Batch(writes)),
             }
         };
+        // A room going away leaves its creator's count (`max_rooms_per_user`).
+        let creator = (fx.destroy && before.existed)
+            .then(|| self.muc_creator(jid))
+            .flatten();
         if let Some(w) = write {
             self.writer.write(w).map_err(|e| e.to_string())?;
+        }
+        if let Some(creator) = creator {
+            self.muc_release(&creator, jid);
         }
         self.room_archive_after_commit(jid, &archive, fx.destroy && before.existed);
         if fx.created {
@@ -254,7 +282,7 @@ impl AccountShard {
         }
         let before = Counts::of(&room);
         room.destroy_by_operator(msg.reason.as_deref());
-        self.muc_commit(&msg.room, before, room)?;
+        self.muc_commit(&msg.room, before, room, None)?;
         Ok(true)
     }
 
@@ -345,7 +373,7 @@ impl AccountShard {
 
 /// The first key after every key starting with `prefix` (its last byte + 1; the prefixes
 /// here end in `:`).
-fn prefix_end(prefix: &str) -> String {
+pub(super) fn prefix_end(prefix: &str) -> String {
     let mut s = prefix.to_owned();
     if let Some(last) = s.pop() {
         s.push(char::from_u32(last as u32 + 1).unwrap_or(last));

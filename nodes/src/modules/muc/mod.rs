@@ -41,6 +41,8 @@ pub struct Settings {
     /// Keep each room's groupchat messages in its own archive (XEP-0313 §5), when the
     /// `mam` module is on too.
     pub archive: bool,
+    /// Rooms one user may have created and not destroyed (0: no limit; `admins` exempt).
+    pub max_rooms_per_user: usize,
 }
 
 impl Default for Settings {
@@ -53,6 +55,7 @@ impl Default for Settings {
             max_history: 50,
             max_message_bytes: 16 * 1024,
             archive: true,
+            max_rooms_per_user: 100,
         }
     }
 }
@@ -155,6 +158,11 @@ impl Module for Muc {
                 default: "true",
                 doc: "keep each room's groupchat messages in the room's own archive, queried at the room's JID (XEP-0313 §5); needs `[modules.mam]` on, and uses its backend",
             },
+            ConfigOption {
+                key: "max_rooms_per_user",
+                default: "100",
+                doc: "rooms one user may have created and not yet destroyed (0: no limit; `admins` are exempt); beyond, the creating join is refused with `not-allowed`",
+            },
         ]
     }
     fn configure(&mut self, section: &Section) -> Result<(), String> {
@@ -180,6 +188,7 @@ impl Module for Muc {
             max_history: section.get("max_history")?,
             max_message_bytes: section.get("max_message_bytes")?,
             archive: section.get("archive")?,
+            max_rooms_per_user: section.get("max_rooms_per_user")?,
         };
         Ok(())
     }
