@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+from conftest import render_toml
 from rawxmpp import (
     NS_MAM,
     bare,
     login,
     mam_form,
     mam_query,
+    new_id,
     q,
     rsm_set,
     xml_str,
@@ -24,6 +26,7 @@ from rawxmpp import (
 from test_mam import check_results
 from test_muc import (
     NS_ADMIN,
+    NS_DELAY,
     NS_DISCO_INFO,
     NS_OWNER,
     NS_SID,
@@ -205,3 +208,52 @@ async def test_archive_off(make_server):
     assert page.iq.get("type") == "error", page.describe()
     await owner.close()
 
+
+
+async def history_of(srv, room: str, x: str = "") -> list[tuple[str, str | None]]:
+    """What a newcomer gets as history (XEP-0045 §7.2.15): (body, room stanza-id) each."""
+    c = await login(srv, srv.account(), presence=True)
+    got = await join(c, room, new_id("n"), x=x)
+    await c.close()
+    assert got[-1].find(q("subject")) is not None, [xml_str(e) for e in got]
+    out = []
+    for e in got:
+        if e.tag == q("message") and e.find(f"{{{NS_DELAY}}}delay") is not None:
+            sids = [s.get("id") for s in e.findall(f"{{{NS_SID}}}stanza-id") if s.get("by") == room]
+            out.append((e.findtext(q("body")), sids[0] if sids else None))
+    return out
+
+
+async def test_history_on_join_comes_from_the_archive(make_server):
+    """With the archive on, a room's history is its archive's newest `max_history` messages
+    (under the ids the archive holds), merged with what the archive does not keep (a
+    `<no-store/>` message) and with the history a room kept before its archive was turned
+    on (the same node restarted with `archive = true`)."""
+    srv = make_server({"modules.muc": {"archive": False, "max_history": 4}}, accounts=12)
+    owner, room = await new_room(srv, "hist", persistentroom=1)
+    await talk(room, [(owner, "owner")], owner, 2, "legacy")
+    await owner.close()
+    srv.stop()
+    srv.config["modules.muc"]["archive"] = True
+    srv.config_path.write_text(render_toml(srv.config))
+    srv.start()
+    owner = await login(srv, srv.account(), resource="o", presence=True)
+    got = await join(owner, room, "owner2")
+    assert got[-1].find(q("subject")) is not None, [xml_str(e) for e in got]
+    assert [b for b, _ in await history_of(srv, room)] == ["legacy-0", "legacy-1"]
+    sent = await talk(room, [(owner, "owner2")], owner, 1, "kept")
+    await owner.send(
+        f"<message to='{room}' type='groupchat'><body>unkept</body>"
+        f"<no-store xmlns='urn:xmpp:hints'/></message>"
+    )
+    await owner.expect(is_groupchat("unkept"), what="the no-store message")
+    sent += await talk(room, [(owner, "owner2")], owner, 2, "late")
+    # The newest 4 in order, whichever store each is in; archived ones with the archive's id.
+    hist = await history_of(srv, room)
+    assert [b for b, _ in hist] == ["kept-0", "unkept", "late-0", "late-1"], hist
+    ids = {b: i for _, b, i in sent}
+    assert [i for b, i in hist if b in ids] == [ids[b] for b, _ in hist if b in ids]
+    assert [b for b, _ in await history_of(srv, room, "<history maxstanzas='2'/>")] == ["late-0", "late-1"]
+    page = await room_archive(owner, room)
+    assert [b for _, b, _ in check_room_results(page, owner, room)] == ["kept-0", "late-0", "late-1"]
+    await owner.close()

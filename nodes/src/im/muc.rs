@@ -122,8 +122,9 @@ impl AccountShard {
         let settings = muc.settings();
         let now = now_ms();
         let mut room = Room::new(msg.room.clone(), settings, now);
-        // Joins need the history; nothing else does.
-        let with_history = msg.stanza.name == "presence";
+        // Joins need the history; nothing else does (an unavailable or error presence is
+        // no join).
+        let with_history = msg.stanza.name == "presence" && msg.stanza.attr("type").is_none();
         if let Err(e) = self.load_room(&mut room, &msg.room.to_string(), with_history) {
             tracing::error!(room = %msg.room, error = %e, "muc: room unreadable");
             return self.muc_refuse(&msg);
@@ -345,6 +346,16 @@ impl AccountShard {
             }
             newest_first.reverse();
             room.history = newest_first;
+            if self.rooms_archived() {
+                // The archived messages are history from the archive (`im::muc_archive`);
+                // the entries above are those it does not hold (older than the archive,
+                // or `<no-store/>`).
+                let archived = self.room_history_from_archive(user, max)?;
+                room.history.extend(archived);
+                room.history.sort_by_key(|h| h.ms);
+                let excess = room.history.len().saturating_sub(max);
+                room.history.drain(..excess);
+            }
         }
         Ok(())
     }

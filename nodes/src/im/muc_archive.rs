@@ -11,7 +11,7 @@ use proto::element::Element;
 use proto::error::StanzaErrorCondition as Cond;
 use proto::jid::Jid;
 use proto::ns;
-use storage::archive::ArchivedMessage;
+use storage::archive::{ArchiveQuery, ArchivedMessage};
 use storage::UserDataWrite;
 
 use super::muc::MucStanza;
@@ -19,7 +19,7 @@ use super::AccountShard;
 use crate::metrics::METRICS;
 use crate::modules::account::{AccountIq, AccountState};
 use crate::modules::mam::{self, Backend};
-use crate::modules::muc::room::{ArchiveEntry, Room};
+use crate::modules::muc::room::{ArchiveEntry, HistoryEntry, Room};
 use crate::modules::IqOutcome;
 use crate::route::to_router::RouteStanza;
 
@@ -132,6 +132,39 @@ impl AccountShard {
                 tracing::warn!(%room, error = %e, "muc: groupchat not archived");
             }
         }
+    }
+
+    /// The room's newest `max` archived messages, oldest first, as history on join
+    /// (XEP-0045 §7.2.15): one bounded read, the archive's last page.
+    pub(super) fn room_history_from_archive(
+        &self,
+        room: &str,
+        max: usize,
+    ) -> Result<Vec<HistoryEntry>, String> {
+        let modules = self.modules.clone();
+        let Some(mam) = mam::get(&modules) else {
+            return Ok(Vec::new());
+        };
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let q = ArchiveQuery {
+            max,
+            from_end: true,
+            ..ArchiveQuery::default()
+        };
+        let page = mam
+            .backend()
+            .query(&self.module_store, room, &q)
+            .map_err(|e| e.to_string())?;
+        Ok(page
+            .messages
+            .into_iter()
+            .map(|m| HistoryEntry {
+                ms: m.millis(),
+                xml: m.xml,
+            })
+            .collect())
     }
 
     /// An archive request to the room (XEP-0313 §5): a query (and its form) or the

@@ -10,7 +10,9 @@
 //! - `aff`: the affiliations (bare JID → affiliation);
 //! - `o:<nick>`: an [`Occupant`] (its sessions' real full JIDs, role, last presence): occupants are
 //!   persisted so that a new leader of the shard serves the room with them at once;
-//! - `h:<seq, 16 hex>`: a [`HistoryEntry`], the last `max_history` groupchat messages.
+//! - `h:<seq, 16 hex>`: a [`HistoryEntry`], the last `max_history` groupchat messages that
+//!   are not in the room's archive (all of them when [`Room::archive`] is off): the host
+//!   adds the archive's newest to [`Room::history`].
 
 use std::collections::BTreeMap;
 
@@ -887,9 +889,10 @@ impl<'a> Room<'a> {
         );
         stanza.set_attr("from", from_nick.clone());
         stanza.remove_attr("to");
-        if has_body {
-            // History: the last `max_history` messages with a body (§7.2.15); chat states
-            // and subject changes are not history.
+        // History: the last `max_history` messages with a body (§7.2.15); chat states and
+        // subject changes are not history. An archived message is history from the archive
+        // (the host reads the room's newest); the others are kept here.
+        if has_body && !self.archive_message(sender, &stanza) {
             // The counter has a key of its own: a message rewrites a number, not the room.
             self.next_seq += 1;
             self.fx
@@ -907,7 +910,6 @@ impl<'a> Room<'a> {
             if let Some(old) = seq.checked_sub(self.settings.max_history as u64) {
                 self.fx.writes.push((history_key(old), None));
             }
-            self.archive_message(sender, &stanza);
         }
         // §7.4: to every occupant, the sender included, with the same id.
         let receivers: Vec<String> = self.occupants.values().flat_map(|o| o.sessions()).collect();
@@ -918,20 +920,21 @@ impl<'a> Room<'a> {
     }
 
     /// XEP-0313 §5: a reflected groupchat message goes to the room's archive under the id
-    /// its receivers saw, unless it asks not to be stored (XEP-0334).
-    fn archive_message(&mut self, sender: &str, stanza: &Element) {
+    /// its receivers saw, unless it asks not to be stored (XEP-0334). Whether it went.
+    fn archive_message(&mut self, sender: &str, stanza: &Element) -> bool {
         let Some(id) = self.message_id.filter(|_| self.archive) else {
-            return;
+            return false;
         };
         let hint = |name: &str| stanza.get_child(name, ns::HINTS).is_some();
         if hint("no-store") || hint("no-permanent-store") {
-            return;
+            return false;
         }
         self.fx.archive.push(ArchiveEntry {
             id,
             nick: sender.to_owned(),
             xml: stanza.to_xml_string(),
         });
+        true
     }
 
     /// Who may read the room's archive (XEP-0313 §5 leaves it to the room; this is Prosody's
