@@ -66,6 +66,15 @@ async def talk(room: str, speakers: list, watcher, n: int, prefix: str) -> list[
     return sent
 
 
+async def affiliate(owner, room: str, who, affiliation: str) -> None:
+    r = await owner.iq(
+        f"<query xmlns='{NS_ADMIN}'><item affiliation='{affiliation}' jid='{bare(who.jid)}'/></query>",
+        type_="set",
+        to=room,
+    )
+    assert r.get("type") == "result", xml_str(r)
+
+
 async def room_archive(c, room: str, form: str = "", rsm: str = ""):
     return await mam_query(c, form, rsm or rsm_set(max=250), to=room)
 
@@ -146,21 +155,11 @@ async def test_who_may_read_a_members_only_rooms_archive(server):
     page = await room_archive(carol, room)
     assert page.error == "forbidden", page.describe()
     # A member may read it without being present.
-    r = await owner.iq(
-        f"<query xmlns='{NS_ADMIN}'><item affiliation='member' jid='{bare(carol.jid)}'/></query>",
-        type_="set",
-        to=room,
-    )
-    assert r.get("type") == "result", xml_str(r)
+    await affiliate(owner, room, carol, "member")
     page = await room_archive(carol, room)
     assert [b for _, b, _ in check_room_results(page, carol, room)] == ["inner-0", "inner-1"]
     # An outcast never.
-    r = await owner.iq(
-        f"<query xmlns='{NS_ADMIN}'><item affiliation='outcast' jid='{bare(carol.jid)}'/></query>",
-        type_="set",
-        to=room,
-    )
-    assert r.get("type") == "result", xml_str(r)
+    await affiliate(owner, room, carol, "outcast")
     page = await room_archive(carol, room)
     assert page.error == "forbidden", page.describe()
     # An open room's archive is for anyone who could join it.

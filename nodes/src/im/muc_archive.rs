@@ -43,6 +43,18 @@ fn archived(room: &Jid, e: &ArchiveEntry) -> ArchivedMessage {
     }
 }
 
+/// Append what the room archived to `backend` (embedded: the writes to commit).
+fn append(
+    backend: &Backend,
+    room: &Jid,
+    entries: &[ArchiveEntry],
+) -> Result<Vec<UserDataWrite>, storage::archive::ArchiveError> {
+    let owner = room.to_string();
+    let msgs: Vec<ArchivedMessage> = entries.iter().map(|e| archived(room, e)).collect();
+    let refs: Vec<(String, &ArchivedMessage)> = msgs.iter().map(|m| (owner.clone(), m)).collect();
+    backend.append(&refs)
+}
+
 impl AccountShard {
     /// Whether this shard's rooms keep archives: `[modules.muc] archive` and the `mam`
     /// module on.
@@ -71,11 +83,7 @@ impl AccountShard {
         if entries.is_empty() || !matches!(mam.backend(), Backend::Embedded) {
             return Vec::new();
         }
-        let owner = room.to_string();
-        let msgs: Vec<ArchivedMessage> = entries.iter().map(|e| archived(room, e)).collect();
-        let refs: Vec<(String, &ArchivedMessage)> =
-            msgs.iter().map(|m| (owner.clone(), m)).collect();
-        match mam.backend().append(&refs) {
+        match append(mam.backend(), room, entries) {
             Ok(w) => {
                 METRICS
                     .mam_archived
@@ -115,11 +123,7 @@ impl AccountShard {
         if entries.is_empty() {
             return;
         }
-        let owner = room.to_string();
-        let msgs: Vec<ArchivedMessage> = entries.iter().map(|e| archived(room, e)).collect();
-        let refs: Vec<(String, &ArchivedMessage)> =
-            msgs.iter().map(|m| (owner.clone(), m)).collect();
-        match mam.backend().append(&refs) {
+        match append(mam.backend(), room, entries) {
             Ok(_) => METRICS
                 .mam_archived
                 .with_label_values(&["groupchat"])

@@ -1785,9 +1785,10 @@ mod tests {
         h.archive = true;
         room_with_owner(&mut h);
         h.run("u@x/b", "r@conf.x/u", JOIN);
-        let out = h.run(
-            "u@x/b",
-            "r@conf.x",
+        // What u says to the room.
+        let say = |h: &mut Host, xml: &str| h.run("u@x/b", "r@conf.x", xml);
+        let out = say(
+            &mut h,
             "<message xmlns='jabber:client' type='groupchat'><body>hi</body></message>",
         );
         assert_eq!(h.archived.len(), 1);
@@ -1801,22 +1802,19 @@ mod tests {
         assert_eq!(stored.attr("from"), Some("r@conf.x/u"));
         assert_eq!(stored.attr("to"), None);
         // Chat states and <no-store/> are reflected, not archived.
-        h.run(
-            "u@x/b",
-            "r@conf.x",
+        say(
+            &mut h,
             "<message xmlns='jabber:client' type='groupchat'><active xmlns='http://jabber.org/protocol/chatstates'/></message>",
         );
         assert!(h.archived.is_empty());
-        h.run(
-            "u@x/b",
-            "r@conf.x",
+        say(
+            &mut h,
             "<message xmlns='jabber:client' type='groupchat'><body>x</body><no-store xmlns='urn:xmpp:hints'/></message>",
         );
         assert!(h.archived.is_empty());
         // disco#info advertises it.
-        let out = h.run(
-            "u@x/b",
-            "r@conf.x",
+        let out = say(
+            &mut h,
             "<iq xmlns='jabber:client' type='get' id='d'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
         );
         let xml = out[0].to_xml_string();
