@@ -17,6 +17,7 @@ from rawxmpp import bare, mam_query, new_id, q, rsm_set, stanza_error, xml_str
 from test_mam_cluster import login_retry
 from test_muc import (
     NS_ADMIN,
+    NS_DELAY,
     NS_DISCO_INFO,
     NS_DISCO_ITEMS,
     SERVICE,
@@ -32,7 +33,7 @@ from test_muc_mam import check_room_results, room_sid
 
 
 async def test_room_survives_kill9_of_its_leader(cluster):
-    accs = cluster.accounts(3)
+    accs = cluster.accounts(4)
     cluster.start()
     cluster.wait_shards_ready()
     room = f"kill-{new_id('r').lower()}@{SERVICE}"
@@ -128,6 +129,15 @@ async def test_room_survives_kill9_of_its_leader(cluster):
         assert after.complete, after.describe()
         assert now[: len(archived)] == archived, (now, archived)
         assert [b for _, b, _ in now].count("after failover") == 1, now
+    # A newcomer's history, from the new leader's copy of the archive: the same messages
+    # under the same ids.
+    newcomer = await login_retry(survivors[1], accs[3], "n")
+    await newcomer.send("<presence/>")
+    got = await join(newcomer, room, "newcomer")
+    history = [(e.findtext(q("body")), room_sid(e, room)) for e in got
+               if e.tag == q("message") and e.find(f"{{{NS_DELAY}}}delay") is not None]
+    assert history[: len(archived)] == [(b, i) for _, b, i in archived], (history, archived)
+    await newcomer.close()
 
     # The room kept its configuration and members on the new leader.
     info = await member.iq(f"<query xmlns='{NS_DISCO_INFO}'/>", to=room)
