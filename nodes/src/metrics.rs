@@ -198,7 +198,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "switchboard_mam_archived_total",
             "Messages written to an archive (XEP-0313) by this node's account shards, by \
-             direction (incoming, outgoing).",
+             direction (incoming, outgoing; groupchat: a room's archive).",
             &["direction"],
         ),
         mam_not_archived: counter(

@@ -204,6 +204,7 @@ impl Handler<ToComponent> for MucService {
                 to: msg.to,
                 stanza: msg.stanza,
                 local_sender,
+                counted: false,
             },
         );
     }

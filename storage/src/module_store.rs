@@ -258,8 +258,9 @@ impl ModuleStore {
         mut lsm: Vec<LsmWrite<'a>>,
     ) -> Result<(), StorageError> {
         // The archive's writes go in one fjall batch (atomic, persisted once when durable);
-        // the rest in one sled transaction. A batch mixing both (no caller writes one) is
-        // atomic per engine.
+        // the rest in one sled transaction. A batch mixing both (a room's groupchat message:
+        // its archive entry and its history, `im::muc`) is atomic per engine, the archive
+        // first; in a cluster the Raft log replays the whole batch after a crash.
         let (to_lsm, writes): (Vec<&Write<'_>>, Vec<&Write<'_>>) =
             writes.iter().partition(|w| LSM_MODULES.contains(&w.0));
         for &(module, user, key, payload) in to_lsm {

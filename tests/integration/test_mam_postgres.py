@@ -179,3 +179,40 @@ async def _archive_of(srv, account):
         return await archive(c)
     finally:
         await c.close()
+
+
+async def test_postgres_room_archive_and_purge_on_destroy(make_server, pg_url):
+    """A room's archive (XEP-0313 §5) on PostgreSQL: its groupchat messages read back from
+    the room's JID under the ids every occupant saw live; destroying the room deletes its
+    rows, so a room made again at the same JID starts empty."""
+    from test_muc import NS_OWNER, codes, instant, join, room_jid
+    from test_muc_mam import check_room_results, history_of, room_archive, talk
+
+    srv, alice, bob = pg_node(make_server, pg_url, "room")
+    srv.prepare_accounts(1)
+    a = await login(srv, alice, resource="a", presence=True)
+    b = await login(srv, bob, resource="b", presence=True)
+    try:
+        room = room_jid("pg")
+        await join(a, room, "alice")
+        await instant(a, room)
+        await join(b, room, "bob")
+        sent = await talk(room, [(a, "alice"), (b, "bob")], b, 5, "pgroom")
+        page = await room_archive(a, room)
+        assert page.complete and check_room_results(page, a, room) == sent, page.describe()
+        page = await room_archive(b, room, rsm=rsm_set(max=2, before=""))
+        assert check_room_results(page, b, room) == sent[-2:], page.describe()
+        # History on join comes from the archive there too.
+        hist = await history_of(srv, room)
+        assert hist == [(body, sid) for _, body, sid in sent], hist
+
+        r = await a.iq(f"<query xmlns='{NS_OWNER}'><destroy/></query>", type_="set", to=room)
+        assert r.get("type") == "result", r
+        got = await join(a, room, "alice")
+        assert "201" in codes(got[0])
+        await instant(a, room)
+        page = await room_archive(a, room)
+        assert page.complete and page.results == [], page.describe()
+    finally:
+        await a.close()
+        await b.close()

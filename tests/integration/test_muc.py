@@ -557,6 +557,45 @@ async def test_limits_and_creation_policy(make_server):
         await x.close()
 
 
+async def test_rooms_per_user(make_server):
+    """`max_rooms_per_user = 1`: a second room is refused with `not-allowed` (XEP-0045
+    §10.1.1) until the first is gone, also when it went as a temporary room emptied; the
+    service's admins are exempt. (test_muc_cluster.py counts rooms of several shards.)"""
+    srv = make_server({"modules.muc": {"max_rooms_per_user": 1, "admins": ["n0u002@localhost"]}},
+                      accounts=3)
+    user, admin = srv.account(), srv.account()
+    assert admin.jid == "n0u002@localhost", admin.jid
+    u = await login(srv, user, resource="u", presence=True)
+    first, second = room_jid("one"), room_jid("two")
+    got = await join(u, first, "u")
+    assert codes(got[0]) == ["201", "110"], xml_str(got[0])
+    await instant(u, first)
+    err = await join(u, second, "u")
+    assert stanza_error(err[-1]) == ("cancel", "not-allowed"), xml_str(err[-1])
+    assert err[-1].get("from") == f"{second}/u", xml_str(err[-1])
+    # Joining someone else's room is no creation: not counted.
+    a = await login(srv, admin, resource="a", presence=True)
+    for r in (room_jid("adm1"), room_jid("adm2")):
+        got = await join(a, r, "a")
+        assert codes(got[0]) == ["201", "110"], xml_str(got[0])
+        await instant(a, r)
+        got = await join(u, r, "u")
+        assert all(e.get("type") != "error" for e in got), [xml_str(e) for e in got]
+    # The temporary room empties as its owner leaves: it is gone, and so is its count.
+    await u.send(f"<presence to='{first}/u' type='unavailable'/>")
+    await u.expect(lambda e: e.get("from") == f"{first}/u" and e.get("type") == "unavailable",
+                   what="left the first room")
+    deadline = time.monotonic() + 10
+    while True:
+        got = await join(u, second, "u")
+        if got[-1].get("type") != "error" or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert codes(got[0]) == ["201", "110"], [xml_str(e) for e in got]
+    await u.close()
+    await a.close()
+
+
 async def test_slixmpp_xep_0045(server):
     owner, room = await new_room(server, "slix")
     accounts = [server.account(), server.account()]

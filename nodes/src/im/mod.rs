@@ -9,6 +9,8 @@ mod archive;
 mod blocking;
 pub mod messages;
 pub mod muc;
+mod muc_archive;
+pub mod muc_limits;
 mod offline;
 mod presence;
 mod privacy;
@@ -297,6 +299,10 @@ pub struct AccountShard {
     archive_grown: HashSet<Jid>,
     /// Where the archive's retention walk by age goes on from (`None`: the start).
     archive_cursor: Option<String>,
+    /// Ids of the groupchat messages of this shard's rooms (`im::muc`): archive ids with
+    /// this node's bits, so they are unique and time-ordered across the cluster like the
+    /// Router's (a room's messages are numbered by whichever node leads its shard).
+    room_ids: proto::stanza_id::ArchiveIdGenerator,
 }
 
 impl AccountShard {
@@ -330,7 +336,15 @@ impl AccountShard {
             cap_text: None,
             archive_grown: HashSet::new(),
             archive_cursor: None,
+            room_ids: proto::stanza_id::ArchiveIdGenerator::new(0),
         }
+    }
+
+    /// `node`: this node's id in the cluster (0 alone), part of the archive ids of the
+    /// groupchat messages this shard's rooms stamp.
+    pub fn with_node(mut self, node: u64) -> Self {
+        self.room_ids = proto::stanza_id::ArchiveIdGenerator::new((node & 0x3ff) as u16);
+        self
     }
 
     /// Note that the cap `key` (limit `limit`) refused a request of `user`; the account IQ's

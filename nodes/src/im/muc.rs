@@ -35,6 +35,10 @@ pub struct MucStanza {
     pub stanza: Element,
     /// Whether the sender is a user of a served domain (the creation policy `local`).
     pub local_sender: bool,
+    /// A join that creates the room, already counted in its creator's shard
+    /// (`max_rooms_per_user`, `im::muc_limits`). Absent from an older node: false.
+    #[serde(default)]
+    pub counted: bool,
 }
 
 /// The directory entries of one shard's rooms of service `probe.domain()`: (room JID, the
@@ -116,14 +120,28 @@ impl AccountShard {
             return;
         };
         let settings = muc.settings();
-        let mut room = Room::new(msg.room.clone(), settings, now_ms());
-        // Joins need the history; nothing else does.
-        let with_history = msg.stanza.name == "presence";
+        let now = now_ms();
+        let mut room = Room::new(msg.room.clone(), settings, now);
+        // Joins need the history; nothing else does (an unavailable or error presence is
+        // no join).
+        let with_history = msg.stanza.name == "presence" && msg.stanza.attr("type").is_none();
         if let Err(e) = self.load_room(&mut room, &msg.room.to_string(), with_history) {
             tracing::error!(room = %msg.room, error = %e, "muc: room unreadable");
             return self.muc_refuse(&msg);
         }
+        room.archive = self.rooms_archived();
+        if room.archive && super::muc_archive::is_mam_request(&msg.to, &msg.stanza) {
+            return self.room_mam_iq(&msg, &room);
+        }
+        if msg.stanza.name == "message" && msg.stanza.attr("type") == Some("groupchat") {
+            // The `<stanza-id/>` the room stamps is the archive's id (XEP-0359, XEP-0313 §5).
+            room.message_id = Some(self.room_message_id(now));
+        }
         let may_create = settings.may_create(&msg.from, msg.local_sender);
+        if self.muc_count_first(&msg, room.meta.is_some(), may_create) {
+            // Back here once the creator's shard counted it (or refused it there).
+            return;
+        }
         let before = Counts::of(&room);
         room.handle(
             Input {
@@ -134,19 +152,32 @@ impl AccountShard {
             },
             || format!("{:032x}", rand::random::<u128>()),
         );
-        if let Err(e) = self.muc_commit(&msg.room, before, room) {
+        let created = !before.existed && room.meta.is_some();
+        let creator = self.muc_counted_outcome(&msg, created);
+        if let Err(e) = self.muc_commit(&msg.room, before, room, creator) {
             // Nothing was said: the sender may try again (no quorum, leadership moved).
             tracing::warn!(room = %msg.room, error = %e, "muc: room write failed");
+            if msg.counted && created {
+                self.muc_release(&msg.from.to_bare(), &msg.room);
+            }
             self.muc_refuse(&msg);
         }
     }
 
     /// Commit what the room wrote (one batch: one Raft entry), count it, then route what it
     /// sends. Nothing is sent when the write fails.
-    fn muc_commit(&mut self, jid: &Jid, before: Counts, room: Room<'_>) -> Result<(), String> {
+    /// `extra`: a write of the room's to commit with it (its creator).
+    fn muc_commit(
+        &mut self,
+        jid: &Jid,
+        before: Counts,
+        room: Room<'_>,
+        extra: Option<UserDataWrite>,
+    ) -> Result<(), String> {
         let user = jid.to_string();
         let after = Counts::of(&room);
-        let fx = room.finish();
+        let mut fx = room.finish();
+        let archive = std::mem::take(&mut fx.archive);
         // The service's directory: entries of the service's JID in the room's shard.
         let directory = |payload: Option<String>| UserDataWrite::Module {
             module: MODULE.into(),
@@ -170,6 +201,9 @@ impl AccountShard {
                     payload,
                 })
                 .collect();
+            // The room's archive, in the same batch as its history (embedded backend).
+            writes.extend(self.room_archive_writes(jid, &archive));
+            writes.extend(extra);
             if let Some(entry) = fx.directory {
                 writes.push(directory(
                     entry.and_then(|e| serde_json::to_string(&e).ok()),
@@ -181,9 +215,17 @@ impl AccountShard {
                 _ => Some(UserDataWrite::Batch(writes)),
             }
         };
+        // A room going away leaves its creator's count (`max_rooms_per_user`).
+        let creator = (fx.destroy && before.existed)
+            .then(|| self.muc_creator(jid))
+            .flatten();
         if let Some(w) = write {
             self.writer.write(w).map_err(|e| e.to_string())?;
         }
+        if let Some(creator) = creator {
+            self.muc_release(&creator, jid);
+        }
+        self.room_archive_after_commit(jid, &archive, fx.destroy && before.existed);
         if fx.created {
             METRICS.muc_rooms.with_label_values(&["created"]).inc();
         }
@@ -241,7 +283,7 @@ impl AccountShard {
         }
         let before = Counts::of(&room);
         room.destroy_by_operator(msg.reason.as_deref());
-        self.muc_commit(&msg.room, before, room)?;
+        self.muc_commit(&msg.room, before, room, None)?;
         Ok(true)
     }
 
@@ -304,6 +346,16 @@ impl AccountShard {
             }
             newest_first.reverse();
             room.history = newest_first;
+            if self.rooms_archived() {
+                // The archived messages are history from the archive (`im::muc_archive`);
+                // the entries above are those it does not hold (older than the archive,
+                // or `<no-store/>`).
+                let archived = self.room_history_from_archive(user, max)?;
+                room.history.extend(archived);
+                room.history.sort_by_key(|h| h.ms);
+                let excess = room.history.len().saturating_sub(max);
+                room.history.drain(..excess);
+            }
         }
         Ok(())
     }
@@ -332,7 +384,7 @@ impl AccountShard {
 
 /// The first key after every key starting with `prefix` (its last byte + 1; the prefixes
 /// here end in `:`).
-fn prefix_end(prefix: &str) -> String {
+pub(super) fn prefix_end(prefix: &str) -> String {
     let mut s = prefix.to_owned();
     if let Some(last) = s.pop() {
         s.push(char::from_u32(last as u32 + 1).unwrap_or(last));

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use super::messages::*;
 use super::muc::{MucDestroy, MucDirectory, MucStanza};
+use super::muc_limits::{MucCountRoom, MucReleaseRoom};
 use super::{AccountShard, AccountShards};
 use crate::cluster::messages::{ImReply, ImRequest, Push};
 use crate::cluster::NodeId;
@@ -147,6 +148,8 @@ im_operations! {
     MucStanza => |m| m.room.to_bare();
     MucDirectory => |m| m.probe.to_bare();
     MucDestroy => |m| m.room.to_bare();
+    MucCountRoom => |m| m.user.to_bare();
+    MucReleaseRoom => |m| m.user.to_bare();
 }
 
 /// A peer's one-way IM operation. If this node no longer leads the account's shard, it is

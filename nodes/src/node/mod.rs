@@ -160,6 +160,7 @@ where
             tracing::info!(backend = backend.name(), "message archive open");
         }
         let mut shard_addrs = Vec::new();
+        let node = cluster.as_ref().map_or(0, |c| c.me);
         for (data, writer) in placements {
             let router = RouterHandle::new(&router_addr);
             let (domains, modules) = (domains.clone(), modules.clone());
@@ -172,6 +173,7 @@ where
                     domains.clone(),
                     modules.clone(),
                 )
+                .with_node(node)
             }));
         }
         let shards = AccountShards::new(shard_addrs, cluster.clone())
@@ -188,7 +190,6 @@ where
             crate::router::OfflineBatch::for_send_queue(settings.c2s.send_queue_max_bytes),
         );
         if let Some(mam) = crate::modules::mam::get(&modules) {
-            let node = cluster.as_ref().map_or(0, |c| c.me);
             router = router.with_archiver(crate::router::archiver::Archiver::new(
                 node,
                 mam.settings(),

@@ -38,6 +38,11 @@ pub struct Settings {
     pub max_occupants: usize,
     pub max_history: usize,
     pub max_message_bytes: usize,
+    /// Keep each room's groupchat messages in its own archive (XEP-0313 §5), when the
+    /// `mam` module is on too.
+    pub archive: bool,
+    /// Rooms one user may have created and not destroyed (0: no limit; `admins` exempt).
+    pub max_rooms_per_user: usize,
 }
 
 impl Default for Settings {
@@ -49,6 +54,8 @@ impl Default for Settings {
             max_occupants: 200,
             max_history: 50,
             max_message_bytes: 16 * 1024,
+            archive: true,
+            max_rooms_per_user: 100,
         }
     }
 }
@@ -59,12 +66,18 @@ impl Settings {
         self.domain.replace("{domain}", served)
     }
 
+    /// Whether `who` is one of the service's `admins` (bare JIDs).
+    pub fn is_admin(&self, who: &Jid) -> bool {
+        let bare = who.to_bare().to_string();
+        self.admins.contains(&bare)
+    }
+
     /// Whether `who` may create a room (`local`: whether it is a user of a served domain).
     pub fn may_create(&self, who: &Jid, local: bool) -> bool {
         match self.creation {
             Creation::Anyone => true,
             Creation::Local => local,
-            Creation::Admins => self.admins.iter().any(|a| *a == who.to_bare().to_string()),
+            Creation::Admins => self.is_admin(who),
         }
     }
 }
@@ -140,6 +153,16 @@ impl Module for Muc {
                 default: "16384",
                 doc: "largest groupchat or private message through a room, serialised",
             },
+            ConfigOption {
+                key: "archive",
+                default: "true",
+                doc: "keep each room's groupchat messages in the room's own archive, queried at the room's JID (XEP-0313 §5); needs `[modules.mam]` on, and uses its backend",
+            },
+            ConfigOption {
+                key: "max_rooms_per_user",
+                default: "100",
+                doc: "rooms one user may have created and not yet destroyed (0: no limit; `admins` are exempt); beyond, the creating join is refused with `not-allowed`",
+            },
         ]
     }
     fn configure(&mut self, section: &Section) -> Result<(), String> {
@@ -164,6 +187,8 @@ impl Module for Muc {
             max_occupants: section.get("max_occupants")?,
             max_history: section.get("max_history")?,
             max_message_bytes: section.get("max_message_bytes")?,
+            archive: section.get("archive")?,
+            max_rooms_per_user: section.get("max_rooms_per_user")?,
         };
         Ok(())
     }

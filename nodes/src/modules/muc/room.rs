@@ -10,7 +10,9 @@
 //! - `aff`: the affiliations (bare JID → affiliation);
 //! - `o:<nick>`: an [`Occupant`] (its sessions' real full JIDs, role, last presence): occupants are
 //!   persisted so that a new leader of the shard serves the room with them at once;
-//! - `h:<seq, 16 hex>`: a [`HistoryEntry`], the last `max_history` groupchat messages.
+//! - `h:<seq, 16 hex>`: a [`HistoryEntry`], the last `max_history` groupchat messages that
+//!   are not in the room's archive (all of them when [`Room::archive`] is off): the host
+//!   adds the archive's newest to [`Room::history`].
 
 use std::collections::BTreeMap;
 
@@ -20,6 +22,7 @@ use proto::error::{stanza_error_reply, StanzaErrorCondition as Cond};
 use proto::jid::Jid;
 use proto::muc::{self, status, Affiliation, HistoryRequest, ItemView, Role, RoomConfig, Whois};
 use proto::ns;
+use proto::stanza_id::ArchiveId;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
@@ -119,6 +122,19 @@ pub struct Effects {
     /// The room's entry in the service's directory: `Some(Some(entry))` to write it,
     /// `Some(None)` to take it out, `None` unchanged (destroying a room also takes it out).
     pub directory: Option<Option<DirectoryEntry>>,
+    /// Groupchat messages for the room's archive (XEP-0313 §5), when [`Room::archive`].
+    pub archive: Vec<ArchiveEntry>,
+}
+
+/// A groupchat message for the room's own archive (owner: the room's bare JID).
+#[derive(Debug, Clone)]
+pub struct ArchiveEntry {
+    /// Its archive id, also the `<stanza-id by=room>` its receivers saw (XEP-0359).
+    pub id: ArchiveId,
+    /// The sender's nick: the archive's `with` is its occupant JID (room/nick).
+    pub nick: String,
+    /// The message as reflected, without `to`.
+    pub xml: String,
 }
 
 /// A room as the service's directory knows it: every room has one from its creation (the
@@ -141,6 +157,12 @@ pub struct Room<'a> {
     pub history: Vec<HistoryEntry>,
     /// The sequence number of the next history entry (`seq`).
     pub next_seq: u64,
+    /// Whether the room keeps an archive (XEP-0313 §5: advertised in its disco#info, its
+    /// groupchat messages with a body go to [`Effects::archive`]).
+    pub archive: bool,
+    /// The id the host assigned to the stanza being handled (an archive id, so the
+    /// `<stanza-id/>` a client sees live is the MAM id); `None`: an id from the clock.
+    pub message_id: Option<ArchiveId>,
     now_ms: u64,
     fx: Effects,
 }
@@ -166,6 +188,8 @@ impl<'a> Room<'a> {
             occupants: BTreeMap::new(),
             history: Vec::new(),
             next_seq: 0,
+            archive: false,
+            message_id: None,
             now_ms,
             fx: Effects::default(),
         }
@@ -854,7 +878,10 @@ impl<'a> Room<'a> {
         proto::stanza_id::strip_forged(&mut stanza, &room);
         stanza.remove_children(|c| c.is("occupant-id", ns::OCCUPANT_ID));
         let seq = self.next_seq;
-        let id = format!("{}-{seq}", self.now_ms);
+        let id = match self.message_id {
+            Some(id) => id.to_string(),
+            None => format!("{}-{seq}", self.now_ms),
+        };
         proto::stanza_id::add(&mut stanza, &room, &id);
         stanza.push_child(
             Element::new("occupant-id", ns::OCCUPANT_ID)
@@ -862,9 +889,10 @@ impl<'a> Room<'a> {
         );
         stanza.set_attr("from", from_nick.clone());
         stanza.remove_attr("to");
-        if has_body {
-            // History: the last `max_history` messages with a body (§7.2.15); chat states
-            // and subject changes are not history.
+        // History: the last `max_history` messages with a body (§7.2.15); chat states and
+        // subject changes are not history. An archived message is history from the archive
+        // (the host reads the room's newest); the others are kept here.
+        if has_body && !self.archive_message(sender, &stanza) {
             // The counter has a key of its own: a message rewrites a number, not the room.
             self.next_seq += 1;
             self.fx
@@ -889,6 +917,50 @@ impl<'a> Room<'a> {
             self.send(stanza.clone(), &from_nick, &r);
         }
         self.fx.reflected += 1;
+    }
+
+    /// XEP-0313 §5: a reflected groupchat message goes to the room's archive under the id
+    /// its receivers saw, unless it asks not to be stored (XEP-0334). Whether it went.
+    fn archive_message(&mut self, sender: &str, stanza: &Element) -> bool {
+        let Some(id) = self.message_id.filter(|_| self.archive) else {
+            return false;
+        };
+        let hint = |name: &str| stanza.get_child(name, ns::HINTS).is_some();
+        if hint("no-store") || hint("no-permanent-store") {
+            return false;
+        }
+        self.fx.archive.push(ArchiveEntry {
+            id,
+            nick: sender.to_owned(),
+            xml: stanza.to_xml_string(),
+        });
+        true
+    }
+
+    /// Who may read the room's archive (XEP-0313 §5 leaves it to the room; this is Prosody's
+    /// mod_muc_mam rule, tightened for passwords and locks): an outcast never; an occupant
+    /// always; members, admins and owners even when absent; anyone else only in a room that
+    /// is open (not members-only, without a password, configured), as they could join it.
+    pub fn may_read_archive(&self, who: &Jid) -> Result<(), Cond> {
+        let Some(meta) = self.meta() else {
+            return Err(Cond::ItemNotFound);
+        };
+        let affiliation = self.affiliation(who);
+        if affiliation == Affiliation::Outcast {
+            return Err(Cond::Forbidden);
+        }
+        let affiliated = matches!(
+            affiliation,
+            Affiliation::Member | Affiliation::Admin | Affiliation::Owner
+        );
+        if affiliated || self.nick_of(who).is_some() {
+            return Ok(());
+        }
+        let config = &meta.config;
+        if config.members_only || !config.password.is_empty() || meta.locked {
+            return Err(Cond::Forbidden);
+        }
+        Ok(())
     }
 
     fn private_message(
@@ -1105,6 +1177,10 @@ impl<'a> Room<'a> {
         );
         let mut features = config.features();
         features.push(ns::DISCO_INFO);
+        if self.archive {
+            // XEP-0313 §7: the room's archive is queried at its JID.
+            features.extend([ns::MAM, ns::MAM_EXTENDED]);
+        }
         features.sort_unstable();
         features.dedup();
         for f in features {
@@ -1468,6 +1544,9 @@ mod tests {
         entries: BTreeMap<String, String>,
         settings: Settings,
         now: u64,
+        /// What the last stanza archived (the room archives when [`Host::archive`]).
+        archived: Vec<ArchiveEntry>,
+        archive: bool,
     }
 
     impl Host {
@@ -1476,6 +1555,8 @@ mod tests {
                 entries: BTreeMap::new(),
                 settings: Settings::default(),
                 now: 1_000_000,
+                archived: Vec::new(),
+                archive: false,
             }
         }
 
@@ -1509,6 +1590,8 @@ mod tests {
             let mut stanza = el(xml);
             stanza.set_attr("from", from);
             stanza.set_attr("to", to.to_string());
+            room.archive = self.archive;
+            room.message_id = Some(ArchiveId::new(self.now, 1, 0));
             room.handle(
                 Input {
                     from: &jid(from),
@@ -1518,7 +1601,8 @@ mod tests {
                 },
                 || "secret".into(),
             );
-            let fx = room.finish();
+            let mut fx = room.finish();
+            self.archived = std::mem::take(&mut fx.archive);
             if fx.destroy {
                 self.entries.clear();
             } else {
@@ -1693,5 +1777,91 @@ mod tests {
             .iter()
             .any(|p| p.attr("to") == Some("owner@x/a") && codes(p) == ["333"]));
         assert!(!h.entries.contains_key("o:v"));
+    }
+
+    #[test]
+    fn the_archive_gets_each_groupchat_under_its_live_stanza_id() {
+        let mut h = Host::new();
+        h.archive = true;
+        room_with_owner(&mut h);
+        h.run("u@x/b", "r@conf.x/u", JOIN);
+        // What u says to the room.
+        let say = |h: &mut Host, xml: &str| h.run("u@x/b", "r@conf.x", xml);
+        let out = say(
+            &mut h,
+            "<message xmlns='jabber:client' type='groupchat'><body>hi</body></message>",
+        );
+        assert_eq!(h.archived.len(), 1);
+        let entry = &h.archived[0];
+        assert_eq!(entry.nick, "u");
+        for m in &out {
+            let sid = m.get_child("stanza-id", ns::SID).and_then(|s| s.attr("id"));
+            assert_eq!(sid, Some(entry.id.to_string().as_str()));
+        }
+        let stored = el(&entry.xml);
+        assert_eq!(stored.attr("from"), Some("r@conf.x/u"));
+        assert_eq!(stored.attr("to"), None);
+        // Chat states and <no-store/> are reflected, not archived.
+        say(
+            &mut h,
+            "<message xmlns='jabber:client' type='groupchat'><active xmlns='http://jabber.org/protocol/chatstates'/></message>",
+        );
+        assert!(h.archived.is_empty());
+        say(
+            &mut h,
+            "<message xmlns='jabber:client' type='groupchat'><body>x</body><no-store xmlns='urn:xmpp:hints'/></message>",
+        );
+        assert!(h.archived.is_empty());
+        // disco#info advertises it.
+        let out = say(
+            &mut h,
+            "<iq xmlns='jabber:client' type='get' id='d'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+        );
+        let xml = out[0].to_xml_string();
+        assert!(
+            xml.contains(ns::MAM) && xml.contains(ns::MAM_EXTENDED),
+            "{xml}"
+        );
+    }
+
+    #[test]
+    fn who_may_read_the_archive() {
+        let mut h = Host::new();
+        room_with_owner(&mut h);
+        let load = |h: &Host| {
+            let meta: Meta = serde_json::from_str(&h.entries[KEY_META]).unwrap();
+            let affs = h
+                .entries
+                .get(KEY_AFF)
+                .map(|a| serde_json::from_str(a).unwrap())
+                .unwrap_or_default();
+            (meta, affs)
+        };
+        let settings = Settings::default();
+        let check = |h: &Host, who: &str| {
+            let (meta, affs) = load(h);
+            let mut room = Room::new(jid("r@conf.x"), &settings, 0);
+            room.meta = Some(meta);
+            room.affs = affs;
+            room.may_read_archive(&jid(who))
+        };
+        assert_eq!(check(&h, "stranger@y/z"), Ok(()));
+        assert_eq!(check(&h, "owner@x/other"), Ok(()));
+        let (mut meta, mut affs) = load(&h);
+        meta.config.members_only = true;
+        affs.insert("member@x".to_string(), Affiliation::Member);
+        affs.insert("bad@x".to_string(), Affiliation::Outcast);
+        h.entries
+            .insert(KEY_META.into(), serde_json::to_string(&meta).unwrap());
+        h.entries
+            .insert(KEY_AFF.into(), serde_json::to_string(&affs).unwrap());
+        assert_eq!(check(&h, "stranger@y/z"), Err(Cond::Forbidden));
+        assert_eq!(check(&h, "member@x/any"), Ok(()));
+        assert_eq!(check(&h, "bad@x/any"), Err(Cond::Forbidden));
+        let room = Room::new(jid("none@conf.x"), &settings, 0);
+        assert_eq!(
+            room.may_read_archive(&jid("a@x/b")),
+            Err(Cond::ItemNotFound)
+        );
     }
 }
