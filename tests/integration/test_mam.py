@@ -184,6 +184,20 @@ async def expect_error(c, body: str, condition: str | set, *, type_: str = "set"
     return resp
 
 
+async def archived_conversation(srv, alice, bob, n: int, prefix: str) -> None:
+    """Log both in, hold `conversation` of n, wait until its last message is in both
+    archives, and log out."""
+    a = await login(srv, alice, resource="a")
+    b = await login(srv, bob, resource="b")
+    try:
+        await conversation(a, b, n, prefix)
+        await settled(a, f"{prefix}{n - 1}")
+        await settled(b, f"{prefix}{n - 1}")
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def conversation(a, b, n: int, prefix: str) -> list[tuple[str, str, ET.Element]]:
     """n messages alternating a->b, b->a, each delivered before the next is sent. Returns
     (message id, body, the message as delivered) in sending order."""

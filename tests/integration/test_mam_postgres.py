@@ -21,8 +21,8 @@ import pytest
 
 from conftest import REPO_ROOT, free_ports
 from rawxmpp import bare, login, mam_form, mam_query, rsm_set
-from test_mam import (archive, check_results, conversation, deliver, inner_ids,
-                      restart_then_kill9, settled, sid, snapshot)
+from test_mam import (archive, archived_conversation, check_results, conversation, deliver,
+                      inner_ids, restart_then_kill9, settled, sid, snapshot)
 
 PG_SCRIPT = REPO_ROOT / "scripts" / "pg-instance.sh"
 
@@ -116,13 +116,7 @@ async def test_postgres_archive_survives_restart_purge_and_deletion(make_server,
     after a kill -9 (messages delivered 0.5 s before it all there). `switchboard mam purge`
     empties alice's archive only; `switchboard user del` then empties bob's."""
     srv, alice, bob = pg_node(make_server, pg_url, "dur")
-    a = await login(srv, alice, resource="a")
-    b = await login(srv, bob, resource="b")
-    await conversation(a, b, 4, "pgr")
-    await settled(a, "pgr3")
-    await settled(b, "pgr3")
-    await a.close()
-    await b.close()
+    await archived_conversation(srv, alice, bob, 4, "pgr")
     expected = await restart_then_kill9(srv, alice, bob, 4, 2, "pgk")
 
     r = srv.cli("mam", "purge", alice.jid)
@@ -152,15 +146,7 @@ async def test_postgres_archive_goes_with_an_account_deleted_while_the_node_is_s
     archive in PostgreSQL is not in it, so the command deletes the account's rows there too
     (before, they outlived the account and a new account of that name inherited them)."""
     srv, alice, bob = pg_node(make_server, pg_url, "offdel")
-    a = await login(srv, alice, resource="a")
-    b = await login(srv, bob, resource="b")
-    try:
-        await conversation(a, b, 3, "pgo")
-        await settled(a, "pgo2")
-        await settled(b, "pgo2")
-    finally:
-        await a.close()
-        await b.close()
+    await archived_conversation(srv, alice, bob, 3, "pgo")
     srv.stop()
     r = srv.cli("user", "del", bob.jid)
     assert r.returncode == 0, r.stdout + r.stderr
