@@ -43,6 +43,8 @@ command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v profanity >/dev/null 2>&1 || missing+=(profanity)
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || missing+=(postgresql)
+# The archive's retention test runs the node with its clock moved back (test_mam.py).
+compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null || missing+=(libfaketime)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
     echo "test-deps: installing ${missing[*]}" >&2

@@ -122,6 +122,8 @@ class Server:
         self.log_path = self.dir / "node.log"
         self.c2s_port, self.tls_port, self.http_port, self.s2s_port = free_ports(4)
         self.proc: subprocess.Popen | None = None
+        # Added to the node's environment at each start (a test's libfaketime, say).
+        self.extra_env: dict[str, str] = {}
         self.exit_code: int | None = None
         self._pool: list[Account] = []
         self._counter = 0
@@ -209,7 +211,7 @@ class Server:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=self.dir,
-            env=_child_env(),
+            env={**_child_env(), **self.extra_env},
         )
         _LIVE_SERVERS.append(self)
         deadline = time.monotonic() + timeout

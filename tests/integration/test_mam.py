@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import glob
 import re
 import time
 import urllib.request
@@ -1195,6 +1196,55 @@ async def test_per_account_cap(make_server):
         assert got == sent[-4:] + ["cap-late"], got
     finally:
         await close_all(a, b)
+
+
+# libfaketime (Debian `libfaketime`, installed by scripts/test-deps.sh): runs the node with
+# its wall clock moved, so that a test can archive messages "days ago".
+FAKETIME_LIB = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), None)
+
+
+async def test_retention_days_deletes_what_is_older(make_server):
+    """[modules.mam] retention_days = 2: a conversation archived while the node's wall clock
+    was three days behind (libfaketime) is kept while that clock runs, and deleted from both
+    archives by the retention pass (every few seconds) once the node runs on the real clock;
+    what is archived today stays."""
+    assert FAKETIME_LIB, "libfaketime is not installed (scripts/test-deps.sh installs it)"
+    srv = make_server({"modules.mam": {"retention_days": 2}}, accounts=2, start=False)
+    srv.extra_env = {"LD_PRELOAD": FAKETIME_LIB, "FAKETIME": "-3d",
+                     "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    srv.start()
+    alice, bob = srv.account(), srv.account()
+    await archived_conversation(srv, alice, bob, 3, "old")
+    await asyncio.sleep(6)  # a retention pass on the node's own (behind) clock keeps them
+    c = await login(srv, alice, resource="old")
+    try:
+        # (`archive` would check that the stamps are about now.)
+        page = await mam_query(c, "", rsm_set(max=50))
+    finally:
+        await c.close()
+    assert inner_ids(page) == ["old0", "old1", "old2"], page.describe()
+    stamp = page.results[0].find(f"{{{NS_MAM}}}result/{{{NS_FORWARD}}}forwarded/{{{NS_DELAY}}}delay").get("stamp")
+    moved = time.time() - calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
+    assert moved > 2.5 * 86400, f"archived at {stamp}: the node's clock was not moved back"
+
+    srv.stop()
+    srv.extra_env = {}
+    srv.start()
+    await archived_conversation(srv, alice, bob, 2, "new")
+    deadline = time.monotonic() + 20
+    for account in (alice, bob):
+        while (got := inner_ids(await _archive(srv, account))) != ["new0", "new1"]:
+            assert time.monotonic() < deadline, (
+                f"{account.jid}'s archive holds {got} 20 s after the start on the real clock")
+            await asyncio.sleep(0.5)
+
+
+async def _archive(srv, account):
+    c = await login(srv, account, resource="ret")
+    try:
+        return await archive(c)
+    finally:
+        await c.close()
 
 
 async def test_metrics(make_server):
