@@ -3,25 +3,31 @@ its bare JID and acts on that shard's leader, whichever node its occupants are o
 occupants on three nodes chat; the node leading the room's shard is killed with `kill -9`;
 a new leader serves the room from the replicated state (configuration, affiliations and the
 occupant list), each message sent after the failover reaches each surviving occupant
-exactly once, and the occupant that was on the dead node is shown leaving (status 333,
-found when the room's message to it bounces)."""
+exactly once, and the occupant that was on the dead node is shown leaving (status 333).
+That removal needs no message: once the routing table purges the dead node's sessions the
+rooms are swept (`node::muc_sweep`), whether the dead node held only an occupant or also
+served the room."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+import pytest
+
 from rawxmpp import bare, new_id, q, xml_str
 from test_mam_cluster import login_retry
 from test_muc import (
     NS_ADMIN,
     NS_DISCO_INFO,
+    NS_DATA,
     NS_DISCO_ITEMS,
     SERVICE,
     codes,
     configure,
     groupchat,
     is_groupchat,
+    item,
     join,
 )
 
@@ -68,7 +74,8 @@ async def test_room_survives_kill9_of_its_leader(cluster):
     cluster.wait_shards_ready(nodes=survivors, timeout=40)
 
     # After the failover the owner speaks until the dead occupant's removal shows: the
-    # room's message to it bounces once its node's routes are purged.
+    # sweep removes it once its node's routes are purged (or the room's message to it
+    # bounces, whichever comes first).
     live = {"owner": owner, "member": member}
     seen: dict[str, list] = {n: [] for n in live}
     probes = []
@@ -87,6 +94,8 @@ async def test_room_survives_kill9_of_its_leader(cluster):
         )
     assert gone is not None, "the occupant on the dead node was never shown leaving"
     assert "333" in codes(gone), xml_str(gone)
+    # The removal comes on its own (the sweep), so the owner's copy may still be on its way.
+    seen["owner"] += await owner.drain(1.0)
     assert any(e.get("from") == f"{room}/doomed" and e.get("type") == "unavailable"
                for e in seen["owner"]), "the owner was not told either"
 
@@ -118,3 +127,81 @@ async def test_room_survives_kill9_of_its_leader(cluster):
     for c in live.values():
         await c.close()
     await asyncio.sleep(0)
+
+
+def is_unavailable_from(occupant_jid: str):
+    return lambda e: (
+        e.tag == q("presence") and e.get("from") == occupant_jid and e.get("type") == "unavailable"
+    )
+
+
+@pytest.mark.parametrize("victim_leads_the_room", [False, True], ids=["occupant-node", "room-leader"])
+async def test_occupants_of_a_killed_node_leave_without_a_message(cluster, victim_leads_the_room):
+    """`kill -9` of a node that holds an occupant: the routing table purges the node's
+    sessions and the room removes the occupant at once (status 333) — nobody has to speak
+    for the room to notice. Both when the dead node only held the occupant and when it also
+    served the room. The occupants on live nodes stay."""
+    accs = cluster.accounts(3)
+    cluster.start()
+    cluster.wait_shards_ready()
+    room = f"sweep-{new_id('r').lower()}@{SERVICE}"
+    n1 = cluster.nodes[0]
+    shard = cluster.shard_of(room, cluster.shard_count())
+    leader = cluster.node_by_id(cluster.shard_leaders(n1)[shard])
+    if victim_leads_the_room:
+        victim = leader
+    else:
+        victim = next(n for n in cluster.nodes if n is not leader)
+    survivors = [n for n in cluster.nodes if n is not victim]
+    # Without a victim leading the room, the owner sits on the room's leader.
+    survivors.sort(key=lambda n: n is not leader)
+
+    owner = await login_retry(survivors[0], accs[0], "o")
+    await owner.send("<presence/>")
+    got = await join(owner, room, "owner")
+    assert codes(got[0]) == ["201", "110"], xml_str(got[0])
+    await configure(owner, room, roomname="Swept", persistentroom=1)
+    other = await login_retry(survivors[1], accs[1], "x")
+    await other.send("<presence/>")
+    doomed = await login_retry(victim, accs[2], "d")
+    await doomed.send("<presence/>")
+    await join(other, room, "other")
+    await join(doomed, room, "doomed")
+    for c in (owner, other):
+        await c.expect(lambda e: e.tag == q("presence") and e.get("from") == f"{room}/doomed"
+                       and e.get("type") is None, what="the doomed occupant's join")
+
+    victim.kill9()
+    killed = time.monotonic()
+    # No one speaks: the removal must come on its own, within the failure timeout (2 s),
+    # an election and the sweep's grace.
+    for name, c in (("owner", owner), ("other", other)):
+        gone = await c.expect(is_unavailable_from(f"{room}/doomed"), timeout=20,
+                              what=f"{name} told the dead node's occupant left")
+        assert "333" in codes(gone), xml_str(gone)
+        assert item(gone).get("role") == "none", xml_str(gone)
+    elapsed = time.monotonic() - killed
+    assert elapsed < 15, f"the stale occupant was removed only after {elapsed:.1f} s"
+
+    # Only the dead node's occupant went: the others are still in, and hear each other once.
+    for c in (owner, other):
+        left = [e for e in await c.drain(1.0)
+                if e.tag == q("presence") and bare(e.get("from", "")) == room
+                and e.get("type") == "unavailable" and e.get("from") != f"{room}/doomed"]
+        assert left == [], [xml_str(e) for e in left]
+    if victim_leads_the_room:
+        cluster.wait_shards_ready(nodes=survivors, timeout=40)
+    await groupchat(other, room, "still here")
+    for c in (owner, other):
+        await c.expect(is_groupchat("still here"), timeout=15, what="the message after the sweep")
+        extra = [e for e in await c.drain(1.0) if is_groupchat("still here")(e)]
+        assert extra == [], [xml_str(e) for e in extra]
+    info = await owner.iq(f"<query xmlns='{NS_DISCO_INFO}'/>", to=room)
+    occupants = [
+        f.findtext(f"{{{NS_DATA}}}value")
+        for f in info.iter(f"{{{NS_DATA}}}field")
+        if f.get("var") == "muc#roominfo_occupants"
+    ]
+    assert occupants == ["2"], xml_str(info)
+    for c in (owner, other):
+        await c.close()

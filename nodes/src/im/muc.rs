@@ -60,6 +60,29 @@ impl Handler<MucDirectory> for AccountShard {
     }
 }
 
+/// A page of this shard's rooms of service `service` (after room `after`, at most `limit`),
+/// each with its occupants' sessions at the served domains (real full JIDs): what the group
+/// chat sweep (`node::muc_sweep`) checks against the routing table. Occupants at other
+/// servers are left out: their sessions are not in our table (a bounce removes them). Only
+/// this node's own actors are asked (never over the NodeLink), on the shards it serves.
+#[derive(Message)]
+#[rtype(result = "Vec<(Jid, Vec<Jid>)>")]
+pub struct MucLocalOccupants {
+    pub service: String,
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+impl Handler<MucLocalOccupants> for AccountShard {
+    type Result = MessageResult<MucLocalOccupants>;
+    fn handle(&mut self, msg: MucLocalOccupants, _: &mut SyncContext<Self>) -> Self::Result {
+        MessageResult(self.muc_local_occupants(&msg).unwrap_or_else(|e| {
+            tracing::warn!(service = %msg.service, error = %e, "muc: rooms unreadable for the sweep");
+            Vec::new()
+        }))
+    }
+}
+
 /// Destroy a room (the operator's `switchboard muc destroy`): its occupants hear it (XEP-0045
 /// §10.9). The answer: whether there was such a room.
 #[derive(Message, Serialize, Deserialize)]
@@ -306,6 +329,52 @@ impl AccountShard {
             room.history = newest_first;
         }
         Ok(())
+    }
+
+    /// See [`MucLocalOccupants`]: the rooms are the service's directory entries in this
+    /// shard (every room has one from its creation), in key order from `after`.
+    fn muc_local_occupants(&self, msg: &MucLocalOccupants) -> Result<Vec<(Jid, Vec<Jid>)>, String> {
+        let store = &self.module_store;
+        let lower = msg
+            .after
+            .as_deref()
+            .map_or(Bound::Unbounded, Bound::Excluded);
+        let rooms: Vec<String> = store
+            .range(MODULE, &msg.service, lower, Bound::Unbounded, false)
+            .map_err(|e| e.to_string())?
+            .take(msg.limit)
+            .map(|kv| kv.map(|(k, _)| k).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let occupants_end = prefix_end(room::OCCUPANT_PREFIX);
+        let mut out = Vec::with_capacity(rooms.len());
+        for user in rooms {
+            let Ok(jid) = Jid::parse(&user) else { continue };
+            let mut sessions = Vec::new();
+            for kv in store
+                .range(
+                    MODULE,
+                    &user,
+                    Bound::Included(room::OCCUPANT_PREFIX),
+                    Bound::Excluded(occupants_end.as_str()),
+                    false,
+                )
+                .map_err(|e| e.to_string())?
+            {
+                let (_, v) = kv.map_err(|e| e.to_string())?;
+                let Ok(occ) = serde_json::from_str::<room::Occupant>(&v) else {
+                    continue;
+                };
+                sessions.extend(
+                    occ.sessions()
+                        .iter()
+                        .filter_map(|s| Jid::parse(s).ok())
+                        .filter(|s| self.domains.iter().any(|d| d == s.domain())),
+                );
+            }
+            // Every room is listed, so the caller's next page starts after the last one.
+            out.push((jid, sessions));
+        }
+        Ok(out)
     }
 
     /// The room could not act (unreadable, or its write did not commit): the sender of a
