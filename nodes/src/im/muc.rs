@@ -146,6 +146,11 @@ impl AccountShard {
             tracing::error!(room = %msg.room, error = %e, "muc: room unreadable");
             return self.muc_refuse(&msg);
         }
+        room.max_vcard_bytes = self.limits.max_vcard_bytes;
+        if let Err(e) = self.load_room_vcard(&mut room, &msg) {
+            tracing::error!(room = %msg.room, error = %e, "muc: room vCard unreadable");
+            return self.muc_refuse(&msg);
+        }
         let may_create = settings.may_create(&msg.from, msg.local_sender);
         let before = Counts::of(&room);
         room.handle(
@@ -375,6 +380,26 @@ impl AccountShard {
             out.push((jid, sessions));
         }
         Ok(out)
+    }
+
+    /// A vcard-temp request to the room's bare JID reads the room's vCard (XEP-0486); no
+    /// other stanza needs it.
+    fn load_room_vcard(&self, room: &mut Room<'_>, msg: &MucStanza) -> Result<(), String> {
+        let wanted = room.meta.is_some()
+            && msg.stanza.name == "iq"
+            && msg.to.resource().is_none()
+            && msg
+                .stanza
+                .children()
+                .next()
+                .is_some_and(|p| p.ns == room::NS_VCARD);
+        if wanted {
+            room.vcard = self
+                .module_store
+                .get(MODULE, &msg.room.to_string(), room::KEY_VCARD)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// The room could not act (unreadable, or its write did not commit): the sender of a

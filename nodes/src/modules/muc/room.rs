@@ -10,7 +10,11 @@
 //! - `aff`: the affiliations (bare JID → affiliation);
 //! - `o:<nick>`: an [`Occupant`] (its sessions' real full JIDs, role, last presence): occupants are
 //!   persisted so that a new leader of the shard serves the room with them at once;
-//! - `h:<seq, 16 hex>`: a [`HistoryEntry`], the last `max_history` groupchat messages.
+//! - `h:<seq, 16 hex>`: a [`HistoryEntry`], the last `max_history` groupchat messages;
+//! - `vcard`: the room's vcard-temp, its avatar (XEP-0486, in `avatar`).
+
+mod avatar;
+pub use avatar::{KEY_VCARD, NS_VCARD};
 
 use std::collections::BTreeMap;
 
@@ -35,6 +39,9 @@ pub struct Meta {
     /// across rooms).
     pub secret: String,
     pub subject: Option<Subject>,
+    /// The SHA-1 of each photo in the room's vCard (XEP-0486 §3.3, `avatar`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub avatar: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,6 +148,10 @@ pub struct Room<'a> {
     pub history: Vec<HistoryEntry>,
     /// The sequence number of the next history entry (`seq`).
     pub next_seq: u64,
+    /// The stored vCard (`vcard`), loaded for vcard-temp requests only.
+    pub vcard: Option<String>,
+    /// The largest vCard an owner may store (`im.max_vcard_bytes`, as for accounts).
+    pub max_vcard_bytes: usize,
     now_ms: u64,
     fx: Effects,
 }
@@ -166,6 +177,8 @@ impl<'a> Room<'a> {
             occupants: BTreeMap::new(),
             history: Vec::new(),
             next_seq: 0,
+            vcard: None,
+            max_vcard_bytes: avatar::DEFAULT_MAX_VCARD_BYTES,
             now_ms,
             fx: Effects::default(),
         }
@@ -503,6 +516,7 @@ impl<'a> Room<'a> {
                 locked: request.is_some(),
                 secret: secret(),
                 subject: None,
+                avatar: Vec::new(),
             });
             self.affs.clear();
             self.affs
@@ -1010,6 +1024,7 @@ impl<'a> Room<'a> {
             (None, ns::MUC_OWNER, true) => self.owner_set(from, &payload),
             (None, ns::MUC_ADMIN, false) => self.admin_get(from, &payload),
             (None, ns::MUC_ADMIN, true) => self.admin_set(from, &payload),
+            (None, avatar::NS_VCARD, _) => self.vcard_iq(from, &payload, is_set),
             _ => Err(Cond::ServiceUnavailable),
         };
         match result {
@@ -1105,6 +1120,7 @@ impl<'a> Room<'a> {
         );
         let mut features = config.features();
         features.push(ns::DISCO_INFO);
+        features.push(avatar::NS_VCARD);
         features.sort_unstable();
         features.dedup();
         for f in features {
@@ -1135,6 +1151,7 @@ impl<'a> Room<'a> {
                         .unwrap_or_default(),
                 )),
         );
+        self.add_avatar_field(&mut q);
         q
     }
 
