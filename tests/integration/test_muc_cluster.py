@@ -1,7 +1,7 @@
 """Group chat (XEP-0045) in a real three-node cluster: a room lives in the account shard of
 its bare JID and acts on that shard's leader, whichever node its occupants are on. Three
 occupants on three nodes chat; the node leading the room's shard is killed with `kill -9`;
-a new leader serves the room from the replicated state (configuration, affiliations and the
+a new leader serves the room from the replicated state (configuration, affiliations, avatar and the
 occupant list), each message sent after the failover reaches each surviving occupant
 exactly once, and the occupant that was on the dead node is shown leaving (status 333).
 That removal needs no message: once the routing table purges the dead node's sessions the
@@ -17,6 +17,7 @@ import pytest
 
 from rawxmpp import bare, new_id, q, xml_str
 from test_mam_cluster import login_retry
+from test_muc_vcard import PNG, avatar_hashes, is_avatar_presence, sha1, vcard
 from test_muc import (
     NS_ADMIN,
     NS_DISCO_INFO,
@@ -32,32 +33,44 @@ from test_muc import (
 )
 
 
+def room_leader(cluster, room: str):
+    """The node leading the shard of `room`, as the first node sees it."""
+    shard = cluster.shard_of(room, cluster.shard_count())
+    return cluster.node_by_id(cluster.shard_leaders(cluster.nodes[0])[shard])
+
+
+async def online(node, account, resource: str):
+    """A client logged in on `node` that sent its initial presence."""
+    c = await login_retry(node, account, resource)
+    await c.send("<presence/>")
+    return c
+
+
 async def test_room_survives_kill9_of_its_leader(cluster):
     accs = cluster.accounts(3)
     cluster.start()
     cluster.wait_shards_ready()
     room = f"kill-{new_id('r').lower()}@{SERVICE}"
-    n1 = cluster.nodes[0]
-    shard = cluster.shard_of(room, cluster.shard_count())
-    leader = cluster.shard_leaders(n1)[shard]
-    victim = cluster.node_by_id(leader)
+    victim = room_leader(cluster, room)
     survivors = [n for n in cluster.nodes if n is not victim]
 
-    owner = await login_retry(survivors[0], accs[0], "o")
-    await owner.send("<presence/>")
+    owner = await online(survivors[0], accs[0], "o")
     got = await join(owner, room, "owner")
     assert codes(got[0]) == ["201", "110"], xml_str(got[0])
     await configure(owner, room, roomname="Survivors", persistentroom=1)
+    # The room's avatar (XEP-0486) is room state too.
+    r = await owner.iq(vcard(("image/png", PNG)), type_="set", to=room)
+    assert r.get("type") == "result", xml_str(r)
+    await owner.expect(is_avatar_presence(room), what="the avatar announced")
+    await owner.expect(lambda e: e.tag == q("message") and "104" in codes(e), what="status 104")
     r = await owner.iq(
         f"<query xmlns='{NS_ADMIN}'><item affiliation='member' jid='{accs[1].jid}'/></query>",
         type_="set",
         to=room,
     )
     assert r.get("type") == "result", xml_str(r)
-    member = await login_retry(survivors[1], accs[1], "m")
-    await member.send("<presence/>")
-    doomed = await login_retry(victim, accs[2], "d")
-    await doomed.send("<presence/>")
+    member = await online(survivors[1], accs[1], "m")
+    doomed = await online(victim, accs[2], "d")
     await join(member, room, "member")
     await join(doomed, room, "doomed")
     clients = {"owner": owner, "member": member, "doomed": doomed}
@@ -121,6 +134,7 @@ async def test_room_survives_kill9_of_its_leader(cluster):
     assert ident.get("name") == "Survivors"
     r = await owner.iq(f"<query xmlns='{NS_ADMIN}'><item affiliation='member'/></query>", to=room)
     assert [i.get("jid") for i in r.iter(f"{{{NS_ADMIN}}}item")] == [bare(accs[1].jid)], xml_str(r)
+    assert await avatar_hashes(member, room) == [sha1(PNG)]
     # The directory, gathered from every shard, lists it.
     r = await member.iq(f"<query xmlns='{NS_DISCO_ITEMS}'/>", to=SERVICE)
     assert room in [i.get("jid") for i in r.iter(f"{{{NS_DISCO_ITEMS}}}item")], xml_str(r)
@@ -145,9 +159,7 @@ async def test_occupants_of_a_killed_node_leave_without_a_message(cluster, victi
     cluster.start()
     cluster.wait_shards_ready()
     room = f"sweep-{new_id('r').lower()}@{SERVICE}"
-    n1 = cluster.nodes[0]
-    shard = cluster.shard_of(room, cluster.shard_count())
-    leader = cluster.node_by_id(cluster.shard_leaders(n1)[shard])
+    leader = room_leader(cluster, room)
     if victim_leads_the_room:
         victim = leader
     else:
@@ -156,15 +168,12 @@ async def test_occupants_of_a_killed_node_leave_without_a_message(cluster, victi
     # Without a victim leading the room, the owner sits on the room's leader.
     survivors.sort(key=lambda n: n is not leader)
 
-    owner = await login_retry(survivors[0], accs[0], "o")
-    await owner.send("<presence/>")
+    owner = await online(survivors[0], accs[0], "o")
     got = await join(owner, room, "owner")
     assert codes(got[0]) == ["201", "110"], xml_str(got[0])
     await configure(owner, room, roomname="Swept", persistentroom=1)
-    other = await login_retry(survivors[1], accs[1], "x")
-    await other.send("<presence/>")
-    doomed = await login_retry(victim, accs[2], "d")
-    await doomed.send("<presence/>")
+    other = await online(survivors[1], accs[1], "x")
+    doomed = await online(victim, accs[2], "d")
     await join(other, room, "other")
     await join(doomed, room, "doomed")
     for c in (owner, other):
