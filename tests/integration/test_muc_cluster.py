@@ -17,6 +17,7 @@ import pytest
 
 from rawxmpp import bare, new_id, q, xml_str
 from test_mam_cluster import login_retry
+from test_stream_management_cluster import enable as sm_enable
 from test_muc_vcard import PNG, avatar_hashes, is_avatar_presence, sha1, vcard
 from test_muc import (
     NS_ADMIN,
@@ -154,8 +155,9 @@ async def test_occupants_of_a_killed_node_leave_without_a_message(cluster, victi
     """`kill -9` of a node that holds an occupant: the routing table purges the node's
     sessions and the room removes the occupant at once (status 333) — nobody has to speak
     for the room to notice. Both when the dead node only held the occupant and when it also
-    served the room. The occupants on live nodes stay."""
-    accs = cluster.accounts(3)
+    served the room. The occupants on live nodes stay, a hibernating one too: a detached
+    resumable session (XEP-0198 §5) is still bound, so it counts as present (as in Prosody)."""
+    accs = cluster.accounts(4)
     cluster.start()
     cluster.wait_shards_ready()
     room = f"sweep-{new_id('r').lower()}@{SERVICE}"
@@ -174,11 +176,17 @@ async def test_occupants_of_a_killed_node_leave_without_a_message(cluster, victi
     await configure(owner, room, roomname="Swept", persistentroom=1)
     other = await online(survivors[1], accs[1], "x")
     doomed = await online(victim, accs[2], "d")
+    sleeper = await login_retry(survivors[1], accs[3], "s")
+    await sm_enable(sleeper)
+    await sleeper.send("<presence/>")
     await join(other, room, "other")
     await join(doomed, room, "doomed")
+    await join(sleeper, room, "sleeper")
+    sleeper.abort()  # detached, waiting for its client to resume
     for c in (owner, other):
-        await c.expect(lambda e: e.tag == q("presence") and e.get("from") == f"{room}/doomed"
-                       and e.get("type") is None, what="the doomed occupant's join")
+        for nick in ("doomed", "sleeper"):
+            await c.expect(lambda e, n=nick: e.tag == q("presence") and e.get("from") == f"{room}/{n}"
+                           and e.get("type") is None, what=f"{nick}'s join")
 
     victim.kill9()
     killed = time.monotonic()
@@ -211,6 +219,6 @@ async def test_occupants_of_a_killed_node_leave_without_a_message(cluster, victi
         for f in info.iter(f"{{{NS_DATA}}}field")
         if f.get("var") == "muc#roominfo_occupants"
     ]
-    assert occupants == ["2"], xml_str(info)
+    assert occupants == ["3"], xml_str(info)
     for c in (owner, other):
         await c.close()
