@@ -239,7 +239,13 @@ where
         }
         if !muc_domains.is_empty() {
             // Occupants whose sessions went without a word (a node killed, a restart).
-            muc_sweep::start(router.clone(), shards.clone(), muc_domains.clone()).await;
+            muc_sweep::start(
+                router.clone(),
+                shards.clone(),
+                cluster.clone(),
+                muc_domains.clone(),
+            )
+            .await;
         }
         let ctx = Arc::new(C2sContext {
             policy: Arc::new(C2sPolicy {

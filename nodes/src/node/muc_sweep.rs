@@ -25,6 +25,10 @@
 //! dead node's; when it comes back its sessions are bound again but no longer in the rooms
 //! (XEP-0410 self-pings tell their clients to join again).
 //!
+//! A cluster node sweeps only while the applied table has it up with this process's
+//! incarnation (`Cluster::is_up`): before its own resync is applied its copy of the table
+//! may lack binds made while it was away, and a node marked down is the cut-off side.
+//!
 //! Bounded: a page of [`PAGE`] rooms per ask, so a shard's thread is never held for more
 //! than one page, and at most [`MAX_CANDIDATES`] sessions per pass (the rest on the next).
 
@@ -35,6 +39,7 @@ use actix::Addr;
 use proto::element::Element;
 use proto::jid::Jid;
 
+use crate::cluster::Cluster;
 use crate::im::muc::{MucLocalOccupants, MucStanza};
 use crate::im::{AccountShard, AccountShards};
 use crate::router::messages::{AbsentSessions, SessionLossEpoch};
@@ -52,7 +57,12 @@ const MAX_CANDIDATES: usize = 10_000;
 /// Start the sweep. A node alone first sweeps every room before it returns (the caller
 /// starts accepting clients after it), so that after a restart no room lists a session of
 /// the previous life to a client that joins; then it watches in the background.
-pub async fn start(router: Addr<Router>, shards: AccountShards, services: Vec<String>) {
+pub async fn start(
+    router: Addr<Router>,
+    shards: AccountShards,
+    cluster: Option<Cluster>,
+    services: Vec<String>,
+) {
     let mut swept_epoch = 0;
     if !shards.clustered() {
         let first: Vec<Addr<AccountShard>> = served(&shards).into_iter().map(|(_, a)| a).collect();
@@ -63,7 +73,7 @@ pub async fn start(router: Addr<Router>, shards: AccountShards, services: Vec<St
             }
         }
     }
-    actix_rt::spawn(watch(router, shards, services, swept_epoch));
+    actix_rt::spawn(watch(router, shards, cluster, services, swept_epoch));
 }
 
 /// The shard actors whose rooms this node sweeps: those it serves; without a cluster every
@@ -82,6 +92,7 @@ fn served(shards: &AccountShards) -> Vec<(usize, Addr<AccountShard>)> {
 async fn watch(
     router: Addr<Router>,
     shards: AccountShards,
+    cluster: Option<Cluster>,
     services: Vec<String>,
     mut swept_epoch: u64,
 ) {
@@ -94,6 +105,12 @@ async fn watch(
     };
     loop {
         tick.tick().await;
+        // Until the table has this process's own resync applied, this node's copy may miss
+        // binds made while it was away (or, marked down, it is the cut-off side): it judges
+        // no one. What it comes to serve meanwhile is swept once it is up.
+        if cluster.as_ref().is_some_and(|c| !c.is_up()) {
+            continue;
+        }
         let Ok(epoch) = router.send(SessionLossEpoch).await else {
             return;
         };
