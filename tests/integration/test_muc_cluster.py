@@ -150,12 +150,17 @@ def is_unavailable_from(occupant_jid: str):
     )
 
 
-@pytest.mark.parametrize("victim_leads_the_room", [False, True], ids=["occupant-node", "room-leader"])
-async def test_occupants_of_a_killed_node_leave_without_a_message(cluster, victim_leads_the_room):
+@pytest.mark.parametrize(
+    "victim_leads_the_room,restart",
+    [(False, False), (True, False), (False, True)],
+    ids=["occupant-node", "room-leader", "restarted-at-once"],
+)
+async def test_occupants_of_a_killed_node_leave_without_a_message(cluster, victim_leads_the_room, restart):
     """`kill -9` of a node that holds an occupant: the routing table purges the node's
     sessions and the room removes the occupant at once (status 333) — nobody has to speak
     for the room to notice. Both when the dead node only held the occupant and when it also
-    served the room. The occupants on live nodes stay, a hibernating one too: a detached
+    served the room, or came back at once (before it could be marked down: its resync drops
+    its previous life's sessions). The occupants on live nodes stay, a hibernating one too: a detached
     resumable session (XEP-0198 §5) is still bound, so it counts as present (as in Prosody)."""
     accs = cluster.accounts(4)
     cluster.start()
@@ -190,6 +195,8 @@ async def test_occupants_of_a_killed_node_leave_without_a_message(cluster, victi
 
     victim.kill9()
     killed = time.monotonic()
+    if restart:
+        victim.start()
     # No one speaks: the removal must come on its own, within the failure timeout (2 s),
     # an election and the sweep's grace.
     for name, c in (("owner", owner), ("other", other)):
