@@ -81,6 +81,9 @@ async def test_owner_sets_anyone_reads_occupants_hear(server):
     owner, room = await new_room(server, "avatar")
     member = await login(server, server.account(), resource="m", presence=True)
     await join(member, room, "member")
+    # No avatar yet: a join brings no avatar presence.
+    quiet = [e for e in await member.drain(0.5) if is_avatar_presence(room)(e)]
+    assert quiet == [], [xml_str(e) for e in quiet]
     outsider = await login(server, server.account(), resource="x", presence=True)
 
     # The service and the room say they keep vCards; a room without one has none to show.
@@ -114,6 +117,12 @@ async def test_owner_sets_anyone_reads_occupants_hear(server):
         assert bins == [PNG, SVG]
         assert await avatar_hashes(c, room) == [sha1(PNG), sha1(SVG)]
 
+    # A newcomer learns the avatar after its join sequence (as Prosody does).
+    late = await login(server, server.account(), resource="l", presence=True)
+    await join(late, room, "late")
+    p = await late.expect(is_avatar_presence(room), what="the avatar on join")
+    assert p.findtext(f"{{{NS_VCARD_UPDATE}}}x/{{{NS_VCARD_UPDATE}}}photo") == sha1(PNG), xml_str(p)
+
     # Setting the same avatar again announces nothing.
     r = await owner.iq(vcard(("image/png", PNG), ("image/svg+xml", SVG), extra="<FN>Room 2</FN>"),
                        type_="set", to=room)
@@ -140,7 +149,7 @@ async def test_owner_sets_anyone_reads_occupants_hear(server):
         assert photo is not None and not (photo.text or "").strip(), xml_str(p)
     assert await avatar_hashes(outsider, room) is None
     assert list(await get_vcard(outsider, room)) == []
-    for c in (owner, member, outsider):
+    for c in (owner, member, outsider, late):
         await c.close()
 
 

@@ -551,7 +551,8 @@ impl<'a> Room<'a> {
             self.occupants.insert(nick.to_owned(), occ.clone());
             self.put_occupant(nick);
             let history = request.map(|r| r.history).unwrap_or_default();
-            return self.join_sequence(nick, &occ, &from.to_string(), &history, false);
+            self.join_sequence(nick, &occ, &from.to_string(), &history, false);
+            return self.avatar_to(&from.to_string());
         }
         if affiliation == Affiliation::Outcast {
             // §7.2.8.
@@ -588,6 +589,7 @@ impl<'a> Room<'a> {
         self.presence_to_others(nick, &occ);
         let history = request.map(|r| r.history).unwrap_or_default();
         self.join_sequence(nick, &occ, &occ.jid, &history, created);
+        self.avatar_to(&occ.jid);
     }
 
     fn send_history(&mut self, to: &str, wanted: &HistoryRequest) {

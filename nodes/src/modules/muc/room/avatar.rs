@@ -5,6 +5,7 @@
 //! the room's shard); the hashes are in [`Meta`], which every stanza loads anyway, so
 //! disco#info costs no extra read.
 //!
+//! A session that joins a room with an avatar gets that presence after its join sequence.
 //! When the avatar changes the occupants hear it twice: the §3.2 status 104 message (the
 //! configuration changed; clients then read disco#info again), and a presence from the
 //! room's bare JID with `<x xmlns='vcard-temp:x:update'><photo>hash</photo></x>` (XEP-0486
@@ -74,11 +75,6 @@ impl Room<'_> {
     /// Tell every occupant's sessions the avatar changed (see the module's header).
     fn announce_avatar(&mut self) {
         let room = self.jid.to_string();
-        let photo = self
-            .meta
-            .as_ref()
-            .and_then(|m: &Meta| m.avatar.first().cloned())
-            .unwrap_or_default();
         let receivers: Vec<String> = self.occupants.values().flat_map(|o| o.sessions()).collect();
         for r in receivers {
             let m = Element::new("message", ns::CLIENT)
@@ -86,13 +82,32 @@ impl Room<'_> {
                 .with_attr("id", format!("avatar-{}", self.now_ms))
                 .with_child(muc::status_x(&[status::CONFIG_CHANGED]));
             self.send(m, &room, &r);
-            // XEP-0153 §4.1: an empty `<photo/>` says there is none.
-            let p = Element::new("presence", ns::CLIENT).with_child(
-                Element::new("x", NS_VCARD_UPDATE)
-                    .with_child(Element::new("photo", NS_VCARD_UPDATE).with_text(photo.as_str())),
-            );
+            let p = self.avatar_presence();
             self.send(p, &room, &r);
         }
+    }
+
+    /// A session that just joined learns the room's avatar, if it has one (as Prosody
+    /// does on `muc-occupant-joined`).
+    pub(super) fn avatar_to(&mut self, session: &str) {
+        if self.meta.as_ref().is_some_and(|m| !m.avatar.is_empty()) {
+            let (p, room) = (self.avatar_presence(), self.jid.to_string());
+            self.send(p, &room, session);
+        }
+    }
+
+    /// The room's presence with its (first) photo's hash; XEP-0153 §4.1: an empty
+    /// `<photo/>` says there is none.
+    fn avatar_presence(&self) -> Element {
+        let photo = self
+            .meta
+            .as_ref()
+            .and_then(|m: &Meta| m.avatar.first().cloned())
+            .unwrap_or_default();
+        Element::new("presence", ns::CLIENT).with_child(
+            Element::new("x", NS_VCARD_UPDATE)
+                .with_child(Element::new("photo", NS_VCARD_UPDATE).with_text(photo.as_str())),
+        )
     }
 
     /// §3.3: the `muc#roominfo_avatarhash` field of the room's disco#info form, when the
