@@ -127,6 +127,8 @@ impl MucService {
             ns::MUC_SELF_PING,
             ns::OCCUPANT_ID,
             ns::PING,
+            // XEP-0486 §3.1: rooms keep a vCard (their avatar).
+            proto::avatar::NS_VCARD,
         ] {
             q.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
         }

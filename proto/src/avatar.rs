@@ -74,6 +74,19 @@ pub fn vcard_photo(vcard: &Element) -> Option<Image> {
     Some(Image { mime, bytes })
 }
 
+/// The hex SHA-1 of each embedded photo of `vcard` (XEP-0153 §3.1's hash, XEP-0486 §6.1: a
+/// vCard may carry one image in several formats, and every one is advertised), in order;
+/// a `<PHOTO/>` without `<BINVAL/>` (an `<EXTVAL/>`) has none. `None` when a `<BINVAL/>` is
+/// not base64 (or empty): the vCard is not one to store.
+pub fn photo_hashes(vcard: &Element) -> Option<Vec<String>> {
+    vcard
+        .children()
+        .filter(|c| c.is("PHOTO", NS_VCARD))
+        .filter_map(|p| p.get_child("BINVAL", NS_VCARD))
+        .map(|b| decode(&b.text()).map(|bytes| hex_sha1(&bytes)))
+        .collect()
+}
+
 /// `vcard` (or an empty one) with its photo replaced by `image` (`None`: removed).
 pub fn vcard_with_photo(vcard: Option<Element>, image: Option<&Image>) -> Element {
     let mut vcard = vcard.unwrap_or_else(|| Element::new("vCard", NS_VCARD));
@@ -244,5 +257,28 @@ mod tests {
         );
         let empty = Element::parse("<metadata xmlns='urn:xmpp:avatar:metadata'/>").unwrap();
         assert_eq!(metadata_choice(&empty), Some(None));
+    }
+
+    #[test]
+    fn photo_hashes_name_every_embedded_photo() {
+        let a = b64().encode(b"first image");
+        let b = b64().encode(b"second image");
+        let v = Element::parse(&format!(
+            "<vCard xmlns='vcard-temp'><FN>x</FN><PHOTO><TYPE>image/png</TYPE><BINVAL>{a}</BINVAL></PHOTO>\
+             <PHOTO><EXTVAL>https://example.com/a.png</EXTVAL></PHOTO>\
+             <PHOTO><BINVAL>{b}</BINVAL></PHOTO></vCard>"
+        ))
+        .unwrap();
+        assert_eq!(
+            photo_hashes(&v).unwrap(),
+            vec![hex_sha1(b"first image"), hex_sha1(b"second image")]
+        );
+        let none = Element::parse("<vCard xmlns='vcard-temp'><FN>x</FN></vCard>").unwrap();
+        assert_eq!(photo_hashes(&none).unwrap(), Vec::<String>::new());
+        let bad = Element::parse(
+            "<vCard xmlns='vcard-temp'><PHOTO><BINVAL>not base64!</BINVAL></PHOTO></vCard>",
+        )
+        .unwrap();
+        assert_eq!(photo_hashes(&bad), None);
     }
 }

@@ -64,6 +64,29 @@ impl Handler<MucDirectory> for AccountShard {
     }
 }
 
+/// A page of this shard's rooms of service `service` (after room `after`, at most `limit`),
+/// each with its occupants' sessions at the served domains (real full JIDs): what the group
+/// chat sweep (`node::muc_sweep`) checks against the routing table. Occupants at other
+/// servers are left out: their sessions are not in our table (a bounce removes them). Only
+/// this node's own actors are asked (never over the NodeLink), on the shards it serves.
+#[derive(Message)]
+#[rtype(result = "Vec<(Jid, Vec<Jid>)>")]
+pub struct MucLocalOccupants {
+    pub service: String,
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+impl Handler<MucLocalOccupants> for AccountShard {
+    type Result = MessageResult<MucLocalOccupants>;
+    fn handle(&mut self, msg: MucLocalOccupants, _: &mut SyncContext<Self>) -> Self::Result {
+        MessageResult(self.muc_local_occupants(&msg).unwrap_or_else(|e| {
+            tracing::warn!(service = %msg.service, error = %e, "muc: rooms unreadable for the sweep");
+            Vec::new()
+        }))
+    }
+}
+
 /// Destroy a room (the operator's `switchboard muc destroy`): its occupants hear it (XEP-0045
 /// §10.9). The answer: whether there was such a room.
 #[derive(Message, Serialize, Deserialize)]
@@ -136,6 +159,11 @@ impl AccountShard {
         if msg.stanza.name == "message" && msg.stanza.attr("type") == Some("groupchat") {
             // The `<stanza-id/>` the room stamps is the archive's id (XEP-0359, XEP-0313 §5).
             room.message_id = Some(self.room_message_id(now));
+        }
+        room.max_vcard_bytes = self.limits.max_vcard_bytes;
+        if let Err(e) = self.load_room_vcard(&mut room, &msg) {
+            tracing::error!(room = %msg.room, error = %e, "muc: room vCard unreadable");
+            return self.muc_refuse(&msg);
         }
         let may_create = settings.may_create(&msg.from, msg.local_sender);
         if self.muc_count_first(&msg, room.meta.is_some(), may_create) {
@@ -356,6 +384,72 @@ impl AccountShard {
                 let excess = room.history.len().saturating_sub(max);
                 room.history.drain(..excess);
             }
+        }
+        Ok(())
+    }
+
+    /// See [`MucLocalOccupants`]: the rooms are the service's directory entries in this
+    /// shard (every room has one from its creation), in key order from `after`.
+    fn muc_local_occupants(&self, msg: &MucLocalOccupants) -> Result<Vec<(Jid, Vec<Jid>)>, String> {
+        let store = &self.module_store;
+        let lower = msg
+            .after
+            .as_deref()
+            .map_or(Bound::Unbounded, Bound::Excluded);
+        let rooms: Vec<String> = store
+            .range(MODULE, &msg.service, lower, Bound::Unbounded, false)
+            .map_err(|e| e.to_string())?
+            .take(msg.limit)
+            .map(|kv| kv.map(|(k, _)| k).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let occupants_end = prefix_end(room::OCCUPANT_PREFIX);
+        let mut out = Vec::with_capacity(rooms.len());
+        for user in rooms {
+            let Ok(jid) = Jid::parse(&user) else { continue };
+            let mut sessions = Vec::new();
+            for kv in store
+                .range(
+                    MODULE,
+                    &user,
+                    Bound::Included(room::OCCUPANT_PREFIX),
+                    Bound::Excluded(occupants_end.as_str()),
+                    false,
+                )
+                .map_err(|e| e.to_string())?
+            {
+                let (_, v) = kv.map_err(|e| e.to_string())?;
+                let Ok(occ) = serde_json::from_str::<room::Occupant>(&v) else {
+                    continue;
+                };
+                sessions.extend(
+                    occ.sessions()
+                        .iter()
+                        .filter_map(|s| Jid::parse(s).ok())
+                        .filter(|s| self.domains.iter().any(|d| d == s.domain())),
+                );
+            }
+            // Every room is listed, so the caller's next page starts after the last one.
+            out.push((jid, sessions));
+        }
+        Ok(out)
+    }
+
+    /// A vcard-temp request to the room's bare JID reads the room's vCard (XEP-0486); no
+    /// other stanza needs it.
+    fn load_room_vcard(&self, room: &mut Room<'_>, msg: &MucStanza) -> Result<(), String> {
+        let wanted = room.meta.is_some()
+            && msg.stanza.name == "iq"
+            && msg.to.resource().is_none()
+            && msg
+                .stanza
+                .children()
+                .next()
+                .is_some_and(|p| p.ns == room::NS_VCARD);
+        if wanted {
+            room.vcard = self
+                .module_store
+                .get(MODULE, &msg.room.to_string(), room::KEY_VCARD)
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
     }

@@ -2,9 +2,11 @@
 //! on one worker arbiter per core and the admin endpoint; stop cleanly on SIGTERM/SIGINT, or
 //! when the caller's future completes ([`run_until`], used by the in-process tests). In a
 //! cluster it also wires the NodeLinks to this node's actors (`link_service`) and refills
-//! the soft state of shards this node comes to lead (`shard_handover`).
+//! the soft state of shards this node comes to lead (`shard_handover`). The group chat
+//! sweep (`muc_sweep`) takes occupants whose sessions are gone out of their rooms.
 
 mod link_service;
+mod muc_sweep;
 mod shard_handover;
 
 use std::collections::BTreeMap;
@@ -235,6 +237,16 @@ where
                 domain: domain.clone(),
                 handle: service.recipient(),
             });
+        }
+        if !muc_domains.is_empty() {
+            // Occupants whose sessions went without a word (a node killed, a restart).
+            muc_sweep::start(
+                router.clone(),
+                shards.clone(),
+                cluster.clone(),
+                muc_domains.clone(),
+            )
+            .await;
         }
         let ctx = Arc::new(C2sContext {
             policy: Arc::new(C2sPolicy {

@@ -114,6 +114,21 @@ pub struct ListRoutes;
 #[rtype(result = "()")]
 pub struct Resynced(pub Vec<crate::cluster::SessionRoute>);
 
+/// Of these full JIDs, those bound nowhere: no session here, and none on another node as
+/// this node's copy of the routing table knows it. A detached resumable session (XEP-0198
+/// §5) is still bound, so it is not absent. The group chat sweep (`node::muc_sweep`) asks.
+#[derive(Message)]
+#[rtype(result = "Vec<Jid>")]
+pub struct AbsentSessions(pub Vec<Jid>);
+
+/// A number that changes whenever sessions may have gone without saying so: a member's
+/// state or incarnation changed (a node marked down has its routes purged; a restarted
+/// node's resync drops its previous life's), or a snapshot replaced the table. It starts at
+/// 1, so a node's start counts as one (a restart loses every session of a node alone).
+#[derive(Message)]
+#[rtype(result = "u64")]
+pub struct SessionLossEpoch;
+
 /// This node's bound sessions as routes, for a resync with the cluster.
 #[derive(Message)]
 #[rtype(result = "Vec<crate::cluster::SessionRoute>")]

@@ -96,6 +96,8 @@ pub struct Router {
     moving: std::collections::HashSet<Jid>,
     /// The message archive's queue (`None`: `[modules.mam]` is disabled).
     archiver: Option<std::cell::RefCell<archiver::Archiver>>,
+    /// See [`messages::SessionLossEpoch`].
+    loss_epoch: u64,
 }
 
 /// Account IQs (vCard, last activity, ...) one remote domain may have waiting for this node's
@@ -126,6 +128,7 @@ impl Router {
             remote_account_iqs: std::cell::RefCell::new(HashMap::new()),
             moving: std::collections::HashSet::new(),
             archiver: None,
+            loss_epoch: 1,
         }
     }
 

@@ -9,7 +9,9 @@ use proto::element::Element;
 use proto::error::{StreamError, StreamErrorCondition};
 use proto::jid::Jid;
 
-use super::messages::{ClusterUpdate, FromNode, ListRoutes, LocalRoutes, Resynced};
+use super::messages::{
+    AbsentSessions, ClusterUpdate, FromNode, ListRoutes, LocalRoutes, Resynced, SessionLossEpoch,
+};
 use super::Router;
 use crate::cluster::messages::{Push, UserOp};
 use crate::cluster::{
@@ -258,6 +260,7 @@ impl Router {
                 }
                 RouteEvent::Member { node, member } => {
                     tracing::info!(node, state = ?member.state, "cluster: member state changed");
+                    self.loss_epoch += 1;
                 }
                 RouteEvent::Draining { node, draining } => {
                     tracing::info!(node, draining, "cluster: member draining changed");
@@ -276,6 +279,7 @@ impl Router {
 
     /// A snapshot replaced the table: rebuild the remote view from it.
     fn replace_routes(&mut self, table: crate::cluster::RoutingTable) {
+        self.loss_epoch += 1;
         let remote = &self.remote;
         let me = remote.me();
         let old: Vec<(Jid, Route)> = remote
@@ -500,6 +504,25 @@ impl Handler<LocalRoutes> for Router {
                 })
                 .collect(),
         )
+    }
+}
+
+impl Handler<AbsentSessions> for Router {
+    type Result = MessageResult<AbsentSessions>;
+    fn handle(&mut self, msg: AbsentSessions, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            msg.0
+                .into_iter()
+                .filter(|j| self.resource(j).is_none() && self.remote.resource(j).is_none())
+                .collect(),
+        )
+    }
+}
+
+impl Handler<SessionLossEpoch> for Router {
+    type Result = u64;
+    fn handle(&mut self, _: SessionLossEpoch, _: &mut Context<Self>) -> u64 {
+        self.loss_epoch
     }
 }
 

@@ -126,3 +126,57 @@ impl<M: Send + Unpin + 'static> Handler<Ping> for Recorder<M> {
     type Result = ();
     fn handle(&mut self, _: Ping, _: &mut Context<Self>) {}
 }
+
+/// What the group chat sweep (`node::muc_sweep`) reads: which full JIDs are bound nowhere,
+/// from the Router's copy of the routing table, and a number that moves when a member's
+/// state changes (its routes may have gone without a word).
+#[test]
+fn absent_sessions_and_the_loss_epoch_follow_the_table() {
+    use super::messages::{AbsentSessions, ClusterUpdate, SessionLossEpoch};
+    use crate::cluster::routing_table::Member;
+    use crate::cluster::{MemberState, Route, RouteEvent, TableUpdate};
+    let dir = temp_dir("absent");
+    actix_rt::System::new().block_on(async {
+        let router = router(&dir.0);
+        let epoch = router.send(SessionLossEpoch).await.expect("router alive");
+        assert_eq!(epoch, 1, "a start counts as a loss");
+        let route = Route {
+            node: 2,
+            session: 7,
+            priority: Some(0),
+        };
+        let applied = |events| ClusterUpdate(TableUpdate::Applied(events));
+        router.do_send(applied(vec![RouteEvent::Set {
+            jid: "bob@localhost/b".into(),
+            route,
+        }]));
+        let asked = vec![jid("bob@localhost/b"), jid("carol@localhost/c")];
+        let absent = router
+            .send(AbsentSessions(asked.clone()))
+            .await
+            .expect("router alive");
+        assert_eq!(absent, [jid("carol@localhost/c")]);
+        assert_eq!(router.send(SessionLossEpoch).await.expect("alive"), epoch);
+        // Node 2 is marked down and its routes purged, in one entry.
+        router.do_send(applied(vec![
+            RouteEvent::Member {
+                node: 2,
+                member: Member {
+                    state: MemberState::Down,
+                    incarnation: 1,
+                },
+            },
+            RouteEvent::Removed {
+                jid: "bob@localhost/b".into(),
+                route,
+                replaced: false,
+            },
+        ]));
+        let absent = router
+            .send(AbsentSessions(asked))
+            .await
+            .expect("router alive");
+        assert_eq!(absent, [jid("bob@localhost/b"), jid("carol@localhost/c")]);
+        assert!(router.send(SessionLossEpoch).await.expect("alive") > epoch);
+    });
+}

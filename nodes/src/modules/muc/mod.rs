@@ -119,6 +119,10 @@ impl Module for Muc {
                 spec: "XEP-0421",
                 title: "Anonymous unique occupant identifiers for MUCs",
             },
+            Support {
+                spec: "XEP-0486",
+                title: "MUC Avatars (the room's vcard-temp, set by its owners)",
+            },
         ]
     }
     fn options(&self) -> &'static [ConfigOption] {

@@ -12,7 +12,11 @@
 //!   persisted so that a new leader of the shard serves the room with them at once;
 //! - `h:<seq, 16 hex>`: a [`HistoryEntry`], the last `max_history` groupchat messages that
 //!   are not in the room's archive (all of them when [`Room::archive`] is off): the host
-//!   adds the archive's newest to [`Room::history`].
+//!   adds the archive's newest to [`Room::history`];
+//! - `vcard`: the room's vcard-temp, its avatar (XEP-0486, in `avatar`).
+
+mod avatar;
+pub use avatar::{KEY_VCARD, NS_VCARD};
 
 use std::collections::BTreeMap;
 
@@ -38,6 +42,9 @@ pub struct Meta {
     /// across rooms).
     pub secret: String,
     pub subject: Option<Subject>,
+    /// The SHA-1 of each photo in the room's vCard (XEP-0486 §3.3, `avatar`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub avatar: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,6 +170,10 @@ pub struct Room<'a> {
     /// The id the host assigned to the stanza being handled (an archive id, so the
     /// `<stanza-id/>` a client sees live is the MAM id); `None`: an id from the clock.
     pub message_id: Option<ArchiveId>,
+    /// The stored vCard (`vcard`), loaded for vcard-temp requests only.
+    pub vcard: Option<String>,
+    /// The largest vCard an owner may store (`im.max_vcard_bytes`, as for accounts).
+    pub max_vcard_bytes: usize,
     now_ms: u64,
     fx: Effects,
 }
@@ -190,6 +201,8 @@ impl<'a> Room<'a> {
             next_seq: 0,
             archive: false,
             message_id: None,
+            vcard: None,
+            max_vcard_bytes: avatar::DEFAULT_MAX_VCARD_BYTES,
             now_ms,
             fx: Effects::default(),
         }
@@ -527,6 +540,7 @@ impl<'a> Room<'a> {
                 locked: request.is_some(),
                 secret: secret(),
                 subject: None,
+                avatar: Vec::new(),
             });
             self.affs.clear();
             self.affs
@@ -561,7 +575,8 @@ impl<'a> Room<'a> {
             self.occupants.insert(nick.to_owned(), occ.clone());
             self.put_occupant(nick);
             let history = request.map(|r| r.history).unwrap_or_default();
-            return self.join_sequence(nick, &occ, &from.to_string(), &history, false);
+            self.join_sequence(nick, &occ, &from.to_string(), &history, false);
+            return self.avatar_to(&from.to_string());
         }
         if affiliation == Affiliation::Outcast {
             // §7.2.8.
@@ -598,6 +613,7 @@ impl<'a> Room<'a> {
         self.presence_to_others(nick, &occ);
         let history = request.map(|r| r.history).unwrap_or_default();
         self.join_sequence(nick, &occ, &occ.jid, &history, created);
+        self.avatar_to(&occ.jid);
     }
 
     fn send_history(&mut self, to: &str, wanted: &HistoryRequest) {
@@ -1082,6 +1098,7 @@ impl<'a> Room<'a> {
             (None, ns::MUC_OWNER, true) => self.owner_set(from, &payload),
             (None, ns::MUC_ADMIN, false) => self.admin_get(from, &payload),
             (None, ns::MUC_ADMIN, true) => self.admin_set(from, &payload),
+            (None, avatar::NS_VCARD, _) => self.vcard_iq(from, &payload, is_set),
             _ => Err(Cond::ServiceUnavailable),
         };
         match result {
@@ -1181,6 +1198,7 @@ impl<'a> Room<'a> {
             // XEP-0313 §7: the room's archive is queried at its JID.
             features.extend([ns::MAM, ns::MAM_EXTENDED]);
         }
+        features.push(avatar::NS_VCARD);
         features.sort_unstable();
         features.dedup();
         for f in features {
@@ -1211,6 +1229,7 @@ impl<'a> Room<'a> {
                         .unwrap_or_default(),
                 )),
         );
+        self.add_avatar_field(&mut q);
         q
     }
 
