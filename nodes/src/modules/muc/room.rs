@@ -315,6 +315,19 @@ impl<'a> Room<'a> {
         self.fx.out.push(stanza);
     }
 
+    /// A copy of `stanza` from `from` to each of `to` (an occupant's sessions, a set of
+    /// recipients).
+    fn send_each<S: AsRef<str>>(
+        &mut self,
+        stanza: &Element,
+        from: &str,
+        to: impl IntoIterator<Item = S>,
+    ) {
+        for jid in to {
+            self.send(stanza.clone(), from, jid.as_ref());
+        }
+    }
+
     fn reply_error(&mut self, stanza: &Element, from: &Jid, to: &Jid, cond: Cond) {
         let mut s = stanza.clone();
         s.set_attr("from", from.to_string());
@@ -385,9 +398,7 @@ impl<'a> Room<'a> {
             if unavailable {
                 p.set_attr("type", "unavailable");
             }
-            for session in o.sessions() {
-                self.send(p.clone(), &from, &session);
-            }
+            self.send_each(&p, &from, o.sessions());
         }
         if to_self {
             // The occupant is already out of the list (it left or was removed).
@@ -397,9 +408,7 @@ impl<'a> Room<'a> {
             if unavailable {
                 p.set_attr("type", "unavailable");
             }
-            for session in occ.sessions() {
-                self.send(p.clone(), &from, &session);
-            }
+            self.send_each(&p, &from, occ.sessions());
         }
     }
 
@@ -466,9 +475,7 @@ impl<'a> Room<'a> {
             .collect();
         for (role, sessions) in others {
             let p = self.presence_of(occ, role, ItemView::default(), &[]);
-            for jid in sessions {
-                self.send(p.clone(), &from, &jid);
-            }
+            self.send_each(&p, &from, sessions);
         }
     }
 
@@ -929,9 +936,7 @@ impl<'a> Room<'a> {
         }
         // §7.4: to every occupant, the sender included, with the same id.
         let receivers: Vec<String> = self.occupants.values().flat_map(|o| o.sessions()).collect();
-        for r in receivers {
-            self.send(stanza.clone(), &from_nick, &r);
-        }
+        self.send_each(&stanza, &from_nick, receivers);
         self.fx.reflected += 1;
     }
 
@@ -1007,9 +1012,7 @@ impl<'a> Room<'a> {
             stanza.push_child(Element::new("x", ns::MUC_USER));
         }
         let f = self.occupant_jid(&sender);
-        for r in recipients {
-            self.send(stanza.clone(), &f, &r);
-        }
+        self.send_each(&stanza, &f, recipients);
     }
 
     fn invite(
@@ -1170,9 +1173,7 @@ impl<'a> Room<'a> {
             return;
         };
         let f = self.occupant_jid(&responder);
-        for r in requesters {
-            self.send(stanza.clone(), &f, &r);
-        }
+        self.send_each(&stanza, &f, requesters);
     }
 
     fn disco_info(&self, payload: &Element) -> Element {
@@ -1351,9 +1352,7 @@ impl<'a> Room<'a> {
                 .with_attr("type", "unavailable")
                 .with_child(x);
             let f = self.occupant_jid(&n);
-            for session in o.sessions() {
-                self.send(p.clone(), &f, &session);
-            }
+            self.send_each(&p, &f, o.sessions());
         }
         self.occupants.clear();
         self.fx.destroy = true;
