@@ -22,6 +22,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from federation import (
+    METHOD,
     PROSODY_BIN,
     PROSODY_DOMAIN,
     SB_DOMAIN,
@@ -46,11 +47,16 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def fed(tmp_path_factory):
-    with sb_and_prosody(tmp_path_factory.mktemp("fed-muc"), "selfsigned", accounts=6,
+@pytest.fixture(scope="module", params=["selfsigned", "ca"])
+def fed(request, tmp_path_factory):
+    """Both certificate modes: in "ca" mode our certificate names the service's domain
+    besides ours (one certificate with both SANs, what an operator gets from a CA for a
+    server with a group chat service), Prosody's service has a certificate of its own, and
+    Prosody refuses dialback (s2s_secure_auth)."""
+    mode = request.param
+    with sb_and_prosody(tmp_path_factory.mktemp(f"fed-muc-{mode}"), mode, accounts=6,
                         muc=True) as (sb, prosody):
-        yield Fed("selfsigned", sb, prosody)
+        yield Fed(mode, sb, prosody)
 
 
 @pytest.fixture
@@ -80,6 +86,23 @@ def from_occupant(c, occupant: str, ptype: str | None = None) -> list:
         p for p in c.presences
         if str(p["from"]) == occupant and (ptype is None or p["type"] == ptype)
     ]
+
+
+def link_authenticated(fed, local: str, remote: str) -> None:
+    """Our log shows the streams between `local` (one of our domains) and `remote` (the
+    peer's) authenticated with the mode's method, both ways: our outbound link from `local`,
+    and the peer's inbound stream from `remote` addressed to `local`; never with the other
+    method (in "ca" mode: SASL EXTERNAL, XEP-0178, for the service domains too)."""
+    method = METHOD[fed.mode]
+    fed.sb.wait_log(
+        rf's2s outbound link authenticated local={local} remote={remote} '
+        rf'method="{method}" tls=true'
+    )
+    fed.sb.wait_log(rf'domain={remote} method="{method}" tls=true local={local}')
+    other = METHOD["ca" if fed.mode == "selfsigned" else "selfsigned"]
+    log = fed.sb.log_text()
+    assert f'local={local} remote={remote} method="{other}"' not in log, log[-3000:]
+    assert f'domain={remote} method="{other}" tls=true local={local}' not in log, log[-3000:]
 
 
 def count(c, body: str) -> int:
@@ -200,6 +223,10 @@ async def test_a_prosody_user_in_a_switchboard_room(fed, clients):
     await exactly_once([a], "after bob left")
     assert count(b, "after bob left") == 0
 
+    # The room's stanzas left on links of the service's domain (from conference.sb.fed.test
+    # to pro.fed.test), and Prosody's user reached the room on a stream to it.
+    link_authenticated(fed, SB_MUC, PROSODY_DOMAIN)
+
 
 @pytest.mark.timeout(180)
 async def test_a_switchboard_user_in_a_prosody_room(fed, clients):
@@ -231,6 +258,10 @@ async def test_a_switchboard_user_in_a_prosody_room(fed, clients):
     a.xmpp.abort()
     await wait_until(lambda: from_occupant(b, alice, "unavailable"), 30,
                      "alice's unavailable in the Prosody room")
+
+    # Our user's stanzas went to the Prosody service's domain on a link of ours, and the
+    # room's came from conference.pro.fed.test, authenticated on its own.
+    link_authenticated(fed, SB_DOMAIN, PROSODY_MUC)
 
 
 @pytest.mark.timeout(120)
