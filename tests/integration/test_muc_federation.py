@@ -24,6 +24,8 @@ import pytest
 from federation import (
     METHOD,
     PROSODY_BIN,
+    Certs,
+    make_sb,
     PROSODY_DOMAIN,
     SB_DOMAIN,
     bodies,
@@ -278,6 +280,27 @@ async def test_the_service_answers_disco_from_prosody(fed, clients):
     assert ("conference", "text") in identities, identities
     features = [f.get("var") for f in q.findall(f"{{{NS_DISCO_INFO}}}feature")]
     assert NS_MUC in features
+
+
+UNNAMED = "the certificate in tls.cert does not name these s2s domains"
+
+
+def test_a_certificate_naming_the_service_raises_no_warning(fed):
+    assert UNNAMED not in fed.sb.log_text()
+
+
+def test_a_certificate_without_the_service_domain_is_pointed_out(tmp_path):
+    """The operator's certificate names the served domain only: the node starts (dialback
+    still works for the service), and its log says which domain the certificate leaves
+    out, so that SASL EXTERNAL towards peers that require it can be fixed."""
+    certs = Certs(tmp_path / "certs", "ca", [SB_DOMAIN])
+    sb = make_sb(tmp_path / "sb", certs, routes={}, accounts=0)
+    sb.start()
+    try:
+        line = sb.wait_log(rf"{UNNAMED}.*")
+        assert f'missing=["{SB_MUC}"]' in line.group(0), line.group(0)
+    finally:
+        sb.stop()
 
 
 @pytest.fixture
