@@ -39,7 +39,15 @@ from federation import (
     strip_ansi,
     wait_until,
 )
-from test_muc_federation import codes, count, from_occupant, groupchat, instant, join, joined
+from test_muc_federation import (
+    codes,
+    exactly_once,
+    from_occupant,
+    groupchat,
+    instant,
+    join,
+    joined,
+)
 
 SB_MUC = f"conference.{SB_DOMAIN}"
 PROSODY_MUC = f"conference.{PROSODY_DOMAIN}"
@@ -125,14 +133,6 @@ def no_duplicates(clients) -> None:
         got = bodies(c)
         dup = {b: got.count(b) for b in set(got) if got.count(b) > 1}
         assert not dup, (c.jid, dup, got)
-
-
-async def exactly_once(clients, body: str) -> None:
-    for c in clients:
-        await wait_until(lambda c=c: count(c, body) >= 1, 30, f"{body!r} at {c.jid}")
-    await asyncio.sleep(1.0)
-    for c in clients:
-        assert count(c, body) == 1, (c.jid, bodies(c))
 
 
 @pytest.mark.timeout(300)
