@@ -252,6 +252,12 @@ impl S2sInbound {
         self.secured
     }
 
+    /// Our domain the peer addressed in its stream header (`to`), once it has sent one: the
+    /// name our certificate had to carry for the peer, e.g. a group chat service's domain.
+    pub fn local(&self) -> Option<&str> {
+        self.local.as_deref()
+    }
+
     /// Whether some domain is authenticated on this stream.
     pub fn is_authenticated(&self) -> bool {
         self.sasl_domain.is_some() || !self.dialback.is_empty()

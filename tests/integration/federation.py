@@ -61,9 +61,12 @@ def strip_ansi(text: str) -> str:
 
 
 class Certs:
-    """PEM files for each domain (and the CA in "ca" mode) under `dir`."""
+    """PEM files for each domain (and the CA in "ca" mode) under `dir`. `names`: further
+    DNS names (SANs) a domain's certificate carries, e.g. its group chat service's domain,
+    as an operator's certificate for a server with components would."""
 
-    def __init__(self, dir: Path, mode: str, domains: list[str]):
+    def __init__(self, dir: Path, mode: str, domains: list[str],
+                 names: dict[str, list[str]] | None = None):
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
@@ -129,7 +132,12 @@ class Certs:
                 .serial_number(x509.random_serial_number())
                 .not_valid_before(start)
                 .not_valid_after(end)
-                .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
+                .add_extension(
+                    x509.SubjectAlternativeName(
+                        [x509.DNSName(n) for n in (domain, *(names or {}).get(domain, ()))]
+                    ),
+                    critical=False,
+                )
                 .add_extension(
                     x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                     critical=False,
@@ -284,7 +292,7 @@ class Prosody:
         self.muc_domain = f"conference.{self.domain}"
         component = (f"""
 Component "{self.muc_domain}" "muc"
-	ssl = {{ certificate = "{certs.cert[self.domain]}"; key = "{certs.key[self.domain]}" }}
+	ssl = {{ certificate = "{certs.cert[self.muc_domain]}"; key = "{certs.key[self.muc_domain]}" }}
 	muc_room_locking = false
 """ if muc else "")
         self.config_path.write_text(f"""
@@ -793,11 +801,13 @@ class Fed:
 
 @contextlib.contextmanager
 def sb_and_peer(d: Path, mode: str, accounts: int, peer_domain: str, make_peer,
-                peer_subdomains: tuple[str, ...] = ()):
+                peer_subdomains: tuple[str, ...] = (), sb_names: tuple[str, ...] = ()):
     """Our node (sb.fed.test) and a peer server (`make_peer(certs, sb)`, serving
     `peer_domain`, and `peer_subdomains` such as its group chat service) routed to each
-    other over s2s, running; both stopped at the end."""
-    certs = Certs(d / "certs", mode, [SB_DOMAIN, peer_domain])
+    other over s2s, running; both stopped at the end. In "ca" mode our certificate also
+    names `sb_names` (our group chat service), and each of `peer_subdomains` has its own."""
+    certs = Certs(d / "certs", mode, [SB_DOMAIN, peer_domain, *peer_subdomains],
+                  names={SB_DOMAIN: list(sb_names)})
     sb = make_sb(d / "sb", certs, routes={}, accounts=accounts)
     peer = make_peer(certs, sb)
     sb.config["s2s"]["routes"] = {
@@ -830,6 +840,7 @@ def sb_and_prosody(d: Path, mode: str, accounts: int, modules: tuple[str, ...] =
         d, mode, accounts, PROSODY_DOMAIN,
         lambda certs, sb: Prosody(d / "prosody", certs, routes=routes(sb), modules=modules, muc=muc),
         peer_subdomains=(f"conference.{PROSODY_DOMAIN}",) if muc else (),
+        sb_names=(f"conference.{SB_DOMAIN}",) if muc else (),
     )
 
 

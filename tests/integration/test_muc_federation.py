@@ -22,7 +22,10 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from federation import (
+    METHOD,
     PROSODY_BIN,
+    Certs,
+    make_sb,
     PROSODY_DOMAIN,
     SB_DOMAIN,
     bodies,
@@ -46,11 +49,16 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def fed(tmp_path_factory):
-    with sb_and_prosody(tmp_path_factory.mktemp("fed-muc"), "selfsigned", accounts=6,
+@pytest.fixture(scope="module", params=["selfsigned", "ca"])
+def fed(request, tmp_path_factory):
+    """Both certificate modes: in "ca" mode our certificate names the service's domain
+    besides ours (one certificate with both SANs, what an operator gets from a CA for a
+    server with a group chat service), Prosody's service has a certificate of its own, and
+    Prosody refuses dialback (s2s_secure_auth)."""
+    mode = request.param
+    with sb_and_prosody(tmp_path_factory.mktemp(f"fed-muc-{mode}"), mode, accounts=6,
                         muc=True) as (sb, prosody):
-        yield Fed("selfsigned", sb, prosody)
+        yield Fed(mode, sb, prosody)
 
 
 @pytest.fixture
@@ -80,6 +88,23 @@ def from_occupant(c, occupant: str, ptype: str | None = None) -> list:
         p for p in c.presences
         if str(p["from"]) == occupant and (ptype is None or p["type"] == ptype)
     ]
+
+
+def link_authenticated(fed, local: str, remote: str) -> None:
+    """Our log shows the streams between `local` (one of our domains) and `remote` (the
+    peer's) authenticated with the mode's method, both ways: our outbound link from `local`,
+    and the peer's inbound stream from `remote` addressed to `local`; never with the other
+    method (in "ca" mode: SASL EXTERNAL, XEP-0178, for the service domains too)."""
+    method = METHOD[fed.mode]
+    fed.sb.wait_log(
+        rf's2s outbound link authenticated local={local} remote={remote} '
+        rf'method="{method}" tls=true'
+    )
+    fed.sb.wait_log(rf'domain={remote} method="{method}" tls=true local={local}')
+    other = METHOD["ca" if fed.mode == "selfsigned" else "selfsigned"]
+    log = fed.sb.log_text()
+    assert f'local={local} remote={remote} method="{other}"' not in log, log[-3000:]
+    assert f'domain={remote} method="{other}" tls=true local={local}' not in log, log[-3000:]
 
 
 def count(c, body: str) -> int:
@@ -200,6 +225,10 @@ async def test_a_prosody_user_in_a_switchboard_room(fed, clients):
     await exactly_once([a], "after bob left")
     assert count(b, "after bob left") == 0
 
+    # The room's stanzas left on links of the service's domain (from conference.sb.fed.test
+    # to pro.fed.test), and Prosody's user reached the room on a stream to it.
+    link_authenticated(fed, SB_MUC, PROSODY_DOMAIN)
+
 
 @pytest.mark.timeout(180)
 async def test_a_switchboard_user_in_a_prosody_room(fed, clients):
@@ -232,6 +261,10 @@ async def test_a_switchboard_user_in_a_prosody_room(fed, clients):
     await wait_until(lambda: from_occupant(b, alice, "unavailable"), 30,
                      "alice's unavailable in the Prosody room")
 
+    # Our user's stanzas went to the Prosody service's domain on a link of ours, and the
+    # room's came from conference.pro.fed.test, authenticated on its own.
+    link_authenticated(fed, SB_DOMAIN, PROSODY_MUC)
+
 
 @pytest.mark.timeout(120)
 async def test_the_service_answers_disco_from_prosody(fed, clients):
@@ -247,6 +280,27 @@ async def test_the_service_answers_disco_from_prosody(fed, clients):
     assert ("conference", "text") in identities, identities
     features = [f.get("var") for f in q.findall(f"{{{NS_DISCO_INFO}}}feature")]
     assert NS_MUC in features
+
+
+UNNAMED = "the certificate in tls.cert does not name these s2s domains"
+
+
+def test_a_certificate_naming_the_service_raises_no_warning(fed):
+    assert UNNAMED not in fed.sb.log_text()
+
+
+def test_a_certificate_without_the_service_domain_is_pointed_out(tmp_path):
+    """The operator's certificate names the served domain only: the node starts (dialback
+    still works for the service), and its log says which domain the certificate leaves
+    out, so that SASL EXTERNAL towards peers that require it can be fixed."""
+    certs = Certs(tmp_path / "certs", "ca", [SB_DOMAIN])
+    sb = make_sb(tmp_path / "sb", certs, routes={}, accounts=0)
+    sb.start()
+    try:
+        line = sb.wait_log(rf"{UNNAMED}.*")
+        assert f'missing=["{SB_MUC}"]' in line.group(0), line.group(0)
+    finally:
+        sb.stop()
 
 
 @pytest.fixture

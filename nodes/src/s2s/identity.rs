@@ -73,6 +73,33 @@ impl Identity {
     }
 }
 
+/// Our domains that our own certificate (`chain`, leaf first) does not name (RFC 6125
+/// DNS-IDs, as peers check them): peers verifying certificates cannot authenticate links
+/// of those domains with SASL EXTERNAL (XEP-0178), and those that accept nothing else
+/// (Prosody's `s2s_secure_auth`, ejabberd's `s2s_use_starttls: required_trusted`) refuse
+/// them. A group chat service's `conference.<domain>` is the usual one an operator's
+/// certificate leaves out.
+pub fn unnamed_domains<'d>(
+    chain: &[CertificateDer<'static>],
+    domains: impl IntoIterator<Item = &'d String>,
+) -> Vec<&'d str> {
+    let leaf = chain
+        .first()
+        .and_then(|c| webpki::EndEntityCert::try_from(c).ok());
+    domains
+        .into_iter()
+        .map(String::as_str)
+        .filter(|d| {
+            let Some(leaf) = &leaf else {
+                return true;
+            };
+            ServerName::try_from(*d).map_or(true, |name| {
+                leaf.verify_is_valid_for_subject_name(&name).is_err()
+            })
+        })
+        .collect()
+}
+
 /// Accepts any server certificate in the handshake (signatures are still checked); the
 /// identity is checked afterwards with [`Identity::verifies`].
 #[derive(Debug)]
@@ -180,5 +207,50 @@ impl ClientCertVerifier for AnyClientCert {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(names: &[&str]) -> Vec<CertificateDer<'static>> {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let certified = rcgen::generate_simple_self_signed(names).expect("test certificate");
+        vec![certified.cert.der().clone()]
+    }
+
+    fn domains(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_certificate_for_the_served_domain_only_leaves_out_the_service() {
+        let ours = domains(&["example.org", "conference.example.org"]);
+        assert_eq!(
+            unnamed_domains(&chain(&["example.org"]), &ours),
+            vec!["conference.example.org"]
+        );
+        assert!(
+            unnamed_domains(&chain(&["example.org", "conference.example.org"]), &ours).is_empty()
+        );
+    }
+
+    #[test]
+    fn a_wildcard_names_the_service_but_not_the_domain_itself() {
+        // RFC 6125 §6.4.3: `*` stands for the leftmost label only.
+        let ours = domains(&["example.org", "conference.example.org"]);
+        assert_eq!(
+            unnamed_domains(&chain(&["*.example.org"]), &ours),
+            vec!["example.org"]
+        );
+    }
+
+    #[test]
+    fn no_usable_certificate_names_nothing() {
+        let ours = domains(&["example.org"]);
+        assert_eq!(unnamed_domains(&[], &ours), vec!["example.org"]);
+        let garbage = vec![CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00])];
+        assert_eq!(unnamed_domains(&garbage, &ours), vec!["example.org"]);
     }
 }

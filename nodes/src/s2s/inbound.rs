@@ -352,6 +352,7 @@ impl Inbound {
                         %domain,
                         method = method.as_str(),
                         tls = self.neg.is_secured(),
+                        local = %self.neg.local().unwrap_or_default(),
                         "s2s inbound peer authenticated"
                     );
                 }

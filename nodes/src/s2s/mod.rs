@@ -132,6 +132,20 @@ pub fn start(
         }
         Ok(TlsConnector::from(Arc::new(config)))
     };
+    // A configured certificate is meant to be verified by peers: say which of our s2s
+    // domains it leaves out (a generated self-signed one verifies nowhere; dialback it is).
+    let domains: Vec<String> = settings.domains.iter().chain(components).cloned().collect();
+    if settings.tls.cert.is_some() && settings.s2s.sasl_external {
+        let missing = identity::unnamed_domains(&certs, &domains);
+        if !missing.is_empty() {
+            tracing::warn!(
+                ?missing,
+                "the certificate in tls.cert does not name these s2s domains: their links \
+                 cannot use SASL EXTERNAL (peers requiring verified certificates refuse \
+                 them); add them to the certificate's subject alternative names"
+            );
+        }
+    }
     let resolver = match dns::resolver(&settings.s2s.nameserver) {
         Ok(r) => Some(r),
         Err(e) => {
@@ -146,7 +160,7 @@ pub fn start(
             // peers open streams to it and it is the `from` of the streams carrying its
             // stanzas, each authenticated on its own (dialback keys name it; SASL EXTERNAL
             // needs it in our certificate).
-            domains: settings.domains.iter().chain(components).cloned().collect(),
+            domains,
             tls_required: settings.s2s.require_tls,
             dialback: settings.s2s.dialback,
             sasl_external: settings.s2s.sasl_external,
