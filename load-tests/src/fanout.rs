@@ -2,15 +2,19 @@
 //! copies (to every occupant of a room, to every contact), each measured by its receiver.
 //!
 //! [`Counters`] are the run's counters shared by the users and the coordinator (per step:
-//! sent, expected, accounted, slow); [`Received`] what one user counted per step;
-//! [`Counters::run_steps`] the coordinator's loop over the steps with the server's CPU read
-//! around each step and its drain; [`Counters::totals`] the summary of the steps
-//! ([`Totals`], [`Step`]) that both scenarios put in their JSON, parameterised by their own
-//! per-step fields; and the report's step line, table, sustained line and latency chart.
-//! What differs (how a user joins, what an event is, the words of the report) stays in the
-//! scenarios.
+//! sent, expected, accounted, slow); [`Signals`] what the coordinator tells the users;
+//! [`user`] and [`Exchange`] a user's task and its part of the steps (send what is due,
+//! hand out what arrives), [`Counters::count`] its counting of one copy into its
+//! [`Received`]; [`Counters::run_steps`] the coordinator's loop over the steps with the
+//! server's CPU read around each step and its drain; [`Counters::totals`] the summary of the
+//! steps ([`Totals`], [`Step`]) that both scenarios put in their JSON, parameterised by their
+//! own per-step fields; and the report's step line, table, sustained line and latency
+//! chart. What differs (how a user gets ready, what an event is and how its copies look, the
+//! words of the report) stays in the scenarios.
 
 use std::fmt::Write;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -120,17 +124,16 @@ pub(crate) struct Coordinator {
     pub stop: watch::Sender<bool>,
 }
 
-/// A user's side of what the coordinator tells it, and how long its close may take.
+/// A user's side of what the coordinator tells it.
 #[derive(Clone)]
 pub(crate) struct Signals {
     pub go: watch::Receiver<Option<()>>,
     pub phase: watch::Receiver<Option<Phase>>,
     pub stop: watch::Receiver<bool>,
-    pub grace: Duration,
 }
 
 /// The coordinator's and the users' ends of a run's signals.
-pub(crate) fn signals(grace: Duration) -> (Coordinator, Signals) {
+pub(crate) fn signals() -> (Coordinator, Signals) {
     let (go, go_rx) = watch::channel(None::<()>);
     let (phase, phase_rx) = watch::channel(None::<Phase>);
     let (stop, stop_rx) = watch::channel(false);
@@ -140,7 +143,6 @@ pub(crate) fn signals(grace: Duration) -> (Coordinator, Signals) {
             go: go_rx,
             phase: phase_rx,
             stop: stop_rx,
-            grace,
         },
     )
 }
@@ -149,18 +151,23 @@ pub(crate) fn signals(grace: Duration) -> (Coordinator, Signals) {
 /// what it receives, until told to stop.
 pub(crate) struct Exchange {
     pacer: Pacer,
+    stop: watch::Receiver<bool>,
     /// Whether this user sends (a receiver only reads).
     sends: bool,
     /// The copies each event should give (receivers, the sender's own included).
     per_event: u64,
+    /// The (from, seq) of the copies received, for [`Counters::count`].
+    pub seen: FxHashSet<(u32, u32)>,
 }
 
 impl Exchange {
-    pub fn new(phase: watch::Receiver<Option<Phase>>, sends: bool, per_event: u64) -> Exchange {
+    pub fn new(signals: &Signals, sends: bool, per_event: u64) -> Exchange {
         Exchange {
-            pacer: Pacer::new(phase),
+            pacer: Pacer::new(signals.phase.clone()),
+            stop: signals.stop.clone(),
             sends,
             per_event,
+            seen: FxHashSet::default(),
         }
     }
 
@@ -170,12 +177,11 @@ impl Exchange {
         &mut self,
         counters: &Counters,
         session: &mut Session,
-        stop: &mut watch::Receiver<bool>,
         mut compose: impl FnMut(&mut String, u32),
     ) -> Result<Option<String>, Failure> {
         loop {
             tokio::select! {
-                _ = stopped(stop) => return Ok(None),
+                _ = stopped(&mut self.stop) => return Ok(None),
                 due = self.pacer.due(&mut compose), if self.sends => {
                     counters.send_due(&mut session.conn, &due, self.per_event).await?;
                 }
@@ -183,6 +189,22 @@ impl Exchange {
             }
         }
     }
+}
+
+/// What a user does once logged in (get ready, then the steps), counting into its own
+/// [`Received`] per step.
+pub(crate) type UserBody<'a> = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send + 'a>>;
+
+/// One user's task: `body`, then the session ends (with `body`'s failure, if any).
+pub(crate) async fn user(
+    mut session: Session,
+    steps: usize,
+    grace: Duration,
+    body: impl for<'a> FnOnce(&'a mut Session, &'a mut [Received]) -> UserBody<'a>,
+) -> (End, Vec<Received>) {
+    let mut received = vec![Received::default(); steps];
+    let failure = body(&mut session, &mut received).await.err();
+    (session.end(failure, grace).await, received)
 }
 
 /// The users' ends and their [`Received`] added up per step, once every user is done.
@@ -667,35 +689,30 @@ mod tests {
             latencies_us: vec![1_000; (to_self + to_others) as usize],
             ..Received::default()
         };
-        let per_step = vec![received(10, 20, 0), received(20, 39, 1)];
         let own = |r: &Received, cpu: Option<Duration>, sent: u64, delivered: u64| {
             (r.to_others, cpu.map(|d| cpu_us_per(d, delivered)), sent)
         };
-        let t = c.totals(
-            &plan(),
-            vec![ran(), ran()],
-            per_step.clone(),
-            0.5,
-            false,
-            own,
-        );
+        let totals = |per_step: Vec<Received>, no_duplicates: bool| {
+            c.totals(
+                &plan(),
+                vec![ran(), ran()],
+                per_step,
+                0.5,
+                no_duplicates,
+                own,
+            )
+        };
+        let t = totals(vec![received(10, 20, 0), received(20, 39, 1)], false);
         assert_eq!((t.sent, t.expected, t.delivered, t.lost), (30, 90, 89, 1));
         assert_eq!(t.steps[0].own, (20, Some(1000.0), 10));
         assert!(t.steps[0].sustained && !t.steps[1].sustained);
         assert_eq!(t.sustainable_rate, 10);
         assert_eq!(t.server_cpu_us_per_delivery(), Some(60_000.0 / 89.0));
         // Without the loss, only a run that counts duplicates as failures fails step 1.
-        let per_step = vec![received(10, 20, 0), received(20, 40, 1)];
-        let t = c.totals(
-            &plan(),
-            vec![ran(), ran()],
-            per_step.clone(),
-            0.5,
-            false,
-            own,
-        );
+        let no_loss = vec![received(10, 20, 0), received(20, 40, 1)];
+        let t = totals(no_loss.clone(), false);
         assert!(t.steps[1].sustained && t.sustainable_rate == 20);
-        let t = c.totals(&plan(), vec![ran(), ran()], per_step, 0.5, true, own);
+        let t = totals(no_loss, true);
         assert!(!t.steps[1].sustained && t.sustainable_rate == 10);
     }
 }

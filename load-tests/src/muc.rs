@@ -35,7 +35,7 @@ use crate::fanout::{
 };
 use crate::presence::wait_ready;
 use crate::probe;
-use crate::ramp::{login_all, tally, End, Plan, Session};
+use crate::ramp::{login_all, tally, Plan, Session};
 use crate::report::Outcome;
 use crate::system::cpu_us_per;
 use crate::xml;
@@ -209,13 +209,17 @@ pub async fn run(plan: &Plan, mp: MucPlan) -> anyhow::Result<(Outcome, MucSummar
             }
         }
     }
-    let (coordinator, signals) = fanout::signals(plan.close_grace);
+    let (coordinator, signals) = fanout::signals();
     let mut tasks = JoinSet::new();
+    let (steps, grace) = (mp.steps.rates.len(), plan.close_grace);
     // The first user is in the room already (or gone).
     let users_joined = first.map(|s| (s, true)).into_iter();
     for (s, joined) in users_joined.chain(sessions.map(|s| (s, false))) {
         let sender = s.index - plan.first < mp.senders;
-        tasks.spawn(user(s, joined, sender, shared.clone(), signals.clone()));
+        let (shared, signals) = (shared.clone(), signals.clone());
+        tasks.spawn(fanout::user(s, steps, grace, move |s, r| {
+            Box::pin(occupy(s, joined, sender, shared, signals, r))
+        }));
     }
     eprintln!("  {users} users joining {}", mp.room);
     let (ready, setup_secs) = wait_ready(&shared.fan.ready, users, mp.setup).await;
@@ -287,47 +291,26 @@ pub async fn run(plan: &Plan, mp: MucPlan) -> anyhow::Result<(Outcome, MucSummar
 
 /// One occupant: join (the creator has already), then send while a step runs (if a
 /// `sender`) and receive until told to stop. One not in the room when the steps start leaves.
-async fn user(
-    mut session: Session,
-    joined: bool,
-    sender: bool,
-    shared: Arc<Shared>,
-    mut signals: Signals,
-) -> (End, Vec<Received>) {
-    let mut received = vec![Received::default(); shared.fan.steps.len()];
-    let failure = occupy(
-        &mut session,
-        joined,
-        sender,
-        &shared,
-        &mut signals,
-        &mut received,
-    )
-    .await
-    .err();
-    (session.end(failure, signals.grace).await, received)
-}
-
 async fn occupy(
     session: &mut Session,
     joined: bool,
     sender: bool,
-    shared: &Shared,
-    signals: &mut Signals,
+    shared: Arc<Shared>,
+    mut signals: Signals,
     received: &mut [Received],
 ) -> Result<(), Failure> {
+    let shared = &*shared;
     enter(session, joined, shared, &mut signals.go).await?;
     let per_message = shared.occupants.load(Ordering::Relaxed);
-    let mut exchange = Exchange::new(signals.phase.clone(), sender, per_message);
-    let mut seen = FxHashSet::default();
+    let mut exchange = Exchange::new(&signals, sender, per_message);
     let me = session.index;
     while let Some(el) = exchange
-        .next(&shared.fan, session, &mut signals.stop, |out, seq| {
+        .next(&shared.fan, session, |out, seq| {
             compose(out, shared, me, seq)
         })
         .await?
     {
-        receive(shared, me, &el, &mut seen, received);
+        receive(shared, me, &el, &mut exchange.seen, received);
     }
     Ok(())
 }

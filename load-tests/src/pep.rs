@@ -44,7 +44,7 @@ use crate::fanout::{
 use crate::login::Target;
 use crate::presence::{self, answer_setup, wait_ready, Groups, Rosters, Setup};
 use crate::probe;
-use crate::ramp::{login_all, tally, End, Plan, Session};
+use crate::ramp::{login_all, tally, Plan, Session};
 use crate::report::Outcome;
 use crate::system::cpu_us_per;
 use crate::xml;
@@ -236,11 +236,15 @@ pub async fn run(plan: &Plan, pp: PepPlan) -> anyhow::Result<(Outcome, PepSummar
     });
     let online: Vec<u32> = ramp.sessions.iter().map(|s| s.index).collect();
     let users = online.len() as u64;
-    let (coordinator, signals) = fanout::signals(plan.close_grace);
+    let (coordinator, signals) = fanout::signals();
     let mut tasks = JoinSet::new();
+    let (steps, grace) = (pp.steps.rates.len(), plan.close_grace);
     for session in ramp.sessions {
         let contacts = shared.groups.contacts_of(&online, session.index);
-        tasks.spawn(user(session, contacts, shared.clone(), signals.clone()));
+        let (shared, signals) = (shared.clone(), signals.clone());
+        tasks.spawn(fanout::user(session, steps, grace, move |s, r| {
+            Box::pin(publish(s, contacts, shared, signals, r))
+        }));
     }
     eprintln!(
         "  {} in groups of {} ({users} users)",
@@ -313,48 +317,29 @@ pub async fn run(plan: &Plan, pp: PepPlan) -> anyhow::Result<(Outcome, PepSummar
 
 /// One user: set up its contacts, then send while a step runs and receive until told to
 /// stop.
-async fn user(
-    mut session: Session,
+async fn publish(
+    session: &mut Session,
     contacts: Vec<u32>,
     shared: Arc<Shared>,
     mut signals: Signals,
-) -> (End, Vec<Received>) {
-    let mut received = vec![Received::default(); shared.fan.steps.len()];
-    let failure = publish(
-        &mut session,
-        &contacts,
-        &shared,
-        &mut signals,
-        &mut received,
-    )
-    .await
-    .err();
-    (session.end(failure, signals.grace).await, received)
-}
-
-async fn publish(
-    session: &mut Session,
-    contacts: &[u32],
-    shared: &Shared,
-    signals: &mut Signals,
     received: &mut [Received],
 ) -> Result<(), Failure> {
+    let shared = &*shared;
     let how = Setup {
         target: &shared.target,
         rosters: shared.rosters,
         ready: &shared.fan.ready,
     };
     let reply = |el: &str| shared.caps.answer(el);
-    presence::setup(session, contacts, &how, &mut signals.go, &reply).await?;
+    presence::setup(session, &contacts, &how, &mut signals.go, &reply).await?;
     // Each event notifies every contact and the sender's own session: a publish the
     // account's bare JID (XEP-0163 §4.3), a presence every available resource (RFC 6121
     // §4.4.2).
     let per_event = contacts.len() as u64 + 1;
-    let mut exchange = Exchange::new(signals.phase.clone(), true, per_event);
-    let mut seen = FxHashSet::default();
+    let mut exchange = Exchange::new(&signals, true, per_event);
     let me = session.index;
     while let Some(el) = exchange
-        .next(&shared.fan, session, &mut signals.stop, |out, seq| {
+        .next(&shared.fan, session, |out, seq| {
             compose(out, shared, me, seq)
         })
         .await?
@@ -364,7 +349,7 @@ async fn publish(
             continue;
         }
         answer_setup(session, &el).await?;
-        receive(shared, me, &el, &mut seen, received);
+        receive(shared, me, &el, &mut exchange.seen, received);
     }
     Ok(())
 }
