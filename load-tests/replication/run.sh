@@ -120,16 +120,9 @@ SCRIPT_START=$(date +%s)
 log() { echo "[replication-bench $(date +%T)] $*" >&2; }
 
 # ---------------------------------------------------------------- work dir, cleanup
-KEEP_WORK=1
-if [ -z "$WORK" ]; then WORK=$(mktemp -d /tmp/sb-replication-bench.XXXXXX); KEEP_WORK=0; fi
-mkdir -p "$WORK/results"
-RES="$WORK/results"
-STARTED_PIDS=()         # processes this script started; stopped by PID only
-NODE_PIDS=()            # the servers of the current setup
-HTTP_PORTS=()           # their /metrics ports
-
 # shellcheck source=../lib.sh
 . "$ROOT/load-tests/lib.sh"
+results_dir replication-bench
 trap stop_started EXIT
 trap 'exit 130' INT TERM
 
@@ -159,49 +152,14 @@ command -v taskset >/dev/null && command -v curl >/dev/null && command -v python
 three_node_ports_free
 
 # ---------------------------------------------------------------- configs and accounts
-MEMBERS=""
-for i in 1 2 3; do MEMBERS="$MEMBERS${MEMBERS:+, }\"$i@127.0.0.1$i:$(( LINK_BASE + i ))\""; done
-write_config() {  # write_config NAME C2S_PORT HTTP_PORT [NODE_ID]
-  local dir="$WORK/$1"
-  mkdir -p "$dir/data"
-  cat > "$dir/server.toml" <<EOF
-domains = ["localhost"]
-data_dir = "$dir/data"
-
-[c2s]
-listen = "127.0.0.1:$2"
-tls_listen = ""
-require_tls = false
-
-[im]
+NODE_TOML="[im]
 max_roster_items = $MAX_ROSTER_ITEMS
-max_offline_messages = $OFFLINE_QUOTA
-
-[http]
-listen = "127.0.0.1:$3"
-
-# Federation is not part of this benchmark; several nodes share this host.
-[s2s]
-listen = ""
-
-[log]
-level = "warn"
-EOF
-  if [ -n "${4:-}" ]; then
-    cat >> "$dir/server.toml" <<EOF
-
-[cluster]
-node_id = $4
-listen = "127.0.0.1$4:$(( LINK_BASE + $4 ))"
-secret = "$SECRET"
-members = [$MEMBERS]
-EOF
-    if [ -n "$SHARDS" ]; then echo "shards = $SHARDS" >> "$dir/server.toml"; fi
-    if [ -n "$REPLICAS" ]; then echo "replicas = $REPLICAS" >> "$dir/server.toml"; fi
-  fi
-}
-for i in 1 2 3; do write_config "n$i" $(( C2S_BASE + i )) $(( HTTP_BASE + i )) "$i"; done
-write_config single $(( C2S_BASE + 4 )) $(( HTTP_BASE + 4 ))
+max_offline_messages = $OFFLINE_QUOTA"
+CLUSTER_TOML=""
+if [ -n "$SHARDS" ]; then CLUSTER_TOML+="shards = $SHARDS"$'\n'; fi
+if [ -n "$REPLICAS" ]; then CLUSTER_TOML+="replicas = $REPLICAS"$'\n'; fi
+for i in 1 2 3; do three_node_config "n$i" $(( C2S_BASE + i )) $(( HTTP_BASE + i )) "$i"; done
+three_node_config single $(( C2S_BASE + 4 )) $(( HTTP_BASE + 4 ))
 # Every node authenticates against its own account store: the same accounts on each, created
 # offline (no node running) with `switchboard user import`.
 NAMES=""
@@ -214,63 +172,16 @@ for n in $NAMES; do
     { cat "$WORK/$n/provision.log" >&2; exit 1; }
 done
 
-# ---------------------------------------------------------------- nodes
-start_node() {  # start_node NAME PORT HTTP_PORT
-  NO_COLOR=1 taskset -c "$SERVER_CPU" "$SB" run --config "$WORK/$1/server.toml" >>"$WORK/$1/server.log" 2>&1 &
-  local pid=$!
-  STARTED_PIDS+=("$pid"); NODE_PIDS+=("$pid"); HTTP_PORTS+=("$3")
-  echo "$pid" > "$WORK/$1/pid"
-  wait_port 127.0.0.1 "$2" 30
-}
-stop_nodes() {
-  local p
-  for p in "${NODE_PIDS[@]}"; do stop_pid "$p"; done
-  NODE_PIDS=(); HTTP_PORTS=()
-}
-status() { "$SB" cluster status --config "$WORK/$1/server.toml"; }
-formed() {
-  local i
-  for i in 1 2 3; do
-    status "n$i" 2>/dev/null | python3 -c '
-import json, sys
-s = json.load(sys.stdin)
-ok = s.get("leader") is not None and all(s.get("members", {}).get(k) == "up" for k in ("1", "2", "3"))
-sys.exit(0 if ok else 1)' || return 1
-  done
-}
-wait_formed() {
-  local i
-  for i in $(seq 1 150); do formed && return 0; sleep 0.2; done
-  echo "the cluster did not form in 30 s" >&2; status n1 >&2 || true; return 1
-}
-snapshot() {  # snapshot TAG: every node's status into results
-  local i
-  for i in 1 2 3; do status "n$i" > "$RES/status-n$i-$1.json" 2>/dev/null || echo '{}' > "$RES/status-n$i-$1.json"; done
-}
-
 # ---------------------------------------------------------------- runs
 COMMANDS="$RES/commands.txt"
 : > "$COMMANDS"
 run_lg() {  # run_lg NAME SERVERS ARGS...
   local name=$1 servers=$2; shift 2
-  local c0 c1 t0 t1 rc=0 lg_cpu s0 s1 g0 g1
   if over_time; then log "$name: skipped, the script has run for ${TOTAL_LIMIT} s"; echo "$name skipped" >> "$COMMANDS"; return 0; fi
   log "$name: $*"
   echo "$name: switchboard-loadgen --server $servers --tls none --mech scram-sha-256 $*" >> "$COMMANDS"
-  c0=$(cpu_ticks "${NODE_PIDS[@]}"); t0=$(date +%s.%N)
-  s0=$(cpu_busy "$SERVER_CPU"); g0=$(cpu_busy "$LOADGEN_CPU")
-  cut -d' ' -f1-3 /proc/loadavg > "$RES/$name.load"
-  TIMEFORMAT='%U %S'
-  { time timeout "$RUN_TIMEOUT" taskset -c "$LOADGEN_CPU" "$LG" --server "$servers" --tls none \
-      --mech scram-sha-256 --json "$RES/$name.json" --report "$RES/$name" "$@" >"$RES/$name.txt" 2>"$RES/$name.err"
-  } 2>"$RES/$name.time" || rc=$?
-  lg_cpu=$(awk '{print $1 + $2}' "$RES/$name.time")
-  c1=$(cpu_ticks "${NODE_PIDS[@]}"); t1=$(date +%s.%N)
-  s1=$(cpu_busy "$SERVER_CPU"); g1=$(cpu_busy "$LOADGEN_CPU")
-  local busy='{ split(a, x, " "); split(b, y, " "); print (y[2] > x[2]) ? (y[1] - x[1]) / (y[2] - x[2]) : 0 }'
-  echo "{\"rc\": $rc, \"server_cpu_secs\": $(awk -v a="$c0" -v b="$c1" -v h="$(getconf CLK_TCK)" 'BEGIN{print (b-a)/h}'), \"loadgen_cpu_secs\": ${lg_cpu:-0}, \"wall_secs\": $(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}'), \"server_core_busy\": $(awk -v a="$s0" -v b="$s1" "BEGIN $busy"), \"loadgen_core_busy\": $(awk -v a="$g0" -v b="$g1" "BEGIN $busy"), \"server_rss_kib\": $(rss_kib "${NODE_PIDS[@]}")}" > "$RES/$name.cpu.json"
-  cat "$RES/$name.txt" >&2
-  [ "$rc" = 0 ] || log "$name: loadgen exited $rc (see $RES/$name.err)"
+  timed_lg "$name" "$RUN_TIMEOUT" "$servers" --report "$RES/$name" "$@"
+  echo "{\"rc\": $LG_RC, $LG_MEASURED, \"server_rss_kib\": $(rss_kib "${NODE_PIDS[@]}")}" > "$RES/$name.cpu.json"
 }
 setup_runs() {  # setup_runs SETUP SERVERS METRICS
   local setup=$1 servers=$2 metrics=$3
@@ -319,18 +230,11 @@ for setup in $SETUPS; do
 done
 
 # ---------------------------------------------------------------- report
-for n in $NAMES; do cp "$WORK/$n/server.log" "$RES/server-$n.log" 2>/dev/null || true; done
-cp "$WORK/n1/server.toml" "$RES/n1.toml"; cp "$WORK/single/server.toml" "$RES/single.toml"
+# shellcheck disable=SC2086
+keep_node_files $NAMES
 {
-  echo "date=$(date -u +%FT%TZ)"
-  echo "kernel=$(uname -r)"
-  echo "cpu=$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)"
-  echo "cpus=$(nproc)"
-  echo "mem=$(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
-  echo "disk=$(df -T "$WORK" | awk 'NR==2{print $2}')"
-  echo "commit=$(cd "$ROOT" && git rev-parse --short HEAD)"
+  machine_meta
   echo "commit_subject=$(cd "$ROOT" && git log -1 --format=%s)"
-  echo "dirty=$(cd "$ROOT" && git status --porcelain -- nodes storage proto | awk '{print $2}' | tr '\n' ' ')"
   echo "switchboard_bin=${SB#"$ROOT"/}"
   echo "built_from=$BUILT_FROM"
   echo "switchboard_built=$(date -u -r "$SB" +%FT%TZ)"
