@@ -4,13 +4,16 @@
 usage: report.py RESULTS_DIR
 """
 
-import json
 import os
 import re
 import sys
 
-res = sys.argv[1]
 here = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(here))
+from results import Results  # noqa: E402  (load-tests/results.py)
+
+results = Results(sys.argv[1])
+load, text = results.load, results.text
 out = []
 
 
@@ -18,25 +21,7 @@ def w(s=""):
     out.append(s)
 
 
-def load(name):
-    try:
-        with open(os.path.join(res, name)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def text(name):
-    try:
-        with open(os.path.join(res, name)) as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-meta = dict(
-    line.split("=", 1) for line in text("meta.txt").splitlines() if "=" in line
-)
+meta = results.meta()
 
 
 def ratio(a, b):

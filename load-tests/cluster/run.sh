@@ -71,16 +71,10 @@ SECRET="cluster-bench-secret-0123456789abcdef"
 log() { echo "[cluster-bench $(date +%T)] $*" >&2; }
 
 # ---------------------------------------------------------------- work dir, cleanup
-KEEP_WORK=1
-if [ -z "$WORK" ]; then WORK=$(mktemp -d /tmp/sb-cluster-bench.XXXXXX); KEEP_WORK=0; fi
-mkdir -p "$WORK/results"
-RES="$WORK/results"
-STARTED_PIDS=()         # processes this script started; stopped by PID only
-NODE_PIDS=()            # the servers of the current setup
-POLL_PID=""
-
 # shellcheck source=../lib.sh
 . "$ROOT/load-tests/lib.sh"
+results_dir cluster-bench
+POLL_PID=""
 cleanup() {
   local p
   if [ -n "$POLL_PID" ]; then stop_pid "$POLL_PID"; fi
@@ -100,43 +94,8 @@ release_binaries
 three_node_ports_free
 
 # ---------------------------------------------------------------- configs and accounts
-MEMBERS=""
-for i in 1 2 3; do MEMBERS="$MEMBERS${MEMBERS:+, }\"$i@127.0.0.1$i:$(( LINK_BASE + i ))\""; done
-write_config() {  # write_config NAME C2S_PORT HTTP_PORT [NODE_ID]
-  local dir="$WORK/$1"
-  mkdir -p "$dir/data"
-  cat > "$dir/server.toml" <<EOF
-domains = ["localhost"]
-data_dir = "$dir/data"
-
-[c2s]
-listen = "127.0.0.1:$2"
-tls_listen = ""
-require_tls = false
-
-[http]
-listen = "127.0.0.1:$3"
-
-# Federation is not part of this benchmark; several nodes share this host.
-[s2s]
-listen = ""
-
-[log]
-level = "warn"
-EOF
-  if [ -n "${4:-}" ]; then
-    cat >> "$dir/server.toml" <<EOF
-
-[cluster]
-node_id = $4
-listen = "127.0.0.1$4:$(( LINK_BASE + $4 ))"
-secret = "$SECRET"
-members = [$MEMBERS]
-EOF
-  fi
-}
-for i in 1 2 3; do write_config "n$i" $(( C2S_BASE + i )) $(( HTTP_BASE + i )) "$i"; done
-write_config single $(( C2S_BASE + 4 )) $(( HTTP_BASE + 4 ))
+for i in 1 2 3; do three_node_config "n$i" $(( C2S_BASE + i )) $(( HTTP_BASE + i )) "$i"; done
+three_node_config single $(( C2S_BASE + 4 )) $(( HTTP_BASE + 4 ))
 # Every node authenticates against its own account store: the same accounts on each, created
 # offline (no node running) with `switchboard user import`.
 for n in n1 n2 n3 single; do
@@ -145,74 +104,27 @@ for n in n1 n2 n3 single; do
 done
 
 # ---------------------------------------------------------------- nodes
-HTTP_PORTS=()          # /metrics of the current setup's nodes
-start_node() {  # start_node NAME PORT HTTP_PORT
-  NO_COLOR=1 taskset -c "$SERVER_CPU" "$SB" run --config "$WORK/$1/server.toml" >>"$WORK/$1/server.log" 2>&1 &
-  local pid=$!
-  STARTED_PIDS+=("$pid"); NODE_PIDS+=("$pid"); HTTP_PORTS+=("$3")
-  echo "$pid" > "$WORK/$1/pid"
-  wait_port 127.0.0.1 "$2" 30
-}
-stop_nodes() {
-  local p
-  for p in "${NODE_PIDS[@]}"; do stop_pid "$p"; done
-  NODE_PIDS=(); HTTP_PORTS=()
-}
-status() { "$SB" cluster status --config "$WORK/$1/server.toml"; }
 json_get() {  # json_get KEY < JSON
   python3 -c 'import json,sys; v=json.load(sys.stdin).get(sys.argv[1]); print("null" if v is None else v)' "$1"
 }
-formed() {
-  local i
-  for i in 1 2 3; do
-    status "n$i" 2>/dev/null | python3 -c '
-import json, sys
-s = json.load(sys.stdin)
-ok = s["leader"] is not None and all(s["members"].get(k) == "up" for k in ("1", "2", "3"))
-sys.exit(0 if ok else 1)' || return 1
-  done
-}
-wait_formed() {
-  local i
-  for i in $(seq 1 150); do formed && return 0; sleep 0.2; done
-  echo "the cluster did not form in 30 s" >&2; status n1 >&2 || true; return 1
-}
 poll_status() {  # poll_status FILE: "epoch_secs last_applied term" every second (node 1)
   while :; do
-    status n1 2>/dev/null | python3 -c '
+    node_status n1 2>/dev/null | python3 -c '
 import json, sys, time
 s = json.load(sys.stdin)
 print("%.3f %s %s %s" % (time.time(), s["last_applied"], s["term"], s["leader"]))' >> "$1" || true
     sleep 1
   done
 }
-snapshot() {  # snapshot TAG: every node's status into results
-  local i
-  for i in 1 2 3; do status "n$i" > "$RES/status-n$i-$1.json" 2>/dev/null || echo '{}' > "$RES/status-n$i-$1.json"; done
-}
-
 # ---------------------------------------------------------------- scenarios
 run_lg() {  # run_lg NAME SERVERS SCENARIO ARGS...
   local name=$1 servers=$2; shift 2
-  local c0 c1 t0 t1 rc=0 lg_cpu s0 s1 g0 g1 o0 o1
+  local o0 o1
   log "$name: $*"
-  c0=$(cpu_ticks "${NODE_PIDS[@]}"); t0=$(date +%s.%N)
-  s0=$(cpu_busy "$SERVER_CPU"); g0=$(cpu_busy "$LOADGEN_CPU"); o0=$(offline_total)
-  echo "$(cut -d' ' -f1-3 /proc/loadavg)" > "$RES/$name.load"
-  # The generator's own CPU time (user + system) through bash's `time`: near the wall time
-  # means the generator, not the server, set the pace.
-  TIMEFORMAT='%U %S'
-  { time timeout 300 taskset -c "$LOADGEN_CPU" "$LG" --server "$servers" --tls none \
-      --mech scram-sha-256 --json "$RES/$name.json" "$@" >"$RES/$name.txt" 2>"$RES/$name.err"
-  } 2>"$RES/$name.time" || rc=$?
-  lg_cpu=$(awk '{print $1 + $2}' "$RES/$name.time")
-  c1=$(cpu_ticks "${NODE_PIDS[@]}"); t1=$(date +%s.%N)
-  s1=$(cpu_busy "$SERVER_CPU"); g1=$(cpu_busy "$LOADGEN_CPU"); o1=$(offline_total)
-  # Busy share of the servers' and the generator's CPUs over the run, whoever used them.
-  local busy='{ split(a, x, " "); split(b, y, " "); print (y[2] > x[2]) ? (y[1] - x[1]) / (y[2] - x[2]) : 0 }'
-  echo "{\"server_cpu_secs\": $(awk -v a="$c0" -v b="$c1" -v h="$(getconf CLK_TCK)" 'BEGIN{print (b-a)/h}'), \"loadgen_cpu_secs\": ${lg_cpu:-0}, \"wall_secs\": $(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}'), \"server_core_busy\": $(awk -v a="$s0" -v b="$s1" "BEGIN $busy"), \"loadgen_core_busy\": $(awk -v a="$g0" -v b="$g1" "BEGIN $busy"), \"stored_offline\": $(( o1 - o0 ))}" > "$RES/$name.cpu.json"
-  cat "$RES/$name.txt" >&2
-  [ "$rc" = 0 ] || log "$name: loadgen exited $rc (see $RES/$name.err)"
+  o0=$(offline_total)
+  timed_lg "$name" 300 "$servers" "$@"
+  o1=$(offline_total)
+  echo "{$LG_MEASURED, \"stored_offline\": $(( o1 - o0 ))}" > "$RES/$name.cpu.json"
 }
 CHAT_FIRST=1
 chat_runs() {  # chat_runs PREFIX SERVERS [--cross-node-only]: the next two user ranges
@@ -233,7 +145,7 @@ log "== cluster: starting n1 n2 n3"
 for i in 1 2 3; do start_node "n$i" $(( C2S_BASE + i )) $(( HTTP_BASE + i )); done
 wait_formed
 FORMED_AT=$(date -u +%FT%T)
-log "cluster formed: leader $(status n1 | json_get leader)"
+log "cluster formed: leader $(node_status n1 | json_get leader)"
 sleep 2
 snapshot storm-before
 poll_status "$RES/storm-poll.txt" &
@@ -257,17 +169,9 @@ chat_runs chat-single "$SINGLE"
 stop_nodes
 
 # ---------------------------------------------------------------- report
-for n in n1 n2 n3 single; do cp "$WORK/$n/server.log" "$RES/server-$n.log" 2>/dev/null || true; done
-cp "$WORK/n1/server.toml" "$RES/n1.toml"; cp "$WORK/single/server.toml" "$RES/single.toml"
+keep_node_files n1 n2 n3 single
 {
-  echo "date=$(date -u +%FT%TZ)"
-  echo "kernel=$(uname -r)"
-  echo "cpu=$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)"
-  echo "cpus=$(nproc)"
-  echo "mem=$(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
-  echo "disk=$(df -T "$WORK" | awk 'NR==2{print $2}')"
-  echo "commit=$(cd "$ROOT" && git rev-parse --short HEAD)"
-  echo "dirty=$(cd "$ROOT" && git status --porcelain -- nodes storage proto | awk '{print $2}' | tr '\n' ' ')"
+  machine_meta
   echo "switchboard_bin=$(date -u -r "$SB" +%FT%TZ)"
   echo "loadgen_bin=$(date -u -r "$LG" +%FT%TZ)"
   echo "storm_users=$STORM_USERS"; echo "rates=$RATES"; echo "step_secs=$STEP_SECS"

@@ -14,7 +14,7 @@
 # and notifications/s) and the node's CPU per delivered notification at each step.
 # Env: BIN (target/release/switchboard), LG (target/release/switchboard-loadgen), USERS (2100),
 # GROUP (21: 20 contacts each), RATES, STEP_SECS (5), DRAIN_SECS (5), WORK (/tmp/sb-fanout),
-# EVENTS ("presence pep"). Loopback only; every step bounded in time.
+# EVENTS ("presence pep"), PORT (5489: c2s; /metrics one below). Loopback only; every step bounded in time.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 ROUNDS=${1:-1}
@@ -27,14 +27,10 @@ STEP_SECS=${STEP_SECS:-5}
 DRAIN_SECS=${DRAIN_SECS:-5}
 WORK=${WORK:-/tmp/sb-fanout}
 EVENTS=${EVENTS:-presence pep}
-PORT=5489
+PORT=${PORT:-5489}
 ulimit -n "$(ulimit -Hn)"
 # shellcheck source=../lib.sh
 . "$ROOT/load-tests/lib.sh"
-
-json_field() {  # json_field FILE PYTHON-EXPR-ON-d
-  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1" 2>/dev/null || echo "?"
-}
 
 run_round() {  # run_round ROUND
   local round=$1 d="$WORK/round-$1" pid ev rosters=provisioned
@@ -43,7 +39,7 @@ run_round() {  # run_round ROUND
     > "$d/node.toml"
   taskset -c 0 "$BIN" run --config "$d/node.toml" > "$d/node.log" 2>&1 &
   pid=$!
-  for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.2; done
+  wait_port 127.0.0.1 "$PORT" 30
   SHARED_SALT=1 ROSTER_GROUP=$GROUP "$ROOT/load-tests/provision.sh" "$USERS" "$d/node.toml" "$BIN" \
     > "$d/provision.txt" 2>&1
   for ev in $EVENTS; do

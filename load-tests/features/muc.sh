@@ -15,7 +15,9 @@
 # message at each step.
 # Env: BIN (target/release/switchboard), LG (target/release/switchboard-loadgen), SIZES
 # ("100 1000"), RATES_100, RATES_1000 (or RATES for every size), SENDERS (10: the occupants
-# that send, the others only receive), STEP_SECS (5), DRAIN_SECS (5), NODES (1 or 3), WORK (/tmp/sb-muc). Loopback only; every step bounded in time.
+# that send, the others only receive), STEP_SECS (5), DRAIN_SECS (5), NODES (1 or 3), WORK (/tmp/sb-muc),
+# PORT (5589: node i's c2s on PORT+10i, /metrics one below, NodeLink on PORT+100+i; the
+# script stops if one is in use). Loopback only; every step bounded in time.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 ROUNDS=${1:-1}
@@ -29,7 +31,7 @@ STEP_SECS=${STEP_SECS:-5}
 DRAIN_SECS=${DRAIN_SECS:-5}
 NODES=${NODES:-1}
 WORK=${WORK:-/tmp/sb-muc}
-PORT=5589
+PORT=${PORT:-5589}
 STARTED_PIDS=()
 KEEP_WORK=1
 log() { echo "[muc.sh] $*" >&2; }
@@ -39,68 +41,23 @@ ulimit -n "$(ulimit -Hn)"
 trap stop_started EXIT
 case $NODES in 1|3) ;; *) echo "NODES must be 1 or 3" >&2; exit 2 ;; esac
 
-json_field() {  # json_field FILE PYTHON-EXPR-ON-d
-  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1" 2>/dev/null || echo "?"
-}
-
-node_config() {  # node_config DIR I SIZE: node I (1..NODES) of the run
-  local d=$1 i=$2 size=$3
-  cat <<T
-domains = ["localhost"]
-data_dir = "$d/n$i"
-[c2s]
-listen = "127.0.0.1:$((PORT + 10 * i))"
-tls_listen = ""
-require_tls = false
-[s2s]
-listen = ""
-[http]
-listen = "127.0.0.1:$((PORT + 10 * i - 1))"
-[log]
-level = "warn"
-[modules.muc]
-max_occupants = $((size + 100))
-T
-  if [ "$NODES" -gt 1 ]; then
-    local members="" j
-    for j in $(seq 1 "$NODES"); do members+="\"$j@127.0.0.1$j:$((PORT + 100 + j))\","; done
-    cat <<T
-[cluster]
-node_id = $i
-listen = "127.0.0.1$i:$((PORT + 100 + i))"
-secret = "muc-benchmark-secret-0123456789abcdef"
-members = [${members%,}]
-T
-  fi
-}
-
 run_one() {  # run_one SIZE ROUND
-  local size=$1 round=$2 d="$WORK/n$NODES-s$1-r$2" i servers="" pids=() rates pidlist
+  local size=$1 round=$2 d="$WORK/n$NODES-s$1-r$2" i rates pidlist
   rm -rf "$d"; mkdir -p "$d"
   for i in $(seq 1 "$size"); do echo "user$i@localhost secret"; done > "$d/users.txt"
-  for i in $(seq 1 "$NODES"); do
-    mkdir -p "$d/n$i"
-    node_config "$d" "$i" "$size" > "$d/n$i.toml"
-    "$BIN" --config "$d/n$i.toml" user import --shared-salt "$d/users.txt" > /dev/null
-  done
-  for i in $(seq 1 "$NODES"); do
-    taskset -c 0 "$BIN" run --config "$d/n$i.toml" > "$d/n$i.log" 2>&1 &
-    pids+=($!); STARTED_PIDS+=($!)
-    servers+=" --server 127.0.0.1:$((PORT + 10 * i))"
-  done
-  for i in $(seq 1 "$NODES"); do wait_port 127.0.0.1 $((PORT + 10 * i)) 30; done
-  [ "$NODES" -gt 1 ] && sleep 5  # the shards elect their leaders
+  start_loopback_nodes "$BIN" "$d" "$NODES" "$PORT" "muc-benchmark-secret-0123456789abcdef" \
+    "$(printf '[modules.muc]\nmax_occupants = %d' $((size + 100)))"
   rates=RATES_$size; rates=${!rates:-${RATES:-10,20,50}}
-  pidlist=$(IFS=,; echo "${pids[*]}")
+  pidlist=$(IFS=,; echo "${NODE_PIDS[*]}")
   # shellcheck disable=SC2086
-  timeout 900 taskset -c 1 "$LG" $servers --domain localhost --tls none --mech scram-sha-256 \
+  timeout 900 taskset -c 1 "$LG" $SERVERS --domain localhost --tls none --mech scram-sha-256 \
     -n "$size" --json "$d/muc.json" --report "$d/report" muc --server-pids "$pidlist" --senders "$SENDERS" \
     --rates "$rates" --step-secs "$STEP_SECS" --drain-secs "$DRAIN_SECS" --p99-limit-ms 100 \
     --stop-after 2 --setup-secs 120 > "$d/muc.txt" 2> "$d/muc.err" \
     || echo "size $size: loadgen exit $?"
   json_field "$d/muc.json" "'%d node(s), %4d occupants, round $round: sustained %s msgs/s = %.0f deliveries/s (p99 < 100 ms, nothing lost); %d lost, %d duplicates, %d errors in all; server CPU per delivery by step: %s' % ($NODES, d['muc']['occupants'], d['muc']['sustainable_rate'], d['muc']['sustainable_delivered_per_sec'], d['muc']['lost'], d['muc']['duplicates'], d['muc']['errors'], ', '.join('%d/s %.1f µs (p99 %.0f ms%s)' % (s['target_rate'], s.get('server_cpu_us_per_delivery') or 0, s['latency_ms']['p99'], '' if s['sustained'] else ', not sustained, %d lost' % s['lost']) for s in d['muc']['steps']))" \
     | tee -a "$WORK/summary.txt"
-  for i in "${pids[@]}"; do stop_pid "$i"; done
+  for i in "${NODE_PIDS[@]}"; do stop_pid "$i"; done
 }
 
 mkdir -p "$WORK"; : > "$WORK/summary.txt"

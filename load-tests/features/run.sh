@@ -24,8 +24,9 @@
 # BUILDS (optional: "LABEL=PATH ..." node binaries to compare, each variant of each build in
 # every round, e.g. BUILDS="before=/tmp/a/switchboard after=target/release/switchboard"),
 # USERS (200), MESSAGES (200), INTERVAL_MS (20), CHAT_RATES, WORK (/tmp/sb-features), NODES (1; 3: a
-# three-node cluster, every node on CPU 0, users spread over them, the nodes' CPU summed).
-# Loopback only; every step bounded in time.
+# three-node cluster, every node on CPU 0, users spread over them, the nodes' CPU summed), PORT
+# (5389: node i's c2s on PORT+10i, /metrics one below, NodeLink on PORT+100+i; the script
+# stops if one is in use). Loopback only; every step bounded in time.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 ROUNDS=${1:-2}
@@ -40,7 +41,11 @@ USERS=${USERS:-200}
 FLAKY_PERCENT=${FLAKY_PERCENT:-10}
 FLAKY_EVERY_SECS=${FLAKY_EVERY_SECS:-3}
 NODES=${NODES:-1}
-PORT=5389
+PORT=${PORT:-5389}
+STARTED_PIDS=()
+log() { echo "[features] $*" >&2; }
+# shellcheck source=../lib.sh
+. "$ROOT/load-tests/lib.sh"
 ulimit -n "$(ulimit -Hn)"
 
 config_of() {  # the [modules] of a variant
@@ -61,64 +66,13 @@ client_flags() {
   esac
 }
 
-json_field() {  # json_field FILE PYTHON-EXPR-ON-d
-  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1" 2>/dev/null || echo "?"
-}
-
-node_config() {  # node_config VARIANT DIR I: node I (1..NODES) of the run
-  local v=$1 d=$2 i=$3
-  cat <<T
-domains = ["localhost"]
-data_dir = "$d/n$i"
-[c2s]
-listen = "127.0.0.1:$((PORT + 10 * i))"
-tls_listen = ""
-require_tls = false
-[s2s]
-listen = ""
-[http]
-listen = "127.0.0.1:$((PORT + 10 * i - 1))"
-[log]
-level = "warn"
-T
-  if [ "$NODES" -gt 1 ]; then
-    local members="" j
-    for j in $(seq 1 "$NODES"); do members+="\"$j@127.0.0.1$j:$((PORT + 100 + j))\","; done
-    cat <<T
-[cluster]
-node_id = $i
-listen = "127.0.0.1$i:$((PORT + 100 + i))"
-secret = "features-benchmark-secret-0123456789"
-members = [${members%,}]
-T
-  fi
-  config_of "$v"
-}
-
-cpu_ticks() {  # utime + stime of these processes, in clock ticks
-  local t=0 p
-  for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
-  echo "$t"
-}
-
 run_one() {  # run_one VARIANT ROUND [BUILD-LABEL]
-  local v=$1 round=$2 label=${3:-} d="$WORK/${3:+$3-}$1-$2" flags i servers="" pids=()
+  local v=$1 round=$2 label=${3:-} d="$WORK/${3:+$3-}$1-$2" flags i modules
   rm -rf "$d"; mkdir -p "$d"
   for i in $(seq 1 $USERS); do echo "user$i@localhost secret"; done > "$d/users.txt"
-  for i in $(seq 1 "$NODES"); do
-    mkdir -p "$d/n$i"
-    node_config "$v" "$d" "$i" > "$d/n$i.toml"
-    "$BIN" --config "$d/n$i.toml" user import --shared-salt "$d/users.txt" > /dev/null
-  done
-  for i in $(seq 1 "$NODES"); do
-    taskset -c 0 "$BIN" run --config "$d/n$i.toml" > "$d/n$i.log" 2>&1 &
-    pids+=($!)
-    servers+=" --server 127.0.0.1:$((PORT + 10 * i))"
-  done
-  for i in $(seq 1 "$NODES"); do
-    for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$((PORT + 10 * i))") 2>/dev/null && break; sleep 0.2; done
-  done
-  [ "$NODES" -gt 1 ] && sleep 5  # the shards elect their leaders
+  modules=$(config_of "$v")
+  start_loopback_nodes "$BIN" "$d" "$NODES" "$PORT" "features-benchmark-secret-0123456789" "$modules"
+  local servers=$SERVERS pids=("${NODE_PIDS[@]}")
   flags=$(client_flags "$v")
   local before after
   before=$(cpu_ticks "${pids[@]}")

@@ -120,16 +120,9 @@ SCRIPT_START=$(date +%s)
 log() { echo "[replication-bench $(date +%T)] $*" >&2; }
 
 # ---------------------------------------------------------------- work dir, cleanup
-KEEP_WORK=1
-if [ -z "$WORK" ]; then WORK=$(mktemp -d /tmp/sb-replication-bench.XXXXXX); KEEP_WORK=0; fi
-mkdir -p "$WORK/results"
-RES="$WORK/results"
-STARTED_PIDS=()         # processes this script started; stopped by PID only
-NODE_PIDS=()            # the servers of the current setup
-HTTP_PORTS=()           # their /metrics ports
-
 # shellcheck source=../lib.sh
 . "$ROOT/load-tests/lib.sh"
+results_dir replication-bench
 trap stop_started EXIT
 trap 'exit 130' INT TERM
 
@@ -159,49 +152,14 @@ command -v taskset >/dev/null && command -v curl >/dev/null && command -v python
 three_node_ports_free
 
 # ---------------------------------------------------------------- configs and accounts
-MEMBERS=""
-for i in 1 2 3; do MEMBERS="$MEMBERS${MEMBERS:+, }\"$i@127.0.0.1$i:$(( LINK_BASE + i ))\""; done
-write_config() {  # write_config NAME C2S_PORT HTTP_PORT [NODE_ID]
-  local dir="$WORK/$1"
-  mkdir -p "$dir/data"
-  cat > "$dir/server.toml" <<EOF
-domains = ["localhost"]
-data_dir = "$dir/data"
-
-[c2s]
-listen = "127.0.0.1:$2"
-tls_listen = ""
-require_tls = false
-
-[im]
+NODE_TOML="[im]
 max_roster_items = $MAX_ROSTER_ITEMS
-max_offline_messages = $OFFLINE_QUOTA
-
-[http]
-listen = "127.0.0.1:$3"
-
-# Federation is not part of this benchmark; several nodes share this host.
-[s2s]
-listen = ""
-
-[log]
-level = "warn"
-EOF
-  if [ -n "${4:-}" ]; then
-    cat >> "$dir/server.toml" <<EOF
-
-[cluster]
-node_id = $4
-listen = "127.0.0.1$4:$(( LINK_BASE + $4 ))"
-secret = "$SECRET"
-members = [$MEMBERS]
-EOF
-    if [ -n "$SHARDS" ]; then echo "shards = $SHARDS" >> "$dir/server.toml"; fi
-    if [ -n "$REPLICAS" ]; then echo "replicas = $REPLICAS" >> "$dir/server.toml"; fi
-  fi
-}
-for i in 1 2 3; do write_config "n$i" $(( C2S_BASE + i )) $(( HTTP_BASE + i )) "$i"; done
-write_config single $(( C2S_BASE + 4 )) $(( HTTP_BASE + 4 ))
+max_offline_messages = $OFFLINE_QUOTA"
+CLUSTER_TOML=""
+if [ -n "$SHARDS" ]; then CLUSTER_TOML+="shards = $SHARDS"$'\n'; fi
+if [ -n "$REPLICAS" ]; then CLUSTER_TOML+="replicas = $REPLICAS"$'\n'; fi
+for i in 1 2 3; do three_node_config "n$i" $(( C2S_BASE + i )) $(( HTTP_BASE + i )) "$i"; done
+three_node_config single $(( C2S_BASE + 4 )) $(( HTTP_BASE + 4 ))
 # Every node authenticates against its own account store: the same accounts on each, created
 # offline (no node running) with `switchboard user import`.
 NAMES=""
@@ -214,63 +172,16 @@ for n in $NAMES; do
     { cat "$WORK/$n/provision.log" >&2; exit 1; }
 done
 
-# ---------------------------------------------------------------- nodes
-start_node() {  # start_node NAME PORT HTTP_PORT
-  NO_COLOR=1 taskset -c "$SERVER_CPU" "$SB" run --config "$WORK/$1/server.toml" >>"$WORK/$1/server.log" 2>&1 &
-  local pid=$!
-  STARTED_PIDS+=("$pid"); NODE_PIDS+=("$pid"); HTTP_PORTS+=("$3")
-  echo "$pid" > "$WORK/$1/pid"
-  wait_port 127.0.0.1 "$2" 30
-}
-stop_nodes() {
-  local p
-  for p in "${NODE_PIDS[@]}"; do stop_pid "$p"; done
-  NODE_PIDS=(); HTTP_PORTS=()
-}
-status() { "$SB" cluster status --config "$WORK/$1/server.toml"; }
-formed() {
-  local i
-  for i in 1 2 3; do
-    status "n$i" 2>/dev/null | python3 -c '
-import json, sys
-s = json.load(sys.stdin)
-ok = s.get("leader") is not None and all(s.get("members", {}).get(k) == "up" for k in ("1", "2", "3"))
-sys.exit(0 if ok else 1)' || return 1
-  done
-}
-wait_formed() {
-  local i
-  for i in $(seq 1 150); do formed && return 0; sleep 0.2; done
-  echo "the cluster did not form in 30 s" >&2; status n1 >&2 || true; return 1
-}
-snapshot() {  # snapshot TAG: every node's status into results
-  local i
-  for i in 1 2 3; do status "n$i" > "$RES/status-n$i-$1.json" 2>/dev/null || echo '{}' > "$RES/status-n$i-$1.json"; done
-}
-
 # ---------------------------------------------------------------- runs
 COMMANDS="$RES/commands.txt"
 : > "$COMMANDS"
 run_lg() {  # run_lg NAME SERVERS ARGS...
   local name=$1 servers=$2; shift 2
-  local c0 c1 t0 t1 rc=0 lg_cpu s0 s1 g0 g1
   if over_time; then log "$name: skipped, the script has run for ${TOTAL_LIMIT} s"; echo "$name skipped" >> "$COMMANDS"; return 0; fi
   log "$name: $*"
   echo "$name: switchboard-loadgen --server $servers --tls none --mech scram-sha-256 $*" >> "$COMMANDS"
-  c0=$(cpu_ticks "${NODE_PIDS[@]}"); t0=$(date +%s.%N)
-  s0=$(cpu_busy "$SERVER_CPU"); g0=$(cpu_busy "$LOADGEN_CPU")
-  cut -d' ' -f1-3 /proc/loadavg > "$RES/$name.load"
-  TIMEFORMAT='%U %S'
-  { time timeout "$RUN_TIMEOUT" taskset -c "$LOADGEN_CPU" "$LG" --server "$servers" --tls none \
-      --mech scram-sha-256 --json "$RES/$name.json" --report "$RES/$name" "$@" >"$RES/$name.txt" 2>"$RES/$name.err"
-  } 2>"$RES/$name.time" || rc=$?
-  lg_cpu=$(awk '{print $1 + $2}' "$RES/$name.time")
-  c1=$(cpu_ticks "${NODE_PIDS[@]}"); t1=$(date +%s.%N)
-  s1=$(cpu_busy "$SERVER_CPU"); g1=$(cpu_busy "$LOADGEN_CPU")
-  local busy='{ split(a, x, " "); split(b, y, " "); print (y[2] > x[2]) ? (y[1] - x[1]) / (y[2] - x[2]) : 0 }'
-  echo "{\"rc\": $rc, \"server_cpu_secs\": $(awk -v a="$c0" -v b="$c1" -v h="$(getconf CLK_TCK)" 'BEGIN{print (b-a)/h}'), \"loadgen_cpu_secs\": ${lg_cpu:-0}, \"wall_secs\": $(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}'), \"server_core_busy\": $(awk -v a="$s0" -v b="$s1" "BEGIN $busy"), \"loadgen_core_busy\": $(awk -v a="$g0" -v b="$g1" "BEGIN $busy"), \"server_rss_kib\": $(rss_kib "${NODE_PIDS[@]}")}" > "$RES/$name.cpu.json"
-  cat "$RES/$name.txt" >&2
-  [ "$rc" = 0 ] || log "$name: loadgen exited $rc (see $RES/$name.err)"
+  timed_lg "$name" "$RUN_TIMEOUT" "$servers" --report "$RES/$name" "$@"
+  echo "{\"rc\": $LG_RC, $LG_MEASURED, \"server_rss_kib\": $(rss_kib "${NODE_PIDS[@]}")}" > "$RES/$name.cpu.json"
 }
 setup_runs() {  # setup_runs SETUP SERVERS METRICS
   local setup=$1 servers=$2 metrics=$3
@@ -319,18 +230,11 @@ for setup in $SETUPS; do
 done
 
 # ---------------------------------------------------------------- report
-for n in $NAMES; do cp "$WORK/$n/server.log" "$RES/server-$n.log" 2>/dev/null || true; done
-cp "$WORK/n1/server.toml" "$RES/n1.toml"; cp "$WORK/single/server.toml" "$RES/single.toml"
+# shellcheck disable=SC2086
+keep_node_files $NAMES
 {
-  echo "date=$(date -u +%FT%TZ)"
-  echo "kernel=$(uname -r)"
-  echo "cpu=$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)"
-  echo "cpus=$(nproc)"
-  echo "mem=$(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
-  echo "disk=$(df -T "$WORK" | awk 'NR==2{print $2}')"
-  echo "commit=$(cd "$ROOT" && git rev-parse --short HEAD)"
+  machine_meta
   echo "commit_subject=$(cd "$ROOT" && git log -1 --format=%s)"
-  echo "dirty=$(cd "$ROOT" && git status --porcelain -- nodes storage proto | awk '{print $2}' | tr '\n' ' ')"
   echo "switchboard_bin=${SB#"$ROOT"/}"
   echo "built_from=$BUILT_FROM"
   echo "switchboard_built=$(date -u -r "$SB" +%FT%TZ)"
@@ -347,361 +251,6 @@ cp "$WORK/n1/server.toml" "$RES/n1.toml"; cp "$WORK/single/server.toml" "$RES/si
   echo "script_secs=$(( $(date +%s) - SCRIPT_START ))"
 } > "$RES/meta.txt"
 mkdir -p "$(dirname "$OUT")"
-python3 - "$RES" "$OUT" <<'PY'
-import json, os, re, sys
-
-res, out = sys.argv[1], sys.argv[2]
-lines = []
-w = lines.append
-anomalies = []
-
-
-def load(name):
-    try:
-        with open(os.path.join(res, name)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def text(name):
-    try:
-        with open(os.path.join(res, name)) as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-meta = dict(l.split("=", 1) for l in text("meta.txt").splitlines() if "=" in l)
-setups = meta.get("setups", "single cluster").split()
-
-
-def f0(v):
-    return "-" if v is None else f"{v:,.0f}"
-
-
-def f2(v):
-    return "-" if v is None else f"{v:,.2f}"
-
-
-def ratio(a, b):
-    return "-" if a is None or not b else f"{a / b:.2f}"
-
-
-def reasons(m):
-    return "none" if not m else "; ".join(f"{n} × {k}" for k, n in sorted(m.items())).replace("|", "\\|")
-
-
-def get(d, *path):
-    for p in path:
-        if d is None:
-            return None
-        d = d.get(p) if isinstance(d, dict) else None
-    return d
-
-
-def check_common(name, j, cpu):
-    if j is None:
-        anomalies.append(f"`{name}`: no result; stderr: `{text(name + '.err').strip()[-300:]}`")
-        return
-    if cpu and cpu.get("rc"):
-        anomalies.append(f"`{name}`: the generator exited {cpu['rc']}")
-    if j["login"]["failed"]:
-        anomalies.append(f"`{name}`: login failures: {reasons(j['login']['failures'])}")
-    if j["dropped"]:
-        anomalies.append(f"`{name}`: sessions dropped: {reasons(j['dropped'])}")
-
-
-R = {s: load(f"roster-{s}.json") for s in setups}
-O = {s: load(f"offline-{s}.json") for s in setups}
-RC = {s: load(f"roster-{s}.cpu.json") for s in setups}
-OC = {s: load(f"offline-{s}.cpu.json") for s in setups}
-for s in setups:
-    check_common(f"roster-{s}", R[s], RC[s])
-    check_common(f"offline-{s}", O[s], OC[s])
-    r = get(R[s], "roster_writes")
-    if r:
-        if r["errors"]:
-            anomalies.append(f"`roster-{s}`: error replies: {reasons(r['errors'])}")
-        if r["wait_errors"]:
-            anomalies.append(f"`roster-{s}`: `type='wait'` error replies: {reasons(r['wait_errors'])}")
-        if r["unanswered"]:
-            anomalies.append(f"`roster-{s}`: {r['unanswered']:,} sets unanswered by the end of their drain")
-        if r["pushes"] != r["acked"] + sum(st["late"] for st in r["steps"]):
-            anomalies.append(f"`roster-{s}`: {r['pushes']:,} roster pushes for {r['acked']:,} acknowledged writes")
-    o = get(O[s], "offline_store")
-    if o:
-        v = o["verify"]
-        if o["bounced"]:
-            anomalies.append(f"`offline-{s}`: bounces: {reasons(o['bounces'])}; wait: {reasons(o['wait_bounces'])}")
-        if o.get("barrier_refusals"):
-            anomalies.append(f"`offline-{s}`: vCard queries (batch acknowledgements) refused: {reasons(o['barrier_refusals'])}")
-        if o["barriers_answered"] < o["barriers"]:
-            anomalies.append(f"`offline-{s}`: {o['barriers'] - o['barriers_answered']:,} of {o['barriers']:,} vCard queries (batch acknowledgements) unanswered")
-        if v["lost"] or v["duplicates"] or v["delivered_bounced"]:
-            anomalies.append(f"`offline-{s}`: verification: {v['lost']:,} lost, {v['duplicates']:,} duplicates, {v['delivered_bounced']:,} delivered despite a bounce")
-        if v["stale"]:
-            anomalies.append(f"`offline-{s}`: {v['stale']:,} messages from another run delivered")
-        if v["delayed"] != v["delivered"] + v["delivered_bounced"]:
-            anomalies.append(f"`offline-{s}`: {v['delivered'] - v['delayed']:,} delivered without a delay stamp")
-        c = o.get("counter")
-        if c and c["stored"] != o["sent"]:
-            anomalies.append(f"`offline-{s}`: the server counter grew by {c['stored']:,} for {o['sent']:,} messages sent")
-        if v["login"]["failed"]:
-            anomalies.append(f"`offline-{s}`: recipient login failures: {reasons(v['login']['failures'])}")
-
-w("# Replication benchmarks: per-user IM data writes, three replicas against one node")
-w("")
-w("Generated by `load-tests/replication/run.sh` (see `load-tests/README.md`, \"Replication benchmarks\"); "
-  "everything but the reading at the end (kept between the notes markers when the script rewrites this file) is regenerated by every run.")
-w("")
-dirty = meta.get("dirty", "").split()
-w(f"Run {meta.get('date', '?')} on {meta.get('cpus', '?')} CPUs ({meta.get('cpu', '?')}), {meta.get('mem', '?')}, "
-  f"Linux {meta.get('kernel', '?')}, data dirs on {meta.get('disk', '?')}; `{meta.get('switchboard_bin', '?')}` "
-  f"built {meta.get('switchboard_built', '?')}, HEAD {meta.get('commit', '?')} (\"{meta.get('commit_subject', '')}\") at run time"
-  + (f"; the binary was built from {meta['built_from']}" if meta.get("built_from") else
-     f"; the tree had uncommitted changes in {len(dirty)} files under nodes/, proto/, storage/, which the binary may or may not include" if dirty else
-     "; no uncommitted changes under nodes/, proto/, storage/")
-  + f". Whole script: {meta.get('script_secs', '?')} s.")
-w("")
-w("## Setup")
-w("")
-w(f"- **One machine, {meta.get('cpus', '?')} CPUs.** Every server process is pinned to CPU {meta.get('server_cpu')} and the generator to CPU {meta.get('loadgen_cpu')}: "
-  "the single node has one core to itself, the **three cluster nodes share that one core** and flush to the same disk. "
-  "The cluster figures are a lower bound for three machines; the ratio says what three replicas cost on the same hardware.")
-w("- **Plain TCP.** `c2s.require_tls = false`, generator `--tls none --mech scram-sha-256`: no TLS in the figures.")
-w("- **Cluster.** Nodes 1–3 with NodeLinks on 127.0.0.11–13, c2s and `/metrics` on 127.0.0.1, the same secret and `members`, "
-  "`s2s.listen = \"\"`, default Raft timings, "
-  + (f"`cluster.shards = {meta.get('shards')}`" if meta.get("shards", "default") != "default" else "the binary's default `cluster.shards`")
-  + " and " + (f"`cluster.replicas = {meta.get('replicas')}`" if meta.get("replicas", "default") != "default" else "default `cluster.replicas`")
-  + ", log level `warn`; user *i* connects to node *i* mod 3. "
-  "**Single node**: the same binary and config without `[cluster]`, so no replication.")
-w(f"- **Both**: `im.max_roster_items = {int(meta.get('max_roster_items', 0)):,}` (so the roster cap is never what is measured), "
-  f"`im.max_offline_messages = {meta.get('offline_quota')}`; the same accounts created on every node offline with `switchboard user import` "
-  f"(user1..user{meta.get('roster_users')} write rosters, the next {meta.get('senders')} send, the next {meta.get('recipients')} receive offline); "
-  "fresh data dirs; " + ("a 2-second roster-writes warm-up with 10 users before the measured runs." if load("warmup-single.json") or load("warmup-cluster.json") else "no warm-up."))
-w("")
-
-# ---- headline
-w("## Results")
-w("")
-hdr = "| figure | " + " | ".join({"cluster": "**cluster (3 nodes)**", "single": "**single node**"}[s] for s in setups)
-if len(setups) == 2:
-    hdr += " | cluster/single"
-w(hdr + " |")
-w("|---|" + "---|" * (len(setups) + (1 if len(setups) == 2 else 0)))
-
-
-def headline(label, fn, fmt=f0, with_ratio=True):
-    vals = {s: fn(s) for s in setups}
-    row = f"| {label} | " + " | ".join(fmt(vals[s]) for s in setups)
-    if len(setups) == 2:
-        row += " | " + (ratio(vals.get("cluster"), vals.get("single")) if with_ratio else "")
-    w(row + " |")
-
-
-rw = {s: get(R[s], "roster_writes") for s in setups}
-ow = {s: get(O[s], "offline_store") for s in setups}
-headline("**roster writes/s acknowledged** (best step)", lambda s: get(rw[s], "best_acked_per_sec"))
-headline("roster set round trip p50 (ms)", lambda s: get(rw[s], "latency_ms", "p50"), f2)
-headline("roster set round trip p99 (ms)", lambda s: get(rw[s], "latency_ms", "p99"), f2)
-w("| roster writes acknowledged / sent | " + " | ".join(
-    f"{rw[s]['acked']:,} / {rw[s]['sent']:,}" if rw[s] else "-" for s in setups) + (" | |" if len(setups) == 2 else " |"))
-w("| roster error replies (wait) | " + " | ".join(
-    (f"{sum(rw[s]['errors'].values()):,} ({sum(rw[s]['wait_errors'].values()):,})" if rw[s] else "-") for s in setups) + (" | |" if len(setups) == 2 else " |"))
-headline("**offline stores/s acknowledged**", lambda s: get(ow[s], "acked_per_sec"))
-headline("offline batch acknowledgement p50 (ms)", lambda s: get(ow[s], "ack_latency_ms", "p50"), f2)
-headline("offline batch acknowledgement p99 (ms)", lambda s: get(ow[s], "ack_latency_ms", "p99"), f2)
-headline("offline stores/s, server counter", lambda s: get(ow[s], "counter", "stores_per_sec"))
-headline("offline messages offered/s", lambda s: get(ow[s], "offered_per_sec"))
-w("| offline stored / delivered / lost / duplicates | " + " | ".join(
-    (f"{ow[s]['accepted']:,} / {ow[s]['verify']['delivered']:,} / {ow[s]['verify']['lost']:,} / {ow[s]['verify']['duplicates']:,}" if ow[s] else "-")
-    for s in setups) + (" | |" if len(setups) == 2 else " |"))
-
-
-def cpu_per(cpu, n):
-    if not cpu or not n:
-        return None
-    return cpu["server_cpu_secs"] / n * 1e6
-
-
-headline("server CPU per roster write (µs, all nodes)", lambda s: cpu_per(RC[s], get(rw[s], "acked")))
-headline("server CPU per offline message (µs, all nodes; includes the verification logins and deliveries)", lambda s: cpu_per(OC[s], get(ow[s], "sent")))
-w("")
-
-# ---- roster details
-w("## (a) Roster writes")
-w("")
-ru = meta.get("roster_users")
-w(f"`roster-writes -n {ru} --outstanding {meta.get('outstanding')} --rates {meta.get('roster_rates')} --step-secs {meta.get('roster_secs')}`: "
-  f"each of {ru} users adds new contacts (`w<run>.<seq>@bench.example`) with `jabber:iq:roster` sets, at most {meta.get('outstanding')} in flight per user "
-  "(so at most users × outstanding sets are queued in the server); a write counts when its `type='result'` arrives. "
-  "In the cluster each set is a write to the user's replicated IM data; on the single node it is a local storage write. "
-  "Latency is the IQ round trip in milliseconds; acked/s is over the step (or to its last result).")
-w("")
-w("| setup | target | time (s) | sent | offered/s | acked | **acked/s** | errors | wait errors | unanswered | p50 | p90 | p99 | max | pushes |")
-w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-for s in setups:
-    r = rw[s]
-    if not r:
-        w(f"| {s} | no result | | | | | | | | | | | | | |")
-        continue
-    for st in r["steps"]:
-        t = "max" if st["target_rate"] is None else f"{st['target_rate']}/s"
-        L = st["latency_ms"]
-        w(f"| {s} | {t} | {st['secs']:.1f} | {st['sent']:,} | {st['offered_per_sec']:,.0f} | {st['acked']:,} | **{st['acked_per_sec']:,.0f}** | "
-          f"{reasons(st['errors'])} | {reasons(st['wait_errors'])} | {st['unanswered']:,} | {L['p50']:.2f} | {L['p90']:.2f} | {L['p99']:.2f} | {L['max']:.2f} | {r['pushes']:,} |")
-w("")
-
-# ---- offline details
-w("## (b) Offline message stores")
-w("")
-o_any = next((ow[s] for s in setups if ow[s]), None)
-if o_any:
-    win = o_any["window"]
-    w(f"`offline-store -n {meta.get('senders')} --recipients {meta.get('recipients')} --messages {meta.get('messages')}"
-      + (f" --rate {meta.get('offline_rate')}" if meta.get('offline_rate') not in (None, 'max') else "")
-      + f" --batch {o_any['batch']} --window {win} --offline-quota {meta.get('offline_quota')}`: {o_any['senders']} senders send `type='chat'` messages with {o_any['body_bytes']}-byte bodies "
-      f"to the bare JIDs of {o_any['recipients']} accounts that are not logged in (each recipient fed by one sender, at most {o_any['per_recipient_max']} messages each), "
-      + ("as fast as the window allows" if o_any["target_rate"] is None else f"at {o_any['target_rate']} messages/s in all")
-      + ". The server stores each one offline (XEP-0160) or bounces it. XMPP has no acknowledgement for a message, so a sender writes batches of "
-      f"{o_any['batch']} messages to one recipient, each followed by a vCard query to that recipient's bare JID: the server answers it on the account's behalf "
-      "from the same per-user IM state (in a cluster, the RosterActor on the shard's leader, which commits every write before taking the next request), "
-      "after the messages before it, so the answer acknowledges the batch. "
-      + (f"At most {win} unacknowledged batch{'es' if win != 1 else ''} per sender, so at most {o_any['senders'] * win * o_any['batch']:,} messages are in flight. " if win else "No window: every message is sent at once. ")
-      + "**Acknowledged stores/s** = messages of answered batches (bounced ones excluded) / time from the first message to the last answer; "
-      "latency from a batch's first message to its answer. "
-      "The **server counter** is `switchboard_routed_total{destination=\"offline\"}` summed over the nodes' `/metrics`, read every 250 ms "
-      "(it counts when the router hands a message to storage, so it runs ahead of the stores by the messages in flight). "
-      "Then the recipients log in with initial presence and count what is delivered from storage.")
-w("")
-w("| setup | sent | send time (s) | offered/s | bounced | accepted | batches answered | acknowledged | time to last answer (s) | **stores/s acked** | batch ack p50 / p99 ms | counter | counter time (s) | **counter stores/s** | counter peak/s |")
-w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-for s in setups:
-    o = ow[s]
-    if not o:
-        w(f"| {s} | no result |" + " |" * 13)
-        continue
-    c = o.get("counter") or {}
-    B = o["ack_latency_ms"]
-    w(f"| {s} | {o['sent']:,} | {o['send_secs']:.2f} | {o['offered_per_sec']:,.0f} | {o['bounced']:,} | {o['accepted']:,} | {o['barriers_answered']:,}/{o['barriers']:,} | "
-      f"{o['acked']:,} | {o['acked_secs']:.2f} | **{o['acked_per_sec']:,.0f}** | {B['p50']:.1f} / {B['p99']:.1f} | {c.get('stored', '-')} | {f2(c.get('secs'))} | **{f0(c.get('stores_per_sec'))}** | {f0(c.get('peak_per_sec'))} |")
-w("")
-w("Verification (the recipients log in afterwards):")
-w("")
-w("| setup | recipients logged in | stored (accepted) | delivered | with delay stamp | lost | duplicates | delivered despite bounce | stale | last delivery (s) | deliveries/s |")
-w("|---|---|---|---|---|---|---|---|---|---|---|")
-for s in setups:
-    o = ow[s]
-    if not o:
-        continue
-    v = o["verify"]
-    w(f"| {s} | {v['login']['succeeded']:,}/{o['recipients']:,} | {v['expected']:,} | {v['delivered']:,} | {v['delayed']:,} | {v['lost']:,} | {v['duplicates']:,} | "
-      f"{v['delivered_bounced']:,} | {v['stale']:,} | {v['last_delivery_secs']:.2f} | {v['delivered_per_sec']:,.0f} |")
-w("")
-
-# ---- machine use
-w("## Machine use per run")
-w("")
-w("| run | wall s | server CPU s | server core busy | generator CPU s | generator core busy | server RSS after (MiB) | load avg at start |")
-w("|---|---|---|---|---|---|---|---|")
-for s in setups:
-    for kind, cpu in (("roster", RC[s]), ("offline", OC[s])):
-        if not cpu:
-            continue
-        la = text(f"{kind}-{s}.load").strip()
-        w(f"| {kind}-{s} | {cpu['wall_secs']:.1f} | {cpu['server_cpu_secs']:.1f} | {cpu['server_core_busy'] * 100:.0f} % | {cpu['loadgen_cpu_secs']:.1f} | "
-          f"{cpu['loadgen_core_busy'] * 100:.0f} % | {cpu['server_rss_kib'] / 1024:.0f} | {la} |")
-w("")
-w("*Server core busy* is the share of the servers' CPU used by anything over the run; a generator core near 100 % means the generator, not the server, set the pace.")
-w("")
-
-# ---- server logs
-for s in setups:
-    stopping = text(f"stopping-{s}.ts").strip() or "9999"
-    for n in (["single"] if s == "single" else ["n1", "n2", "n3"]):
-        log = text(f"server-{n}.log")
-        # Vote and replication errors while a node is not connected yet (the cluster
-        # forming) or any more (the nodes stopping one after the other) are expected.
-        errs = [l for l in log.splitlines() if " ERROR " in l
-                and not re.search(r"Unreachable node|not connected|while requesting vote", l)]
-        # ISO timestamps compare as text: lines from when the script began stopping the nodes.
-        late = [l for l in errs if l[:19] >= stopping[:19]]
-        early = [l for l in errs if l[:19] < stopping[:19]]
-        if early:
-            anomalies.append(f"{n}: {len(early)} error lines in the server log during the runs, e.g. `{early[0][:200]}`")
-        if late:
-            kinds = sorted({re.sub(r"^\S+\s+ERROR\s+", "", l).split(" error=")[0][:90] for l in late})
-            anomalies.append(f"{n}: {len(late)} error lines while the nodes were being stopped (after the runs): "
-                             + "; ".join(f"`{k}`" for k in kinds[:4]))
-
-w("## Anomalies")
-w("")
-if anomalies:
-    for a in anomalies:
-        w(f"- {a}")
-else:
-    w("None found in the results (errors, bounces, unanswered or lost writes, duplicates, dropped sessions, login failures, error lines in the server logs).")
-w("")
-w("## Commands")
-w("")
-w("```")
-w(f"load-tests/replication/run.sh --roster-users {meta.get('roster_users')} --outstanding {meta.get('outstanding')} --roster-rates {meta.get('roster_rates')} "
-  f"--roster-secs {meta.get('roster_secs')} --senders {meta.get('senders')} --recipients {meta.get('recipients')} --messages {meta.get('messages')} "
-  + (f"--offline-rate {meta.get('offline_rate')} " if meta.get('offline_rate') not in (None, 'max') else "")
-  + f"--offline-quota {meta.get('offline_quota')}")
-w("")
-w(text("commands.txt").rstrip())
-w("```")
-w("")
-st = load("status-n1-end.json")
-st0 = load("status-n1-start.json") or {}
-if st and st.get("shards"):
-    before = {x.get("shard"): x.get("applied") or 0 for x in st0.get("shards") or []}
-    leaders = {}
-    for x in st["shards"]:
-        leaders[x.get("leader")] = leaders.get(x.get("leader"), 0) + 1
-    total = sum((x.get("applied") or 0) - before.get(x.get("shard"), 0) for x in st["shards"])
-    w(f"IM data shards after the cluster runs, from node 1's `switchboard cluster status` ({st.get('shard_count', len(st['shards']))} shards; "
-      "leaders per node: " + ", ".join(f"node {k}: {v}" for k, v in sorted(leaders.items(), key=lambda kv: str(kv[0]))) +
-      f"; {total:,} shard log entries applied during the cluster runs, warm-up and logins included):")
-    w("")
-    w("| shard | leader | voters | learners | term | applied at start | applied at the end |")
-    w("|---|---|---|---|---|---|---|")
-    for x in st["shards"]:
-        w(f"| {x.get('shard')} | {x.get('leader')} | {', '.join(map(str, x.get('voters') or []))} | {', '.join(map(str, x.get('learners') or [])) or '-'} | "
-          f"{x.get('term')} | {before.get(x.get('shard'), '-')} | {x.get('applied')} |")
-    w("")
-elif st:
-    w("Node 1's `switchboard cluster status` after the cluster runs:")
-    w("")
-    w("```json")
-    body = json.dumps(st, indent=1, sort_keys=True)
-    w(body if len(body) <= 4000 else body[:4000] + "\n... (cut)")
-    w("```")
-    w("")
-w("Node 1's config:")
-w("")
-w("```toml")
-w(re.sub(r'secret = ".*"', 'secret = "..."', text("n1.toml")).rstrip())
-w("```")
-w("")
-
-# ---- notes carried over
-BEGIN, END = "<!-- notes:begin -->", "<!-- notes:end -->"
-notes = ""
-try:
-    with open(out) as f:
-        old = f.read()
-    if BEGIN in old and END in old:
-        notes = old[old.index(BEGIN) + len(BEGIN):old.index(END)].strip("\n")
-except OSError:
-    pass
-w(BEGIN)
-w(notes if notes else "## Reading\n\n(No reading written for this run yet.)")
-w(END)
-with open(out, "w") as f:
-    f.write("\n".join(lines) + "\n")
-PY
+python3 "$HERE/report.py" "$RES" "$OUT"
 log "wrote $OUT"
 if [ "$KEEP_WORK" = 1 ]; then log "raw results in $RES"; fi

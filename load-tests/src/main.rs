@@ -15,6 +15,7 @@ mod chat;
 mod chatstep;
 mod churn;
 mod conn;
+mod fanout;
 mod idle;
 mod imreport;
 mod login;

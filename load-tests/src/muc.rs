@@ -18,7 +18,7 @@
 //! delivered.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,18 +27,17 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::chatstep::{
-    delivered_per_sec, met_the_bar, sustainable, Pacer, Phase, StepPlan, StepRun, Stepper,
-    STEP_SHIFT,
-};
+use crate::chatstep::StepPlan;
 use crate::conn::Failure;
-use crate::markdown::{ms, table};
+use crate::fanout::{
+    self, cpu_cell, gather, server_cpu, step_line, step_of, Counters, Exchange, Received, Signals,
+    StepFields, Totals,
+};
 use crate::presence::wait_ready;
 use crate::probe;
-use crate::ramp::{join_users, login_all, stopped, tally, End, Plan, Session};
-use crate::report::{Distribution, Outcome};
-use crate::svg::{bar_chart, Labels};
-use crate::system::{cpu_percent, cpu_time_of, cpu_us_per};
+use crate::ramp::{login_all, tally, Plan, Session};
+use crate::report::Outcome;
+use crate::system::cpu_us_per;
 use crate::xml;
 
 const NS_MUC: &str = "http://jabber.org/protocol/muc";
@@ -64,60 +63,18 @@ pub struct MucPlan {
     pub senders: u32,
 }
 
-#[derive(Default)]
-struct StepCounters {
-    sent: AtomicU64,
-    /// Deliveries the messages sent should give: one per occupant, the sender included.
-    expected: AtomicU64,
-    /// Of those, received before the end of the step's drain.
-    accounted: AtomicU64,
-    /// Received slower than the p99 limit (to stop early).
-    slow: AtomicU64,
-}
-
 struct Shared {
     room: String,
-    tag: String,
-    epoch: Instant,
-    /// Users whose own presence came back from the room.
-    ready: AtomicU64,
+    /// The run's tag, epoch, users in the room (`ready`) and step counters.
+    fan: Counters,
     /// Occupants when the steps start (each message's expected deliveries).
     occupants: AtomicU64,
-    steps: Vec<StepCounters>,
-    /// Steps whose drain is over: their messages arriving now are late.
-    closed: AtomicUsize,
-    p99_limit_us: u64,
-    /// Groupchat messages of other runs (or without our marker).
-    stale: AtomicU64,
     /// Stanzas received while joining: the steps start once they stop coming.
     inbound: AtomicU64,
 }
 
-#[derive(Default, Clone)]
-struct Received {
-    to_others: u64,
-    to_self: u64,
-    duplicates: u64,
-    late: u64,
-    /// Our messages refused by the room (`type='error'`).
-    errors: u64,
-    latencies_us: Vec<u64>,
-    last_us: u64,
-}
-
-impl Received {
-    fn add(&mut self, r: Received) {
-        self.to_others += r.to_others;
-        self.to_self += r.to_self;
-        self.duplicates += r.duplicates;
-        self.late += r.late;
-        self.errors += r.errors;
-        self.latencies_us.extend(r.latencies_us);
-        self.last_us = self.last_us.max(r.last_us);
-    }
-}
-
-/// The scenario's own part of the summary (JSON `muc`).
+/// The scenario's own part of the summary (JSON `muc`). A "delivery" is one occupant's
+/// copy of a groupchat message, the sender's own included.
 #[derive(Debug, Serialize)]
 pub struct MucSummary {
     pub room: String,
@@ -127,25 +84,8 @@ pub struct MucSummary {
     /// Occupants that sent (the others only received).
     pub senders: u64,
     pub not_ready: u64,
-    pub setup_secs: f64,
-    pub step_secs: u64,
-    pub drain_secs: u64,
-    pub p99_limit_ms: f64,
-    pub sent: u64,
-    pub expected: u64,
-    /// Messages received in time: by the other occupants plus the sender's own copy.
-    pub delivered: u64,
-    pub delivered_to_self: u64,
-    pub lost: u64,
-    pub late: u64,
-    pub duplicates: u64,
-    pub errors: u64,
-    pub stale: u64,
-    pub latency_ms: Distribution,
-    pub steps: Vec<MucStep>,
-    /// The highest target rate sustained, messages/s (0: none).
-    pub sustainable_rate: u32,
-    pub sustainable_delivered_per_sec: f64,
+    #[serde(flatten)]
+    pub totals: Totals<MucStep>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub server_pids: Vec<u32>,
     /// Server CPU over all steps and drains per delivered message, µs.
@@ -153,50 +93,21 @@ pub struct MucSummary {
     pub server_cpu_us_per_delivery: Option<f64>,
 }
 
+/// The scenario's own fields of a step (`errors`: messages refused by the room).
 #[derive(Debug, Serialize)]
 pub struct MucStep {
-    /// Aggregate messages/s wanted.
-    pub target_rate: u32,
-    pub sent: u64,
-    pub offered_per_sec: f64,
-    pub expected: u64,
-    pub delivered: u64,
-    pub delivered_to_self: u64,
-    /// `delivered` over the step, or to its last delivery if that came later.
-    pub delivered_per_sec: f64,
-    pub lost: u64,
-    pub late: u64,
-    pub duplicates: u64,
-    pub errors: u64,
-    pub drain_waited_secs: f64,
-    pub latency_ms: Distribution,
-    pub generator_cpu_percent: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub server_cpu_secs: Option<f64>,
     /// Server CPU per delivered message (one occupant's copy).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_cpu_us_per_delivery: Option<f64>,
     /// Server CPU per message sent (its whole fan-out).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_cpu_us_per_message: Option<f64>,
-    pub sustained: bool,
 }
 
-struct MucStepRun {
-    run: StepRun,
-    server_cpu: Option<Duration>,
-}
-
-/// The CPU time of `pids` together (`None` without any).
-fn server_cpu(pids: &[u32]) -> anyhow::Result<Option<Duration>> {
-    if pids.is_empty() {
-        return Ok(None);
+impl StepFields for MucStep {
+    fn server_cpu_us_per_delivery(&self) -> Option<f64> {
+        self.server_cpu_us_per_delivery
     }
-    let mut total = Duration::ZERO;
-    for &pid in pids {
-        total += cpu_time_of(pid)?;
-    }
-    Ok(Some(total))
 }
 
 /// The join presence (§7.2.2) of `nick`, asking for no history (§7.2.15).
@@ -267,7 +178,7 @@ async fn create(session: &mut Session, shared: &Shared, nick: &str) -> Result<bo
         .await
         .map_err(|_| Failure::Timeout)??;
     }
-    shared.ready.fetch_add(1, Ordering::Relaxed);
+    shared.fan.ready.fetch_add(1, Ordering::Relaxed);
     Ok(created)
 }
 
@@ -277,19 +188,8 @@ pub async fn run(plan: &Plan, mp: MucPlan) -> anyhow::Result<(Outcome, MucSummar
     let ramp = login_all(plan).await;
     let shared = Arc::new(Shared {
         room: mp.room.clone(),
-        tag: probe::run_tag('m'),
-        epoch: Instant::now(),
-        ready: AtomicU64::new(0),
+        fan: Counters::new('m', &mp.steps),
         occupants: AtomicU64::new(0),
-        steps: mp
-            .steps
-            .rates
-            .iter()
-            .map(|_| StepCounters::default())
-            .collect(),
-        closed: AtomicUsize::new(0),
-        p99_limit_us: mp.steps.p99_limit.as_micros() as u64,
-        stale: AtomicU64::new(0),
         inbound: AtomicU64::new(0),
     });
     let users = ramp.sessions.len() as u64;
@@ -309,39 +209,20 @@ pub async fn run(plan: &Plan, mp: MucPlan) -> anyhow::Result<(Outcome, MucSummar
             }
         }
     }
-    let (go, go_rx) = watch::channel(None::<()>);
-    let (phase_tx, phase_rx) = watch::channel(None::<Phase>);
-    let (stop, stop_rx) = watch::channel(false);
+    let (coordinator, signals) = fanout::signals();
     let mut tasks = JoinSet::new();
-    let sends = |s: &Session| s.index - plan.first < mp.senders;
-    if let Some(s) = first {
-        let sender = sends(&s);
-        tasks.spawn(user(
-            s,
-            true,
-            sender,
-            shared.clone(),
-            go_rx.clone(),
-            phase_rx.clone(),
-            stop_rx.clone(),
-            plan.close_grace,
-        ));
-    }
-    for s in sessions {
-        let sender = sends(&s);
-        tasks.spawn(user(
-            s,
-            false,
-            sender,
-            shared.clone(),
-            go_rx.clone(),
-            phase_rx.clone(),
-            stop_rx.clone(),
-            plan.close_grace,
-        ));
+    let (steps, grace) = (mp.steps.rates.len(), plan.close_grace);
+    // The first user is in the room already (or gone).
+    let users_joined = first.map(|s| (s, true)).into_iter();
+    for (s, joined) in users_joined.chain(sessions.map(|s| (s, false))) {
+        let sender = s.index - plan.first < mp.senders;
+        let (shared, signals) = (shared.clone(), signals.clone());
+        tasks.spawn(fanout::user(s, steps, grace, move |s, r| {
+            Box::pin(occupy(s, joined, sender, shared, signals, r))
+        }));
     }
     eprintln!("  {users} users joining {}", mp.room);
-    let (ready, setup_secs) = wait_ready(&shared.ready, users, mp.setup).await;
+    let (ready, setup_secs) = wait_ready(&shared.fan.ready, users, mp.setup).await;
     shared.occupants.store(ready, Ordering::Relaxed);
     // N joins broadcast about N²/2 presences; the last ones are still on their way when the
     // last occupant is in. Wait (at most SETTLE_MAX) until nothing came for SETTLE_QUIET.
@@ -364,183 +245,74 @@ pub async fn run(plan: &Plan, mp: MucPlan) -> anyhow::Result<(Outcome, MucSummar
         mp.steps.step.as_secs(),
         mp.steps.rates
     );
-    let _ = go.send(Some(()));
+    let _ = coordinator.go.send(Some(()));
 
-    let mut ran: Vec<MucStepRun> = Vec::new();
-    let mut stepper = Stepper::new(&mp.steps, phase_tx, shared.epoch, &shared.closed);
-    for (k, &rate) in mp.steps.rates.iter().enumerate() {
-        let senders = ready.min(u64::from(mp.senders)).max(1);
-        let interval = Duration::from_secs_f64(senders as f64 / f64::from(rate.max(1)));
-        let before = server_cpu(&mp.server_pids)?;
-        let c = &shared.steps[k];
-        let run = stepper
-            .run(k, interval, || {
-                c.accounted.load(Ordering::Relaxed) >= c.expected.load(Ordering::Relaxed)
-            })
-            .await;
-        let after = server_cpu(&mp.server_pids)?;
-        let server = before.zip(after).map(|(b, a)| a.saturating_sub(b));
-        let (sent, expected) = (
-            c.sent.load(Ordering::Relaxed),
-            c.expected.load(Ordering::Relaxed),
-        );
-        let accounted = c.accounted.load(Ordering::Relaxed);
-        let slow = c.slow.load(Ordering::Relaxed);
-        eprintln!(
-            "  step {rate}/s: {sent} sent, {accounted}/{expected} delivered, {slow} over {} ms, drain {:.2} s, gen CPU {:.0} %{}",
-            mp.steps.p99_limit.as_millis(),
-            run.waited.as_secs_f64(),
-            cpu_percent(run.cpu, run.wall),
-            server.map_or(String::new(), |s| format!(", server CPU {:.2} s", s.as_secs_f64()))
-        );
-        ran.push(MucStepRun {
-            run,
-            server_cpu: server,
-        });
-        if stepper.should_stop(k, mp.steps.rates.len(), accounted, expected, slow) {
-            break;
-        }
-    }
-    let _ = stop.send(true);
+    let senders = ready.min(u64::from(mp.senders));
+    let ran = shared
+        .fan
+        .run_steps(
+            &mp.steps,
+            coordinator.phase,
+            &mp.server_pids,
+            senders,
+            "delivered",
+            |_, _| true,
+        )
+        .await?;
+    let _ = coordinator.stop.send(true);
 
-    let mut per_step = vec![Received::default(); mp.steps.rates.len()];
-    let mut ends = join_users(tasks, |received: Vec<Received>| {
-        for (total, r) in per_step.iter_mut().zip(received) {
-            total.add(r);
-        }
-    })
-    .await;
+    let (mut ends, per_step) = gather(tasks, mp.steps.rates.len()).await;
     ends.extend(early_ends);
     let (dropped, close) = tally(ends);
-    let summary = summarize(
-        &mp, &shared, created, ran, per_step, ready, users, setup_secs,
+    // Each message reaches each occupant exactly once: a duplicate fails the step too.
+    let totals = shared.fan.totals(
+        &mp.steps,
+        ran,
+        per_step,
+        setup_secs,
+        true,
+        |_, cpu, sent, delivered| MucStep {
+            server_cpu_us_per_delivery: cpu.map(|d| cpu_us_per(d, delivered)),
+            server_cpu_us_per_message: cpu.map(|d| cpu_us_per(d, sent)),
+        },
     );
-    Ok((Outcome::sessions(ramp.summary, dropped, close), summary))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn summarize(
-    mp: &MucPlan,
-    shared: &Shared,
-    created: bool,
-    ran: Vec<MucStepRun>,
-    mut per_step: Vec<Received>,
-    ready: u64,
-    users: u64,
-    setup_secs: f64,
-) -> MucSummary {
-    let step_secs = mp.steps.step.as_secs_f64();
-    let limit_ms = mp.steps.p99_limit.as_secs_f64() * 1000.0;
-    let mut steps = Vec::new();
-    let mut all = Received::default();
-    let (mut sent_all, mut expected_all, mut lost_all) = (0, 0, 0);
-    let mut server_all: Option<Duration> = None;
-    for (k, MucStepRun { run, server_cpu }) in ran.into_iter().enumerate() {
-        let r = std::mem::take(&mut per_step[k]);
-        let c = &shared.steps[k];
-        let rate = mp.steps.rates[k];
-        let sent = c.sent.load(Ordering::Relaxed);
-        let expected = c.expected.load(Ordering::Relaxed);
-        // One copy per message to its sender, the rest to the other occupants.
-        let lost = expected.saturating_sub(sent).saturating_sub(r.to_others)
-            + sent.saturating_sub(r.to_self);
-        let delivered = r.to_others + r.to_self;
-        let latency = Distribution::from_micros(r.latencies_us.clone());
-        let offered = sent as f64 / step_secs;
-        let sustained = lost == 0
-            && r.errors == 0
-            && r.duplicates == 0
-            && met_the_bar(delivered, latency.p99, limit_ms, offered, rate);
-        if let Some(cpu) = server_cpu {
-            server_all = Some(server_all.unwrap_or_default() + cpu);
-        }
-        sent_all += sent;
-        expected_all += expected;
-        lost_all += lost;
-        steps.push(MucStep {
-            target_rate: rate,
-            sent,
-            offered_per_sec: offered,
-            expected,
-            delivered,
-            delivered_to_self: r.to_self,
-            delivered_per_sec: delivered_per_sec(delivered, run.begun, r.last_us, step_secs),
-            lost,
-            late: r.late,
-            duplicates: r.duplicates,
-            errors: r.errors,
-            drain_waited_secs: run.waited.as_secs_f64(),
-            latency_ms: latency,
-            generator_cpu_percent: cpu_percent(run.cpu, run.wall),
-            server_cpu_secs: server_cpu.map(|d| d.as_secs_f64()),
-            server_cpu_us_per_delivery: server_cpu.map(|d| cpu_us_per(d, delivered)),
-            server_cpu_us_per_message: server_cpu.map(|d| cpu_us_per(d, sent)),
-            sustained,
-        });
-        all.add(r);
-    }
-    let (sustainable_rate, sustainable_delivered_per_sec) = sustainable(
-        steps
-            .iter()
-            .map(|s| (s.sustained, s.target_rate, s.delivered_per_sec)),
-    );
-    let delivered = all.to_others + all.to_self;
-    MucSummary {
+    let summary = MucSummary {
         room: mp.room.clone(),
         created,
         occupants: ready,
-        senders: ready.min(u64::from(mp.senders)),
+        senders,
         not_ready: users - ready,
-        setup_secs,
-        step_secs: mp.steps.step.as_secs(),
-        drain_secs: mp.steps.drain.as_secs(),
-        p99_limit_ms: limit_ms,
-        sent: sent_all,
-        expected: expected_all,
-        delivered,
-        delivered_to_self: all.to_self,
-        lost: lost_all,
-        late: all.late,
-        duplicates: all.duplicates,
-        errors: all.errors,
-        stale: shared.stale.load(Ordering::Relaxed),
-        latency_ms: Distribution::from_micros(all.latencies_us),
-        steps,
-        sustainable_rate,
-        sustainable_delivered_per_sec,
         server_pids: mp.server_pids.clone(),
-        server_cpu_us_per_delivery: server_all.map(|d| cpu_us_per(d, delivered)),
-    }
+        server_cpu_us_per_delivery: totals.server_cpu_us_per_delivery(),
+        totals,
+    };
+    Ok((Outcome::sessions(ramp.summary, dropped, close), summary))
 }
 
-/// One occupant: join (the creator has already), then send while a step runs and receive
-/// until told to stop. One not in the room when the steps start leaves.
-#[allow(clippy::too_many_arguments)]
-async fn user(
-    mut session: Session,
+/// One occupant: join (the creator has already), then send while a step runs (if a
+/// `sender`) and receive until told to stop. One not in the room when the steps start leaves.
+async fn occupy(
+    session: &mut Session,
     joined: bool,
     sender: bool,
     shared: Arc<Shared>,
-    mut go: watch::Receiver<Option<()>>,
-    phase_rx: watch::Receiver<Option<Phase>>,
-    mut stop: watch::Receiver<bool>,
-    grace: Duration,
-) -> (End, Vec<Received>) {
-    let mut received = vec![Received::default(); shared.steps.len()];
-    let failure = match enter(&mut session, joined, &shared, &mut go).await {
-        Err(failure) => Some(failure),
-        Ok(()) => exchange(
-            &mut session,
-            sender,
-            &shared,
-            phase_rx,
-            &mut stop,
-            &mut received,
-        )
-        .await
-        .err(),
-    };
-    (session.end(failure, grace).await, received)
+    mut signals: Signals,
+    received: &mut [Received],
+) -> Result<(), Failure> {
+    let shared = &*shared;
+    enter(session, joined, shared, &mut signals.go).await?;
+    let per_message = shared.occupants.load(Ordering::Relaxed);
+    let mut exchange = Exchange::new(&signals, sender, per_message);
+    let me = session.index;
+    while let Some(el) = exchange
+        .next(&shared.fan, session, |out, seq| {
+            compose(out, shared, me, seq)
+        })
+        .await?
+    {
+        receive(shared, me, &el, &mut exchange.seen, received);
+    }
+    Ok(())
 }
 
 /// Join the room and wait for the go; `Err` if not in the room by then.
@@ -575,7 +347,7 @@ async fn enter(
                 shared.inbound.fetch_add(1, Ordering::Relaxed);
                 if !joined && own_presence(&el?, &occupant)? {
                     joined = true;
-                    shared.ready.fetch_add(1, Ordering::Relaxed);
+                    shared.fan.ready.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -587,48 +359,16 @@ fn session_nick(session: &Session) -> String {
     format!("u{}", session.index)
 }
 
-async fn exchange(
-    session: &mut Session,
-    sender: bool,
-    shared: &Shared,
-    phase_rx: watch::Receiver<Option<Phase>>,
-    stop: &mut watch::Receiver<bool>,
-    received: &mut [Received],
-) -> Result<(), Failure> {
-    let per_message = shared.occupants.load(Ordering::Relaxed);
-    let mut seen = FxHashSet::default();
-    let mut pacer = Pacer::new(phase_rx);
-    let me = session.index;
-    loop {
-        tokio::select! {
-            _ = stopped(stop) => return Ok(()),
-            due = pacer.due(|batch, seq| compose(batch, shared, me, seq)), if sender => {
-                let c = &shared.steps[due.step];
-                c.sent.fetch_add(due.count, Ordering::Relaxed);
-                c.expected.fetch_add(due.count * per_message, Ordering::Relaxed);
-                if let Err(failure) = session.conn.send(&due.batch).await {
-                    c.sent.fetch_sub(due.count, Ordering::Relaxed);
-                    c.expected.fetch_sub(due.count * per_message, Ordering::Relaxed);
-                    return Err(failure);
-                }
-            }
-            el = session.conn.next_element() => {
-                receive(shared, me, &el?, &mut seen, received);
-            }
-        }
-    }
-}
-
 /// Append groupchat message `seq` of user `from` to `out` (§7.4).
 fn compose(out: &mut String, shared: &Shared, from: u32, seq: u32) {
-    let sent_us = shared.epoch.elapsed().as_micros() as u64;
+    let sent_us = shared.fan.epoch.elapsed().as_micros() as u64;
     let _ = write!(
         out,
         "<message to='{}' type='groupchat' id='{ID_PREFIX}{seq}.{}'><body>",
         xml::escape(&shared.room),
-        shared.tag
+        shared.fan.tag
     );
-    probe::push_marker(out, &shared.tag, from, seq, sent_us, 0);
+    probe::push_marker(out, &shared.fan.tag, from, seq, sent_us, 0);
     out.push_str("</body></message>");
 }
 
@@ -642,11 +382,10 @@ fn receive(
     if xml::name(el) != "message" {
         return;
     }
-    let step_of = |seq: u32| (seq >> STEP_SHIFT) as usize;
     match xml::attr(el, "type").as_deref() {
         Some("groupchat") => {}
         Some("error") => {
-            if let Some(r) = probe::bounced_seq(el, ID_PREFIX, &shared.tag)
+            if let Some(r) = probe::bounced_seq(el, ID_PREFIX, &shared.fan.tag)
                 .map(step_of)
                 .and_then(|k| received.get_mut(k))
             {
@@ -660,64 +399,34 @@ fn receive(
     let Some(body) = xml::child(el, "body") else {
         return;
     };
-    let Some((from, seq, sent_us)) = probe::parse_tagged(&xml::text(body), &shared.tag) else {
-        shared.stale.fetch_add(1, Ordering::Relaxed);
-        return;
-    };
-    let k = step_of(seq);
-    let Some(r) = received.get_mut(k) else {
-        return;
-    };
-    if !seen.insert((from, seq)) {
-        r.duplicates += 1;
-        return;
+    if let Some(marker) = shared.fan.parse(&xml::text(body)) {
+        shared.fan.count(me, marker, seen, received);
     }
-    if k < shared.closed.load(Ordering::Relaxed) {
-        r.late += 1;
-        return;
-    }
-    if from == me {
-        r.to_self += 1;
-    } else {
-        r.to_others += 1;
-    }
-    let now_us = shared.epoch.elapsed().as_micros() as u64;
-    let latency = now_us.saturating_sub(sent_us);
-    r.latencies_us.push(latency);
-    r.last_us = r.last_us.max(now_us);
-    let c = &shared.steps[k];
-    c.accounted.fetch_add(1, Ordering::Relaxed);
-    if latency >= shared.p99_limit_us {
-        c.slow.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-fn cpu_cell(v: Option<f64>) -> String {
-    v.map_or("–".into(), |v| format!("{v:.1}"))
 }
 
 pub fn print(m: &MucSummary) {
-    for s in &m.steps {
-        println!(
-            "step {}/s: {} sent ({:.0}/s offered), {} of {} delivered ({} to self) = {:.0}/s, {} lost ({} late), {} duplicates, {} errors, drain {:.2} s; {}; server CPU {} µs/delivery, {} µs/message{}",
-            s.target_rate, s.sent, s.offered_per_sec, s.delivered, s.expected, s.delivered_to_self,
-            s.delivered_per_sec, s.lost, s.late, s.duplicates, s.errors, s.drain_waited_secs,
-            s.latency_ms.line(), cpu_cell(s.server_cpu_us_per_delivery),
-            cpu_cell(s.server_cpu_us_per_message),
-            if s.sustained { "" } else { " (not sustained)" }
+    let t = &m.totals;
+    for s in &t.steps {
+        let copies = format!("delivered ({} to self)", s.delivered_to_self);
+        let cpu = format!(
+            "{} µs/delivery, {} µs/message",
+            cpu_cell(s.own.server_cpu_us_per_delivery),
+            cpu_cell(s.own.server_cpu_us_per_message)
         );
+        println!("{}", step_line(s, &copies, "errors", &cpu));
     }
     println!(
         "room {} with {} occupants ({} not joined): {} sent, {} of {} delivered ({} to self), {} lost, {} duplicates, {} errors, {} stale; sustained {} messages/s ({:.0} deliveries/s) at p99 < {:.0} ms; server CPU {} µs/delivery",
-        m.room, m.occupants, m.not_ready, m.sent, m.delivered, m.expected, m.delivered_to_self,
-        m.lost, m.duplicates, m.errors, m.stale, m.sustainable_rate,
-        m.sustainable_delivered_per_sec, m.p99_limit_ms, cpu_cell(m.server_cpu_us_per_delivery)
+        m.room, m.occupants, m.not_ready, t.sent, t.delivered, t.expected, t.delivered_to_self,
+        t.lost, t.duplicates, t.errors, t.stale, t.sustainable_rate,
+        t.sustainable_delivered_per_sec, t.p99_limit_ms, cpu_cell(m.server_cpu_us_per_delivery)
     );
-    println!("groupchat latency: {}", m.latency_ms.line());
+    println!("groupchat latency: {}", t.latency_ms.line());
 }
 
 /// The scenario's section of `report.md`.
 pub fn sections(m: &MucSummary) -> String {
+    let t = &m.totals;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -728,96 +437,36 @@ pub fn sections(m: &MucSummary) -> String {
         m.room,
         m.occupants,
         m.not_ready,
-        m.setup_secs,
+        t.setup_secs,
         if m.created { ", room created" } else { "" },
-        m.step_secs,
-        m.drain_secs,
-        m.p99_limit_ms
+        t.step_secs,
+        t.drain_secs,
+        t.p99_limit_ms
     );
-    let rows: Vec<Vec<String>> = m
-        .steps
-        .iter()
-        .map(|s| {
-            vec![
-                format!("{}/s", s.target_rate),
-                s.sent.to_string(),
-                format!("{:.0}", s.offered_per_sec),
-                format!("{}/{}", s.delivered, s.expected),
-                format!("{:.0}", s.delivered_per_sec),
-                s.lost.to_string(),
-                s.duplicates.to_string(),
-                s.errors.to_string(),
-                ms(s.latency_ms.p50),
-                ms(s.latency_ms.p99),
-                format!("{:.0}", s.generator_cpu_percent),
-                cpu_cell(s.server_cpu_us_per_delivery),
-                if s.sustained { "yes" } else { "no" }.into(),
-            ]
-        })
-        .collect();
-    table(
-        &mut out,
-        &[
-            "target",
-            "sent",
-            "offered/s",
-            "delivered",
-            "delivered/s",
-            "lost",
-            "duplicates",
-            "errors",
-            "p50",
-            "p99",
-            "gen CPU %",
-            "server µs/delivery",
-            "sustained",
-        ],
-        &rows,
-    );
-    let _ = writeln!(
-        out,
-        "Sustained: **{} messages/s** ({:.0} deliveries/s).\n",
-        m.sustainable_rate, m.sustainable_delivered_per_sec
-    );
+    fanout::steps_section(&mut out, t, true, ("messages", "delivery", "deliveries"));
     out
 }
 
 /// p50/p90/p99 per step.
 pub fn charts(m: &MucSummary) -> Vec<(&'static str, String)> {
-    if m.steps.is_empty() {
-        return Vec::new();
-    }
-    let categories: Vec<String> = m.steps.iter().map(|s| s.target_rate.to_string()).collect();
-    let pick = |f: fn(&Distribution) -> f64| -> Vec<f64> {
-        m.steps.iter().map(|s| f(&s.latency_ms)).collect()
-    };
-    let values = [pick(|d| d.p50), pick(|d| d.p90), pick(|d| d.p99)];
-    let labels = Labels {
-        title: "groupchat latency per step",
-        x: "target rate (messages/s)",
-        y: "latency (ms)",
-    };
-    vec![(
+    fanout::latency_chart(
+        &m.totals.steps,
         "muc-latency.svg",
-        bar_chart(&labels, &categories, &["p50", "p90", "p99"], &values),
-    )]
+        "groupchat latency per step",
+        "target rate (messages/s)",
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chatstep::STEP_SHIFT;
 
     fn shared() -> Shared {
         Shared {
             room: "bench@conference.localhost".into(),
-            tag: "m1".into(),
-            epoch: Instant::now(),
-            ready: AtomicU64::new(0),
+            fan: Counters::for_test("m1", 2),
             occupants: AtomicU64::new(3),
-            steps: vec![StepCounters::default(), StepCounters::default()],
-            closed: AtomicUsize::new(0),
-            p99_limit_us: 100_000,
-            stale: AtomicU64::new(0),
             inbound: AtomicU64::new(0),
         }
     }
@@ -850,7 +499,7 @@ mod tests {
             (rec[1].to_others, rec[1].to_self, rec[1].duplicates),
             (1, 1, 1)
         );
-        assert_eq!(sh.steps[1].accounted.load(Ordering::Relaxed), 2);
+        assert_eq!(sh.fan.steps[1].accounted.load(Ordering::Relaxed), 2);
         // Another run's message, and the subject, are not ours.
         receive(
             &sh,
@@ -859,7 +508,7 @@ mod tests {
             &mut seen,
             &mut rec,
         );
-        assert_eq!(sh.stale.load(Ordering::Relaxed), 1);
+        assert_eq!(sh.fan.stale.load(Ordering::Relaxed), 1);
         receive(
             &sh,
             3,
@@ -867,13 +516,13 @@ mod tests {
             &mut seen,
             &mut rec,
         );
-        assert_eq!(sh.stale.load(Ordering::Relaxed), 1);
+        assert_eq!(sh.fan.stale.load(Ordering::Relaxed), 1);
         // A refusal counts against the step of the message it answers.
         let refused = m.replacen("type='groupchat'", "type='error'", 1);
         receive(&sh, 2, &refused, &mut seen, &mut rec);
         assert_eq!(rec[1].errors, 1);
         // After the step's drain, a copy is late.
-        sh.closed.store(2, Ordering::Relaxed);
+        sh.fan.closed.store(2, Ordering::Relaxed);
         receive(&sh, 4, &reflected, &mut FxHashSet::default(), &mut rec);
         assert_eq!(rec[1].late, 1);
     }
