@@ -276,9 +276,9 @@ impl ModuleStore {
         self.put_sled(&writes)
     }
 
-    /// Writes to the [`LSM_MODULES`] trees, keyed already, as one fjall batch: atomic, and
-    /// when durable synced before it returns (the fsync shared with the other shards'
-    /// batches). Two writes of one key keep their order.
+    /// Writes to the [`LSM_MODULES`] trees, keyed already, as one fjall batch: atomic,
+    /// written to the OS before it returns, and when durable synced to the disk within
+    /// `lsm::SYNC_DELAY` (see `crate::lsm`). Two writes of one key keep their order.
     fn put_lsm(&self, mut writes: Vec<LsmWrite<'_>>) -> Result<(), StorageError> {
         if writes.is_empty() {
             return Ok(());
@@ -406,7 +406,9 @@ impl ModuleStore {
                     std::mem::replace(&mut batch, self.lsm.keyspace().batch()).commit()?;
                 }
             }
-            self.lsm.commit(batch, true)?;
+            // On disk before the sled tree goes.
+            self.lsm.commit(batch, false)?;
+            self.lsm.sync_all()?;
             self.db.drop_tree(name.as_bytes())?;
             self.db.flush()?;
         }
