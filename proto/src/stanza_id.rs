@@ -78,29 +78,57 @@ impl fmt::Display for ArchiveId {
 pub struct ArchiveIdGenerator {
     node: u16,
     last: Option<ArchiveId>,
+    /// The highest id of another node seen since (see [`ArchiveIdGenerator::observe`]).
+    floor: Option<ArchiveId>,
 }
 
 impl ArchiveIdGenerator {
     pub fn new(node: u16) -> ArchiveIdGenerator {
-        ArchiveIdGenerator { node, last: None }
+        ArchiveIdGenerator {
+            node,
+            last: None,
+            floor: None,
+        }
     }
 
-    /// The next id, the clock reading `now_ms`.
+    /// The next id, the clock reading `now_ms`: above every id this generator gave and
+    /// every id it [observed](ArchiveIdGenerator::observe).
     pub fn next(&mut self, now_ms: u64) -> ArchiveId {
-        let fresh = ArchiveId::new(now_ms, self.node, 0);
-        let id = match self.last {
-            Some(last) if fresh <= last => {
-                let seq = last.0 & ((1 << SEQ_BITS) - 1);
-                if seq + 1 < (1 << SEQ_BITS) {
-                    ArchiveId(last.0 + 1)
-                } else {
-                    ArchiveId::new(last.millis() + 1, self.node, 0)
-                }
-            }
-            _ => fresh,
-        };
+        let mut id = ArchiveId::new(now_ms, self.node, 0);
+        if let Some(last) = self.last.filter(|last| id <= *last) {
+            let seq = last.0 & ((1 << SEQ_BITS) - 1);
+            id = if seq + 1 < (1 << SEQ_BITS) {
+                ArchiveId(last.0 + 1)
+            } else {
+                ArchiveId::new(last.millis() + 1, self.node, 0)
+            };
+        }
+        if let Some(floor) = self.floor.take().filter(|floor| id <= *floor) {
+            // Our first id above it: in its millisecond if our node sorts after its node,
+            // else in the next.
+            let same_ms = ArchiveId::new(floor.millis(), self.node, 0);
+            id = if same_ms > floor {
+                same_ms
+            } else {
+                ArchiveId::new(floor.millis() + 1, self.node, 0)
+            };
+        }
         self.last = Some(id);
         id
+    }
+
+    /// An id another node of the cluster gave, seen here (on a message it routed to a
+    /// session of this node): this generator's next id is above it. Within one
+    /// millisecond, ids of two nodes sort by node, not by what happened first; a reply
+    /// routed here to a message just delivered here must still sort after it (a hybrid
+    /// logical clock: the clock reading, raised to what was seen).
+    pub fn observe(&mut self, id: ArchiveId) {
+        if (id.0 >> SEQ_BITS) & ((1 << NODE_BITS) - 1) == u64::from(self.node) {
+            return;
+        }
+        if self.floor.is_none_or(|f| id > f) && self.last.is_none_or(|l| id > l) {
+            self.floor = Some(id);
+        }
     }
 }
 
@@ -227,5 +255,35 @@ mod tests {
             last = id;
         }
         assert!(last.millis() <= 1003);
+    }
+
+    #[test]
+    fn an_id_after_one_observed_from_another_node_sorts_after_it() {
+        let node_of = |id: ArchiveId| (id.0 >> SEQ_BITS) & ((1 << NODE_BITS) - 1);
+        for (mine, theirs) in [(2u16, 7u16), (7, 2)] {
+            let mut g = ArchiveIdGenerator::new(mine);
+            let seen = ArchiveId::new(1000, theirs, 3);
+            g.observe(seen);
+            // The same millisecond on this node's clock (or an earlier one).
+            for now in [1000, 999] {
+                let mut g = g.clone();
+                let id = g.next(now);
+                assert!(id > seen, "{id} after {seen} observed");
+                assert_eq!(node_of(id), u64::from(mine), "an id of this node's");
+            }
+            let first = g.next(1000);
+            let second = g.next(1000);
+            assert!(second > first, "and strictly increasing after it");
+            // Its own ids and older ones are no floor.
+            g.observe(ArchiveId::new(5, theirs, 0));
+            assert!(g.next(1000) > second);
+        }
+        let mut g = ArchiveIdGenerator::new(3);
+        g.observe(ArchiveId::new(2000, 3, 9));
+        assert_eq!(
+            g.next(1000),
+            ArchiveId::new(1000, 3, 0),
+            "its own ids are not observed"
+        );
     }
 }

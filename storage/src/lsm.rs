@@ -46,11 +46,18 @@ struct Syncer {
 
 impl Drop for Syncer {
     fn drop(&mut self) {
-        let mut flags = self.state.flags.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut flags = self
+            .state
+            .flags
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         flags.1 = true;
         drop(flags);
         self.state.wake.notify_all();
-        let thread = self.thread.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let thread = self
+            .thread
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(t) = thread.take() {
             // It syncs what is left and exits, dropping its handle on the keyspace, so the
             // keyspace can be opened again as soon as this returns.
@@ -65,7 +72,10 @@ fn run_syncer(keyspace: fjall::Keyspace, state: Arc<SyncState>) {
     loop {
         let mut flags = lock();
         while !flags.0 && !flags.1 {
-            flags = state.wake.wait(flags).unwrap_or_else(PoisonError::into_inner);
+            flags = state
+                .wake
+                .wait(flags)
+                .unwrap_or_else(PoisonError::into_inner);
         }
         let deadline = Instant::now() + SYNC_DELAY;
         while !flags.1 {

@@ -104,6 +104,29 @@ impl Router {
 
     /// Send each shard's next archive batch, if it has none in flight and its linger is over;
     /// set the timer for the next one that waits.
+    /// A message another node routed to a session here carries the archive ids that node
+    /// gave (the recipient's `<stanza-id/>`, XEP-0359): the ids this node gives next sort
+    /// after them, so a reply routed here sorts after the message it answers even within
+    /// one millisecond (ids of one millisecond otherwise sort by node).
+    pub(super) fn observe_archive_ids(&self, stanza: &Element) {
+        let Some(archiver) = &self.archiver else {
+            return;
+        };
+        let ids = stanza
+            .children()
+            .filter(|c| c.is("stanza-id", proto::ns::SID))
+            .filter(|c| {
+                c.attr("by")
+                    .and_then(|by| Jid::parse(by).ok())
+                    .is_some_and(|by| by.local().is_some() && self.is_local_domain(by.domain()))
+            })
+            .filter_map(|c| c.attr("id").and_then(proto::stanza_id::ArchiveId::parse));
+        let mut a = archiver.borrow_mut();
+        for id in ids {
+            a.observe(id);
+        }
+    }
+
     pub(super) fn flush_archive(&self, ctx: &mut Context<Self>) {
         let Some(archiver) = &self.archiver else {
             return;

@@ -103,6 +103,11 @@ impl Archiver {
         proto::mam::archivable(message, self.archive_chat_states)
     }
 
+    /// An archive id another node gave (see [`ArchiveIdGenerator::observe`]).
+    pub fn observe(&mut self, id: ArchiveId) {
+        self.ids.observe(id);
+    }
+
     pub fn next_id(&mut self) -> ArchiveId {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -355,6 +355,9 @@ impl Router {
         stanza: Element,
         ctx: &mut Context<Self>,
     ) {
+        if stanza.name == "message" {
+            self.observe_archive_ids(&stanza);
+        }
         if stanza.name == "presence" {
             let remote = &mut self.remote;
             if let Some(from) = stanza.attr("from").and_then(|f| Jid::parse(f).ok()) {

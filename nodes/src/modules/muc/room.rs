@@ -1173,7 +1173,7 @@ impl<'a> Room<'a> {
             return;
         };
         let f = self.occupant_jid(&responder);
-        self.send_each(&stanza, &f, requesters);
+        self.send_each(stanza, &f, requesters);
     }
 
     fn disco_info(&self, payload: &Element) -> Element {
