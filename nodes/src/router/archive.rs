@@ -102,8 +102,6 @@ impl Router {
         sender_id
     }
 
-    /// Send each shard's next archive batch, if it has none in flight and its linger is over;
-    /// set the timer for the next one that waits.
     /// A message another node routed to a session here carries the archive ids that node
     /// gave (the recipient's `<stanza-id/>`, XEP-0359): the ids this node gives next sort
     /// after them, so a reply routed here sorts after the message it answers even within
@@ -127,6 +125,8 @@ impl Router {
         }
     }
 
+    /// Send each shard's next archive batch, if it has none in flight and its linger is over;
+    /// set the timer for the next one that waits.
     pub(super) fn flush_archive(&self, ctx: &mut Context<Self>) {
         let Some(archiver) = &self.archiver else {
             return;
