@@ -261,19 +261,19 @@ impl ModuleStore {
         // the rest in one sled transaction. A batch mixing both (a room's groupchat message:
         // its archive entry and its history, `im::muc`) is atomic per engine, the archive
         // first; in a cluster the Raft log replays the whole batch after a crash.
-        let (to_lsm, writes): (Vec<&Write<'_>>, Vec<&Write<'_>>) =
-            writes.iter().partition(|w| LSM_MODULES.contains(&w.0));
-        for &(module, user, key, payload) in to_lsm {
-            if let Some(part) = LSM_MODULES.iter().position(|m| *m == module) {
-                lsm.push(LsmWrite {
+        let mut sled = Vec::with_capacity(writes.len());
+        for w @ &(module, user, key, payload) in writes {
+            match LSM_MODULES.iter().position(|m| *m == module) {
+                Some(part) => lsm.push(LsmWrite {
                     part,
                     key: entry_key(user, key)?,
                     value: payload.map(|p| Cow::Borrowed(p.as_bytes())),
-                });
+                }),
+                None => sled.push(w),
             }
         }
         self.put_lsm(lsm)?;
-        self.put_sled(&writes)
+        self.put_sled(&sled)
     }
 
     /// Writes to the [`LSM_MODULES`] trees, keyed already, as one fjall batch: atomic,

@@ -149,9 +149,8 @@ pub fn append_writes(
 const RECORDS_PART: usize = 0;
 const INDEX_PART: usize = 1;
 
-/// The store's writes for [`UserDataWrite::ArchiveAppend`]: the record and the index
-/// entries of `msg` in `user`'s archive, keyed as [`index_keys`] and the record's key say,
-/// built straight into the keys' bytes (this runs for every message twice).
+/// The store's writes for [`UserDataWrite::ArchiveAppend`]: the record (`user \0 <id>`)
+/// and the index entries ([`index_keys`]) of `msg` in `user`'s archive.
 pub(crate) fn lsm_writes(
     user: &str,
     msg: &ArchivedMessage,
@@ -159,30 +158,16 @@ pub(crate) fn lsm_writes(
 ) -> Result<(), StorageError> {
     check(msg)?;
     let user_key = crate::prefix(user)?;
-    let id = hex(msg.id);
-    let key = |parts: &[&str]| {
-        let len = parts.iter().map(|p| p.len()).sum::<usize>();
-        let mut k = Vec::with_capacity(user_key.len() + len);
-        k.extend_from_slice(&user_key);
-        for p in parts {
-            k.extend_from_slice(p.as_bytes());
-        }
-        k
-    };
+    let key = |rest: &str| [user_key.as_slice(), rest.as_bytes()].concat();
     out.push(LsmWrite {
         part: RECORDS_PART,
-        key: key(&[&id]),
+        key: key(&hex(msg.id)),
         value: Some(Cow::Owned(encode(msg).into_bytes())),
     });
-    out.push(LsmWrite {
-        part: INDEX_PART,
-        key: key(&[&msg.with, "\0", &id]),
-        value: Some(Cow::Borrowed(b"")),
-    });
-    if !msg.with_resource.is_empty() {
+    for k in index_keys(msg) {
         out.push(LsmWrite {
             part: INDEX_PART,
-            key: key(&[&msg.with, "/", &msg.with_resource, "\0", &id]),
+            key: key(&k),
             value: Some(Cow::Borrowed(b"")),
         });
     }
