@@ -29,11 +29,18 @@ pub(crate) struct Lsm {
     syncer: Arc<Syncer>,
 }
 
+#[derive(Default)]
+struct Flags {
+    /// Something was committed to a durable placement since the last sync.
+    pending: bool,
+    /// The last handle is gone: sync what is left and exit.
+    stop: bool,
+}
+
 /// What the committing threads and the sync thread share.
 #[derive(Default)]
 struct SyncState {
-    /// (something committed since the last sync, stop)
-    flags: Mutex<(bool, bool)>,
+    flags: Mutex<Flags>,
     wake: Condvar,
     /// A background sync failed: the keyspace is not to be trusted with more writes.
     failed: AtomicBool,
@@ -51,7 +58,7 @@ impl Drop for Syncer {
             .flags
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        flags.1 = true;
+        flags.stop = true;
         drop(flags);
         self.state.wake.notify_all();
         let thread = self
@@ -71,14 +78,14 @@ fn run_syncer(keyspace: fjall::Keyspace, state: Arc<SyncState>) {
     let lock = || state.flags.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
         let mut flags = lock();
-        while !flags.0 && !flags.1 {
+        while !flags.pending && !flags.stop {
             flags = state
                 .wake
                 .wait(flags)
                 .unwrap_or_else(PoisonError::into_inner);
         }
         let deadline = Instant::now() + SYNC_DELAY;
-        while !flags.1 {
+        while !flags.stop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -89,8 +96,8 @@ fn run_syncer(keyspace: fjall::Keyspace, state: Arc<SyncState>) {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        let stop = flags.1;
-        flags.0 = false;
+        let stop = flags.stop;
+        flags.pending = false;
         drop(flags);
         if keyspace.persist(fjall::PersistMode::SyncAll).is_err() {
             state.failed.store(true, Ordering::SeqCst);
@@ -140,8 +147,8 @@ impl Lsm {
                 .flags
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if !flags.0 {
-                flags.0 = true;
+            if !flags.pending {
+                flags.pending = true;
                 self.syncer.state.wake.notify_one();
             }
         }
@@ -184,7 +191,7 @@ mod tests {
         assert_eq!(part.len().unwrap(), 400);
         // The syncer takes the pending flag within SYNC_DELAY of the last commit.
         let deadline = Instant::now() + SYNC_DELAY * 50;
-        while lsm.syncer.state.flags.lock().unwrap().0 {
+        while lsm.syncer.state.flags.lock().unwrap().pending {
             assert!(Instant::now() < deadline, "nothing synced the last commits");
             std::thread::sleep(SYNC_DELAY / 4);
         }
