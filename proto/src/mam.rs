@@ -470,6 +470,13 @@ fn jid_list(prefs: &Element, name: &str) -> Result<Vec<Jid>, MamError> {
     Ok(jids)
 }
 
+/// Whether `message` asks not to be archived (XEP-0334 §4: `<no-store/>`,
+/// `<no-permanent-store/>`): an account's archive and a room's both honour it.
+pub fn forbids_storage(message: &Element) -> bool {
+    let hint = |name: &str| message.get_child(name, ns::HINTS).is_some();
+    hint("no-store") || hint("no-permanent-store")
+}
+
 /// Whether the server keeps `message` in a user archive (of sender or recipient), before
 /// preferences are applied. The rules, in order:
 ///
@@ -499,11 +506,12 @@ pub fn archivable(message: &Element, archive_chat_states: bool) -> bool {
     ) {
         return false;
     }
-    let hint = |name: &str| message.get_child(name, ns::HINTS).is_some();
-    if hint("no-store") || hint("no-permanent-store") {
+    if forbids_storage(message) {
         return false;
     }
-    if message.get_child("body", &message.ns).is_some() || hint("store") {
+    if message.get_child("body", &message.ns).is_some()
+        || message.get_child("store", ns::HINTS).is_some()
+    {
         return true;
     }
     let encrypted = message.children().any(|c| {

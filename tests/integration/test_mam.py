@@ -1233,14 +1233,15 @@ async def test_retention_days_deletes_what_is_older(make_server):
     await archived_conversation(srv, alice, bob, 2, "new")
     deadline = time.monotonic() + 20
     for account in (alice, bob):
-        while (got := inner_ids(await _archive(srv, account))) != ["new0", "new1"]:
+        while (got := inner_ids(await archive_of(srv, account))) != ["new0", "new1"]:
             assert time.monotonic() < deadline, (
                 f"{account.jid}'s archive holds {got} 20 s after the start on the real clock")
             await asyncio.sleep(0.5)
 
 
-async def _archive(srv, account):
-    c = await login(srv, account, resource="ret")
+async def archive_of(srv, account):
+    """`account`'s whole archive, read with a session of its own (checked as `archive`)."""
+    c = await login(srv, account, resource=new_id("read"))
     try:
         return await archive(c)
     finally:

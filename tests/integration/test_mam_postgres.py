@@ -21,8 +21,8 @@ import pytest
 
 from conftest import REPO_ROOT, free_ports
 from rawxmpp import bare, login, mam_form, mam_query, rsm_set
-from test_mam import (archive, archived_conversation, check_results, conversation, deliver,
-                      inner_ids, restart_then_kill9, settled, sid, snapshot)
+from test_mam import (archive, archive_of, archived_conversation, check_results, conversation,
+                      deliver, inner_ids, restart_then_kill9, settled, sid, snapshot)
 
 PG_SCRIPT = REPO_ROOT / "scripts" / "pg-instance.sh"
 
@@ -137,7 +137,7 @@ async def test_postgres_archive_survives_restart_purge_and_deletion(make_server,
     r = srv.cli("user", "add", bob.jid, "--password", bob.password)
     assert r.returncode == 0, r.stdout + r.stderr
     assert await snapshot(srv, bob) == [], "the deleted account's archive is still in PostgreSQL"
-    assert inner_ids(await _archive_of(srv, alice)) == ["pgp"], "alice's archive changed by bob's deletion"
+    assert inner_ids(await archive_of(srv, alice)) == ["pgp"], "alice's archive changed by bob's deletion"
 
 
 async def test_postgres_archive_goes_with_an_account_deleted_while_the_node_is_stopped(
@@ -155,50 +155,5 @@ async def test_postgres_archive_goes_with_an_account_deleted_while_the_node_is_s
     assert r.returncode == 0, r.stdout + r.stderr
     srv.start()
     assert await snapshot(srv, bob) == [], "the deleted account's archive is still in PostgreSQL"
-    assert inner_ids(await _archive_of(srv, alice)) == ["pgo0", "pgo1", "pgo2"], (
+    assert inner_ids(await archive_of(srv, alice)) == ["pgo0", "pgo1", "pgo2"], (
         "alice's archive changed by bob's deletion")
-
-
-async def _archive_of(srv, account):
-    c = await login(srv, account, resource="check")
-    try:
-        return await archive(c)
-    finally:
-        await c.close()
-
-
-async def test_postgres_room_archive_and_purge_on_destroy(make_server, pg_url):
-    """A room's archive (XEP-0313 §5) on PostgreSQL: its groupchat messages read back from
-    the room's JID under the ids every occupant saw live; destroying the room deletes its
-    rows, so a room made again at the same JID starts empty."""
-    from test_muc import NS_OWNER, codes, instant, join, room_jid
-    from test_muc_mam import check_room_results, history_of, room_archive, talk
-
-    srv, alice, bob = pg_node(make_server, pg_url, "room")
-    srv.prepare_accounts(1)
-    a = await login(srv, alice, resource="a", presence=True)
-    b = await login(srv, bob, resource="b", presence=True)
-    try:
-        room = room_jid("pg")
-        await join(a, room, "alice")
-        await instant(a, room)
-        await join(b, room, "bob")
-        sent = await talk(room, [(a, "alice"), (b, "bob")], b, 5, "pgroom")
-        page = await room_archive(a, room)
-        assert page.complete and check_room_results(page, a, room) == sent, page.describe()
-        page = await room_archive(b, room, rsm=rsm_set(max=2, before=""))
-        assert check_room_results(page, b, room) == sent[-2:], page.describe()
-        # History on join comes from the archive there too.
-        hist = await history_of(srv, room)
-        assert hist == [(body, sid) for _, body, sid in sent], hist
-
-        r = await a.iq(f"<query xmlns='{NS_OWNER}'><destroy/></query>", type_="set", to=room)
-        assert r.get("type") == "result", r
-        got = await join(a, room, "alice")
-        assert "201" in codes(got[0])
-        await instant(a, room)
-        page = await room_archive(a, room)
-        assert page.complete and page.results == [], page.describe()
-    finally:
-        await a.close()
-        await b.close()

@@ -20,11 +20,12 @@ use crate::metrics::METRICS;
 use crate::modules::muc::room::{self, Input, Room};
 use crate::route::to_router::RouteStanza;
 
-const MODULE: &str = "muc";
+/// The module whose state rooms (and the creators' room counts) are.
+pub(super) const MODULE: &str = "muc";
 
 /// A stanza for a room (`to` the room's bare JID or one of its occupant JIDs) from a real
 /// JID, for the leader of the room's shard.
-#[derive(Message, Serialize, Deserialize)]
+#[derive(Message, Clone, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub struct MucStanza {
     /// The room's bare JID (it chooses the shard).

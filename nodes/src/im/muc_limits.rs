@@ -21,15 +21,23 @@ use proto::jid::Jid;
 use serde::{Deserialize, Serialize};
 use storage::UserDataWrite;
 
-use super::muc::MucStanza;
+use super::muc::{MucStanza, MODULE};
 use super::AccountShard;
 use crate::route::to_router::RouteStanza;
-
-const MODULE: &str = "muc";
 /// The room's entry naming the creator whose count it is in.
 pub(super) const KEY_CREATOR: &str = "creator";
 /// A creator's entries: one per room it created.
 const COUNT_PREFIX: &str = "c:";
+
+/// The write that puts `room` on `creator`'s count (`Some("")`) or takes it off (`None`).
+fn count_entry(creator: &str, room: &Jid, payload: Option<String>) -> UserDataWrite {
+    UserDataWrite::Module {
+        module: MODULE.into(),
+        user: creator.to_string(),
+        key: format!("{COUNT_PREFIX}{room}"),
+        payload,
+    }
+}
 
 /// For the creator's shard: count the room `join` would create, then send the join back.
 #[derive(Message, Serialize, Deserialize)]
@@ -58,12 +66,7 @@ impl Handler<MucCountRoom> for AccountShard {
 impl Handler<MucReleaseRoom> for AccountShard {
     type Result = ();
     fn handle(&mut self, msg: MucReleaseRoom, _: &mut SyncContext<Self>) {
-        let write = UserDataWrite::Module {
-            module: MODULE.into(),
-            user: msg.user.to_string(),
-            key: format!("{COUNT_PREFIX}{}", msg.room),
-            payload: None,
-        };
+        let write = count_entry(&msg.user.to_string(), &msg.room, None);
         if let Err(e) = self.writer.write(write) {
             // The creator keeps one room too many on its count; it can destroy another.
             tracing::warn!(user = %msg.user, room = %msg.room, error = %e, "muc: room not taken off its creator's count");
@@ -107,14 +110,7 @@ impl AccountShard {
             &user.clone(),
             MucCountRoom {
                 user,
-                join: MucStanza {
-                    room: msg.room.clone(),
-                    from: msg.from.clone(),
-                    to: msg.to.clone(),
-                    stanza: msg.stanza.clone(),
-                    local_sender: msg.local_sender,
-                    counted: false,
-                },
+                join: msg.clone(),
             },
         );
         true
@@ -148,12 +144,7 @@ impl AccountShard {
                         Some(format!("at most {limit} rooms per user")),
                     ))
                 } else {
-                    let write = UserDataWrite::Module {
-                        module: MODULE.into(),
-                        user: user.clone(),
-                        key,
-                        payload: Some(String::new()),
-                    };
+                    let write = count_entry(&user, &msg.join.room, Some(String::new()));
                     self.writer.write(write).map(|_| ()).map_err(|e| {
                         tracing::warn!(%user, error = %e, "muc: room count not written");
                         (Cond::ResourceConstraint, None)

@@ -65,8 +65,8 @@ pub async fn start(
 ) {
     let mut swept_epoch = 0;
     if !shards.clustered() {
-        let first: Vec<Addr<AccountShard>> = served(&shards).into_iter().map(|(_, a)| a).collect();
-        let first: Vec<&Addr<AccountShard>> = first.iter().collect();
+        let first = served(&shards);
+        let first: Vec<&Addr<AccountShard>> = first.iter().map(|(_, a)| a).collect();
         if let Ok(epoch) = router.send(SessionLossEpoch).await {
             if sweep(&router, &shards, &services, &first).await {
                 swept_epoch = epoch;

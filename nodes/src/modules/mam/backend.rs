@@ -192,17 +192,12 @@ impl Backend {
                     n,
                 ))
             }
+            // The whole archive: the account's rows, in one statement.
+            Backend::Postgres(_) if cap == 0 => Ok(Removal::Done(self.delete_account(user)?)),
             Backend::Postgres(pg) => {
                 let user = user.to_string();
                 let n = pg.run(move |a| {
-                    Box::pin(async move {
-                        if cap == 0 {
-                            // The whole archive: the account's rows, in one statement.
-                            a.delete_user(&user).await
-                        } else {
-                            a.trim(&user, cap, limit as u64).await
-                        }
-                    })
+                    Box::pin(async move { a.trim(&user, cap, limit as u64).await })
                 })??;
                 Ok(Removal::Done(n))
             }

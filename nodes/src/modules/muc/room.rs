@@ -202,7 +202,7 @@ impl<'a> Room<'a> {
             archive: false,
             message_id: None,
             vcard: None,
-            max_vcard_bytes: avatar::DEFAULT_MAX_VCARD_BYTES,
+            max_vcard_bytes: crate::config::ImLimits::default().max_vcard_bytes,
             now_ms,
             fx: Effects::default(),
         }
@@ -946,8 +946,7 @@ impl<'a> Room<'a> {
         let Some(id) = self.message_id.filter(|_| self.archive) else {
             return false;
         };
-        let hint = |name: &str| stanza.get_child(name, ns::HINTS).is_some();
-        if hint("no-store") || hint("no-permanent-store") {
+        if proto::mam::forbids_storage(stanza) {
             return false;
         }
         self.fx.archive.push(ArchiveEntry {

@@ -24,8 +24,6 @@ use proto::avatar::NS_VCARD_UPDATE;
 
 /// Where the room's vCard is stored.
 pub const KEY_VCARD: &str = "vcard";
-/// Until the host says otherwise: `im.max_vcard_bytes`' default.
-pub const DEFAULT_MAX_VCARD_BYTES: usize = 64 * 1024;
 
 impl Room<'_> {
     /// An IQ with a `vcard-temp` payload to the room's bare JID (the room exists).
@@ -76,14 +74,14 @@ impl Room<'_> {
     fn announce_avatar(&mut self) {
         let room = self.jid.to_string();
         let receivers: Vec<String> = self.occupants.values().flat_map(|o| o.sessions()).collect();
+        let m = Element::new("message", ns::CLIENT)
+            .with_attr("type", "groupchat")
+            .with_attr("id", format!("avatar-{}", self.now_ms))
+            .with_child(muc::status_x(&[status::CONFIG_CHANGED]));
+        let p = self.avatar_presence();
         for r in receivers {
-            let m = Element::new("message", ns::CLIENT)
-                .with_attr("type", "groupchat")
-                .with_attr("id", format!("avatar-{}", self.now_ms))
-                .with_child(muc::status_x(&[status::CONFIG_CHANGED]));
-            self.send(m, &room, &r);
-            let p = self.avatar_presence();
-            self.send(p, &room, &r);
+            self.send(m.clone(), &room, &r);
+            self.send(p.clone(), &room, &r);
         }
     }
 
