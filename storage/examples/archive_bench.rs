@@ -134,7 +134,7 @@ impl Backend {
             Backend::Embedded(data, _) => {
                 let mut writes = Vec::with_capacity(batch.len() * 3);
                 for (u, m) in batch {
-                    writes.extend(embedded::append_writes(u, m).map_err(|e| e.to_string())?);
+                    writes.push(embedded::append_writes(u, m).map_err(|e| e.to_string())?);
                 }
                 data.apply(&UserDataWrite::Batch(writes))
                     .map(drop)

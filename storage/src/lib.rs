@@ -107,6 +107,7 @@ impl Store {
         let store = Store { db, lsm };
         // The node's own placement; a shard's moves its archive when it is opened.
         store.modules().migrate_to_lsm()?;
+        archive::embedded::migrate_index(&store.modules())?;
         Ok(store)
     }
 

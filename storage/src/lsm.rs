@@ -13,6 +13,7 @@
 //! archived anyway (the archiver's linger is 20 ms too), so a power loss can take the last
 //! [`SYNC_DELAY`] of the archive, never a process crash.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -21,12 +22,65 @@ use std::time::{Duration, Instant};
 /// The longest a durable commit waits for its fsync.
 pub(crate) const SYNC_DELAY: Duration = Duration::from_millis(20);
 
+/// Entries [`KnownEntries`] remembers at most; past it, it starts over.
+const MAX_KNOWN: usize = 65_536;
+
 /// The keyspace and its syncer. Cheap to clone; the syncer stops (after a last sync) when
 /// the last clone is dropped.
 #[derive(Clone)]
 pub(crate) struct Lsm {
     keyspace: fjall::Keyspace,
-    syncer: Arc<Syncer>,
+    shared: Arc<Shared>,
+}
+
+/// What the clones of one [`Lsm`] share.
+struct Shared {
+    syncer: Syncer,
+    known: KnownEntries,
+}
+
+/// Idempotent entries (`module_store::LsmWrite::once`: the archive's by-peer spans, written
+/// for many messages with the same key and an empty value) known to be in the keyspace, so
+/// that a commit leaves them out rather than inserting them into the memtable again (issue
+/// 19: every memtable insert costs a skiplist search of a few µs). The keys name their
+/// placement. Any removal from the keyspace's archive trees, a failed commit or more than
+/// [`MAX_KNOWN`] entries clear it: forgetting only costs a write.
+#[derive(Default)]
+pub(crate) struct KnownEntries(Mutex<HashSet<Vec<u8>>>);
+
+impl KnownEntries {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Vec<u8>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Of `keys` (each named `scope` then the key), whether each is unknown (and to be
+    /// written), marking it known.
+    pub(crate) fn unknown<'k>(
+        &self,
+        scope: &[u8],
+        keys: impl Iterator<Item = &'k [u8]>,
+    ) -> Vec<bool> {
+        let mut known = self.lock();
+        let mut name = scope.to_vec();
+        keys.map(|k| {
+            name.truncate(scope.len());
+            name.extend_from_slice(k);
+            if known.contains(&name) {
+                return false;
+            }
+            if known.len() >= MAX_KNOWN {
+                known.clear();
+            }
+            known.insert(name.clone());
+            true
+        })
+        .collect()
+    }
+
+    /// Forget every entry (something may have been removed, or a commit failed).
+    pub(crate) fn forget_all(&self) {
+        self.lock().clear();
+    }
 }
 
 #[derive(Default)]
@@ -120,9 +174,12 @@ impl Lsm {
         };
         Ok(Lsm {
             keyspace,
-            syncer: Arc::new(Syncer {
-                state,
-                thread: Mutex::new(Some(thread)),
+            shared: Arc::new(Shared {
+                syncer: Syncer {
+                    state,
+                    thread: Mutex::new(Some(thread)),
+                },
+                known: KnownEntries::default(),
             }),
         })
     }
@@ -131,17 +188,23 @@ impl Lsm {
         &self.keyspace
     }
 
+    pub(crate) fn known(&self) -> &KnownEntries {
+        &self.shared.known
+    }
+
     /// Commit `batch`, written to the OS before this returns; if `durable`, synced to the
     /// disk within [`SYNC_DELAY`] (see the header). An error once a background sync failed.
     pub(crate) fn commit(&self, batch: fjall::Batch, durable: bool) -> Result<(), fjall::Error> {
-        if self.syncer.state.failed.load(Ordering::SeqCst) {
+        if self.shared.syncer.state.failed.load(Ordering::SeqCst) {
             return Err(fjall::Error::Poisoned);
         }
-        batch
-            .durability(Some(fjall::PersistMode::Buffer))
-            .commit()?;
+        if let Err(e) = batch.durability(Some(fjall::PersistMode::Buffer)).commit() {
+            self.shared.known.forget_all();
+            return Err(e);
+        }
         if durable {
             let mut flags = self
+                .shared
                 .syncer
                 .state
                 .flags
@@ -149,7 +212,7 @@ impl Lsm {
                 .unwrap_or_else(PoisonError::into_inner);
             if !flags.pending {
                 flags.pending = true;
-                self.syncer.state.wake.notify_one();
+                self.shared.syncer.state.wake.notify_one();
             }
         }
         Ok(())
@@ -191,11 +254,11 @@ mod tests {
         assert_eq!(part.len().unwrap(), 400);
         // The syncer takes the pending flag within SYNC_DELAY of the last commit.
         let deadline = Instant::now() + SYNC_DELAY * 50;
-        while lsm.syncer.state.flags.lock().unwrap().pending {
+        while lsm.shared.syncer.state.flags.lock().unwrap().pending {
             assert!(Instant::now() < deadline, "nothing synced the last commits");
             std::thread::sleep(SYNC_DELAY / 4);
         }
-        assert!(!lsm.syncer.state.failed.load(Ordering::SeqCst));
+        assert!(!lsm.shared.syncer.state.failed.load(Ordering::SeqCst));
     }
 
     #[test]

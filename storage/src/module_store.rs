@@ -40,7 +40,9 @@ use crate::{prefix, StorageError, TxResult};
 pub(crate) type Write<'a> = (&'a str, &'a str, &'a str, Option<&'a str>);
 
 /// The modules written for every message, kept in fjall rather than sled (see the header).
-pub const LSM_MODULES: &[&str] = &["mam_archive", "mam_with"];
+/// (`mam_with` is the by-peer index of earlier versions, converted into `mam_peers` when a
+/// placement is opened: `crate::archive::embedded::migrate_index`.)
+pub const LSM_MODULES: &[&str] = &["mam_archive", "mam_with", "mam_peers"];
 
 /// One write of [`ModuleStore::put_lsm`]: to the tree `LSM_MODULES[part]`, under `key`
 /// (`user \0 key`, as [`entry_key`] makes it), `value` or, `None`, a removal.
@@ -48,6 +50,9 @@ pub(crate) struct LsmWrite<'a> {
     pub(crate) part: usize,
     pub(crate) key: Vec<u8>,
     pub(crate) value: Option<Cow<'a, [u8]>>,
+    /// An idempotent entry written for many messages (the archive's by-peer spans): left
+    /// out when the keyspace is known to hold it already (`crate::lsm::KnownEntries`).
+    pub(crate) once: bool,
 }
 
 /// How many entries one fjall batch moves or removes at a time (migration, clearing).
@@ -268,6 +273,7 @@ impl ModuleStore {
                     part,
                     key: entry_key(user, key)?,
                     value: payload.map(|p| Cow::Borrowed(p.as_bytes())),
+                    once: false,
                 }),
                 None => sled.push(w),
             }
@@ -287,6 +293,22 @@ impl ModuleStore {
         // still in the cache (a batch holds a few messages of each of many accounts). The
         // sort is stable.
         writes.sort_by(|a, b| (a.part, &a.key).cmp(&(b.part, &b.key)));
+        let known = self.lsm.known();
+        if writes.iter().any(|w| w.value.is_none()) {
+            known.forget_all();
+        }
+        if writes.iter().any(|w| w.once) {
+            // Known per placement (`prefix \x01`) and tree (the part's index byte).
+            let mut keep = Vec::new();
+            for part in 0..LSM_MODULES.len() {
+                let scope = [self.prefix.as_bytes(), &[1, part as u8]].concat();
+                let keys = writes.iter().filter(|w| w.once && w.part == part);
+                keep.extend(known.unknown(&scope, keys.map(|w| w.key.as_slice())));
+            }
+            // `writes` are sorted by part: `keep` follows their order.
+            let mut keep = keep.into_iter();
+            writes.retain(|w| !w.once || keep.next().unwrap_or(true));
+        }
         let mut batch = fjall::Batch::with_capacity(self.lsm.keyspace().clone(), writes.len());
         let mut parts: [Option<fjall::PartitionHandle>; LSM_MODULES.len()] = Default::default();
         for w in writes {
@@ -467,11 +489,14 @@ impl ModTree {
                 None => t.remove(k)?,
             }
             .is_some()),
-            ModTree::Lsm(_, p) => {
+            ModTree::Lsm(lsm, p) => {
                 let old = p.contains_key(&k)?;
                 match v {
                     Some(v) => p.insert(k, v)?,
-                    None => p.remove(k)?,
+                    None => {
+                        lsm.known().forget_all();
+                        p.remove(k)?
+                    }
                 }
                 Ok(old)
             }
@@ -495,6 +520,9 @@ impl ModTree {
                 t.apply_batch(batch)?;
             }
             ModTree::Lsm(lsm, p) => {
+                if writes.iter().any(|(_, v)| v.is_none()) {
+                    lsm.known().forget_all();
+                }
                 let mut batch = lsm.keyspace().batch();
                 for (k, v) in writes {
                     match v {
@@ -760,7 +788,7 @@ mod tests {
         {
             // An archive written before: straight into sled, node's and a shard's.
             let db = sled::open(dir.path().join("db")).unwrap();
-            for tree in ["mod.mam_archive", "shard002.mod.mam_with"] {
+            for tree in ["mod.mam_archive", "shard002.mod.mam_peers"] {
                 db.open_tree(tree)
                     .unwrap()
                     .insert(format!("{U}\0k"), "old")
@@ -778,7 +806,7 @@ mod tests {
         assert!(matches!(m.tree("vcard").unwrap(), ModTree::Sled(_)));
         let shard = store.shard_user_data(2).unwrap();
         assert_eq!(
-            shard.modules.get("mam_with", U, "k").unwrap().as_deref(),
+            shard.modules.get("mam_peers", U, "k").unwrap().as_deref(),
             Some("old")
         );
         // Gone from sled: a second open moves nothing and finds the same.
@@ -787,14 +815,14 @@ mod tests {
         m.put_all(
             &[
                 ("mam_archive", U, "l", Some("new")),
-                ("mam_with", U, "x", Some("")),
+                ("mam_peers", U, "x", Some("")),
             ],
             Vec::new(),
         )
         .unwrap();
         m.put("vcard", U, "", Some("<vCard/>")).unwrap();
         let names: Vec<String> = m.trees().unwrap().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(names, ["mam_archive", "mam_with", "vcard"]);
+        assert_eq!(names, ["mam_archive", "mam_peers", "vcard"]);
         let shard_names: Vec<String> = shard
             .modules
             .trees()
@@ -802,7 +830,7 @@ mod tests {
             .into_iter()
             .map(|(n, _)| n)
             .collect();
-        assert_eq!(shard_names, ["mam_with"]);
+        assert_eq!(shard_names, ["mam_peers"]);
         drop((m, shard, store));
         let store = open(dir.path());
         let m = store.modules();
@@ -813,7 +841,7 @@ mod tests {
         // Account deletion reaches the fjall trees too.
         store.delete_user_data(U).unwrap();
         assert!(m.entries("mam_archive", U).unwrap().is_empty());
-        assert!(m.entries("mam_with", U).unwrap().is_empty());
+        assert!(m.entries("mam_peers", U).unwrap().is_empty());
         assert!(m.get("vcard", U, "").unwrap().is_none());
     }
 }

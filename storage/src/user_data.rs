@@ -303,6 +303,7 @@ impl UserData {
         };
         data.modules.migrate_legacy()?;
         data.modules.migrate_to_lsm()?;
+        crate::archive::embedded::migrate_index(&data.modules)?;
         Ok(if durable {
             data
         } else {
@@ -630,6 +631,8 @@ impl UserData {
         if !r.0.is_empty() {
             return Err(bad());
         }
+        // A snapshot of a node of an earlier version holds the archive's old index.
+        crate::archive::embedded::migrate_index(&self.modules)?;
         self.rosters.items.flush()?;
         for (_, tree) in self.modules.trees()? {
             if !matches!(tree, ModTree::Sled(_)) {
@@ -801,7 +804,7 @@ mod tests {
             // Module writes only: one transaction over two trees.
             UserDataWrite::Batch(vec![
                 module_put("mam", "u@x", "0000000000000001", "one"),
-                module_put("mam_with", "u@x", "c@x\u{0}0000000000000001", ""),
+                module_put("mam_peers", "u@x", "c@x\u{0}0000000000000000", ""),
                 module_put("mam", "v@x", "0000000000000001", "other"),
                 // Later writes in a batch see earlier ones: this one replaces.
                 module_put("mam", "u@x", "0000000000000001", "one'"),

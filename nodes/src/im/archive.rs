@@ -55,14 +55,18 @@ impl AccountShard {
         user: &Jid,
         msg: &ArchivedMessage,
     ) -> bool {
-        let p = prefs.entry(user.clone()).or_insert_with(|| {
+        // Read once per account and batch (the key cloned only then).
+        if !prefs.contains_key(user) {
             let stored = self
                 .module_store
                 .get(mam::PREFS_MODULE, &user.to_string(), mam::prefs_key())
                 .ok()
                 .flatten();
-            mam::stored_prefs(stored, default)
-        });
+            prefs.insert(user.clone(), mam::stored_prefs(stored, default));
+        }
+        let Some(p) = prefs.get(user) else {
+            return false;
+        };
         // The roster is read only for an account that archives its contacts only.
         let in_roster = || {
             p.default == DefaultPref::Roster

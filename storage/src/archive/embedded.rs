@@ -5,24 +5,33 @@
 //!   outgoing; the letter is also the format version), the peer's bare JID, NUL, its
 //!   resource, NUL, the message XML. Ids written as hex sort as the numbers do, so the
 //!   account's archive is one key range in time order.
-//! * `mod.mam_with`: `user \0 <with> \0 <id>` → empty, where `<with>` is the peer's bare JID,
-//!   and, for a message with a resource, a second entry under `<bare>/<resource>` (a bare JID
-//!   never contains `/`, so the two never mix). A query `with` a bare or full JID is one key
-//!   range of this index.
+//! * `mod.mam_peers`, the by-peer index: `user \0 <with> \0 <span>` → empty, where `<with>`
+//!   is the peer's bare JID and `<span>` the first id of a [`SPAN_MS_BITS`] span of time
+//!   (about 4.4 minutes) in which the account exchanged a message with that peer. A query
+//!   `with` a peer reads the peer's spans in its range and, in each, the account's records,
+//!   keeping the peer's (and, for a full JID, its resource's). So a conversation writes
+//!   one index entry per span rather than one or two per message: the memtable insert of
+//!   the index was two of the five a message cost (issue 19), and an entry already known to
+//!   be there is not written again at all (`crate::lsm::KnownEntries`). A page `with` a peer
+//!   costs the records of the spans it touches: at most the account's messages of those
+//!   few minutes each, however large the archive.
 //!
 //! Both are served by fjall, not sled ([`crate::module_store::LSM_MODULES`]): a partition
-//! each (per placement) of the LSM keyspace under `<data_dir>/lsm`, since the archive takes
-//! ~4.6 inserts per message and a sled insert (10–13 µs) made it cost three times the
-//! routing of the message (issue 19). [`ModuleStore`] hides which engine a tree lives in.
+//! each (per placement) of the LSM keyspace under `<data_dir>/lsm`, since a sled insert
+//! (10–13 µs) made the archive cost three times the routing of the message (issue 19).
+//! [`ModuleStore`] hides which engine a tree lives in. The index of earlier versions,
+//! `mod.mam_with` (an entry per message, and a second under `bare/resource`), is converted
+//! when a placement is opened or restored ([`migrate_index`]).
 //!
-//! Writes are [`UserDataWrite::Module`]s ([`append_writes`], [`remove_writes`]), which the
-//! node applies locally or commits to the shard's Raft log, many at a time as one
+//! Writes are [`UserDataWrite`]s ([`append_writes`], [`remove_writes`]), which the node
+//! applies locally or commits to the shard's Raft log, many at a time as one
 //! [`UserDataWrite::Batch`]: the log, the snapshots and account deletion carry the archive
 //! without code of their own. Reads ([`query`], [`exists`], [`bounds`], and for retention
 //! [`expired`] and [`over_cap`]) go to the store directly; each is a bounded walk of a key
 //! range, so a page costs the same at ten or ten million messages.
 
 use std::borrow::Cow;
+use std::collections::{BTreeSet, HashSet};
 use std::ops::Bound;
 
 use proto::stanza_id::ArchiveId;
@@ -33,8 +42,25 @@ use crate::{ModuleStore, StorageError, UserDataWrite};
 
 /// The records' module tree (`mod.mam_archive`).
 pub const MODULE: &str = "mam_archive";
-/// The by-peer index's module tree (`mod.mam_with`).
-pub const WITH_MODULE: &str = "mam_with";
+/// The by-peer index's module tree (`mod.mam_peers`).
+pub const PEERS_MODULE: &str = "mam_peers";
+/// The by-peer index of earlier versions (see the header).
+pub const LEGACY_WITH_MODULE: &str = "mam_with";
+
+/// A by-peer index span is 2^this milliseconds (262 s): long enough that a conversation
+/// writes an index entry every few minutes, short enough that a page `with` a rare peer
+/// reads few of the account's other records.
+pub const SPAN_MS_BITS: u32 = 18;
+
+/// The first id of the span `id` is in.
+fn span_start(id: u64) -> u64 {
+    ArchiveId::floor((ArchiveId(id).millis() >> SPAN_MS_BITS) << SPAN_MS_BITS).0
+}
+
+/// The last id of the span that starts at `start`.
+fn span_end(start: u64) -> u64 {
+    ArchiveId::ceiling(ArchiveId(start).millis() | ((1 << SPAN_MS_BITS) - 1)).0
+}
 
 fn hex(id: u64) -> String {
     ArchiveId(id).to_string()
@@ -54,34 +80,18 @@ fn key_id(key: &[u8]) -> Result<u64, StorageError> {
         .ok_or_else(|| corrupt(key))
 }
 
-/// The index name a message is found under: its bare JID, or `bare/resource`.
-fn index_name(with: &str, resource: Option<&str>) -> String {
-    match resource {
-        Some(r) => format!("{with}/{r}"),
-        None => with.to_string(),
-    }
-}
-
-/// The index keys of `msg` (after `user \0`).
-fn index_keys(msg: &ArchivedMessage) -> Vec<String> {
-    let id = hex(msg.id);
-    let mut keys = vec![format!("{}\0{id}", msg.with)];
-    if !msg.with_resource.is_empty() {
-        keys.push(format!(
-            "{}\0{id}",
-            index_name(&msg.with, Some(&msg.with_resource))
-        ));
-    }
-    keys
+/// The by-peer index key of `msg` (after `user \0`).
+fn index_key(with: &str, id: u64) -> String {
+    format!("{with}\0{}", hex(span_start(id)))
 }
 
 /// A peer JID part that can be a key part: `with` non-empty, neither with NUL, `with`
 /// without `/` (it is a bare JID).
 fn check(msg: &ArchivedMessage) -> Result<(), StorageError> {
-    if msg.with.is_empty() || msg.with.contains(['\0', '/']) {
+    if msg.with.is_empty() || msg.with.bytes().any(|b| b == 0 || b == b'/') {
         return Err(StorageError::InvalidKey(msg.with.clone()));
     }
-    if msg.with_resource.contains('\0') {
+    if msg.with_resource.bytes().any(|b| b == 0) {
         return Err(StorageError::InvalidKey(msg.with_resource.clone()));
     }
     Ok(())
@@ -129,68 +139,211 @@ fn module_write(module: &str, user: &str, key: String, payload: Option<String>) 
     }
 }
 
-/// The write that archives `msg` for `user`: one [`UserDataWrite::ArchiveAppend`], which
-/// the store expands into its record and its index entries ([`lsm_writes`]). Commit it with
-/// other messages' as one [`UserDataWrite::Batch`]. `InvalidKey` for a peer that cannot be a
-/// key (empty, NUL, a `/` in the bare JID).
-pub fn append_writes(
-    user: &str,
-    msg: &ArchivedMessage,
-) -> Result<Vec<UserDataWrite>, StorageError> {
+/// The write that archives `msg` for `user`: a [`UserDataWrite::ArchiveAppend`], which the
+/// store expands into its record and its by-peer span entry ([`lsm_writes`]). Commit it
+/// with other messages' as one [`UserDataWrite::Batch`]. `InvalidKey` for a peer that
+/// cannot be a key (empty, NUL, a `/` in the bare JID).
+pub fn append_writes(user: &str, msg: &ArchivedMessage) -> Result<UserDataWrite, StorageError> {
     crate::part(user)?;
     check(msg)?;
-    Ok(vec![UserDataWrite::ArchiveAppend {
+    Ok(UserDataWrite::ArchiveAppend {
         user: user.to_string(),
         msg: msg.clone(),
-    }])
+    })
 }
 
-/// Where [`MODULE`] and [`WITH_MODULE`] are in [`crate::module_store::LSM_MODULES`].
+/// Where [`MODULE`] and [`PEERS_MODULE`] are in [`crate::module_store::LSM_MODULES`]
+/// ([`LEGACY_WITH_MODULE`] is between them).
 const RECORDS_PART: usize = 0;
-const INDEX_PART: usize = 1;
+const PEERS_PART: usize = 2;
 
 /// The store's writes for [`UserDataWrite::ArchiveAppend`]: the record (`user \0 <id>`)
-/// and the index entries ([`index_keys`]) of `msg` in `user`'s archive.
+/// and the by-peer span entry ([`index_key`], left out by the store when it is known to be
+/// there) of `msg` in `user`'s archive.
 pub(crate) fn lsm_writes(
     user: &str,
     msg: &ArchivedMessage,
     out: &mut Vec<LsmWrite<'static>>,
 ) -> Result<(), StorageError> {
     check(msg)?;
-    let user_key = crate::prefix(user)?;
-    let key = |rest: &str| [user_key.as_slice(), rest.as_bytes()].concat();
+    // Built straight into their bytes, one allocation each (two writes for every archived
+    // message: issue 19 counts them).
+    let user = crate::part(user)?;
+    let mut record = Vec::with_capacity(user.len() + 17);
+    record.extend_from_slice(user);
+    record.push(0);
+    push_hex(&mut record, msg.id);
+    let mut span = Vec::with_capacity(user.len() + msg.with.len() + 18);
+    span.extend_from_slice(user);
+    span.push(0);
+    span.extend_from_slice(msg.with.as_bytes());
+    span.push(0);
+    push_hex(&mut span, span_start(msg.id));
     out.push(LsmWrite {
         part: RECORDS_PART,
-        key: key(&hex(msg.id)),
+        key: record,
         value: Some(Cow::Owned(encode(msg).into_bytes())),
+        once: false,
     });
-    for k in index_keys(msg) {
-        out.push(LsmWrite {
-            part: INDEX_PART,
-            key: key(&k),
-            value: Some(Cow::Borrowed(b"")),
-        });
-    }
+    out.push(LsmWrite {
+        part: PEERS_PART,
+        key: span,
+        value: Some(Cow::Borrowed(b"")),
+        once: true,
+    });
     Ok(())
 }
 
-/// The writes that remove `ids` (and their index entries) from `user`'s archive; ids that
-/// are not there are skipped.
+/// `id` as [`hex`] writes it.
+fn push_hex(out: &mut Vec<u8>, id: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..16).rev() {
+        out.push(DIGITS[((id >> (shift * 4)) & 0xf) as usize]);
+    }
+}
+
+/// The writes that remove `ids` from `user`'s archive, with the by-peer span entries that no
+/// message left in their span needs; ids that are not there are skipped. Give all the ids
+/// of one step at once: a span entry is removed only when none of its messages stays.
 pub fn remove_writes(
     store: &ModuleStore,
     user: &str,
     ids: &[u64],
 ) -> Result<Vec<UserDataWrite>, StorageError> {
     let mut writes = Vec::new();
+    let gone: HashSet<u64> = ids.iter().copied().collect();
+    let mut spans = BTreeSet::new();
     for &id in ids {
         if let Some(msg) = get(store, user, id)? {
             writes.push(module_write(MODULE, user, hex(id), None));
-            for k in index_keys(&msg) {
-                writes.push(module_write(WITH_MODULE, user, k, None));
-            }
+            spans.insert((msg.with, span_start(id)));
+        }
+    }
+    for (with, start) in spans {
+        let mut needed = false;
+        let mut budget = u64::MAX;
+        walk_records(
+            store,
+            user,
+            (&with, None),
+            (start, span_end(start)),
+            false,
+            &mut budget,
+            &mut |msg| {
+                needed = !gone.contains(&msg.id);
+                !needed
+            },
+        )?;
+        if !needed {
+            writes.push(module_write(
+                PEERS_MODULE,
+                user,
+                index_key(&with, start),
+                None,
+            ));
         }
     }
     Ok(writes)
+}
+
+/// Whether the record `payload` is of a message with `with` (and `resource`, if given),
+/// read without decoding it.
+fn record_with(payload: &[u8], with: &str, resource: Option<&str>) -> bool {
+    let Some(rest) = payload
+        .get(1..)
+        .and_then(|p| p.strip_prefix(with.as_bytes()))
+        .and_then(|p| p.strip_prefix(b"\0"))
+    else {
+        return false;
+    };
+    resource.is_none_or(|r| {
+        rest.strip_prefix(r.as_bytes())
+            .is_some_and(|p| p.first() == Some(&0))
+    })
+}
+
+/// A peer to filter records by: (bare JID, resource if asked for).
+type Peer<'a> = (&'a str, Option<&'a str>);
+
+/// How a walk of records ended.
+#[derive(PartialEq)]
+enum Walk {
+    /// At the end of its range.
+    Done,
+    /// The visitor had enough.
+    Stopped,
+    /// More records than the budget allowed were in the way.
+    OutOfBudget,
+}
+
+/// Feed `visit` the messages of `user`'s archive with `peer` among ids `lo..=hi`, in order
+/// (`reverse`: newest first), until it answers false. Counts the records read in `budget`.
+fn walk_records(
+    store: &ModuleStore,
+    user: &str,
+    (with, resource): Peer<'_>,
+    (lo, hi): (u64, u64),
+    reverse: bool,
+    budget: &mut u64,
+    visit: &mut dyn FnMut(ArchivedMessage) -> bool,
+) -> Result<Walk, StorageError> {
+    let mut r = store.range(
+        MODULE,
+        user,
+        Bound::Included(&hex(lo)),
+        Bound::Included(&hex(hi)),
+        reverse,
+    )?;
+    while let Some(kv) = r.next_raw() {
+        let (k, v) = kv?;
+        let Some(left) = budget.checked_sub(1) else {
+            return Ok(Walk::OutOfBudget);
+        };
+        *budget = left;
+        if record_with(&v, with, resource) && !visit(decode(key_id(&k)?, &v)?) {
+            return Ok(Walk::Stopped);
+        }
+    }
+    Ok(Walk::Done)
+}
+
+/// Feed `visit` the messages of `user`'s archive `with` the query's peer among ids
+/// `lo..=hi`, in order: the peer's spans from the index, and in each the account's records
+/// of the peer (see the header). Stops when `visit` answers false; false when more than
+/// `budget` records were read first.
+fn walk_with(
+    store: &ModuleStore,
+    user: &str,
+    q: &ArchiveQuery,
+    (lo, hi): (u64, u64),
+    reverse: bool,
+    mut budget: u64,
+    visit: &mut dyn FnMut(ArchivedMessage) -> bool,
+) -> Result<bool, StorageError> {
+    let Some(with) = q.with.as_deref() else {
+        return Ok(true);
+    };
+    let mut spans = store.range(
+        PEERS_MODULE,
+        user,
+        Bound::Included(&index_key(with, lo)),
+        Bound::Included(&index_key(with, hi)),
+        reverse,
+    )?;
+    while let Some(kv) = spans.next_raw() {
+        let start = key_id(&kv?.0)?;
+        let range = (lo.max(start), hi.min(span_end(start)));
+        if range.0 > range.1 {
+            continue;
+        }
+        let peer = (with, q.resource());
+        match walk_records(store, user, peer, range, reverse, &mut budget, visit)? {
+            Walk::Done => {}
+            Walk::Stopped => break,
+            Walk::OutOfBudget => return Ok(false),
+        }
+    }
+    Ok(true)
 }
 
 /// Message `id` of `user`'s archive.
@@ -223,31 +376,18 @@ pub fn bounds(store: &ModuleStore, user: &str) -> Result<Option<(u64, u64)>, Sto
     Ok(end(false)?.zip(end(true)?))
 }
 
-/// The ids of `user`'s archive in `range` (inclusive) in paging direction, from the index
-/// when `with` is asked for, from the records otherwise; lazily.
+/// The ids of `user`'s archive in `range` (inclusive) in paging direction, lazily.
 fn ids_between(
     store: &ModuleStore,
     user: &str,
-    q: &ArchiveQuery,
     (lo, hi): (u64, u64),
     reverse: bool,
 ) -> Result<impl Iterator<Item = Result<u64, StorageError>>, StorageError> {
-    let (module, lo, hi) = match &q.with {
-        Some(with) => {
-            let name = index_name(with, q.resource());
-            (
-                WITH_MODULE,
-                format!("{name}\0{}", hex(lo)),
-                format!("{name}\0{}", hex(hi)),
-            )
-        }
-        None => (MODULE, hex(lo), hex(hi)),
-    };
     let mut r = store.range(
-        module,
+        MODULE,
         user,
-        Bound::Included(&lo),
-        Bound::Included(&hi),
+        Bound::Included(&hex(lo)),
+        Bound::Included(&hex(hi)),
         reverse,
     )?;
     Ok(std::iter::from_fn(move || {
@@ -293,15 +433,10 @@ pub fn query(
             }
         }
     } else if q.with.is_some() {
-        for id in ids_between(store, user, q, range, q.from_end)? {
-            if fetched.len() >= want {
-                break;
-            }
-            // An index entry always has its record (they are written in one batch).
-            if let Some(msg) = get(store, user, id?)? {
-                fetched.push(msg);
-            }
-        }
+        walk_with(store, user, q, range, q.from_end, u64::MAX, &mut |msg| {
+            fetched.push(msg);
+            fetched.len() < want
+        })?;
     } else {
         let mut r = store.range(
             MODULE,
@@ -333,7 +468,15 @@ fn count(store: &ModuleStore, user: &str, q: &ArchiveQuery) -> Result<Option<u64
         }
         return Ok(Some(n));
     }
-    for id in ids_between(store, user, q, range, false)? {
+    if q.with.is_some() {
+        // The records read, not the matches, are what is bounded.
+        let complete = walk_with(store, user, q, range, false, COUNT_SCAN_LIMIT, &mut |_| {
+            n += 1;
+            true
+        })?;
+        return Ok(complete.then_some(n));
+    }
+    for id in ids_between(store, user, range, false)? {
         id?;
         n += 1;
         if n > COUNT_SCAN_LIMIT {
@@ -422,6 +565,59 @@ pub fn over_cap(
     Ok(ids)
 }
 
+/// Convert the by-peer index of earlier versions (`mod.mam_with`: `user \0 <with> \0 <id>`
+/// per message, and `user \0 <with>/<resource> \0 <id>`) into span entries, then empty
+/// it; how many old entries went. Idempotent: a crash halfway leaves old entries that are
+/// converted again (into the same span entries) on the next open.
+pub(crate) fn migrate_index(store: &ModuleStore) -> Result<usize, StorageError> {
+    /// Old entries read and removed per step.
+    const STEP: usize = 10_000;
+    // Only where it exists (opening it would create it).
+    let Some((_, legacy)) = store
+        .trees()?
+        .into_iter()
+        .find(|(name, _)| name == LEGACY_WITH_MODULE)
+    else {
+        return Ok(0);
+    };
+    let peers = store.tree(PEERS_MODULE)?;
+    let mut moved = 0;
+    loop {
+        let keys: Vec<Vec<u8>> = legacy
+            .iter()
+            .take(STEP)
+            .map(|kv| kv.map(|(k, _)| k.to_vec()))
+            .collect::<Result<_, _>>()?;
+        if keys.is_empty() {
+            break;
+        }
+        let mut spans = BTreeSet::new();
+        for k in &keys {
+            // `user \0 name \0`, then the id; an entry that is not one is of no use to
+            // the new index (which the records alone define) and simply goes.
+            let Ok(id) = key_id(k) else { continue };
+            let head = &k[..k.len() - 16];
+            let Some(name) = head
+                .iter()
+                .position(|b| *b == 0)
+                .and_then(|at| head.get(at + 1..head.len().checked_sub(1)?))
+            else {
+                continue;
+            };
+            // A `bare/resource` entry has its bare twin.
+            if name.contains(&b'/') || head.last() != Some(&0) {
+                continue;
+            }
+            spans.insert([head, hex(span_start(id)).as_bytes()].concat());
+        }
+        moved += keys.len();
+        peers.apply(spans.into_iter().map(|k| (k, Some(Vec::new()))).collect())?;
+        legacy.apply(keys.into_iter().map(|k| (k, None)).collect())?;
+    }
+    peers.flush()?;
+    Ok(moved)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,7 +626,23 @@ mod tests {
     fn the_archive_trees_are_where_lsm_writes_puts_them() {
         use crate::module_store::LSM_MODULES;
         assert_eq!(LSM_MODULES[RECORDS_PART], MODULE);
-        assert_eq!(LSM_MODULES[INDEX_PART], WITH_MODULE);
+        assert_eq!(LSM_MODULES[1], LEGACY_WITH_MODULE);
+        assert_eq!(LSM_MODULES[PEERS_PART], PEERS_MODULE);
+    }
+
+    #[test]
+    fn keys_spell_ids_as_hex_does() {
+        for id in [
+            0,
+            7,
+            0xabc,
+            u64::MAX,
+            ArchiveId::new(1_700_000_000_000, 3, 9).0,
+        ] {
+            let mut k = Vec::new();
+            push_hex(&mut k, id);
+            assert_eq!(k, hex(id).as_bytes());
+        }
     }
 
     #[test]
@@ -452,7 +664,10 @@ mod tests {
         };
         assert!(append_writes("u@x", &bad_with).is_err());
         assert!(append_writes("", &msg).is_err());
-        assert_eq!(append_writes("u@x", &msg).unwrap().len(), 1);
+        assert!(matches!(
+            append_writes("u@x", &msg).unwrap(),
+            UserDataWrite::ArchiveAppend { .. }
+        ));
         let mut lsm = Vec::new();
         lsm_writes("u@x", &msg, &mut lsm).unwrap();
         let keys: Vec<_> = lsm.iter().map(|w| (w.part, w.key.clone())).collect();
@@ -461,15 +676,11 @@ mod tests {
             [
                 (RECORDS_PART, b"u@x\x000000000000000007".to_vec()),
                 (
-                    INDEX_PART,
-                    b"u@x\x00romeo@montague.lit\x000000000000000007".to_vec()
-                ),
-                (
-                    INDEX_PART,
-                    b"u@x\x00romeo@montague.lit/orchard\x000000000000000007".to_vec()
+                    PEERS_PART,
+                    b"u@x\x00romeo@montague.lit\x000000000000000000".to_vec()
                 ),
             ],
-            "the keys index_keys and the record's key name"
+            "the record's key and its span's (id 7 is in the first span)"
         );
     }
 
@@ -511,5 +722,142 @@ mod tests {
         // These ids all fall in millisecond 0: `end` 0 still takes every one.
         assert_eq!(query(&m, "u@x", &q(Some(0), 0)).unwrap().count, None);
         assert_eq!(bounds(&m, "u@x").unwrap(), Some((1, COUNT_SCAN_LIMIT + 1)));
+    }
+
+    fn chat(id: u64, with: &str, resource: &str) -> ArchivedMessage {
+        ArchivedMessage {
+            id,
+            with: with.into(),
+            with_resource: resource.into(),
+            outgoing: false,
+            xml: format!("<message id='{id}'/>"),
+        }
+    }
+
+    fn span_entries(m: &ModuleStore, user: &str) -> Vec<String> {
+        m.entries(PEERS_MODULE, user)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    fn with_ids(m: &ModuleStore, user: &str, with: &str, resource: Option<&str>) -> Vec<u64> {
+        let q = ArchiveQuery {
+            with: Some(with.into()),
+            with_resource: resource.map(str::to_string),
+            max: 100,
+            count: true,
+            ..Default::default()
+        };
+        let page = query(m, user, &q).unwrap();
+        assert_eq!(page.count, Some(page.messages.len() as u64));
+        page.messages.iter().map(|m| m.id).collect()
+    }
+
+    #[test]
+    fn spans_are_written_once_and_go_with_their_last_message() {
+        let dir = crate::testutil::TempDir::new("mam-spans");
+        let store = crate::testutil::open(dir.path());
+        let data = store.shard_user_data(1).unwrap();
+        let m = &data.modules;
+        let t0 = 1_700_000_000_000u64 & !((1 << SPAN_MS_BITS) - 1);
+        let id = |ms: u64, seq: u16| ArchiveId::new(t0 + ms, 1, seq).0;
+        let append = |msgs: &[ArchivedMessage]| {
+            let mut writes = Vec::new();
+            for msg in msgs {
+                writes.push(append_writes("u@x", msg).unwrap());
+            }
+            data.apply(&UserDataWrite::Batch(writes)).unwrap();
+        };
+        let later = 1 << SPAN_MS_BITS;
+        append(&[
+            chat(id(0, 0), "a@x", "phone"),
+            chat(id(1, 0), "b@x", ""),
+            chat(id(2, 0), "a@x", "laptop"),
+        ]);
+        append(&[
+            chat(id(3, 0), "a@x", "phone"),
+            chat(id(later, 0), "a@x", ""),
+        ]);
+        let (s0, s1) = (hex(span_start(id(0, 0))), hex(span_start(id(later, 0))));
+        assert_eq!(
+            span_entries(m, "u@x"),
+            [
+                format!("a@x\0{s0}"),
+                format!("a@x\0{s1}"),
+                format!("b@x\0{s0}")
+            ]
+        );
+        assert_eq!(
+            with_ids(m, "u@x", "a@x", None),
+            [id(0, 0), id(2, 0), id(3, 0), id(later, 0)]
+        );
+        assert_eq!(
+            with_ids(m, "u@x", "a@x", Some("phone")),
+            [id(0, 0), id(3, 0)]
+        );
+        assert_eq!(with_ids(m, "u@x", "b@x", None), [id(1, 0)]);
+        // A peer whose JID another's begins with is not the other.
+        assert!(with_ids(m, "u@x", "a@x.y", None).is_empty());
+        assert!(with_ids(m, "u@x", "a", None).is_empty());
+
+        // Removing some of a span's messages with a peer keeps its entry; the last takes it.
+        let remove = |ids: &[u64]| {
+            let writes = remove_writes(m, "u@x", ids).unwrap();
+            data.apply(&UserDataWrite::Batch(writes)).unwrap();
+        };
+        remove(&[id(0, 0), id(2, 0)]);
+        assert_eq!(span_entries(m, "u@x").len(), 3);
+        remove(&[id(3, 0), id(1, 0)]);
+        assert_eq!(span_entries(m, "u@x"), [format!("a@x\0{s1}")]);
+        // The store had known the first span's entry: after the removal it writes it again.
+        append(&[chat(id(5, 0), "a@x", "")]);
+        assert_eq!(with_ids(m, "u@x", "a@x", None), [id(5, 0), id(later, 0)]);
+        assert_eq!(span_entries(m, "u@x").len(), 2);
+    }
+
+    #[test]
+    fn the_old_index_is_converted_to_spans_on_open() {
+        let dir = crate::testutil::TempDir::new("mam-old-index");
+        let t0 = 1_700_000_000_000u64;
+        let ids = [ArchiveId::new(t0, 0, 0).0, ArchiveId::new(t0 + 1, 0, 0).0];
+        {
+            let store = crate::testutil::open(dir.path());
+            let data = store.shard_user_data(1).unwrap();
+            let m = &data.modules;
+            // As the previous version wrote them: a record and one or two index entries each.
+            for (i, id) in ids.iter().enumerate() {
+                let msg = chat(*id, "a@x", ["", "phone"][i]);
+                m.put(MODULE, "u@x", &hex(*id), Some(&encode(&msg)))
+                    .unwrap();
+                let mut names = vec!["a@x".to_string()];
+                if i == 1 {
+                    names.push("a@x/phone".into());
+                }
+                for name in names {
+                    m.put(
+                        LEGACY_WITH_MODULE,
+                        "u@x",
+                        &format!("{name}\0{}", hex(*id)),
+                        Some(""),
+                    )
+                    .unwrap();
+                }
+            }
+            m.put(LEGACY_WITH_MODULE, "u@x", "garbage", Some(""))
+                .unwrap();
+        }
+        let store = crate::testutil::open(dir.path());
+        let data = store.shard_user_data(1).unwrap();
+        let m = &data.modules;
+        assert!(m.entries(LEGACY_WITH_MODULE, "u@x").unwrap().is_empty());
+        assert_eq!(
+            span_entries(m, "u@x"),
+            [format!("a@x\0{}", hex(span_start(ids[0])))]
+        );
+        assert_eq!(with_ids(m, "u@x", "a@x", None), ids);
+        assert_eq!(with_ids(m, "u@x", "a@x", Some("phone")), [ids[1]]);
+        assert_eq!(migrate_index(m).unwrap(), 0, "nothing left to convert");
     }
 }

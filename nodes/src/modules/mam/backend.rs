@@ -90,10 +90,10 @@ impl Backend {
     ) -> Result<Vec<UserDataWrite>, ArchiveError> {
         match self {
             Backend::Embedded => {
-                let mut writes = Vec::with_capacity(messages.len() * 3);
+                let mut writes = Vec::with_capacity(messages.len());
                 for (user, msg) in messages {
                     match embedded::append_writes(user, msg) {
-                        Ok(w) => writes.extend(w),
+                        Ok(w) => writes.push(w),
                         // One message that cannot be a key (a peer JID with NUL) is skipped,
                         // not the batch.
                         Err(e) => tracing::warn!(%user, error = %e, "mam: message not archived"),
@@ -219,8 +219,11 @@ impl Backend {
                 let (found, next) = embedded::expired(store, cursor, cutoff_ms, limit)?;
                 let n = found.len() as u64;
                 let mut writes = Vec::new();
-                for (user, id) in found {
-                    writes.extend(embedded::remove_writes(store, &user, &[id])?);
+                // An account's ids together (`expired` finds them in key order): the
+                // by-peer spans they empty go with them.
+                for group in found.chunk_by(|a, b| a.0 == b.0) {
+                    let ids: Vec<u64> = group.iter().map(|(_, id)| *id).collect();
+                    writes.extend(embedded::remove_writes(store, &group[0].0, &ids)?);
                 }
                 Ok((Removal::Writes(writes, n), next))
             }
