@@ -14,6 +14,7 @@
 //! [`SYNC_DELAY`] of the archive, never a process crash.
 
 use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -42,14 +43,36 @@ struct Shared {
 /// Idempotent entries (`module_store::LsmWrite::once`: the archive's by-peer spans, written
 /// for many messages with the same key and an empty value) known to be in the keyspace, so
 /// that a commit leaves them out rather than inserting them into the memtable again (issue
-/// 19: every memtable insert costs a skiplist search of a few µs). The keys name their
-/// placement. Any removal from the keyspace's archive trees, a failed commit or more than
-/// [`MAX_KNOWN`] entries clear it: forgetting only costs a write.
+/// 19: every memtable insert costs a skiplist search of a few µs). Kept as the 128-bit
+/// XXH3 of the scope (placement and tree) and key: 16 bytes inline, no key to chase, and
+/// two entries of one hash (which would leave one unwritten) are a 2^-112 chance at
+/// [`MAX_KNOWN`] entries. Any removal from the keyspace's archive trees, a failed commit
+/// or more than [`MAX_KNOWN`] entries clear it: forgetting only costs a write.
 #[derive(Default)]
-pub(crate) struct KnownEntries(Mutex<HashSet<Vec<u8>>>);
+pub(crate) struct KnownEntries(Mutex<HashSet<u128, BuildHasherDefault<HashHasher>>>);
+
+/// The set's hasher: its keys are hashes already (XXH3), so their low bits serve.
+#[derive(Default)]
+pub(crate) struct HashHasher(u64);
+
+impl Hasher for HashHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes.iter().take(8) {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
+}
 
 impl KnownEntries {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Vec<u8>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<u128, BuildHasherDefault<HashHasher>>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -61,17 +84,18 @@ impl KnownEntries {
         keys: impl Iterator<Item = &'k [u8]>,
     ) -> Vec<bool> {
         let mut known = self.lock();
-        let mut name = scope.to_vec();
+        let mut named = scope.to_vec();
         keys.map(|k| {
-            name.truncate(scope.len());
-            name.extend_from_slice(k);
+            named.truncate(scope.len());
+            named.extend_from_slice(k);
+            let name = xxhash_rust::xxh3::xxh3_128(&named);
             if known.contains(&name) {
                 return false;
             }
             if known.len() >= MAX_KNOWN {
                 known.clear();
             }
-            known.insert(name.clone());
+            known.insert(name);
             true
         })
         .collect()
@@ -259,6 +283,21 @@ mod tests {
             std::thread::sleep(SYNC_DELAY / 4);
         }
         assert!(!lsm.shared.syncer.state.failed.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn known_entries_are_known_per_scope_until_forgotten() {
+        let known = KnownEntries::default();
+        let keys: [&[u8]; 3] = [b"a", b"b", b"a"];
+        assert_eq!(known.unknown(b"s1", keys.into_iter()), [true, true, false]);
+        assert_eq!(
+            known.unknown(b"s1", keys.into_iter()),
+            [false, false, false]
+        );
+        // Another scope (placement and tree) names another entry.
+        assert_eq!(known.unknown(b"s2", [&b"a"[..]].into_iter()), [true]);
+        known.forget_all();
+        assert_eq!(known.unknown(b"s1", keys.into_iter()), [true, true, false]);
     }
 
     #[test]
