@@ -287,13 +287,7 @@ fn walk_records(
     budget: &mut u64,
     visit: &mut dyn FnMut(ArchivedMessage) -> bool,
 ) -> Result<Walk, StorageError> {
-    let mut r = store.range(
-        MODULE,
-        user,
-        Bound::Included(&hex(lo)),
-        Bound::Included(&hex(hi)),
-        reverse,
-    )?;
+    let mut r = records(store, user, (lo, hi), reverse)?;
     while let Some(kv) = r.next_raw() {
         let (k, v) = kv?;
         let Some(left) = budget.checked_sub(1) else {
@@ -376,6 +370,23 @@ pub fn bounds(store: &ModuleStore, user: &str) -> Result<Option<(u64, u64)>, Sto
     Ok(end(false)?.zip(end(true)?))
 }
 
+/// The records of `user`'s archive with ids in `lo..=hi`, in order (`reverse`: newest
+/// first), lazily.
+fn records(
+    store: &ModuleStore,
+    user: &str,
+    (lo, hi): (u64, u64),
+    reverse: bool,
+) -> Result<crate::module_store::ModuleRange, StorageError> {
+    store.range(
+        MODULE,
+        user,
+        Bound::Included(&hex(lo)),
+        Bound::Included(&hex(hi)),
+        reverse,
+    )
+}
+
 /// The ids of `user`'s archive in `range` (inclusive) in paging direction, lazily.
 fn ids_between(
     store: &ModuleStore,
@@ -383,13 +394,7 @@ fn ids_between(
     (lo, hi): (u64, u64),
     reverse: bool,
 ) -> Result<impl Iterator<Item = Result<u64, StorageError>>, StorageError> {
-    let mut r = store.range(
-        MODULE,
-        user,
-        Bound::Included(&hex(lo)),
-        Bound::Included(&hex(hi)),
-        reverse,
-    )?;
+    let mut r = records(store, user, (lo, hi), reverse)?;
     Ok(std::iter::from_fn(move || {
         r.next_raw().map(|kv| kv.and_then(|(k, _)| key_id(&k)))
     }))
@@ -438,13 +443,7 @@ pub fn query(
             fetched.len() < want
         })?;
     } else {
-        let mut r = store.range(
-            MODULE,
-            user,
-            Bound::Included(&hex(range.0)),
-            Bound::Included(&hex(range.1)),
-            q.from_end,
-        )?;
+        let mut r = records(store, user, range, q.from_end)?;
         while fetched.len() < want {
             let Some(kv) = r.next_raw() else { break };
             let (k, v) = kv?;
