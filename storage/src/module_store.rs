@@ -317,18 +317,22 @@ impl ModuleStore {
             };
             let part = match slot {
                 Some(p) => &*p,
-                None => {
-                    let ModTree::Lsm(_, p) = self.tree(LSM_MODULES[w.part])? else {
-                        continue;
-                    };
-                    &*slot.insert(p)
-                }
+                None => match self.tree(LSM_MODULES[w.part]) {
+                    Ok(ModTree::Lsm(_, p)) => &*slot.insert(p),
+                    Ok(ModTree::Sled(_)) => continue,
+                    // What was just marked known will not be written.
+                    Err(e) => {
+                        known.forget_all();
+                        return Err(e);
+                    }
+                },
             };
             match w.value {
                 Some(v) => batch.insert(part, w.key, &*v),
                 None => batch.remove(part, w.key),
             }
         }
+        // (A failed commit forgets the known entries itself.)
         self.lsm.commit(batch, self.durable)?;
         Ok(())
     }

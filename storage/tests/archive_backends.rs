@@ -315,7 +315,7 @@ fn messages() -> Vec<(String, ArchivedMessage)> {
     let mut out = Vec::new();
     for i in 0..240u64 {
         let (with, resource) = peers[(i * 7 % 11 % 5) as usize];
-        // Ten minutes' gap every 60 messages: the embedded index's spans (4.4 min) differ.
+        // Ten minutes' gap every 60 messages, which span 20 s: the embedded index's spans (65 s) differ.
         let ms = T0 + (i / 3) * 1000 + (i / 60) * 600_000;
         let body = match i {
             17 => "Ромео, Ромео! ☃ 🌹 ‹&amp;› 'quoted' \"double\"".to_string(),

@@ -7,7 +7,7 @@
 //!   account's archive is one key range in time order.
 //! * `mod.mam_peers`, the by-peer index: `user \0 <with> \0 <span>` → empty, where `<with>`
 //!   is the peer's bare JID and `<span>` the first id of a [`SPAN_MS_BITS`] span of time
-//!   (about 4.4 minutes) in which the account exchanged a message with that peer. A query
+//!   (about a minute) in which the account exchanged a message with that peer. A query
 //!   `with` a peer reads the peer's spans in its range and, in each, the account's records,
 //!   keeping the peer's (and, for a full JID, its resource's). So a conversation writes
 //!   one index entry per span rather than one or two per message: the memtable insert of
@@ -47,10 +47,11 @@ pub const PEERS_MODULE: &str = "mam_peers";
 /// The by-peer index of earlier versions (see the header).
 pub const LEGACY_WITH_MODULE: &str = "mam_with";
 
-/// A by-peer index span is 2^this milliseconds (262 s): long enough that a conversation
-/// writes an index entry every few minutes, short enough that a page `with` a rare peer
-/// reads few of the account's other records.
-pub const SPAN_MS_BITS: u32 = 18;
+/// A by-peer index span is 2^this milliseconds (65.5 s): long enough that a lively
+/// conversation writes an index entry a minute rather than one per message, short enough
+/// that a page `with` a peer reads few of the account's other records when the peer is
+/// rare (a busy account's minute, not its hour).
+pub const SPAN_MS_BITS: u32 = 16;
 
 /// The first id of the span `id` is in.
 fn span_start(id: u64) -> u64 {
