@@ -45,6 +45,11 @@ impl ArchiveId {
         self.0 >> LOW_BITS
     }
 
+    /// The node (of the cluster) that assigned the id.
+    pub fn node(self) -> u16 {
+        ((self.0 >> SEQ_BITS) & ((1 << NODE_BITS) - 1)) as u16
+    }
+
     /// The smallest id of millisecond `ms`: every id assigned at or after `ms` is ≥ it.
     pub fn floor(ms: u64) -> ArchiveId {
         ArchiveId(ms.min(MAX_MS) << LOW_BITS)
@@ -123,7 +128,7 @@ impl ArchiveIdGenerator {
     /// routed here to a message just delivered here must still sort after it (a hybrid
     /// logical clock: the clock reading, raised to what was seen).
     pub fn observe(&mut self, id: ArchiveId) {
-        if (id.0 >> SEQ_BITS) & ((1 << NODE_BITS) - 1) == u64::from(self.node) {
+        if id.node() == self.node {
             return;
         }
         if self.floor.is_none_or(|f| id > f) && self.last.is_none_or(|l| id > l) {
@@ -259,7 +264,6 @@ mod tests {
 
     #[test]
     fn an_id_after_one_observed_from_another_node_sorts_after_it() {
-        let node_of = |id: ArchiveId| (id.0 >> SEQ_BITS) & ((1 << NODE_BITS) - 1);
         for (mine, theirs) in [(2u16, 7u16), (7, 2)] {
             let mut g = ArchiveIdGenerator::new(mine);
             let seen = ArchiveId::new(1000, theirs, 3);
@@ -269,7 +273,7 @@ mod tests {
                 let mut g = g.clone();
                 let id = g.next(now);
                 assert!(id > seen, "{id} after {seen} observed");
-                assert_eq!(node_of(id), u64::from(mine), "an id of this node's");
+                assert_eq!(id.node(), mine, "an id of this node's");
             }
             let first = g.next(1000);
             let second = g.next(1000);

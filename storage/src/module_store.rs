@@ -299,14 +299,14 @@ impl ModuleStore {
         }
         if writes.iter().any(|w| w.once) {
             // Known per placement (`prefix \x01`) and tree (the part's index byte).
-            let mut keep = Vec::new();
-            for part in 0..LSM_MODULES.len() {
-                let scope = [self.prefix.as_bytes(), &[1, part as u8]].concat();
-                let keys = writes.iter().filter(|w| w.once && w.part == part);
-                keep.extend(known.unknown(&scope, keys.map(|w| w.key.as_slice())));
-            }
-            // `writes` are sorted by part: `keep` follows their order.
-            let mut keep = keep.into_iter();
+            let scopes: Vec<Vec<u8>> = (0..LSM_MODULES.len())
+                .map(|part| [self.prefix.as_bytes(), &[1, part as u8]].concat())
+                .collect();
+            let once = writes.iter().filter(|w| w.once);
+            let mut keep = known
+                .unknown(once.map(|w| [scopes[w.part].as_slice(), w.key.as_slice()]))
+                .into_iter();
+            // `keep` follows the order of the once-writes.
             writes.retain(|w| !w.once || keep.next().unwrap_or(true));
         }
         let mut batch = fjall::Batch::with_capacity(self.lsm.keyspace().clone(), writes.len());

@@ -405,7 +405,7 @@ impl UserData {
                 payload,
             } => Existed(self.modules.put(module, user, key, payload.as_deref())?),
             ArchiveAppend { user, msg } => {
-                let mut lsm = Vec::with_capacity(3);
+                let mut lsm = Vec::with_capacity(2);
                 crate::archive::embedded::lsm_writes(user, msg, &mut lsm)?;
                 self.modules.put_all(&[], lsm)?;
                 Done

@@ -5,16 +5,19 @@
 //!   outgoing; the letter is also the format version), the peer's bare JID, NUL, its
 //!   resource, NUL, the message XML. Ids written as hex sort as the numbers do, so the
 //!   account's archive is one key range in time order.
-//! * `mod.mam_peers`, the by-peer index: `user \0 <with> \0 <span>` → empty, where `<with>`
-//!   is the peer's bare JID and `<span>` the first id of a [`SPAN_MS_BITS`] span of time
-//!   (about a minute) in which the account exchanged a message with that peer. A query
-//!   `with` a peer reads the peer's spans in its range and, in each, the account's records,
-//!   keeping the peer's (and, for a full JID, its resource's). So a conversation writes
-//!   one index entry per span rather than one or two per message: the memtable insert of
-//!   the index was two of the five a message cost (issue 19), and an entry already known to
-//!   be there is not written again at all (`crate::lsm::KnownEntries`). A page `with` a peer
-//!   costs the records of the spans it touches: at most the account's messages of those
-//!   few minutes each, however large the archive.
+//! * `mod.mam_peers`, the by-peer index: `user \0 <peer> \0 <span>` → empty, where
+//!   `<peer>` is the peer's bare JID and, for a message with a resource, also
+//!   `bare/resource` (a bare JID never holds `/`, so the two never mix), and `<span>` the
+//!   first id of a [`SPAN_MS_BITS`] span of time (about a minute) in which the account
+//!   exchanged a message with that peer. A query `with` a bare or full JID reads that
+//!   name's spans in its range and, in each, the account's records, keeping the peer's
+//!   (and the resource's). So a conversation writes an index entry a minute rather than
+//!   one or two per message: the memtable inserts of the index were three of the five a
+//!   message cost (issue 19), and an entry already known to be there is not written again
+//!   at all (`crate::lsm::KnownEntries`). A page `with` a peer costs the records of the
+//!   spans it touches: at most the account's messages of those minutes each, however
+//!   large the archive; `with` a room's occupant (room archives name the nick as the
+//!   resource) reads only the spans in which that nick spoke.
 //!
 //! Both are served by fjall, not sled ([`crate::module_store::LSM_MODULES`]): a partition
 //! each (per placement) of the LSM keyspace under `<data_dir>/lsm`, since a sled insert
@@ -81,9 +84,29 @@ fn key_id(key: &[u8]) -> Result<u64, StorageError> {
         .ok_or_else(|| corrupt(key))
 }
 
-/// The by-peer index key of `msg` (after `user \0`).
-fn index_key(with: &str, id: u64) -> String {
-    format!("{with}\0{}", hex(span_start(id)))
+/// A peer as the by-peer index names it: its bare JID, and a resource for the entries of
+/// a full JID (`bare/resource`; a bare JID never holds `/`, so the two never mix).
+type Peer<'a> = (&'a str, Option<&'a str>);
+
+/// The by-peer index key of a message with `peer` and id `id`, after `user \0`: `<bare JID
+/// or bare/resource> \0 <first id of the span>`, appended to `out` (the one definition of
+/// its layout).
+fn push_index_key(out: &mut Vec<u8>, (with, resource): Peer<'_>, id: u64) {
+    out.extend_from_slice(with.as_bytes());
+    if let Some(r) = resource {
+        out.push(b'/');
+        out.extend_from_slice(r.as_bytes());
+    }
+    out.push(0);
+    push_hex(out, span_start(id));
+}
+
+/// [`push_index_key`] as text, for the module writes and ranges that name keys so.
+fn index_key(peer: Peer<'_>, id: u64) -> String {
+    let mut key = Vec::with_capacity(peer.0.len() + peer.1.map_or(0, str::len) + 18);
+    push_index_key(&mut key, peer, id);
+    // Built from a `&str`, a NUL and hex digits: always UTF-8.
+    String::from_utf8_lossy(&key).into_owned()
 }
 
 /// A peer JID part that can be a key part: `with` non-empty, neither with NUL, `with`
@@ -174,25 +197,34 @@ pub(crate) fn lsm_writes(
     record.extend_from_slice(user);
     record.push(0);
     push_hex(&mut record, msg.id);
-    let mut span = Vec::with_capacity(user.len() + msg.with.len() + 18);
-    span.extend_from_slice(user);
-    span.push(0);
-    span.extend_from_slice(msg.with.as_bytes());
-    span.push(0);
-    push_hex(&mut span, span_start(msg.id));
     out.push(LsmWrite {
         part: RECORDS_PART,
         key: record,
         value: Some(Cow::Owned(encode(msg).into_bytes())),
         once: false,
     });
-    out.push(LsmWrite {
-        part: PEERS_PART,
-        key: span,
-        value: Some(Cow::Borrowed(b"")),
-        once: true,
-    });
+    for peer in peers(msg) {
+        let mut span = Vec::with_capacity(user.len() + msg.with.len() + 32);
+        span.extend_from_slice(user);
+        span.push(0);
+        push_index_key(&mut span, peer, msg.id);
+        out.push(LsmWrite {
+            part: PEERS_PART,
+            key: span,
+            value: Some(Cow::Borrowed(b"")),
+            once: true,
+        });
+    }
     Ok(())
+}
+
+/// The peers `msg` is indexed under: its bare JID and, with a resource, its full JID (so
+/// that a query `with` a full JID, an occupant of a room for one, reads only the spans in
+/// which that resource spoke).
+fn peers(msg: &ArchivedMessage) -> impl Iterator<Item = Peer<'_>> {
+    let full = (!msg.with_resource.is_empty())
+        .then_some((msg.with.as_str(), Some(msg.with_resource.as_str())));
+    std::iter::once((msg.with.as_str(), None)).chain(full)
 }
 
 /// `id` as [`hex`] writes it.
@@ -217,16 +249,23 @@ pub fn remove_writes(
     for &id in ids {
         if let Some(msg) = get(store, user, id)? {
             writes.push(module_write(MODULE, user, hex(id), None));
-            spans.insert((msg.with, span_start(id)));
+            for (with, resource) in peers(&msg) {
+                spans.insert((
+                    with.to_string(),
+                    resource.map(str::to_string),
+                    span_start(id),
+                ));
+            }
         }
     }
-    for (with, start) in spans {
+    for (with, resource, start) in spans {
+        let peer = (with.as_str(), resource.as_deref());
         let mut needed = false;
         let mut budget = u64::MAX;
         walk_records(
             store,
             user,
-            (&with, None),
+            peer,
             (start, span_end(start)),
             false,
             &mut budget,
@@ -239,7 +278,7 @@ pub fn remove_writes(
             writes.push(module_write(
                 PEERS_MODULE,
                 user,
-                index_key(&with, start),
+                index_key(peer, start),
                 None,
             ));
         }
@@ -262,9 +301,6 @@ fn record_with(payload: &[u8], with: &str, resource: Option<&str>) -> bool {
             .is_some_and(|p| p.first() == Some(&0))
     })
 }
-
-/// A peer to filter records by: (bare JID, resource if asked for).
-type Peer<'a> = (&'a str, Option<&'a str>);
 
 /// How a walk of records ended.
 #[derive(PartialEq)]
@@ -318,11 +354,12 @@ fn walk_with(
     let Some(with) = q.with.as_deref() else {
         return Ok(true);
     };
+    let peer = (with, q.resource());
     let mut spans = store.range(
         PEERS_MODULE,
         user,
-        Bound::Included(&index_key(with, lo)),
-        Bound::Included(&index_key(with, hi)),
+        Bound::Included(&index_key(peer, lo)),
+        Bound::Included(&index_key(peer, hi)),
         reverse,
     )?;
     while let Some(kv) = spans.next_raw() {
@@ -331,7 +368,6 @@ fn walk_with(
         if range.0 > range.1 {
             continue;
         }
-        let peer = (with, q.resource());
         match walk_records(store, user, peer, range, reverse, &mut budget, visit)? {
             Walk::Done => {}
             Walk::Stopped => break,
@@ -597,18 +633,25 @@ pub(crate) fn migrate_index(store: &ModuleStore) -> Result<usize, StorageError> 
             // the new index (which the records alone define) and simply goes.
             let Ok(id) = key_id(k) else { continue };
             let head = &k[..k.len() - 16];
+            let Some(at) = head.iter().position(|b| *b == 0) else {
+                continue;
+            };
             let Some(name) = head
-                .iter()
-                .position(|b| *b == 0)
-                .and_then(|at| head.get(at + 1..head.len().checked_sub(1)?))
+                .get(at + 1..head.len().saturating_sub(1))
+                .and_then(|n| std::str::from_utf8(n).ok())
             else {
                 continue;
             };
-            // A `bare/resource` entry has its bare twin.
-            if name.contains(&b'/') || head.last() != Some(&0) {
+            if head.last() != Some(&0) {
                 continue;
             }
-            spans.insert([head, hex(span_start(id)).as_bytes()].concat());
+            let peer = match name.split_once('/') {
+                Some((bare, resource)) => (bare, Some(resource)),
+                None => (name, None),
+            };
+            let mut span = head[..=at].to_vec();
+            push_index_key(&mut span, peer, id);
+            spans.insert(span);
         }
         moved += keys.len();
         peers.apply(spans.into_iter().map(|k| (k, Some(Vec::new()))).collect())?;
@@ -679,8 +722,12 @@ mod tests {
                     PEERS_PART,
                     b"u@x\x00romeo@montague.lit\x000000000000000000".to_vec()
                 ),
+                (
+                    PEERS_PART,
+                    b"u@x\x00romeo@montague.lit/orchard\x000000000000000000".to_vec()
+                ),
             ],
-            "the record's key and its span's (id 7 is in the first span)"
+            "the record's key and its spans' (bare and full JID; id 7 is in the first span)"
         );
     }
 
@@ -786,6 +833,8 @@ mod tests {
             [
                 format!("a@x\0{s0}"),
                 format!("a@x\0{s1}"),
+                format!("a@x/laptop\0{s0}"),
+                format!("a@x/phone\0{s0}"),
                 format!("b@x\0{s0}")
             ]
         );
@@ -808,7 +857,16 @@ mod tests {
             data.apply(&UserDataWrite::Batch(writes)).unwrap();
         };
         remove(&[id(0, 0), id(2, 0)]);
-        assert_eq!(span_entries(m, "u@x").len(), 3);
+        assert_eq!(
+            span_entries(m, "u@x"),
+            [
+                format!("a@x\0{s0}"),
+                format!("a@x\0{s1}"),
+                format!("a@x/phone\0{s0}"),
+                format!("b@x\0{s0}")
+            ],
+            "the laptop's last message in the span took its entry; the phone still has one"
+        );
         remove(&[id(3, 0), id(1, 0)]);
         assert_eq!(span_entries(m, "u@x"), [format!("a@x\0{s1}")]);
         // The store had known the first span's entry: after the removal it writes it again.
@@ -852,9 +910,10 @@ mod tests {
         let data = store.shard_user_data(1).unwrap();
         let m = &data.modules;
         assert!(m.entries(LEGACY_WITH_MODULE, "u@x").unwrap().is_empty());
+        let s0 = hex(span_start(ids[0]));
         assert_eq!(
             span_entries(m, "u@x"),
-            [format!("a@x\0{}", hex(span_start(ids[0])))]
+            [format!("a@x\0{s0}"), format!("a@x/phone\0{s0}")]
         );
         assert_eq!(with_ids(m, "u@x", "a@x", None), ids);
         assert_eq!(with_ids(m, "u@x", "a@x", Some("phone")), [ids[1]]);
