@@ -48,6 +48,7 @@ pub struct Metrics {
     pub mam_archived: IntCounterVec,
     pub mam_not_archived: IntCounterVec,
     pub mam_queries: IntCounterVec,
+    pub multicast: IntCounterVec,
     pub mam_query_duration: HistogramVec,
     pub mam_deleted: IntCounterVec,
     pub mam_rows: IntGauge,
@@ -207,6 +208,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Archivable messages not archived, by reason: prefs (the account's preferences), \
              overload (the node's archive queue was full), failed (the write failed).",
             &["reason"],
+        ),
+        multicast: counter(
+            &r,
+            "switchboard_multicast_total",
+            "XEP-0033 per-domain stanzas: sent (one stanza to a remote domain for several \
+             contacts), contacts_sent (the contacts those named), received (stanzas with \
+             addresses to our domains), copies (what they were copied to), refused (too many \
+             or bad addresses), not_subscribed (a remote presence's addressee not subscribed \
+             to the sender: not delivered).",
+            &["event"],
         ),
         mam_queries: counter(
             &r,

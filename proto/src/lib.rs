@@ -4,6 +4,7 @@
 //! behaviour can be tested byte-in/byte-out.
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod avatar;
 pub mod blocklist;
 pub mod bookmarks;

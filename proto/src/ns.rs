@@ -77,3 +77,5 @@ pub const OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
 pub const MUC_SELF_PING: &str = "http://jabber.org/protocol/muc#self-ping-optimization";
 /// XEP-0249: Direct MUC Invitations.
 pub const CONFERENCE: &str = "jabber:x:conference";
+/// XEP-0033: Extended Stanza Addressing (multicast).
+pub const ADDRESS: &str = "http://jabber.org/protocol/address";

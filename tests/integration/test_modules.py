@@ -17,7 +17,7 @@ NS_DATA = "jabber:x:data"
 SERVERINFO = "http://jabber.org/network/serverinfo"
 
 ALL_MODULES = ["roster", "offline", "disco", "ping", "version", "last", "time",
-               "contact_addresses", "blocking", "privacy", "pep", "carbons", "csi", "private", "vcard",
+               "contact_addresses", "multicast", "blocking", "privacy", "pep", "carbons", "csi", "private", "vcard",
                "mam", "muc", "stream_management"]
 
 

@@ -49,6 +49,18 @@ pub struct RemoteProbe {
     pub from: Jid,
 }
 
+/// A remote contact's presence that reached local account `user` as one addressee of a
+/// per-domain stanza (XEP-0033, `router::multicast`): delivered to its available resources
+/// only if `user` is subscribed to `from` (what a per-contact broadcast would have reached).
+#[derive(Message, Serialize, Deserialize)]
+#[rtype(result = "()")]
+pub struct MulticastPresence {
+    pub user: Jid,
+    pub from: Jid,
+    /// The copy for `user` (`to` set, the addresses gone).
+    pub stanza: Element,
+}
+
 /// `who` (a full JID) sent its initial presence and is subscribed to local account `user`'s
 /// presence, or is one of `user`'s own resources: the modules of `user`'s account state that
 /// want to know (PEP sends its last items, XEP-0163 §4.3.2).

@@ -683,6 +683,13 @@ impl Handler<messages::RemoteProbe> for AccountShard {
     }
 }
 
+impl Handler<messages::MulticastPresence> for AccountShard {
+    type Result = ();
+    fn handle(&mut self, msg: messages::MulticastPresence, _: &mut SyncContext<Self>) {
+        self.multicast_presence(msg);
+    }
+}
+
 impl Handler<PresenceBroadcast> for AccountShard {
     type Result = ();
     fn handle(&mut self, msg: PresenceBroadcast, _: &mut SyncContext<Self>) {

@@ -2,6 +2,8 @@
 //! presence also the contacts' presence (answering the probes locally), pending subscription
 //! requests and stored offline messages.
 
+use std::collections::HashMap;
+
 use proto::element::Element;
 use proto::jid::Jid;
 use proto::privacy::StanzaKind;
@@ -9,7 +11,9 @@ use proto::privacy::StanzaKind;
 use super::messages::PresenceBroadcast;
 use super::subscription::{is_subscriber, is_subscription};
 use super::AccountShard;
-use crate::route::to_router::{DeliverToAvailable, DeliverToResource, SendPresenceOf};
+use crate::route::to_router::{
+    DeliverToAvailable, DeliverToResource, PresenceToDomain, SendPresenceOf,
+};
 
 impl AccountShard {
     pub(super) fn presence_broadcast(&mut self, msg: PresenceBroadcast) {
@@ -26,6 +30,10 @@ impl AccountShard {
         let blocked = self.blocklist(&user);
         // XEP-0016 presence-out: the rules in force for the resource that broadcasts.
         let rules = self.privacy_rules(&user, Some(&msg.from));
+        // XEP-0033: contacts on remote domains gathered per domain, for one stanza each.
+        let multicast =
+            crate::modules::multicast::get(&self.modules).map(|m| m.settings().min_contacts);
+        let mut remote: HashMap<String, Vec<Jid>> = HashMap::new();
         for item in items.iter().filter(|i| is_subscriber(i)) {
             let Ok(contact) = Jid::parse(&item.jid) else {
                 continue;
@@ -37,12 +45,27 @@ impl AccountShard {
             {
                 continue;
             }
-            let mut p = msg.presence.clone();
-            p.set_attr("to", contact.to_string());
-            self.router.do_send(DeliverToAvailable {
-                to: contact,
-                stanza: p,
-            });
+            if multicast.is_some() && !self.is_local_jid(&contact) {
+                remote
+                    .entry(contact.domain().to_string())
+                    .or_default()
+                    .push(contact);
+                continue;
+            }
+            self.send_presence_to(&msg.presence, contact);
+        }
+        for (domain, contacts) in remote {
+            if multicast.is_some_and(|min| contacts.len() >= min) {
+                self.router.do_send(PresenceToDomain {
+                    domain,
+                    contacts,
+                    stanza: msg.presence.clone(),
+                });
+            } else {
+                for contact in contacts {
+                    self.send_presence_to(&msg.presence, contact);
+                }
+            }
         }
         // Stored messages are fetched by the node holding the session (Router,
         // `fetch_offline`), which alone knows for sure that the session is still there.
@@ -111,6 +134,41 @@ impl AccountShard {
                 });
             }
         }
+    }
+
+    fn send_presence_to(&self, presence: &Element, contact: Jid) {
+        let mut p = presence.clone();
+        p.set_attr("to", contact.to_string());
+        self.router.do_send(DeliverToAvailable {
+            to: contact,
+            stanza: p,
+        });
+    }
+
+    /// XEP-0033 from a remote domain: `msg.user` gets the presence only if it is subscribed
+    /// to the sender (RFC 6121 §4.4.2 would have had it sent to it alone), and has not
+    /// blocked it.
+    pub(super) fn multicast_presence(&mut self, msg: super::messages::MulticastPresence) {
+        let contact = msg.from.to_bare();
+        let subscribed = !self.blocks(&msg.user, &contact)
+            && self
+                .rosters
+                .item(&msg.user.to_string(), &contact.to_string())
+                .ok()
+                .flatten()
+                .as_ref()
+                .is_some_and(is_subscription);
+        if !subscribed {
+            crate::metrics::METRICS
+                .multicast
+                .with_label_values(&["not_subscribed"])
+                .inc();
+            return;
+        }
+        self.router.do_send(DeliverToAvailable {
+            to: msg.user,
+            stanza: msg.stanza,
+        });
     }
 
     /// RFC 6121 §4.3.2: a remote entity probes `user`; only a subscriber learns its presence

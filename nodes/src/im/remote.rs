@@ -142,6 +142,7 @@ im_operations! {
     GetFilters => |m| m.user.to_bare();
     ResourceBinding => |m| m.jid.to_bare();
     RemoteProbe => |m| m.user.to_bare();
+    MulticastPresence => |m| m.user.to_bare();
     ContactAvailable => |m| m.user.to_bare();
     ArchiveAppend => |m| m.user.to_bare();
     ArchivePurge => |m| m.user.to_bare();

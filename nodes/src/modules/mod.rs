@@ -19,6 +19,7 @@ mod disco;
 mod last;
 pub mod mam;
 pub mod muc;
+pub mod multicast;
 mod offline;
 pub mod pep;
 mod ping;
@@ -56,6 +57,7 @@ const MODULES: &[fn() -> Box<dyn Module>] = &[
     last::module,
     time::module,
     contact_addresses::module,
+    multicast::module,
     // Filters before the modules that look at what passes them.
     blocking::module,
     privacy::module,

@@ -191,6 +191,9 @@ where
             cluster.clone(),
             crate::router::OfflineBatch::for_send_queue(settings.c2s.send_queue_max_bytes),
         );
+        if let Some(multicast) = crate::modules::multicast::get(&modules) {
+            router = router.with_multicast(multicast.settings().clone());
+        }
         if let Some(mam) = crate::modules::mam::get(&modules) {
             router = router.with_archiver(crate::router::archiver::Archiver::new(
                 node,

@@ -39,6 +39,18 @@ pub struct DeliverToAvailable {
     pub stanza: Element,
 }
 
+/// A presence change for several contacts at one remote domain (XEP-0033, the
+/// `multicast` module): one stanza to the domain with their addresses if it supports
+/// that, else one per contact as [`DeliverToAvailable`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PresenceToDomain {
+    pub domain: String,
+    pub contacts: Vec<Jid>,
+    /// The presence, `from` stamped, no `to`.
+    pub stanza: Element,
+}
+
 /// Deliver to one bound resource, if it is still there (offline messages, pending requests).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -100,6 +112,7 @@ pub struct PrivacyChanged {
 pub struct RouterHandle {
     route_stanza: Recipient<RouteStanza>,
     deliver_to_available: Recipient<DeliverToAvailable>,
+    presence_to_domain: Recipient<PresenceToDomain>,
     deliver_to_resource: Recipient<DeliverToResource>,
     push_to_user: Recipient<PushToUser>,
     send_presence_of: Recipient<SendPresenceOf>,
@@ -116,6 +129,7 @@ impl RouterHandle {
         A: Actor
             + Handler<RouteStanza>
             + Handler<DeliverToAvailable>
+            + Handler<PresenceToDomain>
             + Handler<DeliverToResource>
             + Handler<PushToUser>
             + Handler<SendPresenceOf>
@@ -124,6 +138,7 @@ impl RouterHandle {
             + Handler<PrivacyChanged>,
         A::Context: ToEnvelope<A, RouteStanza>
             + ToEnvelope<A, DeliverToAvailable>
+            + ToEnvelope<A, PresenceToDomain>
             + ToEnvelope<A, DeliverToResource>
             + ToEnvelope<A, PushToUser>
             + ToEnvelope<A, SendPresenceOf>
@@ -134,6 +149,7 @@ impl RouterHandle {
         RouterHandle {
             route_stanza: router.clone().recipient(),
             deliver_to_available: router.clone().recipient(),
+            presence_to_domain: router.clone().recipient(),
             deliver_to_resource: router.clone().recipient(),
             push_to_user: router.clone().recipient(),
             send_presence_of: router.clone().recipient(),
@@ -167,6 +183,7 @@ macro_rules! to_router {
 to_router! {
     RouteStanza => route_stanza,
     DeliverToAvailable => deliver_to_available,
+    PresenceToDomain => presence_to_domain,
     DeliverToResource => deliver_to_resource,
     PushToUser => push_to_user,
     SendPresenceOf => send_presence_of,

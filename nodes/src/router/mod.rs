@@ -12,6 +12,7 @@ mod archive;
 pub mod archiver;
 mod flagged;
 pub mod messages;
+mod multicast;
 mod remote;
 #[cfg(test)]
 mod tests;
@@ -96,6 +97,8 @@ pub struct Router {
     moving: std::collections::HashSet<Jid>,
     /// The message archive's queue (`None`: `[modules.mam]` is disabled).
     archiver: Option<std::cell::RefCell<archiver::Archiver>>,
+    /// XEP-0033 (`None`: `[modules.multicast]` is disabled).
+    multicast: Option<std::cell::RefCell<multicast::RemoteMulticast>>,
     /// See [`messages::SessionLossEpoch`].
     loss_epoch: u64,
 }
@@ -128,6 +131,7 @@ impl Router {
             remote_account_iqs: std::cell::RefCell::new(HashMap::new()),
             moving: std::collections::HashSet::new(),
             archiver: None,
+            multicast: None,
             loss_epoch: 1,
         }
     }
@@ -212,6 +216,9 @@ impl Router {
 
     /// A stanza's way through the node: decide, the after-route step, execute.
     fn route(&self, from: &Jid, to: Jid, stanza: Element, ctx: &mut Context<Self>) {
+        if self.multicast_takes(from, &to, &stanza, ctx) {
+            return;
+        }
         let deliveries = route::decide(self, from, &to, &stanza);
         self.execute(from, &to, stanza, deliveries, true, ctx);
     }
