@@ -346,7 +346,21 @@ done
   echo "mixed_reconnect=$MIXED_RECONNECT"; echo "mixed_secs=$MIXED_SECS"
 } > "$RES/meta.txt"
 mkdir -p "$(dirname "$OUT")"
-python3 "$HERE/report.py" "$RES" "$HERE" "$(dirname "$OUT")" > "$OUT"
+# The sections written by hand (other scripts' figures) survive the rewrite: they go back in
+# before the raw output.
+HAND=$(sed -n '/^<!-- hand-written:begin/,/^<!-- hand-written:end/p' "$OUT" 2>/dev/null || true)
+python3 "$HERE/report.py" "$RES" "$HERE" "$(dirname "$OUT")" > "$OUT.new"
+if [ -n "$HAND" ]; then
+  HAND="$HAND" python3 - "$OUT.new" <<'PY'
+import os, sys
+path = sys.argv[1]
+text = open(path).read()
+at = text.find("## Raw output")
+at = len(text) if at < 0 else at
+open(path, "w").write(text[:at] + os.environ["HAND"] + "\n\n" + text[at:])
+PY
+fi
+mv "$OUT.new" "$OUT"
 log "wrote $OUT"
 if [ "$KEEP_WORK" = 0 ]; then
   rm -rf "$HERE/last-run"; mkdir -p "$HERE/last-run"; cp -r "$RES"/. "$HERE/last-run/"
