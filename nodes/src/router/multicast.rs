@@ -204,7 +204,9 @@ impl Router {
             if local_sender || stanza.name == "message" {
                 self.route(from, addressee, c, ctx);
             } else if matches!(presence_kind, None | Some("unavailable")) {
+                // To the account, as a per-contact presence would have been addressed.
                 let user = addressee.to_bare();
+                c.set_attr("to", user.to_string());
                 self.im.tell(
                     &user,
                     MulticastPresence {
