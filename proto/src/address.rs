@@ -75,19 +75,10 @@ pub fn expand(stanza: &Element, max: usize) -> Result<(Vec<Jid>, Element), Addre
             }
         }
         addresses.remove_children(|a| a.attr("type") == Some("bcc"));
-        let marked: Vec<Element> = addresses
-            .children()
-            .map(|a| {
-                let mut a = a.clone();
-                if a.attr("type").is_some_and(|t| DELIVERED_TYPES.contains(&t)) {
-                    a.set_attr("delivered", "true");
-                }
-                a
-            })
-            .collect();
-        addresses.remove_children(|_| true);
-        for a in marked {
-            addresses.push_child(a);
+        for a in addresses.children_mut() {
+            if a.attr("type").is_some_and(|t| DELIVERED_TYPES.contains(&t)) {
+                a.set_attr("delivered", "true");
+            }
         }
     }
     // With no address left (all were bcc) the element says nothing (§6).

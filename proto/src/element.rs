@@ -196,6 +196,12 @@ impl Element {
             Node::Text(_) => None,
         })
     }
+    pub fn children_mut(&mut self) -> impl Iterator<Item = &mut Element> {
+        self.children.iter_mut().filter_map(|n| match n {
+            Node::Element(e) => Some(e),
+            Node::Text(_) => None,
+        })
+    }
     pub fn get_child_mut(&mut self, name: &str, ns: &str) -> Option<&mut Element> {
         self.children.iter_mut().find_map(|n| match n {
             Node::Element(e) if e.is(name, ns) => Some(e),

@@ -203,23 +203,32 @@ fn run_syncer(keyspace: fjall::Keyspace, state: Arc<SyncState>) {
 /// changed keeps its priority.
 fn lower_background_priority() {
     #[cfg(target_os = "linux")]
-    {
-        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-            return;
-        };
-        for task in tasks.flatten() {
-            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-            if !BACKGROUND_THREADS.contains(&name.trim_end()) {
-                continue;
-            }
-            if let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) {
-                // SAFETY: setpriority reads its plain integer arguments only.
-                unsafe {
-                    libc::setpriority(libc::PRIO_PROCESS, tid, BACKGROUND_NICE);
-                }
+    for (name, task) in threads() {
+        if !BACKGROUND_THREADS.contains(&name.as_str()) {
+            continue;
+        }
+        if let Some(tid) = task.file_name().and_then(|t| t.to_str()?.parse().ok()) {
+            // SAFETY: setpriority reads its plain integer arguments only.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, tid, BACKGROUND_NICE);
             }
         }
     }
+}
+
+/// This process's threads: each one's name and its `/proc/self/task/<tid>` directory.
+#[cfg(target_os = "linux")]
+fn threads() -> Vec<(String, std::path::PathBuf)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .map(|task| {
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            (name.trim_end().to_string(), task.path())
+        })
+        .collect()
 }
 
 impl Lsm {
@@ -299,16 +308,15 @@ mod tests {
     /// The nice value of each of this process's threads named `name` (field 19 of stat).
     #[cfg(target_os = "linux")]
     fn nice_of(name: &str) -> Vec<i64> {
-        let mut found = Vec::new();
-        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-            if comm.trim_end() == name {
-                let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+        threads()
+            .into_iter()
+            .filter(|(n, _)| n == name)
+            .filter_map(|(_, task)| std::fs::read_to_string(task.join("stat")).ok())
+            .map(|stat| {
                 let after = stat.rsplit_once(')').unwrap().1;
-                found.push(after.split_whitespace().nth(16).unwrap().parse().unwrap());
-            }
-        }
-        found
+                after.split_whitespace().nth(16).unwrap().parse().unwrap()
+            })
+            .collect()
     }
 
     #[test]

@@ -169,8 +169,12 @@ class Server:
         except subprocess.TimeoutExpired as exc:
             pytest.fail(f"`{' '.join(cmd)}` did not finish within {timeout}s: {exc}")
 
+    @staticmethod
+    def _password(local: str) -> str:
+        return f"pw-{local}-{secrets.token_hex(4)}"
+
     def add_user(self, local: str, password: str | None = None) -> Account:
-        password = password or f"pw-{local}-{secrets.token_hex(4)}"
+        password = password or self._password(local)
         jid = f"{local}@{self.domain}"
         r = self.cli("user", "add", jid, "--password", password)
         assert r.returncode == 0, (
@@ -187,7 +191,7 @@ class Server:
         made = []
         for _ in range(n):
             local = self._next_local()
-            made.append(Account(local, self.domain, f"pw-{local}-{secrets.token_hex(4)}"))
+            made.append(Account(local, self.domain, self._password(local)))
         lines = "".join(f"{a.jid} {a.password}\n" for a in made)
         r = self.cli("user", "import", "-", input=lines)
         assert r.returncode == 0, (

@@ -225,9 +225,14 @@ impl Handler<PresenceToDomain> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: PresenceToDomain, _: &mut Context<Self>) {
-        let support = match &self.multicast {
-            Some(m) => m.borrow_mut().support(&msg.domain, Instant::now()),
-            None => Support::No,
+        let (support, max) = match &self.multicast {
+            Some(m) => {
+                let mut m = m.borrow_mut();
+                // At least min_contacts (2) by the module's configuration.
+                let max = m.settings.max_addresses.max(1);
+                (m.support(&msg.domain, Instant::now()), max)
+            }
+            None => (Support::No, 1),
         };
         let from_domain = msg
             .stanza
@@ -237,10 +242,6 @@ impl Handler<PresenceToDomain> for Router {
         let domain = Jid::parse(&msg.domain).ok();
         match (support, domain, from_domain) {
             (Support::Yes, Some(domain), Some(_)) => {
-                let max = self
-                    .multicast
-                    .as_ref()
-                    .map_or(1, |m| m.borrow().settings.max_addresses.max(1));
                 for contacts in msg.contacts.chunks(max) {
                     METRICS.multicast.with_label_values(&["sent"]).inc();
                     METRICS
