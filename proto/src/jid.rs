@@ -97,6 +97,28 @@ impl Jid {
     }
 }
 
+impl Jid {
+    /// The JID as text (`local@domain/resource`), what `to_string` gives, allocated once at
+    /// its length: the formatter grows its string piece by piece, a reallocation or more
+    /// per part, and the router writes a JID into nearly every stanza it passes on.
+    pub fn text(&self) -> String {
+        let len = self.local.as_ref().map_or(0, |l| l.len() + 1)
+            + self.domain.len()
+            + self.resource.as_ref().map_or(0, |r| r.len() + 1);
+        let mut out = String::with_capacity(len);
+        if let Some(local) = &self.local {
+            out.push_str(local);
+            out.push('@');
+        }
+        out.push_str(&self.domain);
+        if let Some(resource) = &self.resource {
+            out.push('/');
+            out.push_str(resource);
+        }
+        out
+    }
+}
+
 impl fmt::Display for Jid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(local) = &self.local {

@@ -244,3 +244,19 @@ fn preparation_that_is_not_stable_is_refused() {
         assert_eq!(Jid::parse(&j.to_string()).as_ref(), Ok(&j), "{s:?}");
     }
 }
+
+#[test]
+fn text_is_the_display_form_at_its_length() {
+    for s in [
+        "juliet@example.com/balcony",
+        "juliet@example.com",
+        "example.com",
+        "example.com/service",
+        "élise@example.com/Bär",
+    ] {
+        let j = Jid::parse(s).unwrap_or_else(|e| panic!("{s:?}: {e}"));
+        let text = j.text();
+        assert_eq!(text, j.to_string(), "{s:?}");
+        assert_eq!(text.capacity(), text.len(), "{s:?}");
+    }
+}

@@ -121,8 +121,10 @@ pub async fn refuse(
 enum Wake {
     /// The socket is readable, or may still hold data.
     Input,
-    /// The session queued bytes, asked to close, or overflowed.
+    /// The session's queue overflowed.
     Queue,
+    /// The session queued bytes or asked to close.
+    Queued,
     Shutdown,
     AuthTimeout,
     /// A bound client has been silent for `c2s.idle_ping_secs`, or did not answer the ping.
@@ -241,7 +243,18 @@ pub async fn serve(
 
 impl Connection {
     async fn run(&mut self, auth_deadline: Instant) -> End {
-        let mut shutdown = self.ctx.shutdown.clone();
+        let shutdown = self.ctx.shutdown.clone();
+        // The futures the loop waits on every turn live as long as the loop: made anew per
+        // turn (several turns per stanza), their timer and waiter registrations cost more
+        // than the rest of a turn.
+        let mut shutdown_rx = shutdown.clone();
+        let shutdown_changed = shutdown_rx.changed();
+        tokio::pin!(shutdown_changed);
+        let queue = self.queue.clone();
+        let queued = queue.wake.notified();
+        tokio::pin!(queued);
+        let auth_timer = sleep_until(auth_deadline);
+        tokio::pin!(auth_timer);
         // After a read that returned data there may be more (in the kernel or decrypted in
         // rustls), so read again before waiting for readiness.
         let mut may_have_input = true;
@@ -250,6 +263,10 @@ impl Connection {
         let ping_timeout = Duration::from_secs(self.ctx.settings.idle_ping_timeout_secs);
         let mut last_input = Instant::now();
         let mut pinged: Option<Instant> = None;
+        // Set to the deadline it had when armed; input moves the deadline without touching
+        // the timer, which on firing checks the deadline and sleeps again if it moved.
+        let idle_timer = sleep_until(last_input + idle_after);
+        tokio::pin!(idle_timer);
         loop {
             if *shutdown.borrow() {
                 self.closed_cleanly = true;
@@ -259,18 +276,13 @@ impl Connection {
             }
             let established = self.negotiation.is_established();
             let watch_idle = established && !idle_after.is_zero();
-            let idle_deadline = match pinged {
-                Some(at) => at + ping_timeout,
-                None => last_input + idle_after,
-            };
-            let queue = self.queue.clone();
             let wake = tokio::select! {
                 biased;
-                _ = shutdown.changed() => Wake::Shutdown,
+                _ = &mut shutdown_changed => Wake::Shutdown,
                 _ = queue.overflow.notified() => Wake::Queue,
-                _ = queue.wake.notified() => Wake::Queue,
-                _ = sleep_until(auth_deadline), if !established => Wake::AuthTimeout,
-                _ = sleep_until(idle_deadline), if watch_idle => Wake::Idle,
+                _ = &mut queued => Wake::Queued,
+                _ = &mut auth_timer, if !established => Wake::AuthTimeout,
+                _ = &mut idle_timer, if watch_idle => Wake::Idle,
                 _ = std::future::ready(()), if may_have_input => Wake::Input,
                 r = self.transport.readable(), if !may_have_input => match r {
                     Ok(()) => Wake::Input,
@@ -291,7 +303,15 @@ impl Connection {
                         .await
                 }
                 Wake::Idle => {
-                    if pinged.is_some() {
+                    let deadline = match pinged {
+                        Some(at) => at + ping_timeout,
+                        None => last_input + idle_after,
+                    };
+                    if Instant::now() < deadline {
+                        // Input came since the timer was set.
+                        idle_timer.as_mut().reset(deadline);
+                        Ok(true)
+                    } else if pinged.is_some() {
                         // RFC 6120 §4.9.3.4; the session treats it as a lost connection (a
                         // resumable one detaches).
                         return self
@@ -300,28 +320,44 @@ impl Connection {
                                 "no answer to the idle ping",
                             ))
                             .await;
+                    } else {
+                        let now = Instant::now();
+                        pinged = Some(now);
+                        idle_timer.as_mut().reset(now + ping_timeout);
+                        self.ping_client().await
                     }
-                    pinged = Some(Instant::now());
-                    self.ping_client().await
                 }
                 Wake::Queue => self.write_queued().await,
+                Wake::Queued => {
+                    queued.set(queue.wake.notified());
+                    self.write_queued().await
+                }
                 Wake::Input => {
                     let reader = &mut self.reader;
                     match self.transport.try_read(|bytes| reader.feed(bytes)) {
                         Ok(Some(0)) => return End::Closed,
                         Ok(Some(n)) => {
-                            METRICS.bytes.with_label_values(&["in"]).inc_by(n as u64);
-                            may_have_input = true;
+                            crate::metrics::HOT.bytes_in.inc_by(n as u64);
                             last_input = Instant::now();
                             pinged = None;
                             let processed = self.process_input().await;
+                            // A short plain read emptied the socket: wait for readiness
+                            // rather than spend a turn on a read that finds nothing. Asked
+                            // after processing: a STARTTLS upgrade in between may have left
+                            // the client's first TLS bytes in rustls, which no readiness
+                            // event would announce.
+                            let drained = self.transport.drained_by(n);
+                            may_have_input = !drained;
                             // One chunk per turn: nothing in this loop waits while a client
                             // keeps sending, so without this yield a busy sender would read
                             // on and on while the router, the sessions and the writers on
                             // this thread wait. Under overload their mailboxes then grew by
                             // hundreds of MB in a second, and prompt readers were cut off as
-                            // "slow" when the backlog reached their send queues.
-                            tokio::task::yield_now().await;
+                            // "slow" when the backlog reached their send queues. A drained
+                            // socket needs no yield: the next turn waits for readiness.
+                            if !drained {
+                                tokio::task::yield_now().await;
+                            }
                             processed
                         }
                         Ok(None) => {
@@ -404,10 +440,7 @@ impl Connection {
         if bytes.is_empty() {
             return Ok(());
         }
-        METRICS
-            .bytes
-            .with_label_values(&["out"])
-            .inc_by(bytes.len() as u64);
+        crate::metrics::HOT.bytes_out.inc_by(bytes.len() as u64);
         let queue = self.queue.clone();
         let transport = &mut self.transport;
         let write = async {

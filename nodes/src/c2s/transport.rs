@@ -100,6 +100,14 @@ impl Transport {
         })
     }
 
+    /// Whether a read of `n` bytes left nothing behind to read now: on plain TCP a read
+    /// shorter than the buffer took all the kernel held (tokio then waits for the next
+    /// readiness event). Under TLS rustls may hold decrypted or undecrypted bytes that no
+    /// readiness event would announce, so the caller must read again.
+    pub fn drained_by(&self, n: usize) -> bool {
+        matches!(self, Transport::Plain(_)) && n < READ_CHUNK
+    }
+
     /// Read what is available without waiting and hand it to `sink`. `Ok(None)`: nothing to
     /// read now (wait for [`Transport::readable`]); `Ok(Some(0))`: end of stream.
     pub fn try_read(&mut self, sink: impl FnOnce(&[u8])) -> io::Result<Option<usize>> {

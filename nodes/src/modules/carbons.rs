@@ -121,7 +121,7 @@ pub fn received_copy(account: &Jid, stanza: &Element) -> Option<Element> {
 /// xmlns='urn:xmpp:forward:0'>original</forwarded></…></message>` (§6, §7: from the bare
 /// JID, so a client can tell a carbon from a spoofed one; `to` is set per resource).
 fn wrap(kind: &str, account: &Jid, original: &Element) -> Element {
-    let mut copy = Element::new("message", ns::CLIENT).with_attr("from", account.to_string());
+    let mut copy = Element::new("message", ns::CLIENT).with_attr("from", account.text());
     if let Some(t) = original.attr("type") {
         copy.set_attr("type", t);
     }

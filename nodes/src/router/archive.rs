@@ -51,7 +51,7 @@ impl Router {
         if !reaches_account && !outgoing {
             return None;
         }
-        let by = bare.to_string();
+        let by = bare.text();
         // XEP-0359 §3: ours to assign; a sender's claim to them goes (looked for only when
         // the message carries a stanza-id at all: most do not).
         if stanza.get_child("stanza-id", proto::ns::SID).is_some() {
@@ -59,7 +59,7 @@ impl Router {
                 stanza_id::strip_forged(stanza, &by);
             }
             if let (true, Some(s)) = (outgoing, &sender) {
-                stanza_id::strip_forged(stanza, &s.to_string());
+                stanza_id::strip_forged(stanza, &s.text());
             }
         }
         let xml = stanza.to_xml_string();
@@ -73,7 +73,7 @@ impl Router {
                 bare.clone(),
                 ArchivedMessage {
                     id: id.0,
-                    with: from.to_bare().to_string(),
+                    with: from.to_bare().text(),
                     with_resource: from.resource().unwrap_or_default().to_string(),
                     outgoing: false,
                     xml: xml.clone(),

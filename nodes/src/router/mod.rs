@@ -154,7 +154,7 @@ impl Router {
         }
         if let (Some(s2s), Some(from)) = (&self.s2s, from) {
             METRICS.routed.with_label_values(&["s2s"]).inc();
-            stanza.set_attr("to", to.to_string());
+            stanza.set_attr("to", to.text());
             s2s.do_send(SendRemote {
                 from,
                 to: to.clone(),
@@ -178,13 +178,13 @@ impl Router {
     }
 
     fn deliver(to: &BoundResource, mut stanza: Element) {
-        stanza.set_attr("to", to.jid.to_string());
+        stanza.set_attr("to", to.jid.text());
         Self::deliver_as_addressed(to, stanza);
     }
 
     /// Deliver with the stanza's `to` left as it is (a bare JID, for the account).
     fn deliver_as_addressed(to: &BoundResource, stanza: Element) {
-        METRICS.routed.with_label_values(&["local"]).inc();
+        crate::metrics::HOT.routed_local.inc();
         to.session.deliver(stanza);
     }
 
@@ -250,8 +250,8 @@ impl Router {
                         // The sender's copy carries the sender's archive id, not the
                         // recipient's.
                         let mut s = stanza.clone();
-                        proto::stanza_id::strip_forged(&mut s, &bare.to_string());
-                        proto::stanza_id::add(&mut s, &sender.to_string(), id);
+                        proto::stanza_id::strip_forged(&mut s, &bare.text());
+                        proto::stanza_id::add(&mut s, &sender.text(), id);
                         with_id = s;
                         &with_id
                     }
@@ -469,8 +469,8 @@ impl Router {
             for (_, xml) in stored {
                 match Element::parse(&xml) {
                     Ok(mut stanza) => {
-                        stanza.set_attr("to", full.to_string());
-                        METRICS.routed.with_label_values(&["local"]).inc();
+                        stanza.set_attr("to", full.text());
+                        crate::metrics::HOT.routed_local.inc();
                         batch.push(stanza);
                     }
                     // It can never be delivered: it goes with its batch.
@@ -710,7 +710,7 @@ impl RoutingView for Router {
         // A storage error must not make a real account look absent to senders.
         self.sessions.contains_key(bare)
             || self.remote.by_bare.contains_key(bare)
-            || self.accounts.exists(&bare.to_string()).unwrap_or(true)
+            || self.accounts.exists(&bare.text()).unwrap_or(true)
     }
 
     fn account_namespace(&self, ns: &str) -> bool {
@@ -925,10 +925,7 @@ impl Handler<RouteStanza> for Router {
         let start = std::time::Instant::now();
         let kind = crate::metrics::kind_label(&msg.stanza.name);
         self.route(&msg.from, msg.to, msg.stanza, ctx);
-        METRICS
-            .routing_duration
-            .with_label_values(&[kind])
-            .observe(start.elapsed().as_secs_f64());
+        crate::metrics::routing_duration(kind, start.elapsed().as_secs_f64());
     }
 }
 
