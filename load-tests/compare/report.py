@@ -36,15 +36,26 @@ def load(s, sc):
 
 
 data = {s: {sc: load(s, sc) for sc in ("idle", "chat", "chatsteps", "chatceiling", "mixed")} for s in servers}
+# The carrier shape (issue 22) has its own meta: a --carrier-only run measures it alone and keeps
+# the other scenarios' results from the run before.
+cmeta_path = os.path.join(res, "meta-carrier.txt")
+cmeta = dict(l.rstrip("\n").split("=", 1) for l in open(cmeta_path) if "=" in l) if os.path.exists(cmeta_path) else {}
+carrier_servers = cmeta.get("servers", "").split()
+for s in carrier_servers:
+    data.setdefault(s, {})
+    for sc in ("carrier", "carrierplain", "carrierpresence"):
+        data[s][sc] = load(s, sc)
 stepped = meta.get("steps") == "1"
 ceiling = meta.get("ceiling") == "1"
 # The stepped-chat scenarios that ran: (scenario, users).
 stepped_runs = [(sc, users) for sc, users, on in (("chatsteps", meta.get("step_users"), stepped),
-                                                   ("chatceiling", meta.get("ceiling_users"), ceiling)) if on]
+                                                   ("chatceiling", meta.get("ceiling_users"), ceiling),
+                                                   ("carrier", cmeta.get("carrier_users"), bool(cmeta)),
+                                                   ("carrierplain", cmeta.get("carrier_users"), bool(cmeta))) if on]
 
 
 def g(s, sc, *path):
-    x = data[s][sc]
+    x = data.get(s, {}).get(sc)
     for p in path:
         if x is None:
             return None
@@ -151,6 +162,90 @@ def fmt(v, f):
     return "–" if v is None else f.format(v)
 
 
+def step_at(s, sc, rate):
+    return next((p for p in steps_of(s, sc) if p["target_rate"] == rate), None)
+
+
+def cliff(s, sc):
+    """The first step whose p99 passed 100 ms (None: none did). The first step is left out:
+    it starts right after thousands of logins, whose aftermath it measures as much as itself."""
+    for p in steps_of(s, sc)[1:]:
+        if p["latency_ms"]["p99"] >= 100:
+            return p
+    return None
+
+
+def presence_steps(s):
+    return g(s, "carrierpresence", "pep", "steps") or []
+
+
+def presence_sustainable(s):
+    return g(s, "carrierpresence", "pep", "sustainable_rate")
+
+
+def carrier_section():
+    users, group = cmeta["carrier_users"], int(cmeta["carrier_group"])
+    w("## Headline: a carrier's traffic shape\n")
+    w(f"{int(users):,} users online, each sending now and then (at {cmeta['carrier_rates'].split(',')[-1]} msgs/s in all, one"
+      f" message every {int(users) / int(cmeta['carrier_rates'].split(',')[-1]):.2f} s per user), to random online users, one"
+      " message per write: nearly every message costs the server a read and a write of its own. Stepped as above"
+      f" ({cmeta['step_secs']} s per step, p99 < 100 ms and no loss to be sustained), over STARTTLS (`carrier`) and over"
+      " plain TCP (`carrierplain`: PLAIN login on plain TCP for Prosody and ejabberd, SCRAM-SHA-256 for Switchboard, which"
+      " offers PLAIN over TLS only; the login is not in the steps). The server's CPU is read from the step's start to the"
+      " end of its drain, and given per delivered message at the sustained step.\n")
+    w("Goals (issue 22): at least 10x ejabberd's rate, at most 10 µs of server CPU per delivered message and per delivered"
+      " presence, no step with p99 over 100 ms while the server's core is below 90 % (the first step, right after the"
+      " logins, is a warm-up and not counted for this).\n")
+    w("| server | STARTTLS: msgs/s sustained | µs/message there | first step with p99 ≥ 100 ms (server CPU %) | plain TCP: msgs/s sustained | µs/message there | Switchboard / server (STARTTLS) |")
+    w("|---|---:|---:|---|---:|---:|---:|")
+    for s in carrier_servers:
+        v, vp = sustainable(s, "carrier"), sustainable(s, "carrierplain")
+        at, atp = step_at(s, "carrier", v), step_at(s, "carrierplain", vp)
+        c = cliff(s, "carrier")
+        cl = "none" if c is None else f"{c['target_rate']}/s ({fmt(c.get('server_cpu_percent'), '{:.0f}')} %)"
+        ratio = "–"
+        if s != "switchboard" and v and sustainable("switchboard", "carrier"):
+            ratio = f"{sustainable('switchboard', 'carrier') / v:.2f}"
+        w(f"| {s} | {fmt(v, '{:.0f}')} | {fmt(at and at.get('server_cpu_us_per_message'), '{:.1f}')} | {cl}"
+          f" | {fmt(vp, '{:.0f}')} | {fmt(atp and atp.get('server_cpu_us_per_message'), '{:.1f}')} | {ratio} |")
+    w("")
+    pu = int(cmeta["carrier_presence_users"])
+    w(f"Presence: {pu:,} users in groups of {group} mutual contacts (subscriptions made through the protocol on every"
+      f" server), so each presence change reaches {group - 1} contacts; stepped presence changes/s"
+      f" (`pep --event presence --group {group} --rates {cmeta['carrier_presence_rates']}`), over STARTTLS.\n")
+    w("| server | changes/s sustained | deliveries/s there | µs per delivered presence there | Switchboard / server |")
+    w("|---|---:|---:|---:|---:|")
+    for s in carrier_servers:
+        v = presence_sustainable(s)
+        at = next((p for p in presence_steps(s) if p["target_rate"] == v), None)
+        ratio = "–"
+        if s != "switchboard" and v and presence_sustainable("switchboard"):
+            ratio = f"{presence_sustainable('switchboard') / v:.2f}"
+        w(f"| {s} | {fmt(v, '{:.0f}')} | {fmt(at and at['delivered_per_sec'], '{:.0f}')}"
+          f" | {fmt(at and at.get('server_cpu_us_per_notification'), '{:.1f}')} | {ratio} |")
+    w("")
+    if "switchboard" in carrier_servers:
+        sbv = sustainable("switchboard", "carrier")
+        ej = sustainable("ejabberd", "carrier")
+        at = step_at("switchboard", "carrier", sbv)
+        us = at and at.get("server_cpu_us_per_message")
+        pat = next((p for p in presence_steps("switchboard") if p["target_rate"] == presence_sustainable("switchboard")), None)
+        pus = pat and pat.get("server_cpu_us_per_notification")
+        c = cliff("switchboard", "carrier")
+        w("| goal | Switchboard | met |")
+        w("|---|---:|---|")
+        if ej:
+            w(f"| 10x ejabberd's msgs/s (STARTTLS) | {(sbv or 0) / ej:.1f}x | {'yes' if (sbv or 0) >= 10 * ej else '**no**'} |")
+        w(f"| ≤ 10 µs per delivered message | {fmt(us, '{:.1f}')} | {'yes' if us is not None and us <= 10 else '**no**'} |")
+        w(f"| ≤ 10 µs per delivered presence | {fmt(pus, '{:.1f}')} | {'yes' if pus is not None and pus <= 10 else '**no**'} |")
+        cpu = c and c.get("server_cpu_percent")
+        w(f"| no p99 ≥ 100 ms below 90 % of the core | {'none' if c is None else fmt(cpu, '{:.0f} %') + ' at ' + str(c['target_rate']) + '/s'}"
+          f" | {'yes' if c is None or (cpu is not None and cpu >= 90) else '**no**'} |")
+        w("")
+    w("Per-step tables: \"Stepped chat per server\" (`carrier`, `carrierplain`) and \"Presence per server\" below.\n")
+
+
+
 others = [s for s in servers if s != "switchboard"]
 sb = "switchboard" in servers
 out = []
@@ -158,6 +253,9 @@ w = out.append
 w("# Switchboard vs Prosody vs ejabberd\n")
 w(f"Measured {meta['date']} by `load-tests/compare/run.sh` (generated file; rerun the script to refresh it).")
 w("Small sizes on a small shared machine: read the figures as a smoke comparison, not as capacity numbers.\n")
+if cmeta and cmeta.get("carrier_only") == "1":
+    w(f"The carrier shape was measured {cmeta['date']} on Switchboard {cmeta['switchboard']} (`run.sh --carrier-only`);"
+      f" the other sections come from the run of {meta['date']} on Switchboard {meta['switchboard']}.\n")
 w("## Setup\n")
 w(f"- Machine: {meta['cpu']}, {meta['cpus']} CPUs, {meta['mem']}, {meta['os']}, kernel {meta['kernel']} (a container, no systemd).")
 w(f"- Each server pinned to CPU 0 and the generator to CPU 1 (`taskset`): server and generator share this 2-CPU box,")
@@ -167,7 +265,8 @@ w(f"- Switchboard {meta['switchboard']} (`target/release/switchboard` built {met
 w(f"- Prosody {meta['prosody']} (Debian package, Lua {meta['lua']}), 127.0.0.2:5222.")
 w(f"- ejabberd {meta['ejabberd']} (Debian package, Erlang/OTP {meta['erlang']}), 127.0.0.3:5222; the VM inherits the")
 w("  one-CPU affinity and so runs one scheduler.")
-w("- All three: domain `localhost`, STARTTLS required, the same self-signed RSA-2048 certificate, SASL PLAIN")
+w("- All three: domain `localhost`, STARTTLS offered (every scenario uses it but the carrier shape's plain-TCP run),")
+w("  the same self-signed RSA-2048 certificate, SASL PLAIN")
 w(f"  (the generator's default) checked against stored SCRAM-SHA-1/-256 keys with {meta['iterations']} PBKDF2 iterations")
 w("  (Switchboard's and ejabberd's default; Prosody's default is 10,000, lowered for equal work per login).")
 w(f"- Accounts user1..user{meta['accounts']}, password `secret`, provisioned with `load-tests/provision.sh` (Switchboard),")
@@ -199,6 +298,11 @@ if meta.get("mixed") == "1":
       " random online user, a presence change and a reconnect, at random times) sped up: the realistic pace is one of"
       f" each every 600 s, so this offers the message load of {users * 600 / every:,.0f} users and the reconnect load of"
       f" {users * 600 / rec:,.0f} users at that pace.")
+if cmeta:
+    w(f"  - `carrier`, `carrierplain`: `switchboard-loadgen -n {cmeta['carrier_users']} chat --rates {cmeta['carrier_rates']}"
+      f" --step-secs {cmeta['step_secs']} --drain-secs {cmeta['step_drain']} --p99-limit-ms 100 --stop-after 2`, the second with"
+      f" `--tls none`; `carrierpresence`: `switchboard-loadgen -n {cmeta['carrier_presence_users']} pep --event presence"
+      f" --group {cmeta['carrier_group']} --rates {cmeta['carrier_presence_rates']}` (see the carrier headline).")
 w("  - Server CPU: utime+stime of the server process (all threads) from `/proc/PID/stat` around each generator run.")
 w(f"- Command: `load-tests/compare/run.sh -n {meta['idle_users']} -c {meta['chat_users']} --messages {meta['chat_messages']}"
   f" --interval-ms {meta['chat_interval_ms']} --duration-secs {meta['chat_duration']} --hold-secs {meta['hold_secs']}"
@@ -209,8 +313,11 @@ w(f"- Command: `load-tests/compare/run.sh -n {meta['idle_users']} -c {meta['chat
 if failed and any(failed):
     w("**Failures during this run:** " + ", ".join(f for f in failed if f) + " (see the script's output).\n")
 
+if cmeta:
+    carrier_section()
+
 if stepped:
-    w("## Headline: messages/s at p99 < 100 ms with no loss\n")
+    w("## Many messages per user: messages/s at p99 < 100 ms with no loss\n")
     w("The sustainable rate is the highest offered aggregate rate (messages/s over all users) whose step had p99")
     w("latency below 100 ms, nothing lost or bounced, and at least 90 % of the target actually offered. Goal (issue 8):")
     w("Switchboard at least 3x ejabberd and 10x Prosody.\n")
@@ -304,18 +411,38 @@ for sc, users in stepped_runs:
         if not ran:
             w("No stepped-chat result (see the script's output).\n")
             continue
-        w("| target/s | offered/s | delivered/s | lost | late | dup | bounced | p50 | p99 | p99.9 | max | gen CPU % | sustained |")
-        w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        w("| target/s | offered/s | delivered/s | lost | late | dup | bounced | p50 | p99 | p99.9 | max | gen CPU % | server CPU % | server µs/msg | sustained |")
+        w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for p in ran:
             d = p["latency_ms"]
             w(f"| {p['target_rate']} | {p['offered_per_sec']:.0f} | {p['delivered_per_sec']:.0f} | {p['lost']} | {p['late']}"
               f" | {p['duplicates']} | {p['bounced']} | {d['p50']:.2f} | {d['p99']:.2f} | {d.get('p999', 0):.2f} | {d['max']:.2f}"
-              f" | {p.get('generator_cpu_percent', 0):.0f} | {'yes' if p['sustained'] else 'no: ' + why_not(p)} |")
+              f" | {p.get('generator_cpu_percent', 0):.0f} | {fmt(p.get('server_cpu_percent'), '{:.0f}')}"
+              f" | {fmt(p.get('server_cpu_us_per_message'), '{:.1f}')} | {'yes' if p['sustained'] else 'no: ' + why_not(p)} |")
         dropped = g(s, sc, "dropped") or {}
         w("")
         w(f"Sustainable: **{fmt(sustainable(s, sc), '{:.0f}')} msgs/s**. Server CPU over the whole run (logins, steps, drains,"
           f" close): {fmt(cpu, '{:.1f}')} s in {fmt(wall, '{:.1f}')} s wall."
           + (f" Sessions dropped: {dropped}." if dropped else "") + "\n")
+
+if cmeta:
+    w("## Presence per server (`carrierpresence`)\n")
+    w("Per step: presence changes/s wanted and offered, deliveries to contacts per second, lost, latency in ms, the server's"
+      " CPU from the step's start to the end of its drain per delivered presence.\n")
+    for s in carrier_servers:
+        w(f"### {s} (carrierpresence)\n")
+        ran = presence_steps(s)
+        if not ran:
+            w("No result (see the script's output).\n")
+            continue
+        w("| target/s | offered/s | delivered/s | lost | dup | p50 | p99 | gen CPU % | server µs/presence | sustained |")
+        w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for p in ran:
+            d = p["latency_ms"]
+            w(f"| {p['target_rate']} | {p['offered_per_sec']:.0f} | {p['delivered_per_sec']:.0f} | {p['lost']} | {p['duplicates']}"
+              f" | {d['p50']:.2f} | {d['p99']:.2f} | {p.get('generator_cpu_percent', 0):.0f}"
+              f" | {fmt(p.get('server_cpu_us_per_notification'), '{:.1f}')} | {'yes' if p['sustained'] else 'no'} |")
+        w("")
 
 w("## Where we fall short and why\n")
 if worse:
@@ -329,7 +456,7 @@ if os.path.exists(notes):
 w("## Raw output\n")
 w("The generator's summaries of this run (`load-tests/compare/last-run/*.txt`, JSON next to them):\n")
 for s in servers:
-    for sc in ("idle", "chat", "chatsteps", "chatceiling"):
+    for sc in ("idle", "chat", "chatsteps", "chatceiling", "carrier", "carrierplain", "carrierpresence"):
         p = os.path.join(res, f"{s}-{sc}.txt")
         if os.path.exists(p):
             w(f"{s} `{sc}`:\n\n```\n" + open(p).read().strip() + "\n```\n")

@@ -32,6 +32,20 @@ MIXED_EVERY=10
 MIXED_RECONNECT=30
 MIXED_SECS=60
 MIXED=1
+# The carrier shape (issue 22): many users, each sending now and then, so nearly every message
+# costs the server its own read and its own write. Stepped chat with CARRIER_USERS users over
+# STARTTLS and over plain TCP, and presence fan-out (CARRIER_PRESENCE_USERS users in groups of
+# CARRIER_GROUP mutual contacts, one presence change reaching CARRIER_GROUP - 1 contacts).
+CARRIER_USERS=10000
+# The first step follows thousands of logins: a warm-up, not counted for the latency cliff.
+CARRIER_RATES=1000,2000,4000,8000,12000,16000,20000,24000,28000,32000,40000,48000
+CARRIER_PRESENCE_USERS=5000
+CARRIER_GROUP=21
+CARRIER_PRESENCE_RATES=50,100,200,400,600,800,1000,1200,1600,2000,2400,3200
+CARRIER=1
+# --carrier-only: run the carrier scenarios alone and take every other scenario's results
+# from the previous run (load-tests/compare/last-run); the report says which run is which.
+CARRIER_ONLY=0
 SERVERS="switchboard prosody ejabberd"
 WORK=""
 OUT="$ROOT/docs/benchmarks.md"
@@ -62,6 +76,13 @@ usage: $0 [options]
                           per user (default $MIXED_EVERY,$MIXED_RECONNECT)
   --mixed-secs T          mixed: length of the run (default $MIXED_SECS)
   --no-mixed              skip the mixed profile
+  --carrier-users N       carrier shape: stepped chat users, STARTTLS and plain TCP (default $CARRIER_USERS)
+  --carrier-rates LIST    carrier shape: aggregate messages/s per step (default $CARRIER_RATES)
+  --carrier-presence-users N  carrier shape: presence fan-out users (default $CARRIER_PRESENCE_USERS)
+  --carrier-group K       carrier shape: mutual contacts per group, K-1 each (default $CARRIER_GROUP)
+  --carrier-presence-rates LIST  carrier shape: presence changes/s per step (default $CARRIER_PRESENCE_RATES)
+  --no-carrier            skip the carrier shape
+  --carrier-only          only the carrier shape; the other sections come from last-run/
   --servers "A B"         subset of: switchboard prosody ejabberd (default: all)
   --work DIR              work dir (default: a new mktemp dir, removed at the end)
   --out FILE              report (default docs/benchmarks.md)
@@ -92,6 +113,13 @@ while [ $# -gt 0 ]; do
     --mixed-every) MIXED_EVERY=${2%,*}; MIXED_RECONNECT=${2#*,}; shift 2;;
     --mixed-secs) MIXED_SECS=$2; shift 2;;
     --no-mixed) MIXED=0; shift;;
+    --carrier-users) CARRIER_USERS=$2; shift 2;;
+    --carrier-rates) CARRIER_RATES=$2; shift 2;;
+    --carrier-presence-users) CARRIER_PRESENCE_USERS=$2; shift 2;;
+    --carrier-group) CARRIER_GROUP=$2; shift 2;;
+    --carrier-presence-rates) CARRIER_PRESENCE_RATES=$2; shift 2;;
+    --no-carrier) CARRIER=0; shift;;
+    --carrier-only) CARRIER_ONLY=1; shift;;
     --servers) SERVERS=$2; shift 2;;
     --work) WORK=$2; shift 2;;
     --out) OUT=$2; shift 2;;
@@ -102,10 +130,17 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "run as root (installs packages, runs servers as their users)" >&2; exit 1; }
-ACCOUNTS=$(( IDLE_USERS > CHAT_USERS ? IDLE_USERS : CHAT_USERS ))
+if [ "$CARRIER_ONLY" = 1 ]; then
+  [ -f "$HERE/last-run/meta.txt" ] || { echo "--carrier-only needs a previous run in $HERE/last-run" >&2; exit 1; }
+  CARRIER=1; STEPS=0; CEILING=0; MIXED=0; ACCOUNTS=0
+else
+  ACCOUNTS=$(( IDLE_USERS > CHAT_USERS ? IDLE_USERS : CHAT_USERS ))
+fi
 [ "$STEPS" = 1 ] && [ "$STEP_USERS" -gt "$ACCOUNTS" ] && ACCOUNTS=$STEP_USERS
 [ "$CEILING" = 1 ] && [ "$CEIL_USERS" -gt "$ACCOUNTS" ] && ACCOUNTS=$CEIL_USERS
 [ "$MIXED" = 1 ] && [ "$MIXED_USERS" -gt "$ACCOUNTS" ] && ACCOUNTS=$MIXED_USERS
+[ "$CARRIER" = 1 ] && [ "$CARRIER_USERS" -gt "$ACCOUNTS" ] && ACCOUNTS=$CARRIER_USERS
+[ "$CARRIER" = 1 ] && [ "$CARRIER_PRESENCE_USERS" -gt "$ACCOUNTS" ] && ACCOUNTS=$CARRIER_PRESENCE_USERS
 
 log() { echo "[compare $(date +%T)] $*" >&2; }
 
@@ -115,6 +150,14 @@ if [ -z "$WORK" ]; then WORK=$(mktemp -d /tmp/sb-compare.XXXXXX); KEEP_WORK=0; f
 mkdir -p "$WORK/results"
 chmod 755 "$WORK"
 RES="$WORK/results"
+# Provisioning times go with the run that provisioned: a carrier-only run keeps the previous
+# run's figures for the other scenarios.
+PROV_FILE="$RES/provision.txt"
+if [ "$CARRIER_ONLY" = 1 ]; then
+  cp -r "$HERE/last-run"/. "$RES/"
+  rm -f "$RES"/*-carrier*.* "$RES/meta-carrier.txt" "$RES/provision-carrier.txt"
+  PROV_FILE="$RES/provision-carrier.txt"
+fi
 STARTED_PIDS=()        # server processes this script started (killed by PID only)
 EPMD_WAS_RUNNING=0
 pgrep -x epmd >/dev/null && EPMD_WAS_RUNNING=1
@@ -190,7 +233,7 @@ setup_switchboard() {
   fill "$HERE/switchboard.toml.in" "$WORK/switchboard/server.toml"
   local t0=$(date +%s.%N)
   FIRST=1 "$ROOT/load-tests/provision.sh" "$ACCOUNTS" "$WORK/switchboard/server.toml" "$SB" >"$WORK/switchboard/provision.log" 2>&1 || return 1
-  echo "switchboard $(echo "$(date +%s.%N) - $t0" | bc)" >> "$RES/provision.txt"
+  echo "switchboard $(echo "$(date +%s.%N) - $t0" | bc)" >> "$PROV_FILE"
 }
 start_switchboard() {
   taskset -c "$SERVER_CPU" "$SB" run --config "$WORK/switchboard/server.toml" >>"$WORK/switchboard/server.log" 2>&1 &
@@ -204,7 +247,7 @@ setup_prosody() {
   cp "$WORK/cert/localhost.crt" "$WORK/cert/localhost.key" "$WORK/prosody/certs/"
   local t0=$(date +%s.%N)
   python3 "$HERE/prosody_accounts.py" "$WORK/prosody/data" localhost 1 "$ACCOUNTS" "$PASSWORD" "$ITERATIONS" || return 1
-  echo "prosody $(echo "$(date +%s.%N) - $t0" | bc)" >> "$RES/provision.txt"
+  echo "prosody $(echo "$(date +%s.%N) - $t0" | bc)" >> "$PROV_FILE"
   chown -R prosody: "$WORK/prosody"; chmod 700 "$WORK/prosody/data"
 }
 start_prosody() {
@@ -236,7 +279,7 @@ EOF
   wait_port 127.0.0.3 5280 60
   local t0=$(date +%s.%N)
   python3 "$HERE/ejabberd_register.py" 127.0.0.3:5280 localhost 1 "$ACCOUNTS" "$PASSWORD" || { stop_server; return 1; }
-  echo "ejabberd $(echo "$(date +%s.%N) - $t0" | bc)" >> "$RES/provision.txt"
+  echo "ejabberd $(echo "$(date +%s.%N) - $t0" | bc)" >> "$PROV_FILE"
   stop_server
 }
 start_ejabberd() {
@@ -288,17 +331,37 @@ run_lg() {  # run_lg SERVER SCENARIO ARGS...
 # Stepped chat on a fresh server, the same steps against every server; it stops after two
 # steps in a row that are not sustained (p99 >= 100 ms, loss, or under 90 % of the target
 # offered).
-stepped_chat() {  # stepped_chat SERVER SCENARIO USERS RATES
-  if "start_$1"; then
-    run_lg "$1" "$2" -n "$3" --server-pid "$SERVER_PID" chat --rates "$4" \
+stepped_chat() {  # stepped_chat SERVER SCENARIO USERS RATES [LOADGEN OPTIONS...]
+  local s=$1 sc=$2 users=$3 rates=$4; shift 4
+  if "start_$s"; then
+    run_lg "$s" "$sc" -n "$users" --server-pid "$SERVER_PID" "$@" chat --rates "$rates" \
       --step-secs "$STEP_SECS" --drain-secs "$STEP_DRAIN" --p99-limit-ms 100 --stop-after 2
     stop_server
-  else log "$1: start failed"; echo "$1 start" >> "$RES/failed.txt"; stop_server || true; fi
+  else log "$s: start failed"; echo "$s start" >> "$RES/failed.txt"; stop_server || true; fi
+}
+
+# The carrier shape's login over plain TCP: Switchboard offers PLAIN over TLS only, the others
+# are set to offer it on plain TCP too (the login is outside the measured steps).
+plain_tcp_mech() { case $1 in switchboard) echo scram-sha-256;; *) echo plain;; esac; }
+
+carrier_runs() {  # carrier_runs SERVER
+  local s=$1
+  stepped_chat "$s" carrier "$CARRIER_USERS" "$CARRIER_RATES"
+  stepped_chat "$s" carrierplain "$CARRIER_USERS" "$CARRIER_RATES" --tls none --mech "$(plain_tcp_mech "$s")"
+  if "start_$s"; then
+    # The groups' subscriptions go through the protocol (each member subscribes to the others
+    # and approves their requests), the same way on every server.
+    run_lg "$s" carrierpresence -n "$CARRIER_PRESENCE_USERS" --server-pid "$SERVER_PID" pep --event presence \
+      --group "$CARRIER_GROUP" --setup-secs 400 --rates "$CARRIER_PRESENCE_RATES" \
+      --step-secs "$STEP_SECS" --drain-secs "$STEP_DRAIN" --p99-limit-ms 100 --stop-after 2
+    stop_server
+  else log "$s: start failed"; echo "$s start" >> "$RES/failed.txt"; stop_server || true; fi
 }
 
 for s in $SERVERS; do
   log "== $s: setup"
   if ! "setup_$s"; then log "$s: setup failed"; echo "$s setup" >> "$RES/failed.txt"; continue; fi
+  if [ "$CARRIER_ONLY" = 1 ]; then carrier_runs "$s"; continue; fi
   # A fresh server for each scenario (the allocator keeps freed memory).
   if "start_$s"; then
     run_lg "$s" idle -n "$IDLE_USERS" --server-pid "$SERVER_PID" idle --hold-secs "$HOLD_SECS"
@@ -319,11 +382,11 @@ for s in $SERVERS; do
       stop_server
     else log "$s: start failed"; echo "$s start" >> "$RES/failed.txt"; stop_server || true; fi
   fi
+  if [ "$CARRIER" = 1 ]; then carrier_runs "$s"; fi
 done
 
 # ---------------------------------------------------------------- report
-{
-  echo "date=$(date -u +%FT%TZ)"
+machine_meta() {
   echo "kernel=$(uname -r)"
   echo "os=Debian $(cat /etc/debian_version)"
   echo "cpu=$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)"
@@ -336,6 +399,22 @@ done
   echo "switchboard=$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- . ':!load-tests/compare' ':!docs/benchmarks.md' || echo '+dirty')"
   echo "switchboard_bin=$(date -u -r "$SB" +%FT%TZ)"
   echo "loadgen_bin=$(date -u -r "$LG" +%FT%TZ)"
+}
+if [ "$CARRIER" = 1 ]; then
+  {
+    echo "date=$(date -u +%FT%TZ)"
+    machine_meta
+    echo "servers=$SERVERS"; echo "accounts=$ACCOUNTS"
+    echo "carrier_users=$CARRIER_USERS"; echo "carrier_rates=$CARRIER_RATES"
+    echo "carrier_presence_users=$CARRIER_PRESENCE_USERS"; echo "carrier_group=$CARRIER_GROUP"
+    echo "carrier_presence_rates=$CARRIER_PRESENCE_RATES"
+    echo "step_secs=$STEP_SECS"; echo "step_drain=$STEP_DRAIN"
+    echo "carrier_only=$CARRIER_ONLY"
+  } > "$RES/meta-carrier.txt"
+fi
+[ "$CARRIER_ONLY" = 1 ] || {
+  echo "date=$(date -u +%FT%TZ)"
+  machine_meta
   echo "idle_users=$IDLE_USERS"; echo "chat_users=$CHAT_USERS"; echo "chat_messages=$CHAT_MESSAGES"
   echo "chat_interval_ms=$CHAT_INTERVAL_MS"; echo "chat_duration=$CHAT_DURATION"; echo "hold_secs=$HOLD_SECS"
   echo "servers=$SERVERS"; echo "accounts=$ACCOUNTS"; echo "iterations=$ITERATIONS"

@@ -171,7 +171,7 @@ pub(crate) async fn login_chatters(
 
 pub async fn run(plan: &Plan, chat: ChatPlan) -> anyhow::Result<Outcome> {
     if let Some(steps) = chat.steps {
-        return crate::chatstep::run(plan, steps, chat.body_bytes).await;
+        return crate::chatstep::run(plan, steps, chat.body_bytes, chat.server_pid).await;
     }
     let (ramp, peers, stop, stopped) = login_chatters(plan).await?;
     let target = &plan.target;

@@ -16,6 +16,7 @@ use rustc_hash::FxHashSet;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::fanout::server_cpu;
 use crate::probe::{self, ChatMessage};
 use crate::ramp::{join_users, stopped, tally, End, Plan, Session};
 use crate::report::{ChatStepSummary, ChatStepsSummary, ChatSummary, Distribution, Outcome};
@@ -297,7 +298,15 @@ impl Received {
     }
 }
 
-pub async fn run(plan: &Plan, sp: StepPlan, body_bytes: usize) -> anyhow::Result<Outcome> {
+/// Stepped chat; with `server_pid`, each step also reports the server's CPU from its start to
+/// the end of its drain, per delivered message.
+pub async fn run(
+    plan: &Plan,
+    sp: StepPlan,
+    body_bytes: usize,
+    server_pid: Option<u32>,
+) -> anyhow::Result<Outcome> {
+    let server_pids: Vec<u32> = server_pid.into_iter().collect();
     let (ramp, peers, stop, stopped_rx) = crate::chat::login_chatters(plan).await?;
     let users = peers.len() as u64;
     let shared = Arc::new(Shared {
@@ -329,11 +338,12 @@ pub async fn run(plan: &Plan, sp: StepPlan, body_bytes: usize) -> anyhow::Result
     );
     let start = Instant::now();
     let exchange = CpuMeter::start();
-    let mut ran: Vec<StepRun> = Vec::new();
+    let mut ran: Vec<(StepRun, Option<Duration>)> = Vec::new();
     let mut stepper = Stepper::new(&sp, phase_tx, shared.epoch, &shared.closed);
     for (k, &rate) in sp.rates.iter().enumerate() {
         let interval = Duration::from_secs_f64(users as f64 / f64::from(rate));
         let counters = &shared.steps[k];
+        let server_before = server_cpu(&server_pids)?;
         let run = stepper
             .run(k, interval, || {
                 counters.accounted.load(Ordering::Relaxed) >= counters.sent.load(Ordering::Relaxed)
@@ -342,13 +352,17 @@ pub async fn run(plan: &Plan, sp: StepPlan, body_bytes: usize) -> anyhow::Result
         let sent = counters.sent.load(Ordering::Relaxed);
         let accounted = counters.accounted.load(Ordering::Relaxed);
         let slow = counters.slow.load(Ordering::Relaxed);
+        let server = server_before
+            .zip(server_cpu(&server_pids)?)
+            .map(|(b, a)| a.saturating_sub(b));
         eprintln!(
-            "  step {rate}/s: {sent} sent, {accounted} accounted for, {slow} over {} ms, drain {:.2} s, gen CPU {:.0} %",
+            "  step {rate}/s: {sent} sent, {accounted} accounted for, {slow} over {} ms, drain {:.2} s, gen CPU {:.0} %{}",
             sp.p99_limit.as_millis(),
             run.waited.as_secs_f64(),
-            cpu_percent(run.cpu, run.wall)
+            cpu_percent(run.cpu, run.wall),
+            server.map_or(String::new(), |s| format!(", server CPU {:.2} s", s.as_secs_f64()))
         );
-        ran.push(run);
+        ran.push((run, server));
         if stepper.should_stop(k, sp.rates.len(), accounted, sent, slow) {
             break;
         }
@@ -372,7 +386,7 @@ pub async fn run(plan: &Plan, sp: StepPlan, body_bytes: usize) -> anyhow::Result
     let mut all_latencies = Vec::new();
     let (mut sent_all, mut received_all, mut dup_all, mut bounced_all) = (0, 0, 0, 0);
     let mut last_all = 0u64;
-    for (k, run) in ran.into_iter().enumerate() {
+    for (k, (run, server)) in ran.into_iter().enumerate() {
         let StepRun { begun, waited, .. } = run;
         let r = std::mem::take(&mut per_step[k]);
         let rate = sp.rates[k];
@@ -403,6 +417,9 @@ pub async fn run(plan: &Plan, sp: StepPlan, body_bytes: usize) -> anyhow::Result
             latency_ms: latency,
             generator_cpu_secs: run.cpu.as_secs_f64(),
             generator_cpu_percent: cpu_percent(run.cpu, run.wall),
+            server_cpu_secs: server.map(|d| d.as_secs_f64()),
+            server_cpu_us_per_message: server.map(|d| cpu_us_per(d, r.unique)),
+            server_cpu_percent: server.map(|d| cpu_percent(d, run.wall + waited)),
             sustained,
         });
     }

@@ -26,7 +26,7 @@ pub enum TlsMode {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mech {
-    /// SASL PLAIN (the server offers it over TLS only).
+    /// SASL PLAIN (Switchboard offers it over TLS only).
     Plain,
     /// SCRAM-SHA-256 without channel binding.
     #[value(name = "scram-sha-256")]

@@ -253,7 +253,9 @@ pub fn markdown(s: &Summary, charts: &[&str]) -> String {
 Each step offers the target rate for {} s, then waits at most {} s for its \
                  messages in flight (later ones count as lost). Sustained: p99 < {} ms, nothing lost or \
                  bounced, at least 90 % of the target offered. Latency in milliseconds; gen CPU % \
-                 is the generator's CPU over the step's wall time (100: one core busy).\n",
+                 is the generator's CPU over the step's wall time (100: one core busy); server CPU \
+                 (with `--server-pid`) is the server's from the step's start to the end of its \
+                 drain, as % of that time and in µs per delivered message.\n",
                 st.step_secs, st.drain_secs, st.p99_limit_ms
             );
             let rows: Vec<Vec<String>> = st
@@ -273,6 +275,10 @@ Each step offers the target rate for {} s, then waits at most {} s for its \
                         ms(p.latency_ms.p999),
                         ms(p.latency_ms.max),
                         format!("{:.0}", p.generator_cpu_percent),
+                        p.server_cpu_percent
+                            .map_or("–".into(), |v| format!("{v:.0}")),
+                        p.server_cpu_us_per_message
+                            .map_or("–".into(), |v| format!("{v:.1}")),
                         if p.sustained { "yes" } else { "no" }.into(),
                     ]
                 })
@@ -292,6 +298,8 @@ Each step offers the target rate for {} s, then waits at most {} s for its \
                     "p99.9",
                     "max",
                     "gen CPU %",
+                    "server CPU %",
+                    "server µs/message",
                     "sustained",
                 ],
                 &rows,
@@ -569,6 +577,9 @@ mod tests {
             latency_ms: Distribution::from_micros(vec![1000, 2000]),
             generator_cpu_secs: 0.25,
             generator_cpu_percent: 25.0,
+            server_cpu_secs: Some(0.5),
+            server_cpu_us_per_message: Some(20.0),
+            server_cpu_percent: Some(50.0),
             sustained,
         };
         let s = Summary {

@@ -317,6 +317,12 @@ pub struct ChatStepSummary {
     pub generator_cpu_secs: f64,
     /// `generator_cpu_secs` over the step's wall time, × 100 (100: one core busy).
     pub generator_cpu_percent: f64,
+    /// With `--server-pid`: the server's CPU time from the step's start to the end of its
+    /// drain, that over the delivered messages, and over the step's and drain's wall time
+    /// (× 100: 100 is one core busy).
+    pub server_cpu_secs: Option<f64>,
+    pub server_cpu_us_per_message: Option<f64>,
+    pub server_cpu_percent: Option<f64>,
     pub sustained: bool,
 }
 
@@ -442,10 +448,14 @@ impl Summary {
             if let Some(st) = &c.stepped {
                 for p in &st.steps {
                     println!(
-                        "step {}/s for {} s: offered {:.0}/s, delivered {:.0}/s, {} lost ({} late), {} duplicates, {} bounced, drain {:.2} s; {}, p99.9 {:.2} ms; gen CPU {:.0} %; {}",
+                        "step {}/s for {} s: offered {:.0}/s, delivered {:.0}/s, {} lost ({} late), {} duplicates, {} bounced, drain {:.2} s; {}, p99.9 {:.2} ms; gen CPU {:.0} %{}; {}",
                         p.target_rate, st.step_secs, p.offered_per_sec, p.delivered_per_sec,
                         p.lost, p.late, p.duplicates, p.bounced, p.drain_waited_secs,
                         p.latency_ms.line(), p.latency_ms.p999, p.generator_cpu_percent,
+                        match (p.server_cpu_percent, p.server_cpu_us_per_message) {
+                            (Some(pc), Some(us)) => format!("; server CPU {pc:.0} %, {us:.1} µs/message"),
+                            _ => String::new(),
+                        },
                         if p.sustained { "sustained" } else { "NOT sustained" }
                     );
                 }
