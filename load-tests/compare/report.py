@@ -186,8 +186,9 @@ def presence_sustainable(s):
 def carrier_section():
     users, group = cmeta["carrier_users"], int(cmeta["carrier_group"])
     w("## Headline: a carrier's traffic shape\n")
-    w(f"{int(users):,} users online, each sending now and then (at {cmeta['carrier_rates'].split(',')[-1]} msgs/s in all, one"
-      f" message every {int(users) / int(cmeta['carrier_rates'].split(',')[-1]):.2f} s per user), to random online users, one"
+    rate = sustainable("switchboard", "carrier") or int(cmeta["carrier_rates"].split(",")[-1])
+    w(f"{int(users):,} users online, each sending now and then (at {rate:,} msgs/s in all, one"
+      f" message every {int(users) / rate:.2f} s per user), to random online users, one"
       " message per write: nearly every message costs the server a read and a write of its own. Stepped as above"
       f" ({cmeta['step_secs']} s per step, p99 < 100 ms and no loss to be sustained), over STARTTLS (`carrier`) and over"
       " plain TCP (`carrierplain`: PLAIN login on plain TCP for Prosody and ejabberd, SCRAM-SHA-256 for Switchboard, which"

@@ -71,9 +71,11 @@ fn is_inactive(pos: usize, percent: u32) -> bool {
     (pos + 1) * p / 100 > pos * p / 100
 }
 
-/// How often the coordinator checks progress, and a user polls its roster during setup.
+/// How often the coordinator checks progress, and at most how often a user polls its roster
+/// during setup (one poll in flight at a time: with thousands of users, polls that do not
+/// wait for their answer swamp the server with roster requests it then refuses).
 const POLL: Duration = Duration::from_millis(20);
-const ROSTER_POLL: Duration = Duration::from_millis(200);
+const ROSTER_POLL: Duration = Duration::from_millis(500);
 
 struct Shared {
     target: Arc<Target>,
@@ -332,6 +334,8 @@ pub async fn setup<T: Clone>(
     }
     let mut ready = false;
     let mut poll = tokio::time::interval(ROSTER_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut polling = false;
     loop {
         if !ready && wanted.is_empty() {
             ready = true;
@@ -343,7 +347,8 @@ pub async fn setup<T: Clone>(
             // and dropped here.
             biased;
             _ = started(go) => break,
-            _ = poll.tick(), if !ready => {
+            _ = poll.tick(), if !ready && !polling => {
+                polling = true;
                 session
                     .conn
                     .send("<iq type='get' id='roster'><query xmlns='jabber:iq:roster'/></iq>")
@@ -356,6 +361,7 @@ pub async fn setup<T: Clone>(
                     session.conn.send(&answer).await?;
                 }
                 if xml::name(&el) == "iq" && xml::attr(&el, "id").as_deref() == Some("roster") {
+                    polling = false;
                     for (jid, subscription) in roster_items(&el) {
                         if subscription == "both" {
                             wanted.remove(&jid);

@@ -1,5 +1,6 @@
 //! Prometheus metrics of the node. Counters are statics so that the hot path bumps an atomic
-//! and never looks anything up; gauges that mirror other state (Raft, links, storage) are
+//! and never looks anything up (the labelled children every stanza bumps are looked up once,
+//! [`HOT`]); gauges that mirror other state (Raft, links, storage) are
 //! read when `/metrics` is scraped (`gather`). Labels take only values from fixed sets (never
 //! a JID, never a client-chosen string).
 
