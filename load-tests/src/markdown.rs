@@ -626,9 +626,9 @@ mod tests {
         let names: Vec<&str> = charts.iter().map(|c| c.0).collect();
         assert_eq!(names, ["latency.svg", "rates.svg"]);
         let md = markdown(&s, &names);
-        assert!(
-            md.contains("| 10 | 10 | 10 | 0 | 0 | 0 | 0 | 1.00 | 2.00 | 2.00 | 2.00 | 25 | yes |")
-        );
+        assert!(md.contains(
+            "| 10 | 10 | 10 | 0 | 0 | 0 | 0 | 1.00 | 2.00 | 2.00 | 2.00 | 25 | 50 | 20.0 | yes |"
+        ));
         assert!(md.contains("| body (bytes) | 100 |"));
         assert!(md.contains("| 0.50 | 16.7 |"));
         assert!(md.contains("## Generator"));
