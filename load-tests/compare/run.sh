@@ -386,7 +386,7 @@ for s in $SERVERS; do
 done
 
 # ---------------------------------------------------------------- report
-machine_meta() {
+servers_meta() {  # the machine, the three servers' versions and the binaries compared
   echo "kernel=$(uname -r)"
   echo "os=Debian $(cat /etc/debian_version)"
   echo "cpu=$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)"
@@ -403,7 +403,7 @@ machine_meta() {
 if [ "$CARRIER" = 1 ]; then
   {
     echo "date=$(date -u +%FT%TZ)"
-    machine_meta
+    servers_meta
     echo "servers=$SERVERS"; echo "accounts=$ACCOUNTS"
     echo "carrier_users=$CARRIER_USERS"; echo "carrier_rates=$CARRIER_RATES"
     echo "carrier_presence_users=$CARRIER_PRESENCE_USERS"; echo "carrier_group=$CARRIER_GROUP"
@@ -414,7 +414,7 @@ if [ "$CARRIER" = 1 ]; then
 fi
 [ "$CARRIER_ONLY" = 1 ] || {
   echo "date=$(date -u +%FT%TZ)"
-  machine_meta
+  servers_meta
   echo "idle_users=$IDLE_USERS"; echo "chat_users=$CHAT_USERS"; echo "chat_messages=$CHAT_MESSAGES"
   echo "chat_interval_ms=$CHAT_INTERVAL_MS"; echo "chat_duration=$CHAT_DURATION"; echo "hold_secs=$HOLD_SECS"
   echo "servers=$SERVERS"; echo "accounts=$ACCOUNTS"; echo "iterations=$ITERATIONS"

@@ -16,11 +16,10 @@ use rustc_hash::FxHashSet;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::fanout::server_cpu;
 use crate::probe::{self, ChatMessage};
 use crate::ramp::{join_users, stopped, tally, End, Plan, Session};
 use crate::report::{ChatStepSummary, ChatStepsSummary, ChatSummary, Distribution, Outcome};
-use crate::system::{cpu_percent, cpu_us_per, CpuMeter};
+use crate::system::{cpu_percent, cpu_us_per, server_cpu, CpuMeter};
 use crate::xml;
 
 /// The steps of a stepped run (stepped chat, `pep`).
@@ -54,13 +53,24 @@ pub(crate) struct Phase {
     pub interval: Duration,
 }
 
-/// A step that ran: its start (µs after the epoch), the drain waited, and the generator's
-/// CPU and wall time while it offered its rate.
+/// A step that ran: its start (µs after the epoch), the drain waited, the generator's CPU
+/// and wall time while it offered its rate, and the server's CPU from its start to the end of
+/// its drain (`None` without server PIDs).
 pub(crate) struct StepRun {
     pub begun: u64,
     pub waited: Duration,
     pub cpu: Duration,
     pub wall: Duration,
+    pub server_cpu: Option<Duration>,
+}
+
+impl StepRun {
+    /// `, server CPU N s` for a step's progress line (empty without server PIDs).
+    pub fn server_note(&self) -> String {
+        self.server_cpu.map_or(String::new(), |s| {
+            format!(", server CPU {:.2} s", s.as_secs_f64())
+        })
+    }
 }
 
 /// The coordinator of a stepped run (stepped chat, `pep`): tells the senders each step's
@@ -70,6 +80,8 @@ pub(crate) struct Stepper<'a> {
     epoch: Instant,
     /// Steps whose drain is over (what arrives for them now is late).
     closed: &'a AtomicUsize,
+    /// The server processes whose CPU each step reads.
+    server_pids: &'a [u32],
     step: Duration,
     drain: Duration,
     stop_after: u32,
@@ -83,11 +95,13 @@ impl<'a> Stepper<'a> {
         phase_tx: watch::Sender<Option<Phase>>,
         epoch: Instant,
         closed: &'a AtomicUsize,
+        server_pids: &'a [u32],
     ) -> Stepper<'a> {
         Stepper {
             phase_tx,
             epoch,
             closed,
+            server_pids,
             step: plan.step,
             drain: plan.drain,
             stop_after: plan.stop_after,
@@ -97,7 +111,13 @@ impl<'a> Stepper<'a> {
 
     /// Run step `k`: every sender sends one event per `interval` for the step's length; then
     /// wait at most the drain until `drained()`, and close the step.
-    pub async fn run(&self, k: usize, interval: Duration, drained: impl Fn() -> bool) -> StepRun {
+    pub async fn run(
+        &self,
+        k: usize,
+        interval: Duration,
+        drained: impl Fn() -> bool,
+    ) -> anyhow::Result<StepRun> {
+        let server_before = server_cpu(self.server_pids)?;
         let begun = self.epoch.elapsed().as_micros() as u64;
         let meter = CpuMeter::start();
         let _ = self.phase_tx.send(Some(Phase { step: k, interval }));
@@ -113,12 +133,16 @@ impl<'a> Stepper<'a> {
         }
         let waited = ended.elapsed();
         self.closed.store(k + 1, Ordering::Relaxed);
-        StepRun {
+        let server = server_before
+            .zip(server_cpu(self.server_pids)?)
+            .map(|(b, a)| a.saturating_sub(b));
+        Ok(StepRun {
             begun,
             waited,
             cpu,
             wall,
-        }
+            server_cpu: server,
+        })
     }
 
     /// Whether to stop after step `k` of `steps`: `stop_after` steps in a row looked not
@@ -338,31 +362,27 @@ pub async fn run(
     );
     let start = Instant::now();
     let exchange = CpuMeter::start();
-    let mut ran: Vec<(StepRun, Option<Duration>)> = Vec::new();
-    let mut stepper = Stepper::new(&sp, phase_tx, shared.epoch, &shared.closed);
+    let mut ran: Vec<StepRun> = Vec::new();
+    let mut stepper = Stepper::new(&sp, phase_tx, shared.epoch, &shared.closed, &server_pids);
     for (k, &rate) in sp.rates.iter().enumerate() {
         let interval = Duration::from_secs_f64(users as f64 / f64::from(rate));
         let counters = &shared.steps[k];
-        let server_before = server_cpu(&server_pids)?;
         let run = stepper
             .run(k, interval, || {
                 counters.accounted.load(Ordering::Relaxed) >= counters.sent.load(Ordering::Relaxed)
             })
-            .await;
+            .await?;
         let sent = counters.sent.load(Ordering::Relaxed);
         let accounted = counters.accounted.load(Ordering::Relaxed);
         let slow = counters.slow.load(Ordering::Relaxed);
-        let server = server_before
-            .zip(server_cpu(&server_pids)?)
-            .map(|(b, a)| a.saturating_sub(b));
         eprintln!(
             "  step {rate}/s: {sent} sent, {accounted} accounted for, {slow} over {} ms, drain {:.2} s, gen CPU {:.0} %{}",
             sp.p99_limit.as_millis(),
             run.waited.as_secs_f64(),
             cpu_percent(run.cpu, run.wall),
-            server.map_or(String::new(), |s| format!(", server CPU {:.2} s", s.as_secs_f64()))
+            run.server_note()
         );
-        ran.push((run, server));
+        ran.push(run);
         if stepper.should_stop(k, sp.rates.len(), accounted, sent, slow) {
             break;
         }
@@ -386,8 +406,13 @@ pub async fn run(
     let mut all_latencies = Vec::new();
     let (mut sent_all, mut received_all, mut dup_all, mut bounced_all) = (0, 0, 0, 0);
     let mut last_all = 0u64;
-    for (k, (run, server)) in ran.into_iter().enumerate() {
-        let StepRun { begun, waited, .. } = run;
+    for (k, run) in ran.into_iter().enumerate() {
+        let StepRun {
+            begun,
+            waited,
+            server_cpu: server,
+            ..
+        } = run;
         let r = std::mem::take(&mut per_step[k]);
         let rate = sp.rates[k];
         let sent = shared.steps[k].sent.load(Ordering::Relaxed);

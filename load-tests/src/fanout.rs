@@ -33,7 +33,7 @@ use crate::probe;
 use crate::ramp::{join_users, stopped, End, Session};
 use crate::report::Distribution;
 use crate::svg::{bar_chart, Labels};
-use crate::system::{cpu_percent, cpu_time_of, cpu_us_per};
+use crate::system::{cpu_percent, cpu_us_per};
 
 #[derive(Default)]
 pub(crate) struct StepCounters {
@@ -95,24 +95,6 @@ impl Received {
         self.latencies_us.extend(r.latencies_us);
         self.last_us = self.last_us.max(r.last_us);
     }
-}
-
-/// A step that ran, with the server's CPU from its start to the end of its drain.
-pub(crate) struct Ran {
-    run: StepRun,
-    server_cpu: Option<Duration>,
-}
-
-/// The CPU time of the server processes `pids` together (`None` without any).
-pub(crate) fn server_cpu(pids: &[u32]) -> anyhow::Result<Option<Duration>> {
-    if pids.is_empty() {
-        return Ok(None);
-    }
-    let mut total = Duration::ZERO;
-    for &pid in pids {
-        total += cpu_time_of(pid)?;
-    }
-    Ok(Some(total))
 }
 
 /// The coordinator's side of what it tells the users.
@@ -330,12 +312,11 @@ impl Counters {
         senders: u64,
         copies: &str,
         answered: impl Fn(usize, u64) -> bool,
-    ) -> anyhow::Result<Vec<Ran>> {
+    ) -> anyhow::Result<Vec<StepRun>> {
         let mut ran = Vec::new();
-        let mut stepper = Stepper::new(plan, phase_tx, self.epoch, &self.closed);
+        let mut stepper = Stepper::new(plan, phase_tx, self.epoch, &self.closed, server_pids);
         for (k, &rate) in plan.rates.iter().enumerate() {
             let interval = Duration::from_secs_f64(senders.max(1) as f64 / f64::from(rate.max(1)));
-            let before = server_cpu(server_pids)?;
             let c = &self.steps[k];
             let run = stepper
                 .run(k, interval, || {
@@ -343,9 +324,7 @@ impl Counters {
                     c.accounted.load(Ordering::Relaxed) >= c.expected.load(Ordering::Relaxed)
                         && answered(k, sent)
                 })
-                .await;
-            let after = server_cpu(server_pids)?;
-            let server = before.zip(after).map(|(b, a)| a.saturating_sub(b));
+                .await?;
             let (sent, expected) = (
                 c.sent.load(Ordering::Relaxed),
                 c.expected.load(Ordering::Relaxed),
@@ -357,12 +336,9 @@ impl Counters {
                 plan.p99_limit.as_millis(),
                 run.waited.as_secs_f64(),
                 cpu_percent(run.cpu, run.wall),
-                server.map_or(String::new(), |s| format!(", server CPU {:.2} s", s.as_secs_f64()))
+                run.server_note()
             );
-            ran.push(Ran {
-                run,
-                server_cpu: server,
-            });
+            ran.push(run);
             if stepper.should_stop(k, plan.rates.len(), accounted, expected, slow) {
                 break;
             }
@@ -378,7 +354,7 @@ impl Counters {
     pub fn totals<X>(
         &self,
         plan: &StepPlan,
-        ran: Vec<Ran>,
+        ran: Vec<StepRun>,
         mut per_step: Vec<Received>,
         setup_secs: f64,
         no_duplicates: bool,
@@ -390,7 +366,8 @@ impl Counters {
         let mut all = Received::default();
         let (mut sent_all, mut expected_all, mut lost_all) = (0, 0, 0);
         let mut server_all: Option<Duration> = None;
-        for (k, Ran { run, server_cpu }) in ran.into_iter().enumerate() {
+        for (k, run) in ran.into_iter().enumerate() {
+            let server_cpu = run.server_cpu;
             let r = std::mem::take(&mut per_step[k]);
             let c = &self.steps[k];
             let rate = plan.rates[k];
@@ -638,14 +615,12 @@ mod tests {
         }
     }
 
-    fn ran() -> Ran {
-        Ran {
-            run: StepRun {
-                begun: 0,
-                waited: Duration::ZERO,
-                cpu: Duration::ZERO,
-                wall: Duration::from_secs(1),
-            },
+    fn ran() -> StepRun {
+        StepRun {
+            begun: 0,
+            waited: Duration::ZERO,
+            cpu: Duration::ZERO,
+            wall: Duration::from_secs(1),
             server_cpu: Some(Duration::from_millis(30)),
         }
     }

@@ -30,14 +30,14 @@ use tokio::task::JoinSet;
 use crate::chatstep::StepPlan;
 use crate::conn::Failure;
 use crate::fanout::{
-    self, cpu_cell, gather, server_cpu, step_line, step_of, Counters, Exchange, Received, Signals,
-    StepFields, Totals,
+    self, cpu_cell, gather, step_line, step_of, Counters, Exchange, Received, Signals, StepFields,
+    Totals,
 };
 use crate::presence::wait_ready;
 use crate::probe;
 use crate::ramp::{login_all, tally, Plan, Session};
 use crate::report::Outcome;
-use crate::system::cpu_us_per;
+use crate::system::{cpu_us_per, server_cpu};
 use crate::xml;
 
 const NS_MUC: &str = "http://jabber.org/protocol/muc";

@@ -38,15 +38,15 @@ use tokio::task::JoinSet;
 use crate::chatstep::StepPlan;
 use crate::conn::Failure;
 use crate::fanout::{
-    self, cpu_cell, gather, server_cpu, step_line, step_of, Counters, Exchange, Received, Signals,
-    StepFields, Totals,
+    self, cpu_cell, gather, step_line, step_of, Counters, Exchange, Received, Signals, StepFields,
+    Totals,
 };
 use crate::login::Target;
 use crate::presence::{self, answer_setup, wait_ready, Groups, Rosters, Setup};
 use crate::probe;
 use crate::ramp::{login_all, tally, Plan, Session};
 use crate::report::Outcome;
-use crate::system::cpu_us_per;
+use crate::system::{cpu_us_per, server_cpu};
 use crate::xml;
 
 /// The PEP node published to (XEP-0118).

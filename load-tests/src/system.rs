@@ -126,6 +126,18 @@ pub fn cpu_time_of(pid: u32) -> anyhow::Result<Duration> {
         .with_context(|| format!("no utime/stime in {path}"))
 }
 
+/// The CPU time of the server processes `pids` together (`None` without any).
+pub fn server_cpu(pids: &[u32]) -> anyhow::Result<Option<Duration>> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    let mut total = Duration::ZERO;
+    for &pid in pids {
+        total += cpu_time_of(pid)?;
+    }
+    Ok(Some(total))
+}
+
 /// `utime + stime` (fields 14 and 15) of a `/proc/<pid>/stat` line; the command name in
 /// field 2 may contain spaces and parentheses, so fields are counted from its last `)`.
 fn parse_cpu_ticks(stat: &str) -> Option<u64> {

@@ -102,19 +102,14 @@ impl Jid {
     /// its length: the formatter grows its string piece by piece, a reallocation or more
     /// per part, and the router writes a JID into nearly every stanza it passes on.
     pub fn text(&self) -> String {
+        use fmt::Write;
         let len = self.local.as_ref().map_or(0, |l| l.len() + 1)
             + self.domain.len()
             + self.resource.as_ref().map_or(0, |r| r.len() + 1);
         let mut out = String::with_capacity(len);
-        if let Some(local) = &self.local {
-            out.push_str(local);
-            out.push('@');
-        }
-        out.push_str(&self.domain);
-        if let Some(resource) = &self.resource {
-            out.push('/');
-            out.push_str(resource);
-        }
+        // Display is the one definition of the layout; with room for all of it, writing
+        // never reallocates (and into a String it cannot fail).
+        let _ = write!(out, "{self}");
         out
     }
 }

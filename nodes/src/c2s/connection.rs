@@ -122,7 +122,7 @@ enum Wake {
     /// The socket is readable, or may still hold data.
     Input,
     /// The session's queue overflowed.
-    Queue,
+    Overflow,
     /// The session queued bytes or asked to close.
     Queued,
     Shutdown,
@@ -279,7 +279,7 @@ impl Connection {
             let wake = tokio::select! {
                 biased;
                 _ = &mut shutdown_changed => Wake::Shutdown,
-                _ = queue.overflow.notified() => Wake::Queue,
+                _ = queue.overflow.notified() => Wake::Overflow,
                 _ = &mut queued => Wake::Queued,
                 _ = &mut auth_timer, if !established => Wake::AuthTimeout,
                 _ = &mut idle_timer, if watch_idle => Wake::Idle,
@@ -327,7 +327,7 @@ impl Connection {
                         self.ping_client().await
                     }
                 }
-                Wake::Queue => self.write_queued().await,
+                Wake::Overflow => self.write_queued().await,
                 Wake::Queued => {
                     queued.set(queue.wake.notified());
                     self.write_queued().await

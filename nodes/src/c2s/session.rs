@@ -29,6 +29,9 @@ use crate::router::messages::{
 use crate::router::Router;
 use proto::im::SubscriptionKind;
 
+/// What a queue allocates when a push finds it empty (bytes).
+const FIRST_PUSH_CAPACITY: usize = 1024;
+
 /// What the SessionActor has for its client and the I/O task has yet to write: one byte
 /// buffer shared by the two (they run on the same worker thread). Stanzas are serialised
 /// straight into it, the task takes the whole buffer per write, and an idle session holds no
@@ -37,9 +40,6 @@ use proto::im::SubscriptionKind;
 /// It also counts the bytes ever queued and ever written (flushed to the socket), so a
 /// sender can learn when what it queued has left the node ([`SendQueue::when_written`]):
 /// stored messages are removed only then (XEP-0160 without loss).
-/// What a queue allocates when a push finds it empty (bytes).
-const FIRST_PUSH_CAPACITY: usize = 1024;
-
 pub struct SendQueue {
     state: RefCell<QueueState>,
     limit: usize,
