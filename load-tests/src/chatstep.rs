@@ -44,6 +44,13 @@ pub const MAX_MESSAGES: u64 = 20_000_000;
 /// Offered below this share of the target, a step is not counted as sustained.
 pub(crate) const MIN_OFFERED: f64 = 0.9;
 const POLL: Duration = Duration::from_millis(10);
+/// Before the first step the server must have been this quiet for one [`SETTLE_WINDOW`]: the
+/// work logins leave behind (roster and presence of thousands of sessions, the writes they
+/// queued) otherwise lands in the first step's latency and CPU per message.
+const SETTLE_CPU_SHARE: f64 = 0.05;
+const SETTLE_WINDOW: Duration = Duration::from_millis(500);
+/// Longest wait for the server to settle; the steps start then whatever it is doing.
+const SETTLE_MAX: Duration = Duration::from_secs(30);
 const ID_PREFIX: char = 's';
 
 /// What senders do now: send for `step` at one event per `interval`; `None`: pause.
@@ -106,6 +113,30 @@ impl<'a> Stepper<'a> {
             drain: plan.drain,
             stop_after: plan.stop_after,
             failing: 0,
+        }
+    }
+
+    /// Wait until the server processes use under [`SETTLE_CPU_SHARE`] of a core over one
+    /// [`SETTLE_WINDOW`], at most [`SETTLE_MAX`], and say how long that took (nothing
+    /// without server PIDs). Call it once, before the first step.
+    pub async fn settle(&self) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let Some(mut before) = server_cpu(self.server_pids)? else {
+            return Ok(());
+        };
+        loop {
+            tokio::time::sleep(SETTLE_WINDOW).await;
+            let now = server_cpu(self.server_pids)?.unwrap_or(before);
+            let busy = now.saturating_sub(before).as_secs_f64() / SETTLE_WINDOW.as_secs_f64();
+            if busy < SETTLE_CPU_SHARE || start.elapsed() >= SETTLE_MAX {
+                eprintln!(
+                    "  server at {:.0} % of a core after {:.1} s of waiting for it to settle",
+                    busy * 100.0,
+                    start.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+            before = now;
         }
     }
 
@@ -360,10 +391,11 @@ pub async fn run(
         sp.rates,
         sp.drain.as_secs()
     );
+    let mut stepper = Stepper::new(&sp, phase_tx, shared.epoch, &shared.closed, &server_pids);
+    stepper.settle().await?;
     let start = Instant::now();
     let exchange = CpuMeter::start();
     let mut ran: Vec<StepRun> = Vec::new();
-    let mut stepper = Stepper::new(&sp, phase_tx, shared.epoch, &shared.closed, &server_pids);
     for (k, &rate) in sp.rates.iter().enumerate() {
         let interval = Duration::from_secs_f64(users as f64 / f64::from(rate));
         let counters = &shared.steps[k];

@@ -315,6 +315,7 @@ impl Counters {
     ) -> anyhow::Result<Vec<StepRun>> {
         let mut ran = Vec::new();
         let mut stepper = Stepper::new(plan, phase_tx, self.epoch, &self.closed, server_pids);
+        stepper.settle().await?;
         for (k, &rate) in plan.rates.iter().enumerate() {
             let interval = Duration::from_secs_f64(senders.max(1) as f64 / f64::from(rate.max(1)));
             let c = &self.steps[k];

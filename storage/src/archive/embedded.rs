@@ -6,12 +6,13 @@
 //!   resource, NUL, the message XML. Ids written as hex sort as the numbers do, so the
 //!   account's archive is one key range in time order.
 //! * `mod.mam_peers`, the by-peer index: `user \0 <peer> \0 <span>` → empty, where
-//!   `<peer>` is the peer's bare JID and, for a message with a resource, also
-//!   `bare/resource` (a bare JID never holds `/`, so the two never mix), and `<span>` the
-//!   first id of a [`SPAN_MS_BITS`] span of time (about a minute) in which the account
-//!   exchanged a message with that peer. A query `with` a bare or full JID reads that
-//!   name's spans in its range and, in each, the account's records, keeping the peer's
-//!   (and the resource's). So a conversation writes an index entry a minute rather than
+//!   `<peer>` is the peer's bare JID and, in a room's archive (where every message is
+//!   with the room itself), also `bare/resource` (a bare JID never holds `/`, so the two
+//!   never mix; see [`indexed_peers`]), and `<span>` the first id of a [`SPAN_MS_BITS`]
+//!   span of time (about a minute) in which the account exchanged a message with that
+//!   peer. A query `with` a bare or full JID reads the bare JID's spans (a room's: the
+//!   nick's) in its range and, in each, the account's records, keeping the peer's (and
+//!   the resource's). So a conversation writes an index entry a minute rather than
 //!   one or two per message: the memtable inserts of the index were three of the five a
 //!   message cost (issue 19), and an entry already known to be there is not written again
 //!   at all (`crate::lsm::KnownEntries`). A page `with` a peer costs the records of the
@@ -192,6 +193,7 @@ pub(crate) fn lsm_writes(
     check(msg)?;
     // Built straight into their bytes, one allocation each (two writes for every archived
     // message: issue 19 counts them).
+    let user_text = user;
     let user = crate::part(user)?;
     let mut record = Vec::with_capacity(user.len() + 17);
     record.extend_from_slice(user);
@@ -203,7 +205,7 @@ pub(crate) fn lsm_writes(
         value: Some(Cow::Owned(encode(msg).into_bytes())),
         once: false,
     });
-    for peer in peers(msg) {
+    for peer in indexed_peers(user_text, msg) {
         let mut span = Vec::with_capacity(user.len() + msg.with.len() + 32);
         span.extend_from_slice(user);
         span.push(0);
@@ -218,13 +220,24 @@ pub(crate) fn lsm_writes(
     Ok(())
 }
 
-/// The peers `msg` is indexed under: its bare JID and, with a resource, its full JID (so
-/// that a query `with` a full JID, an occupant of a room for one, reads only the spans in
-/// which that resource spoke).
-fn peers(msg: &ArchivedMessage) -> impl Iterator<Item = Peer<'_>> {
-    let full = (!msg.with_resource.is_empty())
+/// The peers `msg` is indexed under in `user`'s archive: its bare JID and, where the bare
+/// JID is the archive's owner itself, its full JID: in a room's archive every message is
+/// `with` the room (`room/nick`), so only the full JID lets a query `with` an occupant read
+/// just the spans in which that nick spoke. Elsewhere a query `with` a full JID reads the
+/// bare JID's spans and keeps the resource's records ([`span_peer`]); a full-JID entry for
+/// every message of an account's archive was a third of the archive's memtable inserts for
+/// a query clients seldom make (issue 19). Archives written before hold full-JID entries
+/// for every message; they are left alone and cost nothing but their space.
+fn indexed_peers<'m>(user: &str, msg: &'m ArchivedMessage) -> impl Iterator<Item = Peer<'m>> {
+    let full = (!msg.with_resource.is_empty() && msg.with == user)
         .then_some((msg.with.as_str(), Some(msg.with_resource.as_str())));
     std::iter::once((msg.with.as_str(), None)).chain(full)
+}
+
+/// The index entries a query `with` `peer` in `user`'s archive reads (see
+/// [`indexed_peers`]): the full JID's where it is the owner's own, else the bare JID's.
+fn span_peer<'p>(user: &str, (with, resource): Peer<'p>) -> Peer<'p> {
+    (with, resource.filter(|_| with == user))
 }
 
 /// `id` as [`hex`] writes it.
@@ -249,12 +262,11 @@ pub fn remove_writes(
     for &id in ids {
         if let Some(msg) = get(store, user, id)? {
             writes.push(module_write(MODULE, user, hex(id), None));
-            for (with, resource) in peers(&msg) {
-                spans.insert((
-                    with.to_string(),
-                    resource.map(str::to_string),
-                    span_start(id),
-                ));
+            // Both entries a message may have: archives written before [`indexed_peers`]
+            // left out most full JIDs hold them for every message with a resource.
+            let full = (!msg.with_resource.is_empty()).then(|| msg.with_resource.clone());
+            for resource in [None, full] {
+                spans.insert((msg.with.clone(), resource, span_start(id)));
             }
         }
     }
@@ -355,11 +367,12 @@ fn walk_with(
         return Ok(true);
     };
     let peer = (with, q.resource());
+    let indexed = span_peer(user, peer);
     let mut spans = store.range(
         PEERS_MODULE,
         user,
-        Bound::Included(&index_key(peer, lo)),
-        Bound::Included(&index_key(peer, hi)),
+        Bound::Included(&index_key(indexed, lo)),
+        Bound::Included(&index_key(indexed, hi)),
         reverse,
     )?;
     while let Some(kv) = spans.next_raw() {
@@ -722,12 +735,23 @@ mod tests {
                     PEERS_PART,
                     b"u@x\x00romeo@montague.lit\x000000000000000000".to_vec()
                 ),
-                (
-                    PEERS_PART,
-                    b"u@x\x00romeo@montague.lit/orchard\x000000000000000000".to_vec()
-                ),
             ],
-            "the record's key and its spans' (bare and full JID; id 7 is in the first span)"
+            "the record's key and its bare JID's span (id 7 is in the first span)"
+        );
+        // In a room's archive every message is with the room: the nick gets its own spans.
+        let in_room = ArchivedMessage {
+            with: "u@x".into(),
+            ..msg.clone()
+        };
+        let mut lsm = Vec::new();
+        lsm_writes("u@x", &in_room, &mut lsm).unwrap();
+        let keys: Vec<_> = lsm.iter().map(|w| w.key.clone()).collect();
+        assert_eq!(
+            keys[1..],
+            [
+                b"u@x\x00u@x\x000000000000000000".to_vec(),
+                b"u@x\x00u@x/orchard\x000000000000000000".to_vec()
+            ]
         );
     }
 
@@ -833,11 +857,13 @@ mod tests {
             [
                 format!("a@x\0{s0}"),
                 format!("a@x\0{s1}"),
-                format!("a@x/laptop\0{s0}"),
-                format!("a@x/phone\0{s0}"),
                 format!("b@x\0{s0}")
-            ]
+            ],
+            "the bare JIDs' spans only: the peers are not the archive's owner"
         );
+        // As archives written before kept them: a full JID's span entry too.
+        m.put(PEERS_MODULE, "u@x", &format!("a@x/phone\0{s0}"), Some(""))
+            .unwrap();
         assert_eq!(
             with_ids(m, "u@x", "a@x", None),
             [id(0, 0), id(2, 0), id(3, 0), id(later, 0)]
@@ -865,7 +891,7 @@ mod tests {
                 format!("a@x/phone\0{s0}"),
                 format!("b@x\0{s0}")
             ],
-            "the laptop's last message in the span took its entry; the phone still has one"
+            "the phone's old entry stays while the phone has a message in its span"
         );
         remove(&[id(3, 0), id(1, 0)]);
         assert_eq!(span_entries(m, "u@x"), [format!("a@x\0{s1}")]);
@@ -873,6 +899,41 @@ mod tests {
         append(&[chat(id(5, 0), "a@x", "")]);
         assert_eq!(with_ids(m, "u@x", "a@x", None), [id(5, 0), id(later, 0)]);
         assert_eq!(span_entries(m, "u@x").len(), 2);
+    }
+
+    #[test]
+    fn a_rooms_archive_keeps_each_nicks_spans() {
+        let dir = crate::testutil::TempDir::new("mam-room-spans");
+        let store = crate::testutil::open(dir.path());
+        let data = store.shard_user_data(1).unwrap();
+        let m = &data.modules;
+        let t0 = 1_700_000_000_000u64 & !((1 << SPAN_MS_BITS) - 1);
+        let id = |ms: u64| ArchiveId::new(t0 + ms, 1, 0).0;
+        let later = 1 << SPAN_MS_BITS;
+        let msgs = [
+            chat(id(0), "r@m", "ann"),
+            chat(id(1), "r@m", "bob"),
+            chat(id(later), "r@m", "bob"),
+        ];
+        let writes = msgs
+            .iter()
+            .map(|msg| append_writes("r@m", msg).unwrap())
+            .collect();
+        data.apply(&UserDataWrite::Batch(writes)).unwrap();
+        let (s0, s1) = (hex(span_start(id(0))), hex(span_start(id(later))));
+        assert_eq!(
+            span_entries(m, "r@m"),
+            [
+                format!("r@m\0{s0}"),
+                format!("r@m\0{s1}"),
+                format!("r@m/ann\0{s0}"),
+                format!("r@m/bob\0{s0}"),
+                format!("r@m/bob\0{s1}"),
+            ]
+        );
+        assert_eq!(with_ids(m, "r@m", "r@m", Some("ann")), [id(0)]);
+        assert_eq!(with_ids(m, "r@m", "r@m", Some("bob")), [id(1), id(later)]);
+        assert_eq!(with_ids(m, "r@m", "r@m", None).len(), 3);
     }
 
     #[test]
