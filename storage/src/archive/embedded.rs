@@ -193,10 +193,9 @@ pub(crate) fn lsm_writes(
     check(msg)?;
     // Built straight into their bytes, one allocation each (two writes for every archived
     // message: issue 19 counts them).
-    let user_text = user;
-    let user = crate::part(user)?;
-    let mut record = Vec::with_capacity(user.len() + 17);
-    record.extend_from_slice(user);
+    let owner = crate::part(user)?;
+    let mut record = Vec::with_capacity(owner.len() + 17);
+    record.extend_from_slice(owner);
     record.push(0);
     push_hex(&mut record, msg.id);
     out.push(LsmWrite {
@@ -205,9 +204,9 @@ pub(crate) fn lsm_writes(
         value: Some(Cow::Owned(encode(msg).into_bytes())),
         once: false,
     });
-    for peer in indexed_peers(user_text, msg) {
-        let mut span = Vec::with_capacity(user.len() + msg.with.len() + 32);
-        span.extend_from_slice(user);
+    for peer in indexed_peers(user, msg) {
+        let mut span = Vec::with_capacity(owner.len() + msg.with.len() + 32);
+        span.extend_from_slice(owner);
         span.push(0);
         push_index_key(&mut span, peer, msg.id);
         out.push(LsmWrite {
@@ -227,9 +226,10 @@ pub(crate) fn lsm_writes(
 /// bare JID's spans and keeps the resource's records ([`span_peer`]); a full-JID entry for
 /// every message of an account's archive was a third of the archive's memtable inserts for
 /// a query clients seldom make (issue 19). Archives written before hold full-JID entries
-/// for every message; they are left alone and cost nothing but their space.
+/// for every message with a resource; [`remove_writes`] takes them with their spans' last
+/// messages.
 fn indexed_peers<'m>(user: &str, msg: &'m ArchivedMessage) -> impl Iterator<Item = Peer<'m>> {
-    let full = (!msg.with_resource.is_empty() && msg.with == user)
+    let full = (!msg.with_resource.is_empty() && full_jids_indexed(user, &msg.with))
         .then_some((msg.with.as_str(), Some(msg.with_resource.as_str())));
     std::iter::once((msg.with.as_str(), None)).chain(full)
 }
@@ -237,7 +237,13 @@ fn indexed_peers<'m>(user: &str, msg: &'m ArchivedMessage) -> impl Iterator<Item
 /// The index entries a query `with` `peer` in `user`'s archive reads (see
 /// [`indexed_peers`]): the full JID's where it is the owner's own, else the bare JID's.
 fn span_peer<'p>(user: &str, (with, resource): Peer<'p>) -> Peer<'p> {
-    (with, resource.filter(|_| with == user))
+    (with, resource.filter(|_| full_jids_indexed(user, with)))
+}
+
+/// Whether `user`'s archive indexes messages `with` the bare JID `with` by full JID too:
+/// only its messages with itself (a room's archive, see [`indexed_peers`]).
+fn full_jids_indexed(user: &str, with: &str) -> bool {
+    with == user
 }
 
 /// `id` as [`hex`] writes it.
@@ -263,7 +269,7 @@ pub fn remove_writes(
         if let Some(msg) = get(store, user, id)? {
             writes.push(module_write(MODULE, user, hex(id), None));
             // Both entries a message may have: archives written before [`indexed_peers`]
-            // left out most full JIDs hold them for every message with a resource.
+            // indexed the full JID of every message with a resource.
             let full = (!msg.with_resource.is_empty()).then(|| msg.with_resource.clone());
             for resource in [None, full] {
                 spans.insert((msg.with.clone(), resource, span_start(id)));
@@ -272,6 +278,14 @@ pub fn remove_writes(
     }
     for (with, resource, start) in spans {
         let peer = (with.as_str(), resource.as_deref());
+        // A span entry that is not there (a full JID's, in an archive written since
+        // [`indexed_peers`]) needs neither the walk nor a removal.
+        if store
+            .get(PEERS_MODULE, user, &index_key(peer, start))?
+            .is_none()
+        {
+            continue;
+        }
         let mut needed = false;
         let mut budget = u64::MAX;
         walk_records(
