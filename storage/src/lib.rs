@@ -13,6 +13,7 @@ pub mod accounts;
 pub mod archive;
 pub mod blocking;
 mod lsm;
+mod lsm_stage;
 pub mod meta;
 pub mod module_store;
 pub mod offline;

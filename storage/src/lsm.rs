@@ -20,6 +20,8 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::lsm_stage::Stage;
+
 /// The nice value of the keyspace's background threads (fjall's flushes, compaction and
 /// monitor, and our syncer): the lowest priority. Nothing waits for them (the archive's
 /// messages are delivered before they are archived), and at normal priority a compaction or
@@ -51,8 +53,56 @@ pub(crate) struct Lsm {
 
 /// What the clones of one [`Lsm`] share.
 struct Shared {
+    keyspace: fjall::Keyspace,
     syncer: Syncer,
     known: KnownEntries,
+    /// The archive's inserts waiting to go into the memtables together (`crate::lsm_stage`).
+    stage: Mutex<Stage>,
+}
+
+impl Drop for Shared {
+    /// The last handle is gone: what is staged goes into the keyspace (else the next open
+    /// replays it from the stage's log), before the syncer's last sync.
+    fn drop(&mut self) {
+        let stage = self.stage.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = settle(&self.keyspace, &self.known, stage, Settle::All) {
+            tracing::warn!(error = %e, "archive: staged inserts left to the stage log's replay");
+        }
+    }
+}
+
+/// What [`settle`] inserts: everything staged, or one account's entries.
+enum Settle<'k> {
+    All,
+    Owner(&'k [u8]),
+}
+
+/// Insert what `what` names from `stage` into the keyspace. Everything: also synced, and the
+/// stage's log emptied (and that synced), so that nothing a later removal takes can come
+/// back from a replay.
+fn settle(
+    keyspace: &fjall::Keyspace,
+    known: &KnownEntries,
+    stage: &mut Stage,
+    what: Settle<'_>,
+) -> Result<(), fjall::Error> {
+    let mut batch = keyspace.batch();
+    let n = match what {
+        Settle::Owner(owner) => stage.take_owner(owner, &mut batch),
+        Settle::All if stage.is_clear() => return Ok(()),
+        Settle::All => stage.take_all(&mut batch),
+    };
+    if n > 0 {
+        if let Err(e) = batch.durability(Some(fjall::PersistMode::Buffer)).commit() {
+            known.forget_all();
+            return Err(e);
+        }
+    }
+    if let Settle::All = what {
+        keyspace.persist(fjall::PersistMode::SyncAll)?;
+        stage.truncate_log()?;
+    }
+    Ok(())
 }
 
 /// Idempotent entries (`module_store::LsmWrite::once`: the archive's by-peer spans, written
@@ -163,8 +213,9 @@ impl Drop for Syncer {
     }
 }
 
-/// The sync thread: wait for a commit, let more come for [`SYNC_DELAY`], sync them all.
-fn run_syncer(keyspace: fjall::Keyspace, state: Arc<SyncState>) {
+/// The sync thread: wait for a commit, let more come for [`SYNC_DELAY`], sync them all (and
+/// the stage's log, `stage_log`).
+fn run_syncer(keyspace: fjall::Keyspace, stage_log: std::fs::File, state: Arc<SyncState>) {
     let lock = || state.flags.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
         let mut flags = lock();
@@ -189,7 +240,8 @@ fn run_syncer(keyspace: fjall::Keyspace, state: Arc<SyncState>) {
         let stop = flags.stop;
         flags.pending = false;
         drop(flags);
-        if keyspace.persist(fjall::PersistMode::SyncAll).is_err() {
+        if keyspace.persist(fjall::PersistMode::SyncAll).is_err() || stage_log.sync_data().is_err()
+        {
             state.failed.store(true, Ordering::SeqCst);
         }
         if stop {
@@ -234,12 +286,20 @@ fn threads() -> Vec<(String, std::path::PathBuf)> {
 impl Lsm {
     pub(crate) fn open(path: &std::path::Path) -> Result<Lsm, fjall::Error> {
         let keyspace = fjall::Config::new(path).open()?;
+        let (stage, replayed) = Stage::open(&path.with_extension("stage"), &keyspace)?;
+        if replayed > 0 {
+            tracing::info!(
+                replayed,
+                "archive: staged inserts replayed from the stage log"
+            );
+        }
         let state = Arc::new(SyncState::default());
         let thread = {
             let (keyspace, state) = (keyspace.clone(), state.clone());
+            let stage_log = stage.log_handle()?;
             std::thread::Builder::new()
                 .name("lsm-sync".into())
-                .spawn(move || run_syncer(keyspace, state))?
+                .spawn(move || run_syncer(keyspace, stage_log, state))?
         };
         lower_background_priority();
         // A thread names itself once it runs: look again when the new ones surely have.
@@ -250,8 +310,10 @@ impl Lsm {
                 lower_background_priority();
             });
         Ok(Lsm {
-            keyspace,
+            keyspace: keyspace.clone(),
             shared: Arc::new(Shared {
+                keyspace,
+                stage: Mutex::new(stage),
                 syncer: Syncer {
                     state,
                     thread: Mutex::new(Some(thread)),
@@ -271,33 +333,98 @@ impl Lsm {
 
     /// Commit `batch`, written to the OS before this returns; if `durable`, synced to the
     /// disk within [`SYNC_DELAY`] (see the header). An error once a background sync failed.
+    /// Staged inserts go in first (`crate::lsm_stage`), so that the batch orders after them.
     pub(crate) fn commit(&self, batch: fjall::Batch, durable: bool) -> Result<(), fjall::Error> {
         if self.shared.syncer.state.failed.load(Ordering::SeqCst) {
             return Err(fjall::Error::Poisoned);
         }
+        self.settle_all()?;
         if let Err(e) = batch.durability(Some(fjall::PersistMode::Buffer)).commit() {
             self.shared.known.forget_all();
             return Err(e);
         }
         if durable {
-            let mut flags = self
-                .shared
-                .syncer
-                .state
-                .flags
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if !flags.pending {
-                flags.pending = true;
-                self.shared.syncer.state.wake.notify_one();
-            }
+            self.sync_soon();
         }
         Ok(())
     }
 
-    /// Make everything committed so far durable, now.
+    /// Have the sync thread sync within [`SYNC_DELAY`].
+    fn sync_soon(&self) {
+        let mut flags = self
+            .shared
+            .syncer
+            .state
+            .flags
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !flags.pending {
+            flags.pending = true;
+            self.shared.syncer.state.wake.notify_one();
+        }
+    }
+
+    fn stage_lock(&self) -> std::sync::MutexGuard<'_, Stage> {
+        self.shared
+            .stage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stage `inserts` (`crate::lsm_stage`): in the stage's log before this returns (written
+    /// to the OS; if `durable`, synced within [`SYNC_DELAY`]), in the memtables once the
+    /// stage is full or a read needs them. Inserts only: anything else is a [`commit`](Self::commit)
+    /// after [`settle_all`](Self::settle_all).
+    pub(crate) fn stage(
+        &self,
+        inserts: Vec<(fjall::PartitionHandle, Vec<u8>, Vec<u8>)>,
+        durable: bool,
+    ) -> Result<(), fjall::Error> {
+        if self.shared.syncer.state.failed.load(Ordering::SeqCst) {
+            return Err(fjall::Error::Poisoned);
+        }
+        let mut stage = self.stage_lock();
+        let full = stage.stage(inserts)?;
+        if durable {
+            self.sync_soon();
+        }
+        if full {
+            settle(&self.keyspace, &self.shared.known, &mut stage, Settle::All)?;
+        }
+        Ok(())
+    }
+
+    /// Put what is staged for the account that `key` (a key or a key prefix) belongs to
+    /// into the keyspace, so that a read sees it; everything when `key` names no account.
+    pub(crate) fn settle_for(&self, key: &[u8]) -> Result<(), fjall::Error> {
+        let what = match crate::lsm_stage::owner_of(key) {
+            Some(owner) => Settle::Owner(owner),
+            None => Settle::All,
+        };
+        settle(
+            &self.keyspace,
+            &self.shared.known,
+            &mut self.stage_lock(),
+            what,
+        )
+    }
+
+    /// Put everything staged into the keyspace (before a read across accounts, a removal,
+    /// or any write that is not a staged insert).
+    pub(crate) fn settle_all(&self) -> Result<(), fjall::Error> {
+        settle(
+            &self.keyspace,
+            &self.shared.known,
+            &mut self.stage_lock(),
+            Settle::All,
+        )
+    }
+
+    /// Make everything committed or staged so far durable, now.
     pub(crate) fn sync_all(&self) -> Result<(), fjall::Error> {
-        self.keyspace.persist(fjall::PersistMode::SyncAll)
+        self.keyspace.persist(fjall::PersistMode::SyncAll)?;
+        self.stage_lock().sync_log()?;
+        Ok(())
     }
 }
 
@@ -401,5 +528,115 @@ mod tests {
             drop(part);
             drop(lsm);
         }
+    }
+
+    fn part(lsm: &Lsm) -> fjall::PartitionHandle {
+        lsm.keyspace()
+            .open_partition("p", fjall::PartitionCreateOptions::default())
+            .unwrap()
+    }
+
+    fn inserts(
+        part: &fjall::PartitionHandle,
+        keys: &[&str],
+    ) -> Vec<(fjall::PartitionHandle, Vec<u8>, Vec<u8>)> {
+        keys.iter()
+            .map(|k| (part.clone(), k.as_bytes().to_vec(), b"v".to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn staged_inserts_are_read_per_account_and_survive_a_crash_through_the_stage_log() {
+        let dir = crate::testutil::TempDir::new("lsm-stage");
+        let path = dir.path().join("lsm");
+        {
+            let lsm = Lsm::open(&path).unwrap();
+            let p = part(&lsm);
+            lsm.stage(inserts(&p, &["alice\0b", "bob\0a", "alice\0a"]), true)
+                .unwrap();
+            // Staged, not in the memtable yet.
+            assert!(p.get("alice\0a").unwrap().is_none());
+            // A read of alice's settles alice's entries only.
+            lsm.settle_for(b"alice\0").unwrap();
+            assert!(p.get("alice\0a").unwrap().is_some());
+            assert!(p.get("alice\0b").unwrap().is_some());
+            assert!(p.get("bob\0a").unwrap().is_none());
+            lsm.stage(inserts(&p, &["carol\0a"]), true).unwrap();
+            // A crash: nothing settles on the way out (the handles are leaked), what the
+            // stage log holds is all that is left of bob's and carol's entries.
+            lsm.sync_all().unwrap();
+            std::mem::forget(p);
+            std::mem::forget(lsm);
+        }
+        // (The leaked keyspace keeps its lock: reopen a copy of the directory.)
+        let copy = dir.path().join("copy");
+        std::fs::create_dir_all(&copy).unwrap();
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&path)
+            .arg(path.with_extension("stage"))
+            .arg(&copy)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let _ = std::fs::remove_file(copy.join("lsm").join("lock"));
+        let lsm = Lsm::open(&copy.join("lsm")).unwrap();
+        let p = part(&lsm);
+        for k in ["alice\0a", "alice\0b", "bob\0a", "carol\0a"] {
+            assert!(p.get(k).unwrap().is_some(), "{k}");
+        }
+        assert_eq!(std::fs::metadata(copy.join("lsm.stage")).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_removal_settles_the_stage_first_and_empties_its_log() {
+        let dir = crate::testutil::TempDir::new("lsm-stage-remove");
+        let path = dir.path().join("lsm");
+        let lsm = Lsm::open(&path).unwrap();
+        let p = part(&lsm);
+        lsm.stage(inserts(&p, &["alice\0a", "alice\0b"]), true)
+            .unwrap();
+        lsm.settle_for(b"alice\0").unwrap();
+        assert!(
+            std::fs::metadata(path.with_extension("stage"))
+                .unwrap()
+                .len()
+                > 0
+        );
+        let mut b = lsm.keyspace().batch();
+        b.remove(&p, "alice\0a");
+        lsm.commit(b, true).unwrap();
+        // A replay of the log now could not bring alice\0a back: the log is empty.
+        assert_eq!(
+            std::fs::metadata(path.with_extension("stage"))
+                .unwrap()
+                .len(),
+            0
+        );
+        assert!(p.get("alice\0a").unwrap().is_none());
+        assert!(p.get("alice\0b").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_full_stage_goes_into_the_keyspace_by_itself() {
+        let dir = crate::testutil::TempDir::new("lsm-stage-full");
+        let path = dir.path().join("lsm");
+        let lsm = Lsm::open(&path).unwrap();
+        let p = part(&lsm);
+        let keys: Vec<String> = (0..crate::lsm_stage::MAX_ENTRIES)
+            .map(|i| format!("user{}\0{i:08}", i % 100))
+            .collect();
+        for chunk in keys.chunks(1000) {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            lsm.stage(inserts(&p, &refs), false).unwrap();
+        }
+        // Read straight from the partition: every entry is there without a settle.
+        assert_eq!(p.len().unwrap(), keys.len());
+        assert_eq!(
+            std::fs::metadata(path.with_extension("stage"))
+                .unwrap()
+                .len(),
+            0
+        );
     }
 }

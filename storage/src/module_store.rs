@@ -309,6 +309,10 @@ impl ModuleStore {
             // `keep` follows the order of the once-writes.
             writes.retain(|w| !w.once || keep.next().unwrap_or(true));
         }
+        // Inserts alone (an archive batch) are staged, to go into the memtables sorted with
+        // many others (`crate::lsm_stage`); a removal commits at once, after them.
+        let stage = writes.iter().all(|w| w.value.is_some());
+        let mut staged = Vec::with_capacity(if stage { writes.len() } else { 0 });
         let mut batch = fjall::Batch::with_capacity(self.lsm.keyspace().clone(), writes.len());
         let mut parts: [Option<fjall::PartitionHandle>; LSM_MODULES.len()] = Default::default();
         for w in writes {
@@ -328,12 +332,20 @@ impl ModuleStore {
                 },
             };
             match w.value {
+                Some(v) if stage => staged.push((part.clone(), w.key, v.into_owned())),
                 Some(v) => batch.insert(part, w.key, &*v),
                 None => batch.remove(part, w.key),
             }
         }
         // (A failed commit forgets the known entries itself.)
-        self.lsm.commit(batch, self.durable)?;
+        if stage {
+            if let Err(e) = self.lsm.stage(staged, self.durable) {
+                known.forget_all();
+                return Err(e.into());
+            }
+        } else {
+            self.lsm.commit(batch, self.durable)?;
+        }
         Ok(())
     }
 
@@ -460,6 +472,16 @@ impl std::ops::Deref for Bytes {
 
 type KvIter = Box<dyn DoubleEndedIterator<Item = Result<(Bytes, Bytes), StorageError>>>;
 
+/// An iteration that could not start: its one item is the error.
+fn failed(e: fjall::Error) -> KvIter {
+    Box::new(std::iter::once(Err(e.into())))
+}
+
+/// `owner \0`: a key of `owner`'s for [`Lsm::settle_for`].
+fn range_key(owner: &[u8]) -> Vec<u8> {
+    [owner, b"\0"].concat()
+}
+
 /// One module tree, in sled or in a fjall partition (see the header).
 #[derive(Clone)]
 pub(crate) enum ModTree {
@@ -481,7 +503,10 @@ impl ModTree {
     pub(crate) fn get(&self, k: &[u8]) -> Result<Option<Bytes>, StorageError> {
         Ok(match self {
             ModTree::Sled(t) => t.get(k)?.map(Bytes::Sled),
-            ModTree::Lsm(_, p) => p.get(k)?.map(Bytes::Lsm),
+            ModTree::Lsm(lsm, p) => {
+                lsm.settle_for(k)?;
+                p.get(k)?.map(Bytes::Lsm)
+            }
         })
     }
 
@@ -494,6 +519,7 @@ impl ModTree {
             }
             .is_some()),
             ModTree::Lsm(lsm, p) => {
+                lsm.settle_all()?;
                 let old = p.contains_key(&k)?;
                 match v {
                     Some(v) => p.insert(k, v)?,
@@ -554,21 +580,41 @@ impl ModTree {
     pub(crate) fn iter(&self) -> KvIter {
         match self {
             ModTree::Sled(t) => Box::new(t.iter().map(sled_kv)),
-            ModTree::Lsm(_, p) => Box::new(p.iter().map(lsm_kv)),
+            ModTree::Lsm(lsm, p) => match lsm.settle_all() {
+                Ok(()) => Box::new(p.iter().map(lsm_kv)),
+                Err(e) => failed(e),
+            },
         }
     }
 
     pub(crate) fn scan_prefix(&self, pfx: &[u8]) -> KvIter {
         match self {
             ModTree::Sled(t) => Box::new(t.scan_prefix(pfx).map(sled_kv)),
-            ModTree::Lsm(_, p) => Box::new(p.prefix(pfx.to_vec()).map(lsm_kv)),
+            ModTree::Lsm(lsm, p) => match lsm.settle_for(pfx) {
+                Ok(()) => Box::new(p.prefix(pfx.to_vec()).map(lsm_kv)),
+                Err(e) => failed(e),
+            },
         }
     }
 
     pub(crate) fn range(&self, range: (Bound<Vec<u8>>, Bound<Vec<u8>>)) -> KvIter {
         match self {
             ModTree::Sled(t) => Box::new(t.range::<Vec<u8>, _>(range).map(sled_kv)),
-            ModTree::Lsm(_, p) => {
+            ModTree::Lsm(lsm, p) => {
+                // What is staged for the range's account (both ends' account), or everything.
+                let owner = |b: &Bound<Vec<u8>>| match b {
+                    Bound::Included(k) | Bound::Excluded(k) => {
+                        crate::lsm_stage::owner_of(k).map(<[u8]>::to_vec)
+                    }
+                    Bound::Unbounded => None,
+                };
+                let settled = match (owner(&range.0), owner(&range.1)) {
+                    (Some(a), Some(b)) if a == b => lsm.settle_for(&range_key(&a)),
+                    _ => lsm.settle_all(),
+                };
+                if let Err(e) = settled {
+                    return failed(e);
+                }
                 // fjall panics on a range whose start lies after its end, where sled
                 // yields nothing.
                 let empty = match (&range.0, &range.1) {
@@ -589,7 +635,10 @@ impl ModTree {
     pub(crate) fn is_empty(&self) -> Result<bool, StorageError> {
         Ok(match self {
             ModTree::Sled(t) => t.is_empty(),
-            ModTree::Lsm(_, p) => p.is_empty()?,
+            ModTree::Lsm(lsm, p) => {
+                lsm.settle_all()?;
+                p.is_empty()?
+            }
         })
     }
 
@@ -597,7 +646,9 @@ impl ModTree {
     pub(crate) fn clear(&self) -> Result<(), StorageError> {
         match self {
             ModTree::Sled(t) => t.clear()?,
-            ModTree::Lsm(_, p) => loop {
+            ModTree::Lsm(lsm, p) => loop {
+                // (Staged entries first: else a tree that holds only those looks empty.)
+                lsm.settle_all()?;
                 let keys: Vec<fjall::Slice> = p.keys().take(LSM_CHUNK).collect::<Result<_, _>>()?;
                 if keys.is_empty() {
                     break;
