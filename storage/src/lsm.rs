@@ -12,6 +12,11 @@
 //! of one or two messages (issue 19). The archive's messages are delivered before they are
 //! archived anyway (the archiver's linger is 20 ms too), so a power loss can take the last
 //! [`SYNC_DELAY`] of the archive, never a process crash.
+//!
+//! The archive's inserts do not go into the memtables one batch at a time: they wait in the
+//! keyspace's stage (`crate::lsm_stage`, with a log of its own that this thread syncs too)
+//! and go in sorted, tens of thousands at once, or sooner for a read of their account. Every
+//! other commit, and every read across accounts, puts the stage in first.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};

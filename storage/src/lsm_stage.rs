@@ -258,40 +258,38 @@ impl Stage {
         let Some(indices) = self.by_owner.remove(&owner_hash(owner)) else {
             return 0;
         };
-        let mut picked: Vec<usize> = indices
+        let picked: Vec<usize> = indices
             .into_iter()
             .map(|i| i as usize)
             .filter(|i| self.entries.get(*i).is_some_and(|e| !e.settled))
             .collect();
-        picked.sort_by(|a, b| {
-            let (a, b) = (&self.entries[*a], &self.entries[*b]);
-            (&*a.part.name, &a.key).cmp(&(&*b.part.name, &b.key))
-        });
-        for &i in &picked {
-            let e = &mut self.entries[i];
-            e.settled = true;
-            batch.insert(
-                &e.part,
-                std::mem::take(&mut e.key),
-                std::mem::take(&mut e.value),
-            );
-        }
-        self.live -= picked.len();
-        picked.len()
+        let n = self.insert_sorted(picked, batch);
+        self.live -= n;
+        n
     }
 
     /// Insert everything staged into `batch` (in key order) and empty the stage; the log
     /// keeps it all until [`truncate_log`](Self::truncate_log). How many were added.
     pub(crate) fn take_all(&mut self, batch: &mut fjall::Batch) -> usize {
-        let mut order: Vec<usize> = (0..self.entries.len())
+        let order: Vec<usize> = (0..self.entries.len())
             .filter(|i| !self.entries[*i].settled)
             .collect();
-        order.sort_unstable_by(|a, b| {
+        let n = self.insert_sorted(order, batch);
+        self.entries.clear();
+        self.by_owner.clear();
+        self.live = 0;
+        self.bytes = 0;
+        n
+    }
+
+    /// Insert the entries at `indices` into `batch` in key order (consecutive memtable
+    /// inserts then walk nearly the same path), marking them settled. How many.
+    fn insert_sorted(&mut self, mut indices: Vec<usize>, batch: &mut fjall::Batch) -> usize {
+        indices.sort_unstable_by(|a, b| {
             let (a, b) = (&self.entries[*a], &self.entries[*b]);
             (&*a.part.name, &a.key).cmp(&(&*b.part.name, &b.key))
         });
-        let n = order.len();
-        for i in order {
+        for &i in &indices {
             let e = &mut self.entries[i];
             e.settled = true;
             batch.insert(
@@ -300,11 +298,7 @@ impl Stage {
                 std::mem::take(&mut e.value),
             );
         }
-        self.entries.clear();
-        self.by_owner.clear();
-        self.live = 0;
-        self.bytes = 0;
-        n
+        indices.len()
     }
 
     /// Empty the log, synced: everything it held is in the keyspace and synced.
