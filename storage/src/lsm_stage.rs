@@ -284,12 +284,29 @@ impl Stage {
 
     /// Insert the entries at `indices` into `batch` in key order (consecutive memtable
     /// inserts then walk nearly the same path), marking them settled. How many.
-    fn insert_sorted(&mut self, mut indices: Vec<usize>, batch: &mut fjall::Batch) -> usize {
-        indices.sort_unstable_by(|a, b| {
-            let (a, b) = (&self.entries[*a], &self.entries[*b]);
-            (&*a.part.name, &a.key).cmp(&(&*b.part.name, &b.key))
+    fn insert_sorted(&mut self, indices: Vec<usize>, batch: &mut fjall::Batch) -> usize {
+        // Sorted on what is inline: the partition (its name's address: the batch does not
+        // care in which order the partitions come, only that each one's keys are together)
+        // and the key's first 8 bytes; only a tie reads both keys. Comparing the names and
+        // keys behind their pointers missed the cache at every step (the sort was a third
+        // of the stage's cost).
+        let entries = &self.entries;
+        let mut order: Vec<(usize, u64, usize)> = indices
+            .into_iter()
+            .map(|i| {
+                let e = &entries[i];
+                let mut head = [0u8; 8];
+                let n = e.key.len().min(8);
+                head[..n].copy_from_slice(&e.key[..n]);
+                (e.part.name.as_ptr() as usize, u64::from_be_bytes(head), i)
+            })
+            .collect();
+        order.sort_unstable_by(|a, b| {
+            (a.0, a.1)
+                .cmp(&(b.0, b.1))
+                .then_with(|| entries[a.2].key.cmp(&entries[b.2].key))
         });
-        for &i in &indices {
+        for &(_, _, i) in &order {
             let e = &mut self.entries[i];
             e.settled = true;
             batch.insert(
@@ -298,7 +315,7 @@ impl Stage {
                 std::mem::take(&mut e.value),
             );
         }
-        indices.len()
+        order.len()
     }
 
     /// Empty the log, synced: everything it held is in the keyspace and synced.
