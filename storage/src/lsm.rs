@@ -18,7 +18,7 @@
 //! and go in sorted, tens of thousands at once, or sooner for a read of their account. Every
 //! other commit, and every read across accounts, puts the stage in first.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -26,6 +26,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::lsm_stage::Stage;
+use crate::module_store::Generations;
 
 /// The nice value of the keyspace's background threads (fjall's flushes, compaction and
 /// monitor, and our syncer): the lowest priority. Nothing waits for them (the archive's
@@ -63,6 +64,9 @@ struct Shared {
     known: KnownEntries,
     /// The archive's inserts waiting to go into the memtables together (`crate::lsm_stage`).
     stage: Mutex<Stage>,
+    /// Each placement's module write counters (`crate::module_store::Generations`), one
+    /// per placement prefix for every `ModuleStore` opened on it.
+    generations: Mutex<HashMap<String, Arc<Generations>>>,
 }
 
 impl Drop for Shared {
@@ -319,6 +323,7 @@ impl Lsm {
             shared: Arc::new(Shared {
                 keyspace,
                 stage: Mutex::new(stage),
+                generations: Mutex::default(),
                 syncer: Syncer {
                     state,
                     thread: Mutex::new(Some(thread)),
@@ -334,6 +339,16 @@ impl Lsm {
 
     pub(crate) fn known(&self) -> &KnownEntries {
         &self.shared.known
+    }
+
+    /// The module write counters of the placement `prefix` (shared by every store of it).
+    pub(crate) fn generations(&self, prefix: &str) -> Arc<Generations> {
+        let mut all = self
+            .shared
+            .generations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        all.entry(prefix.to_string()).or_default().clone()
     }
 
     /// Commit `batch`, written to the OS before this returns; if `durable`, synced to the

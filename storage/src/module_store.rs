@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use sled::transaction::Transactional;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::lsm::Lsm;
@@ -71,6 +72,34 @@ pub struct ModuleStore {
     prefix: String,
     /// Flush after each write (off for replicated shards: their Raft log is durable).
     durable: bool,
+    /// The placement's module write counters.
+    generations: Arc<Generations>,
+}
+
+/// Counters of the writes to a placement's module trees, one per slot of a hash of the
+/// module's name: a reader that caches what a module stores (the MAM preferences, read
+/// for every archived message) keeps the count it read at and drops its cache once the
+/// count moves ([`ModuleStore::generation`]). Two modules in one slot only drop a cache
+/// more often. An account's deletion and a snapshot's restore move every slot.
+#[derive(Default)]
+pub(crate) struct Generations([AtomicU64; 16]);
+
+impl Generations {
+    fn slot(&self, module: &str) -> &AtomicU64 {
+        let i = xxhash_rust::xxh3::xxh3_64(module.as_bytes()) as usize % self.0.len();
+        &self.0[i]
+    }
+}
+
+/// See [`ModuleStore::writing_all`].
+pub(crate) struct WritingAll<'a>(&'a ModuleStore);
+
+impl Drop for WritingAll<'_> {
+    fn drop(&mut self) {
+        for slot in &self.0.generations.0 {
+            slot.fetch_add(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// The part of a module tree's name after the placement prefix.
@@ -104,12 +133,31 @@ fn text(key: &[u8], bytes: &[u8]) -> Result<String, StorageError> {
 impl ModuleStore {
     pub(crate) fn new(db: sled::Db, lsm: Lsm, prefix: &str, durable: bool) -> ModuleStore {
         ModuleStore {
+            generations: lsm.generations(prefix),
             db,
             lsm,
             lsm_parts: Arc::default(),
             prefix: prefix.to_string(),
             durable,
         }
+    }
+
+    /// How many times `module`'s tree of this placement was written so far (see
+    /// [`Generations`]): a cache of what it stores is current while this stays the same.
+    pub fn generation(&self, module: &str) -> u64 {
+        self.generations.slot(module).load(Ordering::Acquire)
+    }
+
+    /// `module`'s tree was written (after the write: a reader that saw the old count
+    /// drops what it read).
+    fn written(&self, module: &str) {
+        self.generations.slot(module).fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Every tree may change until the guard is dropped (an account deleted, a snapshot
+    /// restored): then, however that ended, every count moves.
+    pub(crate) fn writing_all(&self) -> WritingAll<'_> {
+        WritingAll(self)
     }
 
     /// The same trees, written without flushing.
@@ -247,7 +295,9 @@ impl ModuleStore {
     ) -> Result<bool, StorageError> {
         let tree = self.tree(module)?;
         let k = entry_key(user, key)?;
-        let old = tree.put(k, payload.map(str::as_bytes))?;
+        let old = tree.put(k, payload.map(str::as_bytes));
+        self.written(module);
+        let old = old?;
         if self.durable {
             tree.flush()?;
         }
@@ -371,7 +421,7 @@ impl ModuleStore {
             let tree = names.binary_search(&module).unwrap_or_default();
             keyed.push((tree, entry_key(user, key)?, payload));
         }
-        trees.as_slice().transaction(|views| -> TxResult<()> {
+        let done = trees.as_slice().transaction(|views| -> TxResult<()> {
             for (tree, k, payload) in &keyed {
                 let view = &views[*tree];
                 match payload {
@@ -380,7 +430,11 @@ impl ModuleStore {
                 };
             }
             Ok(())
-        })?;
+        });
+        for name in &names {
+            self.written(name);
+        }
+        done?;
         if self.durable {
             if let Some(t) = trees.first() {
                 t.flush()?;
@@ -766,6 +820,40 @@ mod tests {
     use crate::testutil::{open, TempDir};
 
     const U: &str = "juliet@example.com";
+
+    #[test]
+    fn write_counts_move_for_every_store_of_the_placement() {
+        let dir = TempDir::new("modstore-generations");
+        let store = open(dir.path());
+        // Two stores of one placement, opened apart (the shard's actor and its writer).
+        let (reader, writer) = (store.modules(), store.user_data().unwrap());
+        let at = reader.generation("mam");
+        writer
+            .modules
+            .put("mam", U, "prefs", Some("<prefs/>"))
+            .unwrap();
+        let after_put = reader.generation("mam");
+        assert_ne!(after_put, at);
+        writer
+            .modules
+            .put_all(
+                &[("mam", U, "prefs", Some("<prefs default='never'/>"))],
+                Vec::new(),
+            )
+            .unwrap();
+        let after_batch = reader.generation("mam");
+        assert_ne!(after_batch, after_put);
+        writer.delete_user(U).unwrap();
+        assert_ne!(reader.generation("mam"), after_batch);
+        // Another placement's counts are its own.
+        let shard = store.shard_user_data(1).unwrap();
+        let before = reader.generation("mam");
+        shard
+            .modules
+            .put("mam", U, "prefs", Some("<prefs/>"))
+            .unwrap();
+        assert_eq!(reader.generation("mam"), before);
+    }
 
     #[test]
     fn put_get_entries_remove_and_reopen() {

@@ -492,6 +492,7 @@ impl UserData {
     /// Remove everything stored for `user` in these trees, in one transaction (see
     /// [`crate::Store::delete_user_data`]).
     pub fn delete_user(&self, user: &str) -> Result<(), StorageError> {
+        let _caches = self.modules.writing_all();
         let modules = self.modules.trees()?;
         // One transaction holds every key it removes in memory: an archive of millions of
         // messages (`mod.mam`) would not fit. While an account has more than `WIPE_CHUNK`
@@ -584,6 +585,7 @@ impl UserData {
     /// before modules had a store of their own (trees `vcards`, `private`, `last_activity`)
     /// is restored into the module trees.
     pub fn restore(&self, dump: &[u8]) -> Result<(), StorageError> {
+        let _caches = self.modules.writing_all();
         let bad = || StorageError::Corrupt("user data snapshot".into());
         let mut r = Reader(dump);
         let count = r.u32().ok_or_else(bad)?;
@@ -645,6 +647,7 @@ impl UserData {
 
     /// Empty every tree.
     pub fn clear(&self) -> Result<(), StorageError> {
+        let _caches = self.modules.writing_all();
         for tree in self.trees() {
             tree.clear()?;
         }

@@ -299,6 +299,8 @@ pub struct AccountShard {
     archive_grown: HashSet<Jid>,
     /// Where the archive's retention walk by age goes on from (`None`: the start).
     archive_cursor: Option<String>,
+    /// The MAM preferences of the accounts whose messages this shard archived (`im::archive`).
+    mam_prefs: archive::PrefsCache,
     /// Ids of the groupchat messages of this shard's rooms (`im::muc`): archive ids with
     /// this node's bits, so they are unique and time-ordered across the cluster like the
     /// Router's (a room's messages are numbered by whichever node leads its shard).
@@ -336,6 +338,7 @@ impl AccountShard {
             cap_text: None,
             archive_grown: HashSet::new(),
             archive_cursor: None,
+            mam_prefs: archive::PrefsCache::default(),
             room_ids: proto::stanza_id::ArchiveIdGenerator::new(0),
         }
     }
