@@ -26,7 +26,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::lsm_stage::Stage;
-use crate::module_store::Generations;
+use crate::module_store::Placement;
 
 /// The nice value of the keyspace's background threads (fjall's flushes, compaction and
 /// monitor, and our syncer): the lowest priority. Nothing waits for them (the archive's
@@ -64,9 +64,9 @@ struct Shared {
     known: KnownEntries,
     /// The archive's inserts waiting to go into the memtables together (`crate::lsm_stage`).
     stage: Mutex<Stage>,
-    /// Each placement's module write counters (`crate::module_store::Generations`), one
-    /// per placement prefix for every `ModuleStore` opened on it.
-    generations: Mutex<HashMap<String, Arc<Generations>>>,
+    /// What the module stores of each placement share (`crate::module_store::Placement`:
+    /// its partitions and its module write counters), by placement prefix.
+    placements: Mutex<HashMap<String, Arc<Placement>>>,
 }
 
 impl Drop for Shared {
@@ -323,7 +323,7 @@ impl Lsm {
             shared: Arc::new(Shared {
                 keyspace,
                 stage: Mutex::new(stage),
-                generations: Mutex::default(),
+                placements: Mutex::default(),
                 syncer: Syncer {
                     state,
                     thread: Mutex::new(Some(thread)),
@@ -341,11 +341,11 @@ impl Lsm {
         &self.shared.known
     }
 
-    /// The module write counters of the placement `prefix` (shared by every store of it).
-    pub(crate) fn generations(&self, prefix: &str) -> Arc<Generations> {
+    /// What the module stores of the placement `prefix` share.
+    pub(crate) fn placement(&self, prefix: &str) -> Arc<Placement> {
         let mut all = self
             .shared
-            .generations
+            .placements
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         all.entry(prefix.to_string()).or_default().clone()

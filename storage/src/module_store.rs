@@ -65,15 +65,23 @@ const LSM_CHUNK: usize = 10_000;
 pub struct ModuleStore {
     db: sled::Db,
     lsm: Lsm,
-    /// This placement's partitions of [`LSM_MODULES`], in that order, opened once (opening
-    /// one per write was 3% of a busy node's CPU).
-    lsm_parts: Arc<[OnceLock<fjall::PartitionHandle>; LSM_MODULES.len()]>,
+    /// What every store of this placement shares (through the keyspace's registry,
+    /// `Lsm::placement`).
+    placement: Arc<Placement>,
     /// The placement's tree prefix (`""` or `shardNNN.`).
     prefix: String,
     /// Flush after each write (off for replicated shards: their Raft log is durable).
     durable: bool,
-    /// The placement's module write counters.
-    generations: Arc<Generations>,
+}
+
+/// What the stores of one placement share, however many are opened.
+#[derive(Default)]
+pub(crate) struct Placement {
+    /// The placement's partitions of [`LSM_MODULES`], in that order, opened once (opening
+    /// one per write was 3% of a busy node's CPU).
+    lsm_parts: [OnceLock<fjall::PartitionHandle>; LSM_MODULES.len()],
+    /// The module write counters.
+    generations: Generations,
 }
 
 /// Counters of the writes to a placement's module trees, one per slot of a hash of the
@@ -96,7 +104,7 @@ pub(crate) struct WritingAll<'a>(&'a ModuleStore);
 
 impl Drop for WritingAll<'_> {
     fn drop(&mut self) {
-        for slot in &self.0.generations.0 {
+        for slot in &self.0.placement.generations.0 {
             slot.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -133,10 +141,9 @@ fn text(key: &[u8], bytes: &[u8]) -> Result<String, StorageError> {
 impl ModuleStore {
     pub(crate) fn new(db: sled::Db, lsm: Lsm, prefix: &str, durable: bool) -> ModuleStore {
         ModuleStore {
-            generations: lsm.generations(prefix),
+            placement: lsm.placement(prefix),
             db,
             lsm,
-            lsm_parts: Arc::default(),
             prefix: prefix.to_string(),
             durable,
         }
@@ -145,13 +152,19 @@ impl ModuleStore {
     /// How many times `module`'s tree of this placement was written so far (see
     /// [`Generations`]): a cache of what it stores is current while this stays the same.
     pub fn generation(&self, module: &str) -> u64 {
-        self.generations.slot(module).load(Ordering::Acquire)
+        self.placement
+            .generations
+            .slot(module)
+            .load(Ordering::Acquire)
     }
 
     /// `module`'s tree was written (after the write: a reader that saw the old count
     /// drops what it read).
     fn written(&self, module: &str) {
-        self.generations.slot(module).fetch_add(1, Ordering::AcqRel);
+        self.placement
+            .generations
+            .slot(module)
+            .fetch_add(1, Ordering::AcqRel);
     }
 
     /// Every tree may change until the guard is dropped (an account deleted, a snapshot
@@ -174,7 +187,7 @@ impl ModuleStore {
     /// `module`'s tree (created empty when first used), in the engine that serves it.
     pub(crate) fn tree(&self, module: &str) -> Result<ModTree, StorageError> {
         if let Some(i) = LSM_MODULES.iter().position(|m| *m == module) {
-            let slot = &self.lsm_parts[i];
+            let slot = &self.placement.lsm_parts[i];
             let part = match slot.get() {
                 Some(p) => p.clone(),
                 None => {
