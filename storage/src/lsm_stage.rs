@@ -56,8 +56,6 @@ pub(crate) struct Stage {
     entries: Vec<Staged>,
     /// Indices into `entries` by the XXH3 of the account (a collision only settles more).
     by_owner: HashMap<u64, Vec<u32>, BuildHasherDefault<HashHasher>>,
-    /// Entries not settled yet.
-    live: usize,
     /// Bytes staged since the stage was last emptied.
     bytes: usize,
     log: File,
@@ -187,7 +185,6 @@ impl Stage {
             Stage {
                 entries: Vec::new(),
                 by_owner: HashMap::default(),
-                live: 0,
                 bytes: 0,
                 log,
                 log_len: 0,
@@ -234,7 +231,6 @@ impl Stage {
                 self.by_owner.entry(owner_hash(owner)).or_default().push(i);
             }
             self.bytes += key.len() + value.len();
-            self.live += 1;
             self.entries.push(Staged {
                 part,
                 key,
@@ -263,9 +259,7 @@ impl Stage {
             .map(|i| i as usize)
             .filter(|i| self.entries.get(*i).is_some_and(|e| !e.settled))
             .collect();
-        let n = self.insert_sorted(picked, batch);
-        self.live -= n;
-        n
+        self.insert_sorted(picked, batch)
     }
 
     /// Insert everything staged into `batch` (in key order) and empty the stage; the log
@@ -277,7 +271,6 @@ impl Stage {
         let n = self.insert_sorted(order, batch);
         self.entries.clear();
         self.by_owner.clear();
-        self.live = 0;
         self.bytes = 0;
         n
     }

@@ -125,13 +125,13 @@ impl AccountShard {
             return Ok(0);
         };
         let default = mam.settings().default;
+        // (Taken out while `archives` borrows the shard, put back after the loop.)
         let mut cache = std::mem::take(&mut self.mam_prefs);
         cache.check(self.module_store.generation(mam::PREFS_MODULE), default);
-        let mut prefs = std::mem::take(&mut cache.prefs);
         let mut keep = Vec::with_capacity(entries.len());
         let (mut incoming, mut outgoing) = (0, 0);
         for (user, msg) in entries {
-            if !self.archives(&mut prefs, default, user, msg) {
+            if !self.archives(&mut cache.prefs, default, user, msg) {
                 METRICS.mam_not_archived.with_label_values(&["prefs"]).inc();
                 continue;
             }
@@ -145,7 +145,6 @@ impl AccountShard {
             }
             keep.push((user.to_string(), msg));
         }
-        cache.prefs = prefs;
         self.mam_prefs = cache;
         if keep.is_empty() {
             return Ok(0);
