@@ -32,6 +32,7 @@ pub struct Metrics {
     pub raft_voters: IntGauge,
     pub raft_elections: IntCounter,
     pub cluster_members: IntGaugeVec,
+    pub cluster_members_marked_down: IntCounterVec,
     pub nodelink_connected: IntGaugeVec,
     pub nodelink_dropped: IntGaugeVec,
     pub nodelink_rtt: HistogramVec,
@@ -312,6 +313,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "switchboard_cluster_members",
             "Cluster members by state in the routing table.",
             &["state"],
+        ),
+        cluster_members_marked_down: counter(
+            &r,
+            "switchboard_cluster_members_marked_down_total",
+            "Members this node, as the leader, marked down for staying silent.",
+            &["node"],
         ),
         nodelink_connected: gauge_vec(
             &r,

@@ -22,6 +22,7 @@ SECRET = "test-cluster-secret-0123456789"
 class Cluster:
     def __init__(self, workdir, size: int = 3, failure_timeout_ms: int = 2000):
         self.nodes: list[Server] = []
+        self.failure_timeout_ms = failure_timeout_ms
         ports = free_ports(size)
         members = [f"{i + 1}@127.0.0.1{i + 1}:{ports[i]}" for i in range(size)]
         for i in range(size):

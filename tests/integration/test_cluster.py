@@ -30,6 +30,15 @@ def route_nodes(routes, jid):
     return [line.split()[1] for line in routes if line.split()[0] == jid]
 
 
+def marked_down(node) -> int:
+    """How many times `node`, as the leader, marked a member down (all members)."""
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in node.metrics_text().splitlines()
+        if line.startswith("switchboard_cluster_members_marked_down_total{")
+    )
+
+
 async def test_users_on_different_nodes_message_subscribe_and_see_presence(cluster):
     alice, bob = cluster.account(), cluster.account()
     cluster.start()
@@ -156,6 +165,14 @@ async def test_a_killed_node_vanishes_from_routing_and_rejoins(cluster):
         await a.expect(is_presence(c2.jid), what="c's presence from the restarted node")
         routes = cluster.wait_routes_converge()
         assert route_nodes(routes, c2.jid) == ["3"], routes
+        # Back up means up for good: the leader's link to n3 redials out of its backoff after
+        # n3's resync is in the table, and that silence must not mark n3 down a second time
+        # (it did, and a bind in between was refused with resource-constraint).
+        await asyncio.sleep(2 * cluster.failure_timeout_ms / 1000 + 0.5)
+        downs = marked_down(n1) + marked_down(n2)
+        assert downs == 1, f"n3 was marked down {downs} times; once, for the kill, is right"
+        await a.send(f"<message to='{c2.jid}' id='back'><body>back</body></message>")
+        await c2.expect(is_msg("back"), what="a message to the session on the rejoined node")
         await c2.close()
     finally:
         for x in (a, b):

@@ -15,6 +15,7 @@ mod service;
 pub mod shards;
 pub mod state_machine;
 pub mod types;
+mod up_since;
 mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,6 +37,7 @@ pub use routing_table::{
 pub use service::{ClusterService, LocalService};
 pub use state_machine::{RoutingStateMachine, TableUpdate, UpdateSink};
 pub use types::{ClusterTypes, Raft};
+use up_since::UpSince;
 
 /// Route changes are batched for at most this long (or `BATCH_MAX` changes).
 const BATCH_WINDOW: Duration = Duration::from_millis(2);
@@ -442,6 +444,14 @@ impl Cluster {
             .is_some_and(|m| m.state == MemberState::Up && m.incarnation == self.incarnation)
     }
 
+    /// The members as this node's applied table has them.
+    fn members(&self) -> BTreeMap<NodeId, routing_table::Member> {
+        self.view
+            .lock()
+            .map(|v| v.members.clone())
+            .unwrap_or_default()
+    }
+
     pub fn member_states(&self) -> BTreeMap<NodeId, MemberState> {
         self.view
             .lock()
@@ -593,6 +603,7 @@ impl Cluster {
     {
         let mut tick = tokio::time::interval(PING_INTERVAL);
         let mut leader_since: Option<tokio::time::Instant> = None;
+        let mut up_since = UpSince::default();
         loop {
             tick.tick().await;
             for (id, addr) in self.voters() {
@@ -610,11 +621,12 @@ impl Cluster {
                     }
                 });
             }
+            up_since.observe(&self.members());
             let state = self.raft.metrics().borrow().state;
             if state == ServerState::Leader {
                 let since = *leader_since.get_or_insert_with(tokio::time::Instant::now);
                 if since.elapsed() >= self.config.failure_timeout {
-                    self.detect_failures().await;
+                    self.detect_failures(&up_since).await;
                 }
             } else {
                 leader_since = None;
@@ -654,25 +666,36 @@ impl Cluster {
         }
     }
 
-    async fn detect_failures(&self) {
-        let states = self.member_states();
-        for (id, state) in states {
-            if id == self.me || state != MemberState::Up {
+    async fn detect_failures(&self, up_since: &UpSince) {
+        let members = self.members();
+        for (id, member) in members {
+            if id == self.me || member.state != MemberState::Up {
                 continue;
             }
-            let silent = self
+            let link_silent = self
                 .links
                 .existing(id)
                 .map(|l| l.silent_for().unwrap_or(Duration::MAX))
                 .unwrap_or(Duration::MAX);
+            // A node that just came back is up in the table (its resync reached us over its
+            // own link) before our link to it has redialled out of its backoff; its silence
+            // counts from when we saw this incarnation up, or it would be marked down again
+            // at once and its first sessions purged.
+            let silent = link_silent.min(up_since.up_for(id));
             if silent >= self.config.failure_timeout {
                 tracing::warn!(
                     node = id,
                     silent_ms = silent.as_millis() as u64,
                     "cluster: node stopped answering; purging its routes"
                 );
-                if let Err(e) = self.write(ClusterCommand::NodeDown { node: id }).await {
-                    tracing::warn!(node = id, error = %e, "cluster: could not mark node down");
+                match self.write(ClusterCommand::NodeDown { node: id }).await {
+                    Ok(_) => crate::metrics::METRICS
+                        .cluster_members_marked_down
+                        .with_label_values(&[&id.to_string()])
+                        .inc(),
+                    Err(e) => {
+                        tracing::warn!(node = id, error = %e, "cluster: could not mark node down")
+                    }
                 }
             }
         }
