@@ -165,8 +165,7 @@ impl Stage {
                 let part = match parts.get(&name) {
                     Some(p) => p.clone(),
                     None => {
-                        let p = keyspace
-                            .open_partition(&name, fjall::PartitionCreateOptions::default())?;
+                        let p = keyspace.open_partition(&name, crate::lsm::partition_options())?;
                         parts.insert(name, p.clone());
                         p
                     }

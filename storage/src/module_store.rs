@@ -195,7 +195,7 @@ impl ModuleStore {
                     let p = self
                         .lsm
                         .keyspace()
-                        .open_partition(&name, fjall::PartitionCreateOptions::default())?;
+                        .open_partition(&name, crate::lsm::partition_options())?;
                     slot.get_or_init(|| p).clone()
                 }
             };
