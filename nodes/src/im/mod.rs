@@ -28,7 +28,7 @@ use storage::{BlockStore, ModuleStore, OfflineStore, PrivacyStore, RosterStore, 
 
 use crate::cluster::link::{LinkError, PeerLink};
 use crate::cluster::messages::{ImReply, ImRequest, Push, Reply, Request};
-use crate::cluster::shards::{shard_of, ShardId};
+use crate::cluster::shards::{shard_of_jid, ShardId};
 use crate::cluster::{Cluster, NodeId};
 use crate::config::ImLimits;
 use crate::modules::{AccountCtx, IqOutcome, Registry};
@@ -99,7 +99,7 @@ impl AccountShards {
     }
 
     pub(crate) fn shard_index(&self, bare: &Jid) -> usize {
-        shard_of(&bare.to_string(), self.local.len() as u16) as usize
+        shard_of_jid(bare, self.local.len() as u16) as usize
     }
 
     /// The local shard actor for `bare`, whether or not it may act.

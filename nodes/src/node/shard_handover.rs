@@ -11,7 +11,7 @@ use actix::Addr;
 use proto::jid::Jid;
 
 use crate::cluster::messages::{Reply, Request};
-use crate::cluster::shards::{shard_of, ShardId};
+use crate::cluster::shards::{shard_of_jid, ShardId};
 use crate::cluster::Cluster;
 use crate::im::AccountShards;
 use crate::router::messages::LocalRoutes;
@@ -30,8 +30,7 @@ pub async fn local_sessions(router: &Addr<Router>, shard: ShardId, count: u16) -
         .into_iter()
         .filter_map(|r| {
             let jid = Jid::parse(&r.jid).ok()?;
-            (shard_of(&jid.to_bare().to_string(), count) == shard)
-                .then_some((jid, r.priority.is_some()))
+            (shard_of_jid(&jid.to_bare(), count) == shard).then_some((jid, r.priority.is_some()))
         })
         .collect()
 }
