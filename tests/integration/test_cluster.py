@@ -162,6 +162,10 @@ async def test_a_killed_node_vanishes_from_routing_and_rejoins(cluster):
         n3.start()
         cluster.wait_formed()
         c2 = await online(n3, users[2], "r2", label="u2@n3 again")
+        # At once, from the other side: n1's link to n3 must be back as soon as n3 is (n3
+        # connecting to n1 cuts n1's redial backoff short), or this would be dropped.
+        await a.send(f"<message to='{c2.jid}' id='at-once'><body>hi</body></message>")
+        await c2.expect(is_msg("at-once"), timeout=5, what="a message from n1 right after the rejoin")
         await a.expect(is_presence(c2.jid), what="c's presence from the restarted node")
         routes = cluster.wait_routes_converge()
         assert route_nodes(routes, c2.jid) == ["3"], routes

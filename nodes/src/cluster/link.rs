@@ -85,6 +85,8 @@ pub struct PeerLink {
     /// When the peer last answered anything (for the failure detector).
     last_seen: Mutex<Option<Instant>>,
     dropped: AtomicU64,
+    /// Cuts the dial loop's backoff short: the peer just connected to us, so it is back.
+    redial: tokio::sync::Notify,
 }
 
 impl PeerLink {
@@ -204,6 +206,7 @@ impl NodeLinks {
                 connected: AtomicBool::new(false),
                 last_seen: Mutex::new(None),
                 dropped: AtomicU64::new(0),
+                redial: tokio::sync::Notify::new(),
             });
         };
         if let Some(p) = peers.get(&node) {
@@ -222,6 +225,7 @@ impl NodeLinks {
             connected: AtomicBool::new(false),
             last_seen: Mutex::new(None),
             dropped: AtomicU64::new(0),
+            redial: tokio::sync::Notify::new(),
         });
         peers.insert(node, link.clone());
         self.runtime
@@ -300,6 +304,12 @@ impl NodeLinks {
         .map_err(|_| WireError::HandshakeTimeout)??;
         drop(handshake);
         tracing::info!(peer, %addr, "nodelink: peer connected");
+        // A peer that connects to us is up: if our link to it is down, dial now rather than
+        // at the end of a backoff of up to BACKOFF_MAX, during which what this node routes to
+        // the peer's sessions would be dropped (a restarted node binds sessions at once).
+        if let Some(link) = self.existing(peer).filter(|l| !l.is_connected()) {
+            link.redial.notify_one();
+        }
 
         // Replies can finish out of order (an IM request waits on storage while Raft
         // heartbeats keep coming), so one writer task takes them from a queue.
@@ -405,8 +415,10 @@ async fn dial_loop(links: Arc<NodeLinks>, link: Arc<PeerLink>, mut rx: mpsc::Rec
                 link.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(BACKOFF_MAX),
+            _ = link.redial.notified() => backoff = BACKOFF_MIN,
+        }
     }
 }
 
