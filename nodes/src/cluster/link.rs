@@ -90,6 +90,19 @@ pub struct PeerLink {
 }
 
 impl PeerLink {
+    /// A link not connected yet, that has never heard from the peer.
+    fn new(node: NodeId, addr: &str, queue: mpsc::Sender<Outgoing>) -> PeerLink {
+        PeerLink {
+            node,
+            addr: Mutex::new(addr.to_string()),
+            queue,
+            connected: AtomicBool::new(false),
+            last_seen: Mutex::new(None),
+            dropped: AtomicU64::new(0),
+            redial: tokio::sync::Notify::new(),
+        }
+    }
+
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
@@ -199,15 +212,7 @@ impl NodeLinks {
     pub fn peer(self: &Arc<Self>, node: NodeId, addr: &str) -> Arc<PeerLink> {
         let Ok(mut peers) = self.peers.lock() else {
             // A poisoned lock means a panic elsewhere; give a link that is never connected.
-            return Arc::new(PeerLink {
-                node,
-                addr: Mutex::new(addr.to_string()),
-                queue: mpsc::channel(1).0,
-                connected: AtomicBool::new(false),
-                last_seen: Mutex::new(None),
-                dropped: AtomicU64::new(0),
-                redial: tokio::sync::Notify::new(),
-            });
+            return Arc::new(PeerLink::new(node, addr, mpsc::channel(1).0));
         };
         if let Some(p) = peers.get(&node) {
             if let Ok(mut a) = p.addr.lock() {
@@ -218,15 +223,7 @@ impl NodeLinks {
             return p.clone();
         }
         let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
-        let link = Arc::new(PeerLink {
-            node,
-            addr: Mutex::new(addr.to_string()),
-            queue: tx,
-            connected: AtomicBool::new(false),
-            last_seen: Mutex::new(None),
-            dropped: AtomicU64::new(0),
-            redial: tokio::sync::Notify::new(),
-        });
+        let link = Arc::new(PeerLink::new(node, addr, tx));
         peers.insert(node, link.clone());
         self.runtime
             .spawn(dial_loop(self.clone(), link.clone(), rx));

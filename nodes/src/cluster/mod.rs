@@ -453,10 +453,10 @@ impl Cluster {
     }
 
     pub fn member_states(&self) -> BTreeMap<NodeId, MemberState> {
-        self.view
-            .lock()
-            .map(|v| v.members.iter().map(|(k, m)| (*k, m.state)).collect())
-            .unwrap_or_default()
+        self.members()
+            .into_iter()
+            .map(|(id, m)| (id, m.state))
+            .collect()
     }
 
     /// Voters of the current membership with their NodeLink addresses.
@@ -621,12 +621,14 @@ impl Cluster {
                     }
                 });
             }
-            up_since.observe(&self.members());
+            // One look at the table per tick, for the grace and the detector alike.
+            let members = self.members();
+            up_since.observe(&members);
             let state = self.raft.metrics().borrow().state;
             if state == ServerState::Leader {
                 let since = *leader_since.get_or_insert_with(tokio::time::Instant::now);
                 if since.elapsed() >= self.config.failure_timeout {
-                    self.detect_failures(&up_since).await;
+                    self.detect_failures(members, &up_since).await;
                 }
             } else {
                 leader_since = None;
@@ -666,8 +668,11 @@ impl Cluster {
         }
     }
 
-    async fn detect_failures(&self, up_since: &UpSince) {
-        let members = self.members();
+    async fn detect_failures(
+        &self,
+        members: BTreeMap<NodeId, routing_table::Member>,
+        up_since: &UpSince,
+    ) {
         for (id, member) in members {
             if id == self.me || member.state != MemberState::Up {
                 continue;
