@@ -24,7 +24,8 @@
 # BUILDS (optional: "LABEL=PATH ..." node binaries to compare, each variant of each build in
 # every round, e.g. BUILDS="before=/tmp/a/switchboard after=target/release/switchboard"),
 # USERS (200), MESSAGES (200), INTERVAL_MS (20), CHAT_RATES, WORK (/tmp/sb-features), NODES (1; 3: a
-# three-node cluster, every node on CPU 0, users spread over them, the nodes' CPU summed), PORT
+# three-node cluster, every node on CPU 0, users spread over them, the nodes' CPU summed),
+# STEP_SECS (5: each stepped-chat step; 15 at the carrier shape, USERS=10000), PORT
 # (5389: node i's c2s on PORT+10i, /metrics one below, NodeLink on PORT+100+i; the script
 # stops if one is in use). Loopback only; every step bounded in time.
 set -euo pipefail
@@ -42,6 +43,7 @@ FLAKY_PERCENT=${FLAKY_PERCENT:-10}
 FLAKY_EVERY_SECS=${FLAKY_EVERY_SECS:-3}
 NODES=${NODES:-1}
 PORT=${PORT:-5389}
+STEP_SECS=${STEP_SECS:-5}
 STARTED_PIDS=()
 log() { echo "[features] $*" >&2; }
 # shellcheck source=../lib.sh
@@ -87,7 +89,7 @@ run_one() {  # run_one VARIANT ROUND [BUILD-LABEL]
     # shellcheck disable=SC2086
     timeout 400 taskset -c 1 "$LG" $servers --domain localhost --tls none \
       --mech scram-sha-256 --json "$d/rate.json" -n $USERS chat --rates "$CHAT_RATES" \
-      --step-secs 5 --drain-secs 5 --p99-limit-ms 100 --stop-after 2 > "$d/rate.txt" \
+      --step-secs "$STEP_SECS" --drain-secs 5 --p99-limit-ms 100 --stop-after 2 > "$d/rate.txt" \
       2> "$d/rate.err" || echo "rate: loadgen exit $?"
   fi
   # What the archives kept and missed (0 without them), once their queues drained (≤ 120 s).

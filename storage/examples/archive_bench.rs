@@ -24,6 +24,11 @@ use storage::archive::postgres::PgArchive;
 use storage::archive::{embedded, ArchivePage, ArchiveQuery, ArchivedMessage};
 use storage::{Store, UserData, UserDataWrite};
 
+/// The node's allocator (nodes' `main.rs`): the archive's cost is mostly allocation and
+/// copies, so a benchmark under glibc's malloc measured another program.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 struct Options {
     backend: String,
     messages: u64,
