@@ -140,6 +140,11 @@ async def test_a_killed_node_vanishes_from_routing_and_rejoins(cluster):
         await asyncio.sleep(0.5)
         n3.kill9()
         t_kill = time.monotonic()
+        # Until n3 is found dead (failure_timeout_ms) its routes stand, but n1's link to it is
+        # down at once: a chat message to c sent in that window is stored offline for c, not
+        # lost (it was dropped: "cluster: link down, stanza dropped").
+        await asyncio.sleep(0.3)
+        await a.send(f"<message to='{c.jid}' id='while-down' type='chat'><body>missed</body></message>")
         # a learns that c went away (its node died without a word).
         await a.expect(is_presence(c.jid, "unavailable"), timeout=15,
                        what="unavailable for the resource on the killed node")
@@ -162,6 +167,7 @@ async def test_a_killed_node_vanishes_from_routing_and_rejoins(cluster):
         n3.start()
         cluster.wait_formed()
         c2 = await online(n3, users[2], "r2", label="u2@n3 again")
+        await c2.expect(is_msg("while-down"), what="the message sent while n3 was dying, from offline storage")
         # At once, from the other side: n1's link to n3 must be back as soon as n3 is (n3
         # connecting to n1 cuts n1's redial backoff short), or this would be dropped.
         await a.send(f"<message to='{c2.jid}' id='at-once'><body>hi</body></message>")

@@ -317,6 +317,10 @@ impl Router {
         self.after_route(from, &bare, &stanza, &deliveries, sent_id.as_deref());
         let last = deliveries.len().saturating_sub(1);
         let mut stanza = Some(stanza);
+        // Whether a session or the offline store took the stanza, and a message that could
+        // not go to a session on another node (see `unreachable` below).
+        let mut taken = false;
+        let mut unreachable = None;
         for (i, delivery) in deliveries.into_iter().enumerate() {
             // The last delivery takes the stanza, the others a copy.
             let Some(mut s) = (if i == last {
@@ -331,6 +335,7 @@ impl Router {
                     let Some(r) = self.resource(&resource) else {
                         continue;
                     };
+                    taken = true;
                     match address {
                         Address::Full => Self::deliver(r, s),
                         Address::Bare => {
@@ -349,11 +354,18 @@ impl Router {
                         Address::Bare => &bare,
                     };
                     s.set_attr("to", addressed_to.to_string());
-                    self.remote.deliver_at(node, resource, &s);
+                    if self.remote.deliver_at(node, resource, &s) {
+                        taken = true;
+                    } else if s.name == "message" {
+                        unreachable = Some(s);
+                    }
                 }
                 Delivery::S2s => self.to_other_domain(to, s),
                 Delivery::Component { .. } => self.to_component(from.clone(), to.clone(), s),
-                Delivery::Offline => self.store_offline(from, &bare, s, ctx),
+                Delivery::Offline => {
+                    taken = true;
+                    self.store_offline(from, &bare, s, ctx);
+                }
                 Delivery::AccountIq { exists } => self.account_iq(from, &bare, s, exists, ctx),
                 Delivery::Subscription(kind) => self.im.tell(
                     &bare,
@@ -374,6 +386,19 @@ impl Router {
                 ),
                 Delivery::Bounce(cond) => self.bounce(from, &s, cond),
                 Delivery::Drop => {}
+            }
+        }
+        // Every session the message was for is on a node this one cannot reach: the node
+        // died and the failure detector has not yet purged its routes (up to
+        // `cluster.failure_timeout_ms`), or its link's queue is full. A message that would be
+        // stored with no session online (RFC 6121 §8.5.2.2.1, §8.5.3.2.1: chat, normal and
+        // unknown types) is stored offline for the account instead of being lost; the
+        // account gets it at its next login, on any node (XEP-0160).
+        if let (false, Some(mut s)) = (taken, unreachable) {
+            if !matches!(s.attr("type"), Some("groupchat" | "headline" | "error")) {
+                tracing::info!(to = %to, "cluster: recipient's node unreachable; message stored offline");
+                s.set_attr("to", to.to_string());
+                self.store_offline(from, &bare, s, ctx);
             }
         }
     }

@@ -94,7 +94,9 @@ impl RemoteRoutes {
         nodes
     }
 
-    pub fn push(&self, node: NodeId, push: Push) {
+    /// Whether `push` was queued on the link to `node` (not: the link is down or its queue
+    /// full, or there is no such member).
+    pub fn push(&self, node: NodeId, push: Push) -> bool {
         if let Push::Deliver { .. } = push {
             crate::metrics::METRICS
                 .routed
@@ -103,11 +105,16 @@ impl RemoteRoutes {
         }
         match self.cluster.as_ref().and_then(|c| c.link(node)) {
             Some(link) => {
-                if !link.push(push) {
-                    tracing::warn!(node, "cluster: link down, stanza dropped");
+                let queued = link.push(push);
+                if !queued {
+                    tracing::warn!(node, "cluster: link down, push not sent");
                 }
+                queued
             }
-            None => tracing::warn!(node, "cluster: no such member, stanza dropped"),
+            None => {
+                tracing::warn!(node, "cluster: no such member, push not sent");
+                false
+            }
         }
     }
 
@@ -144,15 +151,16 @@ impl RemoteRoutes {
         self.deliver_at(to.node, to.jid.clone(), stanza);
     }
 
-    /// `stanza`, addressed as it is, to the session of `resource` on `node`.
-    pub fn deliver_at(&self, node: NodeId, resource: Jid, stanza: &Element) {
+    /// `stanza`, addressed as it is, to the session of `resource` on `node`; whether it was
+    /// queued on the link (see [`push`](Self::push)).
+    pub fn deliver_at(&self, node: NodeId, resource: Jid, stanza: &Element) -> bool {
         self.push(
             node,
             Push::Deliver {
                 to: resource,
                 stanza: stanza.to_xml_string(),
             },
-        );
+        )
     }
 
     pub fn user_op(&self, bare: &Jid, available_only: bool, op: impl Fn() -> UserOp) {
