@@ -308,3 +308,59 @@ async def test_backlog_in_a_cluster_fetched_over_the_nodelink(tmp_path):
     finally:
         errors = cluster.stop()
         assert not errors, "\n\n".join(errors)
+
+
+async def test_backlog_keeps_its_order_while_the_shard_leader_dies(tmp_path):
+    """3 nodes; a sender sends 30 chats, one every 30 ms, to an offline account, and the
+    leader of that account's shard is killed (-9) after the fifth. The stores waiting out the
+    election must not overtake each other (RFC 6120 §10.1): at the next login every message
+    the sender was not told was refused arrives, once, in the order it was sent. (Before,
+    each store retried on its own timer and the first to find the new leader went first.)"""
+    from cluster import Cluster
+
+    cluster = Cluster(tmp_path)
+    try:
+        sender_acct, r_acct = cluster.accounts(2)
+        cluster.start()
+        cluster.wait_shards_ready(timeout=30)
+        shard = cluster.shard_of(r_acct.jid, cluster.shard_count())
+        leader = cluster.shard_leaders(cluster.nodes[0])[shard]
+        doomed = cluster.node_by_id(leader)
+        here = next(n for n in cluster.nodes if n is not doomed)
+        ids = [f"ko-{n:02d}" for n in range(30)]
+        cs = await login(here, sender_acct, resource="s")
+        try:
+            answers = []
+            for n, id_ in enumerate(ids):
+                if n == 5:
+                    doomed.kill9()
+                await cs.send(f"<message to='{r_acct.jid}' type='chat' id='{id_}'>"
+                              f"<body>{id_}</body></message>")
+                answers += await cs.drain(0.03)
+            await cs.barrier(timeout=30)
+            # A store whose request was lost with the leader is refused (it may or may not
+            # have been applied); any other error is a failure.
+            errors = [e for e in answers + await cs.drain(8.0)
+                      if e.tag == q("message") and e.get("type") == "error"]
+            conds = {stanza_error(e)[1] for e in errors}
+            assert conds <= {"resource-constraint"}, f"refused with {conds}"
+            refused = {e.get("id") for e in errors}
+        finally:
+            await close_all(cs)
+        cluster.wait_shards_ready(timeout=30)
+        cr = await login(here, r_acct, resource="r")
+        try:
+            await cr.send_presence()
+            got = [e.get("id") for e in await cr.drain(5.0)
+                   if e.tag == q("message") and e.get("id") in ids]
+            print(f"\n[offline order, leader n{leader} killed] {len(got)} of {len(ids)} "
+                  f"stored, {len(refused)} refused")
+            assert len(got) == len(set(got)), f"delivered twice: {got}"
+            assert got == sorted(got), f"out of order: {got}"
+            missing = [i for i in ids if i not in refused and i not in got]
+            assert not missing, f"neither refused nor delivered: {missing}"
+        finally:
+            await cr.close()
+    finally:
+        errors = cluster.stop()
+        assert not errors, "\n\n".join(errors)

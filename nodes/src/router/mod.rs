@@ -17,7 +17,7 @@ mod remote;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -89,6 +89,9 @@ pub struct Router {
     offline: OfflineBatch,
     /// Local resources being delivered their account's stored messages.
     offline_delivering: std::collections::HashSet<Jid>,
+    /// Accounts with a `StoreOffline` in flight, and the messages for them that wait for it,
+    /// in arrival order (see [`store_offline`](Self::store_offline)).
+    offline_storing: std::cell::RefCell<HashMap<Jid, VecDeque<(Jid, Element)>>>,
     /// Account IQs from federated senders waiting for a shard, per remote domain (bounded
     /// by `MAX_REMOTE_ACCOUNT_IQS`; local sessions are bounded by `im.max_iqs_in_flight`).
     remote_account_iqs: std::cell::RefCell<HashMap<String, usize>>,
@@ -107,6 +110,11 @@ pub struct Router {
 /// shards at once; beyond it they bounce with `resource-constraint` (RFC 6120 §8.3.3.18,
 /// type `wait`), so a federated peer cannot queue unbounded work and memory on the router.
 const MAX_REMOTE_ACCOUNT_IQS: usize = 256;
+
+/// Messages for one account that may wait for its store in flight (see
+/// `Router::store_offline`); each is bounded by the stanza size limit. A burst beyond it at
+/// one offline account, faster than its shard commits, bounces with `resource-constraint`.
+const MAX_WAITING_OFFLINE_STORES: usize = 512;
 
 impl Router {
     pub fn new(
@@ -128,6 +136,7 @@ impl Router {
             components: HashMap::new(),
             offline,
             offline_delivering: std::collections::HashSet::new(),
+            offline_storing: std::cell::RefCell::new(HashMap::new()),
             remote_account_iqs: std::cell::RefCell::new(HashMap::new()),
             moving: std::collections::HashSet::new(),
             archiver: None,
@@ -404,26 +413,65 @@ impl Router {
     }
     /// No resource can take the message: the recipient's shard stores it (XEP-0160), or
     /// the sender learns why not.
+    ///
+    /// One store per account is in flight at a time and the others wait here in arrival
+    /// order, so the backlog keeps the order the messages were sent in (RFC 6120 §10.1). In
+    /// a cluster a store whose request is retried (it met a stale leader, a link not yet up,
+    /// an election) would otherwise be overtaken by the ones sent after it. The wait is
+    /// bounded by [`MAX_WAITING_OFFLINE_STORES`]: beyond it the sender gets
+    /// `resource-constraint` (type `wait`) and may send again.
     fn store_offline(&self, from: &Jid, bare: &Jid, stanza: Element, ctx: &mut Context<Self>) {
         METRICS.routed.with_label_values(&["offline"]).inc();
-        let from = from.clone();
+        let mut storing = self.offline_storing.borrow_mut();
+        match storing.get_mut(bare) {
+            Some(waiting) if waiting.len() < MAX_WAITING_OFFLINE_STORES => {
+                waiting.push_back((from.clone(), stanza));
+            }
+            Some(_) => {
+                drop(storing);
+                self.bounce(from, &stanza, StanzaErrorCondition::ResourceConstraint);
+            }
+            None => {
+                storing.insert(bare.clone(), VecDeque::new());
+                drop(storing);
+                self.send_offline_store(from.clone(), bare.clone(), stanza, ctx);
+            }
+        }
+    }
+
+    /// Ask `bare`'s shard to store `stanza`; once it answered, the next waiting store for
+    /// the account goes.
+    fn send_offline_store(&self, from: Jid, bare: Jid, stanza: Element, ctx: &mut Context<Self>) {
         let original = stanza.clone();
         let request = self.im.ask(
-            bare,
+            &bare,
             StoreOffline {
                 user: bare.clone(),
                 stanza,
             },
         );
-        ctx.spawn(request.into_actor(self).map(move |result, router, _| {
+        ctx.spawn(request.into_actor(self).map(move |result, router, ctx| {
             let cond = match result {
-                Ok(Ok(())) => return,
-                Ok(Err(cond)) => cond,
+                Ok(Ok(())) => None,
+                Ok(Err(cond)) => Some(cond),
                 // The recipient's shard did not answer (its leader died or an election is
                 // under way): the sender may retry.
-                Err(_) => StanzaErrorCondition::ResourceConstraint,
+                Err(_) => Some(StanzaErrorCondition::ResourceConstraint),
             };
-            router.bounce(&from, &original, cond);
+            if let Some(cond) = cond {
+                router.bounce(&from, &original, cond);
+            }
+            let next = {
+                let mut storing = router.offline_storing.borrow_mut();
+                let next = storing.get_mut(&bare).and_then(VecDeque::pop_front);
+                if next.is_none() {
+                    storing.remove(&bare);
+                }
+                next
+            };
+            if let Some((from, stanza)) = next {
+                router.send_offline_store(from, bare, stanza, ctx);
+            }
         }));
     }
 
