@@ -15,8 +15,10 @@
 //!
 //! The archive's inserts do not go into the memtables one batch at a time: they wait in the
 //! keyspace's stage (`crate::lsm_stage`, with a log of its own that this thread syncs too)
-//! and go in sorted, tens of thousands at once, or sooner for a read of their account. Every
-//! other commit, and every read across accounts, puts the stage in first.
+//! and go in sorted, tens of thousands at once, or sooner for a read of their account. A full
+//! stage is sealed and goes in on the keyspace's settle thread, at the lowest priority and a
+//! chunk at a time, while a second generation takes the inserts. Every other commit, and
+//! every read across accounts, puts both generations in first.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -38,7 +40,19 @@ use crate::module_store::Placement;
 /// take, as it does whenever the archive cannot keep up.
 const BACKGROUND_NICE: i32 = 19;
 /// The names of the keyspace's background threads (fjall's and ours).
-const BACKGROUND_THREADS: [&str; 5] = ["compactor", "flusher", "monitor", "syncer", "lsm-sync"];
+const BACKGROUND_THREADS: [&str; 6] = [
+    "compactor",
+    "flusher",
+    "monitor",
+    "syncer",
+    "lsm-sync",
+    "lsm-settle",
+];
+
+/// Entries a full stage puts into the keyspace at a time on the settle thread (about 2 ms
+/// of memtable inserts): between two chunks a read of an account, or a shard thread whose
+/// stage filled again, can take the full stage.
+const SETTLE_CHUNK: usize = 1024;
 
 /// The longest a durable commit waits for its fsync.
 pub(crate) const SYNC_DELAY: Duration = Duration::from_millis(20);
@@ -61,9 +75,14 @@ pub(crate) struct Lsm {
 struct Shared {
     keyspace: fjall::Keyspace,
     syncer: Syncer,
-    known: KnownEntries,
-    /// The archive's inserts waiting to go into the memtables together (`crate::lsm_stage`).
+    known: Arc<KnownEntries>,
+    /// The archive's inserts waiting to go into the memtables together (`crate::lsm_stage`):
+    /// the generation taking inserts.
     stage: Mutex<Stage>,
+    /// The last full generation, going into the keyspace on the settle thread (empty when
+    /// it is done). Locked after `stage` when both are.
+    sealed: Arc<Mutex<Stage>>,
+    settler: Settler,
     /// What the module stores of each placement share (`crate::module_store::Placement`:
     /// its partitions and its module write counters), by placement prefix.
     placements: Mutex<HashMap<String, Arc<Placement>>>,
@@ -73,9 +92,14 @@ impl Drop for Shared {
     /// The last handle is gone: what is staged goes into the keyspace (else the next open
     /// replays it from the stage's log), before the syncer's last sync.
     fn drop(&mut self) {
+        self.settler.stop();
+        let mut sealed = self.sealed.lock().unwrap_or_else(PoisonError::into_inner);
         let stage = self.stage.get_mut().unwrap_or_else(PoisonError::into_inner);
-        if let Err(e) = settle(&self.keyspace, &self.known, stage, Settle::All) {
-            tracing::warn!(error = %e, "archive: staged inserts left to the stage log's replay");
+        // The older generation first, as the settle thread would have.
+        for generation in [&mut *sealed, stage] {
+            if let Err(e) = settle(&self.keyspace, &self.known, generation, Settle::All) {
+                tracing::warn!(error = %e, "archive: staged inserts left to the stage log's replay");
+            }
         }
     }
 }
@@ -225,9 +249,116 @@ impl Drop for Syncer {
     }
 }
 
+/// The settle thread's signal: a full stage was sealed, or the keyspace is closing.
+#[derive(Default)]
+struct SettleSignal {
+    /// (a sealed stage waits, stop)
+    flags: Mutex<(bool, bool)>,
+    wake: Condvar,
+}
+
+/// The settle thread, which puts a full stage into the keyspace at the lowest priority, so
+/// that the tens of milliseconds of memtable inserts of a full stage do not hold a shard
+/// thread (and the archive's other writers, waiting on the stage) while the core is busy
+/// delivering messages.
+struct Settler {
+    signal: Arc<SettleSignal>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Settler {
+    fn flags(&self) -> std::sync::MutexGuard<'_, (bool, bool)> {
+        self.signal
+            .flags
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A stage was sealed.
+    fn wake(&self) {
+        self.flags().0 = true;
+        self.signal.wake.notify_one();
+    }
+
+    /// Stop the thread (at the end of its chunk) and wait for it.
+    fn stop(&self) {
+        self.flags().1 = true;
+        self.signal.wake.notify_one();
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The settle thread: for each sealed stage, its entries into the keyspace in key order,
+/// [`SETTLE_CHUNK`] at a time, then the keyspace synced and the stage's log emptied
+/// ([`settle`]'s `Settle::All`, in slices). A chunk that fails to commit leaves the rest to
+/// whoever needs the sealed stage next (the next seal, a read across accounts, a removal),
+/// which reports the error; the entries stay in the stage's log for a replay.
+fn run_settler(
+    keyspace: fjall::Keyspace,
+    known: Arc<KnownEntries>,
+    sealed: Arc<Mutex<Stage>>,
+    signal: Arc<SettleSignal>,
+) {
+    loop {
+        {
+            let mut flags = signal.flags.lock().unwrap_or_else(PoisonError::into_inner);
+            while !flags.0 && !flags.1 {
+                flags = signal
+                    .wake
+                    .wait(flags)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if flags.1 {
+                return;
+            }
+            flags.0 = false;
+        }
+        loop {
+            if signal
+                .flags
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .1
+            {
+                return;
+            }
+            let mut stage = sealed.lock().unwrap_or_else(PoisonError::into_inner);
+            if stage.is_clear() {
+                break;
+            }
+            let mut batch = keyspace.batch();
+            let (n, done) = stage.take_chunk(SETTLE_CHUNK, &mut batch);
+            let committed = if n > 0 {
+                batch.durability(Some(fjall::PersistMode::Buffer)).commit()
+            } else {
+                Ok(())
+            };
+            let finished = committed.and_then(|()| {
+                if done {
+                    keyspace.persist(fjall::PersistMode::SyncAll)?;
+                    stage.truncate_log()?;
+                }
+                Ok(())
+            });
+            if let Err(e) = finished {
+                known.forget_all();
+                tracing::warn!(error = %e, "archive: a full stage did not go into the keyspace; it stays in the stage's log");
+                break;
+            }
+        }
+    }
+}
+
 /// The sync thread: wait for a commit, let more come for [`SYNC_DELAY`], sync them all (and
-/// the stage's log, `stage_log`).
-fn run_syncer(keyspace: fjall::Keyspace, stage_log: std::fs::File, state: Arc<SyncState>) {
+/// the stage's logs, `stage_logs`).
+fn run_syncer(keyspace: fjall::Keyspace, stage_logs: [std::fs::File; 2], state: Arc<SyncState>) {
     let lock = || state.flags.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
         let mut flags = lock();
@@ -252,7 +383,8 @@ fn run_syncer(keyspace: fjall::Keyspace, stage_log: std::fs::File, state: Arc<Sy
         let stop = flags.stop;
         flags.pending = false;
         drop(flags);
-        if keyspace.persist(fjall::PersistMode::SyncAll).is_err() || stage_log.sync_data().is_err()
+        if keyspace.persist(fjall::PersistMode::SyncAll).is_err()
+            || stage_logs.iter().any(|log| log.sync_data().is_err())
         {
             state.failed.store(true, Ordering::SeqCst);
         }
@@ -314,20 +446,37 @@ pub(crate) fn partition_options() -> fjall::PartitionCreateOptions {
 impl Lsm {
     pub(crate) fn open(path: &std::path::Path) -> Result<Lsm, fjall::Error> {
         let keyspace = fjall::Config::new(path).open()?;
+        // Two generations, each with its log (`lsm.stage`, `lsm.stage2`): whichever was
+        // taking inserts or going into the keyspace when the node stopped, both replay.
         let (stage, replayed) = Stage::open(&path.with_extension("stage"), &keyspace)?;
-        if replayed > 0 {
+        let (sealed, replayed_sealed) = Stage::open(&path.with_extension("stage2"), &keyspace)?;
+        if replayed + replayed_sealed > 0 {
             tracing::info!(
-                replayed,
-                "archive: staged inserts replayed from the stage log"
+                replayed = replayed + replayed_sealed,
+                "archive: staged inserts replayed from the stage logs"
             );
         }
         let state = Arc::new(SyncState::default());
         let thread = {
             let (keyspace, state) = (keyspace.clone(), state.clone());
-            let stage_log = stage.log_handle()?;
+            let stage_logs = [stage.log_handle()?, sealed.log_handle()?];
             std::thread::Builder::new()
                 .name("lsm-sync".into())
-                .spawn(move || run_syncer(keyspace, stage_log, state))?
+                .spawn(move || run_syncer(keyspace, stage_logs, state))?
+        };
+        let known = Arc::new(KnownEntries::default());
+        let sealed = Arc::new(Mutex::new(sealed));
+        let signal = Arc::new(SettleSignal::default());
+        let settle_thread = {
+            let (keyspace, known, sealed, signal) = (
+                keyspace.clone(),
+                known.clone(),
+                sealed.clone(),
+                signal.clone(),
+            );
+            std::thread::Builder::new()
+                .name("lsm-settle".into())
+                .spawn(move || run_settler(keyspace, known, sealed, signal))?
         };
         lower_background_priority();
         // A thread names itself once it runs: look again when the new ones surely have.
@@ -342,12 +491,17 @@ impl Lsm {
             shared: Arc::new(Shared {
                 keyspace,
                 stage: Mutex::new(stage),
+                sealed,
+                settler: Settler {
+                    signal,
+                    thread: Mutex::new(Some(settle_thread)),
+                },
                 placements: Mutex::default(),
                 syncer: Syncer {
                     state,
                     thread: Mutex::new(Some(thread)),
                 },
-                known: KnownEntries::default(),
+                known,
             }),
         })
     }
@@ -428,41 +582,58 @@ impl Lsm {
             self.sync_soon();
         }
         if full {
-            settle(&self.keyspace, &self.shared.known, &mut stage, Settle::All)?;
+            self.seal(&mut stage)?;
         }
         Ok(())
+    }
+
+    /// The full generation `stage` becomes the sealed one, for the settle thread, and the
+    /// emptied sealed one takes inserts. If the settle thread has not finished the last one
+    /// (the core is busy), this thread finishes it first: the stage stays bounded.
+    fn seal(&self, stage: &mut Stage) -> Result<(), fjall::Error> {
+        let mut sealed = self.sealed_lock();
+        settle(&self.keyspace, &self.shared.known, &mut sealed, Settle::All)?;
+        std::mem::swap(stage, &mut *sealed);
+        drop(sealed);
+        self.shared.settler.wake();
+        Ok(())
+    }
+
+    fn sealed_lock(&self) -> std::sync::MutexGuard<'_, Stage> {
+        self.shared
+            .sealed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Put what is staged for the account that `key` (a key or a key prefix) belongs to
     /// into the keyspace, so that a read sees it; everything when `key` names no account.
     pub(crate) fn settle_for(&self, key: &[u8]) -> Result<(), fjall::Error> {
-        let what = match crate::lsm_stage::owner_of(key) {
-            Some(owner) => Settle::Owner(owner),
-            None => Settle::All,
+        let Some(owner) = crate::lsm_stage::owner_of(key) else {
+            return self.settle_all();
         };
-        settle(
-            &self.keyspace,
-            &self.shared.known,
-            &mut self.stage_lock(),
-            what,
-        )
+        let mut stage = self.stage_lock();
+        let mut sealed = self.sealed_lock();
+        let (keyspace, known) = (&self.keyspace, &*self.shared.known);
+        settle(keyspace, known, &mut sealed, Settle::Owner(owner))?;
+        settle(keyspace, known, &mut stage, Settle::Owner(owner))
     }
 
     /// Put everything staged into the keyspace (before a read across accounts, a removal,
-    /// or any write that is not a staged insert).
+    /// or any write that is not a staged insert): the sealed generation, then the other.
     pub(crate) fn settle_all(&self) -> Result<(), fjall::Error> {
-        settle(
-            &self.keyspace,
-            &self.shared.known,
-            &mut self.stage_lock(),
-            Settle::All,
-        )
+        let mut stage = self.stage_lock();
+        let mut sealed = self.sealed_lock();
+        let (keyspace, known) = (&self.keyspace, &*self.shared.known);
+        settle(keyspace, known, &mut sealed, Settle::All)?;
+        settle(keyspace, known, &mut stage, Settle::All)
     }
 
     /// Make everything committed or staged so far durable, now.
     pub(crate) fn sync_all(&self) -> Result<(), fjall::Error> {
         self.keyspace.persist(fjall::PersistMode::SyncAll)?;
         self.stage_lock().sync_log()?;
+        self.sealed_lock().sync_log()?;
         Ok(())
     }
 }
@@ -496,7 +667,7 @@ mod tests {
             !nice.is_empty() && nice.iter().all(|n| *n == i64::from(BACKGROUND_NICE))
         };
         let deadline = Instant::now() + Duration::from_secs(5);
-        for name in ["compactor", "flusher", "lsm-sync"] {
+        for name in ["compactor", "flusher", "lsm-sync", "lsm-settle"] {
             while !lowered(name) {
                 assert!(Instant::now() < deadline, "{name}: {:?}", nice_of(name));
                 std::thread::sleep(Duration::from_millis(50));
@@ -569,11 +740,12 @@ mod tests {
         }
     }
 
-    /// The length of the stage's log next to the keyspace at `path`.
+    /// The length of the stage's logs next to the keyspace at `path` (both generations').
     fn stage_log_len(path: &std::path::Path) -> u64 {
-        std::fs::metadata(path.with_extension("stage"))
-            .unwrap()
-            .len()
+        ["stage", "stage2"]
+            .iter()
+            .map(|ext| std::fs::metadata(path.with_extension(ext)).unwrap().len())
+            .sum()
     }
 
     fn part(lsm: &Lsm) -> fjall::PartitionHandle {
@@ -621,6 +793,7 @@ mod tests {
             .arg("-a")
             .arg(&path)
             .arg(path.with_extension("stage"))
+            .arg(path.with_extension("stage2"))
             .arg(&copy)
             .status()
             .unwrap();
@@ -666,8 +839,78 @@ mod tests {
             let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
             lsm.stage(inserts(&p, &refs), false).unwrap();
         }
-        // Read straight from the partition: every entry is there without a settle.
+        // Read straight from the partition (no settle): the settle thread put every entry
+        // there, then emptied the sealed stage's log.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while p.len().unwrap() < keys.len() || stage_log_len(&path) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} in the keyspace, logs {} bytes",
+                p.len().unwrap(),
+                keys.len(),
+                stage_log_len(&path)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         assert_eq!(p.len().unwrap(), keys.len());
-        assert_eq!(stage_log_len(&path), 0);
+    }
+
+    /// A full stage is sealed and goes into the keyspace on the settle thread; until it is
+    /// there a read of an account takes that account's sealed entries itself, a removal
+    /// first puts the whole sealed stage in, and a crash replays it from its log.
+    #[test]
+    fn a_sealed_stage_is_read_removed_after_and_replayed_like_the_other() {
+        let dir = crate::testutil::TempDir::new("lsm-stage-sealed");
+        let path = dir.path().join("lsm");
+        {
+            let lsm = Lsm::open(&path).unwrap();
+            let p = part(&lsm);
+            // The settle thread is held up: it cannot take the sealed stage meanwhile.
+            let hold = lsm.shared.sealed.clone();
+            let held = hold.lock().unwrap();
+            // Fill a stage (alice's and bob's) as the seal would: swap it in by hand.
+            let mut full = lsm.stage_lock();
+            full.stage(inserts(&p, &["alice\0a", "bob\0a", "bob\0b"]))
+                .unwrap();
+            drop(full);
+            let mut held = held;
+            std::mem::swap(&mut *lsm.stage_lock(), &mut *held);
+            drop(held);
+            lsm.stage(inserts(&p, &["alice\0b"]), true).unwrap();
+            assert!(p.get("alice\0a").unwrap().is_none());
+            // A read of alice's takes hers from both generations.
+            lsm.settle_for(b"alice\0").unwrap();
+            assert!(p.get("alice\0a").unwrap().is_some());
+            assert!(p.get("alice\0b").unwrap().is_some());
+            assert!(p.get("bob\0a").unwrap().is_none());
+            // A crash now: bob's are in the sealed stage's log only.
+            lsm.sync_all().unwrap();
+            let copy = dir.path().join("copy");
+            std::fs::create_dir_all(&copy).unwrap();
+            let status = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(&path)
+                .arg(path.with_extension("stage"))
+                .arg(path.with_extension("stage2"))
+                .arg(&copy)
+                .status()
+                .unwrap();
+            assert!(status.success());
+            let _ = std::fs::remove_file(copy.join("lsm").join("lock"));
+            // A removal puts the sealed stage in first and empties both logs.
+            let mut b = lsm.keyspace().batch();
+            b.remove(&p, "bob\0a");
+            lsm.commit(b, true).unwrap();
+            assert_eq!(stage_log_len(&path), 0);
+            assert!(p.get("bob\0a").unwrap().is_none());
+            assert!(p.get("bob\0b").unwrap().is_some());
+        }
+        let copy = dir.path().join("copy").join("lsm");
+        let lsm = Lsm::open(&copy).unwrap();
+        let p = part(&lsm);
+        for k in ["alice\0a", "alice\0b", "bob\0a", "bob\0b"] {
+            assert!(p.get(k).unwrap().is_some(), "{k}");
+        }
+        assert_eq!(stage_log_len(&copy), 0);
     }
 }

@@ -25,7 +25,12 @@
 //! - **Order.** A removal, or any write that is not a staged insert, settles everything
 //!   first, so staged inserts never move past a later removal. The log then holds only
 //!   inserts made after the last removal, which a replay can repeat harmlessly.
-//! - **Bounded.** At [`MAX_ENTRIES`] or [`MAX_BYTES`] staged, everything is settled.
+//! - **Bounded.** At [`MAX_ENTRIES`] or [`MAX_BYTES`] staged, the stage is sealed: `crate::lsm`
+//!   keeps two generations, each with its log (`lsm.stage`, `lsm.stage2`); the full one goes
+//!   into the keyspace on a settle thread at the lowest priority, [`take_chunk`](Stage::take_chunk)
+//!   at a time, while the other takes inserts. A read of an account takes its entries from
+//!   both; a removal settles both. A stage that fills while the last sealed one is not in
+//!   yet finishes that one first.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -51,13 +56,18 @@ struct Staged {
     settled: bool,
 }
 
-/// The staged inserts of one keyspace and their log.
+/// Staged inserts of one keyspace and their log: a generation of the keyspace's stage
+/// (`crate::lsm` keeps two, the one taking inserts and a full one going into the keyspace).
 pub(crate) struct Stage {
     entries: Vec<Staged>,
     /// Indices into `entries` by the XXH3 of the account (a collision only settles more).
     by_owner: HashMap<u64, Vec<u32>, BuildHasherDefault<HashHasher>>,
     /// Bytes staged since the stage was last emptied.
     bytes: usize,
+    /// While the stage goes into the keyspace a chunk at a time ([`take_chunk`](Self::take_chunk)):
+    /// all its entries in key order, and how many of them the chunks took.
+    order: Vec<u32>,
+    taken: usize,
     log: File,
     /// The log's length (where the next record goes).
     log_len: u64,
@@ -185,6 +195,8 @@ impl Stage {
                 entries: Vec::new(),
                 by_owner: HashMap::default(),
                 bytes: 0,
+                order: Vec::new(),
+                taken: 0,
                 log,
                 log_len: 0,
             },
@@ -198,7 +210,7 @@ impl Stage {
     }
 
     /// Stage `inserts` (partition, key, value): appended to the log, then kept in memory.
-    /// Whether the stage is now full (the caller settles it).
+    /// Whether the stage is now full (the caller seals it, see `crate::lsm`).
     pub(crate) fn stage(
         &mut self,
         inserts: Vec<(fjall::PartitionHandle, Vec<u8>, Vec<u8>)>,
@@ -253,30 +265,64 @@ impl Stage {
         let Some(indices) = self.by_owner.remove(&owner_hash(owner)) else {
             return 0;
         };
-        let picked: Vec<usize> = indices
-            .into_iter()
-            .map(|i| i as usize)
-            .filter(|i| self.entries.get(*i).is_some_and(|e| !e.settled))
-            .collect();
-        self.insert_sorted(picked, batch)
+        let picked = self.sorted(
+            indices
+                .into_iter()
+                .map(|i| i as usize)
+                .filter(|i| self.entries.get(*i).is_some_and(|e| !e.settled)),
+        );
+        self.insert(picked, batch)
     }
 
     /// Insert everything staged into `batch` (in key order) and empty the stage; the log
     /// keeps it all until [`truncate_log`](Self::truncate_log). How many were added.
     pub(crate) fn take_all(&mut self, batch: &mut fjall::Batch) -> usize {
-        let order: Vec<usize> = (0..self.entries.len())
-            .filter(|i| !self.entries[*i].settled)
-            .collect();
-        let n = self.insert_sorted(order, batch);
-        self.entries.clear();
-        self.by_owner.clear();
-        self.bytes = 0;
+        let order = self.sorted((0..self.entries.len()).filter(|i| !self.entries[*i].settled));
+        let n = self.insert(order, batch);
+        self.clear();
         n
     }
 
-    /// Insert the entries at `indices` into `batch` in key order (consecutive memtable
-    /// inserts then walk nearly the same path), marking them settled. How many.
-    fn insert_sorted(&mut self, indices: Vec<usize>, batch: &mut fjall::Batch) -> usize {
+    /// Insert the next (at most) `max` entries in key order into `batch`, so that a full
+    /// stage goes into the keyspace in slices, each holding the stage only briefly. How
+    /// many were added, and whether the stage is now empty (its log is still to be
+    /// truncated, as after [`take_all`](Self::take_all)).
+    pub(crate) fn take_chunk(&mut self, max: usize, batch: &mut fjall::Batch) -> (usize, bool) {
+        if self.taken == 0 && self.order.is_empty() {
+            self.order = self
+                .sorted(0..self.entries.len())
+                .into_iter()
+                .map(|i| i as u32)
+                .collect();
+        }
+        let end = (self.taken + max).min(self.order.len());
+        let next: Vec<usize> = self.order[self.taken..end]
+            .iter()
+            .map(|i| *i as usize)
+            // A read of the entry's account may have settled it meanwhile.
+            .filter(|i| !self.entries[*i].settled)
+            .collect();
+        self.taken = end;
+        let n = self.insert(next, batch);
+        let done = self.taken == self.order.len();
+        if done {
+            self.clear();
+        }
+        (n, done)
+    }
+
+    /// No entries (the log is left as it is).
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.by_owner.clear();
+        self.bytes = 0;
+        self.order.clear();
+        self.taken = 0;
+    }
+
+    /// The entries at `indices` in key order (consecutive memtable inserts then walk nearly
+    /// the same path).
+    fn sorted(&self, indices: impl Iterator<Item = usize>) -> Vec<usize> {
         // Sorted on what is inline: the partition (its name's address: the batch does not
         // care in which order the partitions come, only that each one's keys are together)
         // and the key's first 8 bytes; only a tie reads both keys. Comparing the names and
@@ -284,7 +330,6 @@ impl Stage {
         // of the stage's cost).
         let entries = &self.entries;
         let mut order: Vec<(usize, u64, usize)> = indices
-            .into_iter()
             .map(|i| {
                 let e = &entries[i];
                 let mut head = [0u8; 8];
@@ -298,7 +343,13 @@ impl Stage {
                 .cmp(&(b.0, b.1))
                 .then_with(|| entries[a.2].key.cmp(&entries[b.2].key))
         });
-        for &(_, _, i) in &order {
+        order.into_iter().map(|(_, _, i)| i).collect()
+    }
+
+    /// Insert the entries at `order` into `batch`, in that order, marking them settled.
+    /// How many.
+    fn insert(&mut self, order: Vec<usize>, batch: &mut fjall::Batch) -> usize {
+        for &i in &order {
             let e = &mut self.entries[i];
             e.settled = true;
             batch.insert(
@@ -361,6 +412,50 @@ mod tests {
 
     fn whole_first_len(log: &[u8]) -> usize {
         12 + u32::from_le_bytes([log[0], log[1], log[2], log[3]]) as usize
+    }
+
+    #[test]
+    fn chunks_take_every_entry_once_and_skip_what_a_read_took() {
+        let dir = crate::testutil::TempDir::new("stage-chunks");
+        let keyspace = fjall::Config::new(dir.path().join("lsm")).open().unwrap();
+        let p = keyspace
+            .open_partition("p", fjall::PartitionCreateOptions::default())
+            .unwrap();
+        let (mut stage, replayed) = Stage::open(&dir.path().join("lsm.stage"), &keyspace).unwrap();
+        assert_eq!(replayed, 0);
+        let keys: Vec<String> = (0..50)
+            .map(|i| format!("u{}\0{:03}", (i * 7) % 5, 99 - i))
+            .collect();
+        stage
+            .stage(
+                keys.iter()
+                    .map(|k| (p.clone(), k.as_bytes().to_vec(), b"v".to_vec()))
+                    .collect(),
+            )
+            .unwrap();
+        // A read of u3's account takes its entries while the stage goes in by chunks.
+        let mut taken = 0;
+        let mut chunks = 0;
+        loop {
+            let mut batch = keyspace.batch();
+            if chunks == 2 {
+                taken += stage.take_owner(b"u3", &mut batch);
+            }
+            let (n, done) = stage.take_chunk(7, &mut batch);
+            assert!(n <= 7);
+            taken += n;
+            batch.commit().unwrap();
+            chunks += 1;
+            if done {
+                break;
+            }
+        }
+        assert_eq!(taken, keys.len(), "every entry once");
+        assert_eq!(chunks, 8, "50 entries in chunks of 7");
+        assert_eq!(p.len().unwrap(), keys.len());
+        assert!(!stage.is_clear(), "the log stays until it is truncated");
+        stage.truncate_log().unwrap();
+        assert!(stage.is_clear());
     }
 
     #[test]

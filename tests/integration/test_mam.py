@@ -1133,6 +1133,51 @@ async def test_archive_survives_restart_and_kill9(make_server):
         await close_all(a, b)
 
 
+async def archive_count(srv, account) -> int | None:
+    """The <count/> of the account's whole archive (XEP-0059 §2.7: <max>0</max>)."""
+    c = await login(srv, account, resource=new_id("count"))
+    try:
+        page = await mam_query(c, "", rsm_set(max=0))
+        assert page.error is None, page.describe()
+        return page.count
+    finally:
+        await c.close()
+
+
+async def test_an_archive_past_a_full_stage_reads_whole_and_survives_kill9(make_server):
+    """On a node alone the archive's inserts wait in a stage that is sealed at 32,768
+    entries and put into the keyspace by a settle thread while a second stage takes the
+    inserts (storage::lsm_stage). 17,000 messages (two records each, one per archive) pass
+    a full stage: both archives count every one of them once delivered, and again after a
+    kill -9 (each stage's log is replayed)."""
+    n = 17_000
+    srv = make_server(accounts=2)
+    alice, bob = srv.account(), srv.account()
+    a = await login(srv, alice, resource="a")
+    b = await login(srv, bob, resource="b")
+    try:
+        # 500 at a time, each read before the next are sent (bob's send queue is bounded).
+        for start in range(0, n, 500):
+            end = min(n, start + 500)
+            await a.send("".join(chat(b.jid, f"st{i}", f"m{i}") for i in range(start, end)), timeout=30)
+            for i in range(start, end):
+                await b.recv_match(lambda e: e.tag == q("message") and (e.get("id") or "").startswith("st"),
+                                   timeout=60, what=f"message {i + 1} of {n}")
+                b.skipped.clear()
+        await settled(a, f"st{n - 1}", timeout=30)
+        await settled(b, f"st{n - 1}", timeout=30)
+        counts = {acct.jid: await archive_count(srv, acct) for acct in (alice, bob)}
+        assert counts == {alice.jid: n, bob.jid: n}, counts
+    finally:
+        a.abort()
+        b.abort()
+    srv.kill9()
+    srv.start()
+    counts = {acct.jid: await archive_count(srv, acct) for acct in (alice, bob)}
+    assert counts == {alice.jid: n, bob.jid: n}, f"after kill -9: {counts}"
+    print(f"\n[archive past a full stage] {counts}")
+
+
 # ---------------------------------------------------------------------------
 # page sizes and metrics
 # ---------------------------------------------------------------------------
