@@ -31,6 +31,9 @@ pub struct StepPlan {
     pub p99_limit: Duration,
     /// Stop after this many consecutive steps that were not sustained (0: run them all).
     pub stop_after: u32,
+    /// The nodes' metrics endpoints, read at each step's start and the end of its drain: a
+    /// chat step whose messages the archive did not all keep is not sustained.
+    pub archive_metrics: Vec<crate::scrape::Endpoint>,
 }
 
 /// Sequence numbers carry the step: `step << STEP_SHIFT | n`.
@@ -69,6 +72,9 @@ pub(crate) struct StepRun {
     pub cpu: Duration,
     pub wall: Duration,
     pub server_cpu: Option<Duration>,
+    /// With archive metrics: messages the archive did not keep from the step's start to the
+    /// end of its drain.
+    pub not_archived: Option<u64>,
 }
 
 impl StepRun {
@@ -89,6 +95,7 @@ pub(crate) struct Stepper<'a> {
     closed: &'a AtomicUsize,
     /// The server processes whose CPU each step reads.
     server_pids: &'a [u32],
+    archive_metrics: Vec<crate::scrape::Endpoint>,
     step: Duration,
     drain: Duration,
     stop_after: u32,
@@ -109,6 +116,7 @@ impl<'a> Stepper<'a> {
             epoch,
             closed,
             server_pids,
+            archive_metrics: plan.archive_metrics.clone(),
             step: plan.step,
             drain: plan.drain,
             stop_after: plan.stop_after,
@@ -149,6 +157,7 @@ impl<'a> Stepper<'a> {
         drained: impl Fn() -> bool,
     ) -> anyhow::Result<StepRun> {
         let server_before = server_cpu(self.server_pids)?;
+        let archive_before = self.not_archived().await?;
         let begun = self.epoch.elapsed().as_micros() as u64;
         let meter = CpuMeter::start();
         let _ = self.phase_tx.send(Some(Phase { step: k, interval }));
@@ -167,13 +176,29 @@ impl<'a> Stepper<'a> {
         let server = server_before
             .zip(server_cpu(self.server_pids)?)
             .map(|(b, a)| a.saturating_sub(b));
+        // The archive is written up to its linger (20 ms) after a delivery, and a message it
+        // cannot take is counted when it is refused: at the end of the drain it is counted.
+        let not_archived = archive_before
+            .zip(self.not_archived().await?)
+            .map(|(b, a)| (a - b).max(0.0) as u64);
         Ok(StepRun {
             begun,
             waited,
             cpu,
             wall,
             server_cpu: server,
+            not_archived,
         })
+    }
+
+    /// The archive's refusals so far over the archive metrics endpoints (`None` without).
+    async fn not_archived(&self) -> anyhow::Result<Option<f64>> {
+        if self.archive_metrics.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            crate::scrape::not_archived(&self.archive_metrics).await?,
+        ))
     }
 
     /// Whether to stop after step `k` of `steps`: `stop_after` steps in a row looked not
@@ -408,11 +433,13 @@ pub async fn run(
         let accounted = counters.accounted.load(Ordering::Relaxed);
         let slow = counters.slow.load(Ordering::Relaxed);
         eprintln!(
-            "  step {rate}/s: {sent} sent, {accounted} accounted for, {slow} over {} ms, drain {:.2} s, gen CPU {:.0} %{}",
+            "  step {rate}/s: {sent} sent, {accounted} accounted for, {slow} over {} ms, drain {:.2} s, gen CPU {:.0} %{}{}",
             sp.p99_limit.as_millis(),
             run.waited.as_secs_f64(),
             cpu_percent(run.cpu, run.wall),
-            run.server_note()
+            run.server_note(),
+            run.not_archived
+                .map_or(String::new(), |n| format!(", not archived {n}"))
         );
         ran.push(run);
         if stepper.should_stop(k, sp.rates.len(), accounted, sent, slow) {
@@ -443,6 +470,7 @@ pub async fn run(
             begun,
             waited,
             server_cpu: server,
+            not_archived,
             ..
         } = run;
         let r = std::mem::take(&mut per_step[k]);
@@ -453,6 +481,7 @@ pub async fn run(
         let offered = sent as f64 / step_secs;
         let sustained = lost == 0
             && r.bounced == 0
+            && not_archived.unwrap_or(0) == 0
             && met_the_bar(r.unique, latency.p99, limit_ms, offered, rate);
         sent_all += sent;
         received_all += r.unique;
@@ -477,6 +506,7 @@ pub async fn run(
             server_cpu_secs: server.map(|d| d.as_secs_f64()),
             server_cpu_us_per_message: server.map(|d| cpu_us_per(d, r.unique)),
             server_cpu_percent: server.map(|d| cpu_percent(d, run.wall + waited)),
+            not_archived,
             sustained,
         });
     }

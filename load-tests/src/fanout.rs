@@ -613,6 +613,7 @@ mod tests {
             drain: Duration::from_secs(1),
             p99_limit: Duration::from_millis(100),
             stop_after: 0,
+            archive_metrics: Vec::new(),
         }
     }
 
@@ -623,6 +624,7 @@ mod tests {
             cpu: Duration::ZERO,
             wall: Duration::from_secs(1),
             server_cpu: Some(Duration::from_millis(30)),
+            not_archived: None,
         }
     }
 

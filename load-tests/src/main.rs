@@ -340,6 +340,11 @@ struct StepArgs {
     /// Stop after this many steps in a row not sustained (0: run all).
     #[arg(long, default_value_t = 2)]
     stop_after: u32,
+    /// Stepped chat: a node's Prometheus endpoint (http://IP:PORT/metrics, loopback; once per
+    /// node). A step during which `switchboard_mam_not_archived_total` grew (the archive did
+    /// not keep every message) is not sustained.
+    #[arg(long = "archive-metrics")]
+    archive_metrics: Vec<String>,
 }
 
 impl StepArgs {
@@ -360,6 +365,11 @@ impl StepArgs {
             drain: secs(self.drain_secs, "--drain-secs")?,
             p99_limit: millis(self.p99_limit_ms, "--p99-limit-ms")?,
             stop_after: self.stop_after,
+            archive_metrics: self
+                .archive_metrics
+                .iter()
+                .map(|m| scrape::Endpoint::parse(m))
+                .collect::<anyhow::Result<_>>()?,
         })
     }
 }

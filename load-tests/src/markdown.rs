@@ -580,6 +580,7 @@ mod tests {
             server_cpu_secs: Some(0.5),
             server_cpu_us_per_message: Some(20.0),
             server_cpu_percent: Some(50.0),
+            not_archived: None,
             sustained,
         };
         let s = Summary {

@@ -323,6 +323,9 @@ pub struct ChatStepSummary {
     pub server_cpu_secs: Option<f64>,
     pub server_cpu_us_per_message: Option<f64>,
     pub server_cpu_percent: Option<f64>,
+    /// With `--archive-metrics`: messages of the step the archive did not keep (a step with
+    /// any is not sustained).
+    pub not_archived: Option<u64>,
     pub sustained: bool,
 }
 

@@ -147,6 +147,16 @@ pub async fn offline_routed(endpoints: &[Endpoint]) -> anyhow::Result<f64> {
     Ok(total)
 }
 
+/// `switchboard_mam_not_archived_total` summed over `endpoints`: messages delivered that
+/// the archive did not keep (its queue was full, or the account's shard failed the write).
+pub async fn not_archived(endpoints: &[Endpoint]) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for e in endpoints {
+        total += sum(&e.fetch().await?, "switchboard_mam_not_archived_total", &[]);
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
