@@ -748,6 +748,24 @@ mod tests {
             .sum()
     }
 
+    /// What a crash would leave of the keyspace at `path` and its stage logs, copied into
+    /// the directory `to` (the copy's lock file removed); the copy's keyspace path.
+    fn crash_copy(path: &std::path::Path, to: &std::path::Path) -> std::path::PathBuf {
+        std::fs::create_dir_all(to).unwrap();
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(path)
+            .arg(path.with_extension("stage"))
+            .arg(path.with_extension("stage2"))
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let copy = to.join(path.file_name().unwrap());
+        let _ = std::fs::remove_file(copy.join("lock"));
+        copy
+    }
+
     fn part(lsm: &Lsm) -> fjall::PartitionHandle {
         lsm.keyspace()
             .open_partition("p", fjall::PartitionCreateOptions::default())
@@ -787,24 +805,13 @@ mod tests {
             std::mem::forget(lsm);
         }
         // (The leaked keyspace keeps its lock: reopen a copy of the directory.)
-        let copy = dir.path().join("copy");
-        std::fs::create_dir_all(&copy).unwrap();
-        let status = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(&path)
-            .arg(path.with_extension("stage"))
-            .arg(path.with_extension("stage2"))
-            .arg(&copy)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let _ = std::fs::remove_file(copy.join("lsm").join("lock"));
-        let lsm = Lsm::open(&copy.join("lsm")).unwrap();
+        let copy = crash_copy(&path, &dir.path().join("copy"));
+        let lsm = Lsm::open(&copy).unwrap();
         let p = part(&lsm);
         for k in ["alice\0a", "alice\0b", "bob\0a", "carol\0a"] {
             assert!(p.get(k).unwrap().is_some(), "{k}");
         }
-        assert_eq!(stage_log_len(&copy.join("lsm")), 0);
+        assert_eq!(stage_log_len(&copy), 0);
     }
 
     #[test]
@@ -885,18 +892,7 @@ mod tests {
             assert!(p.get("bob\0a").unwrap().is_none());
             // A crash now: bob's are in the sealed stage's log only.
             lsm.sync_all().unwrap();
-            let copy = dir.path().join("copy");
-            std::fs::create_dir_all(&copy).unwrap();
-            let status = std::process::Command::new("cp")
-                .arg("-a")
-                .arg(&path)
-                .arg(path.with_extension("stage"))
-                .arg(path.with_extension("stage2"))
-                .arg(&copy)
-                .status()
-                .unwrap();
-            assert!(status.success());
-            let _ = std::fs::remove_file(copy.join("lsm").join("lock"));
+            crash_copy(&path, &dir.path().join("copy"));
             // A removal puts the sealed stage in first and empties both logs.
             let mut b = lsm.keyspace().batch();
             b.remove(&p, "bob\0a");
