@@ -74,7 +74,9 @@ pub(crate) struct Lsm {
 /// What the clones of one [`Lsm`] share.
 struct Shared {
     keyspace: fjall::Keyspace,
-    syncer: Syncer,
+    syncer: Worker,
+    /// A background sync failed: the keyspace is not to be trusted with more writes.
+    sync_failed: Arc<AtomicBool>,
     known: Arc<KnownEntries>,
     /// The archive's inserts waiting to go into the memtables together (`crate::lsm_stage`):
     /// the generation taking inserts.
@@ -82,7 +84,7 @@ struct Shared {
     /// The last full generation, going into the keyspace on the settle thread (empty when
     /// it is done). Locked after `stage` when both are.
     sealed: Arc<Mutex<Stage>>,
-    settler: Settler,
+    settler: Worker,
     /// What the module stores of each placement share (`crate::module_store::Placement`:
     /// its partitions and its module write counters), by placement prefix.
     placements: Mutex<HashMap<String, Arc<Placement>>>,
@@ -104,15 +106,18 @@ impl Drop for Shared {
     }
 }
 
-/// What [`settle`] inserts: everything staged, or one account's entries.
+/// What [`settle`] inserts: everything staged, the next entries in key order (at most so
+/// many), or one account's entries.
+#[derive(Clone, Copy)]
 enum Settle<'k> {
     All,
+    Chunk(usize),
     Owner(&'k [u8]),
 }
 
-/// Insert what `what` names from `stage` into the keyspace. Everything: also synced, and the
-/// stage's log emptied (and that synced), so that nothing a later removal takes can come
-/// back from a replay.
+/// Insert what `what` names from `stage` into the keyspace. Once that emptied the stage
+/// (everything, or its last chunk): also synced, and the stage's log emptied (and that
+/// synced), so that nothing a later removal takes can come back from a replay.
 fn settle(
     keyspace: &fjall::Keyspace,
     known: &KnownEntries,
@@ -124,9 +129,10 @@ fn settle(
         return Ok(());
     }
     let mut batch = keyspace.batch();
-    let n = match what {
-        Settle::Owner(owner) => stage.take_owner(owner, &mut batch),
-        Settle::All => stage.take_all(&mut batch),
+    let (n, emptied) = match what {
+        Settle::Owner(owner) => (stage.take_owner(owner, &mut batch), false),
+        Settle::All => stage.take_chunk(usize::MAX, &mut batch),
+        Settle::Chunk(max) => stage.take_chunk(max, &mut batch),
     };
     if n > 0 {
         if let Err(e) = batch.durability(Some(fjall::PersistMode::Buffer)).commit() {
@@ -134,7 +140,7 @@ fn settle(
             return Err(e);
         }
     }
-    if let Settle::All = what {
+    if emptied {
         keyspace.persist(fjall::PersistMode::SyncAll)?;
         stage.truncate_log()?;
     }
@@ -207,83 +213,60 @@ impl KnownEntries {
 
 #[derive(Default)]
 struct Flags {
-    /// Something was committed to a durable placement since the last sync.
+    /// Work for the thread: for the sync thread, something committed to a durable
+    /// placement since the last sync; for the settle thread, a sealed stage.
     pending: bool,
-    /// The last handle is gone: sync what is left and exit.
+    /// The last handle is gone: finish (the sync thread syncs what is left) and exit.
     stop: bool,
 }
 
-/// What the committing threads and the sync thread share.
+/// What a keyspace thread of ours (the sync thread, the settle thread) and the threads
+/// that give it work share.
 #[derive(Default)]
-struct SyncState {
+struct Signal {
     flags: Mutex<Flags>,
     wake: Condvar,
-    /// A background sync failed: the keyspace is not to be trusted with more writes.
-    failed: AtomicBool,
 }
 
-struct Syncer {
-    state: Arc<SyncState>,
+impl Signal {
+    fn flags(&self) -> std::sync::MutexGuard<'_, Flags> {
+        self.flags.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The flags, once there is work or the thread is to stop.
+    fn work_or_stop(&self) -> std::sync::MutexGuard<'_, Flags> {
+        let mut flags = self.flags();
+        while !flags.pending && !flags.stop {
+            flags = self
+                .wake
+                .wait(flags)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        flags
+    }
+}
+
+/// A keyspace thread of ours and its [`Signal`]; stopped and joined when dropped.
+struct Worker {
+    signal: Arc<Signal>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-impl Drop for Syncer {
-    fn drop(&mut self) {
-        let mut flags = self
-            .state
-            .flags
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        flags.stop = true;
-        drop(flags);
-        self.state.wake.notify_all();
-        let thread = self
-            .thread
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(t) = thread.take() {
-            // It syncs what is left and exits, dropping its handle on the keyspace, so the
-            // keyspace can be opened again as soon as this returns.
-            let _ = t.join();
+impl Worker {
+    /// Give the thread work (once until it takes it).
+    fn wake(&self) {
+        let mut flags = self.signal.flags();
+        if !flags.pending {
+            flags.pending = true;
+            self.signal.wake.notify_one();
         }
     }
-}
 
-/// The settle thread's signal: a full stage was sealed, or the keyspace is closing.
-#[derive(Default)]
-struct SettleSignal {
-    /// (a sealed stage waits, stop)
-    flags: Mutex<(bool, bool)>,
-    wake: Condvar,
-}
-
-/// The settle thread, which puts a full stage into the keyspace at the lowest priority, so
-/// that the tens of milliseconds of memtable inserts of a full stage do not hold a shard
-/// thread (and the archive's other writers, waiting on the stage) while the core is busy
-/// delivering messages.
-struct Settler {
-    signal: Arc<SettleSignal>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Settler {
-    fn flags(&self) -> std::sync::MutexGuard<'_, (bool, bool)> {
-        self.signal
-            .flags
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// A stage was sealed.
-    fn wake(&self) {
-        self.flags().0 = true;
-        self.signal.wake.notify_one();
-    }
-
-    /// Stop the thread (at the end of its chunk) and wait for it.
+    /// Stop the thread and wait for it: it finishes its round and exits, dropping its
+    /// handle on the keyspace, so the keyspace can be opened again as soon as this returns.
     fn stop(&self) {
-        self.flags().1 = true;
-        self.signal.wake.notify_one();
+        self.signal.flags().stop = true;
+        self.signal.wake.notify_all();
         let thread = self
             .thread
             .lock()
@@ -295,60 +278,39 @@ impl Settler {
     }
 }
 
-/// The settle thread: for each sealed stage, its entries into the keyspace in key order,
-/// [`SETTLE_CHUNK`] at a time, then the keyspace synced and the stage's log emptied
-/// ([`settle`]'s `Settle::All`, in slices). A chunk that fails to commit leaves the rest to
-/// whoever needs the sealed stage next (the next seal, a read across accounts, a removal),
-/// which reports the error; the entries stay in the stage's log for a replay.
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The settle thread, which puts a full stage into the keyspace at the lowest priority, so
+/// that the tens of milliseconds of memtable inserts of a full stage do not hold a shard
+/// thread (and the archive's other writers, waiting on the stage) while the core is busy
+/// delivering messages: for each sealed stage, [`settle`]'s `Settle::Chunk` until it is
+/// clear. A chunk that fails leaves the rest to whoever needs the sealed stage next (the
+/// next seal, a read across accounts, a removal), which reports the error; the entries stay
+/// in the stage's log for a replay.
 fn run_settler(
     keyspace: fjall::Keyspace,
     known: Arc<KnownEntries>,
     sealed: Arc<Mutex<Stage>>,
-    signal: Arc<SettleSignal>,
+    signal: Arc<Signal>,
 ) {
     loop {
         {
-            let mut flags = signal.flags.lock().unwrap_or_else(PoisonError::into_inner);
-            while !flags.0 && !flags.1 {
-                flags = signal
-                    .wake
-                    .wait(flags)
-                    .unwrap_or_else(PoisonError::into_inner);
-            }
-            if flags.1 {
+            let mut flags = signal.work_or_stop();
+            if flags.stop {
                 return;
             }
-            flags.0 = false;
+            flags.pending = false;
         }
-        loop {
-            if signal
-                .flags
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .1
-            {
-                return;
-            }
+        while !signal.flags().stop {
             let mut stage = sealed.lock().unwrap_or_else(PoisonError::into_inner);
             if stage.is_clear() {
                 break;
             }
-            let mut batch = keyspace.batch();
-            let (n, done) = stage.take_chunk(SETTLE_CHUNK, &mut batch);
-            let committed = if n > 0 {
-                batch.durability(Some(fjall::PersistMode::Buffer)).commit()
-            } else {
-                Ok(())
-            };
-            let finished = committed.and_then(|()| {
-                if done {
-                    keyspace.persist(fjall::PersistMode::SyncAll)?;
-                    stage.truncate_log()?;
-                }
-                Ok(())
-            });
-            if let Err(e) = finished {
-                known.forget_all();
+            if let Err(e) = settle(&keyspace, &known, &mut stage, Settle::Chunk(SETTLE_CHUNK)) {
                 tracing::warn!(error = %e, "archive: a full stage did not go into the keyspace; it stays in the stage's log");
                 break;
             }
@@ -358,23 +320,21 @@ fn run_settler(
 
 /// The sync thread: wait for a commit, let more come for [`SYNC_DELAY`], sync them all (and
 /// the stage's logs, `stage_logs`).
-fn run_syncer(keyspace: fjall::Keyspace, stage_logs: [std::fs::File; 2], state: Arc<SyncState>) {
-    let lock = || state.flags.lock().unwrap_or_else(PoisonError::into_inner);
+fn run_syncer(
+    keyspace: fjall::Keyspace,
+    stage_logs: [std::fs::File; 2],
+    signal: Arc<Signal>,
+    failed: Arc<AtomicBool>,
+) {
     loop {
-        let mut flags = lock();
-        while !flags.pending && !flags.stop {
-            flags = state
-                .wake
-                .wait(flags)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
+        let mut flags = signal.work_or_stop();
         let deadline = Instant::now() + SYNC_DELAY;
         while !flags.stop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            flags = state
+            flags = signal
                 .wake
                 .wait_timeout(flags, left)
                 .unwrap_or_else(PoisonError::into_inner)
@@ -386,7 +346,7 @@ fn run_syncer(keyspace: fjall::Keyspace, stage_logs: [std::fs::File; 2], state: 
         if keyspace.persist(fjall::PersistMode::SyncAll).is_err()
             || stage_logs.iter().any(|log| log.sync_data().is_err())
         {
-            state.failed.store(true, Ordering::SeqCst);
+            failed.store(true, Ordering::SeqCst);
         }
         if stop {
             return;
@@ -456,17 +416,19 @@ impl Lsm {
                 "archive: staged inserts replayed from the stage logs"
             );
         }
-        let state = Arc::new(SyncState::default());
+        let sync_signal = Arc::new(Signal::default());
+        let sync_failed = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (keyspace, state) = (keyspace.clone(), state.clone());
+            let (keyspace, signal, failed) =
+                (keyspace.clone(), sync_signal.clone(), sync_failed.clone());
             let stage_logs = [stage.log_handle()?, sealed.log_handle()?];
             std::thread::Builder::new()
                 .name("lsm-sync".into())
-                .spawn(move || run_syncer(keyspace, stage_logs, state))?
+                .spawn(move || run_syncer(keyspace, stage_logs, signal, failed))?
         };
         let known = Arc::new(KnownEntries::default());
         let sealed = Arc::new(Mutex::new(sealed));
-        let signal = Arc::new(SettleSignal::default());
+        let signal = Arc::new(Signal::default());
         let settle_thread = {
             let (keyspace, known, sealed, signal) = (
                 keyspace.clone(),
@@ -492,15 +454,16 @@ impl Lsm {
                 keyspace,
                 stage: Mutex::new(stage),
                 sealed,
-                settler: Settler {
+                settler: Worker {
                     signal,
                     thread: Mutex::new(Some(settle_thread)),
                 },
                 placements: Mutex::default(),
-                syncer: Syncer {
-                    state,
+                syncer: Worker {
+                    signal: sync_signal,
                     thread: Mutex::new(Some(thread)),
                 },
+                sync_failed,
                 known,
             }),
         })
@@ -528,7 +491,7 @@ impl Lsm {
     /// disk within [`SYNC_DELAY`] (see the header). An error once a background sync failed.
     /// Staged inserts go in first (`crate::lsm_stage`), so that the batch orders after them.
     pub(crate) fn commit(&self, batch: fjall::Batch, durable: bool) -> Result<(), fjall::Error> {
-        if self.shared.syncer.state.failed.load(Ordering::SeqCst) {
+        if self.shared.sync_failed.load(Ordering::SeqCst) {
             return Err(fjall::Error::Poisoned);
         }
         self.settle_all()?;
@@ -544,17 +507,7 @@ impl Lsm {
 
     /// Have the sync thread sync within [`SYNC_DELAY`].
     fn sync_soon(&self) {
-        let mut flags = self
-            .shared
-            .syncer
-            .state
-            .flags
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !flags.pending {
-            flags.pending = true;
-            self.shared.syncer.state.wake.notify_one();
-        }
+        self.shared.syncer.wake();
     }
 
     fn stage_lock(&self) -> std::sync::MutexGuard<'_, Stage> {
@@ -573,7 +526,7 @@ impl Lsm {
         inserts: Vec<(fjall::PartitionHandle, Vec<u8>, Vec<u8>)>,
         durable: bool,
     ) -> Result<(), fjall::Error> {
-        if self.shared.syncer.state.failed.load(Ordering::SeqCst) {
+        if self.shared.sync_failed.load(Ordering::SeqCst) {
             return Err(fjall::Error::Poisoned);
         }
         let mut stage = self.stage_lock();
@@ -609,24 +562,25 @@ impl Lsm {
     /// Put what is staged for the account that `key` (a key or a key prefix) belongs to
     /// into the keyspace, so that a read sees it; everything when `key` names no account.
     pub(crate) fn settle_for(&self, key: &[u8]) -> Result<(), fjall::Error> {
-        let Some(owner) = crate::lsm_stage::owner_of(key) else {
-            return self.settle_all();
-        };
-        let mut stage = self.stage_lock();
-        let mut sealed = self.sealed_lock();
-        let (keyspace, known) = (&self.keyspace, &*self.shared.known);
-        settle(keyspace, known, &mut sealed, Settle::Owner(owner))?;
-        settle(keyspace, known, &mut stage, Settle::Owner(owner))
+        match crate::lsm_stage::owner_of(key) {
+            Some(owner) => self.settle_both(Settle::Owner(owner)),
+            None => self.settle_all(),
+        }
     }
 
     /// Put everything staged into the keyspace (before a read across accounts, a removal,
-    /// or any write that is not a staged insert): the sealed generation, then the other.
+    /// or any write that is not a staged insert).
     pub(crate) fn settle_all(&self) -> Result<(), fjall::Error> {
+        self.settle_both(Settle::All)
+    }
+
+    /// [`settle`] both generations: the sealed one, then the one taking inserts.
+    fn settle_both(&self, what: Settle<'_>) -> Result<(), fjall::Error> {
         let mut stage = self.stage_lock();
         let mut sealed = self.sealed_lock();
         let (keyspace, known) = (&self.keyspace, &*self.shared.known);
-        settle(keyspace, known, &mut sealed, Settle::All)?;
-        settle(keyspace, known, &mut stage, Settle::All)
+        settle(keyspace, known, &mut sealed, what)?;
+        settle(keyspace, known, &mut stage, what)
     }
 
     /// Make everything committed or staged so far durable, now.
@@ -701,11 +655,11 @@ mod tests {
         assert_eq!(part.len().unwrap(), 400);
         // The syncer takes the pending flag within SYNC_DELAY of the last commit.
         let deadline = Instant::now() + SYNC_DELAY * 50;
-        while lsm.shared.syncer.state.flags.lock().unwrap().pending {
+        while lsm.shared.syncer.signal.flags().pending {
             assert!(Instant::now() < deadline, "nothing synced the last commits");
             std::thread::sleep(SYNC_DELAY / 4);
         }
-        assert!(!lsm.shared.syncer.state.failed.load(Ordering::SeqCst));
+        assert!(!lsm.shared.sync_failed.load(Ordering::SeqCst));
     }
 
     #[test]

@@ -274,28 +274,19 @@ impl Stage {
         self.insert(picked, batch)
     }
 
-    /// Insert everything staged into `batch` (in key order) and empty the stage; the log
-    /// keeps it all until [`truncate_log`](Self::truncate_log). How many were added.
-    pub(crate) fn take_all(&mut self, batch: &mut fjall::Batch) -> usize {
-        let order = self.sorted((0..self.entries.len()).filter(|i| !self.entries[*i].settled));
-        let n = self.insert(order, batch);
-        self.clear();
-        n
-    }
-
-    /// Insert the next (at most) `max` entries in key order into `batch`, so that a full
-    /// stage goes into the keyspace in slices, each holding the stage only briefly. How
-    /// many were added, and whether the stage is now empty (its log is still to be
-    /// truncated, as after [`take_all`](Self::take_all)).
+    /// Insert the next (at most) `max` entries in key order into `batch` (`usize::MAX`:
+    /// all), so that a full stage can go into the keyspace in slices, each holding the stage
+    /// only briefly. How many were added, and whether the stage is now empty (the log keeps
+    /// it all until [`truncate_log`](Self::truncate_log)).
     pub(crate) fn take_chunk(&mut self, max: usize, batch: &mut fjall::Batch) -> (usize, bool) {
         if self.taken == 0 && self.order.is_empty() {
             self.order = self
-                .sorted(0..self.entries.len())
+                .sorted((0..self.entries.len()).filter(|i| !self.entries[*i].settled))
                 .into_iter()
                 .map(|i| i as u32)
                 .collect();
         }
-        let end = (self.taken + max).min(self.order.len());
+        let end = self.taken.saturating_add(max).min(self.order.len());
         let next: Vec<usize> = self.order[self.taken..end]
             .iter()
             .map(|i| *i as usize)
