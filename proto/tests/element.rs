@@ -120,6 +120,44 @@ fn escaping_text_and_attributes() {
     assert_eq!(out, b"<n xmlns='urn:a&apos;b'/>");
 }
 
+/// Escaping looks at 32 bytes at a time first: a special character anywhere (first, last, at
+/// either side of a 32-byte boundary) in text longer than that is still escaped, and text with
+/// none is copied as it is.
+#[test]
+fn escaping_finds_a_special_character_anywhere_in_long_text() {
+    for len in [31, 32, 33, 64, 100] {
+        let plain = "x".repeat(len);
+        let el = Element::new("x", "urn:x")
+            .with_attr("v", &plain)
+            .with_text(&plain);
+        assert_eq!(
+            el.to_xml_string(),
+            format!("<x xmlns='urn:x' v='{plain}'>{plain}</x>")
+        );
+        for at in [0, 30, 31, 32, 33, len - 1] {
+            if at >= len {
+                continue;
+            }
+            for (c, text, attr) in [
+                ('<', "&lt;", "&lt;"),
+                ('&', "&amp;", "&amp;"),
+                ('\'', "'", "&apos;"),
+                ('\n', "\n", "&#10;"),
+            ] {
+                let mut s = plain.clone();
+                s.replace_range(at..at + 1, &c.to_string());
+                let el = Element::new("x", "urn:x").with_attr("v", &s).with_text(&s);
+                let (t, a) = (s.replace(c, text), s.replace(c, attr));
+                assert_eq!(
+                    el.to_xml_string(),
+                    format!("<x xmlns='urn:x' v='{a}'>{t}</x>")
+                );
+                round_trip(&el);
+            }
+        }
+    }
+}
+
 #[test]
 fn parse_round_trips() {
     for doc in [

@@ -121,7 +121,8 @@ fn message(o: &Options, i: u64, base_ms: u64, filler: &str) -> (String, Archived
             outgoing: i.is_multiple_of(2),
             xml: format!(
                 "<message xmlns='jabber:client' type='chat' id='b{i}'><body>{filler}</body></message>"
-            ),
+            )
+            .into(),
         },
     )
 }

@@ -160,7 +160,7 @@ pub(crate) struct KnownEntries(Mutex<HashSet<u128, BuildHasherDefault<HashHasher
 
 /// The set's hasher: its keys are hashes already (XXH3), so their low bits serve.
 #[derive(Default)]
-pub(crate) struct HashHasher(u64);
+pub struct HashHasher(u64);
 
 impl Hasher for HashHasher {
     fn finish(&self) -> u64 {

@@ -21,7 +21,8 @@
 //! - **Read your writes.** Every read of an archive tree first settles (inserts) what is
 //!   staged for the account it reads (keys begin `account \0`, [`owner_of`]); a read across
 //!   accounts (retention, a snapshot's dump) settles everything. The account's entries are
-//!   found through a hash index, so a read costs its own entries, not the stage's.
+//!   found by a scan of the entries' account hashes (tens of µs for a full stage), not an
+//!   index kept up at every insert.
 //! - **Order.** A removal, or any write that is not a staged insert, settles everything
 //!   first, so staged inserts never move past a later removal. The log then holds only
 //!   inserts made after the last removal, which a replay can repeat harmlessly.
@@ -34,11 +35,8 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::hash::BuildHasherDefault;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
-
-use crate::lsm::HashHasher;
 
 /// Staged inserts that make the stage settle. (At the carrier shape, 10,000 accounts at
 /// 8,000 messages/s, four inserts a message: about a second's worth, and about as many as
@@ -49,6 +47,8 @@ pub(crate) const MAX_BYTES: usize = 16 << 20;
 
 /// One staged insert.
 struct Staged {
+    /// The XXH3 of the key's account ([`owner_of`]; 0 for a key without one).
+    owner: u64,
     part: fjall::PartitionHandle,
     key: Vec<u8>,
     value: Vec<u8>,
@@ -60,8 +60,6 @@ struct Staged {
 /// (`crate::lsm` keeps two, the one taking inserts and a full one going into the keyspace).
 pub(crate) struct Stage {
     entries: Vec<Staged>,
-    /// Indices into `entries` by the XXH3 of the account (a collision only settles more).
-    by_owner: HashMap<u64, Vec<u32>, BuildHasherDefault<HashHasher>>,
     /// Bytes staged since the stage was last emptied.
     bytes: usize,
     /// While the stage goes into the keyspace a chunk at a time ([`take_chunk`](Self::take_chunk)):
@@ -193,7 +191,6 @@ impl Stage {
         Ok((
             Stage {
                 entries: Vec::new(),
-                by_owner: HashMap::default(),
                 bytes: 0,
                 order: Vec::new(),
                 taken: 0,
@@ -237,12 +234,9 @@ impl Stage {
         }
         self.log_len += record.len() as u64;
         for (part, key, value) in inserts {
-            let i = self.entries.len() as u32;
-            if let Some(owner) = owner_of(&key) {
-                self.by_owner.entry(owner_hash(owner)).or_default().push(i);
-            }
             self.bytes += key.len() + value.len();
             self.entries.push(Staged {
+                owner: owner_of(&key).map_or(0, owner_hash),
                 part,
                 key,
                 value,
@@ -262,14 +256,18 @@ impl Stage {
     /// Insert what is staged for `owner` into `batch` (in key order), marking it settled.
     /// How many were added.
     pub(crate) fn take_owner(&mut self, owner: &[u8], batch: &mut fjall::Batch) -> usize {
-        let Some(indices) = self.by_owner.remove(&owner_hash(owner)) else {
-            return 0;
-        };
+        // A scan of the owners' hashes (a read costs tens of µs at a full stage) rather than
+        // an index by account kept up at every insert: a read is rare next to the inserts,
+        // and at the carrier shape, where nearly every insert is another account's, the
+        // index's upkeep cost more than a µs per message (issue 19). A hash collision only
+        // settles more.
+        let owner = owner_hash(owner);
         let picked = self.sorted(
-            indices
-                .into_iter()
-                .map(|i| i as usize)
-                .filter(|i| self.entries.get(*i).is_some_and(|e| !e.settled)),
+            self.entries
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.owner == owner && !e.settled)
+                .map(|(i, _)| i),
         );
         self.insert(picked, batch)
     }
@@ -305,7 +303,6 @@ impl Stage {
     /// No entries (the log is left as it is).
     fn clear(&mut self) {
         self.entries.clear();
-        self.by_owner.clear();
         self.bytes = 0;
         self.order.clear();
         self.taken = 0;

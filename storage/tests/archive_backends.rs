@@ -331,7 +331,8 @@ fn messages() -> Vec<(String, ArchivedMessage)> {
                 outgoing: i % 2 == 0,
                 xml: format!(
                     "<message xmlns='jabber:client' id='m{i}'><body>{body}</body></message>"
-                ),
+                )
+                .into(),
             },
         ));
     }
@@ -343,7 +344,7 @@ fn messages() -> Vec<(String, ArchivedMessage)> {
                 with: JULIET.into(),
                 with_resource: "balcony".into(),
                 outgoing: i % 3 == 0,
-                xml: format!("<message id='r{i}'/>"),
+                xml: format!("<message id='r{i}'/>").into(),
             },
         ));
     }

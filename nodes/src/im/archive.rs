@@ -4,13 +4,12 @@
 //! each a small batch so that archive writes and other operations are never stalled for
 //! long.
 
-use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use proto::jid::Jid;
 use proto::mam::{DefaultPref, MamPrefs};
-use storage::archive::ArchivedMessage;
+use storage::archive::{account_key, AccountMap, ArchivedMessage};
 use storage::UserDataWrite;
 
 use super::messages::{ArchiveAppend, ArchivePurge, ArchiveRetention};
@@ -57,7 +56,7 @@ const MAX_CACHED_PREFS: usize = 65_536;
 /// account's deletion and a snapshot's restore) and the configured default is the same.
 #[derive(Default)]
 pub(super) struct PrefsCache {
-    prefs: HashMap<Jid, MamPrefs>,
+    prefs: AccountMap<MamPrefs>,
     /// The write count and the default the entries were read at.
     at: Option<(u64, DefaultPref)>,
 }
@@ -73,32 +72,29 @@ impl PrefsCache {
 }
 
 impl AccountShard {
-    /// Whether the account's preferences keep a message with `peer`.
+    /// Whether the preferences of `account` (an account of the shard, as text) keep `msg`.
     fn archives(
         &self,
-        prefs: &mut HashMap<Jid, MamPrefs>,
+        prefs: &mut AccountMap<MamPrefs>,
         default: DefaultPref,
-        user: &Jid,
+        account: &str,
         msg: &ArchivedMessage,
     ) -> bool {
-        // Read once per account while the cache holds (the key cloned only then).
-        if !prefs.contains_key(user) {
+        // Read once per account while the cache holds.
+        let p = prefs.entry(account_key(account)).or_insert_with(|| {
             let stored = self
                 .module_store
-                .get(mam::PREFS_MODULE, &user.to_string(), mam::prefs_key())
+                .get(mam::PREFS_MODULE, account, mam::prefs_key())
                 .ok()
                 .flatten();
-            prefs.insert(user.clone(), mam::stored_prefs(stored, default));
-        }
-        let Some(p) = prefs.get(user) else {
-            return false;
-        };
+            mam::stored_prefs(stored, default)
+        });
         // The roster is read only for an account that archives its contacts only.
         let in_roster = || {
             p.default == DefaultPref::Roster
                 && self
                     .rosters
-                    .item(&user.to_string(), &msg.with)
+                    .item(account, &msg.with)
                     .ok()
                     .flatten()
                     .is_some()
@@ -131,7 +127,8 @@ impl AccountShard {
         let mut keep = Vec::with_capacity(entries.len());
         let (mut incoming, mut outgoing) = (0, 0);
         for (user, msg) in entries {
-            if !self.archives(&mut cache.prefs, default, user, msg) {
+            let account = user.to_string();
+            if !self.archives(&mut cache.prefs, default, &account, msg) {
                 METRICS.mam_not_archived.with_label_values(&["prefs"]).inc();
                 continue;
             }
@@ -143,7 +140,7 @@ impl AccountShard {
             if mam.settings().max_messages_per_account > 0 {
                 self.archive_grown.insert(user.clone());
             }
-            keep.push((user.to_string(), msg));
+            keep.push((account, msg));
         }
         self.mam_prefs = cache;
         if keep.is_empty() {

@@ -39,7 +39,7 @@ fn archived(room: &Jid, e: &ArchiveEntry) -> ArchivedMessage {
         with: room.to_string(),
         with_resource: e.nick.clone(),
         outgoing: false,
-        xml: e.xml.clone(),
+        xml: e.xml.as_str().into(),
     }
 }
 
@@ -166,7 +166,7 @@ impl AccountShard {
             .into_iter()
             .map(|m| HistoryEntry {
                 ms: m.millis(),
-                xml: m.xml,
+                xml: m.xml.to_string(),
             })
             .collect())
     }

@@ -62,7 +62,7 @@ impl Router {
                 stanza_id::strip_forged(stanza, &s.text());
             }
         }
-        let xml = stanza.to_xml_string();
+        let xml: std::sync::Arc<str> = stanza.to_xml_string().into();
         let mut a = archiver.borrow_mut();
         let id = a.next_id();
         let id_text = id.to_string();

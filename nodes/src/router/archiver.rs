@@ -246,7 +246,7 @@ mod tests {
                 with: "peer@example.org".into(),
                 with_resource: String::new(),
                 outgoing: false,
-                xml: "x".repeat(xml_bytes),
+                xml: "x".repeat(xml_bytes).into(),
             },
         )
     }

@@ -151,7 +151,7 @@ fn decode(id: u64, payload: &[u8]) -> Result<ArchivedMessage, StorageError> {
         with: with.to_string(),
         with_resource: resource.to_string(),
         outgoing,
-        xml: xml.to_string(),
+        xml: xml.into(),
     })
 }
 
@@ -815,7 +815,7 @@ mod tests {
             with: with.into(),
             with_resource: resource.into(),
             outgoing: false,
-            xml: format!("<message id='{id}'/>"),
+            xml: format!("<message id='{id}'/>").into(),
         }
     }
 

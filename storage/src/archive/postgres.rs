@@ -204,7 +204,7 @@ impl PgArchive {
             Vec::with_capacity(n),
         );
         for (user, m) in messages {
-            for text in [user, &m.with, &m.with_resource, &m.xml] {
+            for text in [user.as_str(), &m.with, &m.with_resource, &m.xml] {
                 if text.contains('\0') {
                     return Err(ArchiveError::Invalid(format!(
                         "message {} of {user} contains NUL",
@@ -217,7 +217,7 @@ impl PgArchive {
             withs.push(m.with.as_str());
             resources.push(m.with_resource.as_str());
             outgoing.push(m.outgoing);
-            xmls.push(m.xml.as_str());
+            xmls.push(&*m.xml);
         }
         let client = self.client().await?;
         let statement = client
@@ -275,7 +275,7 @@ impl PgArchive {
                     with: row.try_get(1)?,
                     with_resource: row.try_get(2)?,
                     outgoing: row.try_get(3)?,
-                    xml: row.try_get(4)?,
+                    xml: row.try_get::<_, String>(4)?.into(),
                 })
             })
             .collect::<Result<Vec<_>, tokio_postgres::Error>>()
