@@ -193,14 +193,11 @@ impl KnownEntries {
             named.extend_from_slice(scope);
             named.extend_from_slice(key);
             let name = xxhash_rust::xxh3::xxh3_128(&named);
-            if known.contains(&name) {
-                return false;
-            }
-            if known.len() >= MAX_KNOWN {
+            if known.len() >= MAX_KNOWN && !known.contains(&name) {
                 known.clear();
             }
-            known.insert(name);
-            true
+            // One probe: false when it was known.
+            known.insert(name)
         })
         .collect()
     }
